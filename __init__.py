@@ -1,0 +1,1 @@
+"""slimnfu: compressed CNNs on a generated DianNao-style accelerator."""

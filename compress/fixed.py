@@ -1,0 +1,257 @@
+"""The fixed-point contract (DESIGN.md section 2) as the integer reference, in PyTorch int64.
+
+This module is the single source of truth for every number the accelerator produces. The
+RTL, amaranth.sim, Icarus and Verilator must equal it bit for bit.
+
+Contract
+--------
+* Activations and weights are signed two's complement of ``dw`` bits; ``real = int / 2**f``.
+* Products are exact and are summed exactly in an ``acc``-bit accumulator that starts at the
+  bias (an integer at scale ``f_x + f_w``).
+* Requantisation: ``y = sat_dw((acc + 2**(sh-1)) >> sh)`` with a flooring shift, so ties round
+  half up; with ``sh == 0`` there is no rounding term.
+* ReLU is ``max(0, y)``.
+* The piecewise-linear activation (sigmoid, tanh, or any table) has 16 segments. For input
+  ``y`` (after requantisation), ``seg = clamp((y >> seg_shift) + 8, 0, 15)`` and::
+
+      out = sat_dw((slope[seg] * y + icpt[seg] + 2**(p-1)) >> p),   p = dw - 2
+
+  ``slope`` is a ``dw``-bit signed value with ``p`` fractional bits and ``icpt`` a
+  ``2*dw``-bit signed value at the input scale times ``2**p``. Input and output share the
+  scale ``f_y``.
+* Max pooling compares ``dw`` values. Average pooling sums a power-of-two window of ``m``
+  values and shifts by ``log2(m)`` with round half up.
+* Every saturation event is counted.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "SatCount", "sat", "requant", "relu", "quantize", "frac_bits_for", "conv2d_acc",
+    "linear_acc", "maxpool", "avgpool", "PwlTable", "pwl_table", "pwl_apply", "run_layer",
+]
+
+SEGMENTS = 16
+
+
+class SatCount:
+    """A running count of saturation events, shared by a whole inference."""
+
+    def __init__(self):
+        self.events = 0
+
+    def add(self, n):
+        self.events += int(n)
+        return self
+
+    def __repr__(self):
+        return f"SatCount({self.events})"
+
+
+def _as_int64(x):
+    x = torch.as_tensor(x)
+    if x.dtype != torch.int64:
+        if x.is_floating_point() and not torch.equal(x, torch.round(x)):
+            raise ValueError("integer reference given non-integer values")
+        x = x.to(torch.int64)
+    return x
+
+
+def sat(x, dw, count=None):
+    """Clamp ``x`` to ``[-2**(dw-1), 2**(dw-1)-1]``, adding the clamped elements to ``count``."""
+    x = _as_int64(x)
+    lo, hi = -(1 << (dw - 1)), (1 << (dw - 1)) - 1
+    if count is not None:
+        count.add(((x < lo) | (x > hi)).sum())
+    return x.clamp(lo, hi)
+
+
+def requant(acc, sh, dw, count=None):
+    """``sat_dw((acc + 2**(sh-1)) >> sh)``; ``>>`` floors, so ties round half up."""
+    acc = _as_int64(acc)
+    if sh < 0:
+        raise ValueError(f"requantisation shift must be >= 0, not {sh}")
+    if sh > 0:
+        acc = (acc + (1 << (sh - 1))) >> sh
+    return sat(acc, dw, count)
+
+
+def relu(y):
+    return torch.clamp(_as_int64(y), min=0)
+
+
+def frac_bits_for(max_abs, dw, max_frac=None):
+    """Largest fractional-bit count ``f`` with ``max_abs * 2**f`` inside ``dw`` signed bits.
+
+    ``max_frac`` caps the result (default ``2*dw``). A zero ``max_abs`` gets the cap.
+    """
+    cap = 2 * dw if max_frac is None else max_frac
+    if max_abs <= 0:
+        return cap
+    f = dw - 1 - math.ceil(math.log2(max_abs * (1 + 1e-12)))
+    while f > -dw and round(max_abs * 2.0 ** f) > (1 << (dw - 1)) - 1:
+        f -= 1
+    return min(f, cap)
+
+
+def quantize(t, f, dw, count=None):
+    """Float tensor to ``dw``-bit integers at ``f`` fractional bits (round half to even, saturate)."""
+    t = torch.as_tensor(t, dtype=torch.float64)
+    return sat(torch.round(t * (2.0 ** f)), dw, count)
+
+
+def conv2d_acc(x, w, b=None, stride=1, pad=0):
+    """Exact conv accumulator values in int64.
+
+    Parameters
+    ----------
+    x : (N, C, H, W) integer tensor
+    w : (O, C, K, K) integer tensor
+    b : (O,) integer tensor at scale ``f_x + f_w``, or None
+    """
+    x, w = _as_int64(x), _as_int64(w)
+    n, c, h, wd = x.shape
+    o, c2, k, k2 = w.shape
+    if c2 != c or k != k2:
+        raise ValueError(f"weight shape {tuple(w.shape)} does not match input channels {c}")
+    xp = F.pad(x, (pad, pad, pad, pad))
+    cols = xp.unfold(2, k, stride).unfold(3, k, stride)
+    ho, wo = cols.shape[2], cols.shape[3]
+    cols = cols.permute(0, 2, 3, 1, 4, 5).reshape(n, ho * wo, c * k * k)
+    acc = cols @ w.reshape(o, c * k * k).t()
+    acc = acc.permute(0, 2, 1).reshape(n, o, ho, wo)
+    if b is not None:
+        acc = acc + _as_int64(b).view(1, o, 1, 1)
+    return acc
+
+
+def linear_acc(x, w, b=None):
+    """Exact FC accumulator values in int64: ``x @ w.T + b``."""
+    acc = _as_int64(x) @ _as_int64(w).t()
+    if b is not None:
+        acc = acc + _as_int64(b)
+    return acc
+
+
+def maxpool(x, k, stride):
+    x = _as_int64(x)
+    return x.unfold(2, k, stride).unfold(3, k, stride).amax(dim=(-1, -2))
+
+
+def avgpool(x, k, stride, dw, count=None):
+    """Average over a power-of-two window: sum, then shift by ``log2(k*k)`` rounding half up."""
+    m = k * k
+    if m & (m - 1):
+        raise ValueError(f"avgpool needs a power-of-two window k*k, not k={k}")
+    s = _as_int64(x).unfold(2, k, stride).unfold(3, k, stride).sum(dim=(-1, -2))
+    return requant(s, m.bit_length() - 1, dw, count)
+
+
+class PwlTable:
+    """A 16-segment piecewise-linear activation table (see the module docstring).
+
+    Parameters
+    ----------
+    slope : sequence of 16 ints, ``dw``-bit signed, ``dw - 2`` fractional bits
+    icpt : sequence of 16 ints, ``2*dw``-bit signed
+    seg_shift : int
+    dw : int
+    """
+
+    def __init__(self, slope, icpt, seg_shift, dw):
+        self.slope = [int(v) for v in slope]
+        self.icpt = [int(v) for v in icpt]
+        self.seg_shift, self.dw = int(seg_shift), int(dw)
+        if len(self.slope) != SEGMENTS or len(self.icpt) != SEGMENTS:
+            raise ValueError(f"a PWL table has {SEGMENTS} slopes and intercepts")
+        for name, vals, bits in (("slope", self.slope, dw), ("icpt", self.icpt, 2 * dw)):
+            lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+            bad = [v for v in vals if not lo <= v <= hi]
+            if bad:
+                raise ValueError(f"PWL {name} {bad[0]} is outside [{lo}, {hi}] ({bits} bits)")
+
+    @property
+    def frac(self):
+        return self.dw - 2
+
+    def to_dict(self):
+        return {"slope": self.slope, "icpt": self.icpt, "seg_shift": self.seg_shift,
+                "dw": self.dw}
+
+
+def pwl_table(func, f, dw, seg_shift=None):
+    """Fit ``func`` (``"sigmoid"``, ``"tanh"`` or a callable) at scale ``f`` with 16 chords.
+
+    Each segment spans ``2**seg_shift`` integer steps (default: one real unit, ``f``). Segment
+    ``s`` covers inputs ``[(s-8) << seg_shift, (s-7) << seg_shift)``; its line is the chord of
+    ``func`` between those end points, so the table is continuous inside the covered range.
+    """
+    fn = {"sigmoid": torch.sigmoid, "tanh": torch.tanh}.get(func, func)
+    if not callable(fn):
+        raise ValueError(f"unknown activation {func!r}; use 'sigmoid', 'tanh' or a callable")
+    seg_shift = f if seg_shift is None else seg_shift
+    p = dw - 2
+    slope, icpt = [], []
+    lo_s, hi_s = -(1 << (dw - 1)), (1 << (dw - 1)) - 1
+    lo_i, hi_i = -(1 << (2 * dw - 1)), (1 << (2 * dw - 1)) - 1
+    for s in range(SEGMENTS):
+        a = ((s - 8) << seg_shift) / 2.0 ** f
+        b = ((s - 7) << seg_shift) / 2.0 ** f
+        fa = float(fn(torch.tensor(a, dtype=torch.float64)))
+        fb = float(fn(torch.tensor(b, dtype=torch.float64)))
+        m = (fb - fa) / (b - a)
+        sl = max(lo_s, min(hi_s, round(m * 2.0 ** p)))
+        # intercept at scale f + p so that slope*y + icpt is at scale f + p
+        ic = round((fa - sl / 2.0 ** p * a) * 2.0 ** (f + p))
+        slope.append(sl)
+        icpt.append(max(lo_i, min(hi_i, ic)))
+    return PwlTable(slope, icpt, seg_shift, dw)
+
+
+def pwl_apply(y, table, count=None):
+    """Apply a :class:`PwlTable` to requantised values ``y``."""
+    y = _as_int64(y)
+    seg = ((y >> table.seg_shift) + SEGMENTS // 2).clamp(0, SEGMENTS - 1)
+    slope = torch.tensor(table.slope, dtype=torch.int64)[seg]
+    icpt = torch.tensor(table.icpt, dtype=torch.int64)[seg]
+    p = table.frac
+    return sat((slope * y + icpt + (1 << (p - 1))) >> p, table.dw, count)
+
+
+def run_layer(desc, x, w=None, b=None, dw=16, pwl=None, count=None):
+    """Run one :class:`slimnfu.config.LayerDesc` on integer tensors, as the engine does.
+
+    Parameters
+    ----------
+    desc : LayerDesc
+    x : (N, C, H, W) integer tensor (``(N, C)`` for fc)
+    w, b : weights ``(O, C, K, K)`` (``(O, C)`` for fc) and biases ``(O,)``; unused for pooling
+    dw : int
+    pwl : PwlTable, needed when ``desc.act == "pwl"``
+    count : SatCount, optional
+
+    Returns
+    -------
+    torch.Tensor
+        int64 outputs, ``(N, O, H_out, W_out)`` (``(N, O)`` for fc).
+    """
+    if desc.kind == "maxpool":
+        y = maxpool(x, desc.k, desc.stride)
+    elif desc.kind == "avgpool":
+        y = avgpool(x, desc.k, desc.stride, dw, count)
+    else:
+        if desc.kind == "fc":
+            acc = linear_acc(x, w, b)
+        else:
+            acc = conv2d_acc(x, w, b, desc.stride, desc.pad)
+        y = requant(acc, desc.shift, dw, count)
+    if desc.act == "relu":
+        y = relu(y)
+    elif desc.act == "pwl":
+        if pwl is None:
+            raise ValueError("act='pwl' needs a PwlTable")
+        y = pwl_apply(y, pwl, count)
+    return y

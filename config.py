@@ -1,0 +1,296 @@
+"""The one config object, and the layer descriptors it runs.
+
+:class:`AccelConfig` fixes the accelerator's parameters (NFU size, data and accumulator
+widths, buffer depths). The same object drives the Amaranth gateware, the integer reference
+and the cocotb testbenches, so the model and the RTL cannot drift apart.
+
+:class:`LayerDesc` describes one layer the layer engine can run. Its :meth:`LayerDesc.check`
+refuses, with one message naming the field and its limit, anything the engine cannot run on a
+given config, before any simulation starts.
+"""
+
+from dataclasses import dataclass, field, asdict, replace
+import math
+
+__all__ = ["AccelConfig", "LayerDesc", "CONFIGS", "get_config", "KINDS", "ACTS"]
+
+KINDS = ("conv", "fc", "maxpool", "avgpool")
+ACTS = ("none", "relu", "pwl")
+
+#: Number of segments of the piecewise-linear activation table (NFU-3).
+PWL_SEGMENTS = 16
+
+
+def _check_int(name, value, low, high=None):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, not {value!r}")
+    if value < low or (high is not None and value > high):
+        limit = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be {limit}, not {value}")
+
+
+@dataclass(frozen=True)
+class AccelConfig:
+    """Parameters of one accelerator build.
+
+    Parameters
+    ----------
+    name : str
+        Config name, used in report and build paths.
+    tn : int
+        Output lanes of the NFU (neurons computed in parallel).
+    ti : int
+        Input lanes of the NFU (synapses per output lane per cycle).
+    dw : int
+        Width of activations and weights, signed two's complement.
+    acc : int
+        Width of the accumulators (NFU-2) and of the stored biases.
+    nbin_depth : int
+        Words of NBin; each word holds ``ti`` activations of one pixel.
+    sb_depth : int
+        Words of SB; each word holds ``tn * ti`` weights of one tap.
+    nbout_depth : int
+        Words of NBout; each word holds ``tn`` activations of one pixel.
+    bias_depth : int
+        Words of the bias memory; each word holds ``tn`` biases (one output tile).
+    """
+
+    name: str
+    tn: int
+    ti: int
+    dw: int = 16
+    acc: int = 48
+    nbin_depth: int = 1024
+    sb_depth: int = 1024
+    nbout_depth: int = 1024
+    bias_depth: int = 64
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            raise TypeError(f"config name must be an identifier string, not {self.name!r}")
+        _check_int("tn", self.tn, 1, 64)
+        _check_int("ti", self.ti, 1, 64)
+        _check_int("dw", self.dw, 4, 32)
+        for name in ("nbin_depth", "sb_depth", "nbout_depth", "bias_depth"):
+            _check_int(name, getattr(self, name), 2, 1 << 20)
+        _check_int("acc", self.acc, 1, 64)
+        if self.acc < self.min_acc:
+            raise ValueError(
+                f"acc must be >= {self.min_acc} for dw={self.dw}, ti={self.ti} (one adder-tree "
+                f"sum of {self.ti} products of {self.dw}-bit operands), not {self.acc}")
+        if self.tn != self.ti:
+            raise ValueError(f"tn must equal ti (pooling maps input lanes onto output lanes), "
+                             f"not tn={self.tn}, ti={self.ti}")
+
+    @property
+    def min_acc(self):
+        """Narrowest accumulator that holds one adder-tree sum plus a sign bit."""
+        return 2 * self.dw + max(1, math.ceil(math.log2(self.ti))) + 1
+
+    @property
+    def pwl_frac(self):
+        """Fractional bits of the piecewise-linear activation slopes."""
+        return self.dw - 2
+
+    @property
+    def qmin(self):
+        return -(1 << (self.dw - 1))
+
+    @property
+    def qmax(self):
+        return (1 << (self.dw - 1)) - 1
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(**d)
+
+    def with_(self, **kw):
+        """Return a copy with some parameters changed (and validated again)."""
+        return replace(self, **kw)
+
+
+CONFIGS = {
+    "tiny": AccelConfig("tiny", tn=4, ti=4, dw=16, acc=48, nbin_depth=2048, sb_depth=1024,
+                        nbout_depth=4096, bias_depth=128),
+    "small": AccelConfig("small", tn=8, ti=8, dw=16, acc=48, nbin_depth=1024, sb_depth=1024,
+                         nbout_depth=2048, bias_depth=64),
+    "diannao": AccelConfig("diannao", tn=16, ti=16, dw=16, acc=48, nbin_depth=1024,
+                           sb_depth=2048, nbout_depth=2048, bias_depth=32),
+}
+
+
+def get_config(name):
+    """Return the named config, or raise ``ValueError`` listing the known ones."""
+    try:
+        return CONFIGS[name]
+    except KeyError:
+        raise ValueError(f"unknown config {name!r}; known configs: {', '.join(CONFIGS)}") from None
+
+
+@dataclass(frozen=True)
+class LayerDesc:
+    """One layer for the layer engine.
+
+    Parameters
+    ----------
+    kind : str
+        ``"conv"``, ``"fc"``, ``"maxpool"`` or ``"avgpool"``. An FC layer is a 1x1 conv on a
+        1x1 image with ``n_in`` channels.
+    n_in, n_out : int
+        Input and output channels (features). Pooling needs ``n_out == n_in``.
+    h_in, w_in : int
+        Input height and width.
+    k : int
+        Kernel (or pooling window) size, square.
+    stride, pad : int
+        Stride and zero padding. Pooling takes no padding.
+    shift : int
+        Requantisation shift ``sh = f_x + f_w - f_y`` (conv, fc). Average pooling uses
+        ``log2(k*k)`` and max pooling 0, whatever is given.
+    act : str
+        ``"none"``, ``"relu"`` or ``"pwl"`` (the 16-segment table loaded into NFU-3).
+    seg_shift : int
+        For ``act="pwl"``: each segment spans ``2**seg_shift`` integer steps of the input.
+    """
+
+    kind: str
+    n_in: int
+    n_out: int
+    h_in: int = 1
+    w_in: int = 1
+    k: int = 1
+    stride: int = 1
+    pad: int = 0
+    shift: int = 0
+    act: str = "none"
+    seg_shift: int = 0
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"layer kind must be one of {KINDS}, not {self.kind!r}")
+        if self.act not in ACTS:
+            raise ValueError(f"act must be one of {ACTS}, not {self.act!r}")
+        for name in ("n_in", "n_out", "h_in", "w_in", "k", "stride"):
+            _check_int(name, getattr(self, name), 1)
+        for name in ("pad", "shift", "seg_shift"):
+            _check_int(name, getattr(self, name), 0)
+        if self.kind == "fc" and (self.h_in, self.w_in, self.k, self.stride, self.pad) != \
+                (1, 1, 1, 1, 0):
+            raise ValueError("an fc layer must have h_in = w_in = k = stride = 1 and pad = 0")
+        if self.kind in ("maxpool", "avgpool"):
+            if self.n_out != self.n_in:
+                raise ValueError(f"pooling needs n_out == n_in, not {self.n_out} != {self.n_in}")
+            if self.pad:
+                raise ValueError(f"pooling takes no padding, not pad={self.pad}")
+            if self.kind == "avgpool" and (self.k * self.k) & (self.k * self.k - 1):
+                raise ValueError(f"avgpool needs a power-of-two window k*k, not k={self.k}")
+        if self.k > self.h_in + 2 * self.pad or self.k > self.w_in + 2 * self.pad:
+            raise ValueError(f"k={self.k} is larger than the padded input "
+                             f"{self.h_in + 2 * self.pad}x{self.w_in + 2 * self.pad}")
+
+    @property
+    def is_pool(self):
+        return self.kind in ("maxpool", "avgpool")
+
+    @property
+    def h_out(self):
+        return (self.h_in + 2 * self.pad - self.k) // self.stride + 1
+
+    @property
+    def w_out(self):
+        return (self.w_in + 2 * self.pad - self.k) // self.stride + 1
+
+    @property
+    def effective_shift(self):
+        """The shift NFU-3 applies: ``shift`` for conv/fc, ``log2(k*k)`` for avgpool."""
+        if self.kind == "avgpool":
+            return (self.k * self.k).bit_length() - 1
+        if self.kind == "maxpool":
+            return 0
+        return self.shift
+
+    def tiles(self, cfg):
+        """Return ``(ci_tiles, co_tiles)`` for ``cfg``."""
+        if self.is_pool:
+            return 1, -(-self.n_in // cfg.tn)
+        return -(-self.n_in // cfg.ti), -(-self.n_out // cfg.tn)
+
+    def in_tiles(self, cfg):
+        """Input channel tiles in NBin (pooling reads one input tile per output tile)."""
+        return -(-self.n_in // cfg.ti)
+
+    def dense_cycles(self, cfg):
+        """Analytic NFU cycle count: ``H_out*W_out*ceil(N_out/Tn)*ceil(N_in/Ti)*K*K``.
+
+        Pooling walks one input tile per output tile.
+        """
+        ci, co = self.tiles(cfg)
+        return self.h_out * self.w_out * co * ci * self.k * self.k
+
+    def macs(self):
+        """Useful multiply-accumulates (pooling: compared or summed inputs)."""
+        per_out = self.k * self.k * (1 if self.is_pool else self.n_in)
+        return self.h_out * self.w_out * self.n_out * per_out
+
+    def nbin_words(self, cfg):
+        return self.in_tiles(cfg) * self.h_in * self.w_in
+
+    def nbout_words(self, cfg):
+        return self.tiles(cfg)[1] * self.h_out * self.w_out
+
+    def sb_words(self, cfg):
+        if self.is_pool:
+            return 0
+        ci, co = self.tiles(cfg)
+        return ci * co * self.k * self.k
+
+    def max_acc_bits(self, cfg, max_abs_bias=None):
+        """Bits an accumulator needs for this layer's largest possible sum, sign included.
+
+        The worst case is every product at ``(-2**(dw-1))**2`` plus the largest bias; when
+        ``max_abs_bias`` is not given, a bias of the same size as one product is assumed.
+        """
+        if self.is_pool:
+            return cfg.dw + (self.k * self.k).bit_length()
+        terms = self.k * self.k * self.n_in
+        prod = 1 << (2 * cfg.dw - 2)
+        bias = prod if max_abs_bias is None else int(max_abs_bias)
+        return (terms * prod + bias).bit_length() + 1
+
+    def check(self, cfg, max_abs_bias=None):
+        """Raise ``ValueError`` naming the field and its limit if ``cfg`` cannot run this layer."""
+        limits = {
+            "nbin_depth": (self.nbin_words(cfg), "input words (ceil(n_in/ti)*h_in*w_in)"),
+            "nbout_depth": (self.nbout_words(cfg), "output words (ceil(n_out/tn)*h_out*w_out)"),
+            "sb_depth": (self.sb_words(cfg), "weight words (ceil(n_in/ti)*ceil(n_out/tn)*k*k)"),
+            "bias_depth": (0 if self.is_pool else self.tiles(cfg)[1], "bias words (output tiles)"),
+        }
+        for name, (need, what) in limits.items():
+            have = getattr(cfg, name)
+            if need > have:
+                raise ValueError(f"layer {self.kind} {self.n_in}->{self.n_out} "
+                                 f"{self.h_in}x{self.w_in} k={self.k} needs {need} {what}, but "
+                                 f"config {cfg.name!r} has {name}={have}")
+        need = self.max_acc_bits(cfg, max_abs_bias)
+        if need > cfg.acc:
+            raise ValueError(f"layer {self.kind} {self.n_in}->{self.n_out} k={self.k} can sum "
+                             f"to {need} bits, but config {cfg.name!r} has acc={cfg.acc}")
+        if self.effective_shift >= cfg.acc:
+            raise ValueError(f"shift must be < acc={cfg.acc}, not {self.effective_shift}")
+        if self.act == "pwl" and self.seg_shift >= cfg.dw:
+            raise ValueError(f"seg_shift must be < dw={cfg.dw}, not {self.seg_shift}")
+        for name, bits in (("h_in", 12), ("w_in", 12), ("k", 4), ("stride", 4), ("pad", 4)):
+            if getattr(self, name) >= (1 << bits):
+                raise ValueError(f"{name} must be < {1 << bits} (descriptor field width), "
+                                 f"not {getattr(self, name)}")
+        return self
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(**d)

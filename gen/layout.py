@@ -1,0 +1,109 @@
+"""How tensors sit in the engine's memories: the one definition of every buffer layout.
+
+The gateware, the amaranth.sim tests, the cocotb testbenches and the weight-image writer all
+pack and unpack through these functions. Lane 0 is at the least significant bits of a word;
+values are two's complement; channels past the layer's count are zero.
+
+=========  ==================================================  =============================
+memory     word address                                        lane ``l`` of the word
+=========  ==================================================  =============================
+NBin       ``(t * h_in + y) * w_in + x``                       channel ``t*ti + l``
+SB         ``((o * ci_tiles + t) * k + ky) * k + kx``          ``w[o*tn + l//ti, t*ti + l%ti,
+                                                               ky, kx]`` (``tn*ti`` lanes)
+bias       ``o``                                               bias of channel ``o*tn + l``
+                                                               (``acc`` bits per lane)
+NBout      ``(o * h_out + y) * w_out + x``                     channel ``o*tn + l``
+PWL        segment ``s``                                       ``slope`` in bits ``[0, dw)``,
+                                                               ``icpt`` in ``[dw, 3*dw)``
+=========  ==================================================  =============================
+
+An FC layer is laid out as a 1x1 image: NBin word ``t`` holds inputs ``t*ti ...``.
+"""
+
+import torch
+
+__all__ = ["pack_words", "unpack_words", "pack_input", "pack_weights", "pack_bias",
+           "unpack_output", "pack_pwl"]
+
+
+def pack_words(lanes, width):
+    """Pack an integer tensor ``(words, lanes)`` into a list of unsigned words."""
+    lanes = torch.as_tensor(lanes, dtype=torch.int64)
+    mask = (1 << width) - 1
+    words = []
+    for row in lanes.tolist():
+        word = 0
+        for i, v in enumerate(row):
+            word |= (int(v) & mask) << (i * width)
+        words.append(word)
+    return words
+
+
+def unpack_words(words, lanes, width):
+    """Unpack unsigned words into a signed int64 tensor ``(len(words), lanes)``."""
+    mask, sign = (1 << width) - 1, 1 << (width - 1)
+    out = []
+    for word in words:
+        row = []
+        for i in range(lanes):
+            v = (int(word) >> (i * width)) & mask
+            row.append(v - (1 << width) if v & sign else v)
+        out.append(row)
+    return torch.tensor(out, dtype=torch.int64).reshape(len(out), lanes)
+
+
+def _pad_channels(x, dim, multiple):
+    n = x.shape[dim]
+    extra = -n % multiple
+    if extra:
+        shape = list(x.shape)
+        shape[dim] = extra
+        x = torch.cat([x, torch.zeros(shape, dtype=x.dtype)], dim=dim)
+    return x
+
+
+def pack_input(x, cfg):
+    """NBin words for one image ``(C, H, W)`` (or one FC input vector ``(C,)``)."""
+    x = torch.as_tensor(x, dtype=torch.int64)
+    if x.dim() == 1:
+        x = x.view(-1, 1, 1)
+    x = _pad_channels(x, 0, cfg.ti)
+    c, h, w = x.shape
+    lanes = x.view(c // cfg.ti, cfg.ti, h, w).permute(0, 2, 3, 1).reshape(-1, cfg.ti)
+    return pack_words(lanes, cfg.dw)
+
+
+def pack_weights(w, cfg):
+    """SB words for conv weights ``(O, C, K, K)`` (or FC weights ``(O, C)``)."""
+    w = torch.as_tensor(w, dtype=torch.int64)
+    if w.dim() == 2:
+        w = w.view(*w.shape, 1, 1)
+    w = _pad_channels(_pad_channels(w, 0, cfg.tn), 1, cfg.ti)
+    o, c, k, _ = w.shape
+    lanes = (w.view(o // cfg.tn, cfg.tn, c // cfg.ti, cfg.ti, k, k)
+             .permute(0, 2, 4, 5, 1, 3).reshape(-1, cfg.tn * cfg.ti))
+    return pack_words(lanes, cfg.dw)
+
+
+def pack_bias(b, cfg):
+    """Bias words, ``acc`` bits per lane, one word per output tile."""
+    b = _pad_channels(torch.as_tensor(b, dtype=torch.int64), 0, cfg.tn)
+    return pack_words(b.view(-1, cfg.tn), cfg.acc)
+
+
+def unpack_output(words, n_out, h_out, w_out, cfg):
+    """Turn NBout words back into ``(n_out, h_out, w_out)`` int64 values."""
+    tiles = -(-n_out // cfg.tn)
+    lanes = unpack_words(words, cfg.tn, cfg.dw)
+    if lanes.shape[0] != tiles * h_out * w_out:
+        raise ValueError(f"expected {tiles * h_out * w_out} NBout words, got {lanes.shape[0]}")
+    y = lanes.view(tiles, h_out, w_out, cfg.tn).permute(0, 3, 1, 2).reshape(-1, h_out, w_out)
+    return y[:n_out]
+
+
+def pack_pwl(table, cfg):
+    """The 16 PWL table words of a :class:`slimnfu.compress.fixed.PwlTable`."""
+    if table.dw != cfg.dw:
+        raise ValueError(f"PWL table is for dw={table.dw}, config has dw={cfg.dw}")
+    m1, m2 = (1 << cfg.dw) - 1, (1 << (2 * cfg.dw)) - 1
+    return [(s & m1) | ((i & m2) << cfg.dw) for s, i in zip(table.slope, table.icpt)]

@@ -1,0 +1,61 @@
+"""The layer descriptor as the engine sees it: a packed struct on the ``desc`` port.
+
+:func:`descriptor_layout` builds the layout from the config; :func:`descriptor_value` turns a
+:class:`slimnfu.config.LayerDesc` into the integer a testbench drives onto the port. Both use
+the same layout object, so the Python side and the gateware cannot disagree on bit positions.
+"""
+
+from amaranth.hdl import unsigned
+from amaranth.lib import data, enum
+
+__all__ = ["Mode", "Act", "descriptor_layout", "descriptor_value", "DESC_FIELD_BITS"]
+
+#: Width of the geometry fields; :meth:`LayerDesc.check` refuses values that do not fit.
+DESC_FIELD_BITS = {"h_in": 12, "w_in": 12, "h_out": 12, "w_out": 12, "k": 4, "stride": 4,
+                   "pad": 4}
+
+
+class Mode(enum.Enum, shape=2):
+    MAC = 0      #: conv and fc: NFU-1 multiplies, NFU-2 sums
+    MAXPOOL = 1  #: NFU-1 bypassed, NFU-2 keeps the maximum
+    AVGPOOL = 2  #: NFU-1 bypassed, NFU-2 sums, NFU-3 shifts
+
+
+class Act(enum.Enum, shape=2):
+    NONE = 0
+    RELU = 1
+    PWL = 2
+
+
+def _bits(n):
+    return max(1, int(n).bit_length())
+
+
+def descriptor_layout(cfg):
+    """The :class:`amaranth.lib.data.StructLayout` of the ``desc`` port for ``cfg``."""
+    tiles = max(cfg.nbin_depth, cfg.nbout_depth, cfg.sb_depth)
+    fields = {
+        "mode": Mode,
+        "act": Act,
+        "ci_tiles": unsigned(_bits(tiles)),
+        "co_tiles": unsigned(_bits(tiles)),
+    }
+    for name, bits in DESC_FIELD_BITS.items():
+        fields[name] = unsigned(bits)
+    fields["shift"] = unsigned(_bits(cfg.acc - 1))
+    fields["seg_shift"] = unsigned(_bits(cfg.dw - 1))
+    return data.StructLayout(fields)
+
+
+def descriptor_value(desc, cfg):
+    """The integer for the ``desc`` port that runs ``desc`` (a :class:`LayerDesc`) on ``cfg``."""
+    desc.check(cfg)
+    mode = {"conv": Mode.MAC, "fc": Mode.MAC, "maxpool": Mode.MAXPOOL,
+            "avgpool": Mode.AVGPOOL}[desc.kind]
+    act = {"none": Act.NONE, "relu": Act.RELU, "pwl": Act.PWL}[desc.act]
+    ci, co = desc.tiles(cfg)
+    fields = dict(mode=mode, act=act, ci_tiles=ci, co_tiles=co, h_in=desc.h_in,
+                  w_in=desc.w_in, h_out=desc.h_out, w_out=desc.w_out, k=desc.k,
+                  stride=desc.stride, pad=desc.pad, shift=desc.effective_shift,
+                  seg_shift=desc.seg_shift)
+    return descriptor_layout(cfg).const(fields).as_value().value
