@@ -185,14 +185,16 @@ class PwlTable:
 def pwl_table(func, f, dw, seg_shift=None):
     """Fit ``func`` (``"sigmoid"``, ``"tanh"`` or a callable) at scale ``f`` with 16 chords.
 
-    Each segment spans ``2**seg_shift`` integer steps (default: one real unit, ``f``). Segment
+    Each segment spans ``2**seg_shift`` integer steps (default: one real unit, ``f``, for
+    sigmoid, which then covers [-8, 8); half a unit, ``f - 1``, for tanh, covering [-4, 4)). Segment
     ``s`` covers inputs ``[(s-8) << seg_shift, (s-7) << seg_shift)``; its line is the chord of
     ``func`` between those end points, so the table is continuous inside the covered range.
     """
     fn = {"sigmoid": torch.sigmoid, "tanh": torch.tanh}.get(func, func)
     if not callable(fn):
         raise ValueError(f"unknown activation {func!r}; use 'sigmoid', 'tanh' or a callable")
-    seg_shift = f if seg_shift is None else seg_shift
+    if seg_shift is None:
+        seg_shift = max(0, f - 1) if func == "tanh" else f
     p = dw - 2
     slope, icpt = [], []
     lo_s, hi_s = -(1 << (dw - 1)), (1 << (dw - 1)) - 1

@@ -1,0 +1,112 @@
+"""Hand-computed checks of the fixed-point contract (DESIGN.md section 2)."""
+
+import pytest
+import torch
+
+from slimnfu.compress import fixed
+from slimnfu.config import LayerDesc
+
+
+def t(*v):
+    return torch.tensor(v, dtype=torch.int64)
+
+
+def test_requant_rounds_ties_half_up():
+    # (acc + 2) >> 2 : 2/4 = 0.5 -> 1, 6/4 = 1.5 -> 2, -2/4 = -0.5 -> 0, -6/4 = -1.5 -> -1
+    assert fixed.requant(t(2, 6, -2, -6, 1, -1, 3, -3), 2, 16).tolist() == \
+        [1, 2, 0, -1, 0, 0, 1, -1]
+
+
+def test_requant_sh_zero_has_no_rounding_term():
+    assert fixed.requant(t(5, -5, 0, 32767, -32768), 0, 16).tolist() == [5, -5, 0, 32767, -32768]
+
+
+def test_saturation_at_both_rails_is_counted():
+    count = fixed.SatCount()
+    y = fixed.requant(t(32767 * 4, 32768 * 4, -32768 * 4, -32769 * 4, 1 << 40, -(1 << 40)),
+                      2, 16, count)
+    assert y.tolist() == [32767, 32767, -32768, -32768, 32767, -32768]
+    # 32768*4>>2 = 32768 clamps; -32769*4 >> 2 = -32769 clamps; the two 2**40 clamp
+    assert count.events == 4
+
+
+def test_most_negative_value_products_are_exact():
+    acc = fixed.linear_acc(t(-32768, -32768).view(1, 2), t(-32768, -32768).view(1, 2))
+    assert acc.item() == 2 * (1 << 30)
+    assert fixed.requant(acc, 15, 16).item() == 32767  # 2**16 saturates
+
+
+def test_dw8_rails():
+    count = fixed.SatCount()
+    assert fixed.sat(t(-129, -128, 127, 128), 8, count).tolist() == [-128, -128, 127, 127]
+    assert count.events == 2
+
+
+def test_relu():
+    assert fixed.relu(t(-3, 0, 4)).tolist() == [0, 0, 4]
+
+
+def test_conv_by_hand():
+    x = torch.arange(9, dtype=torch.int64).view(1, 1, 3, 3)       # 0..8
+    w = t(1, 0, 0, -1).view(1, 1, 2, 2)                           # x[i,j] - x[i+1,j+1]
+    assert fixed.conv2d_acc(x, w, t(10)).view(-1).tolist() == [6, 6, 6, 6]
+    # padding 1, stride 2: windows at padded (0,0), (0,2), (2,0), (2,2)
+    y = fixed.conv2d_acc(x, w, None, stride=2, pad=1).view(-1).tolist()
+    assert y == [0 - 0, 0 - 2, 0 - 6, 4 - 8]
+
+
+def test_pooling_by_hand():
+    x = t(1, 2, -3, -4, 5, 6, 7, 9, -1, -1, -1, -2, 0, 0, 0, 1).view(1, 1, 4, 4)
+    assert fixed.maxpool(x, 2, 2).view(-1).tolist() == [6, 9, 0, 1]
+    # sums 14, 9, -2, -2 ; (s + 2) >> 2 -> 4, 2, 0, 0
+    assert fixed.avgpool(x, 2, 2, 16).view(-1).tolist() == [4, 2, 0, 0]
+    with pytest.raises(ValueError, match="power-of-two"):
+        fixed.avgpool(x, 3, 1, 16)
+
+
+def test_pwl_by_hand():
+    # identity table: slope 1.0 (2**14), icpt 0 -> out == y for every segment
+    table = fixed.PwlTable([1 << 14] * 16, [0] * 16, 4, 16)
+    y = t(-32768, -100, 0, 99, 32767)
+    assert fixed.pwl_apply(y, table).tolist() == y.tolist()
+    # segment of y = 40 with seg_shift 4: (40 >> 4) + 8 = 10; slope 0.5, icpt 3 * 2**14
+    slope, icpt = [0] * 16, [0] * 16
+    slope[10], icpt[10] = 1 << 13, 3 << 14
+    assert fixed.pwl_apply(t(40), fixed.PwlTable(slope, icpt, 4, 16)).item() == 23
+
+
+def test_pwl_sigmoid_tanh_track_float():
+    for name, fn in (("sigmoid", torch.sigmoid), ("tanh", torch.tanh)):
+        table = fixed.pwl_table(name, 10, 16)
+        y = torch.arange(-8 << 10, 8 << 10, 97)
+        err = (fixed.pwl_apply(y, table) / 1024.0 - fn(y / 1024.0)).abs().max().item()
+        assert err < 0.025, name
+
+
+def test_pwl_table_range_checked():
+    with pytest.raises(ValueError, match="slope 40000 is outside"):
+        fixed.PwlTable([40000] + [0] * 15, [0] * 16, 4, 16)
+
+
+def test_quantize_and_frac_bits():
+    assert fixed.frac_bits_for(1.0, 16) == 14
+    assert fixed.frac_bits_for(0.99, 16) == 15
+    count = fixed.SatCount()
+    assert fixed.quantize(torch.tensor([0.5, -1.0, 3.0]), 14, 16, count).tolist() == \
+        [8192, -16384, 32767]
+    assert count.events == 1
+
+
+def test_run_layer_matches_float_for_exact_values():
+    torch.manual_seed(0)
+    desc = LayerDesc("conv", 3, 4, 6, 6, 3, stride=2, pad=1, shift=0, act="relu")
+    x = torch.randint(-8, 8, (2, 3, 6, 6))
+    w = torch.randint(-8, 8, (4, 3, 3, 3))
+    b = torch.randint(-8, 8, (4,))
+    ref = torch.relu(torch.nn.functional.conv2d(x.double(), w.double(), b.double(), 2, 1))
+    assert torch.equal(fixed.run_layer(desc, x, w, b, 16), ref.long())
+
+
+def test_non_integer_input_refused():
+    with pytest.raises(ValueError, match="non-integer"):
+        fixed.requant(torch.tensor([0.5]), 1, 16)
