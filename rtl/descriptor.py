@@ -44,6 +44,9 @@ def descriptor_layout(cfg):
         fields[name] = unsigned(bits)
     fields["shift"] = unsigned(_bits(cfg.acc - 1))
     fields["seg_shift"] = unsigned(_bits(cfg.dw - 1))
+    # Output channels: NFU-3 counts saturation only on lanes below n_out (added last, so the
+    # fields above keep their bit positions).
+    fields["n_out"] = unsigned(_bits(tiles * cfg.tn))
     return data.StructLayout(fields)
 
 
@@ -57,5 +60,5 @@ def descriptor_value(desc, cfg):
     fields = dict(mode=mode, act=act, ci_tiles=ci, co_tiles=co, h_in=desc.h_in,
                   w_in=desc.w_in, h_out=desc.h_out, w_out=desc.w_out, k=desc.k,
                   stride=desc.stride, pad=desc.pad, shift=desc.effective_shift,
-                  seg_shift=desc.seg_shift)
+                  seg_shift=desc.seg_shift, n_out=desc.n_out)
     return descriptor_layout(cfg).const(fields).as_value().value
