@@ -1,5 +1,100 @@
-"""Subcommands (placeholder until its owner fills it in)."""
+"""``slimnfu train`` and ``slimnfu eval``: train (or load from the cache) a reference network."""
+
+import argparse
+
+__all__ = ["register"]
+
+
+def _add_common(parser):
+    parser.add_argument("name", help="network: lenet300, lenet5 or vgg_fmnist")
+    parser.add_argument("--epochs", type=int, help="epochs (default: the network's own)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default: the network's)")
+    parser.add_argument("--batch-size", type=int, help="batch size (default: the network's)")
+    parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    parser.add_argument("--subset", type=int,
+                        help="train on the first N training images only")
+    parser.add_argument("--cache-dir",
+                        help="checkpoint cache (default $SLIMNFU_CACHE or build/cache/models)")
+    parser.add_argument("--root", help="data folder (default $SLIMNFU_DATA)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch CPU threads (default 2)")
+    parser.add_argument("--json", metavar="PATH",
+                        help="also write the run's info as JSON to PATH (atomically)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _write_json(path, obj):
+    import json
+    import os
+    import pathlib
+    import tempfile
+
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _run(args):
+    import torch
+    from slimnfu.compress.train import train
+
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, not {args.threads}")
+    torch.set_num_threads(args.threads)
+    return train(args.name, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                 seed=args.seed, subset=args.subset, cache_dir=args.cache_dir,
+                 progress=not args.no_progress, root=args.root)
+
+
+def _train(args):
+    _, info = _run(args)
+    how = "loaded from cache" if info["cache_hit"] else f"trained in {info['train_s']:.1f} s"
+    print(f"{args.name} on {info['dataset']}: {how}, test accuracy {info['acc_test']:.2f}% "
+          f"({info['path']})")
+    if args.json:
+        _write_json(args.json, info)
+    return 0
+
+
+def _eval(args):
+    from slimnfu.compress import data
+    from slimnfu.compress.train import evaluate
+
+    if args.split not in data.SPLITS:
+        raise ValueError(f"unknown split {args.split!r}; known splits: {', '.join(data.SPLITS)}")
+    model, info = _run(args)
+    images, labels = data.load(info["dataset"], args.split, args.root)
+    acc = evaluate(model, images, labels)
+    print(f"{args.name} on {info['dataset']} {args.split} ({len(labels)} images): "
+          f"accuracy {acc:.2f}%")
+    if args.json:
+        _write_json(args.json, dict(info, split=args.split, acc=acc))
+    return 0
 
 
 def register(sub):
-    pass
+    """Add the ``train`` and ``eval`` subcommands to ``sub``."""
+    p = sub.add_parser("train", help="train a reference network (or load its cached checkpoint)",
+                       description="Train a reference network on its dataset's train split "
+                                   "(the first 55000 images), or load the checkpoint cached "
+                                   "for the same network, data, hyperparameters and seed.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_common(p)
+    p.set_defaults(func=_train)
+    p = sub.add_parser("eval", help="report a reference network's accuracy",
+                       description="Train-or-load a reference network exactly as `slimnfu "
+                                   "train` does with the same options, then print its "
+                                   "accuracy on a split.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_common(p)
+    p.add_argument("--split", default="test", help="train, calib, trainval or test")
+    p.set_defaults(func=_eval)

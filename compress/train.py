@@ -1,0 +1,236 @@
+"""Training and evaluation of the reference networks, with a content-addressed checkpoint cache.
+
+A run is reproducible from its seed: the weights are initialised after ``torch.manual_seed``
+(inside :func:`torch.random.fork_rng`, so the caller's RNG is untouched), batches are shuffled by
+a seeded ``torch.Generator``, and deterministic algorithms are requested while training.
+
+Checkpoints are cached under ``cache_dir`` (default ``$SLIMNFU_CACHE``, else
+``build/cache/models``) by a SHA-256 over the network definition, the dataset files' md5s, the
+hyperparameters, the subset, the seed and the torch version. A cache hit loads the checkpoint
+instead of training.
+"""
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import pathlib
+import tempfile
+import time
+
+import torch
+from torch import nn
+
+from slimnfu.compress import data
+from slimnfu.compress.models import build, network_info
+
+__all__ = ["train", "evaluate", "cache_key", "default_cache_dir", "hyperparameters",
+           "CACHE_ENV_VAR", "TRAIN_FORMAT"]
+
+#: Environment variable naming the checkpoint cache folder.
+CACHE_ENV_VAR = "SLIMNFU_CACHE"
+
+#: Bumped whenever the training procedure changes, so old checkpoints are not reused.
+TRAIN_FORMAT = 1
+
+
+def default_cache_dir():
+    """``$SLIMNFU_CACHE`` if set, else ``build/cache/models`` (relative to the working dir)."""
+    return pathlib.Path(os.environ.get(CACHE_ENV_VAR) or "build/cache/models")
+
+
+def _check_positive_int(name, value, high=None):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, not {value!r}")
+    if value < 1 or (high is not None and value > high):
+        limit = ">= 1" if high is None else f"in [1, {high}]"
+        raise ValueError(f"{name} must be {limit}, not {value}")
+
+
+def hyperparameters(name, epochs=None, lr=None, batch_size=None, seed=0, subset=None):
+    """Fill in and validate the hyperparameters of a run; return them as a dict."""
+    spec = network_info(name)
+    epochs = spec["epochs"] if epochs is None else epochs
+    lr = spec["lr"] if lr is None else lr
+    batch_size = spec["batch_size"] if batch_size is None else batch_size
+    _check_positive_int("epochs", epochs, 1000)
+    _check_positive_int("batch_size", batch_size, 1 << 16)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        raise TypeError(f"lr must be a number, not {lr!r}")
+    if not (math.isfinite(lr) and 0 < lr <= 10):
+        raise ValueError(f"lr must be in (0, 10], not {lr}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an integer, not {seed!r}")
+    if not 0 <= seed < 2 ** 63:
+        raise ValueError(f"seed must be in [0, 2**63), not {seed}")
+    train_count = data.SPLITS["train"][2] - data.SPLITS["train"][1]
+    if subset is not None:
+        _check_positive_int("subset", subset, train_count)
+    return {"network": name, "dataset": spec["dataset"], "epochs": epochs, "lr": float(lr),
+            "batch_size": batch_size, "seed": seed, "subset": subset,
+            "optimizer": spec["optimizer"], "weight_decay": spec["weight_decay"],
+            "schedule": spec["schedule"]}
+
+
+def _build_quietly(name):
+    """Build a network without advancing the caller's global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        return build(name)
+
+
+def _definition(name):
+    return repr(_build_quietly(name))
+
+
+def cache_key(hparams):
+    """SHA-256 of everything that determines the trained weights."""
+    content = {
+        "format": TRAIN_FORMAT,
+        "definition": _definition(hparams["network"]),
+        "data_md5": data.data_md5s(hparams["dataset"]),
+        "hparams": hparams,
+        "torch": torch.__version__,
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def evaluate(model, images, labels, batch_size=1000):
+    """Top-1 accuracy of ``model`` on ``images`` in percent (the model is put in eval mode)."""
+    images = torch.as_tensor(images)
+    labels = torch.as_tensor(labels)
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"images and labels differ in count: {images.shape[0]} != "
+                         f"{labels.shape[0]}")
+    if images.shape[0] == 0:
+        raise ValueError("evaluate needs at least one image")
+    _check_positive_int("batch_size", batch_size)
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch_size):
+            logits = model(images[start:start + batch_size].float())
+            correct += int((logits.argmax(1) == labels[start:start + batch_size]).sum())
+    return 100.0 * correct / images.shape[0]
+
+
+@contextlib.contextmanager
+def _deterministic():
+    previous = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous, warn_only=warn_only)
+
+
+def _save_atomic(obj, path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _fit(model, images, labels, hp, progress):
+    from tqdm import tqdm
+
+    generator = torch.Generator().manual_seed(hp["seed"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+    steps_per_epoch = -(-images.shape[0] // hp["batch_size"])
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=hp["epochs"] * steps_per_epoch)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    for epoch in range(hp["epochs"]):
+        order = torch.randperm(images.shape[0], generator=generator)
+        with tqdm(range(steps_per_epoch), desc=f"{hp['network']} epoch {epoch + 1}/"
+                  f"{hp['epochs']}", disable=not progress, leave=False, unit="batch") as bar:
+            for step in bar:
+                idx = order[step * hp["batch_size"]:(step + 1) * hp["batch_size"]]
+                loss = loss_fn(model(images[idx]), labels[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                if step % 20 == 0:
+                    bar.set_postfix(loss=f"{loss.item():.4f}")
+    model.eval()
+    return model
+
+
+def train(name, epochs=None, lr=None, batch_size=None, seed=0, subset=None, cache_dir=None,
+          progress=True, root=None):
+    """Train a reference network on its dataset's ``"train"`` split, or load it from the cache.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`slimnfu.compress.models.NETWORKS`.
+    epochs, lr, batch_size : optional
+        Override the network's defaults.
+    seed : int
+        Seeds the initial weights and the shuffling.
+    subset : int, optional
+        Train on the first ``subset`` images only (fast tests).
+    cache_dir : str or path-like, optional
+        Checkpoint folder; default :func:`default_cache_dir`.
+    progress : bool
+        Show tqdm progress bars.
+    root : str or path-like, optional
+        The data folder; default ``$SLIMNFU_DATA``.
+
+    Returns
+    -------
+    model : torch.nn.Sequential
+        In eval mode.
+    info : dict
+        ``key``, ``cache_hit``, ``train_s``, ``epochs``, ``lr``, ``batch_size``, ``seed``,
+        ``subset``, ``acc_test`` (percent, full test set), ``dataset``, ``network``, ``path``.
+    """
+    hp = hyperparameters(name, epochs, lr, batch_size, seed, subset)
+    data.verify(hp["dataset"], root)
+    key = cache_key(hp)
+    cache_dir = default_cache_dir() if cache_dir is None else pathlib.Path(cache_dir)
+    path = cache_dir / f"{name}-{key[:20]}.pt"
+    if path.is_file():
+        model = _build_quietly(name)
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(checkpoint["state_dict"])
+            stored = checkpoint["info"]
+        except Exception as exc:
+            raise ValueError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); "
+                             f"delete it to retrain") from None
+        if stored.get("key") != key:
+            raise ValueError(f"checkpoint {path} has key {stored.get('key')!r}, expected {key!r}; "
+                             f"delete it to retrain")
+        model.eval()
+        return model, dict(stored, cache_hit=True, path=str(path))
+
+    images, labels = data.load(hp["dataset"], "train", root)
+    if subset is not None:
+        images, labels = images[:subset], labels[:subset]
+    start = time.perf_counter()
+    with torch.random.fork_rng(devices=[]), _deterministic():
+        torch.manual_seed(seed)
+        model = build(name)
+        _fit(model, images, labels, hp, progress)
+    train_s = time.perf_counter() - start
+    test_images, test_labels = data.load(hp["dataset"], "test", root)
+    info = {
+        "key": key, "cache_hit": False, "train_s": round(train_s, 3),
+        "epochs": hp["epochs"], "lr": hp["lr"], "batch_size": hp["batch_size"], "seed": seed,
+        "subset": subset, "acc_test": evaluate(model, test_images, test_labels),
+        "dataset": hp["dataset"], "network": name, "optimizer": hp["optimizer"],
+        "schedule": hp["schedule"], "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    _save_atomic({"state_dict": model.state_dict(), "info": info}, path)
+    return model, dict(info, path=str(path))
