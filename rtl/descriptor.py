@@ -50,9 +50,14 @@ def descriptor_layout(cfg):
     return data.StructLayout(fields)
 
 
-def descriptor_value(desc, cfg):
-    """The integer for the ``desc`` port that runs ``desc`` (a :class:`LayerDesc`) on ``cfg``."""
-    desc.check(cfg)
+def descriptor_value(desc, cfg, check=True):
+    """The integer for the ``desc`` port that runs ``desc`` (a :class:`LayerDesc`) on ``cfg``.
+
+    ``check=False`` skips :meth:`LayerDesc.check` (buffer depths), for weight images that list
+    layers too large for ``cfg``; every field must still fit its width.
+    """
+    if check:
+        desc.check(cfg)
     mode = {"conv": Mode.MAC, "fc": Mode.MAC, "maxpool": Mode.MAXPOOL,
             "avgpool": Mode.AVGPOOL}[desc.kind]
     act = {"none": Act.NONE, "relu": Act.RELU, "pwl": Act.PWL}[desc.act]
@@ -61,4 +66,9 @@ def descriptor_value(desc, cfg):
                   w_in=desc.w_in, h_out=desc.h_out, w_out=desc.w_out, k=desc.k,
                   stride=desc.stride, pad=desc.pad, shift=desc.effective_shift,
                   seg_shift=desc.seg_shift, n_out=desc.n_out)
-    return descriptor_layout(cfg).const(fields).as_value().value
+    layout = descriptor_layout(cfg)
+    for name, value in fields.items():
+        if isinstance(value, int) and value >= 1 << layout[name].shape.width:
+            raise ValueError(f"descriptor field {name}={value} does not fit its "
+                             f"{layout[name].shape.width} bits for config {cfg.name!r}")
+    return layout.const(fields).as_value().value
