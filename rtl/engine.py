@@ -1,0 +1,173 @@
+"""The dense layer engine: buffers, load interface, sequencer, NFU-1/2/3 and counters."""
+
+from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from slimnfu.rtl._params import bits_for, check_config
+from slimnfu.rtl.descriptor import Mode, descriptor_layout
+from slimnfu.rtl.nfu1 import NFU1
+from slimnfu.rtl.nfu2 import NFU2
+from slimnfu.rtl.nfu3 import NFU3
+from slimnfu.rtl.sequencer import Sequencer
+
+__all__ = ["LayerEngine", "LoadSel", "load_data_width"]
+
+
+class LoadSel:
+    """Values of ``load_sel``."""
+    NBIN, SB, BIAS, PWL = 0, 1, 2, 3
+
+
+def load_data_width(cfg):
+    """Width of ``load_data``: the widest word any memory takes.
+
+    ``tn*ti*dw`` (an SB word) for every named config; a bias word (``tn*acc``) or a PWL word
+    (``3*dw``) can be wider when ``ti`` is small (e.g. 2x2 configs).
+    """
+    return max(cfg.tn * cfg.ti * cfg.dw, cfg.tn * cfg.acc, 3 * cfg.dw)
+
+
+class LayerEngine(wiring.Component):
+    """Run one dense layer (conv, fc, maxpool, avgpool) from the buffers.
+
+    Pipeline, for a step issued by the sequencer in cycle ``S``: NBin/SB/bias read ``S``,
+    NFU-1 multiply ``S+1``, NFU-2 accumulate ``S+2``, NFU-3 requantise ``S+3`` and activate
+    ``S+4``, NBout write ``S+5``. Steps are issued back to back, so a layer of ``N`` steps
+    takes ``N + LATENCY`` cycles.
+
+    Handshake: ``start`` (while idle) latches ``desc``; ``busy`` is high from the next cycle
+    and falls in the cycle ``done`` pulses, one cycle after the last NBout write. In that cycle
+    the counters hold their final values: ``cycles`` is the number of clock edges from the
+    ``start`` cycle to the ``done`` cycle (``done_cycle - start_cycle``). All counters are reset
+    by ``start``. Loads (``load_en``) and NBout reads (``rd_addr`` -> ``rd_data`` one cycle
+    later) are meant for idle time; loads while busy are ignored.
+
+    Parameters
+    ----------
+    cfg : AccelConfig
+    """
+
+    #: ``cycles == desc.dense_cycles(cfg) + LATENCY`` for every layer: the sequencer's setup
+    #: (``Sequencer.SETUP_CYCLES`` = 12, plus the start cycle) and the 5-stage pipeline drain
+    #: plus the ``done`` cycle (6).
+    LATENCY = Sequencer.SETUP_CYCLES + 6
+
+    def __init__(self, cfg):
+        self.cfg = check_config("LayerEngine", cfg)
+        self.addr_bits = bits_for(max(cfg.nbin_depth, cfg.sb_depth, cfg.nbout_depth,
+                                      cfg.bias_depth) - 1)
+        super().__init__({
+            "start": In(1),
+            "desc": In(descriptor_layout(cfg)),
+            "busy": Out(1),
+            "done": Out(1),
+            "load_en": In(1),
+            "load_sel": In(2),
+            "load_addr": In(self.addr_bits),
+            "load_data": In(load_data_width(cfg)),
+            "rd_addr": In(bits_for(cfg.nbout_depth - 1)),
+            "rd_data": Out(cfg.tn * cfg.dw),
+            "cycles": Out(32),
+            "steps": Out(32),
+            "mults": Out(48),
+            "sat_events": Out(32),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        tn, ti, dw = cfg.tn, cfg.ti, cfg.dw
+        m.submodules.nbin = nbin = Memory(shape=unsigned(ti * dw), depth=cfg.nbin_depth, init=[])
+        m.submodules.sb = sb = Memory(shape=unsigned(tn * ti * dw), depth=cfg.sb_depth, init=[])
+        m.submodules.bias = bias = Memory(shape=unsigned(tn * cfg.acc), depth=cfg.bias_depth,
+                                          init=[])
+        m.submodules.nbout = nbout = Memory(shape=unsigned(tn * dw), depth=cfg.nbout_depth,
+                                            init=[])
+        m.submodules.seq = seq = Sequencer(cfg)
+        m.submodules.nfu1 = nfu1 = NFU1(cfg)
+        m.submodules.nfu2 = nfu2 = NFU2(cfg)
+        m.submodules.nfu3 = nfu3 = NFU3(cfg)
+
+        cur = Signal(descriptor_layout(cfg))
+        busy = Signal()
+        starting = self.start & ~busy
+        with m.If(starting):
+            m.d.sync += [cur.eq(self.desc), busy.eq(1)]
+        m.d.comb += [self.busy.eq(busy), seq.start.eq(starting), seq.desc.eq(self.desc)]
+
+        # Load interface: one word per cycle into the memory load_sel names.
+        idle_load = self.load_en & ~busy
+        for sel, mem in ((LoadSel.NBIN, nbin), (LoadSel.SB, sb), (LoadSel.BIAS, bias)):
+            port = mem.write_port()
+            m.d.comb += [port.addr.eq(self.load_addr), port.data.eq(self.load_data),
+                         port.en.eq(idle_load & (self.load_sel == sel))]
+        m.d.comb += [nfu3.pwl_we.eq(idle_load & (self.load_sel == LoadSel.PWL)),
+                     nfu3.pwl_addr.eq(self.load_addr), nfu3.pwl_data.eq(self.load_data)]
+
+        # Stage S: the sequencer's step addresses the buffers.
+        is_mac = cur.mode == Mode.MAC
+        nbin_rd, sb_rd, bias_rd = nbin.read_port(), sb.read_port(), bias.read_port()
+        m.d.comb += [
+            nbin_rd.addr.eq(seq.nbin_addr), nbin_rd.en.eq(seq.valid & ~seq.pad),
+            sb_rd.addr.eq(seq.sb_addr), sb_rd.en.eq(seq.valid & is_mac),
+            bias_rd.addr.eq(seq.bias_addr), bias_rd.en.eq(seq.valid & is_mac & seq.first),
+        ]
+
+        def delayed(value, stages, name):
+            for n in range(stages):
+                reg = Signal.like(value, name=f"{name}_d{n + 1}")
+                m.d.sync += reg.eq(value)
+                value = reg
+            return value
+
+        # Stage S+1: NFU-1 multiplies (padding positions read as zero).
+        pad1, valid1 = delayed(seq.pad, 1, "pad"), delayed(seq.valid, 1, "valid")
+        neurons = Signal(ti * dw)
+        m.d.comb += neurons.eq(Mux(pad1, 0, nbin_rd.data))
+        m.d.comb += [nfu1.neurons.eq(neurons), nfu1.synapses.eq(sb_rd.data),
+                     nfu1.en.eq(valid1 & is_mac)]
+
+        # Stage S+2: NFU-2 accumulates.
+        m.d.comb += [
+            nfu2.mode.eq(cur.mode),
+            nfu2.valid.eq(delayed(seq.valid, 2, "valid")),
+            nfu2.first.eq(delayed(seq.first, 2, "first")),
+            nfu2.last.eq(delayed(seq.last, 2, "last")),
+            nfu2.products.eq(nfu1.products),
+            nfu2.neurons.eq(delayed(neurons, 1, "neurons")),
+            nfu2.bias.eq(delayed(bias_rd.data, 1, "bias")),
+        ]
+
+        # Stage S+3, S+4: NFU-3 requantises and activates.
+        m.d.comb += [
+            nfu3.acc.eq(nfu2.acc), nfu3.in_valid.eq(nfu2.out_valid),
+            nfu3.lane_mask.eq(delayed(seq.lane_mask, 3, "lane_mask")),
+            nfu3.shift.eq(cur.shift), nfu3.act.eq(cur.act), nfu3.seg_shift.eq(cur.seg_shift),
+            nfu3.clear.eq(starting),
+        ]
+
+        # Stage S+5: NBout write; done one cycle after the layer's last write.
+        nbout_wr = nbout.write_port()
+        write_end = nfu3.out_valid & delayed(seq.end, 5, "end")
+        m.d.comb += [nbout_wr.addr.eq(delayed(seq.nbout_addr, 5, "nbout_addr")),
+                     nbout_wr.data.eq(nfu3.out), nbout_wr.en.eq(nfu3.out_valid)]
+        m.d.sync += self.done.eq(write_end)
+        with m.If(write_end):
+            m.d.sync += busy.eq(0)
+
+        nbout_rd = nbout.read_port()
+        m.d.comb += [nbout_rd.addr.eq(self.rd_addr), self.rd_data.eq(nbout_rd.data)]
+
+        # Counters, reset by start.
+        with m.If(starting):
+            m.d.sync += [self.cycles.eq(1), self.steps.eq(0), self.mults.eq(0)]
+        with m.Elif(busy):
+            m.d.sync += self.cycles.eq(self.cycles + 1)
+        with m.If(seq.valid):
+            m.d.sync += self.steps.eq(self.steps + 1)
+            with m.If(is_mac):
+                m.d.sync += self.mults.eq(self.mults + tn * ti)
+        m.d.comb += self.sat_events.eq(nfu3.sat_events)
+        return m

@@ -1,0 +1,52 @@
+"""NFU-1: the ``tn x ti`` array of signed multipliers, with registered products."""
+
+from amaranth.hdl import Module, signed
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from slimnfu.rtl._params import check_config
+
+__all__ = ["NFU1"]
+
+
+class NFU1(wiring.Component):
+    """``tn * ti`` signed ``dw x dw`` multipliers (DianNao's NFU-1).
+
+    Product ``j*ti + i`` is ``neurons[i] * synapses[j*ti + i]``: output lane ``j`` multiplies
+    the same ``ti`` input neurons by its own ``ti`` synapses, which is the SB word layout of
+    :mod:`slimnfu.gen.layout`. Products are exact (``2*dw`` bits) and registered: they appear
+    one cycle after the operands. When ``en`` is low the product registers hold their value
+    (operand isolation for pooling steps, which do not multiply).
+
+    Parameters
+    ----------
+    cfg : AccelConfig
+
+    Attributes
+    ----------
+    neurons : In(ArrayLayout(signed(dw), ti))
+    synapses : In(ArrayLayout(signed(dw), tn*ti))
+    en : In(1)
+    products : Out(ArrayLayout(signed(2*dw), tn*ti)), registered
+    """
+
+    LATENCY = 1
+
+    def __init__(self, cfg):
+        self.cfg = check_config("NFU1", cfg)
+        super().__init__({
+            "neurons": In(data.ArrayLayout(signed(cfg.dw), cfg.ti)),
+            "synapses": In(data.ArrayLayout(signed(cfg.dw), cfg.tn * cfg.ti)),
+            "en": In(1),
+            "products": Out(data.ArrayLayout(signed(2 * cfg.dw), cfg.tn * cfg.ti)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        tn, ti = self.cfg.tn, self.cfg.ti
+        with m.If(self.en):
+            for j in range(tn):
+                for i in range(ti):
+                    lane = j * ti + i
+                    m.d.sync += self.products[lane].eq(self.neurons[i] * self.synapses[lane])
+        return m
