@@ -1,0 +1,229 @@
+"""Weight images: round trips, atomic writes, and one test per rejection."""
+
+import hashlib
+import json
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from slimnfu.config import get_config
+from slimnfu.compress.accounting import model_stats
+from slimnfu.compress.quant import int_forward, quantize_model
+from slimnfu.gen import image
+from slimnfu.gen.image import ImageError, export, load
+from slimnfu.gen.layout import pack_weights
+
+CFG = get_config("tiny")
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 5, 3, padding=1), nn.Tanh(), nn.AvgPool2d(2),
+        nn.Flatten(), nn.Linear(5 * 36, 300), nn.Sigmoid(), nn.Linear(300, 10))
+
+
+@pytest.fixture(scope="module")
+def qmodel():
+    return quantize_model(_model(), torch.rand(16, 1, 28, 28))
+
+
+@pytest.fixture
+def img(qmodel, tmp_path):
+    export(qmodel, CFG, tmp_path / "img")
+    return tmp_path / "img"
+
+
+def _edit_manifest(img, fn):
+    path = img / "manifest.json"
+    m = json.loads(path.read_text())
+    fn(m)
+    path.write_text(json.dumps(m))
+
+
+def _rewrite(img, fname, text):
+    """Replace a hex file and fix its checksum, so deeper checks are reached."""
+    (img / fname).write_text(text)
+    _edit_manifest(img, lambda m: m["files"][fname].update(
+        sha256=hashlib.sha256(text.encode()).hexdigest()))
+
+
+def test_round_trip(qmodel, img):
+    q2, cfg, manifest = load(img)
+    assert cfg == CFG and manifest["version"] == 1
+    for a, b in zip(qmodel.layers, q2.layers):
+        assert a.desc == b.desc and (a.f_x, a.f_w, a.f_y) == (b.f_x, b.f_w, b.f_y)
+        assert (a.w is None and b.w is None) or (torch.equal(a.w, b.w) and
+                                                 torch.equal(a.b, b.b))
+        assert (a.pwl is None and b.pwl is None) or a.pwl.to_dict() == b.pwl.to_dict()
+    x = torch.rand(20, 1, 28, 28)
+    assert torch.equal(int_forward(qmodel, x)[0], int_forward(q2, x)[0])
+
+
+def test_manifest_contents(qmodel, img):
+    m = json.loads((img / "manifest.json").read_text())
+    stats = model_stats(qmodel, CFG)
+    written = 0
+    for layer in m["layers"]:
+        for item, fname in layer["files"].items():
+            info = m["files"][fname]
+            lines = (img / fname).read_text().splitlines()
+            assert len(lines) == info["words"] == layer["words"][item]
+            assert all(len(l) == -(-info["width"] // 4) for l in lines)
+            assert layer["bits"][item] == info["words"] * info["width"]
+            written += layer["bits"][item]
+    assert written == stats["image_bits"] == m["stats"]["image_bits"]
+    conv1 = m["layers"][0]
+    words = [int(l, 16) for l in (img / conv1["files"]["weights"]).read_text().split()]
+    assert words == pack_weights(qmodel.layers[0].w, CFG)
+    # fc1 (180 -> 300) needs 45*75 = 3375 SB words: exported, marked as not fitting tiny
+    fc1 = m["layers"][4]
+    assert fc1["fits"] is False and "sb_depth=1024" in fc1["fits_error"]
+    assert fc1["words"]["weights"] == 3375
+    assert len((img / "program.hex").read_text().split()) == 6
+
+
+def test_interrupted_export_leaves_nothing(qmodel, tmp_path, monkeypatch):
+    calls = []
+    real = image._write_file
+
+    def failing(folder, name, text):
+        calls.append(name)
+        if len(calls) == 3:
+            raise OSError("disk full (simulated)")
+        real(folder, name, text)
+
+    monkeypatch.setattr(image, "_write_file", failing)
+    with pytest.raises(OSError, match="simulated"):
+        export(qmodel, CFG, tmp_path / "img")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(image, "_write_file", real)
+    export(qmodel, CFG, tmp_path / "img")
+    before = (tmp_path / "img" / "manifest.json").read_text()
+    calls.clear()
+    monkeypatch.setattr(image, "_write_file", failing)
+    with pytest.raises(OSError):
+        export(qmodel, CFG, tmp_path / "img")
+    assert [p.name for p in tmp_path.iterdir()] == ["img"]
+    assert (tmp_path / "img" / "manifest.json").read_text() == before
+    load(tmp_path / "img")
+
+
+def test_export_refusals(qmodel, tmp_path):
+    (tmp_path / "other").mkdir()
+    with pytest.raises(ValueError, match="not a weight image; refusing"):
+        export(qmodel, CFG, tmp_path / "other")
+    with pytest.raises(ValueError, match="dw=8.*quantised for dw=16"):
+        export(qmodel, CFG.with_(dw=8), tmp_path / "x")
+
+
+def test_reject_missing_manifest(tmp_path):
+    with pytest.raises(ImageError, match=r"manifest.json: file: missing"):
+        load(tmp_path)
+
+
+def test_reject_bad_json(img):
+    (img / "manifest.json").write_text("{")
+    with pytest.raises(ImageError, match=r"^manifest.json: json: not valid JSON"):
+        load(img)
+
+
+def test_reject_wrong_version(img):
+    _edit_manifest(img, lambda m: m.update(version=2))
+    with pytest.raises(ImageError, match=r"^manifest.json: version: is 2; this slimnfu reads "
+                                         r"version 1"):
+        load(img)
+
+
+def test_reject_wrong_schema(img):
+    _edit_manifest(img, lambda m: m.update(schema="other"))
+    with pytest.raises(ImageError, match=r"^manifest.json: schema:"):
+        load(img)
+
+
+def test_reject_unknown_field(img):
+    _edit_manifest(img, lambda m: m["layers"][1].update(colour="red"))
+    with pytest.raises(ImageError, match=r"^manifest.json: layers\[1\].colour: unknown field"):
+        load(img)
+
+
+def test_reject_bad_config(img):
+    _edit_manifest(img, lambda m: m["config"].update(tn=3))
+    with pytest.raises(ImageError, match=r"^manifest.json: config: tn must equal ti"):
+        load(img)
+
+
+def test_reject_missing_file(img):
+    (img / "conv2.pwl.hex").unlink()
+    with pytest.raises(ImageError, match=r"^conv2.pwl.hex: file: missing"):
+        load(img)
+
+
+def test_reject_corrupted_file(img):
+    text = (img / "fc2.bias.hex").read_text()
+    (img / "fc2.bias.hex").write_text(("1" if text[0] != "1" else "2") + text[1:])
+    with pytest.raises(ImageError, match=r"^fc2.bias.hex: sha256: does not match"):
+        load(img)
+
+
+def test_reject_truncated_file(img):
+    lines = (img / "conv1.weights.hex").read_text().splitlines(keepends=True)
+    _rewrite(img, "conv1.weights.hex", "".join(lines[:-1]))
+    with pytest.raises(ImageError, match=r"^conv1.weights.hex: words: has 49 words, the "
+                                         r"manifest says 50"):
+        load(img)
+
+
+def test_reject_bad_hex_word(img):
+    lines = (img / "fc2.bias.hex").read_text().splitlines(keepends=True)
+    lines[1] = "zz" + lines[1][2:]
+    _rewrite(img, "fc2.bias.hex", "".join(lines))
+    with pytest.raises(ImageError, match=r"^fc2.bias.hex: line 2: .* is not a 192-bit word"):
+        load(img)
+
+
+def test_reject_shape_mismatch(img):
+    def grow(m):
+        m["layers"][0]["desc"]["n_out"] = 9
+    _edit_manifest(img, grow)
+    with pytest.raises(ImageError, match=r"^conv1.weights.hex: words: shape does not match "
+                                         r"layers\[0\].desc"):
+        load(img)
+
+
+def test_reject_broken_chain(img):
+    _edit_manifest(img, lambda m: m["layers"][2].update(f_x=3))
+    with pytest.raises(ImageError, match=r"^manifest.json: layers\[2\].f_x: is 3"):
+        load(img)
+
+
+def test_reject_nonzero_padding(img):
+    # conv2 has 5 outputs: lane 1 of the second output tile (channel 5) is padding
+    lines = (img / "conv2.bias.hex").read_text().splitlines()
+    digits = len(lines[1])
+    lines[1] = format(int(lines[1], 16) | (1 << 48), f"0{digits}x")
+    _rewrite(img, "conv2.bias.hex", "\n".join(lines) + "\n")
+    with pytest.raises(ImageError, match=r"^conv2.bias.hex: padding: lanes past n_out=5"):
+        load(img)
+
+
+def test_reject_program_mismatch(img):
+    lines = (img / "program.hex").read_text().splitlines()
+    lines[0], lines[1] = lines[1], lines[0]
+    _rewrite(img, "program.hex", "\n".join(lines) + "\n")
+    with pytest.raises(ImageError, match=r"^program.hex: line 1: descriptor does not match"):
+        load(img)
+
+
+def test_reject_stats_mismatch(img):
+    _edit_manifest(img, lambda m: m["stats"].update(bits=1))
+    with pytest.raises(ImageError, match=r"^manifest.json: stats.bits: does not match"):
+        load(img)
+
+
+def test_copy_of_image_loads(img, tmp_path):
+    shutil.copytree(img, tmp_path / "copy")
+    load(tmp_path / "copy")
