@@ -6,9 +6,15 @@ __all__ = ["check_config", "bits_for"]
 
 
 def check_config(component, cfg):
-    """Raise ``TypeError`` unless ``cfg`` is an :class:`AccelConfig`; return it."""
+    """Raise ``TypeError`` unless ``cfg`` is an :class:`AccelConfig`; return it.
+
+    ``component`` is the elaboratable being built; it is marked as deliberately unused when
+    the check fails, so Amaranth does not also warn about it.
+    """
     if not isinstance(cfg, AccelConfig):
-        raise TypeError(f"{component}: cfg must be an AccelConfig, not {type(cfg).__name__}")
+        component._MustUse__silence = True
+        raise TypeError(f"{type(component).__name__}: cfg must be an AccelConfig, not "
+                        f"{type(cfg).__name__}")
     return cfg
 
 

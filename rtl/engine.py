@@ -55,7 +55,7 @@ class LayerEngine(wiring.Component):
     LATENCY = Sequencer.SETUP_CYCLES + 6
 
     def __init__(self, cfg):
-        self.cfg = check_config("LayerEngine", cfg)
+        self.cfg = check_config(self, cfg)
         self.addr_bits = bits_for(max(cfg.nbin_depth, cfg.sb_depth, cfg.nbout_depth,
                                       cfg.bias_depth) - 1)
         super().__init__({

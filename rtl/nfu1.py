@@ -33,7 +33,7 @@ class NFU1(wiring.Component):
     LATENCY = 1
 
     def __init__(self, cfg):
-        self.cfg = check_config("NFU1", cfg)
+        self.cfg = check_config(self, cfg)
         super().__init__({
             "neurons": In(data.ArrayLayout(signed(cfg.dw), cfg.ti)),
             "synapses": In(data.ArrayLayout(signed(cfg.dw), cfg.tn * cfg.ti)),

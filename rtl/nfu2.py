@@ -45,7 +45,7 @@ class NFU2(wiring.Component):
     LATENCY = 1
 
     def __init__(self, cfg):
-        self.cfg = check_config("NFU2", cfg)
+        self.cfg = check_config(self, cfg)
         super().__init__({
             "mode": In(Mode),
             "valid": In(1),

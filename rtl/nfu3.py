@@ -46,7 +46,7 @@ class NFU3(wiring.Component):
     LATENCY = 2
 
     def __init__(self, cfg):
-        self.cfg = check_config("NFU3", cfg)
+        self.cfg = check_config(self, cfg)
         super().__init__({
             "acc": In(data.ArrayLayout(signed(cfg.acc), cfg.tn)),
             "in_valid": In(1),

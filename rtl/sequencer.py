@@ -40,7 +40,7 @@ class Sequencer(wiring.Component):
     SETUP_CYCLES = DESC_FIELD_BITS["h_in"]
 
     def __init__(self, cfg):
-        self.cfg = check_config("Sequencer", cfg)
+        self.cfg = check_config(self, cfg)
         self.nbin_bits = bits_for(cfg.nbin_depth - 1)
         self.sb_bits = bits_for(cfg.sb_depth - 1)
         self.bias_bits = bits_for(cfg.bias_depth - 1)

@@ -20,10 +20,23 @@ from slimnfu.gen import layout
 from slimnfu.rtl.descriptor import descriptor_value
 from slimnfu.rtl.engine import LayerEngine, LoadSel
 
-__all__ = ["EngineDriver", "run_layer_amaranth", "run_layers_amaranth", "COUNTERS"]
+__all__ = ["EngineDriver", "run_layer_amaranth", "run_layers_amaranth", "simulate", "COUNTERS"]
 
 #: The engine's counter ports, as they appear in the counters dict.
 COUNTERS = ("cycles", "steps", "mults", "sat_events")
+
+
+def simulate(dut, bench):
+    """Run the async testbench ``bench(ctx)`` on ``dut`` with a 100 MHz ``sync`` clock.
+
+    Returns the wall time of the run in seconds.
+    """
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    t0 = time.perf_counter()
+    sim.run()
+    return time.perf_counter() - t0
 
 
 def _image(desc, x, what):
@@ -149,12 +162,8 @@ def run_layers_amaranth(cfg, jobs):
             counters["sim_cycles"] = driver.sim_cycles - before
             results.append((y, counters))
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    t0 = time.perf_counter()
-    sim.run()
-    return results, time.perf_counter() - t0
+    wall = simulate(dut, bench)
+    return results, wall
 
 
 def run_layer_amaranth(cfg, desc, x, w=None, b=None, pwl=None):
