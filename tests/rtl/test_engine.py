@@ -1,0 +1,128 @@
+import random
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from slimnfu.compress import fixed
+from slimnfu.config import AccelConfig, LayerDesc, get_config
+from slimnfu.rtl.engine import LayerEngine, load_data_width
+from slimnfu.rtl.simdrive import run_layer_amaranth, run_layers_amaranth
+
+T2 = AccelConfig("t2", tn=2, ti=2, dw=16, acc=48, nbin_depth=256, sb_depth=256,
+                 nbout_depth=256, bias_depth=16)
+
+
+def rail_tensor(gen, shape, cfg, rails=0.25, span=None):
+    """Random dw-bit values, a fraction ``rails`` of them at qmin or qmax."""
+    lo, hi = (cfg.qmin, cfg.qmax) if span is None else (-span, span)
+    x = torch.randint(lo, hi + 1, shape, generator=gen)
+    pick = torch.rand(shape, generator=gen)
+    x = torch.where(pick < rails / 2, torch.full_like(x, cfg.qmin), x)
+    return torch.where(pick > 1 - rails / 2, torch.full_like(x, cfg.qmax), x)
+
+
+def make_job(cfg, desc, seed):
+    gen = torch.Generator().manual_seed(seed)
+    shape = (1, desc.n_in) if desc.kind == "fc" else (1, desc.n_in, desc.h_in, desc.w_in)
+    job = dict(desc=desc, x=rail_tensor(gen, shape, cfg), w=None, b=None, pwl=None)
+    if not desc.is_pool:
+        wshape = (desc.n_out, desc.n_in) + (() if desc.kind == "fc" else (desc.k, desc.k))
+        job["w"] = rail_tensor(gen, wshape, cfg, rails=0.1)
+        job["b"] = torch.randint(-(1 << 36), 1 << 36, (desc.n_out,), generator=gen)
+    if desc.act == "pwl":
+        job["pwl"] = fixed.pwl_table("tanh" if seed % 2 else "sigmoid", 12, cfg.dw,
+                                     desc.seg_shift)
+    return job
+
+
+def check_jobs(cfg, layers):
+    jobs = [make_job(cfg, desc, seed) for seed, desc in enumerate(layers)]
+    results, wall = run_layers_amaranth(cfg, [dict(j) for j in jobs])
+    for job, (y, counters) in zip(jobs, results):
+        desc = job["desc"]
+        count = fixed.SatCount()
+        want = fixed.run_layer(desc, job["x"], job["w"], job["b"], cfg.dw, job["pwl"], count)
+        assert torch.equal(y, want), desc
+        dense = desc.dense_cycles(cfg)
+        assert counters["steps"] == dense, desc
+        assert counters["cycles"] == dense + LayerEngine.LATENCY, desc
+        assert counters["mults"] == (0 if desc.is_pool else dense * cfg.tn * cfg.ti), desc
+        assert counters["sat_events"] == count.events, desc
+    return results
+
+
+def test_tiny_layers_bit_exact():
+    layers = [
+        LayerDesc("conv", 5, 6, 4, 4, k=1, shift=14, act="relu"),
+        LayerDesc("conv", 6, 5, 5, 5, k=3, stride=2, pad=1, shift=18, act="pwl", seg_shift=12),
+        LayerDesc("conv", 3, 5, 5, 4, k=5, stride=1, pad=2, shift=16),
+        LayerDesc("conv", 4, 4, 6, 6, k=3, stride=1, pad=0, shift=0),
+        LayerDesc("fc", 10, 7, shift=17, act="relu"),
+        LayerDesc("maxpool", 6, 6, 4, 4, k=2, stride=2),
+        LayerDesc("avgpool", 5, 5, 4, 6, k=2, stride=2, act="pwl", seg_shift=10),
+    ]
+    results = check_jobs(get_config("tiny"), layers)
+    assert sum(c["sat_events"] for _, c in results) > 0  # the rails do saturate somewhere
+
+
+def test_2x2_layers_bit_exact():
+    layers = [
+        LayerDesc("conv", 3, 3, 4, 5, k=3, stride=1, pad=1, shift=16, act="relu"),
+        LayerDesc("conv", 3, 5, 5, 5, k=1, stride=2, shift=15),
+        LayerDesc("conv", 1, 1, 3, 3, k=3, stride=1, pad=0, shift=31),
+        LayerDesc("fc", 5, 3, shift=16, act="pwl", seg_shift=11),
+        LayerDesc("maxpool", 3, 3, 4, 4, k=2, stride=1, act="relu"),
+        LayerDesc("avgpool", 3, 3, 4, 4, k=2, stride=2),
+    ]
+    check_jobs(T2, layers)
+
+
+def test_single_layer_api_returns_counters_and_wall_time():
+    cfg = get_config("tiny")
+    desc = LayerDesc("conv", 2, 3, 3, 3, k=3, pad=1, shift=10)
+    job = make_job(cfg, desc, 7)
+    x = job["x"][0]  # no batch dim: none in the result either
+    y, counters, wall = run_layer_amaranth(cfg, desc, x, job["w"], job["b"])
+    assert torch.equal(y, fixed.run_layer(desc, job["x"], job["w"], job["b"])[0])
+    assert wall > 0 and counters["sim_cycles"] >= counters["cycles"]
+
+
+def test_bad_inputs_stop_before_simulation():
+    cfg = get_config("tiny")
+    desc = LayerDesc("conv", 2, 3, 3, 3, k=3, pad=1)
+    w, b = torch.zeros(3, 2, 3, 3), torch.zeros(3)
+    with pytest.raises(ValueError, match=r"x has shape \(2, 4, 3\); layer conv needs "
+                                         r"\(2, 3, 3\) or \(1, \*\(2, 3, 3\)\)"):
+        run_layer_amaranth(cfg, desc, torch.zeros(2, 4, 3), w, b)
+    with pytest.raises(ValueError, match="act='pwl' needs a PwlTable"):
+        pwl = LayerDesc("fc", 4, 4, act="pwl")
+        run_layer_amaranth(cfg, pwl, torch.zeros(4), torch.zeros(4, 4), torch.zeros(4))
+    with pytest.raises(ValueError, match="needs 2304 output words .* nbout_depth=1024"):
+        big = LayerDesc("conv", 16, 36, 16, 16, k=1)
+        run_layer_amaranth(cfg.with_(nbout_depth=1024), big, torch.zeros(16, 16, 16),
+                           torch.zeros(36, 16), torch.zeros(36))
+    with pytest.raises(TypeError, match="LayerEngine: cfg must be an AccelConfig"):
+        LayerEngine("tiny")
+
+
+def test_load_data_width():
+    assert load_data_width(get_config("tiny")) == 4 * 4 * 16
+    assert load_data_width(get_config("diannao")) == 16 * 16 * 16
+    assert load_data_width(T2) == 2 * 48  # a bias word is wider than an SB word here
+
+
+def test_tiny_verilog_converts_and_compiles(tmp_path):
+    from amaranth.back import verilog
+    text = verilog.convert(LayerEngine(get_config("tiny")), name="slimnfu_engine",
+                           emit_src=False)
+    for port in ("start", "busy", "done", "load_en", "load_sel", "load_addr", "load_data",
+                 "rd_addr", "rd_data", "cycles", "steps", "mults", "sat_events", "desc"):
+        assert f" {port}" in text, port
+    if shutil.which("iverilog") is None:
+        pytest.skip("iverilog not installed")
+    (tmp_path / "engine.v").write_text(text)
+    proc = subprocess.run(["iverilog", "-g2012", "-o", str(tmp_path / "engine.vvp"),
+                           str(tmp_path / "engine.v")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
