@@ -90,7 +90,7 @@ def cache_key(hparams):
         "definition": _definition(hparams["network"]),
         "data_md5": data.data_md5s(hparams["dataset"]),
         "hparams": hparams,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
@@ -229,7 +229,7 @@ def train(name, epochs=None, lr=None, batch_size=None, seed=0, subset=None, cach
         "epochs": hp["epochs"], "lr": hp["lr"], "batch_size": hp["batch_size"], "seed": seed,
         "subset": subset, "acc_test": evaluate(model, test_images, test_labels),
         "dataset": hp["dataset"], "network": name, "optimizer": hp["optimizer"],
-        "schedule": hp["schedule"], "torch": torch.__version__,
+        "schedule": hp["schedule"], "torch": str(torch.__version__),
         "threads": torch.get_num_threads(),
     }
     _save_atomic({"state_dict": model.state_dict(), "info": info}, path)
