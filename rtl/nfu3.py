@@ -1,6 +1,6 @@
 """NFU-3: requantisation, activation (none / ReLU / 16-segment PWL) and saturation counting."""
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 

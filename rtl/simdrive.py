@@ -183,3 +183,49 @@ def run_layer_amaranth(cfg, desc, x, w=None, b=None, pwl=None):
     """
     (result,), wall = run_layers_amaranth(cfg, [dict(desc=desc, x=x, w=w, b=b, pwl=pwl)])
     return (*result, wall)
+
+
+def measure(cfg_name="tiny", out=None):
+    """Measure amaranth.sim speed and Verilog conversion time of one config; write JSON.
+
+    Runs a random 3x3 conv (8 -> 8 channels, 8x8, pad 1) and writes ``out`` (default
+    ``build/rtl/measure_<config>.json``) atomically. Returns the dict.
+    """
+    import json
+    import os
+    from pathlib import Path
+
+    from amaranth.back import verilog
+
+    from slimnfu.compress import fixed
+    from slimnfu.config import get_config
+
+    cfg = get_config(cfg_name)
+    desc = LayerDesc("conv", 8, 8, 8, 8, k=3, pad=1, shift=12)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(cfg.qmin, cfg.qmax + 1, (1, 8, 8, 8), generator=gen)
+    w = torch.randint(cfg.qmin, cfg.qmax + 1, (8, 8, 3, 3), generator=gen)
+    b = torch.randint(-1000, 1000, (8,), generator=gen)
+    y, counters, wall = run_layer_amaranth(cfg, desc, x, w, b)
+    t0 = time.perf_counter()
+    text = verilog.convert(LayerEngine(cfg), name="slimnfu_engine", emit_src=False)
+    convert_s = time.perf_counter() - t0
+    report = {
+        "config": cfg.name, "layer": desc.to_dict(),
+        "bit_exact": bool(torch.equal(y, fixed.run_layer(desc, x, w, b, cfg.dw))),
+        "cycles": counters["cycles"], "dense_cycles": desc.dense_cycles(cfg),
+        "latency": LayerEngine.LATENCY, "sim_cycles": counters["sim_cycles"],
+        "amaranth_sim_wall_s": wall, "amaranth_sim_cycles_per_s": counters["sim_cycles"] / wall,
+        "verilog_convert_s": convert_s, "verilog_bytes": len(text),
+    }
+    path = Path(out or f"build/rtl/measure_{cfg.name}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, path)
+    return report
+
+
+if __name__ == "__main__":
+    import sys
+    print(measure(*sys.argv[1:2]))

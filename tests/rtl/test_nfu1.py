@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from slimnfu.config import AccelConfig, get_config
+from slimnfu.config import get_config
 from slimnfu.rtl.nfu1 import NFU1
 from slimnfu.rtl.simdrive import simulate
 
