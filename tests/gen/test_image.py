@@ -227,3 +227,16 @@ def test_reject_stats_mismatch(img):
 def test_copy_of_image_loads(img, tmp_path):
     shutil.copytree(img, tmp_path / "copy")
     load(tmp_path / "copy")
+
+
+def test_cli_inspect(img, tmp_path, capsys):
+    from slimnfu.cli import main
+
+    assert main(["inspect", str(img)]) == 0
+    out = capsys.readouterr().out
+    assert "config tiny" in out and "fc1" in out and "no: layer fc 180->300" in out
+    assert main(["inspect", str(tmp_path / "none")]) == 2
+    assert "manifest.json: file: missing" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    assert "--dw" in capsys.readouterr().out
