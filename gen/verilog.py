@@ -23,8 +23,8 @@ BLOCKS = {
     "nfu3": ("slimnfu.rtl.nfu3", "NFU3", "slimnfu_nfu3"),
 }
 
-#: Where emitted Verilog goes, relative to the current directory (the repository root).
-DEFAULT_ROOT = Path("build") / "verilog"
+#: Where emitted Verilog goes: the repository's ``build/verilog``.
+DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "build" / "verilog"
 
 
 def atomic_write(path, data):

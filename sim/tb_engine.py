@@ -1,0 +1,52 @@
+"""The cocotb test module of the layer-engine regression.
+
+It reads the jobs from the JSON file named by ``SLIMNFU_COSIM_JOBS`` (written by
+:mod:`slimnfu.sim.runner`), runs them one after another in one simulation, and writes the raw
+results (NBout words, counters, wall time, error) to ``SLIMNFU_COSIM_OUT``. The comparison with
+the golden model happens in the runner, which has torch; this module needs only cocotb.
+"""
+
+import json
+import os
+import time
+
+import cocotb
+from cocotb.triggers import SimTimeoutError
+
+from slimnfu.sim.driver import EngineTB
+
+
+def _write(path, results):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f)
+    os.replace(tmp, path)
+
+
+@cocotb.test()
+async def engine_regression(dut):
+    """Run every job; a job's failure is recorded and the engine is reset for the next one."""
+    with open(os.environ["SLIMNFU_COSIM_JOBS"]) as f:
+        jobs = json.load(f)
+    out = os.environ["SLIMNFU_COSIM_OUT"]
+    tb = EngineTB(dut)
+    results = []
+    for job in jobs:
+        t0 = time.perf_counter()
+        entry = {"name": job["name"], "words": None, "counters": None, "error": None}
+        await tb.reset()
+        try:
+            for sel, words in job["loads"]:
+                await tb.load(sel, words)
+            t_run = time.perf_counter()
+            entry["counters"] = await tb.run(job["desc_value"], job["timeout_cycles"])
+            entry["run_s"] = time.perf_counter() - t_run
+            entry["words"] = await tb.read_nbout(job["nbout_words"])
+        except SimTimeoutError:
+            entry["error"] = f"done did not pulse within {job['timeout_cycles']} cycles"
+        except ValueError as exc:
+            entry["error"] = str(exc)
+        entry["wall_s"] = time.perf_counter() - t0
+        results.append(entry)
+        _write(out, results)
+        dut._log.info("%s: %s", job["name"], entry["error"] or "ran")
