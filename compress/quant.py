@@ -349,7 +349,7 @@ def int_forward_layers(qmodel, x_int, count=None):
     return outs
 
 
-def int_forward(qmodel, images, batch=500, layers=False):
+def int_forward(qmodel, images, batch=100, layers=False):
     """Integer inference on float images.
 
     Parameters
