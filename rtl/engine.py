@@ -1,6 +1,6 @@
 """The dense layer engine: buffers, load interface, sequencer, NFU-1/2/3 and counters."""
 
-from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -31,6 +31,9 @@ def load_data_width(cfg):
 
 class LayerEngine(wiring.Component):
     """Run one dense layer (conv, fc, maxpool, avgpool) from the buffers.
+
+    Buffers: NBin, bias and NBout are one memory each; SB is ``tn`` banks (one per output lane,
+    ``ti*dw`` bits, same address), loaded together from one ``load_data`` word.
 
     Pipeline, for a step issued by the sequencer in cycle ``S``: NBin/SB/bias read ``S``,
     NFU-1 multiply ``S+1``, NFU-2 accumulate ``S+2``, NFU-3 requantise ``S+3`` and activate
@@ -80,7 +83,13 @@ class LayerEngine(wiring.Component):
         cfg = self.cfg
         tn, ti, dw = cfg.tn, cfg.ti, cfg.dw
         m.submodules.nbin = nbin = Memory(shape=unsigned(ti * dw), depth=cfg.nbin_depth, init=[])
-        m.submodules.sb = sb = Memory(shape=unsigned(tn * ti * dw), depth=cfg.sb_depth, init=[])
+        # SB is banked per output lane (tn banks of ti*dw bits at the same address): one
+        # 4096-bit memory (diannao) is beyond what amaranth.sim can compile.
+        sb_banks = []
+        for j in range(tn):
+            bank = Memory(shape=unsigned(ti * dw), depth=cfg.sb_depth, init=[])
+            m.submodules[f"sb{j}"] = bank
+            sb_banks.append(bank)
         m.submodules.bias = bias = Memory(shape=unsigned(tn * cfg.acc), depth=cfg.bias_depth,
                                           init=[])
         m.submodules.nbout = nbout = Memory(shape=unsigned(tn * dw), depth=cfg.nbout_depth,
@@ -99,21 +108,27 @@ class LayerEngine(wiring.Component):
 
         # Load interface: one word per cycle into the memory load_sel names.
         idle_load = self.load_en & ~busy
-        for sel, mem in ((LoadSel.NBIN, nbin), (LoadSel.SB, sb), (LoadSel.BIAS, bias)):
+        targets = [(LoadSel.NBIN, nbin, 0), (LoadSel.BIAS, bias, 0)]
+        targets += [(LoadSel.SB, bank, j * ti * dw) for j, bank in enumerate(sb_banks)]
+        for sel, mem, lsb in targets:
             port = mem.write_port()
-            m.d.comb += [port.addr.eq(self.load_addr), port.data.eq(self.load_data),
+            m.d.comb += [port.addr.eq(self.load_addr), port.data.eq(self.load_data[lsb:]),
                          port.en.eq(idle_load & (self.load_sel == sel))]
         m.d.comb += [nfu3.pwl_we.eq(idle_load & (self.load_sel == LoadSel.PWL)),
                      nfu3.pwl_addr.eq(self.load_addr), nfu3.pwl_data.eq(self.load_data)]
 
         # Stage S: the sequencer's step addresses the buffers.
         is_mac = cur.mode == Mode.MAC
-        nbin_rd, sb_rd, bias_rd = nbin.read_port(), sb.read_port(), bias.read_port()
+        nbin_rd, bias_rd = nbin.read_port(), bias.read_port()
         m.d.comb += [
             nbin_rd.addr.eq(seq.nbin_addr), nbin_rd.en.eq(seq.valid & ~seq.pad),
-            sb_rd.addr.eq(seq.sb_addr), sb_rd.en.eq(seq.valid & is_mac),
             bias_rd.addr.eq(seq.bias_addr), bias_rd.en.eq(seq.valid & is_mac & seq.first),
         ]
+        synapses = []
+        for bank in sb_banks:
+            port = bank.read_port()
+            m.d.comb += [port.addr.eq(seq.sb_addr), port.en.eq(seq.valid & is_mac)]
+            synapses.append(port.data)
 
         def delayed(value, stages, name):
             for n in range(stages):
@@ -126,7 +141,7 @@ class LayerEngine(wiring.Component):
         pad1, valid1 = delayed(seq.pad, 1, "pad"), delayed(seq.valid, 1, "valid")
         neurons = Signal(ti * dw)
         m.d.comb += neurons.eq(Mux(pad1, 0, nbin_rd.data))
-        m.d.comb += [nfu1.neurons.eq(neurons), nfu1.synapses.eq(sb_rd.data),
+        m.d.comb += [nfu1.neurons.eq(neurons), nfu1.synapses.eq(Cat(*synapses)),
                      nfu1.en.eq(valid1 & is_mac)]
 
         # Stage S+2: NFU-2 accumulates.
