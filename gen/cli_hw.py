@@ -1,5 +1,46 @@
-"""Subcommands (placeholder until its owner fills it in)."""
+"""``slimnfu verilog`` (emit only) and ``slimnfu synth`` (emit, Yosys, nextpnr, JSON report)."""
+
+__all__ = ["register"]
 
 
 def register(sub):
-    pass
+    p = sub.add_parser("verilog", help="emit the engine (or one block) Verilog for a config",
+                       description="Write build/verilog/<config>/slimnfu_<block>.v "
+                                   "(reproducible, atomic).")
+    p.add_argument("--config", default="tiny", help="accelerator config (default: tiny)")
+    p.add_argument("--block", default="engine", help="engine, nfu1, nfu2 or nfu3")
+    p.set_defaults(func=_verilog)
+
+    p = sub.add_parser("synth", help="emit, synthesise (Yosys generic + ECP5), place and route",
+                       description="Emit the engine Verilog, synthesise it with Yosys (generic, "
+                                   "memories kept, and synth_ecp5), place and route it with "
+                                   "nextpnr-ecp5 on the smallest LFE5U part that holds it, and "
+                                   "write build/synth/<config>.json.")
+    p.add_argument("--config", default="tiny", help="accelerator config (default: tiny)")
+    p.add_argument("--no-pnr", action="store_true", help="skip place and route")
+    p.add_argument("--out", default=None, help="report path (default build/synth/<config>.json)")
+    p.set_defaults(func=_synth)
+
+
+def _verilog(args):
+    from slimnfu.config import get_config
+    from slimnfu.gen.verilog import emit_block
+
+    info = emit_block(args.block, get_config(args.config))
+    print(f"{info['path']} ({'written' if info['changed'] else 'unchanged'}, "
+          f"sha256 {info['sha256'][:16]})")
+    return 0
+
+
+def _synth(args):
+    from slimnfu.config import get_config
+    from slimnfu.gen.synth import synth_config
+
+    cfg = get_config(args.config)
+    report = synth_config(cfg, out=args.out, pnr=not args.no_pnr)
+    fmax = report["fmax_mhz"]
+    print(f"{cfg.name}: {report['cells']} cells, {report['luts']} LUT4, {report['ffs']} FF, "
+          f"{report['dsps']} DSP, {report['brams']} DP16KD, "
+          f"{report['memory_bits']} memory bits (generic); "
+          f"fmax {'%.1f MHz' % fmax if fmax else 'n/a'}; {report['fits']}")
+    return 0

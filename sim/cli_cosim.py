@@ -1,5 +1,118 @@
-"""Subcommands (placeholder until its owner fills it in)."""
+"""``slimnfu cosim``: the cocotb regression of the layer engine on Icarus and/or Verilator.
+
+Heavy imports (torch, amaranth, cocotb) happen inside :func:`run`, so ``slimnfu --help`` stays
+fast.
+"""
+
+import json
+import sys
+
+__all__ = ["register", "run", "parse_overrides", "parse_layers"]
+
+SIMS = ("icarus", "verilator")
 
 
 def register(sub):
-    pass
+    p = sub.add_parser(
+        "cosim", help="run the cocotb regression; writes build/cosim/results.json",
+        description="Emit the engine Verilog, compile it once per simulator and run the "
+                    "regression (NFU steps, conv 1x1/3x3/5x5 at stride 1/2 with and without "
+                    "padding, FC, max/avg pooling, every activation). Every output is "
+                    "compared bit for bit with the integer reference and every cycle count "
+                    "with dense_cycles + LATENCY. Exit status 1 on any failure.")
+    p.add_argument("--sim", nargs="+", default=list(SIMS), metavar="SIM",
+                   help="simulators: icarus, verilator (default: both)")
+    p.add_argument("--config", default="tiny", help="accelerator config (default: tiny)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config parameter, e.g. --set acc=40 (repeatable)")
+    p.add_argument("--layer", dest="layers", action="append", default=[], metavar="JSON",
+                   help="add a case: a LayerDesc as JSON, e.g. "
+                        "'{\"kind\": \"conv\", \"n_in\": 3, \"n_out\": 5, \"h_in\": 8, "
+                        "\"w_in\": 8, \"k\": 3}' (repeatable)")
+    p.add_argument("--seed", type=int, default=1, help="random seed of the cases (default 1)")
+    p.add_argument("--quick", action="store_true", help="a short regression (6 cases)")
+    p.add_argument("--waves", action="store_true", help="dump waveforms (FST/VCD in run dir)")
+    p.add_argument("--out", default=None,
+                   help="results JSON (default: build/cosim/results.json in the repository)")
+    p.set_defaults(func=run)
+
+
+def parse_overrides(cfg, overrides):
+    """Apply ``KEY=VALUE`` strings to ``cfg``; the config's own checks name bad values."""
+    fields = set(cfg.to_dict()) - {"name"}
+    kw = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"--set needs KEY=VALUE with KEY one of {', '.join(sorted(fields))}"
+                             f", not {item!r}")
+        try:
+            kw[key] = int(value)
+        except ValueError:
+            raise ValueError(f"--set {key} must be an integer, not {value!r}") from None
+    return cfg.with_(**kw) if kw else cfg
+
+
+def parse_layers(layers):
+    """``--layer`` JSON strings to ``(name, LayerDesc)`` pairs."""
+    from slimnfu.config import LayerDesc
+
+    out = []
+    for n, text in enumerate(layers):
+        try:
+            fields = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--layer {n}: not valid JSON ({exc.msg}): {text!r}") from None
+        if not isinstance(fields, dict):
+            raise ValueError(f"--layer {n}: expected a JSON object of LayerDesc fields")
+        try:
+            desc = LayerDesc(**fields)
+        except TypeError as exc:
+            raise ValueError(f"--layer {n}: {exc}") from None
+        out.append((f"layer{n}_{desc.kind}", desc))
+    return out
+
+
+def _table(entries):
+    head = f"{'case':<24} {'sim':<10} {'result':<6} {'cycles':>8} {'expected':>8} {'wall s':>7}"
+    lines = [head, "-" * len(head)]
+    for e in entries:
+        lines.append(f"{e['name']:<24} {e['sim']:<10} {'PASS' if e['passed'] else 'FAIL':<6} "
+                     f"{e['cycles'] if e['cycles'] is not None else '-':>8} "
+                     f"{e['expected_cycles']:>8} {e['wall_s']:>7.3f}")
+    return "\n".join(lines)
+
+
+def run(args):
+    """Check everything up front, then simulate; return 0 when every case passed, else 1."""
+    from pathlib import Path
+
+    from slimnfu.config import get_config
+
+    sims = list(dict.fromkeys(args.sim))
+    bad = [s for s in sims if s not in SIMS]
+    if bad:
+        raise ValueError(f"--sim must be among {', '.join(SIMS)}, not {bad[0]!r}")
+    cfg = parse_overrides(get_config(args.config), args.overrides)
+    extra = parse_layers(args.layers)
+    for name, desc in extra:
+        desc.check(cfg)
+
+    from slimnfu.gen.verilog import atomic_write
+    from slimnfu.sim.cases import regression_cases
+    from slimnfu.sim.mnist import mnist_images
+    from slimnfu.sim.runner import COSIM_ROOT, run_regression
+
+    cases = regression_cases(cfg, seed=args.seed, quick=args.quick,
+                             images=mnist_images(1000), extra=extra)
+    entries = run_regression(cfg, cases, sims=sims, waves=args.waves,
+                             log=lambda msg: print(msg, flush=True))
+    out = Path(args.out) if args.out else COSIM_ROOT / "results.json"
+    atomic_write(out, json.dumps(entries, indent=1) + "\n")
+    print(_table(entries))
+    failed = [e for e in entries if not e["passed"]]
+    for e in failed:
+        print(f"FAIL {e['name']} on {e['sim']}: {e['error']}", file=sys.stderr)
+    print(f"{len(entries) - len(failed)}/{len(entries)} passed on config {cfg.name!r} "
+          f"({', '.join(sims)}); results in {out}")
+    return 1 if failed else 0
