@@ -1,0 +1,85 @@
+"""The cocotb regression: a short run on both simulators, the comparison, and bad inputs."""
+
+import json
+
+import pytest
+import torch
+
+from slimnfu.cli import main
+from slimnfu.config import LayerDesc, get_config
+from slimnfu.sim.cases import make_case, regression_cases
+from slimnfu.sim.runner import compare
+
+
+def test_short_regression_on_icarus_and_verilator(tmp_path, capsys):
+    out = tmp_path / "results.json"
+    status = main(["cosim", "--sim", "icarus", "verilator", "--config", "tiny", "--quick",
+                   "--out", str(out)])
+    entries = json.loads(out.read_text())
+    assert status == 0, capsys.readouterr().err
+    assert {e["sim"] for e in entries} == {"icarus", "verilator"}
+    assert len(entries) == 12
+    for e in entries:
+        assert e["passed"] and e["mismatches"] == 0
+        assert e["cycles"] == e["expected_cycles"]
+        assert {"name", "sim", "config", "passed", "cycles", "expected_cycles",
+                "wall_s"} <= set(e)
+    assert "12/12 passed" in capsys.readouterr().out
+
+
+def test_compare_catches_a_wrong_bit_and_a_wrong_cycle_count():
+    from slimnfu.gen import layout
+
+    cfg = get_config("tiny")
+    case = make_case("t", LayerDesc("conv", 3, 5, 4, 4, 3, pad=1), cfg, seed=3)
+    y = case.expected.clone()
+    words = layout.pack_input(y, cfg)
+    good = {"words": words, "counters": {"cycles": case.desc.dense_cycles(cfg) + 7,
+                                         "steps": case.desc.dense_cycles(cfg), "mults": 0,
+                                         "sat_events": case.expected_sat}}
+    assert compare(case, good, cfg, 7, "icarus")["passed"]
+    words_bad = list(words)
+    words_bad[5] ^= 1 << 17
+    entry = compare(case, {**good, "words": words_bad}, cfg, 7, "icarus")
+    assert not entry["passed"] and entry["mismatches"] == 1 and "channel" in entry["error"]
+    entry = compare(case, {**good, "counters": {**good["counters"], "cycles": 1}}, cfg, 7,
+                    "icarus")
+    assert not entry["passed"] and "cycles 1 != expected" in entry["error"]
+
+
+def test_cases_cover_the_brief():
+    cfg = get_config("tiny")
+    cases = regression_cases(cfg, seed=2)
+    kinds = {(c.desc.kind, c.desc.k, c.desc.stride, c.desc.pad > 0) for c in cases}
+    for k in (1, 3, 5):
+        for s in (1, 2):
+            for p in (False, True):
+                assert ("conv", k, s, p) in kinds
+    assert {c.desc.kind for c in cases} == {"conv", "fc", "maxpool", "avgpool"}
+    assert {c.desc.act for c in cases} == {"none", "relu", "pwl"}
+    assert any(c.desc.n_in % cfg.ti and c.desc.n_out % cfg.tn for c in cases)
+    rails = torch.cat([c.x.flatten() for c in cases])
+    assert (rails == cfg.qmin).any() and (rails == cfg.qmax).any()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "tn=0"], "tn must be in [1, 64], not 0"),
+    (["--set", "acc=20"], "acc must be >= 35 for dw=16"),
+    (["--set", "depth=3"], "--set needs KEY=VALUE with KEY one of"),
+    (["--layer", '{"kind": "conv", "n_in": 64, "n_out": 64, "h_in": 28, "w_in": 28, "k": 3}'],
+     "needs 12544 input words (ceil(n_in/ti)*h_in*w_in), but config 'tiny' has "
+     "nbin_depth=2048"),
+    (["--layer", '{"kind": "conv", "n_in": 1, "n_out": 1, "h_in": 17, "w_in": 1, '
+                 '"stride": 16}'], "stride must be < 16 (descriptor field width), not 16"),
+    (["--set", "acc=35", "--layer", '{"kind": "conv", "n_in": 9, "n_out": 4, "h_in": 5, '
+                                    '"w_in": 5, "k": 3}'],
+     "can sum to 38 bits, but config 'tiny' has acc=35"),
+    (["--sim", "modelsim"], "--sim must be among icarus, verilator, not 'modelsim'"),
+    (["--config", "huge"], "unknown config 'huge'"),
+])
+def test_bad_input_stops_before_simulation(argv, message, capsys, tmp_path):
+    out = tmp_path / "results.json"
+    assert main(["cosim", "--quick", "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("error:") == 1
+    assert not out.exists()
