@@ -28,8 +28,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
-
 from slimnfu.config import AccelConfig, LayerDesc
 from slimnfu.compress import fixed
 from slimnfu.compress.accounting import model_stats
