@@ -204,6 +204,13 @@ def _require_keys(d, keys, file, where):
                          "missing field")
 
 
+def _require_int(value, file, field, low=0):
+    if isinstance(value, bool) or not isinstance(value, int) or \
+            (low is not None and value < low):
+        limit = "an integer" if low is None else f"an integer >= {low}"
+        raise ImageError(file, field, f"must be {limit}, not {value!r}")
+
+
 def _unpack_weights(words, desc, cfg, fname):
     ci, co = desc.tiles(cfg)
     k = desc.k
@@ -281,9 +288,17 @@ def load(image_dir):
         raise ImageError(MANIFEST, "version", f"is {m.get('version')!r}; this slimnfu reads "
                                               f"version {VERSION}")
     _require_keys(m, _TOP_KEYS, MANIFEST, "")
+    for key in ("dw", "acc", "f_in"):
+        _require_int(m[key], MANIFEST, key)
+    if not isinstance(m["input_shape"], list) or not m["input_shape"]:
+        raise ImageError(MANIFEST, "input_shape", "must be a non-empty list of integers")
+    for n in m["input_shape"]:
+        _require_int(n, MANIFEST, "input_shape", low=1)
+    if not isinstance(m["calib"], dict):
+        raise ImageError(MANIFEST, "calib", "must be an object")
     try:
         cfg = AccelConfig.from_dict(m["config"])
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, AttributeError) as exc:
         raise ImageError(MANIFEST, "config", str(exc)) from None
     if (m["dw"], m["acc"]) != (cfg.dw, cfg.acc):
         raise ImageError(MANIFEST, "dw", f"dw={m['dw']}, acc={m['acc']} differ from the "
@@ -293,6 +308,8 @@ def load(image_dir):
         raise ImageError(MANIFEST, "files", "must be an object")
     for fname, info in m["files"].items():
         _require_keys(info, _FILE_KEYS, MANIFEST, f"files.{fname}")
+        _require_int(info["words"], MANIFEST, f"files.{fname}.words")
+        _require_int(info["width"], MANIFEST, f"files.{fname}.width", low=1)
         path = folder / fname
         if Path(fname).name != fname or not path.is_file():
             raise ImageError(fname, "file", "missing")
@@ -307,9 +324,13 @@ def load(image_dir):
     for i, e in enumerate(m["layers"]):
         where = f"layers[{i}]"
         _require_keys(e, _LAYER_KEYS, MANIFEST, where)
+        for key in ("f_x", "f_w", "f_y"):
+            _require_int(e[key], MANIFEST, f"{where}.{key}", low=None)
+        if not isinstance(e["name"], str) or not isinstance(e["files"], dict):
+            raise ImageError(MANIFEST, where, "name must be a string and files an object")
         try:
             desc = LayerDesc.from_dict(e["desc"])
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, AttributeError) as exc:
             raise ImageError(MANIFEST, f"{where}.desc", str(exc)) from None
         if e["format"] != "dense":
             raise ImageError(MANIFEST, f"{where}.format", f"{e['format']!r} is not supported "

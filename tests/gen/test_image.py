@@ -240,3 +240,14 @@ def test_cli_inspect(img, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["export", "--help"])
     assert "--dw" in capsys.readouterr().out
+
+
+def test_reject_wrong_types(img):
+    _edit_manifest(img, lambda m: m.update(f_in="14"))
+    with pytest.raises(ImageError, match=r"^manifest.json: f_in: must be an integer >= 0"):
+        load(img)
+    _edit_manifest(img, lambda m: m.update(f_in=14) or
+                   m["files"]["program.hex"].update(width=0))
+    with pytest.raises(ImageError, match=r"^manifest.json: files.program.hex.width: must be "
+                                         r"an integer >= 1, not 0"):
+        load(img)
