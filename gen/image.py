@@ -288,8 +288,8 @@ def load(image_dir):
         raise ImageError(MANIFEST, "version", f"is {m.get('version')!r}; this slimnfu reads "
                                               f"version {VERSION}")
     _require_keys(m, _TOP_KEYS, MANIFEST, "")
-    for key in ("dw", "acc", "f_in"):
-        _require_int(m[key], MANIFEST, key)
+    for key, low in (("dw", 1), ("acc", 1), ("f_in", None)):
+        _require_int(m[key], MANIFEST, key, low)
     if not isinstance(m["input_shape"], list) or not m["input_shape"]:
         raise ImageError(MANIFEST, "input_shape", "must be a non-empty list of integers")
     for n in m["input_shape"]:
