@@ -1,0 +1,175 @@
+"""``slimnfu bench hw``: the dense accelerator measured on Caffe LeNet-5 layer shapes.
+
+Writes ``build/bench/hw.json`` and prints a Markdown table:
+
+* RTL cycles (Verilator co-simulation of the ``diannao`` engine, MNIST stimulus, outputs
+  checked bit for bit) per LeNet-5 layer, next to the analytic dense count, and the NFU
+  utilisation ``macs / (Tn*Ti*cycles)``;
+* simulation speed in cycles per second of Verilator, Icarus and amaranth.sim on the same
+  layer in one run (every simulated clock cycle counted: loads, the layer and NBout reads);
+* the synthesis reports of ``tiny``, ``small`` and ``diannao`` (``build/synth/*.json``,
+  synthesised when missing).
+"""
+
+import json
+import time
+from pathlib import Path
+
+from slimnfu.config import LayerDesc, get_config
+
+__all__ = ["LENET5", "add_arguments", "main"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+#: Caffe LeNet-5 layer shapes (MNIST 28x28 input).
+LENET5 = [
+    ("conv1", LayerDesc("conv", 1, 20, 28, 28, 5)),
+    ("pool1", LayerDesc("maxpool", 20, 20, 24, 24, 2, 2)),
+    ("conv2", LayerDesc("conv", 20, 50, 12, 12, 5)),
+    ("pool2", LayerDesc("maxpool", 50, 50, 8, 8, 2, 2)),
+    ("fc1", LayerDesc("fc", 800, 500, act="relu")),
+    ("fc2", LayerDesc("fc", 500, 10)),
+]
+
+SYNTH_CONFIGS = ("tiny", "small", "diannao")
+
+
+def add_arguments(parser):
+    parser.add_argument("--config", default="diannao", help="config of the cycle and speed "
+                        "runs (default diannao)")
+    parser.add_argument("--speed-layer", default="fc1", choices=[n for n, _ in LENET5],
+                        help="layer of the simulator speed comparison (default fc1)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--no-synth", action="store_true",
+                        help="do not synthesise configs whose report is missing")
+
+
+def _job_cycles(desc, cfg, cycles):
+    """Every clock cycle one testbench job simulates: reset, loads, the layer, NBout reads."""
+    loads = desc.nbin_words(cfg) + (0 if desc.is_pool else desc.sb_words(cfg) +
+                                    desc.tiles(cfg)[1])
+    return 3 + loads + 1 + cycles + desc.nbout_words(cfg)
+
+
+def _speed_amaranth(cfg, case):
+    import torch
+
+    from slimnfu.rtl.simdrive import run_layer_amaranth
+
+    y, counters, wall = run_layer_amaranth(cfg, case.desc, case.x, case.w, case.b, case.pwl)
+    ok = torch.equal(y.reshape(case.expected.shape), case.expected)
+    return {"sim": "amaranth.sim", "passed": bool(ok), "cycles": counters["cycles"],
+            "sim_cycles": counters["sim_cycles"], "wall_s": round(wall, 3),
+            "cycles_per_s": round(counters["sim_cycles"] / wall, 1)}
+
+
+def _synth_reports(no_synth):
+    from slimnfu.gen.synth import synth_config
+
+    reports = {}
+    for name in SYNTH_CONFIGS:
+        path = REPO_ROOT / "build" / "synth" / f"{name}.json"
+        if path.exists():
+            reports[name] = json.loads(path.read_text())
+        elif not no_synth:
+            print(f"synthesising {name} (build/synth/{name}.json is missing) ...", flush=True)
+            reports[name] = synth_config(get_config(name), pnr=name != "diannao")
+        else:
+            reports[name] = None
+    return reports
+
+
+def _markdown(result):
+    cfg = result["config"]
+    lines = [f"**LeNet-5 layers on `{cfg}` (Tn = Ti = {result['tn']}), Verilator "
+             "co-simulation, outputs bit-exact with the integer reference**", "",
+             "| layer | shape | useful MACs | dense cycles | RTL cycles | LATENCY | "
+             "NFU utilisation | bit-exact |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in result["layers"]:
+        lines.append(f"| {r['layer']} | {r['shape']} | {r['macs']} | {r['dense_cycles']} | "
+                     f"{r['rtl_cycles']} | {r['latency']} | {100 * r['utilisation']:.1f}% | "
+                     f"{'yes' if r['passed'] else 'NO'} |")
+    sp = result["sim_speed"]
+    lines += ["", f"**Simulation speed on {sp['layer']} ({sp['shape']}), one run**", "",
+              "| simulator | simulated cycles | wall s | cycles/s | bit-exact |",
+              "|---|---:|---:|---:|---|"]
+    for r in sp["runs"]:
+        lines.append(f"| {r['sim']} | {r['sim_cycles']} | {r['wall_s']} | "
+                     f"{r['cycles_per_s']:.0f} | {'yes' if r['passed'] else 'NO'} |")
+    lines += ["", "**Synthesis (Yosys synth_ecp5; nextpnr-ecp5 out-of-context)**", "",
+              "| config | NFU mults | LUT4 | FF | MULT18X18D | DP16KD | memory bits | "
+              "part | fmax MHz | fits |", "|---|---:|---:|---:|---:|---:|---:|---|---:|---|"]
+    for name, s in result["synth"].items():
+        if s is None:
+            lines.append(f"| {name} | - | - | - | - | - | - | - | - | not synthesised |")
+            continue
+        fmax = f"{s['fmax_mhz']:.1f}" if s.get("fmax_mhz") else "-"
+        lines.append(f"| {name} | {s['nfu_multipliers']} | {s['luts']} | {s['ffs']} | "
+                     f"{s['dsps']} | {s['brams']} | {s['memory_bits']} | {s['part'] or '-'} | "
+                     f"{fmax} | {s['fits']} |")
+    return "\n".join(lines)
+
+
+def main(args):
+    """Run the benchmark (heavy imports happen here); return 1 if any run was not bit-exact."""
+    from slimnfu.gen.verilog import atomic_write
+    from slimnfu.rtl.engine import LayerEngine
+    from slimnfu.sim.cases import make_case
+    from slimnfu.sim.mnist import mnist_images
+    from slimnfu.sim.runner import run_regression
+
+    cfg = get_config(getattr(args, "config", "diannao"))
+    speed_layer = getattr(args, "speed_layer", "fc1")
+    seed = getattr(args, "seed", 1)
+    for name, desc in LENET5:
+        desc.check(cfg)
+    images = mnist_images(1000)
+    cases = [make_case(name, desc, cfg, seed * 100 + i, images)
+             for i, (name, desc) in enumerate(LENET5)]
+    t0 = time.perf_counter()
+    entries = {e["name"]: e for e in run_regression(cfg, cases, sims=["verilator"])}
+    layers = []
+    for case in cases:
+        e, d = entries[case.name], case.desc
+        shape = (f"{d.kind} {d.n_in}->{d.n_out}" +
+                 ("" if d.kind == "fc" else f" {d.k}x{d.k}/{d.stride} on {d.h_in}x{d.w_in}"))
+        cycles = e["cycles"] or 0
+        layers.append({"layer": case.name, "shape": shape, "desc": d.to_dict(),
+                       "macs": d.macs(), "dense_cycles": d.dense_cycles(cfg),
+                       "rtl_cycles": e["cycles"], "latency": LayerEngine.LATENCY,
+                       "utilisation": d.macs() / (cfg.tn * cfg.ti * cycles) if cycles else 0.0,
+                       "passed": e["passed"], "mults": e["mults"],
+                       "sat_events": e["sat_events"], "error": e["error"]})
+
+    speed_case = next(c for c in cases if c.name == speed_layer)
+    runs = []
+    for sim in ("verilator", "icarus"):
+        e = (entries[speed_case.name] if sim == "verilator" else
+             run_regression(cfg, [speed_case], sims=[sim])[0])
+        sim_cycles = _job_cycles(speed_case.desc, cfg, e["cycles"] or 0)
+        runs.append({"sim": sim, "passed": e["passed"], "cycles": e["cycles"],
+                     "sim_cycles": sim_cycles, "wall_s": e["wall_s"],
+                     "cycles_per_s": round(sim_cycles / e["wall_s"], 1)})
+    print(f"amaranth.sim on {speed_layer} ...", flush=True)
+    runs.append(_speed_amaranth(cfg, speed_case))
+
+    result = {
+        "config": cfg.name, "tn": cfg.tn, "ti": cfg.ti, "accel": cfg.to_dict(),
+        "latency": LayerEngine.LATENCY, "layers": layers,
+        "sim_speed": {"layer": speed_layer, "shape": next(r["shape"] for r in layers
+                                                         if r["layer"] == speed_layer),
+                      "runs": runs,
+                      "note": "cycles/s counts every simulated clock cycle of the job (reset, "
+                              "buffer loads, the layer, NBout reads); cocotb drives loads and "
+                              "reads from Python, one call per cycle"},
+        "synth": _synth_reports(getattr(args, "no_synth", False)),
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+    result["markdown"] = _markdown(result)
+    out = Path(getattr(args, "out", None) or REPO_ROOT / "build" / "bench" / "hw.json")
+    atomic_write(out, json.dumps(result, indent=1) + "\n")
+    print(result["markdown"])
+    print(f"\nwritten {out}")
+    failed = [r["layer"] for r in layers if not r["passed"]] + \
+        [r["sim"] for r in runs if not r["passed"]]
+    return 1 if failed else 0
