@@ -202,7 +202,9 @@ def train(name, epochs=None, lr=None, batch_size=None, seed=0, subset=None, cach
     if path.is_file():
         model = _build_quietly(name)
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            # early checkpoints stored torch.__version__ itself, a TorchVersion object
+            with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True)
             model.load_state_dict(checkpoint["state_dict"])
             stored = checkpoint["info"]
         except Exception as exc:
