@@ -53,6 +53,17 @@ class AccelConfig:
         Words of NBout; each word holds ``tn`` activations of one pixel.
     bias_depth : int
         Words of the bias memory; each word holds ``tn`` biases (one output tile).
+    ikr : bool
+        Build the IKR pattern-index decoder (:mod:`slimnfu.rtl.ikr_unit`). Off (the default),
+        the engine is exactly the dense engine; on, conv layers with ``LayerDesc.ikr_n > 0``
+        take ``max(n, k)`` cycles per kernel group instead of ``k*k``.
+    ikr_kmax : int
+        Largest kernel the IKR window register holds (``ikr_kmax**2`` taps per input lane).
+    ikr_patterns : int
+        Pattern-table entries P per layer (at most 16: a 4-bit index per kernel).
+    ikr_index_depth : int
+        Words of the IKR index memory; each word holds the ``tn*ti`` pattern indices of one
+        ``(o, t)`` tile pair.
     """
 
     name: str
@@ -64,6 +75,10 @@ class AccelConfig:
     sb_depth: int = 1024
     nbout_depth: int = 1024
     bias_depth: int = 64
+    ikr: bool = False
+    ikr_kmax: int = 5
+    ikr_patterns: int = 16
+    ikr_index_depth: int = 512
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -81,6 +96,11 @@ class AccelConfig:
         if self.tn != self.ti:
             raise ValueError(f"tn must equal ti (pooling maps input lanes onto output lanes), "
                              f"not tn={self.tn}, ti={self.ti}")
+        if self.ikr not in (0, 1):
+            raise TypeError(f"ikr must be a bool (or 0/1), not {self.ikr!r}")
+        _check_int("ikr_kmax", self.ikr_kmax, 1, 7)
+        _check_int("ikr_patterns", self.ikr_patterns, 1, 16)
+        _check_int("ikr_index_depth", self.ikr_index_depth, 2, 1 << 20)
 
     @property
     def min_acc(self):
@@ -154,6 +174,10 @@ class LayerDesc:
         ``"none"``, ``"relu"`` or ``"pwl"`` (the 16-segment table loaded into NFU-3).
     seg_shift : int
         For ``act="pwl"``: each segment spans ``2**seg_shift`` integer steps of the input.
+    ikr_n : int
+        0 for a dense layer; for an IKR conv layer (:mod:`slimnfu.compress.ikr`) the number of
+        taps each kernel keeps, ``1 <= ikr_n <= k*k``. SB then holds ``ikr_n`` words per tile
+        pair instead of ``k*k``.
     """
 
     kind: str
@@ -167,6 +191,7 @@ class LayerDesc:
     shift: int = 0
     act: str = "none"
     seg_shift: int = 0
+    ikr_n: int = 0
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -177,6 +202,12 @@ class LayerDesc:
             _check_int(name, getattr(self, name), 1)
         for name in ("pad", "shift", "seg_shift"):
             _check_int(name, getattr(self, name), 0)
+        _check_int("ikr_n", self.ikr_n, 0)
+        if self.ikr_n and self.kind != "conv":
+            raise ValueError(f"ikr_n applies to conv layers only, not {self.kind}")
+        if self.ikr_n > self.k * self.k:
+            raise ValueError(f"layer conv {self.n_in}->{self.n_out} k={self.k}: ikr_n="
+                             f"{self.ikr_n} > k*k={self.k * self.k}")
         if self.kind == "fc" and (self.h_in, self.w_in, self.k, self.stride, self.pad) != \
                 (1, 1, 1, 1, 0):
             raise ValueError("an fc layer must have h_in = w_in = k = stride = 1 and pad = 0")
@@ -230,6 +261,19 @@ class LayerDesc:
         ci, co = self.tiles(cfg)
         return self.h_out * self.w_out * co * ci * self.k * self.k
 
+    def ikr_cycles(self, cfg):
+        """Analytic NFU cycle count of an IKR conv layer (``ikr_n > 0``) on the IKR engine.
+
+        Each kernel group (one output pixel, one output tile, one input tile) takes
+        ``G = max(ikr_n, k)`` cycles: ``ikr_n`` compute steps, while the next group's KxK
+        window fills one column (k pixels, k NBin read ports) per cycle. One extra slot fills
+        the first window, and the last slot ends after its ``ikr_n`` steps:
+        ``groups * G + ikr_n``.
+        """
+        ci, co = self.tiles(cfg)
+        groups = self.h_out * self.w_out * co * ci
+        return groups * max(self.ikr_n, self.k) + self.ikr_n
+
     def macs(self):
         """Useful multiply-accumulates (pooling: compared or summed inputs)."""
         per_out = self.k * self.k * (1 if self.is_pool else self.n_in)
@@ -245,7 +289,7 @@ class LayerDesc:
         if self.is_pool:
             return 0
         ci, co = self.tiles(cfg)
-        return ci * co * self.k * self.k
+        return ci * co * (self.ikr_n or self.k * self.k)
 
     def max_acc_bits(self, cfg, max_abs_bias=None):
         """Bits an accumulator needs for this layer's largest possible sum, sign included.
@@ -282,6 +326,18 @@ class LayerDesc:
             raise ValueError(f"shift must be < acc={cfg.acc}, not {self.effective_shift}")
         if self.act == "pwl" and self.seg_shift >= cfg.dw:
             raise ValueError(f"seg_shift must be < dw={cfg.dw}, not {self.seg_shift}")
+        if self.ikr_n:
+            if not cfg.ikr:
+                raise ValueError(f"layer conv {self.n_in}->{self.n_out} k={self.k} has ikr_n="
+                                 f"{self.ikr_n}, but config {cfg.name!r} has ikr=False")
+            if self.k > cfg.ikr_kmax:
+                raise ValueError(f"layer conv {self.n_in}->{self.n_out}: IKR needs k <= "
+                                 f"ikr_kmax={cfg.ikr_kmax}, not k={self.k}")
+            ci, co = self.tiles(cfg)
+            if ci * co > cfg.ikr_index_depth:
+                raise ValueError(f"layer conv {self.n_in}->{self.n_out} needs {ci * co} IKR "
+                                 f"index words, but config {cfg.name!r} has ikr_index_depth="
+                                 f"{cfg.ikr_index_depth}")
         for name, bits in (("h_in", 12), ("w_in", 12), ("k", 4), ("stride", 4), ("pad", 4)):
             if getattr(self, name) >= (1 << bits):
                 raise ValueError(f"{name} must be < {1 << bits} (descriptor field width), "

@@ -107,3 +107,41 @@ def pack_pwl(table, cfg):
         raise ValueError(f"PWL table is for dw={table.dw}, config has dw={cfg.dw}")
     m1, m2 = (1 << cfg.dw) - 1, (1 << (2 * cfg.dw)) - 1
     return [(s & m1) | ((i & m2) << cfg.dw) for s, i in zip(table.slope, table.icpt)]
+
+
+# IKR (method B) memories; see slimnfu.rtl.pattern_decoder and slimnfu.compress.ikr.
+
+def pack_ikr_weights(values, cfg):
+    """SB words of an IKR conv layer: ``values (O, C, n)``, the kept weights of each kernel in
+    its pattern's tap order. Word ``(o*ci_tiles + t)*n + s``, lane ``j*ti + i`` holds
+    ``values[o*tn + j, t*ti + i, s]``."""
+    v = torch.as_tensor(values, dtype=torch.int64)
+    v = _pad_channels(_pad_channels(v, 0, cfg.tn), 1, cfg.ti)
+    o, c, n = v.shape
+    lanes = (v.view(o // cfg.tn, cfg.tn, c // cfg.ti, cfg.ti, n)
+             .permute(0, 2, 4, 1, 3).reshape(-1, cfg.tn * cfg.ti))
+    return pack_words(lanes, cfg.dw)
+
+
+def pack_ikr_index(index, cfg):
+    """IKR index words: ``index (O, C)`` pattern numbers. Word ``o*ci_tiles + t``, lane
+    ``j*ti + i`` holds ``index[o*tn + j, t*ti + i]`` in ``bits_for(ikr_patterns - 1)`` bits."""
+    from slimnfu.rtl.pattern_decoder import index_bits
+
+    idx = torch.as_tensor(index, dtype=torch.int64)
+    idx = _pad_channels(_pad_channels(idx, 0, cfg.tn), 1, cfg.ti)
+    o, c = idx.shape
+    lanes = idx.view(o // cfg.tn, cfg.tn, c // cfg.ti, cfg.ti).permute(0, 2, 1, 3)
+    return pack_words(lanes.reshape(-1, cfg.tn * cfg.ti), index_bits(cfg))
+
+
+def pack_ikr_table(patterns, k, cfg):
+    """IKR pattern-table words: ``patterns (P, n)`` taps ``ky*k + kx`` of a ``k x k`` kernel.
+    Word ``s``, entry ``p`` holds pattern ``p``'s tap ``s`` as ``ky*ikr_kmax + kx``."""
+    from slimnfu.rtl.pattern_decoder import tap_bits
+
+    pat = torch.as_tensor(patterns, dtype=torch.int64)
+    phys = (pat // k) * cfg.ikr_kmax + pat % k
+    rows = torch.zeros(pat.shape[1], cfg.ikr_patterns, dtype=torch.int64)
+    rows[:, :pat.shape[0]] = phys.t()
+    return pack_words(rows, tap_bits(cfg))

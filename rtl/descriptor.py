@@ -47,6 +47,9 @@ def descriptor_layout(cfg):
     # Output channels: NFU-3 counts saturation only on lanes below n_out (added last, so the
     # fields above keep their bit positions).
     fields["n_out"] = unsigned(_bits(tiles * cfg.tn))
+    if cfg.ikr:
+        # Taps kept per kernel of an IKR conv layer; 0 runs the layer dense.
+        fields["ikr_n"] = unsigned(_bits(cfg.ikr_kmax ** 2))
     return data.StructLayout(fields)
 
 
@@ -66,6 +69,10 @@ def descriptor_value(desc, cfg, check=True):
                   w_in=desc.w_in, h_out=desc.h_out, w_out=desc.w_out, k=desc.k,
                   stride=desc.stride, pad=desc.pad, shift=desc.effective_shift,
                   seg_shift=desc.seg_shift, n_out=desc.n_out)
+    if cfg.ikr:
+        fields["ikr_n"] = desc.ikr_n
+    elif desc.ikr_n:
+        raise ValueError(f"layer has ikr_n={desc.ikr_n}, but config {cfg.name!r} has ikr=False")
     layout = descriptor_layout(cfg)
     for name, value in fields.items():
         if isinstance(value, int) and value >= 1 << layout[name].shape.width:

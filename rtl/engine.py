@@ -11,6 +11,7 @@ from slimnfu.rtl.nfu1 import NFU1
 from slimnfu.rtl.nfu2 import NFU2
 from slimnfu.rtl.nfu3 import NFU3
 from slimnfu.rtl.sequencer import Sequencer
+from slimnfu.rtl.ikr_unit import IkrUnit, select_steps
 
 __all__ = ["LayerEngine", "LoadSel", "load_data_width"]
 
@@ -18,6 +19,10 @@ __all__ = ["LayerEngine", "LoadSel", "load_data_width"]
 class LoadSel:
     """Values of ``load_sel``."""
     NBIN, SB, BIAS, PWL = 0, 1, 2, 3
+    #: With ``cfg.ikr``: the IKR index memory and pattern table (see
+    #: :class:`slimnfu.rtl.pattern_decoder.PatternDecoder`).
+    IKR_INDEX, IKR_TABLE = 6, 7
+
 
 
 def load_data_width(cfg):
@@ -26,7 +31,10 @@ def load_data_width(cfg):
     ``tn*ti*dw`` (an SB word) for every named config; a bias word (``tn*acc``) or a PWL word
     (``3*dw``) can be wider when ``ti`` is small (e.g. 2x2 configs).
     """
-    return max(cfg.tn * cfg.ti * cfg.dw, cfg.tn * cfg.acc, 3 * cfg.dw)
+    width = max(cfg.tn * cfg.ti * cfg.dw, cfg.tn * cfg.acc, 3 * cfg.dw)
+    if cfg.ikr:
+        width = max(width, IkrUnit.load_width_for(cfg))
+    return width
 
 
 class LayerEngine(wiring.Component):
@@ -67,7 +75,7 @@ class LayerEngine(wiring.Component):
             "busy": Out(1),
             "done": Out(1),
             "load_en": In(1),
-            "load_sel": In(2),
+            "load_sel": In(3 if cfg.ikr else 2),
             "load_addr": In(self.addr_bits),
             "load_data": In(load_data_width(cfg)),
             "rd_addr": In(bits_for(cfg.nbout_depth - 1)),
@@ -105,6 +113,8 @@ class LayerEngine(wiring.Component):
         with m.If(starting):
             m.d.sync += [cur.eq(self.desc), busy.eq(1)]
         m.d.comb += [self.busy.eq(busy), seq.start.eq(starting), seq.desc.eq(self.desc)]
+        if cfg.ikr:
+            seq = self._ikr_path(m, cur, seq, starting, nbin, nfu1)
 
         # Load interface: one word per cycle into the memory load_sel names.
         idle_load = self.load_en & ~busy
@@ -186,3 +196,27 @@ class LayerEngine(wiring.Component):
                 m.d.sync += self.mults.eq(self.mults + tn * ti)
         m.d.comb += self.sat_events.eq(nfu3.sat_events)
         return m
+
+    def _ikr_path(self, m, cur, seq, starting, nbin, nfu1):
+        """Method B: IKR conv layers (``desc.ikr_n != 0``) run on :class:`IkrUnit`.
+
+        Returns the step signals the pipeline takes from then on: the IKR unit's while an IKR
+        layer runs, the dense sequencer's otherwise (:func:`select_steps`).
+        """
+        cfg = self.cfg
+        m.submodules.ikr = ikr = IkrUnit(cfg)
+        is_ikr = self.desc.ikr_n != 0
+        # The dense sequencer must stay idle during an IKR layer (this overrides its start).
+        m.d.comb += [seq.start.eq(starting & ~is_ikr), ikr.start.eq(starting & is_ikr),
+                     ikr.desc.eq(self.desc)]
+        idle_load = self.load_en & ~self.busy
+        m.d.comb += [ikr.table_we.eq(idle_load & (self.load_sel == LoadSel.IKR_TABLE)),
+                     ikr.index_we.eq(idle_load & (self.load_sel == LoadSel.IKR_INDEX)),
+                     ikr.load_addr.eq(self.load_addr), ikr.load_data.eq(self.load_data)]
+        for r in range(cfg.ikr_kmax):
+            port = nbin.read_port()
+            m.d.comb += [port.addr.eq(ikr.nbin_addr[r]), port.en.eq(ikr.nbin_en[r]),
+                         ikr.nbin_data[r].eq(port.data)]
+        ikr_mode = cur.ikr_n != 0
+        m.d.comb += [nfu1.lane_neurons.eq(ikr.lane_neurons), nfu1.lane_sel.eq(ikr_mode)]
+        return select_steps(m, ikr_mode, seq, ikr)

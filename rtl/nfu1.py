@@ -1,6 +1,6 @@
 """NFU-1: the ``tn x ti`` array of signed multipliers, with registered products."""
 
-from amaranth.hdl import Module, signed
+from amaranth.hdl import Module, Mux, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -27,6 +27,9 @@ class NFU1(wiring.Component):
     neurons : In(ArrayLayout(signed(dw), ti))
     synapses : In(ArrayLayout(signed(dw), tn*ti))
     en : In(1)
+    lane_neurons, lane_sel : In(ArrayLayout(signed(dw), tn*ti)), In(1); only with ``cfg.ikr``
+        When ``lane_sel`` is high, product ``j*ti + i`` takes ``lane_neurons[j*ti + i]``
+        instead of ``neurons[i]`` (IKR: each multiplier has its own input tap).
     products : Out(ArrayLayout(signed(2*dw), tn*ti)), registered
     """
 
@@ -39,6 +42,8 @@ class NFU1(wiring.Component):
             "synapses": In(data.ArrayLayout(signed(cfg.dw), cfg.tn * cfg.ti)),
             "en": In(1),
             "products": Out(data.ArrayLayout(signed(2 * cfg.dw), cfg.tn * cfg.ti)),
+            **({"lane_neurons": In(data.ArrayLayout(signed(cfg.dw), cfg.tn * cfg.ti)),
+                "lane_sel": In(1)} if cfg.ikr else {}),
         })
 
     def elaborate(self, platform):
@@ -48,5 +53,8 @@ class NFU1(wiring.Component):
             for j in range(tn):
                 for i in range(ti):
                     lane = j * ti + i
-                    m.d.sync += self.products[lane].eq(self.neurons[i] * self.synapses[lane])
+                    neuron = self.neurons[i]
+                    if self.cfg.ikr:
+                        neuron = Mux(self.lane_sel, self.lane_neurons[lane], neuron)
+                    m.d.sync += self.products[lane].eq(neuron * self.synapses[lane])
         return m
