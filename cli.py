@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "slimnfu.gen.cli_hw",
     "slimnfu.sim.cli_cosim",
     "slimnfu.bench.cli_bench",
+    "slimnfu.demo",
 ]
 
 
