@@ -5,6 +5,7 @@ import importlib
 BENCHES = {
     "hw": "slimnfu.bench.hw",
     "models": "slimnfu.bench.models",
+    "ikr": "slimnfu.bench.ikr",
 }
 
 

@@ -1,0 +1,276 @@
+"""``slimnfu bench ikr``: IKR pattern pruning end to end, against unstructured and filter pruning.
+
+For each network and accuracy budget (percent points of validation accuracy below the float
+baseline; validation = the last ``--val`` training images, never the test set):
+
+* ``method="ikr"``: :func:`slimnfu.compress.ikr.ikr_prune`, quantised (format ``"ikr"``),
+  float and integer test accuracy, MACs/params/bits from :mod:`slimnfu.compress.accounting`
+  (values, indices and pattern tables counted), and for every IKR conv layer the RTL cycles
+  measured on Verilator (IKR run and the same layer run dense on the same engine, both
+  bit-exact against the integer reference) next to the analytic ``ikr_cycles``.
+* ``method="unstructured"``: ``torch.nn.utils.prune.l1_unstructured`` on each conv at the
+  largest amount (from ``AMOUNTS``) within the same budget, fine-tuned as long as IKR. Bits:
+  the non-zero values plus a 1-bit position map per dense conv weight (cheaper than an index
+  per non-zero at these sparsities); its cycles on this engine are the dense ones.
+* ``method="filter"``: L1-norm filter pruning of each conv (same search), counting the
+  removed filters and the next layer's dead inputs. Cycles not measured (``rtl_cycles`` null).
+
+``rtl_cycles*`` cover the conv layers only (``rtl_cycles_scope``).
+"""
+
+import copy
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+__all__ = ["main", "add_arguments", "run"]
+
+NETWORKS = ("lenet5", "vgg_fmnist")
+AMOUNTS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+
+
+def add_arguments(parser):
+    parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=NETWORKS)
+    parser.add_argument("--budgets", nargs="+", type=float, default=[0.5, 1.0])
+    parser.add_argument("--val", type=int, default=5000, help="validation images (train tail)")
+    parser.add_argument("--calib", type=int, default=2000)
+    parser.add_argument("--patterns", type=int, default=16, help="P per layer (<= 16)")
+    parser.add_argument("--finetune-batches", type=int, default=150)
+    parser.add_argument("--no-cosim", action="store_true", help="skip the RTL cycle runs")
+    parser.add_argument("--threads", type=int, default=2)
+
+
+def _acc(logits, labels):
+    return round(100.0 * float((logits.argmax(1) == labels).double().mean()), 4)
+
+
+def _bench_cfg(q):
+    from slimnfu.config import CONFIGS
+
+    sb = max(1024, max(l.desc.sb_words(CONFIGS["tiny"]) for l in q.layers if l.desc.kind == "conv"))
+    return CONFIGS["tiny"].with_(name=f"tiny_ikr_sb{sb}", ikr=True, sb_depth=1 << (sb - 1)
+                                 .bit_length(), ikr_index_depth=1024)
+
+
+def _cosim_layers(q, x_img, cfg):
+    """Run each IKR conv of ``q`` (IKR and dense) on Verilator with its real input."""
+    from slimnfu.compress.ikr import ikr_values  # noqa: F401 (format registered)
+    from slimnfu.compress.quant import int_forward_layers, quantize_input
+    from slimnfu.config import LayerDesc
+    from slimnfu.rtl.engine import LayerEngine
+    from slimnfu.sim.ikr_jobs import check_result, dense_job, ikr_job
+    from slimnfu.sim.runner import build_sim, run_jobs
+
+    latency = LayerEngine.LATENCY
+    x = quantize_input(q, x_img)
+    outs = int_forward_layers(q, x)
+    jobs, checks = [], []
+    for i, layer in enumerate(q.layers):
+        if layer.format != "ikr":
+            continue
+        xin = (x if i == 0 else outs[i - 1])[0]
+        d = layer.desc
+        lib, idx = layer.extra["ikr_patterns"], layer.extra["ikr_index"]
+        jobs.append(ikr_job(layer.name, d, xin, layer.w, layer.b, lib, idx, cfg, latency,
+                            layer.pwl))
+        checks.append((d, xin, layer))
+        dd = LayerDesc(**{**d.to_dict(), "ikr_n": 0})
+        jobs.append(dense_job(f"{layer.name}_dense", d, xin, layer.w, layer.b, cfg, latency,
+                              layer.pwl))
+        checks.append((dd, xin, layer))
+    runner, dirs = build_sim("verilator", cfg)
+    raw = {r["name"]: r for r in run_jobs(runner, dirs, jobs)}
+    res = [check_result(raw[j["name"]], d, xin, l.w, l.b, cfg, latency, l.pwl)
+           for j, (d, xin, l) in zip(jobs, checks)]
+    layers = []
+    for k in range(0, len(res), 2):
+        r_ikr, r_dense = res[k], res[k + 1]
+        d = checks[k][0]
+        layers.append({
+            "name": r_ikr["name"], "k": d.k, "n": d.ikr_n, "passed": r_ikr["passed"]
+            and r_dense["passed"], "error": r_ikr["error"] or r_dense["error"],
+            "rtl_cycles": r_ikr["cycles"], "rtl_cycles_dense": r_dense["cycles"],
+            "analytic_ikr_cycles": d.ikr_cycles(cfg) + latency,
+            "analytic_dense_cycles": d.dense_cycles(cfg) + latency,
+            "speedup": (r_dense["cycles"] / r_ikr["cycles"]) if r_ikr["cycles"] else None,
+            "ideal_speedup": d.k * d.k / d.ikr_n})
+        L = layers[-1]
+        if L["speedup"]:
+            L["speedup_over_ideal"] = L["speedup"] / L["ideal_speedup"]
+    return layers
+
+
+def _conv_prune_stats(model, masks_or_kept, kind, dw, acc, input_shape):
+    """MACs/params/bits of the network after unstructured or filter pruning (analytic)."""
+    import torch
+    from torch import nn
+
+    x = torch.zeros(1, *input_shape)
+    macs = params = bits = 0
+    conv_macs = 0
+    kept_in = input_shape[0]
+    full_in = input_shape[0]
+    for m in model:
+        if isinstance(m, nn.Conv2d):
+            y = m(x)
+            hw = y.shape[2] * y.shape[3]
+            kk = m.kernel_size[0] * m.kernel_size[1]
+            if kind == "unstructured":
+                nnz = int((m.weight != 0).sum())
+                p = nnz + m.out_channels
+                b = nnz * dw + m.weight.numel() + m.out_channels * acc
+                mc = nnz * hw
+            else:
+                kept = int((m.weight.abs().sum((1, 2, 3)) != 0).sum())
+                w = kept * kept_in * kk
+                p, b, mc = w + kept, w * dw + kept * acc, w * hw
+                kept_in = kept
+            full_in = m.out_channels
+            macs, params, bits, conv_macs = macs + mc, params + p, bits + b, conv_macs + mc
+            x = y
+        elif isinstance(m, nn.Linear):
+            scale = kept_in / full_in if kind == "filter" else 1.0
+            n_in = round(m.in_features * scale)
+            w = n_in * m.out_features
+            macs, params, bits = macs + w, params + w + m.out_features, \
+                bits + w * dw + m.out_features * acc
+            kept_in = full_in = m.out_features
+            x = torch.zeros(1, m.out_features)
+        else:
+            x = m(x)
+    return {"macs": macs, "conv_macs": conv_macs, "params": params, "bits": bits}
+
+
+def _baseline_search(base, kind, xs, ys, xv, yv, budget, base_val, batches, seed=0):
+    """Largest amount in AMOUNTS whose fine-tuned model is within ``budget``."""
+    import torch
+    from torch import nn
+    from torch.nn.utils import prune
+
+    from slimnfu.compress.train import evaluate
+
+    best, best_amount = None, 0.0
+    for amount in AMOUNTS:
+        m = copy.deepcopy(base)
+        for conv in [c for c in m if isinstance(c, nn.Conv2d)]:
+            if kind == "unstructured":
+                prune.l1_unstructured(conv, "weight", amount=amount)
+            else:
+                prune.ln_structured(conv, "weight", amount=amount, n=1, dim=0)
+        opt = torch.optim.Adam(m.parameters(), lr=5e-4)
+        gen = torch.Generator().manual_seed(seed)
+        m.train()
+        for _ in range(batches):
+            i = torch.randint(xs.shape[0], (128,), generator=gen)
+            loss = nn.functional.cross_entropy(m(xs[i].float()), ys[i])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        for conv in [c for c in m if isinstance(c, nn.Conv2d)]:
+            prune.remove(conv, "weight")
+            if kind == "filter":
+                with torch.no_grad():
+                    dead = conv.weight.abs().sum((1, 2, 3)) == 0
+                    conv.bias[dead] = 0
+        if base_val - evaluate(m, xv, yv) <= budget:
+            best, best_amount = m, amount
+        else:
+            break
+    return best, best_amount
+
+
+def run(networks, budgets, val_n=5000, calib_n=2000, patterns=16, ft=150, cosim=True,
+        log=print):
+    import torch
+
+    from slimnfu.compress import data, ikr
+    from slimnfu.compress.accounting import model_stats
+    from slimnfu.compress.models import network_info
+    from slimnfu.compress.quant import int_forward, quantize_model
+    from slimnfu.compress.train import evaluate, train
+
+    rows = []
+    for name in networks:
+        ds = network_info(name)["dataset"]
+        model, _ = train(name, progress=False)
+        xt, yt = data.load(ds, "train")
+        xs, ys, xv, yv = xt[:-val_n], yt[:-val_n], xt[-val_n:], yt[-val_n:]
+        xtest, ytest = data.load(ds, "test")
+        calib, _ = data.load(ds, "calib")
+        calib = calib[:calib_n]
+        acc_base = round(evaluate(model, xtest, ytest), 4)
+        base_val = evaluate(model, xv, yv)
+        qd = quantize_model(model, calib)
+        sd = model_stats(qd)
+        in_shape = tuple(xt.shape[1:])
+        for budget in budgets:
+            t0 = time.perf_counter()
+            opts = ikr.IkrOptions(patterns=patterns, finetune_batches=ft)
+            pruned, hist = ikr.ikr_prune(model, xs, ys, xv, yv, budget, opts, log=log)
+            q = ikr.mark_quantised(quantize_model(pruned, calib), pruned)
+            s = model_stats(q)
+            logits, _ = int_forward(q, xtest)
+            layers = _cosim_layers(q, xtest[:1], _bench_cfg(q)) if cosim else []
+            common = {"network": name, "dataset": ds, "budget_pct": budget,
+                      "acc_float_base": acc_base, "macs_dense": sd["macs_dense"],
+                      "conv_macs_dense": sd["conv_macs_dense"],
+                      "params_dense": sd["params_dense"], "bits_dense": sd["bits_dense"],
+                      "rtl_cycles_scope": "conv layers"}
+            dense_cyc = sum(L["rtl_cycles_dense"] for L in layers) if layers else None
+            rows.append({**common, "method": "ikr",
+                         "acc_float": round(evaluate(pruned, xtest, ytest), 4),
+                         "acc_int": _acc(logits, ytest), "macs": s["macs"],
+                         "conv_macs": s["conv_macs"], "params": s["params"], "bits": s["bits"],
+                         "rtl_cycles_dense": dense_cyc,
+                         "rtl_cycles": sum(L["rtl_cycles"] for L in layers) if layers else None,
+                         "config": _bench_cfg(q).name, "n": hist["n"], "P": hist["P"],
+                         "val_acc_base": hist["val_acc_base"], "val_acc": hist["val_acc"],
+                         "tries": hist["tries"], "layers": layers,
+                         "all_bit_exact": all(L["passed"] for L in layers),
+                         "wall_s": round(time.perf_counter() - t0, 1)})
+            log(f"{name} budget {budget}: ikr n={hist['n']} acc {rows[-1]['acc_float']}")
+            for kind in ("unstructured", "filter"):
+                m, amount = _baseline_search(model, kind, xs, ys, xv, yv, budget, base_val,
+                                             ft * 4 + opts.final_batches)
+                if m is None:
+                    m, amount = model, 0.0
+                st = _conv_prune_stats(m, None, kind, 16, 48, in_shape)
+                rows.append({**common, "method": kind, "amount": amount,
+                             "acc_float": round(evaluate(m, xtest, ytest), 4),
+                             "acc_int": _acc(int_forward(quantize_model(m, calib), xtest)[0],
+                                             ytest),
+                             **st, "rtl_cycles_dense": dense_cyc,
+                             "rtl_cycles": dense_cyc if kind == "unstructured" else None})
+                log(f"{name} budget {budget}: {kind} amount {amount}")
+    return rows
+
+
+def _write_json(path, obj):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def main(args):
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    rows = run(args.networks, args.budgets, args.val, args.calib, args.patterns,
+               args.finetune_batches, not args.no_cosim)
+    _write_json(args.out, {"benchmark": "ikr", "rows": rows,
+                           "wall_s": round(time.perf_counter() - t0, 1),
+                           "host": {"python": platform.python_version(),
+                                    "torch": torch.__version__}})
+    for r in rows:
+        print(f"{r['network']} {r['method']} budget {r['budget_pct']}: acc {r['acc_float']} "
+              f"conv MACs x{r['conv_macs_dense'] / max(1, r['conv_macs']):.2f} params "
+              f"x{r['params_dense'] / r['params']:.2f} bits x{r['bits_dense'] / r['bits']:.2f}")
+    print(f"wrote {args.out}")
+    return 0
