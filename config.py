@@ -16,6 +16,8 @@ __all__ = ["AccelConfig", "LayerDesc", "CONFIGS", "get_config", "KINDS", "ACTS"]
 
 KINDS = ("conv", "fc", "maxpool", "avgpool")
 ACTS = ("none", "relu", "pwl")
+#: FC weight formats of the permuted-feature path (method C); see ``LayerDesc.perm``.
+PERMS = ("none", "affine", "index")
 
 #: Number of segments of the piecewise-linear activation table (NFU-3).
 PWL_SEGMENTS = 16
@@ -64,6 +66,12 @@ class AccelConfig:
     ikr_index_depth : int
         Words of the IKR index memory; each word holds the ``tn*ti`` pattern indices of one
         ``(o, t)`` tile pair.
+    perm : bool
+        Build the permuted-feature FC path (method C, :mod:`slimnfu.rtl.perm_addr`): the
+        common-sequence memory, the per-lane permutation address generators and the
+        affine-parameter memory. Off (the default), the engine is exactly the dense engine.
+    perm_depth : int
+        Longest common sequence ``s`` (FC ``n_in``) the permuted FC path holds.
     """
 
     name: str
@@ -79,6 +87,8 @@ class AccelConfig:
     ikr_kmax: int = 5
     ikr_patterns: int = 16
     ikr_index_depth: int = 512
+    perm: bool = False
+    perm_depth: int = 1024
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -101,6 +111,9 @@ class AccelConfig:
         _check_int("ikr_kmax", self.ikr_kmax, 1, 7)
         _check_int("ikr_patterns", self.ikr_patterns, 1, 16)
         _check_int("ikr_index_depth", self.ikr_index_depth, 2, 1 << 20)
+        if self.perm not in (0, 1):
+            raise TypeError(f"perm must be a bool (or 0/1), not {self.perm!r}")
+        _check_int("perm_depth", self.perm_depth, 2, 1 << 16)
 
     @property
     def min_acc(self):
@@ -134,7 +147,7 @@ class AccelConfig:
 
 CONFIGS = {
     "tiny": AccelConfig("tiny", tn=4, ti=4, dw=16, acc=48, nbin_depth=2048, sb_depth=1024,
-                        nbout_depth=4096, bias_depth=128),
+                        nbout_depth=4096, bias_depth=128, perm=True),
     "small": AccelConfig("small", tn=8, ti=8, dw=16, acc=48, nbin_depth=1024, sb_depth=1024,
                          nbout_depth=2048, bias_depth=64),
     "diannao": AccelConfig("diannao", tn=16, ti=16, dw=16, acc=48, nbin_depth=2048,
@@ -178,6 +191,10 @@ class LayerDesc:
         0 for a dense layer; for an IKR conv layer (:mod:`slimnfu.compress.ikr`) the number of
         taps each kernel keeps, ``1 <= ikr_n <= k*k``. SB then holds ``ikr_n`` words per tile
         pair instead of ``k*k``.
+    perm : str
+        ``"none"`` (dense), or for an FC layer compressed as permutations of one common
+        sequence (:mod:`slimnfu.compress.permfc`): ``"affine"`` (generated permutations, the
+        engine's address generators expand them) or ``"index"`` (SB holds the index ROM).
     """
 
     kind: str
@@ -192,6 +209,7 @@ class LayerDesc:
     act: str = "none"
     seg_shift: int = 0
     ikr_n: int = 0
+    perm: str = "none"
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -208,6 +226,10 @@ class LayerDesc:
         if self.ikr_n > self.k * self.k:
             raise ValueError(f"layer conv {self.n_in}->{self.n_out} k={self.k}: ikr_n="
                              f"{self.ikr_n} > k*k={self.k * self.k}")
+        if self.perm not in PERMS:
+            raise ValueError(f"perm must be one of {PERMS}, not {self.perm!r}")
+        if self.perm != "none" and self.kind != "fc":
+            raise ValueError(f"perm={self.perm!r} applies to fc layers only, not {self.kind}")
         if self.kind == "fc" and (self.h_in, self.w_in, self.k, self.stride, self.pad) != \
                 (1, 1, 1, 1, 0):
             raise ValueError("an fc layer must have h_in = w_in = k = stride = 1 and pad = 0")
@@ -338,6 +360,14 @@ class LayerDesc:
                 raise ValueError(f"layer conv {self.n_in}->{self.n_out} needs {ci * co} IKR "
                                  f"index words, but config {cfg.name!r} has ikr_index_depth="
                                  f"{cfg.ikr_index_depth}")
+        if self.perm != "none":
+            if not cfg.perm:
+                raise ValueError(f"layer fc {self.n_in}->{self.n_out} has perm={self.perm!r}, "
+                                 f"but config {cfg.name!r} has perm=False")
+            if self.n_in > cfg.perm_depth:
+                raise ValueError(f"layer fc {self.n_in}->{self.n_out}: its common sequence "
+                                 f"needs n_in={self.n_in} words, but config {cfg.name!r} has "
+                                 f"perm_depth={cfg.perm_depth}")
         for name, bits in (("h_in", 12), ("w_in", 12), ("k", 4), ("stride", 4), ("pad", 4)):
             if getattr(self, name) >= (1 << bits):
                 raise ValueError(f"{name} must be < {1 << bits} (descriptor field width), "

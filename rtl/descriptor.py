@@ -8,7 +8,7 @@ the same layout object, so the Python side and the gateware cannot disagree on b
 from amaranth.hdl import unsigned
 from amaranth.lib import data, enum
 
-__all__ = ["Mode", "Act", "descriptor_layout", "descriptor_value", "DESC_FIELD_BITS"]
+__all__ = ["Mode", "Act", "Perm", "descriptor_layout", "descriptor_value", "DESC_FIELD_BITS"]
 
 #: Width of the geometry fields; :meth:`LayerDesc.check` refuses values that do not fit.
 DESC_FIELD_BITS = {"h_in": 12, "w_in": 12, "h_out": 12, "w_out": 12, "k": 4, "stride": 4,
@@ -19,6 +19,12 @@ class Mode(enum.Enum, shape=2):
     MAC = 0      #: conv and fc: NFU-1 multiplies, NFU-2 sums
     MAXPOOL = 1  #: NFU-1 bypassed, NFU-2 keeps the maximum
     AVGPOOL = 2  #: NFU-1 bypassed, NFU-2 sums, NFU-3 shifts
+
+
+class Perm(enum.Enum, shape=2):
+    NONE = 0    #: dense FC weights from SB
+    AFFINE = 1  #: s gathered at (a_j*i + b_j) mod n_in, per-row (a, b) from the perm memory
+    INDEX = 2   #: s gathered at the index ROM entries SB holds
 
 
 class Act(enum.Enum, shape=2):
@@ -50,6 +56,10 @@ def descriptor_layout(cfg):
     if cfg.ikr:
         # Taps kept per kernel of an IKR conv layer; 0 runs the layer dense.
         fields["ikr_n"] = unsigned(_bits(cfg.ikr_kmax ** 2))
+    if cfg.perm:
+        # Permuted-feature FC (method C): the weight format and the sequence length N.
+        fields["perm"] = Perm
+        fields["n_in"] = unsigned(_bits(cfg.perm_depth))
     return data.StructLayout(fields)
 
 
@@ -73,6 +83,12 @@ def descriptor_value(desc, cfg, check=True):
         fields["ikr_n"] = desc.ikr_n
     elif desc.ikr_n:
         raise ValueError(f"layer has ikr_n={desc.ikr_n}, but config {cfg.name!r} has ikr=False")
+    if cfg.perm:
+        fields["perm"] = {"none": Perm.NONE, "affine": Perm.AFFINE,
+                          "index": Perm.INDEX}[desc.perm]
+        fields["n_in"] = desc.n_in if desc.perm != "none" else 0
+    elif desc.perm != "none":
+        raise ValueError(f"layer has perm={desc.perm!r}, but config {cfg.name!r} has perm=False")
     layout = descriptor_layout(cfg)
     for name, value in fields.items():
         if isinstance(value, int) and value >= 1 << layout[name].shape.width:

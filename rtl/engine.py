@@ -6,12 +6,14 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from slimnfu.rtl._params import bits_for, check_config
-from slimnfu.rtl.descriptor import Mode, descriptor_layout
+from slimnfu.rtl.descriptor import Mode, Perm, descriptor_layout
 from slimnfu.rtl.nfu1 import NFU1
 from slimnfu.rtl.nfu2 import NFU2
 from slimnfu.rtl.nfu3 import NFU3
 from slimnfu.rtl.sequencer import Sequencer
 from slimnfu.rtl.ikr_unit import IkrUnit, select_steps
+from slimnfu.rtl.perm_addr import PermAddrGen, perm_param_width
+from slimnfu.rtl.perm_sb import PermSB
 
 __all__ = ["LayerEngine", "LoadSel", "load_data_width"]
 
@@ -19,10 +21,12 @@ __all__ = ["LayerEngine", "LoadSel", "load_data_width"]
 class LoadSel:
     """Values of ``load_sel``."""
     NBIN, SB, BIAS, PWL = 0, 1, 2, 3
+    #: With ``cfg.perm``: the common sequence ``s`` (one value per word) and the per-row
+    #: affine parameters (one output tile per word, see :func:`perm_param_width`).
+    PERM_S, PERM_PARAM = 4, 5
     #: With ``cfg.ikr``: the IKR index memory and pattern table (see
     #: :class:`slimnfu.rtl.pattern_decoder.PatternDecoder`).
     IKR_INDEX, IKR_TABLE = 6, 7
-
 
 
 def load_data_width(cfg):
@@ -34,7 +38,7 @@ def load_data_width(cfg):
     width = max(cfg.tn * cfg.ti * cfg.dw, cfg.tn * cfg.acc, 3 * cfg.dw)
     if cfg.ikr:
         width = max(width, IkrUnit.load_width_for(cfg))
-    return width
+    return max(width, perm_param_width(cfg)) if cfg.perm else width
 
 
 class LayerEngine(wiring.Component):
@@ -75,7 +79,7 @@ class LayerEngine(wiring.Component):
             "busy": Out(1),
             "done": Out(1),
             "load_en": In(1),
-            "load_sel": In(3 if cfg.ikr else 2),
+            "load_sel": In(3 if cfg.perm or cfg.ikr else 2),
             "load_addr": In(self.addr_bits),
             "load_data": In(load_data_width(cfg)),
             "rd_addr": In(bits_for(cfg.nbout_depth - 1)),
@@ -135,10 +139,20 @@ class LayerEngine(wiring.Component):
             bias_rd.addr.eq(seq.bias_addr), bias_rd.en.eq(seq.valid & is_mac & seq.first),
         ]
         synapses = []
+        sb_addr, sb_en = seq.sb_addr, seq.valid & is_mac
+        if cfg.perm:
+            # The index-ROM word of step S is read in S-1 (FC SB addresses count up by one
+            # per step from 0), so the s banks are addressed in S like the dense SB.
+            index_mode = cur.perm == Perm.INDEX
+            sb_addr = Mux(index_mode, seq.sb_addr + seq.valid, seq.sb_addr)
+            sb_en = Mux(index_mode, busy, sb_en)
         for bank in sb_banks:
             port = bank.read_port()
-            m.d.comb += [port.addr.eq(seq.sb_addr), port.en.eq(seq.valid & is_mac)]
+            m.d.comb += [port.addr.eq(sb_addr), port.en.eq(sb_en)]
             synapses.append(port.data)
+        synapse_word = Cat(*synapses)
+        if cfg.perm:
+            synapse_word = self._perm_path(m, cur, seq, synapse_word, idle_load)
 
         def delayed(value, stages, name):
             for n in range(stages):
@@ -151,7 +165,7 @@ class LayerEngine(wiring.Component):
         pad1, valid1 = delayed(seq.pad, 1, "pad"), delayed(seq.valid, 1, "valid")
         neurons = Signal(ti * dw)
         m.d.comb += neurons.eq(Mux(pad1, 0, nbin_rd.data))
-        m.d.comb += [nfu1.neurons.eq(neurons), nfu1.synapses.eq(Cat(*synapses)),
+        m.d.comb += [nfu1.neurons.eq(neurons), nfu1.synapses.eq(synapse_word),
                      nfu1.en.eq(valid1 & is_mac)]
 
         # Stage S+2: NFU-2 accumulates.
@@ -196,6 +210,30 @@ class LayerEngine(wiring.Component):
                 m.d.sync += self.mults.eq(self.mults + tn * ti)
         m.d.comb += self.sat_events.eq(nfu3.sat_events)
         return m
+
+    def _perm_path(self, m, cur, seq, sb_word, idle_load):
+        """Method C: gather the step's synapses from ``s``; return the NFU-1 synapse word."""
+        cfg = self.cfg
+        m.submodules.perm_gen = gen = PermAddrGen(cfg)
+        m.submodules.perm_sb = psb = PermSB(cfg)
+        params = Memory(shape=unsigned(perm_param_width(cfg)), depth=cfg.bias_depth, init=[])
+        m.submodules.perm_params = params
+        wr = params.write_port()
+        m.d.comb += [wr.addr.eq(self.load_addr), wr.data.eq(self.load_data),
+                     wr.en.eq(idle_load & (self.load_sel == LoadSel.PERM_PARAM))]
+        # Asynchronous read: the (a, b) of output tile o are needed in the step's own cycle.
+        params_rd = params.read_port(domain="comb")
+        m.d.comb += [
+            psb.wr_en.eq(idle_load & (self.load_sel == LoadSel.PERM_S)),
+            psb.wr_addr.eq(self.load_addr), psb.wr_data.eq(self.load_data),
+            params_rd.addr.eq(seq.bias_addr),
+            gen.mode.eq(cur.perm), gen.n.eq(cur.n_in), gen.params.eq(params_rd.data),
+            gen.indices.eq(sb_word), gen.first.eq(seq.first), gen.step.eq(seq.valid),
+            psb.addr.eq(gen.addr), psb.en.eq(seq.valid & (cur.perm != Perm.NONE)),
+        ]
+        perm_on = Signal()
+        m.d.sync += perm_on.eq(cur.perm != Perm.NONE)
+        return Mux(perm_on, psb.data, sb_word)
 
     def _ikr_path(self, m, cur, seq, starting, nbin, nfu1):
         """Method B: IKR conv layers (``desc.ikr_n != 0``) run on :class:`IkrUnit`.

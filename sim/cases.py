@@ -185,6 +185,9 @@ def regression_cases(cfg, seed=1, quick=False, images=None, extra=()):
     for i, (name, desc, kw) in enumerate(specs):
         imgs = images if (desc.h_in * desc.w_in > 1 or desc.kind == "fc") else None
         cases.append(make_case(name, desc, cfg, seed * 1000 + i, imgs, **kw))
+    if cfg.perm and not quick:
+        from slimnfu.sim.perm_cases import perm_cases
+        cases += perm_cases(cfg, seed, images)
     return cases
 
 
@@ -199,6 +202,8 @@ def case_job(case, cfg, latency):
         loads.append([LoadSel.BIAS, layout.pack_bias(case.b, cfg)])
     if desc.act == "pwl":
         loads.append([LoadSel.PWL, layout.pack_pwl(case.pwl, cfg)])
+    if hasattr(case, "engine_loads"):
+        loads = case.engine_loads(cfg)  # compressed formats load their own memories
     want = expected_cycles(desc, cfg, latency)
     return {"name": case.name, "desc_value": descriptor_value(desc, cfg), "loads": loads,
             "nbout_words": desc.nbout_words(cfg), "timeout_cycles": 2 * want + 1000}

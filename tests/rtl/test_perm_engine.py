@@ -73,14 +73,14 @@ def test_perm_fc_bit_exact_and_full_rate():
 
 def test_components_refuse_perm_off():
     with pytest.raises(ValueError, match="has perm=False"):
-        PermAddrGen(CONFIGS["tiny"])
+        PermAddrGen(CONFIGS["tiny"].with_(perm=False))
     with pytest.raises(ValueError, match="has perm=False"):
-        PermSB(CONFIGS["tiny"])
+        PermSB(CONFIGS["tiny"].with_(perm=False))
 
 
 def test_descriptor_refuses_perm_layer_without_perm_config():
     desc = LayerDesc("fc", 10, 4, perm="affine")
     with pytest.raises(ValueError, match="has perm=False"):
-        descriptor_value(desc, CONFIGS["tiny"])
+        descriptor_value(desc, CONFIGS["small"])
     with pytest.raises(ValueError, match="perm_depth=64"):
         LayerDesc("fc", 65, 4, perm="index").check(CFG)
