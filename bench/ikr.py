@@ -41,6 +41,9 @@ def add_arguments(parser):
     parser.add_argument("--finetune-batches", type=int, default=150)
     parser.add_argument("--no-cosim", action="store_true", help="skip the RTL cycle runs")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--area-only", action="store_true",
+                        help="only synthesise the tiny engine with ikr off and on (Yosys ECP5, "
+                             "no place and route) and write the area rows")
 
 
 def _acc(logits, labels):
@@ -257,11 +260,32 @@ def _write_json(path, obj):
     os.replace(tmp, path)
 
 
+def area(log=print):
+    """Yosys (generic + ECP5) figures of the tiny engine with the IKR decoder off and on."""
+    from slimnfu.config import CONFIGS
+    from slimnfu.gen.synth import synth_config
+
+    out = {}
+    for label, cfg in (("ikr_off", CONFIGS["tiny"].with_(name="tiny_dense_area")),
+                       ("ikr_on", CONFIGS["tiny"].with_(name="tiny_ikr_area", ikr=True))):
+        r = synth_config(cfg, pnr=False, progress=False)
+        out[label] = {k: r.get(k) for k in ("config", "cells", "luts", "ffs", "dsps", "brams",
+                                            "memory_bits", "figures_from", "wall_s")}
+        out[label]["generic_cells"] = r["generic"].get("cells")
+        log(f"area {label}: {out[label]}")
+    return out
+
+
 def main(args):
     import torch
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
+    if args.area_only:
+        _write_json(args.out, {"benchmark": "ikr_area", "area": area(),
+                               "wall_s": round(time.perf_counter() - t0, 1)})
+        print(f"wrote {args.out}")
+        return 0
     rows = run(args.networks, args.budgets, args.val, args.calib, args.patterns,
                args.finetune_batches, not args.no_cosim)
     _write_json(args.out, {"benchmark": "ikr", "rows": rows,

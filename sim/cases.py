@@ -42,7 +42,7 @@ class Case:
 
 def expected_cycles(desc, cfg, latency):
     """``dense_cycles + LATENCY``: the cycle count the engine must report."""
-    return desc.dense_cycles(cfg) + latency
+    return (desc.ikr_cycles(cfg) if desc.ikr_n else desc.dense_cycles(cfg)) + latency
 
 
 def _with_rails(t, gen, cfg, frac=0.04):
@@ -188,6 +188,9 @@ def regression_cases(cfg, seed=1, quick=False, images=None, extra=()):
     if cfg.perm and not quick:
         from slimnfu.sim.perm_cases import perm_cases
         cases += perm_cases(cfg, seed, images)
+    if cfg.ikr and not quick:
+        from slimnfu.sim.ikr_jobs import regression_ikr_cases
+        cases += regression_ikr_cases(cfg, seed)
     return cases
 
 

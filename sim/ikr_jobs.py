@@ -135,3 +135,28 @@ def run_ikr_cosim(cfg, cases, sim, with_dense=False):
                    wall_s=round(raw[job["name"]].get("wall_s", 0.0), 3))
         results.append(res)
     return results
+
+
+def regression_ikr_cases(cfg, seed=1):
+    """The IKR layers of :func:`random_cases` as regression :class:`Case` objects (``make
+    cosim`` with an ``ikr`` config), loading their own memories through ``engine_loads``."""
+    from dataclasses import dataclass
+
+    from slimnfu.sim.cases import Case
+
+    @dataclass
+    class IkrCase(Case):
+        patterns: torch.Tensor = None
+        index: torch.Tensor = None
+
+        def engine_loads(self, cfg):
+            return ikr_job(self.name, self.desc, self.x, self.w, self.b, self.patterns,
+                           self.index, cfg, 0)["loads"]
+
+    out = []
+    for name, desc, (x, w, b, patterns, index) in random_cases(cfg, seed):
+        count = fixed.SatCount()
+        y = fixed.run_layer(desc, x.unsqueeze(0), w, b, cfg.dw, None, count)[0]
+        out.append(IkrCase(name, desc, x, w, b, None, y, count.events, "random",
+                           patterns, index))
+    return out

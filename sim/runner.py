@@ -122,6 +122,14 @@ def run_jobs(runner, dirs, jobs, waves=False):
     return raw
 
 
+def _expected_steps(desc, cfg):
+    """NFU steps: ``dense_cycles``, or ``ikr_n`` per kernel group for an IKR layer."""
+    if desc.ikr_n:
+        ci, co = desc.tiles(cfg)
+        return desc.h_out * desc.w_out * ci * co * desc.ikr_n
+    return desc.dense_cycles(cfg)
+
+
 def compare(case, raw, cfg, latency, sim):
     """One results entry: outputs bit for bit, cycles, steps and saturation events."""
     desc = case.desc
@@ -130,7 +138,7 @@ def compare(case, raw, cfg, latency, sim):
     entry = {"name": case.name, "sim": sim, "config": cfg.name, "passed": False,
              "cycles": counters.get("cycles"), "expected_cycles": want_cycles,
              "wall_s": round(raw.get("wall_s", 0.0), 4),
-             "steps": counters.get("steps"), "expected_steps": desc.dense_cycles(cfg),
+             "steps": counters.get("steps"), "expected_steps": _expected_steps(desc, cfg),
              "mults": counters.get("mults"), "sat_events": counters.get("sat_events"),
              "expected_sat_events": case.expected_sat, "mismatches": None,
              "error": raw.get("error"), "source": case.source, "desc": desc.to_dict()}
