@@ -1,0 +1,573 @@
+"""Slimmer CNNs (DESIGN.md section 1A): importance ranking, lower kernels and linear feature
+approximation under an accuracy budget, and their export to the fixed-point contract.
+
+Choices (documented here because the paper's text is not available)
+----------------------------------------------------------------------
+* **Importance** of output feature ``j`` of a conv layer (``method="loss"``, the default): the
+  increase of the cross-entropy loss on calibration images when the feature's map is replaced
+  by its mean over those images (per position). Cheap proxies: ``"l1"`` (filter L1 norm) and
+  ``"act"`` (mean absolute activation). One ranking over all conv layers, least important first.
+* **Lower kernel**: filter ``j``'s ``KxK`` kernel becomes its centred ``kxk`` part (``k`` odd,
+  ``k < K``); the outer taps are zero (masked in training, not stored in the image).
+* **Linear approximation** combines the **post-activation** maps (what the engine writes to
+  NBout: after ReLU for VGG, the raw conv output for LeNet-5, whose convs have no activation)::
+
+      a_j = act(sum_i c_ji * a_i + d_j),   i over the layer's kept (not approximated) features
+
+  fitted by least squares on calibration activations; in hardware it is a 1x1 conv pass over
+  the kept features with the layer's own activation, and the integer reference runs exactly
+  that pass (:func:`slim_int_forward`).
+* **Greedy budget**: features in ranking order; for each, the cheapest treatment first
+  (``"linear"`` costs ``n_kept`` MACs per pixel; then kernel sizes from 1 up). A treatment is
+  accepted while the calibration accuracy stays within ``budget_pct`` points of the base, all
+  approximations of the layer refitted after every change. Then a short fine-tune with the
+  treatments frozen.
+* **Export**: kept filters are sorted by kernel size (largest first) into ``tn``-wide tiles;
+  the approximated features follow; the next conv/fc layer's input channels are permuted to
+  match. Each tile runs as its own engine pass at the largest kernel of its lanes (only the
+  centre taps are walked); in a tile that mixes sizes the smaller lanes are gated per tap.
+"""
+
+import copy
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from slimnfu.compress import fixed
+from slimnfu.config import LayerDesc
+
+__all__ = ["SlimConv", "slim_model", "conv_layers", "importance", "refit_linear", "greedy",
+           "fine_tune", "slim_report", "conv_macs", "check_kernel_sizes", "check_basis",
+           "tile_map", "check_tile_map", "quantize_slim", "slim_int_forward", "passes",
+           "TREATMENTS", "IMPORTANCE_METHODS"]
+
+TREATMENTS = ("lower", "linear", "both")
+IMPORTANCE_METHODS = ("loss", "l1", "act")
+
+
+def check_kernel_sizes(ksize, K, where="layer"):
+    """Refuse a kernel size that is even, < 1, or larger than the layer's ``K``."""
+    for j, k in enumerate(int(v) for v in ksize):
+        if k < 1 or k > K:
+            raise ValueError(f"{where}: kernel size {k} of filter {j} is larger than the "
+                             f"layer's K={K}" if k > K else
+                             f"{where}: kernel size {k} of filter {j} must be >= 1")
+        if k % 2 == 0:
+            raise ValueError(f"{where}: kernel size {k} of filter {j} is even; lower kernels "
+                             f"are odd and centred (K={K})")
+
+
+def check_basis(basis, approx, where="layer"):
+    """Refuse approximation coefficients that point at an approximated (removed) feature."""
+    approx = {int(a) for a in approx}
+    for i in basis:
+        if int(i) in approx:
+            raise ValueError(f"{where}: approximation coefficients point at feature {int(i)}, "
+                             f"which is itself approximated (removed); a basis feature must "
+                             f"be kept")
+
+
+def _centre_mask(K, ksize):
+    """``(O, 1, K, K)`` float mask keeping the centred ``ksize[j]`` taps of filter ``j``."""
+    r = torch.arange(K)
+    masks = []
+    for k in ksize.tolist():
+        off = (K - k) // 2
+        m1 = ((r >= off) & (r < off + k)).float()
+        masks.append(m1[:, None] * m1[None, :])
+    return torch.stack(masks).unsqueeze(1)
+
+
+class SlimConv(nn.Module):
+    """A conv layer with per-filter kernel sizes and linearly approximated features.
+
+    Parameters
+    ----------
+    conv : nn.Conv2d
+        The original layer (copied).
+    act : nn.Module or None
+        The activation that follows ``conv`` in the network (``None``: no activation). The
+        approximation combines maps after it; it stays in the network after this module too
+        (ReLU is idempotent).
+    """
+
+    def __init__(self, conv, act=None):
+        super().__init__()
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"SlimConv wraps an nn.Conv2d, not {type(conv).__name__}")
+        self.conv = copy.deepcopy(conv)
+        self.act = copy.deepcopy(act) if act is not None else None
+        o = conv.out_channels
+        self.K = conv.kernel_size[0]
+        self.register_buffer("ksize", torch.full((o,), self.K, dtype=torch.int64))
+        self.register_buffer("approx", torch.zeros(o, dtype=torch.bool))
+        self.coef = nn.Parameter(torch.zeros(o, o))
+        self.coef_bias = nn.Parameter(torch.zeros(o))
+
+    @property
+    def kept(self):
+        return (~self.approx).nonzero().flatten()
+
+    def masked_weight(self):
+        return self.conv.weight * _centre_mask(self.K, self.ksize).to(self.conv.weight.dtype)
+
+    def forward(self, x):
+        c = self.conv
+        y = F.conv2d(x, self.masked_weight(), c.bias, c.stride, c.padding)
+        a = self.act(y) if self.act is not None else y
+        if bool(self.approx.any()):
+            kept, apx = self.kept, self.approx.nonzero().flatten()
+            lin = torch.einsum("ak,nkhw->nahw", self.coef[apx][:, kept], a[:, kept])
+            lin = lin + self.coef_bias[apx].view(1, -1, 1, 1)
+            a = a.clone()
+            a[:, apx] = self.act(lin) if self.act is not None else lin
+        return a
+
+
+def slim_model(model):
+    """A copy of ``model`` (an ``nn.Sequential``) with every ``Conv2d`` wrapped in
+    :class:`SlimConv` (no treatment applied yet)."""
+    if not isinstance(model, nn.Sequential):
+        raise TypeError(f"slim_model needs an nn.Sequential, not {type(model).__name__}")
+    mods = list(copy.deepcopy(model))
+    for i, m in enumerate(mods):
+        if isinstance(m, nn.Conv2d):
+            nxt = mods[i + 1] if i + 1 < len(mods) else None
+            act = nxt if isinstance(nxt, (nn.ReLU, nn.Sigmoid, nn.Tanh)) else None
+            mods[i] = SlimConv(m, act)
+    out = nn.Sequential(*mods)
+    out.eval()
+    return out
+
+
+def conv_layers(smodel):
+    """Indices of the :class:`SlimConv` modules of ``smodel``."""
+    return [i for i, m in enumerate(smodel) if isinstance(m, SlimConv)]
+
+
+def _shapes(smodel, sample_shape):
+    """Output (h, w) of every SlimConv, by a dry run."""
+    out, x = {}, torch.zeros(1, *sample_shape)
+    with torch.no_grad():
+        for i, m in enumerate(smodel):
+            x = m(x)
+            if isinstance(m, SlimConv):
+                out[i] = tuple(x.shape[2:])
+    return out
+
+
+def conv_macs(smodel, sample_shape):
+    """``(dense, slim)`` conv MACs per inference, and a per-layer list."""
+    shapes = _shapes(smodel, sample_shape)
+    dense = slim = 0
+    per_layer = []
+    for i in conv_layers(smodel):
+        m = smodel[i]
+        hw = shapes[i][0] * shapes[i][1]
+        cin = m.conv.in_channels
+        d = hw * m.K * m.K * cin * m.conv.out_channels
+        kept = ~m.approx
+        s = hw * cin * int((m.ksize[kept] ** 2).sum()) + hw * int(kept.sum()) * int(m.approx.sum())
+        per_layer.append({"module": i, "macs_dense": d, "macs": s})
+        dense, slim = dense + d, slim + s
+    return dense, slim, per_layer
+
+
+def _accuracy_loss(smodel, x, y, batch=1000):
+    correct, loss = 0, 0.0
+    with torch.no_grad():
+        for s in range(0, x.shape[0], batch):
+            logits = smodel(x[s:s + batch])
+            correct += int((logits.argmax(1) == y[s:s + batch]).sum())
+            loss += float(F.cross_entropy(logits, y[s:s + batch], reduction="sum"))
+    return 100.0 * correct / x.shape[0], loss / x.shape[0]
+
+
+def importance(smodel, x, y, method="loss"):
+    """Rank every conv feature of ``smodel``; returns a list of ``(score, module, feature)``
+    sorted least important first (see the module docstring for the methods)."""
+    if method not in IMPORTANCE_METHODS:
+        raise ValueError(f"importance method must be one of {IMPORTANCE_METHODS}, not "
+                         f"{method!r}")
+    scores = []
+    with torch.no_grad():
+        feats = x
+        for i, m in enumerate(smodel):
+            if isinstance(m, SlimConv):
+                a = m(feats)
+                rest = smodel[i + 1:]
+                if method == "loss":
+                    base = float(F.cross_entropy(rest(a), y))
+                    mean = a.mean(0, keepdim=True)
+                for j in range(m.conv.out_channels):
+                    if method == "l1":
+                        s = float(m.conv.weight[j].abs().sum())
+                    elif method == "act":
+                        s = float(a[:, j].abs().mean())
+                    else:
+                        b = a.clone()
+                        b[:, j] = mean[:, j]
+                        s = float(F.cross_entropy(rest(b), y)) - base
+                    scores.append((s, i, j))
+            feats = m(feats)
+    scores.sort()
+    return scores
+
+
+def refit_linear(m, feats_in):
+    """Least-squares refit of every approximated feature of SlimConv ``m`` on its input
+    batch ``feats_in`` (post-activation maps of the kept features, plus a bias)."""
+    if not bool(m.approx.any()):
+        return
+    with torch.no_grad():
+        c = m.conv
+        y = F.conv2d(feats_in, m.masked_weight(), c.bias, c.stride, c.padding)
+        a = m.act(y) if m.act is not None else y
+        kept, apx = m.kept, m.approx.nonzero().flatten()
+        A = a[:, kept].permute(0, 2, 3, 1).reshape(-1, len(kept)).double()
+        A = torch.cat([A, torch.ones(A.shape[0], 1, dtype=A.dtype)], 1)
+        B = a[:, apx].permute(0, 2, 3, 1).reshape(-1, len(apx)).double()
+        sol = torch.linalg.lstsq(A, B, driver="gelsd").solution
+        m.coef.zero_()
+        m.coef[apx.unsqueeze(1), kept.unsqueeze(0)] = sol[:-1].t().float()
+        m.coef_bias[apx] = sol[-1].float()
+
+
+def _input_of(smodel, i, x):
+    with torch.no_grad():
+        return smodel[:i](x) if i else x
+
+
+def greedy(smodel, calib_x, calib_y, budget_pct, treatment="both", ranking=None,
+           fit_images=200, progress=False):
+    """Apply treatments feature by feature while calib accuracy loss <= ``budget_pct``.
+
+    Parameters
+    ----------
+    smodel : nn.Sequential from :func:`slim_model` (changed in place)
+    calib_x, calib_y : calibration images and labels (accuracy check)
+    budget_pct : float
+        Allowed accuracy loss in percentage points on the calibration images.
+    treatment : "lower", "linear" or "both"
+    ranking : list from :func:`importance` (computed with ``method="loss"`` if None)
+    fit_images : int
+        Calibration images used for the least-squares fits.
+
+    Returns
+    -------
+    dict with ``acc_calib_base``, ``acc_calib`` and ``log`` (accepted changes).
+    """
+    if treatment not in TREATMENTS:
+        raise ValueError(f"treatment must be one of {TREATMENTS}, not {treatment!r}")
+    if not isinstance(budget_pct, (int, float)) or not 0 <= budget_pct <= 100:
+        raise ValueError(f"budget_pct must be a number in [0, 100], not {budget_pct!r}")
+    if ranking is None:
+        ranking = importance(smodel, calib_x[:1000], calib_y[:1000])
+    base, _ = _accuracy_loss(smodel, calib_x, calib_y)
+    fit_x = calib_x[:fit_images]
+    log = []
+    # calib inputs of each conv module, dropped when an earlier module changes
+    cache = {}
+    from tqdm import tqdm
+    for _, i, j in tqdm(ranking, desc=f"greedy {treatment} {budget_pct}%", disable=not progress,
+                        leave=False):
+        m = smodel[i]
+        options = []
+        if treatment in ("linear", "both") and int((~m.approx).sum()) > 1:
+            options.append("linear")
+        if treatment in ("lower", "both"):
+            options += [k for k in range(1, m.K, 2)]
+        feats_in = None
+        for opt in options:
+            old = (m.ksize.clone(), m.approx.clone(), m.coef.detach().clone(),
+                   m.coef_bias.detach().clone())
+            if opt == "linear":
+                m.approx[j] = True
+            else:
+                m.ksize[j] = opt
+            if bool(m.approx.any()):
+                if feats_in is None:
+                    feats_in = _input_of(smodel, i, fit_x)
+                refit_linear(m, feats_in)
+            if i not in cache:
+                cache[i] = _input_of(smodel, i, calib_x)
+            acc, _ = _accuracy_loss(smodel[i:], cache[i], calib_y)
+            if base - acc <= budget_pct:
+                log.append({"module": i, "feature": j, "treatment": opt, "acc_calib": acc})
+                for later in [c for c in cache if c > i]:
+                    del cache[later]
+                break
+            with torch.no_grad():
+                m.ksize.copy_(old[0]), m.approx.copy_(old[1])
+                m.coef.copy_(old[2]), m.coef_bias.copy_(old[3])
+    acc, _ = _accuracy_loss(smodel, calib_x, calib_y)
+    return {"acc_calib_base": base, "acc_calib": acc, "log": log}
+
+
+def fine_tune(smodel, x, y, epochs=1, lr=2e-4, batch_size=128, seed=0):
+    """Fine-tune weights, biases and approximation coefficients with the treatments frozen
+    (masked taps stay zero in the forward pass)."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(smodel.parameters(), lr=lr)
+    smodel.train()
+    for _ in range(epochs):
+        order = torch.randperm(x.shape[0], generator=gen)
+        for s in range(0, x.shape[0], batch_size):
+            idx = order[s:s + batch_size]
+            loss = F.cross_entropy(smodel(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    smodel.eval()
+    return smodel
+
+
+def slim_report(smodel, sample_shape):
+    """Per-layer treatment report: which features got which kernel size or were approximated."""
+    _, _, macs = conv_macs(smodel, sample_shape)
+    rows = []
+    for (i, m), mac in zip(((i, smodel[i]) for i in conv_layers(smodel)), macs):
+        kept = ~m.approx
+        hist = {str(k): int(((m.ksize == k) & kept).sum()) for k in range(1, m.K + 1, 2)}
+        rows.append({"module": i, "K": m.K, "features": m.conv.out_channels,
+                     "kernel_sizes": hist, "approximated": m.approx.nonzero().flatten().tolist(),
+                     "lowered": {int(j): int(m.ksize[j]) for j in range(len(m.ksize))
+                                 if kept[j] and m.ksize[j] < m.K},
+                     "macs_dense": mac["macs_dense"], "macs": mac["macs"]})
+    return rows
+
+
+# ---------------------------------------------------------------- export (integer side)
+
+def tile_map(ksize, tn):
+    """Per tile of ``tn`` filters (in export order): the lane kernel sizes and the tile's
+    pass kernel (the largest of its lanes)."""
+    ks = [int(k) for k in ksize]
+    return [{"lanes": ks[t:t + tn], "k": max(ks[t:t + tn])} for t in range(0, len(ks), tn)]
+
+
+def check_tile_map(tmap, ksize, tn, where="layer"):
+    """Refuse a tile map that disagrees with the per-filter kernel sizes of the manifest."""
+    want = tile_map(ksize, tn)
+    if len(tmap) != len(want):
+        raise ValueError(f"{where}: tile map has {len(tmap)} tiles, the manifest's "
+                         f"{len(ksize)} kernel sizes make {len(want)} tiles of tn={tn}")
+    for t, (got, exp) in enumerate(zip(tmap, want)):
+        if list(got.get("lanes", [])) != exp["lanes"] or got.get("k") != exp["k"]:
+            raise ValueError(f"{where}: tile {t} of the tile map is {got}, but the manifest's "
+                             f"kernel sizes give {exp}")
+
+
+def _export_order(m):
+    """Kept filters by kernel size (largest first, stable), then the approximated ones."""
+    kept = [int(j) for j in m.kept]
+    kept.sort(key=lambda j: -int(m.ksize[j]))
+    return kept, [int(j) for j in m.approx.nonzero().flatten()]
+
+
+def _dense_equivalent(smodel, identity_order=False):
+    """An ``nn.Sequential`` of plain modules with the slim layers' channel order (kept by
+    kernel size, approximated last), masked weights, and permuted next-layer inputs. Used to
+    calibrate scales; approximated filters keep their (masked) original weights there."""
+    mods = [copy.deepcopy(m) for m in smodel]
+    perm = None
+    out = []
+    for i, m in enumerate(mods):
+        if isinstance(m, SlimConv):
+            conv = copy.deepcopy(m.conv)
+            with torch.no_grad():
+                conv.weight.copy_(m.masked_weight())
+                if perm is not None:
+                    conv.weight.copy_(conv.weight[:, perm])
+            kept, apx = _export_order(m)
+            order = list(range(len(m.ksize))) if identity_order else kept + apx
+            with torch.no_grad():
+                conv.weight = nn.Parameter(conv.weight[order].clone())
+                conv.bias = nn.Parameter(conv.bias[order].clone())
+            conv.out_channels = len(order)
+            out.append(conv)
+            perm = torch.tensor(order)
+            continue
+        if isinstance(m, nn.Linear) and perm is not None:
+            n = m.in_features
+            per = n // len(perm)
+            cols = (perm.view(-1, 1) * per + torch.arange(per).view(1, -1)).flatten()
+            with torch.no_grad():
+                m.weight = nn.Parameter(m.weight[:, cols].clone())
+            perm = None
+        out.append(m)
+    return nn.Sequential(*out)
+
+
+def quantize_slim(smodel, calib_images, dw=16, acc=48, identity_order=False):
+    """Quantise a slimmed model to the fixed-point contract.
+
+    Scales come from :func:`slimnfu.compress.quant.quantize_model` on the dense equivalent.
+    Each slim conv layer becomes a ``QLayer`` with ``format="slim"`` holding only its kept
+    filters (export order: kernel size, largest first) and, in ``extra``: ``ksize`` (per kept
+    filter), ``n_approx``, ``approx_w`` ``(n_approx, n_kept)`` at ``approx_f`` fractional bits,
+    ``approx_b`` at ``f_y + approx_f``, ``order`` (original index of every output channel)
+    and ``K``. The next layer's input channels are permuted to the export order.
+
+    ``identity_order=True`` keeps the original channel order (for the reordering test; kernel
+    sizes are then not grouped into tiles).
+    """
+    from slimnfu.compress.quant import QLayer, quantize_model
+
+    dense = _dense_equivalent(smodel, identity_order)
+    qm = quantize_model(dense, calib_images, dw, acc)
+    slim_mods = [smodel[i] for i in conv_layers(smodel)]
+    convs = [l for l in qm.layers if l.desc.kind == "conv"]
+    if len(convs) != len(slim_mods):
+        raise ValueError("every conv layer must be a SlimConv (use slim_model)")
+    new_layers = []
+    for layer in qm.layers:
+        if layer.desc.kind != "conv":
+            new_layers.append(layer)
+            continue
+        m = slim_mods.pop(0)
+        kept, apx = _export_order(m)
+        order = list(range(len(m.ksize))) if identity_order else kept + apx
+        sel = [p for p, j in enumerate(order) if not bool(m.approx[j])]
+        if identity_order:
+            kept = [order[p] for p in sel]
+        ks = m.ksize[kept]
+        check_kernel_sizes(ks, m.K, layer.name)
+        desc = LayerDesc(**{**layer.desc.to_dict(), "n_out": len(kept)})
+        extra = {"K": m.K, "ksize": ks.clone(), "n_approx": len(apx), "order": order,
+                 "kept_pos": sel}
+        if apx:
+            coef = m.coef.detach().double()[apx][:, kept]
+            f_c = fixed.frac_bits_for(float(coef.abs().max()), dw)
+            extra["approx_w"] = fixed.quantize(coef, f_c, dw)
+            extra["approx_b"] = torch.round(m.coef_bias.detach().double()[apx]
+                                            * 2.0 ** (layer.f_y + f_c)).to(torch.int64)
+            extra["approx_f"] = f_c
+            extra["approx_pos"] = [p for p, j in enumerate(order) if bool(m.approx[j])]
+        new_layers.append(QLayer(layer.name, desc, layer.w[sel], layer.b[sel], layer.f_x,
+                                 layer.f_w, layer.f_y, layer.pwl, layer.act_func, "slim",
+                                 extra))
+    qm.layers = new_layers
+    return qm
+
+
+def approx_desc(layer):
+    """The 1x1 conv pass that computes a slim layer's approximated features."""
+    d = layer.desc
+    return LayerDesc("conv", d.n_out, layer.extra["n_approx"], d.h_out, d.w_out, k=1,
+                     shift=layer.extra["approx_f"], act=d.act, seg_shift=d.seg_shift)
+
+
+def passes(layer, tn):
+    """The engine passes of a slim conv layer: one per run of equal tiles of
+    :func:`tile_map` (kernel ``k_t``, its filters, the lane kernel sizes, and the descriptor
+    with the centred window: ``pad' = max(0, pad - off)``, input cropped by
+    ``max(0, off - pad)`` on each side, ``off = (K - k_t) // 2``)."""
+    d, K = layer.desc, layer.extra["K"]
+    out, start = [], 0
+    tiles = tile_map(layer.extra["ksize"], tn)
+    t = 0
+    while t < len(tiles):
+        u = t
+        while (u + 1 < len(tiles) and tiles[u + 1]["k"] == tiles[t]["k"]
+               and len(set(tiles[u + 1]["lanes"])) == 1 and len(set(tiles[t]["lanes"])) == 1):
+            u += 1
+        kt = tiles[t]["k"]
+        n = sum(len(tt["lanes"]) for tt in tiles[t:u + 1])
+        off = (K - kt) // 2
+        crop, pad = max(0, off - d.pad), max(0, d.pad - off)
+        pd = LayerDesc("conv", d.n_in, n, d.h_in - 2 * crop, d.w_in - 2 * crop, k=kt,
+                       stride=d.stride, pad=pad, shift=d.shift, act=d.act,
+                       seg_shift=d.seg_shift)
+        lanes = tiles[t]["lanes"] if len(set(tiles[t]["lanes"])) > 1 else None
+        out.append({"filters": (start, start + n), "k": kt, "off": off, "crop": crop,
+                    "desc": pd, "lane_k": lanes})
+        start += n
+        t = u + 1
+    return out
+
+
+def pass_operands(layer, p, x):
+    """Input, centre-cropped weights and biases of pass ``p`` of :func:`passes` for int64
+    input ``x`` ``(N, C, H, W)``."""
+    lo, hi = p["filters"]
+    c, off, kt = p["crop"], p["off"], p["k"]
+    xx = x[:, :, c:x.shape[2] - c, c:x.shape[3] - c] if c else x
+    w = layer.w[lo:hi, :, off:off + kt, off:off + kt]
+    return xx, w, layer.b[lo:hi]
+
+
+def slim_layer_run(layer, x, dw, count=None, by_passes=None):
+    """Integer reference of a slim conv layer: the kept conv (or its engine passes with
+    ``by_passes=tn``), then the 1x1 approximation pass; channels in export order."""
+    if by_passes:
+        ys = []
+        for p in passes(layer, by_passes):
+            xx, w, b = pass_operands(layer, p, x)
+            ys.append(fixed.run_layer(p["desc"], xx, w, b, dw, layer.pwl, count))
+        kept = torch.cat(ys, 1)
+    else:
+        kept = layer.run(x, dw, count)
+    if not layer.extra["n_approx"]:
+        return kept
+    apx = fixed.run_layer(approx_desc(layer), kept, layer.extra["approx_w"].view(
+        *layer.extra["approx_w"].shape, 1, 1), layer.extra["approx_b"], dw, layer.pwl, count)
+    n = kept.shape[1] + apx.shape[1]
+    out = torch.empty(kept.shape[0], n, *kept.shape[2:], dtype=torch.int64)
+    out[:, layer.extra["kept_pos"]] = kept
+    out[:, layer.extra["approx_pos"]] = apx
+    return out
+
+
+def slim_int_forward(qmodel, images, batch=100, by_passes=None):
+    """Integer inference of a :func:`quantize_slim` model; returns ``(logits, SatCount)``."""
+    from slimnfu.compress.quant import quantize_input
+
+    count = fixed.SatCount()
+    outs = []
+    for s in range(0, images.shape[0], batch):
+        x = quantize_input(qmodel, images[s:s + batch], count)
+        for layer in qmodel.layers:
+            if layer.format == "slim":
+                x = slim_layer_run(layer, x, qmodel.dw, count, by_passes)
+            else:
+                x = layer.run(x, qmodel.dw, count)
+        outs.append(x.reshape(x.shape[0], -1))
+    return torch.cat(outs), count
+
+
+def _slim_items(qlayer, dw, acc, cfg=None):
+    from slimnfu.compress.accounting import StoredItem
+    e, d = qlayer.extra, qlayer.desc
+    ks = [int(k) for k in e["ksize"]]
+    items = [StoredItem("weights", sum(k * k for k in ks) * d.n_in, dw),
+             StoredItem("bias", d.n_out, acc),
+             StoredItem("kernel_sizes", len(ks), max(1, math.ceil(math.log2(e["K"] // 2 + 1))))]
+    if e["n_approx"]:
+        items += [StoredItem("approx_coef", e["n_approx"] * d.n_out, dw),
+                  StoredItem("approx_bias", e["n_approx"], acc)]
+    if qlayer.pwl is not None:
+        items.append(StoredItem("pwl", 16, 3 * dw))
+    return items
+
+
+def _slim_macs(qlayer):
+    e, d = qlayer.extra, qlayer.desc
+    hw = d.h_out * d.w_out
+    return hw * d.n_in * sum(int(k) ** 2 for k in e["ksize"]) + hw * d.n_out * e["n_approx"]
+
+
+def _slim_params(qlayer):
+    e, d = qlayer.extra, qlayer.desc
+    return (d.n_in * sum(int(k) ** 2 for k in e["ksize"]) + d.n_out
+            + e["n_approx"] * (d.n_out + 1))
+
+
+def _register():
+    from slimnfu.compress.accounting import register_format
+    register_format("slim", _slim_items, _slim_macs, _slim_params)
+
+
+_register()

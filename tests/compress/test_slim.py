@@ -1,0 +1,144 @@
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from slimnfu.compress import slim
+from slimnfu.compress.accounting import model_stats
+
+
+def _net(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 7, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(7 * 2 * 2, 5)).eval()
+
+
+def _images(n=40, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 14, 14, generator=g)
+
+
+def _treated(seed=0):
+    sm = slim.slim_model(_net(seed))
+    a, b = sm[0], sm[3]
+    a.ksize[:] = torch.tensor([5, 3, 1, 5, 3, 5])
+    b.ksize[:] = torch.tensor([3, 1, 3, 1, 1, 3, 3])
+    a.approx[4] = True
+    b.approx[[0, 5]] = True
+    x = _images()
+    slim.refit_linear(a, x)
+    slim.refit_linear(b, sm[:3](x))
+    return sm
+
+
+def test_lower_kernel_is_the_centred_part():
+    sm = slim.slim_model(_net())
+    m = sm[0]
+    m.ksize[2] = 3
+    m.ksize[5] = 1
+    x = _images(4)
+    w = m.conv.weight.detach().clone()
+    y = m(x)
+    w3 = w[2:3, :, 1:4, 1:4]
+    want = F.relu(F.conv2d(x, w3, m.conv.bias[2:3]))[:, :, 1:-1, 1:-1]
+    assert torch.allclose(y[:, 2:3], want, atol=1e-6)
+    want1 = F.relu(F.conv2d(x, w[5:6, :, 2:3, 2:3], m.conv.bias[5:6]))[:, :, 2:-2, 2:-2]
+    assert torch.allclose(y[:, 5:6], want1, atol=1e-6)
+
+
+def test_linear_fit_recovers_an_exact_combination():
+    torch.manual_seed(3)
+    conv = nn.Conv2d(2, 4, 3)
+    with torch.no_grad():
+        conv.weight[3] = 2 * conv.weight[0] - conv.weight[1]
+        conv.bias[3] = 2 * conv.bias[0] - conv.bias[1] + 0.5
+    m = slim.SlimConv(conv, None)  # no activation: post == pre
+    x = torch.randn(8, 2, 9, 9)
+    ref = m(x)
+    m.approx[3] = True
+    slim.refit_linear(m, x)
+    assert torch.allclose(m.coef[3, :3], torch.tensor([2.0, -1.0, 0.0]), atol=1e-4)
+    assert abs(float(m.coef_bias[3].detach()) - 0.5) < 1e-4
+    assert torch.allclose(m(x), ref, atol=1e-4)
+
+
+def test_reordered_export_computes_the_same_function():
+    sm = _treated()
+    x = _images()
+    q_plain = slim.quantize_slim(sm, x, identity_order=True)
+    q_sorted = slim.quantize_slim(sm, x)
+    conv1 = q_sorted.layers[0]
+    assert conv1.extra["ksize"].tolist() == [5, 5, 5, 3, 1]  # kept, largest kernel first
+    assert conv1.extra["order"][-1] == 4                      # the approximated one last
+    y1, _ = slim.slim_int_forward(q_plain, x)
+    y2, _ = slim.slim_int_forward(q_sorted, x)
+    assert torch.equal(y1, y2)
+    # and the integer network follows the float one
+    ref = sm(x)
+    assert (y2.argmax(1) == ref.argmax(1)).float().mean() >= 0.9
+
+
+def test_engine_passes_equal_the_layer():
+    sm = _treated()
+    x = _images()
+    q = slim.quantize_slim(sm, x)
+    for tn in (2, 4):
+        a, _ = slim.slim_int_forward(q, x)
+        b, _ = slim.slim_int_forward(q, x, by_passes=tn)
+        assert torch.equal(a, b)
+    ps = slim.passes(q.layers[0], 2)  # ksize [5, 5, 5, 3, 1]: tiles (5,5) (5,3) (1)
+    assert [(p["k"], p["filters"], p["crop"], p["desc"].pad, p["lane_k"]) for p in ps] == \
+        [(5, (0, 2), 0, 0, None), (5, (2, 4), 0, 0, [5, 3]), (1, (4, 5), 2, 0, None)]
+    ps = slim.passes(q.layers[2], 2)  # conv2 K=3 pad 1: k=1 passes need no crop, pad 0
+    assert all(p["crop"] == 0 and p["desc"].pad == (1 if p["k"] == 3 else 0) for p in ps)
+
+
+def test_accounting_counts_kept_taps_and_coefficients():
+    sm = _treated()
+    x = _images()
+    q = slim.quantize_slim(sm, x)
+    dense, macs, _ = slim.conv_macs(sm, (1, 14, 14))
+    stats = model_stats(q)
+    assert stats["conv_macs"] == macs < dense
+    conv2 = stats["layers"][2]
+    names = [i["name"] for i in conv2["items"]]
+    assert names == ["weights", "bias", "kernel_sizes", "approx_coef", "approx_bias"]
+    assert conv2["items"][0]["count"] == 6 * (9 * 2 + 1 * 3)
+
+
+def test_greedy_respects_the_budget():
+    sm = slim.slim_model(_net())
+    x = _images(60)
+    y = sm(x).argmax(1)  # labels the model gets right: base accuracy 100 %
+    ranking = slim.importance(sm, x, y, method="l1")
+    out = slim.greedy(sm, x, y, 100.0, "lower", ranking=ranking)
+    assert all(int(k) == 1 for k in sm[0].ksize) and len(out["log"]) == 13
+    sm = slim.slim_model(_net())
+    out = slim.greedy(sm, x, y, 0.0, "linear", ranking=ranking)
+    assert out["acc_calib_base"] - out["acc_calib"] <= 0.0
+    report = slim.slim_report(sm, (1, 14, 14))
+    assert [r["features"] for r in report] == [6, 7]
+
+
+def test_bad_kernel_sizes_and_coefficients_and_tile_maps():
+    with pytest.raises(ValueError, match="conv2: kernel size 7 of filter 1 is larger than the "
+                                         "layer's K=5"):
+        slim.check_kernel_sizes([5, 7], 5, "conv2")
+    with pytest.raises(ValueError, match="kernel size 2 of filter 0 is even"):
+        slim.check_kernel_sizes([2], 5, "conv1")
+    with pytest.raises(ValueError, match="conv1: approximation coefficients point at feature 3, "
+                                         "which is itself approximated"):
+        slim.check_basis([0, 3], [3, 4], "conv1")
+    good = slim.tile_map([5, 5, 3, 1, 1], 4)
+    slim.check_tile_map(good, [5, 5, 3, 1, 1], 4)
+    bad = [dict(good[0], k=3), good[1]]
+    with pytest.raises(ValueError, match="conv1: tile 0 of the tile map is .* but the "
+                                         "manifest's kernel sizes give"):
+        slim.check_tile_map(bad, [5, 5, 3, 1, 1], 4, "conv1")
+    with pytest.raises(ValueError, match="tile map has 1 tiles"):
+        slim.check_tile_map(good[:1], [5, 5, 3, 1, 1], 4)
+    with pytest.raises(ValueError, match="treatment must be one of"):
+        slim.greedy(slim.slim_model(_net()), _images(2), torch.zeros(2, dtype=torch.long), 1.0,
+                    "prune")
