@@ -9,9 +9,9 @@ permutation per row: ``W[j, i] = s[pi_j(i)]``. Two variants, side by side:
     of ``ceil(log2 N)`` bits.
 ``"affine"`` (generated)
     ``pi_j(i) = (a_j*i + b_j) mod N`` with ``gcd(a_j, N) = 1`` (so it is a permutation),
-    ``a_j, b_j < N`` drawn at random from a seed and then fixed; ``s`` starts at the
-    least-squares fit to the trained ``W`` under those permutations (the mean of the weights
-    each entry of ``s`` replaces). Stored: ``2*ceil(log2 N)`` bits per row. The engine's
+    ``a_j, b_j < N`` drawn at random from a seed and then fixed; ``s`` starts at the mean
+    sorted row (``init="sorted"``; the least-squares fit under the permutations,
+    ``init="lsq"``, collapses toward the mean and trains far worse). Stored: ``2*ceil(log2 N)`` bits per row. The engine's
     address generators expand them on the fly (:mod:`slimnfu.rtl.perm_addr`).
 
 Both variants then fine-tune ``s`` and the biases with the permutations fixed
@@ -187,8 +187,14 @@ class PermLinear(nn.Module):
         return f"{self.in_features} -> {self.out_features}, variant={self.variant}"
 
 
-def compress_linear(linear, variant, seed=0):
-    """Turn a trained ``nn.Linear`` into a :class:`PermLinear` (``s`` fitted, not tuned)."""
+def compress_linear(linear, variant, seed=0, init="sorted"):
+    """Turn a trained ``nn.Linear`` into a :class:`PermLinear` (``s`` initialised, not tuned).
+
+    ``init`` (affine variant): ``"sorted"`` starts ``s`` at the mean sorted row (keeps the
+    spread of the trained weights); ``"lsq"`` at the least-squares fit under the random
+    permutations, which averages unrelated weights and collapses ``s`` toward its mean (on
+    LeNet-300-100 it fine-tuned to 11.7% in one epoch where ``"sorted"`` reached 82.3%).
+    """
     if not isinstance(linear, nn.Linear):
         raise TypeError(f"compress_linear needs an nn.Linear, not {type(linear).__name__}")
     w = linear.weight.detach()
@@ -200,7 +206,10 @@ def compress_linear(linear, variant, seed=0):
     if variant == "affine":
         a, b = random_affine_params(m, n, seed)
         idx = affine_perms(a, b, n)
-        return PermLinear(fit_sequence(w, idx), bias, idx, "affine", a, b)
+        if init not in ("sorted", "lsq"):
+            raise ValueError(f"init must be 'sorted' or 'lsq', not {init!r}")
+        s = rank_perms(w)[0] if init == "sorted" else fit_sequence(w, idx)
+        return PermLinear(s, bias, idx, "affine", a, b)
     raise ValueError(f"variant must be one of {VARIANTS}, not {variant!r}")
 
 

@@ -1,0 +1,337 @@
+"""``slimnfu bench permfc``: permuted-feature FC compression (method C), measured end to end.
+
+For each network (LeNet-300-100 and LeNet-5 on MNIST, the FC head of the VGG-style network on
+Fashion-MNIST) the trained dense model (checkpoint cache) is the base. Its FC layers (all but
+the classifier, unless ``--compress-classifier``) are compressed by
+
+* ``perm_affine``: generated permutations ``(a_j*i + b_j) mod N``, ``s`` and biases tuned;
+* ``perm_index``: data-driven (mean sorted row, rank-order index ROM), ``s`` and biases tuned;
+* ``hashed``: HashedNets weight sharing with the same weight bits per layer as ``perm_affine``;
+* ``pruned``: magnitude pruning with the same weight bits per layer as ``perm_affine``
+  (kept values plus their column indices and row lengths).
+
+Every variant gets the same fine-tuning (``--epochs`` over the first ``--train-subset`` train
+images), is quantised on the calib split and evaluated, float and integer, on the test set.
+Bits come from :mod:`slimnfu.compress.accounting` (the perm formats count ``s``, biases and
+every permutation bit); for the baselines the compressed layers' dense weight bits are
+replaced by the baseline's storage (:mod:`slimnfu.compress.permfc_baselines`).
+
+RTL cycles (``--rtl``): every compressed FC layer of each network, in both perm variants, and
+the same layer dense, run in co-simulation (Verilator by default) on a ``tiny``-shaped build
+with buffers deep enough for these layers (config ``tiny_permbench``), with a real input
+(the integer activation of the first test image), checked bit for bit against
+``fixed.run_layer``. ``rtl_cycles_dense`` / ``rtl_cycles`` are the sums over those layers
+(``rtl_scope = "compressed fc layers"``).
+
+Area (``--synth``): the address generator and the ``s`` memory of the ``tiny`` config alone,
+and the whole engine of ``tiny`` with ``perm`` on and off, through Yosys (generic and ECP5).
+"""
+
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+__all__ = ["main", "add_arguments", "run", "markdown_table"]
+
+NETWORKS = ("lenet300", "lenet5", "vgg_fmnist")
+METHODS = ("perm_affine", "perm_index", "hashed", "pruned")
+
+
+def add_arguments(parser):
+    parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=NETWORKS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs (default 1)")
+    parser.add_argument("--train-subset", type=int, default=20000,
+                        help="fine-tune on the first N train images (default 20000)")
+    parser.add_argument("--calib", type=int, default=2000, help="calibration images")
+    parser.add_argument("--test-limit", type=int, help="evaluate on the first N test images")
+    parser.add_argument("--compress-classifier", action="store_true",
+                        help="also compress the last Linear")
+    parser.add_argument("--no-rtl", action="store_true", help="skip the co-simulation")
+    parser.add_argument("--sim", default="verilator", choices=("verilator", "icarus"))
+    parser.add_argument("--no-synth", action="store_true", help="skip the area measurement")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _accuracy(logits, labels):
+    return round(100.0 * float((logits.argmax(dim=1) == labels).double().mean()), 4)
+
+
+def _bench_config():
+    from slimnfu.config import get_config
+
+    return get_config("tiny").with_(name="tiny_permbench", sb_depth=65536, perm_depth=4096,
+                                    perm=True)
+
+
+def _compress(base, method, layers, dw, seed):
+    """The compressed float model and per-layer baseline storage (bits, params)."""
+    from slimnfu.compress import permfc
+    from slimnfu.compress import permfc_baselines as bl
+
+    if method.startswith("perm_"):
+        return permfc.compress_model(base, method[5:], layers=layers, seed=seed), {}
+    import copy
+    model, storage = copy.deepcopy(base), {}
+    for k, i in enumerate(layers):
+        lin = base[i]
+        m, n = lin.out_features, lin.in_features
+        budget = n * dw + 2 * m * permfc.index_bits(n)   # perm_affine's s + (a, b) bits
+        if method == "hashed":
+            kk = bl.budget_hashed(budget, dw)
+            model[i] = bl.hashed_from_linear(lin, kk, seed + k)
+            storage[i] = (bl.hashed_bits(kk, dw), kk)
+        else:
+            kk = bl.budget_pruned(budget, m, n, dw)
+            model[i] = bl.prune_linear(lin, kk)
+            storage[i] = (bl.pruned_bits(kk, m, n, dw), kk)
+    return model, storage
+
+
+def _evaluate(model, method, storage, calib, x_test, y_test, dw):
+    """Quantise and evaluate; return (acc_float, acc_int, stats, qmodel)."""
+    from slimnfu.compress import permfc
+    from slimnfu.compress import permfc_baselines as bl
+    from slimnfu.compress.accounting import model_stats
+    from slimnfu.compress.quant import int_forward, quantize_model
+    from slimnfu.compress.train import evaluate
+
+    acc_float = round(evaluate(model, x_test, y_test), 4)
+    if method.startswith("perm_"):
+        q = permfc.quantize_perm_model(model, calib, dw=dw)
+    else:
+        q = quantize_model(bl.to_dense_any(model), calib, dw=dw)
+    logits, count = int_forward(q, x_test)
+    stats = model_stats(q)
+    if storage:
+        # Baselines: replace the compressed layers' dense weight bits/params by their storage.
+        fc_idx = [i for i, mod in enumerate(model) if hasattr(mod, "in_features")]
+        fc_stats = [l for l in stats["layers"] if l["kind"] == "fc"]
+        for i, lstat in zip(fc_idx, fc_stats):
+            if i in storage:
+                dense_w = lstat["params_dense"] - model[i].out_features
+                lstat["bits"] += storage[i][0] - dense_w * dw
+                lstat["params"] += storage[i][1] - dense_w
+        for key in ("bits", "params"):
+            stats[key] = sum(l[key] for l in stats["layers"])
+    return acc_float, _accuracy(logits, y_test), stats, q, count.events
+
+
+def _rtl_cases(q, x_int, cfg):
+    """Dense and perm co-simulation cases for every perm layer of ``q`` (real input)."""
+    from slimnfu.compress import fixed, permfc
+    from slimnfu.compress.quant import int_forward_layers
+    from slimnfu.config import LayerDesc
+    from slimnfu.sim.cases import Case
+    from slimnfu.sim.perm_cases import PermCase
+
+    outs = int_forward_layers(q, x_int)
+    cases = []
+    for n, layer in enumerate(q.layers):
+        if not layer.format.startswith("perm_"):
+            continue
+        x = (x_int if n == 0 else outs[n - 1])[0].reshape(-1)
+        w = permfc.gather_weights(layer)
+        count = fixed.SatCount()
+        y = fixed.run_layer(layer.desc, x.unsqueeze(0), w, layer.b, cfg.dw, layer.pwl, count)[0]
+        extra = layer.extra
+        cases.append(PermCase(f"{layer.name}_{layer.format}", layer.desc, x, w, layer.b,
+                              layer.pwl, y, count.events, "model", s=extra["s"],
+                              a=extra.get("a"), perm_b=extra.get("b"), idx=extra.get("idx")))
+        ddesc = LayerDesc(**{**layer.desc.to_dict(), "perm": "none"})
+        cases.append(Case(f"{layer.name}_dense", ddesc, x, w, layer.b, layer.pwl, y,
+                          count.events, "model"))
+    return cases
+
+
+def _run_rtl(rtl_jobs, sim, progress):
+    """Co-simulate all collected cases in one build; return {case name: entry}."""
+    from slimnfu.sim.runner import run_regression
+
+    cfg = _bench_config()
+    cases = [c for _, cs in rtl_jobs for c in cs]
+    if not cases:
+        return {}
+    entries = run_regression(cfg, cases, sims=(sim,),
+                             log=(lambda msg: print(msg, flush=True)) if progress else
+                             (lambda msg: None))
+    return {e["name"]: e for e in entries}
+
+
+def _synth(progress):
+    """Area of the generator, the s memory and the engine with perm on/off (tiny)."""
+    from amaranth.back import verilog
+
+    from slimnfu.config import get_config
+    from slimnfu.gen.synth import REPO_ROOT, synth_config, synth_verilog
+    from slimnfu.gen.verilog import atomic_write
+    from slimnfu.rtl.perm_addr import PermAddrGen
+    from slimnfu.rtl.perm_sb import PermSB
+
+    cfg = get_config("tiny")
+    out = {"config": cfg.name, "perm_depth": cfg.perm_depth}
+    root = REPO_ROOT / "build" / "bench" / "permfc_synth"
+    for name, comp in (("perm_addr_gen", PermAddrGen(cfg)), ("perm_sb", PermSB(cfg))):
+        vfile = root / f"{name}.v"
+        vfile.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(vfile, verilog.convert(comp, name=name, emit_src=False))
+        rep = synth_verilog(vfile, name, root / name, ecp5=True, pnr=False, progress=progress)
+        out[name] = rep
+    for perm in (True, False):
+        c = cfg.with_(name=f"tiny_perm{'on' if perm else 'off'}", perm=perm)
+        out[f"engine_perm_{'on' if perm else 'off'}"] = synth_config(
+            c, out=root / f"{c.name}.json", pnr=False, progress=progress)
+    return out
+
+
+def run(networks=NETWORKS, methods=METHODS, epochs=1, train_subset=20000, calib_n=2000,
+        test_limit=None, compress_classifier=False, rtl=True, sim="verilator", seed=0,
+        progress=True, lr=3e-3):
+    """Return ``(rows, rtl_entries)`` (see the module docstring)."""
+    import torch
+    from torch import nn
+
+    from slimnfu.compress import data, permfc
+    from slimnfu.compress.accounting import model_stats
+    from slimnfu.compress.models import network_info
+    from slimnfu.compress.quant import int_forward, quantize_input, quantize_model
+    from slimnfu.compress.train import evaluate, train
+
+    if epochs < 1 or train_subset < 1 or calib_n < 1:
+        raise ValueError("--epochs, --train-subset and --calib must be >= 1")
+    dw = 16
+    cfg = _bench_config()
+    rows, rtl_jobs = [], []
+    for name in networks:
+        dataset = network_info(name)["dataset"]
+        base, info = train(name, progress=progress)
+        x_train, y_train = data.load(dataset, "train")
+        x_train, y_train = x_train[:train_subset], y_train[:train_subset]
+        x_test, y_test = data.load(dataset, "test")
+        if test_limit is not None:
+            x_test, y_test = x_test[:test_limit], y_test[:test_limit]
+        calib = data.load(dataset, "calib")[0][:calib_n]
+        acc_base = round(evaluate(base, x_test, y_test), 4)
+        lin_idx = [i for i, mod in enumerate(base) if isinstance(mod, nn.Linear)]
+        layers = lin_idx if compress_classifier else lin_idx[:-1]
+        qd = quantize_model(base, calib, dw=dw)
+        dense_stats = model_stats(qd)
+        logits, _ = int_forward(qd, x_test)
+        common = {"network": name, "dataset": dataset, "budget_pct": None,
+                  "acc_float_base": acc_base, "macs_dense": dense_stats["macs_dense"],
+                  "conv_macs_dense": dense_stats["conv_macs_dense"],
+                  "conv_macs": dense_stats["conv_macs"],
+                  "params_dense": dense_stats["params_dense"],
+                  "bits_dense": dense_stats["bits_dense"], "dw": dw,
+                  "compressed_layers": [f"module {i} Linear {base[i].in_features}->"
+                                        f"{base[i].out_features}" for i in layers],
+                  "fc_params_dense": sum(l["params_dense"] for l in dense_stats["layers"]
+                                         if l["kind"] == "fc"),
+                  "fc_bits_dense": sum(l["bits_dense"] for l in dense_stats["layers"]
+                                       if l["kind"] == "fc"),
+                  "config": cfg.name, "rtl_scope": "compressed fc layers"}
+        rows.append({**common, "method": "dense", "acc_float": acc_base,
+                     "acc_int": _accuracy(logits, y_test), "macs": dense_stats["macs"],
+                     "params": dense_stats["params"], "bits": dense_stats["bits"],
+                     "fc_params": common["fc_params_dense"], "fc_bits": common["fc_bits_dense"],
+                     "finetune": None, "rtl_cycles_dense": None, "rtl_cycles": None})
+        x_int = quantize_input(qd, x_test[:1])
+        for method in methods:
+            start = time.perf_counter()
+            model, storage = _compress(base, method, layers, dw, seed)
+            acc_before = round(evaluate(model, x_test, y_test), 4)
+            permfc.finetune(model, x_train, y_train, epochs=epochs, lr=lr, seed=seed)
+            acc_float, acc_int, st, q, sat = _evaluate(model, method, storage, calib, x_test,
+                                                       y_test, dw)
+            row = {**common, "method": method, "acc_float": acc_float, "acc_int": acc_int,
+                   "acc_float_before_finetune": acc_before, "macs": st["macs"],
+                   "params": st["params"], "bits": st["bits"],
+                   "fc_params": sum(l["params"] for l in st["layers"] if l["kind"] == "fc"),
+                   "fc_bits": sum(l["bits"] for l in st["layers"] if l["kind"] == "fc"),
+                   "sat_events": sat, "seconds": round(time.perf_counter() - start, 2),
+                   "finetune": {"epochs": epochs, "lr": lr,
+                                "train_images": int(x_train.shape[0])},
+                   "layers": [{k: l[k] for k in ("name", "format", "params", "bits", "items")
+                               if k in l} for l in st["layers"] if l["kind"] == "fc"],
+                   "rtl_cycles_dense": None, "rtl_cycles": None}
+            if storage:
+                row["baseline_storage"] = {f"module {i}": {"bits": b, "kept_or_buckets": k}
+                                           for i, (b, k) in storage.items()}
+            rows.append(row)
+            if rtl and method.startswith("perm_"):
+                rtl_jobs.append((len(rows) - 1, _rtl_cases(q, quantize_input(q, x_test[:1]),
+                                                           cfg)))
+            if progress:
+                print(f"{name} {method}: float {acc_float:.2f}% int {acc_int:.2f}% "
+                      f"(base {acc_base:.2f}%) bits {st['bits']:,} / "
+                      f"{common['bits_dense']:,}", flush=True)
+    entries = _run_rtl(rtl_jobs, sim, progress) if rtl else {}
+    for row_i, cases in rtl_jobs:
+        got = [entries[c.name] for c in cases]
+        row = rows[row_i]
+        row["rtl_bit_exact"] = all(e["passed"] for e in got)
+        row["rtl_cycles"] = sum(e["cycles"] or 0 for e, c in zip(got, cases)
+                                if c.desc.perm != "none")
+        row["rtl_cycles_dense"] = sum(e["cycles"] or 0 for e, c in zip(got, cases)
+                                      if c.desc.perm == "none")
+        row["rtl_cases"] = got
+        for r in rows:
+            if r["network"] == row["network"] and r["method"] != row["method"] and \
+                    r.get("rtl_cycles_dense") is None:
+                r["rtl_cycles_dense"] = row["rtl_cycles_dense"]
+    return rows, entries
+
+
+def markdown_table(rows):
+    """Rows as a Markdown table; every ratio is derived from the row values."""
+    lines = ["| network | method | float % (base) | int % | FC params x | FC bits x | "
+             "total params x | total bits x | FC RTL cycles (dense) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        cyc = "-" if r.get("rtl_cycles") is None else \
+            f"{r['rtl_cycles']:,} ({r['rtl_cycles_dense']:,})"
+        lines.append(
+            f"| {r['network']} | {r['method']} | {r['acc_float']:.2f} ({r['acc_float_base']:.2f})"
+            f" | {r['acc_int']:.2f} | {r['fc_params_dense'] / r['fc_params']:.2f} | "
+            f"{r['fc_bits_dense'] / r['fc_bits']:.2f} | {r['params_dense'] / r['params']:.2f} | "
+            f"{r['bits_dense'] / r['bits']:.2f} | {cyc} |")
+    return "\n".join(lines)
+
+
+def _write_json(path, obj):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def main(args):
+    import torch
+
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, not {args.threads}")
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    rows, _ = run(args.networks, args.methods, args.epochs, args.train_subset, args.calib,
+                  args.test_limit, args.compress_classifier, not args.no_rtl, args.sim,
+                  args.seed, progress=True)
+    area = None if args.no_synth else _synth(progress=True)
+    _write_json(args.out, {"benchmark": "permfc", "rows": rows, "area": area,
+                           "wall_s": round(time.perf_counter() - start, 3),
+                           "host": {"python": platform.python_version(),
+                                    "torch": torch.__version__, "threads": args.threads}})
+    print(markdown_table(rows))
+    print(f"wrote {args.out}")
+    return 0
