@@ -6,6 +6,7 @@ BENCHES = {
     "hw": "slimnfu.bench.hw",
     "models": "slimnfu.bench.models",
     "ikr": "slimnfu.bench.ikr",
+    "permfc": "slimnfu.bench.permfc",
 }
 
 
