@@ -86,3 +86,22 @@ def test_pack_perm_params_layout():
     assert words[1] == 9 | (10 << 4)
     with pytest.raises(ValueError, match="perm_depth=16"):
         permfc.pack_perm_s(torch.zeros(17, dtype=torch.int64), cfg)
+
+
+def test_baselines_fit_their_budget():
+    from slimnfu.compress import permfc_baselines as bl
+
+    lin = nn.Linear(20, 6)
+    budget = 20 * 16 + 2 * 6 * permfc.index_bits(20)
+    k = bl.budget_hashed(budget, 16)
+    assert bl.hashed_bits(k, 16) <= budget < bl.hashed_bits(k + 1, 16)
+    hashed = bl.hashed_from_linear(lin, k, seed=1)
+    assert int(hashed.bucket.max()) < k and set(hashed.sign.unique().tolist()) <= {-1.0, 1.0}
+    kept = bl.budget_pruned(budget, 6, 20, 16)
+    assert bl.pruned_bits(kept, 6, 20, 16) <= budget < bl.pruned_bits(kept + 1, 6, 20, 16)
+    pruned = bl.prune_linear(lin, kept)
+    assert int(pruned.mask.sum()) == kept
+    dense = bl.to_dense_any(nn.Sequential(pruned, hashed.__class__(6, 3, 4)))
+    assert int((dense[0].weight != 0).sum()) <= kept
+    x = torch.rand(5, 20)
+    assert torch.allclose(dense[0](x), pruned(x))
