@@ -72,6 +72,10 @@ class AccelConfig:
         affine-parameter memory. Off (the default), the engine is exactly the dense engine.
     perm_depth : int
         Longest common sequence ``s`` (FC ``n_in``) the permuted FC path holds.
+    kgate : bool
+        Build the kernel-size-aware multiplier gating (method A, :mod:`slimnfu.rtl.kernel_gate`):
+        the descriptor gets ``lane_k`` and the engine a ``gated`` counter. Off (the default),
+        the engine is exactly the dense engine.
     """
 
     name: str
@@ -89,6 +93,7 @@ class AccelConfig:
     ikr_index_depth: int = 512
     perm: bool = False
     perm_depth: int = 1024
+    kgate: bool = False
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -114,6 +119,8 @@ class AccelConfig:
         if self.perm not in (0, 1):
             raise TypeError(f"perm must be a bool (or 0/1), not {self.perm!r}")
         _check_int("perm_depth", self.perm_depth, 2, 1 << 16)
+        if self.kgate not in (0, 1):
+            raise TypeError(f"kgate must be a bool (or 0/1), not {self.kgate!r}")
 
     @property
     def min_acc(self):
@@ -195,6 +202,10 @@ class LayerDesc:
         ``"none"`` (dense), or for an FC layer compressed as permutations of one common
         sequence (:mod:`slimnfu.compress.permfc`): ``"affine"`` (generated permutations, the
         engine's address generators expand them) or ``"index"`` (SB holds the index ROM).
+    lane_k : tuple of int
+        Kernel-size-aware gating (method A, needs ``cfg.kgate``): the centred kernel size of
+        each output lane of every tile of this pass (odd, ``<= k``; 0 or absent: the full
+        ``k``). Lanes whose kernel does not cover the current tap are gated.
     """
 
     kind: str
@@ -210,8 +221,18 @@ class LayerDesc:
     seg_shift: int = 0
     ikr_n: int = 0
     perm: str = "none"
+    lane_k: tuple = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "lane_k", tuple(self.lane_k))
+        for j, lk in enumerate(self.lane_k):
+            _check_int(f"lane_k[{j}]", lk, 0, self.k)
+            if lk % 2 == 0 and lk:
+                raise ValueError(f"lane_k[{j}]={lk} is even; a lane's kernel is odd and centred "
+                                 f"in the layer's k={self.k} (0: the full k)")
+        if self.lane_k and (self.kind != "conv" or self.k % 2 == 0):
+            raise ValueError(f"lane_k applies to conv layers with an odd k, not {self.kind} "
+                             f"k={self.k}")
         if self.kind not in KINDS:
             raise ValueError(f"layer kind must be one of {KINDS}, not {self.kind!r}")
         if self.act not in ACTS:
@@ -296,6 +317,13 @@ class LayerDesc:
         groups = self.h_out * self.w_out * co * ci
         return groups * max(self.ikr_n, self.k) + self.ikr_n
 
+    def gated_mults(self, cfg):
+        """Multiplies the kernel gate switches off: per output group and input tile, lane ``j``
+        is gated on ``k*k - lane_k[j]**2`` taps, ``ti`` multipliers each."""
+        per_group = sum(self.k * self.k - lk * lk for lk in self.lane_k if lk)
+        ci, co = self.tiles(cfg)
+        return self.h_out * self.w_out * co * ci * per_group * cfg.ti
+
     def macs(self):
         """Useful multiply-accumulates (pooling: compared or summed inputs)."""
         per_out = self.k * self.k * (1 if self.is_pool else self.n_in)
@@ -328,6 +356,10 @@ class LayerDesc:
 
     def check(self, cfg, max_abs_bias=None):
         """Raise ``ValueError`` naming the field and its limit if ``cfg`` cannot run this layer."""
+        if self.lane_k and (not cfg.kgate or len(self.lane_k) > cfg.tn):
+            raise ValueError(f"lane_k has {len(self.lane_k)} lanes; config {cfg.name!r} has "
+                             f"kgate={cfg.kgate} and tn={cfg.tn} (lane_k needs kgate and at "
+                             f"most tn lanes)")
         limits = {
             "nbin_depth": (self.nbin_words(cfg), "input words (ceil(n_in/ti)*h_in*w_in)"),
             "nbout_depth": (self.nbout_words(cfg), "output words (ceil(n_out/tn)*h_out*w_out)"),

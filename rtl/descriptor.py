@@ -60,6 +60,9 @@ def descriptor_layout(cfg):
         # Permuted-feature FC (method C): the weight format and the sequence length N.
         fields["perm"] = Perm
         fields["n_in"] = unsigned(_bits(cfg.perm_depth))
+    if cfg.kgate:
+        # Kernel-size-aware gating (method A): each lane's centred kernel; 0 is the full k.
+        fields["lane_k"] = data.ArrayLayout(unsigned(DESC_FIELD_BITS["k"]), cfg.tn)
     return data.StructLayout(fields)
 
 
@@ -89,6 +92,11 @@ def descriptor_value(desc, cfg, check=True):
         fields["n_in"] = desc.n_in if desc.perm != "none" else 0
     elif desc.perm != "none":
         raise ValueError(f"layer has perm={desc.perm!r}, but config {cfg.name!r} has perm=False")
+    if cfg.kgate:
+        fields["lane_k"] = list(desc.lane_k) + [0] * (cfg.tn - len(desc.lane_k))
+    elif desc.lane_k:
+        raise ValueError(f"layer has lane_k={list(desc.lane_k)}, but config {cfg.name!r} has "
+                         f"kgate=False")
     layout = descriptor_layout(cfg)
     for name, value in fields.items():
         if isinstance(value, int) and value >= 1 << layout[name].shape.width:

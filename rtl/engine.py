@@ -14,6 +14,7 @@ from slimnfu.rtl.sequencer import Sequencer
 from slimnfu.rtl.ikr_unit import IkrUnit, select_steps
 from slimnfu.rtl.perm_addr import PermAddrGen, perm_param_width
 from slimnfu.rtl.perm_sb import PermSB
+from slimnfu.rtl.kernel_gate import KernelGate
 
 __all__ = ["LayerEngine", "LoadSel", "load_data_width"]
 
@@ -88,6 +89,8 @@ class LayerEngine(wiring.Component):
             "steps": Out(32),
             "mults": Out(48),
             "sat_events": Out(32),
+            # Method A: multiplies switched off by the kernel gate (``cfg.kgate`` only).
+            **({"gated": Out(48)} if cfg.kgate else {}),
         })
 
     def elaborate(self, platform):
@@ -161,6 +164,9 @@ class LayerEngine(wiring.Component):
                 value = reg
             return value
 
+        if cfg.kgate:
+            synapse_word = self._kgate_path(m, cur, seq, synapse_word, starting, is_mac)
+
         # Stage S+1: NFU-1 multiplies (padding positions read as zero).
         pad1, valid1 = delayed(seq.pad, 1, "pad"), delayed(seq.valid, 1, "valid")
         neurons = Signal(ti * dw)
@@ -210,6 +216,24 @@ class LayerEngine(wiring.Component):
                 m.d.sync += self.mults.eq(self.mults + tn * ti)
         m.d.comb += self.sat_events.eq(nfu3.sat_events)
         return m
+
+    def _kgate_path(self, m, cur, seq, sb_word, starting, is_mac):
+        """Method A: zero the synapses of lanes whose kernel misses the tap; count them."""
+        cfg = self.cfg
+        m.submodules.kgate = gate = KernelGate(cfg)
+        m.d.comb += [gate.valid.eq(seq.valid), gate.first.eq(seq.first), gate.k.eq(cur.k),
+                     gate.lane_k.eq(cur.lane_k)]
+        # The SB word of step S reaches NFU-1 in S+1, so the lane enables follow one cycle later.
+        lane_en = Signal(cfg.tn)
+        m.d.sync += lane_en.eq(gate.lane_en)
+        width = cfg.ti * cfg.dw
+        gated_word = Cat(*(Mux(lane_en[j], sb_word[j * width:(j + 1) * width], 0)
+                           for j in range(cfg.tn)))
+        with m.If(starting):
+            m.d.sync += self.gated.eq(0)
+        with m.Elif(seq.valid & is_mac):
+            m.d.sync += self.gated.eq(self.gated + gate.gated * cfg.ti)
+        return gated_word
 
     def _perm_path(self, m, cur, seq, sb_word, idle_load):
         """Method C: gather the step's synapses from ``s``; return the NFU-1 synapse word."""

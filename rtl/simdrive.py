@@ -86,7 +86,8 @@ class EngineDriver:
         await ctx.tick()
         ctx.set(dut.start, 0)
         await ctx.tick().until(dut.done)
-        counters = {name: ctx.get(getattr(dut, name)) for name in COUNTERS}
+        names = COUNTERS + (("gated",) if dut.cfg.kgate else ())
+        counters = {name: ctx.get(getattr(dut, name)) for name in names}
         self.sim_cycles += counters["cycles"]
         return counters
 

@@ -1,0 +1,58 @@
+import pytest
+import torch
+
+from slimnfu.compress import fixed
+from slimnfu.config import LayerDesc, get_config
+from slimnfu.rtl.descriptor import descriptor_value
+from slimnfu.rtl.engine import LayerEngine
+from slimnfu.rtl.simdrive import run_layer_amaranth
+
+
+def _centred(w, lane_k, tn):
+    """Zero the taps outside each filter's centred kernel (filter o is lane o % tn)."""
+    w = w.clone()
+    k = w.shape[-1]
+    for o in range(w.shape[0]):
+        lk = lane_k[o % tn] or k
+        off = (k - lk) // 2
+        keep = torch.zeros(k, k, dtype=torch.bool)
+        keep[off:off + lk, off:off + lk] = True
+        w[o][:, ~keep] = 0
+    return w
+
+
+@pytest.mark.parametrize("n_in, n_out, k, pad, lane_k", [
+    (5, 4, 5, 0, (5, 3, 1, 3)),
+    (3, 6, 3, 1, (1, 3, 0, 1)),
+])
+def test_mixed_tile_is_bit_exact_and_gated_multiplies_are_counted(n_in, n_out, k, pad, lane_k):
+    cfg = get_config("tiny").with_(kgate=True)
+    desc = LayerDesc("conv", n_in, n_out, 7, 6, k=k, pad=pad, shift=10, act="relu",
+                     lane_k=lane_k)
+    gen = torch.Generator().manual_seed(k)
+    x = torch.randint(cfg.qmin, cfg.qmax + 1, (1, n_in, 7, 6), generator=gen)
+    # full KxK weights: the gate, not the weights, must remove the outer taps of small lanes
+    w = torch.randint(cfg.qmin, cfg.qmax + 1, (n_out, n_in, k, k), generator=gen)
+    b = torch.randint(-5000, 5000, (n_out,), generator=gen)
+    y, counters, _ = run_layer_amaranth(cfg, desc, x, w, b)
+    want = fixed.run_layer(desc, x, _centred(w, lane_k, cfg.tn), b, cfg.dw)
+    assert torch.equal(y, want)
+    assert counters["gated"] == desc.gated_mults(cfg) > 0
+    assert counters["cycles"] == desc.dense_cycles(cfg) + LayerEngine.LATENCY
+
+
+def test_gating_off_is_the_dense_engine():
+    cfg = get_config("tiny").with_(kgate=False)
+    engine = LayerEngine(cfg)
+    engine._MustUse__silence = True
+    assert not hasattr(engine, "gated")
+    desc = LayerDesc("conv", 2, 2, 5, 5, k=3, lane_k=(1, 3))
+    with pytest.raises(ValueError, match="lane_k needs kgate"):
+        descriptor_value(desc, cfg)
+
+
+def test_bad_lane_kernels():
+    with pytest.raises(ValueError, match=r"lane_k\[1\] must be in \[0, 3\], not 5"):
+        LayerDesc("conv", 2, 2, 5, 5, k=3, lane_k=(1, 5))
+    with pytest.raises(ValueError, match=r"lane_k\[0\]=2 is even"):
+        LayerDesc("conv", 2, 2, 5, 5, k=3, lane_k=(2,))
