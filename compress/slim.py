@@ -571,3 +571,123 @@ def _register():
 
 
 _register()
+
+
+# ---------------------------------------------------------------- image folder
+
+SLIM_SCHEMA, SLIM_VERSION = "slimnfu-slim", 1
+
+
+def export_slim(qmodel, cfg, out_dir):
+    """Write the slim conv layers of ``qmodel`` for ``cfg`` into ``out_dir``, atomically.
+
+    Per slim layer: ``<name>.pass<i>.weights.hex`` (the centred ``k_t x k_t`` weights of each
+    pass, SB layout), ``<name>.bias.hex``, ``<name>.kmap.hex`` (one word per tile: the lane
+    kernel sizes, 4 bits each, lane 0 at the LSBs), and for approximated features
+    ``<name>.approx_w.hex`` / ``<name>.approx_b.hex`` (the 1x1 pass in SB / bias layout).
+    ``manifest.json`` lists each filter's kernel size, the tile map, the channel order, the
+    fixed-point parameters and the sha256 of every file. Returns the manifest.
+    """
+    import hashlib
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from slimnfu.gen import image, layout
+
+    out = Path(out_dir)
+    if out.exists() and not (out / "manifest.json").is_file():
+        raise ValueError(f"{out} exists and is not a slim image; refusing to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    files, layers = {}, []
+
+    def put(name, words, width):
+        text = "".join(f"{w:0{-(-width // 4)}x}\n" for w in words)
+        (tmp / name).write_text(text)
+        files[name] = {"sha256": hashlib.sha256(text.encode()).hexdigest(),
+                       "words": len(words), "width": width}
+        return name
+
+    try:
+        for layer in qmodel.layers:
+            if layer.format != "slim":
+                continue
+            e, n = layer.extra, layer.name
+            ks = [int(k) for k in e["ksize"]]
+            tmap = tile_map(ks, cfg.tn)
+            entry = {"name": n, "desc": layer.desc.to_dict(), "K": e["K"], "ksize": ks,
+                     "tile_map": tmap, "order": list(e["order"]), "kept_pos": list(e["kept_pos"]),
+                     "approx_pos": list(e.get("approx_pos", [])), "n_approx": e["n_approx"],
+                     "approx_f": e.get("approx_f"), "f_x": layer.f_x, "f_w": layer.f_w,
+                     "f_y": layer.f_y, "files": {}}
+            for i, p in enumerate(passes(layer, cfg.tn)):
+                _, w, _ = pass_operands(layer, p, torch.zeros(1, 1, 1, 1, dtype=torch.int64))
+                entry["files"][f"pass{i}"] = put(f"{n}.pass{i}.weights.hex",
+                                                 layout.pack_weights(w, cfg),
+                                                 cfg.tn * cfg.ti * cfg.dw)
+            entry["files"]["bias"] = put(f"{n}.bias.hex", layout.pack_bias(layer.b, cfg),
+                                         cfg.tn * cfg.acc)
+            kmap = [sum(k << (4 * j) for j, k in enumerate(t["lanes"])) for t in tmap]
+            entry["files"]["kmap"] = put(f"{n}.kmap.hex", kmap, 4 * cfg.tn)
+            if e["n_approx"]:
+                entry["files"]["approx_w"] = put(f"{n}.approx_w.hex",
+                                                 layout.pack_weights(e["approx_w"], cfg),
+                                                 cfg.tn * cfg.ti * cfg.dw)
+                entry["files"]["approx_b"] = put(f"{n}.approx_b.hex",
+                                                 layout.pack_bias(e["approx_b"], cfg),
+                                                 cfg.tn * cfg.acc)
+            layers.append(entry)
+        manifest = {"schema": SLIM_SCHEMA, "version": SLIM_VERSION, "config": cfg.to_dict(),
+                    "layers": layers, "files": files}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        image._move_into_place(tmp, out)
+    except BaseException:
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def load_slim(folder):
+    """Check a folder written by :func:`export_slim` before anything runs; return the manifest.
+
+    Refuses, with one message naming the file and field: an unknown schema or version, a
+    checksum mismatch, a kernel size that is even or larger than the layer's ``K``, a tile
+    map or kernel map file that disagrees with the manifest's kernel sizes, and
+    approximation coefficients whose basis includes an approximated (removed) feature.
+    """
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from slimnfu.config import AccelConfig
+
+    folder = Path(folder)
+    mpath = folder / "manifest.json"
+    try:
+        m = json.loads(mpath.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{mpath}: unreadable manifest ({exc})") from None
+    if m.get("schema") != SLIM_SCHEMA or m.get("version") != SLIM_VERSION:
+        raise ValueError(f"{mpath}: schema/version {m.get('schema')!r}/{m.get('version')!r}, "
+                         f"expected {SLIM_SCHEMA!r}/{SLIM_VERSION}")
+    for name, info in m["files"].items():
+        data = (folder / name).read_bytes() if (folder / name).is_file() else None
+        if data is None:
+            raise ValueError(f"{folder / name}: missing (listed in manifest.json 'files')")
+        if hashlib.sha256(data).hexdigest() != info["sha256"]:
+            raise ValueError(f"{folder / name}: sha256 differs from manifest.json 'files'")
+    cfg = AccelConfig.from_dict(m["config"])
+    for entry in m["layers"]:
+        where = f"{mpath} layer {entry['name']}"
+        check_kernel_sizes(entry["ksize"], entry["K"], f"{where} field 'ksize'")
+        check_tile_map(entry["tile_map"], entry["ksize"], cfg.tn, f"{where} field 'tile_map'")
+        words = (folder / entry["files"]["kmap"]).read_text().split()
+        kmap = [{"lanes": [(int(w, 16) >> (4 * j)) & 15 for j in range(len(t["lanes"]))],
+                 "k": t["k"]} for w, t in zip(words, entry["tile_map"])]
+        check_tile_map(kmap, entry["ksize"], cfg.tn, f"{folder / entry['files']['kmap']}")
+        basis = [entry["order"][p] for p in entry["kept_pos"]]
+        approx = [entry["order"][p] for p in entry["approx_pos"]]
+        check_basis(basis, approx, f"{where} field 'kept_pos'")
+    return m

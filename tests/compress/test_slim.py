@@ -142,3 +142,48 @@ def test_bad_kernel_sizes_and_coefficients_and_tile_maps():
     with pytest.raises(ValueError, match="treatment must be one of"):
         slim.greedy(slim.slim_model(_net()), _images(2), torch.zeros(2, dtype=torch.long), 1.0,
                     "prune")
+
+
+def test_export_round_trip_and_refusals(tmp_path):
+    import hashlib
+    import json
+
+    from slimnfu.config import AccelConfig
+
+    sm = _treated()
+    q = slim.quantize_slim(sm, _images())
+    cfg = AccelConfig("t2", tn=2, ti=2)
+    out = tmp_path / "img"
+    slim.export_slim(q, cfg, out)
+    m = slim.load_slim(out)
+    assert [l["ksize"] for l in m["layers"]][0] == [5, 5, 5, 3, 1]
+    assert not list(tmp_path.glob(".img.tmp-*"))
+
+    def edit(fn):
+        d = json.loads((out / "manifest.json").read_text())
+        fn(d)
+        (out / "manifest.json").write_text(json.dumps(d))
+
+    edit(lambda d: d["layers"][0]["ksize"].__setitem__(0, 7))
+    with pytest.raises(ValueError, match="layer conv1 field 'ksize': kernel size 7 of filter 0 "
+                                         "is larger than the layer's K=5"):
+        slim.load_slim(out)
+    edit(lambda d: d["layers"][0]["ksize"].__setitem__(0, 5))
+    edit(lambda d: d["layers"][0]["tile_map"][1].__setitem__("k", 3))
+    with pytest.raises(ValueError, match="field 'tile_map': tile 1 of the tile map"):
+        slim.load_slim(out)
+    edit(lambda d: d["layers"][0]["tile_map"][1].__setitem__("k", 5))
+    edit(lambda d: d["layers"][0]["kept_pos"].append(d["layers"][0]["approx_pos"][0]))
+    with pytest.raises(ValueError, match="field 'kept_pos': approximation coefficients point "
+                                         "at feature 4"):
+        slim.load_slim(out)
+    edit(lambda d: d["layers"][0]["kept_pos"].pop())
+    kmap = out / "conv1.kmap.hex"
+    kmap.write_text("11\n" + "".join(kmap.read_text().split("\n", 1)[1:]))
+    edit(lambda d: d["files"]["conv1.kmap.hex"].__setitem__(
+        "sha256", hashlib.sha256(kmap.read_bytes()).hexdigest()))
+    with pytest.raises(ValueError, match="conv1.kmap.hex: tile 0 of the tile map"):
+        slim.load_slim(out)
+    kmap.write_text("junk\n")
+    with pytest.raises(ValueError, match="conv1.kmap.hex: sha256 differs"):
+        slim.load_slim(out)
