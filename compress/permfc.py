@@ -43,7 +43,7 @@ __all__ = ["VARIANTS", "FORMATS", "PermLinear", "index_bits", "affine_perms", "c
            "check_index_rom", "check_sequence", "random_affine_params", "rank_perms",
            "fit_sequence", "compress_linear", "compress_model", "finetune", "to_dense",
            "quantize_perm_model", "pack_perm_s", "pack_perm_params", "pack_perm_index",
-           "gather_weights"]
+           "gather_weights", "image_memories", "image_restore"]
 
 VARIANTS = ("affine", "index")
 #: QLayer storage format of each variant.
@@ -356,6 +356,86 @@ def pack_perm_index(idx, cfg):
         raise ValueError(f"config {cfg.name!r}: perm_depth={cfg.perm_depth} indices do not fit "
                          f"dw={cfg.dw} bits")
     return pack_weights(idx, cfg)
+
+
+# --- weight images (see slimnfu.gen.image.FORMAT_MODULES) ----------------------------------
+
+def image_memories(qlayer, cfg):
+    """``{item: (words, width)}`` of a perm layer: ``s``, bias, ``perm_ab``/``perm_index``, pwl."""
+    from slimnfu.gen import layout
+
+    d, ab = qlayer.desc, index_bits(cfg.perm_depth)
+    mem = {"s": (pack_perm_s(qlayer.extra["s"], cfg), cfg.dw),
+           "bias": (layout.pack_bias(qlayer.b, cfg), cfg.tn * cfg.acc)}
+    if qlayer.format == "perm_affine":
+        mem["perm_ab"] = (pack_perm_params(qlayer.extra["a"], qlayer.extra["b"], cfg),
+                          2 * cfg.tn * ab)
+    else:
+        mem["perm_index"] = (pack_perm_index(qlayer.extra["idx"], cfg),
+                             cfg.tn * cfg.ti * cfg.dw)
+    if d.act == "pwl":
+        mem["pwl"] = (layout.pack_pwl(qlayer.pwl, cfg), 3 * cfg.dw)
+    return mem
+
+
+def image_restore(entry, files, contents, desc, cfg, where):
+    """Rebuild a perm :class:`QLayer` from a weight image; :class:`ImageError` on any problem.
+
+    Checks the listed items, every file's shape, the common sequence's length against
+    ``n_in``, and that the affine parameters / index ROM are permutations.
+    """
+    from slimnfu.compress.quant import QLayer
+    from slimnfu.gen import image
+    from slimnfu.gen.layout import unpack_words
+
+    fmt = entry["format"]
+    perm_item = "perm_ab" if fmt == "perm_affine" else "perm_index"
+    want = {"s", "bias", perm_item} | ({"pwl"} if desc.act == "pwl" else set())
+    if set(entry["files"]) != want:
+        raise image.ImageError(image.MANIFEST, f"{where}.files",
+                               f"lists {sorted(entry['files'])}, a {fmt} layer with "
+                               f"act={desc.act} needs {sorted(want)}")
+    if desc.kind != "fc" or desc.perm != fmt[5:]:
+        raise image.ImageError(image.MANIFEST, f"{where}.desc",
+                               f"format {fmt!r} needs an fc layer with perm={fmt[5:]!r}")
+    ab = index_bits(cfg.perm_depth)
+    co = desc.tiles(cfg)[1]
+    shapes = {"s": (desc.n_in, cfg.dw), "bias": (co, cfg.tn * cfg.acc),
+              "perm_ab": (co, 2 * cfg.tn * ab),
+              "perm_index": (desc.sb_words(cfg), cfg.tn * cfg.ti * cfg.dw),
+              "pwl": (16, 3 * cfg.dw)}
+    data = {}
+    for item, fname in entry["files"].items():
+        if fname not in contents:
+            raise image.ImageError(image.MANIFEST, f"{where}.files.{item}",
+                                   f"{fname!r} is not listed in files")
+        words, width = shapes[item]
+        got = (files[fname]["words"], files[fname]["width"])
+        if got != (words, width):
+            what = (f"the common sequence has {got[0]} values but the layer has "
+                    f"n_in={desc.n_in}" if item == "s" and got[1] == width else
+                    f"shape does not match {where}.desc ({words} words of {width} bits)")
+            raise image.ImageError(fname, "words", what)
+        data[item] = contents[fname]
+    s = unpack_words(data["s"], 1, cfg.dw).reshape(-1)
+    fn = entry["files"][perm_item]
+    try:
+        if fmt == "perm_affine":
+            pairs = unpack_words(data["perm_ab"], 2 * cfg.tn, ab).reshape(-1, 2)
+            pairs = pairs & ((1 << ab) - 1)
+            a, b = pairs[:desc.n_out, 0].clone(), pairs[:desc.n_out, 1].clone()
+            extra = {"s": s, "a": a, "b": b}
+            idx = affine_perms(a, b, desc.n_in, fn)
+        else:
+            idx = image._unpack_weights(data["perm_index"], desc, cfg, fn)
+            check_index_rom(idx, desc.n_out, desc.n_in, fn)
+            extra = {"s": s, "idx": idx}
+    except ValueError as exc:
+        raise image.ImageError(fn, "values", str(exc)) from None
+    bias = image._unpack_bias(data["bias"], desc, cfg, entry["files"]["bias"])
+    pwl = image._unpack_pwl(data["pwl"], desc, cfg) if "pwl" in data else None
+    return QLayer(entry["name"], desc, s[idx], bias, entry["f_x"], entry["f_w"], entry["f_y"],
+                  pwl, entry["act_func"], fmt, extra)
 
 
 # --- accounting ------------------------------------------------------------------------------

@@ -45,6 +45,17 @@ _LAYER_KEYS = {"name", "desc", "format", "f_x", "f_w", "f_y", "act_func", "files
                "bits", "fits", "fits_error"}
 _FILE_KEYS = {"sha256", "words", "width"}
 
+#: Compressed storage formats an image can hold, and the module that writes and reads them:
+#: ``image_memories(qlayer, cfg) -> {item: (words, width)}`` and
+#: ``image_restore(entry, files, contents, desc, cfg, where) -> QLayer`` (raises ImageError).
+FORMAT_MODULES = {"perm_affine": "slimnfu.compress.permfc",
+                  "perm_index": "slimnfu.compress.permfc"}
+
+
+def _format_module(name):
+    import importlib
+    return importlib.import_module(FORMAT_MODULES[name])
+
 
 class ImageError(ValueError):
     """A weight image is corrupt, truncated, of another version or inconsistent."""
@@ -70,6 +81,8 @@ def _sha256(data):
 
 def _layer_memories(qlayer, cfg):
     """``{item: (words, width)}`` of one layer, from the layout functions."""
+    if qlayer.format in FORMAT_MODULES:
+        return _format_module(qlayer.format).image_memories(qlayer, cfg)
     mem = {}
     if not qlayer.desc.is_pool:
         mem["weights"] = (layout.pack_weights(qlayer.w, cfg), cfg.tn * cfg.ti * cfg.dw)
@@ -106,7 +119,7 @@ def export(qmodel, cfg, out_dir):
     if out.exists() and not (out / MANIFEST).is_file():
         raise ValueError(f"{out} exists and is not a weight image; refusing to replace it")
     for ql in qmodel.layers:
-        if ql.format != "dense":
+        if ql.format != "dense" and ql.format not in FORMAT_MODULES:
             raise ValueError(f"layer {ql.name}: format {ql.format!r} cannot be exported yet "
                              f"(only 'dense')")
     stats = model_stats(qmodel, cfg)
@@ -332,6 +345,10 @@ def load(image_dir):
             desc = LayerDesc.from_dict(e["desc"])
         except (TypeError, ValueError, AttributeError) as exc:
             raise ImageError(MANIFEST, f"{where}.desc", str(exc)) from None
+        if e["format"] in FORMAT_MODULES:
+            layers.append(_format_module(e["format"]).image_restore(e, m["files"], contents,
+                                                                    desc, cfg, where))
+            continue
         if e["format"] != "dense":
             raise ImageError(MANIFEST, f"{where}.format", f"{e['format']!r} is not supported "
                                                           f"(only 'dense')")

@@ -105,3 +105,74 @@ def test_baselines_fit_their_budget():
     assert int((dense[0].weight != 0).sum()) <= kept
     x = torch.rand(5, 20)
     assert torch.allclose(dense[0](x), pruned(x))
+
+
+def _perm_image(tmp_path, variant):
+    import hashlib
+    import json
+
+    from slimnfu.config import CONFIGS
+    from slimnfu.gen import image
+
+    model = permfc.compress_model(_model(), variant, seed=2)
+    x = torch.rand(20, 12)
+    q = permfc.quantize_perm_model(model, x, dw=16)
+    cfg = CONFIGS["tiny"].with_(perm_depth=16)
+    out = tmp_path / f"img_{variant}"
+    image.export(q, cfg, out)
+
+    def tamper(item, edit):
+        manifest = json.loads((out / "manifest.json").read_text())
+        fname = manifest["layers"][0]["files"][item]
+        lines = edit((out / fname).read_text().splitlines())
+        text = "\n".join(lines) + "\n"
+        (out / fname).write_text(text)
+        manifest["files"][fname].update(sha256=hashlib.sha256(text.encode()).hexdigest(),
+                                        words=len(lines))
+        (out / "manifest.json").write_text(json.dumps(manifest))
+
+    return q, out, tamper
+
+
+@pytest.mark.parametrize("variant", permfc.VARIANTS)
+def test_image_round_trip(tmp_path, variant):
+    from slimnfu.gen import image
+
+    q, out, _ = _perm_image(tmp_path, variant)
+    q2, _, manifest = image.load(out)
+    assert q2.layers[0].format == permfc.FORMATS[variant]
+    assert torch.equal(q2.layers[0].w, q.layers[0].w)
+    item = "perm_ab" if variant == "affine" else "perm_index"
+    assert manifest["layers"][0]["files"].keys() == {"s", "bias", item}
+
+
+def test_image_refuses_bad_affine_and_short_sequence(tmp_path):
+    from slimnfu.gen import image
+
+    _, out, tamper = _perm_image(tmp_path, "affine")
+    # a = 4 with n = 12: gcd 4, not a permutation (4-bit a at the low bits of lane 0)
+    tamper("perm_ab", lambda lines: [f"{(int(lines[0], 16) & ~0xf) | 4:0{len(lines[0])}x}"]
+           + lines[1:])
+    with pytest.raises(image.ImageError, match=r"fc1.perm_ab.hex: values: .*row 0 affine "
+                                               r"multiplier a=4 is not a permutation"):
+        image.load(out)
+    _, out, tamper = _perm_image(tmp_path / "b", "affine")
+    tamper("s", lambda lines: lines[:-1])
+    with pytest.raises(image.ImageError, match="fc1.s.hex: words: the common sequence has 11 "
+                                               "values but the layer has n_in=12"):
+        image.load(out)
+
+
+def test_image_refuses_index_rom_that_is_not_a_permutation(tmp_path):
+    from slimnfu.gen import image
+
+    _, out, tamper = _perm_image(tmp_path, "index")
+    # lane 0 of the first SB word is index [0, 0]; copy lane 1 onto it (a repeated index)
+    def dup(lines):
+        word = int(lines[0], 16)
+        lane1 = (word >> 16) & 0xffff
+        return [f"{(word & ~0xffff) | lane1:0{len(lines[0])}x}"] + lines[1:]
+    tamper("perm_index", dup)
+    with pytest.raises(image.ImageError, match=r"fc1.perm_index.hex: values: .*index ROM row 0 "
+                                               r"is not a permutation"):
+        image.load(out)
