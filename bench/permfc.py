@@ -55,6 +55,21 @@ def add_arguments(parser):
     parser.add_argument("--no-synth", action="store_true", help="skip the area measurement")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--base-epochs", nargs="+", default=[], metavar="NET=EPOCHS",
+                        help="train a network's dense base for this many epochs instead of "
+                             "its default (e.g. lenet5=2); other networks use the default")
+
+
+def parse_base_epochs(items):
+    """``["lenet5=2", ...]`` -> ``{"lenet5": 2}``; one message names a bad item."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in NETWORKS or not value.isdigit() or int(value) < 1:
+            raise ValueError(f"--base-epochs needs NET=EPOCHS with NET one of "
+                             f"{', '.join(NETWORKS)} and EPOCHS >= 1, not {item!r}")
+        out[name] = int(value)
+    return out
 
 
 def _accuracy(logits, labels):
@@ -190,7 +205,7 @@ def _synth(progress):
 
 def run(networks=NETWORKS, methods=METHODS, epochs=1, train_subset=20000, calib_n=2000,
         test_limit=None, compress_classifier=False, rtl=True, sim="verilator", seed=0,
-        progress=True, lr=3e-3):
+        progress=True, lr=3e-3, base_epochs=None):
     """Return ``(rows, rtl_entries)`` (see the module docstring)."""
     import torch
     from torch import nn
@@ -208,7 +223,7 @@ def run(networks=NETWORKS, methods=METHODS, epochs=1, train_subset=20000, calib_
     rows, rtl_jobs = [], []
     for name in networks:
         dataset = network_info(name)["dataset"]
-        base, info = train(name, progress=progress)
+        base, info = train(name, epochs=(base_epochs or {}).get(name), progress=progress)
         x_train, y_train = data.load(dataset, "train")
         x_train, y_train = x_train[:train_subset], y_train[:train_subset]
         x_test, y_test = data.load(dataset, "test")
@@ -233,7 +248,8 @@ def run(networks=NETWORKS, methods=METHODS, epochs=1, train_subset=20000, calib_
                                          if l["kind"] == "fc"),
                   "fc_bits_dense": sum(l["bits_dense"] for l in dense_stats["layers"]
                                        if l["kind"] == "fc"),
-                  "config": cfg.name, "rtl_scope": "compressed fc layers"}
+                  "config": cfg.name, "rtl_scope": "compressed fc layers",
+                  "base_epochs": info["epochs"], "base_cache_hit": info["cache_hit"]}
         rows.append({**common, "method": "dense", "acc_float": acc_base,
                      "acc_int": _accuracy(logits, y_test), "macs": dense_stats["macs"],
                      "params": dense_stats["params"], "bits": dense_stats["bits"],
@@ -323,10 +339,11 @@ def main(args):
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, not {args.threads}")
     torch.set_num_threads(args.threads)
+    base_epochs = parse_base_epochs(args.base_epochs)
     start = time.perf_counter()
     rows, _ = run(args.networks, args.methods, args.epochs, args.train_subset, args.calib,
                   args.test_limit, args.compress_classifier, not args.no_rtl, args.sim,
-                  args.seed, progress=True)
+                  args.seed, progress=True, base_epochs=base_epochs)
     area = None if args.no_synth else _synth(progress=True)
     _write_json(args.out, {"benchmark": "permfc", "rows": rows, "area": area,
                            "wall_s": round(time.perf_counter() - start, 3),
