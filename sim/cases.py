@@ -188,6 +188,9 @@ def regression_cases(cfg, seed=1, quick=False, images=None, extra=()):
     if cfg.perm and not quick:
         from slimnfu.sim.perm_cases import perm_cases
         cases += perm_cases(cfg, seed, images)
+    if cfg.kgate and not quick:
+        from slimnfu.sim.slim_cases import slim_cases
+        cases += slim_cases(cfg, seed, images)
     if cfg.ikr and not quick:
         from slimnfu.sim.ikr_jobs import regression_ikr_cases
         cases += regression_ikr_cases(cfg, seed)

@@ -68,7 +68,8 @@ class EngineTB:
         dut.start.value = 0
         await with_timeout(RisingEdge(dut.done), timeout_cycles * CLOCK_NS, "ns")
         await ReadOnly()
-        counters = {name: getattr(dut, name).value.to_unsigned() for name in COUNTERS}
+        names = COUNTERS + (("gated",) if hasattr(dut, "gated") else ())
+        counters = {name: getattr(dut, name).value.to_unsigned() for name in names}
         await FallingEdge(dut.clk)
         return counters
 

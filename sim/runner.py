@@ -142,6 +142,8 @@ def compare(case, raw, cfg, latency, sim):
              "mults": counters.get("mults"), "sat_events": counters.get("sat_events"),
              "expected_sat_events": case.expected_sat, "mismatches": None,
              "error": raw.get("error"), "source": case.source, "desc": desc.to_dict()}
+    if "gated" in counters:
+        entry["gated"], entry["expected_gated"] = counters["gated"], desc.gated_mults(cfg)
     if raw.get("run_s"):
         entry["sim_cycles_per_s"] = round(counters["cycles"] / raw["run_s"], 1)
     if entry["error"]:
@@ -156,8 +158,8 @@ def compare(case, raw, cfg, latency, sim):
         problems.append(f"{bad.shape[0]} outputs differ; first at channel {c}, y {yy}, x {xx}: "
                         f"rtl {int(y[c, yy, xx])}, reference {int(want[c, yy, xx])}")
     for key, want_key in (("cycles", "expected_cycles"), ("steps", "expected_steps"),
-                          ("sat_events", "expected_sat_events")):
-        if entry[key] != entry[want_key]:
+                          ("sat_events", "expected_sat_events"), ("gated", "expected_gated")):
+        if entry.get(key) != entry.get(want_key):
             problems.append(f"{key} {entry[key]} != expected {entry[want_key]}")
     entry["error"] = "; ".join(problems) or None
     entry["passed"] = not problems
