@@ -336,7 +336,8 @@ class LayerDesc:
         return self.tiles(cfg)[1] * self.h_out * self.w_out
 
     def sb_words(self, cfg):
-        if self.is_pool:
+        # an affine-permuted FC layer reads no SB: its weights are gathered from s
+        if self.is_pool or self.perm == "affine":
             return 0
         ci, co = self.tiles(cfg)
         return ci * co * (self.ikr_n or self.k * self.k)

@@ -84,3 +84,11 @@ def test_descriptor_refuses_perm_layer_without_perm_config():
         descriptor_value(desc, CONFIGS["small"])
     with pytest.raises(ValueError, match="perm_depth=64"):
         LayerDesc("fc", 65, 4, perm="index").check(CFG)
+
+
+def test_affine_layer_needs_no_sb_words():
+    big = LayerDesc("fc", 784, 300, perm="affine")
+    assert big.sb_words(CONFIGS["tiny"]) == 0
+    big.check(CONFIGS["tiny"])
+    with pytest.raises(ValueError, match="sb_depth"):
+        LayerDesc("fc", 784, 300, perm="index").check(CONFIGS["tiny"])
