@@ -26,7 +26,7 @@ export SLIMNFU_DATA
 export PATH := $(abspath $(BIN)):$(PATH)
 unexport VERILATOR_ROOT
 
-BENCHES := hw models ikr permfc
+BENCHES := hw models ikr permfc slim
 
 .PHONY: setup test demo verilog cosim bench $(addprefix bench-,$(BENCHES)) clean help
 
@@ -57,7 +57,8 @@ verilog: $(STAMP)
 	$(SLIMNFU) synth --config $(CONFIG)
 
 cosim: $(STAMP)
-	$(SLIMNFU) cosim --config $(CONFIG) --sim $(SIM) $(if $(filter 1,$(WAVES)),--waves)
+	$(SLIMNFU) cosim --config $(CONFIG) --sim $(SIM) $(if $(filter 1,$(WAVES)),--waves) \
+		$(foreach s,$(SET),--set $(s))
 
 bench: $(addprefix bench-,$(BENCHES))
 

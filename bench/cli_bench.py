@@ -7,6 +7,7 @@ BENCHES = {
     "models": "slimnfu.bench.models",
     "ikr": "slimnfu.bench.ikr",
     "permfc": "slimnfu.bench.permfc",
+    "slim": "slimnfu.bench.slim",
 }
 
 

@@ -1,0 +1,230 @@
+"""``slimnfu bench slim``: slimmer CNNs (method A) under accuracy budgets, measured.
+
+For each network, treatment (lower kernel, linear approximation, both) and budget: rank the
+conv features on calibration images, run the greedy budget algorithm, fine-tune, quantise,
+and report the DESIGN.md section 8 rows. RTL cycles are measured in co-simulation
+(Verilator by default, config ``tiny`` with ``kgate``) on one test image, for the **conv
+layers** (``rtl_scope``): the dense conv layers versus every engine pass of the slim layers
+(kernel-size passes, gated mixed tiles, 1x1 approximation passes). ``rtl_cycles_ideal`` is the
+dense conv cycles times the conv MAC ratio. ``gated`` / ``mults`` is the share of issued
+multiplies the kernel gate switched off. ``area`` holds Yosys figures of the engine with the
+gate off and on (``--no-area`` skips them).
+"""
+
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from slimnfu.compress import data, fixed, slim, train
+from slimnfu.compress.accounting import model_stats
+from slimnfu.compress.quant import int_forward, quantize_model
+from slimnfu.config import get_config
+from slimnfu.sim.cases import Case
+
+NETWORKS = {"lenet5": "mnist", "vgg_fmnist": "fashion-mnist"}
+
+
+def add_arguments(parser):
+    parser.add_argument("--networks", nargs="+", default=["lenet5"], choices=sorted(NETWORKS),
+                        help="networks (default lenet5; vgg_fmnist is slow on 2 cores)")
+    parser.add_argument("--budgets", nargs="+", type=float, default=[0.5, 1.0],
+                        help="accuracy budgets in percentage points (default 0.5 1)")
+    parser.add_argument("--treatments", nargs="+", default=list(slim.TREATMENTS),
+                        choices=slim.TREATMENTS, help="treatments (default all)")
+    parser.add_argument("--calib", type=int, default=1000,
+                        help="calibration images for the budget check (default 1000)")
+    parser.add_argument("--finetune", type=int, default=10000,
+                        help="training images of the one fine-tune epoch (default 10000; 0: off)")
+    parser.add_argument("--config", default="tiny", help="accelerator config (default tiny)")
+    parser.add_argument("--sim", default="verilator", choices=("verilator", "icarus"),
+                        help="simulator of the cycle measurement")
+    parser.add_argument("--no-cosim", action="store_true", help="skip the RTL measurement")
+    parser.add_argument("--no-area", action="store_true",
+                        help="skip the Yosys synthesis of the engine with the gate off and on")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--train-subset", type=int, default=None,
+                        help="train the base network on this many images (smoke runs)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs of the base network (default: the network's own)")
+
+
+def _write_json(path, obj):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _acc(logits, labels):
+    return round(100.0 * float((logits.argmax(1) == labels).float().mean()), 2)
+
+
+def _dense_cases(qdense, x_img, cfg):
+    cases, x = [], x_img
+    for layer in qdense.layers:
+        if layer.desc.kind == "conv":
+            count = fixed.SatCount()
+            y = layer.run(x, cfg.dw, count)
+            cases.append(Case(f"dense_{layer.name}", layer.desc, x[0], layer.w, layer.b,
+                              layer.pwl, y[0], count.events, "mnist"))
+        x = layer.run(x, cfg.dw) if layer.desc.kind != "fc" else x
+        if layer.desc.kind == "fc":
+            break
+    return cases
+
+
+def _slim_cases(qslim, x_img, cfg):
+    from slimnfu.sim.slim_cases import slim_layer_cases
+
+    cases, x = [], x_img
+    for layer in qslim.layers:
+        if layer.format == "slim":
+            cs, _ = slim_layer_cases(layer, x, cfg, f"slim_{layer.name}", "mnist")
+            cases += cs
+            x = slim.slim_layer_run(layer, x, cfg.dw)
+        elif layer.desc.kind == "fc":
+            break
+        else:
+            x = layer.run(x, cfg.dw)
+    return cases
+
+
+def _bench_cfg(qdense, cfg):
+    """``cfg`` with buffers deep enough for every conv layer of the network (powers of two)."""
+    need = {}
+    for layer in qdense.layers:
+        if layer.desc.kind == "conv":
+            d = layer.desc
+            for key, words in (("nbin_depth", d.nbin_words(cfg)), ("sb_depth", d.sb_words(cfg)),
+                               ("nbout_depth", d.nbout_words(cfg)),
+                               ("bias_depth", d.tiles(cfg)[1])):
+                need[key] = max(need.get(key, 0), getattr(cfg, key), words)
+    return cfg.with_(**{k: 1 << (v - 1).bit_length() for k, v in need.items()})
+
+
+def _measure(cases, cfg, sim):
+    from slimnfu.sim.runner import run_regression
+
+    entries = run_regression(cfg, cases, sims=(sim,), log=lambda *a: None)
+    bad = [f"{e['name']}: {e['error']}" for e in entries if not e["passed"]]
+    return {"cycles": sum(e["cycles"] or 0 for e in entries),
+            "mults": sum(e["mults"] or 0 for e in entries),
+            "gated": sum(e.get("gated") or 0 for e in entries),
+            "passes": len(entries), "bit_exact": not bad, "errors": bad[:5]}
+
+
+def run_network(name, args, cfg, log=print, on_row=None):
+    ds = NETWORKS[name]
+    model, info = train.train(name, epochs=args.epochs, subset=args.train_subset,
+                              progress=False)
+    cx, cy = data.load(ds, "calib")
+    tx, ty = data.load(ds, "test")
+    trx, try_ = data.load(ds, "train")
+    cx, cy = cx[:args.calib], cy[:args.calib]
+    sample = tuple(tx.shape[1:])
+    qdense = quantize_model(model, cx[:500], cfg.dw, cfg.acc)
+    cfg = _bench_cfg(qdense, cfg)
+    dense_stats = model_stats(qdense)
+    acc_int_base = _acc(int_forward(qdense, tx)[0], ty)
+    acc_base = round(train.evaluate(model, tx, ty), 2)
+    x_img = fixed.quantize(tx[:1], qdense.f_in, cfg.dw)
+    dense_rtl = None
+    if not args.no_cosim:
+        dense_rtl = _measure(_dense_cases(qdense, x_img, cfg), cfg, args.sim)
+        log(f"{name}: dense conv layers {dense_rtl['cycles']} cycles ({args.sim})")
+    t0 = time.perf_counter()
+    ranking = slim.importance(slim.slim_model(model), cx[:500], cy[:500])
+    rank_s = time.perf_counter() - t0
+    rows = []
+    for treatment in args.treatments:
+        for budget in args.budgets:
+            t0 = time.perf_counter()
+            sm = slim.slim_model(model)
+            g = slim.greedy(sm, cx, cy, budget, treatment, ranking=ranking)
+            greedy_s = time.perf_counter() - t0
+            acc_greedy = round(train.evaluate(sm, tx, ty), 2)
+            if args.finetune:
+                slim.fine_tune(sm, trx[:args.finetune], try_[:args.finetune])
+            qslim = slim.quantize_slim(sm, cx[:500], cfg.dw, cfg.acc)
+            st = model_stats(qslim)
+            conv_dense, conv_slim, _ = slim.conv_macs(sm, sample)
+            row = {
+                "network": name, "dataset": ds, "method": f"slim_{treatment}",
+                "budget_pct": budget, "acc_float_base": acc_base,
+                "acc_float": round(train.evaluate(sm, tx, ty), 2),
+                "acc_int": _acc(slim.slim_int_forward(qslim, tx)[0], ty),
+                "acc_int_base": acc_int_base, "acc_float_before_finetune": acc_greedy,
+                "acc_calib_base": g["acc_calib_base"], "acc_calib_greedy": g["acc_calib"],
+                "macs_dense": dense_stats["macs_dense"],
+                "macs": dense_stats["macs"] - dense_stats["conv_macs"] + st["conv_macs"],
+                "conv_macs_dense": dense_stats["conv_macs"], "conv_macs": st["conv_macs"],
+                "params_dense": dense_stats["params"], "params": st["params"],
+                "bits_dense": dense_stats["bits"], "bits": st["bits"],
+                "rtl_cycles_dense": None, "rtl_cycles": None, "config": cfg.name,
+                "rtl_scope": "conv layers, one test image", "calib_images": args.calib,
+                "finetune_images": args.finetune, "greedy_s": round(greedy_s, 1),
+                "ranking_s": round(rank_s, 1), "changes": len(g["log"]),
+                "layers": slim.slim_report(sm, sample),
+            }
+            assert conv_dense == row["conv_macs_dense"] and conv_slim == row["conv_macs"]
+            if dense_rtl is not None:
+                m = _measure(_slim_cases(qslim, fixed.quantize(tx[:1], qslim.f_in, cfg.dw),
+                                         cfg), cfg, args.sim)
+                row.update({
+                    "rtl_cycles_dense": dense_rtl["cycles"], "rtl_cycles": m["cycles"],
+                    "rtl_cycles_ideal": round(dense_rtl["cycles"] * conv_slim / conv_dense),
+                    "rtl_mults": m["mults"], "rtl_gated": m["gated"],
+                    "gated_share": round(m["gated"] / max(1, m["mults"]), 4),
+                    "rtl_passes": m["passes"], "rtl_bit_exact": m["bit_exact"] and
+                    dense_rtl["bit_exact"], "rtl_errors": m["errors"] + dense_rtl["errors"],
+                    "sim": args.sim})
+            log(f"{name} {treatment} {budget}%: acc {row['acc_float']} (int {row['acc_int']}, "
+                f"base {acc_base}), conv MACs {row['conv_macs']}/{row['conv_macs_dense']}, "
+                f"cycles {row['rtl_cycles']}/{row['rtl_cycles_dense']} "
+                f"(ideal {row.get('rtl_cycles_ideal')}), gated {row.get('gated_share')}")
+            rows.append(row)
+            if on_row:
+                on_row(row)
+    return rows
+
+
+def area(log=print):
+    """Yosys figures of the engine with the kernel gate off and on (config tiny)."""
+    from slimnfu.config import CONFIGS
+    from slimnfu.gen.synth import synth_config
+
+    out = {}
+    for label, cfg in (("kgate_off", CONFIGS["tiny"].with_(name="tiny_nokgate_area")),
+                       ("kgate_on", CONFIGS["tiny"].with_(name="tiny_kgate_area", kgate=True))):
+        r = synth_config(cfg, pnr=False, progress=False)
+        out[label] = {k: r.get(k) for k in ("config", "cells", "luts", "ffs", "dsps", "brams",
+                                            "memory_bits", "figures_from", "wall_s")}
+        out[label]["generic_cells"] = r["generic"].get("cells")
+        log(f"area {label}: {out[label]}")
+    return out
+
+
+def main(args):
+    torch.set_num_threads(args.threads)
+    cfg = get_config(args.config)
+    cfg = cfg.with_(name=f"{cfg.name}_kgate_bench", kgate=True)
+    t0 = time.perf_counter()
+    rows = []
+    result = {"benchmark": "slim", "rows": rows}
+    for name in args.networks:
+        run_network(name, args, cfg, on_row=lambda row: (rows.append(row),
+                                                          _write_json(args.out, result)))
+    if not args.no_area:
+        result["area"] = area()
+    result["wall_s"] = round(time.perf_counter() - t0, 1)
+    result["host"] = {"python": platform.python_version(), "torch": torch.__version__}
+    _write_json(args.out, result)
+    print(f"wrote {args.out}")
+    return 0
