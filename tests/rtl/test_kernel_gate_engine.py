@@ -13,7 +13,7 @@ def _centred(w, lane_k, tn):
     w = w.clone()
     k = w.shape[-1]
     for o in range(w.shape[0]):
-        lk = lane_k[o % tn] or k
+        lk = (lane_k[o % tn] if lane_k else 0) or k
         off = (k - lk) // 2
         keep = torch.zeros(k, k, dtype=torch.bool)
         keep[off:off + lk, off:off + lk] = True
@@ -24,6 +24,7 @@ def _centred(w, lane_k, tn):
 @pytest.mark.parametrize("n_in, n_out, k, pad, lane_k", [
     (5, 4, 5, 0, (5, 3, 1, 3)),
     (3, 6, 3, 1, (1, 3, 0, 1)),
+    (6, 5, 3, 1, ()),  # no lane_k: the gated engine is the dense engine
 ])
 def test_mixed_tile_is_bit_exact_and_gated_multiplies_are_counted(n_in, n_out, k, pad, lane_k):
     cfg = get_config("tiny").with_(kgate=True)
@@ -37,7 +38,8 @@ def test_mixed_tile_is_bit_exact_and_gated_multiplies_are_counted(n_in, n_out, k
     y, counters, _ = run_layer_amaranth(cfg, desc, x, w, b)
     want = fixed.run_layer(desc, x, _centred(w, lane_k, cfg.tn), b, cfg.dw)
     assert torch.equal(y, want)
-    assert counters["gated"] == desc.gated_mults(cfg) > 0
+    assert counters["gated"] == desc.gated_mults(cfg)
+    assert (counters["gated"] > 0) == bool(lane_k)
     assert counters["cycles"] == desc.dense_cycles(cfg) + LayerEngine.LATENCY
 
 
