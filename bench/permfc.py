@@ -53,6 +53,8 @@ def add_arguments(parser):
     parser.add_argument("--no-rtl", action="store_true", help="skip the co-simulation")
     parser.add_argument("--sim", default="verilator", choices=("verilator", "icarus"))
     parser.add_argument("--no-synth", action="store_true", help="skip the area measurement")
+    parser.add_argument("--area-only", action="store_true",
+                        help="only (re)measure the area; keep the rows of an existing --out")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--base-epochs", nargs="+", default=[], metavar="NET=EPOCHS",
@@ -190,16 +192,23 @@ def _synth(progress):
     cfg = get_config("tiny")
     out = {"config": cfg.name, "perm_depth": cfg.perm_depth}
     root = REPO_ROOT / "build" / "bench" / "permfc_synth"
+    def step(key, work):
+        # each figure stands alone: one failed synthesis does not lose the others
+        try:
+            out[key] = work()
+        except Exception as exc:
+            out[key] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+
     for name, comp in (("perm_addr_gen", PermAddrGen(cfg)), ("perm_sb", PermSB(cfg))):
         vfile = root / f"{name}.v"
         vfile.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(vfile, verilog.convert(comp, name=name, emit_src=False))
-        rep = synth_verilog(vfile, name, root / name, ecp5=True, pnr=False, progress=progress)
-        out[name] = rep
+        step(name, lambda: synth_verilog(vfile, name, root / name, ecp5=True, pnr=False,
+                                         progress=progress))
     for perm in (True, False):
         c = cfg.with_(name=f"tiny_perm{'on' if perm else 'off'}", perm=perm)
-        out[f"engine_perm_{'on' if perm else 'off'}"] = synth_config(
-            c, out=root / f"{c.name}.json", pnr=False, progress=progress)
+        step(f"engine_perm_{'on' if perm else 'off'}",
+             lambda: synth_config(c, out=root / f"{c.name}.json", pnr=False, progress=progress))
     return out
 
 
@@ -341,6 +350,13 @@ def main(args):
     torch.set_num_threads(args.threads)
     base_epochs = parse_base_epochs(args.base_epochs)
     start = time.perf_counter()
+    if args.area_only:
+        old = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
+        report = {**old, "benchmark": "permfc", "rows": old.get("rows", []),
+                  "area": _synth(progress=True)}
+        _write_json(args.out, report)
+        print(f"wrote {args.out}")
+        return 0
     rows, _ = run(args.networks, args.methods, args.epochs, args.train_subset, args.calib,
                   args.test_limit, args.compress_classifier, not args.no_rtl, args.sim,
                   args.seed, progress=True, base_epochs=base_epochs)
