@@ -87,7 +87,7 @@ NETWORKS = {
     },
     "vgg_fmnist": {
         "build": _vgg_fmnist, "dataset": "fashion-mnist", "title": "VGG-style (Fashion-MNIST)",
-        "epochs": 6, "lr": 1e-3, "batch_size": 128, "optimizer": "adam",
+        "epochs": 10, "lr": 1e-3, "batch_size": 128, "optimizer": "adam",
         "weight_decay": 0.0, "schedule": "cosine",
     },
 }
