@@ -154,7 +154,7 @@ class AccelConfig:
 
 CONFIGS = {
     "tiny": AccelConfig("tiny", tn=4, ti=4, dw=16, acc=48, nbin_depth=2048, sb_depth=1024,
-                        nbout_depth=4096, bias_depth=128, perm=True),
+                        nbout_depth=4096, bias_depth=128),
     "small": AccelConfig("small", tn=8, ti=8, dw=16, acc=48, nbin_depth=1024, sb_depth=1024,
                          nbout_depth=2048, bias_depth=64),
     "diannao": AccelConfig("diannao", tn=16, ti=16, dw=16, acc=48, nbin_depth=2048,

@@ -117,7 +117,7 @@ def _perm_image(tmp_path, variant):
     model = permfc.compress_model(_model(), variant, seed=2)
     x = torch.rand(20, 12)
     q = permfc.quantize_perm_model(model, x, dw=16)
-    cfg = CONFIGS["tiny"].with_(perm_depth=16)
+    cfg = CONFIGS["tiny"].with_(perm=True, perm_depth=16)
     out = tmp_path / f"img_{variant}"
     image.export(q, cfg, out)
 

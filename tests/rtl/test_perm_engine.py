@@ -87,8 +87,9 @@ def test_descriptor_refuses_perm_layer_without_perm_config():
 
 
 def test_affine_layer_needs_no_sb_words():
+    cfg = CONFIGS["tiny"].with_(perm=True)
     big = LayerDesc("fc", 784, 300, perm="affine")
-    assert big.sb_words(CONFIGS["tiny"]) == 0
-    big.check(CONFIGS["tiny"])
+    assert big.sb_words(cfg) == 0
+    big.check(cfg)
     with pytest.raises(ValueError, match="sb_depth"):
-        LayerDesc("fc", 784, 300, perm="index").check(CONFIGS["tiny"])
+        LayerDesc("fc", 784, 300, perm="index").check(cfg)
