@@ -19,19 +19,9 @@ def register(sub):
         bp = bsub.add_parser(name, help=f"the {name} benchmark ({module})")
         bp.add_argument("--out", default=f"build/bench/{name}.json", help="output JSON path")
         bp.set_defaults(func=_runner(module))
-        bp.set_defaults(_module=module)
-        mod_args = getattr(importlib.import_module(module), "add_arguments", None) \
-            if _importable(module) else None
-        if mod_args:
-            mod_args(bp)
-
-
-def _importable(module):
-    try:
-        importlib.import_module(module)
-        return True
-    except ModuleNotFoundError:
-        return False
+        add_arguments = getattr(importlib.import_module(module), "add_arguments", None)
+        if add_arguments:
+            add_arguments(bp)
 
 
 def _runner(module):
