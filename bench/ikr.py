@@ -19,12 +19,9 @@ baseline; validation = the last ``--val`` training images, never the test set):
 """
 
 import copy
-import json
-import os
 import platform
-import tempfile
 import time
-from pathlib import Path
+from slimnfu.atomic import write_json
 
 __all__ = ["main", "add_arguments", "run"]
 
@@ -251,15 +248,6 @@ def run(networks, budgets, val_n=5000, calib_n=2000, patterns=16, ft=150, cosim=
     return rows
 
 
-def _write_json(path, obj):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
 def area(log=print):
     """Yosys (generic + ECP5) figures of the tiny engine with the IKR decoder off and on."""
     from slimnfu.config import CONFIGS
@@ -282,13 +270,13 @@ def main(args):
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     if args.area_only:
-        _write_json(args.out, {"benchmark": "ikr_area", "area": area(),
+        write_json(args.out, {"benchmark": "ikr_area", "area": area(),
                                "wall_s": round(time.perf_counter() - t0, 1)})
         print(f"wrote {args.out}")
         return 0
     rows = run(args.networks, args.budgets, args.val, args.calib, args.patterns,
                args.finetune_batches, not args.no_cosim)
-    _write_json(args.out, {"benchmark": "ikr", "rows": rows,
+    write_json(args.out, {"benchmark": "ikr", "rows": rows,
                            "wall_s": round(time.perf_counter() - t0, 1),
                            "host": {"python": platform.python_version(),
                                     "torch": torch.__version__}})

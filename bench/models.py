@@ -10,12 +10,9 @@ are not measured here (``rtl_cycles*`` are null); ``analytic_cycles_<config>`` i
 analytic dense cycle count ``sum(LayerDesc.dense_cycles)`` for each named config.
 """
 
-import json
-import os
 import platform
-import tempfile
 import time
-from pathlib import Path
+from slimnfu.atomic import write_json
 
 __all__ = ["main", "add_arguments", "run", "markdown_table"]
 
@@ -111,21 +108,6 @@ def markdown_table(rows):
     return "\n".join(lines)
 
 
-def _write_json(path, obj):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def main(args):
     import torch
 
@@ -135,7 +117,7 @@ def main(args):
     start = time.perf_counter()
     rows = run(args.networks, args.dws, args.calib, args.test_limit, args.subset,
                not args.no_progress)
-    _write_json(args.out, {"benchmark": "models", "rows": rows,
+    write_json(args.out, {"benchmark": "models", "rows": rows,
                            "wall_s": round(time.perf_counter() - start, 3),
                            "host": {"python": platform.python_version(),
                                     "torch": torch.__version__, "threads": args.threads}})

@@ -28,11 +28,10 @@ and the whole engine of ``tiny`` with ``perm`` on and off, through Yosys (generi
 """
 
 import json
-import os
 import platform
-import tempfile
 import time
 from pathlib import Path
+from slimnfu.atomic import write_json
 
 __all__ = ["main", "add_arguments", "run", "markdown_table"]
 
@@ -327,21 +326,6 @@ def markdown_table(rows):
     return "\n".join(lines)
 
 
-def _write_json(path, obj):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def main(args):
     import torch
 
@@ -354,7 +338,7 @@ def main(args):
         old = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
         report = {**old, "benchmark": "permfc", "rows": old.get("rows", []),
                   "area": _synth(progress=True)}
-        _write_json(args.out, report)
+        write_json(args.out, report)
         print(f"wrote {args.out}")
         return 0
     rows, _ = run(args.networks, args.methods, args.epochs, args.train_subset, args.calib,
@@ -363,13 +347,13 @@ def main(args):
     report = {"benchmark": "permfc", "rows": rows, "area": None,
               "host": {"python": platform.python_version(), "torch": torch.__version__,
                        "threads": args.threads}}
-    _write_json(args.out, {**report, "wall_s": round(time.perf_counter() - start, 3)})
+    write_json(args.out, {**report, "wall_s": round(time.perf_counter() - start, 3)})
     if not args.no_synth:
         try:
             report["area"] = _synth(progress=True)
         except Exception as exc:  # the rows above stay valid; say why the area is missing
             report["area"] = {"error": f"{type(exc).__name__}: {exc}"}
-        _write_json(args.out, {**report, "wall_s": round(time.perf_counter() - start, 3)})
+        write_json(args.out, {**report, "wall_s": round(time.perf_counter() - start, 3)})
     print(markdown_table(rows))
     print(f"wrote {args.out}")
     return 0

@@ -11,12 +11,8 @@ multiplies the kernel gate switched off. ``area`` holds Yosys figures of the eng
 gate off and on (``--no-area`` skips them).
 """
 
-import json
-import os
 import platform
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
@@ -25,6 +21,7 @@ from slimnfu.compress.accounting import model_stats
 from slimnfu.compress.quant import int_forward, quantize_model
 from slimnfu.config import get_config
 from slimnfu.sim.cases import Case
+from slimnfu.atomic import write_json
 
 NETWORKS = {"lenet5": "mnist", "vgg_fmnist": "fashion-mnist"}
 
@@ -51,15 +48,6 @@ def add_arguments(parser):
                         help="train the base network on this many images (smoke runs)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs of the base network (default: the network's own)")
-
-
-def _write_json(path, obj):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 def _acc(logits, labels):
@@ -220,11 +208,11 @@ def main(args):
     result = {"benchmark": "slim", "rows": rows}
     for name in args.networks:
         run_network(name, args, cfg, on_row=lambda row: (rows.append(row),
-                                                          _write_json(args.out, result)))
+                                                          write_json(args.out, result)))
     if not args.no_area:
         result["area"] = area()
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     result["host"] = {"python": platform.python_version(), "torch": torch.__version__}
-    _write_json(args.out, result)
+    write_json(args.out, result)
     print(f"wrote {args.out}")
     return 0

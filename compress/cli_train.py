@@ -1,6 +1,7 @@
 """``slimnfu train`` and ``slimnfu eval``: train (or load from the cache) a reference network."""
 
 import argparse
+from slimnfu.atomic import write_json
 
 __all__ = ["register"]
 
@@ -23,26 +24,6 @@ def _add_common(parser):
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _write_json(path, obj):
-    import json
-    import os
-    import pathlib
-    import tempfile
-
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _run(args):
     import torch
     from slimnfu.compress.train import train
@@ -61,7 +42,7 @@ def _train(args):
     print(f"{args.name} on {info['dataset']}: {how}, test accuracy {info['acc_test']:.2f}% "
           f"({info['path']})")
     if args.json:
-        _write_json(args.json, info)
+        write_json(args.json, info)
     return 0
 
 
@@ -77,7 +58,7 @@ def _eval(args):
     print(f"{args.name} on {info['dataset']} {args.split} ({len(labels)} images): "
           f"accuracy {acc:.2f}%")
     if args.json:
-        _write_json(args.json, dict(info, split=args.split, acc=acc))
+        write_json(args.json, dict(info, split=args.split, acc=acc))
     return 0
 
 

@@ -10,8 +10,9 @@ sees half a file::
 import hashlib
 import importlib
 import json
-import os
 from pathlib import Path
+
+from slimnfu.atomic import atomic_write
 
 __all__ = ["BLOCKS", "DEFAULT_ROOT", "emit_block", "emit_engine", "verilog_text", "atomic_write"]
 
@@ -27,20 +28,6 @@ BLOCKS = {
 DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "build" / "verilog"
 
 
-def atomic_write(path, data):
-    """Write ``data`` (str or bytes) to ``path`` through a temporary sibling and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    mode = "wb" if isinstance(data, bytes) else "w"
-    try:
-        with open(tmp, mode) as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def _block_class(block):
