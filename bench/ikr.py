@@ -251,17 +251,9 @@ def run(networks, budgets, val_n=5000, calib_n=2000, patterns=16, ft=150, cosim=
 def area(log=print):
     """Yosys (generic + ECP5) figures of the tiny engine with the IKR decoder off and on."""
     from slimnfu.config import CONFIGS
-    from slimnfu.gen.synth import synth_config
+    from slimnfu.gen.synth import feature_area
 
-    out = {}
-    for label, cfg in (("ikr_off", CONFIGS["tiny"].with_(name="tiny_dense_area")),
-                       ("ikr_on", CONFIGS["tiny"].with_(name="tiny_ikr_area", ikr=True))):
-        r = synth_config(cfg, pnr=False, progress=False)
-        out[label] = {k: r.get(k) for k in ("config", "cells", "luts", "ffs", "dsps", "brams",
-                                            "memory_bits", "figures_from", "wall_s")}
-        out[label]["generic_cells"] = r["generic"].get("cells")
-        log(f"area {label}: {out[label]}")
-    return out
+    return feature_area(CONFIGS["tiny"], "ikr", "tiny_dense_area", "tiny_ikr_area", log)
 
 
 def main(args):

@@ -186,17 +186,9 @@ def run_network(name, args, cfg, log=print, on_row=None):
 def area(log=print):
     """Yosys figures of the engine with the kernel gate off and on (config tiny)."""
     from slimnfu.config import CONFIGS
-    from slimnfu.gen.synth import synth_config
+    from slimnfu.gen.synth import feature_area
 
-    out = {}
-    for label, cfg in (("kgate_off", CONFIGS["tiny"].with_(name="tiny_nokgate_area")),
-                       ("kgate_on", CONFIGS["tiny"].with_(name="tiny_kgate_area", kgate=True))):
-        r = synth_config(cfg, pnr=False, progress=False)
-        out[label] = {k: r.get(k) for k in ("config", "cells", "luts", "ffs", "dsps", "brams",
-                                            "memory_bits", "figures_from", "wall_s")}
-        out[label]["generic_cells"] = r["generic"].get("cells")
-        log(f"area {label}: {out[label]}")
-    return out
+    return feature_area(CONFIGS["tiny"], "kgate", "tiny_nokgate_area", "tiny_kgate_area", log)
 
 
 def main(args):

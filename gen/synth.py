@@ -26,7 +26,7 @@ from pathlib import Path
 from slimnfu.gen.verilog import atomic_write
 
 __all__ = ["ECP5_PARTS", "REPO_ROOT", "synth_generic", "synth_ecp5", "choose_part",
-           "place_route", "synth_verilog", "synth_config", "tool_versions"]
+           "place_route", "synth_verilog", "synth_config", "tool_versions", "feature_area"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -262,3 +262,21 @@ def synth_config(cfg, out=None, build_root=None, pnr=True, progress=True):
               "verilog_sha256": emitted["sha256"], **report}
     atomic_write(out, json.dumps(report, indent=1, sort_keys=False) + "\n")
     return report
+
+
+def feature_area(cfg, feature, off_name, on_name, log=print):
+    """Yosys figures of ``cfg`` with the boolean config ``feature`` off and on (no P&R).
+
+    Returns ``{"<feature>_off": {...}, "<feature>_on": {...}}``; the two builds are named
+    ``off_name`` and ``on_name`` (their reports go to ``build/synth/<name>.json``).
+    """
+    out = {}
+    for state, name in (("off", off_name), ("on", on_name)):
+        label = f"{feature}_{state}"
+        r = synth_config(cfg.with_(name=name, **{feature: state == "on"}), pnr=False,
+                         progress=False)
+        out[label] = {k: r.get(k) for k in ("config", "cells", "luts", "ffs", "dsps", "brams",
+                                            "memory_bits", "figures_from", "wall_s")}
+        out[label]["generic_cells"] = r["generic"].get("cells")
+        log(f"area {label}: {out[label]}")
+    return out
