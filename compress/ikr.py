@@ -341,6 +341,132 @@ def _ikr_params(qlayer):
     return d.n_out * d.n_in * d.ikr_n + d.n_out
 
 
+# Weight images (see slimnfu.gen.image.FORMAT_MODULES).
+
+#: Layer fields an ``"ikr"`` manifest entry holds besides the common ones.
+IMAGE_LAYER_KEYS = {"ikr_patterns"}
+
+
+def image_entry(qlayer):
+    """Extra manifest fields of an IKR layer: the library size ``P``."""
+    return {"ikr_patterns": int(qlayer.extra["ikr_patterns"].shape[0])}
+
+
+def image_memories(qlayer, cfg):
+    """``{item: (words, width)}`` of an IKR layer: values, index, table, bias, pwl."""
+    from slimnfu.gen import layout
+    from slimnfu.rtl.pattern_decoder import index_bits, tap_bits
+
+    lib, idx = qlayer.extra["ikr_patterns"], qlayer.extra["ikr_index"]
+    if lib.shape[0] > cfg.ikr_patterns or qlayer.desc.k > cfg.ikr_kmax:
+        raise ValueError(f"layer {qlayer.name}: P={lib.shape[0]} patterns of a "
+                         f"{qlayer.desc.k}x{qlayer.desc.k} kernel do not fit config "
+                         f"{cfg.name!r} (ikr_patterns={cfg.ikr_patterns}, "
+                         f"ikr_kmax={cfg.ikr_kmax})")
+    mem = {"ikr_values": (layout.pack_ikr_weights(ikr_values(qlayer), cfg),
+                          cfg.tn * cfg.ti * cfg.dw),
+           "ikr_index": (layout.pack_ikr_index(idx, cfg), cfg.tn * cfg.ti * index_bits(cfg)),
+           "ikr_table": (layout.pack_ikr_table(lib, qlayer.desc.k, cfg),
+                         cfg.ikr_patterns * tap_bits(cfg)),
+           "bias": (layout.pack_bias(qlayer.b, cfg), cfg.tn * cfg.acc)}
+    if qlayer.desc.act == "pwl":
+        mem["pwl"] = (layout.pack_pwl(qlayer.pwl, cfg), 3 * cfg.dw)
+    return mem
+
+
+def _unpack_table(words, p, k, cfg, fname):
+    """Pattern table words -> ``(P, n)`` taps ``ky*k + kx``; entries past ``P`` must be 0."""
+    from slimnfu.gen.image import ImageError
+    from slimnfu.gen.layout import unpack_words
+    from slimnfu.rtl.pattern_decoder import tap_bits
+
+    bits = tap_bits(cfg)
+    phys = unpack_words(words, cfg.ikr_patterns, bits) & ((1 << bits) - 1)   # (n, slots)
+    if int(phys[:, p:].abs().sum()):
+        raise ImageError(fname, "table", f"entries past the manifest's ikr_patterns={p} must "
+                                         f"be zero")
+    ky, kx = phys[:, :p] // cfg.ikr_kmax, phys[:, :p] % cfg.ikr_kmax
+    if bool((ky >= k).any() or (kx >= k).any()):
+        raise ImageError(fname, "table", f"a tap lies outside the {k}x{k} kernel")
+    return (ky * k + kx).t().contiguous()
+
+
+def image_restore(entry, files, contents, desc, cfg, where):
+    """Rebuild an IKR :class:`QLayer` from a weight image; :class:`ImageError` on any problem.
+
+    Checks the listed items and every file's shape against ``desc`` (``n`` taps per pattern)
+    and the manifest's ``ikr_patterns``, then :func:`check_ikr` (distinct taps, indices
+    inside the table), naming the file.
+    """
+    from slimnfu.compress.quant import QLayer
+    from slimnfu.gen import image
+    from slimnfu.gen.layout import unpack_words
+    from slimnfu.rtl.pattern_decoder import index_bits, tap_bits
+
+    want = {"ikr_values", "ikr_index", "ikr_table", "bias"} | \
+        ({"pwl"} if desc.act == "pwl" else set())
+    if set(entry["files"]) != want:
+        raise image.ImageError(image.MANIFEST, f"{where}.files",
+                               f"lists {sorted(entry['files'])}, an ikr layer with "
+                               f"act={desc.act} needs {sorted(want)}")
+    if desc.kind != "conv" or not desc.ikr_n:
+        raise image.ImageError(image.MANIFEST, f"{where}.desc",
+                               "format 'ikr' needs a conv layer with ikr_n >= 1")
+    p = entry["ikr_patterns"]
+    if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= cfg.ikr_patterns:
+        raise image.ImageError(image.MANIFEST, f"{where}.ikr_patterns",
+                               f"must be an integer in [1, {cfg.ikr_patterns}], not {p!r}")
+    ci, co = desc.tiles(cfg)
+    n = desc.ikr_n
+    shapes = {"ikr_values": (ci * co * n, cfg.tn * cfg.ti * cfg.dw),
+              "ikr_index": (ci * co, cfg.tn * cfg.ti * index_bits(cfg)),
+              "ikr_table": (n, cfg.ikr_patterns * tap_bits(cfg)),
+              "bias": (co, cfg.tn * cfg.acc), "pwl": (16, 3 * cfg.dw)}
+    data = {}
+    for item, fname in entry["files"].items():
+        if fname not in contents:
+            raise image.ImageError(image.MANIFEST, f"{where}.files.{item}",
+                                   f"{fname!r} is not listed in files")
+        got = (files[fname]["words"], files[fname]["width"])
+        if got != shapes[item]:
+            what = (f"holds {got[0]} taps per pattern, but {where}.desc has ikr_n={n}"
+                    if item == "ikr_table" and got[1] == shapes[item][1] else
+                    f"shape does not match {where}.desc ({shapes[item][0]} words of "
+                    f"{shapes[item][1]} bits)")
+            raise image.ImageError(fname, "words", what)
+        data[item] = contents[fname]
+    fn_table, fn_index = entry["files"]["ikr_table"], entry["files"]["ikr_index"]
+    lib = _unpack_table(data["ikr_table"], p, desc.k, cfg, fn_table)
+    ib = index_bits(cfg)
+    lanes = unpack_words(data["ikr_index"], cfg.tn * cfg.ti, ib) & ((1 << ib) - 1)
+    idx = lanes.view(co, ci, cfg.tn, cfg.ti).permute(0, 2, 1, 3).reshape(co * cfg.tn,
+                                                                         ci * cfg.ti)
+    if int(idx[desc.n_out:].sum()) or int(idx[:, desc.n_in:].sum()):
+        raise image.ImageError(fn_index, "padding", f"lanes past n_out={desc.n_out} / "
+                                                    f"n_in={desc.n_in} must be zero")
+    idx = idx[:desc.n_out, :desc.n_in].clone()
+    try:
+        check_ikr(entry["name"], desc.k, n, lib, idx, cfg.ikr_patterns)
+    except ValueError as exc:
+        bad_index = "pattern index" in str(exc)
+        raise image.ImageError(fn_index if bad_index else fn_table, "values",
+                               str(exc)) from None
+    fn_values = entry["files"]["ikr_values"]
+    lanes = unpack_words(data["ikr_values"], cfg.tn * cfg.ti, cfg.dw)
+    v = (lanes.view(co, ci, n, cfg.tn, cfg.ti).permute(0, 3, 1, 4, 2)
+         .reshape(co * cfg.tn, ci * cfg.ti, n))
+    if int(v[desc.n_out:].abs().sum()) or int(v[:, desc.n_in:].abs().sum()):
+        raise image.ImageError(fn_values, "padding", f"lanes past n_out={desc.n_out} / "
+                                                     f"n_in={desc.n_in} must be zero")
+    w = torch.zeros(desc.n_out, desc.n_in, desc.k * desc.k, dtype=torch.int64)
+    w.scatter_(2, lib[idx], v[:desc.n_out, :desc.n_in])
+    bias = image._unpack_bias(data["bias"], desc, cfg, entry["files"]["bias"])
+    pwl = image._unpack_pwl(data["pwl"], desc, cfg) if "pwl" in data else None
+    return QLayer(entry["name"], desc, w.view(desc.n_out, desc.n_in, desc.k, desc.k), bias,
+                  entry["f_x"], entry["f_w"], entry["f_y"], pwl, entry["act_func"], "ikr",
+                  {"ikr_patterns": lib, "ikr_index": idx})
+
+
 def _register():
     from slimnfu.compress.accounting import register_format
 

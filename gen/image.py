@@ -47,8 +47,10 @@ _FILE_KEYS = {"sha256", "words", "width"}
 
 #: Compressed storage formats an image can hold, and the module that writes and reads them:
 #: ``image_memories(qlayer, cfg) -> {item: (words, width)}`` and
-#: ``image_restore(entry, files, contents, desc, cfg, where) -> QLayer`` (raises ImageError).
-FORMAT_MODULES = {"perm_affine": "slimnfu.compress.permfc",
+#: ``image_restore(entry, files, contents, desc, cfg, where) -> QLayer`` (raises ImageError);
+#: optionally ``IMAGE_LAYER_KEYS`` and ``image_entry(qlayer) -> dict``, extra manifest fields.
+FORMAT_MODULES = {"ikr": "slimnfu.compress.ikr",
+                  "perm_affine": "slimnfu.compress.permfc",
                   "perm_index": "slimnfu.compress.permfc"}
 
 
@@ -133,6 +135,9 @@ def export(qmodel, cfg, out_dir):
                      "f_x": ql.f_x, "f_w": ql.f_w, "f_y": ql.f_y, "act_func": ql.act_func,
                      "files": {}, "words": {}, "bits": {}}
             entry["fits"], entry["fits_error"] = _fits(ql, cfg)
+            if ql.format in FORMAT_MODULES:
+                entry.update(getattr(_format_module(ql.format), "image_entry",
+                                     lambda _: {})(ql))
             accounted = {i["name"]: i for i in st["items"]}
             for item, (words, width) in _layer_memories(ql, cfg).items():
                 fname = f"{ql.name}.{item}.hex"
@@ -336,7 +341,10 @@ def load(image_dir):
     layers = []
     for i, e in enumerate(m["layers"]):
         where = f"layers[{i}]"
-        _require_keys(e, _LAYER_KEYS, MANIFEST, where)
+        fmt = e.get("format") if isinstance(e, dict) else None
+        extra_keys = getattr(_format_module(fmt), "IMAGE_LAYER_KEYS", set()) \
+            if isinstance(fmt, str) and fmt in FORMAT_MODULES else set()
+        _require_keys(e, _LAYER_KEYS | extra_keys, MANIFEST, where)
         for key in ("f_x", "f_w", "f_y"):
             _require_int(e[key], MANIFEST, f"{where}.{key}", low=None)
         if not isinstance(e["name"], str) or not isinstance(e["files"], dict):

@@ -78,3 +78,124 @@ def test_accounting_counts_values_index_and_table():
     assert s["macs"] == 6 * 6 * 5 * 3 * 4 and s["macs_dense"] == 6 * 6 * 5 * 3 * 9
     assert s["params"] == 15 * 4 + 5
     assert ikr.ikr_values(q).unique().tolist() == [7]
+
+
+def _ikr_image(tmp_path, n=4, p=3):
+    """Export a small IKR network (5x5 and 3x3 convs) and return a tamper helper."""
+    import hashlib
+    import json
+
+    from slimnfu.compress.quant import quantize_model
+    from slimnfu.config import CONFIGS
+    from slimnfu.gen import image
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(2, 5, 5), nn.ReLU(), nn.Conv2d(5, 6, 3), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(6 * 4 * 4, 3))
+    ikr.apply_ikr(model[0], n + 3, patterns=p, name="conv1")
+    ikr.apply_ikr(model[2], n, patterns=p, name="conv2")
+    q = ikr.mark_quantised(quantize_model(model, torch.rand(16, 2, 10, 10)), model)
+    cfg = CONFIGS["tiny"].with_(ikr=True)
+    out = tmp_path / "img"
+    image.export(q, cfg, out)
+
+    def tamper(layer, item, edit, manifest_edit=None):
+        manifest = json.loads((out / "manifest.json").read_text())
+        fname = manifest["layers"][layer]["files"][item]
+        lines = edit((out / fname).read_text().splitlines())
+        text = "\n".join(lines) + "\n"
+        (out / fname).write_text(text)
+        manifest["files"][fname].update(sha256=hashlib.sha256(text.encode()).hexdigest(),
+                                        words=len(lines))
+        if manifest_edit:
+            manifest_edit(manifest)
+        (out / "manifest.json").write_text(json.dumps(manifest))
+
+    return q, out, tamper
+
+
+def test_image_round_trip(tmp_path):
+    from slimnfu.compress.quant import int_forward
+    from slimnfu.gen import image
+
+    q, out, _ = _ikr_image(tmp_path)
+    q2, _, manifest = image.load(out)
+    assert [l.format for l in q2.layers] == ["ikr", "ikr", "dense"]
+    for a, b in zip(q.layers, q2.layers):
+        assert torch.equal(a.w, b.w) and torch.equal(a.b, b.b)
+        if a.format == "ikr":
+            assert torch.equal(a.extra["ikr_patterns"], b.extra["ikr_patterns"])
+            assert torch.equal(a.extra["ikr_index"], b.extra["ikr_index"])
+    x = torch.rand(4, 2, 10, 10)
+    assert torch.equal(int_forward(q, x)[0], int_forward(q2, x)[0])
+    entry = manifest["layers"][0]
+    assert entry["ikr_patterns"] == q.layers[0].extra["ikr_patterns"].shape[0]
+    assert set(entry["files"]) == {"ikr_values", "ikr_index", "ikr_table", "bias"}
+    assert manifest["stats"]["bits"] < manifest["stats"]["bits_dense"]
+
+
+def _set_lane0(line, bits, value):
+    word = (int(line, 16) & ~((1 << bits) - 1)) | value
+    return f"{word:0{len(line)}x}"
+
+
+def test_image_refuses_index_outside_table(tmp_path):
+    from slimnfu.gen import image
+    from slimnfu.rtl.pattern_decoder import index_bits
+
+    q, out, tamper = _ikr_image(tmp_path, p=3)
+    p = q.layers[0].extra["ikr_patterns"].shape[0]
+    bits = index_bits(image.load(out)[1])
+    tamper(0, "ikr_index", lambda ls: [_set_lane0(ls[0], bits, p)] + ls[1:])
+    with pytest.raises(image.ImageError, match=rf"ikr_index.hex: values: layer .*pattern index "
+                                               rf"{p} is outside the table of {p} patterns"):
+        image.load(out)
+
+
+def test_image_refuses_pattern_with_repeated_tap(tmp_path):
+    from slimnfu.gen import image
+    from slimnfu.rtl.pattern_decoder import tap_bits
+
+    q, out, tamper = _ikr_image(tmp_path)
+    cfg = image.load(out)[1]
+    lib = q.layers[0].extra["ikr_patterns"]
+    k, kmax = q.layers[0].desc.k, cfg.ikr_kmax
+    tap = int(lib[0, 0])
+    phys = (tap // k) * kmax + tap % k
+    # word 1 entry 0 = pattern 0's second tap: make it equal to its first
+    tamper(0, "ikr_table", lambda ls: ls[:1] + [_set_lane0(ls[1], tap_bits(cfg), phys)] + ls[2:])
+    with pytest.raises(image.ImageError, match=r"ikr_table.hex: values: layer .*pattern 0 has "
+                                               r"\d+ distinct taps, but n=7"):
+        image.load(out)
+
+
+def test_image_refuses_tables_that_disagree_with_manifest(tmp_path):
+    from slimnfu.gen import image
+
+    _, out, tamper = _ikr_image(tmp_path)
+    # one tap row fewer than the layer's n
+    tamper(0, "ikr_table", lambda ls: ls[:-1])
+    with pytest.raises(image.ImageError, match=r"ikr_table.hex: words: holds 6 taps per "
+                                               r"pattern, but layers\[0\].desc has ikr_n=7"):
+        image.load(out)
+    _, out, tamper = _ikr_image(tmp_path / "b")
+
+    def fewer_patterns(m):
+        m["layers"][0]["ikr_patterns"] = 1
+    tamper(0, "ikr_table", lambda ls: ls, fewer_patterns)
+    with pytest.raises(image.ImageError, match=r"ikr_table.hex: table: entries past the "
+                                               r"manifest's ikr_patterns=1 must be zero"):
+        image.load(out)
+
+
+def test_image_refuses_n_above_kk(tmp_path):
+    from slimnfu.gen import image
+
+    _, out, tamper = _ikr_image(tmp_path)
+
+    def big_n(m):
+        m["layers"][1]["desc"]["ikr_n"] = 10
+    tamper(1, "ikr_table", lambda ls: ls, big_n)
+    with pytest.raises(image.ImageError, match=r"manifest.json: layers\[1\].desc: .*ikr_n=10 > "
+                                               r"k\*k=9"):
+        image.load(out)
