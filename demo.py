@@ -35,17 +35,6 @@ def register(sub):
     p.set_defaults(func=run_demo)
 
 
-def _synth_report(cfg, verilog_sha):
-    from slimnfu.gen.synth import REPO_ROOT, synth_config
-
-    path = REPO_ROOT / "build" / "synth" / f"{cfg.name}.json"
-    if path.is_file():
-        report = json.loads(path.read_text())
-        if report.get("verilog_sha256") == verilog_sha:
-            return report, True
-    return synth_config(cfg), False
-
-
 def run_demo(args):
     """Run the demo; returns 0 when every image was bit-exact on every simulator."""
     from slimnfu.config import get_config
@@ -64,6 +53,7 @@ def run_demo(args):
     from slimnfu.compress.quant import quantize_input, quantize_model
     from slimnfu.compress.train import train
     from slimnfu.gen.verilog import atomic_write, emit_engine
+    from slimnfu.gen.synth import synth_config
     from slimnfu.rtl.engine import LayerEngine
     from slimnfu.sim.cases import Case
     from slimnfu.sim.runner import run_regression
@@ -86,7 +76,8 @@ def run_demo(args):
     synth, reused = None, False
     if not args.no_synth:
         print("[4/5] synthesising (Yosys generic + ECP5, nextpnr-ecp5)", flush=True)
-        synth, reused = _synth_report(cfg, emitted["sha256"])
+        synth = synth_config(cfg, reuse=True)
+        reused = bool(synth.pop("reused", False))
     else:
         print("[4/5] synthesis skipped (--no-synth)")
 

@@ -253,7 +253,7 @@ def area(log=print):
     from slimnfu.config import CONFIGS
     from slimnfu.gen.synth import feature_area
 
-    return feature_area(CONFIGS["tiny"], "ikr", "tiny_dense_area", "tiny_ikr_area", log)
+    return feature_area(CONFIGS["tiny"], "ikr", "tiny_ikr_area", log)
 
 
 def main(args):

@@ -188,7 +188,7 @@ def area(log=print):
     from slimnfu.config import CONFIGS
     from slimnfu.gen.synth import feature_area
 
-    return feature_area(CONFIGS["tiny"], "kgate", "tiny_nokgate_area", "tiny_kgate_area", log)
+    return feature_area(CONFIGS["tiny"], "kgate", "tiny_kgate_area", log)
 
 
 def main(args):

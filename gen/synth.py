@@ -246,8 +246,12 @@ def synth_verilog(vfile, top, workdir, ecp5=True, pnr=True, progress=True):
     return report
 
 
-def synth_config(cfg, out=None, build_root=None, pnr=True, progress=True):
+def synth_config(cfg, out=None, build_root=None, pnr=True, progress=True, reuse=False):
     """Emit the engine for ``cfg``, synthesise it and write ``build/synth/<config>.json``.
+
+    With ``reuse``, an existing report at ``out`` whose ``verilog_sha256`` equals the freshly
+    emitted Verilog's (and that has place and route when ``pnr`` asks for it) is returned
+    instead of synthesising again (the returned dict then has ``"reused": True``).
 
     Returns the report dict (also written atomically to ``out``).
     """
@@ -256,6 +260,11 @@ def synth_config(cfg, out=None, build_root=None, pnr=True, progress=True):
     build_root = Path(build_root) if build_root else REPO_ROOT / "build"
     out = Path(out) if out else build_root / "synth" / f"{cfg.name}.json"
     emitted = emit_engine(cfg, build_root / "verilog")
+    if reuse and out.is_file():
+        old = json.loads(out.read_text())
+        if old.get("verilog_sha256") == emitted["sha256"] and \
+                (not pnr or old.get("pnr") or not old.get("part")):
+            return {**old, "reused": True}
     report = synth_verilog(emitted["path"], emitted["top"], build_root / "synth" / cfg.name,
                            pnr=pnr, progress=progress)
     report = {"config": cfg.name, "accel": cfg.to_dict(), "nfu_multipliers": cfg.tn * cfg.ti,
@@ -264,19 +273,23 @@ def synth_config(cfg, out=None, build_root=None, pnr=True, progress=True):
     return report
 
 
-def feature_area(cfg, feature, off_name, on_name, log=print):
-    """Yosys figures of ``cfg`` with the boolean config ``feature`` off and on (no P&R).
+def feature_area(cfg, feature, on_name, log=print):
+    """Yosys figures of ``cfg`` with the boolean config ``feature`` off and on.
 
-    Returns ``{"<feature>_off": {...}, "<feature>_on": {...}}``; the two builds are named
-    ``off_name`` and ``on_name`` (their reports go to ``build/synth/<name>.json``).
+    The "off" build is ``cfg`` itself with the feature off (its ``build/synth/<name>.json``
+    report is reused when its Verilog is unchanged, e.g. after ``make verilog``); the "on"
+    build is named ``on_name``. Returns ``{"<feature>_off": {...}, "<feature>_on": {...}}``.
     """
     out = {}
-    for state, name in (("off", off_name), ("on", on_name)):
+    for state in ("off", "on"):
         label = f"{feature}_{state}"
-        r = synth_config(cfg.with_(name=name, **{feature: state == "on"}), pnr=False,
-                         progress=False)
+        c = cfg.with_(**{feature: state == "on"})
+        if state == "on":
+            c = c.with_(name=on_name)
+        r = synth_config(c, pnr=False, progress=False, reuse=True)
         out[label] = {k: r.get(k) for k in ("config", "cells", "luts", "ffs", "dsps", "brams",
-                                            "memory_bits", "figures_from", "wall_s")}
+                                            "memory_bits", "fmax_mhz", "figures_from",
+                                            "wall_s")}
         out[label]["generic_cells"] = r["generic"].get("cells")
         log(f"area {label}: {out[label]}")
     return out

@@ -60,3 +60,26 @@ def test_choose_part_sizes_to_multipliers():
     assert synth.choose_part({**fig, "dsps": 64})[0] == "LFE5U-45F"
     part, why = synth.choose_part({**fig, "dsps": 272})
     assert part is None and "dsps 272 > 156" in why
+
+
+def test_synth_config_reuses_a_report_only_for_the_same_verilog(tmp_path, monkeypatch):
+    import json
+
+    from slimnfu.config import CONFIGS
+    from slimnfu.gen.verilog import emit_engine
+
+    cfg = CONFIGS["tiny"]
+    sha = emit_engine(cfg, tmp_path / "verilog")["sha256"]
+    out = tmp_path / "synth" / "tiny.json"
+    out.parent.mkdir()
+    calls = []
+    monkeypatch.setattr(synth, "synth_verilog", lambda *a, **k: calls.append(a) or {"x": 1})
+    out.write_text(json.dumps({"verilog_sha256": sha, "part": "LFE5U-25F", "pnr": None}))
+    assert synth.synth_config(cfg, out=out, build_root=tmp_path, pnr=False, reuse=True)[
+        "reused"] and not calls
+    # the report lacks place and route, which pnr=True asks for
+    synth.synth_config(cfg, out=out, build_root=tmp_path, pnr=True, reuse=True)
+    assert len(calls) == 1 and json.loads(out.read_text())["x"] == 1
+    out.write_text(json.dumps({"verilog_sha256": "0" * 64, "part": None, "pnr": None}))
+    synth.synth_config(cfg, out=out, build_root=tmp_path, pnr=False, reuse=True)
+    assert len(calls) == 2
