@@ -9,7 +9,7 @@ refuses, with one message naming the field and its limit, anything the engine ca
 given config, before any simulation starts.
 """
 
-from dataclasses import dataclass, field, asdict, replace
+from dataclasses import dataclass, asdict, replace
 import math
 
 __all__ = ["AccelConfig", "LayerDesc", "CONFIGS", "get_config", "KINDS", "ACTS"]

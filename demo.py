@@ -47,8 +47,6 @@ def run_demo(args):
     if not 1 <= args.images <= 100:
         raise ValueError(f"--images must be in [1, 100], not {args.images}")
 
-    import torch
-
     from slimnfu.compress import data, fixed
     from slimnfu.compress.quant import quantize_input, quantize_model
     from slimnfu.compress.train import train
@@ -72,7 +70,7 @@ def run_demo(args):
     conv1.desc.check(cfg, int(conv1.b.abs().max()))
 
     print(f"[3/5] emitting Verilog for config {cfg.name!r}", flush=True)
-    emitted = emit_engine(cfg)
+    emit_engine(cfg)
     synth, reused = None, False
     if not args.no_synth:
         print("[4/5] synthesising (Yosys generic + ECP5, nextpnr-ecp5)", flush=True)

@@ -184,8 +184,6 @@ def _baseline_search(base, kind, xs, ys, xv, yv, budget, base_val, batches, seed
 
 def run(networks, budgets, val_n=5000, calib_n=2000, patterns=16, ft=150, cosim=True,
         log=print):
-    import torch
-
     from slimnfu.compress import data, ikr
     from slimnfu.compress.accounting import model_stats
     from slimnfu.compress.models import network_info

@@ -40,7 +40,6 @@ def _accuracy(logits, labels):
 def run(networks=NETWORKS, dws=(16, 8), calib_n=5000, test_limit=None, subset=None,
         progress=True):
     """Return the list of rows (see the module docstring)."""
-    import torch
     from slimnfu.config import CONFIGS, get_config
     from slimnfu.compress import data
     from slimnfu.compress.accounting import model_stats

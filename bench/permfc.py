@@ -217,7 +217,6 @@ def run(networks=NETWORKS, methods=METHODS, epochs=1, train_subset=20000, calib_
         test_limit=None, compress_classifier=False, rtl=True, sim="verilator", seed=0,
         progress=True, lr=3e-3, base_epochs=None):
     """Return ``(rows, rtl_entries)`` (see the module docstring)."""
-    import torch
     from torch import nn
 
     from slimnfu.compress import data, permfc
@@ -265,7 +264,6 @@ def run(networks=NETWORKS, methods=METHODS, epochs=1, train_subset=20000, calib_
                      "params": dense_stats["params"], "bits": dense_stats["bits"],
                      "fc_params": common["fc_params_dense"], "fc_bits": common["fc_bits_dense"],
                      "finetune": None, "rtl_cycles_dense": None, "rtl_cycles": None})
-        x_int = quantize_input(qd, x_test[:1])
         for method in methods:
             start = time.perf_counter()
             model, storage = _compress(base, method, layers, dw, seed)

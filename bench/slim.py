@@ -14,16 +14,12 @@ gate off and on (``--no-area`` skips them).
 import platform
 import time
 
-import torch
-
-from slimnfu.compress import data, fixed, slim, train
-from slimnfu.compress.accounting import model_stats
-from slimnfu.compress.quant import int_forward, quantize_model
-from slimnfu.config import get_config
-from slimnfu.sim.cases import Case
 from slimnfu.atomic import write_json
 
 NETWORKS = {"lenet5": "mnist", "vgg_fmnist": "fashion-mnist"}
+#: :data:`slimnfu.compress.slim.TREATMENTS`, spelt out so that ``slimnfu --help`` need not
+#: import torch (a test keeps the two equal).
+TREATMENTS = ("lower", "linear", "both")
 
 
 def add_arguments(parser):
@@ -31,8 +27,8 @@ def add_arguments(parser):
                         help="networks (default lenet5; vgg_fmnist is slow on 2 cores)")
     parser.add_argument("--budgets", nargs="+", type=float, default=[0.5, 1.0],
                         help="accuracy budgets in percentage points (default 0.5 1)")
-    parser.add_argument("--treatments", nargs="+", default=list(slim.TREATMENTS),
-                        choices=slim.TREATMENTS, help="treatments (default all)")
+    parser.add_argument("--treatments", nargs="+", default=list(TREATMENTS),
+                        choices=TREATMENTS, help="treatments (default all)")
     parser.add_argument("--calib", type=int, default=1000,
                         help="calibration images for the budget check (default 1000)")
     parser.add_argument("--finetune", type=int, default=10000,
@@ -55,6 +51,9 @@ def _acc(logits, labels):
 
 
 def _dense_cases(qdense, x_img, cfg):
+    from slimnfu.compress import fixed
+    from slimnfu.sim.cases import Case
+
     cases, x = [], x_img
     for layer in qdense.layers:
         if layer.desc.kind == "conv":
@@ -69,6 +68,7 @@ def _dense_cases(qdense, x_img, cfg):
 
 
 def _slim_cases(qslim, x_img, cfg):
+    from slimnfu.compress import slim
     from slimnfu.sim.slim_cases import slim_layer_cases
 
     cases, x = [], x_img
@@ -109,6 +109,10 @@ def _measure(cases, cfg, sim):
 
 
 def run_network(name, args, cfg, log=print, on_row=None):
+    from slimnfu.compress import data, fixed, slim, train
+    from slimnfu.compress.accounting import model_stats
+    from slimnfu.compress.quant import int_forward, quantize_model
+
     ds = NETWORKS[name]
     model, info = train.train(name, epochs=args.epochs, subset=args.train_subset,
                               progress=False)
@@ -192,6 +196,10 @@ def area(log=print):
 
 
 def main(args):
+    import torch
+
+    from slimnfu.config import get_config
+
     torch.set_num_threads(args.threads)
     cfg = get_config(args.config)
     cfg = cfg.with_(name=f"{cfg.name}_kgate_bench", kgate=True)

@@ -8,7 +8,6 @@ Layout under ``build/cosim/``::
     results.json                    one entry per (case, simulator) of the last regression
 """
 
-import hashlib
 import json
 import os
 import shutil

@@ -43,3 +43,10 @@ def test_rows_and_table(monkeypatch, tmp_path):
     assert r["analytic_cycles_tiny"] == 24 * 24 * 25 + 12 * 12 * 4 + 144 * 3
     table = bench_models.markdown_table(rows)
     assert table.count("\n") == 3 and "| lenet5 | mnist | 8 |" in table
+
+
+def test_slim_bench_treatments_match_the_compressor():
+    from slimnfu.bench import slim as bench_slim
+    from slimnfu.compress import slim
+
+    assert bench_slim.TREATMENTS == slim.TREATMENTS

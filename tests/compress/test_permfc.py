@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from slimnfu.compress import accounting, fixed, permfc
+from slimnfu.compress import accounting, permfc
 from slimnfu.compress.quant import int_forward
 
 

@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from slimnfu.compress import fixed
-from slimnfu.compress.quant import QuantModel, int_forward, quantize_input, quantize_model
+from slimnfu.compress.quant import QuantModel, int_forward, quantize_model
 
 
 def _linear(weights, bias):

@@ -3,7 +3,7 @@
 import shutil
 
 import pytest
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Module, signed
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 

@@ -1,6 +1,5 @@
 """IKR layers on the layer engine in amaranth.sim, bit-exact against the integer reference."""
 
-import pytest
 import torch
 
 from slimnfu.compress import fixed
