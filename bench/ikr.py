@@ -257,7 +257,9 @@ def area(log=print):
 def main(args):
     import torch
 
-    torch.set_num_threads(args.threads)
+    from slimnfu.compress.train import set_threads
+
+    set_threads(args.threads)
     t0 = time.perf_counter()
     if args.area_only:
         write_json(args.out, {"benchmark": "ikr_area", "area": area(),

@@ -110,9 +110,9 @@ def markdown_table(rows):
 def main(args):
     import torch
 
-    if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, not {args.threads}")
-    torch.set_num_threads(args.threads)
+    from slimnfu.compress.train import set_threads
+
+    set_threads(args.threads)
     start = time.perf_counter()
     rows = run(args.networks, args.dws, args.calib, args.test_limit, args.subset,
                not args.no_progress)

@@ -329,9 +329,9 @@ def markdown_table(rows):
 def main(args):
     import torch
 
-    if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, not {args.threads}")
-    torch.set_num_threads(args.threads)
+    from slimnfu.compress.train import set_threads
+
+    set_threads(args.threads)
     base_epochs = parse_base_epochs(args.base_epochs)
     start = time.perf_counter()
     if args.area_only:

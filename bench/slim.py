@@ -198,9 +198,10 @@ def area(log=print):
 def main(args):
     import torch
 
+    from slimnfu.compress.train import set_threads
     from slimnfu.config import get_config
 
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     cfg = get_config(args.config)
     cfg = cfg.with_(name=f"{cfg.name}_kgate_bench", kgate=True)
     t0 = time.perf_counter()

@@ -25,12 +25,9 @@ def _add_common(parser):
 
 
 def _run(args):
-    import torch
-    from slimnfu.compress.train import train
+    from slimnfu.compress.train import set_threads, train
 
-    if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, not {args.threads}")
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     return train(args.name, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                  seed=args.seed, subset=args.subset, cache_dir=args.cache_dir,
                  progress=not args.no_progress, root=args.root)

@@ -25,7 +25,7 @@ from torch import nn
 from slimnfu.compress import data
 from slimnfu.compress.models import build, network_info
 
-__all__ = ["train", "evaluate", "cache_key", "default_cache_dir", "hyperparameters",
+__all__ = ["train", "evaluate", "set_threads", "cache_key", "default_cache_dir", "hyperparameters",
            "CACHE_ENV_VAR", "TRAIN_FORMAT"]
 
 #: Environment variable naming the checkpoint cache folder.
@@ -33,6 +33,13 @@ CACHE_ENV_VAR = "SLIMNFU_CACHE"
 
 #: Bumped whenever the training procedure changes, so old checkpoints are not reused.
 TRAIN_FORMAT = 1
+
+
+def set_threads(threads):
+    """Set torch's CPU threads; ``--threads`` below 1 is refused before any work starts."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"--threads must be an integer >= 1, not {threads!r}")
+    torch.set_num_threads(threads)
 
 
 def default_cache_dir():

@@ -8,7 +8,6 @@ def _range_method(text):
 
 
 def _export(args):
-    import torch
     from slimnfu.config import get_config
     from slimnfu.compress import data
     from slimnfu.compress.models import network_info
@@ -20,7 +19,9 @@ def _export(args):
     cfg = get_config(args.config).with_(dw=args.dw)
     if args.calib < 1:
         raise ValueError(f"--calib must be >= 1, not {args.calib}")
-    torch.set_num_threads(args.threads)
+    from slimnfu.compress.train import set_threads
+
+    set_threads(args.threads)
     model, info = train(args.name, seed=args.seed, subset=args.subset,
                         progress=not args.no_progress, root=args.root)
     calib, _ = data.load(dataset, "calib", args.root)

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 
 import pytest
 import torch
@@ -128,3 +129,10 @@ def test_cli_train_and_eval(root, tmp_path, capsys):
     assert "slimnfu eval: error: unknown split 'valid'" in capsys.readouterr().err
     assert main(["train", "lenet7", "--root", root]) == 2
     assert "unknown network 'lenet7'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("threads", [0, -2, 1.5, True])
+def test_set_threads_refuses_bad_counts(threads):
+    with pytest.raises(ValueError, match=rf"--threads must be an integer >= 1, not "
+                                         rf"{re.escape(repr(threads))}"):
+        train_mod.set_threads(threads)
