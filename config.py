@@ -151,6 +151,22 @@ class AccelConfig:
         """Return a copy with some parameters changed (and validated again)."""
         return replace(self, **kw)
 
+    def fit_buffers(self, descs, name=None):
+        """A copy whose buffers hold every layer of ``descs`` (depths kept or raised to powers
+        of two): NBin, SB, NBout, bias and the IKR index memory. For benchmarks that run real
+        networks' layers one at a time on a small array."""
+        need = {"nbin_depth": 0, "sb_depth": 0, "nbout_depth": 0, "bias_depth": 0,
+                "ikr_index_depth": 0}
+        for d in descs:
+            ci, co = d.tiles(self)
+            for key, words in (("nbin_depth", d.nbin_words(self)), ("sb_depth", d.sb_words(self)),
+                               ("nbout_depth", d.nbout_words(self)),
+                               ("bias_depth", 0 if d.is_pool else co),
+                               ("ikr_index_depth", ci * co if d.ikr_n else 0)):
+                need[key] = max(need[key], words)
+        kw = {k: max(getattr(self, k), 1 << max(0, v - 1).bit_length()) for k, v in need.items()}
+        return self.with_(name=name or self.name, **kw)
+
 
 CONFIGS = {
     "tiny": AccelConfig("tiny", tn=4, ti=4, dw=16, acc=48, nbin_depth=2048, sb_depth=1024,

@@ -48,11 +48,14 @@ def _acc(logits, labels):
 
 
 def _bench_cfg(q):
-    from slimnfu.config import CONFIGS
+    """``tiny`` with the IKR decoder and buffers deep enough for every conv layer of ``q``
+    (its dense form too, which the same engine runs for the comparison)."""
+    from slimnfu.config import CONFIGS, LayerDesc
 
-    sb = max(1024, max(l.desc.sb_words(CONFIGS["tiny"]) for l in q.layers if l.desc.kind == "conv"))
-    return CONFIGS["tiny"].with_(name=f"tiny_ikr_sb{sb}", ikr=True, sb_depth=1 << (sb - 1)
-                                 .bit_length(), ikr_index_depth=1024)
+    convs = [l.desc for l in q.layers if l.desc.kind == "conv"]
+    convs += [LayerDesc(**{**d.to_dict(), "ikr_n": 0}) for d in convs]
+    cfg = CONFIGS["tiny"].with_(ikr=True).fit_buffers(convs)
+    return cfg.with_(name=f"tiny_ikr_{q.input_shape[1]}px_sb{cfg.sb_depth}")
 
 
 def _cosim_layers(q, x_img, cfg):

@@ -86,15 +86,7 @@ def _slim_cases(qslim, x_img, cfg):
 
 def _bench_cfg(qdense, cfg):
     """``cfg`` with buffers deep enough for every conv layer of the network (powers of two)."""
-    need = {}
-    for layer in qdense.layers:
-        if layer.desc.kind == "conv":
-            d = layer.desc
-            for key, words in (("nbin_depth", d.nbin_words(cfg)), ("sb_depth", d.sb_words(cfg)),
-                               ("nbout_depth", d.nbout_words(cfg)),
-                               ("bias_depth", d.tiles(cfg)[1])):
-                need[key] = max(need.get(key, 0), getattr(cfg, key), words)
-    return cfg.with_(**{k: 1 << (v - 1).bit_length() for k, v in need.items()})
+    return cfg.fit_buffers([l.desc for l in qdense.layers if l.desc.kind == "conv"])
 
 
 def _measure(cases, cfg, sim):

@@ -59,3 +59,17 @@ def test_dense_cycles_formula():
     assert LayerDesc("conv", 20, 50, 12, 12, 5).dense_cycles(cfg) == 8 * 8 * 4 * 2 * 25
     assert LayerDesc("fc", 800, 500).dense_cycles(cfg) == 32 * 50
     assert LayerDesc("maxpool", 20, 20, 24, 24, 2, 2).dense_cycles(cfg) == 12 * 12 * 2 * 4
+
+
+def test_fit_buffers_raises_depths_to_powers_of_two_and_keeps_larger_ones():
+    from slimnfu.config import CONFIGS, LayerDesc
+
+    cfg = CONFIGS["tiny"]
+    conv = LayerDesc("conv", 32, 32, 28, 28, 3, pad=1)          # 8 tiles * 784 words in and out
+    ikr = LayerDesc("conv", 64, 64, 14, 14, 3, pad=1, ikr_n=4)   # 16*16 index words
+    got = cfg.fit_buffers([conv, ikr], name="fit")
+    assert got.name == "fit"
+    assert (got.nbin_depth, got.nbout_depth) == (8192, 8192)
+    assert got.sb_depth == 1024 and got.bias_depth == 128 and got.ikr_index_depth == 512
+    assert got.fit_buffers([LayerDesc("fc", 8, 4, 1, 1, 1)]) == got
+    conv.check(got.with_(ikr=True)) and ikr.check(got.with_(ikr=True))
