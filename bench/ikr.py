@@ -147,42 +147,58 @@ def _conv_prune_stats(model, masks_or_kept, kind, dw, acc, input_shape):
     return {"macs": macs, "conv_macs": conv_macs, "params": params, "bits": bits}
 
 
-def _baseline_search(base, kind, xs, ys, xv, yv, budget, base_val, batches, seed=0):
-    """Largest amount in AMOUNTS whose fine-tuned model is within ``budget``."""
-    import torch
-    from torch import nn
-    from torch.nn.utils import prune
+def _baseline_search(base, kind, xs, ys, xv, yv, budget, base_val, batches, seed=0,
+                     cache=None):
+    """Largest amount in AMOUNTS whose fine-tuned model is within ``budget``.
 
+    ``cache`` (a dict) keeps each ``(kind, amount)`` fine-tune and its validation accuracy,
+    so a second budget on the same base reuses the first one's runs (they are seeded, so
+    running them again would give the same models).
+    """
     from slimnfu.compress.train import evaluate
 
     best, best_amount = None, 0.0
+    cache = {} if cache is None else cache
     for amount in AMOUNTS:
-        m = copy.deepcopy(base)
-        for conv in [c for c in m if isinstance(c, nn.Conv2d)]:
-            if kind == "unstructured":
-                prune.l1_unstructured(conv, "weight", amount=amount)
-            else:
-                prune.ln_structured(conv, "weight", amount=amount, n=1, dim=0)
-        opt = torch.optim.Adam(m.parameters(), lr=5e-4)
-        gen = torch.Generator().manual_seed(seed)
-        m.train()
-        for _ in range(batches):
-            i = torch.randint(xs.shape[0], (128,), generator=gen)
-            loss = nn.functional.cross_entropy(m(xs[i].float()), ys[i])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        for conv in [c for c in m if isinstance(c, nn.Conv2d)]:
-            prune.remove(conv, "weight")
-            if kind == "filter":
-                with torch.no_grad():
-                    dead = conv.weight.abs().sum((1, 2, 3)) == 0
-                    conv.bias[dead] = 0
-        if base_val - evaluate(m, xv, yv) <= budget:
+        if (kind, amount) not in cache:
+            m = _baseline_prune(base, kind, amount, xs, ys, batches, seed)
+            cache[kind, amount] = m, evaluate(m, xv, yv)
+        m, val = cache[kind, amount]
+        if base_val - val <= budget:
             best, best_amount = m, amount
         else:
             break
     return best, best_amount
+
+
+def _baseline_prune(base, kind, amount, xs, ys, batches, seed):
+    """``base`` pruned by ``kind`` at ``amount`` and fine-tuned ``batches`` Adam steps."""
+    import torch
+    from torch import nn
+    from torch.nn.utils import prune
+
+    m = copy.deepcopy(base)
+    for conv in [c for c in m if isinstance(c, nn.Conv2d)]:
+        if kind == "unstructured":
+            prune.l1_unstructured(conv, "weight", amount=amount)
+        else:
+            prune.ln_structured(conv, "weight", amount=amount, n=1, dim=0)
+    opt = torch.optim.Adam(m.parameters(), lr=5e-4)
+    gen = torch.Generator().manual_seed(seed)
+    m.train()
+    for _ in range(batches):
+        i = torch.randint(xs.shape[0], (128,), generator=gen)
+        loss = nn.functional.cross_entropy(m(xs[i].float()), ys[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for conv in [c for c in m if isinstance(c, nn.Conv2d)]:
+        prune.remove(conv, "weight")
+        if kind == "filter":
+            with torch.no_grad():
+                dead = conv.weight.abs().sum((1, 2, 3)) == 0
+                conv.bias[dead] = 0
+    return m
 
 
 def run(networks, budgets, val_n=5000, calib_n=2000, patterns=16, ft=150, cosim=True,
@@ -207,6 +223,7 @@ def run(networks, budgets, val_n=5000, calib_n=2000, patterns=16, ft=150, cosim=
         qd = quantize_model(model, calib)
         sd = model_stats(qd)
         in_shape = tuple(xt.shape[1:])
+        baseline_runs = {}
         for budget in budgets:
             t0 = time.perf_counter()
             opts = ikr.IkrOptions(patterns=patterns, finetune_batches=ft)
@@ -235,7 +252,8 @@ def run(networks, budgets, val_n=5000, calib_n=2000, patterns=16, ft=150, cosim=
             log(f"{name} budget {budget}: ikr n={hist['n']} acc {rows[-1]['acc_float']}")
             for kind in ("unstructured", "filter"):
                 m, amount = _baseline_search(model, kind, xs, ys, xv, yv, budget, base_val,
-                                             ft * 4 + opts.final_batches)
+                                             ft * 4 + opts.final_batches,
+                                             cache=baseline_runs)
                 if m is None:
                     m, amount = model, 0.0
                 st = _conv_prune_stats(m, None, kind, 16, 48, in_shape)
