@@ -93,7 +93,8 @@ def _cosim_layers(q, x_img, cfg):
         r_ikr, r_dense = res[k], res[k + 1]
         d = checks[k][0]
         layers.append({
-            "name": r_ikr["name"], "k": d.k, "n": d.ikr_n, "passed": r_ikr["passed"]
+            "name": r_ikr["name"], "k": d.k, "n": d.ikr_n,
+            "P": int(checks[k][2].extra["ikr_patterns"].shape[0]), "passed": r_ikr["passed"]
             and r_dense["passed"], "error": r_ikr["error"] or r_dense["error"],
             "rtl_cycles": r_ikr["cycles"], "rtl_cycles_dense": r_dense["cycles"],
             "analytic_ikr_cycles": d.ikr_cycles(cfg) + latency,
@@ -267,6 +268,39 @@ def run(networks, budgets, val_n=5000, calib_n=2000, patterns=16, ft=150, cosim=
     return rows
 
 
+def _x(dense, kept):
+    return f"{dense / kept:.2f}" if kept else "all removed"
+
+
+def markdown_tables(rows):
+    """The rows as two Markdown tables (networks, then IKR layers); ratios come from the rows."""
+    lines = ["| network | budget % | method | float % (base) | int % | conv MACs x | params x | "
+             "bits x | conv RTL cycles (dense) | speed-up |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        what = r["method"] + (f" {r['amount']:.0%}" if "amount" in r else "")
+        cyc, speed = "-", "-"
+        if r.get("rtl_cycles"):
+            cyc = f"{r['rtl_cycles']:,} ({r['rtl_cycles_dense']:,})"
+            speed = f"{r['rtl_cycles_dense'] / r['rtl_cycles']:.2f}"
+        lines.append(f"| {r['network']} | {r['budget_pct']} | {what} | {r['acc_float']:.2f} "
+                     f"({r['acc_float_base']:.2f}) | {r['acc_int']:.2f} | "
+                     f"{_x(r['conv_macs_dense'], r['conv_macs'])} | "
+                     f"{_x(r['params_dense'], r['params'])} | {_x(r['bits_dense'], r['bits'])} "
+                     f"| {cyc} | {speed} |")
+    lines += ["", "| network | budget % | layer | K | n | P | RTL cycles | dense cycles | "
+                  "speed-up | ideal K*K/n | speed-up / ideal | bit-exact |",
+              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        for L in r.get("layers") or []:
+            p = L.get("P", "-")
+            lines.append(f"| {r['network']} | {r['budget_pct']} | {L['name']} | {L['k']} | "
+                         f"{L['n']} | {p} | {L['rtl_cycles']:,} | {L['rtl_cycles_dense']:,} | "
+                         f"{L['speedup']:.2f} | {L['ideal_speedup']:.2f} | "
+                         f"{L['speedup_over_ideal']:.2f} | {'yes' if L['passed'] else 'NO'} |")
+    return "\n".join(lines)
+
+
 def area(log=print):
     """Yosys (generic + ECP5) figures of the tiny engine with the IKR decoder off and on."""
     from slimnfu.config import CONFIGS
@@ -293,9 +327,6 @@ def main(args):
                            "wall_s": round(time.perf_counter() - t0, 1),
                            "host": {"python": platform.python_version(),
                                     "torch": torch.__version__}})
-    for r in rows:
-        print(f"{r['network']} {r['method']} budget {r['budget_pct']}: acc {r['acc_float']} "
-              f"conv MACs x{r['conv_macs_dense'] / max(1, r['conv_macs']):.2f} params "
-              f"x{r['params_dense'] / r['params']:.2f} bits x{r['bits_dense'] / r['bits']:.2f}")
+    print(markdown_tables(rows))
     print(f"wrote {args.out}")
     return 0
