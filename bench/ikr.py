@@ -39,8 +39,9 @@ def add_arguments(parser):
     parser.add_argument("--no-cosim", action="store_true", help="skip the RTL cycle runs")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--area-only", action="store_true",
-                        help="only synthesise the tiny engine with ikr off and on (Yosys ECP5, "
-                             "no place and route) and write the area rows")
+                        help="only (re)measure the area: the tiny engine with ikr off and on "
+                             "(Yosys ECP5, no place and route); keeps the rows of --out")
+    parser.add_argument("--no-area", action="store_true", help="skip the area measurement")
 
 
 def _acc(logits, labels):
@@ -310,23 +311,33 @@ def area(log=print):
 
 
 def main(args):
+    import json
+    from pathlib import Path
+
     import torch
 
     from slimnfu.compress.train import set_threads
 
     set_threads(args.threads)
     t0 = time.perf_counter()
+    report = {"benchmark": "ikr", "rows": [], "area": None,
+              "host": {"python": platform.python_version(), "torch": torch.__version__}}
     if args.area_only:
-        write_json(args.out, {"benchmark": "ikr_area", "area": area(),
-                               "wall_s": round(time.perf_counter() - t0, 1)})
-        print(f"wrote {args.out}")
-        return 0
-    rows = run(args.networks, args.budgets, args.val, args.calib, args.patterns,
-               args.finetune_batches, not args.no_cosim)
-    write_json(args.out, {"benchmark": "ikr", "rows": rows,
-                           "wall_s": round(time.perf_counter() - t0, 1),
-                           "host": {"python": platform.python_version(),
-                                    "torch": torch.__version__}})
-    print(markdown_tables(rows))
+        if Path(args.out).is_file():
+            report = {**json.loads(Path(args.out).read_text()), "area": None}
+    else:
+        # one network at a time, written as it completes, so a late failure keeps the rest
+        for name in args.networks:
+            report["rows"] += run([name], args.budgets, args.val, args.calib, args.patterns,
+                                  args.finetune_batches, not args.no_cosim)
+            write_json(args.out, {**report, "wall_s": round(time.perf_counter() - t0, 1)})
+    if not args.no_area:
+        report["area"] = area()
+    write_json(args.out, {**report, "wall_s": round(time.perf_counter() - t0, 1)})
+    print(markdown_tables(report["rows"]))
+    if report["area"]:
+        print("\n| engine (tiny) | LUT4 | FF | MULT18X18D | DP16KD |\n|---|---:|---:|---:|---:|")
+        for label, a in report["area"].items():
+            print(f"| {label} | {a['luts']} | {a['ffs']} | {a['dsps']} | {a['brams']} |")
     print(f"wrote {args.out}")
     return 0
