@@ -183,7 +183,7 @@ def _synth(progress):
     from amaranth.back import verilog
 
     from slimnfu.config import get_config
-    from slimnfu.gen.synth import REPO_ROOT, synth_config, synth_verilog
+    from slimnfu.gen.synth import REPO_ROOT, feature_area, synth_verilog
     from slimnfu.gen.verilog import atomic_write
     from slimnfu.rtl.perm_addr import PermAddrGen
     from slimnfu.rtl.perm_sb import PermSB
@@ -205,11 +205,7 @@ def _synth(progress):
         # place and route only the small generator: its fmax is the figure of interest
         step(name, lambda: synth_verilog(vfile, name, root / name, ecp5=True,
                                          pnr=name == "perm_addr_gen", progress=progress))
-    for perm in (True, False):
-        c = cfg.with_(name=f"tiny_perm{'on' if perm else 'off'}", perm=perm)
-        step(f"engine_perm_{'on' if perm else 'off'}",
-             lambda: synth_config(c, out=root / f"{c.name}.json", pnr=False, progress=progress,
-                                  reuse=True))
+    step("engine", lambda: feature_area(cfg, "perm", "tiny_permon"))
     return out
 
 
