@@ -1,7 +1,8 @@
 """``slimnfu bench ikr``: IKR pattern pruning end to end, against unstructured and filter pruning.
 
 For each network and accuracy budget (percent points of validation accuracy below the float
-baseline; validation = the last ``--val`` training images, never the test set):
+baseline; validation = the last ``--val`` images of the calib split, which training never
+sees, and never the test set; quantisation calibrates on its first ``--calib`` images):
 
 * ``method="ikr"``: :func:`slimnfu.compress.ikr.ikr_prune`, quantised (format ``"ikr"``),
   float and integer test accuracy, MACs/params/bits from :mod:`slimnfu.compress.accounting`
@@ -32,7 +33,8 @@ AMOUNTS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 def add_arguments(parser):
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=NETWORKS)
     parser.add_argument("--budgets", nargs="+", type=float, default=[0.5, 1.0])
-    parser.add_argument("--val", type=int, default=5000, help="validation images (train tail)")
+    parser.add_argument("--val", type=int, default=3000,
+                        help="validation images: the tail of the 5000-image calib split")
     parser.add_argument("--calib", type=int, default=2000)
     parser.add_argument("--patterns", type=int, default=16, help="P per layer (<= 16)")
     parser.add_argument("--finetune-batches", type=int, default=150)
@@ -203,7 +205,7 @@ def _baseline_prune(base, kind, amount, xs, ys, batches, seed):
     return m
 
 
-def run(networks, budgets, val_n=5000, calib_n=2000, patterns=16, ft=150, cosim=True,
+def run(networks, budgets, val_n=3000, calib_n=2000, patterns=16, ft=150, cosim=True,
         log=print):
     from slimnfu.compress import data, ikr
     from slimnfu.compress.accounting import model_stats
@@ -214,17 +216,20 @@ def run(networks, budgets, val_n=5000, calib_n=2000, patterns=16, ft=150, cosim=
     rows = []
     for name in networks:
         ds = network_info(name)["dataset"]
+        xs, ys = data.load(ds, "train")
+        xc, yc = data.load(ds, "calib")
+        if val_n < 1 or calib_n < 1 or val_n + calib_n > xc.shape[0]:
+            raise ValueError(f"--val {val_n} and --calib {calib_n} must be >= 1 and share the "
+                             f"{xc.shape[0]} images of the calib split")
         model, _ = train(name, progress=False)
-        xt, yt = data.load(ds, "train")
-        xs, ys, xv, yv = xt[:-val_n], yt[:-val_n], xt[-val_n:], yt[-val_n:]
+        xv, yv = xc[-val_n:], yc[-val_n:]
+        calib = xc[:calib_n]
         xtest, ytest = data.load(ds, "test")
-        calib, _ = data.load(ds, "calib")
-        calib = calib[:calib_n]
         acc_base = round(evaluate(model, xtest, ytest), 4)
         base_val = evaluate(model, xv, yv)
         qd = quantize_model(model, calib)
         sd = model_stats(qd)
-        in_shape = tuple(xt.shape[1:])
+        in_shape = tuple(xs.shape[1:])
         baseline_runs = {}
         for budget in budgets:
             t0 = time.perf_counter()

@@ -17,8 +17,8 @@ The paper's full text is not available; these are our choices, each an option of
 * **schedule** (``n_steps``): candidate ``n`` per kernel size, tightened one step at a time,
   layer by layer (first conv first), in rounds until no layer can be tightened. Each try
   prunes, fine-tunes ``finetune_batches`` Adam steps (masked weights stay zero) and is kept
-  if the validation accuracy (held-out tail of the training split, never the test set) is
-  within ``budget_pct`` percent points of the float baseline's validation accuracy, else
+  if the validation accuracy (images held out from training, never the test set) is within
+  ``budget_pct`` percent points of the float baseline's validation accuracy, else
   the layer is rolled back and frozen at its last accepted ``n``.
 
 A pruned model stays a plain ``nn.Sequential``: its weights are zero off-pattern, and each IKR

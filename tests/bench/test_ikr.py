@@ -33,3 +33,14 @@ def test_rows_cover_ikr_and_both_baselines(monkeypatch):
     assert rows[1]["amount"] == bench_ikr.AMOUNTS[-1]
     table = bench_ikr.markdown_tables(rows)
     assert "| lenet5 | 100.0 | ikr |" in table and "| 9.00 |" in table
+
+
+def test_validation_and_calibration_must_share_the_calib_split(monkeypatch):
+    import pytest
+
+    images = torch.rand(100, 1, 12, 12)
+    monkeypatch.setattr(data, "load", lambda dataset, split, root=None: (images, images[:, 0, 0]))
+    monkeypatch.setattr(train, "train", lambda *a, **k: pytest.fail("trained before checking"))
+    with pytest.raises(ValueError, match=r"--val 80 and --calib 30 must be >= 1 and share the "
+                                         r"100 images of the calib split"):
+        bench_ikr.run(["lenet5"], [1.0], val_n=80, calib_n=30)
