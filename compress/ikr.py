@@ -439,27 +439,20 @@ def image_restore(entry, files, contents, desc, cfg, where):
     lib = _unpack_table(data["ikr_table"], p, desc.k, cfg, fn_table)
     ib = index_bits(cfg)
     lanes = unpack_words(data["ikr_index"], cfg.tn * cfg.ti, ib) & ((1 << ib) - 1)
-    idx = lanes.view(co, ci, cfg.tn, cfg.ti).permute(0, 2, 1, 3).reshape(co * cfg.tn,
-                                                                         ci * cfg.ti)
-    if int(idx[desc.n_out:].sum()) or int(idx[:, desc.n_in:].sum()):
-        raise image.ImageError(fn_index, "padding", f"lanes past n_out={desc.n_out} / "
-                                                    f"n_in={desc.n_in} must be zero")
-    idx = idx[:desc.n_out, :desc.n_in].clone()
+    idx = image.crop_padding(lanes.view(co, ci, cfg.tn, cfg.ti).permute(0, 2, 1, 3)
+                             .reshape(co * cfg.tn, ci * cfg.ti), desc, fn_index)
     try:
         check_ikr(entry["name"], desc.k, n, lib, idx, cfg.ikr_patterns)
     except ValueError as exc:
         bad_index = "pattern index" in str(exc)
         raise image.ImageError(fn_index if bad_index else fn_table, "values",
                                str(exc)) from None
-    fn_values = entry["files"]["ikr_values"]
     lanes = unpack_words(data["ikr_values"], cfg.tn * cfg.ti, cfg.dw)
-    v = (lanes.view(co, ci, n, cfg.tn, cfg.ti).permute(0, 3, 1, 4, 2)
-         .reshape(co * cfg.tn, ci * cfg.ti, n))
-    if int(v[desc.n_out:].abs().sum()) or int(v[:, desc.n_in:].abs().sum()):
-        raise image.ImageError(fn_values, "padding", f"lanes past n_out={desc.n_out} / "
-                                                     f"n_in={desc.n_in} must be zero")
+    v = image.crop_padding(lanes.view(co, ci, n, cfg.tn, cfg.ti).permute(0, 3, 1, 4, 2)
+                           .reshape(co * cfg.tn, ci * cfg.ti, n), desc,
+                           entry["files"]["ikr_values"])
     w = torch.zeros(desc.n_out, desc.n_in, desc.k * desc.k, dtype=torch.int64)
-    w.scatter_(2, lib[idx], v[:desc.n_out, :desc.n_in])
+    w.scatter_(2, lib[idx], v)
     bias = image._unpack_bias(data["bias"], desc, cfg, entry["files"]["bias"])
     pwl = image._unpack_pwl(data["pwl"], desc, cfg) if "pwl" in data else None
     return QLayer(entry["name"], desc, w.view(desc.n_out, desc.n_in, desc.k, desc.k), bias,

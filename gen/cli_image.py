@@ -12,15 +12,13 @@ def _export(args):
     from slimnfu.compress import data
     from slimnfu.compress.models import network_info
     from slimnfu.compress.quant import quantize_model
-    from slimnfu.compress.train import train
+    from slimnfu.compress.train import set_threads, train
     from slimnfu.gen.image import export
 
     dataset = network_info(args.name)["dataset"]
     cfg = get_config(args.config).with_(dw=args.dw)
     if args.calib < 1:
         raise ValueError(f"--calib must be >= 1, not {args.calib}")
-    from slimnfu.compress.train import set_threads
-
     set_threads(args.threads)
     model, info = train(args.name, seed=args.seed, subset=args.subset,
                         progress=not args.no_progress, root=args.root)

@@ -229,17 +229,24 @@ def _require_int(value, file, field, low=0):
         raise ImageError(file, field, f"must be {limit}, not {value!r}")
 
 
+def crop_padding(t, desc, fname):
+    """``t[:n_out, :n_in]`` of a tensor unpacked from Tn x Ti tiles; :class:`ImageError` naming
+    ``fname`` when a padding lane past ``n_out`` / ``n_in`` is not zero."""
+    core = t[:desc.n_out, :desc.n_in]
+    if int(t.abs().sum()) != int(core.abs().sum()):
+        raise ImageError(fname, "padding", f"lanes past n_out={desc.n_out} / n_in={desc.n_in} "
+                                           f"must be zero")
+    return core.clone()
+
+
 def _unpack_weights(words, desc, cfg, fname):
     ci, co = desc.tiles(cfg)
     k = desc.k
     lanes = layout.unpack_words(words, cfg.tn * cfg.ti, cfg.dw)
     w = (lanes.view(co, ci, k, k, cfg.tn, cfg.ti).permute(0, 4, 1, 5, 2, 3)
          .reshape(co * cfg.tn, ci * cfg.ti, k, k))
-    core = w[:desc.n_out, :desc.n_in]
-    if int(w.abs().sum()) != int(core.abs().sum()):
-        raise ImageError(fname, "padding", f"lanes past n_out={desc.n_out} / n_in={desc.n_in} "
-                                           f"must be zero")
-    return core.clone() if desc.kind == "conv" else core.reshape(desc.n_out, desc.n_in).clone()
+    core = crop_padding(w, desc, fname)
+    return core if desc.kind == "conv" else core.reshape(desc.n_out, desc.n_in)
 
 
 def _unpack_bias(words, desc, cfg, fname):

@@ -28,8 +28,6 @@ BLOCKS = {
 DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "build" / "verilog"
 
 
-
-
 def _block_class(block):
     if block not in BLOCKS:
         raise ValueError(f"unknown block {block!r}; known blocks: {', '.join(BLOCKS)}")

@@ -199,3 +199,14 @@ def test_image_refuses_n_above_kk(tmp_path):
     with pytest.raises(image.ImageError, match=r"manifest.json: layers\[1\].desc: .*ikr_n=10 > "
                                                r"k\*k=9"):
         image.load(out)
+
+
+def test_image_refuses_non_zero_padding_lanes(tmp_path):
+    from slimnfu.gen import image
+
+    _, out, tamper = _ikr_image(tmp_path)
+    # conv1 has n_in=2 on Ti=4 lanes: lane 2 of index word 0 (4-bit entries) is padding
+    tamper(0, "ikr_index", lambda ls: [f"{int(ls[0], 16) | 1 << 8:0{len(ls[0])}x}"] + ls[1:])
+    with pytest.raises(image.ImageError, match=r"conv1.ikr_index.hex: padding: lanes past "
+                                               r"n_out=5 / n_in=2 must be zero"):
+        image.load(out)
