@@ -189,6 +189,7 @@ def _synth(progress):
     from slimnfu.rtl.perm_sb import PermSB
 
     cfg = get_config("tiny")
+    blocks_cfg = cfg.with_(perm=True)
     out = {"config": cfg.name, "perm_depth": cfg.perm_depth}
     root = REPO_ROOT / "build" / "bench" / "permfc_synth"
     def step(key, work):
@@ -198,7 +199,8 @@ def _synth(progress):
         except Exception as exc:
             out[key] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
 
-    for name, comp in (("perm_addr_gen", PermAddrGen(cfg)), ("perm_sb", PermSB(cfg))):
+    for name, comp in (("perm_addr_gen", PermAddrGen(blocks_cfg)),
+                       ("perm_sb", PermSB(blocks_cfg))):
         vfile = root / f"{name}.v"
         vfile.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(vfile, verilog.convert(comp, name=name, emit_src=False))

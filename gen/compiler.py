@@ -46,6 +46,15 @@ class ProgramLayer:
     move: tuple
     format: str
 
+    @property
+    def move_cycles(self):
+        """Cycles the move into NBin takes: one per word copied or value flattened."""
+        if self.move[0] == "copy":
+            return self.move[1]
+        if self.move[0] == "flatten":
+            return self.move[1] * self.move[2] * self.move[3]
+        return 0
+
 
 @dataclass
 class Program:

@@ -14,7 +14,11 @@ from pathlib import Path
 
 from slimnfu.atomic import atomic_write
 
-__all__ = ["BLOCKS", "DEFAULT_ROOT", "emit_block", "emit_engine", "verilog_text", "atomic_write"]
+__all__ = ["BLOCKS", "DEFAULT_ROOT", "ACCEL_TOP", "emit_block", "emit_engine", "emit_accelerator",
+           "verilog_text", "atomic_write"]
+
+#: Top module of the whole-network accelerator (:class:`slimnfu.rtl.accelerator.Accelerator`).
+ACCEL_TOP = "slimnfu_accel"
 
 #: Emittable blocks: name -> (module, class, Verilog top name). Every class takes ``(cfg)``.
 BLOCKS = {
@@ -51,6 +55,15 @@ def verilog_text(component, top, cfg=None):
     return header + text
 
 
+def _write_if_changed(path, text, top):
+    data = text.encode()
+    changed = not (path.exists() and path.read_bytes() == data)
+    if changed:
+        atomic_write(path, data)
+    return {"path": path, "top": top, "sha256": hashlib.sha256(data).hexdigest(),
+            "changed": changed}
+
+
 def emit_block(block, cfg, root=DEFAULT_ROOT):
     """Emit one block (``"engine"``, ``"nfu1"``, ``"nfu2"``, ``"nfu3"``) for ``cfg``.
 
@@ -73,16 +86,24 @@ def emit_block(block, cfg, root=DEFAULT_ROOT):
     if not isinstance(cfg, AccelConfig):
         raise TypeError(f"cfg must be an AccelConfig, not {type(cfg).__name__}")
     cls, top = _block_class(block)
-    text = verilog_text(cls(cfg), top, cfg)
-    data = text.encode()
-    path = Path(root) / cfg.name / f"{top}.v"
-    changed = not (path.exists() and path.read_bytes() == data)
-    if changed:
-        atomic_write(path, data)
-    return {"path": path, "top": top, "sha256": hashlib.sha256(data).hexdigest(),
-            "changed": changed}
+    return _write_if_changed(Path(root) / cfg.name / f"{top}.v", verilog_text(cls(cfg), top, cfg),
+                             top)
 
 
 def emit_engine(cfg, root=DEFAULT_ROOT):
     """Emit ``build/verilog/<config>/slimnfu_engine.v``; see :func:`emit_block`."""
     return emit_block("engine", cfg, root)
+
+
+def emit_accelerator(program, name, root=DEFAULT_ROOT):
+    """Emit the ROM build of a compiled network: ``root/<name>/slimnfu_accel.v``.
+
+    ``program`` is a :class:`slimnfu.gen.compiler.Program`; its weight ROM and layer tables are
+    memory init and constants in the file. Returns the dict of :func:`emit_block`.
+    """
+    from slimnfu.rtl.accelerator import Accelerator
+
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ValueError(f"name must be a non-empty folder name, not {name!r}")
+    text = verilog_text(Accelerator(program), ACCEL_TOP, program.cfg)
+    return _write_if_changed(Path(root) / name / f"{ACCEL_TOP}.v", text, ACCEL_TOP)

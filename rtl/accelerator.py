@@ -166,7 +166,9 @@ class Accelerator(wiring.Component):
                                                       "move_cycles", "mults", "sat_events")}
         if cfg.kgate:
             cnt["gated"] = self.gated
-        with m.If(busy & ~paused):
+        # The cycle that resumes a pause stands for the PAUSE cycle of a free run, so
+        # ``step`` does not change the count.
+        with m.If(busy & (~paused | self.resume)):
             m.d.sync += cnt["cycles"].eq(cnt["cycles"] + 1)
 
         with m.FSM():

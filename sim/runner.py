@@ -25,7 +25,11 @@ SIMS = ("icarus", "verilator")
 COSIM_ROOT = Path(__file__).resolve().parents[1] / "build" / "cosim"
 TIMESCALE = ("1ns", "1ps")
 TOP = "slimnfu_engine"
-_BUILD_ARGS = {"icarus": [], "verilator": ["-Wno-fatal", "-Wno-WIDTH", "-O3"]}
+# Icarus runs as Verilog-2005 (cocotb asks for -g2012 first; the last -g wins): Yosys starts
+# every ``always @*`` block with a register initialised to 0, which is an event at time 0 only
+# in 2005 mode. Under -g2012 a block whose inputs never change after reset (a table lookup on a
+# register that stays 0) is never evaluated and its output stays X.
+_BUILD_ARGS = {"icarus": ["-g2005"], "verilator": ["-Wno-fatal", "-Wno-WIDTH", "-O3"]}
 
 
 def _prepare_env():
@@ -44,25 +48,28 @@ def _prepare_env():
     os.environ.pop("VERILATOR_ROOT", None)
 
 
-def build_sim(sim, cfg, waves=False, root=COSIM_ROOT):
+def build_sim(sim, cfg, waves=False, root=COSIM_ROOT, emitted=None, name=None):
     """Emit the engine Verilog and compile it for ``sim``; return ``(runner, dirs)``.
 
-    The compile is skipped when the stamp (Verilog sha256, simulator, options) is unchanged
-    and the compiled model is present.
+    ``emitted`` (a dict of :func:`slimnfu.gen.verilog.emit_block`) builds another top level
+    instead, e.g. the accelerator of :func:`slimnfu.gen.verilog.emit_accelerator`, in the
+    folder ``name`` (default: the config's name). The compile is skipped when the stamp
+    (Verilog sha256, simulator, options) is unchanged and the compiled model is present.
     """
     from cocotb_tools.runner import get_runner
 
     if sim not in SIMS:
         raise ValueError(f"--sim must be one of {', '.join(SIMS)}, not {sim!r}")
     _prepare_env()
-    emitted = emit_engine(cfg)
-    base = Path(root) / sim / (cfg.name + ("_waves" if waves else ""))
+    emitted = emitted or emit_engine(cfg)
+    top = emitted["top"]
+    base = Path(root) / sim / ((name or cfg.name) + ("_waves" if waves else ""))
     build_dir, run_dir = base / "build", base / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
     stamp = {"verilog_sha256": emitted["sha256"], "sim": sim, "waves": waves,
              "build_args": _BUILD_ARGS[sim], "timescale": TIMESCALE}
     stamp_file = build_dir / "slimnfu_stamp.json"
-    product = build_dir / (TOP if sim == "verilator" else "sim.vvp")
+    product = build_dir / (top if sim == "verilator" else "sim.vvp")
     runner = get_runner(sim)
     fresh = (stamp_file.exists() and product.exists()
              and json.loads(stamp_file.read_text()) == json.loads(json.dumps(stamp)))
@@ -75,7 +82,7 @@ def build_sim(sim, cfg, waves=False, root=COSIM_ROOT):
             # g++ would take the header as a linker input; give make the flag.
             os.environ["MAKEFLAGS"] = f"{saved or ''} CFG_CXXFLAGS_PCH_I=-include".strip()
         try:
-            runner.build(sources=[emitted["path"]], hdl_toplevel=TOP, build_dir=build_dir,
+            runner.build(sources=[emitted["path"]], hdl_toplevel=top, build_dir=build_dir,
                          build_args=_BUILD_ARGS[sim], timescale=TIMESCALE, waves=waves,
                          always=True, log_file=build_dir / "build.log")
         finally:
@@ -87,23 +94,25 @@ def build_sim(sim, cfg, waves=False, root=COSIM_ROOT):
     else:
         # The runner keeps build settings on the object; give it the same ones without
         # compiling again.
-        runner.hdl_toplevel = TOP
+        runner.hdl_toplevel = top
         runner.build_dir = build_dir
         runner.waves = waves
         runner.timescale = TIMESCALE
-    return runner, {"build": build_dir, "run": run_dir, "compiled": not fresh,
+    return runner, {"build": build_dir, "run": run_dir, "compiled": not fresh, "top": top,
                     "build_s": time.perf_counter() - t0}
 
 
-def run_jobs(runner, dirs, jobs, waves=False):
-    """Run ``jobs`` (from :func:`case_job`) in one simulation; return the raw result list."""
+def run_jobs(runner, dirs, jobs, waves=False, test_module="slimnfu.sim.tb_engine"):
+    """Run ``jobs`` (from :func:`case_job`, or the jobs ``test_module`` reads) in one
+    simulation; return the raw result list (one entry per job, by ``name``)."""
     run_dir = dirs["run"]
     jobs_file, out_file = run_dir / "jobs.json", run_dir / "out.json"
     atomic_write(jobs_file, json.dumps(jobs))
     if out_file.exists():
         out_file.unlink()
     try:
-        runner.test(test_module="slimnfu.sim.tb_engine", hdl_toplevel=TOP, hdl_toplevel_lang="verilog",
+        runner.test(test_module=test_module, hdl_toplevel=dirs.get("top", TOP),
+                    hdl_toplevel_lang="verilog",
                     build_dir=dirs["build"], test_dir=run_dir, waves=waves,
                     timescale=TIMESCALE, results_xml=str(run_dir / "results.xml"),
                     log_file=run_dir / "sim.log",

@@ -1,23 +1,11 @@
 """amaranth.sim tests of the whole-network accelerator against the integer reference."""
 
-import pytest
 import torch
-from torch import nn
 
-from slimnfu.compress.quant import int_forward_layers, quantize_input, quantize_model
-from slimnfu.config import CONFIGS
-from slimnfu.gen.compiler import compile_model, config_for
+from slimnfu.compress.quant import int_forward_layers, quantize_input
 from slimnfu.rtl.accelerator import Accelerator
 from slimnfu.rtl.simdrive import simulate
-
-
-def small_model(seed=0):
-    """conv -> relu -> maxpool -> conv(pad) -> avgpool -> flatten -> fc -> sigmoid -> fc."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(1, 6, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 5, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
-        nn.Flatten(), nn.Linear(5 * 2 * 2, 7), nn.Sigmoid(), nn.Linear(7, 3))
+from slimnfu.sim.network import expected_cycles
 
 
 def run_program(program, images, step=True):
@@ -71,15 +59,8 @@ def run_program(program, images, step=True):
     return results
 
 
-@pytest.fixture(scope="module")
-def qmodel():
-    return quantize_model(small_model(), torch.rand(16, 1, 10, 10))
-
-
-def test_every_layer_bit_exact(qmodel):
-    cfg = config_for(qmodel, CONFIGS["tiny"].with_(nbin_depth=256, sb_depth=64,
-                                                    nbout_depth=256, bias_depth=8))
-    program = compile_model(qmodel, cfg)
+def test_every_layer_bit_exact(small_qmodel, small_program):
+    qmodel, program, cfg = small_qmodel, small_program, small_program.cfg
     x = quantize_input(qmodel, torch.rand(2, 1, 10, 10))
     results = run_program(program, x)
     for n, (layers, logits, counters) in enumerate(results):
@@ -92,6 +73,16 @@ def test_every_layer_bit_exact(qmodel):
         engine = sum(l.desc.dense_cycles(cfg) for l in program.layers)
         assert counters["engine_cycles"] == engine + len(layers) * 18
         assert counters["load_cycles"] == program.stats["rom_words"] + len(program.layers)
-        moves = {"copy": lambda m: m[1], "flatten": lambda m: m[1] * m[2] * m[3],
-                 "image": lambda m: 0}
-        assert counters["move_cycles"] == sum(moves[l.move[0]](l.move) for l in program.layers)
+        want = expected_cycles(program)
+        assert counters["move_cycles"] == want["move_cycles"]
+        assert counters["cycles"] == want["cycles"]
+
+
+def test_free_run_counts_the_same_cycles(small_qmodel, small_program):
+    qmodel, program = small_qmodel, small_program
+    x = quantize_input(qmodel, torch.rand(1, 1, 10, 10))
+    (layers, logits, counters), = run_program(program, x, step=False)
+    assert layers == []
+    assert torch.equal(program.unpack_layer(len(program.layers) - 1, logits),
+                       int_forward_layers(qmodel, x)[-1][0])
+    assert counters["cycles"] == expected_cycles(program)["cycles"]

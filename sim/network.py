@@ -1,0 +1,114 @@
+"""Whole-network co-simulation: real images through the accelerator's RTL, checked bit for bit.
+
+:func:`run_network` emits the ROM build of a compiled program, builds it for Icarus or
+Verilator, runs one job per image (:mod:`slimnfu.sim.tb_accel`) and compares every layer's
+output and the logits with :func:`slimnfu.compress.quant.int_forward_layers`, the golden model.
+"""
+
+import time
+
+import torch
+
+from slimnfu.sim.runner import build_sim, run_jobs
+
+__all__ = ["expected_cycles", "image_job", "run_network"]
+
+
+def expected_cycles(program):
+    """Cycles of one inference, ``start`` to ``done``, as the controller spends them.
+
+    Per layer: the move (``copy`` words or ``flatten`` values), the ROM loads (words plus one
+    cycle), the start cycle, the engine (``dense_cycles`` or ``ikr_cycles`` plus ``LATENCY``)
+    and one cycle going on. Returns a dict of the parts and ``cycles``.
+    """
+    from slimnfu.rtl.engine import LayerEngine
+
+    cfg = program.cfg
+    parts = {"move_cycles": 0, "load_cycles": 0, "engine_cycles": 0}
+    for layer in program.layers:
+        parts["move_cycles"] += layer.move_cycles
+        parts["load_cycles"] += sum(n for _, _, n in layer.loads) + 1
+        d = layer.desc
+        parts["engine_cycles"] += (d.ikr_cycles(cfg) if d.ikr_n else d.dense_cycles(cfg)) + \
+            LayerEngine.LATENCY
+    parts["cycles"] = sum(parts.values()) + 2 * len(program.layers)
+    return parts
+
+
+def image_job(program, x_int, name, step=True):
+    """The JSON job of one integer input sample."""
+    cfg = program.cfg
+    return {"name": name, "image": [int(w) for w in program.pack_image(x_int)], "step": step,
+            "layer_words": [l.desc.nbout_words(cfg) for l in program.layers],
+            "logit_words": program.layers[-1].desc.nbout_words(cfg),
+            "timeout_cycles": 2 * expected_cycles(program)["cycles"] + 1000}
+
+
+def _check(program, raw, refs):
+    """Compare one image's raw result with the reference outputs; return (passed, problem)."""
+    if raw.get("error"):
+        return False, raw["error"]
+    for i, words in enumerate(raw.get("layers") or []):
+        got, want = program.unpack_layer(i, words), refs[i][0]
+        if not torch.equal(got, want):
+            bad = int((got != want).sum())
+            return False, f"layer {program.layers[i].name}: {bad} outputs differ"
+    got = program.unpack_layer(len(program.layers) - 1, raw["logits"])
+    if not torch.equal(got, refs[-1][0].reshape(got.shape)):
+        return False, "logits differ"
+    return True, None
+
+
+def run_network(program, qmodel, images, labels, sim="verilator", name=None, step=True,
+                waves=False, log=print):
+    """Run ``images`` (float, the model's input scale) through the RTL of ``program``.
+
+    Returns
+    -------
+    dict
+        ``images``, ``bit_exact`` (every image, every layer with ``step``), ``rtl_correct``,
+        ``int_correct``, ``rtl_accuracy``, ``predictions``, ``labels``, ``failures``, the
+        counters of the first image, ``expected`` (:func:`expected_cycles`), and the build and
+        simulation seconds (``sim_s_per_image`` excludes the testbench's per-layer reads).
+    """
+    from slimnfu.compress.quant import int_forward_layers, quantize_input
+    from slimnfu.gen.verilog import emit_accelerator
+
+    name = name or program.cfg.name
+    x = quantize_input(qmodel, images)
+    emitted = emit_accelerator(program, name)
+    log(f"[{sim}] building {emitted['top']} ({name}) ...")
+    runner, dirs = build_sim(sim, program.cfg, waves=waves, emitted=emitted, name=name)
+    log(f"[{sim}] {'compiled' if dirs['compiled'] else 'reused build'} in "
+        f"{dirs['build_s']:.1f} s; running {x.shape[0]} images ...")
+    jobs = [image_job(program, x[i], f"image{i}", step) for i in range(x.shape[0])]
+    t0 = time.perf_counter()
+    raw = {r["name"]: r for r in run_jobs(runner, dirs, jobs, waves=waves,
+                                          test_module="slimnfu.sim.tb_accel")}
+    sim_s = time.perf_counter() - t0
+    preds, failures, rtl_ok, int_ok = [], [], 0, 0
+    for i in range(x.shape[0]):
+        refs = int_forward_layers(qmodel, x[i:i + 1])
+        r = raw[f"image{i}"]
+        passed, problem = _check(program, r, refs)
+        ref_pred = int(refs[-1][0].reshape(-1).argmax())
+        int_ok += ref_pred == int(labels[i])
+        pred = None
+        if r.get("logits") is not None:
+            pred = int(program.unpack_layer(len(program.layers) - 1, r["logits"]).argmax())
+            rtl_ok += pred == int(labels[i])
+        preds.append(pred)
+        if not passed:
+            failures.append({"image": i, "error": problem})
+    first = next((r for r in raw.values() if r.get("counters")), {})
+    run_s = [r["run_s"] - r["read_s"] for r in raw.values() if r.get("run_s")]
+    n = x.shape[0]
+    return {"images": n, "sim": sim, "name": name, "step": step, "bit_exact": not failures,
+            "failures": failures[:10], "rtl_correct": rtl_ok, "int_correct": int_ok,
+            "rtl_accuracy": round(100.0 * rtl_ok / n, 2), "int_accuracy":
+            round(100.0 * int_ok / n, 2), "predictions": preds,
+            "labels": [int(v) for v in labels], "counters": first.get("counters"),
+            "expected": expected_cycles(program), "build_s": round(dirs["build_s"], 1),
+            "compiled": dirs["compiled"], "sim_wall_s": round(sim_s, 1),
+            "sim_s_per_image": round(sum(run_s) / len(run_s), 4) if run_s else None,
+            "verilog": str(emitted["path"]), "verilog_sha256": emitted["sha256"]}

@@ -1,0 +1,119 @@
+"""The cocotb test module of whole-network inference on the accelerator (``slimnfu_accel``).
+
+It reads the jobs (one image each) from the JSON file named by ``SLIMNFU_COSIM_JOBS``, written
+by :func:`slimnfu.sim.network.image_job`, and writes the raw results to ``SLIMNFU_COSIM_OUT``:
+per image the NBout words of every layer (read while the accelerator pauses after each layer,
+when the job asks for ``step``), the logits' words, the counters and the wall times. The
+comparison with the integer reference happens in :mod:`slimnfu.sim.network`, which has torch.
+
+Inputs change on the falling clock edge, as in :mod:`slimnfu.sim.driver`.
+"""
+
+import json
+import os
+import time
+
+import cocotb
+from cocotb.clock import Clock
+from cocotb.triggers import FallingEdge, RisingEdge, SimTimeoutError, with_timeout
+
+from slimnfu.sim.driver import CLOCK_NS
+
+#: Counter ports of the accelerator, as they appear in a result.
+ACCEL_COUNTERS = ("cycles", "engine_cycles", "load_cycles", "move_cycles", "mults",
+                  "sat_events")
+
+
+def _write(path, results):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f)
+    os.replace(tmp, path)
+
+
+async def _read(dut, count):
+    """NBout words ``0 .. count-1`` through ``rd_addr`` / ``rd_data``."""
+    words = []
+    for addr in range(count):
+        dut.rd_addr.value = addr
+        await FallingEdge(dut.clk)
+        try:
+            words.append(dut.rd_data.value.to_unsigned())
+        except ValueError:
+            raise ValueError(f"rd_data has X/Z bits at NBout address {addr}") from None
+    return words
+
+
+async def _infer(dut, job):
+    """Load one image, run the program and collect the outputs; return the result dict."""
+    dut.img_en.value = 1
+    for addr, word in enumerate(job["image"]):
+        dut.img_addr.value = addr
+        dut.img_data.value = int(word)
+        await FallingEdge(dut.clk)
+    dut.img_en.value = 0
+    dut.step.value = int(job["step"])
+    dut.start.value = 1
+    await FallingEdge(dut.clk)
+    dut.start.value = 0
+    t_run, read_s = time.perf_counter(), 0.0
+    timeout = job["timeout_cycles"] * CLOCK_NS
+    layers = []
+    if job["step"]:
+        for count in job["layer_words"]:
+            if dut.paused.value != 1:
+                try:
+                    await with_timeout(RisingEdge(dut.paused), timeout, "ns")
+                except SimTimeoutError:
+                    raise SimTimeoutError(f"no pause after layer {len(layers) - 1} within "
+                                          f"{job['timeout_cycles']} cycles") from None
+                await FallingEdge(dut.clk)
+            t0 = time.perf_counter()
+            layers.append(await _read(dut, count))
+            read_s += time.perf_counter() - t0
+            dut.resume.value = 1
+            await FallingEdge(dut.clk)
+            dut.resume.value = 0
+        if dut.done.value != 1:
+            raise SimTimeoutError("done did not pulse after the last layer's pause")
+    else:
+        try:
+            await with_timeout(RisingEdge(dut.done), timeout, "ns")
+        except SimTimeoutError:
+            raise SimTimeoutError(f"done did not pulse within {job['timeout_cycles']} "
+                                  f"cycles") from None
+        await FallingEdge(dut.clk)
+    names = ACCEL_COUNTERS + (("gated",) if hasattr(dut, "gated") else ())
+    counters = {name: getattr(dut, name).value.to_unsigned() for name in names}
+    run_s = time.perf_counter() - t_run
+    logits = await _read(dut, job["logit_words"])
+    return {"layers": layers if job["step"] else None, "logits": logits,
+            "counters": counters, "run_s": run_s, "read_s": read_s}
+
+
+@cocotb.test()
+async def network_inference(dut):
+    """Run every image; a failure is recorded and the accelerator is reset for the next one."""
+    with open(os.environ["SLIMNFU_COSIM_JOBS"]) as f:
+        jobs = json.load(f)
+    out = os.environ["SLIMNFU_COSIM_OUT"]
+    cocotb.start_soon(Clock(dut.clk, CLOCK_NS, unit="ns").start())
+    results = []
+    for job in jobs:
+        t0 = time.perf_counter()
+        for name in ("start", "img_en", "img_addr", "img_data", "rd_addr", "step", "resume"):
+            getattr(dut, name).value = 0
+        dut.rst.value = 1
+        for _ in range(2):
+            await FallingEdge(dut.clk)
+        dut.rst.value = 0
+        await FallingEdge(dut.clk)
+        entry = {"name": job["name"], "error": None}
+        try:
+            entry.update(await _infer(dut, job))
+        except (SimTimeoutError, ValueError) as exc:
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+        entry["wall_s"] = time.perf_counter() - t0
+        results.append(entry)
+        _write(out, results)
+        dut._log.info("%s: %s", job["name"], entry["error"] or "ran")
