@@ -19,6 +19,9 @@ def register(sub):
     p.add_argument("--config", default="tiny", help="accelerator config (default: tiny)")
     p.add_argument("--no-pnr", action="store_true", help="skip place and route")
     p.add_argument("--out", default=None, help="report path (default build/synth/<config>.json)")
+    p.add_argument("--part", default=None,
+                   help="place and route on this part (LFE5U-25F, LFE5U-45F or LFE5U-85F) "
+                        "instead of the smallest that holds the design")
     p.set_defaults(func=_synth)
 
 
@@ -37,7 +40,7 @@ def _synth(args):
     from slimnfu.gen.synth import synth_config
 
     cfg = get_config(args.config)
-    report = synth_config(cfg, out=args.out, pnr=not args.no_pnr)
+    report = synth_config(cfg, out=args.out, pnr=not args.no_pnr, part=args.part)
     fmax = report["fmax_mhz"]
     print(f"{cfg.name}: {report['cells']} cells, {report['luts']} LUT4, {report['ffs']} FF, "
           f"{report['dsps']} DSP, {report['brams']} DP16KD, "

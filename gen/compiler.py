@@ -12,7 +12,8 @@ program is what :class:`slimnfu.rtl.accelerator.Accelerator` bakes in:
   re-ordered into PyTorch's flatten order when an FC layer follows a conv or pool layer
   (``flatten``).
 
-The chain needs ``tn == ti`` (an NBout word is then an NBin word). Anything the engine cannot
+The chain relies on ``tn == ti`` (which every :class:`AccelConfig` has): an NBout word is an
+NBin word. Anything the engine cannot
 run is refused with a :class:`ValueError` naming the layer, before any Verilog is emitted.
 """
 
@@ -138,7 +139,7 @@ def compile_model(qmodel, cfg):
     ValueError
         Naming the layer: a format the accelerator does not run, a method flag ``cfg`` lacks, a
         layer that does not fit the buffers, or a shape that does not chain; or a config with
-        ``tn != ti`` or other number widths than the model's.
+        other number widths than the model's.
     """
     from slimnfu.gen.image import _layer_memories
     from slimnfu.rtl.descriptor import descriptor_value
@@ -146,9 +147,6 @@ def compile_model(qmodel, cfg):
 
     if not isinstance(cfg, AccelConfig):
         raise TypeError(f"cfg must be an AccelConfig, not {type(cfg).__name__}")
-    if cfg.tn != cfg.ti:
-        raise ValueError(f"config {cfg.name!r} has tn={cfg.tn}, ti={cfg.ti}; the accelerator "
-                         f"chains layers from NBout to NBin and needs tn == ti")
     if (cfg.dw, cfg.acc) != (qmodel.dw, qmodel.acc):
         raise ValueError(f"config {cfg.name!r} has dw={cfg.dw}, acc={cfg.acc}, but the model is "
                          f"quantised for dw={qmodel.dw}, acc={qmodel.acc}")

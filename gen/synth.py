@@ -186,7 +186,28 @@ def tool_versions():
     return out
 
 
-def synth_verilog(vfile, top, workdir, ecp5=True, pnr=True, progress=True):
+def check_part(part):
+    """Raise ``ValueError`` unless ``part`` is None or a key of :data:`ECP5_PARTS`."""
+    if part is not None and part not in ECP5_PARTS:
+        raise ValueError(f"--part must be one of {', '.join(ECP5_PARTS)}, not {part!r}")
+    return part
+
+
+def _on_part(ecp5, part):
+    """``(part, reason)`` for placing on ``part`` instead of the smallest that fits."""
+    smallest, reason = choose_part(ecp5)
+    res = ECP5_PARTS[part]
+    short = [f"{k} {ecp5[k]} > {res[k]}" for k in ("dsps", "brams", "luts", "ffs")
+             if ecp5[k] > res[k]]
+    if short:
+        return None, f"does not fit {part} (asked for): " + ", ".join(short)
+    return part, (f"{part} (asked for; the smallest that holds it is {smallest}): "
+                  f"{ecp5['dsps']}/{res['dsps']} multipliers, {ecp5['brams']}/{res['brams']} "
+                  f"DP16KD, {ecp5['luts']}/{res['luts']} LUT4, {ecp5['ffs']}/{res['ffs']} FF"
+                  if smallest else reason)
+
+
+def synth_verilog(vfile, top, workdir, ecp5=True, pnr=True, progress=True, part=None):
     """Run the generic flow, and optionally ECP5 synthesis and place and route, on one file.
 
     Parameters
@@ -199,6 +220,9 @@ def synth_verilog(vfile, top, workdir, ecp5=True, pnr=True, progress=True):
         Inside the repository (YoWASP tools cannot see ``/tmp``).
     ecp5, pnr : bool
         Run ``synth_ecp5``; run nextpnr when a part fits (needs ``ecp5``).
+    part : str or None
+        Place on this LFE5U part instead of the smallest that holds the design (a part with
+        more routing room, for a design whose smallest part does not route).
     progress : bool
         Show a tqdm step bar.
 
@@ -210,6 +234,7 @@ def synth_verilog(vfile, top, workdir, ecp5=True, pnr=True, progress=True):
     """
     from tqdm import tqdm
 
+    check_part(part)
     workdir = _workdir(workdir)
     if not Path(vfile).is_file():
         raise FileNotFoundError(f"Verilog file {vfile} does not exist")
@@ -224,7 +249,8 @@ def synth_verilog(vfile, top, workdir, ecp5=True, pnr=True, progress=True):
             report["generic"] = synth_generic(vfile, top, workdir)
         elif step == "yosys synth_ecp5":
             report["ecp5"] = synth_ecp5(vfile, top, workdir)
-            report["part"], report["fits"] = choose_part(report["ecp5"])
+            report["part"], report["fits"] = (_on_part(report["ecp5"], part) if part else
+                                              choose_part(report["ecp5"]))
         elif step == "nextpnr-ecp5":
             if pnr and report["part"]:
                 report["pnr"] = place_route(workdir, report["part"])
@@ -246,17 +272,20 @@ def synth_verilog(vfile, top, workdir, ecp5=True, pnr=True, progress=True):
     return report
 
 
-def synth_config(cfg, out=None, build_root=None, pnr=True, progress=True, reuse=False):
+def synth_config(cfg, out=None, build_root=None, pnr=True, progress=True, reuse=False,
+                 part=None):
     """Emit the engine for ``cfg``, synthesise it and write ``build/synth/<config>.json``.
 
     With ``reuse``, an existing report at ``out`` whose ``verilog_sha256`` equals the freshly
     emitted Verilog's (and that has place and route when ``pnr`` asks for it) is returned
     instead of synthesising again (the returned dict then has ``"reused": True``).
 
-    Returns the report dict (also written atomically to ``out``).
+    ``part`` is passed to :func:`synth_verilog`. Returns the report dict (also written
+    atomically to ``out``).
     """
     from slimnfu.gen.verilog import emit_engine
 
+    check_part(part)
     build_root = Path(build_root) if build_root else REPO_ROOT / "build"
     out = Path(out) if out else build_root / "synth" / f"{cfg.name}.json"
     emitted = emit_engine(cfg, build_root / "verilog")
@@ -266,7 +295,7 @@ def synth_config(cfg, out=None, build_root=None, pnr=True, progress=True, reuse=
                 (not pnr or old.get("pnr") or not old.get("part")):
             return {**old, "reused": True}
     report = synth_verilog(emitted["path"], emitted["top"], build_root / "synth" / cfg.name,
-                           pnr=pnr, progress=progress)
+                           pnr=pnr, progress=progress, part=part)
     report = {"config": cfg.name, "accel": cfg.to_dict(), "nfu_multipliers": cfg.tn * cfg.ti,
               "verilog_sha256": emitted["sha256"], **report}
     atomic_write(out, json.dumps(report, indent=1, sort_keys=False) + "\n")

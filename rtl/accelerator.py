@@ -53,9 +53,6 @@ class Accelerator(wiring.Component):
                             f"{type(program).__name__}")
         self.program = program
         self.cfg = cfg = check_config(self, program.cfg)
-        if cfg.tn != cfg.ti:
-            raise ValueError(f"config {cfg.name!r}: the accelerator needs tn == ti, not "
-                             f"tn={cfg.tn}, ti={cfg.ti}")
         if not program.layers:
             raise ValueError("program has no layers")
         self._engine = LayerEngine(cfg)

@@ -83,3 +83,22 @@ def test_synth_config_reuses_a_report_only_for_the_same_verilog(tmp_path, monkey
     out.write_text(json.dumps({"verilog_sha256": "0" * 64, "part": None, "pnr": None}))
     synth.synth_config(cfg, out=out, build_root=tmp_path, pnr=False, reuse=True)
     assert len(calls) == 2
+
+
+def test_unknown_part_is_refused_before_any_work(tmp_path):
+    from slimnfu.config import CONFIGS
+    from slimnfu.gen.synth import synth_config
+
+    with pytest.raises(ValueError, match="--part must be one of LFE5U-25F"):
+        synth_config(CONFIGS["tiny"], out=tmp_path / "r.json", part="LFE5U-12F")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_asked_part_reports_the_smallest():
+    from slimnfu.gen.synth import _on_part
+
+    small = {"dsps": 20, "brams": 46, "luts": 7000, "ffs": 3000}
+    part, why = _on_part(small, "LFE5U-85F")
+    assert part == "LFE5U-85F" and "smallest that holds it is LFE5U-25F" in why
+    part, why = _on_part({**small, "dsps": 100}, "LFE5U-45F")
+    assert part is None and "dsps 100 > 72" in why
