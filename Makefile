@@ -26,7 +26,7 @@ export SLIMNFU_DATA
 export PATH := $(abspath $(BIN)):$(PATH)
 unexport VERILATOR_ROOT
 
-BENCHES := hw models ikr permfc slim
+BENCHES := hw models ikr permfc slim network
 
 .PHONY: setup test demo verilog cosim bench $(addprefix bench-,$(BENCHES)) clean help
 

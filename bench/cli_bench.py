@@ -8,6 +8,7 @@ BENCHES = {
     "ikr": "slimnfu.bench.ikr",
     "permfc": "slimnfu.bench.permfc",
     "slim": "slimnfu.bench.slim",
+    "network": "slimnfu.bench.network",
 }
 
 

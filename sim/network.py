@@ -68,7 +68,8 @@ def run_network(program, qmodel, images, labels, sim="verilator", name=None, ste
     dict
         ``images``, ``bit_exact`` (every image, every layer with ``step``), ``rtl_correct``,
         ``int_correct``, ``rtl_accuracy``, ``predictions``, ``labels``, ``failures``, the
-        counters of the first image, ``expected`` (:func:`expected_cycles`), and the build and
+        counters of the first image and, with ``step``, its measured ``per_layer`` cycles (a
+        layer's ``cycles`` include its move and loads, ``engine_cycles`` only its run), ``expected`` (:func:`expected_cycles`), and the build and
         simulation seconds (``sim_s_per_image`` excludes the testbench's per-layer reads).
     """
     from slimnfu.compress.quant import int_forward_layers, quantize_input
@@ -101,6 +102,13 @@ def run_network(program, qmodel, images, labels, sim="verilator", name=None, ste
         if not passed:
             failures.append({"image": i, "error": problem})
     first = next((r for r in raw.values() if r.get("counters")), {})
+    per_layer = None
+    if first.get("marks"):
+        marks = [[0, 0]] + first["marks"]
+        per_layer = [{"layer": l.name, "format": l.format,
+                      "cycles": marks[i + 1][0] - marks[i][0],
+                      "engine_cycles": marks[i + 1][1] - marks[i][1]}
+                     for i, l in enumerate(program.layers)]
     run_s = [r["run_s"] - r["read_s"] for r in raw.values() if r.get("run_s")]
     n = x.shape[0]
     return {"images": n, "sim": sim, "name": name, "step": step, "bit_exact": not failures,
@@ -108,6 +116,7 @@ def run_network(program, qmodel, images, labels, sim="verilator", name=None, ste
             "rtl_accuracy": round(100.0 * rtl_ok / n, 2), "int_accuracy":
             round(100.0 * int_ok / n, 2), "predictions": preds,
             "labels": [int(v) for v in labels], "counters": first.get("counters"),
+            "per_layer": per_layer,
             "expected": expected_cycles(program), "build_s": round(dirs["build_s"], 1),
             "compiled": dirs["compiled"], "sim_wall_s": round(sim_s, 1),
             "sim_s_per_image": round(sum(run_s) / len(run_s), 4) if run_s else None,

@@ -3,7 +3,8 @@
 It reads the jobs (one image each) from the JSON file named by ``SLIMNFU_COSIM_JOBS``, written
 by :func:`slimnfu.sim.network.image_job`, and writes the raw results to ``SLIMNFU_COSIM_OUT``:
 per image the NBout words of every layer (read while the accelerator pauses after each layer,
-when the job asks for ``step``), the logits' words, the counters and the wall times. The
+when the job asks for ``step``), the ``cycles`` and ``engine_cycles`` counters at each pause
+(``marks``), the logits' words, the final counters and the wall times. The
 comparison with the integer reference happens in :mod:`slimnfu.sim.network`, which has torch.
 
 Inputs change on the falling clock edge, as in :mod:`slimnfu.sim.driver`.
@@ -58,7 +59,7 @@ async def _infer(dut, job):
     dut.start.value = 0
     t_run, read_s = time.perf_counter(), 0.0
     timeout = job["timeout_cycles"] * CLOCK_NS
-    layers = []
+    layers, marks = [], []
     if job["step"]:
         for count in job["layer_words"]:
             if dut.paused.value != 1:
@@ -68,6 +69,7 @@ async def _infer(dut, job):
                     raise SimTimeoutError(f"no pause after layer {len(layers) - 1} within "
                                           f"{job['timeout_cycles']} cycles") from None
                 await FallingEdge(dut.clk)
+            marks.append([dut.cycles.value.to_unsigned(), dut.engine_cycles.value.to_unsigned()])
             t0 = time.perf_counter()
             layers.append(await _read(dut, count))
             read_s += time.perf_counter() - t0
@@ -87,7 +89,7 @@ async def _infer(dut, job):
     counters = {name: getattr(dut, name).value.to_unsigned() for name in names}
     run_s = time.perf_counter() - t_run
     logits = await _read(dut, job["logit_words"])
-    return {"layers": layers if job["step"] else None, "logits": logits,
+    return {"layers": layers if job["step"] else None, "marks": marks, "logits": logits,
             "counters": counters, "run_s": run_s, "read_s": read_s}
 
 

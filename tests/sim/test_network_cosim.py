@@ -16,3 +16,6 @@ def test_images_bit_exact_every_layer(small_qmodel, small_program, sim):
     assert r["rtl_correct"] == r["int_correct"]
     assert r["counters"]["cycles"] == expected_cycles(program)["cycles"]
     assert None not in r["predictions"]
+    layers = r["per_layer"]
+    assert sum(l["engine_cycles"] for l in layers) == r["counters"]["engine_cycles"]
+    assert sum(l["cycles"] for l in layers) == r["counters"]["cycles"] - 1

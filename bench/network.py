@@ -1,0 +1,243 @@
+"""``slimnfu bench network``: whole LeNet-5 inferences on the accelerator's RTL, dense and compressed.
+
+LeNet-5 (the cached checkpoint, or trained) is compressed under ``--budget`` points with every
+method the accelerator runs (:func:`slimnfu.compress.pipeline.compress_network`: IKR convs,
+permuted hidden FC), quantised, compiled (:mod:`slimnfu.gen.compiler`) for ``--config`` with
+the flags it needs, and ``--images`` MNIST test images go through the ROM build's Verilog on
+Verilator, every layer's output and the logits checked bit for bit against the integer
+reference (Icarus runs ``--icarus-images``). The dense network runs the same way on the dense
+build (``--dense-images``) for its cycles.
+
+Rows (DESIGN.md section 8), ``method`` ``dense`` and ``ikr+perm``: accuracies on the full test set
+(float and integer) and on the simulated images (``acc_rtl``), MACs, params and bits (every
+stored bit), ``rtl_cycles`` per inference measured on Verilator, plus ``rtl_engine_cycles``
+(layers running; the rest moves activations and loads weights) and ``ideal_cycles``: the dense
+engine cycles of each layer scaled by its MAC ratio. ``per_layer`` gives each layer's measured
+cycles; ``sim_s_per_image`` the Verilator seconds per inference.
+"""
+
+import platform
+import time
+
+from slimnfu.atomic import write_json
+
+__all__ = ["main", "add_arguments", "run", "markdown"]
+
+CACHE = "build/network"
+
+
+def add_arguments(parser):
+    parser.add_argument("--config", default="diannao", help="base accelerator config")
+    parser.add_argument("--images", type=int, default=100,
+                        help="MNIST test images through the compressed RTL on Verilator")
+    parser.add_argument("--icarus-images", type=int, default=5)
+    parser.add_argument("--dense-images", type=int, default=10)
+    parser.add_argument("--budget", type=float, default=1.0, help="accuracy budget, points")
+    parser.add_argument("--val", type=int, default=3000,
+                        help="validation images: the tail of the calib split")
+    parser.add_argument("--calib", type=int, default=2000)
+    parser.add_argument("--recompress", action="store_true",
+                        help="compress again even when build/network holds the result")
+    parser.add_argument("--threads", type=int, default=2)
+
+
+def check_args(args):
+    """Refuse bad numbers before any long work, naming the option."""
+    from slimnfu.config import CONFIGS
+
+    if args.config not in CONFIGS:
+        raise SystemExit(f"--config must be one of {', '.join(CONFIGS)}, not {args.config!r}")
+    for name in ("images", "icarus_images", "dense_images"):
+        v = getattr(args, name)
+        if not 0 <= v <= 10000:
+            raise SystemExit(f"--{name.replace('_', '-')} must be in 0..10000, not {v}")
+    if args.images < 1:
+        raise SystemExit(f"--images must be at least 1, not {args.images}")
+    if not 0 <= args.budget <= 100:
+        raise SystemExit(f"--budget must be in 0..100 points, not {args.budget}")
+    if args.val < 1 or args.calib < 1 or args.val + args.calib > 5000:
+        raise SystemExit(f"--val {args.val} and --calib {args.calib} must be >= 1 and share "
+                         f"the 5000 images of the calib split")
+
+
+def compressed_model(model, budget, val_n, calib_n, recompress=False, log=print):
+    """``(float_model, qmodel, history)`` of LeNet-5 under ``budget``, cached in build/network."""
+    import json
+    from pathlib import Path
+
+    from slimnfu.atomic import atomic_write
+    from slimnfu.compress import data
+    from slimnfu.compress.pipeline import compress_network
+    from slimnfu.compress.quant import QuantModel
+    from slimnfu.compress.train import evaluate
+
+    xs, ys = data.load("mnist", "train")
+    xc, yc = data.load("mnist", "calib")
+    key = hash_state(model)[:12]
+    path = Path(CACHE) / f"lenet5_{key}_b{budget}_v{val_n}_c{calib_n}.json"
+    if path.is_file() and not recompress:
+        state = json.loads(path.read_text())
+        log(f"reusing {path}")
+        return None, QuantModel.from_state(state["qmodel"]), state["history"]
+    fm, q, hist = compress_network(model, (xs, ys), (xc[-val_n:], yc[-val_n:]), xc[:calib_n],
+                                   budget, log=log)
+    xt, yt = data.load("mnist", "test")
+    hist["test_acc_float"] = round(evaluate(fm, xt, yt), 2)
+    state = {"qmodel": q.to_state(), "history": _jsonable(hist)}
+    atomic_write(path, json.dumps(state))
+    return fm, q, state["history"]
+
+
+def hash_state(model):
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _jsonable(x):
+    import json
+    return json.loads(json.dumps(x, default=float))
+
+
+def _acc(logits, labels):
+    return round(100.0 * float((logits.argmax(1) == labels).double().mean()), 2)
+
+
+def _ideal(dense_layers, stats_dense, stats):
+    """Dense engine cycles of each layer times its MAC ratio, summed."""
+    total = 0.0
+    for d, ld, lc in zip(dense_layers, stats_dense["layers"], stats["layers"]):
+        ratio = lc["macs"] / ld["macs"] if ld["macs"] else 1.0
+        total += d["engine_cycles"] * ratio
+    return round(total)
+
+
+def run(args, log=print):
+    import torch
+
+    from slimnfu.compress import data
+    from slimnfu.compress.accounting import model_stats
+    from slimnfu.compress.quant import int_forward, quantize_model
+    from slimnfu.compress.train import evaluate, train
+    from slimnfu.config import CONFIGS
+    from slimnfu.gen.compiler import compile_model, config_for
+    from slimnfu.sim.network import run_network
+
+    base_cfg = CONFIGS[args.config]
+    model, info = train("lenet5", progress=True)
+    xc, _ = data.load("mnist", "calib")
+    xt, yt = data.load("mnist", "test")
+    acc_base = round(evaluate(model, xt, yt), 2)
+    qd = quantize_model(model, xc[:args.calib])
+    fm, q, hist = compressed_model(model, args.budget, args.val, args.calib, args.recompress,
+                                   log)
+    sd, sc = model_stats(qd), model_stats(q)
+    programs = {}
+    for label, qm in (("dense", qd), ("ikr+perm", q)):
+        cfg = config_for(qm, base_cfg)
+        suffix = "dense" if label == "dense" else "compressed"
+        cfg = cfg.with_(name=f"{args.config}_lenet5_{suffix}")
+        programs[label] = (qm, compile_model(qm, cfg))
+    rows, runs = [], {}
+    for label, (qm, prog) in programs.items():
+        n = args.dense_images if label == "dense" else args.images
+        sims = {"verilator": n}
+        if label != "dense" and args.icarus_images:
+            sims["icarus"] = args.icarus_images
+        for sim, count in sims.items():
+            if count == 0:
+                continue
+            runs[label, sim] = run_network(prog, qm, xt[:count], yt[:count], sim=sim,
+                                           name=prog.cfg.name, log=log)
+            r = runs[label, sim]
+            log(f"{label} on {sim}: {count} images, bit-exact {r['bit_exact']}, RTL accuracy "
+                f"{r['rtl_accuracy']}%, {r['counters']['cycles'] if r['counters'] else '-'} "
+                f"cycles per inference")
+    acc_int_c = _acc(int_forward(q, xt)[0], yt)
+    acc_int_d = _acc(int_forward(qd, xt)[0], yt)
+    dense_run = runs.get(("dense", "verilator"))
+    for label, (qm, prog) in programs.items():
+        st = sd if label == "dense" else sc
+        r = runs.get((label, "verilator"))
+        row = {"network": "lenet5", "dataset": "mnist", "method": label,
+               "budget_pct": None if label == "dense" else args.budget,
+               "acc_float_base": acc_base,
+               "acc_float": acc_base if label == "dense" else hist.get("test_acc_float"),
+               "acc_int": acc_int_d if label == "dense" else acc_int_c,
+               "macs_dense": sd["macs"], "macs": st["macs"],
+               "conv_macs_dense": sd["conv_macs"], "conv_macs": st["conv_macs"],
+               "params_dense": sd["params"], "params": st["params"],
+               "bits_dense": sd["bits"], "bits": st["bits"],
+               "config": prog.cfg.name, "accel": prog.cfg.to_dict(),
+               "formats": {l.name: l.format for l in prog.layers},
+               "rom_words": prog.stats["rom_words"], "rom_width": prog.rom_width,
+               "rom_item_bits": prog.stats["stored_bits"],
+               "rtl_cycles_dense": dense_run["counters"]["cycles"] if dense_run else None}
+        if r:
+            row.update({"rtl_cycles": r["counters"]["cycles"],
+                        "rtl_engine_cycles": r["counters"]["engine_cycles"],
+                        "rtl_cycles_parts": {k: r["counters"][k] for k in
+                                             ("engine_cycles", "load_cycles", "move_cycles")},
+                        "images_rtl": r["images"], "acc_rtl": r["rtl_accuracy"],
+                        "acc_int_same_images": r["int_accuracy"],
+                        "bit_exact": r["bit_exact"], "failures": r["failures"],
+                        "per_layer": r["per_layer"], "sim_s_per_image": r["sim_s_per_image"],
+                        "sim_build_s": r["build_s"], "mults": r["counters"]["mults"]})
+        if dense_run and dense_run["per_layer"]:
+            row["ideal_cycles"] = _ideal(dense_run["per_layer"], sd, st)
+        for (lab, sim), rr in runs.items():
+            if lab == label and sim != "verilator":
+                row[f"{sim}_images"], row[f"{sim}_bit_exact"] = rr["images"], rr["bit_exact"]
+                row[f"{sim}_sim_s_per_image"] = rr["sim_s_per_image"]
+        rows.append(row)
+    return rows, hist
+
+
+def markdown(rows):
+    """The rows as Markdown: one line per network build, then cycles per layer."""
+    lines = ["| build | config | int % (test set) | RTL % (images) | bit-exact | MACs x | bits x "
+             "| cycles / inference | engine cycles | ideal | speed-up | sim s / image |",
+             "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        sp = (f"{r['rtl_cycles_dense'] / r['rtl_cycles']:.2f}"
+              if r.get("rtl_cycles") and r.get("rtl_cycles_dense") else "-")
+        lines.append(
+            f"| {r['method']} | {r['config']} | {r['acc_int']:.2f} | "
+            f"{r.get('acc_rtl', '-')} ({r.get('images_rtl', 0)}) | "
+            f"{'yes' if r.get('bit_exact') else 'NO'} | {r['macs_dense'] / r['macs']:.2f} | "
+            f"{r['bits_dense'] / r['bits']:.2f} | {r.get('rtl_cycles', '-'):,} | "
+            f"{r.get('rtl_engine_cycles', '-'):,} | {r.get('ideal_cycles', '-'):,} | {sp} | "
+            f"{r.get('sim_s_per_image', '-')} |")
+    by = {r["method"]: {l["layer"]: l for l in r.get("per_layer") or []} for r in rows}
+    if "dense" in by and len(by) > 1:
+        other = [m for m in by if m != "dense"][0]
+        lines += ["", f"| layer | format | dense cycles | {other} cycles | speed-up |",
+                  "|---|---|---:|---:|---:|"]
+        for name, d in by["dense"].items():
+            c = by[other].get(name)
+            if c:
+                lines.append(f"| {name} | {c['format']} | {d['cycles']:,} | {c['cycles']:,} | "
+                             f"{d['cycles'] / c['cycles']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(args):
+    import torch
+
+    from slimnfu.compress.train import set_threads
+
+    check_args(args)
+    set_threads(args.threads)
+    t0 = time.perf_counter()
+    rows, hist = run(args)
+    report = {"benchmark": "network", "rows": rows, "compression": hist,
+              "host": {"python": platform.python_version(), "torch": torch.__version__},
+              "wall_s": round(time.perf_counter() - t0, 1)}
+    write_json(args.out, report)
+    print(markdown(rows))
+    print(f"wrote {args.out}")
+    return 0 if all(r.get("bit_exact", True) for r in rows) else 1
