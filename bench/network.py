@@ -1,4 +1,4 @@
-"""``slimnfu bench network``: whole LeNet-5 inferences on the accelerator's RTL, dense and compressed.
+"""``slimnfu bench network``: whole LeNet-5 inferences on the accelerator's RTL.
 
 LeNet-5 (the cached checkpoint, or trained) is compressed under ``--budget`` points with every
 method the accelerator runs (:func:`slimnfu.compress.pipeline.compress_network`: IKR convs,
@@ -22,9 +22,6 @@ import time
 from slimnfu.atomic import write_json
 
 __all__ = ["main", "add_arguments", "run", "markdown"]
-
-CACHE = "build/network"
-
 
 def add_arguments(parser):
     parser.add_argument("--config", default="diannao", help="base accelerator config")
@@ -60,49 +57,6 @@ def check_args(args):
                          f"the 5000 images of the calib split")
 
 
-def compressed_model(model, budget, val_n, calib_n, recompress=False, log=print):
-    """``(float_model, qmodel, history)`` of LeNet-5 under ``budget``, cached in build/network."""
-    import json
-    from pathlib import Path
-
-    from slimnfu.atomic import atomic_write
-    from slimnfu.compress import data
-    from slimnfu.compress.pipeline import compress_network
-    from slimnfu.compress.quant import QuantModel
-    from slimnfu.compress.train import evaluate
-
-    xs, ys = data.load("mnist", "train")
-    xc, yc = data.load("mnist", "calib")
-    key = hash_state(model)[:12]
-    path = Path(CACHE) / f"lenet5_{key}_b{budget}_v{val_n}_c{calib_n}.json"
-    if path.is_file() and not recompress:
-        state = json.loads(path.read_text())
-        log(f"reusing {path}")
-        return None, QuantModel.from_state(state["qmodel"]), state["history"]
-    fm, q, hist = compress_network(model, (xs, ys), (xc[-val_n:], yc[-val_n:]), xc[:calib_n],
-                                   budget, log=log)
-    xt, yt = data.load("mnist", "test")
-    hist["test_acc_float"] = round(evaluate(fm, xt, yt), 2)
-    state = {"qmodel": q.to_state(), "history": _jsonable(hist)}
-    atomic_write(path, json.dumps(state))
-    return fm, q, state["history"]
-
-
-def hash_state(model):
-    import hashlib
-
-    h = hashlib.sha256()
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().numpy().tobytes())
-    return h.hexdigest()
-
-
-def _jsonable(x):
-    import json
-    return json.loads(json.dumps(x, default=float))
-
-
 def _acc(logits, labels):
     return round(100.0 * float((logits.argmax(1) == labels).double().mean()), 2)
 
@@ -117,10 +71,9 @@ def _ideal(dense_layers, stats_dense, stats):
 
 
 def run(args, log=print):
-    import torch
-
     from slimnfu.compress import data
     from slimnfu.compress.accounting import model_stats
+    from slimnfu.compress.pipeline import cached_compress
     from slimnfu.compress.quant import int_forward, quantize_model
     from slimnfu.compress.train import evaluate, train
     from slimnfu.config import CONFIGS
@@ -133,8 +86,8 @@ def run(args, log=print):
     xt, yt = data.load("mnist", "test")
     acc_base = round(evaluate(model, xt, yt), 2)
     qd = quantize_model(model, xc[:args.calib])
-    fm, q, hist = compressed_model(model, args.budget, args.val, args.calib, args.recompress,
-                                   log)
+    fm, q, hist = cached_compress(model, args.budget, args.val, args.calib, args.recompress,
+                                  log)
     sd, sc = model_stats(qd), model_stats(q)
     programs = {}
     for label, qm in (("dense", qd), ("ikr+perm", q)):

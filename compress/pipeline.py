@@ -17,8 +17,11 @@ accelerator's compiler does not run their layers yet.
 """
 
 import copy
+from pathlib import Path
 
-__all__ = ["compress_network"]
+__all__ = ["compress_network", "cached_compress"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=1, patterns=16,
@@ -75,3 +78,49 @@ def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=1, patt
                "ikr": ikr_hist, "fc_tries": tries,
                "formats": {l.name: l.format for l in q.layers}}
     return copy.deepcopy(chosen), q, history
+
+
+def cached_compress(model, budget, val_n, calib_n, recompress=False, log=print):
+    """:func:`compress_network` of LeNet-5 on MNIST, cached in ``build/network``.
+
+    The cache key is the base model's weights, the budget and the splits; a hit returns
+    ``(None, qmodel, history)`` (the float model is not kept). ``history["test_acc_float"]`` is
+    the compressed float model's test accuracy.
+    """
+    import json
+
+    from slimnfu.atomic import atomic_write
+    from slimnfu.compress import data
+    from slimnfu.compress.quant import QuantModel
+    from slimnfu.compress.train import evaluate
+
+    xs, ys = data.load("mnist", "train")
+    xc, yc = data.load("mnist", "calib")
+    key = hash_state(model)[:12]
+    path = REPO_ROOT / "build" / "network" / f"lenet5_{key}_b{budget}_v{val_n}_c{calib_n}.json"
+    if path.is_file() and not recompress:
+        state = json.loads(path.read_text())
+        log(f"reusing {path}")
+        return None, QuantModel.from_state(state["qmodel"]), state["history"]
+    fm, q, hist = compress_network(model, (xs, ys), (xc[-val_n:], yc[-val_n:]), xc[:calib_n],
+                                   budget, log=log)
+    xt, yt = data.load("mnist", "test")
+    hist["test_acc_float"] = round(evaluate(fm, xt, yt), 2)
+    state = {"qmodel": q.to_state(), "history": _jsonable(hist)}
+    atomic_write(path, json.dumps(state))
+    return fm, q, state["history"]
+
+
+def hash_state(model):
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _jsonable(x):
+    import json
+    return json.loads(json.dumps(x, default=float))
