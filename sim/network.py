@@ -70,7 +70,8 @@ def run_network(program, qmodel, images, labels, sim="verilator", name=None, ste
         ``int_correct``, ``rtl_accuracy``, ``predictions``, ``labels``, ``failures``, the
         counters of the first image and, with ``step``, its measured ``per_layer`` cycles (a
         layer's ``cycles`` include its move and loads, ``engine_cycles`` only its run),
-        ``expected`` (:func:`expected_cycles`), and the build and simulation seconds (``sim_s_per_image`` excludes the testbench's per-layer reads).
+        ``expected`` (:func:`expected_cycles`), and the build and simulation seconds
+        (``sim_s_per_image`` excludes the testbench's per-layer reads).
     """
     from slimnfu.compress.quant import int_forward_layers, quantize_input
     from slimnfu.gen.verilog import emit_accelerator
