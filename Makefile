@@ -54,7 +54,7 @@ demo: $(STAMP)
 	$(SLIMNFU) demo --config $(CONFIG)
 
 verilog: $(STAMP)
-	$(SLIMNFU) synth --config $(CONFIG)
+	$(SLIMNFU) synth --config $(CONFIG) $(if $(filter 1,$(ROM)),--rom)
 
 cosim: $(STAMP)
 	$(SLIMNFU) cosim --config $(CONFIG) --sim $(SIM) $(if $(filter 1,$(WAVES)),--waves) \

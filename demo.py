@@ -1,20 +1,25 @@
-"""``slimnfu demo``: the dense accelerator, start to finish, on a real conv layer.
+"""``slimnfu demo``: a compressed LeNet-5 on generated hardware, start to finish.
 
 1. Train Caffe LeNet-5 on MNIST, or load the cached checkpoint.
-2. Quantise it to the fixed-point contract (scales calibrated on the calibration split).
-3. Emit the Verilog of the layer engine for the chosen config.
-4. Synthesise it with Yosys (generic and ECP5) and place and route it with nextpnr-ecp5; a
-   report whose Verilog hash matches is reused.
-5. Run LeNet-5's first conv layer (20 filters of 5x5) on real MNIST test images through the RTL
-   on Verilator and Icarus, and compare every output with the integer reference bit for bit,
-   and the cycle count with the analytic dense count.
+2. Compress it under an accuracy budget with the methods the accelerator runs: IKR pattern
+   pruning of the convs and permuted-feature storage of fc1
+   (:func:`slimnfu.compress.pipeline.compress_network`; cached in ``build/network``).
+3. Quantise and export the weight image (``<out>/image``).
+4. Compile the network and emit the ROM build of the accelerator (the weights baked in).
+5. Synthesise it with Yosys for ECP5 and place and route it with nextpnr-ecp5 (a report whose
+   Verilog hash matches is reused).
+6. Run real MNIST test images through the RTL on Verilator (and a few on Icarus), checking
+   every layer's output and the logits bit for bit against the integer reference, and the
+   dense network's build for its cycles (:mod:`slimnfu.bench.network`).
 
-The report is printed and written to ``build/demo/report.json``.
+The report is printed and written to ``<out>/report.json``, ``<out>/report.md`` and two
+plots: ``accuracy_vs_macs.png`` and ``cycles_per_layer.png``.
 """
 
 import json
 import sys
 import time
+from argparse import Namespace
 from pathlib import Path
 
 __all__ = ["register", "run_demo"]
@@ -22,114 +27,157 @@ __all__ = ["register", "run_demo"]
 
 def register(sub):
     p = sub.add_parser(
-        "demo", help="train, quantise, generate, synthesise and co-simulate LeNet-5's conv1",
-        description=__doc__.split("\n\n")[0] + " Writes build/demo/report.json.")
-    p.add_argument("--config", default="tiny", help="accelerator config (default: tiny)")
-    p.add_argument("--images", type=int, default=2,
-                   help="MNIST test images to run through the RTL (default: 2)")
-    p.add_argument("--sim", nargs="+", default=["verilator", "icarus"],
-                   help="simulators (default: verilator icarus)")
+        "demo", help="train, compress, export, generate, synthesise and run LeNet-5 on the RTL",
+        description=__doc__.split("\n\n")[0] + " Writes build/demo/report.{json,md} and plots.")
+    p.add_argument("--config", default="tiny", help="base accelerator config (default: tiny)")
+    p.add_argument("--images", type=int, default=20,
+                   help="MNIST test images through the RTL on Verilator (default: 20)")
+    p.add_argument("--icarus-images", type=int, default=2,
+                   help="of those, how many also run on Icarus (default: 2)")
+    p.add_argument("--budget", type=float, default=1.0,
+                   help="accuracy budget in points (default: 1.0)")
     p.add_argument("--no-synth", action="store_true", help="skip synthesis")
-    p.add_argument("--waves", action="store_true", help="dump waveforms")
-    p.add_argument("--out", default="build/demo/report.json", help="report JSON path")
+    p.add_argument("--out", default="build/demo", help="report folder (default: build/demo)")
     p.set_defaults(func=run_demo)
+
+
+def _check(args):
+    from slimnfu.config import CONFIGS
+
+    if args.config not in CONFIGS:
+        raise ValueError(f"--config must be one of {', '.join(CONFIGS)}, not {args.config!r}")
+    if not 1 <= args.images <= 1000:
+        raise ValueError(f"--images must be in [1, 1000], not {args.images}")
+    if not 0 <= args.icarus_images <= args.images:
+        raise ValueError(f"--icarus-images must be in [0, --images], not {args.icarus_images}")
+    if not 0 <= args.budget <= 100:
+        raise ValueError(f"--budget must be in [0, 100] points, not {args.budget}")
 
 
 def run_demo(args):
     """Run the demo; returns 0 when every image was bit-exact on every simulator."""
-    from slimnfu.config import get_config
-    from slimnfu.sim.runner import SIMS
-
-    cfg = get_config(args.config)
-    bad = [s for s in args.sim if s not in SIMS]
-    if bad:
-        raise ValueError(f"--sim must be among {', '.join(SIMS)}, not {bad[0]!r}")
-    if not 1 <= args.images <= 100:
-        raise ValueError(f"--images must be in [1, 100], not {args.images}")
-
-    from slimnfu.compress import data, fixed
-    from slimnfu.compress.quant import quantize_input, quantize_model
+    _check(args)
+    from slimnfu.bench import network
+    from slimnfu.compress import data
+    from slimnfu.compress.pipeline import cached_compress
     from slimnfu.compress.train import train
-    from slimnfu.gen.verilog import atomic_write, emit_engine
-    from slimnfu.gen.synth import synth_config
-    from slimnfu.rtl.engine import LayerEngine
-    from slimnfu.sim.cases import Case
-    from slimnfu.sim.runner import run_regression
+    from slimnfu.config import CONFIGS
+    from slimnfu.gen import image
+    from slimnfu.gen.compiler import compile_model, config_for
+    from slimnfu.gen.synth import synth_emitted
+    from slimnfu.gen.verilog import emit_accelerator
 
-    # Fail on missing data before any long step.
     data.verify("mnist")
+    out = Path(args.out)
     t0 = time.monotonic()
-    print("[1/5] LeNet-5 on MNIST (trained, or the cached checkpoint)", flush=True)
+    print("[1/6] LeNet-5 on MNIST (trained, or the cached checkpoint)", flush=True)
     model, info = train("lenet5")
-    how = "cached" if info["cache_hit"] else f"trained in {info['train_s']:.0f} s"
-    print(f"      float test accuracy {info['acc_test']:.2f}% ({how})")
-    print("[2/5] quantising on the calibration split", flush=True)
-    calib, _ = data.load("mnist", "calib")
-    qmodel = quantize_model(model, calib, dw=cfg.dw, acc=cfg.acc)
-    conv1 = qmodel.layers[0]
-    conv1.desc.check(cfg, int(conv1.b.abs().max()))
-
-    print(f"[3/5] emitting Verilog for config {cfg.name!r}", flush=True)
-    emit_engine(cfg)
-    synth, reused = None, False
+    print(f"      float test accuracy {info['acc_test']:.2f}%")
+    print(f"[2/6] compressing under {args.budget} points (IKR convs, permuted fc1)", flush=True)
+    _, q, hist = cached_compress(model, args.budget, 3000, 2000,
+                                 log=lambda m: print("      " + m, flush=True))
+    print(f"      formats: {hist['formats']}")
+    cfg = config_for(q, CONFIGS[args.config])
+    cfg = cfg.with_(name=f"{args.config}_lenet5_compressed")
+    print(f"[3/6] exporting the weight image to {out / 'image'}", flush=True)
+    manifest = image.export(q, cfg, out / "image")
+    print(f"[4/6] compiling and emitting the ROM build for {cfg.name!r}", flush=True)
+    program = compile_model(q, cfg)
+    emitted = emit_accelerator(program, cfg.name)
+    print(f"      {emitted['path']} ({program.stats['rom_words']} ROM words of "
+          f"{program.rom_width} bits)")
+    synth = None
     if not args.no_synth:
-        print("[4/5] synthesising (Yosys generic + ECP5, nextpnr-ecp5)", flush=True)
-        synth = synth_config(cfg, reuse=True)
-        reused = bool(synth.pop("reused", False))
+        print("[5/6] synthesising (Yosys ECP5, nextpnr-ecp5)", flush=True)
+        synth = synth_emitted(emitted, cfg.name, {"config": cfg.name, "accel": cfg.to_dict()},
+                              reuse=True)
+        synth.pop("reused", None)
     else:
-        print("[4/5] synthesis skipped (--no-synth)")
-
-    print(f"[5/5] co-simulating conv1 on {args.images} MNIST test image(s)", flush=True)
-    images, labels = data.load("mnist", "test")
-    x = quantize_input(qmodel, images[:args.images])
-    cases = []
-    for i in range(args.images):
-        count = fixed.SatCount()
-        y = conv1.run(x[i:i + 1], cfg.dw, count)[0]
-        cases.append(Case(f"lenet5_conv1_img{i}", conv1.desc, x[i], conv1.w, conv1.b,
-                          conv1.pwl, y, count.events, "mnist"))
-    entries = run_regression(cfg, cases, sims=args.sim, waves=args.waves,
-                             log=lambda msg: print("      " + msg, flush=True))
-
-    report = {
-        "config": cfg.to_dict(),
-        "layer": conv1.desc.to_dict(),
-        "acc_float": info["acc_test"],
-        "dense_cycles": conv1.desc.dense_cycles(cfg),
-        "latency": LayerEngine.LATENCY,
-        "macs": conv1.desc.macs(),
-        "cosim": entries,
-        "synth": None if synth is None else {k: synth.get(k) for k in (
-            "cells", "luts", "ffs", "dsps", "brams", "fmax_mhz", "part", "fits")},
-        "synth_reused": reused,
-        "wall_s": round(time.monotonic() - t0, 1),
-    }
-    atomic_write(Path(args.out), json.dumps(report, indent=1) + "\n")
-    print(_format(report, cfg))
-    failed = [e for e in entries if not e["passed"]]
-    for e in failed:
-        print(f"FAIL {e['name']} on {e['sim']}: {e['error']}", file=sys.stderr)
-    print(f"report written to {args.out}")
-    return 1 if failed else 0
+        print("[5/6] synthesis skipped (--no-synth)")
+    print(f"[6/6] running {args.images} test images through the RTL", flush=True)
+    ns = Namespace(config=args.config, images=args.images, icarus_images=args.icarus_images,
+                   dense_images=1, budget=args.budget, val=3000, calib=2000, recompress=False)
+    rows, hist = network.run(ns, log=lambda m: print("      " + m, flush=True))
+    report = {"rows": rows, "compression": hist, "acc_float_base": info["acc_test"],
+              "image_bits": manifest["stats"].get("image_bits"),
+              "synth": None if synth is None else {k: synth.get(k) for k in (
+                  "cells", "luts", "ffs", "dsps", "brams", "memory_bits", "fmax_mhz", "part",
+                  "fits")},
+              "wall_s": round(time.monotonic() - t0, 1)}
+    text = _markdown(report)
+    _plots(rows, out)
+    from slimnfu.atomic import atomic_write
+    atomic_write(out / "report.json", json.dumps(report, indent=1) + "\n")
+    atomic_write(out / "report.md", text + "\n")
+    print(text)
+    bad = [r for r in rows if not r.get("bit_exact", True) or
+           r.get("icarus_bit_exact") is False]
+    for r in bad:
+        print(f"FAIL {r['method']}: {r.get('failures')}", file=sys.stderr)
+    print(f"report written to {out / 'report.md'} (and .json, plots)")
+    return 1 if bad else 0
 
 
-def _format(report, cfg):
-    lines = ["", f"slimnfu demo: LeNet-5 conv1 on config {cfg.name!r} "
-                 f"({cfg.tn}x{cfg.ti} NFU, DW {cfg.dw}, ACC {cfg.acc})", ""]
-    lines.append("| image | simulator | bit-exact | RTL cycles | dense + latency | "
-                 "NFU utilisation | wall s |")
-    lines.append("|---|---|---|---:|---:|---:|---:|")
-    for e in report["cosim"]:
-        util = report["macs"] / (cfg.tn * cfg.ti * e["cycles"]) if e["cycles"] else 0
-        lines.append(f"| {e['name']} | {e['sim']} | {'yes' if e['passed'] else 'NO'} | "
-                     f"{e['cycles']} | {e['expected_cycles']} | {100 * util:.1f}% | "
-                     f"{e['wall_s']:.2f} |")
+def _markdown(report):
+    from slimnfu.bench.network import markdown
+
+    rows = {r["method"]: r for r in report["rows"]}
+    c = rows["ikr+perm"]
+    lines = ["# slimnfu demo: compressed LeNet-5 on the generated accelerator", "",
+             f"Accuracy on the 10,000 MNIST test images: float {report['acc_float_base']:.2f}% "
+             f"(dense), {c['acc_float']}% (compressed, float), {c['acc_int']:.2f}% (compressed, "
+             f"integer reference); RTL {c.get('acc_rtl')}% on {c.get('images_rtl')} images, "
+             f"{'every layer bit-exact' if c.get('bit_exact') else 'NOT bit-exact'} on "
+             f"Verilator" + (f" ({c['icarus_images']} also on Icarus, "
+                             f"{'bit-exact' if c.get('icarus_bit_exact') else 'NOT bit-exact'})"
+                             if "icarus_images" in c else "") + ".", "",
+             f"Savings: {c['macs_dense'] / c['macs']:.2f}x fewer MACs "
+             f"({c['conv_macs_dense'] / c['conv_macs']:.1f}x in the convs), "
+             f"{c['bits_dense'] / c['bits']:.2f}x fewer stored bits "
+             f"({c['bits_dense']:,} -> {c['bits']:,}).", "", markdown(report["rows"]), ""]
     s = report["synth"]
     if s:
         fmax = "-" if s["fmax_mhz"] is None else f"{s['fmax_mhz']:.1f} MHz"
-        lines += ["", f"synthesis: {s['luts']} LUT4, {s['ffs']} FF, {s['dsps']} multipliers, "
-                      f"{s['brams']} block RAMs; fmax {fmax} on {s['part'] or 'no ECP5 part'}"
-                      f" ({s['fits']})"]
-    lines.append(f"float test accuracy of LeNet-5: {report['acc_float']:.2f}%; "
-                 f"demo wall time {report['wall_s']} s")
+        lines.append(f"ROM build synthesis: {s['luts']:,} LUT4, {s['ffs']:,} FF, {s['dsps']} "
+                     f"multipliers, {s['brams']} DP16KD; fmax {fmax} on "
+                     f"{s['part'] or 'no ECP5 part'} ({s['fits']}).")
+    lines.append(f"Demo wall time {report['wall_s']} s.")
     return "\n".join(lines)
+
+
+def _plots(rows, out):
+    """accuracy_vs_macs.png and cycles_per_layer.png in ``out``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for r in rows:
+        x = r["macs_dense"] / r["macs"]
+        for key, marker in (("acc_float", "o"), ("acc_int", "s")):
+            if r.get(key) is not None:
+                ax.scatter(x, r[key], marker=marker, label=f"{r['method']} {key[4:]}")
+    ax.set_xlabel("MAC savings (dense MACs / MACs)")
+    ax.set_ylabel("test accuracy, %")
+    ax.set_title("LeNet-5 on MNIST")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_macs.png", dpi=120)
+    plt.close(fig)
+    per = {r["method"]: r.get("per_layer") or [] for r in rows}
+    if all(per.values()):
+        names = [l["layer"] for l in per["dense"]]
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        width = 0.4
+        for i, (method, layers) in enumerate(per.items()):
+            ax.bar([j + i * width for j in range(len(layers))], [l["cycles"] for l in layers],
+                   width, label=method)
+        ax.set_xticks([j + width / 2 for j in range(len(names))], names)
+        ax.set_yscale("log")
+        ax.set_ylabel("cycles (measured)")
+        ax.set_title("cycles per layer, dense vs compressed")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "cycles_per_layer.png", dpi=120)
+        plt.close(fig)

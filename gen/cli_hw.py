@@ -22,6 +22,10 @@ def register(sub):
     p.add_argument("--part", default=None,
                    help="place and route on this part (LFE5U-25F, LFE5U-45F or LFE5U-85F) "
                         "instead of the smallest that holds the design")
+    p.add_argument("--rom", action="store_true",
+                   help="synthesise the ROM build of compressed LeNet-5 (the accelerator with "
+                        "the weights baked in; compressed under 1 point first unless "
+                        "build/network holds it) instead of the bare engine")
     p.set_defaults(func=_synth)
 
 
@@ -40,10 +44,32 @@ def _synth(args):
     from slimnfu.gen.synth import synth_config
 
     cfg = get_config(args.config)
-    report = synth_config(cfg, out=args.out, pnr=not args.no_pnr, part=args.part)
+    if args.rom:
+        report = _synth_rom(cfg, args)
+    else:
+        report = synth_config(cfg, out=args.out, pnr=not args.no_pnr, part=args.part)
     fmax = report["fmax_mhz"]
-    print(f"{cfg.name}: {report['cells']} cells, {report['luts']} LUT4, {report['ffs']} FF, "
+    print(f"{report['config']}: {report['cells']} cells, {report['luts']} LUT4, {report['ffs']} FF, "
           f"{report['dsps']} DSP, {report['brams']} DP16KD, "
           f"{report['memory_bits']} memory bits (generic); "
           f"fmax {'%.1f MHz' % fmax if fmax else 'n/a'}; {report['fits']}")
     return 0
+
+
+def _synth_rom(cfg, args):
+    from slimnfu.compress import data
+    from slimnfu.compress.pipeline import cached_compress
+    from slimnfu.compress.train import train
+    from slimnfu.gen.compiler import compile_model, config_for
+    from slimnfu.gen.synth import check_part, synth_emitted
+    from slimnfu.gen.verilog import emit_accelerator
+
+    check_part(args.part)
+    data.verify("mnist")
+    model, _ = train("lenet5")
+    _, q, _ = cached_compress(model, 1.0, 3000, 2000)
+    rom_cfg = config_for(q, cfg).with_(name=f"{cfg.name}_lenet5_compressed")
+    emitted = emit_accelerator(compile_model(q, rom_cfg), rom_cfg.name)
+    return synth_emitted(emitted, rom_cfg.name, {"config": rom_cfg.name,
+                                                 "accel": rom_cfg.to_dict()},
+                         out=args.out, pnr=not args.no_pnr, part=args.part)

@@ -287,17 +287,28 @@ def synth_config(cfg, out=None, build_root=None, pnr=True, progress=True, reuse=
 
     check_part(part)
     build_root = Path(build_root) if build_root else REPO_ROOT / "build"
-    out = Path(out) if out else build_root / "synth" / f"{cfg.name}.json"
     emitted = emit_engine(cfg, build_root / "verilog")
+    return synth_emitted(emitted, cfg.name, {"config": cfg.name, "accel": cfg.to_dict(),
+                                             "nfu_multipliers": cfg.tn * cfg.ti},
+                         out, build_root, pnr, progress, reuse, part)
+
+
+def synth_emitted(emitted, name, extra=None, out=None, build_root=None, pnr=True, progress=True,
+                  reuse=False, part=None):
+    """Synthesise an emitted Verilog file (a dict of :func:`slimnfu.gen.verilog.emit_block`)
+    in ``build/synth/<name>/`` and write ``build/synth/<name>.json``; see :func:`synth_config`
+    for ``reuse``. ``extra`` keys lead the report."""
+    check_part(part)
+    build_root = Path(build_root) if build_root else REPO_ROOT / "build"
+    out = Path(out) if out else build_root / "synth" / f"{name}.json"
     if reuse and out.is_file():
         old = json.loads(out.read_text())
         if old.get("verilog_sha256") == emitted["sha256"] and \
                 (not pnr or old.get("pnr") or not old.get("part")):
             return {**old, "reused": True}
-    report = synth_verilog(emitted["path"], emitted["top"], build_root / "synth" / cfg.name,
+    report = synth_verilog(emitted["path"], emitted["top"], build_root / "synth" / name,
                            pnr=pnr, progress=progress, part=part)
-    report = {"config": cfg.name, "accel": cfg.to_dict(), "nfu_multipliers": cfg.tn * cfg.ti,
-              "verilog_sha256": emitted["sha256"], **report}
+    report = {**(extra or {}), "verilog_sha256": emitted["sha256"], **report}
     atomic_write(out, json.dumps(report, indent=1, sort_keys=False) + "\n")
     return report
 
