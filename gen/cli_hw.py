@@ -28,6 +28,22 @@ def register(sub):
                         "build/network holds it) instead of the bare engine")
     p.set_defaults(func=_synth)
 
+    p = sub.add_parser("board", help="build a ULX3S bitstream: compressed LeNet-5 classifies a "
+                                     "stored MNIST test image and shows the class on the LEDs",
+                       description="Compile compressed LeNet-5 (cached in build/network, or "
+                                   "compressed under 1 point first) for --config, store MNIST "
+                                   "test image --image, and build the bitstream with Yosys, "
+                                   "nextpnr-ecp5 and ecppack (YoWASP). LEDs 0-3: the predicted "
+                                   "class; LED 6: it equals the label; LED 7: done. Writes "
+                                   "build/board/<board>/ and its report.json.")
+    p.add_argument("--config", default="tiny", help="accelerator config (default: tiny)")
+    p.add_argument("--board", default="ulx3s-85f",
+                   help="ulx3s-12f, ulx3s-25f, ulx3s-45f or ulx3s-85f (default: ulx3s-85f)")
+    p.add_argument("--image", type=int, default=0, help="MNIST test image index (default: 0)")
+    p.add_argument("--no-build", action="store_true",
+                   help="write the build files and script only, no bitstream")
+    p.set_defaults(func=_board)
+
 
 def _verilog(args):
     from slimnfu.config import get_config
@@ -65,11 +81,61 @@ def _synth_rom(cfg, args):
     from slimnfu.gen.verilog import emit_accelerator
 
     check_part(args.part)
+    _, program = _compressed_program(cfg)
+    rom_cfg = program.cfg
+    emitted = emit_accelerator(program, rom_cfg.name)
+    return synth_emitted(emitted, rom_cfg.name, {"config": rom_cfg.name,
+                                                 "accel": rom_cfg.to_dict()},
+                         out=args.out, pnr=not args.no_pnr, part=args.part)
+
+
+def _compressed_program(cfg):
+    """``(qmodel, program)``: cached compressed LeNet-5 compiled for ``cfg``'s ROM build."""
+    from slimnfu.compress import data
+    from slimnfu.compress.pipeline import cached_compress
+    from slimnfu.compress.train import train
+    from slimnfu.gen.compiler import compile_model, config_for
+
     data.verify("mnist")
     model, _ = train("lenet5")
     _, q, _ = cached_compress(model, 1.0, 3000, 2000)
     rom_cfg = config_for(q, cfg).with_(name=f"{cfg.name}_lenet5_compressed")
-    emitted = emit_accelerator(compile_model(q, rom_cfg), rom_cfg.name)
-    return synth_emitted(emitted, rom_cfg.name, {"config": rom_cfg.name,
-                                                 "accel": rom_cfg.to_dict()},
-                         out=args.out, pnr=not args.no_pnr, part=args.part)
+    return q, compile_model(q, rom_cfg)
+
+
+def _board(args):
+    import hashlib
+    import json
+    import time
+    from pathlib import Path
+
+    from slimnfu.atomic import write_json
+    from slimnfu.compress import data
+    from slimnfu.compress.quant import int_forward_layers, quantize_input
+    from slimnfu.config import get_config
+    from slimnfu.gen.board import board_platform, build_board
+    from slimnfu.gen.synth import REPO_ROOT
+
+    cfg = get_config(args.config)
+    board_platform(args.board)
+    if not 0 <= args.image < 10000:
+        raise ValueError(f"--image must be a test image index in 0..9999, not {args.image}")
+    q, program = _compressed_program(cfg)
+    images, labels = data.load("mnist", "test")
+    x = quantize_input(q, images[args.image:args.image + 1])
+    predicted = int(int_forward_layers(q, x)[-1][0].argmax())
+    out = REPO_ROOT / "build" / "board" / args.board
+    t0 = time.monotonic()
+    print(f"building {args.board} for {program.cfg.name!r}, test image {args.image} "
+          f"(label {int(labels[args.image])}, reference class {predicted}) in {out}", flush=True)
+    bit = build_board(program, program.pack_image(x[0]), int(labels[args.image]), args.board,
+                      out, do_build=not args.no_build)
+    report = {"board": args.board, "config": program.cfg.to_dict(), "image": args.image,
+              "label": int(labels[args.image]), "reference_class": predicted,
+              "leds_expected": predicted | (0x40 if predicted == int(labels[args.image]) else 0)
+              | 0x80, "bitstream": str(bit) if bit else None,
+              "bitstream_sha256": hashlib.sha256(Path(bit).read_bytes()).hexdigest()
+              if bit else None, "wall_s": round(time.monotonic() - t0, 1)}
+    write_json(out / "report.json", report)
+    print(json.dumps(report, indent=1))
+    return 0

@@ -55,7 +55,6 @@ class Accelerator(wiring.Component):
         self.cfg = cfg = check_config(self, program.cfg)
         if not program.layers:
             raise ValueError("program has no layers")
-        self._engine = LayerEngine(cfg)
         ports = {
             "start": In(1), "busy": Out(1), "done": Out(1),
             "img_en": In(1), "img_addr": In(bits_for(cfg.nbin_depth - 1)),
@@ -94,7 +93,7 @@ class Accelerator(wiring.Component):
         m = Module()
         cfg, prog = self.cfg, self.program
         tn, ti, dw = cfg.tn, cfg.ti, cfg.dw
-        m.submodules.engine = eng = self._engine
+        m.submodules.engine = eng = LayerEngine(cfg)
         m.submodules.rom = rom = Memory(shape=unsigned(prog.rom_width),
                                         depth=max(1, len(prog.rom)), init=prog.rom)
         rom_rd = rom.read_port()

@@ -1,0 +1,21 @@
+"""The ULX3S board build: its files are written (the bitstream itself is a long run)."""
+
+import pytest
+
+from slimnfu.gen.board import build_board
+from slimnfu.gen.synth import REPO_ROOT
+
+
+def test_board_files(small_program):
+    out = REPO_ROOT / "build" / "test_board"
+    words = small_program.pack_image(__import__("torch").zeros(1, 10, 10, dtype=int))
+    assert build_board(small_program, words, 0, "ulx3s-85f", out, do_build=False) is None
+    names = {p.name for p in out.iterdir()}
+    assert {"slimnfu_board.lpf", "slimnfu_board.ys"} <= names, names
+    lpf = (out / "slimnfu_board.lpf").read_text()
+    assert 'LOCATE COMP "led_0__io" SITE "B2"' in lpf
+
+
+def test_unknown_board(small_program):
+    with pytest.raises(ValueError, match="--board must be one of ulx3s-12f"):
+        build_board(small_program, [0], 0, "arty", REPO_ROOT / "build" / "test_board")
