@@ -73,10 +73,6 @@ def _synth(args):
 
 
 def _synth_rom(cfg, args):
-    from slimnfu.compress import data
-    from slimnfu.compress.pipeline import cached_compress
-    from slimnfu.compress.train import train
-    from slimnfu.gen.compiler import compile_model, config_for
     from slimnfu.gen.synth import check_part, synth_emitted
     from slimnfu.gen.verilog import emit_accelerator
 
