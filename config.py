@@ -222,6 +222,17 @@ class LayerDesc:
         Kernel-size-aware gating (method A, needs ``cfg.kgate``): the centred kernel size of
         each output lane of every tile of this pass (odd, ``<= k``; 0 or absent: the full
         ``k``). Lanes whose kernel does not cover the current tap are gated.
+    koff : int
+        Centre-tap offset (needs ``cfg.kgate``): this conv pass applies a ``k x k`` kernel
+        centred in a layer kernel of ``k + 2*koff``, i.e. it reads the input at
+        ``oy*stride + ky + koff - pad``. The sequencer walks only those ``k*k`` taps. Output
+        size: ``(h_in + 2*(pad - koff) - k) // stride + 1``.
+    nbout_base : int
+        NBout word of the pass's first output (needs ``cfg.kgate``): passes that compute
+        different output tiles of one layer write beside each other.
+    lane_skip : int
+        Lanes ``0 .. lane_skip-1`` of the pass's first output tile are not written (needs
+        ``cfg.kgate``), so a pass can fill the rest of a tile another pass began.
     """
 
     kind: str
@@ -238,9 +249,16 @@ class LayerDesc:
     ikr_n: int = 0
     perm: str = "none"
     lane_k: tuple = ()
+    koff: int = 0
+    nbout_base: int = 0
+    lane_skip: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "lane_k", tuple(self.lane_k))
+        for name in ("koff", "nbout_base", "lane_skip"):
+            _check_int(name, getattr(self, name), 0)
+        if self.koff and self.kind != "conv":
+            raise ValueError(f"koff applies to conv layers only, not {self.kind}")
         for j, lk in enumerate(self.lane_k):
             _check_int(f"lane_k[{j}]", lk, 0, self.k)
             if lk % 2 == 0 and lk:
@@ -277,9 +295,10 @@ class LayerDesc:
                 raise ValueError(f"pooling takes no padding, not pad={self.pad}")
             if self.kind == "avgpool" and (self.k * self.k) & (self.k * self.k - 1):
                 raise ValueError(f"avgpool needs a power-of-two window k*k, not k={self.k}")
-        if self.k > self.h_in + 2 * self.pad or self.k > self.w_in + 2 * self.pad:
-            raise ValueError(f"k={self.k} is larger than the padded input "
-                             f"{self.h_in + 2 * self.pad}x{self.w_in + 2 * self.pad}")
+        if self.k + 2 * self.koff > self.h_in + 2 * self.pad or \
+                self.k + 2 * self.koff > self.w_in + 2 * self.pad:
+            raise ValueError(f"k={self.k} (+ 2*koff={2 * self.koff}) is larger than the padded "
+                             f"input {self.h_in + 2 * self.pad}x{self.w_in + 2 * self.pad}")
 
     @property
     def is_pool(self):
@@ -287,11 +306,11 @@ class LayerDesc:
 
     @property
     def h_out(self):
-        return (self.h_in + 2 * self.pad - self.k) // self.stride + 1
+        return (self.h_in + 2 * (self.pad - self.koff) - self.k) // self.stride + 1
 
     @property
     def w_out(self):
-        return (self.w_in + 2 * self.pad - self.k) // self.stride + 1
+        return (self.w_in + 2 * (self.pad - self.koff) - self.k) // self.stride + 1
 
     @property
     def effective_shift(self):
@@ -349,6 +368,7 @@ class LayerDesc:
         return self.in_tiles(cfg) * self.h_in * self.w_in
 
     def nbout_words(self, cfg):
+        """Words the layer writes (from ``nbout_base``)."""
         return self.tiles(cfg)[1] * self.h_out * self.w_out
 
     def sb_words(self, cfg):
@@ -377,9 +397,17 @@ class LayerDesc:
             raise ValueError(f"lane_k has {len(self.lane_k)} lanes; config {cfg.name!r} has "
                              f"kgate={cfg.kgate} and tn={cfg.tn} (lane_k needs kgate and at "
                              f"most tn lanes)")
+        placed = (self.koff, self.nbout_base, self.lane_skip)
+        if any(placed) and not cfg.kgate:
+            raise ValueError(f"koff={self.koff}, nbout_base={self.nbout_base}, lane_skip="
+                             f"{self.lane_skip} need kgate, but config {cfg.name!r} has "
+                             f"kgate=False")
+        if self.lane_skip >= cfg.tn:
+            raise ValueError(f"lane_skip must be < tn={cfg.tn}, not {self.lane_skip}")
         limits = {
             "nbin_depth": (self.nbin_words(cfg), "input words (ceil(n_in/ti)*h_in*w_in)"),
-            "nbout_depth": (self.nbout_words(cfg), "output words (ceil(n_out/tn)*h_out*w_out)"),
+            "nbout_depth": (self.nbout_base + self.nbout_words(cfg),
+                            "output words (nbout_base + ceil(n_out/tn)*h_out*w_out)"),
             "sb_depth": (self.sb_words(cfg), "weight words (ceil(n_in/ti)*ceil(n_out/tn)*k*k)"),
             "bias_depth": (0 if self.is_pool else self.tiles(cfg)[1], "bias words (output tiles)"),
         }
@@ -417,7 +445,8 @@ class LayerDesc:
                 raise ValueError(f"layer fc {self.n_in}->{self.n_out}: its common sequence "
                                  f"needs n_in={self.n_in} words, but config {cfg.name!r} has "
                                  f"perm_depth={cfg.perm_depth}")
-        for name, bits in (("h_in", 12), ("w_in", 12), ("k", 4), ("stride", 4), ("pad", 4)):
+        for name, bits in (("h_in", 12), ("w_in", 12), ("k", 4), ("stride", 4), ("pad", 4),
+                           ("koff", 4)):
             if getattr(self, name) >= (1 << bits):
                 raise ValueError(f"{name} must be < {1 << bits} (descriptor field width), "
                                  f"not {getattr(self, name)}")

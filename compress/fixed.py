@@ -248,7 +248,12 @@ def run_layer(desc, x, w=None, b=None, dw=16, pwl=None, count=None):
         if desc.kind == "fc":
             acc = linear_acc(x, w, b)
         else:
-            acc = conv2d_acc(x, w, b, desc.stride, desc.pad)
+            # a centre-tap pass (koff) is a conv with padding pad - koff; a negative padding
+            # crops the input
+            pad, crop = max(0, desc.pad - desc.koff), max(0, desc.koff - desc.pad)
+            if crop:
+                x = x[:, :, crop:x.shape[2] - crop, crop:x.shape[3] - crop]
+            acc = conv2d_acc(x, w, b, desc.stride, pad)
         y = requant(acc, desc.shift, dw, count)
     if desc.act == "relu":
         y = relu(y)

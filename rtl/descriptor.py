@@ -63,6 +63,11 @@ def descriptor_layout(cfg):
     if cfg.kgate:
         # Kernel-size-aware gating (method A): each lane's centred kernel; 0 is the full k.
         fields["lane_k"] = data.ArrayLayout(unsigned(DESC_FIELD_BITS["k"]), cfg.tn)
+        # Centre-tap passes: the tap offset, where the pass's outputs go in NBout, and the
+        # lanes of its first output tile that another pass owns.
+        fields["koff"] = unsigned(DESC_FIELD_BITS["k"])
+        fields["nbout_base"] = unsigned(_bits(cfg.nbout_depth - 1))
+        fields["lane_skip"] = unsigned(_bits(cfg.tn - 1))
     return data.StructLayout(fields)
 
 
@@ -94,9 +99,11 @@ def descriptor_value(desc, cfg, check=True):
         raise ValueError(f"layer has perm={desc.perm!r}, but config {cfg.name!r} has perm=False")
     if cfg.kgate:
         fields["lane_k"] = list(desc.lane_k) + [0] * (cfg.tn - len(desc.lane_k))
-    elif desc.lane_k:
-        raise ValueError(f"layer has lane_k={list(desc.lane_k)}, but config {cfg.name!r} has "
-                         f"kgate=False")
+        fields.update(koff=desc.koff, nbout_base=desc.nbout_base, lane_skip=desc.lane_skip)
+    elif desc.lane_k or desc.koff or desc.nbout_base or desc.lane_skip:
+        raise ValueError(f"layer has lane_k={list(desc.lane_k)}, koff={desc.koff}, nbout_base="
+                         f"{desc.nbout_base}, lane_skip={desc.lane_skip}, but config "
+                         f"{cfg.name!r} has kgate=False")
     layout = descriptor_layout(cfg)
     for name, value in fields.items():
         if isinstance(value, int) and value >= 1 << layout[name].shape.width:

@@ -194,10 +194,20 @@ class LayerEngine(wiring.Component):
         ]
 
         # Stage S+5: NBout write; done one cycle after the layer's last write.
-        nbout_wr = nbout.write_port()
         write_end = nfu3.out_valid & delayed(seq.end, 5, "end")
+        if cfg.kgate:
+            # centre-tap passes may fill part of a tile: one write enable per lane
+            nbout_wr = nbout.write_port(granularity=dw)
+            mask = m.submodules.seq.write_mask
+            if cfg.ikr:
+                mask = Mux(cur.ikr_n != 0, (1 << tn) - 1, mask)
+            mask = delayed(mask, 5, "write_mask")
+            m.d.comb += nbout_wr.en.eq(Mux(nfu3.out_valid, mask, 0))
+        else:
+            nbout_wr = nbout.write_port()
+            m.d.comb += nbout_wr.en.eq(nfu3.out_valid)
         m.d.comb += [nbout_wr.addr.eq(delayed(seq.nbout_addr, 5, "nbout_addr")),
-                     nbout_wr.data.eq(nfu3.out), nbout_wr.en.eq(nfu3.out_valid)]
+                     nbout_wr.data.eq(nfu3.out)]
         m.d.sync += self.done.eq(write_end)
         with m.If(write_end):
             m.d.sync += busy.eq(0)

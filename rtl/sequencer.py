@@ -18,7 +18,10 @@ class Sequencer(wiring.Component):
         for o in co_tiles: for oy in h_out: for ox in w_out:
             for t in ci_tiles: for ky in k: for kx in k:  step
 
-    with ``t = o`` (and ``ci_tiles = 1``) in the pooling modes. Each step gives the NBin word
+    with ``t = o`` (and ``ci_tiles = 1``) in the pooling modes. With ``cfg.kgate`` the
+    descriptor's ``koff`` moves the window (``iy = oy*stride + ky + koff - pad``), NBout
+    addresses start at ``nbout_base``, and ``write_mask`` clears the lanes below ``lane_skip`` in
+    the first output tile. Each step gives the NBin word
     ``(t*h_in + iy)*w_in + ix`` at ``iy = oy*stride + ky - pad``, ``ix = ox*stride + kx - pad``
     (or ``pad`` high when that lies outside the input: the operand is zero), the SB word
     ``((o*ci_tiles + t)*k + ky)*k + kx``, the bias word ``o``, ``first``/``last`` of the output
@@ -59,6 +62,8 @@ class Sequencer(wiring.Component):
             "end": Out(1),
             "nbout_addr": Out(self.nbout_bits),
             "lane_mask": Out(cfg.tn),
+            # Centre-tap passes (``cfg.kgate``): lanes of the step's output tile to write.
+            **({"write_mask": Out(cfg.tn)} if cfg.kgate else {}),
         })
 
     def elaborate(self, platform):
@@ -87,6 +92,13 @@ class Sequencer(wiring.Component):
             sw_next.eq((sw << 1) + Mux(mul_s[-1], d.w_in, 0)),
             pw_next.eq((pw << 1) + Mux(mul_p[-1], d.w_in, 0)),
         ]
+        # koff * w_in, the centre-tap offset's row part (kgate only).
+        if cfg.kgate:
+            kw, kw_next, mul_k = Signal(product), Signal(product), Signal(geo)
+            m.d.comb += kw_next.eq((kw << 1) + Mux(mul_k[-1], d.w_in, 0))
+            row_start, row_start_next = kw - pw, kw_next - pw_next
+        else:
+            row_start, row_start_next = -pw, -pw_next
 
         kx, ky = Signal.like(d.k), Signal.like(d.k)
         t, o = Signal.like(d.ci_tiles), Signal.like(d.co_tiles)
@@ -118,7 +130,14 @@ class Sequencer(wiring.Component):
             self.last.eq(group_last),
             self.end.eq(group_last & ox_last & oy_last & o_last),
         ]
-        neg_pad = -d.pad
+        if cfg.kgate:
+            neg_pad = d.koff - d.pad
+            first0 = self.desc.koff - self.desc.pad
+            nbout0 = self.desc.nbout_base
+            for j in range(cfg.tn):
+                m.d.comb += self.write_mask[j].eq((o != 0) | (d.lane_skip <= j))
+        else:
+            neg_pad, first0, nbout0 = -d.pad, -self.desc.pad, 0
 
         with m.If(self.start & ~self.busy):
             m.d.sync += [
@@ -127,19 +146,22 @@ class Sequencer(wiring.Component):
                 hw.eq(0), sw.eq(0), pw.eq(0),
                 mul_h.eq(self.desc.h_in), mul_s.eq(self.desc.stride), mul_p.eq(self.desc.pad),
                 kx.eq(0), ky.eq(0), t.eq(0), o.eq(0), ox.eq(0), oy.eq(0),
-                ix0.eq(-self.desc.pad), iy0.eq(-self.desc.pad),
-                ix.eq(-self.desc.pad), iy.eq(-self.desc.pad),
-                tbase.eq(0), obase.eq(0), sb_addr.eq(0), sb_base.eq(0), nbout_addr.eq(0),
+                ix0.eq(first0), iy0.eq(first0), ix.eq(first0), iy.eq(first0),
+                tbase.eq(0), obase.eq(0), sb_addr.eq(0), sb_base.eq(0), nbout_addr.eq(nbout0),
                 n_left.eq(self.desc.n_out),
             ]
+            if cfg.kgate:
+                m.d.sync += [kw.eq(0), mul_k.eq(self.desc.koff)]
         with m.Elif(setup_left != 0):
             m.d.sync += [
                 setup_left.eq(setup_left - 1),
                 hw.eq(hw_next), sw.eq(sw_next), pw.eq(pw_next),
                 mul_h.eq(mul_h << 1), mul_s.eq(mul_s << 1), mul_p.eq(mul_p << 1),
             ]
+            if cfg.kgate:
+                m.d.sync += [kw.eq(kw_next), mul_k.eq(mul_k << 1)]
             with m.If(setup_left == 1):
-                m.d.sync += [row0.eq(-pw_next), row.eq(-pw_next), running.eq(1)]
+                m.d.sync += [row0.eq(row_start_next), row.eq(row_start_next), running.eq(1)]
         with m.Elif(running):
             m.d.sync += sb_addr.eq(sb_addr + 1)
             with m.If(~kx_last):
@@ -169,7 +191,7 @@ class Sequencer(wiring.Component):
                             next_obase = Mux(pool, obase + hw, 0)
                             m.d.sync += [ox.eq(0), ix0.eq(neg_pad), ix.eq(neg_pad),
                                          oy.eq(0), iy0.eq(neg_pad), iy.eq(neg_pad),
-                                         row0.eq(-pw), row.eq(-pw),
+                                         row0.eq(row_start), row.eq(row_start),
                                          o.eq(o + 1), n_left.eq(n_left - cfg.tn),
                                          sb_base.eq(sb_addr + 1), obase.eq(next_obase),
                                          tbase.eq(next_obase)]

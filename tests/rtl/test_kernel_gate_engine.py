@@ -58,3 +58,29 @@ def test_bad_lane_kernels():
         LayerDesc("conv", 2, 2, 5, 5, k=3, lane_k=(1, 5))
     with pytest.raises(ValueError, match=r"lane_k\[0\]=2 is even"):
         LayerDesc("conv", 2, 2, 5, 5, k=3, lane_k=(2,))
+
+
+@pytest.mark.parametrize("pad, koff, k", [(0, 1, 3), (1, 1, 3), (0, 2, 1), (2, 1, 3),
+                                          (1, 2, 1)])
+def test_centre_tap_pass_walks_only_its_taps(pad, koff, k):
+    """A pass of a k x k kernel centred (koff) in a larger layer kernel: bit-exact with the
+    reference (a conv at padding pad - koff) in exactly k*k steps per output group."""
+    cfg = get_config("tiny").with_(kgate=True, nbin_depth=512, nbout_depth=512, sb_depth=256,
+                                   bias_depth=16)
+    desc = LayerDesc("conv", 5, 6, 9, 9, k=k, pad=pad, koff=koff, shift=4, act="relu")
+    gen = torch.Generator().manual_seed(10 * pad + koff)
+    x = torch.randint(-300, 300, (5, 9, 9), generator=gen)
+    w = torch.randint(-50, 50, (6, 5, k, k), generator=gen)
+    b = torch.randint(-500, 500, (6,), generator=gen)
+    y, counters, _ = run_layer_amaranth(cfg, desc, x, w, b)
+    assert desc.h_out == 9 + 2 * (pad - koff) - k + 1
+    assert torch.equal(y, fixed.run_layer(desc, x.unsqueeze(0), w, b, cfg.dw)[0])
+    assert counters["cycles"] == desc.dense_cycles(cfg) + LayerEngine.LATENCY
+
+
+def test_placement_fields_need_kgate():
+    cfg = get_config("tiny")
+    with pytest.raises(ValueError, match="koff=1, nbout_base=0, lane_skip=0 need kgate"):
+        LayerDesc("conv", 2, 2, 5, 5, k=1, koff=1).check(cfg)
+    with pytest.raises(ValueError, match="lane_skip must be < tn=4, not 4"):
+        LayerDesc("conv", 2, 2, 5, 5, k=1, lane_skip=4).check(cfg.with_(kgate=True))
