@@ -40,7 +40,8 @@ def test_acc_too_narrow_for_layer():
     (dict(kind="avgpool", n_in=4, n_out=4, h_in=6, w_in=6, k=3), "power-of-two window"),
     (dict(kind="maxpool", n_in=4, n_out=4, h_in=4, w_in=4, k=2, pad=1), "pooling takes no pad"),
     (dict(kind="fc", n_in=4, n_out=4, h_in=2), "an fc layer must have"),
-    (dict(kind="conv", n_in=1, n_out=1, h_in=3, w_in=3, k=5), "k=5 is larger than the padded"),
+    (dict(kind="conv", n_in=1, n_out=1, h_in=3, w_in=3, k=5),
+     r"k=5 \(\+ 2\*koff=0\) is larger than the padded"),
     (dict(kind="conv", n_in=1, n_out=1, act="gelu"), "act must be one of"),
 ])
 def test_descriptor_the_engine_cannot_run(kw, msg):
