@@ -102,7 +102,11 @@ class QLayer:
     extra: dict = field(default_factory=dict)
 
     def run(self, x, dw, count=None):
-        """Run this layer on int64 inputs with :func:`slimnfu.compress.fixed.run_layer`."""
+        """Run this layer on int64 inputs with :func:`slimnfu.compress.fixed.run_layer` (a
+        ``slim`` layer with :func:`slimnfu.compress.slim.slim_layer_run`)."""
+        if self.format == "slim":
+            from slimnfu.compress.slim import slim_layer_run
+            return slim_layer_run(self, x, dw, count)
         if self.desc.kind == "fc" and x.dim() != 2:
             x = x.reshape(x.shape[0], -1)
         return fixed.run_layer(self.desc, x, self.w, self.b, dw, self.pwl, count)

@@ -509,7 +509,7 @@ def slim_layer_run(layer, x, dw, count=None, by_passes=None):
             ys.append(fixed.run_layer(p["desc"], xx, w, b, dw, layer.pwl, count))
         kept = torch.cat(ys, 1)
     else:
-        kept = layer.run(x, dw, count)
+        kept = fixed.run_layer(layer.desc, x, layer.w, layer.b, dw, layer.pwl, count)
     if not layer.extra["n_approx"]:
         return kept
     apx = fixed.run_layer(approx_desc(layer), kept, layer.extra["approx_w"].view(

@@ -19,7 +19,9 @@ run is refused with a :class:`ValueError` naming the layer, before any Verilog i
 
 from dataclasses import dataclass, field
 
-from slimnfu.config import AccelConfig
+import torch
+
+from slimnfu.config import AccelConfig, LayerDesc
 
 __all__ = ["LOAD_SEL", "Program", "ProgramLayer", "compile_model", "config_for"]
 
@@ -28,7 +30,7 @@ LOAD_SEL = {"weights": 1, "bias": 2, "pwl": 3, "s": 4, "perm_ab": 5, "perm_index
             "ikr_values": 1, "ikr_index": 6, "ikr_table": 7}
 
 #: Weight formats the accelerator runs.
-FORMATS = ("dense", "ikr", "perm_affine", "perm_index")
+FORMATS = ("dense", "ikr", "perm_affine", "perm_index", "slim")
 
 
 @dataclass
@@ -37,7 +39,13 @@ class ProgramLayer:
 
     ``loads`` are ``(sel, rom_base, words)``: copy ``words`` ROM words from ``rom_base`` to
     engine memory ``sel`` at addresses ``0 ..``. ``move`` is ``("image",)`` for the first
-    layer, ``("copy", words)`` or ``("flatten", channels, h, w)``.
+    layer, ``("copy", words)``, ``("flatten", channels, h, w)`` or ``("none",)`` (a later
+    pass of the same model layer reads the same input).
+
+    A model layer may take several program layers (a ``slim`` layer: one pass per run of
+    equal-kernel tiles, then the 1x1 approximation pass). ``ref`` is the index of the model
+    layer whose output is complete in NBout after this program layer (None after a pass that
+    leaves it unfinished), and ``out_shape`` that output's ``(channels, h, w)``.
     """
 
     name: str
@@ -46,6 +54,8 @@ class ProgramLayer:
     loads: list
     move: tuple
     format: str
+    ref: int = None
+    out_shape: tuple = None
 
     @property
     def move_cycles(self):
@@ -85,21 +95,85 @@ class Program:
         """A layer's NBout words as the integer reference's output of one sample."""
         from slimnfu.gen import layout
 
-        d = self.layers[i].desc
-        y = layout.unpack_output(words, d.n_out, d.h_out, d.w_out, self.cfg)
-        return y.reshape(-1) if d.kind == "fc" else y
+        layer = self.layers[i]
+        n, h, w = layer.out_shape
+        y = layout.unpack_output(words, n, h, w, self.cfg)
+        return y.reshape(-1) if layer.desc.kind == "fc" else y
+
+    def out_words(self, i):
+        """NBout words holding the output of program layer ``i`` (0 after an unfinished
+        pass): what a testbench reads to check it."""
+        layer = self.layers[i]
+        if layer.ref is None:
+            return 0
+        n, h, w = layer.out_shape
+        return -(-n // self.cfg.tn) * h * w
 
 
 def config_for(qmodel, base):
     """``base`` with the method flags ``qmodel`` needs switched on and buffers that hold it."""
     formats = {ql.format for ql in qmodel.layers}
     cfg = base.with_(ikr=base.ikr or "ikr" in formats,
-                     perm=base.perm or bool(formats & {"perm_affine", "perm_index"}))
+                     perm=base.perm or bool(formats & {"perm_affine", "perm_index"}),
+                     kgate=base.kgate or "slim" in formats)
     if cfg.perm:
         need = max([ql.desc.n_in for ql in qmodel.layers if ql.format.startswith("perm")],
                    default=0)
         cfg = cfg.with_(perm_depth=max(cfg.perm_depth, 1 << max(0, need - 1).bit_length()))
-    return cfg.fit_buffers([ql.desc for ql in qmodel.layers])
+    descs = []
+    for ql in qmodel.layers:
+        descs += [p[0] for p in _passes(ql, cfg)] if ql.format == "slim" else [ql.desc]
+    return cfg.fit_buffers(descs)
+
+
+def out_shape(ql):
+    """``(channels, h, w)`` of a model layer's output (a slim layer's approximated features
+    included)."""
+    d = ql.desc
+    extra = ql.extra.get("n_approx", 0) if ql.format == "slim" else 0
+    return (d.n_out + extra, d.h_out, d.w_out)
+
+
+def _passes(ql, cfg):
+    """``[(desc, w, b, is_approx)]``: the engine passes of a slim conv layer.
+
+    One pass per run of equal-kernel tiles (:func:`slimnfu.compress.slim.passes`), its
+    ``k_t x k_t`` weights centred in the layer's kernel (``koff``) and its outputs placed at
+    their tile (``nbout_base``); then, with approximated features, a 1x1 pass over the kept
+    features that fills the tiles after them (``lane_skip`` keeps the kept lanes of a shared
+    tile).
+    """
+    from slimnfu.compress import slim
+
+    d, e = ql.desc, ql.extra
+    hw = d.h_out * d.w_out
+    out = []
+    for p in slim.passes(ql, cfg.tn):
+        lo, hi = p["filters"]
+        kt, off = p["k"], p["off"]
+        desc = LayerDesc("conv", d.n_in, hi - lo, d.h_in, d.w_in, k=kt, stride=d.stride,
+                         pad=d.pad, koff=off, shift=d.shift, act=d.act, seg_shift=d.seg_shift,
+                         lane_k=tuple(p["lane_k"] or ()), nbout_base=lo // cfg.tn * hw)
+        out.append((desc, ql.w[lo:hi, :, off:off + kt, off:off + kt], ql.b[lo:hi], False))
+    if e["n_approx"]:
+        kept, skip = d.n_out, d.n_out % cfg.tn
+        desc = LayerDesc("conv", kept, skip + e["n_approx"], d.h_out, d.w_out, k=1,
+                         shift=e["approx_f"], act=d.act, seg_shift=d.seg_shift,
+                         nbout_base=kept // cfg.tn * hw, lane_skip=skip)
+        w = torch.cat([torch.zeros(skip, kept, dtype=torch.int64), e["approx_w"]])
+        b = torch.cat([torch.zeros(skip, dtype=torch.int64), e["approx_b"]])
+        out.append((desc, w.view(*w.shape, 1, 1), b, True))
+    return out
+
+
+def _pass_memories(desc, w, b, pwl, cfg):
+    from slimnfu.gen import layout
+
+    mem = {"weights": (layout.pack_weights(w, cfg), cfg.tn * cfg.ti * cfg.dw),
+           "bias": (layout.pack_bias(b, cfg), cfg.tn * cfg.acc)}
+    if desc.act == "pwl":
+        mem["pwl"] = (layout.pack_pwl(pwl, cfg), 3 * cfg.dw)
+    return mem
 
 
 def _check_layer(ql, cfg):
@@ -111,24 +185,31 @@ def _check_layer(ql, cfg):
     if ql.format.startswith("perm") and not cfg.perm:
         raise ValueError(f"layer {ql.name} is {ql.format}, but config {cfg.name!r} has "
                          f"perm=False")
-    try:
-        ql.desc.check(cfg, None if ql.b is None else int(ql.b.abs().max()))
-    except ValueError as exc:
-        raise ValueError(f"layer {ql.name}: {exc}") from None
+    if ql.format == "slim" and not cfg.kgate:
+        raise ValueError(f"layer {ql.name} is slim (method A), but config {cfg.name!r} has "
+                         f"kgate=False")
+    descs = ([(p[0], p[2]) for p in _passes(ql, cfg)] if ql.format == "slim"
+             else [(ql.desc, ql.b)])
+    for desc, b in descs:
+        try:
+            desc.check(cfg, None if b is None or not b.numel() else int(b.abs().max()))
+        except ValueError as exc:
+            raise ValueError(f"layer {ql.name}: {exc}") from None
 
 
 def _move(prev, ql, cfg):
     """How layer ``ql`` gets its input from ``prev``'s NBout."""
-    p, d = prev.desc, ql.desc
-    if d.kind == "fc" and not p.kind == "fc":
-        if d.n_in != p.n_out * p.h_out * p.w_out:
+    d = ql.desc
+    n, h, w = out_shape(prev)
+    if d.kind == "fc" and not prev.desc.kind == "fc":
+        if d.n_in != n * h * w:
             raise ValueError(f"layer {ql.name}: n_in={d.n_in}, but {prev.name} gives "
-                             f"{p.n_out}x{p.h_out}x{p.w_out} values")
-        return ("flatten", p.n_out, p.h_out, p.w_out)
-    if (d.n_in, d.h_in, d.w_in) != (p.n_out, p.h_out, p.w_out):
+                             f"{n}x{h}x{w} values")
+        return ("flatten", n, h, w)
+    if (d.n_in, d.h_in, d.w_in) != (n, h, w):
         raise ValueError(f"layer {ql.name} takes {d.n_in}x{d.h_in}x{d.w_in}, but {prev.name} "
-                         f"gives {p.n_out}x{p.h_out}x{p.w_out}")
-    return ("copy", p.nbout_words(cfg))
+                         f"gives {n}x{h}x{w}")
+    return ("copy", -(-n // cfg.tn) * h * w)
 
 
 def compile_model(qmodel, cfg):
@@ -157,13 +238,28 @@ def compile_model(qmodel, cfg):
     for i, ql in enumerate(qmodel.layers):
         _check_layer(ql, cfg)
         move = ("image",) if i == 0 else _move(qmodel.layers[i - 1], ql, cfg)
-        loads = []
-        for item, (words, item_width) in _layer_memories(ql, cfg).items():
-            loads.append((LOAD_SEL[item], len(rom), len(words)))
-            rom.extend(int(w) for w in words)
-            stored += len(words) * item_width
-        layers.append(ProgramLayer(ql.name, ql.desc, descriptor_value(ql.desc, cfg), loads,
-                                   move, ql.format))
+        if ql.format == "slim":
+            parts = [(f"{ql.name}.approx" if apx else f"{ql.name}.k{d.k}", d,
+                      _pass_memories(d, w, b, ql.pwl, cfg), apx)
+                     for d, w, b, apx in _passes(ql, cfg)]
+        else:
+            parts = [(ql.name, ql.desc, _layer_memories(ql, cfg), False)]
+        for n, (name, desc, memories, apx) in enumerate(parts):
+            loads = []
+            for item, (words, item_width) in memories.items():
+                loads.append((LOAD_SEL[item], len(rom), len(words)))
+                rom.extend(int(w) for w in words)
+                stored += len(words) * item_width
+            if n == 0:
+                pmove = move
+            elif apx:
+                kept = ql.desc.n_out
+                pmove = ("copy", -(-kept // cfg.tn) * ql.desc.h_out * ql.desc.w_out)
+            else:
+                pmove = ("none",)
+            last = n == len(parts) - 1
+            layers.append(ProgramLayer(name, desc, descriptor_value(desc, cfg), loads, pmove,
+                                       ql.format, i if last else None, out_shape(ql)))
     first = qmodel.layers[0].desc
     if first.nbin_words(cfg) > cfg.nbin_depth:
         raise ValueError(f"layer {qmodel.layers[0].name}: the input needs "

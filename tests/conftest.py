@@ -28,3 +28,27 @@ def small_program(small_qmodel):
     cfg = config_for(small_qmodel, CONFIGS["tiny"].with_(nbin_depth=256, sb_depth=64,
                                                           nbout_depth=256, bias_depth=8))
     return compile_model(small_qmodel, cfg)
+
+
+@pytest.fixture(scope="session")
+def slim_qmodel():
+    """The same network with method A on both convs: per-filter kernel sizes (tiles that mix
+    sizes and tiles of one size) and linearly approximated features (one filling a tile the
+    kept features began)."""
+    from slimnfu.compress import slim
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 6, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 5, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Flatten(), nn.Linear(5 * 2 * 2, 7), nn.Sigmoid(), nn.Linear(7, 3))
+    sm = slim.slim_model(model)
+    x = torch.rand(64, 1, 10, 10)
+    c1, c2 = sm[0], sm[3]
+    c1.ksize[:] = torch.tensor([3, 1, 3, 1, 3, 3])
+    c1.approx[4] = True
+    c2.ksize[:] = torch.tensor([1, 3, 1, 3, 3])
+    c2.approx[2:4] = True
+    slim.refit_linear(c1, slim._input_of(sm, 0, x))
+    slim.refit_linear(c2, slim._input_of(sm, 3, x))
+    return slim.quantize_slim(sm, x)

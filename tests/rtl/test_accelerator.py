@@ -35,7 +35,7 @@ def run_program(program, images, step=True):
                 if ctx.get(dut.paused):
                     i = ctx.get(dut.layer)
                     out = []
-                    for a in range(program.layers[i].desc.nbout_words(program.cfg)):
+                    for a in range(program.out_words(i)):
                         ctx.set(dut.rd_addr, a)
                         await ctx.tick()
                         out.append(ctx.get(dut.rd_data))
@@ -47,7 +47,7 @@ def run_program(program, images, step=True):
                     await ctx.tick()
             counters = {n: ctx.get(getattr(dut, n)) for n in
                         ("cycles", "engine_cycles", "load_cycles", "move_cycles", "mults")}
-            last = program.layers[-1].desc.nbout_words(program.cfg)
+            last = program.out_words(len(program.layers) - 1)
             logits = []
             for a in range(last):
                 ctx.set(dut.rd_addr, a)
@@ -67,8 +67,9 @@ def test_every_layer_bit_exact(small_qmodel, small_program):
         ref = int_forward_layers(qmodel, x[n:n + 1])
         assert len(layers) == len(program.layers)
         for i, words in enumerate(layers):
-            got = program.unpack_layer(i, words)
-            assert torch.equal(got, ref[i][0]), program.layers[i].name
+            if program.layers[i].ref is not None:
+                got = program.unpack_layer(i, words)
+                assert torch.equal(got, ref[program.layers[i].ref][0]), program.layers[i].name
         assert torch.equal(program.unpack_layer(len(layers) - 1, logits), ref[-1][0])
         engine = sum(l.desc.dense_cycles(cfg) for l in program.layers)
         assert counters["engine_cycles"] == engine + len(layers) * 18
@@ -85,4 +86,25 @@ def test_free_run_counts_the_same_cycles(small_qmodel, small_program):
     assert layers == []
     assert torch.equal(program.unpack_layer(len(program.layers) - 1, logits),
                        int_forward_layers(qmodel, x)[-1][0])
+    assert counters["cycles"] == expected_cycles(program)["cycles"]
+
+
+def test_slim_network_every_layer_bit_exact(slim_qmodel):
+    """Method A on the accelerator: centre-tap passes, a mixed tile with gated lanes and the
+    approximation passes, chained with the other layers."""
+    from slimnfu.config import CONFIGS
+    from slimnfu.gen.compiler import compile_model, config_for
+
+    cfg = config_for(slim_qmodel, CONFIGS["tiny"].with_(nbin_depth=256, sb_depth=64,
+                                                         nbout_depth=256, bias_depth=8))
+    program = compile_model(slim_qmodel, cfg)
+    names = [l.name for l in program.layers]
+    assert names[:3] == ["conv1.k3", "conv1.k1", "conv1.approx"] and "conv2.approx" in names
+    x = quantize_input(slim_qmodel, torch.rand(1, 1, 10, 10))
+    (layers, logits, counters), = run_program(program, x)
+    ref = int_forward_layers(slim_qmodel, x)
+    for i, words in enumerate(layers):
+        if program.layers[i].ref is not None:
+            assert torch.equal(program.unpack_layer(i, words),
+                               ref[program.layers[i].ref][0]), program.layers[i].name
     assert counters["cycles"] == expected_cycles(program)["cycles"]

@@ -19,3 +19,20 @@ def test_images_bit_exact_every_layer(small_qmodel, small_program, sim):
     layers = r["per_layer"]
     assert sum(l["engine_cycles"] for l in layers) == r["counters"]["engine_cycles"]
     assert sum(l["cycles"] for l in layers) == r["counters"]["cycles"] - 1
+
+
+@pytest.mark.parametrize("sim", ["icarus", "verilator"])
+def test_slim_network_on_the_verilog(slim_qmodel, sim):
+    """Method A's passes (centre taps, gated lanes, approximation) in the ROM build."""
+    from slimnfu.config import CONFIGS
+    from slimnfu.gen.compiler import compile_model, config_for
+
+    cfg = config_for(slim_qmodel, CONFIGS["tiny"].with_(nbin_depth=256, sb_depth=64,
+                                                         nbout_depth=256, bias_depth=8))
+    program = compile_model(slim_qmodel, cfg.with_(name="tiny_test_slim"))
+    images = torch.rand(2, 1, 10, 10, generator=torch.Generator().manual_seed(4))
+    r = run_network(program, slim_qmodel, images, torch.tensor([0, 1]), sim=sim,
+                    name="test_slim_net", log=lambda s: None)
+    assert r["bit_exact"], r["failures"]
+    assert r["counters"]["cycles"] == expected_cycles(program)["cycles"]
+    assert r["counters"]["gated"] > 0
