@@ -52,3 +52,39 @@ def slim_qmodel():
     slim.refit_linear(c1, slim._input_of(sm, 0, x))
     slim.refit_linear(c2, slim._input_of(sm, 3, x))
     return slim.quantize_slim(sm, x)
+
+
+@pytest.fixture(scope="session")
+def mixed_qmodel(small_qmodel, slim_qmodel):
+    """Every format in one network: slim conv1 (method A), IKR conv2 (method B, its weights
+    masked to random patterns), perm_affine fc1 (method C, its weights gathered from a common
+    sequence) and a dense fc2. Accuracy is not the point; bit-exactness is."""
+    import dataclasses
+
+    from slimnfu.compress import permfc
+    from slimnfu.config import LayerDesc
+
+    layers = list(small_qmodel.layers)
+    layers[0] = slim_qmodel.layers[0]
+    conv2 = layers[2]
+    gen = torch.Generator().manual_seed(7)
+    k, n = conv2.desc.k, 4
+    patterns = torch.stack([torch.randperm(k * k, generator=gen)[:n].sort().values
+                            for _ in range(5)])
+    index = torch.randint(5, tuple(conv2.w.shape[:2]), generator=gen)
+    mask = torch.zeros(*conv2.w.shape[:2], k * k, dtype=torch.int64)
+    mask.scatter_(2, patterns[index], 1)
+    layers[2] = dataclasses.replace(
+        conv2, w=conv2.w * mask.view(conv2.w.shape), format="ikr",
+        desc=LayerDesc(**{**conv2.desc.to_dict(), "ikr_n": n}),
+        extra={"ikr_patterns": patterns, "ikr_index": index})
+    fc1 = layers[4]
+    m_out, n_in = fc1.w.shape
+    a, b = permfc.random_affine_params(m_out, n_in, seed=3)
+    s = fc1.w.flatten()[:n_in].clone()
+    w = s[permfc.affine_perms(a, b, n_in)]
+    layers[4] = dataclasses.replace(
+        fc1, w=w, format="perm_affine", desc=LayerDesc(**{**fc1.desc.to_dict(),
+                                                         "perm": "affine"}),
+        extra={"s": s, "a": a, "b": b})
+    return dataclasses.replace(small_qmodel, layers=layers)

@@ -108,3 +108,24 @@ def test_slim_network_every_layer_bit_exact(slim_qmodel):
             assert torch.equal(program.unpack_layer(i, words),
                                ref[program.layers[i].ref][0]), program.layers[i].name
     assert counters["cycles"] == expected_cycles(program)["cycles"]
+
+
+def test_every_format_in_one_network(mixed_qmodel):
+    """slim, IKR, permuted-affine and dense layers in one program, on an engine with all
+    three method flags on."""
+    from slimnfu.config import CONFIGS
+    from slimnfu.gen.compiler import compile_model, config_for
+
+    cfg = config_for(mixed_qmodel, CONFIGS["tiny"].with_(nbin_depth=256, sb_depth=64,
+                                                          nbout_depth=256, bias_depth=8))
+    assert cfg.ikr and cfg.perm and cfg.kgate
+    program = compile_model(mixed_qmodel, cfg)
+    assert {l.format for l in program.layers} == {"slim", "dense", "ikr", "perm_affine"}
+    x = quantize_input(mixed_qmodel, torch.rand(1, 1, 10, 10))
+    (layers, logits, counters), = run_program(program, x)
+    ref = int_forward_layers(mixed_qmodel, x)
+    for i, words in enumerate(layers):
+        if program.layers[i].ref is not None:
+            assert torch.equal(program.unpack_layer(i, words),
+                               ref[program.layers[i].ref][0]), program.layers[i].name
+    assert counters["cycles"] == expected_cycles(program)["cycles"]

@@ -36,3 +36,17 @@ def test_slim_network_on_the_verilog(slim_qmodel, sim):
     assert r["bit_exact"], r["failures"]
     assert r["counters"]["cycles"] == expected_cycles(program)["cycles"]
     assert r["counters"]["gated"] > 0
+
+
+def test_every_format_in_one_network_on_verilator(mixed_qmodel):
+    from slimnfu.config import CONFIGS
+    from slimnfu.gen.compiler import compile_model, config_for
+
+    cfg = config_for(mixed_qmodel, CONFIGS["tiny"].with_(nbin_depth=256, sb_depth=64,
+                                                          nbout_depth=256, bias_depth=8))
+    program = compile_model(mixed_qmodel, cfg.with_(name="tiny_test_mixed"))
+    images = torch.rand(2, 1, 10, 10, generator=torch.Generator().manual_seed(6))
+    r = run_network(program, mixed_qmodel, images, torch.tensor([0, 1]), sim="verilator",
+                    name="test_mixed_net", log=lambda s: None)
+    assert r["bit_exact"], r["failures"]
+    assert r["counters"]["cycles"] == expected_cycles(program)["cycles"]
