@@ -58,6 +58,8 @@ class IkrOptions:
     final_batches : int
         Extra fine-tuning of the accepted model at the end.
     seed : int
+    layers : tuple of str or None
+        Names (``named_modules``) of the convs to prune; None: every ``nn.Conv2d``.
     """
 
     patterns: int = 16
@@ -68,6 +70,7 @@ class IkrOptions:
     lr: float = 5e-4
     final_batches: int = 300
     seed: int = 0
+    layers: tuple = None
 
     def __post_init__(self):
         if isinstance(self.patterns, bool) or not isinstance(self.patterns, int) \
@@ -223,6 +226,13 @@ def ikr_prune(model, train_images, train_labels, val_images, val_labels, budget_
     base = evaluate(model, val_images, val_labels)
     current = copy.deepcopy(model)
     convs = _convs(current)
+    if opts.layers is not None:
+        names = [n for n, _ in convs]
+        unknown = [n for n in opts.layers if n not in names]
+        if unknown:
+            raise ValueError(f"IkrOptions.layers: {unknown[0]!r} is not a conv of the model "
+                             f"(its convs: {', '.join(names)})")
+        convs = [(n, c) for n, c in convs if n in opts.layers]
     steps = {}
     for name, conv in convs:
         k = conv.kernel_size[0]
@@ -260,7 +270,7 @@ def ikr_prune(model, train_images, train_labels, val_images, val_labels, budget_
                 frozen.add(name)
     # Layers never tightened still become IKR layers at n = K*K (the identity pattern).
     for name, conv in _convs(current):
-        if "ikr_patterns" not in conv._buffers:
+        if "ikr_patterns" not in conv._buffers and name in steps:
             apply_ikr(conv, steps[name][0], opts.patterns, name)
     finetune(current, train_images, train_labels, opts.final_batches, opts.batch_size,
              opts.lr / 2, seed + 1)

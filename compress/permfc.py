@@ -295,9 +295,17 @@ def quantize_perm_model(model, calib_images, dw=16, acc=48, range_method="max"):
     and ``extra["a"], extra["b"]`` or ``extra["idx"]``; ``w`` is the gathered integer matrix.
     """
     from slimnfu.compress.quant import quantize_model
-    from slimnfu.config import LayerDesc
 
     q = quantize_model(to_dense(model), calib_images, dw=dw, acc=acc, range_method=range_method)
+    return mark_perm(q, model, dw)
+
+
+def mark_perm(q, model, dw=16):
+    """Turn the fc layers of ``q`` that are :class:`PermLinear` in ``model`` into the perm
+    formats (``q`` was quantised from ``to_dense(model)``, or a model with the same fc
+    layers). Returns ``q``."""
+    from slimnfu.config import LayerDesc
+
     fc_layers = [l for l in q.layers if l.desc.kind == "fc"]
     linears = [mod for mod in model if isinstance(mod, (nn.Linear, PermLinear))]
     if len(fc_layers) != len(linears):

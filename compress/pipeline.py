@@ -1,19 +1,21 @@
-"""One network, every method the accelerator runs, under one accuracy budget.
+"""One network, all three methods the accelerator runs, under one accuracy budget.
 
-:func:`compress_network` applies IKR pattern pruning to the conv layers and stores the hidden
-FC layers as permutations of one sequence, then quantises the result into a
-:class:`slimnfu.compress.quant.QuantModel` whose layers carry formats ``ikr`` and
-``perm_affine`` / ``perm_index``, ready for :func:`slimnfu.gen.compiler.compile_model`.
+:func:`compress_network` applies, in order:
+
+* **method A** (:mod:`slimnfu.compress.slim`) to the first conv layer: lower kernels and
+  linear feature approximation, greedy, least important feature first;
+* **method B** (:mod:`slimnfu.compress.ikr`) to the other conv layers: IKR pattern pruning;
+* **method C** (:mod:`slimnfu.compress.permfc`) to the hidden FC layers (all but the
+  classifier): ``perm_affine`` (the smallest storage) and, if the network is then over the
+  budget, ``perm_index``; if both are over, they stay dense. Each try fine-tunes the whole
+  network for ``fc_epochs`` with the IKR masks kept.
+
+It quantises the result into one :class:`slimnfu.compress.quant.QuantModel` whose layers carry
+formats ``slim``, ``ikr`` and ``perm_*``, ready for :func:`slimnfu.gen.compiler.compile_model`.
 
 The budget is in accuracy points on a validation split, against the float base. Our choices:
-
-* IKR gets half of it (:func:`slimnfu.compress.ikr.ikr_prune`, its own greedy schedule);
-* the FC layers (all but the classifier) then try ``perm_affine`` (the smallest storage) and,
-  if the whole network is then over the budget, ``perm_index``; if both are over, they stay
-  dense. Each try fine-tunes the whole network for ``fc_epochs`` with the IKR masks kept.
-
-Lower-kernel and linear approximation (:mod:`slimnfu.compress.slim`) are not applied: the
-accelerator's compiler does not run their layers yet.
+A gets a third of it; B what is left of two thirds after A; C the whole budget, counted
+from the base (so C may use whatever A and B left).
 """
 
 import copy
@@ -23,6 +25,9 @@ __all__ = ["compress_network", "cached_compress"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+#: Names the method sequence in cache file names, so a changed pipeline does not reuse a result.
+PIPELINE = "A1-B2-C"
+
 
 def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=1, patterns=16,
                      ikr_finetune=150, log=print):
@@ -31,7 +36,7 @@ def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=1, patt
     Parameters
     ----------
     model : nn.Sequential
-        The trained float network (unchanged).
+        The trained float network (unchanged), with at least two conv layers.
     train, val : tuple of tensors
         ``(images, labels)`` to fine-tune on and to check the budget on.
     calib : torch.Tensor
@@ -40,12 +45,10 @@ def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=1, patt
     Returns
     -------
     tuple
-        ``(float_model, qmodel, history)``; ``history`` has the validation accuracies, the IKR
-        history and each FC try.
+        ``(float_model, qmodel, history)``; ``history`` has the validation accuracy after each
+        method, the slim and IKR histories and each FC try.
     """
-    import torch
-
-    from slimnfu.compress import ikr, permfc
+    from slimnfu.compress import ikr, permfc, slim
     from slimnfu.compress.train import evaluate
 
     if not isinstance(budget_pct, (int, float)) or budget_pct < 0:
@@ -53,10 +56,21 @@ def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=1, patt
     xs, ys = train
     xv, yv = val
     base = evaluate(model, xv, yv)
-    log(f"IKR under {budget_pct / 2:.2f} points ...")
-    pruned, ikr_hist = ikr.ikr_prune(model, xs, ys, xv, yv, budget_pct / 2,
-                                     ikr.IkrOptions(patterns=patterns,
-                                                    finetune_batches=ikr_finetune))
+    sm = slim.slim_model(model)
+    convs = slim.conv_layers(sm)
+    if len(convs) < 2:
+        raise ValueError(f"the network needs two conv layers (method A on the first, B on the "
+                         f"rest), not {len(convs)}")
+    log(f"method A (lower kernels, linear approximation) on module {convs[0]} under "
+        f"{budget_pct / 3:.2f} points ...")
+    ranking = [r for r in slim.importance(sm, xv[:1000], yv[:1000]) if r[1] == convs[0]]
+    a_hist = slim.greedy(sm, xv, yv, budget_pct / 3, "both", ranking=ranking)
+    acc_a = evaluate(sm, xv, yv)
+    left = max(0.0, 2 * budget_pct / 3 - (base - acc_a))
+    log(f"  val {acc_a:.2f}% (base {base:.2f}%); method B (IKR) under {left:.2f} points ...")
+    opts = ikr.IkrOptions(patterns=patterns, finetune_batches=ikr_finetune,
+                          layers=tuple(f"{i}.conv" for i in convs[1:]))
+    pruned, ikr_hist = ikr.ikr_prune(sm, xs, ys, xv, yv, left, opts)
     batches = fc_epochs * -(-xs.shape[0] // 128)
     tries, chosen = [], pruned
     for variant in ("affine", "index"):
@@ -65,19 +79,49 @@ def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=1, patt
         acc = evaluate(trial, xv, yv)
         ok = base - acc <= budget_pct
         tries.append({"variant": variant, "val_acc": acc, "accepted": ok})
-        log(f"FC perm_{variant}: val {acc:.2f}% (base {base:.2f}%) "
+        log(f"method C perm_{variant}: val {acc:.2f}% (base {base:.2f}%) "
             f"{'accepted' if ok else 'rejected'}")
         if ok:
             chosen = trial
             break
-    q = permfc.quantize_perm_model(chosen, calib, dw=16)
-    q = ikr.mark_quantised(q, chosen)
-    with torch.no_grad():
-        val_acc = evaluate(chosen, xv, yv)
-    history = {"budget_pct": budget_pct, "val_acc_base": base, "val_acc": val_acc,
+    q = quantize_all(chosen, calib)
+    history = {"budget_pct": budget_pct, "val_acc_base": base, "val_acc_after_a": acc_a,
+               "val_acc_after_b": ikr_hist["val_acc"], "val_acc": evaluate(chosen, xv, yv),
+               "slim": {"module": convs[0], "changes": a_hist["log"],
+                        "ksize": [int(k) for k in sm[convs[0]].ksize],
+                        "approx": [bool(a) for a in sm[convs[0]].approx]},
                "ikr": ikr_hist, "fc_tries": tries,
                "formats": {l.name: l.format for l in q.layers}}
     return copy.deepcopy(chosen), q, history
+
+
+def quantize_all(model, calib, dw=16):
+    """Quantise a model that mixes :class:`slimnfu.compress.slim.SlimConv` (every conv),
+    IKR-pruned convs inside them and :class:`slimnfu.compress.permfc.PermLinear` layers.
+
+    The slim quantiser sets the channel order (kept features by kernel size, approximated
+    last) and permutes each next layer's inputs; an IKR conv's pattern indices are permuted
+    the same way before its layer is marked ``ikr``. Untreated slim convs that are not IKR
+    stay ``slim`` (one pass each).
+    """
+    import torch
+
+    from slimnfu.compress import ikr, permfc, slim
+
+    q = slim.quantize_slim(permfc.to_dense(model), calib, dw=dw)
+    marked = copy.deepcopy(model)
+    order = None
+    qconvs = [l for l in q.layers if l.desc.kind == "conv"]
+    for i, ql in zip(slim.conv_layers(marked), qconvs):
+        conv = marked[i].conv
+        if "ikr_index" in conv._buffers:
+            if order is not None:
+                conv.ikr_index = conv.ikr_index[:, torch.tensor(order)]
+            if ql.extra["order"] != list(range(len(ql.extra["order"]))):
+                raise ValueError(f"layer {ql.name}: an IKR conv must keep its own filter order")
+        order = ql.extra["order"]
+    q = ikr.mark_quantised(q, marked)
+    return permfc.mark_perm(q, model, dw)
 
 
 def cached_compress(model, budget, val_n, calib_n, recompress=False, log=print):
@@ -97,7 +141,7 @@ def cached_compress(model, budget, val_n, calib_n, recompress=False, log=print):
     xs, ys = data.load("mnist", "train")
     xc, yc = data.load("mnist", "calib")
     key = hash_state(model)[:12]
-    path = REPO_ROOT / "build" / "network" / f"lenet5_{key}_b{budget}_v{val_n}_c{calib_n}.json"
+    path = REPO_ROOT / "build" / "network" / f"lenet5_{key}_{PIPELINE}_b{budget}_v{val_n}_c{calib_n}.json"
     if path.is_file() and not recompress:
         state = json.loads(path.read_text())
         log(f"reusing {path}")
