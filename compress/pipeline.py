@@ -141,7 +141,8 @@ def cached_compress(model, budget, val_n, calib_n, recompress=False, log=print):
     xs, ys = data.load("mnist", "train")
     xc, yc = data.load("mnist", "calib")
     key = hash_state(model)[:12]
-    path = REPO_ROOT / "build" / "network" / f"lenet5_{key}_{PIPELINE}_b{budget}_v{val_n}_c{calib_n}.json"
+    name = f"lenet5_{key}_{PIPELINE}_b{budget}_v{val_n}_c{calib_n}.json"
+    path = REPO_ROOT / "build" / "network" / name
     if path.is_file() and not recompress:
         state = json.loads(path.read_text())
         log(f"reusing {path}")
