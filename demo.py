@@ -64,7 +64,7 @@ def run_demo(args):
     from slimnfu.config import CONFIGS
     from slimnfu.gen import image
     from slimnfu.gen.compiler import compile_model, config_for
-    from slimnfu.gen.synth import synth_emitted
+    from slimnfu.gen.synth import choose_weights, synth_emitted
     from slimnfu.gen.verilog import emit_accelerator
 
     data.verify("mnist")
@@ -88,9 +88,13 @@ def run_demo(args):
           f"{program.rom_width} bits)")
     synth = None
     if not args.no_synth:
-        print("[5/6] synthesising (Yosys ECP5, nextpnr-ecp5)", flush=True)
-        synth = synth_emitted(emitted, cfg.name, {"config": cfg.name, "accel": cfg.to_dict()},
-                              reuse=True)
+        weights, why = choose_weights(program)
+        print(f"[5/6] synthesising the {weights} build (Yosys ECP5, nextpnr-ecp5): {why}",
+              flush=True)
+        name = cfg.name + ("" if weights == "rom" else "_port")
+        synth = synth_emitted(emit_accelerator(program, name, weights=weights), name,
+                              {"config": name, "accel": cfg.to_dict(), "weights": weights,
+                               "weights_why": why}, reuse=True)
         synth.pop("reused", None)
     else:
         print("[5/6] synthesis skipped (--no-synth)")
@@ -101,8 +105,8 @@ def run_demo(args):
     report = {"rows": rows, "compression": hist, "acc_float_base": info["acc_test"],
               "image_bits": manifest["stats"].get("image_bits"),
               "synth": None if synth is None else {k: synth.get(k) for k in (
-                  "cells", "luts", "ffs", "dsps", "brams", "memory_bits", "fmax_mhz", "part",
-                  "fits")},
+                  "config", "weights", "weights_why", "cells", "luts", "ffs", "dsps", "brams",
+                  "memory_bits", "fmax_mhz", "part", "fits")},
               "wall_s": round(time.monotonic() - t0, 1)}
     text = _markdown(report)
     _plots(rows, out)
@@ -138,7 +142,8 @@ def _markdown(report):
     s = report["synth"]
     if s:
         fmax = "-" if s["fmax_mhz"] is None else f"{s['fmax_mhz']:.1f} MHz"
-        lines.append(f"ROM build synthesis: {s['luts']:,} LUT4, {s['ffs']:,} FF, {s['dsps']} "
+        lines.append(f"Synthesis of the {s['weights']} build ({s['weights_why']}): "
+                     f"{s['luts']:,} LUT4, {s['ffs']:,} FF, {s['dsps']} "
                      f"multipliers, {s['brams']} DP16KD; fmax {fmax} on "
                      f"{s['part'] or 'no ECP5 part'} ({s['fits']}).")
     lines.append(f"Demo wall time {report['wall_s']} s.")

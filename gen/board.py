@@ -56,9 +56,13 @@ def build_board(program, image_words, label, board, build_dir, do_build=True):
     ``build_dir`` must be inside the repository and is given to the tools relative to the
     current folder.
     """
+    from slimnfu.gen.synth import choose_weights
     from slimnfu.rtl.image_runner import ImageRunner
 
     platform = board_platform(board)
+    weights, why = choose_weights(program)
+    if weights != "rom":
+        raise ValueError(f"the board build keeps the weights on chip, but the {why}")
     top = BoardTop(ImageRunner(program, image_words, label))
     build_dir = Path(build_dir)
     build_dir.mkdir(parents=True, exist_ok=True)

@@ -23,9 +23,10 @@ def register(sub):
                    help="place and route on this part (LFE5U-25F, LFE5U-45F or LFE5U-85F) "
                         "instead of the smallest that holds the design")
     p.add_argument("--rom", action="store_true",
-                   help="synthesise the ROM build of compressed LeNet-5 (the accelerator with "
-                        "the weights baked in; compressed under 1 point first unless "
-                        "build/network holds it) instead of the bare engine")
+                   help="synthesise the whole accelerator for compressed LeNet-5 instead of "
+                        "the bare engine (compressed under 1 point first unless build/network "
+                        "holds it): the ROM build when its weights fit the block RAM, else "
+                        "the port build")
     p.set_defaults(func=_synth)
 
     p = sub.add_parser("board", help="build a ULX3S bitstream: compressed LeNet-5 classifies a "
@@ -73,15 +74,17 @@ def _synth(args):
 
 
 def _synth_rom(cfg, args):
-    from slimnfu.gen.synth import check_part, synth_emitted
+    from slimnfu.gen.synth import check_part, choose_weights, synth_emitted
     from slimnfu.gen.verilog import emit_accelerator
 
     check_part(args.part)
     _, program = _compressed_program(cfg)
-    rom_cfg = program.cfg
-    emitted = emit_accelerator(program, rom_cfg.name)
-    return synth_emitted(emitted, rom_cfg.name, {"config": rom_cfg.name,
-                                                 "accel": rom_cfg.to_dict()},
+    weights, why = choose_weights(program)
+    print(why, flush=True)
+    name = program.cfg.name + ("" if weights == "rom" else "_port")
+    emitted = emit_accelerator(program, name, weights=weights)
+    return synth_emitted(emitted, name, {"config": name, "accel": program.cfg.to_dict(),
+                                         "weights": weights, "weights_why": why},
                          out=args.out, pnr=not args.no_pnr, part=args.part)
 
 

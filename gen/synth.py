@@ -140,6 +140,29 @@ def synth_ecp5(vfile, top, workdir):
     }
 
 
+#: DP16KD blocks a ROM build leaves for the engine's own buffers when it picks the ROM.
+ENGINE_BRAM_RESERVE = 100
+
+
+def rom_dp16kd(words, width):
+    """DP16KD blocks a ``words x width`` ROM takes in the 512 x 36 mode."""
+    return -(-width // 36) * -(-words // 512)
+
+
+def choose_weights(program):
+    """``("rom" or "port", reason)``: the ROM build when the program's ROM fits the largest
+    ECP5's block RAM beside the engine's buffers (:data:`ENGINE_BRAM_RESERVE` blocks), else
+    the port build (weights outside the chip)."""
+    blocks = rom_dp16kd(len(program.rom), program.rom_width)
+    room = ECP5_PARTS["LFE5U-85F"]["brams"] - ENGINE_BRAM_RESERVE
+    bits = len(program.rom) * program.rom_width
+    if blocks <= room:
+        return "rom", f"ROM of {bits:,} bits in {blocks} DP16KD"
+    return "port", (f"ROM of {bits:,} bits needs {blocks} DP16KD, more than the {room} the "
+                    f"LFE5U-85F leaves beside the engine: weights through the wt_addr/wt_data "
+                    f"port")
+
+
 def choose_part(ecp5):
     """The smallest LFE5U part that holds the ECP5 figures, and a sentence saying why.
 

@@ -95,15 +95,17 @@ def emit_engine(cfg, root=DEFAULT_ROOT):
     return emit_block("engine", cfg, root)
 
 
-def emit_accelerator(program, name, root=DEFAULT_ROOT):
+def emit_accelerator(program, name, root=DEFAULT_ROOT, weights="rom"):
     """Emit the ROM build of a compiled network: ``root/<name>/slimnfu_accel.v``.
 
     ``program`` is a :class:`slimnfu.gen.compiler.Program`; its weight ROM and layer tables are
-    memory init and constants in the file. Returns the dict of :func:`emit_block`.
+    memory init and constants in the file (``weights="port"``: the weights come through a
+    port, see :class:`slimnfu.rtl.accelerator.Accelerator`). Returns the dict of
+    :func:`emit_block`.
     """
     from slimnfu.rtl.accelerator import Accelerator
 
     if not isinstance(name, str) or not name or "/" in name:
         raise ValueError(f"name must be a non-empty folder name, not {name!r}")
-    text = verilog_text(Accelerator(program), ACCEL_TOP, program.cfg)
+    text = verilog_text(Accelerator(program, weights), ACCEL_TOP, program.cfg)
     return _write_if_changed(Path(root) / name / f"{ACCEL_TOP}.v", text, ACCEL_TOP)

@@ -43,15 +43,23 @@ class Accelerator(wiring.Component):
     ----------
     program : Program
         From :func:`slimnfu.gen.compiler.compile_model`; its ``cfg`` is the engine's config.
+    weights : str
+        ``"rom"`` (the ROM build: the program's words are the init of an on-chip memory) or
+        ``"port"`` (the words stay outside, as in DianNao's DRAM: the controller drives
+        ``wt_addr`` and takes ``wt_data`` one cycle later, like a synchronous memory). The
+        port build is the one to synthesise when the ROM does not fit the FPGA's block RAM.
     """
 
-    def __init__(self, program):
+    def __init__(self, program, weights="rom"):
         from slimnfu.gen.compiler import Program
 
         if not isinstance(program, Program):
             raise TypeError(f"program must be a slimnfu.gen.compiler.Program, not "
                             f"{type(program).__name__}")
-        self.program = program
+        if weights not in ("rom", "port"):
+            self._MustUse__silence = True
+            raise ValueError(f"weights must be 'rom' or 'port', not {weights!r}")
+        self.program, self.weights = program, weights
         self.cfg = cfg = check_config(self, program.cfg)
         if not program.layers:
             raise ValueError("program has no layers")
@@ -67,6 +75,9 @@ class Accelerator(wiring.Component):
         }
         if cfg.kgate:
             ports["gated"] = Out(48)
+        if weights == "port":
+            ports["wt_addr"] = Out(bits_for(max(1, len(program.rom)) - 1))
+            ports["wt_data"] = In(program.rom_width)
         super().__init__(ports)
 
     def _tables(self):
@@ -94,9 +105,13 @@ class Accelerator(wiring.Component):
         cfg, prog = self.cfg, self.program
         tn, ti, dw = cfg.tn, cfg.ti, cfg.dw
         m.submodules.engine = eng = LayerEngine(cfg)
-        m.submodules.rom = rom = Memory(shape=unsigned(prog.rom_width),
-                                        depth=max(1, len(prog.rom)), init=prog.rom)
-        rom_rd = rom.read_port()
+        if self.weights == "rom":
+            m.submodules.rom = rom = Memory(shape=unsigned(prog.rom_width),
+                                            depth=max(1, len(prog.rom)), init=prog.rom)
+            rom_rd = rom.read_port()
+            rom_addr, rom_data = rom_rd.addr, rom_rd.data
+        else:
+            rom_addr, rom_data = self.wt_addr, self.wt_data
 
         loads, first_load, moves = self._tables()
         n_layers = len(prog.layers)
@@ -145,7 +160,7 @@ class Accelerator(wiring.Component):
         with m.If(~busy):
             m.d.comb += eng.load_data.eq(self.img_data)
         with m.Elif(wr_from_rom):
-            m.d.comb += eng.load_data.eq(rom_rd.data)
+            m.d.comb += eng.load_data.eq(rom_data)
         with m.Elif(flat_mode):
             m.d.comb += eng.load_data.eq(flat_word)
         with m.Else():
@@ -156,7 +171,7 @@ class Accelerator(wiring.Component):
         ctrl_rd_addr = Signal.like(self.rd_addr)
         m.d.comb += [eng.rd_addr.eq(Mux(busy & ~paused, ctrl_rd_addr, self.rd_addr)),
                      self.rd_data.eq(eng.rd_data),
-                     rom_rd.addr.eq(load_base[load] + k)]
+                     rom_addr.eq(load_base[load] + k)]
 
         cnt = {name: getattr(self, name) for name in ("cycles", "engine_cycles", "load_cycles",
                                                       "move_cycles", "mults", "sat_events")}

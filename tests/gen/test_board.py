@@ -19,3 +19,12 @@ def test_board_files(small_program):
 def test_unknown_board(small_program):
     with pytest.raises(ValueError, match="--board must be one of ulx3s-12f"):
         build_board(small_program, [0], 0, "arty", REPO_ROOT / "build" / "test_board")
+
+
+def test_rom_too_big_for_the_board(small_program):
+    import dataclasses
+
+    big = dataclasses.replace(small_program, rom=[0] * 40000, rom_width=256)
+    with pytest.raises(ValueError, match="board build keeps the weights on chip, but the ROM of "
+                                         "10,240,000 bits needs 520 DP16KD"):
+        build_board(big, [0], 0, "ulx3s-85f", REPO_ROOT / "build" / "test_board")

@@ -102,3 +102,14 @@ def test_asked_part_reports_the_smallest():
     assert part == "LFE5U-85F" and "smallest that holds it is LFE5U-25F" in why
     part, why = _on_part({**small, "dsps": 100}, "LFE5U-45F")
     assert part is None and "dsps 100 > 72" in why
+
+
+def test_choose_weights(small_program):
+    import dataclasses
+
+    from slimnfu.gen.synth import choose_weights
+
+    assert choose_weights(small_program)[0] == "rom"
+    big = dataclasses.replace(small_program, rom=[0] * 40000, rom_width=256)
+    weights, why = choose_weights(big)
+    assert weights == "port" and "needs 520 DP16KD, more than the 108" in why

@@ -129,3 +129,54 @@ def test_every_format_in_one_network(mixed_qmodel):
             assert torch.equal(program.unpack_layer(i, words),
                                ref[program.layers[i].ref][0]), program.layers[i].name
     assert counters["cycles"] == expected_cycles(program)["cycles"]
+
+
+def test_weights_through_the_port(small_qmodel, small_program):
+    """The port build: the testbench plays a synchronous memory holding the program's words."""
+    from slimnfu.rtl.accelerator import Accelerator
+
+    dut = Accelerator(small_program, weights="port")
+    x = quantize_input(small_qmodel, torch.rand(1, 1, 10, 10))
+    rom = small_program.rom
+    out = {}
+
+    async def memory(ctx):
+        async for clk_edge, rst, addr in ctx.tick().sample(dut.wt_addr):
+            ctx.set(dut.wt_data, rom[addr] if addr < len(rom) else 0)
+
+    async def bench(ctx):
+        for a, w in enumerate(small_program.pack_image(x[0])):
+            ctx.set(dut.img_en, 1)
+            ctx.set(dut.img_addr, a)
+            ctx.set(dut.img_data, w)
+            await ctx.tick()
+        ctx.set(dut.img_en, 0)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        await ctx.tick().until(dut.done)
+        out["cycles"] = ctx.get(dut.cycles)
+        words = []
+        for a in range(small_program.out_words(len(small_program.layers) - 1)):
+            ctx.set(dut.rd_addr, a)
+            await ctx.tick()
+            words.append(ctx.get(dut.rd_data))
+        out["logits"] = small_program.unpack_layer(len(small_program.layers) - 1, words)
+
+    from amaranth.sim import Simulator
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_process(memory)
+    sim.add_testbench(bench)
+    sim.run()
+    assert torch.equal(out["logits"], int_forward_layers(small_qmodel, x)[-1][0])
+    assert out["cycles"] == expected_cycles(small_program)["cycles"]
+
+
+def test_bad_weights_option(small_program):
+    import pytest
+
+    from slimnfu.rtl.accelerator import Accelerator
+
+    with pytest.raises(ValueError, match="weights must be 'rom' or 'port', not 'flash'"):
+        Accelerator(small_program, weights="flash")
