@@ -26,5 +26,5 @@ def test_rom_too_big_for_the_board(small_program):
 
     big = dataclasses.replace(small_program, rom=[0] * 40000, rom_width=256)
     with pytest.raises(ValueError, match="board build keeps the weights on chip, but the ROM of "
-                                         "10,240,000 bits needs 520 DP16KD"):
+                                         "10,240,000 bits needs 632 DP16KD"):
         build_board(big, [0], 0, "ulx3s-85f", REPO_ROOT / "build" / "test_board")

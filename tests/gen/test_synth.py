@@ -112,4 +112,4 @@ def test_choose_weights(small_program):
     assert choose_weights(small_program)[0] == "rom"
     big = dataclasses.replace(small_program, rom=[0] * 40000, rom_width=256)
     weights, why = choose_weights(big)
-    assert weights == "port" and "needs 520 DP16KD, more than the 108" in why
+    assert weights == "port" and "needs 632 DP16KD, more than the 108" in why
