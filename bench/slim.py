@@ -11,6 +11,7 @@ multiplies the kernel gate switched off. ``area`` holds Yosys figures of the eng
 gate off and on (``--no-area`` skips them).
 """
 
+import json
 import platform
 import time
 
@@ -39,6 +40,9 @@ def add_arguments(parser):
     parser.add_argument("--no-cosim", action="store_true", help="skip the RTL measurement")
     parser.add_argument("--no-area", action="store_true",
                         help="skip the Yosys synthesis of the engine with the gate off and on")
+    parser.add_argument("--area-only", action="store_true",
+                        help="only (re)measure the area of the gate (Yosys ECP5, tiny, off and "
+                             "on); keeps the rows of --out")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--train-subset", type=int, default=None,
                         help="train the base network on this many images (smoke runs)")
@@ -199,9 +203,14 @@ def main(args):
     t0 = time.perf_counter()
     rows = []
     result = {"benchmark": "slim", "rows": rows}
-    for name in args.networks:
-        run_network(name, args, cfg, on_row=lambda row: (rows.append(row),
-                                                          write_json(args.out, result)))
+    if args.area_only:
+        from pathlib import Path
+        if Path(args.out).is_file():
+            result = {**json.loads(Path(args.out).read_text()), "area": None}
+    else:
+        for name in args.networks:
+            run_network(name, args, cfg, on_row=lambda row: (rows.append(row),
+                                                              write_json(args.out, result)))
     if not args.no_area:
         result["area"] = area()
     result["wall_s"] = round(time.perf_counter() - t0, 1)
