@@ -191,6 +191,29 @@ def area(log=print):
     return feature_area(CONFIGS["tiny"], "kgate", "tiny_kgate_area", log)
 
 
+def markdown(rows, area=None):
+    """The rows (and the gate's area) as Markdown; every ratio is derived from the rows."""
+    lines = ["| network | budget % | treatment | float % (base) | int % | conv MAC saving | "
+             "conv RTL cycles | dense | ideal | speed-up | cycles / ideal | gated share | "
+             "bit-exact |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        cyc, ideal = r.get("rtl_cycles"), r.get("rtl_cycles_ideal")
+        lines.append(
+            f"| {r['network']} | {r['budget_pct']} | {r['method'][5:]} | {r['acc_float']:.2f} "
+            f"({r['acc_float_base']:.2f}) | {r['acc_int']:.2f} | "
+            f"{100 * (1 - r['conv_macs'] / r['conv_macs_dense']):.1f}% | "
+            + (f"{cyc:,} | {r['rtl_cycles_dense']:,} | {ideal:,} | "
+               f"{r['rtl_cycles_dense'] / cyc:.2f} | {cyc / ideal:.2f} | "
+               f"{100 * r['gated_share']:.1f}% | {'yes' if r['rtl_bit_exact'] else 'NO'} |"
+               if cyc else "- | - | - | - | - | - | - |"))
+    if area:
+        lines += ["", "| engine (tiny) | LUT4 | FF | MULT18X18D | DP16KD |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {k} | {v['luts']:,} | {v['ffs']:,} | {v['dsps']} | {v['brams']} |"
+                  for k, v in area.items()]
+    return "\n".join(lines)
+
+
 def main(args):
     import torch
 
@@ -216,5 +239,6 @@ def main(args):
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     result["host"] = {"python": platform.python_version(), "torch": torch.__version__}
     write_json(args.out, result)
+    print(markdown(result["rows"], result.get("area")))
     print(f"wrote {args.out}")
     return 0
