@@ -22,6 +22,8 @@ def register(sub):
     p.add_argument("--part", default=None,
                    help="place and route on this part (LFE5U-25F, LFE5U-45F or LFE5U-85F) "
                         "instead of the smallest that holds the design")
+    p.add_argument("--pnr-timeout", type=float, default=None, metavar="S",
+                   help="stop place and route after S seconds (the report then has no fmax)")
     p.add_argument("--rom", action="store_true",
                    help="synthesise the whole accelerator for compressed LeNet-5 instead of "
                         "the bare engine (compressed under 1 point first unless build/network "
@@ -64,7 +66,8 @@ def _synth(args):
     if args.rom:
         report = _synth_rom(cfg, args)
     else:
-        report = synth_config(cfg, out=args.out, pnr=not args.no_pnr, part=args.part)
+        report = synth_config(cfg, out=args.out, pnr=not args.no_pnr, part=args.part,
+                              pnr_timeout_s=args.pnr_timeout)
     fmax = report["fmax_mhz"]
     print(f"{report['config']}: {report['cells']} cells, {report['luts']} LUT4, {report['ffs']} FF, "
           f"{report['dsps']} DSP, {report['brams']} DP16KD, "
@@ -85,7 +88,8 @@ def _synth_rom(cfg, args):
     emitted = emit_accelerator(program, name, weights=weights)
     return synth_emitted(emitted, name, {"config": name, "accel": program.cfg.to_dict(),
                                          "weights": weights, "weights_why": why},
-                         out=args.out, pnr=not args.no_pnr, part=args.part)
+                         out=args.out, pnr=not args.no_pnr, part=args.part,
+                         pnr_timeout_s=args.pnr_timeout)
 
 
 def _compressed_program(cfg):

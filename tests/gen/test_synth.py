@@ -113,3 +113,15 @@ def test_choose_weights(small_program):
     big = dataclasses.replace(small_program, rom=[0] * 40000, rom_width=256)
     weights, why = choose_weights(big)
     assert weights == "port" and "needs 632 DP16KD, more than the 108" in why
+
+
+def test_place_route_timeout_is_reported(monkeypatch, tmp_path):
+    import subprocess
+
+    def slow(cmd, cwd, log, timeout=None):
+        raise subprocess.TimeoutExpired(cmd, timeout)
+
+    monkeypatch.setattr(synth, "_run", slow)
+    r = synth.place_route(tmp_path, "LFE5U-85F", timeout_s=5)
+    assert r["fmax_mhz"] is None
+    assert r["error"] == "nextpnr-ecp5 did not finish on LFE5U-85F within 5 s"
