@@ -69,7 +69,8 @@ def _synth(args):
         report = synth_config(cfg, out=args.out, pnr=not args.no_pnr, part=args.part,
                               pnr_timeout_s=args.pnr_timeout)
     fmax = report["fmax_mhz"]
-    print(f"{report['config']}: {report['cells']} cells, {report['luts']} LUT4, {report['ffs']} FF, "
+    print(f"{report['config']}: {report['cells']} cells, {report['luts']} LUT4, "
+          f"{report['ffs']} FF, "
           f"{report['dsps']} DSP, {report['brams']} DP16KD, "
           f"{report['memory_bits']} memory bits (generic); "
           f"fmax {'%.1f MHz' % fmax if fmax else 'n/a'}; {report['fits']}")
