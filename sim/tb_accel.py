@@ -18,7 +18,7 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, RisingEdge, SimTimeoutError, with_timeout
 
-from slimnfu.sim.driver import CLOCK_NS
+from slimnfu.sim.driver import CLOCK_NS, EngineTB
 
 #: Counter ports of the accelerator, as they appear in a result.
 ACCEL_COUNTERS = ("cycles", "engine_cycles", "load_cycles", "move_cycles", "mults",
@@ -32,17 +32,12 @@ def _write(path, results):
     os.replace(tmp, path)
 
 
-async def _read(dut, count):
-    """NBout words ``0 .. count-1`` through ``rd_addr`` / ``rd_data``."""
-    words = []
-    for addr in range(count):
-        dut.rd_addr.value = addr
-        await FallingEdge(dut.clk)
-        try:
-            words.append(dut.rd_data.value.to_unsigned())
-        except ValueError:
-            raise ValueError(f"rd_data has X/Z bits at NBout address {addr}") from None
-    return words
+async def _rise(signal, cycles, what):
+    """Wait for ``signal`` to rise within ``cycles`` clock cycles, else raise ``what``."""
+    try:
+        await with_timeout(RisingEdge(signal), cycles * CLOCK_NS, "ns")
+    except SimTimeoutError:
+        raise SimTimeoutError(f"{what} within {cycles} cycles") from None
 
 
 async def _infer(dut, job):
@@ -58,20 +53,17 @@ async def _infer(dut, job):
     await FallingEdge(dut.clk)
     dut.start.value = 0
     t_run, read_s = time.perf_counter(), 0.0
-    timeout = job["timeout_cycles"] * CLOCK_NS
+    timeout = job["timeout_cycles"]
+    tb = EngineTB(dut)
     layers, marks = [], []
     if job["step"]:
         for count in job["layer_words"]:
             if dut.paused.value != 1:
-                try:
-                    await with_timeout(RisingEdge(dut.paused), timeout, "ns")
-                except SimTimeoutError:
-                    raise SimTimeoutError(f"no pause after layer {len(layers) - 1} within "
-                                          f"{job['timeout_cycles']} cycles") from None
+                await _rise(dut.paused, timeout, f"no pause after layer {len(layers)}")
                 await FallingEdge(dut.clk)
             marks.append([dut.cycles.value.to_unsigned(), dut.engine_cycles.value.to_unsigned()])
             t0 = time.perf_counter()
-            layers.append(await _read(dut, count))
+            layers.append(await tb.read_nbout(count))
             read_s += time.perf_counter() - t0
             dut.resume.value = 1
             await FallingEdge(dut.clk)
@@ -79,16 +71,12 @@ async def _infer(dut, job):
         if dut.done.value != 1:
             raise SimTimeoutError("done did not pulse after the last layer's pause")
     else:
-        try:
-            await with_timeout(RisingEdge(dut.done), timeout, "ns")
-        except SimTimeoutError:
-            raise SimTimeoutError(f"done did not pulse within {job['timeout_cycles']} "
-                                  f"cycles") from None
+        await _rise(dut.done, timeout, "done did not pulse")
         await FallingEdge(dut.clk)
     names = ACCEL_COUNTERS + (("gated",) if hasattr(dut, "gated") else ())
     counters = {name: getattr(dut, name).value.to_unsigned() for name in names}
     run_s = time.perf_counter() - t_run
-    logits = await _read(dut, job["logit_words"])
+    logits = await tb.read_nbout(job["logit_words"])
     return {"layers": layers if job["step"] else None, "marks": marks, "logits": logits,
             "counters": counters, "run_s": run_s, "read_s": read_s}
 

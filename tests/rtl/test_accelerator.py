@@ -8,6 +8,14 @@ from slimnfu.rtl.simdrive import simulate
 from slimnfu.sim.network import expected_cycles
 
 
+def assert_model_layers(program, layers, ref):
+    """Every program layer that completes a model layer equals that layer's reference."""
+    for i, words in enumerate(layers):
+        if program.layers[i].ref is not None:
+            assert torch.equal(program.unpack_layer(i, words),
+                               ref[program.layers[i].ref][0]), program.layers[i].name
+
+
 def run_program(program, images, step=True):
     """Run ``images`` (int tensors) through the accelerator in amaranth.sim.
 
@@ -66,10 +74,7 @@ def test_every_layer_bit_exact(small_qmodel, small_program):
     for n, (layers, logits, counters) in enumerate(results):
         ref = int_forward_layers(qmodel, x[n:n + 1])
         assert len(layers) == len(program.layers)
-        for i, words in enumerate(layers):
-            if program.layers[i].ref is not None:
-                got = program.unpack_layer(i, words)
-                assert torch.equal(got, ref[program.layers[i].ref][0]), program.layers[i].name
+        assert_model_layers(program, layers, ref)
         assert torch.equal(program.unpack_layer(len(layers) - 1, logits), ref[-1][0])
         engine = sum(l.desc.dense_cycles(cfg) for l in program.layers)
         assert counters["engine_cycles"] == engine + len(layers) * 18
@@ -102,11 +107,7 @@ def test_slim_network_every_layer_bit_exact(slim_qmodel):
     assert names[:3] == ["conv1.k3", "conv1.k1", "conv1.approx"] and "conv2.approx" in names
     x = quantize_input(slim_qmodel, torch.rand(1, 1, 10, 10))
     (layers, logits, counters), = run_program(program, x)
-    ref = int_forward_layers(slim_qmodel, x)
-    for i, words in enumerate(layers):
-        if program.layers[i].ref is not None:
-            assert torch.equal(program.unpack_layer(i, words),
-                               ref[program.layers[i].ref][0]), program.layers[i].name
+    assert_model_layers(program, layers, int_forward_layers(slim_qmodel, x))
     assert counters["cycles"] == expected_cycles(program)["cycles"]
 
 
@@ -123,11 +124,7 @@ def test_every_format_in_one_network(mixed_qmodel):
     assert {l.format for l in program.layers} == {"slim", "dense", "ikr", "perm_affine"}
     x = quantize_input(mixed_qmodel, torch.rand(1, 1, 10, 10))
     (layers, logits, counters), = run_program(program, x)
-    ref = int_forward_layers(mixed_qmodel, x)
-    for i, words in enumerate(layers):
-        if program.layers[i].ref is not None:
-            assert torch.equal(program.unpack_layer(i, words),
-                               ref[program.layers[i].ref][0]), program.layers[i].name
+    assert_model_layers(program, layers, int_forward_layers(mixed_qmodel, x))
     assert counters["cycles"] == expected_cycles(program)["cycles"]
 
 
