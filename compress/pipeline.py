@@ -30,7 +30,7 @@ PIPELINE = "A1-B2-C"
 
 
 def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=1, patterns=16,
-                     ikr_finetune=150, log=print):
+                     ikr_finetune=150, fc_variant="auto", log=print):
     """Compress ``model``; see the module docstring.
 
     Parameters
@@ -41,6 +41,9 @@ def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=1, patt
         ``(images, labels)`` to fine-tune on and to check the budget on.
     calib : torch.Tensor
         Calibration images for quantisation.
+    fc_variant : str
+        ``"auto"`` (the budget picks, as above), or ``"affine"`` / ``"index"``: that variant
+        whatever the accuracy (e.g. ``affine`` so that the weights fit on chip).
 
     Returns
     -------
@@ -53,6 +56,8 @@ def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=1, patt
 
     if not isinstance(budget_pct, (int, float)) or budget_pct < 0:
         raise ValueError(f"budget_pct must be a number >= 0, not {budget_pct!r}")
+    if fc_variant not in ("auto", "affine", "index"):
+        raise ValueError(f"fc_variant must be 'auto', 'affine' or 'index', not {fc_variant!r}")
     xs, ys = train
     xv, yv = val
     base = evaluate(model, xv, yv)
@@ -73,11 +78,11 @@ def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=1, patt
     pruned, ikr_hist = ikr.ikr_prune(sm, xs, ys, xv, yv, left, opts)
     batches = fc_epochs * -(-xs.shape[0] // 128)
     tries, chosen = [], pruned
-    for variant in ("affine", "index"):
+    for variant in ("affine", "index") if fc_variant == "auto" else (fc_variant,):
         trial = permfc.compress_model(pruned, variant, keep_classifier=True)
         ikr.finetune(trial, xs, ys, batches, lr=1e-3)
         acc = evaluate(trial, xv, yv)
-        ok = base - acc <= budget_pct
+        ok = base - acc <= budget_pct or fc_variant != "auto"
         tries.append({"variant": variant, "val_acc": acc, "accepted": ok})
         log(f"method C perm_{variant}: val {acc:.2f}% (base {base:.2f}%) "
             f"{'accepted' if ok else 'rejected'}")
@@ -124,7 +129,8 @@ def quantize_all(model, calib, dw=16):
     return permfc.mark_perm(q, model, dw)
 
 
-def cached_compress(model, budget, val_n, calib_n, recompress=False, log=print):
+def cached_compress(model, budget, val_n, calib_n, recompress=False, fc_variant="auto",
+                    log=print):
     """:func:`compress_network` of LeNet-5 on MNIST, cached in ``build/network``.
 
     The cache key is the base model's weights, the budget and the splits; a hit returns
@@ -141,14 +147,15 @@ def cached_compress(model, budget, val_n, calib_n, recompress=False, log=print):
     xs, ys = data.load("mnist", "train")
     xc, yc = data.load("mnist", "calib")
     key = hash_state(model)[:12]
-    name = f"lenet5_{key}_{PIPELINE}_b{budget}_v{val_n}_c{calib_n}.json"
+    fc = "" if fc_variant == "auto" else f"_fc{fc_variant}"
+    name = f"lenet5_{key}_{PIPELINE}{fc}_b{budget}_v{val_n}_c{calib_n}.json"
     path = REPO_ROOT / "build" / "network" / name
     if path.is_file() and not recompress:
         state = json.loads(path.read_text())
         log(f"reusing {path}")
         return None, QuantModel.from_state(state["qmodel"]), state["history"]
     fm, q, hist = compress_network(model, (xs, ys), (xc[-val_n:], yc[-val_n:]), xc[:calib_n],
-                                   budget, log=log)
+                                   budget, fc_variant=fc_variant, log=log)
     xt, yt = data.load("mnist", "test")
     hist["test_acc_float"] = round(evaluate(fm, xt, yt), 2)
     state = {"qmodel": q.to_state(), "history": _jsonable(hist)}

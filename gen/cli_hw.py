@@ -43,6 +43,9 @@ def register(sub):
     p.add_argument("--board", default="ulx3s-85f",
                    help="ulx3s-12f, ulx3s-25f, ulx3s-45f or ulx3s-85f (default: ulx3s-85f)")
     p.add_argument("--image", type=int, default=0, help="MNIST test image index (default: 0)")
+    p.add_argument("--fc", default="affine", choices=("auto", "affine", "index"),
+                   help="fc1's permuted format: affine (default; its weights fit on chip, at "
+                        "some accuracy), index, or auto (the 1-point budget picks)")
     p.add_argument("--no-build", action="store_true",
                    help="write the build files and script only, no bitstream")
     p.set_defaults(func=_board)
@@ -93,7 +96,7 @@ def _synth_rom(cfg, args):
                          pnr_timeout_s=args.pnr_timeout)
 
 
-def _compressed_program(cfg):
+def _compressed_program(cfg, fc_variant="auto"):
     """``(qmodel, program)``: cached compressed LeNet-5 compiled for ``cfg``'s ROM build."""
     from slimnfu.compress import data
     from slimnfu.compress.pipeline import cached_compress
@@ -102,8 +105,9 @@ def _compressed_program(cfg):
 
     data.verify("mnist")
     model, _ = train("lenet5")
-    _, q, _ = cached_compress(model, 1.0, 3000, 2000)
-    rom_cfg = config_for(q, cfg).with_(name=f"{cfg.name}_lenet5_compressed")
+    _, q, _ = cached_compress(model, 1.0, 3000, 2000, fc_variant=fc_variant)
+    suffix = "" if fc_variant == "auto" else f"_fc{fc_variant}"
+    rom_cfg = config_for(q, cfg).with_(name=f"{cfg.name}_lenet5_compressed{suffix}")
     return q, compile_model(q, rom_cfg)
 
 
@@ -115,7 +119,7 @@ def _board(args):
 
     from slimnfu.atomic import write_json
     from slimnfu.compress import data
-    from slimnfu.compress.quant import int_forward_layers, quantize_input
+    from slimnfu.compress.quant import int_forward, int_forward_layers, quantize_input
     from slimnfu.config import get_config
     from slimnfu.gen.board import board_platform, build_board
     from slimnfu.gen.synth import REPO_ROOT
@@ -124,7 +128,7 @@ def _board(args):
     board_platform(args.board)
     if not 0 <= args.image < 10000:
         raise ValueError(f"--image must be a test image index in 0..9999, not {args.image}")
-    q, program = _compressed_program(cfg)
+    q, program = _compressed_program(cfg, args.fc)
     images, labels = data.load("mnist", "test")
     x = quantize_input(q, images[args.image:args.image + 1])
     predicted = int(int_forward_layers(q, x)[-1][0].argmax())
@@ -134,7 +138,10 @@ def _board(args):
           f"(label {int(labels[args.image])}, reference class {predicted}) in {out}", flush=True)
     bit = build_board(program, program.pack_image(x[0]), int(labels[args.image]), args.board,
                       out, do_build=not args.no_build)
+    acc = float((int_forward(q, images)[0].argmax(1) == labels).double().mean())
     report = {"board": args.board, "config": program.cfg.to_dict(), "image": args.image,
+              "fc": args.fc, "acc_int_test": round(100 * acc, 2),
+              "rom_bits": len(program.rom) * program.rom_width,
               "label": int(labels[args.image]), "reference_class": predicted,
               "leds_expected": predicted | (0x40 if predicted == int(labels[args.image]) else 0)
               | 0x80, "bitstream": str(bit) if bit else None,
