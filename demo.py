@@ -1,8 +1,8 @@
 """``slimnfu demo``: a compressed LeNet-5 on generated hardware, start to finish.
 
 1. Train Caffe LeNet-5 on MNIST, or load the cached checkpoint.
-2. Compress it under an accuracy budget with the methods the accelerator runs: IKR pattern
-   pruning of the convs and permuted-feature storage of fc1
+2. Compress it under an accuracy budget with all three methods: lower kernels and linear
+   approximation on conv1, IKR pattern pruning on conv2, permuted-feature storage of fc1
    (:func:`slimnfu.compress.pipeline.compress_network`; cached in ``build/network``).
 3. Quantise and export the weight image (``<out>/image``).
 4. Compile the network and emit the ROM build of the accelerator (the weights baked in).
@@ -73,7 +73,8 @@ def run_demo(args):
     print("[1/6] LeNet-5 on MNIST (trained, or the cached checkpoint)", flush=True)
     model, info = train("lenet5")
     print(f"      float test accuracy {info['acc_test']:.2f}%")
-    print(f"[2/6] compressing under {args.budget} points (IKR convs, permuted fc1)", flush=True)
+    print(f"[2/6] compressing under {args.budget} points (A on conv1, IKR on conv2, permuted "
+          f"fc1)", flush=True)
     _, q, hist = cached_compress(model, args.budget, 3000, 2000,
                                  log=lambda m: print("      " + m, flush=True))
     print(f"      formats: {hist['formats']}")
@@ -126,7 +127,7 @@ def _markdown(report):
     from slimnfu.bench.network import markdown
 
     rows = {r["method"]: r for r in report["rows"]}
-    c = rows["ikr+perm"]
+    c = rows["compressed"]
     lines = ["# slimnfu demo: compressed LeNet-5 on the generated accelerator", "",
              f"Accuracy on the 10,000 MNIST test images: float {report['acc_float_base']:.2f}% "
              f"(dense), {c['acc_float']}% (compressed, float), {c['acc_int']:.2f}% (compressed, "
@@ -153,6 +154,9 @@ def _markdown(report):
 def _plots(rows, out):
     """accuracy_vs_macs.png and cycles_per_layer.png in ``out``."""
     import matplotlib
+
+    from slimnfu.bench.network import per_model_layer
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -170,14 +174,14 @@ def _plots(rows, out):
     fig.tight_layout()
     fig.savefig(out / "accuracy_vs_macs.png", dpi=120)
     plt.close(fig)
-    per = {r["method"]: r.get("per_layer") or [] for r in rows}
+    per = {r["method"]: per_model_layer(r.get("per_layer") or []) for r in rows}
     if all(per.values()):
-        names = [l["layer"] for l in per["dense"]]
+        names = list(per["dense"])
         fig, ax = plt.subplots(figsize=(6, 3.5))
         width = 0.4
         for i, (method, layers) in enumerate(per.items()):
-            ax.bar([j + i * width for j in range(len(layers))], [l["cycles"] for l in layers],
-                   width, label=method)
+            ax.bar([j + i * width for j in range(len(names))],
+                   [layers.get(n, 0) for n in names], width, label=method)
         ax.set_xticks([j + width / 2 for j in range(len(names))], names)
         ax.set_yscale("log")
         ax.set_ylabel("cycles (measured)")

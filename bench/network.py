@@ -1,14 +1,15 @@
 """``slimnfu bench network``: whole LeNet-5 inferences on the accelerator's RTL.
 
-LeNet-5 (the cached checkpoint, or trained) is compressed under ``--budget`` points with every
-method the accelerator runs (:func:`slimnfu.compress.pipeline.compress_network`: IKR convs,
-permuted hidden FC), quantised, compiled (:mod:`slimnfu.gen.compiler`) for ``--config`` with
+LeNet-5 (the cached checkpoint, or trained) is compressed under ``--budget`` points with all
+three methods (:func:`slimnfu.compress.pipeline.compress_network`: method A on conv1, IKR on
+conv2, permuted fc1), quantised, compiled (:mod:`slimnfu.gen.compiler`) for ``--config`` with
 the flags it needs, and ``--images`` MNIST test images go through the ROM build's Verilog on
 Verilator, every layer's output and the logits checked bit for bit against the integer
 reference (Icarus runs ``--icarus-images``). The dense network runs the same way on the dense
 build (``--dense-images``) for its cycles.
 
-Rows (DESIGN.md section 8), ``method`` ``dense`` and ``ikr+perm``: accuracies on the full test set
+Rows (DESIGN.md section 8), ``method`` ``dense`` and ``compressed`` (``formats`` names each
+layer's): accuracies on the full test set
 (float and integer) and on the simulated images (``acc_rtl``), MACs, params and bits (every
 stored bit), ``rtl_cycles`` per inference measured on Verilator, plus ``rtl_engine_cycles``
 (layers running; the rest moves activations and loads weights) and ``ideal_cycles``: the dense
@@ -90,7 +91,7 @@ def run(args, log=print):
                                   log)
     sd, sc = model_stats(qd), model_stats(q)
     programs = {}
-    for label, qm in (("dense", qd), ("ikr+perm", q)):
+    for label, qm in (("dense", qd), ("compressed", q)):
         cfg = config_for(qm, base_cfg)
         suffix = "dense" if label == "dense" else "compressed"
         cfg = cfg.with_(name=f"{args.config}_lenet5_{suffix}")
@@ -150,6 +151,15 @@ def run(args, log=print):
     return rows, hist
 
 
+def per_model_layer(per_layer):
+    """Measured cycles per model layer (a slim layer's passes summed), in order."""
+    out = {}
+    for l in per_layer:
+        key = l.get("model_layer", l["layer"].split(".")[0])
+        out[key] = out.get(key, 0) + l["cycles"]
+    return out
+
+
 def markdown(rows):
     """The rows as Markdown: one line per network build, then cycles per layer."""
     lines = ["| build | config | int % (test set) | RTL % (images) | bit-exact | MACs x | bits x "
@@ -165,16 +175,17 @@ def markdown(rows):
             f"{r['bits_dense'] / r['bits']:.2f} | {r.get('rtl_cycles', '-'):,} | "
             f"{r.get('rtl_engine_cycles', '-'):,} | {r.get('ideal_cycles', '-'):,} | {sp} | "
             f"{r.get('sim_s_per_image', '-')} |")
-    by = {r["method"]: {l["layer"]: l for l in r.get("per_layer") or []} for r in rows}
+    by = {r["method"]: per_model_layer(r.get("per_layer") or []) for r in rows}
     if "dense" in by and len(by) > 1:
         other = [m for m in by if m != "dense"][0]
+        formats = next(r["formats"] for r in rows if r["method"] == other)
         lines += ["", f"| layer | format | dense cycles | {other} cycles | speed-up |",
                   "|---|---|---:|---:|---:|"]
         for name, d in by["dense"].items():
             c = by[other].get(name)
             if c:
-                lines.append(f"| {name} | {c['format']} | {d['cycles']:,} | {c['cycles']:,} | "
-                             f"{d['cycles'] / c['cycles']:.2f} |")
+                lines.append(f"| {name} | {formats.get(name, '-')} | {d:,} | {c:,} | "
+                             f"{d / c:.2f} |")
     return "\n".join(lines)
 
 
