@@ -32,8 +32,8 @@ def register(sub):
     p.add_argument("--config", default="tiny", help="base accelerator config (default: tiny)")
     p.add_argument("--images", type=int, default=20,
                    help="MNIST test images through the RTL on Verilator (default: 20)")
-    p.add_argument("--icarus-images", type=int, default=2,
-                   help="of those, how many also run on Icarus (default: 2)")
+    p.add_argument("--icarus-images", type=int, default=1,
+                   help="of those, how many also run on Icarus (default: 1)")
     p.add_argument("--budget", type=float, default=1.0,
                    help="accuracy budget in points (default: 1.0)")
     p.add_argument("--no-synth", action="store_true", help="skip synthesis")

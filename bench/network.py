@@ -28,7 +28,9 @@ def add_arguments(parser):
     parser.add_argument("--config", default="diannao", help="base accelerator config")
     parser.add_argument("--images", type=int, default=100,
                         help="MNIST test images through the compressed RTL on Verilator")
-    parser.add_argument("--icarus-images", type=int, default=5)
+    parser.add_argument("--icarus-images", type=int, default=0,
+                        help="images also run on Icarus (default 0: on diannao with every "
+                             "method built, Icarus takes tens of minutes an image)")
     parser.add_argument("--dense-images", type=int, default=10)
     parser.add_argument("--budget", type=float, default=1.0, help="accuracy budget, points")
     parser.add_argument("--val", type=int, default=3000,
