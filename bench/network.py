@@ -90,7 +90,7 @@ def run(args, log=print):
     acc_base = round(evaluate(model, xt, yt), 2)
     qd = quantize_model(model, xc[:args.calib])
     fm, q, hist = cached_compress(model, args.budget, args.val, args.calib, args.recompress,
-                                  log)
+                                  log=log)
     sd, sc = model_stats(qd), model_stats(q)
     programs = {}
     for label, qm in (("dense", qd), ("compressed", q)):
