@@ -125,7 +125,16 @@ def register_format(name, items, macs, params):
     return FORMATS[name]
 
 
+#: The module that registers each compressed format when imported (a model loaded from a file
+#: may name a format whose module nothing has imported yet).
+FORMAT_MODULES = {"ikr": "slimnfu.compress.ikr", "perm_affine": "slimnfu.compress.permfc",
+                  "perm_index": "slimnfu.compress.permfc", "slim": "slimnfu.compress.slim"}
+
+
 def _format(qlayer):
+    if qlayer.format not in FORMATS and qlayer.format in FORMAT_MODULES:
+        import importlib
+        importlib.import_module(FORMAT_MODULES[qlayer.format])
     try:
         return FORMATS[qlayer.format]
     except KeyError:
