@@ -181,7 +181,7 @@ def _plots(rows, out):
         width = 0.4
         for i, (method, layers) in enumerate(per.items()):
             ax.bar([j + i * width for j in range(len(names))],
-                   [layers.get(n, 0) for n in names], width, label=method)
+                   [layers.get(n, (0, None))[0] for n in names], width, label=method)
         ax.set_xticks([j + width / 2 for j in range(len(names))], names)
         ax.set_yscale("log")
         ax.set_ylabel("cycles (measured)")

@@ -129,7 +129,7 @@ def run(args, log=print):
                "params_dense": sd["params"], "params": st["params"],
                "bits_dense": sd["bits"], "bits": st["bits"],
                "config": prog.cfg.name, "accel": prog.cfg.to_dict(),
-               "formats": {l.name: l.format for l in prog.layers},
+               "formats": {l.name: l.format for l in qm.layers},
                "rom_words": prog.stats["rom_words"], "rom_width": prog.rom_width,
                "rom_item_bits": prog.stats["stored_bits"],
                "rtl_cycles_dense": dense_run["counters"]["cycles"] if dense_run else None}
@@ -154,11 +154,12 @@ def run(args, log=print):
 
 
 def per_model_layer(per_layer):
-    """Measured cycles per model layer (a slim layer's passes summed), in order."""
+    """Measured cycles per model layer (a slim layer's passes summed), in order:
+    ``{name: (cycles, format)}``."""
     out = {}
     for l in per_layer:
         key = l.get("model_layer", l["layer"].split(".")[0])
-        out[key] = out.get(key, 0) + l["cycles"]
+        out[key] = (out.get(key, (0, None))[0] + l["cycles"], l["format"])
     return out
 
 
@@ -180,14 +181,12 @@ def markdown(rows):
     by = {r["method"]: per_model_layer(r.get("per_layer") or []) for r in rows}
     if "dense" in by and len(by) > 1:
         other = [m for m in by if m != "dense"][0]
-        formats = next(r["formats"] for r in rows if r["method"] == other)
         lines += ["", f"| layer | format | dense cycles | {other} cycles | speed-up |",
                   "|---|---|---:|---:|---:|"]
-        for name, d in by["dense"].items():
-            c = by[other].get(name)
-            if c:
-                lines.append(f"| {name} | {formats.get(name, '-')} | {d:,} | {c:,} | "
-                             f"{d / c:.2f} |")
+        for name, (d, _) in by["dense"].items():
+            if name in by[other]:
+                c, fmt = by[other][name]
+                lines.append(f"| {name} | {fmt} | {d:,} | {c:,} | {d / c:.2f} |")
     return "\n".join(lines)
 
 
