@@ -37,6 +37,8 @@ def register(sub):
     p.add_argument("--budget", type=float, default=1.0,
                    help="accuracy budget in points (default: 1.0)")
     p.add_argument("--no-synth", action="store_true", help="skip synthesis")
+    p.add_argument("--pnr-timeout", type=float, default=1800, metavar="S",
+                   help="stop place and route after S seconds (default 1800)")
     p.add_argument("--out", default="build/demo", help="report folder (default: build/demo)")
     p.set_defaults(func=run_demo)
 
@@ -95,7 +97,8 @@ def run_demo(args):
         name = cfg.name + ("" if weights == "rom" else "_port")
         synth = synth_emitted(emit_accelerator(program, name, weights=weights), name,
                               {"config": name, "accel": cfg.to_dict(), "weights": weights,
-                               "weights_why": why}, reuse=True)
+                               "weights_why": why}, reuse=True,
+                              pnr_timeout_s=args.pnr_timeout)
         synth.pop("reused", None)
     else:
         print("[5/6] synthesis skipped (--no-synth)")
