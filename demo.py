@@ -4,8 +4,9 @@
 2. Compress it under an accuracy budget with all three methods: lower kernels and linear
    approximation on conv1, IKR pattern pruning on conv2, permuted-feature storage of fc1
    (:func:`slimnfu.compress.pipeline.compress_network`; cached in ``build/network``).
-3. Quantise and export the weight image (``<out>/image``).
-4. Compile the network and emit the ROM build of the accelerator (the weights baked in).
+3. Compile the quantised network (:mod:`slimnfu.gen.compiler`) and export its ROM image
+   (``<out>/rom``: ``rom.hex`` and ``program.json``).
+4. Emit the ROM build of the accelerator (the same words baked in as memory init).
 5. Synthesise it with Yosys for ECP5 and place and route it with nextpnr-ecp5 (a report whose
    Verilog hash matches is reused).
 6. Run real MNIST test images through the RTL on Verilator (and a few on Icarus), checking
@@ -64,8 +65,7 @@ def run_demo(args):
     from slimnfu.compress.pipeline import cached_compress
     from slimnfu.compress.train import train
     from slimnfu.config import CONFIGS
-    from slimnfu.gen import image
-    from slimnfu.gen.compiler import compile_model, config_for
+    from slimnfu.gen.compiler import compile_model, config_for, write_rom_image
     from slimnfu.gen.synth import choose_weights, synth_emitted
     from slimnfu.gen.verilog import emit_accelerator
 
@@ -82,13 +82,14 @@ def run_demo(args):
     print(f"      formats: {hist['formats']}")
     cfg = config_for(q, CONFIGS[args.config])
     cfg = cfg.with_(name=f"{args.config}_lenet5_compressed")
-    print(f"[3/6] exporting the weight image to {out / 'image'}", flush=True)
-    manifest = image.export(q, cfg, out / "image")
-    print(f"[4/6] compiling and emitting the ROM build for {cfg.name!r}", flush=True)
     program = compile_model(q, cfg)
+    print(f"[3/6] exporting the compiled network's ROM image to {out / 'rom'}", flush=True)
+    rom = write_rom_image(program, out / "rom")
+    print(f"      {rom['rom']['words']} words of {rom['rom']['width']} bits, "
+          f"{len(program.layers)} program layers")
+    print(f"[4/6] emitting the ROM build for {cfg.name!r}", flush=True)
     emitted = emit_accelerator(program, cfg.name)
-    print(f"      {emitted['path']} ({program.stats['rom_words']} ROM words of "
-          f"{program.rom_width} bits)")
+    print(f"      {emitted['path']}")
     synth = None
     if not args.no_synth:
         weights, why = choose_weights(program)
@@ -107,7 +108,7 @@ def run_demo(args):
                    dense_images=1, budget=args.budget, val=3000, calib=2000, recompress=False)
     rows, hist = network.run(ns, log=lambda m: print("      " + m, flush=True))
     report = {"rows": rows, "compression": hist, "acc_float_base": info["acc_test"],
-              "image_bits": manifest["stats"].get("image_bits"),
+              "rom_image": {k: rom["rom"][k] for k in ("words", "width", "sha256")},
               "synth": None if synth is None else {k: synth.get(k) for k in (
                   "config", "weights", "weights_why", "cells", "luts", "ffs", "dsps", "brams",
                   "memory_bits", "fmax_mhz", "part", "fits")},

@@ -268,3 +268,44 @@ def compile_model(qmodel, cfg):
     stats = {"rom_words": len(rom), "rom_width": width, "stored_bits": stored,
              "layers": len(layers)}
     return Program(cfg, layers, rom, width, tuple(qmodel.input_shape), stats)
+
+
+def write_rom_image(program, out_dir):
+    """Write a compiled program as files, atomically: ``rom.hex`` (the weight ROM, one word per
+    line, ``$readmemh`` style: the words the ROM build's memory holds) and ``program.json``
+    (the config, each layer's name, format, descriptor, descriptor value, loads and move,
+    and the sha256 of ``rom.hex``). Returns the manifest dict.
+    """
+    import hashlib
+    import json
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from slimnfu.gen.image import _move_into_place
+
+    out = Path(out_dir)
+    if out.exists() and not (out / "program.json").is_file():
+        raise ValueError(f"{out} exists and is not a ROM image; refusing to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        digits = -(-program.rom_width // 4)
+        text = "".join(f"{w:0{digits}x}\n" for w in program.rom)
+        (tmp / "rom.hex").write_text(text)
+        manifest = {"schema": "slimnfu-rom", "version": 1, "config": program.cfg.to_dict(),
+                    "rom": {"file": "rom.hex", "words": len(program.rom),
+                            "width": program.rom_width,
+                            "sha256": hashlib.sha256(text.encode()).hexdigest()},
+                    "stats": program.stats,
+                    "layers": [{"name": l.name, "format": l.format, "desc": l.desc.to_dict(),
+                                "desc_value": hex(l.desc_value), "loads": [list(x) for x in
+                                                                          l.loads],
+                                "move": list(l.move), "ref": l.ref,
+                                "out_shape": list(l.out_shape)} for l in program.layers]}
+        (tmp / "program.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest

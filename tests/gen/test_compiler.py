@@ -52,3 +52,19 @@ def test_refuses_broken_chain(small_qmodel):
     q.layers[5] = dataclasses.replace(q.layers[5], desc=dataclasses.replace(d, n_in=d.n_in + 1))
     with pytest.raises(ValueError, match="layer fc2 takes 8x1x1, but fc1 gives 7x1x1"):
         compile_model(q, _cfg(small_qmodel))
+
+
+def test_rom_image(small_program, tmp_path):
+    import json
+
+    from slimnfu.gen.compiler import write_rom_image
+    from slimnfu.gen.image import read_hex
+
+    m = write_rom_image(small_program, tmp_path / "rom")
+    words = read_hex(tmp_path / "rom" / "rom.hex", m["rom"]["words"], m["rom"]["width"])
+    assert [int(w) for w in words] == small_program.rom
+    assert json.loads((tmp_path / "rom" / "program.json").read_text())["layers"][4]["move"] == \
+        ["flatten", 5, 2, 2]
+    (tmp_path / "other").mkdir()
+    with pytest.raises(ValueError, match="is not a ROM image; refusing to replace it"):
+        write_rom_image(small_program, tmp_path / "other")
