@@ -42,6 +42,9 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-synth", action="store_true",
                         help="do not synthesise configs whose report is missing")
+    parser.add_argument("--synth-only", action="store_true",
+                        help="keep the cycle and speed rows of --out; only re-read the "
+                             "synthesis reports (build/synth/<config>.json)")
 
 
 def _job_cycles(desc, cfg, cycles):
@@ -118,6 +121,16 @@ def main(args):
     from slimnfu.sim.mnist import mnist_images
     from slimnfu.sim.runner import run_regression
 
+    out = Path(getattr(args, "out", None) or REPO_ROOT / "build" / "bench" / "hw.json")
+    if getattr(args, "synth_only", False):
+        if not out.is_file():
+            raise ValueError(f"--synth-only needs the rows of an earlier run in {out}")
+        result = json.loads(out.read_text())
+        result["synth"] = _synth_reports(True)
+        result["markdown"] = _markdown(result)
+        atomic_write(out, json.dumps(result, indent=1) + "\n")
+        print(result["markdown"])
+        return 0
     cfg = get_config(getattr(args, "config", "diannao"))
     speed_layer = getattr(args, "speed_layer", "fc1")
     seed = getattr(args, "seed", 1)
@@ -166,7 +179,6 @@ def main(args):
         "wall_s": round(time.perf_counter() - t0, 1),
     }
     result["markdown"] = _markdown(result)
-    out = Path(getattr(args, "out", None) or REPO_ROOT / "build" / "bench" / "hw.json")
     atomic_write(out, json.dumps(result, indent=1) + "\n")
     print(result["markdown"])
     print(f"\nwritten {out}")
