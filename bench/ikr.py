@@ -63,7 +63,6 @@ def _bench_cfg(q):
 
 def _cosim_layers(q, x_img, cfg):
     """Run each IKR conv of ``q`` (IKR and dense) on Verilator with its real input."""
-    from slimnfu.compress.ikr import ikr_values  # noqa: F401 (format registered)
     from slimnfu.compress.quant import int_forward_layers, quantize_input
     from slimnfu.config import LayerDesc
     from slimnfu.rtl.engine import LayerEngine

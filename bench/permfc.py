@@ -159,8 +159,8 @@ def _rtl_cases(q, x_int, cfg, prefix):
                               layer.pwl, y, count.events, "model", s=extra["s"],
                               a=extra.get("a"), perm_b=extra.get("b"), idx=extra.get("idx")))
         ddesc = LayerDesc(**{**layer.desc.to_dict(), "perm": "none"})
-        cases.append(Case(f"{prefix}_{layer.name}_dense_for_{layer.format}", ddesc, x, w, layer.b, layer.pwl, y,
-                          count.events, "model"))
+        cases.append(Case(f"{prefix}_{layer.name}_dense_for_{layer.format}", ddesc, x, w,
+                          layer.b, layer.pwl, y, count.events, "model"))
     return cases
 
 

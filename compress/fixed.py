@@ -98,7 +98,8 @@ def frac_bits_for(max_abs, dw, max_frac=None):
 
 
 def quantize(t, f, dw, count=None):
-    """Float tensor to ``dw``-bit integers at ``f`` fractional bits (round half to even, saturate)."""
+    """Float tensor to ``dw``-bit integers at ``f`` fractional bits (round half to even,
+    saturate)."""
     t = torch.as_tensor(t, dtype=torch.float64)
     return sat(torch.round(t * (2.0 ** f)), dw, count)
 

@@ -11,8 +11,8 @@ permutation per row: ``W[j, i] = s[pi_j(i)]``. Two variants, side by side:
     ``pi_j(i) = (a_j*i + b_j) mod N`` with ``gcd(a_j, N) = 1`` (so it is a permutation),
     ``a_j, b_j < N`` drawn at random from a seed and then fixed; ``s`` starts at the mean
     sorted row (``init="sorted"``; the least-squares fit under the permutations,
-    ``init="lsq"``, collapses toward the mean and trains far worse). Stored: ``2*ceil(log2 N)`` bits per row. The engine's
-    address generators expand them on the fly (:mod:`slimnfu.rtl.perm_addr`).
+    ``init="lsq"``, collapses toward the mean and trains far worse). Stored:
+    ``2*ceil(log2 N)`` bits per row. The engine's address generators expand them on the fly (:mod:`slimnfu.rtl.perm_addr`).
 
 Both variants then fine-tune ``s`` and the biases with the permutations fixed
 (:func:`finetune`). Any ``Linear`` can be compressed (``layers=``); the classifier is
@@ -85,7 +85,8 @@ def affine_perms(a, b, n, where="layer"):
 
 
 def check_index_rom(idx, m, n, where="layer"):
-    """Raise ``ValueError`` unless ``idx`` is ``(m, n)`` and each row a permutation of ``0..n-1``."""
+    """Raise ``ValueError`` unless ``idx`` is ``(m, n)`` and each row a permutation of
+    ``0..n-1``."""
     idx = torch.as_tensor(idx)
     if tuple(idx.shape) != (m, n):
         raise ValueError(f"{where}: index ROM has shape {tuple(idx.shape)}, the layer needs "
