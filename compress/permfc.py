@@ -12,7 +12,8 @@ permutation per row: ``W[j, i] = s[pi_j(i)]``. Two variants, side by side:
     ``a_j, b_j < N`` drawn at random from a seed and then fixed; ``s`` starts at the mean
     sorted row (``init="sorted"``; the least-squares fit under the permutations,
     ``init="lsq"``, collapses toward the mean and trains far worse). Stored:
-    ``2*ceil(log2 N)`` bits per row. The engine's address generators expand them on the fly (:mod:`slimnfu.rtl.perm_addr`).
+    ``2*ceil(log2 N)`` bits per row. The engine's address generators expand them on the fly
+    (:mod:`slimnfu.rtl.perm_addr`).
 
 Both variants then fine-tune ``s`` and the biases with the permutations fixed
 (:func:`finetune`). Any ``Linear`` can be compressed (``layers=``); the classifier is
