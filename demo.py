@@ -66,7 +66,7 @@ def run_demo(args):
     from slimnfu.compress.train import train
     from slimnfu.config import CONFIGS
     from slimnfu.gen.compiler import compile_model, config_for, write_rom_image
-    from slimnfu.gen.synth import choose_weights, synth_emitted
+    from slimnfu.gen.synth import block_ram_shortfall, choose_weights, synth_emitted
     from slimnfu.gen.verilog import emit_accelerator
 
     data.verify("mnist")
@@ -91,7 +91,12 @@ def run_demo(args):
     emitted = emit_accelerator(program, cfg.name)
     print(f"      {emitted['path']}")
     synth = None
-    if not args.no_synth:
+    too_big = block_ram_shortfall(cfg)
+    if not args.no_synth and too_big:
+        print(f"[5/6] not synthesised: {too_big} (slimnfu synth --rom runs it anyway)",
+              flush=True)
+        synth = {"skipped": too_big}
+    elif not args.no_synth:
         weights, why = choose_weights(program)
         print(f"[5/6] synthesising the {weights} build (Yosys ECP5, nextpnr-ecp5): {why}",
               flush=True)
@@ -111,7 +116,7 @@ def run_demo(args):
               "rom_image": {k: rom["rom"][k] for k in ("words", "width", "sha256")},
               "synth": None if synth is None else {k: synth.get(k) for k in (
                   "config", "weights", "weights_why", "cells", "luts", "ffs", "dsps", "brams",
-                  "memory_bits", "fmax_mhz", "part", "fits")},
+                  "memory_bits", "fmax_mhz", "part", "fits", "skipped") if k in synth},
               "wall_s": round(time.monotonic() - t0, 1)}
     text = _markdown(report)
     _plots(rows, out)
@@ -145,7 +150,9 @@ def _markdown(report):
              f"{c['bits_dense'] / c['bits']:.2f}x fewer stored bits "
              f"({c['bits_dense']:,} -> {c['bits']:,}).", "", markdown(report["rows"]), ""]
     s = report["synth"]
-    if s:
+    if s and s.get("skipped"):
+        lines.append(f"Not synthesised: {s['skipped']}.")
+    elif s:
         fmax = "-" if s["fmax_mhz"] is None else f"{s['fmax_mhz']:.1f} MHz"
         lines.append(f"Synthesis of the {s['weights']} build ({s['weights_why']}): "
                      f"{s['luts']:,} LUT4, {s['ffs']:,} FF, {s['dsps']} "

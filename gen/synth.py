@@ -169,6 +169,21 @@ def choose_weights(program):
                     f"port")
 
 
+def block_ram_shortfall(cfg):
+    """None, or a sentence saying why ``cfg``'s buffers cannot fit any ECP5's block RAM.
+
+    Counts the bits of the buffers that must be block RAM (SB, NBin, NBout) against the
+    LFE5U-85F's 208 DP16KD of 18 kbit; used to skip a synthesis that cannot fit (a Yosys run
+    on such a design takes tens of minutes)."""
+    need = (cfg.tn * cfg.sb_depth * cfg.ti * cfg.dw + cfg.nbin_depth * cfg.ti * cfg.dw
+            + cfg.nbout_depth * cfg.tn * cfg.dw)
+    have = ECP5_PARTS["LFE5U-85F"]["brams"] * 18 * 1024
+    if need <= have:
+        return None
+    return (f"config {cfg.name!r} needs {need:,} bits of SB, NBin and NBout (sb_depth "
+            f"{cfg.sb_depth}); the largest ECP5 (LFE5U-85F) has {have:,} bits of block RAM")
+
+
 def choose_part(ecp5):
     """The smallest LFE5U part that holds the ECP5 figures, and a sentence saying why.
 

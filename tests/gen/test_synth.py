@@ -125,3 +125,12 @@ def test_place_route_timeout_is_reported(monkeypatch, tmp_path):
     r = synth.place_route(tmp_path, "LFE5U-85F", timeout_s=5)
     assert r["fmax_mhz"] is None
     assert r["error"] == "nextpnr-ecp5 did not finish on LFE5U-85F within 5 s"
+
+
+def test_block_ram_shortfall():
+    from slimnfu.config import CONFIGS
+    from slimnfu.gen.synth import block_ram_shortfall
+
+    assert block_ram_shortfall(CONFIGS["tiny"]) is None
+    why = block_ram_shortfall(CONFIGS["tiny"].with_(sb_depth=32768))
+    assert "needs 8,781,824 bits of SB, NBin and NBout (sb_depth 32768)" in why
