@@ -70,9 +70,12 @@ def build_board(program, image_words, label, board, build_dir, do_build=True):
     saved = {k: os.environ.get(k) for k in _TOOLS}
     os.environ.update({k: os.environ.get(k) or v for k, v in _TOOLS.items()})
     try:
-        plan = platform.build(top, name="slimnfu_board", build_dir=rel, do_build=do_build,
-                              do_program=False)
-        if not do_build:
+        # the plan is run here rather than by build(), whose up-front tool check also asks
+        # for the programmer (openFPGALoader), which building a bitstream does not use
+        plan = platform.build(top, name="slimnfu_board", build_dir=rel, do_build=False)
+        if do_build:
+            plan.execute_local(rel)
+        else:
             plan.extract(rel)
     finally:
         for k, v in saved.items():
