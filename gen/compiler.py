@@ -78,11 +78,6 @@ class Program:
     input_shape: tuple
     stats: dict = field(default_factory=dict)
 
-    @property
-    def rom_bits(self):
-        """Bits the items occupy (their own widths, not the ROM's padded width)."""
-        return self.stats["stored_bits"]
-
     def pack_image(self, x):
         """NBin words of one integer input sample (flattened when the first layer is FC)."""
         from slimnfu.gen import layout
@@ -166,16 +161,6 @@ def _passes(ql, cfg):
     return out
 
 
-def _pass_memories(desc, w, b, pwl, cfg):
-    from slimnfu.gen import layout
-
-    mem = {"weights": (layout.pack_weights(w, cfg), cfg.tn * cfg.ti * cfg.dw),
-           "bias": (layout.pack_bias(b, cfg), cfg.tn * cfg.acc)}
-    if desc.act == "pwl":
-        mem["pwl"] = (layout.pack_pwl(pwl, cfg), 3 * cfg.dw)
-    return mem
-
-
 def _check_layer(ql, cfg):
     if ql.format not in FORMATS:
         raise ValueError(f"layer {ql.name}: format {ql.format!r} does not run on the "
@@ -222,7 +207,7 @@ def compile_model(qmodel, cfg):
         layer that does not fit the buffers, or a shape that does not chain; or a config with
         other number widths than the model's.
     """
-    from slimnfu.gen.image import _layer_memories
+    from slimnfu.gen.image import _layer_memories, dense_memories
     from slimnfu.rtl.descriptor import descriptor_value
     from slimnfu.rtl.engine import load_data_width
 
@@ -240,7 +225,7 @@ def compile_model(qmodel, cfg):
         move = ("image",) if i == 0 else _move(qmodel.layers[i - 1], ql, cfg)
         if ql.format == "slim":
             parts = [(f"{ql.name}.approx" if apx else f"{ql.name}.k{d.k}", d,
-                      _pass_memories(d, w, b, ql.pwl, cfg), apx)
+                      dense_memories(d, w, b, ql.pwl, cfg), apx)
                      for d, w, b, apx in _passes(ql, cfg)]
         else:
             parts = [(ql.name, ql.desc, _layer_memories(ql, cfg), False)]

@@ -85,12 +85,18 @@ def _layer_memories(qlayer, cfg):
     """``{item: (words, width)}`` of one layer, from the layout functions."""
     if qlayer.format in FORMAT_MODULES:
         return _format_module(qlayer.format).image_memories(qlayer, cfg)
+    return dense_memories(qlayer.desc, qlayer.w, qlayer.b, qlayer.pwl, cfg)
+
+
+def dense_memories(desc, w, b, pwl, cfg):
+    """``{item: (words, width)}`` of a dense layer (or one engine pass): weights and bias
+    (not for pooling) and the PWL table (``act="pwl"``)."""
     mem = {}
-    if not qlayer.desc.is_pool:
-        mem["weights"] = (layout.pack_weights(qlayer.w, cfg), cfg.tn * cfg.ti * cfg.dw)
-        mem["bias"] = (layout.pack_bias(qlayer.b, cfg), cfg.tn * cfg.acc)
-    if qlayer.desc.act == "pwl":
-        mem["pwl"] = (layout.pack_pwl(qlayer.pwl, cfg), 3 * cfg.dw)
+    if not desc.is_pool:
+        mem["weights"] = (layout.pack_weights(w, cfg), cfg.tn * cfg.ti * cfg.dw)
+        mem["bias"] = (layout.pack_bias(b, cfg), cfg.tn * cfg.acc)
+    if desc.act == "pwl":
+        mem["pwl"] = (layout.pack_pwl(pwl, cfg), 3 * cfg.dw)
     return mem
 
 
