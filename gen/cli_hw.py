@@ -121,7 +121,7 @@ def _board(args):
     from slimnfu.compress import data
     from slimnfu.compress.quant import int_forward, int_forward_layers, quantize_input
     from slimnfu.config import get_config
-    from slimnfu.gen.board import board_platform, build_board
+    from slimnfu.gen.board import board_platform, build_board, pnr_figures
     from slimnfu.gen.synth import REPO_ROOT
 
     cfg = get_config(args.config)
@@ -146,7 +146,8 @@ def _board(args):
               "leds_expected": predicted | (0x40 if predicted == int(labels[args.image]) else 0)
               | 0x80, "bitstream": str(bit) if bit else None,
               "bitstream_sha256": hashlib.sha256(Path(bit).read_bytes()).hexdigest()
-              if bit else None, "wall_s": round(time.monotonic() - t0, 1)}
+              if bit else None, "pnr": pnr_figures(out) if bit else None,
+              "wall_s": round(time.monotonic() - t0, 1)}
     write_json(out / "report.json", report)
     print(json.dumps(report, indent=1))
     return 0

@@ -2,7 +2,7 @@
 
 import pytest
 
-from slimnfu.gen.board import build_board
+from slimnfu.gen.board import PNR_REPORT, build_board, pnr_figures
 from slimnfu.gen.synth import REPO_ROOT
 
 
@@ -14,6 +14,21 @@ def test_board_files(small_program):
     assert {"slimnfu_board.lpf", "slimnfu_board.ys"} <= names, names
     lpf = (out / "slimnfu_board.lpf").read_text()
     assert 'LOCATE COMP "led_0__io" SITE "B2"' in lpf
+    script = out / "build_slimnfu_board.sh"
+    assert f"--report {PNR_REPORT}" in script.read_text()
+
+
+def test_pnr_figures(tmp_path):
+    import json
+
+    assert pnr_figures(tmp_path) is None
+    (tmp_path / PNR_REPORT).write_text(json.dumps({
+        "fmax": {"clk25_0__i": {"achieved": 31.4567, "constraint": 25.0}},
+        "utilization": {"TRELLIS_COMB": {"used": 9000, "available": 83640},
+                        "DCCA": {"used": 0, "available": 56}}}))
+    fig = pnr_figures(tmp_path)
+    assert fig["fmax_mhz"] == 31.46 and fig["fmax_by_clock"] == {"clk25_0__i": 31.46}
+    assert fig["utilization"] == {"TRELLIS_COMB": {"used": 9000, "available": 83640}}
 
 
 def test_unknown_board(small_program):
