@@ -8,7 +8,9 @@
    (``<out>/rom``: ``rom.hex`` and ``program.json``).
 4. Emit the ROM build of the accelerator (the same words baked in as memory init).
 5. Synthesise it with Yosys for ECP5 and place and route it with nextpnr-ecp5 (a report whose
-   Verilog hash matches is reused).
+   Verilog hash matches is reused). When the network's buffers alone exceed the largest
+   ECP5's block RAM, the config's engine with its own buffers is synthesised instead, and the
+   report says so; a ``slimnfu board`` report of the same checkpoint is added when one exists.
 6. Run real MNIST test images through the RTL on Verilator (and a few on Icarus), checking
    every layer's output and the logits bit for bit against the integer reference, and the
    dense network's build for its cycles (:mod:`slimnfu.bench.network`).
@@ -66,7 +68,8 @@ def run_demo(args):
     from slimnfu.compress.train import train
     from slimnfu.config import CONFIGS
     from slimnfu.gen.compiler import compile_model, config_for, write_rom_image
-    from slimnfu.gen.synth import block_ram_shortfall, choose_weights, synth_emitted
+    from slimnfu.gen.synth import (block_ram_shortfall, choose_weights, synth_config,
+                                   synth_emitted)
     from slimnfu.gen.verilog import emit_accelerator
 
     data.verify("mnist")
@@ -93,9 +96,12 @@ def run_demo(args):
     synth = None
     too_big = block_ram_shortfall(cfg)
     if not args.no_synth and too_big:
-        print(f"[5/6] not synthesised: {too_big} (slimnfu synth --rom runs it anyway)",
-              flush=True)
-        synth = {"skipped": too_big}
+        print(f"[5/6] the whole accelerator does not fit: {too_big}; synthesising the "
+              f"{args.config!r} engine with its own buffers instead (slimnfu synth --rom runs "
+              f"the whole one anyway)", flush=True)
+        synth = synth_config(CONFIGS[args.config], reuse=True, pnr_timeout_s=args.pnr_timeout)
+        synth = {**synth, "weights": "none", "scope": "engine",
+                 "weights_why": f"engine only: {too_big}"}
     elif not args.no_synth:
         weights, why = choose_weights(program)
         print(f"[5/6] synthesising the {weights} build (Yosys ECP5, nextpnr-ecp5): {why}",
@@ -116,7 +122,8 @@ def run_demo(args):
               "rom_image": {k: rom["rom"][k] for k in ("words", "width", "sha256")},
               "synth": None if synth is None else {k: synth.get(k) for k in (
                   "config", "weights", "weights_why", "cells", "luts", "ffs", "dsps", "brams",
-                  "memory_bits", "fmax_mhz", "part", "fits", "skipped") if k in synth},
+                  "memory_bits", "fmax_mhz", "part", "fits", "scope") if k in synth},
+              "board": _board_report(model),
               "wall_s": round(time.monotonic() - t0, 1)}
     text = _markdown(report)
     _plots(rows, out)
@@ -150,16 +157,40 @@ def _markdown(report):
              f"{c['bits_dense'] / c['bits']:.2f}x fewer stored bits "
              f"({c['bits_dense']:,} -> {c['bits']:,}).", "", markdown(report["rows"]), ""]
     s = report["synth"]
-    if s and s.get("skipped"):
-        lines.append(f"Not synthesised: {s['skipped']}.")
-    elif s:
+    if s:
         fmax = "-" if s["fmax_mhz"] is None else f"{s['fmax_mhz']:.1f} MHz"
-        lines.append(f"Synthesis of the {s['weights']} build ({s['weights_why']}): "
+        what = (f"the {s['config']!r} engine" if s.get("scope") == "engine" else
+                f"the {s['weights']} build")
+        lines.append(f"Synthesis of {what} ({s['weights_why']}): "
                      f"{s['luts']:,} LUT4, {s['ffs']:,} FF, {s['dsps']} "
                      f"multipliers, {s['brams']} DP16KD; fmax {fmax} on "
                      f"{s['part'] or 'no ECP5 part'} ({s['fits']}).")
+    b = report.get("board")
+    if b:
+        util = ", ".join(f"{v['used']:,}/{v['available']:,} {k}"
+                         for k, v in b["pnr"]["utilization"].items()
+                         if k in ("TRELLIS_COMB", "TRELLIS_FF", "DP16KD", "MULT18X18D"))
+        lines.append(f"Board build (`slimnfu board`, {b['board']}, fc1 {b['fc']}, integer "
+                     f"test accuracy {b['acc_int_test']:.2f}%): bitstream placed and routed at "
+                     f"{b['pnr']['fmax_mhz']:.1f} MHz against the board's 25 MHz clock; "
+                     f"{util}.")
     lines.append(f"Demo wall time {report['wall_s']} s.")
     return "\n".join(lines)
+
+
+def _board_report(model, build_root=None):
+    """The newest ``slimnfu board`` report built from this checkpoint with a bitstream, or None.
+    """
+    from slimnfu.compress.pipeline import hash_state
+    from slimnfu.gen.synth import REPO_ROOT
+
+    key = hash_state(model)[:12]
+    found = []
+    for path in Path(build_root or REPO_ROOT / "build").glob("board/*/report.json"):
+        r = json.loads(path.read_text())
+        if r.get("model_key") == key and r.get("bitstream") and r.get("pnr"):
+            found.append((path.stat().st_mtime, r))
+    return max(found, key=lambda f: f[0])[1] if found else None
 
 
 def _plots(rows, out):

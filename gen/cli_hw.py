@@ -85,7 +85,7 @@ def _synth_rom(cfg, args):
     from slimnfu.gen.verilog import emit_accelerator
 
     check_part(args.part)
-    _, program = _compressed_program(cfg)
+    _, program, _ = _compressed_program(cfg)
     weights, why = choose_weights(program)
     print(why, flush=True)
     name = program.cfg.name + ("" if weights == "rom" else "_port")
@@ -97,9 +97,10 @@ def _synth_rom(cfg, args):
 
 
 def _compressed_program(cfg, fc_variant="auto"):
-    """``(qmodel, program)``: cached compressed LeNet-5 compiled for ``cfg``'s ROM build."""
+    """``(qmodel, program, key)``: cached compressed LeNet-5 compiled for ``cfg``'s ROM build;
+    ``key`` names the base checkpoint (:func:`slimnfu.compress.pipeline.hash_state`)."""
     from slimnfu.compress import data
-    from slimnfu.compress.pipeline import cached_compress
+    from slimnfu.compress.pipeline import cached_compress, hash_state
     from slimnfu.compress.train import train
     from slimnfu.gen.compiler import compile_model, config_for
 
@@ -108,7 +109,7 @@ def _compressed_program(cfg, fc_variant="auto"):
     _, q, _ = cached_compress(model, 1.0, 3000, 2000, fc_variant=fc_variant)
     suffix = "" if fc_variant == "auto" else f"_fc{fc_variant}"
     rom_cfg = config_for(q, cfg).with_(name=f"{cfg.name}_lenet5_compressed{suffix}")
-    return q, compile_model(q, rom_cfg)
+    return q, compile_model(q, rom_cfg), hash_state(model)[:12]
 
 
 def _board(args):
@@ -128,7 +129,7 @@ def _board(args):
     board_platform(args.board)
     if not 0 <= args.image < 10000:
         raise ValueError(f"--image must be a test image index in 0..9999, not {args.image}")
-    q, program = _compressed_program(cfg, args.fc)
+    q, program, key = _compressed_program(cfg, args.fc)
     images, labels = data.load("mnist", "test")
     x = quantize_input(q, images[args.image:args.image + 1])
     predicted = int(int_forward_layers(q, x)[-1][0].argmax())
@@ -140,6 +141,7 @@ def _board(args):
                       out, do_build=not args.no_build)
     acc = float((int_forward(q, images)[0].argmax(1) == labels).double().mean())
     report = {"board": args.board, "config": program.cfg.to_dict(), "image": args.image,
+              "model_key": key,
               "fc": args.fc, "acc_int_test": round(100 * acc, 2),
               "rom_bits": len(program.rom) * program.rom_width,
               "label": int(labels[args.image]), "reference_class": predicted,
