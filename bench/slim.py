@@ -24,8 +24,9 @@ TREATMENTS = ("lower", "linear", "both")
 
 
 def add_arguments(parser):
-    parser.add_argument("--networks", nargs="+", default=["lenet5"], choices=sorted(NETWORKS),
-                        help="networks (default lenet5; vgg_fmnist is slow on 2 cores)")
+    parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=sorted(NETWORKS),
+                        help="networks (default: lenet5 vgg_fmnist; vgg_fmnist takes about an "
+                             "hour on 2 cores)")
     parser.add_argument("--budgets", nargs="+", type=float, default=[0.5, 1.0],
                         help="accuracy budgets in percentage points (default 0.5 1)")
     parser.add_argument("--treatments", nargs="+", default=list(TREATMENTS),
