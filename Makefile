@@ -54,7 +54,7 @@ demo: $(STAMP)
 	$(SLIMNFU) demo --config $(CONFIG)
 
 verilog: $(STAMP)
-	$(SLIMNFU) synth --config $(CONFIG) $(if $(filter 1,$(ROM)),--rom)
+	$(SLIMNFU) synth --config $(CONFIG) $(if $(filter 1,$(ROM)),--rom $(if $(FC),--fc $(FC)))
 
 cosim: $(STAMP)
 	$(SLIMNFU) cosim --config $(CONFIG) --sim $(SIM) $(if $(filter 1,$(WAVES)),--waves) \

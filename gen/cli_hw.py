@@ -29,6 +29,9 @@ def register(sub):
                         "the bare engine (compressed under 1 point first unless build/network "
                         "holds it): the ROM build when its weights fit the block RAM, else "
                         "the port build")
+    p.add_argument("--fc", default="auto", choices=("auto", "affine", "index"),
+                   help="with --rom, fc1's permuted format: auto (default; the 1-point budget "
+                        "picks), affine (its weights fit on chip, at some accuracy) or index")
     p.set_defaults(func=_synth)
 
     p = sub.add_parser("board", help="build a ULX3S bitstream: compressed LeNet-5 classifies a "
@@ -85,7 +88,7 @@ def _synth_rom(cfg, args):
     from slimnfu.gen.verilog import emit_accelerator
 
     check_part(args.part)
-    _, program, _ = _compressed_program(cfg)
+    _, program, _ = _compressed_program(cfg, args.fc)
     weights, why = choose_weights(program)
     print(why, flush=True)
     name = program.cfg.name + ("" if weights == "rom" else "_port")
