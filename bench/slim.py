@@ -44,6 +44,9 @@ def add_arguments(parser):
     parser.add_argument("--area-only", action="store_true",
                         help="only (re)measure the area of the gate (Yosys ECP5, tiny, off and "
                              "on); keeps the rows of --out")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the rows of --out for the networks not run now (run "
+                             "vgg_fmnist once, then re-run lenet5 alone)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--train-subset", type=int, default=None,
                         help="train the base network on this many images (smoke runs)")
@@ -136,7 +139,7 @@ def run_network(name, args, cfg, log=print, on_row=None):
         for budget in args.budgets:
             t0 = time.perf_counter()
             sm = slim.slim_model(model)
-            g = slim.greedy(sm, cx, cy, budget, treatment, ranking=ranking)
+            g = slim.greedy(sm, cx, cy, budget, treatment, ranking=ranking, dw=cfg.dw)
             greedy_s = time.perf_counter() - t0
             acc_greedy = round(train.evaluate(sm, tx, ty), 2)
             if args.finetune:
@@ -232,6 +235,10 @@ def main(args):
         if Path(args.out).is_file():
             result = {**json.loads(Path(args.out).read_text()), "area": None}
     else:
+        from pathlib import Path
+        if args.merge and Path(args.out).is_file():
+            rows += [r for r in json.loads(Path(args.out).read_text())["rows"]
+                     if r["network"] not in args.networks]
         for name in args.networks:
             run_network(name, args, cfg, on_row=lambda row: (rows.append(row),
                                                               write_json(args.out, result)))

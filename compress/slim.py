@@ -235,13 +235,24 @@ def refit_linear(m, feats_in):
         m.coef_bias[apx] = sol[-1].float()
 
 
+def coef_fits(m, dw):
+    """Whether the approximation coefficients of SlimConv ``m`` fit the 1x1 pass at ``dw`` bits:
+    their largest magnitude needs a non-negative requantisation shift (``approx_f >= 0``).
+
+    A least-squares fit on nearly collinear kept features can give huge coefficients that
+    cancel in float but that no fixed-point word holds."""
+    if not bool(m.approx.any()):
+        return True
+    return fixed.frac_bits_for(float(m.coef.detach()[m.approx].abs().max()), dw) >= 0
+
+
 def _input_of(smodel, i, x):
     with torch.no_grad():
         return smodel[:i](x) if i else x
 
 
 def greedy(smodel, calib_x, calib_y, budget_pct, treatment="both", ranking=None,
-           fit_images=200, progress=False):
+           fit_images=200, progress=False, dw=16):
     """Apply treatments feature by feature while calib accuracy loss <= ``budget_pct``.
 
     Parameters
@@ -254,6 +265,9 @@ def greedy(smodel, calib_x, calib_y, budget_pct, treatment="both", ranking=None,
     ranking : list from :func:`importance` (computed with ``method="loss"`` if None)
     fit_images : int
         Calibration images used for the least-squares fits.
+    dw : int
+        Data width of the fixed-point contract: a change whose refitted coefficients
+        :func:`coef_fits` refuses is not taken, whatever its accuracy.
 
     Returns
     -------
@@ -293,8 +307,8 @@ def greedy(smodel, calib_x, calib_y, budget_pct, treatment="both", ranking=None,
                 refit_linear(m, feats_in)
             if i not in cache:
                 cache[i] = _input_of(smodel, i, calib_x)
-            acc, _ = _accuracy_loss(smodel[i:], cache[i], calib_y)
-            if base - acc <= budget_pct:
+            acc = _accuracy_loss(smodel[i:], cache[i], calib_y)[0] if coef_fits(m, dw) else None
+            if acc is not None and base - acc <= budget_pct:
                 log.append({"module": i, "feature": j, "treatment": opt, "acc_calib": acc})
                 for later in [c for c in cache if c > i]:
                     del cache[later]

@@ -122,6 +122,27 @@ def test_greedy_respects_the_budget():
     assert [r["features"] for r in report] == [6, 7]
 
 
+def test_greedy_refuses_coefficients_no_word_holds(monkeypatch):
+    sm = slim.slim_model(_net())
+    x = _images(60)
+    y = sm(x).argmax(1)
+    ranking = slim.importance(sm, x, y, method="l1")
+    real = slim.refit_linear
+
+    def blown_up(m, feats_in):
+        real(m, feats_in)
+        with torch.no_grad():
+            m.coef[m.approx] = 1e6
+
+    monkeypatch.setattr(slim, "refit_linear", blown_up)
+    out = slim.greedy(sm, x, y, 100.0, "linear", ranking=ranking)
+    assert out["log"] == []
+    assert not any(bool(sm[i].approx.any()) for i in slim.conv_layers(sm))
+    monkeypatch.setattr(slim, "refit_linear", real)
+    out = slim.greedy(sm, x, y, 100.0, "linear", ranking=ranking)
+    assert out["log"] and all(slim.coef_fits(sm[i], 16) for i in slim.conv_layers(sm))
+
+
 def test_bad_kernel_sizes_and_coefficients_and_tile_maps():
     with pytest.raises(ValueError, match="conv2: kernel size 7 of filter 1 is larger than the "
                                          "layer's K=5"):
