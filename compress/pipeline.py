@@ -25,8 +25,9 @@ __all__ = ["compress_network", "cached_compress"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-#: Names the method sequence in cache file names, so a changed pipeline does not reuse a result.
-PIPELINE = "A1-B2-C"
+#: Names the method sequence in cache file names, so a changed pipeline does not reuse a result
+#: (A2: method A refuses coefficients no DW-bit word holds).
+PIPELINE = "A2-B2-C"
 
 
 def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=1, patterns=16,
