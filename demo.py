@@ -172,7 +172,8 @@ def _markdown(report):
                          if k in ("TRELLIS_COMB", "TRELLIS_FF", "DP16KD", "MULT18X18D"))
         lines.append(f"Board build (`slimnfu board`, {b['board']}, fc1 {b['fc']}, integer "
                      f"test accuracy {b['acc_int_test']:.2f}%): bitstream placed and routed at "
-                     f"{b['pnr']['fmax_mhz']:.1f} MHz against the board's 25 MHz clock; "
+                     f"{b['pnr']['fmax_mhz']:.1f} MHz against the board's "
+                     f"{b['pnr']['target_mhz']:g} MHz clock; "
                      f"{util}.")
     lines.append(f"Demo wall time {report['wall_s']} s.")
     return "\n".join(lines)

@@ -14,6 +14,7 @@ gate off and on (``--no-area`` skips them).
 import json
 import platform
 import time
+from pathlib import Path
 
 from slimnfu.atomic import write_json
 
@@ -221,13 +222,17 @@ def markdown(rows, area=None):
 
 
 def check_args(args):
-    """Refuse bad options before any training (the calib split holds 5,000 images, the train
-    split 55,000)."""
-    if not 1 <= args.calib <= 5000:
-        raise ValueError(f"--calib must be in [1, 5000] (the calib split's size), not "
+    """Refuse bad options before any training (the sizes of the calib and train splits bound
+    ``--calib`` and ``--finetune``)."""
+    from slimnfu.compress.data import SPLITS
+
+    n_calib = SPLITS["calib"][2] - SPLITS["calib"][1]
+    n_train = SPLITS["train"][2] - SPLITS["train"][1]
+    if not 1 <= args.calib <= n_calib:
+        raise ValueError(f"--calib must be in [1, {n_calib}] (the calib split's size), not "
                          f"{args.calib}")
-    if not 0 <= args.finetune <= 55000:
-        raise ValueError(f"--finetune must be in [0, 55000] (the train split's size), not "
+    if not 0 <= args.finetune <= n_train:
+        raise ValueError(f"--finetune must be in [0, {n_train}] (the train split's size), not "
                          f"{args.finetune}")
     bad = [b for b in args.budgets if not 0 <= b <= 100]
     if bad:
@@ -248,11 +253,9 @@ def main(args):
     rows = []
     result = {"benchmark": "slim", "rows": rows}
     if args.area_only:
-        from pathlib import Path
         if Path(args.out).is_file():
             result = {**json.loads(Path(args.out).read_text()), "area": None}
     else:
-        from pathlib import Path
         if args.merge and Path(args.out).is_file():
             rows += [r for r in json.loads(Path(args.out).read_text())["rows"]
                      if r["network"] not in args.networks]

@@ -91,19 +91,15 @@ def build_board(program, image_words, label, board, build_dir, do_build=True):
     return bit if do_build and bit.is_file() else None
 
 
-def pnr_figures(build_dir):
-    """fmax (MHz, per clock) and utilisation of the placed board build, from nextpnr's report.
+def pnr_figures(build_dir, target_mhz):
+    """fmax (MHz, per clock) and utilisation of the placed board build, from nextpnr's report,
+    with the board clock ``target_mhz`` it was placed for.
 
     Returns None when the build folder holds no report (``--no-build``, or a failed build).
     """
-    import json
+    from slimnfu.gen.synth import read_pnr_report
 
     path = Path(build_dir) / PNR_REPORT
     if not path.is_file():
         return None
-    report = json.loads(path.read_text())
-    fmax = {clk: round(v["achieved"], 2) for clk, v in report.get("fmax", {}).items()}
-    util = {k: {"used": v["used"], "available": v["available"]}
-            for k, v in report.get("utilization", {}).items() if v.get("used")}
-    return {"fmax_mhz": min(fmax.values()) if fmax else None, "fmax_by_clock": fmax,
-            "target_mhz": 25.0, "utilization": util}
+    return {**read_pnr_report(path), "target_mhz": target_mhz}

@@ -129,7 +129,7 @@ def _board(args):
     from slimnfu.gen.synth import REPO_ROOT
 
     cfg = get_config(args.config)
-    board_platform(args.board)
+    clk_mhz = board_platform(args.board).default_clk_frequency / 1e6
     if not 0 <= args.image < 10000:
         raise ValueError(f"--image must be a test image index in 0..9999, not {args.image}")
     q, program, key = _compressed_program(cfg, args.fc)
@@ -151,7 +151,7 @@ def _board(args):
               "leds_expected": predicted | (0x40 if predicted == int(labels[args.image]) else 0)
               | 0x80, "bitstream": str(bit) if bit else None,
               "bitstream_sha256": hashlib.sha256(Path(bit).read_bytes()).hexdigest()
-              if bit else None, "pnr": pnr_figures(out) if bit else None,
+              if bit else None, "pnr": pnr_figures(out, clk_mhz) if bit else None,
               "wall_s": round(time.monotonic() - t0, 1)}
     write_json(out / "report.json", report)
     print(json.dumps(report, indent=1))

@@ -26,8 +26,8 @@ from pathlib import Path
 from slimnfu.gen.verilog import atomic_write
 
 __all__ = ["ECP5_PARTS", "REPO_ROOT", "synth_generic", "synth_ecp5", "choose_part",
-           "place_route", "synth_verilog", "synth_config", "tool_path", "tool_versions",
-           "feature_area"]
+           "place_route", "read_pnr_report", "synth_verilog", "synth_config", "tool_path",
+           "tool_versions", "feature_area"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -229,12 +229,19 @@ def place_route(workdir, part, freq_mhz=50, seed=1, timeout_s=None):
         return {"fmax_mhz": None, "fmax_by_clock": {}, "utilization": {},
                 "wall_s": timeout_s, "out_of_context": True, "part": part,
                 "error": f"nextpnr-ecp5 did not finish on {part} within {timeout_s} s"}
-    report = json.loads(Path(workdir, "pnr_report.json").read_text())
+    return {**read_pnr_report(Path(workdir, "pnr_report.json")), "wall_s": round(wall, 2),
+            "out_of_context": True}
+
+
+def read_pnr_report(path):
+    """fmax (MHz: the slowest clock, and per clock) and the used resources from the JSON
+    report that ``nextpnr-ecp5 --report`` writes."""
+    report = json.loads(Path(path).read_text())
     fmax = {clk: round(v["achieved"], 2) for clk, v in report.get("fmax", {}).items()}
     util = {k: {"used": v["used"], "available": v["available"]}
             for k, v in report.get("utilization", {}).items() if v.get("used")}
     return {"fmax_mhz": min(fmax.values()) if fmax else None, "fmax_by_clock": fmax,
-            "utilization": util, "wall_s": round(wall, 2), "out_of_context": True}
+            "utilization": util}
 
 
 def tool_versions():

@@ -41,7 +41,7 @@ def test_report_names_the_engine_and_the_board(monkeypatch):
              "weights_why": "engine only: too big", "luts": 7267, "ffs": 3417, "dsps": 20,
              "brams": 46, "fmax_mhz": 24.4, "part": "LFE5U-25F", "fits": "fits"}
     board = {"board": "ulx3s-85f", "fc": "affine", "acc_int_test": 97.5,
-             "pnr": {"fmax_mhz": 31.46, "utilization": {
+             "pnr": {"fmax_mhz": 31.46, "target_mhz": 25.0, "utilization": {
                  "TRELLIS_COMB": {"used": 9000, "available": 83640},
                  "DCCA": {"used": 1, "available": 56}}}}
     text = demo._markdown(_report(synth, board))

@@ -21,12 +21,13 @@ def test_board_files(small_program):
 def test_pnr_figures(tmp_path):
     import json
 
-    assert pnr_figures(tmp_path) is None
+    assert pnr_figures(tmp_path, 25.0) is None
     (tmp_path / PNR_REPORT).write_text(json.dumps({
         "fmax": {"clk25_0__i": {"achieved": 31.4567, "constraint": 25.0}},
         "utilization": {"TRELLIS_COMB": {"used": 9000, "available": 83640},
                         "DCCA": {"used": 0, "available": 56}}}))
-    fig = pnr_figures(tmp_path)
+    fig = pnr_figures(tmp_path, 25.0)
+    assert fig["target_mhz"] == 25.0
     assert fig["fmax_mhz"] == 31.46 and fig["fmax_by_clock"] == {"clk25_0__i": 31.46}
     assert fig["utilization"] == {"TRELLIS_COMB": {"used": 9000, "available": 83640}}
 
