@@ -68,8 +68,7 @@ def run_demo(args):
     from slimnfu.compress.train import train
     from slimnfu.config import CONFIGS
     from slimnfu.gen.compiler import compile_model, config_for, write_rom_image
-    from slimnfu.gen.synth import (block_ram_shortfall, choose_weights, synth_config,
-                                   synth_emitted)
+    from slimnfu.gen.synth import block_ram_shortfall, choose_weights, synth_config, synth_emitted
     from slimnfu.gen.verilog import emit_accelerator
 
     data.verify("mnist")

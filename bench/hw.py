@@ -57,7 +57,7 @@ def _job_cycles(desc, cfg, cycles):
 def _speed_amaranth(cfg, case):
     import torch
 
-    from slimnfu.rtl.simdrive import run_layer_amaranth
+    from slimnfu.sim.amaranth_driver import run_layer_amaranth
 
     y, counters, wall = run_layer_amaranth(cfg, case.desc, case.x, case.w, case.b, case.pwl)
     ok = torch.equal(y.reshape(case.expected.shape), case.expected)

@@ -5,7 +5,7 @@ baseline; validation = the last ``--val`` images of the calib split, which train
 sees, and never the test set; quantisation calibrates on its first ``--calib`` images):
 
 * ``method="ikr"``: :func:`slimnfu.compress.ikr.ikr_prune`, quantised (format ``"ikr"``),
-  float and integer test accuracy, MACs/params/bits from :mod:`slimnfu.compress.accounting`
+  float and integer test accuracy, MACs/params/bits from :mod:`slimnfu.formats.accounting`
   (values, indices and pattern tables counted), and for every IKR conv layer the RTL cycles
   measured on Verilator (IKR run and the same layer run dense on the same engine, both
   bit-exact against the integer reference) next to the analytic ``ikr_cycles``.
@@ -64,40 +64,33 @@ def _bench_cfg(q):
 def _cosim_layers(q, x_img, cfg):
     """Run each IKR conv of ``q`` (IKR and dense) on Verilator with its real input."""
     from slimnfu.compress.quant import int_forward_layers, quantize_input
-    from slimnfu.config import LayerDesc
     from slimnfu.rtl.engine import LayerEngine
-    from slimnfu.sim.ikr_jobs import check_result, dense_job, ikr_job
-    from slimnfu.sim.runner import build_sim, run_jobs
+    from slimnfu.sim.ikr_cases import as_dense, ikr_case
+    from slimnfu.sim.runner import run_regression
 
     latency = LayerEngine.LATENCY
     x = quantize_input(q, x_img)
     outs = int_forward_layers(q, x)
-    jobs, checks = [], []
+    pairs = []
     for i, layer in enumerate(q.layers):
-        if layer.format != "ikr":
+        if layer.desc.ikr_n == 0:
             continue
         xin = (x if i == 0 else outs[i - 1])[0]
-        d = layer.desc
-        lib, idx = layer.extra["ikr_patterns"], layer.extra["ikr_index"]
-        jobs.append(ikr_job(layer.name, d, xin, layer.w, layer.b, lib, idx, cfg, latency,
-                            layer.pwl))
-        checks.append((d, xin, layer))
-        dd = LayerDesc(**{**d.to_dict(), "ikr_n": 0})
-        jobs.append(dense_job(f"{layer.name}_dense", d, xin, layer.w, layer.b, cfg, latency,
-                              layer.pwl))
-        checks.append((dd, xin, layer))
-    runner, dirs = build_sim("verilator", cfg)
-    raw = {r["name"]: r for r in run_jobs(runner, dirs, jobs)}
-    res = [check_result(raw[j["name"]], d, xin, l.w, l.b, cfg, latency, l.pwl)
-           for j, (d, xin, l) in zip(jobs, checks)]
+        rec = layer.compressed
+        case = ikr_case(layer.name, layer.desc, xin, layer.w, layer.b, rec.patterns, rec.index,
+                        cfg, layer.pwl, "model")
+        pairs.append((case, as_dense(case)))
+    res = run_regression(cfg, [c for pair in pairs for c in pair], sims=("verilator",),
+                         log=lambda *_: None)
     layers = []
-    for k in range(0, len(res), 2):
-        r_ikr, r_dense = res[k], res[k + 1]
-        d = checks[k][0]
+    for k, (case, dense) in enumerate(pairs):
+        r_ikr, r_dense = res[2 * k], res[2 * k + 1]
+        d = case.desc
         layers.append({
             "name": r_ikr["name"], "k": d.k, "n": d.ikr_n,
-            "P": int(checks[k][2].extra["ikr_patterns"].shape[0]), "passed": r_ikr["passed"]
-            and r_dense["passed"], "error": r_ikr["error"] or r_dense["error"],
+            "P": int(case.compressed.patterns.shape[0]),
+            "passed": r_ikr["passed"] and r_dense["passed"],
+            "error": r_ikr["error"] or r_dense["error"],
             "rtl_cycles": r_ikr["cycles"], "rtl_cycles_dense": r_dense["cycles"],
             "analytic_ikr_cycles": d.ikr_cycles(cfg) + latency,
             "analytic_dense_cycles": d.dense_cycles(cfg) + latency,
@@ -207,7 +200,7 @@ def _baseline_prune(base, kind, amount, xs, ys, batches, seed):
 def run(networks, budgets, val_n=3000, calib_n=2000, patterns=16, ft=150, cosim=True,
         log=print):
     from slimnfu.compress import data, ikr
-    from slimnfu.compress.accounting import model_stats
+    from slimnfu.formats.accounting import model_stats
     from slimnfu.compress.models import network_info
     from slimnfu.compress.quant import int_forward, quantize_model
     from slimnfu.compress.train import evaluate, train

@@ -3,7 +3,7 @@
 For each network (LeNet-300-100 and LeNet-5 on MNIST, the VGG-style network on Fashion-MNIST):
 train it (or load it from the checkpoint cache), measure the float test accuracy, quantise it
 on the calib split at each DW and measure the integer-reference accuracy on the full test set,
-and count MACs, parameters and bits with :mod:`slimnfu.compress.accounting`.
+and count MACs, parameters and bits with :mod:`slimnfu.formats.accounting`.
 
 One row per (network, dw) with the DESIGN.md section 8 keys (method ``"dense"``). RTL cycles
 are not measured here (``rtl_cycles*`` are null); ``analytic_cycles_<config>`` is the
@@ -42,7 +42,7 @@ def run(networks=NETWORKS, dws=(16, 8), calib_n=5000, test_limit=None, subset=No
     """Return the list of rows (see the module docstring)."""
     from slimnfu.config import CONFIGS, get_config
     from slimnfu.compress import data
-    from slimnfu.compress.accounting import model_stats
+    from slimnfu.formats.accounting import model_stats
     from slimnfu.compress.models import network_info
     from slimnfu.compress.quant import int_forward, quantize_model
     from slimnfu.compress.train import evaluate, train

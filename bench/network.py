@@ -75,7 +75,7 @@ def _ideal(dense_layers, stats_dense, stats):
 
 def run(args, log=print):
     from slimnfu.compress import data
-    from slimnfu.compress.accounting import model_stats
+    from slimnfu.formats.accounting import model_stats
     from slimnfu.compress.pipeline import cached_compress
     from slimnfu.compress.quant import int_forward, quantize_model
     from slimnfu.compress.train import evaluate, train

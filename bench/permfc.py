@@ -12,7 +12,7 @@ the classifier, unless ``--compress-classifier``) are compressed by
 
 Every variant gets the same fine-tuning (``--epochs`` over the first ``--train-subset`` train
 images), is quantised on the calib split and evaluated, float and integer, on the test set.
-Bits come from :mod:`slimnfu.compress.accounting` (the perm formats count ``s``, biases and
+Bits come from :mod:`slimnfu.formats.accounting` (the perm formats count ``s``, biases and
 every permutation bit); for the baselines the compressed layers' dense weight bits are
 replaced by the baseline's storage (:mod:`slimnfu.compress.permfc_baselines`).
 
@@ -88,6 +88,7 @@ def _compress(base, method, layers, dw, seed):
     """The compressed float model and per-layer baseline storage (bits, params)."""
     from slimnfu.compress import permfc
     from slimnfu.compress import permfc_baselines as bl
+    from slimnfu.formats.perm import index_bits
 
     if method.startswith("perm_"):
         return permfc.compress_model(base, method[5:], layers=layers, seed=seed), {}
@@ -96,7 +97,7 @@ def _compress(base, method, layers, dw, seed):
     for k, i in enumerate(layers):
         lin = base[i]
         m, n = lin.out_features, lin.in_features
-        budget = n * dw + 2 * m * permfc.index_bits(n)   # perm_affine's s + (a, b) bits
+        budget = n * dw + 2 * m * index_bits(n)   # perm_affine's s + (a, b) bits
         if method == "hashed":
             kk = bl.budget_hashed(budget, dw)
             model[i] = bl.hashed_from_linear(lin, kk, seed + k)
@@ -112,7 +113,7 @@ def _evaluate(model, method, storage, calib, x_test, y_test, dw):
     """Quantise and evaluate; return (acc_float, acc_int, stats, qmodel)."""
     from slimnfu.compress import permfc
     from slimnfu.compress import permfc_baselines as bl
-    from slimnfu.compress.accounting import model_stats
+    from slimnfu.formats.accounting import model_stats
     from slimnfu.compress.quant import int_forward, quantize_model
     from slimnfu.compress.train import evaluate
 
@@ -139,28 +140,30 @@ def _evaluate(model, method, storage, calib, x_test, y_test, dw):
 
 def _rtl_cases(q, x_int, cfg, prefix):
     """Dense and perm co-simulation cases for every perm layer of ``q`` (real input)."""
-    from slimnfu.compress import fixed, permfc
+    import dataclasses
+
+    from slimnfu import fixed
     from slimnfu.compress.quant import int_forward_layers
     from slimnfu.config import LayerDesc
+    from slimnfu.formats.perm import gather_weights
     from slimnfu.sim.cases import Case
-    from slimnfu.sim.perm_cases import PermCase
 
     outs = int_forward_layers(q, x_int)
     cases = []
     for n, layer in enumerate(q.layers):
-        if not layer.format.startswith("perm_"):
+        if layer.desc.perm == "none":
             continue
         x = (x_int if n == 0 else outs[n - 1])[0].reshape(-1)
-        w = permfc.gather_weights(layer)
+        w = gather_weights(layer)
         count = fixed.SatCount()
         y = fixed.run_layer(layer.desc, x.unsqueeze(0), w, layer.b, cfg.dw, layer.pwl, count)[0]
-        extra = layer.extra
-        cases.append(PermCase(f"{prefix}_{layer.name}_{layer.format}", layer.desc, x, w, layer.b,
-                              layer.pwl, y, count.events, "model", s=extra["s"],
-                              a=extra.get("a"), perm_b=extra.get("b"), idx=extra.get("idx")))
+        case = Case(f"{prefix}_{layer.name}_{layer.format}", layer.desc, x, w, layer.b,
+                    layer.pwl, y, count.events, "model", layer.format, layer.compressed)
+        cases.append(case)
         ddesc = LayerDesc(**{**layer.desc.to_dict(), "perm": "none"})
-        cases.append(Case(f"{prefix}_{layer.name}_dense_for_{layer.format}", ddesc, x, w,
-                          layer.b, layer.pwl, y, count.events, "model"))
+        cases.append(dataclasses.replace(case, name=f"{prefix}_{layer.name}_dense_for_"
+                                                    f"{layer.format}", desc=ddesc,
+                                         format="dense", compressed=None))
     return cases
 
 
@@ -218,7 +221,7 @@ def run(networks=NETWORKS, methods=METHODS, epochs=1, train_subset=20000, calib_
     from torch import nn
 
     from slimnfu.compress import data, permfc
-    from slimnfu.compress.accounting import model_stats
+    from slimnfu.formats.accounting import model_stats
     from slimnfu.compress.models import network_info
     from slimnfu.compress.quant import int_forward, quantize_input, quantize_model
     from slimnfu.compress.train import evaluate, train

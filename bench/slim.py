@@ -62,7 +62,7 @@ def _acc(logits, labels):
 
 
 def _dense_cases(qdense, x_img, cfg):
-    from slimnfu.compress import fixed
+    from slimnfu import fixed
     from slimnfu.sim.cases import Case
 
     cases, x = [], x_img
@@ -79,15 +79,15 @@ def _dense_cases(qdense, x_img, cfg):
 
 
 def _slim_cases(qslim, x_img, cfg):
-    from slimnfu.compress import slim
+    from slimnfu.formats.slim import SlimWeights
     from slimnfu.sim.slim_cases import slim_layer_cases
 
     cases, x = [], x_img
     for layer in qslim.layers:
-        if layer.format == "slim":
+        if isinstance(layer.compressed, SlimWeights):
             cs, _ = slim_layer_cases(layer, x, cfg, f"slim_{layer.name}", "mnist")
             cases += cs
-            x = slim.slim_layer_run(layer, x, cfg.dw)
+            x = layer.run(x, cfg.dw)
         elif layer.desc.kind == "fc":
             break
         else:
@@ -112,8 +112,9 @@ def _measure(cases, cfg, sim):
 
 
 def run_network(name, args, cfg, log=print, on_row=None):
-    from slimnfu.compress import data, fixed, slim, train
-    from slimnfu.compress.accounting import model_stats
+    from slimnfu.compress import data, slim, train
+    from slimnfu import fixed
+    from slimnfu.formats.accounting import model_stats
     from slimnfu.compress.quant import int_forward, quantize_model
 
     ds = NETWORKS[name]

@@ -1,4 +1,4 @@
-"""Intra-Kernel Regular (IKR) pattern pruning (DESIGN.md section 1B; Yang et al., ISMVL 2018).
+"""Intra-Kernel Regular (IKR) pattern pruning (docs/design.md section 3; Yang et al., ISMVL 2018).
 
 Every KxK kernel of an IKR conv layer keeps exactly ``n`` weights, at the taps of one of the
 layer's ``P <= 16`` patterns. Storage is ``n`` values plus one ``ceil(log2 P)``-bit index per
@@ -26,15 +26,17 @@ conv carries persistent buffers ``ikr_patterns`` (P, n) and ``ikr_index`` (O, C)
 ``state_dict`` saving and :func:`load_ikr_state` restore everything.
 """
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from slimnfu.config import LayerDesc
+from slimnfu.formats.ikr import IkrWeights, check_ikr
+
 __all__ = ["IkrOptions", "topn_sets", "learn_library", "assign_patterns", "pattern_mask",
            "check_ikr", "apply_ikr", "ikr_layers", "load_ikr_state", "finetune", "ikr_prune",
-           "mark_quantised", "ikr_values", "DEFAULT_STEPS"]
+           "mark_quantised", "DEFAULT_STEPS"]
 
 #: Candidate kept-tap counts per kernel size (the tightening schedule).
 DEFAULT_STEPS = {3: (9, 6, 5, 4, 3, 2, 1), 5: (25, 16, 12, 9, 7, 6, 5, 4, 3, 2, 1),
@@ -110,31 +112,6 @@ def pattern_mask(library, index, k):
     mask = torch.zeros(o, c, k * k)
     mask.scatter_(2, library[index], 1.0)
     return mask.view(o, c, k, k)
-
-
-def check_ikr(name, k, n, library, index, patterns_max=16):
-    """Raise ``ValueError`` naming layer ``name`` and the field when the IKR data are invalid.
-
-    Checks: ``1 <= n <= k*k``; the table has at most ``patterns_max`` patterns, each with
-    exactly ``n`` distinct taps in ``[0, k*k)``; every index lies in the table.
-    """
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= k * k:
-        raise ValueError(f"layer {name}: n={n!r} must be in [1, K*K={k * k}]")
-    rows = library.tolist() if isinstance(library, torch.Tensor) else [list(r) for r in library]
-    if not 1 <= len(rows) <= patterns_max:
-        raise ValueError(f"layer {name}: the pattern table must have 1 <= P <= {patterns_max} "
-                         f"patterns, not {len(rows)}")
-    for p, row in enumerate(rows):
-        if len(row) != n or len(set(row)) != n:
-            raise ValueError(f"layer {name}: pattern {p} has {len(set(row))} distinct taps, "
-                             f"but n={n}")
-        if min(row) < 0 or max(row) >= k * k:
-            raise ValueError(f"layer {name}: pattern {p} has a tap outside [0, {k * k})")
-    index = torch.as_tensor(index)
-    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= len(rows)):
-        bad = int(index.max()) if int(index.max()) >= len(rows) else int(index.min())
-        raise ValueError(f"layer {name}: pattern index {bad} is outside the table of "
-                         f"{len(rows)} patterns")
 
 
 def _set_buffer(module, name, value):
@@ -281,14 +258,7 @@ def ikr_prune(model, train_images, train_labels, val_images, val_labels, budget_
     return current, history
 
 
-# Quantised side: QLayer format "ikr" and its accounting.
-
-def ikr_values(qlayer):
-    """Kept integer weights ``(O, C, n)`` of an IKR :class:`QLayer`, in pattern tap order."""
-    lib, idx = qlayer.extra["ikr_patterns"], qlayer.extra["ikr_index"]
-    o, c = idx.shape
-    return qlayer.w.reshape(o, c, -1).gather(2, lib[idx])
-
+# Quantised side: QLayer format "ikr" (slimnfu.formats.ikr).
 
 def mark_quantised(qmodel, model):
     """Turn the quantised conv layers of IKR convs into format ``"ikr"`` (``desc.ikr_n = n``).
@@ -296,8 +266,6 @@ def mark_quantised(qmodel, model):
     The quantised weights must be zero off-pattern (they are: quantising keeps zeros), which
     is checked, naming the layer.
     """
-    from slimnfu.config import LayerDesc
-
     pruned = [conv for _, conv in _convs(model)]
     qconvs = [q for q in qmodel.layers if q.desc.kind == "conv"]
     if len(pruned) != len(qconvs):
@@ -313,167 +281,5 @@ def mark_quantised(qmodel, model):
             raise ValueError(f"layer {q.name}: weights are non-zero off their IKR pattern")
         q.desc = LayerDesc(**{**q.desc.to_dict(), "ikr_n": int(n)})
         q.format = "ikr"
-        q.extra = {**q.extra, "ikr_patterns": lib, "ikr_index": idx}
+        q.compressed = IkrWeights(lib, idx)
     return qmodel
-
-
-def _ikr_items(qlayer, dw, acc, cfg=None):
-    from slimnfu.compress.accounting import StoredItem, dense_items
-
-    d = qlayer.desc
-    lib = qlayer.extra["ikr_patterns"]
-    p, n = lib.shape
-    kernels = d.n_out * d.n_in
-    index_bits = max(1, math.ceil(math.log2(p)))
-    tap_bits = max(1, math.ceil(math.log2(d.k * d.k)))
-    rest = [i for i in dense_items(qlayer, dw, acc, cfg) if i.name != "weights"]
-    ci, co = d.tiles(cfg) if cfg is not None else (None, None)
-    items = [
-        StoredItem("ikr_values", kernels * n, dw, None if cfg is None else ci * co * n,
-                   None if cfg is None else cfg.tn * cfg.ti * dw),
-        StoredItem("ikr_index", kernels, index_bits, None if cfg is None else ci * co,
-                   None if cfg is None else cfg.tn * cfg.ti * max(1, (cfg.ikr_patterns - 1)
-                                                                  .bit_length())),
-        StoredItem("ikr_table", p * n, tap_bits, None if cfg is None else n,
-                   None if cfg is None else cfg.ikr_patterns * max(1, (cfg.ikr_kmax ** 2 - 1)
-                                                                   .bit_length())),
-    ]
-    return items + rest
-
-
-def _ikr_macs(qlayer):
-    d = qlayer.desc
-    return d.h_out * d.w_out * d.n_out * d.n_in * d.ikr_n
-
-
-def _ikr_params(qlayer):
-    d = qlayer.desc
-    return d.n_out * d.n_in * d.ikr_n + d.n_out
-
-
-# Weight images (see slimnfu.gen.image.FORMAT_MODULES).
-
-#: Layer fields an ``"ikr"`` manifest entry holds besides the common ones.
-IMAGE_LAYER_KEYS = {"ikr_patterns"}
-
-
-def image_entry(qlayer):
-    """Extra manifest fields of an IKR layer: the library size ``P``."""
-    return {"ikr_patterns": int(qlayer.extra["ikr_patterns"].shape[0])}
-
-
-def image_memories(qlayer, cfg):
-    """``{item: (words, width)}`` of an IKR layer: values, index, table, bias, pwl."""
-    from slimnfu.gen import layout
-    from slimnfu.rtl.pattern_decoder import index_bits, tap_bits
-
-    lib, idx = qlayer.extra["ikr_patterns"], qlayer.extra["ikr_index"]
-    if lib.shape[0] > cfg.ikr_patterns or qlayer.desc.k > cfg.ikr_kmax:
-        raise ValueError(f"layer {qlayer.name}: P={lib.shape[0]} patterns of a "
-                         f"{qlayer.desc.k}x{qlayer.desc.k} kernel do not fit config "
-                         f"{cfg.name!r} (ikr_patterns={cfg.ikr_patterns}, "
-                         f"ikr_kmax={cfg.ikr_kmax})")
-    mem = {"ikr_values": (layout.pack_ikr_weights(ikr_values(qlayer), cfg),
-                          cfg.tn * cfg.ti * cfg.dw),
-           "ikr_index": (layout.pack_ikr_index(idx, cfg), cfg.tn * cfg.ti * index_bits(cfg)),
-           "ikr_table": (layout.pack_ikr_table(lib, qlayer.desc.k, cfg),
-                         cfg.ikr_patterns * tap_bits(cfg)),
-           "bias": (layout.pack_bias(qlayer.b, cfg), cfg.tn * cfg.acc)}
-    if qlayer.desc.act == "pwl":
-        mem["pwl"] = (layout.pack_pwl(qlayer.pwl, cfg), 3 * cfg.dw)
-    return mem
-
-
-def _unpack_table(words, p, k, cfg, fname):
-    """Pattern table words -> ``(P, n)`` taps ``ky*k + kx``; entries past ``P`` must be 0."""
-    from slimnfu.gen.image import ImageError
-    from slimnfu.gen.layout import unpack_words
-    from slimnfu.rtl.pattern_decoder import tap_bits
-
-    bits = tap_bits(cfg)
-    phys = unpack_words(words, cfg.ikr_patterns, bits) & ((1 << bits) - 1)   # (n, slots)
-    if int(phys[:, p:].abs().sum()):
-        raise ImageError(fname, "table", f"entries past the manifest's ikr_patterns={p} must "
-                                         f"be zero")
-    ky, kx = phys[:, :p] // cfg.ikr_kmax, phys[:, :p] % cfg.ikr_kmax
-    if bool((ky >= k).any() or (kx >= k).any()):
-        raise ImageError(fname, "table", f"a tap lies outside the {k}x{k} kernel")
-    return (ky * k + kx).t().contiguous()
-
-
-def image_restore(entry, files, contents, desc, cfg, where):
-    """Rebuild an IKR :class:`QLayer` from a weight image; :class:`ImageError` on any problem.
-
-    Checks the listed items and every file's shape against ``desc`` (``n`` taps per pattern)
-    and the manifest's ``ikr_patterns``, then :func:`check_ikr` (distinct taps, indices
-    inside the table), naming the file.
-    """
-    from slimnfu.compress.quant import QLayer
-    from slimnfu.gen import image
-    from slimnfu.gen.layout import unpack_words
-    from slimnfu.rtl.pattern_decoder import index_bits, tap_bits
-
-    want = {"ikr_values", "ikr_index", "ikr_table", "bias"} | \
-        ({"pwl"} if desc.act == "pwl" else set())
-    if set(entry["files"]) != want:
-        raise image.ImageError(image.MANIFEST, f"{where}.files",
-                               f"lists {sorted(entry['files'])}, an ikr layer with "
-                               f"act={desc.act} needs {sorted(want)}")
-    if desc.kind != "conv" or not desc.ikr_n:
-        raise image.ImageError(image.MANIFEST, f"{where}.desc",
-                               "format 'ikr' needs a conv layer with ikr_n >= 1")
-    p = entry["ikr_patterns"]
-    if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= cfg.ikr_patterns:
-        raise image.ImageError(image.MANIFEST, f"{where}.ikr_patterns",
-                               f"must be an integer in [1, {cfg.ikr_patterns}], not {p!r}")
-    ci, co = desc.tiles(cfg)
-    n = desc.ikr_n
-    shapes = {"ikr_values": (ci * co * n, cfg.tn * cfg.ti * cfg.dw),
-              "ikr_index": (ci * co, cfg.tn * cfg.ti * index_bits(cfg)),
-              "ikr_table": (n, cfg.ikr_patterns * tap_bits(cfg)),
-              "bias": (co, cfg.tn * cfg.acc), "pwl": (16, 3 * cfg.dw)}
-    data = {}
-    for item, fname in entry["files"].items():
-        if fname not in contents:
-            raise image.ImageError(image.MANIFEST, f"{where}.files.{item}",
-                                   f"{fname!r} is not listed in files")
-        got = (files[fname]["words"], files[fname]["width"])
-        if got != shapes[item]:
-            what = (f"holds {got[0]} taps per pattern, but {where}.desc has ikr_n={n}"
-                    if item == "ikr_table" and got[1] == shapes[item][1] else
-                    f"shape does not match {where}.desc ({shapes[item][0]} words of "
-                    f"{shapes[item][1]} bits)")
-            raise image.ImageError(fname, "words", what)
-        data[item] = contents[fname]
-    fn_table, fn_index = entry["files"]["ikr_table"], entry["files"]["ikr_index"]
-    lib = _unpack_table(data["ikr_table"], p, desc.k, cfg, fn_table)
-    ib = index_bits(cfg)
-    lanes = unpack_words(data["ikr_index"], cfg.tn * cfg.ti, ib) & ((1 << ib) - 1)
-    idx = image.crop_padding(lanes.view(co, ci, cfg.tn, cfg.ti).permute(0, 2, 1, 3)
-                             .reshape(co * cfg.tn, ci * cfg.ti), desc, fn_index)
-    try:
-        check_ikr(entry["name"], desc.k, n, lib, idx, cfg.ikr_patterns)
-    except ValueError as exc:
-        bad_index = "pattern index" in str(exc)
-        raise image.ImageError(fn_index if bad_index else fn_table, "values",
-                               str(exc)) from None
-    lanes = unpack_words(data["ikr_values"], cfg.tn * cfg.ti, cfg.dw)
-    v = image.crop_padding(lanes.view(co, ci, n, cfg.tn, cfg.ti).permute(0, 3, 1, 4, 2)
-                           .reshape(co * cfg.tn, ci * cfg.ti, n), desc,
-                           entry["files"]["ikr_values"])
-    w = torch.zeros(desc.n_out, desc.n_in, desc.k * desc.k, dtype=torch.int64)
-    w.scatter_(2, lib[idx], v)
-    bias = image._unpack_bias(data["bias"], desc, cfg, entry["files"]["bias"])
-    pwl = image._unpack_pwl(data["pwl"], desc, cfg) if "pwl" in data else None
-    return QLayer(entry["name"], desc, w.view(desc.n_out, desc.n_in, desc.k, desc.k), bias,
-                  entry["f_x"], entry["f_w"], entry["f_y"], pwl, entry["act_func"], "ikr",
-                  {"ikr_patterns": lib, "ikr_index": idx})
-
-
-def _register():
-    from slimnfu.compress.accounting import register_format
-
-    register_format("ikr", _ikr_items, _ikr_macs, _ikr_params)
-
-
-_register()

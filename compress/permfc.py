@@ -26,10 +26,11 @@ the expanded network with :func:`slimnfu.compress.quant.quantize_model`, then st
 gathering gives back the integer weights exactly. The golden model is
 ``fixed.linear_acc`` on the gathered ``W``.
 
-Counting (registered with :mod:`slimnfu.compress.accounting`): ``params`` = ``N + M`` (``s``
-and biases: the learned values); ``bits`` = ``s`` at ``dw`` bits + biases at ``acc`` bits +
-the permutation data (``2*M*ceil(log2 N)`` affine, ``M*N*ceil(log2 N)`` index). Permutation
-data are not parameters, but every bit of them is counted.
+Counting (:class:`slimnfu.formats.perm.PermAffineFormat` and ``PermIndexFormat``):
+``params`` = ``N + M`` (``s`` and biases: the learned values); ``bits`` = ``s`` at ``dw``
+bits + biases at ``acc`` bits + the permutation data (``2*M*ceil(log2 N)`` affine,
+``M*N*ceil(log2 N)`` index). Permutation data are not parameters, but every bit of them is
+counted.
 """
 
 import copy
@@ -38,78 +39,19 @@ import math
 import torch
 from torch import nn
 
-from slimnfu.compress import accounting, fixed
+from slimnfu import fixed
+from slimnfu.compress.quant import quantize_model
+from slimnfu.config import LayerDesc
+from slimnfu.formats.perm import (PermAffineWeights, PermIndexWeights, affine_perms,
+                                  check_affine, check_index_rom, check_sequence, gather_weights)
 
-__all__ = ["VARIANTS", "FORMATS", "PermLinear", "index_bits", "affine_perms", "check_affine",
-           "check_index_rom", "check_sequence", "random_affine_params", "rank_perms",
+__all__ = ["VARIANTS", "FORMATS", "PermLinear", "random_affine_params", "rank_perms",
            "fit_sequence", "compress_linear", "compress_model", "finetune", "to_dense",
-           "quantize_perm_model", "pack_perm_s", "pack_perm_params", "pack_perm_index",
-           "gather_weights", "image_memories", "image_restore"]
+           "quantize_perm_model", "mark_perm"]
 
 VARIANTS = ("affine", "index")
 #: QLayer storage format of each variant.
 FORMATS = {"affine": "perm_affine", "index": "perm_index"}
-
-
-def index_bits(n):
-    """Bits of one index into a sequence of length ``n`` (at least 1)."""
-    return max(1, (n - 1).bit_length())
-
-
-def check_affine(a, b, n, where="layer"):
-    """Raise ``ValueError`` unless every ``(a_j*i + b_j) mod n`` is a permutation of ``0..n-1``.
-
-    ``a`` and ``b`` are integer sequences (one entry per row); ``0 <= a_j, b_j < n`` and
-    ``gcd(a_j, n) == 1`` are required. The message names the first bad row.
-    """
-    a = [int(v) for v in torch.as_tensor(a).reshape(-1).tolist()]
-    b = [int(v) for v in torch.as_tensor(b).reshape(-1).tolist()]
-    if len(a) != len(b):
-        raise ValueError(f"{where}: {len(a)} affine multipliers a but {len(b)} offsets b")
-    for j, (aj, bj) in enumerate(zip(a, b)):
-        if not (0 <= aj < n and 0 <= bj < n):
-            raise ValueError(f"{where}: row {j} affine parameters a={aj}, b={bj} must be in "
-                             f"[0, {n - 1}] (n={n})")
-        g = math.gcd(aj, n)
-        if g != 1:
-            raise ValueError(f"{where}: row {j} affine multiplier a={aj} is not a permutation "
-                             f"of n={n}: gcd(a, n) = {g} != 1")
-    return a, b
-
-
-def affine_perms(a, b, n, where="layer"):
-    """The index matrix ``idx[j, i] = (a_j*i + b_j) mod n`` (int64 ``(M, n)``), checked."""
-    check_affine(a, b, n, where)
-    a = torch.as_tensor(a, dtype=torch.int64).reshape(-1, 1)
-    b = torch.as_tensor(b, dtype=torch.int64).reshape(-1, 1)
-    return (a * torch.arange(n, dtype=torch.int64) + b) % n
-
-
-def check_index_rom(idx, m, n, where="layer"):
-    """Raise ``ValueError`` unless ``idx`` is ``(m, n)`` and each row a permutation of
-    ``0..n-1``."""
-    idx = torch.as_tensor(idx)
-    if tuple(idx.shape) != (m, n):
-        raise ValueError(f"{where}: index ROM has shape {tuple(idx.shape)}, the layer needs "
-                         f"({m}, {n})")
-    want = torch.arange(n, dtype=torch.int64)
-    rows = torch.sort(idx.to(torch.int64), dim=1).values
-    bad = (rows != want).any(dim=1).nonzero()
-    if bad.numel():
-        j = int(bad[0])
-        missing = sorted(set(range(n)) - set(idx[j].tolist()))[:3]
-        raise ValueError(f"{where}: index ROM row {j} is not a permutation of 0..{n - 1} "
-                         f"(missing e.g. {missing})")
-    return idx
-
-
-def check_sequence(s, n, where="layer"):
-    """Raise ``ValueError`` unless the common sequence has the layer's length ``n``."""
-    length = torch.as_tensor(s).numel()
-    if length != n:
-        raise ValueError(f"{where}: common sequence has length {length}, but the layer has "
-                         f"n_in={n} inputs")
-    return s
 
 
 def random_affine_params(m, n, seed=0):
@@ -277,27 +219,14 @@ def to_dense(model):
     return out
 
 
-def gather_weights(qlayer):
-    """The integer ``W`` of a perm-format layer: ``s[idx]`` (int64 ``(M, N)``)."""
-    return qlayer.extra["s"][_layer_idx(qlayer)]
-
-
-def _layer_idx(qlayer):
-    d = qlayer.desc
-    if qlayer.format == "perm_affine":
-        return affine_perms(qlayer.extra["a"], qlayer.extra["b"], d.n_in, qlayer.name)
-    return qlayer.extra["idx"]
-
-
 def quantize_perm_model(model, calib_images, dw=16, acc=48, range_method="max"):
     """Quantise a model with :class:`PermLinear` layers; the perm layers keep their format.
 
     Returns a :class:`slimnfu.compress.quant.QuantModel` whose perm layers have
-    ``format`` ``perm_affine`` / ``perm_index``, ``desc.perm`` set, ``extra["s"]`` (int64),
-    and ``extra["a"], extra["b"]`` or ``extra["idx"]``; ``w`` is the gathered integer matrix.
+    ``format`` ``perm_affine`` / ``perm_index``, ``desc.perm`` set and ``compressed`` a
+    :class:`~slimnfu.formats.perm.PermAffineWeights` / ``PermIndexWeights`` (int64 ``s``, and
+    ``a``, ``b`` or ``idx``); ``w`` is the gathered integer matrix.
     """
-    from slimnfu.compress.quant import quantize_model
-
     q = quantize_model(to_dense(model), calib_images, dw=dw, acc=acc, range_method=range_method)
     return mark_perm(q, model, dw)
 
@@ -306,8 +235,6 @@ def mark_perm(q, model, dw=16):
     """Turn the fc layers of ``q`` that are :class:`PermLinear` in ``model`` into the perm
     formats (``q`` was quantised from ``to_dense(model)``, or a model with the same fc
     layers). Returns ``q``."""
-    from slimnfu.config import LayerDesc
-
     fc_layers = [l for l in q.layers if l.desc.kind == "fc"]
     linears = [mod for mod in model if isinstance(mod, (nn.Linear, PermLinear))]
     if len(fc_layers) != len(linears):
@@ -319,162 +246,12 @@ def mark_perm(q, model, dw=16):
         check_sequence(s_int, ql.desc.n_in, ql.name)
         if mod.variant == "affine":
             check_affine(mod.a, mod.b, ql.desc.n_in, ql.name)
-            ql.extra = {"s": s_int, "a": mod.a.clone(), "b": mod.b.clone()}
+            ql.compressed = PermAffineWeights(s_int, mod.a.clone(), mod.b.clone())
         else:
             check_index_rom(mod.idx, ql.desc.n_out, ql.desc.n_in, ql.name)
-            ql.extra = {"s": s_int, "idx": mod.idx.clone()}
+            ql.compressed = PermIndexWeights(s_int, mod.idx.clone())
         ql.format = FORMATS[mod.variant]
         ql.desc = LayerDesc(**{**ql.desc.to_dict(), "perm": mod.variant})
         if not torch.equal(gather_weights(ql), ql.w):
             raise AssertionError(f"{ql.name}: gathered s differs from the quantised weights")
     return q
-
-
-# --- packing for the engine (see slimnfu.rtl.perm_sb / perm_addr) ---------------------------
-
-def pack_perm_s(s, cfg):
-    """Words of the ``PERM_S`` load: ``s[k]`` at address ``k``, ``dw`` bits."""
-    from slimnfu.gen.layout import pack_words
-
-    s = torch.as_tensor(s, dtype=torch.int64).reshape(-1, 1)
-    if s.shape[0] > cfg.perm_depth:
-        raise ValueError(f"common sequence of length {s.shape[0]} exceeds config "
-                         f"{cfg.name!r} perm_depth={cfg.perm_depth}")
-    return pack_words(s, cfg.dw)
-
-
-def pack_perm_params(a, b, cfg):
-    """Words of the ``PERM_PARAM`` load: output tile ``o``, lane ``j`` holds ``(a, b)`` of row
-    ``o*tn + j`` at bits ``[2*ab*j, 2*ab*j + ab)`` and ``[2*ab*j + ab, 2*ab*(j+1))``."""
-    from slimnfu.gen.layout import pack_words
-
-    ab = index_bits(cfg.perm_depth)
-    a = torch.as_tensor(a, dtype=torch.int64)
-    b = torch.as_tensor(b, dtype=torch.int64)
-    m = a.numel()
-    tiles = -(-m // cfg.tn)
-    pairs = torch.zeros(tiles * cfg.tn, 2, dtype=torch.int64)
-    pairs[:m, 0], pairs[:m, 1] = a, b
-    return pack_words(pairs.reshape(tiles, 2 * cfg.tn), ab)
-
-
-def pack_perm_index(idx, cfg):
-    """SB words of the index ROM: laid out as dense FC weights, one index per ``dw`` lane."""
-    from slimnfu.gen.layout import pack_weights
-
-    if index_bits(cfg.perm_depth) > cfg.dw:
-        raise ValueError(f"config {cfg.name!r}: perm_depth={cfg.perm_depth} indices do not fit "
-                         f"dw={cfg.dw} bits")
-    return pack_weights(idx, cfg)
-
-
-# --- weight images (see slimnfu.gen.image.FORMAT_MODULES) ----------------------------------
-
-def image_memories(qlayer, cfg):
-    """``{item: (words, width)}`` of a perm layer: ``s``, bias, ``perm_ab``/``perm_index``, pwl."""
-    from slimnfu.gen import layout
-
-    d, ab = qlayer.desc, index_bits(cfg.perm_depth)
-    mem = {"s": (pack_perm_s(qlayer.extra["s"], cfg), cfg.dw),
-           "bias": (layout.pack_bias(qlayer.b, cfg), cfg.tn * cfg.acc)}
-    if qlayer.format == "perm_affine":
-        mem["perm_ab"] = (pack_perm_params(qlayer.extra["a"], qlayer.extra["b"], cfg),
-                          2 * cfg.tn * ab)
-    else:
-        mem["perm_index"] = (pack_perm_index(qlayer.extra["idx"], cfg),
-                             cfg.tn * cfg.ti * cfg.dw)
-    if d.act == "pwl":
-        mem["pwl"] = (layout.pack_pwl(qlayer.pwl, cfg), 3 * cfg.dw)
-    return mem
-
-
-def image_restore(entry, files, contents, desc, cfg, where):
-    """Rebuild a perm :class:`QLayer` from a weight image; :class:`ImageError` on any problem.
-
-    Checks the listed items, every file's shape, the common sequence's length against
-    ``n_in``, and that the affine parameters / index ROM are permutations.
-    """
-    from slimnfu.compress.quant import QLayer
-    from slimnfu.gen import image
-    from slimnfu.gen.layout import unpack_words
-
-    fmt = entry["format"]
-    perm_item = "perm_ab" if fmt == "perm_affine" else "perm_index"
-    want = {"s", "bias", perm_item} | ({"pwl"} if desc.act == "pwl" else set())
-    if set(entry["files"]) != want:
-        raise image.ImageError(image.MANIFEST, f"{where}.files",
-                               f"lists {sorted(entry['files'])}, a {fmt} layer with "
-                               f"act={desc.act} needs {sorted(want)}")
-    if desc.kind != "fc" or desc.perm != fmt[5:]:
-        raise image.ImageError(image.MANIFEST, f"{where}.desc",
-                               f"format {fmt!r} needs an fc layer with perm={fmt[5:]!r}")
-    ab = index_bits(cfg.perm_depth)
-    co = desc.tiles(cfg)[1]
-    shapes = {"s": (desc.n_in, cfg.dw), "bias": (co, cfg.tn * cfg.acc),
-              "perm_ab": (co, 2 * cfg.tn * ab),
-              "perm_index": (desc.sb_words(cfg), cfg.tn * cfg.ti * cfg.dw),
-              "pwl": (16, 3 * cfg.dw)}
-    data = {}
-    for item, fname in entry["files"].items():
-        if fname not in contents:
-            raise image.ImageError(image.MANIFEST, f"{where}.files.{item}",
-                                   f"{fname!r} is not listed in files")
-        words, width = shapes[item]
-        got = (files[fname]["words"], files[fname]["width"])
-        if got != (words, width):
-            what = (f"the common sequence has {got[0]} values but the layer has "
-                    f"n_in={desc.n_in}" if item == "s" and got[1] == width else
-                    f"shape does not match {where}.desc ({words} words of {width} bits)")
-            raise image.ImageError(fname, "words", what)
-        data[item] = contents[fname]
-    s = unpack_words(data["s"], 1, cfg.dw).reshape(-1)
-    fn = entry["files"][perm_item]
-    try:
-        if fmt == "perm_affine":
-            pairs = unpack_words(data["perm_ab"], 2 * cfg.tn, ab).reshape(-1, 2)
-            pairs = pairs & ((1 << ab) - 1)
-            a, b = pairs[:desc.n_out, 0].clone(), pairs[:desc.n_out, 1].clone()
-            extra = {"s": s, "a": a, "b": b}
-            idx = affine_perms(a, b, desc.n_in, fn)
-        else:
-            idx = image._unpack_weights(data["perm_index"], desc, cfg, fn)
-            check_index_rom(idx, desc.n_out, desc.n_in, fn)
-            extra = {"s": s, "idx": idx}
-    except ValueError as exc:
-        raise image.ImageError(fn, "values", str(exc)) from None
-    bias = image._unpack_bias(data["bias"], desc, cfg, entry["files"]["bias"])
-    pwl = image._unpack_pwl(data["pwl"], desc, cfg) if "pwl" in data else None
-    return QLayer(entry["name"], desc, s[idx], bias, entry["f_x"], entry["f_w"], entry["f_y"],
-                  pwl, entry["act_func"], fmt, extra)
-
-
-# --- accounting ------------------------------------------------------------------------------
-
-def _perm_items(qlayer, dw, acc, cfg=None):
-    d = qlayer.desc
-    n, m = d.n_in, d.n_out
-    co = None if cfg is None else d.tiles(cfg)[1]
-    items = [accounting.StoredItem("s", n, dw, None if cfg is None else n,
-                                   None if cfg is None else dw),
-             accounting.StoredItem("bias", m, acc, co, None if cfg is None else cfg.tn * acc)]
-    if qlayer.format == "perm_affine":
-        items.append(accounting.StoredItem(
-            "perm_ab", 2 * m, index_bits(n), co,
-            None if cfg is None else 2 * cfg.tn * index_bits(cfg.perm_depth)))
-    else:
-        items.append(accounting.StoredItem(
-            "perm_index", m * n, index_bits(n), None if cfg is None else d.sb_words(cfg),
-            None if cfg is None else cfg.tn * cfg.ti * dw))
-    if d.act == "pwl":
-        items.append(accounting.StoredItem("pwl", accounting.PWL_ENTRIES, 3 * dw,
-                                           None if cfg is None else accounting.PWL_ENTRIES,
-                                           None if cfg is None else 3 * dw))
-    return items
-
-
-def _perm_params(qlayer):
-    return qlayer.desc.n_in + qlayer.desc.n_out
-
-
-for _fmt in FORMATS.values():
-    accounting.register_format(_fmt, _perm_items, lambda ql: ql.desc.macs(), _perm_params)

@@ -18,7 +18,8 @@ import copy
 import torch
 from torch import nn
 
-from slimnfu.compress.permfc import index_bits
+from slimnfu.compress.permfc import PermLinear
+from slimnfu.formats.perm import index_bits
 
 __all__ = ["HashedLinear", "hashed_from_linear", "budget_hashed", "budget_pruned",
            "hashed_bits", "pruned_bits", "prune_linear", "MaskedLinear", "to_dense_any",
@@ -107,7 +108,6 @@ def prune_linear(linear, k):
 
 def to_dense_any(model):
     """Copy with hashed / masked / permuted layers replaced by plain ``nn.Linear``."""
-    from slimnfu.compress.permfc import PermLinear
 
     out = copy.deepcopy(model)
     for i, mod in enumerate(out):

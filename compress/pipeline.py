@@ -123,9 +123,9 @@ def quantize_all(model, calib, dw=16):
         if "ikr_index" in conv._buffers:
             if order is not None:
                 conv.ikr_index = conv.ikr_index[:, torch.tensor(order)]
-            if ql.extra["order"] != list(range(len(ql.extra["order"]))):
+            if ql.compressed.order != list(range(len(ql.compressed.order))):
                 raise ValueError(f"layer {ql.name}: an IKR conv must keep its own filter order")
-        order = ql.extra["order"]
+        order = ql.compressed.order
     q = ikr.mark_quantised(q, marked)
     return permfc.mark_perm(q, model, dw)
 
@@ -142,7 +142,7 @@ def cached_compress(model, budget, val_n, calib_n, recompress=False, fc_variant=
 
     from slimnfu.atomic import atomic_write
     from slimnfu.compress import data
-    from slimnfu.compress.quant import QuantModel
+    from slimnfu.formats import QuantModel
     from slimnfu.compress.train import evaluate
 
     xs, ys = data.load("mnist", "train")

@@ -1,15 +1,16 @@
 """Whole-network quantisation to the fixed-point contract, and integer inference.
 
-:func:`quantize_model` turns a float ``nn.Sequential`` into a :class:`QuantModel`: a list of
-engine layers (:class:`QLayer`), each with a :class:`slimnfu.config.LayerDesc`, int64 weights
-and biases and its fractional-bit counts. :func:`int_forward` runs it with
-:func:`slimnfu.compress.fixed.run_layer`, the function the RTL is checked against.
+:func:`quantize_model` turns a float ``nn.Sequential`` into a
+:class:`slimnfu.formats.QuantModel`: a list of engine layers (:class:`slimnfu.formats.QLayer`),
+each with a :class:`slimnfu.config.LayerDesc`, int64 weights and biases and its fractional-bit
+counts. :func:`int_forward` runs it with
+:func:`slimnfu.fixed.run_layer`, the function the RTL is checked against.
 
 Grouping into engine layers
 ---------------------------
 * ``Conv2d`` / ``Linear`` followed by an optional activation is one layer: ``ReLU`` gives
   ``act="relu"``, ``Sigmoid`` / ``Tanh`` give ``act="pwl"`` with
-  :func:`slimnfu.compress.fixed.pwl_table` (its default segment width).
+  :func:`slimnfu.fixed.pwl_table` (its default segment width).
 * ``MaxPool2d`` / ``AvgPool2d`` (optionally followed by an activation) is one layer.
 * ``Flatten`` is a no-op in the integer model. Its order is PyTorch's channel-major
   ``(c, y, x)``, so an FC layer fed by a conv or pool output is ``kind="fc"`` with
@@ -19,7 +20,7 @@ Choosing the fractional bits (calibration)
 ------------------------------------------
 * ``f_in``: the input scale, from the largest ``|x|`` of the calibration images (pixels / 255
   in ``[0, 1]`` give ``f_in = dw - 2``).
-* ``f_w``: :func:`~slimnfu.compress.fixed.frac_bits_for` of the largest ``|w|`` of the layer.
+* ``f_w``: :func:`~slimnfu.fixed.frac_bits_for` of the largest ``|w|`` of the layer.
 * ``f_y``: from the float model's pre-activation outputs on the calibration images. The range
   is ``max |y|`` (``range_method="max"``, the default: no saturation on the calibration set),
   or a percentile of ``|y|`` (``range_method=99.99`` etc.; computed per batch of calibration
@@ -35,134 +36,22 @@ Every conv / FC layer is proved statically not to overflow the accumulator:
 weights), and refused with a message naming the layer otherwise.
 """
 
-from dataclasses import dataclass, field
-
 import torch
 from torch import nn
 
+from slimnfu import fixed
+from slimnfu.compress.models import check_supported
 from slimnfu.config import AccelConfig, LayerDesc
-from slimnfu.compress import fixed
+from slimnfu.formats import QLayer, QuantModel
 
-__all__ = ["QLayer", "QuantModel", "quantize_model", "quantize_input", "int_forward",
-           "int_forward_layers", "calib_ranges"]
+__all__ = ["quantize_model", "quantize_input", "int_forward", "int_forward_layers",
+           "calib_ranges"]
 
 _ACTS = {nn.ReLU: ("relu", None), nn.Sigmoid: ("pwl", "sigmoid"), nn.Tanh: ("pwl", "tanh")}
 
 
 def _pair0(v):
     return v[0] if isinstance(v, (tuple, list)) else v
-
-
-def _tensor_state(t):
-    return None if t is None else {"shape": list(t.shape), "values": t.reshape(-1).tolist()}
-
-
-def _tensor_from_state(s):
-    if s is None:
-        return None
-    return torch.tensor(s["values"], dtype=torch.int64).reshape(s["shape"])
-
-
-@dataclass
-class QLayer:
-    """One engine layer of a quantised network.
-
-    Parameters
-    ----------
-    name : str
-        ``conv1``, ``pool1``, ``fc1``, ... (numbered per kind, in order).
-    desc : LayerDesc
-    w : torch.Tensor or None
-        int64 weights, ``(O, C, K, K)`` for conv, ``(O, C)`` for fc, None for pooling.
-    b : torch.Tensor or None
-        int64 biases ``(O,)`` at scale ``f_x + f_w``, None for pooling.
-    f_x, f_w, f_y : int
-        Fractional bits of the input, weights (0 for pooling) and output.
-    pwl : PwlTable or None
-        The NFU-3 table when ``desc.act == "pwl"``.
-    act_func : str or None
-        ``"sigmoid"`` or ``"tanh"`` when ``desc.act == "pwl"``.
-    format : str
-        Storage format of the weights (``"dense"``); compressed methods add their own and
-        keep their data in ``extra`` (see :mod:`slimnfu.compress.accounting`).
-    extra : dict
-        Format-specific data: JSON values or int64 tensors.
-    """
-
-    name: str
-    desc: LayerDesc
-    w: torch.Tensor = None
-    b: torch.Tensor = None
-    f_x: int = 0
-    f_w: int = 0
-    f_y: int = 0
-    pwl: fixed.PwlTable = None
-    act_func: str = None
-    format: str = "dense"
-    extra: dict = field(default_factory=dict)
-
-    def run(self, x, dw, count=None):
-        """Run this layer on int64 inputs with :func:`slimnfu.compress.fixed.run_layer` (a
-        ``slim`` layer with :func:`slimnfu.compress.slim.slim_layer_run`)."""
-        if self.format == "slim":
-            from slimnfu.compress.slim import slim_layer_run
-            return slim_layer_run(self, x, dw, count)
-        if self.desc.kind == "fc" and x.dim() != 2:
-            x = x.reshape(x.shape[0], -1)
-        return fixed.run_layer(self.desc, x, self.w, self.b, dw, self.pwl, count)
-
-    def to_state(self):
-        extra = {k: ({"tensor": _tensor_state(v)} if isinstance(v, torch.Tensor) else v)
-                 for k, v in self.extra.items()}
-        return {"name": self.name, "desc": self.desc.to_dict(), "w": _tensor_state(self.w),
-                "b": _tensor_state(self.b), "f_x": self.f_x, "f_w": self.f_w, "f_y": self.f_y,
-                "pwl": None if self.pwl is None else self.pwl.to_dict(),
-                "act_func": self.act_func, "format": self.format, "extra": extra}
-
-    @classmethod
-    def from_state(cls, s):
-        pwl = None if s["pwl"] is None else fixed.PwlTable(**s["pwl"])
-        extra = {k: (_tensor_from_state(v["tensor"]) if isinstance(v, dict) and
-                     set(v) == {"tensor"} else v) for k, v in s.get("extra", {}).items()}
-        return cls(s["name"], LayerDesc.from_dict(s["desc"]), _tensor_from_state(s["w"]),
-                   _tensor_from_state(s["b"]), s["f_x"], s["f_w"], s["f_y"], pwl,
-                   s["act_func"], s.get("format", "dense"), extra)
-
-
-@dataclass
-class QuantModel:
-    """A quantised network: engine layers plus the number format.
-
-    Parameters
-    ----------
-    layers : list of QLayer
-    dw, acc : int
-        Data and accumulator widths.
-    f_in : int
-        Fractional bits of the input image.
-    input_shape : tuple of int
-        One input sample's shape, ``(C, H, W)`` or ``(n,)``.
-    calib : dict
-        How the scales were chosen (range method, number of calibration images).
-    """
-
-    layers: list
-    dw: int
-    acc: int
-    f_in: int
-    input_shape: tuple
-    calib: dict = field(default_factory=dict)
-
-    def to_state(self):
-        """A JSON-serialisable dict (ints and lists only)."""
-        return {"dw": self.dw, "acc": self.acc, "f_in": self.f_in,
-                "input_shape": list(self.input_shape), "calib": dict(self.calib),
-                "layers": [layer.to_state() for layer in self.layers]}
-
-    @classmethod
-    def from_state(cls, s):
-        return cls([QLayer.from_state(l) for l in s["layers"]], s["dw"], s["acc"], s["f_in"],
-                   tuple(s["input_shape"]), dict(s.get("calib", {})))
 
 
 def _group(model, input_shape):
@@ -280,8 +169,6 @@ def quantize_model(model, calib_images, dw=16, acc=48, range_method="max"):
         Unsupported structure, no calibration images, or a layer that could overflow ``acc``
         (the message names the layer).
     """
-    from slimnfu.compress.models import check_supported
-
     check_supported(model)
     cfg = AccelConfig("quant", tn=1, ti=1, dw=dw, acc=acc)
     _check_range_method(range_method)

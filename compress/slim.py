@@ -1,4 +1,4 @@
-"""Slimmer CNNs (DESIGN.md section 1A): importance ranking, lower kernels and linear feature
+"""Slimmer CNNs (docs/design.md section 3A): importance ranking, lower kernels and linear feature
 approximation under an accuracy budget, and their export to the fixed-point contract.
 
 Choices (documented here because the paper's text is not available)
@@ -29,44 +29,23 @@ Choices (documented here because the paper's text is not available)
 """
 
 import copy
-import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from slimnfu.compress import fixed
+from slimnfu import fixed
+from slimnfu.compress.quant import quantize_input, quantize_model
 from slimnfu.config import LayerDesc
+from slimnfu.formats import QLayer
+from slimnfu.formats.slim import SlimWeights, check_kernel_sizes
 
 __all__ = ["SlimConv", "slim_model", "conv_layers", "importance", "refit_linear", "greedy",
-           "fine_tune", "slim_report", "conv_macs", "check_kernel_sizes", "check_basis",
-           "tile_map", "check_tile_map", "quantize_slim", "slim_int_forward", "passes",
+           "fine_tune", "slim_report", "conv_macs", "quantize_slim", "slim_int_forward",
            "TREATMENTS", "IMPORTANCE_METHODS"]
 
 TREATMENTS = ("lower", "linear", "both")
 IMPORTANCE_METHODS = ("loss", "l1", "act")
-
-
-def check_kernel_sizes(ksize, K, where="layer"):
-    """Refuse a kernel size that is even, < 1, or larger than the layer's ``K``."""
-    for j, k in enumerate(int(v) for v in ksize):
-        if k < 1 or k > K:
-            raise ValueError(f"{where}: kernel size {k} of filter {j} is larger than the "
-                             f"layer's K={K}" if k > K else
-                             f"{where}: kernel size {k} of filter {j} must be >= 1")
-        if k % 2 == 0:
-            raise ValueError(f"{where}: kernel size {k} of filter {j} is even; lower kernels "
-                             f"are odd and centred (K={K})")
-
-
-def check_basis(basis, approx, where="layer"):
-    """Refuse approximation coefficients that point at an approximated (removed) feature."""
-    approx = {int(a) for a in approx}
-    for i in basis:
-        if int(i) in approx:
-            raise ValueError(f"{where}: approximation coefficients point at feature {int(i)}, "
-                             f"which is itself approximated (removed); a basis feature must "
-                             f"be kept")
 
 
 def _centre_mask(K, ksize):
@@ -355,25 +334,6 @@ def slim_report(smodel, sample_shape):
 
 # ---------------------------------------------------------------- export (integer side)
 
-def tile_map(ksize, tn):
-    """Per tile of ``tn`` filters (in export order): the lane kernel sizes and the tile's
-    pass kernel (the largest of its lanes)."""
-    ks = [int(k) for k in ksize]
-    return [{"lanes": ks[t:t + tn], "k": max(ks[t:t + tn])} for t in range(0, len(ks), tn)]
-
-
-def check_tile_map(tmap, ksize, tn, where="layer"):
-    """Refuse a tile map that disagrees with the per-filter kernel sizes of the manifest."""
-    want = tile_map(ksize, tn)
-    if len(tmap) != len(want):
-        raise ValueError(f"{where}: tile map has {len(tmap)} tiles, the manifest's "
-                         f"{len(ksize)} kernel sizes make {len(want)} tiles of tn={tn}")
-    for t, (got, exp) in enumerate(zip(tmap, want)):
-        if list(got.get("lanes", [])) != exp["lanes"] or got.get("k") != exp["k"]:
-            raise ValueError(f"{where}: tile {t} of the tile map is {got}, but the manifest's "
-                             f"kernel sizes give {exp}")
-
-
 def _export_order(m):
     """Kept filters by kernel size (largest first, stable), then the approximated ones."""
     kept = [int(j) for j in m.kept]
@@ -420,16 +380,16 @@ def quantize_slim(smodel, calib_images, dw=16, acc=48, identity_order=False):
 
     Scales come from :func:`slimnfu.compress.quant.quantize_model` on the dense equivalent.
     Each slim conv layer becomes a ``QLayer`` with ``format="slim"`` holding only its kept
-    filters (export order: kernel size, largest first) and, in ``extra``: ``ksize`` (per kept
+    filters (export order: kernel size, largest first) and, in ``compressed`` (a
+    :class:`~slimnfu.formats.slim.SlimWeights`): ``ksize`` (per kept
     filter), ``n_approx``, ``approx_w`` ``(n_approx, n_kept)`` at ``approx_f`` fractional bits,
-    ``approx_b`` at ``f_y + approx_f``, ``order`` (original index of every output channel)
-    and ``K``. The next layer's input channels are permuted to the export order.
+    ``approx_b`` at ``f_y + approx_f``, ``order`` (original index of every output channel),
+    the kept and approximated positions, and ``K``. The next layer's input channels are
+    permuted to the export order.
 
     ``identity_order=True`` keeps the original channel order (for the reordering test; kernel
     sizes are then not grouped into tiles).
     """
-    from slimnfu.compress.quant import QLayer, quantize_model
-
     dense = _dense_equivalent(smodel, identity_order)
     qm = quantize_model(dense, calib_images, dw, acc)
     slim_mods = [smodel[i] for i in conv_layers(smodel)]
@@ -450,258 +410,28 @@ def quantize_slim(smodel, calib_images, dw=16, acc=48, identity_order=False):
         ks = m.ksize[kept]
         check_kernel_sizes(ks, m.K, layer.name)
         desc = LayerDesc(**{**layer.desc.to_dict(), "n_out": len(kept)})
-        extra = {"K": m.K, "ksize": ks.clone(), "n_approx": len(apx), "order": order,
-                 "kept_pos": sel}
+        rec = SlimWeights(m.K, ks.clone(), len(apx), order, sel)
         if apx:
             coef = m.coef.detach().double()[apx][:, kept]
             f_c = fixed.frac_bits_for(float(coef.abs().max()), dw)
-            extra["approx_w"] = fixed.quantize(coef, f_c, dw)
-            extra["approx_b"] = torch.round(m.coef_bias.detach().double()[apx]
-                                            * 2.0 ** (layer.f_y + f_c)).to(torch.int64)
-            extra["approx_f"] = f_c
-            extra["approx_pos"] = [p for p, j in enumerate(order) if bool(m.approx[j])]
+            rec.approx_w = fixed.quantize(coef, f_c, dw)
+            rec.approx_b = torch.round(m.coef_bias.detach().double()[apx]
+                                       * 2.0 ** (layer.f_y + f_c)).to(torch.int64)
+            rec.approx_f = f_c
+            rec.approx_pos = [p for p, j in enumerate(order) if bool(m.approx[j])]
         new_layers.append(QLayer(layer.name, desc, layer.w[sel], layer.b[sel], layer.f_x,
-                                 layer.f_w, layer.f_y, layer.pwl, layer.act_func, "slim",
-                                 extra))
+                                 layer.f_w, layer.f_y, layer.pwl, layer.act_func, "slim", rec))
     qm.layers = new_layers
     return qm
 
 
-def approx_desc(layer):
-    """The 1x1 conv pass that computes a slim layer's approximated features."""
-    d = layer.desc
-    return LayerDesc("conv", d.n_out, layer.extra["n_approx"], d.h_out, d.w_out, k=1,
-                     shift=layer.extra["approx_f"], act=d.act, seg_shift=d.seg_shift)
-
-
-def passes(layer, tn):
-    """The engine passes of a slim conv layer: one per run of equal tiles of
-    :func:`tile_map` (kernel ``k_t``, its filters, the lane kernel sizes, and the descriptor
-    with the centred window: ``pad' = max(0, pad - off)``, input cropped by
-    ``max(0, off - pad)`` on each side, ``off = (K - k_t) // 2``)."""
-    d, K = layer.desc, layer.extra["K"]
-    out, start = [], 0
-    tiles = tile_map(layer.extra["ksize"], tn)
-    t = 0
-    while t < len(tiles):
-        u = t
-        while (u + 1 < len(tiles) and tiles[u + 1]["k"] == tiles[t]["k"]
-               and len(set(tiles[u + 1]["lanes"])) == 1 and len(set(tiles[t]["lanes"])) == 1):
-            u += 1
-        kt = tiles[t]["k"]
-        n = sum(len(tt["lanes"]) for tt in tiles[t:u + 1])
-        off = (K - kt) // 2
-        crop, pad = max(0, off - d.pad), max(0, d.pad - off)
-        pd = LayerDesc("conv", d.n_in, n, d.h_in - 2 * crop, d.w_in - 2 * crop, k=kt,
-                       stride=d.stride, pad=pad, shift=d.shift, act=d.act,
-                       seg_shift=d.seg_shift)
-        lanes = tiles[t]["lanes"] if len(set(tiles[t]["lanes"])) > 1 else None
-        out.append({"filters": (start, start + n), "k": kt, "off": off, "crop": crop,
-                    "desc": pd, "lane_k": lanes})
-        start += n
-        t = u + 1
-    return out
-
-
-def pass_operands(layer, p, x):
-    """Input, centre-cropped weights and biases of pass ``p`` of :func:`passes` for int64
-    input ``x`` ``(N, C, H, W)``."""
-    lo, hi = p["filters"]
-    c, off, kt = p["crop"], p["off"], p["k"]
-    xx = x[:, :, c:x.shape[2] - c, c:x.shape[3] - c] if c else x
-    w = layer.w[lo:hi, :, off:off + kt, off:off + kt]
-    return xx, w, layer.b[lo:hi]
-
-
-def slim_layer_run(layer, x, dw, count=None, by_passes=None):
-    """Integer reference of a slim conv layer: the kept conv (or its engine passes with
-    ``by_passes=tn``), then the 1x1 approximation pass; channels in export order."""
-    if by_passes:
-        ys = []
-        for p in passes(layer, by_passes):
-            xx, w, b = pass_operands(layer, p, x)
-            ys.append(fixed.run_layer(p["desc"], xx, w, b, dw, layer.pwl, count))
-        kept = torch.cat(ys, 1)
-    else:
-        kept = fixed.run_layer(layer.desc, x, layer.w, layer.b, dw, layer.pwl, count)
-    if not layer.extra["n_approx"]:
-        return kept
-    apx = fixed.run_layer(approx_desc(layer), kept, layer.extra["approx_w"].view(
-        *layer.extra["approx_w"].shape, 1, 1), layer.extra["approx_b"], dw, layer.pwl, count)
-    n = kept.shape[1] + apx.shape[1]
-    out = torch.empty(kept.shape[0], n, *kept.shape[2:], dtype=torch.int64)
-    out[:, layer.extra["kept_pos"]] = kept
-    out[:, layer.extra["approx_pos"]] = apx
-    return out
-
-
 def slim_int_forward(qmodel, images, batch=100, by_passes=None):
     """Integer inference of a :func:`quantize_slim` model; returns ``(logits, SatCount)``."""
-    from slimnfu.compress.quant import quantize_input
-
     count = fixed.SatCount()
     outs = []
     for s in range(0, images.shape[0], batch):
         x = quantize_input(qmodel, images[s:s + batch], count)
         for layer in qmodel.layers:
-            if layer.format == "slim":
-                x = slim_layer_run(layer, x, qmodel.dw, count, by_passes)
-            else:
-                x = layer.run(x, qmodel.dw, count)
+            x = layer.run(x, qmodel.dw, count, by_passes)
         outs.append(x.reshape(x.shape[0], -1))
     return torch.cat(outs), count
-
-
-def _slim_items(qlayer, dw, acc, cfg=None):
-    from slimnfu.compress.accounting import StoredItem
-    e, d = qlayer.extra, qlayer.desc
-    ks = [int(k) for k in e["ksize"]]
-    items = [StoredItem("weights", sum(k * k for k in ks) * d.n_in, dw),
-             StoredItem("bias", d.n_out, acc),
-             StoredItem("kernel_sizes", len(ks), max(1, math.ceil(math.log2(e["K"] // 2 + 1))))]
-    if e["n_approx"]:
-        items += [StoredItem("approx_coef", e["n_approx"] * d.n_out, dw),
-                  StoredItem("approx_bias", e["n_approx"], acc)]
-    if qlayer.pwl is not None:
-        items.append(StoredItem("pwl", 16, 3 * dw))
-    return items
-
-
-def _slim_macs(qlayer):
-    e, d = qlayer.extra, qlayer.desc
-    hw = d.h_out * d.w_out
-    return hw * d.n_in * sum(int(k) ** 2 for k in e["ksize"]) + hw * d.n_out * e["n_approx"]
-
-
-def _slim_params(qlayer):
-    e, d = qlayer.extra, qlayer.desc
-    return (d.n_in * sum(int(k) ** 2 for k in e["ksize"]) + d.n_out
-            + e["n_approx"] * (d.n_out + 1))
-
-
-def _register():
-    from slimnfu.compress.accounting import register_format
-    register_format("slim", _slim_items, _slim_macs, _slim_params)
-
-
-_register()
-
-
-# ---------------------------------------------------------------- image folder
-
-SLIM_SCHEMA, SLIM_VERSION = "slimnfu-slim", 1
-
-
-def export_slim(qmodel, cfg, out_dir):
-    """Write the slim conv layers of ``qmodel`` for ``cfg`` into ``out_dir``, atomically.
-
-    Per slim layer: ``<name>.pass<i>.weights.hex`` (the centred ``k_t x k_t`` weights of each
-    pass, SB layout), ``<name>.bias.hex``, ``<name>.kmap.hex`` (one word per tile: the lane
-    kernel sizes, 4 bits each, lane 0 at the LSBs), and for approximated features
-    ``<name>.approx_w.hex`` / ``<name>.approx_b.hex`` (the 1x1 pass in SB / bias layout).
-    ``manifest.json`` lists each filter's kernel size, the tile map, the channel order, the
-    fixed-point parameters and the sha256 of every file. Returns the manifest.
-    """
-    import hashlib
-    import json
-    import tempfile
-    from pathlib import Path
-
-    from slimnfu.gen import image, layout
-
-    out = Path(out_dir)
-    if out.exists() and not (out / "manifest.json").is_file():
-        raise ValueError(f"{out} exists and is not a slim image; refusing to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    files, layers = {}, []
-
-    def put(name, words, width):
-        text = "".join(f"{w:0{-(-width // 4)}x}\n" for w in words)
-        (tmp / name).write_text(text)
-        files[name] = {"sha256": hashlib.sha256(text.encode()).hexdigest(),
-                       "words": len(words), "width": width}
-        return name
-
-    try:
-        for layer in qmodel.layers:
-            if layer.format != "slim":
-                continue
-            e, n = layer.extra, layer.name
-            ks = [int(k) for k in e["ksize"]]
-            tmap = tile_map(ks, cfg.tn)
-            entry = {"name": n, "desc": layer.desc.to_dict(), "K": e["K"], "ksize": ks,
-                     "tile_map": tmap, "order": list(e["order"]), "kept_pos": list(e["kept_pos"]),
-                     "approx_pos": list(e.get("approx_pos", [])), "n_approx": e["n_approx"],
-                     "approx_f": e.get("approx_f"), "f_x": layer.f_x, "f_w": layer.f_w,
-                     "f_y": layer.f_y, "files": {}}
-            for i, p in enumerate(passes(layer, cfg.tn)):
-                _, w, _ = pass_operands(layer, p, torch.zeros(1, 1, 1, 1, dtype=torch.int64))
-                entry["files"][f"pass{i}"] = put(f"{n}.pass{i}.weights.hex",
-                                                 layout.pack_weights(w, cfg),
-                                                 cfg.tn * cfg.ti * cfg.dw)
-            entry["files"]["bias"] = put(f"{n}.bias.hex", layout.pack_bias(layer.b, cfg),
-                                         cfg.tn * cfg.acc)
-            kmap = [sum(k << (4 * j) for j, k in enumerate(t["lanes"])) for t in tmap]
-            entry["files"]["kmap"] = put(f"{n}.kmap.hex", kmap, 4 * cfg.tn)
-            if e["n_approx"]:
-                entry["files"]["approx_w"] = put(f"{n}.approx_w.hex",
-                                                 layout.pack_weights(e["approx_w"], cfg),
-                                                 cfg.tn * cfg.ti * cfg.dw)
-                entry["files"]["approx_b"] = put(f"{n}.approx_b.hex",
-                                                 layout.pack_bias(e["approx_b"], cfg),
-                                                 cfg.tn * cfg.acc)
-            layers.append(entry)
-        manifest = {"schema": SLIM_SCHEMA, "version": SLIM_VERSION, "config": cfg.to_dict(),
-                    "layers": layers, "files": files}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-        image._move_into_place(tmp, out)
-    except BaseException:
-        import shutil
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return manifest
-
-
-def load_slim(folder):
-    """Check a folder written by :func:`export_slim` before anything runs; return the manifest.
-
-    Refuses, with one message naming the file and field: an unknown schema or version, a
-    checksum mismatch, a kernel size that is even or larger than the layer's ``K``, a tile
-    map or kernel map file that disagrees with the manifest's kernel sizes, and
-    approximation coefficients whose basis includes an approximated (removed) feature.
-    """
-    import hashlib
-    import json
-    from pathlib import Path
-
-    from slimnfu.config import AccelConfig
-
-    folder = Path(folder)
-    mpath = folder / "manifest.json"
-    try:
-        m = json.loads(mpath.read_text())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{mpath}: unreadable manifest ({exc})") from None
-    if m.get("schema") != SLIM_SCHEMA or m.get("version") != SLIM_VERSION:
-        raise ValueError(f"{mpath}: schema/version {m.get('schema')!r}/{m.get('version')!r}, "
-                         f"expected {SLIM_SCHEMA!r}/{SLIM_VERSION}")
-    for name, info in m["files"].items():
-        data = (folder / name).read_bytes() if (folder / name).is_file() else None
-        if data is None:
-            raise ValueError(f"{folder / name}: missing (listed in manifest.json 'files')")
-        if hashlib.sha256(data).hexdigest() != info["sha256"]:
-            raise ValueError(f"{folder / name}: sha256 differs from manifest.json 'files'")
-    cfg = AccelConfig.from_dict(m["config"])
-    for entry in m["layers"]:
-        where = f"{mpath} layer {entry['name']}"
-        check_kernel_sizes(entry["ksize"], entry["K"], f"{where} field 'ksize'")
-        check_tile_map(entry["tile_map"], entry["ksize"], cfg.tn, f"{where} field 'tile_map'")
-        words = (folder / entry["files"]["kmap"]).read_text().split()
-        kmap = [{"lanes": [(int(w, 16) >> (4 * j)) & 15 for j in range(len(t["lanes"]))],
-                 "k": t["k"]} for w, t in zip(words, entry["tile_map"])]
-        check_tile_map(kmap, entry["ksize"], cfg.tn, f"{folder / entry['files']['kmap']}")
-        basis = [entry["order"][p] for p in entry["kept_pos"]]
-        approx = [entry["order"][p] for p in entry["approx_pos"]]
-        check_basis(basis, approx, f"{where} field 'kept_pos'")
-    return m

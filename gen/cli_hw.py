@@ -125,6 +125,7 @@ def _board(args):
     from slimnfu.compress import data
     from slimnfu.compress.quant import int_forward, int_forward_layers, quantize_input
     from slimnfu.config import get_config
+    from slimnfu.formats import layout
     from slimnfu.gen.board import board_platform, build_board, pnr_figures
     from slimnfu.gen.synth import REPO_ROOT
 
@@ -140,8 +141,8 @@ def _board(args):
     t0 = time.monotonic()
     print(f"building {args.board} for {program.cfg.name!r}, test image {args.image} "
           f"(label {int(labels[args.image])}, reference class {predicted}) in {out}", flush=True)
-    bit = build_board(program, program.pack_image(x[0]), int(labels[args.image]), args.board,
-                      out, do_build=not args.no_build)
+    bit = build_board(program, layout.pack_program_input(program, x[0]),
+                      int(labels[args.image]), args.board, out, do_build=not args.no_build)
     acc = float((int_forward(q, images)[0].argmax(1) == labels).double().mean())
     report = {"board": args.board, "config": program.cfg.to_dict(), "image": args.image,
               "model_key": key,

@@ -9,12 +9,16 @@ Folder contents
     ``f_x``, ``f_w``, ``f_y``, ``act_func``, ``files``, ``words`` and ``bits`` per stored item,
     and ``fits`` / ``fits_error``: whether the config's buffers can run the layer
     (:meth:`LayerDesc.check`; an image is not tied to one run, so large layers are still
-    exported). ``stats`` is :func:`slimnfu.compress.accounting.model_stats` with the config.
-``<layer>.weights.hex``, ``<layer>.bias.hex``, ``<layer>.pwl.hex``
-    One word per line, lowercase hex zero-padded to the word width, in the layouts of
-    :mod:`slimnfu.gen.layout` (SB words, bias words, PWL words).
+    exported). ``stats`` is :func:`slimnfu.formats.accounting.model_stats` with the config.
+``<layer>.<item>.hex``
+    One file per memory the layer's weight format stores
+    (:meth:`slimnfu.formats.base.WeightFormat.memories`: ``weights``, ``bias`` and ``pwl`` for
+    a dense layer; a compressed format's own items, e.g. ``ikr_index``), one word per line,
+    lowercase hex zero-padded to the word width, in the layouts of
+    :mod:`slimnfu.formats.layout`. A format's extra manifest fields (``image_keys``) sit in its
+    layer entries.
 ``program.hex``
-    The layer descriptors (:func:`slimnfu.rtl.descriptor.descriptor_value`), one per line.
+    The layer descriptors (:func:`slimnfu.contract.descriptor_value`), one per line.
 
 :func:`export` builds the folder in a hidden temporary sibling and renames it into place, so a
 folder is either complete or absent. :func:`load` checks the whole folder before returning and
@@ -23,17 +27,14 @@ raises :class:`ImageError` naming the file and the field of the first problem.
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from slimnfu.atomic import write_folder
 from slimnfu.config import AccelConfig, LayerDesc
-from slimnfu.compress import fixed
-from slimnfu.compress.accounting import model_stats
-from slimnfu.compress.quant import QLayer, QuantModel
-from slimnfu.gen import layout
-from slimnfu.rtl.descriptor import descriptor_value
+from slimnfu.contract import descriptor_layout, descriptor_value
+from slimnfu.formats import FORMATS, QuantModel
+from slimnfu.formats.accounting import model_stats
+from slimnfu.formats.base import ImageError
 
 __all__ = ["SCHEMA", "VERSION", "ImageError", "export", "load", "read_hex"]
 
@@ -45,59 +46,14 @@ _LAYER_KEYS = {"name", "desc", "format", "f_x", "f_w", "f_y", "act_func", "files
                "bits", "fits", "fits_error"}
 _FILE_KEYS = {"sha256", "words", "width"}
 
-#: Compressed storage formats an image can hold, and the module that writes and reads them:
-#: ``image_memories(qlayer, cfg) -> {item: (words, width)}`` and
-#: ``image_restore(entry, files, contents, desc, cfg, where) -> QLayer`` (raises ImageError);
-#: optionally ``IMAGE_LAYER_KEYS`` and ``image_entry(qlayer) -> dict``, extra manifest fields.
-FORMAT_MODULES = {"ikr": "slimnfu.compress.ikr",
-                  "perm_affine": "slimnfu.compress.permfc",
-                  "perm_index": "slimnfu.compress.permfc"}
-
-
-def _format_module(name):
-    import importlib
-    return importlib.import_module(FORMAT_MODULES[name])
-
-
-class ImageError(ValueError):
-    """A weight image is corrupt, truncated, of another version or inconsistent."""
-
-    def __init__(self, file, field, problem):
-        self.file, self.field = file, field
-        super().__init__(f"{file}: {field}: {problem}")
-
 
 def _hex_text(words, width):
     digits = -(-width // 4)
     return "".join(f"{w:0{digits}x}\n" for w in words)
 
 
-def _write_file(folder, name, text):
-    with open(folder / name, "w") as f:
-        f.write(text)
-
-
 def _sha256(data):
     return hashlib.sha256(data).hexdigest()
-
-
-def _layer_memories(qlayer, cfg):
-    """``{item: (words, width)}`` of one layer, from the layout functions."""
-    if qlayer.format in FORMAT_MODULES:
-        return _format_module(qlayer.format).image_memories(qlayer, cfg)
-    return dense_memories(qlayer.desc, qlayer.w, qlayer.b, qlayer.pwl, cfg)
-
-
-def dense_memories(desc, w, b, pwl, cfg):
-    """``{item: (words, width)}`` of a dense layer (or one engine pass): weights and bias
-    (not for pooling) and the PWL table (``act="pwl"``)."""
-    mem = {}
-    if not desc.is_pool:
-        mem["weights"] = (layout.pack_weights(w, cfg), cfg.tn * cfg.ti * cfg.dw)
-        mem["bias"] = (layout.pack_bias(b, cfg), cfg.tn * cfg.acc)
-    if desc.act == "pwl":
-        mem["pwl"] = (layout.pack_pwl(pwl, cfg), 3 * cfg.dw)
-    return mem
 
 
 def _fits(qlayer, cfg):
@@ -111,7 +67,8 @@ def _fits(qlayer, cfg):
 def export(qmodel, cfg, out_dir):
     """Write ``qmodel`` as a weight image for ``cfg`` into ``out_dir``, atomically.
 
-    An existing image at ``out_dir`` is replaced; any other existing path is refused.
+    Every layer is stored by its weight format (:meth:`WeightFormat.memories`). An existing
+    image at ``out_dir`` is replaced; any other existing path is refused.
 
     Returns
     -------
@@ -126,73 +83,36 @@ def export(qmodel, cfg, out_dir):
     out = Path(out_dir)
     if out.exists() and not (out / MANIFEST).is_file():
         raise ValueError(f"{out} exists and is not a weight image; refusing to replace it")
-    for ql in qmodel.layers:
-        if ql.format != "dense" and ql.format not in FORMAT_MODULES:
-            raise ValueError(f"layer {ql.name}: format {ql.format!r} cannot be exported yet "
-                             f"(only 'dense')")
     stats = model_stats(qmodel, cfg)
     program = [descriptor_value(ql.desc, cfg, check=False) for ql in qmodel.layers]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        files, layers = {}, []
-        for ql, st in zip(qmodel.layers, stats["layers"]):
-            entry = {"name": ql.name, "desc": ql.desc.to_dict(), "format": ql.format,
-                     "f_x": ql.f_x, "f_w": ql.f_w, "f_y": ql.f_y, "act_func": ql.act_func,
-                     "files": {}, "words": {}, "bits": {}}
-            entry["fits"], entry["fits_error"] = _fits(ql, cfg)
-            if ql.format in FORMAT_MODULES:
-                entry.update(getattr(_format_module(ql.format), "image_entry",
-                                     lambda _: {})(ql))
-            accounted = {i["name"]: i for i in st["items"]}
-            for item, (words, width) in _layer_memories(ql, cfg).items():
-                fname = f"{ql.name}.{item}.hex"
-                text = _hex_text(words, width)
-                _write_file(tmp, fname, text)
-                if accounted[item]["image_bits"] != len(words) * width:
-                    raise AssertionError(f"accounting says {accounted[item]['image_bits']} bits "
-                                         f"for {fname}, the writer wrote {len(words) * width}")
-                files[fname] = {"sha256": _sha256(text.encode()), "words": len(words),
-                                "width": width}
-                entry["files"][item] = fname
-                entry["words"][item] = len(words)
-                entry["bits"][item] = len(words) * width
-            layers.append(entry)
-        width = _program_width(cfg)
-        text = _hex_text(program, width)
-        _write_file(tmp, "program.hex", text)
-        files["program.hex"] = {"sha256": _sha256(text.encode()), "words": len(program),
-                                "width": width}
-        manifest = {"schema": SCHEMA, "version": VERSION, "config": cfg.to_dict(),
-                    "dw": qmodel.dw, "acc": qmodel.acc, "f_in": qmodel.f_in,
-                    "input_shape": list(qmodel.input_shape), "calib": dict(qmodel.calib),
-                    "layers": layers, "files": files, "program": "program.hex", "stats": stats}
-        _write_file(tmp, MANIFEST, json.dumps(manifest, indent=1) + "\n")
-        _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    texts, files, layers = {}, {}, []
+
+    def put(fname, words, width):
+        texts[fname] = _hex_text(words, width)
+        files[fname] = {"sha256": _sha256(texts[fname].encode()), "words": len(words),
+                        "width": width}
+
+    for ql in qmodel.layers:
+        fmt = ql.weight_format
+        entry = {"name": ql.name, "desc": ql.desc.to_dict(), "format": ql.format,
+                 "f_x": ql.f_x, "f_w": ql.f_w, "f_y": ql.f_y, "act_func": ql.act_func,
+                 "files": {}, "words": {}, "bits": {}, **fmt.image_entry(ql)}
+        entry["fits"], entry["fits_error"] = _fits(ql, cfg)
+        for item, words in fmt.memories(ql, cfg).items():
+            fname = f"{ql.name}.{item}.hex"
+            put(fname, words.words, words.width)
+            entry["files"][item] = fname
+            entry["words"][item] = len(words.words)
+            entry["bits"][item] = words.bits
+        layers.append(entry)
+    put("program.hex", program, descriptor_layout(cfg).size)
+    manifest = {"schema": SCHEMA, "version": VERSION, "config": cfg.to_dict(),
+                "dw": qmodel.dw, "acc": qmodel.acc, "f_in": qmodel.f_in,
+                "input_shape": list(qmodel.input_shape), "calib": dict(qmodel.calib),
+                "layers": layers, "files": files, "program": "program.hex", "stats": stats}
+    texts[MANIFEST] = json.dumps(manifest, indent=1) + "\n"
+    write_folder(out, texts, MANIFEST, "weight image")
     return manifest
-
-
-def _program_width(cfg):
-    from slimnfu.rtl.descriptor import descriptor_layout
-    return descriptor_layout(cfg).size
-
-
-def _move_into_place(tmp, out):
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    os.replace(out, old / "image")
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(old / "image", out)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_hex(path, words, width, name=None):
@@ -235,40 +155,6 @@ def _require_int(value, file, field, low=0):
         raise ImageError(file, field, f"must be {limit}, not {value!r}")
 
 
-def crop_padding(t, desc, fname):
-    """``t[:n_out, :n_in]`` of a tensor unpacked from Tn x Ti tiles; :class:`ImageError` naming
-    ``fname`` when a padding lane past ``n_out`` / ``n_in`` is not zero."""
-    core = t[:desc.n_out, :desc.n_in]
-    if int(t.abs().sum()) != int(core.abs().sum()):
-        raise ImageError(fname, "padding", f"lanes past n_out={desc.n_out} / n_in={desc.n_in} "
-                                           f"must be zero")
-    return core.clone()
-
-
-def _unpack_weights(words, desc, cfg, fname):
-    ci, co = desc.tiles(cfg)
-    k = desc.k
-    lanes = layout.unpack_words(words, cfg.tn * cfg.ti, cfg.dw)
-    w = (lanes.view(co, ci, k, k, cfg.tn, cfg.ti).permute(0, 4, 1, 5, 2, 3)
-         .reshape(co * cfg.tn, ci * cfg.ti, k, k))
-    core = crop_padding(w, desc, fname)
-    return core if desc.kind == "conv" else core.reshape(desc.n_out, desc.n_in)
-
-
-def _unpack_bias(words, desc, cfg, fname):
-    b = layout.unpack_words(words, cfg.tn, cfg.acc).reshape(-1)
-    if int(b[desc.n_out:].abs().sum()):
-        raise ImageError(fname, "padding", f"lanes past n_out={desc.n_out} must be zero")
-    return b[:desc.n_out].clone()
-
-
-def _unpack_pwl(words, desc, cfg):
-    lanes = layout.unpack_words(words, 1, cfg.dw)  # slope in the low dw bits
-    icpt = layout.unpack_words([w >> cfg.dw for w in words], 1, 2 * cfg.dw)
-    return fixed.PwlTable(lanes.reshape(-1).tolist(), icpt.reshape(-1).tolist(),
-                          desc.seg_shift, cfg.dw)
-
-
 def _check_chain(layers, m):
     shape, f = tuple(m["input_shape"]), m["f_in"]
     for i, (ql, entry) in enumerate(zip(layers, m["layers"])):
@@ -292,7 +178,8 @@ def _check_chain(layers, m):
         if d.act == "pwl" and ql.act_func not in ("sigmoid", "tanh"):
             raise ImageError(MANIFEST, f"{where}.act_func", f"{ql.act_func!r} is not sigmoid "
                                                             f"or tanh")
-        shape = (d.n_out,) if d.kind == "fc" else (d.n_out, d.h_out, d.w_out)
+        n_out = ql.weight_format.out_channels(ql)
+        shape = (n_out,) if d.kind == "fc" else (n_out, d.h_out, d.w_out)
         f = ql.f_y
 
 
@@ -354,10 +241,12 @@ def load(image_dir):
     layers = []
     for i, e in enumerate(m["layers"]):
         where = f"layers[{i}]"
-        fmt = e.get("format") if isinstance(e, dict) else None
-        extra_keys = getattr(_format_module(fmt), "IMAGE_LAYER_KEYS", set()) \
-            if isinstance(fmt, str) and fmt in FORMAT_MODULES else set()
-        _require_keys(e, _LAYER_KEYS | extra_keys, MANIFEST, where)
+        name = e.get("format") if isinstance(e, dict) else None
+        fmt = FORMATS.get(name) if isinstance(name, str) else None
+        _require_keys(e, _LAYER_KEYS | (fmt.image_keys if fmt else set()), MANIFEST, where)
+        if fmt is None:
+            raise ImageError(MANIFEST, f"{where}.format", f"{name!r} is not a weight format "
+                                                          f"(formats: {', '.join(FORMATS)})")
         for key in ("f_x", "f_w", "f_y"):
             _require_int(e[key], MANIFEST, f"{where}.{key}", low=None)
         if not isinstance(e["name"], str) or not isinstance(e["files"], dict):
@@ -366,50 +255,7 @@ def load(image_dir):
             desc = LayerDesc.from_dict(e["desc"])
         except (TypeError, ValueError, AttributeError) as exc:
             raise ImageError(MANIFEST, f"{where}.desc", str(exc)) from None
-        if e["format"] in FORMAT_MODULES:
-            layers.append(_format_module(e["format"]).image_restore(e, m["files"], contents,
-                                                                    desc, cfg, where))
-            continue
-        if e["format"] != "dense":
-            raise ImageError(MANIFEST, f"{where}.format", f"{e['format']!r} is not supported "
-                                                          f"(only 'dense')")
-        want = {"weights", "bias"} if not desc.is_pool else set()
-        if desc.act == "pwl":
-            want.add("pwl")
-        if set(e["files"]) != want:
-            raise ImageError(MANIFEST, f"{where}.files", f"lists {sorted(e['files'])}, a "
-                                                         f"{desc.kind} layer with act={desc.act}"
-                                                         f" needs {sorted(want)}")
-        for item, fname in e["files"].items():
-            if fname not in contents:
-                raise ImageError(MANIFEST, f"{where}.files.{item}", f"{fname!r} is not listed "
-                                                                    f"in files")
-        w = b = pwl = None
-        if "weights" in want:
-            fn = e["files"]["weights"]
-            if m["files"][fn]["words"] != desc.sb_words(cfg) or \
-                    m["files"][fn]["width"] != cfg.tn * cfg.ti * cfg.dw:
-                raise ImageError(fn, "words", f"shape does not match {where}.desc "
-                                              f"({desc.sb_words(cfg)} words of "
-                                              f"{cfg.tn * cfg.ti * cfg.dw} bits)")
-            w = _unpack_weights(contents[fn], desc, cfg, fn)
-            fn = e["files"]["bias"]
-            if m["files"][fn]["words"] != desc.tiles(cfg)[1] or \
-                    m["files"][fn]["width"] != cfg.tn * cfg.acc:
-                raise ImageError(fn, "words", f"shape does not match {where}.desc "
-                                              f"({desc.tiles(cfg)[1]} words of "
-                                              f"{cfg.tn * cfg.acc} bits)")
-            b = _unpack_bias(contents[fn], desc, cfg, fn)
-        if "pwl" in want:
-            fn = e["files"]["pwl"]
-            if (m["files"][fn]["words"], m["files"][fn]["width"]) != (16, 3 * cfg.dw):
-                raise ImageError(fn, "words", f"a PWL table is 16 words of {3 * cfg.dw} bits")
-            try:
-                pwl = _unpack_pwl(contents[fn], desc, cfg)
-            except ValueError as exc:
-                raise ImageError(fn, "table", str(exc)) from None
-        layers.append(QLayer(e["name"], desc, w, b, e["f_x"], e["f_w"], e["f_y"], pwl,
-                             e["act_func"], e["format"]))
+        layers.append(fmt.restore(e, m["files"], contents, desc, cfg, where))
     qmodel = QuantModel(layers, m["dw"], m["acc"], m["f_in"], tuple(m["input_shape"]),
                         dict(m["calib"]))
     _check_chain(layers, m)

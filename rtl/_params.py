@@ -2,7 +2,7 @@
 
 from slimnfu.config import AccelConfig
 
-__all__ = ["check_config", "bits_for"]
+__all__ = ["check_config"]
 
 
 def check_config(component, cfg):
@@ -16,8 +16,3 @@ def check_config(component, cfg):
         raise TypeError(f"{type(component).__name__}: cfg must be an AccelConfig, not "
                         f"{type(cfg).__name__}")
     return cfg
-
-
-def bits_for(max_value):
-    """Bits of an unsigned signal that holds ``0 .. max_value`` (at least 1)."""
-    return max(1, int(max_value).bit_length())

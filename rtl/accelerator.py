@@ -5,15 +5,16 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from slimnfu.rtl._params import bits_for, check_config
-from slimnfu.rtl.descriptor import descriptor_layout
-from slimnfu.rtl.engine import LayerEngine, LoadSel
+from slimnfu.contract import (COUNTER_BITS, LoadSel, Program, bits_for, descriptor_layout,
+                              load_sel_width)
+from slimnfu.rtl._params import check_config
+from slimnfu.rtl.engine import LayerEngine
 
 __all__ = ["Accelerator"]
 
 
 class Accelerator(wiring.Component):
-    """Run every layer of a :class:`slimnfu.gen.compiler.Program` on one :class:`LayerEngine`.
+    """Run every layer of a :class:`slimnfu.contract.Program` on one :class:`LayerEngine`.
 
     The program's weight ROM is a memory with its words as init (the ROM build). For each
     layer, in order, the controller:
@@ -28,7 +29,7 @@ class Accelerator(wiring.Component):
        cycle (``PAUSE``) going on to the next layer.
 
     Handshake: write the image into NBin through ``img_*`` while idle (words of
-    :func:`slimnfu.gen.layout.pack_input`), pulse ``start``; ``done`` pulses when the last
+    :func:`slimnfu.formats.layout.pack_input`), pulse ``start``; ``done`` pulses when the last
     layer has finished and its output (the logits) is readable through ``rd_addr`` ->
     ``rd_data`` (one cycle later). With ``step`` high the controller pauses after every layer
     with ``paused`` high and ``layer`` naming it, so a testbench can read that layer's NBout,
@@ -51,10 +52,9 @@ class Accelerator(wiring.Component):
     """
 
     def __init__(self, program, weights="rom"):
-        from slimnfu.gen.compiler import Program
-
         if not isinstance(program, Program):
-            raise TypeError(f"program must be a slimnfu.gen.compiler.Program, not "
+            self._MustUse__silence = True
+            raise TypeError(f"program must be a slimnfu.contract.Program, not "
                             f"{type(program).__name__}")
         if weights not in ("rom", "port"):
             self._MustUse__silence = True
@@ -70,11 +70,11 @@ class Accelerator(wiring.Component):
             "rd_addr": In(bits_for(cfg.nbout_depth - 1)), "rd_data": Out(cfg.tn * cfg.dw),
             "step": In(1), "resume": In(1), "paused": Out(1),
             "layer": Out(bits_for(len(program.layers) - 1)),
-            "cycles": Out(32), "engine_cycles": Out(32), "load_cycles": Out(32),
-            "move_cycles": Out(32), "mults": Out(48), "sat_events": Out(32),
+            **{name: Out(COUNTER_BITS[name]) for name in
+               ("cycles", "engine_cycles", "load_cycles", "move_cycles", "mults", "sat_events")},
         }
         if cfg.kgate:
-            ports["gated"] = Out(48)
+            ports["gated"] = Out(COUNTER_BITS["gated"])
         if weights == "port":
             ports["wt_addr"] = Out(bits_for(max(1, len(program.rom)) - 1))
             ports["wt_data"] = In(program.rom_width)
@@ -118,7 +118,7 @@ class Accelerator(wiring.Component):
         big = max([len(prog.rom)] + [n for _, _, n in loads] + [c for _, c, _ in moves] +
                   [cfg.nbin_depth, cfg.nbout_depth, cfg.sb_depth])
         cw = bits_for(big)
-        load_sel = Array(Const(s, 3) for s, _, _ in loads)
+        load_sel = Array(Const(s, load_sel_width(cfg)) for s, _, _ in loads)
         load_base = Array(Const(b, cw) for _, b, _ in loads)
         load_len = Array(Const(n, cw) for _, _, n in loads)
         layer_first = Array(Const(f, cw) for f in first_load)
@@ -136,7 +136,8 @@ class Accelerator(wiring.Component):
 
         # The write stage, shared by loads and moves: the ROM or NBout read issued in cycle t
         # is written into the engine in cycle t+1.
-        wr_en, wr_sel, wr_addr = Signal(), Signal(3), Signal(eng.load_addr.shape())
+        wr_en, wr_addr = Signal(), Signal(eng.load_addr.shape())
+        wr_sel = Signal(load_sel_width(cfg))
         wr_from_rom, flat_mode, wr_lane = Signal(), Signal(), Signal(range(tn))
         m.d.sync += wr_en.eq(0)
         # Flatten assembly: the NBin word being filled, its address and next lane.

@@ -5,41 +5,20 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from slimnfu.rtl._params import bits_for, check_config
-from slimnfu.rtl.descriptor import Mode, Perm, descriptor_layout
+from slimnfu.contract import (COUNTER_BITS, LoadSel, Mode, Perm, bits_for, descriptor_layout,
+                              load_data_width, load_sel_width, perm_param_width)
+from slimnfu.rtl._params import check_config
 from slimnfu.rtl.nfu1 import NFU1
 from slimnfu.rtl.nfu2 import NFU2
 from slimnfu.rtl.nfu3 import NFU3
 from slimnfu.rtl.sequencer import Sequencer
 from slimnfu.rtl.ikr_unit import IkrUnit, select_steps
-from slimnfu.rtl.perm_addr import PermAddrGen, perm_param_width
+from slimnfu.rtl.perm_addr import PermAddrGen
 from slimnfu.rtl.perm_sb import PermSB
 from slimnfu.rtl.kernel_gate import KernelGate
 
-__all__ = ["LayerEngine", "LoadSel", "load_data_width"]
+__all__ = ["LayerEngine"]
 
-
-class LoadSel:
-    """Values of ``load_sel``."""
-    NBIN, SB, BIAS, PWL = 0, 1, 2, 3
-    #: With ``cfg.perm``: the common sequence ``s`` (one value per word) and the per-row
-    #: affine parameters (one output tile per word, see :func:`perm_param_width`).
-    PERM_S, PERM_PARAM = 4, 5
-    #: With ``cfg.ikr``: the IKR index memory and pattern table (see
-    #: :class:`slimnfu.rtl.pattern_decoder.PatternDecoder`).
-    IKR_INDEX, IKR_TABLE = 6, 7
-
-
-def load_data_width(cfg):
-    """Width of ``load_data``: the widest word any memory takes.
-
-    ``tn*ti*dw`` (an SB word) for every named config; a bias word (``tn*acc``) or a PWL word
-    (``3*dw``) can be wider when ``ti`` is small (e.g. 2x2 configs).
-    """
-    width = max(cfg.tn * cfg.ti * cfg.dw, cfg.tn * cfg.acc, 3 * cfg.dw)
-    if cfg.ikr:
-        width = max(width, IkrUnit.load_width_for(cfg))
-    return max(width, perm_param_width(cfg)) if cfg.perm else width
 
 
 class LayerEngine(wiring.Component):
@@ -80,17 +59,15 @@ class LayerEngine(wiring.Component):
             "busy": Out(1),
             "done": Out(1),
             "load_en": In(1),
-            "load_sel": In(3 if cfg.perm or cfg.ikr else 2),
+            "load_sel": In(load_sel_width(cfg)),
             "load_addr": In(self.addr_bits),
             "load_data": In(load_data_width(cfg)),
             "rd_addr": In(bits_for(cfg.nbout_depth - 1)),
             "rd_data": Out(cfg.tn * cfg.dw),
-            "cycles": Out(32),
-            "steps": Out(32),
-            "mults": Out(48),
-            "sat_events": Out(32),
+            **{name: Out(COUNTER_BITS[name]) for name in ("cycles", "steps", "mults",
+                                                          "sat_events")},
             # Method A: multiplies switched off by the kernel gate (``cfg.kgate`` only).
-            **({"gated": Out(48)} if cfg.kgate else {}),
+            **({"gated": Out(COUNTER_BITS["gated"])} if cfg.kgate else {}),
         })
 
     def elaborate(self, platform):

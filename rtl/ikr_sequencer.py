@@ -4,8 +4,8 @@ from amaranth.hdl import Mux, Module, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from slimnfu.rtl._params import bits_for, check_config
-from slimnfu.rtl.descriptor import DESC_FIELD_BITS, descriptor_layout
+from slimnfu.contract import DESC_FIELD_BITS, bits_for, descriptor_layout
+from slimnfu.rtl._params import check_config
 
 __all__ = ["IkrSequencer"]
 

@@ -6,8 +6,8 @@ from amaranth.hdl import Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from slimnfu.rtl._params import bits_for, check_config
-from slimnfu.rtl.descriptor import descriptor_layout
+from slimnfu.contract import bits_for, descriptor_layout, ikr_load_width
+from slimnfu.rtl._params import check_config
 from slimnfu.rtl.ikr_sequencer import IkrSequencer
 from slimnfu.rtl.pattern_decoder import PatternDecoder
 
@@ -57,7 +57,7 @@ class IkrUnit(wiring.Component):
             self._MustUse__silence = True
             raise ValueError(f"IkrUnit needs a config with ikr=True; {cfg.name!r} has ikr=False")
         kmax = cfg.ikr_kmax
-        self.load_width = self.load_width_for(cfg)
+        self.load_width = ikr_load_width(cfg)
         nbin_bits = bits_for(cfg.nbin_depth - 1)
         super().__init__({
             "start": In(1),
@@ -80,12 +80,6 @@ class IkrUnit(wiring.Component):
             "load_data": In(self.load_width),
             "lane_neurons": Out(data.ArrayLayout(unsigned(cfg.dw), cfg.tn * cfg.ti)),
         })
-
-    @staticmethod
-    def load_width_for(cfg):
-        """Widest IKR load word: a pattern-table word or an index word."""
-        return max(cfg.ikr_patterns * bits_for(cfg.ikr_kmax ** 2 - 1),
-                   cfg.tn * cfg.ti * bits_for(cfg.ikr_patterns - 1))
 
     def elaborate(self, platform):
         m = Module()

@@ -27,7 +27,7 @@ class ImageRunner(wiring.Component):
     program : Program
         The compiled network (:func:`slimnfu.gen.compiler.compile_model`).
     image_words : list of int
-        The image's NBin words (:meth:`Program.pack_image`).
+        The image's NBin words (:func:`slimnfu.formats.layout.pack_program_input`).
     label : int
         The image's true class, for ``correct``.
     """

@@ -4,8 +4,8 @@ from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from slimnfu.contract import DESC_FIELD_BITS
 from slimnfu.rtl._params import check_config
-from slimnfu.rtl.descriptor import DESC_FIELD_BITS
 
 __all__ = ["KernelGate"]
 

@@ -14,7 +14,7 @@ class NFU1(wiring.Component):
 
     Product ``j*ti + i`` is ``neurons[i] * synapses[j*ti + i]``: output lane ``j`` multiplies
     the same ``ti`` input neurons by its own ``ti`` synapses, which is the SB word layout of
-    :mod:`slimnfu.gen.layout`. Products are exact (``2*dw`` bits) and registered: they appear
+    :mod:`slimnfu.formats.layout`. Products are exact (``2*dw`` bits) and registered: they appear
     one cycle after the operands. When ``en`` is low the product registers hold their value
     (operand isolation for pooling steps, which do not multiply).
 

@@ -4,8 +4,8 @@ from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from slimnfu.contract import Mode
 from slimnfu.rtl._params import check_config
-from slimnfu.rtl.descriptor import Mode
 
 __all__ = ["NFU2", "adder_tree"]
 

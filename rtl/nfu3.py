@@ -4,9 +4,8 @@ from amaranth.hdl import Array, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from slimnfu.config import PWL_SEGMENTS
-from slimnfu.rtl._params import bits_for, check_config
-from slimnfu.rtl.descriptor import Act
+from slimnfu.contract import PWL_SEGMENTS, Act, bits_for
+from slimnfu.rtl._params import check_config
 
 __all__ = ["NFU3"]
 
@@ -21,7 +20,7 @@ def _popcount(bits):
 class NFU3(wiring.Component):
     """Requantise ``tn`` accumulators to ``dw`` bits and apply the activation.
 
-    Exactly :func:`slimnfu.compress.fixed.requant`, ``relu`` and ``pwl_apply``:
+    Exactly :func:`slimnfu.fixed.requant`, ``relu`` and ``pwl_apply``:
 
     * stage 1: ``y = sat_dw((acc + 2**(sh-1)) >> sh)`` (no rounding term when ``sh == 0``),
       computed as ``((acc >> (sh-1)) + 1) >> 1`` so only one barrel shifter is needed;
@@ -32,11 +31,11 @@ class NFU3(wiring.Component):
     ``out`` and ``out_valid`` appear :attr:`LATENCY` cycles after ``in_valid``.
     ``sat_events`` counts the saturations of both stages on the lanes set in ``lane_mask``
     (the real output channels; the padded lanes of the last tile do not count), as
-    :class:`slimnfu.compress.fixed.SatCount` does; ``clear`` zeroes it.
+    :class:`slimnfu.fixed.SatCount` does; ``clear`` zeroes it.
 
-    The PWL table is 16 registers written through ``pwl_we``/``pwl_addr``/``pwl_data`` (word
-    layout of :func:`slimnfu.gen.layout.pack_pwl`: slope in bits ``[0, dw)``, intercept in
-    ``[dw, 3*dw)``).
+    The PWL table is ``PWL_SEGMENTS`` registers written through ``pwl_we``/``pwl_addr``/
+    ``pwl_data`` (word layout of :func:`slimnfu.formats.layout.pack_pwl`: slope in bits
+    ``[0, dw)``, intercept in ``[dw, 3*dw)``).
 
     Parameters
     ----------
@@ -55,7 +54,7 @@ class NFU3(wiring.Component):
             "act": In(Act),
             "seg_shift": In(bits_for(cfg.dw - 1)),
             "pwl_we": In(1),
-            "pwl_addr": In(4),
+            "pwl_addr": In(range(PWL_SEGMENTS)),
             "pwl_data": In(3 * cfg.dw),
             "clear": In(1),
             "out": Out(data.ArrayLayout(signed(cfg.dw), cfg.tn)),

@@ -5,19 +5,10 @@ from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from slimnfu.rtl._params import bits_for, check_config
+from slimnfu.contract import bits_for, ikr_index_bits, ikr_tap_bits
+from slimnfu.rtl._params import check_config
 
-__all__ = ["PatternDecoder", "tap_bits", "index_bits"]
-
-
-def tap_bits(cfg):
-    """Bits of one pattern-table entry: a tap ``ky*ikr_kmax + kx`` of the window."""
-    return bits_for(cfg.ikr_kmax ** 2 - 1)
-
-
-def index_bits(cfg):
-    """Bits of one per-kernel pattern index (``ceil(log2(ikr_patterns))``, at least 1)."""
-    return bits_for(cfg.ikr_patterns - 1)
+__all__ = ["PatternDecoder"]
 
 
 class PatternDecoder(wiring.Component):
@@ -32,9 +23,10 @@ class PatternDecoder(wiring.Component):
       arriving in that cycle included, so a group's fill may end in the cycle its compute
       slot starts;
     * the **pattern table** (``ikr_kmax**2`` words, one per step ``s``; word ``s`` holds entry
-      ``s`` of all P patterns, :func:`tap_bits` each, pattern ``p`` at bit ``p*tap_bits``);
+      ``s`` of all P patterns, :func:`slimnfu.contract.ikr_tap_bits` each, pattern ``p`` at
+      bit ``p*ikr_tap_bits``);
     * the **index memory** (``ikr_index_depth`` words, one per ``(o, t)`` tile pair; lane
-      ``j*ti + i`` holds the :func:`index_bits`-bit pattern index of kernel
+      ``j*ti + i`` holds the :func:`slimnfu.contract.ikr_index_bits`-bit pattern index of kernel
       ``(o*tn + j, t*ti + i)``).
 
     For a step issued in cycle ``S`` (``step``, ``idx_addr``) both memories are read in
@@ -54,8 +46,8 @@ class PatternDecoder(wiring.Component):
             raise ValueError(f"PatternDecoder needs a config with ikr=True; {cfg.name!r} has "
                              f"ikr=False")
         kmax, tn, ti, dw = cfg.ikr_kmax, cfg.tn, cfg.ti, cfg.dw
-        self.table_width = cfg.ikr_patterns * tap_bits(cfg)
-        self.index_width = tn * ti * index_bits(cfg)
+        self.table_width = cfg.ikr_patterns * ikr_tap_bits(cfg)
+        self.index_width = tn * ti * ikr_index_bits(cfg)
         self.load_width = max(self.table_width, self.index_width)
         super().__init__({
             "swap": In(1),
@@ -76,7 +68,7 @@ class PatternDecoder(wiring.Component):
         m = Module()
         cfg = self.cfg
         kmax, tn, ti, dw = cfg.ikr_kmax, cfg.tn, cfg.ti, cfg.dw
-        tb, ib = tap_bits(cfg), index_bits(cfg)
+        tb, ib = ikr_tap_bits(cfg), ikr_index_bits(cfg)
         m.submodules.table = table = Memory(shape=unsigned(self.table_width),
                                             depth=kmax * kmax, init=[])
         m.submodules.index = index = Memory(shape=unsigned(self.index_width),

@@ -4,20 +4,10 @@ from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from slimnfu.rtl._params import bits_for, check_config
-from slimnfu.rtl.descriptor import Perm
+from slimnfu.contract import Perm, bits_for, perm_addr_bits, perm_param_width
+from slimnfu.rtl._params import check_config
 
-__all__ = ["PermAddrGen", "perm_addr_bits", "perm_param_width"]
-
-
-def perm_addr_bits(cfg):
-    """Bits of one address into the common sequence ``s`` (``0 .. perm_depth-1``)."""
-    return bits_for(cfg.perm_depth - 1)
-
-
-def perm_param_width(cfg):
-    """Width of one perm-memory word: ``tn`` lanes of ``(a_j, b_j)``, ``a`` in the low half."""
-    return cfg.tn * 2 * perm_addr_bits(cfg)
+__all__ = ["PermAddrGen"]
 
 
 class PermAddrGen(wiring.Component):

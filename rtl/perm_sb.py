@@ -5,8 +5,8 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from slimnfu.rtl._params import bits_for, check_config
-from slimnfu.rtl.perm_addr import perm_addr_bits
+from slimnfu.contract import bits_for, perm_addr_bits
+from slimnfu.rtl._params import check_config
 
 __all__ = ["PermSB"]
 

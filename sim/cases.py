@@ -1,24 +1,26 @@
 """Co-simulation cases: random layers from a seed, MNIST stimulus, and their expected outputs.
 
-A :class:`Case` is one layer run on the engine: its :class:`LayerDesc`, integer tensors and the
-expected output from :func:`slimnfu.compress.fixed.run_layer` (the golden model). Cases are
-checked against the config (:meth:`LayerDesc.check`) when they are made, so a layer the engine
-cannot run stops before any simulation.
+A :class:`Case` is one layer run on the engine, in any weight format: its :class:`LayerDesc`,
+integer tensors, the format's record, and the expected output from the integer reference
+(:func:`slimnfu.fixed.run_layer`, the golden model). Cases are checked against the config
+(:meth:`LayerDesc.check`) when they are made, so a layer the engine cannot run stops before
+any simulation.
 
-:func:`case_job` turns a case into the plain-JSON job the cocotb testbench reads (descriptor
-value and packed memory words; no torch on the simulator side).
+:func:`case_job` turns a case into the plain-JSON job the cocotb testbench reads: the
+descriptor value and the memory words its weight format stores
+(:meth:`slimnfu.formats.base.WeightFormat.passes`); no torch on the simulator side.
 """
 
 from dataclasses import dataclass
 
 import torch
 
-from slimnfu.compress import fixed
+from slimnfu import fixed
 from slimnfu.config import LayerDesc
-from slimnfu.gen import layout
-from slimnfu.rtl.descriptor import descriptor_value
+from slimnfu.contract import LoadSel, descriptor_value
+from slimnfu.formats import QLayer, layout
 
-__all__ = ["Case", "make_case", "regression_cases", "case_job", "expected_cycles", "QUICK"]
+__all__ = ["Case", "make_case", "dense_cases", "case_job", "expected_cycles", "QUICK"]
 
 #: Names of the cases of a ``--quick`` regression.
 QUICK = ("nfu_step_mac", "conv3x3_s1_p1", "conv5x5_s2_p0", "fc_pwl_sigmoid", "maxpool2_s2",
@@ -27,7 +29,10 @@ QUICK = ("nfu_step_mac", "conv3x3_s1_p1", "conv5x5_s2_p0", "fc_pwl_sigmoid", "ma
 
 @dataclass
 class Case:
-    """One layer for the engine, with its operands and the golden output."""
+    """One layer for the engine, with its operands and the golden output.
+
+    ``w`` are the weights the layer stands for (the reference uses them); ``format`` and
+    ``compressed`` say how the engine stores them (:class:`slimnfu.formats.QLayer`)."""
 
     name: str
     desc: LayerDesc
@@ -38,6 +43,13 @@ class Case:
     expected: torch.Tensor = None
     expected_sat: int = 0
     source: str = "random"
+    format: str = "dense"
+    compressed: object = None
+
+    def layer(self):
+        """The case as a :class:`QLayer` of its weight format."""
+        return QLayer(self.name, self.desc, self.w, self.b, pwl=self.pwl, format=self.format,
+                      compressed=self.compressed)
 
 
 def expected_cycles(desc, cfg, latency):
@@ -136,8 +148,9 @@ def _rand(gen, lo, hi):
     return int(torch.randint(lo, hi + 1, (1,), generator=gen))
 
 
-def regression_cases(cfg, seed=1, quick=False, images=None, extra=()):
-    """The regression's cases for ``cfg``: NFU steps, conv, FC, pooling and each activation.
+def dense_cases(cfg, seed=1, quick=False, images=None, extra=()):
+    """The regression's dense cases for ``cfg``: NFU steps, conv, FC, pooling and each
+    activation (:func:`slimnfu.sim.regression.regression_cases` adds the methods' cases).
 
     Channel counts are drawn so that some are not multiples of ``tn``/``ti``. ``extra`` is a
     list of ``(name, LayerDesc)`` added at the end. Every case is checked against ``cfg``.
@@ -185,31 +198,16 @@ def regression_cases(cfg, seed=1, quick=False, images=None, extra=()):
     for i, (name, desc, kw) in enumerate(specs):
         imgs = images if (desc.h_in * desc.w_in > 1 or desc.kind == "fc") else None
         cases.append(make_case(name, desc, cfg, seed * 1000 + i, imgs, **kw))
-    if cfg.perm and not quick:
-        from slimnfu.sim.perm_cases import perm_cases
-        cases += perm_cases(cfg, seed, images)
-    if cfg.kgate and not quick:
-        from slimnfu.sim.slim_cases import slim_cases
-        cases += slim_cases(cfg, seed, images)
-    if cfg.ikr and not quick:
-        from slimnfu.sim.ikr_jobs import regression_ikr_cases
-        cases += regression_ikr_cases(cfg, seed)
     return cases
 
 
 def case_job(case, cfg, latency):
     """The JSON-ready job for the cocotb testbench: descriptor value, loads, read count."""
-    from slimnfu.rtl.engine import LoadSel
-
     desc = case.desc
-    loads = [[LoadSel.NBIN, layout.pack_input(case.x, cfg)]]
-    if not desc.is_pool:
-        loads.append([LoadSel.SB, layout.pack_weights(case.w, cfg)])
-        loads.append([LoadSel.BIAS, layout.pack_bias(case.b, cfg)])
-    if desc.act == "pwl":
-        loads.append([LoadSel.PWL, layout.pack_pwl(case.pwl, cfg)])
-    if hasattr(case, "engine_loads"):
-        loads = case.engine_loads(cfg)  # compressed formats load their own memories
+    ql = case.layer()
+    (one_pass,) = ql.weight_format.check(ql, cfg)
+    loads = [[int(LoadSel.NBIN), layout.pack_input(case.x, cfg)]]
+    loads += [[int(m.sel), m.words] for m in one_pass.memories.values()]
     want = expected_cycles(desc, cfg, latency)
     return {"name": case.name, "desc_value": descriptor_value(desc, cfg), "loads": loads,
             "nbout_words": desc.nbout_words(cfg), "timeout_cycles": 2 * want + 1000}

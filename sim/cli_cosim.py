@@ -99,7 +99,7 @@ def run(args):
         desc.check(cfg)
 
     from slimnfu.gen.verilog import atomic_write
-    from slimnfu.sim.cases import regression_cases
+    from slimnfu.sim.regression import regression_cases
     from slimnfu.sim.mnist import mnist_images
     from slimnfu.sim.runner import COSIM_ROOT, run_regression
 

@@ -9,6 +9,7 @@ import time
 
 import torch
 
+from slimnfu.formats import layout
 from slimnfu.sim.runner import build_sim, run_jobs
 
 __all__ = ["expected_cycles", "image_job", "run_network"]
@@ -37,7 +38,8 @@ def expected_cycles(program):
 
 def image_job(program, x_int, name, step=True):
     """The JSON job of one integer input sample."""
-    return {"name": name, "image": [int(w) for w in program.pack_image(x_int)], "step": step,
+    return {"name": name, "image": [int(w) for w in layout.pack_program_input(program, x_int)],
+            "step": step,
             "layer_words": [program.out_words(i) for i in range(len(program.layers))],
             "logit_words": program.out_words(len(program.layers) - 1),
             "timeout_cycles": 2 * expected_cycles(program)["cycles"] + 1000}
@@ -51,11 +53,11 @@ def _check(program, raw, refs):
         ref = program.layers[i].ref
         if ref is None:
             continue
-        got, want = program.unpack_layer(i, words), refs[ref][0]
+        got, want = layout.unpack_program_output(program, i, words), refs[ref][0]
         if not torch.equal(got, want):
             bad = int((got != want).sum())
             return False, f"layer {program.layers[i].name}: {bad} outputs differ"
-    got = program.unpack_layer(len(program.layers) - 1, raw["logits"])
+    got = layout.unpack_program_output(program, len(program.layers) - 1, raw["logits"])
     if not torch.equal(got, refs[-1][0].reshape(got.shape)):
         return False, "logits differ"
     return True, None
@@ -99,7 +101,8 @@ def run_network(program, qmodel, images, labels, sim="verilator", name=None, ste
         int_ok += ref_pred == int(labels[i])
         pred = None
         if r.get("logits") is not None:
-            pred = int(program.unpack_layer(len(program.layers) - 1, r["logits"]).argmax())
+            logits = layout.unpack_program_output(program, len(program.layers) - 1, r["logits"])
+            pred = int(logits.argmax())
             rtl_ok += pred == int(labels[i])
         preds.append(pred)
         if not passed:

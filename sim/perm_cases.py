@@ -1,59 +1,34 @@
 """Co-simulation cases of the permuted-feature FC path (method C, ``cfg.perm``).
 
-Each :class:`PermCase` is an FC layer whose weights are permutations of one common sequence
+Each case is an FC layer whose weights are permutations of one common sequence
 ``s``: affine (the engine's address generators expand per-row ``(a, b)``) or index (SB holds
-the index ROM). The golden output is :func:`slimnfu.compress.fixed.run_layer` on the gathered
+the index ROM). The golden output is :func:`slimnfu.fixed.run_layer` on the gathered
 ``W = s[pi]``, the same integer contract as a dense FC layer. Shapes are random, with ``n_in``
 not a multiple of ``ti`` and ``n_out`` not a multiple of ``tn`` among them; the rails appear
 in ``s`` and in the inputs.
 """
 
-from dataclasses import dataclass
-
 import torch
 
-from slimnfu.compress import fixed, permfc
+from slimnfu import fixed
+from slimnfu.compress.permfc import random_affine_params
 from slimnfu.config import LayerDesc
-from slimnfu.gen import layout
+from slimnfu.formats.perm import PermAffineWeights, PermIndexWeights, affine_perms
 from slimnfu.sim.cases import Case, _with_rails
 
-__all__ = ["PermCase", "make_perm_case", "perm_cases"]
-
-
-@dataclass
-class PermCase(Case):
-    """A :class:`Case` whose weights are stored as ``s`` plus a permutation."""
-
-    s: torch.Tensor = None
-    a: torch.Tensor = None
-    perm_b: torch.Tensor = None
-    idx: torch.Tensor = None
-
-    def engine_loads(self, cfg):
-        """``[load_sel, words]`` pairs: NBin, bias, ``s`` and the permutation (no dense W)."""
-        from slimnfu.rtl.engine import LoadSel
-
-        loads = [[LoadSel.NBIN, layout.pack_input(self.x, cfg)],
-                 [LoadSel.BIAS, layout.pack_bias(self.b, cfg)],
-                 [LoadSel.PERM_S, permfc.pack_perm_s(self.s, cfg)]]
-        if self.desc.perm == "affine":
-            loads.append([LoadSel.PERM_PARAM, permfc.pack_perm_params(self.a, self.perm_b, cfg)])
-        else:
-            loads.append([LoadSel.SB, permfc.pack_perm_index(self.idx, cfg)])
-        if self.desc.act == "pwl":
-            loads.append([LoadSel.PWL, layout.pack_pwl(self.pwl, cfg)])
-        return loads
+__all__ = ["make_perm_case", "perm_cases"]
 
 
 def make_perm_case(name, n_in, n_out, variant, cfg, seed, act="none", images=None):
-    """An FC :class:`PermCase` with random ``s``, permutation, inputs and biases."""
+    """An FC :class:`Case` of format ``perm_<variant>`` with random ``s``, permutation, inputs
+    and biases."""
     gen = torch.Generator().manual_seed(seed)
     span = 1 << (cfg.dw - 3)
     s = _with_rails(torch.randint(-span, span, (n_in,), generator=gen), gen, cfg, 0.1)
     a = b = idx = None
     if variant == "affine":
-        a, b = permfc.random_affine_params(n_out, n_in, seed)
-        perm = permfc.affine_perms(a, b, n_in, name)
+        a, b = random_affine_params(n_out, n_in, seed)
+        perm = affine_perms(a, b, n_in, name)
     else:
         idx = torch.stack([torch.randperm(n_in, generator=gen) for _ in range(n_out)])
         perm = idx
@@ -74,8 +49,9 @@ def make_perm_case(name, n_in, n_out, variant, cfg, seed, act="none", images=Non
     desc.check(cfg, int(bias.abs().max()))
     count = fixed.SatCount()
     y = fixed.run_layer(desc, x.unsqueeze(0), w, bias, cfg.dw, None, count)[0]
-    return PermCase(name, desc, x, w, bias, None, y, count.events,
-                    "mnist" if images is not None else "random", s=s, a=a, perm_b=b, idx=idx)
+    rec = PermAffineWeights(s, a, b) if variant == "affine" else PermIndexWeights(s, idx)
+    return Case(name, desc, x, w, bias, None, y, count.events,
+                "mnist" if images is not None else "random", f"perm_{variant}", rec)
 
 
 def perm_cases(cfg, seed=1, images=None):

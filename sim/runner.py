@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from slimnfu.gen import layout
+from slimnfu.formats import layout
 from slimnfu.gen.verilog import atomic_write, emit_engine
 from slimnfu.sim.cases import case_job, expected_cycles
 

@@ -2,7 +2,7 @@
 (gated lanes), the 1x1 approximation pass, and a whole reordered conv block.
 
 :func:`slim_layer_cases` turns one slim conv layer of :func:`slimnfu.compress.slim.quantize_slim`
-and its int64 input into engine cases (one per pass of :func:`slimnfu.compress.slim.passes`,
+and its int64 input into engine cases (one per pass of :func:`slimnfu.formats.slim.passes`,
 then the approximation pass), each with the golden output of the integer reference. The
 bench uses it on LeNet-5; :func:`slim_cases` adds random ones to the regression when
 ``cfg.kgate`` is on.
@@ -11,8 +11,10 @@ bench uses it on LeNet-5; :func:`slim_cases` adds random ones to the regression 
 import torch
 import torch.nn as nn
 
-from slimnfu.compress import fixed, slim
+from slimnfu import fixed
+from slimnfu.compress import slim
 from slimnfu.config import LayerDesc
+from slimnfu.formats.slim import approx_desc, pass_operands, passes
 from slimnfu.sim.cases import Case
 
 __all__ = ["slim_layer_cases", "slim_cases"]
@@ -35,8 +37,8 @@ def slim_layer_cases(layer, x, cfg, prefix, source="slim"):
     expected output uses the centred weights. Returns ``(cases, kept_output)``.
     """
     cases, ys = [], []
-    for n, p in enumerate(slim.passes(layer, cfg.tn)):
-        xx, w, b = slim.pass_operands(layer, p, x)
+    for n, p in enumerate(passes(layer, cfg.tn)):
+        xx, w, b = pass_operands(layer, p, x)
         desc = p["desc"]
         want_w = w
         if p["lane_k"]:
@@ -57,10 +59,11 @@ def slim_layer_cases(layer, x, cfg, prefix, source="slim"):
         cases.append(case)
         ys.append(case.expected.unsqueeze(0))
     kept = torch.cat(ys, 1)
-    if layer.extra["n_approx"]:
-        aw = layer.extra["approx_w"]
-        cases.append(_case(f"{prefix}_approx1x1", slim.approx_desc(layer), kept,
-                           aw.view(*aw.shape, 1, 1), layer.extra["approx_b"], cfg.dw,
+    rec = layer.compressed
+    if rec.n_approx:
+        aw = rec.approx_w
+        cases.append(_case(f"{prefix}_approx1x1", approx_desc(layer), kept,
+                           aw.view(*aw.shape, 1, 1), rec.approx_b, cfg.dw,
                            layer.pwl, source))
     return cases, kept
 

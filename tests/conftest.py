@@ -63,6 +63,8 @@ def mixed_qmodel(small_qmodel, slim_qmodel):
 
     from slimnfu.compress import permfc
     from slimnfu.config import LayerDesc
+    from slimnfu.formats.ikr import IkrWeights
+    from slimnfu.formats.perm import PermAffineWeights, affine_perms
 
     layers = list(small_qmodel.layers)
     layers[0] = slim_qmodel.layers[0]
@@ -77,14 +79,14 @@ def mixed_qmodel(small_qmodel, slim_qmodel):
     layers[2] = dataclasses.replace(
         conv2, w=conv2.w * mask.view(conv2.w.shape), format="ikr",
         desc=LayerDesc(**{**conv2.desc.to_dict(), "ikr_n": n}),
-        extra={"ikr_patterns": patterns, "ikr_index": index})
+        compressed=IkrWeights(patterns, index))
     fc1 = layers[4]
     m_out, n_in = fc1.w.shape
     a, b = permfc.random_affine_params(m_out, n_in, seed=3)
     s = fc1.w.flatten()[:n_in].clone()
-    w = s[permfc.affine_perms(a, b, n_in)]
+    w = s[affine_perms(a, b, n_in)]
     layers[4] = dataclasses.replace(
         fc1, w=w, format="perm_affine", desc=LayerDesc(**{**fc1.desc.to_dict(),
                                                          "perm": "affine"}),
-        extra={"s": s, "a": a, "b": b})
+        compressed=PermAffineWeights(s, a, b))
     return dataclasses.replace(small_qmodel, layers=layers)

@@ -7,9 +7,10 @@ import torch
 from torch import nn
 
 from slimnfu.compress import ikr
-from slimnfu.compress.accounting import layer_stats
-from slimnfu.compress.quant import QLayer
 from slimnfu.config import LayerDesc
+from slimnfu.formats import QLayer
+from slimnfu.formats.accounting import layer_stats
+from slimnfu.formats.ikr import IkrWeights, check_ikr, ikr_values
 
 
 def test_library_and_assignment_by_hand():
@@ -36,7 +37,7 @@ def test_library_and_assignment_by_hand():
 def test_bad_input_names_layer_and_field(k, n, lib, index, msg):
     lib = torch.tensor(lib) if len({len(r) for r in lib}) == 1 else lib
     with pytest.raises(ValueError, match="layer conv7: " + msg):
-        ikr.check_ikr("conv7", k, n, lib, index)
+        check_ikr("conv7", k, n, lib, index)
 
 
 def test_layer_desc_refuses_n_above_kk():
@@ -71,13 +72,13 @@ def test_accounting_counts_values_index_and_table():
     w = torch.zeros(5, 3, 9, dtype=torch.int64)
     w.scatter_(2, lib[idx], 7)
     q = QLayer("conv1", desc, w.view(5, 3, 3, 3), torch.zeros(5, dtype=torch.int64),
-               format="ikr", extra={"ikr_patterns": lib, "ikr_index": idx})
+               format="ikr", compressed=IkrWeights(lib, idx))
     s = layer_stats(q, 16, 48)
     # values 15*4*16, index 15*2 bits (P=3), table 3*4*4 bits (K*K=9 taps), bias 5*48
     assert s["bits"] == 15 * 4 * 16 + 15 * 2 + 12 * 4 + 5 * 48
     assert s["macs"] == 6 * 6 * 5 * 3 * 4 and s["macs_dense"] == 6 * 6 * 5 * 3 * 9
     assert s["params"] == 15 * 4 + 5
-    assert ikr.ikr_values(q).unique().tolist() == [7]
+    assert ikr_values(q).unique().tolist() == [7]
 
 
 def _ikr_image(tmp_path, n=4, p=3):
@@ -124,12 +125,12 @@ def test_image_round_trip(tmp_path):
     for a, b in zip(q.layers, q2.layers):
         assert torch.equal(a.w, b.w) and torch.equal(a.b, b.b)
         if a.format == "ikr":
-            assert torch.equal(a.extra["ikr_patterns"], b.extra["ikr_patterns"])
-            assert torch.equal(a.extra["ikr_index"], b.extra["ikr_index"])
+            assert torch.equal(a.compressed.patterns, b.compressed.patterns)
+            assert torch.equal(a.compressed.index, b.compressed.index)
     x = torch.rand(4, 2, 10, 10)
     assert torch.equal(int_forward(q, x)[0], int_forward(q2, x)[0])
     entry = manifest["layers"][0]
-    assert entry["ikr_patterns"] == q.layers[0].extra["ikr_patterns"].shape[0]
+    assert entry["ikr_patterns"] == q.layers[0].compressed.patterns.shape[0]
     assert set(entry["files"]) == {"ikr_values", "ikr_index", "ikr_table", "bias"}
     assert manifest["stats"]["bits"] < manifest["stats"]["bits_dense"]
 
@@ -141,11 +142,11 @@ def _set_lane0(line, bits, value):
 
 def test_image_refuses_index_outside_table(tmp_path):
     from slimnfu.gen import image
-    from slimnfu.rtl.pattern_decoder import index_bits
+    from slimnfu.contract import ikr_index_bits
 
     q, out, tamper = _ikr_image(tmp_path, p=3)
-    p = q.layers[0].extra["ikr_patterns"].shape[0]
-    bits = index_bits(image.load(out)[1])
+    p = q.layers[0].compressed.patterns.shape[0]
+    bits = ikr_index_bits(image.load(out)[1])
     tamper(0, "ikr_index", lambda ls: [_set_lane0(ls[0], bits, p)] + ls[1:])
     with pytest.raises(image.ImageError, match=rf"ikr_index.hex: values: layer .*pattern index "
                                                rf"{p} is outside the table of {p} patterns"):
@@ -154,16 +155,17 @@ def test_image_refuses_index_outside_table(tmp_path):
 
 def test_image_refuses_pattern_with_repeated_tap(tmp_path):
     from slimnfu.gen import image
-    from slimnfu.rtl.pattern_decoder import tap_bits
+    from slimnfu.contract import ikr_tap_bits
 
     q, out, tamper = _ikr_image(tmp_path)
     cfg = image.load(out)[1]
-    lib = q.layers[0].extra["ikr_patterns"]
+    lib = q.layers[0].compressed.patterns
     k, kmax = q.layers[0].desc.k, cfg.ikr_kmax
     tap = int(lib[0, 0])
     phys = (tap // k) * kmax + tap % k
     # word 1 entry 0 = pattern 0's second tap: make it equal to its first
-    tamper(0, "ikr_table", lambda ls: ls[:1] + [_set_lane0(ls[1], tap_bits(cfg), phys)] + ls[2:])
+    tamper(0, "ikr_table",
+           lambda ls: ls[:1] + [_set_lane0(ls[1], ikr_tap_bits(cfg), phys)] + ls[2:])
     with pytest.raises(image.ImageError, match=r"ikr_table.hex: values: layer .*pattern 0 has "
                                                r"\d+ distinct taps, but n=7"):
         image.load(out)

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from slimnfu.compress import accounting, permfc
+from slimnfu.compress import permfc
+from slimnfu.formats import accounting, layout, perm
 from slimnfu.compress.quant import int_forward
 
 
@@ -14,14 +15,14 @@ def _model(seed=0):
 
 
 def test_affine_is_permutation_and_bad_gcd_message():
-    idx = permfc.affine_perms([3, 1], [5, 0], 10)
+    idx = perm.affine_perms([3, 1], [5, 0], 10)
     assert idx[0].tolist() == [(3 * i + 5) % 10 for i in range(10)]
-    permfc.check_index_rom(idx, 2, 10)
+    perm.check_index_rom(idx, 2, 10)
     with pytest.raises(ValueError, match=r"row 1 affine multiplier a=4 is not a permutation "
                                          r"of n=10: gcd\(a, n\) = 2 != 1"):
-        permfc.affine_perms([3, 4], [0, 0], 10)
+        perm.affine_perms([3, 4], [0, 0], 10)
     with pytest.raises(ValueError, match=r"row 0 affine parameters a=10, b=0 must be in"):
-        permfc.check_affine([10], [0], 10)
+        perm.check_affine([10], [0], 10)
     a, b = permfc.random_affine_params(50, 12, seed=3)
     assert all(torch.gcd(a, torch.tensor(12)) == 1) and int(b.max()) < 12
 
@@ -29,12 +30,12 @@ def test_affine_is_permutation_and_bad_gcd_message():
 def test_index_rom_and_sequence_messages():
     with pytest.raises(ValueError, match=r"fc1: index ROM row 1 is not a permutation of 0..3 "
                                          r"\(missing e.g. \[3\]\)"):
-        permfc.check_index_rom(torch.tensor([[0, 1, 2, 3], [0, 1, 2, 2]]), 2, 4, "fc1")
+        perm.check_index_rom(torch.tensor([[0, 1, 2, 3], [0, 1, 2, 2]]), 2, 4, "fc1")
     with pytest.raises(ValueError, match=r"index ROM has shape \(2, 4\), the layer needs"):
-        permfc.check_index_rom(torch.zeros(2, 4, dtype=torch.int64), 3, 4)
+        perm.check_index_rom(torch.zeros(2, 4, dtype=torch.int64), 3, 4)
     with pytest.raises(ValueError, match="common sequence has length 5, but the layer has "
                                          "n_in=4"):
-        permfc.check_sequence(torch.zeros(5), 4)
+        perm.check_sequence(torch.zeros(5), 4)
 
 
 def test_rank_perms_exact_when_rows_are_permutations():
@@ -59,7 +60,7 @@ def test_quantised_perm_model_matches_gather_and_counts_bits(variant):
     q = permfc.quantize_perm_model(model, x, dw=16)
     fc1 = q.layers[0]
     assert fc1.format == permfc.FORMATS[variant] and fc1.desc.perm == variant
-    assert torch.equal(fc1.w, fc1.extra["s"][model[1].idx])
+    assert torch.equal(fc1.w, fc1.compressed.s[model[1].idx])
     logits, _ = int_forward(q, x)
     dense_q = permfc.to_dense(model)
     assert torch.allclose(dense_q(x), model(x))
@@ -80,19 +81,19 @@ def test_keep_classifier_and_bad_layer():
 def test_pack_perm_params_layout():
     from slimnfu.config import CONFIGS
     cfg = CONFIGS["tiny"].with_(perm=True, perm_depth=16)   # 4-bit a and b
-    words = permfc.pack_perm_params([1, 3, 5, 7, 9], [2, 4, 6, 8, 10], cfg)
+    words = layout.pack_perm_params([1, 3, 5, 7, 9], [2, 4, 6, 8, 10], cfg)
     assert len(words) == 2
     assert words[0] & 0xff == 1 | (2 << 4) and (words[0] >> 8) & 0xff == 3 | (4 << 4)
     assert words[1] == 9 | (10 << 4)
     with pytest.raises(ValueError, match="perm_depth=16"):
-        permfc.pack_perm_s(torch.zeros(17, dtype=torch.int64), cfg)
+        layout.pack_perm_s(torch.zeros(17, dtype=torch.int64), cfg)
 
 
 def test_baselines_fit_their_budget():
     from slimnfu.compress import permfc_baselines as bl
 
     lin = nn.Linear(20, 6)
-    budget = 20 * 16 + 2 * 6 * permfc.index_bits(20)
+    budget = 20 * 16 + 2 * 6 * perm.index_bits(20)
     k = bl.budget_hashed(budget, 16)
     assert bl.hashed_bits(k, 16) <= budget < bl.hashed_bits(k + 1, 16)
     hashed = bl.hashed_from_linear(lin, k, seed=1)

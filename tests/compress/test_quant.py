@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from slimnfu.compress.quant import QuantModel, int_forward, quantize_model
+from slimnfu.compress.quant import int_forward, quantize_model
+from slimnfu.formats import QuantModel
 
 
 def _linear(weights, bias):

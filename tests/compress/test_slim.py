@@ -4,7 +4,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from slimnfu.compress import slim
-from slimnfu.compress.accounting import model_stats
+from slimnfu.formats import slim as slim_format
+from slimnfu.formats.accounting import model_stats
 
 
 def _net(seed=0):
@@ -70,8 +71,8 @@ def test_reordered_export_computes_the_same_function():
     q_plain = slim.quantize_slim(sm, x, identity_order=True)
     q_sorted = slim.quantize_slim(sm, x)
     conv1 = q_sorted.layers[0]
-    assert conv1.extra["ksize"].tolist() == [5, 5, 5, 3, 1]  # kept, largest kernel first
-    assert conv1.extra["order"][-1] == 4                      # the approximated one last
+    assert conv1.compressed.ksize.tolist() == [5, 5, 5, 3, 1]  # kept, largest kernel first
+    assert conv1.compressed.order[-1] == 4                      # the approximated one last
     y1, _ = slim.slim_int_forward(q_plain, x)
     y2, _ = slim.slim_int_forward(q_sorted, x)
     assert torch.equal(y1, y2)
@@ -88,10 +89,10 @@ def test_engine_passes_equal_the_layer():
         a, _ = slim.slim_int_forward(q, x)
         b, _ = slim.slim_int_forward(q, x, by_passes=tn)
         assert torch.equal(a, b)
-    ps = slim.passes(q.layers[0], 2)  # ksize [5, 5, 5, 3, 1]: tiles (5,5) (5,3) (1)
+    ps = slim_format.passes(q.layers[0], 2)  # ksize [5, 5, 5, 3, 1]: tiles (5,5) (5,3) (1)
     assert [(p["k"], p["filters"], p["crop"], p["desc"].pad, p["lane_k"]) for p in ps] == \
         [(5, (0, 2), 0, 0, None), (5, (2, 4), 0, 0, [5, 3]), (1, (4, 5), 2, 0, None)]
-    ps = slim.passes(q.layers[2], 2)  # conv2 K=3 pad 1: k=1 passes need no crop, pad 0
+    ps = slim_format.passes(q.layers[2], 2)  # conv2 K=3 pad 1: k=1 passes need no crop, pad 0
     assert all(p["crop"] == 0 and p["desc"].pad == (1 if p["k"] == 3 else 0) for p in ps)
 
 
@@ -143,42 +144,40 @@ def test_greedy_refuses_coefficients_no_word_holds(monkeypatch):
     assert out["log"] and all(slim.coef_fits(sm[i], 16) for i in slim.conv_layers(sm))
 
 
-def test_bad_kernel_sizes_and_coefficients_and_tile_maps():
+def test_bad_kernel_sizes_and_coefficients():
     with pytest.raises(ValueError, match="conv2: kernel size 7 of filter 1 is larger than the "
                                          "layer's K=5"):
-        slim.check_kernel_sizes([5, 7], 5, "conv2")
+        slim_format.check_kernel_sizes([5, 7], 5, "conv2")
     with pytest.raises(ValueError, match="kernel size 2 of filter 0 is even"):
-        slim.check_kernel_sizes([2], 5, "conv1")
-    with pytest.raises(ValueError, match="conv1: approximation coefficients point at feature 3, "
-                                         "which is itself approximated"):
-        slim.check_basis([0, 3], [3, 4], "conv1")
-    good = slim.tile_map([5, 5, 3, 1, 1], 4)
-    slim.check_tile_map(good, [5, 5, 3, 1, 1], 4)
-    bad = [dict(good[0], k=3), good[1]]
-    with pytest.raises(ValueError, match="conv1: tile 0 of the tile map is .* but the "
-                                         "manifest's kernel sizes give"):
-        slim.check_tile_map(bad, [5, 5, 3, 1, 1], 4, "conv1")
-    with pytest.raises(ValueError, match="tile map has 1 tiles"):
-        slim.check_tile_map(good[:1], [5, 5, 3, 1, 1], 4)
+        slim_format.check_kernel_sizes([2], 5, "conv1")
+    assert slim_format.tile_map([5, 5, 3, 1, 1], 4) == [{"lanes": [5, 5, 3, 1], "k": 5},
+                                                        {"lanes": [1], "k": 1}]
     with pytest.raises(ValueError, match="treatment must be one of"):
         slim.greedy(slim.slim_model(_net()), _images(2), torch.zeros(2, dtype=torch.long), 1.0,
                     "prune")
 
 
-def test_export_round_trip_and_refusals(tmp_path):
+def test_weight_image_round_trip_and_refusals(tmp_path):
+    """A slim network goes through the one weight-image format like every other."""
     import hashlib
     import json
 
+    from slimnfu.compress.quant import int_forward
     from slimnfu.config import AccelConfig
+    from slimnfu.gen import image
 
-    sm = _treated()
-    q = slim.quantize_slim(sm, _images())
-    cfg = AccelConfig("t2", tn=2, ti=2)
+    q = slim.quantize_slim(_treated(), _images())
+    cfg = AccelConfig("t2", tn=2, ti=2, kgate=True)
     out = tmp_path / "img"
-    slim.export_slim(q, cfg, out)
-    m = slim.load_slim(out)
-    assert [l["ksize"] for l in m["layers"]][0] == [5, 5, 5, 3, 1]
-    assert not list(tmp_path.glob(".img.tmp-*"))
+    m = image.export(q, cfg, out)
+    q2, _, _ = image.load(out)
+    assert m["layers"][0]["ksize"] == [5, 5, 5, 3, 1]
+    assert sorted(m["layers"][0]["files"]) == ["approx.bias", "approx.weights", "pass0.bias",
+                                               "pass0.weights", "pass1.bias", "pass1.weights",
+                                               "pass2.bias", "pass2.weights"]
+    assert [a.to_state() for a in q.layers] == [b.to_state() for b in q2.layers]
+    x = _images(8)
+    assert torch.equal(int_forward(q, x)[0], int_forward(q2, x)[0])
 
     def edit(fn):
         d = json.loads((out / "manifest.json").read_text())
@@ -186,25 +185,24 @@ def test_export_round_trip_and_refusals(tmp_path):
         (out / "manifest.json").write_text(json.dumps(d))
 
     edit(lambda d: d["layers"][0]["ksize"].__setitem__(0, 7))
-    with pytest.raises(ValueError, match="layer conv1 field 'ksize': kernel size 7 of filter 0 "
-                                         "is larger than the layer's K=5"):
-        slim.load_slim(out)
+    with pytest.raises(image.ImageError, match=r"manifest.json: layers\[0\].ksize: layer conv1: "
+                                               r"kernel size 7 of filter 0 is larger than the "
+                                               r"layer's K=5"):
+        image.load(out)
     edit(lambda d: d["layers"][0]["ksize"].__setitem__(0, 5))
-    edit(lambda d: d["layers"][0]["tile_map"][1].__setitem__("k", 3))
-    with pytest.raises(ValueError, match="field 'tile_map': tile 1 of the tile map"):
-        slim.load_slim(out)
-    edit(lambda d: d["layers"][0]["tile_map"][1].__setitem__("k", 5))
     edit(lambda d: d["layers"][0]["kept_pos"].append(d["layers"][0]["approx_pos"][0]))
-    with pytest.raises(ValueError, match="field 'kept_pos': approximation coefficients point "
-                                         "at feature 4"):
-        slim.load_slim(out)
+    with pytest.raises(image.ImageError, match=r"layers\[0\].kept_pos: kept_pos and approx_pos "
+                                               r"must split the 6 output positions"):
+        image.load(out)
     edit(lambda d: d["layers"][0]["kept_pos"].pop())
-    kmap = out / "conv1.kmap.hex"
-    kmap.write_text("11\n" + "".join(kmap.read_text().split("\n", 1)[1:]))
-    edit(lambda d: d["files"]["conv1.kmap.hex"].__setitem__(
-        "sha256", hashlib.sha256(kmap.read_bytes()).hexdigest()))
-    with pytest.raises(ValueError, match="conv1.kmap.hex: tile 0 of the tile map"):
-        slim.load_slim(out)
-    kmap.write_text("junk\n")
-    with pytest.raises(ValueError, match="conv1.kmap.hex: sha256 differs"):
-        slim.load_slim(out)
+    # pass 1 runs filters 2 and 3 (kernel sizes 5 and 3) at k=5: a weight on filter 3's outer
+    # ring (word 0 = tap (0, 0) of tile pair (0, 0), lane 1*ti + 0) is refused
+    wf = out / "conv1.pass1.weights.hex"
+    lines = wf.read_text().splitlines()
+    lines[0] = f"{int(lines[0], 16) | 1 << 32:0{len(lines[0])}x}"
+    wf.write_text("\n".join(lines) + "\n")
+    edit(lambda d: d["files"]["conv1.pass1.weights.hex"].__setitem__(
+        "sha256", hashlib.sha256(wf.read_bytes()).hexdigest()))
+    with pytest.raises(image.ImageError, match=r"conv1.pass1.weights.hex: values: filter 3 has "
+                                               r"weights outside its 3x3 kernel"):
+        image.load(out)

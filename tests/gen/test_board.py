@@ -3,12 +3,14 @@
 import pytest
 
 from slimnfu.gen.board import PNR_REPORT, build_board, pnr_figures
+from slimnfu.formats import layout
 from slimnfu.gen.synth import REPO_ROOT
 
 
 def test_board_files(small_program):
     out = REPO_ROOT / "build" / "test_board"
-    words = small_program.pack_image(__import__("torch").zeros(1, 10, 10, dtype=int))
+    words = layout.pack_program_input(small_program,
+                                      __import__("torch").zeros(1, 10, 10, dtype=int))
     assert build_board(small_program, words, 0, "ulx3s-85f", out, do_build=False) is None
     names = {p.name for p in out.iterdir()}
     assert {"slimnfu_board.lpf", "slimnfu_board.ys"} <= names, names

@@ -35,7 +35,8 @@ def test_refuses_layer_too_big(small_qmodel):
 def test_refuses_unknown_format(small_qmodel):
     q = dataclasses.replace(small_qmodel, layers=list(small_qmodel.layers))
     q.layers[3] = dataclasses.replace(q.layers[3], format="csr")
-    with pytest.raises(ValueError, match="layer pool2: format 'csr' does not run"):
+    with pytest.raises(ValueError, match="layer pool2: unknown weight format 'csr'; known "
+                                         "formats: dense"):
         compile_model(q, _cfg(small_qmodel))
 
 

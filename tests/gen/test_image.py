@@ -8,12 +8,13 @@ import pytest
 import torch
 from torch import nn
 
+from slimnfu import atomic
 from slimnfu.config import get_config
-from slimnfu.compress.accounting import model_stats
+from slimnfu.formats.accounting import model_stats
 from slimnfu.compress.quant import int_forward, quantize_model
 from slimnfu.gen import image
 from slimnfu.gen.image import ImageError, export, load
-from slimnfu.gen.layout import pack_weights
+from slimnfu.formats.layout import pack_weights
 
 CFG = get_config("tiny")
 
@@ -88,23 +89,23 @@ def test_manifest_contents(qmodel, img):
 
 def test_interrupted_export_leaves_nothing(qmodel, tmp_path, monkeypatch):
     calls = []
-    real = image._write_file
+    real = atomic._write_file
 
-    def failing(folder, name, text):
-        calls.append(name)
+    def failing(path, text):
+        calls.append(path.name)
         if len(calls) == 3:
             raise OSError("disk full (simulated)")
-        real(folder, name, text)
+        real(path, text)
 
-    monkeypatch.setattr(image, "_write_file", failing)
+    monkeypatch.setattr(atomic, "_write_file", failing)
     with pytest.raises(OSError, match="simulated"):
         export(qmodel, CFG, tmp_path / "img")
     assert list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(image, "_write_file", real)
+    monkeypatch.setattr(atomic, "_write_file", real)
     export(qmodel, CFG, tmp_path / "img")
     before = (tmp_path / "img" / "manifest.json").read_text()
     calls.clear()
-    monkeypatch.setattr(image, "_write_file", failing)
+    monkeypatch.setattr(atomic, "_write_file", failing)
     with pytest.raises(OSError):
         export(qmodel, CFG, tmp_path / "img")
     assert [p.name for p in tmp_path.iterdir()] == ["img"]

@@ -3,8 +3,9 @@
 import torch
 
 from slimnfu.compress.quant import int_forward_layers, quantize_input
+from slimnfu.formats import layout
 from slimnfu.rtl.accelerator import Accelerator
-from slimnfu.rtl.simdrive import simulate
+from slimnfu.sim.amaranth_driver import simulate
 from slimnfu.sim.network import expected_cycles
 
 
@@ -12,7 +13,7 @@ def assert_model_layers(program, layers, ref):
     """Every program layer that completes a model layer equals that layer's reference."""
     for i, words in enumerate(layers):
         if program.layers[i].ref is not None:
-            assert torch.equal(program.unpack_layer(i, words),
+            assert torch.equal(layout.unpack_program_output(program, i, words),
                                ref[program.layers[i].ref][0]), program.layers[i].name
 
 
@@ -27,7 +28,7 @@ def run_program(program, images, step=True):
 
     async def bench(ctx):
         for x in images:
-            words = program.pack_image(x)
+            words = layout.pack_program_input(program, x)
             ctx.set(dut.img_en, 1)
             for a, w in enumerate(words):
                 ctx.set(dut.img_addr, a)
@@ -75,7 +76,8 @@ def test_every_layer_bit_exact(small_qmodel, small_program):
         ref = int_forward_layers(qmodel, x[n:n + 1])
         assert len(layers) == len(program.layers)
         assert_model_layers(program, layers, ref)
-        assert torch.equal(program.unpack_layer(len(layers) - 1, logits), ref[-1][0])
+        assert torch.equal(layout.unpack_program_output(program, len(layers) - 1, logits),
+                           ref[-1][0])
         engine = sum(l.desc.dense_cycles(cfg) for l in program.layers)
         assert counters["engine_cycles"] == engine + len(layers) * 18
         assert counters["load_cycles"] == program.stats["rom_words"] + len(program.layers)
@@ -89,7 +91,7 @@ def test_free_run_counts_the_same_cycles(small_qmodel, small_program):
     x = quantize_input(qmodel, torch.rand(1, 1, 10, 10))
     (layers, logits, counters), = run_program(program, x, step=False)
     assert layers == []
-    assert torch.equal(program.unpack_layer(len(program.layers) - 1, logits),
+    assert torch.equal(layout.unpack_program_output(program, len(program.layers) - 1, logits),
                        int_forward_layers(qmodel, x)[-1][0])
     assert counters["cycles"] == expected_cycles(program)["cycles"]
 
@@ -142,7 +144,7 @@ def test_weights_through_the_port(small_qmodel, small_program):
             ctx.set(dut.wt_data, rom[addr] if addr < len(rom) else 0)
 
     async def bench(ctx):
-        for a, w in enumerate(small_program.pack_image(x[0])):
+        for a, w in enumerate(layout.pack_program_input(small_program, x[0])):
             ctx.set(dut.img_en, 1)
             ctx.set(dut.img_addr, a)
             ctx.set(dut.img_data, w)
@@ -158,7 +160,8 @@ def test_weights_through_the_port(small_qmodel, small_program):
             ctx.set(dut.rd_addr, a)
             await ctx.tick()
             words.append(ctx.get(dut.rd_data))
-        out["logits"] = small_program.unpack_layer(len(small_program.layers) - 1, words)
+        out["logits"] = layout.unpack_program_output(small_program,
+                                                     len(small_program.layers) - 1, words)
 
     from amaranth.sim import Simulator
     sim = Simulator(dut)

@@ -4,10 +4,11 @@ import subprocess
 import pytest
 import torch
 
-from slimnfu.compress import fixed
+from slimnfu import fixed
 from slimnfu.config import AccelConfig, LayerDesc, get_config
-from slimnfu.rtl.engine import LayerEngine, load_data_width
-from slimnfu.rtl.simdrive import run_layer_amaranth, run_layers_amaranth
+from slimnfu.rtl.engine import LayerEngine
+from slimnfu.contract import load_data_width
+from slimnfu.sim.amaranth_driver import run_layer_amaranth, run_layers_amaranth
 
 T2 = AccelConfig("t2", tn=2, ti=2, dw=16, acc=48, nbin_depth=256, sb_depth=256,
                  nbout_depth=256, bias_depth=16)

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from slimnfu.compress.quant import int_forward_layers, quantize_input
+from slimnfu.formats import layout
 from slimnfu.rtl.image_runner import ImageRunner
-from slimnfu.rtl.simdrive import simulate
+from slimnfu.sim.amaranth_driver import simulate
 from slimnfu.sim.network import expected_cycles
 
 
@@ -14,7 +15,7 @@ def test_predicts_the_reference_class(small_qmodel, small_program):
                                                 .manual_seed(5)))
     logits = int_forward_layers(small_qmodel, x)[-1][0]
     want = int(logits.argmax())
-    dut = ImageRunner(small_program, small_program.pack_image(x[0]), label=want)
+    dut = ImageRunner(small_program, layout.pack_program_input(small_program, x[0]), label=want)
     seen = {}
 
     async def bench(ctx):

@@ -2,7 +2,7 @@ import pytest
 
 from slimnfu.config import get_config
 from slimnfu.rtl.kernel_gate import KernelGate
-from slimnfu.rtl.simdrive import simulate
+from slimnfu.sim.amaranth_driver import simulate
 
 
 def _expected(k, lane_k, ky, kx):

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from slimnfu.compress import fixed
+from slimnfu import fixed
 from slimnfu.config import LayerDesc, get_config
-from slimnfu.rtl.descriptor import descriptor_value
+from slimnfu.contract import descriptor_value
 from slimnfu.rtl.engine import LayerEngine
-from slimnfu.rtl.simdrive import run_layer_amaranth
+from slimnfu.sim.amaranth_driver import run_layer_amaranth
 
 
 def _centred(w, lane_k, tn):

@@ -4,7 +4,7 @@ import pytest
 
 from slimnfu.config import get_config
 from slimnfu.rtl.nfu1 import NFU1
-from slimnfu.rtl.simdrive import simulate
+from slimnfu.sim.amaranth_driver import simulate
 
 
 def test_products_exact_including_most_negative():

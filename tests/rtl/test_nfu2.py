@@ -3,9 +3,9 @@ import random
 import pytest
 
 from slimnfu.config import AccelConfig, get_config
-from slimnfu.rtl.descriptor import Mode
+from slimnfu.contract import Mode
 from slimnfu.rtl.nfu2 import NFU2, adder_tree
-from slimnfu.rtl.simdrive import simulate
+from slimnfu.sim.amaranth_driver import simulate
 
 CFG = AccelConfig("t2", tn=2, ti=2, dw=8, acc=20)
 

@@ -3,12 +3,12 @@ import random
 import pytest
 import torch
 
-from slimnfu.compress import fixed
+from slimnfu import fixed
 from slimnfu.config import AccelConfig, get_config
-from slimnfu.gen.layout import pack_pwl
-from slimnfu.rtl.descriptor import Act
+from slimnfu.formats.layout import pack_pwl
+from slimnfu.contract import Act
 from slimnfu.rtl.nfu3 import NFU3
-from slimnfu.rtl.simdrive import simulate
+from slimnfu.sim.amaranth_driver import simulate
 
 
 def run_nfu3(cfg, accs, shift, act="none", table=None, masks=None):

@@ -2,12 +2,13 @@
 
 import torch
 
-from slimnfu.compress import fixed
+from slimnfu import fixed
 from slimnfu.config import CONFIGS, LayerDesc
-from slimnfu.gen import layout
-from slimnfu.rtl.descriptor import descriptor_value
-from slimnfu.rtl.engine import LayerEngine, LoadSel
-from slimnfu.rtl.simdrive import EngineDriver, simulate
+from slimnfu.formats import layout
+from slimnfu.contract import descriptor_value
+from slimnfu.rtl.engine import LayerEngine
+from slimnfu.contract import LoadSel
+from slimnfu.sim.amaranth_driver import EngineDriver, simulate
 
 CFG = CONFIGS["tiny"].with_(ikr=True, ikr_kmax=3, nbin_depth=256, sb_depth=128,
                             nbout_depth=256, bias_depth=8, ikr_index_depth=16)

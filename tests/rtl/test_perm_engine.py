@@ -3,14 +3,17 @@
 import pytest
 import torch
 
-from slimnfu.compress import fixed, permfc
+from slimnfu import fixed
+from slimnfu.compress import permfc
+from slimnfu.formats import perm
 from slimnfu.config import CONFIGS, LayerDesc
-from slimnfu.gen import layout
-from slimnfu.rtl.descriptor import descriptor_value
-from slimnfu.rtl.engine import LayerEngine, LoadSel
+from slimnfu.formats import layout
+from slimnfu.contract import descriptor_value
+from slimnfu.rtl.engine import LayerEngine
+from slimnfu.contract import LoadSel
 from slimnfu.rtl.perm_addr import PermAddrGen
 from slimnfu.rtl.perm_sb import PermSB
-from slimnfu.rtl.simdrive import EngineDriver, simulate
+from slimnfu.sim.amaranth_driver import EngineDriver, simulate
 
 CFG = CONFIGS["tiny"].with_(perm=True, perm_depth=64)
 
@@ -21,12 +24,12 @@ def _layer(m, n, variant, seed):
     s[0], s[-1] = CFG.qmin, CFG.qmax
     if variant == "affine":
         a, b = permfc.random_affine_params(m, n, seed)
-        idx = permfc.affine_perms(a, b, n)
-        loads = [(LoadSel.PERM_PARAM, permfc.pack_perm_params(a, b, CFG))]
+        idx = perm.affine_perms(a, b, n)
+        loads = [(LoadSel.PERM_PARAM, layout.pack_perm_params(a, b, CFG))]
     else:
         idx = torch.stack([torch.randperm(n, generator=gen) for _ in range(m)])
-        loads = [(LoadSel.SB, permfc.pack_perm_index(idx, CFG))]
-    loads.append((LoadSel.PERM_S, permfc.pack_perm_s(s, CFG)))
+        loads = [(LoadSel.SB, layout.pack_perm_index(idx, CFG))]
+    loads.append((LoadSel.PERM_S, layout.pack_perm_s(s, CFG)))
     x = torch.randint(CFG.qmin, CFG.qmax + 1, (n,), generator=gen)
     b = torch.randint(-1 << 20, 1 << 20, (m,), generator=gen)
     desc = LayerDesc("fc", n, m, shift=14, act="relu", perm=variant)

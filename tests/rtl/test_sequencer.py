@@ -1,9 +1,9 @@
 import pytest
 
 from slimnfu.config import AccelConfig, LayerDesc, get_config
-from slimnfu.rtl.descriptor import descriptor_value
+from slimnfu.contract import descriptor_value
 from slimnfu.rtl.sequencer import Sequencer
-from slimnfu.rtl.simdrive import simulate
+from slimnfu.sim.amaranth_driver import simulate
 
 
 def model_steps(desc, cfg):

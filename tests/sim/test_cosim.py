@@ -7,7 +7,8 @@ import torch
 
 from slimnfu.cli import main
 from slimnfu.config import LayerDesc, get_config
-from slimnfu.sim.cases import make_case, regression_cases
+from slimnfu.sim.cases import make_case
+from slimnfu.sim.regression import regression_cases
 from slimnfu.sim.runner import compare
 
 
@@ -28,7 +29,7 @@ def test_short_regression_on_icarus_and_verilator(tmp_path, capsys):
 
 
 def test_compare_catches_a_wrong_bit_and_a_wrong_cycle_count():
-    from slimnfu.gen import layout
+    from slimnfu.formats import layout
 
     cfg = get_config("tiny")
     case = make_case("t", LayerDesc("conv", 3, 5, 4, 4, 3, pad=1), cfg, seed=3)

@@ -3,11 +3,11 @@
 This is the amaranth.sim counterpart of the cocotb testbench, for unit tests and for the
 simulation-speed benchmark::
 
-    from slimnfu.rtl.simdrive import run_layer_amaranth
+    from slimnfu.sim.amaranth_driver import run_layer_amaranth
     y, counters, wall_s = run_layer_amaranth(cfg, desc, x, w, b, pwl)
 
 Everything goes through the engine's ports (``load_*``, ``start``/``done``, ``rd_*``), packed
-with :mod:`slimnfu.gen.layout`.
+with :mod:`slimnfu.formats.layout`.
 """
 
 import time
@@ -16,9 +16,10 @@ import torch
 from amaranth.sim import Simulator
 
 from slimnfu.config import AccelConfig, LayerDesc
-from slimnfu.gen import layout
-from slimnfu.rtl.descriptor import descriptor_value
-from slimnfu.rtl.engine import LayerEngine, LoadSel
+from slimnfu.contract import LoadSel, descriptor_value
+from slimnfu.formats import layout
+from slimnfu.formats.dense import dense_memories
+from slimnfu.rtl.engine import LayerEngine
 
 __all__ = ["EngineDriver", "run_layer_amaranth", "run_layers_amaranth", "simulate", "COUNTERS"]
 
@@ -104,22 +105,19 @@ class EngineDriver:
     async def run_layer(self, ctx, desc, x, w=None, b=None, pwl=None):
         """Load one layer's operands, run it and unpack NBout.
 
-        Returns ``(y, counters)``, ``y`` shaped like :func:`slimnfu.compress.fixed.run_layer`'s
+        Returns ``(y, counters)``, ``y`` shaped like :func:`slimnfu.fixed.run_layer`'s
         output for one image (with the batch dim if ``x`` had one).
         """
         cfg = self.cfg
         value = descriptor_value(desc, cfg)
         image, batched = _image(desc, x, "x")
+        if not desc.is_pool and (w is None or b is None):
+            raise ValueError(f"a {desc.kind} layer needs weights w and biases b")
+        if desc.act == "pwl" and pwl is None:
+            raise ValueError("act='pwl' needs a PwlTable (pwl=...)")
         await self.load(ctx, LoadSel.NBIN, layout.pack_input(image, cfg))
-        if not desc.is_pool:
-            if w is None or b is None:
-                raise ValueError(f"a {desc.kind} layer needs weights w and biases b")
-            await self.load(ctx, LoadSel.SB, layout.pack_weights(w, cfg))
-            await self.load(ctx, LoadSel.BIAS, layout.pack_bias(b, cfg))
-        if desc.act == "pwl":
-            if pwl is None:
-                raise ValueError("act='pwl' needs a PwlTable (pwl=...)")
-            await self.load(ctx, LoadSel.PWL, layout.pack_pwl(pwl, cfg))
+        for mem in dense_memories(desc, w, b, pwl, cfg).values():
+            await self.load(ctx, mem.sel, mem.words)
         counters = await self.run(ctx, value)
         words = await self.read_nbout(ctx, desc.nbout_words(cfg))
         y = layout.unpack_output(words, desc.n_out, desc.h_out, desc.w_out, cfg)
@@ -173,7 +171,7 @@ def run_layer_amaranth(cfg, desc, x, w=None, b=None, pwl=None):
     Returns
     -------
     y : torch.Tensor
-        int64 outputs, shaped as :func:`slimnfu.compress.fixed.run_layer` gives them for one
+        int64 outputs, shaped as :func:`slimnfu.fixed.run_layer` gives them for one
         image (``(O, H_out, W_out)``, ``(O,)`` for fc; with a leading 1 if ``x`` had one).
     counters : dict
         ``cycles``, ``steps``, ``mults``, ``sat_events`` (the engine's counters) and
@@ -198,7 +196,7 @@ def measure(cfg_name="tiny", out=None):
 
     from amaranth.back import verilog
 
-    from slimnfu.compress import fixed
+    from slimnfu import fixed
     from slimnfu.config import get_config
 
     cfg = get_config(cfg_name)

@@ -1,5 +1,5 @@
 from slimnfu.config import LayerDesc, get_config
-from slimnfu.rtl.descriptor import descriptor_layout, descriptor_value
+from slimnfu.contract import descriptor_layout, descriptor_value
 
 
 def test_n_out_field_is_last_and_holds_the_channel_count():

@@ -3,7 +3,7 @@
 import torch
 
 from slimnfu.config import AccelConfig
-from slimnfu.gen import layout
+from slimnfu.formats import layout
 
 CFG = AccelConfig("t2", tn=2, ti=2, dw=8, acc=24)
 
@@ -29,6 +29,6 @@ def test_weight_word_order():
 
 def test_bias_and_pwl_widths():
     assert layout.pack_bias(torch.tensor([-1, 2, 3]), CFG) == [0xFFFFFF | (2 << 24), 3]
-    from slimnfu.compress.fixed import PwlTable
+    from slimnfu.fixed import PwlTable
     words = layout.pack_pwl(PwlTable([-1] * 16, [1] * 16, 2, 8), CFG)
     assert words[0] == 0xFF | (1 << 8)

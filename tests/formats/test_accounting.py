@@ -4,10 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from slimnfu.config import get_config
-from slimnfu.compress import accounting
-from slimnfu.compress.accounting import StoredItem, layer_stats, model_stats
 from slimnfu.compress.quant import quantize_model
+from slimnfu.config import get_config
+from slimnfu.formats import FORMATS
+from slimnfu.formats.accounting import layer_stats, model_stats
+from slimnfu.formats.base import StoredItem, register
+from slimnfu.formats.dense import DenseFormat
 
 
 def _lenet5():
@@ -56,19 +58,31 @@ def test_pwl_items_and_registered_format(lenet5_q):
     assert [i["name"] for i in st["layers"][0]["items"]] == ["weights", "bias", "pwl"]
     assert st["bits"] == 12 * 8 + 3 * 48 + 16 * 24
 
-    def items(qlayer, dw, acc, cfg=None):
-        return [StoredItem("values", 6, dw), StoredItem("indices", 6, 2),
-                StoredItem("bias", qlayer.desc.n_out, acc)]
-    accounting.register_format("halfdemo", items, lambda l: l.desc.macs() // 2,
-                               lambda l: 6 + l.desc.n_out)
+    class HalfDemo(DenseFormat):
+        """A made-up format: 6 values with 2-bit indices, half the MACs."""
+
+        name = "halfdemo"
+
+        def items(self, ql, dw, acc):
+            return [StoredItem("values", 6, dw), StoredItem("indices", 6, 2),
+                    StoredItem("bias", ql.desc.n_out, acc)]
+
+        def macs(self, ql):
+            return ql.desc.macs() // 2
+
+        def params(self, ql):
+            return 6 + ql.desc.n_out
+
+    register(HalfDemo())
     try:
         q.layers[0].format = "halfdemo"
         st = model_stats(q)
         assert st["bits"] == 6 * 8 + 6 * 2 + 3 * 48 and st["bits_dense"] == 12 * 8 + 3 * 48 + 384
         assert (st["macs"], st["macs_dense"], st["params"], st["params_dense"]) == (6, 12, 9, 15)
     finally:
-        del accounting.FORMATS["halfdemo"]
-    with pytest.raises(ValueError, match=r"layer fc1: unknown storage format 'halfdemo'"):
+        del FORMATS["halfdemo"]
+    with pytest.raises(ValueError, match=r"layer fc1: unknown weight format 'halfdemo'; known "
+                                         r"formats: dense, ikr"):
         model_stats(q)
-    with pytest.raises(TypeError, match="macs must be callable"):
-        accounting.register_format("x", items, None, len)
+    with pytest.raises(TypeError, match="a format must be a WeightFormat with a name"):
+        register(object())

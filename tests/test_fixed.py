@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from slimnfu.compress import fixed
+from slimnfu import fixed
 from slimnfu.config import LayerDesc
 
 

@@ -1,4 +1,4 @@
-"""The fixed-point contract (DESIGN.md section 2) as the integer reference, in PyTorch int64.
+"""The fixed-point contract (docs/design.md section 2) as the integer reference, in PyTorch int64.
 
 This module is the single source of truth for every number the accelerator produces. The
 RTL, amaranth.sim, Icarus and Verilator must equal it bit for bit.
@@ -11,8 +11,9 @@ Contract
 * Requantisation: ``y = sat_dw((acc + 2**(sh-1)) >> sh)`` with a flooring shift, so ties round
   half up; with ``sh == 0`` there is no rounding term.
 * ReLU is ``max(0, y)``.
-* The piecewise-linear activation (sigmoid, tanh, or any table) has 16 segments. For input
-  ``y`` (after requantisation), ``seg = clamp((y >> seg_shift) + 8, 0, 15)`` and::
+* The piecewise-linear activation (sigmoid, tanh, or any table) has ``PWL_SEGMENTS`` = 16
+  segments. For input ``y`` (after requantisation), ``seg = clamp((y >> seg_shift) + 8, 0,
+  15)`` and::
 
       out = sat_dw((slope[seg] * y + icpt[seg] + 2**(p-1)) >> p),   p = dw - 2
 
@@ -29,12 +30,13 @@ import math
 import torch
 import torch.nn.functional as F
 
+from slimnfu.contract import PWL_SEGMENTS
+
 __all__ = [
     "SatCount", "sat", "requant", "relu", "quantize", "frac_bits_for", "conv2d_acc",
     "linear_acc", "maxpool", "avgpool", "PwlTable", "pwl_table", "pwl_apply", "run_layer",
 ]
 
-SEGMENTS = 16
 
 
 class SatCount:
@@ -166,8 +168,8 @@ class PwlTable:
         self.slope = [int(v) for v in slope]
         self.icpt = [int(v) for v in icpt]
         self.seg_shift, self.dw = int(seg_shift), int(dw)
-        if len(self.slope) != SEGMENTS or len(self.icpt) != SEGMENTS:
-            raise ValueError(f"a PWL table has {SEGMENTS} slopes and intercepts")
+        if len(self.slope) != PWL_SEGMENTS or len(self.icpt) != PWL_SEGMENTS:
+            raise ValueError(f"a PWL table has {PWL_SEGMENTS} slopes and intercepts")
         for name, vals, bits in (("slope", self.slope, dw), ("icpt", self.icpt, 2 * dw)):
             lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
             bad = [v for v in vals if not lo <= v <= hi]
@@ -200,7 +202,7 @@ def pwl_table(func, f, dw, seg_shift=None):
     slope, icpt = [], []
     lo_s, hi_s = -(1 << (dw - 1)), (1 << (dw - 1)) - 1
     lo_i, hi_i = -(1 << (2 * dw - 1)), (1 << (2 * dw - 1)) - 1
-    for s in range(SEGMENTS):
+    for s in range(PWL_SEGMENTS):
         a = ((s - 8) << seg_shift) / 2.0 ** f
         b = ((s - 7) << seg_shift) / 2.0 ** f
         fa = float(fn(torch.tensor(a, dtype=torch.float64)))
@@ -217,7 +219,7 @@ def pwl_table(func, f, dw, seg_shift=None):
 def pwl_apply(y, table, count=None):
     """Apply a :class:`PwlTable` to requantised values ``y``."""
     y = _as_int64(y)
-    seg = ((y >> table.seg_shift) + SEGMENTS // 2).clamp(0, SEGMENTS - 1)
+    seg = ((y >> table.seg_shift) + PWL_SEGMENTS // 2).clamp(0, PWL_SEGMENTS - 1)
     slope = torch.tensor(table.slope, dtype=torch.int64)[seg]
     icpt = torch.tensor(table.icpt, dtype=torch.int64)[seg]
     p = table.frac

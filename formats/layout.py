@@ -22,8 +22,12 @@ An FC layer is laid out as a 1x1 image: NBin word ``t`` holds inputs ``t*ti ...`
 
 import torch
 
+from slimnfu.contract import ikr_index_bits, ikr_tap_bits, perm_addr_bits
+
 __all__ = ["pack_words", "unpack_words", "pack_input", "pack_weights", "pack_bias",
-           "unpack_output", "pack_pwl"]
+           "unpack_output", "pack_pwl", "pack_ikr_weights", "pack_ikr_index", "pack_ikr_table",
+           "pack_perm_s", "pack_perm_params", "pack_perm_index", "pack_program_input",
+           "unpack_program_output"]
 
 
 def pack_words(lanes, width):
@@ -102,7 +106,7 @@ def unpack_output(words, n_out, h_out, w_out, cfg):
 
 
 def pack_pwl(table, cfg):
-    """The 16 PWL table words of a :class:`slimnfu.compress.fixed.PwlTable`."""
+    """The ``PWL_SEGMENTS`` words of a :class:`slimnfu.fixed.PwlTable`."""
     if table.dw != cfg.dw:
         raise ValueError(f"PWL table is for dw={table.dw}, config has dw={cfg.dw}")
     m1, m2 = (1 << cfg.dw) - 1, (1 << (2 * cfg.dw)) - 1
@@ -126,22 +130,70 @@ def pack_ikr_weights(values, cfg):
 def pack_ikr_index(index, cfg):
     """IKR index words: ``index (O, C)`` pattern numbers. Word ``o*ci_tiles + t``, lane
     ``j*ti + i`` holds ``index[o*tn + j, t*ti + i]`` in ``bits_for(ikr_patterns - 1)`` bits."""
-    from slimnfu.rtl.pattern_decoder import index_bits
-
     idx = torch.as_tensor(index, dtype=torch.int64)
     idx = _pad_channels(_pad_channels(idx, 0, cfg.tn), 1, cfg.ti)
     o, c = idx.shape
     lanes = idx.view(o // cfg.tn, cfg.tn, c // cfg.ti, cfg.ti).permute(0, 2, 1, 3)
-    return pack_words(lanes.reshape(-1, cfg.tn * cfg.ti), index_bits(cfg))
+    return pack_words(lanes.reshape(-1, cfg.tn * cfg.ti), ikr_index_bits(cfg))
 
 
 def pack_ikr_table(patterns, k, cfg):
     """IKR pattern-table words: ``patterns (P, n)`` taps ``ky*k + kx`` of a ``k x k`` kernel.
     Word ``s``, entry ``p`` holds pattern ``p``'s tap ``s`` as ``ky*ikr_kmax + kx``."""
-    from slimnfu.rtl.pattern_decoder import tap_bits
-
     pat = torch.as_tensor(patterns, dtype=torch.int64)
     phys = (pat // k) * cfg.ikr_kmax + pat % k
     rows = torch.zeros(pat.shape[1], cfg.ikr_patterns, dtype=torch.int64)
     rows[:, :pat.shape[0]] = phys.t()
-    return pack_words(rows, tap_bits(cfg))
+    return pack_words(rows, ikr_tap_bits(cfg))
+
+
+# Permuted-feature FC (method C) memories; see slimnfu.rtl.perm_sb and slimnfu.rtl.perm_addr.
+
+def pack_perm_s(s, cfg):
+    """Words of the ``PERM_S`` load: ``s[k]`` at address ``k``, ``dw`` bits."""
+    s = torch.as_tensor(s, dtype=torch.int64).reshape(-1, 1)
+    if s.shape[0] > cfg.perm_depth:
+        raise ValueError(f"common sequence of length {s.shape[0]} exceeds config "
+                         f"{cfg.name!r} perm_depth={cfg.perm_depth}")
+    return pack_words(s, cfg.dw)
+
+
+def pack_perm_params(a, b, cfg):
+    """Words of the ``PERM_PARAM`` load: output tile ``o``, lane ``j`` holds ``(a, b)`` of row
+    ``o*tn + j`` at bits ``[2*ab*j, 2*ab*j + ab)`` and ``[2*ab*j + ab, 2*ab*(j+1))``,
+    ``ab = perm_addr_bits(cfg)``."""
+    ab = perm_addr_bits(cfg)
+    a = torch.as_tensor(a, dtype=torch.int64)
+    b = torch.as_tensor(b, dtype=torch.int64)
+    m = a.numel()
+    tiles = -(-m // cfg.tn)
+    pairs = torch.zeros(tiles * cfg.tn, 2, dtype=torch.int64)
+    pairs[:m, 0], pairs[:m, 1] = a, b
+    return pack_words(pairs.reshape(tiles, 2 * cfg.tn), ab)
+
+
+def pack_perm_index(idx, cfg):
+    """SB words of the index ROM: laid out as dense FC weights, one index per ``dw`` lane."""
+    if perm_addr_bits(cfg) > cfg.dw:
+        raise ValueError(f"config {cfg.name!r}: perm_depth={cfg.perm_depth} indices do not fit "
+                         f"dw={cfg.dw} bits")
+    return pack_weights(idx, cfg)
+
+
+# A compiled program's input and outputs (slimnfu.contract.Program).
+
+def pack_program_input(program, x):
+    """NBin words of one integer input sample of ``program`` (flattened when its first layer
+    is FC)."""
+    if program.layers[0].desc.kind == "fc":
+        x = torch.as_tensor(x).reshape(-1)
+    return pack_input(x, program.cfg)
+
+
+def unpack_program_output(program, i, words):
+    """The NBout words of program layer ``i`` as the integer reference's output of one
+    sample (its model layer's output; flat after an FC layer)."""
+    layer = program.layers[i]
+    n, h, w = layer.out_shape
+    y = unpack_output(words, n, h, w, program.cfg)
+    return y.reshape(-1) if layer.desc.kind == "fc" else y

@@ -1,0 +1,271 @@
+"""The hardware contract: every number, layout and record the gateware and the host share.
+
+Nothing here is logic. It is the one home of what both sides of the accelerator must agree
+on, so that :mod:`slimnfu.rtl` (the gateware), :mod:`slimnfu.compress` (the integer
+reference), :mod:`slimnfu.formats` (the memory words) and :mod:`slimnfu.gen` (the compiler)
+import it and never each other's internals:
+
+- the PWL table size (:data:`PWL_SEGMENTS`);
+- the layer descriptor: its field widths (:data:`DESC_FIELD_BITS`), its enums
+  (:class:`Mode`, :class:`Act`, :class:`Perm`), its layout for a config
+  (:func:`descriptor_layout`) and the value that runs a :class:`~slimnfu.config.LayerDesc`
+  (:func:`descriptor_value`);
+- the load interface: which memory ``load_sel`` names (:class:`LoadSel`), the widths of
+  ``load_sel`` and ``load_data``, and the widths of the method memories' entries (IKR
+  pattern indices and taps, permutation addresses and parameters);
+- the counter widths of the engine and the accelerator (:data:`COUNTER_BITS`);
+- the compiled program the accelerator bakes in (:class:`Program`, :class:`ProgramLayer`).
+
+See ``docs/design.md`` for what each means cycle by cycle.
+"""
+
+import enum as py_enum
+from dataclasses import dataclass, field
+
+from amaranth.hdl import unsigned
+from amaranth.lib import data, enum
+
+from slimnfu.config import AccelConfig
+
+__all__ = ["PWL_SEGMENTS", "DESC_FIELD_BITS", "COUNTER_BITS", "Mode", "Act", "Perm", "LoadSel",
+           "bits_for", "descriptor_layout", "descriptor_value", "load_sel_width",
+           "load_data_width", "ikr_tap_bits", "ikr_index_bits", "ikr_load_width",
+           "perm_addr_bits", "perm_param_width", "Program", "ProgramLayer"]
+
+#: Segments of the piecewise-linear activation table (NFU-3), and so words of a PWL load.
+PWL_SEGMENTS = 16
+
+#: Width of the descriptor's geometry fields; :meth:`LayerDesc.check` refuses values that do
+#: not fit.
+DESC_FIELD_BITS = {"h_in": 12, "w_in": 12, "h_out": 12, "w_out": 12, "k": 4, "stride": 4,
+                   "pad": 4}
+
+#: Widths of the counters the engine (``cycles`` .. ``gated``) and the accelerator (all of
+#: them) report. ``gated`` exists with ``cfg.kgate`` only.
+COUNTER_BITS = {"cycles": 32, "engine_cycles": 32, "load_cycles": 32, "move_cycles": 32,
+                "steps": 32, "mults": 48, "sat_events": 32, "gated": 48}
+
+
+def bits_for(max_value):
+    """Bits of an unsigned value that holds ``0 .. max_value`` (at least 1)."""
+    return max(1, int(max_value).bit_length())
+
+
+class Mode(enum.Enum, shape=2):
+    MAC = 0      #: conv and fc: NFU-1 multiplies, NFU-2 sums
+    MAXPOOL = 1  #: NFU-1 bypassed, NFU-2 keeps the maximum
+    AVGPOOL = 2  #: NFU-1 bypassed, NFU-2 sums, NFU-3 shifts
+
+
+class Perm(enum.Enum, shape=2):
+    NONE = 0    #: dense FC weights from SB
+    AFFINE = 1  #: s gathered at (a_j*i + b_j) mod n_in, per-row (a, b) from the perm memory
+    INDEX = 2   #: s gathered at the index ROM entries SB holds
+
+
+class Act(enum.Enum, shape=2):
+    NONE = 0
+    RELU = 1
+    PWL = 2
+
+
+class LoadSel(py_enum.IntEnum):
+    """The engine memory a load word goes to (the value on ``load_sel``)."""
+
+    NBIN = 0
+    SB = 1
+    BIAS = 2
+    PWL = 3
+    #: With ``cfg.perm``: the common sequence ``s`` (one value per word) and the per-row
+    #: affine parameters (one output tile per word, :func:`perm_param_width` bits).
+    PERM_S = 4
+    PERM_PARAM = 5
+    #: With ``cfg.ikr``: the IKR index memory and pattern table.
+    IKR_INDEX = 6
+    IKR_TABLE = 7
+
+
+def load_sel_width(cfg):
+    """Width of ``load_sel``: 3 bits when a method memory (``perm``, ``ikr``) exists, else 2."""
+    return 3 if cfg.perm or cfg.ikr else 2
+
+
+def ikr_tap_bits(cfg):
+    """Bits of one IKR pattern-table entry: a tap ``ky*ikr_kmax + kx`` of the window."""
+    return bits_for(cfg.ikr_kmax ** 2 - 1)
+
+
+def ikr_index_bits(cfg):
+    """Bits of one per-kernel IKR pattern index (``ceil(log2(ikr_patterns))``, at least 1)."""
+    return bits_for(cfg.ikr_patterns - 1)
+
+
+def ikr_load_width(cfg):
+    """Widest IKR load word: a pattern-table word or an index word."""
+    return max(cfg.ikr_patterns * ikr_tap_bits(cfg), cfg.tn * cfg.ti * ikr_index_bits(cfg))
+
+
+def perm_addr_bits(cfg):
+    """Bits of one address into the common sequence ``s`` (``0 .. perm_depth-1``)."""
+    return bits_for(cfg.perm_depth - 1)
+
+
+def perm_param_width(cfg):
+    """Width of one perm-memory word: ``tn`` lanes of ``(a_j, b_j)``, ``a`` in the low half."""
+    return cfg.tn * 2 * perm_addr_bits(cfg)
+
+
+def load_data_width(cfg):
+    """Width of ``load_data``: the widest word any memory takes.
+
+    ``tn*ti*dw`` (an SB word) for every named config; a bias word (``tn*acc``) or a PWL word
+    (``3*dw``) can be wider when ``ti`` is small (e.g. 2x2 configs).
+    """
+    width = max(cfg.tn * cfg.ti * cfg.dw, cfg.tn * cfg.acc, 3 * cfg.dw)
+    if cfg.ikr:
+        width = max(width, ikr_load_width(cfg))
+    return max(width, perm_param_width(cfg)) if cfg.perm else width
+
+
+def descriptor_layout(cfg):
+    """The :class:`amaranth.lib.data.StructLayout` of the ``desc`` port for ``cfg``."""
+    tiles = max(cfg.nbin_depth, cfg.nbout_depth, cfg.sb_depth)
+    fields = {
+        "mode": Mode,
+        "act": Act,
+        "ci_tiles": unsigned(bits_for(tiles)),
+        "co_tiles": unsigned(bits_for(tiles)),
+    }
+    for name, bits in DESC_FIELD_BITS.items():
+        fields[name] = unsigned(bits)
+    fields["shift"] = unsigned(bits_for(cfg.acc - 1))
+    fields["seg_shift"] = unsigned(bits_for(cfg.dw - 1))
+    # Output channels: NFU-3 counts saturation only on lanes below n_out (added last, so the
+    # fields above keep their bit positions).
+    fields["n_out"] = unsigned(bits_for(tiles * cfg.tn))
+    if cfg.ikr:
+        # Taps kept per kernel of an IKR conv layer; 0 runs the layer dense.
+        fields["ikr_n"] = unsigned(bits_for(cfg.ikr_kmax ** 2))
+    if cfg.perm:
+        # Permuted-feature FC (method C): the weight format and the sequence length N.
+        fields["perm"] = Perm
+        fields["n_in"] = unsigned(bits_for(cfg.perm_depth))
+    if cfg.kgate:
+        # Kernel-size-aware gating (method A): each lane's centred kernel; 0 is the full k.
+        fields["lane_k"] = data.ArrayLayout(unsigned(DESC_FIELD_BITS["k"]), cfg.tn)
+        # Centre-tap passes: the tap offset, where the pass's outputs go in NBout, and the
+        # lanes of its first output tile that another pass owns.
+        fields["koff"] = unsigned(DESC_FIELD_BITS["k"])
+        fields["nbout_base"] = unsigned(bits_for(cfg.nbout_depth - 1))
+        fields["lane_skip"] = unsigned(bits_for(cfg.tn - 1))
+    return data.StructLayout(fields)
+
+
+def descriptor_value(desc, cfg, check=True):
+    """The integer for the ``desc`` port that runs ``desc`` (a :class:`LayerDesc`) on ``cfg``.
+
+    ``check=False`` skips :meth:`LayerDesc.check` (buffer depths), for weight images that list
+    layers too large for ``cfg``; every field must still fit its width.
+    """
+    if check:
+        desc.check(cfg)
+    mode = {"conv": Mode.MAC, "fc": Mode.MAC, "maxpool": Mode.MAXPOOL,
+            "avgpool": Mode.AVGPOOL}[desc.kind]
+    act = {"none": Act.NONE, "relu": Act.RELU, "pwl": Act.PWL}[desc.act]
+    ci, co = desc.tiles(cfg)
+    fields = dict(mode=mode, act=act, ci_tiles=ci, co_tiles=co, h_in=desc.h_in,
+                  w_in=desc.w_in, h_out=desc.h_out, w_out=desc.w_out, k=desc.k,
+                  stride=desc.stride, pad=desc.pad, shift=desc.effective_shift,
+                  seg_shift=desc.seg_shift, n_out=desc.n_out)
+    if cfg.ikr:
+        fields["ikr_n"] = desc.ikr_n
+    elif desc.ikr_n:
+        raise ValueError(f"layer has ikr_n={desc.ikr_n}, but config {cfg.name!r} has ikr=False")
+    if cfg.perm:
+        fields["perm"] = {"none": Perm.NONE, "affine": Perm.AFFINE,
+                          "index": Perm.INDEX}[desc.perm]
+        fields["n_in"] = desc.n_in if desc.perm != "none" else 0
+    elif desc.perm != "none":
+        raise ValueError(f"layer has perm={desc.perm!r}, but config {cfg.name!r} has perm=False")
+    if cfg.kgate:
+        fields["lane_k"] = list(desc.lane_k) + [0] * (cfg.tn - len(desc.lane_k))
+        fields.update(koff=desc.koff, nbout_base=desc.nbout_base, lane_skip=desc.lane_skip)
+    elif desc.lane_k or desc.koff or desc.nbout_base or desc.lane_skip:
+        raise ValueError(f"layer has lane_k={list(desc.lane_k)}, koff={desc.koff}, nbout_base="
+                         f"{desc.nbout_base}, lane_skip={desc.lane_skip}, but config "
+                         f"{cfg.name!r} has kgate=False")
+    layout = descriptor_layout(cfg)
+    for name, value in fields.items():
+        if isinstance(value, int) and value >= 1 << layout[name].shape.width:
+            raise ValueError(f"descriptor field {name}={value} does not fit its "
+                             f"{layout[name].shape.width} bits for config {cfg.name!r}")
+    return layout.const(fields).as_value().value
+
+
+@dataclass
+class ProgramLayer:
+    """One engine run of a :class:`Program`.
+
+    ``loads`` are ``(sel, rom_base, words)``: copy ``words`` ROM words from ``rom_base`` to
+    engine memory ``sel`` (a :class:`LoadSel`) at addresses ``0 ..``. ``move`` is
+    ``("image",)`` for the first layer, ``("copy", words)``, ``("flatten", channels, h, w)``
+    or ``("none",)`` (a later pass of the same model layer reads the same input).
+
+    A model layer may take several program layers (a ``slim`` layer: one pass per run of
+    equal-kernel tiles, then the 1x1 approximation pass). ``ref`` is the index of the model
+    layer whose output is complete in NBout after this program layer (None after a pass that
+    leaves it unfinished), and ``out_shape`` that output's ``(channels, h, w)``.
+    """
+
+    name: str
+    desc: object
+    desc_value: int
+    loads: list
+    move: tuple
+    format: str
+    ref: int = None
+    out_shape: tuple = None
+
+    @property
+    def move_cycles(self):
+        """Cycles the move into NBin takes: one per word copied or value flattened."""
+        if self.move[0] == "copy":
+            return self.move[1]
+        if self.move[0] == "flatten":
+            return self.move[1] * self.move[2] * self.move[3]
+        return 0
+
+
+@dataclass
+class Program:
+    """A compiled network: what :class:`slimnfu.rtl.accelerator.Accelerator` bakes in.
+
+    Parameters
+    ----------
+    cfg : AccelConfig
+        The config it was compiled for (the engine's config).
+    layers : list of ProgramLayer
+    rom : list of int
+        The weight ROM, ``rom_width`` bits a word.
+    rom_width : int
+    input_shape : tuple of int
+        One input sample's shape.
+    stats : dict
+        ``rom_words``, ``rom_width``, ``stored_bits``, ``layers``.
+    """
+
+    cfg: AccelConfig
+    layers: list
+    rom: list
+    rom_width: int
+    input_shape: tuple
+    stats: dict = field(default_factory=dict)
+
+    def out_words(self, i):
+        """NBout words holding the output of program layer ``i`` (0 after an unfinished
+        pass): what a testbench reads to check it."""
+        layer = self.layers[i]
+        if layer.ref is None:
+            return 0
+        n, h, w = layer.out_shape
+        return -(-n // self.cfg.tn) * h * w

@@ -1,0 +1,179 @@
+"""The IKR format (method B): every KxK kernel keeps ``n`` taps of one of ``P`` patterns.
+
+Stored per layer: the kept values (``n`` SB words per tile pair instead of ``k*k``), one
+``ceil(log2 P)``-bit pattern index per kernel (the IKR index memory, one word per tile pair),
+the pattern table (``n`` words, each the ``s``-th tap of all ``P`` slots as
+``ky*ikr_kmax + kx``), the biases and the PWL table. It needs ``cfg.ikr`` (the pattern
+decoder of :mod:`slimnfu.rtl.ikr_unit`), which runs a kernel group in ``max(n, k)`` cycles.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from slimnfu.contract import LoadSel, ikr_index_bits, ikr_tap_bits
+from slimnfu.formats import layout
+from slimnfu.formats.base import (ImageError, StoredItem, WeightFormat, Words, check_items,
+                                  common_memories, crop_padding, pwl_items, unpack_bias,
+                                  unpack_pwl)
+from slimnfu.formats.qmodel import QLayer
+
+__all__ = ["IkrWeights", "IkrFormat", "check_ikr", "ikr_values"]
+
+
+@dataclass
+class IkrWeights:
+    """The record of an IKR layer (``QLayer.compressed``).
+
+    Parameters
+    ----------
+    patterns : torch.Tensor
+        ``(P, n)`` int64: each pattern's taps ``ky*k + kx``, ascending.
+    index : torch.Tensor
+        ``(O, C)`` int64: the pattern of each kernel.
+    """
+
+    patterns: torch.Tensor = field(metadata={"state_key": "ikr_patterns"})
+    index: torch.Tensor = field(metadata={"state_key": "ikr_index"})
+
+
+def check_ikr(name, k, n, library, index, patterns_max=16):
+    """Raise ``ValueError`` naming layer ``name`` and the field when the IKR data are invalid.
+
+    Checks: ``1 <= n <= k*k``; the table has at most ``patterns_max`` patterns, each with
+    exactly ``n`` distinct taps in ``[0, k*k)``; every index lies in the table.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= k * k:
+        raise ValueError(f"layer {name}: n={n!r} must be in [1, K*K={k * k}]")
+    rows = library.tolist() if isinstance(library, torch.Tensor) else [list(r) for r in library]
+    if not 1 <= len(rows) <= patterns_max:
+        raise ValueError(f"layer {name}: the pattern table must have 1 <= P <= {patterns_max} "
+                         f"patterns, not {len(rows)}")
+    for p, row in enumerate(rows):
+        if len(row) != n or len(set(row)) != n:
+            raise ValueError(f"layer {name}: pattern {p} has {len(set(row))} distinct taps, "
+                             f"but n={n}")
+        if min(row) < 0 or max(row) >= k * k:
+            raise ValueError(f"layer {name}: pattern {p} has a tap outside [0, {k * k})")
+    index = torch.as_tensor(index)
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= len(rows)):
+        bad = int(index.max()) if int(index.max()) >= len(rows) else int(index.min())
+        raise ValueError(f"layer {name}: pattern index {bad} is outside the table of "
+                         f"{len(rows)} patterns")
+
+
+def ikr_values(ql):
+    """Kept integer weights ``(O, C, n)`` of an IKR :class:`QLayer`, in pattern tap order."""
+    rec = ql.compressed
+    o, c = rec.index.shape
+    return ql.w.reshape(o, c, -1).gather(2, rec.patterns[rec.index])
+
+
+def _unpack_table(words, p, k, cfg, fname):
+    """Pattern table words -> ``(P, n)`` taps ``ky*k + kx``; entries past ``P`` must be 0."""
+    bits = ikr_tap_bits(cfg)
+    phys = layout.unpack_words(words, cfg.ikr_patterns, bits) & ((1 << bits) - 1)  # (n, slots)
+    if int(phys[:, p:].abs().sum()):
+        raise ImageError(fname, "table", f"entries past the manifest's ikr_patterns={p} must "
+                                         f"be zero")
+    ky, kx = phys[:, :p] // cfg.ikr_kmax, phys[:, :p] % cfg.ikr_kmax
+    if bool((ky >= k).any() or (kx >= k).any()):
+        raise ImageError(fname, "table", f"a tap lies outside the {k}x{k} kernel")
+    return (ky * k + kx).t().contiguous()
+
+
+class IkrFormat(WeightFormat):
+    """IKR pattern pruning: ``n`` values per kernel plus a pattern index (method B)."""
+
+    name = "ikr"
+    title = "IKR"
+    feature = "ikr"
+    record = IkrWeights
+    image_keys = frozenset({"ikr_patterns"})
+
+    def items(self, ql, dw, acc):
+        d = ql.desc
+        p, n = ql.compressed.patterns.shape
+        kernels = d.n_out * d.n_in
+        return [StoredItem("ikr_values", kernels * n, dw),
+                StoredItem("ikr_index", kernels, max(1, math.ceil(math.log2(p)))),
+                StoredItem("ikr_table", p * n, max(1, math.ceil(math.log2(d.k * d.k)))),
+                StoredItem("bias", d.n_out, acc)] + pwl_items(ql, dw)
+
+    def macs(self, ql):
+        d = ql.desc
+        return d.h_out * d.w_out * d.n_out * d.n_in * d.ikr_n
+
+    def params(self, ql):
+        d = ql.desc
+        return d.n_out * d.n_in * d.ikr_n + d.n_out
+
+    def memories(self, ql, cfg):
+        rec = ql.compressed
+        if rec.patterns.shape[0] > cfg.ikr_patterns or ql.desc.k > cfg.ikr_kmax:
+            raise ValueError(f"layer {ql.name}: P={rec.patterns.shape[0]} patterns of a "
+                             f"{ql.desc.k}x{ql.desc.k} kernel do not fit config {cfg.name!r} "
+                             f"(ikr_patterns={cfg.ikr_patterns}, ikr_kmax={cfg.ikr_kmax})")
+        mem = {"ikr_values": Words(LoadSel.SB, layout.pack_ikr_weights(ikr_values(ql), cfg),
+                                   cfg.tn * cfg.ti * cfg.dw),
+               "ikr_index": Words(LoadSel.IKR_INDEX, layout.pack_ikr_index(rec.index, cfg),
+                                  cfg.tn * cfg.ti * ikr_index_bits(cfg)),
+               "ikr_table": Words(LoadSel.IKR_TABLE,
+                                  layout.pack_ikr_table(rec.patterns, ql.desc.k, cfg),
+                                  cfg.ikr_patterns * ikr_tap_bits(cfg))}
+        mem.update(common_memories(ql.desc, ql.b, ql.pwl, cfg))
+        return mem
+
+    def image_entry(self, ql):
+        return {"ikr_patterns": int(ql.compressed.patterns.shape[0])}
+
+    def restore(self, entry, files, contents, desc, cfg, where):
+        """Checks the listed items and every file's shape against ``desc`` (``n`` taps per
+        pattern) and the manifest's ``ikr_patterns``, then :func:`check_ikr` (distinct taps,
+        indices inside the table), naming the file."""
+        if desc.kind != "conv" or not desc.ikr_n:
+            raise ImageError("manifest.json", f"{where}.desc",
+                             "format 'ikr' needs a conv layer with ikr_n >= 1")
+        p = entry["ikr_patterns"]
+        if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= cfg.ikr_patterns:
+            raise ImageError("manifest.json", f"{where}.ikr_patterns",
+                             f"must be an integer in [1, {cfg.ikr_patterns}], not {p!r}")
+        ci, co = desc.tiles(cfg)
+        n = desc.ikr_n
+        table_width = cfg.ikr_patterns * ikr_tap_bits(cfg)
+        shapes = {"ikr_values": (ci * co * n, cfg.tn * cfg.ti * cfg.dw),
+                  "ikr_index": (ci * co, cfg.tn * cfg.ti * ikr_index_bits(cfg)),
+                  "ikr_table": (n, table_width), "bias": (co, cfg.tn * cfg.acc)}
+        if desc.act == "pwl":
+            shapes["pwl"] = (16, 3 * cfg.dw)
+
+        def explain_table(words, width):
+            if width == table_width:
+                return f"holds {words} taps per pattern, but {where}.desc has ikr_n={n}"
+            return None
+
+        data = check_items(entry, files, contents, shapes, self.name, desc, where,
+                           "manifest.json", explain={"ikr_table": explain_table})
+        fn = entry["files"]
+        lib = _unpack_table(data["ikr_table"], p, desc.k, cfg, fn["ikr_table"])
+        ib = ikr_index_bits(cfg)
+        lanes = layout.unpack_words(data["ikr_index"], cfg.tn * cfg.ti, ib) & ((1 << ib) - 1)
+        idx = crop_padding(lanes.view(co, ci, cfg.tn, cfg.ti).permute(0, 2, 1, 3)
+                           .reshape(co * cfg.tn, ci * cfg.ti), desc, fn["ikr_index"])
+        try:
+            check_ikr(entry["name"], desc.k, n, lib, idx, cfg.ikr_patterns)
+        except ValueError as exc:
+            bad_index = "pattern index" in str(exc)
+            raise ImageError(fn["ikr_index"] if bad_index else fn["ikr_table"], "values",
+                             str(exc)) from None
+        lanes = layout.unpack_words(data["ikr_values"], cfg.tn * cfg.ti, cfg.dw)
+        v = crop_padding(lanes.view(co, ci, n, cfg.tn, cfg.ti).permute(0, 3, 1, 4, 2)
+                         .reshape(co * cfg.tn, ci * cfg.ti, n), desc, fn["ikr_values"])
+        w = torch.zeros(desc.n_out, desc.n_in, desc.k * desc.k, dtype=torch.int64)
+        w.scatter_(2, lib[idx], v)
+        bias = unpack_bias(data["bias"], desc, cfg, fn["bias"])
+        pwl = unpack_pwl(data["pwl"], desc, cfg, fn["pwl"]) if "pwl" in data else None
+        return QLayer(entry["name"], desc, w.view(desc.n_out, desc.n_in, desc.k, desc.k), bias,
+                      entry["f_x"], entry["f_w"], entry["f_y"], pwl, entry["act_func"],
+                      self.name, IkrWeights(lib, idx))
