@@ -25,7 +25,7 @@ import torch
 from slimnfu.contract import ikr_index_bits, ikr_tap_bits, perm_addr_bits
 
 __all__ = ["pack_words", "unpack_words", "pack_input", "pack_weights", "pack_bias",
-           "unpack_output", "pack_pwl", "pack_ikr_weights", "pack_ikr_index", "pack_ikr_table",
+           "unpack_output", "pack_output", "output_lane_masks", "pack_pwl", "pack_ikr_weights", "pack_ikr_index", "pack_ikr_table",
            "pack_perm_s", "pack_perm_params", "pack_perm_index", "pack_program_input",
            "unpack_program_output"]
 
@@ -103,6 +103,27 @@ def unpack_output(words, n_out, h_out, w_out, cfg):
         raise ValueError(f"expected {tiles * h_out * w_out} NBout words, got {lanes.shape[0]}")
     y = lanes.view(tiles, h_out, w_out, cfg.tn).permute(0, 3, 1, 2).reshape(-1, h_out, w_out)
     return y[:n_out]
+
+
+def pack_output(y, cfg):
+    """NBout words of an output ``(n_out, h_out, w_out)`` (or ``(n_out,)``): the inverse of
+    :func:`unpack_output`, padding lanes zero."""
+    y = torch.as_tensor(y, dtype=torch.int64)
+    if y.dim() == 1:
+        y = y.view(-1, 1, 1)
+    y = _pad_channels(y, 0, cfg.tn)
+    c, h, w = y.shape
+    return pack_words(y.view(c // cfg.tn, cfg.tn, h, w).permute(0, 2, 3, 1).reshape(-1, cfg.tn),
+                      cfg.dw)
+
+
+def output_lane_masks(n_out, cfg):
+    """Per output tile, the mask of an NBout word's real lanes (the channels below
+    ``n_out``; the last tile's padding lanes hold whatever the engine computed for them)."""
+    tiles = -(-n_out // cfg.tn)
+    lane = (1 << cfg.dw) - 1
+    return [sum(lane << (j * cfg.dw) for j in range(min(cfg.tn, n_out - o * cfg.tn)))
+            for o in range(tiles)]
 
 
 def pack_pwl(table, cfg):

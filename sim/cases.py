@@ -20,7 +20,8 @@ from slimnfu.config import LayerDesc
 from slimnfu.contract import LoadSel, descriptor_value
 from slimnfu.formats import QLayer, layout
 
-__all__ = ["Case", "make_case", "dense_cases", "case_job", "expected_cycles", "QUICK"]
+__all__ = ["Case", "make_case", "dense_cases", "case_job", "expected_cycles", "expected_steps",
+           "expected_counters", "QUICK"]
 
 #: Names of the cases of a ``--quick`` regression.
 QUICK = ("nfu_step_mac", "conv3x3_s1_p1", "conv5x5_s2_p0", "fc_pwl_sigmoid", "maxpool2_s2",
@@ -55,6 +56,14 @@ class Case:
 def expected_cycles(desc, cfg, latency):
     """``dense_cycles + LATENCY``: the cycle count the engine must report."""
     return (desc.ikr_cycles(cfg) if desc.ikr_n else desc.dense_cycles(cfg)) + latency
+
+
+def expected_steps(desc, cfg):
+    """NFU steps: ``dense_cycles``, or ``ikr_n`` per kernel group for an IKR layer."""
+    if desc.ikr_n:
+        ci, co = desc.tiles(cfg)
+        return desc.h_out * desc.w_out * ci * co * desc.ikr_n
+    return desc.dense_cycles(cfg)
 
 
 def _with_rails(t, gen, cfg, frac=0.04):
@@ -201,13 +210,31 @@ def dense_cases(cfg, seed=1, quick=False, images=None, extra=()):
     return cases
 
 
+def expected_counters(case, cfg, latency):
+    """The counters the engine must report for ``case``: cycles, steps, saturation events
+    and (with ``cfg.kgate``) gated multiplies."""
+    desc = case.desc
+    out = {"cycles": expected_cycles(desc, cfg, latency), "steps": expected_steps(desc, cfg),
+           "sat_events": case.expected_sat}
+    if cfg.kgate:
+        out["gated"] = desc.gated_mults(cfg)
+    return out
+
+
 def case_job(case, cfg, latency):
-    """The JSON-ready job for the cocotb testbench: descriptor value, loads, read count."""
+    """The JSON-ready job for the cocotb testbench: descriptor value, loads, read count, and
+    what the testbench must see (``expect``: the NBout words, the mask of each output tile's
+    real lanes, the counters), so that its own verdict fails the results file."""
     desc = case.desc
     ql = case.layer()
     (one_pass,) = ql.weight_format.check(ql, cfg)
     loads = [[int(LoadSel.NBIN), layout.pack_input(case.x, cfg)]]
     loads += [[int(m.sel), m.words] for m in one_pass.memories.values()]
-    want = expected_cycles(desc, cfg, latency)
+    counters = expected_counters(case, cfg, latency)
+    expect = {"words": layout.pack_output(
+                  case.expected.reshape(desc.n_out, desc.h_out, desc.w_out), cfg),
+              "lane_masks": layout.output_lane_masks(desc.n_out, cfg),
+              "words_per_tile": desc.h_out * desc.w_out, "counters": counters}
     return {"name": case.name, "desc_value": descriptor_value(desc, cfg), "loads": loads,
-            "nbout_words": desc.nbout_words(cfg), "timeout_cycles": 2 * want + 1000}
+            "nbout_words": desc.nbout_words(cfg), "timeout_cycles": 2 * counters["cycles"] + 1000,
+            "expect": expect}

@@ -36,13 +36,20 @@ def expected_cycles(program):
     return parts
 
 
-def image_job(program, x_int, name, step=True):
-    """The JSON job of one integer input sample."""
-    return {"name": name, "image": [int(w) for w in layout.pack_program_input(program, x_int)],
-            "step": step,
-            "layer_words": [program.out_words(i) for i in range(len(program.layers))],
-            "logit_words": program.out_words(len(program.layers) - 1),
-            "timeout_cycles": 2 * expected_cycles(program)["cycles"] + 1000}
+def image_job(program, x_int, name, step=True, logits=None):
+    """The JSON job of one integer input sample; with the reference ``logits``, the words
+    and real-lane masks the testbench checks the accelerator's logits against."""
+    job = {"name": name, "image": [int(w) for w in layout.pack_program_input(program, x_int)],
+           "step": step,
+           "layer_words": [program.out_words(i) for i in range(len(program.layers))],
+           "logit_words": program.out_words(len(program.layers) - 1),
+           "timeout_cycles": 2 * expected_cycles(program)["cycles"] + 1000}
+    if logits is not None:
+        n, h, w = program.layers[-1].out_shape
+        job["expect"] = {"logits": layout.pack_output(logits.reshape(n, h, w), program.cfg),
+                         "lane_masks": layout.output_lane_masks(n, program.cfg),
+                         "words_per_tile": h * w}
+    return job
 
 
 def _check(program, raw, refs):
@@ -87,17 +94,20 @@ def run_network(program, qmodel, images, labels, sim="verilator", name=None, ste
     runner, dirs = build_sim(sim, program.cfg, waves=waves, emitted=emitted, name=name)
     log(f"[{sim}] {'compiled' if dirs['compiled'] else 'reused build'} in "
         f"{dirs['build_s']:.1f} s; running {x.shape[0]} images ...")
-    jobs = [image_job(program, x[i], f"image{i}", step) for i in range(x.shape[0])]
+    refs = [int_forward_layers(qmodel, x[i:i + 1]) for i in range(x.shape[0])]
+    jobs = [image_job(program, x[i], f"image{i}", step, refs[i][-1][0])
+            for i in range(x.shape[0])]
     t0 = time.perf_counter()
     raw = {r["name"]: r for r in run_jobs(runner, dirs, jobs, waves=waves,
                                           test_module="slimnfu.sim.tb_accel")}
     sim_s = time.perf_counter() - t0
     preds, failures, rtl_ok, int_ok = [], [], 0, 0
     for i in range(x.shape[0]):
-        refs = int_forward_layers(qmodel, x[i:i + 1])
         r = raw[f"image{i}"]
-        passed, problem = _check(program, r, refs)
-        ref_pred = int(refs[-1][0].reshape(-1).argmax())
+        passed, problem = _check(program, r, refs[i])
+        if passed and r.get("tb_verdict"):
+            passed, problem = False, f"the testbench disagrees: {r['tb_verdict']}"
+        ref_pred = int(refs[i][-1][0].reshape(-1).argmax())
         int_ok += ref_pred == int(labels[i])
         pred = None
         if r.get("logits") is not None:

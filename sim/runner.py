@@ -17,7 +17,7 @@ from pathlib import Path
 
 from slimnfu.formats import layout
 from slimnfu.gen.verilog import atomic_write, emit_engine
-from slimnfu.sim.cases import case_job, expected_cycles
+from slimnfu.sim.cases import case_job, expected_counters
 
 __all__ = ["SIMS", "COSIM_ROOT", "build_sim", "run_jobs", "compare", "run_regression"]
 
@@ -130,52 +130,51 @@ def run_jobs(runner, dirs, jobs, waves=False, test_module="slimnfu.sim.tb_engine
     return raw
 
 
-def _expected_steps(desc, cfg):
-    """NFU steps: ``dense_cycles``, or ``ikr_n`` per kernel group for an IKR layer."""
-    if desc.ikr_n:
-        ci, co = desc.tiles(cfg)
-        return desc.h_out * desc.w_out * ci * co * desc.ikr_n
-    return desc.dense_cycles(cfg)
-
-
 def compare(case, raw, cfg, latency, sim):
-    """One results entry: outputs bit for bit, cycles, steps and saturation events."""
+    """One results entry: outputs bit for bit, cycles, steps, saturation events and gated
+    multiplies against the reference, and the testbench's own verdict (which must agree)."""
     desc = case.desc
-    want_cycles = expected_cycles(desc, cfg, latency)
+    want = expected_counters(case, cfg, latency)
     counters = raw.get("counters") or {}
     entry = {"name": case.name, "sim": sim, "config": cfg.name, "passed": False,
-             "cycles": counters.get("cycles"), "expected_cycles": want_cycles,
+             "cycles": counters.get("cycles"), "expected_cycles": want["cycles"],
              "wall_s": round(raw.get("wall_s", 0.0), 4),
-             "steps": counters.get("steps"), "expected_steps": _expected_steps(desc, cfg),
+             "steps": counters.get("steps"), "expected_steps": want["steps"],
              "mults": counters.get("mults"), "sat_events": counters.get("sat_events"),
-             "expected_sat_events": case.expected_sat, "mismatches": None,
-             "error": raw.get("error"), "source": case.source, "desc": desc.to_dict()}
+             "expected_sat_events": want["sat_events"], "mismatches": None,
+             "error": raw.get("error"), "source": case.source, "format": case.format,
+             "desc": desc.to_dict()}
     if "gated" in counters:
-        entry["gated"], entry["expected_gated"] = counters["gated"], desc.gated_mults(cfg)
+        entry["gated"], entry["expected_gated"] = counters["gated"], want.get("gated")
     if raw.get("run_s"):
         entry["sim_cycles_per_s"] = round(counters["cycles"] / raw["run_s"], 1)
     if entry["error"]:
         return entry
     y = layout.unpack_output(raw["words"], desc.n_out, desc.h_out, desc.w_out, cfg)
-    want = case.expected.reshape(desc.n_out, desc.h_out, desc.w_out)
-    bad = (y != want).nonzero()
+    ref = case.expected.reshape(desc.n_out, desc.h_out, desc.w_out)
+    bad = (y != ref).nonzero()
     entry["mismatches"] = int(bad.shape[0])
     problems = []
     if bad.shape[0]:
         c, yy, xx = (int(v) for v in bad[0])
         problems.append(f"{bad.shape[0]} outputs differ; first at channel {c}, y {yy}, x {xx}: "
-                        f"rtl {int(y[c, yy, xx])}, reference {int(want[c, yy, xx])}")
+                        f"rtl {int(y[c, yy, xx])}, reference {int(ref[c, yy, xx])}")
     for key, want_key in (("cycles", "expected_cycles"), ("steps", "expected_steps"),
                           ("sat_events", "expected_sat_events"), ("gated", "expected_gated")):
         if entry.get(key) != entry.get(want_key):
             problems.append(f"{key} {entry[key]} != expected {entry[want_key]}")
+    tb_passed = raw.get("tb_verdict") is None
+    if tb_passed == bool(problems):
+        problems.append(f"the testbench's verdict ({raw.get('tb_verdict') or 'passed'}) "
+                        f"disagrees with the comparison")
     entry["error"] = "; ".join(problems) or None
     entry["passed"] = not problems
     return entry
 
 
-def run_regression(cfg, cases, sims=SIMS, waves=False, log=print):
-    """Run ``cases`` on each simulator (one build and one simulation each); return entries."""
+def run_regression(cfg, cases, sims=SIMS, waves=False, log=print, root=COSIM_ROOT):
+    """Run ``cases`` on each simulator (one build and one simulation each, under ``root``);
+    return entries."""
     from slimnfu.rtl.engine import LayerEngine
 
     latency = LayerEngine.LATENCY
@@ -183,7 +182,7 @@ def run_regression(cfg, cases, sims=SIMS, waves=False, log=print):
     entries = []
     for sim in sims:
         log(f"[{sim}] building {TOP} for config {cfg.name!r} ...")
-        runner, dirs = build_sim(sim, cfg, waves=waves)
+        runner, dirs = build_sim(sim, cfg, waves=waves, root=root)
         log(f"[{sim}] {'compiled' if dirs['compiled'] else 'reused build'} in "
             f"{dirs['build_s']:.1f} s; running {len(jobs)} cases ...")
         t0 = time.perf_counter()

@@ -5,7 +5,9 @@ by :func:`slimnfu.sim.network.image_job`, and writes the raw results to ``SLIMNF
 per image the NBout words of every layer (read while the accelerator pauses after each layer,
 when the job asks for ``step``), the ``cycles`` and ``engine_cycles`` counters at each pause
 (``marks``), the logits' words, the final counters and the wall times. The
-comparison with the integer reference happens in :mod:`slimnfu.sim.network`, which has torch.
+comparison with the integer reference, layer by layer, happens in :mod:`slimnfu.sim.network`,
+which has torch; this module checks each image's logits against the words its job expects,
+so a difference also fails the test and its results file.
 
 Inputs change on the falling clock edge, as in :mod:`slimnfu.sim.driver`.
 """
@@ -38,6 +40,19 @@ async def _rise(signal, cycles, what):
         await with_timeout(RisingEdge(signal), cycles * CLOCK_NS, "ns")
     except SimTimeoutError:
         raise SimTimeoutError(f"{what} within {cycles} cycles") from None
+
+
+def _verdict(job, entry):
+    """``None`` when the logits are the ones ``job["expect"]`` gives (or it gives none)."""
+    if entry["error"]:
+        return entry["error"]
+    expect = job.get("expect")
+    if expect is None:
+        return None
+    per_tile, masks = expect["words_per_tile"], expect["lane_masks"]
+    bad = sum(1 for i, (got, want) in enumerate(zip(entry["logits"], expect["logits"]))
+              if (got ^ want) & masks[i // per_tile])
+    return f"{bad} logit words differ" if bad else None
 
 
 async def _infer(dut, job):
@@ -104,6 +119,9 @@ async def network_inference(dut):
         except (SimTimeoutError, ValueError) as exc:
             entry["error"] = f"{type(exc).__name__}: {exc}"
         entry["wall_s"] = time.perf_counter() - t0
+        entry["tb_verdict"] = _verdict(job, entry)
         results.append(entry)
         _write(out, results)
-        dut._log.info("%s: %s", job["name"], entry["error"] or "ran")
+        dut._log.info("%s: %s", job["name"], entry["tb_verdict"] or "as expected")
+    failed = [f"{r['name']}: {r['tb_verdict']}" for r in results if r["tb_verdict"]]
+    assert not failed, f"{len(failed)} of {len(results)} images failed: " + "; ".join(failed)

@@ -2,8 +2,10 @@
 
 It reads the jobs from the JSON file named by ``SLIMNFU_COSIM_JOBS`` (written by
 :mod:`slimnfu.sim.runner`), runs them one after another in one simulation, and writes the raw
-results (NBout words, counters, wall time, error) to ``SLIMNFU_COSIM_OUT``. The comparison with
-the golden model happens in the runner, which has torch; this module needs only cocotb.
+results (NBout words, counters, wall time, error) to ``SLIMNFU_COSIM_OUT``. The runner, which
+has torch, compares them with the golden model and reports where they differ; this module
+needs only cocotb, and checks each job against the words and counters the job expects, so a
+difference also fails the test and its results file.
 """
 
 import json
@@ -14,6 +16,21 @@ import cocotb
 from cocotb.triggers import SimTimeoutError
 
 from slimnfu.sim.driver import EngineTB
+
+
+def verdict(job, entry):
+    """``None`` when ``entry`` (a raw result) is what ``job["expect"]`` says, else why not."""
+    if entry["error"]:
+        return entry["error"]
+    expect = job["expect"]
+    per_tile, masks = expect["words_per_tile"], expect["lane_masks"]
+    bad = sum(1 for i, (got, want) in enumerate(zip(entry["words"], expect["words"]))
+              if (got ^ want) & masks[i // per_tile])
+    problems = [f"{bad} NBout words differ"] if bad else []
+    problems += [f"{name} {entry['counters'].get(name)} != {want}"
+                 for name, want in expect["counters"].items()
+                 if entry["counters"].get(name) != want]
+    return "; ".join(problems) or None
 
 
 def _write(path, results):
@@ -47,6 +64,9 @@ async def engine_regression(dut):
         except ValueError as exc:
             entry["error"] = str(exc)
         entry["wall_s"] = time.perf_counter() - t0
+        entry["tb_verdict"] = verdict(job, entry)
         results.append(entry)
         _write(out, results)
-        dut._log.info("%s: %s", job["name"], entry["error"] or "ran")
+        dut._log.info("%s: %s", job["name"], entry["tb_verdict"] or "as expected")
+    failed = [f"{r['name']}: {r['tb_verdict']}" for r in results if r["tb_verdict"]]
+    assert not failed, f"{len(failed)} of {len(results)} jobs failed: " + "; ".join(failed)

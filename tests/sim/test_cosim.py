@@ -48,6 +48,29 @@ def test_compare_catches_a_wrong_bit_and_a_wrong_cycle_count():
     assert not entry["passed"] and "cycles 1 != expected" in entry["error"]
 
 
+def test_testbench_fails_its_results_file_when_outputs_differ(tmp_path):
+    """A case whose reference is off by one: the comparison names the element, and the cocotb
+    test's own verdict fails results.xml (so a CI reading only that file sees it)."""
+    from cocotb_tools.check_results import get_results
+
+    from slimnfu.sim.runner import run_regression
+
+    cfg = get_config("tiny").with_(name="tiny_tb_verdict")
+    case = make_case("off_by_one", LayerDesc("conv", 3, 5, 4, 4, 3, pad=1), cfg, seed=3)
+    case.expected = case.expected.clone()
+    case.expected[4, 3, 2] += 1
+    good = make_case("good", LayerDesc("fc", 6, 3), cfg, seed=4)
+    entries = run_regression(cfg, [good, case], sims=("verilator",), log=lambda *_: None,
+                             root=tmp_path)
+    assert [e["passed"] for e in entries] == [True, False]
+    assert "1 outputs differ; first at channel 4, y 3, x 2" in entries[1]["error"]
+    assert "disagrees" not in entries[1]["error"]
+    run_dir = tmp_path / "verilator" / cfg.name / "run"
+    assert get_results(run_dir / "results.xml") == (1, 1)
+    raw = json.loads((run_dir / "out.json").read_text())
+    assert raw[0]["tb_verdict"] is None and "1 NBout words differ" in raw[1]["tb_verdict"]
+
+
 def test_cases_cover_the_brief():
     cfg = get_config("tiny")
     cases = regression_cases(cfg, seed=2)
