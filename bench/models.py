@@ -5,7 +5,7 @@ train it (or load it from the checkpoint cache), measure the float test accuracy
 on the calib split at each DW and measure the integer-reference accuracy on the full test set,
 and count MACs, parameters and bits with :mod:`slimnfu.formats.accounting`.
 
-One row per (network, dw) with the DESIGN.md section 8 keys (method ``"dense"``). RTL cycles
+One row per (network, dw) with the docs/design.md section 9 keys (method ``"dense"``). RTL cycles
 are not measured here (``rtl_cycles*`` are null); ``analytic_cycles_<config>`` is the
 analytic dense cycle count ``sum(LayerDesc.dense_cycles)`` for each named config.
 """

@@ -8,7 +8,7 @@ Verilator, every layer's output and the logits checked bit for bit against the i
 reference (Icarus runs ``--icarus-images``). The dense network runs the same way on the dense
 build (``--dense-images``) for its cycles.
 
-Rows (DESIGN.md section 8), ``method`` ``dense`` and ``compressed`` (``formats`` names each
+Rows (docs/design.md section 9), ``method`` ``dense`` and ``compressed`` (``formats`` names each
 layer's): accuracies on the full test set
 (float and integer) and on the simulated images (``acc_rtl``), MACs, params and bits (every
 stored bit), ``rtl_cycles`` per inference measured on Verilator, plus ``rtl_engine_cycles``

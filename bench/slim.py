@@ -2,7 +2,7 @@
 
 For each network, treatment (lower kernel, linear approximation, both) and budget: rank the
 conv features on calibration images, run the greedy budget algorithm, fine-tune, quantise,
-and report the DESIGN.md section 8 rows. RTL cycles are measured in co-simulation
+and report the docs/design.md section 9 rows. RTL cycles are measured in co-simulation
 (Verilator by default, config ``tiny`` with ``kgate``) on one test image, for the **conv
 layers** (``rtl_scope``): the dense conv layers versus every engine pass of the slim layers
 (kernel-size passes, gated mixed tiles, 1x1 approximation passes). ``rtl_cycles_ideal`` is the

@@ -1,4 +1,4 @@
-"""Hand-computed checks of the fixed-point contract (DESIGN.md section 2)."""
+"""Hand-computed checks of the fixed-point contract (docs/design.md section 2)."""
 
 import pytest
 import torch
