@@ -115,7 +115,7 @@ def _markdown(result):
 
 def main(args):
     """Run the benchmark (heavy imports happen here); return 1 if any run was not bit-exact."""
-    from slimnfu.gen.verilog import atomic_write
+    from slimnfu.atomic import atomic_write
     from slimnfu.rtl.engine import LayerEngine
     from slimnfu.sim.cases import make_case
     from slimnfu.sim.mnist import mnist_images

@@ -187,7 +187,7 @@ def _synth(progress):
 
     from slimnfu.config import get_config
     from slimnfu.gen.synth import REPO_ROOT, feature_area, synth_verilog
-    from slimnfu.gen.verilog import atomic_write
+    from slimnfu.atomic import atomic_write
     from slimnfu.rtl.perm_addr import PermAddrGen
     from slimnfu.rtl.perm_sb import PermSB
 

@@ -16,6 +16,9 @@ from pathlib import Path
 from amaranth.hdl import Elaboratable, Module
 from amaranth.lib import io
 
+from slimnfu.gen.synth import choose_weights, read_pnr_report, tool_path
+from slimnfu.rtl.image_runner import ImageRunner
+
 __all__ = ["BOARDS", "BoardTop", "board_platform", "build_board", "pnr_figures"]
 
 #: ULX3S variants by their FPGA (amaranth-boards platform class names).
@@ -59,8 +62,6 @@ def build_board(program, image_words, label, board, build_dir, do_build=True):
     ``build_dir`` must be inside the repository and is given to the tools relative to the
     current folder.
     """
-    from slimnfu.gen.synth import choose_weights, tool_path
-    from slimnfu.rtl.image_runner import ImageRunner
 
     platform = board_platform(board)
     weights, why = choose_weights(program)
@@ -97,7 +98,6 @@ def pnr_figures(build_dir, target_mhz):
 
     Returns None when the build folder holds no report (``--no-build``, or a failed build).
     """
-    from slimnfu.gen.synth import read_pnr_report
 
     path = Path(build_dir) / PNR_REPORT
     if not path.is_file():

@@ -23,7 +23,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from slimnfu.gen.verilog import atomic_write
+from slimnfu.atomic import atomic_write
+from slimnfu.gen.verilog import emit_engine
 
 __all__ = ["ECP5_PARTS", "REPO_ROOT", "synth_generic", "synth_ecp5", "choose_part",
            "place_route", "read_pnr_report", "synth_verilog", "synth_config", "tool_path",
@@ -361,7 +362,6 @@ def synth_config(cfg, out=None, build_root=None, pnr=True, progress=True, reuse=
     ``part`` is passed to :func:`synth_verilog`. Returns the report dict (also written
     atomically to ``out``).
     """
-    from slimnfu.gen.verilog import emit_engine
 
     check_part(part)
     build_root = Path(build_root) if build_root else REPO_ROOT / "build"

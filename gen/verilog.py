@@ -8,24 +8,29 @@ sees half a file::
 """
 
 import hashlib
-import importlib
 import json
 from pathlib import Path
 
 from slimnfu.atomic import atomic_write
+from slimnfu.config import AccelConfig
+from slimnfu.rtl.accelerator import Accelerator
+from slimnfu.rtl.engine import LayerEngine
+from slimnfu.rtl.nfu1 import NFU1
+from slimnfu.rtl.nfu2 import NFU2
+from slimnfu.rtl.nfu3 import NFU3
 
 __all__ = ["BLOCKS", "DEFAULT_ROOT", "ACCEL_TOP", "emit_block", "emit_engine", "emit_accelerator",
-           "verilog_text", "atomic_write"]
+           "verilog_text"]
 
 #: Top module of the whole-network accelerator (:class:`slimnfu.rtl.accelerator.Accelerator`).
 ACCEL_TOP = "slimnfu_accel"
 
-#: Emittable blocks: name -> (module, class, Verilog top name). Every class takes ``(cfg)``.
+#: Emittable blocks: name -> (component class, Verilog top name). Every class takes ``(cfg)``.
 BLOCKS = {
-    "engine": ("slimnfu.rtl.engine", "LayerEngine", "slimnfu_engine"),
-    "nfu1": ("slimnfu.rtl.nfu1", "NFU1", "slimnfu_nfu1"),
-    "nfu2": ("slimnfu.rtl.nfu2", "NFU2", "slimnfu_nfu2"),
-    "nfu3": ("slimnfu.rtl.nfu3", "NFU3", "slimnfu_nfu3"),
+    "engine": (LayerEngine, "slimnfu_engine"),
+    "nfu1": (NFU1, "slimnfu_nfu1"),
+    "nfu2": (NFU2, "slimnfu_nfu2"),
+    "nfu3": (NFU3, "slimnfu_nfu3"),
 }
 
 #: Where emitted Verilog goes: the repository's ``build/verilog``.
@@ -35,13 +40,7 @@ DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "build" / "verilog"
 def _block_class(block):
     if block not in BLOCKS:
         raise ValueError(f"unknown block {block!r}; known blocks: {', '.join(BLOCKS)}")
-    module, cls, top = BLOCKS[block]
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        raise ValueError(f"block {block!r} needs {module}.{cls}, which is not available yet "
-                         f"({exc})") from None
-    return getattr(mod, cls), top
+    return BLOCKS[block]
 
 
 def verilog_text(component, top, cfg=None):
@@ -81,8 +80,6 @@ def emit_block(block, cfg, root=DEFAULT_ROOT):
         ``path`` (Path), ``top`` (module name), ``sha256`` of the file and ``changed`` (False
         when the file already had exactly these bytes, so downstream builds can be reused).
     """
-    from slimnfu.config import AccelConfig
-
     if not isinstance(cfg, AccelConfig):
         raise TypeError(f"cfg must be an AccelConfig, not {type(cfg).__name__}")
     cls, top = _block_class(block)
@@ -98,13 +95,11 @@ def emit_engine(cfg, root=DEFAULT_ROOT):
 def emit_accelerator(program, name, root=DEFAULT_ROOT, weights="rom"):
     """Emit the ROM build of a compiled network: ``root/<name>/slimnfu_accel.v``.
 
-    ``program`` is a :class:`slimnfu.gen.compiler.Program`; its weight ROM and layer tables are
+    ``program`` is a :class:`slimnfu.contract.Program`; its weight ROM and layer tables are
     memory init and constants in the file (``weights="port"``: the weights come through a
     port, see :class:`slimnfu.rtl.accelerator.Accelerator`). Returns the dict of
     :func:`emit_block`.
     """
-    from slimnfu.rtl.accelerator import Accelerator
-
     if not isinstance(name, str) or not name or "/" in name:
         raise ValueError(f"name must be a non-empty folder name, not {name!r}")
     text = verilog_text(Accelerator(program, weights), ACCEL_TOP, program.cfg)

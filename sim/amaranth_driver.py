@@ -15,7 +15,8 @@ import time
 import torch
 from amaranth.sim import Simulator
 
-from slimnfu.config import AccelConfig, LayerDesc
+from slimnfu import fixed
+from slimnfu.config import AccelConfig, LayerDesc, get_config
 from slimnfu.contract import LoadSel, descriptor_value
 from slimnfu.formats import layout
 from slimnfu.formats.dense import dense_memories
@@ -196,8 +197,6 @@ def measure(cfg_name="tiny", out=None):
 
     from amaranth.back import verilog
 
-    from slimnfu import fixed
-    from slimnfu.config import get_config
 
     cfg = get_config(cfg_name)
     desc = LayerDesc("conv", 8, 8, 8, 8, k=3, pad=1, shift=12)

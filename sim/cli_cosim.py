@@ -98,7 +98,7 @@ def run(args):
     for name, desc in extra:
         desc.check(cfg)
 
-    from slimnfu.gen.verilog import atomic_write
+    from slimnfu.atomic import atomic_write
     from slimnfu.sim.regression import regression_cases
     from slimnfu.sim.mnist import mnist_images
     from slimnfu.sim.runner import COSIM_ROOT, run_regression

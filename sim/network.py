@@ -9,7 +9,10 @@ import time
 
 import torch
 
+from slimnfu.compress.quant import int_forward_layers, quantize_input
 from slimnfu.formats import layout
+from slimnfu.gen.verilog import emit_accelerator
+from slimnfu.rtl.engine import LayerEngine
 from slimnfu.sim.runner import build_sim, run_jobs
 
 __all__ = ["expected_cycles", "image_job", "run_network"]
@@ -22,7 +25,6 @@ def expected_cycles(program):
     cycle), the start cycle, the engine (``dense_cycles`` or ``ikr_cycles`` plus ``LATENCY``)
     and one cycle going on. Returns a dict of the parts and ``cycles``.
     """
-    from slimnfu.rtl.engine import LayerEngine
 
     cfg = program.cfg
     parts = {"move_cycles": 0, "load_cycles": 0, "engine_cycles": 0}
@@ -84,8 +86,6 @@ def run_network(program, qmodel, images, labels, sim="verilator", name=None, ste
         ``expected`` (:func:`expected_cycles`), and the build and simulation seconds
         (``sim_s_per_image`` excludes the testbench's per-layer reads).
     """
-    from slimnfu.compress.quant import int_forward_layers, quantize_input
-    from slimnfu.gen.verilog import emit_accelerator
 
     name = name or program.cfg.name
     x = quantize_input(qmodel, images)

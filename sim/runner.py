@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 
 from slimnfu.formats import layout
-from slimnfu.gen.verilog import atomic_write, emit_engine
+from slimnfu.atomic import atomic_write
+from slimnfu.gen.verilog import emit_engine
+from slimnfu.rtl.engine import LayerEngine
 from slimnfu.sim.cases import case_job, expected_counters
 
 __all__ = ["SIMS", "COSIM_ROOT", "build_sim", "run_jobs", "compare", "run_regression"]
@@ -175,8 +177,6 @@ def compare(case, raw, cfg, latency, sim):
 def run_regression(cfg, cases, sims=SIMS, waves=False, log=print, root=COSIM_ROOT):
     """Run ``cases`` on each simulator (one build and one simulation each, under ``root``);
     return entries."""
-    from slimnfu.rtl.engine import LayerEngine
-
     latency = LayerEngine.LATENCY
     jobs = [case_job(case, cfg, latency) for case in cases]
     entries = []

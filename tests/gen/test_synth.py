@@ -8,7 +8,8 @@ from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from slimnfu.gen import synth
-from slimnfu.gen.verilog import atomic_write, verilog_text
+from slimnfu.atomic import atomic_write
+from slimnfu.gen.verilog import verilog_text
 
 
 class TinyMac(wiring.Component):
