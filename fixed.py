@@ -35,6 +35,7 @@ from slimnfu.contract import PWL_SEGMENTS
 __all__ = [
     "SatCount", "sat", "requant", "relu", "quantize", "frac_bits_for", "conv2d_acc",
     "linear_acc", "maxpool", "avgpool", "PwlTable", "pwl_table", "pwl_apply", "run_layer",
+    "check_operands",
 ]
 
 
@@ -226,7 +227,45 @@ def pwl_apply(y, table, count=None):
     return sat((slope * y + icpt + (1 << (p - 1))) >> p, table.dw, count)
 
 
-def run_layer(desc, x, w=None, b=None, dw=16, pwl=None, count=None):
+def _check_range(name, t, lo, hi, what):
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"run_layer: {name} holds a value that is not finite")
+    if t.numel() and (float(t.min()) < lo or float(t.max()) > hi):
+        bad = float(t.max()) if float(t.max()) > hi else float(t.min())
+        raise ValueError(f"run_layer: {name} holds {bad:.0f}, outside {what} [{lo}, {hi}]")
+
+
+def check_operands(desc, x, w=None, b=None, dw=16, acc=None):
+    """Raise ``ValueError`` naming the operand unless ``x``, ``w`` and ``b`` have the shapes
+    ``desc`` gives and values inside ``dw`` bits (``b`` inside ``acc`` bits, when given), and
+    the largest possible sum fits the int64 reference (and ``acc``)."""
+    spatial = desc.kind != "fc"
+    want = ("N", desc.n_in, desc.h_in, desc.w_in) if spatial else ("N", desc.n_in)
+    if x.dim() != len(want) or tuple(x.shape[1:]) != want[1:]:
+        raise ValueError(f"run_layer: x has shape {tuple(x.shape)}, the descriptor needs "
+                         f"{want}")
+    lo, hi = -(1 << (dw - 1)), (1 << (dw - 1)) - 1
+    _check_range("x", x, lo, hi, f"dw={dw} bits")
+    if desc.is_pool:
+        return
+    kk = (desc.k, desc.k) if spatial else ()
+    for name, t, shape in (("w", w, (desc.n_out, desc.n_in) + kk), ("b", b, (desc.n_out,))):
+        if t is None or tuple(t.shape) != shape:
+            got = None if t is None else tuple(t.shape)
+            raise ValueError(f"run_layer: {name} has shape {got}, the descriptor needs {shape}")
+    _check_range("w", w, lo, hi, f"dw={dw} bits")
+    top = 1 << ((acc or 64) - 1)
+    _check_range("b", b, -top, top - 1, f"acc={acc} bits" if acc else "int64")
+    terms = desc.n_in * desc.k * desc.k
+    max_b = int(b.abs().max()) if b.numel() else 0
+    need = (terms * (1 << (2 * dw - 2)) + max_b).bit_length() + 1
+    limit = min(acc or 64, 64)
+    if need > limit:
+        raise ValueError(f"run_layer: a {desc.kind} {desc.n_in}->{desc.n_out} k={desc.k} layer "
+                         f"can sum to {need} bits, more than the {limit}-bit accumulator")
+
+
+def run_layer(desc, x, w=None, b=None, dw=16, pwl=None, count=None, acc=None):
     """Run one :class:`slimnfu.config.LayerDesc` on integer tensors, as the engine does.
 
     Parameters
@@ -237,12 +276,24 @@ def run_layer(desc, x, w=None, b=None, dw=16, pwl=None, count=None):
     dw : int
     pwl : PwlTable, needed when ``desc.act == "pwl"``
     count : SatCount, optional
+    acc : int, optional
+        The accumulator width: biases and the largest possible sum must fit it.
 
     Returns
     -------
     torch.Tensor
         int64 outputs, ``(N, O, H_out, W_out)`` (``(N, O)`` for fc).
+
+    Raises
+    ------
+    ValueError
+        Naming the operand, when a shape differs from the descriptor's or a value lies outside
+        its width (:func:`check_operands`).
     """
+    x = torch.as_tensor(x)
+    w = None if w is None else torch.as_tensor(w)
+    b = None if b is None else torch.as_tensor(b)
+    check_operands(desc, x, w, b, dw, acc)
     if desc.kind == "maxpool":
         y = maxpool(x, desc.k, desc.stride)
     elif desc.kind == "avgpool":

@@ -110,3 +110,46 @@ def test_run_layer_matches_float_for_exact_values():
 def test_non_integer_input_refused():
     with pytest.raises(ValueError, match="non-integer"):
         fixed.requant(torch.tensor([0.5]), 1, 16)
+
+
+_CONV = LayerDesc("conv", 3, 4, 6, 6, 3, pad=1, shift=4)
+
+
+def _operands():
+    torch.manual_seed(1)
+    return (torch.randint(-8, 8, (2, 3, 6, 6)), torch.randint(-8, 8, (4, 3, 3, 3)),
+            torch.randint(-8, 8, (4,)))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda x, w, b: (x, torch.zeros(4, 3, 5, 5, dtype=torch.int64), b),
+     r"w has shape \(4, 3, 5, 5\), the descriptor needs \(4, 3, 3, 3\)"),
+    (lambda x, w, b: (x[:, :, :5], w, b), r"x has shape \(2, 3, 5, 6\), the descriptor needs "
+                                          r"\('N', 3, 6, 6\)"),
+    (lambda x, w, b: (x[0], w, b), r"x has shape \(3, 6, 6\)"),
+    (lambda x, w, b: (x, w[:3], b), r"w has shape \(3, 3, 3, 3\)"),
+    (lambda x, w, b: (x, w, b[:1]), r"b has shape \(1,\), the descriptor needs \(4,\)"),
+    (lambda x, w, b: (x.index_fill(3, torch.tensor([0]), 40000), w, b),
+     r"x holds 40000, outside dw=16 bits \[-32768, 32767\]"),
+    (lambda x, w, b: (x.double().index_fill(3, torch.tensor([0]), float("inf")), w, b),
+     "x holds a value that is not finite"),
+    (lambda x, w, b: (x, w.index_fill(0, torch.tensor([1]), 2 ** 31), b),
+     r"w holds 2147483648, outside dw=16 bits"),
+])
+def test_run_layer_refuses_operands_the_descriptor_does_not_allow(edit, message):
+    x, w, b = edit(*_operands())
+    with pytest.raises(ValueError, match="run_layer: " + message):
+        fixed.run_layer(_CONV, x, w, b, 16)
+
+
+def test_run_layer_refuses_sums_its_accumulator_cannot_hold():
+    x, w, b = _operands()
+    with pytest.raises(ValueError, match=r"b holds 200, outside acc=8 bits \[-128, 127\]"):
+        fixed.run_layer(_CONV, x, w, b.index_fill(0, torch.tensor([0]), 200), 16, acc=8)
+    with pytest.raises(ValueError, match="can sum to 36 bits, more than the 35-bit accumulator"):
+        fixed.run_layer(_CONV, x, w, b, 16, acc=35)
+    big = LayerDesc("fc", 4096, 1)
+    with pytest.raises(ValueError, match="can sum to 76 bits, more than the 64-bit accumulator"):
+        fixed.run_layer(big, torch.zeros(1, 4096, dtype=torch.int64),
+                        torch.zeros(1, 4096, dtype=torch.int64),
+                        torch.zeros(1, dtype=torch.int64), 32)
