@@ -130,5 +130,5 @@ def write_rom_image(program, out_dir):
                             "out_shape": list(l.out_shape)} for l in program.layers]}
     write_folder(out_dir, {"rom.hex": text,
                            "program.json": json.dumps(manifest, indent=1) + "\n"},
-                 "program.json", "ROM image")
+                 "ROM image", legacy=("program.json", "slimnfu-rom"))
     return manifest

@@ -27,9 +27,10 @@ raises :class:`ImageError` naming the file and the field of the first problem.
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
-from slimnfu.atomic import write_folder
+from slimnfu.atomic import OWNER_MARK, check_folder_target, write_folder
 from slimnfu.config import AccelConfig, LayerDesc
 from slimnfu.contract import descriptor_layout, descriptor_value
 from slimnfu.formats import FORMATS, QuantModel
@@ -45,6 +46,9 @@ _TOP_KEYS = {"schema", "version", "config", "dw", "acc", "f_in", "input_shape", 
 _LAYER_KEYS = {"name", "desc", "format", "f_x", "f_w", "f_y", "act_func", "files", "words",
                "bits", "fits", "fits_error"}
 _FILE_KEYS = {"sha256", "words", "width"}
+_CALIB_KEYS = {"range_method", "images"}
+_ACT_FUNCS = {"none": (None,), "relu": (None,), "pwl": ("sigmoid", "tanh")}
+_HEX_WORD = re.compile(r"[0-9a-f]+")
 
 
 def _hex_text(words, width):
@@ -64,11 +68,13 @@ def _fits(qlayer, cfg):
         return False, str(exc)
 
 
-def export(qmodel, cfg, out_dir):
+def export(qmodel, cfg, out_dir, force=False):
     """Write ``qmodel`` as a weight image for ``cfg`` into ``out_dir``, atomically.
 
     Every layer is stored by its weight format (:meth:`WeightFormat.memories`). An existing
-    image at ``out_dir`` is replaced; any other existing path is refused.
+    image slimnfu wrote at ``out_dir`` is replaced; any other non-empty folder is refused
+    (``force`` replaces it), before anything is computed (:func:`slimnfu.atomic.
+    check_folder_target`).
 
     Returns
     -------
@@ -80,9 +86,7 @@ def export(qmodel, cfg, out_dir):
     if (cfg.dw, cfg.acc) != (qmodel.dw, qmodel.acc):
         raise ValueError(f"config {cfg.name!r} has dw={cfg.dw}, acc={cfg.acc}, but the model is "
                          f"quantised for dw={qmodel.dw}, acc={qmodel.acc}")
-    out = Path(out_dir)
-    if out.exists() and not (out / MANIFEST).is_file():
-        raise ValueError(f"{out} exists and is not a weight image; refusing to replace it")
+    out = check_folder_target(out_dir, "weight image", force, (MANIFEST, SCHEMA))
     stats = model_stats(qmodel, cfg)
     program = [descriptor_value(ql.desc, cfg, check=False) for ql in qmodel.layers]
     texts, files, layers = {}, {}, []
@@ -111,23 +115,31 @@ def export(qmodel, cfg, out_dir):
                 "input_shape": list(qmodel.input_shape), "calib": dict(qmodel.calib),
                 "layers": layers, "files": files, "program": "program.hex", "stats": stats}
     texts[MANIFEST] = json.dumps(manifest, indent=1) + "\n"
-    write_folder(out, texts, MANIFEST, "weight image")
+    write_folder(out, texts, "weight image", force, (MANIFEST, SCHEMA))
     return manifest
 
 
-def read_hex(path, words, width, name=None):
-    """Read a ``$readmemh`` file of exactly ``words`` words of ``width`` bits."""
+def read_hex(path, words, width, name=None, data=None):
+    """Read a ``$readmemh`` file of exactly ``words`` words of ``width`` bits, each exactly as
+    :func:`export` writes it: ``ceil(width/4)`` lowercase hex digits and a newline."""
     name = name or Path(path).name
     digits = -(-width // 4)
-    lines = Path(path).read_text().splitlines()
+    data = Path(path).read_bytes() if data is None else data
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise ImageError(name, f"byte {exc.start}", "is not ASCII (a hex file holds only hex "
+                                                    "digits and newlines)") from None
+    lines = text.split("\n")
+    if lines[-1] != "":
+        raise ImageError(name, f"line {len(lines)}", "the last line does not end with a "
+                                                     "newline")
+    lines.pop()
     if len(lines) != words:
         raise ImageError(name, "words", f"has {len(lines)} words, the manifest says {words}")
     out = []
     for n, line in enumerate(lines, 1):
-        try:
-            value = int(line, 16) if len(line) == digits else -1
-        except ValueError:
-            value = -1
+        value = int(line, 16) if _HEX_WORD.fullmatch(line) and len(line) == digits else -1
         if not 0 <= value < 1 << width:
             raise ImageError(name, f"line {n}", f"{line!r} is not a {width}-bit word of "
                                                 f"{digits} hex digits")
@@ -153,6 +165,36 @@ def _require_int(value, file, field, low=0):
             (low is not None and value < low):
         limit = "an integer" if low is None else f"an integer >= {low}"
         raise ImageError(file, field, f"must be {limit}, not {value!r}")
+
+
+def _check_calib(calib):
+    _require_keys(calib, _CALIB_KEYS, MANIFEST, "calib")
+    method = calib["range_method"]
+    if method != "max" and (isinstance(method, bool) or not isinstance(method, (int, float))
+                            or not 50 <= method <= 100):
+        raise ImageError(MANIFEST, "calib.range_method", f"must be 'max' or a percentile in "
+                                                         f"[50, 100], not {method!r}")
+    _require_int(calib["images"], MANIFEST, "calib.images", low=1)
+
+
+def _check_sizes(entry, files, where):
+    """A layer's ``words`` and ``bits`` are those of the files it lists."""
+    for key in ("words", "bits"):
+        if not isinstance(entry[key], dict) or set(entry[key]) != set(entry["files"]):
+            raise ImageError(MANIFEST, f"{where}.{key}", "must give a number for each listed "
+                                                         "item")
+    for item, fname in entry["files"].items():
+        info = files.get(fname)
+        if info is None:
+            raise ImageError(MANIFEST, f"{where}.files.{item}", f"{fname!r} is not listed in "
+                                                                f"files")
+        if entry["words"][item] != info["words"] or type(entry["words"][item]) is not int:
+            raise ImageError(MANIFEST, f"{where}.words.{item}", f"is {entry['words'][item]!r}, "
+                                                                f"{fname} has {info['words']}")
+        want = info["words"] * info["width"]
+        if entry["bits"][item] != want or type(entry["bits"][item]) is not int:
+            raise ImageError(MANIFEST, f"{where}.bits.{item}", f"is {entry['bits'][item]!r}, "
+                                                               f"{fname} holds {want}")
 
 
 def _check_chain(layers, m):
@@ -198,11 +240,13 @@ def load(image_dir):
         m = json.loads((folder / MANIFEST).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ImageError(MANIFEST, "json", f"not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ImageError(MANIFEST, "json", "nested too deeply to be a manifest") from None
     if not isinstance(m, dict):
         raise ImageError(MANIFEST, "json", "must be an object")
     if m.get("schema") != SCHEMA:
         raise ImageError(MANIFEST, "schema", f"is {m.get('schema')!r}, expected {SCHEMA!r}")
-    if m.get("version") != VERSION:
+    if type(m.get("version")) is not int or m["version"] != VERSION:
         raise ImageError(MANIFEST, "version", f"is {m.get('version')!r}; this slimnfu reads "
                                               f"version {VERSION}")
     _require_keys(m, _TOP_KEYS, MANIFEST, "")
@@ -212,8 +256,7 @@ def load(image_dir):
         raise ImageError(MANIFEST, "input_shape", "must be a non-empty list of integers")
     for n in m["input_shape"]:
         _require_int(n, MANIFEST, "input_shape", low=1)
-    if not isinstance(m["calib"], dict):
-        raise ImageError(MANIFEST, "calib", "must be an object")
+    _check_calib(m["calib"])
     try:
         cfg = AccelConfig.from_dict(m["config"])
     except (TypeError, ValueError, AttributeError) as exc:
@@ -228,14 +271,20 @@ def load(image_dir):
         _require_keys(info, _FILE_KEYS, MANIFEST, f"files.{fname}")
         _require_int(info["words"], MANIFEST, f"files.{fname}.words")
         _require_int(info["width"], MANIFEST, f"files.{fname}.width", low=1)
+        if not isinstance(info["sha256"], str):
+            raise ImageError(MANIFEST, f"files.{fname}.sha256", "must be a string")
         path = folder / fname
-        if Path(fname).name != fname or not path.is_file():
+        if Path(fname).name != fname or fname.startswith(".") or not path.is_file():
             raise ImageError(fname, "file", "missing")
         data = path.read_bytes()
         if _sha256(data) != info["sha256"]:
             raise ImageError(fname, "sha256", "does not match the manifest (file changed or "
                                               "corrupted)")
-        contents[fname] = read_hex(path, info["words"], info["width"])
+        contents[fname] = read_hex(path, info["words"], info["width"], data=data)
+    unlisted = sorted(p.name for p in folder.iterdir()
+                      if p.name not in m["files"] and p.name not in (MANIFEST, OWNER_MARK))
+    if unlisted:
+        raise ImageError(unlisted[0], "file", "is not listed in the manifest's files")
     if not isinstance(m["layers"], list) or not m["layers"]:
         raise ImageError(MANIFEST, "layers", "must be a non-empty list")
     layers = []
@@ -249,13 +298,20 @@ def load(image_dir):
                                                           f"(formats: {', '.join(FORMATS)})")
         for key in ("f_x", "f_w", "f_y"):
             _require_int(e[key], MANIFEST, f"{where}.{key}", low=None)
-        if not isinstance(e["name"], str) or not isinstance(e["files"], dict):
-            raise ImageError(MANIFEST, where, "name must be a string and files an object")
+        if not isinstance(e["name"], str) or not isinstance(e["files"], dict) or \
+                not all(isinstance(f, str) for f in e["files"].values()):
+            raise ImageError(MANIFEST, where, "name must be a string and files an object of "
+                                              "file names")
         try:
             desc = LayerDesc.from_dict(e["desc"])
         except (TypeError, ValueError, AttributeError) as exc:
             raise ImageError(MANIFEST, f"{where}.desc", str(exc)) from None
+        if e["act_func"] not in _ACT_FUNCS[desc.act]:
+            raise ImageError(MANIFEST, f"{where}.act_func",
+                             f"is {e['act_func']!r}; act={desc.act!r} takes one of "
+                             f"{list(_ACT_FUNCS[desc.act])}")
         layers.append(fmt.restore(e, m["files"], contents, desc, cfg, where))
+        _check_sizes(e, m["files"], where)
     qmodel = QuantModel(layers, m["dw"], m["acc"], m["f_in"], tuple(m["input_shape"]),
                         dict(m["calib"]))
     _check_chain(layers, m)

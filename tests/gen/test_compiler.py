@@ -67,5 +67,9 @@ def test_rom_image(small_program, tmp_path):
     assert json.loads((tmp_path / "rom" / "program.json").read_text())["layers"][4]["move"] == \
         ["flatten", 5, 2, 2]
     (tmp_path / "other").mkdir()
-    with pytest.raises(ValueError, match="is not a ROM image; refusing to replace it"):
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="is not a ROM image that slimnfu wrote .*refusing to "
+                                         "replace it"):
         write_rom_image(small_program, tmp_path / "other")
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+    write_rom_image(small_program, tmp_path / "rom")   # its own folder: replaced

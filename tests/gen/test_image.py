@@ -115,8 +115,13 @@ def test_interrupted_export_leaves_nothing(qmodel, tmp_path, monkeypatch):
 
 def test_export_refusals(qmodel, tmp_path):
     (tmp_path / "other").mkdir()
-    with pytest.raises(ValueError, match="not a weight image; refusing"):
+    (tmp_path / "other" / "data.csv").write_text("1,2\n")
+    with pytest.raises(ValueError, match="other exists and is not a weight image that slimnfu "
+                                         "wrote .*refusing to replace it"):
         export(qmodel, CFG, tmp_path / "other")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=r"file/sub: .*file is a file, not a folder"):
+        export(qmodel, CFG, tmp_path / "file" / "sub")
     with pytest.raises(ValueError, match="dw=8.*quantised for dw=16"):
         export(qmodel, CFG.with_(dw=8), tmp_path / "x")
 
@@ -251,4 +256,128 @@ def test_reject_wrong_types(img):
                    m["files"]["program.hex"].update(width=0))
     with pytest.raises(ImageError, match=r"^manifest.json: files.program.hex.width: must be "
                                          r"an integer >= 1, not 0"):
+        load(img)
+
+
+def test_export_never_deletes_what_it_did_not_write(qmodel, tmp_path):
+    """A folder with a file named manifest.json and other files of the user's is refused and
+    left as it was (issue 14, case 2); --force replaces it; a folder slimnfu wrote is replaced,
+    and gets ordinary permissions."""
+    import os
+    import stat
+
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "manifest.json").write_text('{"mine": true}')
+    (user / "results.csv").write_text("a,b\n")
+    mode = stat.S_IMODE(user.stat().st_mode)
+    with pytest.raises(ValueError, match="refusing to replace it"):
+        export(qmodel, CFG, user)
+    assert sorted(p.name for p in user.iterdir()) == ["manifest.json", "results.csv"]
+    assert stat.S_IMODE(user.stat().st_mode) == mode
+    export(qmodel, CFG, user, force=True)
+    load(user)
+    img = tmp_path / "img"
+    export(qmodel, CFG, img)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(img.stat().st_mode) == 0o777 & ~umask
+    export(qmodel, CFG, img)          # its own image: replaced
+    (img / "extra.txt").write_text("added by the user")
+    with pytest.raises(ValueError, match="refusing to replace it"):
+        export(qmodel, CFG, img)
+    assert (img / "extra.txt").is_file()
+
+
+def test_replacement_keeps_the_old_image_until_the_new_one_is_complete(qmodel, tmp_path,
+                                                                       monkeypatch):
+    """Without an atomic exchange, a failing second rename puts the old image back; stale
+    temporaries of a killed export are removed by the next one (issue 14, case 7)."""
+    import os
+
+    img = tmp_path / "img"
+    export(qmodel, CFG, img)
+    before = (img / "manifest.json").read_text()
+    stale = tmp_path / ".img.tmp-999999999-abc"
+    stale.mkdir()
+    real_replace = os.replace
+    calls = []
+
+    def second_fails(a, b):
+        calls.append((a, b))
+        if len(calls) == 2:
+            raise OSError("power cut (simulated)")
+        real_replace(a, b)
+
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(atomic.os, "replace", second_fails)
+    with pytest.raises(OSError, match="simulated"):
+        export(qmodel, CFG, img)
+    monkeypatch.setattr(atomic.os, "replace", real_replace)
+    assert (img / "manifest.json").read_text() == before
+    load(img)
+    assert not stale.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["img"]
+
+
+def _hex_line_as(img, fname, edit):
+    lines = (img / fname).read_text().splitlines(keepends=True)
+    lines[1] = edit(lines[1].rstrip("\n")) + "\n"
+    _rewrite(img, fname, "".join(lines))
+
+
+@pytest.mark.parametrize("edit", [
+    lambda w: "+" + w[1:], lambda w: "0x" + w[2:], lambda w: w[:3] + "_" + w[4:],
+    lambda w: " " + w[1:], lambda w: w[:-1] + "A",
+])
+def test_reject_hex_lines_the_writer_does_not_write(img, edit):
+    """Exactly ceil(width/4) lowercase hex digits: int(..., 16) accepts all of these."""
+    _hex_line_as(img, "fc2.bias.hex", edit)
+    with pytest.raises(ImageError, match=r"^fc2.bias.hex: line 2: .* is not a 192-bit word"):
+        load(img)
+
+
+def test_reject_non_ascii_hex_file(img):
+    path = img / "fc2.bias.hex"
+    data = path.read_bytes()
+    path.write_bytes(data[:5] + b"\xff" + data[6:])
+    _edit_manifest(img, lambda m: m["files"]["fc2.bias.hex"].update(
+        sha256=hashlib.sha256(path.read_bytes()).hexdigest()))
+    with pytest.raises(ImageError, match=r"^fc2.bias.hex: byte 5: is not ASCII"):
+        load(img)
+
+
+def test_reject_deeply_nested_manifest(img):
+    (img / "manifest.json").write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(ImageError, match=r"^manifest.json: json: nested too deeply"):
+        load(img)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.update(version=True), r"^manifest.json: version: is True; this slimnfu reads"),
+    (lambda m: m.update(version=1.0), r"^manifest.json: version: is 1.0; this slimnfu reads"),
+    (lambda m: m["layers"][0].update(format=["dense"]),
+     r"^manifest.json: layers\[0\].format: \['dense'\] is not a weight format"),
+    (lambda m: m["layers"][0].update(name=["conv1"]), r"^manifest.json: layers\[0\]: name "
+                                                      r"must be a string"),
+    (lambda m: m["layers"][0]["words"].update(weights=-50),
+     r"^manifest.json: layers\[0\].words.weights: is -50, conv1.weights.hex has 50"),
+    (lambda m: m["layers"][0]["bits"].update(weights="12800"),
+     r"^manifest.json: layers\[0\].bits.weights: is '12800'"),
+    (lambda m: m["layers"][1].update(act_func="gelu"),
+     r"^manifest.json: layers\[1\].act_func: is 'gelu'; act='none' takes one of \[None\]"),
+    (lambda m: m["calib"].update(range_method="median"),
+     r"^manifest.json: calib.range_method: must be 'max' or a percentile"),
+    (lambda m: m["calib"].update(images=[16]),
+     r"^manifest.json: calib.images: must be an integer >= 1"),
+])
+def test_reject_fields_of_the_wrong_type_or_value(img, edit, message):
+    _edit_manifest(img, edit)
+    with pytest.raises(ImageError, match=message):
+        load(img)
+
+
+def test_reject_files_the_manifest_does_not_list(img):
+    (img / "notes.hex").write_text("00\n")
+    with pytest.raises(ImageError, match=r"^notes.hex: file: is not listed in the manifest"):
         load(img)
