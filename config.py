@@ -11,6 +11,7 @@ given config, before any simulation starts.
 
 from dataclasses import dataclass, asdict, replace
 import math
+import re
 
 __all__ = ["AccelConfig", "LayerDesc", "CONFIGS", "get_config", "KINDS", "ACTS"]
 
@@ -21,6 +22,15 @@ PERMS = ("none", "affine", "index")
 
 #: Number of segments of the piecewise-linear activation table (NFU-3).
 PWL_SEGMENTS = 16
+
+
+#: A config name: an identifier, then ``+key=value`` for each field changed from a named config.
+_NAME = re.compile(r"[A-Za-z_]\w*(\+\w+=[\w.-]+)*")
+
+
+def _check_flag(name, value):
+    if type(value) is not bool and not (type(value) is int and value in (0, 1)):
+        raise TypeError(f"{name} must be a bool (or the integer 0/1), not {value!r}")
 
 
 def _check_int(name, value, low, high=None):
@@ -96,8 +106,12 @@ class AccelConfig:
     kgate: bool = False
 
     def __post_init__(self):
-        if not isinstance(self.name, str) or not self.name.isidentifier():
-            raise TypeError(f"config name must be an identifier string, not {self.name!r}")
+        if not isinstance(self.name, str):
+            raise TypeError(f"config name must be a string, not {self.name!r}")
+        if not _NAME.fullmatch(self.name):
+            raise ValueError(f"config name must be an identifier, optionally followed by "
+                             f"+key=value changes (e.g. tiny+nbout_depth=8192), not "
+                             f"{self.name!r}")
         _check_int("tn", self.tn, 1, 64)
         _check_int("ti", self.ti, 1, 64)
         _check_int("dw", self.dw, 4, 32)
@@ -111,16 +125,13 @@ class AccelConfig:
         if self.tn != self.ti:
             raise ValueError(f"tn must equal ti (pooling maps input lanes onto output lanes), "
                              f"not tn={self.tn}, ti={self.ti}")
-        if self.ikr not in (0, 1):
-            raise TypeError(f"ikr must be a bool (or 0/1), not {self.ikr!r}")
+        _check_flag("ikr", self.ikr)
         _check_int("ikr_kmax", self.ikr_kmax, 1, 7)
         _check_int("ikr_patterns", self.ikr_patterns, 1, 16)
         _check_int("ikr_index_depth", self.ikr_index_depth, 2, 1 << 20)
-        if self.perm not in (0, 1):
-            raise TypeError(f"perm must be a bool (or 0/1), not {self.perm!r}")
+        _check_flag("perm", self.perm)
         _check_int("perm_depth", self.perm_depth, 2, 1 << 16)
-        if self.kgate not in (0, 1):
-            raise TypeError(f"kgate must be a bool (or 0/1), not {self.kgate!r}")
+        _check_flag("kgate", self.kgate)
 
     @property
     def min_acc(self):
@@ -150,6 +161,22 @@ class AccelConfig:
     def with_(self, **kw):
         """Return a copy with some parameters changed (and validated again)."""
         return replace(self, **kw)
+
+    def changed(self, **kw):
+        """A copy with some parameters changed, named after what changed (``tiny`` with
+        ``nbout_depth=8192`` is ``tiny+nbout_depth=8192``), so that nothing built or reported
+        for one config is taken for the other's. Values equal to the current ones change
+        nothing."""
+        kw = {k: v for k, v in kw.items() if getattr(self, k) != v}
+        if not kw:
+            return self
+        if "name" in kw:
+            raise TypeError("changed() derives the name; use with_(name=...) to rename")
+        base, _, old = self.name.partition("+")
+        changes = dict(c.split("=", 1) for c in old.split("+") if c)
+        changes.update({k: str(int(v) if isinstance(v, bool) else v) for k, v in kw.items()})
+        name = "+".join([base] + [f"{k}={v}" for k, v in sorted(changes.items())])
+        return replace(self, name=name, **kw)
 
     def fit_buffers(self, descs, name=None):
         """A copy whose buffers hold every layer of ``descs`` (depths kept or raised to powers

@@ -16,7 +16,7 @@ def _export(args):
     from slimnfu.gen.image import export
 
     dataset = network_info(args.name)["dataset"]
-    cfg = get_config(args.config).with_(dw=args.dw)
+    cfg = get_config(args.config).changed(dw=args.dw)
     if args.calib < 1:
         raise ValueError(f"--calib must be >= 1, not {args.calib}")
     set_threads(args.threads)

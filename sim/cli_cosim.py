@@ -38,7 +38,8 @@ def register(sub):
 
 
 def parse_overrides(cfg, overrides):
-    """Apply ``KEY=VALUE`` strings to ``cfg``; the config's own checks name bad values."""
+    """Apply ``KEY=VALUE`` strings to ``cfg``; the config's own checks name bad values. The
+    result is named after what changed (:meth:`AccelConfig.changed`)."""
     fields = set(cfg.to_dict()) - {"name"}
     kw = {}
     for item in overrides:
@@ -50,7 +51,7 @@ def parse_overrides(cfg, overrides):
             kw[key] = int(value)
         except ValueError:
             raise ValueError(f"--set {key} must be an integer, not {value!r}") from None
-    return cfg.with_(**kw) if kw else cfg
+    return cfg.changed(**kw)
 
 
 def parse_layers(layers):

@@ -17,6 +17,9 @@ def test_named_configs():
     (dict(tn=4.0, ti=4), TypeError, "tn must be an integer"),
     (dict(tn=4, ti=8), ValueError, "tn must equal ti"),
     (dict(tn=4, ti=4, sb_depth=1), ValueError, "sb_depth must be in"),
+    (dict(tn=4, ti=4, ikr=1.0), TypeError, r"ikr must be a bool \(or the integer 0/1\), not 1.0"),
+    (dict(tn=4, ti=4, kgate=0.0), TypeError, "kgate must be a bool .* not 0.0"),
+    (dict(tn=4, ti=4, perm="yes"), TypeError, "perm must be a bool .* not 'yes'"),
 ])
 def test_invalid_config(kw, exc, msg):
     with pytest.raises(exc, match=msg):
@@ -74,3 +77,16 @@ def test_fit_buffers_raises_depths_to_powers_of_two_and_keeps_larger_ones():
     assert got.sb_depth == 1024 and got.bias_depth == 128 and got.ikr_index_depth == 512
     assert got.fit_buffers([LayerDesc("fc", 8, 4, 1, 1, 1)]) == got
     conv.check(got.with_(ikr=True)) and ikr.check(got.with_(ikr=True))
+
+
+def test_changed_configs_are_named_after_what_changed():
+    """--set and --dw must not reuse another config's name, build folder or labels."""
+    tiny = get_config("tiny")
+    big = tiny.changed(nbout_depth=8192)
+    assert big.name == "tiny+nbout_depth=8192" and big.nbout_depth == 8192
+    assert big.changed(ikr=True).name == "tiny+ikr=1+nbout_depth=8192"
+    assert tiny.changed(dw=16) is tiny and tiny.changed(ikr=0) is tiny
+    assert AccelConfig.from_dict(big.to_dict()) == big
+    with pytest.raises(ValueError, match="config name must be an identifier, optionally "
+                                         "followed by \\+key=value"):
+        AccelConfig("tiny/../x", tn=4, ti=4)

@@ -12,7 +12,6 @@ from slimnfu import atomic
 from slimnfu.config import get_config
 from slimnfu.formats.accounting import model_stats
 from slimnfu.compress.quant import int_forward, quantize_model
-from slimnfu.gen import image
 from slimnfu.gen.image import ImageError, export, load
 from slimnfu.formats.layout import pack_weights
 

@@ -97,7 +97,7 @@ def test_cases_cover_the_brief():
                  '"stride": 16}'], "stride must be < 16 (descriptor field width), not 16"),
     (["--set", "acc=35", "--layer", '{"kind": "conv", "n_in": 9, "n_out": 4, "h_in": 5, '
                                     '"w_in": 5, "k": 3}'],
-     "can sum to 38 bits, but config 'tiny' has acc=35"),
+     "can sum to 38 bits, but config 'tiny+acc=35' has acc=35"),
     (["--sim", "modelsim"], "--sim must be among icarus, verilator, not 'modelsim'"),
     (["--config", "huge"], "unknown config 'huge'"),
 ])
