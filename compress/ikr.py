@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from slimnfu.config import LayerDesc
-from slimnfu.formats.ikr import IkrWeights, check_ikr
+from slimnfu.formats.ikr import IkrFormat, IkrWeights, check_ikr
 
 __all__ = ["IkrOptions", "topn_sets", "learn_library", "assign_patterns", "pattern_mask",
            "check_ikr", "apply_ikr", "ikr_layers", "load_ikr_state", "finetune", "ikr_prune",
@@ -280,6 +280,6 @@ def mark_quantised(qmodel, model):
         if bool((q.w[~mask] != 0).any()):
             raise ValueError(f"layer {q.name}: weights are non-zero off their IKR pattern")
         q.desc = LayerDesc(**{**q.desc.to_dict(), "ikr_n": int(n)})
-        q.format = "ikr"
+        q.format = IkrFormat.name
         q.compressed = IkrWeights(lib, idx)
     return qmodel

@@ -42,8 +42,9 @@ from torch import nn
 from slimnfu import fixed
 from slimnfu.compress.quant import quantize_model
 from slimnfu.config import LayerDesc
-from slimnfu.formats.perm import (PermAffineWeights, PermIndexWeights, affine_perms,
-                                  check_affine, check_index_rom, check_sequence, gather_weights)
+from slimnfu.formats.perm import (PermAffineFormat, PermAffineWeights, PermIndexFormat,
+                                  PermIndexWeights, affine_perms, check_affine, check_index_rom,
+                                  check_sequence, gather_weights)
 
 __all__ = ["VARIANTS", "FORMATS", "PermLinear", "random_affine_params", "rank_perms",
            "fit_sequence", "compress_linear", "compress_model", "finetune", "to_dense",
@@ -51,7 +52,7 @@ __all__ = ["VARIANTS", "FORMATS", "PermLinear", "random_affine_params", "rank_pe
 
 VARIANTS = ("affine", "index")
 #: QLayer storage format of each variant.
-FORMATS = {"affine": "perm_affine", "index": "perm_index"}
+FORMATS = {"affine": PermAffineFormat.name, "index": PermIndexFormat.name}
 
 
 def random_affine_params(m, n, seed=0):

@@ -38,7 +38,7 @@ from slimnfu import fixed
 from slimnfu.compress.quant import quantize_input, quantize_model
 from slimnfu.config import LayerDesc
 from slimnfu.formats import QLayer
-from slimnfu.formats.slim import SlimWeights, check_kernel_sizes
+from slimnfu.formats.slim import SlimFormat, SlimWeights, check_kernel_sizes
 
 __all__ = ["SlimConv", "slim_model", "conv_layers", "importance", "refit_linear", "greedy",
            "fine_tune", "slim_report", "conv_macs", "quantize_slim", "slim_int_forward",
@@ -420,7 +420,8 @@ def quantize_slim(smodel, calib_images, dw=16, acc=48, identity_order=False):
             rec.approx_f = f_c
             rec.approx_pos = [p for p, j in enumerate(order) if bool(m.approx[j])]
         new_layers.append(QLayer(layer.name, desc, layer.w[sel], layer.b[sel], layer.f_x,
-                                 layer.f_w, layer.f_y, layer.pwl, layer.act_func, "slim", rec))
+                                 layer.f_w, layer.f_y, layer.pwl, layer.act_func, SlimFormat.name,
+                                 rec))
     qm.layers = new_layers
     return qm
 

@@ -18,7 +18,7 @@ from slimnfu.formats import layout
 __all__ = ["Words", "EnginePass", "StoredItem", "ImageError", "WeightFormat", "record_to_state",
            "record_from_state", "crop_padding", "unpack_weights", "unpack_bias", "unpack_pwl",
            "bias_words", "pwl_words", "common_memories", "check_items", "max_abs", "pwl_items",
-           "FORMATS", "register", "get_format"]
+           "FORMATS", "register", "get_format", "check_tensor"]
 
 
 @dataclass(frozen=True)
@@ -131,6 +131,21 @@ def record_from_state(cls, state):
             v = torch.tensor(t["values"], dtype=torch.int64).reshape(t["shape"])
         kw[f.name] = v
     return cls(**kw)
+
+
+def check_tensor(name, t, shape, bits):
+    """``ValueError`` unless ``t`` is an int64 tensor of ``shape`` inside ``bits`` signed bits."""
+    if not isinstance(t, torch.Tensor) or t.dtype != torch.int64:
+        raise ValueError(f"{name}: must be an int64 tensor, not {type(t).__name__}"
+                         + (f" of {t.dtype}" if isinstance(t, torch.Tensor) else ""))
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name}: has shape {tuple(t.shape)}, the descriptor needs "
+                         f"{tuple(shape)}")
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    if t.numel() and (int(t.min()) < lo or int(t.max()) > hi):
+        bad = int(t.max()) if int(t.max()) > hi else int(t.min())
+        raise ValueError(f"{name}: holds {bad}, outside {bits} signed bits [{lo}, {hi}]")
+
 
 
 def crop_padding(t, desc, fname):
@@ -268,6 +283,33 @@ class WeightFormat:
         """Output channels of the model layer (what the next layer reads)."""
         return ql.desc.n_out
 
+    def validate(self, ql, dw, acc):
+        """Raise ``ValueError("field: problem")`` unless the layer is one this format can
+        hold at ``dw``/``acc``: the record's type, tensor shapes against the descriptor,
+        every value inside its width, ``shift = f_x + f_w - f_y``, the PWL table. Formats add
+        their record's own checks."""
+        self.check_layer(ql)
+        d = ql.desc
+        if d.is_pool:
+            if ql.w is not None or ql.b is not None:
+                raise ValueError("w: a pooling layer has no weights or biases")
+            if ql.f_y != ql.f_x:
+                raise ValueError(f"f_y: is {ql.f_y}, a pooling layer keeps f_x={ql.f_x}")
+        else:
+            shape = (d.n_out, d.n_in) + ((d.k, d.k) if d.kind == "conv" else ())
+            check_tensor("w", ql.w, shape, dw)
+            check_tensor("b", ql.b, (d.n_out,), acc)
+            if d.shift != ql.f_x + ql.f_w - ql.f_y:
+                raise ValueError(f"desc.shift: is {d.shift}, f_x + f_w - f_y = "
+                                 f"{ql.f_x + ql.f_w - ql.f_y}")
+        if (d.act == "pwl") != (ql.pwl is not None):
+            raise ValueError(f"pwl: act={d.act!r} {'needs' if d.act == 'pwl' else 'takes no'} "
+                             f"PWL table")
+        if ql.pwl is not None and (ql.pwl.dw != dw or ql.pwl.seg_shift != d.seg_shift):
+            raise ValueError(f"pwl: the table is for dw={ql.pwl.dw}, seg_shift="
+                             f"{ql.pwl.seg_shift}; the layer has dw={dw}, seg_shift="
+                             f"{d.seg_shift}")
+
     def run(self, ql, x, dw, count=None, tn=None):
         """The integer reference of the layer on int64 inputs (the golden model).
 
@@ -299,10 +341,15 @@ class WeightFormat:
 
     def check(self, ql, cfg):
         """The layer's engine passes on ``cfg``, each checked: ``ValueError`` naming the layer
-        when ``cfg`` lacks the format's feature or cannot run a pass."""
+        when ``cfg`` lacks the format's feature, the layer is not valid at ``cfg``'s widths
+        (:meth:`validate`), or ``cfg`` cannot run a pass."""
         if self.feature and not getattr(cfg, self.feature):
             raise ValueError(f"layer {ql.name} is {self.title or self.name}, but config "
                              f"{cfg.name!r} has {self.feature}=False")
+        try:
+            self.validate(ql, cfg.dw, cfg.acc)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"layer {ql.name}: {exc}") from None
         passes = self.passes(ql, cfg)
         for p in passes:
             try:

@@ -92,6 +92,20 @@ class IkrFormat(WeightFormat):
     record = IkrWeights
     image_keys = frozenset({"ikr_patterns"})
 
+    def validate(self, ql, dw, acc):
+        super().validate(ql, dw, acc)
+        rec, d = ql.compressed, ql.desc
+        if d.kind != "conv" or not d.ikr_n:
+            raise ValueError("desc.ikr_n: an IKR layer is a conv with ikr_n >= 1")
+        if rec.patterns.dim() != 2 or tuple(rec.index.shape) != (d.n_out, d.n_in):
+            raise ValueError(f"compressed.index: has shape {tuple(rec.index.shape)}, the layer "
+                             f"needs ({d.n_out}, {d.n_in})")
+        check_ikr(ql.name, d.k, d.ikr_n, rec.patterns, rec.index)
+        mask = torch.zeros(d.n_out, d.n_in, d.k * d.k, dtype=torch.bool)
+        mask.scatter_(2, rec.patterns[rec.index], True)
+        if bool((ql.w.reshape(d.n_out, d.n_in, -1)[~mask] != 0).any()):
+            raise ValueError("w: a weight lies off its kernel's IKR pattern")
+
     def items(self, ql, dw, acc):
         d = ql.desc
         p, n = ql.compressed.patterns.shape

@@ -23,8 +23,8 @@ import torch
 from slimnfu.contract import LoadSel, perm_addr_bits
 from slimnfu.formats import layout
 from slimnfu.formats.base import (ImageError, StoredItem, WeightFormat, Words, bias_words,
-                                  check_items, pwl_items, pwl_words, unpack_bias, unpack_pwl,
-                                  unpack_weights)
+                                  check_items, check_tensor, pwl_items, pwl_words, unpack_bias,
+                                  unpack_pwl, unpack_weights)
 from slimnfu.formats.qmodel import QLayer
 
 __all__ = ["PermAffineWeights", "PermIndexWeights", "PermAffineFormat", "PermIndexFormat",
@@ -140,6 +140,17 @@ class _PermFormat(WeightFormat):
 
     def macs(self, ql):
         return ql.desc.macs()
+
+    def validate(self, ql, dw, acc):
+        super().validate(ql, dw, acc)
+        d, rec = ql.desc, ql.compressed
+        if d.kind != "fc" or d.perm != self.variant:
+            raise ValueError(f"desc.perm: format {self.name!r} needs an fc layer with "
+                             f"perm={self.variant!r}, not {d.kind} perm={d.perm!r}")
+        check_sequence(rec.s, d.n_in, ql.name)
+        check_tensor("compressed.s", rec.s, (d.n_in,), dw)
+        if not torch.equal(gather_weights(ql), ql.w):
+            raise ValueError("w: differs from the common sequence gathered by the permutations")
 
     def params(self, ql):
         return ql.desc.n_in + ql.desc.n_out

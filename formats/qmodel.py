@@ -118,6 +118,39 @@ class QuantModel:
     input_shape: tuple
     calib: dict = field(default_factory=dict)
 
+    def check(self, chain=True):
+        """Raise ``ValueError("layers[i] (name).field: problem")`` unless every layer is valid
+        for its weight format at this model's ``dw``/``acc``
+        (:meth:`~slimnfu.formats.base.WeightFormat.validate`) and, with ``chain``, the layers
+        chain: each layer's input shape is the previous layer's output (a flattened one
+        before an FC layer) and its ``f_x`` the previous ``f_y`` (the first one's ``f_in``).
+        Returns the model."""
+        names = [f"layers[{i}] ({getattr(ql, 'name', '?')})" for i, ql in enumerate(self.layers)]
+        for where, ql in zip(names, self.layers):
+            try:
+                if not isinstance(ql, QLayer):
+                    raise ValueError(f"layer: must be a QLayer, not {type(ql).__name__}")
+                get_format(ql.format, "format").validate(ql, self.dw, self.acc)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{where}.{exc}") from None
+        if not chain:
+            return self
+        shape, f = tuple(self.input_shape), self.f_in
+        for where, ql in zip(names, self.layers):
+            d = ql.desc
+            n_in = 1
+            for s in shape:
+                n_in *= s
+            got = (d.n_in,) if d.kind == "fc" else (d.n_in, d.h_in, d.w_in)
+            if got != ((n_in,) if d.kind == "fc" else shape):
+                raise ValueError(f"{where}.desc: takes {got}, the previous output is {shape}")
+            if ql.f_x != f:
+                raise ValueError(f"{where}.f_x: is {ql.f_x}, the input scale is {f}")
+            n_out = ql.weight_format.out_channels(ql)
+            shape = (n_out,) if d.kind == "fc" else (n_out, d.h_out, d.w_out)
+            f = ql.f_y
+        return self
+
     def to_state(self):
         """A JSON-serialisable dict (ints and lists only)."""
         return {"dw": self.dw, "acc": self.acc, "f_in": self.f_in,

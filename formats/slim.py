@@ -25,7 +25,7 @@ import torch
 from slimnfu import fixed
 from slimnfu.config import LayerDesc
 from slimnfu.formats.base import (EnginePass, ImageError, StoredItem, WeightFormat, check_items,
-                                  max_abs, pwl_items, pwl_words, unpack_bias,
+                                  check_tensor, max_abs, pwl_items, pwl_words, unpack_bias,
                                   unpack_pwl, unpack_weights)
 from slimnfu.formats.dense import dense_memories
 from slimnfu.formats.qmodel import QLayer
@@ -179,6 +179,30 @@ class SlimFormat(WeightFormat):
 
     def run(self, ql, x, dw, count=None, tn=None):
         return slim_layer_run(ql, x, dw, count, tn)
+
+    def validate(self, ql, dw, acc):
+        super().validate(ql, dw, acc)
+        rec, d = ql.compressed, ql.desc
+        if d.kind != "conv" or rec.K != d.k:
+            raise ValueError(f"compressed.K: is {rec.K}, a slim layer is a conv with k = K")
+        if tuple(rec.ksize.shape) != (d.n_out,):
+            raise ValueError(f"compressed.ksize: has {rec.ksize.numel()} kernel sizes for "
+                             f"n_out={d.n_out}")
+        check_kernel_sizes(rec.ksize, rec.K, ql.name)
+        for j, k in enumerate(int(v) for v in rec.ksize):
+            o = (rec.K - k) // 2
+            outer = ql.w[j].clone()
+            outer[:, o:o + k, o:o + k] = 0
+            if bool(outer.any()):
+                raise ValueError(f"w: filter {j} has weights outside its {k}x{k} kernel")
+        n = d.n_out + rec.n_approx
+        if sorted(rec.order) != list(range(n)) or \
+                sorted(list(rec.kept_pos) + list(rec.approx_pos)) != list(range(n)):
+            raise ValueError(f"compressed.order: order, kept_pos and approx_pos must place "
+                             f"the {n} output channels")
+        if rec.n_approx:
+            check_tensor("compressed.approx_w", rec.approx_w, (rec.n_approx, d.n_out), dw)
+            check_tensor("compressed.approx_b", rec.approx_b, (rec.n_approx,), acc)
 
     def items(self, ql, dw, acc):
         rec, d = ql.compressed, ql.desc

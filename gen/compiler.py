@@ -69,9 +69,10 @@ def compile_model(qmodel, cfg):
     Raises
     ------
     ValueError
-        Naming the layer: a format the accelerator does not run, a method feature ``cfg``
-        lacks, a layer that does not fit the buffers, or a shape that does not chain; or a
-        config with other number widths than the model's.
+        Naming the layer: a layer its weight format cannot hold (a value outside its width, a
+        shape that is not the descriptor's: :meth:`QuantModel.check`), a method feature
+        ``cfg`` lacks, a layer that does not fit the buffers, or a shape that does not chain;
+        or a config with other number widths than the model's.
     """
     if not isinstance(cfg, AccelConfig):
         raise TypeError(f"cfg must be an AccelConfig, not {type(cfg).__name__}")

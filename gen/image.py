@@ -71,7 +71,8 @@ def _fits(qlayer, cfg):
 def export(qmodel, cfg, out_dir, force=False):
     """Write ``qmodel`` as a weight image for ``cfg`` into ``out_dir``, atomically.
 
-    Every layer is stored by its weight format (:meth:`WeightFormat.memories`). An existing
+    Every layer is stored by its weight format (:meth:`WeightFormat.memories`), after
+    :meth:`QuantModel.check` (no value is written that its width cannot hold). An existing
     image slimnfu wrote at ``out_dir`` is replaced; any other non-empty folder is refused
     (``force`` replaces it), before anything is computed (:func:`slimnfu.atomic.
     check_folder_target`).
@@ -87,6 +88,7 @@ def export(qmodel, cfg, out_dir, force=False):
         raise ValueError(f"config {cfg.name!r} has dw={cfg.dw}, acc={cfg.acc}, but the model is "
                          f"quantised for dw={qmodel.dw}, acc={qmodel.acc}")
     out = check_folder_target(out_dir, "weight image", force, (MANIFEST, SCHEMA))
+    qmodel.check()
     stats = model_stats(qmodel, cfg)
     program = [descriptor_value(ql.desc, cfg, check=False) for ql in qmodel.layers]
     texts, files, layers = {}, {}, []

@@ -3,6 +3,7 @@
 import dataclasses
 
 import pytest
+import torch
 
 from slimnfu.config import CONFIGS
 from slimnfu.gen.compiler import compile_model, config_for
@@ -47,10 +48,21 @@ def test_refuses_method_without_its_hardware(small_qmodel):
         compile_model(q, _cfg(small_qmodel))
 
 
+def test_refuses_values_outside_their_width(small_qmodel):
+    q = dataclasses.replace(small_qmodel, layers=list(small_qmodel.layers))
+    b = q.layers[4].b.clone()
+    b[0] = 1 << 50
+    q.layers[4] = dataclasses.replace(q.layers[4], b=b)
+    with pytest.raises(ValueError, match=r"layer fc1: b: holds 1125899906842624, outside 48 "
+                                         r"signed bits"):
+        compile_model(q, _cfg(small_qmodel))
+
+
 def test_refuses_broken_chain(small_qmodel):
     q = dataclasses.replace(small_qmodel, layers=list(small_qmodel.layers))
-    d = q.layers[5].desc
-    q.layers[5] = dataclasses.replace(q.layers[5], desc=dataclasses.replace(d, n_in=d.n_in + 1))
+    d, w = q.layers[5].desc, q.layers[5].w
+    q.layers[5] = dataclasses.replace(q.layers[5], desc=dataclasses.replace(d, n_in=d.n_in + 1),
+                                      w=torch.cat([w, torch.zeros_like(w[:, :1])], 1))
     with pytest.raises(ValueError, match="layer fc2 takes 8x1x1, but fc1 gives 7x1x1"):
         compile_model(q, _cfg(small_qmodel))
 

@@ -380,3 +380,17 @@ def test_reject_files_the_manifest_does_not_list(img):
     (img / "notes.hex").write_text("00\n")
     with pytest.raises(ImageError, match=r"^notes.hex: file: is not listed in the manifest"):
         load(img)
+
+
+def test_export_refuses_values_outside_their_width(qmodel, tmp_path):
+    """40000 does not fit dw=16: it used to be written masked, as -25536 (issue 14, case 4)."""
+    import dataclasses
+
+    layers = list(qmodel.layers)
+    w = layers[0].w.clone()
+    w.view(-1)[0] = 40000
+    layers[0] = dataclasses.replace(layers[0], w=w)
+    with pytest.raises(ValueError, match=r"layers\[0\] \(conv1\)\.w: holds 40000, outside 16 "
+                                         r"signed bits"):
+        export(dataclasses.replace(qmodel, layers=layers), CFG, tmp_path / "img")
+    assert not (tmp_path / "img").exists()
