@@ -26,8 +26,8 @@ from slimnfu.contract import ikr_index_bits, ikr_tap_bits, perm_addr_bits
 
 __all__ = ["pack_words", "unpack_words", "pack_input", "pack_weights", "pack_bias",
            "unpack_output", "pack_output", "output_lane_masks", "pack_pwl", "pack_ikr_weights",
-           "pack_ikr_index", "pack_ikr_table", "pack_perm_s", "pack_perm_params", "pack_perm_index", "pack_program_input",
-           "unpack_program_output"]
+           "pack_ikr_index", "pack_ikr_table", "pack_perm_s", "pack_perm_params",
+           "pack_perm_index", "pack_program_input", "unpack_program_output"]
 
 
 def pack_words(lanes, width):
