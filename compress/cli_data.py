@@ -18,7 +18,7 @@ def _fetch(args):
         raise ValueError(f"slimnfu data fetch needs --root DIR or {data.ENV_VAR} set")
     for name in _datasets(args):
         report = data.fetch(name, root, mirrors=args.mirror or None,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, deadline_s=args.deadline)
         for file, status in report.items():
             print(f"{name}/{file}: {status}")
         data.verify(name, root)
@@ -51,4 +51,6 @@ def register(sub):
             q.add_argument("--mirror", action="append", metavar="URL",
                            help="base URL to try instead of the usual mirrors (repeatable)")
             q.add_argument("--no-progress", action="store_true", help="no progress bars")
+            q.add_argument("--deadline", type=float, default=900.0, metavar="SECONDS",
+                           help="the most the whole fetch may take (default 900)")
         q.set_defaults(func=func)

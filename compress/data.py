@@ -22,8 +22,8 @@ import gzip
 import hashlib
 import os
 import pathlib
-import shutil
 import tempfile
+import time
 import urllib.error
 import urllib.request
 
@@ -184,23 +184,36 @@ def verify(dataset, root=None):
     return folder
 
 
-def _download(url, dest, md5, progress):
-    """Download ``url`` to ``dest`` atomically; return None on success, else the reason."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+def _download(url, dest, md5, progress, deadline):
+    """Download ``url`` to ``dest`` atomically, by ``deadline`` (a ``time.monotonic()``
+    value); return None on success, else the reason. The partial file is always removed."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".part",
+                               dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as out:
-            with urllib.request.urlopen(url, timeout=30) as resp:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the fetch's deadline passed before this download")
+            with urllib.request.urlopen(url, timeout=min(30.0, left)) as resp:
                 total = resp.headers.get("Content-Length")
                 total = int(total) if total and total.isdigit() else None
+                bar = None
                 if progress:
                     from tqdm import tqdm
-                    with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name,
-                              leave=False) as bar:
-                        for chunk in iter(lambda: resp.read(1 << 16), b""):
-                            out.write(chunk)
+                    bar = tqdm(total=total, unit="B", unit_scale=True, desc=dest.name,
+                               leave=False)
+                try:
+                    # read1 returns after one receive, so a server that trickles bytes
+                    # cannot hold the download past the deadline
+                    for chunk in iter(lambda: resp.read1(1 << 16), b""):
+                        out.write(chunk)
+                        if bar is not None:
                             bar.update(len(chunk))
-                else:
-                    shutil.copyfileobj(resp, out, 1 << 16)
+                        if time.monotonic() > deadline:
+                            raise TimeoutError("not complete by the fetch's deadline")
+                finally:
+                    if bar is not None:
+                        bar.close()
         got = md5_of(tmp)
         if got != md5:
             return f"md5 {got}, expected {md5}"
@@ -214,7 +227,20 @@ def _download(url, dest, md5, progress):
             os.unlink(tmp)
 
 
-def fetch(dataset, root, mirrors=None, progress=True):
+def _remove_stale_parts(folder):
+    """Remove ``.NAME.PID.*.part`` files of fetches whose process is gone."""
+    for part in folder.glob(".*.part"):
+        pid = part.name.split(".")[-3] if part.name.count(".") >= 4 else ""
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                part.unlink(missing_ok=True)
+            except PermissionError:
+                pass
+
+
+def fetch(dataset, root, mirrors=None, progress=True, deadline_s=900.0):
     """Download the four files of ``dataset`` into ``root/<folder>``, checking their md5s.
 
     Files already present with the right md5 are skipped. Each file is written to a temporary
@@ -230,6 +256,9 @@ def fetch(dataset, root, mirrors=None, progress=True):
         Base URLs tried in order (default: ``DATASETS[dataset]["mirrors"]``).
     progress : bool
         Show tqdm progress bars.
+    deadline_s : float
+        Seconds the whole fetch may take; a download still running then is abandoned and its
+        partial file removed (a server that sends a byte now and then cannot hold it).
 
     Returns
     -------
@@ -242,8 +271,20 @@ def fetch(dataset, root, mirrors=None, progress=True):
     mirrors = list(info["mirrors"] if mirrors is None else mirrors)
     if not mirrors:
         raise ValueError("fetch needs at least one mirror URL")
-    folder = pathlib.Path(root).expanduser() / info["folder"]
+    if isinstance(deadline_s, bool) or not isinstance(deadline_s, (int, float)) or \
+            not 0 < deadline_s < 86400:
+        raise ValueError(f"deadline_s must be a number of seconds in (0, 86400), not "
+                         f"{deadline_s!r}")
+    root = pathlib.Path(root).expanduser()
+    for path in (root, *root.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise ValueError(f"data root {root}: {path} is a file, not a folder")
+            break
+    deadline = time.monotonic() + deadline_s
+    folder = root / info["folder"]
     folder.mkdir(parents=True, exist_ok=True)
+    _remove_stale_parts(folder)
     report = {}
     for name, md5 in info["files"].items():
         dest = folder / name
@@ -253,7 +294,7 @@ def fetch(dataset, root, mirrors=None, progress=True):
         failures = []
         for base in mirrors:
             url = base.rstrip("/") + "/" + name
-            reason = _download(url, dest, md5, progress)
+            reason = _download(url, dest, md5, progress, deadline)
             if reason is None:
                 report[name] = f"downloaded from {url}"
                 break

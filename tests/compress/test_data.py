@@ -8,6 +8,7 @@ import os
 import pathlib
 import shutil
 import threading
+import time
 
 import pytest
 import torch
@@ -156,8 +157,25 @@ def loopback_server(real_root, tmp_path):
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves the folder; under ``/slow/`` it promises a megabyte and trickles one byte every
+    0.2 s (for at most 10 s), like a server that keeps a connection alive forever."""
+
     def log_message(self, *args):
         pass
+
+    def do_GET(self):
+        if not self.path.startswith("/slow/"):
+            return super().do_GET()
+        self.send_response(200)
+        self.send_header("Content-Length", str(1 << 20))
+        self.end_headers()
+        try:
+            for _ in range(50):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass
 
 
 def test_fetch_over_loopback(loopback_server, tmp_path):
@@ -198,3 +216,32 @@ def test_cli_data(loopback_server, real_root, tmp_path, capsys):
     assert "mnist: all 4 files OK" in capsys.readouterr().out
     assert main(["data", "verify", "--root", str(root), "--dataset", "fashion-mnist"]) == 2
     assert "slimnfu data: error: fashion-mnist: missing" in capsys.readouterr().err
+
+
+def test_fetch_has_a_total_deadline(loopback_server, tmp_path):
+    """A server sending a byte now and then cannot keep a fetch alive: the deadline ends it,
+    and no partial file is left (issue 14, case 6)."""
+    root = tmp_path / "fetched"
+    t0 = time.monotonic()
+    with pytest.raises(FileNotFoundError, match="TimeoutError: not complete by the fetch's "
+                                                "deadline"):
+        data.fetch("mnist", root, mirrors=[loopback_server + "slow/"], progress=False,
+                   deadline_s=1.5)
+    assert time.monotonic() - t0 < 5
+    assert list((root / "mnist").iterdir()) == []
+
+
+def test_fetch_refuses_a_root_that_is_a_file_and_removes_stale_parts(loopback_server,
+                                                                     tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match="afile is a file, not a folder"):
+        data.fetch("mnist", tmp_path / "afile", mirrors=[loopback_server + "mnist/"])
+    with pytest.raises(ValueError, match=r"deadline_s must be a number of seconds"):
+        data.fetch("mnist", tmp_path / "r", mirrors=[loopback_server + "mnist/"],
+                   deadline_s=1e23)
+    folder = tmp_path / "r" / "mnist"
+    folder.mkdir(parents=True)
+    stale = folder / f".{MNIST_FILES[0]}.999999999.abc.part"
+    stale.write_bytes(b"partial")
+    data.fetch("mnist", tmp_path / "r", mirrors=[loopback_server + "mnist/"], progress=False)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(MNIST_FILES)
