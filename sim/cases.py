@@ -48,9 +48,11 @@ class Case:
     compressed: object = None
 
     def layer(self):
-        """The case as a :class:`QLayer` of its weight format."""
-        return QLayer(self.name, self.desc, self.w, self.b, pwl=self.pwl, format=self.format,
-                      compressed=self.compressed)
+        """The case as a :class:`QLayer` of its weight format (a case has no real scales:
+        ``f_w`` carries the shift, so that ``shift = f_x + f_w - f_y`` holds)."""
+        f_w = 0 if self.desc.is_pool else self.desc.shift
+        return QLayer(self.name, self.desc, self.w, self.b, 0, f_w, 0, self.pwl,
+                      format=self.format, compressed=self.compressed)
 
 
 def expected_cycles(desc, cfg, latency):
@@ -211,10 +213,12 @@ def dense_cases(cfg, seed=1, quick=False, images=None, extra=()):
 
 
 def expected_counters(case, cfg, latency):
-    """The counters the engine must report for ``case``: cycles, steps, saturation events
-    and (with ``cfg.kgate``) gated multiplies."""
+    """The counters the engine must report for ``case``: cycles, steps, multiplies (``tn*ti``
+    a MAC step), saturation events and (with ``cfg.kgate``) gated multiplies."""
     desc = case.desc
-    out = {"cycles": expected_cycles(desc, cfg, latency), "steps": expected_steps(desc, cfg),
+    steps = expected_steps(desc, cfg)
+    out = {"cycles": expected_cycles(desc, cfg, latency), "steps": steps,
+           "mults": 0 if desc.is_pool else steps * cfg.tn * cfg.ti,
            "sat_events": case.expected_sat}
     if cfg.kgate:
         out["gated"] = desc.gated_mults(cfg)

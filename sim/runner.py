@@ -133,8 +133,8 @@ def run_jobs(runner, dirs, jobs, waves=False, test_module="slimnfu.sim.tb_engine
 
 
 def compare(case, raw, cfg, latency, sim):
-    """One results entry: outputs bit for bit, cycles, steps, saturation events and gated
-    multiplies against the reference, and the testbench's own verdict (which must agree)."""
+    """One results entry: outputs bit for bit, cycles, steps, multiplies, saturation events and
+    gated multiplies against the reference, and the testbench's own verdict (which must agree)."""
     desc = case.desc
     want = expected_counters(case, cfg, latency)
     counters = raw.get("counters") or {}
@@ -142,7 +142,8 @@ def compare(case, raw, cfg, latency, sim):
              "cycles": counters.get("cycles"), "expected_cycles": want["cycles"],
              "wall_s": round(raw.get("wall_s", 0.0), 4),
              "steps": counters.get("steps"), "expected_steps": want["steps"],
-             "mults": counters.get("mults"), "sat_events": counters.get("sat_events"),
+             "mults": counters.get("mults"), "expected_mults": want["mults"],
+             "sat_events": counters.get("sat_events"),
              "expected_sat_events": want["sat_events"], "mismatches": None,
              "error": raw.get("error"), "source": case.source, "format": case.format,
              "desc": desc.to_dict()}
@@ -162,7 +163,8 @@ def compare(case, raw, cfg, latency, sim):
         problems.append(f"{bad.shape[0]} outputs differ; first at channel {c}, y {yy}, x {xx}: "
                         f"rtl {int(y[c, yy, xx])}, reference {int(ref[c, yy, xx])}")
     for key, want_key in (("cycles", "expected_cycles"), ("steps", "expected_steps"),
-                          ("sat_events", "expected_sat_events"), ("gated", "expected_gated")):
+                          ("mults", "expected_mults"), ("sat_events", "expected_sat_events"),
+                          ("gated", "expected_gated")):
         if entry.get(key) != entry.get(want_key):
             problems.append(f"{key} {entry[key]} != expected {entry[want_key]}")
     tb_passed = raw.get("tb_verdict") is None

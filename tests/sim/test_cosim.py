@@ -35,8 +35,9 @@ def test_compare_catches_a_wrong_bit_and_a_wrong_cycle_count():
     case = make_case("t", LayerDesc("conv", 3, 5, 4, 4, 3, pad=1), cfg, seed=3)
     y = case.expected.clone()
     words = layout.pack_input(y, cfg)
-    good = {"words": words, "counters": {"cycles": case.desc.dense_cycles(cfg) + 7,
-                                         "steps": case.desc.dense_cycles(cfg), "mults": 0,
+    steps = case.desc.dense_cycles(cfg)
+    good = {"words": words, "counters": {"cycles": steps + 7, "steps": steps,
+                                         "mults": steps * cfg.tn * cfg.ti,
                                          "sat_events": case.expected_sat}}
     assert compare(case, good, cfg, 7, "icarus")["passed"]
     words_bad = list(words)
@@ -46,6 +47,9 @@ def test_compare_catches_a_wrong_bit_and_a_wrong_cycle_count():
     entry = compare(case, {**good, "counters": {**good["counters"], "cycles": 1}}, cfg, 7,
                     "icarus")
     assert not entry["passed"] and "cycles 1 != expected" in entry["error"]
+    entry = compare(case, {**good, "counters": {**good["counters"], "mults": 0}}, cfg, 7,
+                    "icarus")
+    assert not entry["passed"] and "mults 0 != expected" in entry["error"]
 
 
 def test_testbench_fails_its_results_file_when_outputs_differ(tmp_path):
