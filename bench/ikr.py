@@ -180,21 +180,15 @@ def _baseline_prune(base, kind, amount, xs, ys, batches, seed):
     from torch import nn
     from torch.nn.utils import prune
 
+    from slimnfu.compress.train import fit
+
     m = copy.deepcopy(base)
     for conv in [c for c in m if isinstance(c, nn.Conv2d)]:
         if kind == "unstructured":
             prune.l1_unstructured(conv, "weight", amount=amount)
         else:
             prune.ln_structured(conv, "weight", amount=amount, n=1, dim=0)
-    opt = torch.optim.Adam(m.parameters(), lr=5e-4)
-    gen = torch.Generator().manual_seed(seed)
-    m.train()
-    for _ in range(batches):
-        i = torch.randint(xs.shape[0], (128,), generator=gen)
-        loss = nn.functional.cross_entropy(m(xs[i].float()), ys[i])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    fit(m, xs, ys, 5e-4, 128, seed, batches=batches)
     for conv in [c for c in m if isinstance(c, nn.Conv2d)]:
         prune.remove(conv, "weight")
         if kind == "filter":
