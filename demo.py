@@ -3,7 +3,8 @@
 1. Train Caffe LeNet-5 on MNIST, or load the cached checkpoint.
 2. Compress it under an accuracy budget with all three methods: lower kernels and linear
    approximation on conv1, IKR pattern pruning on conv2, permuted-feature storage of fc1
-   (:func:`slimnfu.compress.pipeline.compress_network`; cached in ``build/network``).
+   (:func:`slimnfu.compress.pipeline.compress_network`; cached in ``network/`` in the cache
+   root).
 3. Compile the quantised network (:mod:`slimnfu.gen.compiler`) and export its ROM image
    (``<out>/rom``: ``rom.hex`` and ``program.json``).
 4. Emit the ROM build of the accelerator (the same words baked in as memory init).
@@ -25,13 +26,16 @@ import time
 from argparse import Namespace
 from pathlib import Path
 
+from slimnfu import paths
+
 __all__ = ["register", "run_demo"]
 
 
 def register(sub):
     p = sub.add_parser(
         "demo", help="train, compress, export, generate, synthesise and run LeNet-5 on the RTL",
-        description=__doc__.split("\n\n")[0] + " Writes build/demo/report.{json,md} and plots.")
+        description=__doc__.split("\n\n")[0] + " Writes demo/report.{json,md} and plots in the "
+                                                 "build root.")
     p.add_argument("--config", default="tiny", help="base accelerator config (default: tiny)")
     p.add_argument("--images", type=int, default=20,
                    help="MNIST test images through the RTL on Verilator (default: 20)")
@@ -42,7 +46,8 @@ def register(sub):
     p.add_argument("--no-synth", action="store_true", help="skip synthesis")
     p.add_argument("--pnr-timeout", type=float, default=1800, metavar="S",
                    help="stop place and route after S seconds (default 1800)")
-    p.add_argument("--out", default="build/demo", help="report folder (default: build/demo)")
+    p.add_argument("--out", help="report folder (default: demo/ in the build root, "
+                                 "$SLIMNFU_BUILD, else build/)")
     p.set_defaults(func=run_demo)
 
 
@@ -73,7 +78,7 @@ def run_demo(args):
     from slimnfu.gen.verilog import emit_accelerator
 
     data.verify("mnist")
-    out = Path(args.out)
+    out = Path(args.out) if args.out else paths.build_root() / "demo"
     t0 = time.monotonic()
     print("[1/6] LeNet-5 on MNIST (trained, or the cached checkpoint)", flush=True)
     model, info = train("lenet5")
@@ -183,11 +188,10 @@ def _board_report(model, build_root=None):
     """The newest ``slimnfu board`` report built from this checkpoint with a bitstream, or None.
     """
     from slimnfu.compress.pipeline import hash_state
-    from slimnfu.gen.synth import REPO_ROOT
 
     key = hash_state(model)[:12]
     found = []
-    for path in Path(build_root or REPO_ROOT / "build").glob("board/*/report.json"):
+    for path in paths.build_root(build_root).glob("board/*/report.json"):
         r = json.loads(path.read_text())
         if r.get("model_key") == key and r.get("bitstream") and r.get("pnr"):
             found.append((path.stat().st_mtime, r))

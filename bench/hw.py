@@ -7,19 +7,18 @@ Writes ``build/bench/hw.json`` and prints a Markdown table:
   utilisation ``macs / (Tn*Ti*cycles)``;
 * simulation speed in cycles per second of Verilator, Icarus and amaranth.sim on the same
   layer in one run (every simulated clock cycle counted: loads, the layer and NBout reads);
-* the synthesis reports of ``tiny``, ``small`` and ``diannao`` (``build/synth/*.json``,
-  synthesised when missing).
+* the synthesis reports of ``tiny``, ``small`` and ``diannao`` (``synth/*.json`` in the build
+  root, synthesised when missing).
 """
 
 import json
 import time
 from pathlib import Path
 
+from slimnfu import paths
 from slimnfu.config import LayerDesc, get_config
 
 __all__ = ["LENET5", "add_arguments", "main"]
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: Caffe LeNet-5 layer shapes (MNIST 28x28 input).
 LENET5 = [
@@ -71,7 +70,7 @@ def _synth_reports(no_synth):
 
     reports = {}
     for name in SYNTH_CONFIGS:
-        path = REPO_ROOT / "build" / "synth" / f"{name}.json"
+        path = paths.build_root() / "synth" / f"{name}.json"
         if path.exists():
             reports[name] = json.loads(path.read_text())
         elif not no_synth:
@@ -121,7 +120,7 @@ def main(args):
     from slimnfu.sim.mnist import mnist_images
     from slimnfu.sim.runner import run_regression
 
-    out = Path(getattr(args, "out", None) or REPO_ROOT / "build" / "bench" / "hw.json")
+    out = Path(getattr(args, "out", None) or paths.build_root() / "bench" / "hw.json")
     if getattr(args, "synth_only", False):
         if not out.is_file():
             raise ValueError(f"--synth-only needs the rows of an earlier run in {out}")

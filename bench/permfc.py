@@ -31,6 +31,8 @@ import json
 import platform
 import time
 from pathlib import Path
+
+from slimnfu import paths
 from slimnfu.atomic import write_json
 
 __all__ = ["main", "add_arguments", "run", "markdown_table"]
@@ -183,7 +185,7 @@ def _synth(progress):
     from amaranth.back import verilog
 
     from slimnfu.config import get_config
-    from slimnfu.gen.synth import REPO_ROOT, feature_area, synth_verilog
+    from slimnfu.gen.synth import feature_area, synth_verilog
     from slimnfu.gen.verilog import atomic_write
     from slimnfu.rtl.perm_addr import PermAddrGen
     from slimnfu.rtl.perm_sb import PermSB
@@ -191,7 +193,7 @@ def _synth(progress):
     cfg = get_config("tiny")
     blocks_cfg = cfg.with_(perm=True)
     out = {"config": cfg.name, "perm_depth": cfg.perm_depth}
-    root = REPO_ROOT / "build" / "bench" / "permfc_synth"
+    root = paths.build_root() / "bench" / "permfc_synth"
     def step(key, work):
         # each figure stands alone: one failed synthesis does not lose the others
         try:

@@ -21,9 +21,9 @@ from the base (so C may use whatever A and B left).
 import copy
 from pathlib import Path
 
-__all__ = ["compress_network", "cached_compress"]
+from slimnfu import paths
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+__all__ = ["compress_network", "cached_compress"]
 
 #: Names the method sequence in cache file names, so a changed pipeline does not reuse a result
 #: (A2: method A refuses coefficients no DW-bit word holds).
@@ -131,8 +131,9 @@ def quantize_all(model, calib, dw=16):
 
 
 def cached_compress(model, budget, val_n, calib_n, recompress=False, fc_variant="auto",
-                    log=print):
-    """:func:`compress_network` of LeNet-5 on MNIST, cached in ``build/network``.
+                    log=print, cache_dir=None):
+    """:func:`compress_network` of LeNet-5 on MNIST, cached in ``cache_dir`` (default
+    ``network/`` in the cache root, :func:`slimnfu.paths.networks_dir`).
 
     The cache key is the base model's weights, the budget and the splits; a hit returns
     ``(None, qmodel, history)`` (the float model is not kept). ``history["test_acc_float"]`` is
@@ -150,7 +151,7 @@ def cached_compress(model, budget, val_n, calib_n, recompress=False, fc_variant=
     key = hash_state(model)[:12]
     fc = "" if fc_variant == "auto" else f"_fc{fc_variant}"
     name = f"lenet5_{key}_{PIPELINE}{fc}_b{budget}_v{val_n}_c{calib_n}.json"
-    path = REPO_ROOT / "build" / "network" / name
+    path = (paths.networks_dir() if cache_dir is None else Path(cache_dir)) / name
     if path.is_file() and not recompress:
         state = json.loads(path.read_text())
         log(f"reusing {path}")

@@ -4,10 +4,10 @@ A run is reproducible from its seed: the weights are initialised after ``torch.m
 (inside :func:`torch.random.fork_rng`, so the caller's RNG is untouched), batches are shuffled by
 a seeded ``torch.Generator``, and deterministic algorithms are requested while training.
 
-Checkpoints are cached under ``cache_dir`` (default ``$SLIMNFU_CACHE``, else
-``build/cache/models``) by a SHA-256 over the network definition, the dataset files' md5s, the
-hyperparameters, the subset, the seed and the torch version. A cache hit loads the checkpoint
-instead of training.
+Checkpoints are cached under ``cache_dir`` (default ``models/`` in the cache root,
+:func:`slimnfu.paths.models_dir`: ``$SLIMNFU_CACHE/models``, else ``build/cache/models``) by a
+SHA-256 over the network definition, the dataset files' md5s, the hyperparameters, the subset,
+the seed and the torch version. A cache hit loads the checkpoint instead of training.
 
 :func:`fit` is the one training loop: training here and every compression method's
 fine-tuning (:mod:`slimnfu.compress.ikr`, :mod:`slimnfu.compress.permfc`,
@@ -26,14 +26,15 @@ import time
 import torch
 from torch import nn
 
+from slimnfu import paths
 from slimnfu.compress import data
 from slimnfu.compress.models import build, network_info
 
 __all__ = ["train", "evaluate", "fit", "set_threads", "cache_key", "default_cache_dir",
            "hyperparameters", "CACHE_ENV_VAR", "TRAIN_FORMAT"]
 
-#: Environment variable naming the checkpoint cache folder.
-CACHE_ENV_VAR = "SLIMNFU_CACHE"
+#: Environment variable naming the cache root (checkpoints go to its ``models/``).
+CACHE_ENV_VAR = paths.CACHE_ENV_VAR
 
 #: Bumped whenever the training procedure changes, so old checkpoints are not reused.
 TRAIN_FORMAT = 1
@@ -47,8 +48,9 @@ def set_threads(threads):
 
 
 def default_cache_dir():
-    """``$SLIMNFU_CACHE`` if set, else ``build/cache/models`` (relative to the working dir)."""
-    return pathlib.Path(os.environ.get(CACHE_ENV_VAR) or "build/cache/models")
+    """``models/`` in the cache root: ``$SLIMNFU_CACHE/models``, else ``build/cache/models``
+    in the build root (:func:`slimnfu.paths.models_dir`)."""
+    return paths.models_dir()
 
 
 def _check_positive_int(name, value, high=None):
@@ -242,7 +244,7 @@ def train(name, epochs=None, lr=None, batch_size=None, seed=0, subset=None, cach
     subset : int, optional
         Train on the first ``subset`` images only (fast tests).
     cache_dir : str or path-like, optional
-        Checkpoint folder; default :func:`default_cache_dir`.
+        Checkpoint folder; default :func:`default_cache_dir` (read at call time).
     progress : bool
         Show tqdm progress bars.
     root : str or path-like, optional

@@ -126,7 +126,7 @@ def _board(args):
     from slimnfu.compress.quant import int_forward, int_forward_layers, quantize_input
     from slimnfu.config import get_config
     from slimnfu.gen.board import board_platform, build_board, pnr_figures
-    from slimnfu.gen.synth import REPO_ROOT
+    from slimnfu import paths
 
     cfg = get_config(args.config)
     clk_mhz = board_platform(args.board).default_clk_frequency / 1e6
@@ -136,7 +136,7 @@ def _board(args):
     images, labels = data.load("mnist", "test")
     x = quantize_input(q, images[args.image:args.image + 1])
     predicted = int(int_forward_layers(q, x)[-1][0].argmax())
-    out = REPO_ROOT / "build" / "board" / args.board
+    out = paths.build_root() / "board" / args.board
     t0 = time.monotonic()
     print(f"building {args.board} for {program.cfg.name!r}, test image {args.image} "
           f"(label {int(labels[args.image])}, reference class {predicted}) in {out}", flush=True)

@@ -9,6 +9,7 @@ import time
 
 import torch
 
+from slimnfu import paths
 from slimnfu.sim.runner import build_sim, run_jobs
 
 __all__ = ["expected_cycles", "image_job", "run_network"]
@@ -62,8 +63,11 @@ def _check(program, raw, refs):
 
 
 def run_network(program, qmodel, images, labels, sim="verilator", name=None, step=True,
-                waves=False, log=print):
+                waves=False, log=print, build_root=None):
     """Run ``images`` (float, the model's input scale) through the RTL of ``program``.
+
+    The Verilog and the simulation go below ``build_root`` (default
+    :func:`slimnfu.paths.build_root`).
 
     Returns
     -------
@@ -79,10 +83,12 @@ def run_network(program, qmodel, images, labels, sim="verilator", name=None, ste
     from slimnfu.gen.verilog import emit_accelerator
 
     name = name or program.cfg.name
+    build_root = paths.build_root(build_root)
     x = quantize_input(qmodel, images)
-    emitted = emit_accelerator(program, name)
+    emitted = emit_accelerator(program, name, build_root / "verilog")
     log(f"[{sim}] building {emitted['top']} ({name}) ...")
-    runner, dirs = build_sim(sim, program.cfg, waves=waves, emitted=emitted, name=name)
+    runner, dirs = build_sim(sim, program.cfg, waves=waves, build_root=build_root,
+                             emitted=emitted, name=name)
     log(f"[{sim}] {'compiled' if dirs['compiled'] else 'reused build'} in "
         f"{dirs['build_s']:.1f} s; running {x.shape[0]} images ...")
     jobs = [image_job(program, x[i], f"image{i}", step) for i in range(x.shape[0])]

@@ -1,6 +1,7 @@
 """Build the engine once per (simulator, config), run cocotb jobs on it, compare with the model.
 
-Layout under ``build/cosim/``::
+Layout under ``cosim/`` in the build root (:func:`slimnfu.paths.build_root`; the engine's
+Verilog goes to its ``verilog/``)::
 
     <sim>/<config>[_waves]/build/   the compiled simulation (reused while the Verilog and
                                     the build options are unchanged; a stamp file records them)
@@ -15,14 +16,14 @@ import sys
 import time
 from pathlib import Path
 
+from slimnfu import paths
 from slimnfu.gen import layout
 from slimnfu.gen.verilog import atomic_write, emit_engine
 from slimnfu.sim.cases import case_job, expected_cycles
 
-__all__ = ["SIMS", "COSIM_ROOT", "build_sim", "run_jobs", "compare", "run_regression"]
+__all__ = ["SIMS", "cosim_root", "build_sim", "run_jobs", "compare", "run_regression"]
 
 SIMS = ("icarus", "verilator")
-COSIM_ROOT = Path(__file__).resolve().parents[1] / "build" / "cosim"
 TIMESCALE = ("1ns", "1ps")
 TOP = "slimnfu_engine"
 # Icarus runs as Verilog-2005 (cocotb asks for -g2012 first; the last -g wins): Yosys starts
@@ -30,6 +31,11 @@ TOP = "slimnfu_engine"
 # in 2005 mode. Under -g2012 a block whose inputs never change after reset (a table lookup on a
 # register that stays 0) is never evaluated and its output stays X.
 _BUILD_ARGS = {"icarus": ["-g2005"], "verilator": ["-Wno-fatal", "-Wno-WIDTH", "-O3"]}
+
+
+def cosim_root(build_root=None):
+    """``cosim/`` in the build root (default :func:`slimnfu.paths.build_root`)."""
+    return paths.build_root(build_root) / "cosim"
 
 
 def _prepare_env():
@@ -48,8 +54,11 @@ def _prepare_env():
     os.environ.pop("VERILATOR_ROOT", None)
 
 
-def build_sim(sim, cfg, waves=False, root=COSIM_ROOT, emitted=None, name=None):
+def build_sim(sim, cfg, waves=False, build_root=None, emitted=None, name=None):
     """Emit the engine Verilog and compile it for ``sim``; return ``(runner, dirs)``.
+
+    Both go below ``build_root`` (default :func:`slimnfu.paths.build_root`): the Verilog to
+    ``verilog/``, the simulation to ``cosim/``.
 
     ``emitted`` (a dict of :func:`slimnfu.gen.verilog.emit_block`) builds another top level
     instead, e.g. the accelerator of :func:`slimnfu.gen.verilog.emit_accelerator`, in the
@@ -61,9 +70,10 @@ def build_sim(sim, cfg, waves=False, root=COSIM_ROOT, emitted=None, name=None):
     if sim not in SIMS:
         raise ValueError(f"--sim must be one of {', '.join(SIMS)}, not {sim!r}")
     _prepare_env()
-    emitted = emitted or emit_engine(cfg)
+    build_root = paths.build_root(build_root)
+    emitted = emitted or emit_engine(cfg, build_root / "verilog")
     top = emitted["top"]
-    base = Path(root) / sim / ((name or cfg.name) + ("_waves" if waves else ""))
+    base = cosim_root(build_root) / sim / ((name or cfg.name) + ("_waves" if waves else ""))
     build_dir, run_dir = base / "build", base / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
     stamp = {"verilog_sha256": emitted["sha256"], "sim": sim, "waves": waves,
@@ -174,8 +184,9 @@ def compare(case, raw, cfg, latency, sim):
     return entry
 
 
-def run_regression(cfg, cases, sims=SIMS, waves=False, log=print):
-    """Run ``cases`` on each simulator (one build and one simulation each); return entries."""
+def run_regression(cfg, cases, sims=SIMS, waves=False, log=print, build_root=None):
+    """Run ``cases`` on each simulator (one build and one simulation each, below
+    ``build_root``, default :func:`slimnfu.paths.build_root`); return entries."""
     from slimnfu.rtl.engine import LayerEngine
 
     latency = LayerEngine.LATENCY
@@ -183,7 +194,7 @@ def run_regression(cfg, cases, sims=SIMS, waves=False, log=print):
     entries = []
     for sim in sims:
         log(f"[{sim}] building {TOP} for config {cfg.name!r} ...")
-        runner, dirs = build_sim(sim, cfg, waves=waves)
+        runner, dirs = build_sim(sim, cfg, waves=waves, build_root=build_root)
         log(f"[{sim}] {'compiled' if dirs['compiled'] else 'reused build'} in "
             f"{dirs['build_s']:.1f} s; running {len(jobs)} cases ...")
         t0 = time.perf_counter()

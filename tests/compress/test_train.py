@@ -70,7 +70,11 @@ def test_key_covers_hyperparameters():
 def test_cache_dir_from_env(root, tmp_path, monkeypatch):
     monkeypatch.setenv(train_mod.CACHE_ENV_VAR, str(tmp_path / "env"))
     _, info = train("lenet300", subset=64, epochs=1, batch_size=64, progress=False, root=root)
-    assert pathlib.Path(info["path"]).parent == tmp_path / "env"
+    assert pathlib.Path(info["path"]).parent == tmp_path / "env" / "models"
+    monkeypatch.delenv(train_mod.CACHE_ENV_VAR)
+    monkeypatch.setenv("SLIMNFU_BUILD", str(tmp_path / "b"))
+    _, info = train("lenet300", subset=64, epochs=1, batch_size=64, progress=False, root=root)
+    assert pathlib.Path(info["path"]).parent == tmp_path / "b" / "cache" / "models"
 
 
 def test_corrupt_checkpoint(root, tmp_path):
