@@ -2,7 +2,7 @@
 
 import importlib
 
-from slimnfu import paths
+from slimnfu.bench import common
 
 BENCHES = {
     "hw": "slimnfu.bench.hw",
@@ -21,8 +21,7 @@ def register(sub):
     bsub = p.add_subparsers(dest="bench", metavar="NAME", required=True)
     for name, module in BENCHES.items():
         bp = bsub.add_parser(name, help=f"the {name} benchmark ({module})")
-        bp.add_argument("--out", help=f"output JSON path (default: bench/{name}.json in the "
-                                      f"build root)")
+        common.add_out(bp, name)
         bp.set_defaults(func=_runner(module, name))
         add_arguments = getattr(importlib.import_module(module), "add_arguments", None)
         if add_arguments:
@@ -31,6 +30,6 @@ def register(sub):
 
 def _runner(module, name):
     def run(args):
-        args.out = args.out or str(paths.build_root() / "bench" / f"{name}.json")
+        args.out = args.out or common.default_out(name)
         return importlib.import_module(module).main(args)
     return run

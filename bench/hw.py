@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from slimnfu import paths
+from slimnfu.bench.common import write_report
 from slimnfu.config import LayerDesc, get_config
 
 __all__ = ["LENET5", "add_arguments", "main"]
@@ -114,7 +115,6 @@ def _markdown(result):
 
 def main(args):
     """Run the benchmark (heavy imports happen here); return 1 if any run was not bit-exact."""
-    from slimnfu.gen.verilog import atomic_write
     from slimnfu.rtl.engine import LayerEngine
     from slimnfu.sim.cases import make_case
     from slimnfu.sim.mnist import mnist_images
@@ -127,8 +127,7 @@ def main(args):
         result = json.loads(out.read_text())
         result["synth"] = _synth_reports(True)
         result["markdown"] = _markdown(result)
-        atomic_write(out, json.dumps(result, indent=1) + "\n")
-        print(result["markdown"])
+        write_report(out, result, result["markdown"])
         return 0
     cfg = get_config(getattr(args, "config", "diannao"))
     speed_layer = getattr(args, "speed_layer", "fc1")
@@ -178,9 +177,7 @@ def main(args):
         "wall_s": round(time.perf_counter() - t0, 1),
     }
     result["markdown"] = _markdown(result)
-    atomic_write(out, json.dumps(result, indent=1) + "\n")
-    print(result["markdown"])
-    print(f"\nwritten {out}")
+    write_report(out, result, result["markdown"])
     failed = [r["layer"] for r in layers if not r["passed"]] + \
         [r["sim"] for r in runs if not r["passed"]]
     return 1 if failed else 0

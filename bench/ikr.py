@@ -20,9 +20,10 @@ sees, and never the test set; quantisation calibrates on its first ``--calib`` i
 """
 
 import copy
-import platform
 import time
+
 from slimnfu.atomic import write_json
+from slimnfu.bench.common import accuracy, add_threads, host, start, write_report
 
 __all__ = ["main", "add_arguments", "run"]
 
@@ -39,15 +40,11 @@ def add_arguments(parser):
     parser.add_argument("--patterns", type=int, default=16, help="P per layer (<= 16)")
     parser.add_argument("--finetune-batches", type=int, default=150)
     parser.add_argument("--no-cosim", action="store_true", help="skip the RTL cycle runs")
-    parser.add_argument("--threads", type=int, default=2)
+    add_threads(parser)
     parser.add_argument("--area-only", action="store_true",
                         help="only (re)measure the area: the tiny engine with ikr off and on "
                              "(Yosys ECP5, no place and route); keeps the rows of --out")
     parser.add_argument("--no-area", action="store_true", help="skip the area measurement")
-
-
-def _acc(logits, labels):
-    return round(100.0 * float((logits.argmax(1) == labels).double().mean()), 4)
 
 
 def _bench_cfg(q):
@@ -240,7 +237,7 @@ def run(networks, budgets, val_n=3000, calib_n=2000, patterns=16, ft=150, cosim=
             dense_cyc = sum(L["rtl_cycles_dense"] for L in layers) if layers else None
             rows.append({**common, "method": "ikr",
                          "acc_float": round(evaluate(pruned, xtest, ytest), 4),
-                         "acc_int": _acc(logits, ytest), "macs": s["macs"],
+                         "acc_int": accuracy(logits, ytest), "macs": s["macs"],
                          "conv_macs": s["conv_macs"], "params": s["params"], "bits": s["bits"],
                          "rtl_cycles_dense": dense_cyc,
                          "rtl_cycles": sum(L["rtl_cycles"] for L in layers) if layers else None,
@@ -259,8 +256,8 @@ def run(networks, budgets, val_n=3000, calib_n=2000, patterns=16, ft=150, cosim=
                 st = _conv_prune_stats(m, None, kind, 16, 48, in_shape)
                 rows.append({**common, "method": kind, "amount": amount,
                              "acc_float": round(evaluate(m, xtest, ytest), 4),
-                             "acc_int": _acc(int_forward(quantize_model(m, calib), xtest)[0],
-                                             ytest),
+                             "acc_int": accuracy(int_forward(quantize_model(m, calib),
+                                                             xtest)[0], ytest),
                              **st, "rtl_cycles_dense": dense_cyc,
                              "rtl_cycles": dense_cyc if kind == "unstructured" else None})
                 log(f"{name} budget {budget}: {kind} amount {amount}")
@@ -312,14 +309,8 @@ def main(args):
     import json
     from pathlib import Path
 
-    import torch
-
-    from slimnfu.compress.train import set_threads
-
-    set_threads(args.threads)
-    t0 = time.perf_counter()
-    report = {"benchmark": "ikr", "rows": [], "area": None,
-              "host": {"python": platform.python_version(), "torch": torch.__version__}}
+    t0 = start(args)
+    report = {"benchmark": "ikr", "rows": [], "area": None, "host": host()}
     if args.area_only:
         if Path(args.out).is_file():
             report = {**json.loads(Path(args.out).read_text()), "area": None}
@@ -331,11 +322,12 @@ def main(args):
             write_json(args.out, {**report, "wall_s": round(time.perf_counter() - t0, 1)})
     if not args.no_area:
         report["area"] = area()
-    write_json(args.out, {**report, "wall_s": round(time.perf_counter() - t0, 1)})
-    print(markdown_tables(report["rows"]))
+    lines = [markdown_tables(report["rows"])]
     if report["area"]:
-        print("\n| engine (tiny) | LUT4 | FF | MULT18X18D | DP16KD |\n|---|---:|---:|---:|---:|")
-        for label, a in report["area"].items():
-            print(f"| {label} | {a['luts']} | {a['ffs']} | {a['dsps']} | {a['brams']} |")
-    print(f"wrote {args.out}")
+        lines += ["", "| engine (tiny) | LUT4 | FF | MULT18X18D | DP16KD |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {label} | {a['luts']} | {a['ffs']} | {a['dsps']} | {a['brams']} |"
+                  for label, a in report["area"].items()]
+    write_report(args.out, {**report, "wall_s": round(time.perf_counter() - t0, 1)},
+                 "\n".join(lines))
     return 0
