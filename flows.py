@@ -24,7 +24,7 @@ from slimnfu.compress.quant import QuantModel, int_forward, int_forward_layers, 
 from slimnfu.compress.train import evaluate, set_threads, train
 from slimnfu.config import Scenario, get_config
 from slimnfu.gen.board import board_platform, build_board, pnr_figures
-from slimnfu.gen.compiler import Program, compile_model, config_for
+from slimnfu.gen.compiler import compile_model, config_for
 from slimnfu.gen.synth import synth_emitted
 from slimnfu.gen.verilog import emit_accelerator, verilog_root
 from slimnfu.sim.network import run_network
@@ -158,8 +158,7 @@ def synth_build(program, weights, why, out=None, pnr=True, part=None, pnr_timeou
                          pnr_timeout_s=pnr_timeout_s)
 
 
-def run_on_rtl(program: Program, qmodel, images, labels, sim="verilator", build_root=None,
-               log=print):
+def run_on_rtl(program, qmodel, images, labels, sim="verilator", build_root=None, log=print):
     """Run ``images`` through the RTL of ``program`` on ``sim``, every layer checked bit for bit
     against the integer reference; see :func:`slimnfu.sim.network.run_network`."""
     return run_network(program, qmodel, images, labels, sim=sim, name=program.cfg.name,
