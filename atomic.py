@@ -2,13 +2,15 @@
 
 import ctypes
 import errno
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write", "write_json", "write_folder", "check_folder_target", "OWNER_MARK"]
+__all__ = ["atomic_write", "write_json", "write_folder", "check_folder_target", "OWNER_MARK",
+           "write_hashed", "read_hashed"]
 
 
 def atomic_write(path, data):
@@ -25,6 +27,36 @@ def atomic_write(path, data):
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def _hash_file(path):
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def write_hashed(path, data):
+    """Write ``data`` (bytes) to ``path`` atomically, then its sha256 to ``path.sha256`` (so
+    the hash exists only beside a complete file). For caches: :func:`read_hashed` checks it."""
+    atomic_write(path, data)
+    atomic_write(_hash_file(path), hashlib.sha256(data).hexdigest() + "\n")
+    return path
+
+
+def read_hashed(path, rebuild):
+    """The bytes of a cache file written by :func:`write_hashed`, checked against the sha256
+    beside it; ``ValueError`` naming the file and saying ``rebuild`` (how to make it again)
+    when the hash is missing or differs."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        want = _hash_file(path).read_text().strip()
+    except OSError:
+        raise ValueError(f"{path}: no content hash beside it ({_hash_file(path).name}; written "
+                         f"by an older slimnfu, or cut short); {rebuild}") from None
+    if hashlib.sha256(data).hexdigest() != want:
+        raise ValueError(f"{path}: its content does not match its sha256 (changed or "
+                         f"corrupted); {rebuild}")
+    return data
 
 
 def write_json(path, obj):

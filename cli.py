@@ -1,25 +1,120 @@
 """The ``slimnfu`` command line.
 
 Each area of the project registers its own subcommands from a small ``cli_*`` module, so that
-``slimnfu --help`` stays fast (heavy imports such as torch happen inside the commands).
+``slimnfu --help`` stays fast (heavy imports such as torch happen inside the commands). This
+module registers ``synth`` and ``board`` itself: ``synth --rom`` and ``board`` run the
+scenario's flow (:mod:`slimnfu.flows`), which the gen level below it must not import.
 """
 
 import argparse
 import importlib
 import sys
 
-__all__ = ["main", "COMMAND_MODULES"]
+from slimnfu.config import FC_VARIANTS, Scenario
 
-#: Modules that each define ``register(subparsers)``.
+__all__ = ["main", "register", "COMMAND_MODULES"]
+
+#: Modules that each define ``register(subparsers)``, in the order of ``slimnfu --help``.
 COMMAND_MODULES = [
     "slimnfu.compress.cli_data",
     "slimnfu.compress.cli_train",
     "slimnfu.gen.cli_image",
     "slimnfu.gen.cli_hw",
+    "slimnfu.cli",
     "slimnfu.sim.cli_cosim",
     "slimnfu.bench.cli_bench",
     "slimnfu.demo",
 ]
+
+#: The project's scenario; ``synth --rom`` and ``board`` change only what their options say.
+DEFAULT = Scenario()
+
+
+def register(sub):
+    """Add ``synth`` and ``board`` to ``sub``."""
+    p = sub.add_parser("synth", help="emit, synthesise (Yosys generic + ECP5), place and route",
+                       description="Emit the engine Verilog, synthesise it with Yosys (generic, "
+                                   "memories kept, and synth_ecp5), place and route it with "
+                                   "nextpnr-ecp5 on the smallest LFE5U part that holds it, and "
+                                   "write synth/<config>.json in the build root.")
+    p.add_argument("--config", default=DEFAULT.config,
+                   help=f"accelerator config (default: {DEFAULT.config})")
+    p.add_argument("--no-pnr", action="store_true", help="skip place and route")
+    p.add_argument("--out", default=None,
+                   help="report path (default: synth/<config>.json in the build root)")
+    p.add_argument("--part", default=None,
+                   help="place and route on this part (LFE5U-25F, LFE5U-45F or LFE5U-85F) "
+                        "instead of the smallest that holds the design")
+    p.add_argument("--pnr-timeout", type=float, default=None, metavar="S",
+                   help="stop place and route after S seconds (the report then has no fmax)")
+    p.add_argument("--rom", action="store_true",
+                   help="synthesise the whole accelerator for compressed LeNet-5 instead of "
+                        "the bare engine (compressed under 1 point first unless the cache "
+                        "holds it): the ROM build when its weights fit the block RAM, else "
+                        "the port build")
+    p.add_argument("--fc", default=DEFAULT.fc_variant, choices=FC_VARIANTS,
+                   help="with --rom, fc1's permuted format: auto (default; the 1-point budget "
+                        "picks), affine (its weights fit on chip, at some accuracy) or index")
+    p.set_defaults(func=_synth)
+
+    p = sub.add_parser("board", help="build a ULX3S bitstream: compressed LeNet-5 classifies a "
+                                     "stored MNIST test image and shows the class on the LEDs",
+                       description="Compile compressed LeNet-5 (from the cache, or "
+                                   "compressed under 1 point first) for --config, store MNIST "
+                                   "test image --image, and build the bitstream with Yosys, "
+                                   "nextpnr-ecp5 and ecppack (YoWASP). LEDs 0-3: the predicted "
+                                   "class; LED 6: it equals the label; LED 7: done. Writes "
+                                   "board/<board>/ in the build root and its report.json.")
+    p.add_argument("--config", default=DEFAULT.config,
+                   help=f"accelerator config (default: {DEFAULT.config})")
+    p.add_argument("--board", default="ulx3s-85f",
+                   help="ulx3s-12f, ulx3s-25f, ulx3s-45f or ulx3s-85f (default: ulx3s-85f)")
+    p.add_argument("--image", type=int, default=0, help="MNIST test image index (default: 0)")
+    p.add_argument("--fc", default="affine", choices=FC_VARIANTS,
+                   help="fc1's permuted format: affine (default; its weights fit on chip, at "
+                        "some accuracy), index, or auto (the 1-point budget picks)")
+    p.add_argument("--no-build", action="store_true",
+                   help="write the build files and script only, no bitstream")
+    p.set_defaults(func=_board)
+
+
+def _synth(args):
+    from slimnfu.config import get_config
+    from slimnfu.gen.synth import check_part, choose_weights, synth_config
+
+    cfg = get_config(args.config)
+    if args.rom:
+        from slimnfu import flows
+
+        check_part(args.part)
+        _, program, _ = flows.rom_program(DEFAULT.with_(config=args.config,
+                                                         fc_variant=args.fc))
+        weights, why = choose_weights(program)
+        print(why, flush=True)
+        report = flows.synth_build(program, weights, why, out=args.out, pnr=not args.no_pnr,
+                                   part=args.part, pnr_timeout_s=args.pnr_timeout)
+    else:
+        report = synth_config(cfg, out=args.out, pnr=not args.no_pnr, part=args.part,
+                              pnr_timeout_s=args.pnr_timeout)
+    fmax = report["fmax_mhz"]
+    print(f"{report['config']}: {report['cells']} cells, {report['luts']} LUT4, "
+          f"{report['ffs']} FF, "
+          f"{report['dsps']} DSP, {report['brams']} DP16KD, "
+          f"{report['memory_bits']} memory bits (generic); "
+          f"fmax {'%.1f MHz' % fmax if fmax else 'n/a'}; {report['fits']}")
+    return 0
+
+
+def _board(args):
+    import json
+
+    from slimnfu import flows
+
+    report = flows.board_build(DEFAULT.with_(config=args.config, fc_variant=args.fc),
+                               args.board, args.image, do_build=not args.no_build,
+                               log=lambda message: print(message, flush=True))
+    print(json.dumps(report, indent=1))
+    return 0
 
 
 def build_parser():

@@ -7,13 +7,18 @@ and the cocotb testbenches, so the model and the RTL cannot drift apart.
 :class:`LayerDesc` describes one layer the layer engine can run. Its :meth:`LayerDesc.check`
 refuses, with one message naming the field and its limit, anything the engine cannot run on a
 given config, before any simulation starts.
+
+:class:`Scenario` is the data of one run of the whole flow (:mod:`slimnfu.flows`): which
+network, trained how, compressed under which budget, for which config. Its defaults, Caffe
+LeNet-5 on MNIST under a 1-point budget, are the project's scenario, written here once.
 """
 
 from dataclasses import dataclass, asdict, replace
 import math
 import re
 
-__all__ = ["AccelConfig", "LayerDesc", "CONFIGS", "get_config", "KINDS", "ACTS"]
+__all__ = ["AccelConfig", "LayerDesc", "CONFIGS", "get_config", "KINDS", "ACTS", "Scenario",
+           "FC_VARIANTS"]
 
 KINDS = ("conv", "fc", "maxpool", "avgpool")
 ACTS = ("none", "relu", "pwl")
@@ -485,3 +490,80 @@ class LayerDesc:
     @classmethod
     def from_dict(cls, d):
         return cls(**d)
+
+
+#: Method C's choices in a :class:`Scenario`: the budget picks, or one variant whatever the
+#: accuracy.
+FC_VARIANTS = ("auto", "affine", "index")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One run of the flow: train or load, compress, compile, run (:mod:`slimnfu.flows`).
+
+    The defaults are the project's scenario; ``slimnfu demo``, ``board``, ``synth --rom`` and
+    ``bench network`` start from them and change only what their options say.
+
+    Parameters
+    ----------
+    network : str
+        A reference network (:data:`slimnfu.compress.models.NETWORKS`); the compression
+        pipeline needs two conv layers or more.
+    dataset : str
+        Its dataset; the flow refuses one that is not the network's own.
+    budget : float
+        Accuracy budget in points of validation accuracy below the float network.
+    val, calib : int
+        Validation images (the tail of the dataset's calib split) and calibration images (its
+        head).
+    fc_variant : str
+        One of :data:`FC_VARIANTS`: method C's variant.
+    config : str
+        The base accelerator config, a key of :data:`CONFIGS`.
+    seed : int
+        Training seed.
+    epochs : int or None
+        Training epochs; None: the network's own.
+    subset : int or None
+        Train, and fine-tune while compressing, on the first ``subset`` training images only;
+        None: all of them.
+    threads : int or None
+        torch CPU threads for the run; None: torch's setting is left alone.
+    fc_epochs, patterns, ikr_finetune : int
+        Compression: fine-tuning epochs of each method C try, IKR patterns per layer, IKR
+        fine-tuning batches per try (:func:`slimnfu.compress.pipeline.compress_network`).
+    """
+
+    network: str = "lenet5"
+    dataset: str = "mnist"
+    budget: float = 1.0
+    val: int = 3000
+    calib: int = 2000
+    fc_variant: str = "auto"
+    config: str = "tiny"
+    seed: int = 0
+    epochs: int | None = None
+    subset: int | None = None
+    threads: int | None = None
+    fc_epochs: int = 1
+    patterns: int = 16
+    ikr_finetune: int = 150
+
+    def __post_init__(self):
+        if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)) or \
+                not 0 <= self.budget <= 100:
+            raise ValueError(f"budget must be in [0, 100] points, not {self.budget!r}")
+        if self.fc_variant not in FC_VARIANTS:
+            raise ValueError(f"fc_variant must be one of {', '.join(FC_VARIANTS)}, not "
+                             f"{self.fc_variant!r}")
+        get_config(self.config)
+        for name in ("val", "calib", "fc_epochs", "patterns"):
+            _check_int(name, getattr(self, name), 1)
+        _check_int("ikr_finetune", self.ikr_finetune, 0)
+        for name in ("epochs", "subset", "threads"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1)
+
+    def with_(self, **changes):
+        """A copy with ``changes`` applied (and checked)."""
+        return replace(self, **changes)

@@ -3,7 +3,8 @@
 1. Train Caffe LeNet-5 on MNIST, or load the cached checkpoint.
 2. Compress it under an accuracy budget with all three methods: lower kernels and linear
    approximation on conv1, IKR pattern pruning on conv2, permuted-feature storage of fc1
-   (:func:`slimnfu.compress.pipeline.compress_network`; cached in ``build/network``).
+   (:func:`slimnfu.compress.pipeline.compress_network`; cached in ``network/`` in the cache
+   root).
 3. Compile the quantised network (:mod:`slimnfu.gen.compiler`) and export its ROM image
    (``<out>/rom``: ``rom.hex`` and ``program.json``).
 4. Emit the ROM build of the accelerator (the same words baked in as memory init).
@@ -22,27 +23,36 @@ plots: ``accuracy_vs_macs.png`` and ``cycles_per_layer.png``.
 import json
 import sys
 import time
-from argparse import Namespace
 from pathlib import Path
 
-__all__ = ["register", "run_demo"]
+from slimnfu import paths
+from slimnfu.atomic import atomic_write
+from slimnfu.config import Scenario, get_config
+
+__all__ = ["register", "run_demo", "demo"]
+
+#: The project's scenario, which the demo runs; ``--config`` and ``--budget`` change it.
+DEFAULT = Scenario()
 
 
 def register(sub):
     p = sub.add_parser(
         "demo", help="train, compress, export, generate, synthesise and run LeNet-5 on the RTL",
-        description=__doc__.split("\n\n")[0] + " Writes build/demo/report.{json,md} and plots.")
-    p.add_argument("--config", default="tiny", help="base accelerator config (default: tiny)")
+        description=__doc__.split("\n\n")[0] + " Writes demo/report.{json,md} and plots in the "
+                                                 "build root.")
+    p.add_argument("--config", default=DEFAULT.config,
+                   help=f"base accelerator config (default: {DEFAULT.config})")
     p.add_argument("--images", type=int, default=20,
                    help="MNIST test images through the RTL on Verilator (default: 20)")
     p.add_argument("--icarus-images", type=int, default=1,
                    help="of those, how many also run on Icarus (default: 1)")
-    p.add_argument("--budget", type=float, default=1.0,
-                   help="accuracy budget in points (default: 1.0)")
+    p.add_argument("--budget", type=float, default=DEFAULT.budget,
+                   help=f"accuracy budget in points (default: {DEFAULT.budget})")
     p.add_argument("--no-synth", action="store_true", help="skip synthesis")
     p.add_argument("--pnr-timeout", type=float, default=1800, metavar="S",
                    help="stop place and route after S seconds (default 1800)")
-    p.add_argument("--out", default="build/demo", help="report folder (default: build/demo)")
+    p.add_argument("--out", help="report folder (default: demo/ in the build root, "
+                                 "$SLIMNFU_BUILD, else build/)")
     p.set_defaults(func=run_demo)
 
 
@@ -60,73 +70,98 @@ def _check(args):
 
 
 def run_demo(args):
-    """Run the demo; returns 0 when every image was bit-exact on every simulator."""
+    """``slimnfu demo``: check the options, then :func:`demo` the default scenario with
+    ``--config`` and ``--budget``."""
     _check(args)
+    return demo(DEFAULT.with_(config=args.config, budget=args.budget), args.images,
+                args.icarus_images, synth=not args.no_synth, pnr_timeout_s=args.pnr_timeout,
+                out=args.out)
+
+
+def demo(scenario, images=20, icarus_images=1, dense_images=1, synth=True, pnr_timeout_s=1800,
+         out=None, build_root=None, cache_root=None):
+    """Run the demo of ``scenario`` (see the module docstring) and write its report.
+
+    Parameters
+    ----------
+    scenario : Scenario
+    images, icarus_images, dense_images : int
+        Test images through the compressed network's RTL on Verilator, how many of those also
+        on Icarus, and through the dense network's on Verilator.
+    synth : bool
+        Synthesise (step 5).
+    pnr_timeout_s : float
+        Stop place and route after this many seconds.
+    out : path-like, optional
+        The report folder; default ``demo/`` in the build root.
+    build_root, cache_root : path-like, optional
+        Default :func:`slimnfu.paths.build_root` and :func:`slimnfu.paths.cache_root`.
+
+    Returns
+    -------
+    int
+        0 when every image was bit-exact on every simulator, else 1.
+    """
+    from slimnfu import flows
     from slimnfu.bench import network
     from slimnfu.compress import data
-    from slimnfu.compress.pipeline import cached_compress
-    from slimnfu.compress.train import train
-    from slimnfu.config import CONFIGS
-    from slimnfu.gen.compiler import compile_model, config_for, write_rom_image
-    from slimnfu.gen.synth import block_ram_shortfall, choose_weights, synth_config, synth_emitted
-    from slimnfu.gen.verilog import emit_accelerator
+    from slimnfu.gen.compiler import write_rom_image
+    from slimnfu.gen.synth import block_ram_shortfall, choose_weights, synth_config
+    from slimnfu.gen.verilog import emit_accelerator, verilog_root
 
-    data.verify("mnist")
-    out = Path(args.out)
+    def log(message):
+        print("      " + message, flush=True)
+
+    data.verify(scenario.dataset)
+    out = Path(out) if out else paths.build_root(build_root) / "demo"
     t0 = time.monotonic()
     print("[1/6] LeNet-5 on MNIST (trained, or the cached checkpoint)", flush=True)
-    model, info = train("lenet5")
+    model, info = flows.train_or_load(scenario, cache_root)
     print(f"      float test accuracy {info['acc_test']:.2f}%")
-    print(f"[2/6] compressing under {args.budget} points (A on conv1, IKR on conv2, permuted "
-          f"fc1)", flush=True)
-    _, q, hist = cached_compress(model, args.budget, 3000, 2000,
-                                 log=lambda m: print("      " + m, flush=True))
+    print(f"[2/6] compressing under {scenario.budget} points (A on conv1, IKR on conv2, "
+          f"permuted fc1)", flush=True)
+    q, hist = flows.compress(scenario, model, cache_root, log=log)
     print(f"      formats: {hist['formats']}")
-    cfg = config_for(q, CONFIGS[args.config])
-    cfg = cfg.with_(name=f"{args.config}_lenet5_compressed")
-    program = compile_model(q, cfg)
+    program = flows.compile_for(q, scenario)
+    cfg = program.cfg
     print(f"[3/6] exporting the compiled network's ROM image to {out / 'rom'}", flush=True)
     rom = write_rom_image(program, out / "rom")
     print(f"      {rom['rom']['words']} words of {rom['rom']['width']} bits, "
           f"{len(program.layers)} program layers")
     print(f"[4/6] emitting the ROM build for {cfg.name!r}", flush=True)
-    emitted = emit_accelerator(program, cfg.name)
+    emitted = emit_accelerator(program, cfg.name, verilog_root(build_root))
     print(f"      {emitted['path']}")
-    synth = None
+    report_synth = None
     too_big = block_ram_shortfall(cfg)
-    if not args.no_synth and too_big:
+    if synth and too_big:
         print(f"[5/6] the whole accelerator does not fit: {too_big}; synthesising the "
-              f"{args.config!r} engine with its own buffers instead (slimnfu synth --rom runs "
-              f"the whole one anyway)", flush=True)
-        synth = synth_config(CONFIGS[args.config], reuse=True, pnr_timeout_s=args.pnr_timeout)
-        synth = {**synth, "weights": "none", "scope": "engine",
-                 "weights_why": f"engine only: {too_big}"}
-    elif not args.no_synth:
+              f"{scenario.config!r} engine with its own buffers instead (slimnfu synth --rom "
+              f"runs the whole one anyway)", flush=True)
+        report_synth = synth_config(get_config(scenario.config), build_root=build_root,
+                                    reuse=True, pnr_timeout_s=pnr_timeout_s)
+        report_synth = {**report_synth, "weights": "none", "scope": "engine",
+                        "weights_why": f"engine only: {too_big}"}
+    elif synth:
         weights, why = choose_weights(program)
         print(f"[5/6] synthesising the {weights} build (Yosys ECP5, nextpnr-ecp5): {why}",
               flush=True)
-        name = cfg.name + ("" if weights == "rom" else "_port")
-        synth = synth_emitted(emit_accelerator(program, name, weights=weights), name,
-                              {"config": name, "accel": cfg.to_dict(), "weights": weights,
-                               "weights_why": why}, reuse=True,
-                              pnr_timeout_s=args.pnr_timeout)
-        synth.pop("reused", None)
+        report_synth = flows.synth_build(program, weights, why, reuse=True,
+                                         pnr_timeout_s=pnr_timeout_s, build_root=build_root)
+        report_synth.pop("reused", None)
     else:
         print("[5/6] synthesis skipped (--no-synth)")
-    print(f"[6/6] running {args.images} test images through the RTL", flush=True)
-    ns = Namespace(config=args.config, images=args.images, icarus_images=args.icarus_images,
-                   dense_images=1, budget=args.budget, val=3000, calib=2000, recompress=False)
-    rows, hist = network.run(ns, log=lambda m: print("      " + m, flush=True))
+    print(f"[6/6] running {images} test images through the RTL", flush=True)
+    rows, hist = network.measure(scenario, images, icarus_images, dense_images,
+                                 build_root=build_root, cache_root=cache_root, log=log)
     report = {"rows": rows, "compression": hist, "acc_float_base": info["acc_test"],
               "rom_image": {k: rom["rom"][k] for k in ("words", "width", "sha256")},
-              "synth": None if synth is None else {k: synth.get(k) for k in (
+              "synth": None if report_synth is None else {k: report_synth.get(k) for k in (
                   "config", "weights", "weights_why", "cells", "luts", "ffs", "dsps", "brams",
-                  "memory_bits", "fmax_mhz", "part", "fits", "scope") if k in synth},
-              "board": _board_report(model),
+                  "memory_bits", "fmax_mhz", "part", "fits", "scope") if k in report_synth},
+              "board": _board_report(model, build_root),
               "wall_s": round(time.monotonic() - t0, 1)}
     text = _markdown(report)
     _plots(rows, out)
-    from slimnfu.atomic import atomic_write
     atomic_write(out / "report.json", json.dumps(report, indent=1) + "\n")
     atomic_write(out / "report.md", text + "\n")
     print(text)
@@ -182,11 +217,10 @@ def _board_report(model, build_root=None):
     """The newest ``slimnfu board`` report built from this checkpoint with a bitstream, or None.
     """
     from slimnfu.compress.pipeline import hash_state
-    from slimnfu.gen.synth import REPO_ROOT
 
     key = hash_state(model)[:12]
     found = []
-    for path in Path(build_root or REPO_ROOT / "build").glob("board/*/report.json"):
+    for path in paths.build_root(build_root).glob("board/*/report.json"):
         r = json.loads(path.read_text())
         if r.get("model_key") == key and r.get("bitstream") and r.get("pnr"):
             found.append((path.stat().st_mtime, r))

@@ -1,1 +1,1 @@
-"""slimnfu.bench: benchmark commands; each writes build/bench/<name>.json."""
+"""slimnfu.bench: benchmark commands; each writes bench/<name>.json in the build root."""

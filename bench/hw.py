@@ -7,19 +7,19 @@ Writes ``build/bench/hw.json`` and prints a Markdown table:
   utilisation ``macs / (Tn*Ti*cycles)``;
 * simulation speed in cycles per second of Verilator, Icarus and amaranth.sim on the same
   layer in one run (every simulated clock cycle counted: loads, the layer and NBout reads);
-* the synthesis reports of ``tiny``, ``small`` and ``diannao`` (``build/synth/*.json``,
-  synthesised when missing).
+* the synthesis reports of ``tiny``, ``small`` and ``diannao`` (``synth/*.json`` in the build
+  root, synthesised when missing).
 """
 
 import json
 import time
 from pathlib import Path
 
+from slimnfu import paths
+from slimnfu.bench.common import write_report
 from slimnfu.config import LayerDesc, get_config
 
 __all__ = ["LENET5", "add_arguments", "main"]
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: Caffe LeNet-5 layer shapes (MNIST 28x28 input).
 LENET5 = [
@@ -71,7 +71,7 @@ def _synth_reports(no_synth):
 
     reports = {}
     for name in SYNTH_CONFIGS:
-        path = REPO_ROOT / "build" / "synth" / f"{name}.json"
+        path = paths.build_root() / "synth" / f"{name}.json"
         if path.exists():
             reports[name] = json.loads(path.read_text())
         elif not no_synth:
@@ -115,21 +115,19 @@ def _markdown(result):
 
 def main(args):
     """Run the benchmark (heavy imports happen here); return 1 if any run was not bit-exact."""
-    from slimnfu.atomic import atomic_write
     from slimnfu.rtl.engine import LayerEngine
     from slimnfu.sim.cases import make_case
     from slimnfu.sim.mnist import mnist_images
     from slimnfu.sim.runner import run_regression
 
-    out = Path(getattr(args, "out", None) or REPO_ROOT / "build" / "bench" / "hw.json")
+    out = Path(getattr(args, "out", None) or paths.build_root() / "bench" / "hw.json")
     if getattr(args, "synth_only", False):
         if not out.is_file():
             raise ValueError(f"--synth-only needs the rows of an earlier run in {out}")
         result = json.loads(out.read_text())
         result["synth"] = _synth_reports(True)
         result["markdown"] = _markdown(result)
-        atomic_write(out, json.dumps(result, indent=1) + "\n")
-        print(result["markdown"])
+        write_report(out, result, result["markdown"])
         return 0
     cfg = get_config(getattr(args, "config", "diannao"))
     speed_layer = getattr(args, "speed_layer", "fc1")
@@ -179,9 +177,7 @@ def main(args):
         "wall_s": round(time.perf_counter() - t0, 1),
     }
     result["markdown"] = _markdown(result)
-    atomic_write(out, json.dumps(result, indent=1) + "\n")
-    print(result["markdown"])
-    print(f"\nwritten {out}")
+    write_report(out, result, result["markdown"])
     failed = [r["layer"] for r in layers if not r["passed"]] + \
         [r["sim"] for r in runs if not r["passed"]]
     return 1 if failed else 0

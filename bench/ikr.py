@@ -20,9 +20,10 @@ sees, and never the test set; quantisation calibrates on its first ``--calib`` i
 """
 
 import copy
-import platform
 import time
+
 from slimnfu.atomic import write_json
+from slimnfu.bench.common import accuracy, add_threads, host, start, write_report
 
 __all__ = ["main", "add_arguments", "run"]
 
@@ -39,15 +40,11 @@ def add_arguments(parser):
     parser.add_argument("--patterns", type=int, default=16, help="P per layer (<= 16)")
     parser.add_argument("--finetune-batches", type=int, default=150)
     parser.add_argument("--no-cosim", action="store_true", help="skip the RTL cycle runs")
-    parser.add_argument("--threads", type=int, default=2)
+    add_threads(parser)
     parser.add_argument("--area-only", action="store_true",
                         help="only (re)measure the area: the tiny engine with ikr off and on "
                              "(Yosys ECP5, no place and route); keeps the rows of --out")
     parser.add_argument("--no-area", action="store_true", help="skip the area measurement")
-
-
-def _acc(logits, labels):
-    return round(100.0 * float((logits.argmax(1) == labels).double().mean()), 4)
 
 
 def _bench_cfg(q):
@@ -173,21 +170,15 @@ def _baseline_prune(base, kind, amount, xs, ys, batches, seed):
     from torch import nn
     from torch.nn.utils import prune
 
+    from slimnfu.compress.train import fit
+
     m = copy.deepcopy(base)
     for conv in [c for c in m if isinstance(c, nn.Conv2d)]:
         if kind == "unstructured":
             prune.l1_unstructured(conv, "weight", amount=amount)
         else:
             prune.ln_structured(conv, "weight", amount=amount, n=1, dim=0)
-    opt = torch.optim.Adam(m.parameters(), lr=5e-4)
-    gen = torch.Generator().manual_seed(seed)
-    m.train()
-    for _ in range(batches):
-        i = torch.randint(xs.shape[0], (128,), generator=gen)
-        loss = nn.functional.cross_entropy(m(xs[i].float()), ys[i])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    fit(m, xs, ys, 5e-4, 128, seed, batches=batches)
     for conv in [c for c in m if isinstance(c, nn.Conv2d)]:
         prune.remove(conv, "weight")
         if kind == "filter":
@@ -239,7 +230,7 @@ def run(networks, budgets, val_n=3000, calib_n=2000, patterns=16, ft=150, cosim=
             dense_cyc = sum(L["rtl_cycles_dense"] for L in layers) if layers else None
             rows.append({**common, "method": "ikr",
                          "acc_float": round(evaluate(pruned, xtest, ytest), 4),
-                         "acc_int": _acc(logits, ytest), "macs": s["macs"],
+                         "acc_int": accuracy(logits, ytest), "macs": s["macs"],
                          "conv_macs": s["conv_macs"], "params": s["params"], "bits": s["bits"],
                          "rtl_cycles_dense": dense_cyc,
                          "rtl_cycles": sum(L["rtl_cycles"] for L in layers) if layers else None,
@@ -258,8 +249,8 @@ def run(networks, budgets, val_n=3000, calib_n=2000, patterns=16, ft=150, cosim=
                 st = _conv_prune_stats(m, None, kind, 16, 48, in_shape)
                 rows.append({**common, "method": kind, "amount": amount,
                              "acc_float": round(evaluate(m, xtest, ytest), 4),
-                             "acc_int": _acc(int_forward(quantize_model(m, calib), xtest)[0],
-                                             ytest),
+                             "acc_int": accuracy(int_forward(quantize_model(m, calib),
+                                                             xtest)[0], ytest),
                              **st, "rtl_cycles_dense": dense_cyc,
                              "rtl_cycles": dense_cyc if kind == "unstructured" else None})
                 log(f"{name} budget {budget}: {kind} amount {amount}")
@@ -311,14 +302,8 @@ def main(args):
     import json
     from pathlib import Path
 
-    import torch
-
-    from slimnfu.compress.train import set_threads
-
-    set_threads(args.threads)
-    t0 = time.perf_counter()
-    report = {"benchmark": "ikr", "rows": [], "area": None,
-              "host": {"python": platform.python_version(), "torch": torch.__version__}}
+    t0 = start(args)
+    report = {"benchmark": "ikr", "rows": [], "area": None, "host": host()}
     if args.area_only:
         if Path(args.out).is_file():
             report = {**json.loads(Path(args.out).read_text()), "area": None}
@@ -330,11 +315,12 @@ def main(args):
             write_json(args.out, {**report, "wall_s": round(time.perf_counter() - t0, 1)})
     if not args.no_area:
         report["area"] = area()
-    write_json(args.out, {**report, "wall_s": round(time.perf_counter() - t0, 1)})
-    print(markdown_tables(report["rows"]))
+    lines = [markdown_tables(report["rows"])]
     if report["area"]:
-        print("\n| engine (tiny) | LUT4 | FF | MULT18X18D | DP16KD |\n|---|---:|---:|---:|---:|")
-        for label, a in report["area"].items():
-            print(f"| {label} | {a['luts']} | {a['ffs']} | {a['dsps']} | {a['brams']} |")
-    print(f"wrote {args.out}")
+        lines += ["", "| engine (tiny) | LUT4 | FF | MULT18X18D | DP16KD |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {label} | {a['luts']} | {a['ffs']} | {a['dsps']} | {a['brams']} |"
+                  for label, a in report["area"].items()]
+    write_report(args.out, {**report, "wall_s": round(time.perf_counter() - t0, 1)},
+                 "\n".join(lines))
     return 0

@@ -10,9 +10,9 @@ are not measured here (``rtl_cycles*`` are null); ``analytic_cycles_<config>`` i
 analytic dense cycle count ``sum(LayerDesc.dense_cycles)`` for each named config.
 """
 
-import platform
 import time
-from slimnfu.atomic import write_json
+
+from slimnfu.bench.common import accuracy, add_threads, host, start, write_report
 
 __all__ = ["main", "add_arguments", "run", "markdown_table"]
 
@@ -29,12 +29,8 @@ def add_arguments(parser):
     parser.add_argument("--test-limit", type=int,
                         help="evaluate on the first N test images only (default: all)")
     parser.add_argument("--subset", type=int, help="train on the first N images (quick runs)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    add_threads(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _accuracy(logits, labels):
-    return round(100.0 * float((logits.argmax(dim=1) == labels).double().mean()), 4)
 
 
 def run(networks=NETWORKS, dws=(16, 8), calib_n=5000, test_limit=None, subset=None,
@@ -69,7 +65,7 @@ def run(networks=NETWORKS, dws=(16, 8), calib_n=5000, test_limit=None, subset=No
             row = {
                 "network": name, "dataset": dataset, "method": "dense", "budget_pct": None,
                 "acc_float_base": acc_float, "acc_float": acc_float,
-                "acc_int": _accuracy(logits, y_test),
+                "acc_int": accuracy(logits, y_test),
                 "macs_dense": s["macs_dense"], "macs": s["macs"],
                 "conv_macs_dense": s["conv_macs_dense"], "conv_macs": s["conv_macs"],
                 "params_dense": s["params_dense"], "params": s["params"],
@@ -108,18 +104,10 @@ def markdown_table(rows):
 
 
 def main(args):
-    import torch
-
-    from slimnfu.compress.train import set_threads
-
-    set_threads(args.threads)
-    start = time.perf_counter()
+    t0 = start(args)
     rows = run(args.networks, args.dws, args.calib, args.test_limit, args.subset,
                not args.no_progress)
-    write_json(args.out, {"benchmark": "models", "rows": rows,
-                           "wall_s": round(time.perf_counter() - start, 3),
-                           "host": {"python": platform.python_version(),
-                                    "torch": torch.__version__, "threads": args.threads}})
-    print(markdown_table(rows))
-    print(f"wrote {args.out}")
+    write_report(args.out, {"benchmark": "models", "rows": rows,
+                            "wall_s": round(time.perf_counter() - t0, 3),
+                            "host": host(args.threads)}, markdown_table(rows))
     return 0

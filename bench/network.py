@@ -17,12 +17,16 @@ engine cycles of each layer scaled by its MAC ratio. ``per_layer`` gives each la
 cycles; ``sim_s_per_image`` the Verilator seconds per inference.
 """
 
-import platform
 import time
 
-from slimnfu.atomic import write_json
+from slimnfu.bench.common import accuracy, add_threads, host, start, write_report
+from slimnfu.config import Scenario
 
-__all__ = ["main", "add_arguments", "run", "markdown"]
+__all__ = ["main", "add_arguments", "measure", "markdown"]
+
+#: The project's scenario (LeNet-5 on MNIST): the options below default to it.
+DEFAULT = Scenario()
+
 
 def add_arguments(parser):
     parser.add_argument("--config", default="diannao", help="base accelerator config")
@@ -32,13 +36,14 @@ def add_arguments(parser):
                         help="images also run on Icarus (default 0: on diannao with every "
                              "method built, Icarus takes tens of minutes an image)")
     parser.add_argument("--dense-images", type=int, default=10)
-    parser.add_argument("--budget", type=float, default=1.0, help="accuracy budget, points")
-    parser.add_argument("--val", type=int, default=3000,
+    parser.add_argument("--budget", type=float, default=DEFAULT.budget,
+                        help="accuracy budget, points")
+    parser.add_argument("--val", type=int, default=DEFAULT.val,
                         help="validation images: the tail of the calib split")
-    parser.add_argument("--calib", type=int, default=2000)
+    parser.add_argument("--calib", type=int, default=DEFAULT.calib)
     parser.add_argument("--recompress", action="store_true",
-                        help="compress again even when build/network holds the result")
-    parser.add_argument("--threads", type=int, default=2)
+                        help="compress again even when the cache holds the result")
+    add_threads(parser)
 
 
 def check_args(args):
@@ -60,10 +65,6 @@ def check_args(args):
                          f"the 5000 images of the calib split")
 
 
-def _acc(logits, labels):
-    return round(100.0 * float((logits.argmax(1) == labels).double().mean()), 2)
-
-
 def _ideal(dense_layers, stats_dense, stats):
     """Dense engine cycles of each layer times its MAC ratio, summed."""
     total = 0.0
@@ -73,54 +74,65 @@ def _ideal(dense_layers, stats_dense, stats):
     return round(total)
 
 
-def run(args, log=print):
+def measure(scenario, images=100, icarus_images=0, dense_images=10, recompress=False,
+            build_root=None, cache_root=None, log=print):
+    """The scenario's network, dense and compressed, measured on the RTL: the rows.
+
+    Parameters
+    ----------
+    scenario : Scenario
+    images, icarus_images, dense_images : int
+        Test images through the compressed build on Verilator, how many of those also on
+        Icarus, and test images through the dense build on Verilator (0: not run).
+    recompress : bool
+        Compress again even when the cache holds the result.
+    build_root, cache_root : path-like, optional
+        Default :func:`slimnfu.paths.build_root` and :func:`slimnfu.paths.cache_root`.
+
+    Returns
+    -------
+    tuple
+        ``(rows, history)``: one row per build (see the module docstring) and the
+        compression history.
+    """
+    from slimnfu import flows
     from slimnfu.compress import data
     from slimnfu.formats.accounting import model_stats
-    from slimnfu.compress.pipeline import cached_compress
     from slimnfu.compress.quant import int_forward, quantize_model
-    from slimnfu.compress.train import evaluate, train
-    from slimnfu.config import CONFIGS
-    from slimnfu.gen.compiler import compile_model, config_for
-    from slimnfu.sim.network import run_network
+    from slimnfu.compress.train import evaluate
 
-    base_cfg = CONFIGS[args.config]
-    model, info = train("lenet5", progress=True)
-    xc, _ = data.load("mnist", "calib")
-    xt, yt = data.load("mnist", "test")
+    model, _ = flows.train_or_load(scenario, cache_root, progress=True)
+    xc, _ = data.load(scenario.dataset, "calib")
+    xt, yt = data.load(scenario.dataset, "test")
     acc_base = round(evaluate(model, xt, yt), 2)
-    qd = quantize_model(model, xc[:args.calib])
-    fm, q, hist = cached_compress(model, args.budget, args.val, args.calib, args.recompress,
-                                  log=log)
+    qd = quantize_model(model, xc[:scenario.calib])
+    q, hist = flows.compress(scenario, model, cache_root, recompress, log=log)
     sd, sc = model_stats(qd), model_stats(q)
-    programs = {}
-    for label, qm in (("dense", qd), ("compressed", q)):
-        cfg = config_for(qm, base_cfg)
-        suffix = "dense" if label == "dense" else "compressed"
-        cfg = cfg.with_(name=f"{args.config}_lenet5_{suffix}")
-        programs[label] = (qm, compile_model(qm, cfg))
+    programs = {label: (qm, flows.compile_for(qm, scenario, label))
+                for label, qm in (("dense", qd), ("compressed", q))}
     rows, runs = [], {}
     for label, (qm, prog) in programs.items():
-        n = args.dense_images if label == "dense" else args.images
+        n = dense_images if label == "dense" else images
         sims = {"verilator": n}
-        if label != "dense" and args.icarus_images:
-            sims["icarus"] = args.icarus_images
+        if label != "dense" and icarus_images:
+            sims["icarus"] = icarus_images
         for sim, count in sims.items():
             if count == 0:
                 continue
-            runs[label, sim] = run_network(prog, qm, xt[:count], yt[:count], sim=sim,
-                                           name=prog.cfg.name, log=log)
+            runs[label, sim] = flows.run_on_rtl(prog, qm, xt[:count], yt[:count], sim=sim,
+                                                build_root=build_root, log=log)
             r = runs[label, sim]
             log(f"{label} on {sim}: {count} images, bit-exact {r['bit_exact']}, RTL accuracy "
                 f"{r['rtl_accuracy']}%, {r['counters']['cycles'] if r['counters'] else '-'} "
                 f"cycles per inference")
-    acc_int_c = _acc(int_forward(q, xt)[0], yt)
-    acc_int_d = _acc(int_forward(qd, xt)[0], yt)
+    acc_int_c = accuracy(int_forward(q, xt)[0], yt, 2)
+    acc_int_d = accuracy(int_forward(qd, xt)[0], yt, 2)
     dense_run = runs.get(("dense", "verilator"))
     for label, (qm, prog) in programs.items():
         st = sd if label == "dense" else sc
         r = runs.get((label, "verilator"))
-        row = {"network": "lenet5", "dataset": "mnist", "method": label,
-               "budget_pct": None if label == "dense" else args.budget,
+        row = {"network": scenario.network, "dataset": scenario.dataset, "method": label,
+               "budget_pct": None if label == "dense" else scenario.budget,
                "acc_float_base": acc_base,
                "acc_float": acc_base if label == "dense" else hist.get("test_acc_float"),
                "acc_int": acc_int_d if label == "dense" else acc_int_c,
@@ -191,18 +203,13 @@ def markdown(rows):
 
 
 def main(args):
-    import torch
-
-    from slimnfu.compress.train import set_threads
-
     check_args(args)
-    set_threads(args.threads)
-    t0 = time.perf_counter()
-    rows, hist = run(args)
+    t0 = start(args)
+    scenario = DEFAULT.with_(config=args.config, budget=args.budget, val=args.val,
+                             calib=args.calib, threads=args.threads)
+    rows, hist = measure(scenario, args.images, args.icarus_images, args.dense_images,
+                         args.recompress)
     report = {"benchmark": "network", "rows": rows, "compression": hist,
-              "host": {"python": platform.python_version(), "torch": torch.__version__},
-              "wall_s": round(time.perf_counter() - t0, 1)}
-    write_json(args.out, report)
-    print(markdown(rows))
-    print(f"wrote {args.out}")
+              "host": host(), "wall_s": round(time.perf_counter() - t0, 1)}
+    write_report(args.out, report, markdown(rows))
     return 0 if all(r.get("bit_exact", True) for r in rows) else 1

@@ -28,10 +28,12 @@ and the whole engine of ``tiny`` with ``perm`` on and off, through Yosys (generi
 """
 
 import json
-import platform
 import time
 from pathlib import Path
+
+from slimnfu import paths
 from slimnfu.atomic import write_json
+from slimnfu.bench.common import accuracy, add_threads, host, start, write_report
 
 __all__ = ["main", "add_arguments", "run", "markdown_table"]
 
@@ -54,7 +56,7 @@ def add_arguments(parser):
     parser.add_argument("--no-synth", action="store_true", help="skip the area measurement")
     parser.add_argument("--area-only", action="store_true",
                         help="only (re)measure the area; keep the rows of an existing --out")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    add_threads(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--base-epochs", nargs="+", default=[], metavar="NET=EPOCHS",
                         help="train a network's dense base for this many epochs instead of "
@@ -71,10 +73,6 @@ def parse_base_epochs(items):
                              f"{', '.join(NETWORKS)} and EPOCHS >= 1, not {item!r}")
         out[name] = int(value)
     return out
-
-
-def _accuracy(logits, labels):
-    return round(100.0 * float((logits.argmax(dim=1) == labels).double().mean()), 4)
 
 
 def _bench_config():
@@ -135,7 +133,7 @@ def _evaluate(model, method, storage, calib, x_test, y_test, dw):
                 lstat["params"] += storage[i][1] - dense_w
         for key in ("bits", "params"):
             stats[key] = sum(l[key] for l in stats["layers"])
-    return acc_float, _accuracy(logits, y_test), stats, q, count.events
+    return acc_float, accuracy(logits, y_test), stats, q, count.events
 
 
 def _rtl_cases(q, x_int, cfg, prefix):
@@ -186,15 +184,15 @@ def _synth(progress):
     from amaranth.back import verilog
 
     from slimnfu.config import get_config
-    from slimnfu.gen.synth import REPO_ROOT, feature_area, synth_verilog
     from slimnfu.atomic import atomic_write
+    from slimnfu.gen.synth import feature_area, synth_verilog
     from slimnfu.rtl.perm_addr import PermAddrGen
     from slimnfu.rtl.perm_sb import PermSB
 
     cfg = get_config("tiny")
     blocks_cfg = cfg.with_(perm=True)
     out = {"config": cfg.name, "perm_depth": cfg.perm_depth}
-    root = REPO_ROOT / "build" / "bench" / "permfc_synth"
+    root = paths.build_root() / "bench" / "permfc_synth"
     def step(key, work):
         # each figure stands alone: one failed synthesis does not lose the others
         try:
@@ -261,7 +259,7 @@ def run(networks=NETWORKS, methods=METHODS, epochs=1, train_subset=20000, calib_
                   "config": cfg.name, "rtl_scope": "compressed fc layers",
                   "base_epochs": info["epochs"], "base_cache_hit": info["cache_hit"]}
         rows.append({**common, "method": "dense", "acc_float": acc_base,
-                     "acc_int": _accuracy(logits, y_test), "macs": dense_stats["macs"],
+                     "acc_int": accuracy(logits, y_test), "macs": dense_stats["macs"],
                      "params": dense_stats["params"], "bits": dense_stats["bits"],
                      "fc_params": common["fc_params_dense"], "fc_bits": common["fc_bits_dense"],
                      "finetune": None, "rtl_cycles_dense": None, "rtl_cycles": None})
@@ -328,33 +326,24 @@ def markdown_table(rows):
 
 
 def main(args):
-    import torch
-
-    from slimnfu.compress.train import set_threads
-
-    set_threads(args.threads)
+    t0 = start(args)
     base_epochs = parse_base_epochs(args.base_epochs)
-    start = time.perf_counter()
     if args.area_only:
         old = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
         report = {**old, "benchmark": "permfc", "rows": old.get("rows", []),
                   "area": _synth(progress=True)}
-        write_json(args.out, report)
-        print(f"wrote {args.out}")
+        write_report(args.out, report)
         return 0
     rows, _ = run(args.networks, args.methods, args.epochs, args.train_subset, args.calib,
                   args.test_limit, args.compress_classifier, not args.no_rtl, args.sim,
                   args.seed, progress=True, base_epochs=base_epochs)
-    report = {"benchmark": "permfc", "rows": rows, "area": None,
-              "host": {"python": platform.python_version(), "torch": torch.__version__,
-                       "threads": args.threads}}
-    write_json(args.out, {**report, "wall_s": round(time.perf_counter() - start, 3)})
+    report = {"benchmark": "permfc", "rows": rows, "area": None, "host": host(args.threads)}
+    write_json(args.out, {**report, "wall_s": round(time.perf_counter() - t0, 3)})
     if not args.no_synth:
         try:
             report["area"] = _synth(progress=True)
         except Exception as exc:  # the rows above stay valid; say why the area is missing
             report["area"] = {"error": f"{type(exc).__name__}: {exc}"}
-        write_json(args.out, {**report, "wall_s": round(time.perf_counter() - start, 3)})
-    print(markdown_table(rows))
-    print(f"wrote {args.out}")
+    write_report(args.out, {**report, "wall_s": round(time.perf_counter() - t0, 3)},
+                 markdown_table(rows))
     return 0

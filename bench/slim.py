@@ -12,11 +12,11 @@ gate off and on (``--no-area`` skips them).
 """
 
 import json
-import platform
 import time
 from pathlib import Path
 
 from slimnfu.atomic import write_json
+from slimnfu.bench.common import accuracy, add_threads, host, start, write_report
 
 NETWORKS = {"lenet5": "mnist", "vgg_fmnist": "fashion-mnist"}
 #: :data:`slimnfu.compress.slim.TREATMENTS`, spelt out so that ``slimnfu --help`` need not
@@ -50,15 +50,11 @@ def add_arguments(parser):
     parser.add_argument("--merge", action="store_true",
                         help="keep the rows of --out for the networks not run now (run "
                              "vgg_fmnist once, then re-run lenet5 alone)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    add_threads(parser)
     parser.add_argument("--train-subset", type=int, default=None,
                         help="train the base network on this many images (smoke runs)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs of the base network (default: the network's own)")
-
-
-def _acc(logits, labels):
-    return round(100.0 * float((logits.argmax(1) == labels).float().mean()), 2)
 
 
 def _dense_cases(qdense, x_img, cfg):
@@ -128,7 +124,7 @@ def run_network(name, args, cfg, log=print, on_row=None):
     qdense = quantize_model(model, cx[:500], cfg.dw, cfg.acc)
     cfg = _bench_cfg(qdense, cfg)
     dense_stats = model_stats(qdense)
-    acc_int_base = _acc(int_forward(qdense, tx)[0], ty)
+    acc_int_base = accuracy(int_forward(qdense, tx)[0], ty, 2)
     acc_base = round(train.evaluate(model, tx, ty), 2)
     x_img = fixed.quantize(tx[:1], qdense.f_in, cfg.dw)
     dense_rtl = None
@@ -155,7 +151,7 @@ def run_network(name, args, cfg, log=print, on_row=None):
                 "network": name, "dataset": ds, "method": f"slim_{treatment}",
                 "budget_pct": budget, "acc_float_base": acc_base,
                 "acc_float": round(train.evaluate(sm, tx, ty), 2),
-                "acc_int": _acc(slim.slim_int_forward(qslim, tx)[0], ty),
+                "acc_int": accuracy(slim.slim_int_forward(qslim, tx)[0], ty, 2),
                 "acc_int_base": acc_int_base, "acc_float_before_finetune": acc_greedy,
                 "acc_calib_base": g["acc_calib_base"], "acc_calib_greedy": g["acc_calib"],
                 "macs_dense": dense_stats["macs_dense"],
@@ -241,16 +237,12 @@ def check_args(args):
 
 
 def main(args):
-    import torch
-
     check_args(args)
-    from slimnfu.compress.train import set_threads
     from slimnfu.config import get_config
 
-    set_threads(args.threads)
+    t0 = start(args)
     cfg = get_config(args.config)
     cfg = cfg.with_(name=f"{cfg.name}_kgate_bench", kgate=True)
-    t0 = time.perf_counter()
     rows = []
     result = {"benchmark": "slim", "rows": rows}
     if args.area_only:
@@ -266,8 +258,6 @@ def main(args):
     if not args.no_area:
         result["area"] = area()
     result["wall_s"] = round(time.perf_counter() - t0, 1)
-    result["host"] = {"python": platform.python_version(), "torch": torch.__version__}
-    write_json(args.out, result)
-    print(markdown(result["rows"], result.get("area")))
-    print(f"wrote {args.out}")
+    result["host"] = host()
+    write_report(args.out, result, markdown(result["rows"], result.get("area")))
     return 0

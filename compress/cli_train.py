@@ -15,7 +15,8 @@ def _add_common(parser):
     parser.add_argument("--subset", type=int,
                         help="train on the first N training images only")
     parser.add_argument("--cache-dir",
-                        help="checkpoint cache (default $SLIMNFU_CACHE or build/cache/models)")
+                        help="checkpoint folder (default: models/ in the cache root, "
+                             "$SLIMNFU_CACHE, else build/cache/models)")
     parser.add_argument("--root", help="data folder (default $SLIMNFU_DATA)")
     parser.add_argument("--threads", type=int, default=2,
                         help="torch CPU threads (default 2)")

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from slimnfu.compress.train import fit
 from slimnfu.config import LayerDesc
 from slimnfu.formats.ikr import IkrFormat, IkrWeights, check_ikr
 
@@ -160,26 +161,20 @@ def load_ikr_state(model, state):
 
 
 def finetune(model, images, labels, batches, batch_size=128, lr=5e-4, seed=0):
-    """Adam fine-tuning for ``batches`` steps; IKR weights stay zero off their patterns."""
+    """Adam fine-tuning for ``batches`` random batches (:func:`slimnfu.compress.train.fit`);
+    IKR weights stay zero off their patterns (the masks are applied after every step)."""
     if batches <= 0:
         return model
-    masks = {n: m for n, m in masks_of(model).items()}
+    masks = masks_of(model)
     convs = dict(ikr_layers(model))
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    loss_fn = nn.CrossEntropyLoss()
-    model.train()
-    for _ in range(batches):
-        idx = torch.randint(images.shape[0], (batch_size,), generator=gen)
-        loss = loss_fn(model(images[idx].float()), labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+
+    def keep_patterns(_):
         with torch.no_grad():
             for n, conv in convs.items():
                 conv.weight.mul_(masks[n])
-    model.eval()
-    return model
+
+    return fit(model, images, labels, lr, batch_size, seed, batches=batches,
+               after_step=keep_patterns)
 
 
 def _convs(model):

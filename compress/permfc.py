@@ -41,6 +41,7 @@ from torch import nn
 
 from slimnfu import fixed
 from slimnfu.compress.quant import quantize_model
+from slimnfu.compress.train import fit
 from slimnfu.config import LayerDesc
 from slimnfu.formats.perm import (PermAffineFormat, PermAffineWeights, PermIndexFormat,
                                   PermIndexWeights, affine_perms, check_affine, check_index_rom,
@@ -187,24 +188,9 @@ def compress_model(model, variant, layers=None, keep_classifier=False, seed=0):
 
 
 def finetune(model, images, labels, epochs=1, lr=1e-3, batch_size=128, seed=0):
-    """Train every parameter of ``model`` (``s`` and biases of the perm layers included)."""
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    steps = -(-images.shape[0] // batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps))
-    loss_fn = nn.CrossEntropyLoss()
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(images.shape[0], generator=gen)
-        for step in range(steps):
-            sel = order[step * batch_size:(step + 1) * batch_size]
-            loss = loss_fn(model(images[sel]), labels[sel])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    model.eval()
-    return model
+    """Train every parameter of ``model`` (``s`` and biases of the perm layers included):
+    :func:`slimnfu.compress.train.fit` with a per-step cosine decay of the learning rate."""
+    return fit(model, images, labels, lr, batch_size, seed, epochs, cosine=True)
 
 
 def to_dense(model):

@@ -19,14 +19,12 @@ from the base (so C may use whatever A and B left).
 """
 
 import copy
-from pathlib import Path
 
-__all__ = ["compress_network", "cached_compress"]
+__all__ = ["PIPELINE", "compress_network", "quantize_all", "hash_state"]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-#: Names the method sequence in cache file names, so a changed pipeline does not reuse a result
-#: (A2: method A refuses coefficients no DW-bit word holds).
+#: Names the method sequence in cache file names (:func:`slimnfu.flows.network_file`), so a
+#: changed pipeline does not reuse a result (A2: method A refuses coefficients no DW-bit word
+#: holds).
 PIPELINE = "A2-B2-C"
 
 
@@ -130,41 +128,8 @@ def quantize_all(model, calib, dw=16):
     return permfc.mark_perm(q, model, dw)
 
 
-def cached_compress(model, budget, val_n, calib_n, recompress=False, fc_variant="auto",
-                    log=print):
-    """:func:`compress_network` of LeNet-5 on MNIST, cached in ``build/network``.
-
-    The cache key is the base model's weights, the budget and the splits; a hit returns
-    ``(None, qmodel, history)`` (the float model is not kept). ``history["test_acc_float"]`` is
-    the compressed float model's test accuracy.
-    """
-    import json
-
-    from slimnfu.atomic import atomic_write
-    from slimnfu.compress import data
-    from slimnfu.formats import QuantModel
-    from slimnfu.compress.train import evaluate
-
-    xs, ys = data.load("mnist", "train")
-    xc, yc = data.load("mnist", "calib")
-    key = hash_state(model)[:12]
-    fc = "" if fc_variant == "auto" else f"_fc{fc_variant}"
-    name = f"lenet5_{key}_{PIPELINE}{fc}_b{budget}_v{val_n}_c{calib_n}.json"
-    path = REPO_ROOT / "build" / "network" / name
-    if path.is_file() and not recompress:
-        state = json.loads(path.read_text())
-        log(f"reusing {path}")
-        return None, QuantModel.from_state(state["qmodel"]), state["history"]
-    fm, q, hist = compress_network(model, (xs, ys), (xc[-val_n:], yc[-val_n:]), xc[:calib_n],
-                                   budget, fc_variant=fc_variant, log=log)
-    xt, yt = data.load("mnist", "test")
-    hist["test_acc_float"] = round(evaluate(fm, xt, yt), 2)
-    state = {"qmodel": q.to_state(), "history": _jsonable(hist)}
-    atomic_write(path, json.dumps(state))
-    return fm, q, state["history"]
-
-
 def hash_state(model):
+    """SHA-256 hex digest of ``model``'s state (names and values): names a checkpoint."""
     import hashlib
 
     h = hashlib.sha256()
@@ -173,7 +138,3 @@ def hash_state(model):
         h.update(v.detach().cpu().numpy().tobytes())
     return h.hexdigest()
 
-
-def _jsonable(x):
-    import json
-    return json.loads(json.dumps(x, default=float))

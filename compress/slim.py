@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from slimnfu import fixed
 from slimnfu.compress.quant import quantize_input, quantize_model
+from slimnfu.compress.train import fit
 from slimnfu.config import LayerDesc
 from slimnfu.formats import QLayer
 from slimnfu.formats.slim import SlimFormat, SlimWeights, check_kernel_sizes
@@ -301,20 +302,8 @@ def greedy(smodel, calib_x, calib_y, budget_pct, treatment="both", ranking=None,
 
 def fine_tune(smodel, x, y, epochs=1, lr=2e-4, batch_size=128, seed=0):
     """Fine-tune weights, biases and approximation coefficients with the treatments frozen
-    (masked taps stay zero in the forward pass)."""
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(smodel.parameters(), lr=lr)
-    smodel.train()
-    for _ in range(epochs):
-        order = torch.randperm(x.shape[0], generator=gen)
-        for s in range(0, x.shape[0], batch_size):
-            idx = order[s:s + batch_size]
-            loss = F.cross_entropy(smodel(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    smodel.eval()
-    return smodel
+    (masked taps stay zero in the forward pass): :func:`slimnfu.compress.train.fit`."""
+    return fit(smodel, x, y, lr, batch_size, seed, epochs)
 
 
 def slim_report(smodel, sample_shape):

@@ -4,32 +4,37 @@ A run is reproducible from its seed: the weights are initialised after ``torch.m
 (inside :func:`torch.random.fork_rng`, so the caller's RNG is untouched), batches are shuffled by
 a seeded ``torch.Generator``, and deterministic algorithms are requested while training.
 
-Checkpoints are cached under ``cache_dir`` (default ``$SLIMNFU_CACHE``, else
-``build/cache/models``) by a SHA-256 over the network definition, the dataset files' md5s, the
-hyperparameters, the subset, the seed and the torch version. A cache hit loads the checkpoint
-instead of training.
+Checkpoints are cached under ``cache_dir`` (default ``models/`` in the cache root,
+:func:`slimnfu.paths.models_dir`: ``$SLIMNFU_CACHE/models``, else ``build/cache/models``) by a
+SHA-256 over the network definition, the dataset files' md5s, the hyperparameters, the subset,
+the seed and the torch version. A cache hit loads the checkpoint instead of training.
+
+:func:`fit` is the one training loop: training here and every compression method's
+fine-tuning (:mod:`slimnfu.compress.ikr`, :mod:`slimnfu.compress.permfc`,
+:mod:`slimnfu.compress.slim`) run through it, a method keeping its structure with a hook.
 """
 
 import contextlib
 import hashlib
+import io
 import json
 import math
-import os
 import pathlib
-import tempfile
 import time
 
 import torch
 from torch import nn
 
+from slimnfu import paths
+from slimnfu.atomic import read_hashed, write_hashed
 from slimnfu.compress import data
 from slimnfu.compress.models import build, network_info
 
-__all__ = ["train", "evaluate", "set_threads", "cache_key", "default_cache_dir", "hyperparameters",
-           "CACHE_ENV_VAR", "TRAIN_FORMAT"]
+__all__ = ["train", "evaluate", "fit", "set_threads", "cache_key", "default_cache_dir",
+           "hyperparameters", "CACHE_ENV_VAR", "TRAIN_FORMAT"]
 
-#: Environment variable naming the checkpoint cache folder.
-CACHE_ENV_VAR = "SLIMNFU_CACHE"
+#: Environment variable naming the cache root (checkpoints go to its ``models/``).
+CACHE_ENV_VAR = paths.CACHE_ENV_VAR
 
 #: Bumped whenever the training procedure changes, so old checkpoints are not reused.
 TRAIN_FORMAT = 1
@@ -43,8 +48,9 @@ def set_threads(threads):
 
 
 def default_cache_dir():
-    """``$SLIMNFU_CACHE`` if set, else ``build/cache/models`` (relative to the working dir)."""
-    return pathlib.Path(os.environ.get(CACHE_ENV_VAR) or "build/cache/models")
+    """``models/`` in the cache root: ``$SLIMNFU_CACHE/models``, else ``build/cache/models``
+    in the build root (:func:`slimnfu.paths.models_dir`)."""
+    return paths.models_dir()
 
 
 def _check_positive_int(name, value, high=None):
@@ -133,40 +139,84 @@ def _deterministic():
 
 
 def _save_atomic(obj, path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_hashed(path, buf.getvalue())
 
 
-def _fit(model, images, labels, hp, progress):
+def fit(model, images, labels, lr, batch_size=128, seed=0, epochs=1, batches=None,
+        weight_decay=0.0, cosine=False, after_step=None, progress=False, desc="fit"):
+    """Train ``model`` in place: the one loop behind training and every method's fine-tuning.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Put in train mode for the loop and in eval mode after it.
+    images, labels : torch.Tensor
+        The training images (cast to float per batch) and their class labels.
+    lr : float
+        Adam's learning rate (the peak one with ``cosine``).
+    batch_size : int
+    seed : int
+        Seeds the ``torch.Generator`` that orders or draws the batches.
+    epochs : int
+        Passes over a fresh random permutation of the images (the last batch of a pass may be
+        short); used when ``batches`` is None.
+    batches : int, optional
+        Instead of epochs: this many batches of ``batch_size`` images drawn with replacement.
+    weight_decay : float
+        Adam's weight decay.
+    cosine : bool
+        Decay the learning rate to zero along a cosine over all steps, one step per batch.
+    after_step : callable, optional
+        ``after_step(model)`` after every optimiser step: the method's hook that keeps its
+        structure (e.g. re-applies pruning masks).
+    progress : bool
+        A tqdm bar per epoch (or one for ``batches``), labelled ``desc``.
+
+    Returns
+    -------
+    nn.Module
+        ``model``.
+
+    Notes
+    -----
+    Adam covers the parameters that require a gradient; the loss is cross-entropy. The
+    order of the operations is fixed (forward, loss, zero_grad, backward, step, scheduler,
+    hook), so the same seed gives the same weights bit for bit.
+    """
     from tqdm import tqdm
 
-    generator = torch.Generator().manual_seed(hp["seed"])
-    optimizer = torch.optim.Adam(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
-    steps_per_epoch = -(-images.shape[0] // hp["batch_size"])
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=hp["epochs"] * steps_per_epoch)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr,
+                                 weight_decay=weight_decay)
+    per_pass = batches if batches is not None else -(-images.shape[0] // batch_size)
+    passes = 1 if batches is not None else epochs
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer,
+                                                            T_max=max(1, passes * per_pass))
+                 if cosine else None)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
-    for epoch in range(hp["epochs"]):
-        order = torch.randperm(images.shape[0], generator=generator)
-        with tqdm(range(steps_per_epoch), desc=f"{hp['network']} epoch {epoch + 1}/"
-                  f"{hp['epochs']}", disable=not progress, leave=False, unit="batch") as bar:
+    for epoch in range(passes):
+        order = None if batches is not None else torch.randperm(images.shape[0],
+                                                                generator=generator)
+        label = desc if batches is not None else f"{desc} epoch {epoch + 1}/{passes}"
+        with tqdm(range(per_pass), desc=label, disable=not progress, leave=False,
+                  unit="batch") as bar:
             for step in bar:
-                idx = order[step * hp["batch_size"]:(step + 1) * hp["batch_size"]]
-                loss = loss_fn(model(images[idx]), labels[idx])
+                if order is None:
+                    idx = torch.randint(images.shape[0], (batch_size,), generator=generator)
+                else:
+                    idx = order[step * batch_size:(step + 1) * batch_size]
+                loss = loss_fn(model(images[idx].float()), labels[idx])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                scheduler.step()
-                if step % 20 == 0:
+                if scheduler is not None:
+                    scheduler.step()
+                if after_step is not None:
+                    after_step(model)
+                if progress and step % 20 == 0:
                     bar.set_postfix(loss=f"{loss.item():.4f}")
     model.eval()
     return model
@@ -187,7 +237,7 @@ def train(name, epochs=None, lr=None, batch_size=None, seed=0, subset=None, cach
     subset : int, optional
         Train on the first ``subset`` images only (fast tests).
     cache_dir : str or path-like, optional
-        Checkpoint folder; default :func:`default_cache_dir`.
+        Checkpoint folder; default :func:`default_cache_dir` (read at call time).
     progress : bool
         Show tqdm progress bars.
     root : str or path-like, optional
@@ -208,10 +258,12 @@ def train(name, epochs=None, lr=None, batch_size=None, seed=0, subset=None, cach
     path = cache_dir / f"{name}-{key[:20]}.pt"
     if path.is_file():
         model = _build_quietly(name)
+        data_bytes = read_hashed(path, "delete it to retrain")
         try:
             # early checkpoints stored torch.__version__ itself, a TorchVersion object
             with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
-                checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+                checkpoint = torch.load(io.BytesIO(data_bytes), map_location="cpu",
+                                        weights_only=True)
             model.load_state_dict(checkpoint["state_dict"])
             stored = checkpoint["info"]
         except Exception as exc:
@@ -230,7 +282,9 @@ def train(name, epochs=None, lr=None, batch_size=None, seed=0, subset=None, cach
     with torch.random.fork_rng(devices=[]), _deterministic():
         torch.manual_seed(seed)
         model = build(name)
-        _fit(model, images, labels, hp, progress)
+        fit(model, images, labels, hp["lr"], hp["batch_size"], hp["seed"], hp["epochs"],
+            weight_decay=hp["weight_decay"], cosine=hp["schedule"] == "cosine",
+            progress=progress, desc=hp["network"])
     train_s = time.perf_counter() - start
     test_images, test_labels = data.load(hp["dataset"], "test", root)
     info = {

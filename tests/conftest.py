@@ -1,8 +1,26 @@
-"""Shared fixtures: a small quantised network that exercises every kind of layer move."""
+"""Shared fixtures: a build and cache root of the session's own, and a small quantised network
+that exercises every kind of layer move."""
 
 import pytest
 import torch
 from torch import nn
+
+
+@pytest.fixture(scope="session", autouse=True)
+def build_root(tmp_path_factory):
+    """``SLIMNFU_BUILD`` and ``SLIMNFU_CACHE`` point into a temporary folder for the whole
+    session, set before any test runs, so no test writes into the repository's ``build/``.
+
+    No test reads a trained checkpoint or a compressed network from the cache: the tests that
+    train use a few hundred images into their own folders, so an empty cache costs nothing."""
+    from slimnfu import paths
+
+    root = tmp_path_factory.mktemp("build")
+    patch = pytest.MonkeyPatch()
+    patch.setenv(paths.BUILD_ENV_VAR, str(root))
+    patch.setenv(paths.CACHE_ENV_VAR, str(root / "cache"))
+    yield root
+    patch.undo()
 
 
 @pytest.fixture(scope="session")

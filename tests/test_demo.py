@@ -1,4 +1,5 @@
-"""``slimnfu demo`` refuses bad options before any long step."""
+"""``slimnfu demo`` refuses bad options before any long step, runs the scenario its options
+name, and reports (the whole flow runs in tests/test_flows.py)."""
 
 from argparse import Namespace
 
@@ -9,7 +10,7 @@ from slimnfu.demo import run_demo
 
 def _args(**kw):
     base = dict(config="tiny", images=20, icarus_images=2, budget=1.0, no_synth=True,
-                out="build/demo_test_never_written")
+                pnr_timeout=1800, out="build/demo_test_never_written")
     return Namespace(**{**base, **kw})
 
 
@@ -22,6 +23,18 @@ def _args(**kw):
 def test_bad_option(kw, message):
     with pytest.raises(ValueError, match=message):
         run_demo(_args(**kw))
+
+
+def test_options_become_the_scenario(monkeypatch):
+    from slimnfu import demo
+    from slimnfu.config import Scenario
+
+    calls = []
+    monkeypatch.setattr(demo, "demo", lambda *a, **kw: calls.append((a, kw)) or 0)
+    assert demo.run_demo(_args(config="small", budget=0.5, images=7, icarus_images=3)) == 0
+    assert calls == [((Scenario(config="small", budget=0.5), 7, 3),
+                      {"synth": False, "pnr_timeout_s": 1800,
+                       "out": "build/demo_test_never_written"})]
 
 
 def _report(synth, board=None):

@@ -54,7 +54,9 @@ def test_reproducible_and_cached(root, tmp_path):
     model_d, info_d = train("lenet300", seed=4, cache_dir=tmp_path / "a", root=root, **FAST)
     assert not info_d["cache_hit"] and info_d["key"] != info_a["key"]
     assert not _same_weights(model_a, model_d)
-    assert len(list((tmp_path / "a").iterdir())) == 2  # two checkpoints, no temp files left
+    # two checkpoints and their content hashes, no temp files left
+    assert sorted(p.suffix for p in (tmp_path / "a").iterdir()) == [".pt", ".pt", ".sha256",
+                                                                     ".sha256"]
 
 
 def test_key_covers_hyperparameters():
@@ -70,16 +72,29 @@ def test_key_covers_hyperparameters():
 def test_cache_dir_from_env(root, tmp_path, monkeypatch):
     monkeypatch.setenv(train_mod.CACHE_ENV_VAR, str(tmp_path / "env"))
     _, info = train("lenet300", subset=64, epochs=1, batch_size=64, progress=False, root=root)
-    assert pathlib.Path(info["path"]).parent == tmp_path / "env"
+    assert pathlib.Path(info["path"]).parent == tmp_path / "env" / "models"
+    monkeypatch.delenv(train_mod.CACHE_ENV_VAR)
+    monkeypatch.setenv("SLIMNFU_BUILD", str(tmp_path / "b"))
+    _, info = train("lenet300", subset=64, epochs=1, batch_size=64, progress=False, root=root)
+    assert pathlib.Path(info["path"]).parent == tmp_path / "b" / "cache" / "models"
 
 
 def test_corrupt_checkpoint(root, tmp_path):
-    _, info = train("lenet300", cache_dir=tmp_path, root=root, subset=64, epochs=1,
-                    batch_size=64, progress=False)
-    pathlib.Path(info["path"]).write_bytes(b"garbage")
-    with pytest.raises(ValueError, match=f"checkpoint {info['path']} is unreadable"):
-        train("lenet300", cache_dir=tmp_path, root=root, subset=64, epochs=1, batch_size=64,
+    """One flipped bit in a cached checkpoint is refused, naming the file (issue 14, case 1:
+    it used to give 63% accuracy with exit 0)."""
+    kw = dict(cache_dir=tmp_path, root=root, subset=64, epochs=1, batch_size=64,
               progress=False)
+    _, info = train("lenet300", **kw)
+    path = pathlib.Path(info["path"])
+    data_bytes = bytearray(path.read_bytes())
+    data_bytes[len(data_bytes) // 2] ^= 0x10
+    path.write_bytes(bytes(data_bytes))
+    with pytest.raises(ValueError, match=f"{path}: its content does not match its sha256 "
+                                         f"\\(changed or corrupted\\); delete it to retrain"):
+        train("lenet300", **kw)
+    path.with_name(path.name + ".sha256").unlink()
+    with pytest.raises(ValueError, match=f"{path}: no content hash beside it"):
+        train("lenet300", **kw)
 
 
 def test_evaluate():

@@ -4,11 +4,10 @@ import pytest
 
 from slimnfu.gen.board import PNR_REPORT, build_board, pnr_figures
 from slimnfu.formats import layout
-from slimnfu.gen.synth import REPO_ROOT
 
 
-def test_board_files(small_program):
-    out = REPO_ROOT / "build" / "test_board"
+def test_board_files(small_program, tmp_path):
+    out = tmp_path / "test_board"
     words = layout.pack_program_input(small_program,
                                       __import__("torch").zeros(1, 10, 10, dtype=int))
     assert build_board(small_program, words, 0, "ulx3s-85f", out, do_build=False) is None
@@ -34,18 +33,18 @@ def test_pnr_figures(tmp_path):
     assert fig["utilization"] == {"TRELLIS_COMB": {"used": 9000, "available": 83640}}
 
 
-def test_unknown_board(small_program):
+def test_unknown_board(small_program, tmp_path):
     with pytest.raises(ValueError, match="--board must be one of ulx3s-12f"):
-        build_board(small_program, [0], 0, "arty", REPO_ROOT / "build" / "test_board")
+        build_board(small_program, [0], 0, "arty", tmp_path / "test_board")
 
 
-def test_rom_too_big_for_the_board(small_program):
+def test_rom_too_big_for_the_board(small_program, tmp_path):
     import dataclasses
 
     big = dataclasses.replace(small_program, rom=[0] * 40000, rom_width=256)
     with pytest.raises(ValueError, match="board build keeps the weights on chip, but the ROM of "
                                          "10,240,000 bits needs 632 DP16KD"):
-        build_board(big, [0], 0, "ulx3s-85f", REPO_ROOT / "build" / "test_board")
+        build_board(big, [0], 0, "ulx3s-85f", tmp_path / "test_board")
 
 
 def test_tools_found_without_the_venv_on_path(monkeypatch):

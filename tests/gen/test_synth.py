@@ -1,7 +1,5 @@
 """Quick synthesis of a small block: generic Yosys keeps memories and reports the keys."""
 
-import shutil
-
 import pytest
 from amaranth.hdl import Module, signed
 from amaranth.lib import memory, wiring
@@ -29,15 +27,11 @@ class TinyMac(wiring.Component):
         return m
 
 
-@pytest.fixture
-def workdir():
-    path = synth.REPO_ROOT / "build" / "test_synth"
-    shutil.rmtree(path, ignore_errors=True)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def test_generic_synth_keeps_memories_and_reports_keys(workdir):
+def test_generic_synth_keeps_memories_and_reports_keys(tmp_path, monkeypatch):
+    """In a folder below /tmp, which a YoWASP tool sees only through relative paths, run from
+    another working directory."""
+    monkeypatch.chdir("/")
+    workdir = tmp_path / "test_synth"
     vfile = atomic_write(workdir / "src" / "tiny_mac.v", verilog_text(TinyMac(), "tiny_mac"))
     report = synth.synth_verilog(vfile, "tiny_mac", workdir / "run", ecp5=False, progress=False)
     for key in ("cells", "luts", "ffs", "dsps", "brams", "fmax_mhz", "part", "fits",
@@ -48,11 +42,6 @@ def test_generic_synth_keeps_memories_and_reports_keys(workdir):
     assert report["generic"]["mults"] == 1
     assert report["luts"] > 0 and report["ffs"] >= 12
     assert report["fmax_mhz"] is None
-
-
-def test_workdir_outside_repo_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="must be inside the repository"):
-        synth.synth_verilog(tmp_path / "x.v", "x", tmp_path, progress=False)
 
 
 def test_choose_part_sizes_to_multipliers():

@@ -1,6 +1,7 @@
 """The cocotb regression: a short run on both simulators, the comparison, and bad inputs."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,11 +66,12 @@ def test_testbench_fails_its_results_file_when_outputs_differ(tmp_path):
     case.expected[4, 3, 2] += 1
     good = make_case("good", LayerDesc("fc", 6, 3), cfg, seed=4)
     entries = run_regression(cfg, [good, case], sims=("verilator",), log=lambda *_: None,
-                             root=tmp_path)
+                             build_root=tmp_path)
     assert [e["passed"] for e in entries] == [True, False]
     assert "1 outputs differ; first at channel 4, y 3, x 2" in entries[1]["error"]
     assert "disagrees" not in entries[1]["error"]
-    run_dir = tmp_path / "verilator" / cfg.name / "run"
+    run_dir = Path(entries[1]["run_dir"])
+    assert run_dir.parent == tmp_path / "cosim" / "verilator" / cfg.name / "runs"
     assert get_results(run_dir / "results.xml") == (1, 1)
     raw = json.loads((run_dir / "out.json").read_text())
     assert raw[0]["tb_verdict"] is None and "1 NBout words differ" in raw[1]["tb_verdict"]

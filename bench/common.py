@@ -1,0 +1,68 @@
+"""What the benchmarks share: the accuracy of logits, the common options and the report.
+
+Every benchmark has ``--out`` (added by :mod:`slimnfu.bench.cli_bench`: ``bench/<name>.json`` in
+the build root unless given); those that run torch add ``--threads`` with
+:func:`add_threads`, set it with :func:`start`, and all write their JSON report and print its
+table with :func:`write_report`.
+"""
+
+import platform
+import time
+
+from slimnfu import paths
+from slimnfu.atomic import write_json
+
+__all__ = ["accuracy", "add_out", "default_out", "add_threads", "start", "host",
+           "write_report"]
+
+
+def accuracy(logits, labels, digits=4):
+    """Top-1 accuracy of ``logits`` (one row per image) against ``labels``, in percent,
+    rounded to ``digits``."""
+    return round(100.0 * float((logits.argmax(1) == labels).double().mean()), digits)
+
+
+def add_out(parser, name):
+    """``--out``: the report's path (default: ``bench/<name>.json`` in the build root, resolved
+    when the benchmark runs)."""
+    parser.add_argument("--out", help=f"output JSON path (default: bench/{name}.json in the "
+                                      f"build root)")
+
+
+def default_out(name):
+    """``bench/<name>.json`` in the build root, as a string."""
+    return str(paths.build_root() / "bench" / f"{name}.json")
+
+
+def add_threads(parser, default=2):
+    """``--threads``: torch's CPU threads for the run."""
+    parser.add_argument("--threads", type=int, default=default,
+                        help=f"torch CPU threads (default {default})")
+
+
+def start(args):
+    """Set torch's threads from ``args.threads`` (refusing a bad count before any work);
+    return the start time (:func:`time.perf_counter`)."""
+    from slimnfu.compress.train import set_threads
+
+    set_threads(args.threads)
+    return time.perf_counter()
+
+
+def host(threads=None):
+    """The Python and torch versions (and ``threads`` when given) for a report."""
+    import torch
+
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    if threads is not None:
+        out["threads"] = threads
+    return out
+
+
+def write_report(out, report, text=None):
+    """Write ``report`` as JSON to ``out`` atomically, then print ``text`` (the benchmark's
+    table) and where the report went."""
+    write_json(out, report)
+    if text:
+        print(text)
+    print(f"wrote {out}")

@@ -1,0 +1,221 @@
+"""The flow of a :class:`~slimnfu.config.Scenario` as typed functions.
+
+Train or load the float network (:func:`train_or_load`), compress it with all three methods
+(:func:`compress`, cached), compile it for the scenario's config (:func:`compile_for`), then
+synthesise its ROM build (:func:`synth_build`), build a board bitstream (:func:`board_build`)
+or run images through its RTL (:func:`run_on_rtl`). ``slimnfu demo``, ``synth --rom``,
+``board`` and ``bench network`` call these with their scenario as data.
+
+Every function that writes takes ``build_root`` or ``cache_root`` (default
+:func:`slimnfu.paths.build_root` and :func:`slimnfu.paths.cache_root`, read at call time).
+"""
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from slimnfu import paths
+from slimnfu.atomic import read_hashed, write_hashed, write_json
+from slimnfu.compress import data
+from slimnfu.compress.models import network_info
+from slimnfu.compress.pipeline import PIPELINE, compress_network, hash_state
+from slimnfu.compress.quant import int_forward, int_forward_layers, quantize_input
+from slimnfu.compress.train import evaluate, set_threads, train
+from slimnfu.config import Scenario, get_config
+from slimnfu.formats import QuantModel, layout
+from slimnfu.gen.board import board_platform, build_board, pnr_figures
+from slimnfu.gen.compiler import compile_model, config_for
+from slimnfu.gen.synth import synth_emitted
+from slimnfu.gen.verilog import emit_accelerator, verilog_root
+from slimnfu.sim.network import run_network
+
+__all__ = ["check", "train_or_load", "network_file", "compress", "compile_for", "rom_program",
+           "synth_build", "run_on_rtl", "board_build"]
+
+#: Compression settings that name a cached network only when they differ from the default
+#: scenario's, so the default's file name stays what it was.
+_NAMED = {"subset": "s", "fc_epochs": "fe", "patterns": "p", "ikr_finetune": "ft"}
+
+
+def check(scenario):
+    """Refuse a scenario whose dataset is not its network's own; return it."""
+    if not isinstance(scenario, Scenario):
+        raise TypeError(f"scenario must be a Scenario, not {type(scenario).__name__}")
+    own = network_info(scenario.network)["dataset"]
+    if scenario.dataset != own:
+        raise ValueError(f"network {scenario.network!r} is trained on {own!r}, not "
+                         f"{scenario.dataset!r}")
+    return scenario
+
+
+def train_or_load(scenario, cache_root=None, progress=True):
+    """The scenario's trained float network: its cached checkpoint, or trained now.
+
+    Parameters
+    ----------
+    scenario : Scenario
+    cache_root : path-like, optional
+        Checkpoints are in its ``models/`` (default :func:`slimnfu.paths.cache_root`).
+    progress : bool
+        Show training progress bars.
+
+    Returns
+    -------
+    tuple
+        ``(model, info)`` as :func:`slimnfu.compress.train.train` returns them.
+    """
+    check(scenario)
+    if scenario.threads is not None:
+        set_threads(scenario.threads)
+    return train(scenario.network, epochs=scenario.epochs, seed=scenario.seed,
+                 subset=scenario.subset, cache_dir=paths.models_dir(cache_root),
+                 progress=progress)
+
+
+def network_file(scenario, model):
+    """The cache file name of ``model`` compressed under ``scenario``.
+
+    It names the base checkpoint (its weights' hash), the pipeline, the budget, the splits
+    and every compression setting that differs from the default scenario's.
+    """
+    default = Scenario()
+    fc = "" if scenario.fc_variant == "auto" else f"_fc{scenario.fc_variant}"
+    extra = "".join(f"_{tag}{getattr(scenario, key)}" for key, tag in _NAMED.items()
+                    if getattr(scenario, key) != getattr(default, key))
+    return (f"{scenario.network}_{hash_state(model)[:12]}_{PIPELINE}{fc}"
+            f"_b{float(scenario.budget)}_v{scenario.val}_c{scenario.calib}{extra}.json")
+
+
+def compress(scenario, model, cache_root=None, recompress=False, log=print):
+    """:func:`slimnfu.compress.pipeline.compress_network` of ``model`` under ``scenario``,
+    cached in ``network/`` of the cache root (default :func:`slimnfu.paths.cache_root`).
+
+    Validation is the last ``scenario.val`` images of the calib split, calibration its first
+    ``scenario.calib``. A cached result is reused unless ``recompress``.
+
+    Returns
+    -------
+    tuple
+        ``(qmodel, history)``; ``history["test_acc_float"]`` is the compressed float
+        network's test accuracy.
+    """
+    check(scenario)
+    path = paths.networks_dir(cache_root) / network_file(scenario, model)
+    if path.is_file() and not recompress:
+        log(f"reusing {path}")
+        return load_network(path)
+    xs, ys = data.load(scenario.dataset, "train")
+    if scenario.subset is not None:
+        xs, ys = xs[:scenario.subset], ys[:scenario.subset]
+    xc, yc = data.load(scenario.dataset, "calib")
+    fm, q, hist = compress_network(model, (xs, ys), (xc[-scenario.val:], yc[-scenario.val:]),
+                                   xc[:scenario.calib], scenario.budget,
+                                   fc_epochs=scenario.fc_epochs, patterns=scenario.patterns,
+                                   ikr_finetune=scenario.ikr_finetune,
+                                   fc_variant=scenario.fc_variant, log=log)
+    xt, yt = data.load(scenario.dataset, "test")
+    hist["test_acc_float"] = round(evaluate(fm, xt, yt), 2)
+    state = {"qmodel": q.to_state(), "history": json.loads(json.dumps(hist, default=float))}
+    write_hashed(path, json.dumps(state).encode())
+    return q, state["history"]
+
+
+def load_network(path):
+    """``(qmodel, history)`` of a cached compressed network, checked: its content hash, its
+    JSON, and the model itself (:meth:`QuantModel.check`: every layer against its format and
+    widths, the chain of shapes and scales). ``ValueError`` naming the file otherwise."""
+    rebuild = "delete it, or run again with --recompress, to compress the network again"
+    data = read_hashed(path, rebuild)
+    try:
+        state = json.loads(data)
+        q = QuantModel.from_state(state["qmodel"]).check()
+        history = state["history"]
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to be a compressed network; "
+                         f"{rebuild}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        what = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ValueError(f"{path}: not a valid compressed network ({what}); {rebuild}") from None
+    return q, history
+
+
+def compile_for(qmodel, scenario, label="compressed"):
+    """Compile ``qmodel`` for the scenario's config with the features it needs.
+
+    The build is named ``<config>_<network>_<label>``, plus ``_fc<variant>`` for a
+    compressed network whose method C variant was forced.
+    """
+    fc = "" if label != "compressed" or scenario.fc_variant == "auto" else \
+        f"_fc{scenario.fc_variant}"
+    base = get_config(scenario.config)
+    cfg = config_for(qmodel, base).with_(name=f"{base.name}_{scenario.network}_{label}{fc}")
+    return compile_model(qmodel, cfg)
+
+
+def rom_program(scenario, cache_root=None, log=print):
+    """Train or load, compress and compile: ``(qmodel, program, key)``, ``key`` naming the
+    base checkpoint (the first 12 hex digits of its weights' hash)."""
+    model, _ = train_or_load(scenario, cache_root)
+    q, _ = compress(scenario, model, cache_root, log=log)
+    return q, compile_for(q, scenario), hash_state(model)[:12]
+
+
+def synth_build(program, weights, why, out=None, pnr=True, part=None, pnr_timeout_s=None,
+                reuse=False, build_root=None):
+    """Emit and synthesise the ``weights`` build (``"rom"`` or ``"port"``, with the reason
+    ``why`` from :func:`slimnfu.gen.synth.choose_weights`) of a compiled program.
+
+    The build is the program's config name (``_port`` added for the port build); see
+    :func:`slimnfu.gen.synth.synth_emitted` for the other arguments. Returns its report.
+    """
+    name = program.cfg.name + ("" if weights == "rom" else "_port")
+    emitted = emit_accelerator(program, name, verilog_root(build_root), weights=weights)
+    return synth_emitted(emitted, name, {"config": name, "accel": program.cfg.to_dict(),
+                                         "weights": weights, "weights_why": why},
+                         out=out, build_root=build_root, pnr=pnr, part=part, reuse=reuse,
+                         pnr_timeout_s=pnr_timeout_s)
+
+
+def run_on_rtl(program, qmodel, images, labels, sim="verilator", build_root=None, log=print):
+    """Run ``images`` through the RTL of ``program`` on ``sim``, every layer checked bit for bit
+    against the integer reference; see :func:`slimnfu.sim.network.run_network`."""
+    return run_network(program, qmodel, images, labels, sim=sim, name=program.cfg.name,
+                       log=log, build_root=build_root)
+
+
+def board_build(scenario, board, image=0, do_build=True, build_root=None, cache_root=None,
+                log=print):
+    """The board bitstream: the scenario's compressed network with MNIST test image ``image``
+    stored, in ``board/<board>/`` of the build root; returns the report (also written to its
+    ``report.json``).
+
+    The report has the LEDs the board should show, the integer test accuracy of the network,
+    and, with ``do_build``, the bitstream's hash and nextpnr's fmax and utilisation.
+    """
+    clk_mhz = board_platform(board).default_clk_frequency / 1e6
+    if not 0 <= image < 10000:
+        raise ValueError(f"--image must be a test image index in 0..9999, not {image}")
+    q, program, key = rom_program(scenario, cache_root, log)
+    images, labels = data.load(scenario.dataset, "test")
+    x = quantize_input(q, images[image:image + 1])
+    predicted = int(int_forward_layers(q, x)[-1][0].argmax())
+    label = int(labels[image])
+    out = paths.build_root(build_root) / "board" / board
+    t0 = time.monotonic()
+    log(f"building {board} for {program.cfg.name!r}, test image {image} (label {label}, "
+        f"reference class {predicted}) in {out}")
+    bit = build_board(program, layout.pack_program_input(program, x[0]), label, board, out,
+                      do_build=do_build)
+    acc = float((int_forward(q, images)[0].argmax(1) == labels).double().mean())
+    report = {"board": board, "config": program.cfg.to_dict(), "image": image,
+              "model_key": key, "fc": scenario.fc_variant, "acc_int_test": round(100 * acc, 2),
+              "rom_bits": len(program.rom) * program.rom_width, "label": label,
+              "reference_class": predicted,
+              "leds_expected": predicted | (0x40 if predicted == label else 0) | 0x80,
+              "bitstream": str(bit) if bit else None,
+              "bitstream_sha256": hashlib.sha256(Path(bit).read_bytes()).hexdigest()
+              if bit else None, "pnr": pnr_figures(out, clk_mhz) if bit else None,
+              "wall_s": round(time.monotonic() - t0, 1)}
+    write_json(out / "report.json", report)
+    return report

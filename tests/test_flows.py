@@ -1,0 +1,146 @@
+"""The scenario's flow (slimnfu.flows): cache names, checks, and the whole demo on a small
+stand-in for LeNet-5, from training to the RTL on both simulators, into the session's build
+and cache roots."""
+
+import json
+import os
+import pathlib
+
+import pytest
+import torch
+from torch import nn
+
+from slimnfu import flows, paths
+from slimnfu.compress import data
+from slimnfu.config import Scenario
+
+#: A few hundred training images and small splits; a 100-point budget accepts every step.
+QUICK = Scenario(subset=512, budget=100.0, val=200, calib=100, ikr_finetune=2, patterns=4)
+
+
+def test_default_scenario_keeps_the_cache_names():
+    model = nn.Linear(2, 2)
+    key = flows.hash_state(model)[:12]
+    assert flows.network_file(Scenario(), model) == f"lenet5_{key}_A2-B2-C_b1.0_v3000_c2000.json"
+    assert flows.network_file(Scenario(fc_variant="affine", budget=2), model) == \
+        f"lenet5_{key}_A2-B2-C_fcaffine_b2.0_v3000_c2000.json"
+    assert flows.network_file(QUICK, model).endswith("_b100.0_v200_c100_s512_p4_ft2.json")
+
+
+def test_scenario_checks():
+    with pytest.raises(ValueError, match="fc_variant must be one of auto, affine, index"):
+        Scenario(fc_variant="lfsr")
+    with pytest.raises(ValueError, match="unknown config 'huge'"):
+        Scenario(config="huge")
+    with pytest.raises(ValueError, match=r"budget must be in \[0, 100\] points, not -1"):
+        Scenario(budget=-1)
+    with pytest.raises(ValueError, match="network 'lenet5' is trained on 'mnist', not "
+                                         "'fashion-mnist'"):
+        flows.check(Scenario(dataset="fashion-mnist"))
+
+
+@pytest.fixture(scope="module")
+def stand_in():
+    """A small two-conv network on MNIST, trained for a moment, in place of trained LeNet-5
+    (whose full training and RTL builds take minutes)."""
+    from slimnfu.compress.train import fit
+
+    root = pathlib.Path(os.environ.get(data.ENV_VAR) or "/nonexistent")
+    if not (root / "mnist").is_dir():
+        pytest.skip(f"no datasets: {data.ENV_VAR} does not name a folder with mnist/")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 5), nn.MaxPool2d(2), nn.Conv2d(4, 6, 5),
+                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(96, 16), nn.ReLU(),
+                          nn.Linear(16, 10))
+    x, y = data.load("mnist", "train")
+    fit(model, x[:2000], y[:2000], 3e-3, batch_size=64)
+    return model
+
+
+@pytest.fixture
+def trained(stand_in, monkeypatch):
+    calls = []
+
+    def train(name, **kw):
+        calls.append((name, kw))
+        return stand_in, {"acc_test": 50.0}
+
+    monkeypatch.setattr(flows, "train", train)
+    return calls
+
+
+def test_demo_end_to_end(trained, build_root, capsys):
+    from slimnfu.demo import demo
+
+    out = build_root / "demo_flow"
+    assert demo(QUICK, images=2, icarus_images=1, dense_images=1, synth=False, out=out) == 0
+    assert trained[0] == ("lenet5", {"epochs": None, "seed": 0, "subset": 512,
+                                     "cache_dir": paths.models_dir(), "progress": True})
+    report = json.loads((out / "report.json").read_text())
+    rows = {r["method"]: r for r in report["rows"]}
+    assert rows["dense"]["bit_exact"] and rows["compressed"]["bit_exact"]
+    assert rows["compressed"]["icarus_bit_exact"] and rows["compressed"]["icarus_images"] == 1
+    assert rows["compressed"]["config"] == "tiny_lenet5_compressed"
+    assert rows["compressed"]["rtl_cycles"] < rows["dense"]["rtl_cycles"]
+    assert set(report["compression"]["formats"].values()) >= {"slim", "ikr", "perm_affine"}
+    for name in ("report.md", "accuracy_vs_macs.png", "cycles_per_layer.png", "rom/rom.hex"):
+        assert (out / name).is_file(), name
+    cached = list(paths.networks_dir().glob("lenet5_*_s512_p4_ft2.json"))
+    assert len(cached) == 1
+    assert (build_root / "verilog" / "tiny_lenet5_compressed" / "slimnfu_accel.v").is_file()
+    text = capsys.readouterr().out
+    assert "[6/6] running 2 test images through the RTL" in text
+    assert f"reusing {cached[0]}" in text
+
+
+def test_board_files_from_the_cached_network(trained, stand_in, build_root):
+    report = flows.board_build(QUICK, "ulx3s-85f", image=3, do_build=False, log=lambda m: None)
+    out = build_root / "board" / "ulx3s-85f"
+    assert json.loads((out / "report.json").read_text()) == report
+    assert report["bitstream"] is None and report["fc"] == "auto"
+    assert report["config"]["name"] == "tiny_lenet5_compressed"
+    assert report["model_key"] == flows.hash_state(stand_in)[:12]
+    assert (out / "slimnfu_board.ys").is_file()
+    with pytest.raises(ValueError, match="--image must be a test image index in 0..9999"):
+        flows.board_build(QUICK, "ulx3s-85f", image=10000, do_build=False)
+
+
+def test_cached_networks_are_checked(small_qmodel, tmp_path):
+    """A tampered compressed-network cache is refused naming the file (issue 14, case 4: a
+    changed weight, a weight of 1e6, a wrong n_out and a truncated file all used to compile or
+    fail with a bare JSONDecodeError/KeyError)."""
+    from slimnfu.atomic import write_hashed
+
+    path = tmp_path / "net.json"
+    state = {"qmodel": small_qmodel.to_state(), "history": {"val_acc": 1.0}}
+    write_hashed(path, json.dumps(state).encode())
+    q, history = flows.load_network(path)
+    assert q.to_state() == small_qmodel.to_state() and history == {"val_acc": 1.0}
+
+    text = path.read_text()
+    path.write_text(text.replace('"values": [', '"values": [1, ', 1)[:len(text)])
+    with pytest.raises(ValueError, match=f"{path}: its content does not match its sha256"):
+        flows.load_network(path)
+
+    def rehashed(edit):
+        s = json.loads(json.dumps(state))
+        edit(s)
+        write_hashed(path, json.dumps(s).encode())
+
+    rehashed(lambda s: s["qmodel"]["layers"][0]["w"]["values"].__setitem__(0, 10 ** 6))
+    with pytest.raises(ValueError, match=rf"{path}: not a valid compressed network \(layers"
+                                         rf"\[0\] \(conv1\)\.w: holds 1000000, outside 16 signed "
+                                         rf"bits"):
+        flows.load_network(path)
+    rehashed(lambda s: s["qmodel"]["layers"][-1]["desc"].__setitem__("n_out", 2))
+    with pytest.raises(ValueError, match=r"fc2\)\.w: has shape \(3, 7\), the descriptor needs "
+                                         r"\(2, 7\)"):
+        flows.load_network(path)
+    rehashed(lambda s: s.pop("history"))
+    with pytest.raises(ValueError, match=r"not a valid compressed network \(missing field "
+                                         r"'history'\); delete it, or run again with "
+                                         r"--recompress"):
+        flows.load_network(path)
+    write_hashed(path, text[:100].encode())
+    with pytest.raises(ValueError, match=f"{path}: not a valid compressed network"):
+        flows.load_network(path)
