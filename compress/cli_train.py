@@ -25,13 +25,13 @@ def _add_common(parser):
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _run(args):
+def _run(args, cached_only=False):
     from slimnfu.compress.train import set_threads, train
 
     set_threads(args.threads)
     return train(args.name, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                  seed=args.seed, subset=args.subset, cache_dir=args.cache_dir,
-                 progress=not args.no_progress, root=args.root)
+                 progress=not args.no_progress, root=args.root, cached_only=cached_only)
 
 
 def _train(args):
@@ -50,7 +50,7 @@ def _eval(args):
 
     if args.split not in data.SPLITS:
         raise ValueError(f"unknown split {args.split!r}; known splits: {', '.join(data.SPLITS)}")
-    model, info = _run(args)
+    model, info = _run(args, cached_only=not args.train_if_missing)
     images, labels = data.load(info["dataset"], args.split, args.root)
     acc = evaluate(model, images, labels)
     print(f"{args.name} on {info['dataset']} {args.split} ({len(labels)} images): "
@@ -70,10 +70,13 @@ def register(sub):
     _add_common(p)
     p.set_defaults(func=_train)
     p = sub.add_parser("eval", help="report a reference network's accuracy",
-                       description="Train-or-load a reference network exactly as `slimnfu "
-                                   "train` does with the same options, then print its "
+                       description="Load the checkpoint `slimnfu train` cached with the same "
+                                   "options (refusing, with the folder it looked in, when there "
+                                   "is none, unless --train-if-missing), then print its "
                                    "accuracy on a split.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_common(p)
     p.add_argument("--split", default="test", help="train, calib, trainval or test")
+    p.add_argument("--train-if-missing", action="store_true",
+                   help="train the network when no checkpoint is cached")
     p.set_defaults(func=_eval)

@@ -223,7 +223,7 @@ def fit(model, images, labels, lr, batch_size=128, seed=0, epochs=1, batches=Non
 
 
 def train(name, epochs=None, lr=None, batch_size=None, seed=0, subset=None, cache_dir=None,
-          progress=True, root=None):
+          progress=True, root=None, cached_only=False):
     """Train a reference network on its dataset's ``"train"`` split, or load it from the cache.
 
     Parameters
@@ -242,6 +242,8 @@ def train(name, epochs=None, lr=None, batch_size=None, seed=0, subset=None, cach
         Show tqdm progress bars.
     root : str or path-like, optional
         The data folder; default ``$SLIMNFU_DATA``.
+    cached_only : bool
+        Refuse, naming the folder, instead of training when no checkpoint is cached.
 
     Returns
     -------
@@ -256,6 +258,11 @@ def train(name, epochs=None, lr=None, batch_size=None, seed=0, subset=None, cach
     key = cache_key(hp)
     cache_dir = default_cache_dir() if cache_dir is None else pathlib.Path(cache_dir)
     path = cache_dir / f"{name}-{key[:20]}.pt"
+    if cached_only and not path.is_file():
+        raise ValueError(f"no checkpoint of {name} with these options in {cache_dir} "
+                         f"({path.name}); train it first (slimnfu train {name} with the same "
+                         f"options), or point --cache-dir or SLIMNFU_CACHE at the cache that "
+                         f"has it")
     if path.is_file():
         model = _build_quietly(name)
         data_bytes = read_hashed(path, "delete it to retrain")

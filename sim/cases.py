@@ -166,6 +166,8 @@ def dense_cases(cfg, seed=1, quick=False, images=None, extra=()):
     Channel counts are drawn so that some are not multiples of ``tn``/``ti``. ``extra`` is a
     list of ``(name, LayerDesc)`` added at the end. Every case is checked against ``cfg``.
     """
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 1 << 40:
+        raise ValueError(f"seed must be an integer in [0, 2**40), not {seed!r}")
     gen = torch.Generator().manual_seed(seed)
     tn, ti = cfg.tn, cfg.ti
     specs = [

@@ -65,6 +65,8 @@ def parse_layers(layers):
             fields = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"--layer {n}: not valid JSON ({exc.msg}): {text!r}") from None
+        except RecursionError:
+            raise ValueError(f"--layer {n}: nested too deeply to be a layer") from None
         if not isinstance(fields, dict):
             raise ValueError(f"--layer {n}: expected a JSON object of LayerDesc fields")
         try:
@@ -83,6 +85,17 @@ def _table(entries):
                      f"{e['cycles'] if e['cycles'] is not None else '-':>8} "
                      f"{e['expected_cycles']:>8} {e['wall_s']:>7.3f}")
     return "\n".join(lines)
+
+
+def _check_out(out):
+    """Refuse a results path that cannot be written, before any simulation."""
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name for the results JSON")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--out {out}: {parent} is a file, not a folder")
+            break
 
 
 def run(args):
@@ -105,11 +118,12 @@ def run(args):
     from slimnfu.sim.mnist import mnist_images
     from slimnfu.sim.runner import cosim_root, run_regression
 
+    out = Path(args.out) if args.out else cosim_root() / "results.json"
+    _check_out(out)
     cases = regression_cases(cfg, seed=args.seed, quick=args.quick,
                              images=mnist_images(1000), extra=extra)
     entries = run_regression(cfg, cases, sims=sims, waves=args.waves,
                              log=lambda msg: print(msg, flush=True))
-    out = Path(args.out) if args.out else cosim_root() / "results.json"
     atomic_write(out, json.dumps(entries, indent=1) + "\n")
     print(_table(entries))
     failed = [e for e in entries if not e["passed"]]

@@ -142,6 +142,14 @@ def test_cli_train_and_eval(root, tmp_path, capsys):
     assert "lenet300 on mnist calib (5000 images): accuracy" in capsys.readouterr().out
     assert main(["eval", *args, "--split", "valid"]) == 2
     assert "slimnfu eval: error: unknown split 'valid'" in capsys.readouterr().err
+    # eval from a cache without the checkpoint says where it looked instead of training
+    # for minutes (issue 14, case 10)
+    other = ["lenet300", "--epochs", "1", "--subset", "256", "--batch-size", "64",
+             "--cache-dir", str(tmp_path / "elsewhere"), "--root", root, "--no-progress"]
+    assert main(["eval", *other]) == 2
+    err = capsys.readouterr().err
+    assert f"no checkpoint of lenet300 with these options in {tmp_path / 'elsewhere'}" in err
+    assert not (tmp_path / "elsewhere").exists() or not any((tmp_path / "elsewhere").iterdir())
     assert main(["train", "lenet7", "--root", root]) == 2
     assert "unknown network 'lenet7'" in capsys.readouterr().err
 

@@ -105,6 +105,9 @@ def test_cases_cover_the_brief():
                                     '"w_in": 5, "k": 3}'],
      "can sum to 38 bits, but config 'tiny+acc=35' has acc=35"),
     (["--sim", "modelsim"], "--sim must be among icarus, verilator, not 'modelsim'"),
+    (["--layer", "[" * 100000 + "]" * 100000], "--layer 0: nested too deeply to be a layer"),
+    (["--layer", '{"kind": ["conv"], "n_in": 1, "n_out": 1}'], "layer kind must be one of"),
+    (["--seed", str(10 ** 23)], "seed must be an integer in [0, 2**40)"),
     (["--config", "huge"], "unknown config 'huge'"),
 ])
 def test_bad_input_stops_before_simulation(argv, message, capsys, tmp_path):
@@ -113,3 +116,11 @@ def test_bad_input_stops_before_simulation(argv, message, capsys, tmp_path):
     err = capsys.readouterr().err
     assert message in err and err.count("error:") == 1
     assert not out.exists()
+
+
+def test_out_that_cannot_be_written_stops_before_simulation(capsys, tmp_path):
+    assert main(["cosim", "--quick", "--out", str(tmp_path)]) == 2
+    assert f"--out {tmp_path} is a folder" in capsys.readouterr().err
+    (tmp_path / "f").write_text("x")
+    assert main(["cosim", "--quick", "--out", str(tmp_path / "f" / "r.json")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
