@@ -1,7 +1,7 @@
 """The gateware's interface signatures: members, parameters, equality and refusals."""
 
 import pytest
-from amaranth.hdl import Module, unsigned
+from amaranth.hdl import Fragment, Module, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -70,6 +70,7 @@ def test_load_signature_is_a_memory_write_port():
     m = Module()
     m.submodules.mem = mem = Memory(shape=unsigned(8), depth=16, init=[])
     wiring.connect(m, sig.create(), mem.write_port())
+    Fragment.get(m, None)
     with pytest.raises(TypeError, match="^addr_width must be a positive integer, not 2.0$"):
         LoadSignature(addr_width=2.0, data_width=8)
     with pytest.raises(ValueError, match="^data_width must be a positive integer, not -1$"):
