@@ -68,7 +68,7 @@ class IkrSequencer(wiring.Component):
         m = Module()
         cfg, step, win = self.cfg, self.step, self.window
         kmax = cfg.ikr_kmax
-        m.submodules.nest = nest = LoopNest(cfg, taps=False)
+        m.submodules.nest = nest = LoopNest(cfg, taps=False, pooling=False)
         wiring.connect(m, wiring.flipped(self.run), nest.run)
         d, n = nest.layer, nest.layer.ikr_n
         starting = self.run.start & ~self.run.busy

@@ -55,20 +55,23 @@ class LoopNest(wiring.Component):
     offsets : bool
         Apply the descriptor's ``koff`` and ``nbout_base`` (centre-tap passes); needs
         ``cfg.kgate``.
+    pooling : bool
+        Walk the pooling modes (input tile ``o``); without it every layer is taken for a MAC
+        layer (the IKR sequencer runs conv layers only).
     """
 
     #: Cycles of the shift-and-add setup (one per bit of ``h_in``).
     SETUP_CYCLES = DESC_FIELD_BITS["h_in"]
 
-    def __init__(self, cfg, *, taps, offsets=False):
+    def __init__(self, cfg, *, taps, offsets=False, pooling=True):
         self.cfg = check_config(self, cfg)
-        for name, value in (("taps", taps), ("offsets", offsets)):
+        for name, value in (("taps", taps), ("offsets", offsets), ("pooling", pooling)):
             if not isinstance(value, bool):
                 self._MustUse__silence = True
                 raise TypeError(f"LoopNest: {name} must be a bool, not {value!r}")
         if offsets:
             check_config(self, cfg, needs="kgate")
-        self.taps, self.offsets = taps, offsets
+        self.taps, self.offsets, self.pooling = taps, offsets, pooling
         geo = DESC_FIELD_BITS["h_in"]
         layout = descriptor_layout(cfg)
         nbin_bits = bits_for(cfg.nbin_depth - 1)
@@ -122,9 +125,10 @@ class LoopNest(wiring.Component):
         ox, oy = Signal.like(d.w_out), Signal.like(d.h_out)
         ix0, iy0 = Signal.like(self.ix, name="ix0"), Signal.like(self.iy, name="iy0")
         row0 = Signal.like(self.row, name="row0")
-        tbase, obase, nbout = self.tbase, Signal.like(self.tbase), self.nbout
+        tbase, nbout = self.tbase, self.nbout
+        # The first word of the output tile's input tile: o's when pooling, else tile 0.
+        obase = Signal.like(self.tbase) if self.pooling else 0
         n_left = Signal(signed(len(d.n_out) + 1))
-        pool = d.mode != Mode.MAC
         for j in range(cfg.tn):
             m.d.comb += self.lane_mask[j].eq(n_left > j)
 
@@ -167,10 +171,12 @@ class LoopNest(wiring.Component):
                                  iy0.eq(iy0 + d.stride), row0.eq(row0 + sw), tbase.eq(obase)]
                     restart(neg_pad, iy0 + d.stride, row0 + sw)
                 with m.Elif(~o_last):
-                    next_obase = Mux(pool, obase + hw, 0)
+                    next_obase = Mux(d.mode != Mode.MAC, obase + hw, 0) if self.pooling else 0
                     m.d.sync += [ox.eq(0), ix0.eq(neg_pad), oy.eq(0), iy0.eq(neg_pad),
                                  row0.eq(row_start), o.eq(o + 1), n_left.eq(n_left - cfg.tn),
-                                 obase.eq(next_obase), tbase.eq(next_obase)]
+                                 tbase.eq(next_obase)]
+                    if self.pooling:
+                        m.d.sync += obase.eq(next_obase)
                     restart(neg_pad, neg_pad, row_start)
 
         with m.If(run.start & ~run.busy):
@@ -180,8 +186,10 @@ class LoopNest(wiring.Component):
                 *(acc[f].eq(0) for f in factors),
                 *(mul[f].eq(run.desc[f]) for f in factors),
                 t.eq(0), o.eq(0), ox.eq(0), oy.eq(0), ix0.eq(first0), iy0.eq(first0),
-                tbase.eq(0), obase.eq(0), nbout.eq(nbout0), n_left.eq(run.desc.n_out),
+                tbase.eq(0), nbout.eq(nbout0), n_left.eq(run.desc.n_out),
             ]
+            if self.pooling:
+                m.d.sync += obase.eq(0)
             if taps:
                 m.d.sync += [kx.eq(0), ky.eq(0), ix.eq(first0), iy.eq(first0)]
         with m.Elif(setup_left != 0):

@@ -36,9 +36,9 @@ def model_walk(desc, cfg, taps, offsets):
     return walk
 
 
-def hw_walk(desc, cfg, taps, offsets, seed):
+def hw_walk(desc, cfg, taps, offsets, seed, pooling=True):
     """Advance on random cycles; return the positions advanced from and the cycle timing."""
-    dut = LoopNest(cfg, taps=taps, offsets=offsets)
+    dut = LoopNest(cfg, taps=taps, offsets=offsets, pooling=pooling)
     rng = random.Random(seed)
     got = {"walk": [], "first_running": None, "busy_after": None}
     names = ("ix", "iy", "row", "tbase", "o", "nbout", "lane_mask", "first", "last",
@@ -85,6 +85,12 @@ def test_walk_matches_the_loop_order(cfg, desc, offsets, taps):
     got = hw_walk(desc, cfg, taps, offsets, seed=len(desc.kind))
     assert got["walk"] == model_walk(desc, cfg, taps, offsets)
     assert got["first_running"] == LoopNest.SETUP_CYCLES + 1
+
+
+@pytest.mark.parametrize("cfg, desc, offsets", LAYERS[:2])
+def test_walk_without_pooling_is_the_same_for_mac_layers(cfg, desc, offsets):
+    got = hw_walk(desc, cfg, False, offsets, seed=3, pooling=False)
+    assert got["walk"] == model_walk(desc, cfg, False, offsets)
 
 
 def test_refusals():
