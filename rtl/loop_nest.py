@@ -58,6 +58,16 @@ class LoopNest(wiring.Component):
     pooling : bool
         Walk the pooling modes (input tile ``o``); without it every layer is taken for a MAC
         layer (the IKR sequencer runs conv layers only).
+
+    Members
+    -------
+    run : In(RunSignature)
+    advance, stop : In(1)
+    layer : Out(descriptor layout)
+        The latched descriptor.
+    running : Out(1)
+    ix, iy, row, tbase, o, nbout, lane_mask, first, last, tile_end, end : Out
+        The position, as above.
     """
 
     #: Cycles of the shift-and-add setup (one per bit of ``h_in``).
