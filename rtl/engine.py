@@ -20,7 +20,6 @@ from slimnfu.rtl.kernel_gate import KernelGate
 __all__ = ["LayerEngine"]
 
 
-
 class LayerEngine(wiring.Component):
     """Run one dense layer (conv, fc, maxpool, avgpool) from the buffers.
 
@@ -37,7 +36,9 @@ class LayerEngine(wiring.Component):
     the counters hold their final values: ``cycles`` is the number of clock edges from the
     ``start`` cycle to the ``done`` cycle (``done_cycle - start_cycle``). All counters are reset
     by ``start``. Loads (``load_en``) and NBout reads (``rd_addr`` -> ``rd_data`` one cycle
-    later) are meant for idle time; loads while busy are ignored.
+    later) are meant for idle time; loads while busy are ignored. The load port is decoded into
+    one :class:`slimnfu.rtl.signatures.LoadSignature` write port per memory (``load_sel``
+    picks it); the pipeline takes the sequencer's :class:`slimnfu.rtl.signatures.StepSignature`.
 
     Parameters
     ----------
@@ -96,35 +97,29 @@ class LayerEngine(wiring.Component):
         starting = self.start & ~busy
         with m.If(starting):
             m.d.sync += [cur.eq(self.desc), busy.eq(1)]
-        m.d.comb += [self.busy.eq(busy), seq.start.eq(starting), seq.desc.eq(self.desc)]
+        m.d.comb += [self.busy.eq(busy), seq.run.start.eq(starting), seq.run.desc.eq(self.desc)]
+        # The memories' write ports: (load_sel value, port, lowest load_data bit).
+        loads = [(LoadSel.NBIN, nbin.write_port(), 0), (LoadSel.BIAS, bias.write_port(), 0)]
+        loads += [(LoadSel.SB, bank.write_port(), j * ti * dw) for j, bank in enumerate(sb_banks)]
+        loads.append((LoadSel.PWL, nfu3.pwl, 0))
+        step = seq.step
         if cfg.ikr:
-            seq = self._ikr_path(m, cur, seq, starting, nbin, nfu1)
-
-        # Load interface: one word per cycle into the memory load_sel names.
-        idle_load = self.load_en & ~busy
-        targets = [(LoadSel.NBIN, nbin, 0), (LoadSel.BIAS, bias, 0)]
-        targets += [(LoadSel.SB, bank, j * ti * dw) for j, bank in enumerate(sb_banks)]
-        for sel, mem, lsb in targets:
-            port = mem.write_port()
-            m.d.comb += [port.addr.eq(self.load_addr), port.data.eq(self.load_data[lsb:]),
-                         port.en.eq(idle_load & (self.load_sel == sel))]
-        m.d.comb += [nfu3.pwl_we.eq(idle_load & (self.load_sel == LoadSel.PWL)),
-                     nfu3.pwl_addr.eq(self.load_addr), nfu3.pwl_data.eq(self.load_data)]
+            step = self._ikr_path(m, cur, seq, starting, nbin, nfu1, loads)
 
         # Stage S: the sequencer's step addresses the buffers.
         is_mac = cur.mode == Mode.MAC
         nbin_rd, bias_rd = nbin.read_port(), bias.read_port()
         m.d.comb += [
-            nbin_rd.addr.eq(seq.nbin_addr), nbin_rd.en.eq(seq.valid & ~seq.pad),
-            bias_rd.addr.eq(seq.bias_addr), bias_rd.en.eq(seq.valid & is_mac & seq.first),
+            nbin_rd.addr.eq(step.nbin_addr), nbin_rd.en.eq(step.valid & ~step.pad),
+            bias_rd.addr.eq(step.bias_addr), bias_rd.en.eq(step.valid & is_mac & step.first),
         ]
         synapses = []
-        sb_addr, sb_en = seq.sb_addr, seq.valid & is_mac
+        sb_addr, sb_en = step.sb_addr, step.valid & is_mac
         if cfg.perm:
             # The index-ROM word of step S is read in S-1 (FC SB addresses count up by one
             # per step from 0), so the s banks are addressed in S like the dense SB.
             index_mode = cur.perm == Perm.INDEX
-            sb_addr = Mux(index_mode, seq.sb_addr + seq.valid, seq.sb_addr)
+            sb_addr = Mux(index_mode, step.sb_addr + step.valid, step.sb_addr)
             sb_en = Mux(index_mode, busy, sb_en)
         for bank in sb_banks:
             port = bank.read_port()
@@ -132,7 +127,13 @@ class LayerEngine(wiring.Component):
             synapses.append(port.data)
         synapse_word = Cat(*synapses)
         if cfg.perm:
-            synapse_word = self._perm_path(m, cur, seq, synapse_word, idle_load)
+            synapse_word = self._perm_path(m, cur, step, synapse_word, loads)
+
+        # Load interface: one word per cycle, while idle, into the memory load_sel names.
+        idle_load = self.load_en & ~busy
+        for sel, port, lsb in loads:
+            m.d.comb += [port.en.eq(idle_load & (self.load_sel == sel)),
+                         port.addr.eq(self.load_addr), port.data.eq(self.load_data[lsb:])]
 
         def delayed(value, stages, name):
             for n in range(stages):
@@ -142,10 +143,10 @@ class LayerEngine(wiring.Component):
             return value
 
         if cfg.kgate:
-            synapse_word = self._kgate_path(m, cur, seq, synapse_word, starting, is_mac)
+            synapse_word = self._kgate_path(m, cur, step, synapse_word, starting, is_mac)
 
         # Stage S+1: NFU-1 multiplies (padding positions read as zero).
-        pad1, valid1 = delayed(seq.pad, 1, "pad"), delayed(seq.valid, 1, "valid")
+        pad1, valid1 = delayed(step.pad, 1, "pad"), delayed(step.valid, 1, "valid")
         neurons = Signal(ti * dw)
         m.d.comb += neurons.eq(Mux(pad1, 0, nbin_rd.data))
         m.d.comb += [nfu1.neurons.eq(neurons), nfu1.synapses.eq(synapse_word),
@@ -154,9 +155,9 @@ class LayerEngine(wiring.Component):
         # Stage S+2: NFU-2 accumulates.
         m.d.comb += [
             nfu2.mode.eq(cur.mode),
-            nfu2.valid.eq(delayed(seq.valid, 2, "valid")),
-            nfu2.first.eq(delayed(seq.first, 2, "first")),
-            nfu2.last.eq(delayed(seq.last, 2, "last")),
+            nfu2.valid.eq(delayed(step.valid, 2, "valid")),
+            nfu2.first.eq(delayed(step.first, 2, "first")),
+            nfu2.last.eq(delayed(step.last, 2, "last")),
             nfu2.products.eq(nfu1.products),
             nfu2.neurons.eq(delayed(neurons, 1, "neurons")),
             nfu2.bias.eq(delayed(bias_rd.data, 1, "bias")),
@@ -165,25 +166,22 @@ class LayerEngine(wiring.Component):
         # Stage S+3, S+4: NFU-3 requantises and activates.
         m.d.comb += [
             nfu3.acc.eq(nfu2.acc), nfu3.in_valid.eq(nfu2.out_valid),
-            nfu3.lane_mask.eq(delayed(seq.lane_mask, 3, "lane_mask")),
+            nfu3.lane_mask.eq(delayed(step.lane_mask, 3, "lane_mask")),
             nfu3.shift.eq(cur.shift), nfu3.act.eq(cur.act), nfu3.seg_shift.eq(cur.seg_shift),
             nfu3.clear.eq(starting),
         ]
 
         # Stage S+5: NBout write; done one cycle after the layer's last write.
-        write_end = nfu3.out_valid & delayed(seq.end, 5, "end")
+        write_end = nfu3.out_valid & delayed(step.end, 5, "end")
         if cfg.kgate:
             # centre-tap passes may fill part of a tile: one write enable per lane
             nbout_wr = nbout.write_port(granularity=dw)
-            mask = m.submodules.seq.write_mask
-            if cfg.ikr:
-                mask = Mux(cur.ikr_n != 0, (1 << tn) - 1, mask)
-            mask = delayed(mask, 5, "write_mask")
+            mask = delayed(step.write_mask, 5, "write_mask")
             m.d.comb += nbout_wr.en.eq(Mux(nfu3.out_valid, mask, 0))
         else:
             nbout_wr = nbout.write_port()
             m.d.comb += nbout_wr.en.eq(nfu3.out_valid)
-        m.d.comb += [nbout_wr.addr.eq(delayed(seq.nbout_addr, 5, "nbout_addr")),
+        m.d.comb += [nbout_wr.addr.eq(delayed(step.nbout_addr, 5, "nbout_addr")),
                      nbout_wr.data.eq(nfu3.out)]
         m.d.sync += self.done.eq(write_end)
         with m.If(write_end):
@@ -197,18 +195,18 @@ class LayerEngine(wiring.Component):
             m.d.sync += [self.cycles.eq(1), self.steps.eq(0), self.mults.eq(0)]
         with m.Elif(busy):
             m.d.sync += self.cycles.eq(self.cycles + 1)
-        with m.If(seq.valid):
+        with m.If(step.valid):
             m.d.sync += self.steps.eq(self.steps + 1)
             with m.If(is_mac):
                 m.d.sync += self.mults.eq(self.mults + tn * ti)
         m.d.comb += self.sat_events.eq(nfu3.sat_events)
         return m
 
-    def _kgate_path(self, m, cur, seq, sb_word, starting, is_mac):
+    def _kgate_path(self, m, cur, step, sb_word, starting, is_mac):
         """Method A: zero the synapses of lanes whose kernel misses the tap; count them."""
         cfg = self.cfg
         m.submodules.kgate = gate = KernelGate(cfg)
-        m.d.comb += [gate.valid.eq(seq.valid), gate.first.eq(seq.first), gate.k.eq(cur.k),
+        m.d.comb += [gate.valid.eq(step.valid), gate.first.eq(step.first), gate.k.eq(cur.k),
                      gate.lane_k.eq(cur.lane_k)]
         # The SB word of step S reaches NFU-1 in S+1, so the lane enables follow one cycle later.
         lane_en = Signal(cfg.tn)
@@ -218,54 +216,51 @@ class LayerEngine(wiring.Component):
                            for j in range(cfg.tn)))
         with m.If(starting):
             m.d.sync += self.gated.eq(0)
-        with m.Elif(seq.valid & is_mac):
+        with m.Elif(step.valid & is_mac):
             m.d.sync += self.gated.eq(self.gated + gate.gated * cfg.ti)
         return gated_word
 
-    def _perm_path(self, m, cur, seq, sb_word, idle_load):
-        """Method C: gather the step's synapses from ``s``; return the NFU-1 synapse word."""
+    def _perm_path(self, m, cur, step, sb_word, loads):
+        """Method C: gather the step's synapses from ``s``; return the NFU-1 synapse word.
+
+        Adds the write ports of ``s`` and of the per-row parameters to ``loads``.
+        """
         cfg = self.cfg
         m.submodules.perm_gen = gen = PermAddrGen(cfg)
         m.submodules.perm_sb = psb = PermSB(cfg)
         params = Memory(shape=unsigned(perm_param_width(cfg)), depth=cfg.bias_depth, init=[])
         m.submodules.perm_params = params
-        wr = params.write_port()
-        m.d.comb += [wr.addr.eq(self.load_addr), wr.data.eq(self.load_data),
-                     wr.en.eq(idle_load & (self.load_sel == LoadSel.PERM_PARAM))]
+        loads += [(LoadSel.PERM_PARAM, params.write_port(), 0), (LoadSel.PERM_S, psb.write, 0)]
         # Asynchronous read: the (a, b) of output tile o are needed in the step's own cycle.
         params_rd = params.read_port(domain="comb")
         m.d.comb += [
-            psb.wr_en.eq(idle_load & (self.load_sel == LoadSel.PERM_S)),
-            psb.wr_addr.eq(self.load_addr), psb.wr_data.eq(self.load_data),
-            params_rd.addr.eq(seq.bias_addr),
+            params_rd.addr.eq(step.bias_addr),
             gen.mode.eq(cur.perm), gen.n.eq(cur.n_in), gen.params.eq(params_rd.data),
-            gen.indices.eq(sb_word), gen.first.eq(seq.first), gen.step.eq(seq.valid),
-            psb.addr.eq(gen.addr), psb.en.eq(seq.valid & (cur.perm != Perm.NONE)),
+            gen.indices.eq(sb_word), gen.first.eq(step.first), gen.step.eq(step.valid),
+            psb.addr.eq(gen.addr), psb.en.eq(step.valid & (cur.perm != Perm.NONE)),
         ]
         perm_on = Signal()
         m.d.sync += perm_on.eq(cur.perm != Perm.NONE)
         return Mux(perm_on, psb.data, sb_word)
 
-    def _ikr_path(self, m, cur, seq, starting, nbin, nfu1):
+    def _ikr_path(self, m, cur, seq, starting, nbin, nfu1, loads):
         """Method B: IKR conv layers (``desc.ikr_n != 0``) run on :class:`IkrUnit`.
 
-        Returns the step signals the pipeline takes from then on: the IKR unit's while an IKR
-        layer runs, the dense sequencer's otherwise (:func:`select_steps`).
+        Returns the steps the pipeline takes from then on: the IKR unit's while an IKR layer
+        runs, the dense sequencer's (``seq``) otherwise (:func:`select_steps`). Adds the
+        write ports of the pattern table and the index memory to ``loads``.
         """
         cfg = self.cfg
         m.submodules.ikr = ikr = IkrUnit(cfg)
         is_ikr = self.desc.ikr_n != 0
         # The dense sequencer must stay idle during an IKR layer (this overrides its start).
-        m.d.comb += [seq.start.eq(starting & ~is_ikr), ikr.start.eq(starting & is_ikr),
-                     ikr.desc.eq(self.desc)]
-        idle_load = self.load_en & ~self.busy
-        m.d.comb += [ikr.table_we.eq(idle_load & (self.load_sel == LoadSel.IKR_TABLE)),
-                     ikr.index_we.eq(idle_load & (self.load_sel == LoadSel.IKR_INDEX)),
-                     ikr.load_addr.eq(self.load_addr), ikr.load_data.eq(self.load_data)]
+        m.d.comb += [seq.run.start.eq(starting & ~is_ikr),
+                     ikr.run.start.eq(starting & is_ikr), ikr.run.desc.eq(self.desc)]
+        loads += [(LoadSel.IKR_INDEX, ikr.index, 0), (LoadSel.IKR_TABLE, ikr.table, 0)]
         for r in range(cfg.ikr_kmax):
             port = nbin.read_port()
             m.d.comb += [port.addr.eq(ikr.nbin_addr[r]), port.en.eq(ikr.nbin_en[r]),
                          ikr.nbin_data[r].eq(port.data)]
         ikr_mode = cur.ikr_n != 0
         m.d.comb += [nfu1.lane_neurons.eq(ikr.lane_neurons), nfu1.lane_sel.eq(ikr_mode)]
-        return select_steps(m, ikr_mode, seq, ikr)
+        return select_steps(m, ikr_mode, seq.step, ikr.step)

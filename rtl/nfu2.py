@@ -40,6 +40,19 @@ class NFU2(wiring.Component):
     Parameters
     ----------
     cfg : AccelConfig
+
+    Members
+    -------
+    mode : In(Mode)
+    valid, first, last : In(1)
+        The step's strobe and its place in the output group (a delayed
+        :class:`slimnfu.rtl.signatures.StepSignature`).
+    products : In(ArrayLayout(signed(2*dw), tn*ti)); neurons : In(ArrayLayout(signed(dw), ti))
+        NFU-1's products (MAC) or the input neurons (pooling) of the step.
+    bias : In(ArrayLayout(signed(acc), tn))
+        Taken on ``first`` (MAC).
+    acc : Out(ArrayLayout(signed(acc), tn)), registered; out_valid : Out(1)
+        ``out_valid`` marks the cycle in which ``acc`` holds a finished group.
     """
 
     LATENCY = 1

@@ -6,6 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from slimnfu.contract import PWL_SEGMENTS, Act, bits_for
 from slimnfu.rtl._params import check_config
+from slimnfu.rtl.signatures import LoadSignature
 
 __all__ = ["NFU3"]
 
@@ -33,13 +34,28 @@ class NFU3(wiring.Component):
     (the real output channels; the padded lanes of the last tile do not count), as
     :class:`slimnfu.fixed.SatCount` does; ``clear`` zeroes it.
 
-    The PWL table is ``PWL_SEGMENTS`` registers written through ``pwl_we``/``pwl_addr``/
-    ``pwl_data`` (word layout of :func:`slimnfu.formats.layout.pack_pwl`: slope in bits
-    ``[0, dw)``, intercept in ``[dw, 3*dw)``).
+    The PWL table is ``PWL_SEGMENTS`` registers written through ``pwl`` (word layout of
+    :func:`slimnfu.formats.layout.pack_pwl`: slope in bits ``[0, dw)``, intercept in
+    ``[dw, 3*dw)``).
 
     Parameters
     ----------
     cfg : AccelConfig
+
+    Members
+    -------
+    acc : In(ArrayLayout(signed(acc), tn)); in_valid : In(1); lane_mask : In(tn)
+        A finished output group from NFU-2, in the cycle ``in_valid`` is high.
+    shift, act, seg_shift : In
+        The layer's requantisation shift, activation and PWL segment width.
+    pwl : In(LoadSignature(addr_width=4, data_width=3*dw))
+        A PWL table write: segment ``addr`` takes ``data`` at the clock edge.
+    clear : In(1)
+        Zero ``sat_events`` (a new layer).
+    out : Out(ArrayLayout(signed(dw), tn)); out_valid : Out(1)
+        The activated outputs, ``LATENCY`` cycles after ``in_valid``.
+    sat_events : Out(32)
+        Saturations so far.
     """
 
     LATENCY = 2
@@ -53,9 +69,7 @@ class NFU3(wiring.Component):
             "shift": In(bits_for(cfg.acc - 1)),
             "act": In(Act),
             "seg_shift": In(bits_for(cfg.dw - 1)),
-            "pwl_we": In(1),
-            "pwl_addr": In(range(PWL_SEGMENTS)),
-            "pwl_data": In(3 * cfg.dw),
+            "pwl": In(LoadSignature(addr_width=bits_for(PWL_SEGMENTS - 1), data_width=3 * cfg.dw)),
             "clear": In(1),
             "out": Out(data.ArrayLayout(signed(cfg.dw), cfg.tn)),
             "out_valid": Out(1),
@@ -70,11 +84,9 @@ class NFU3(wiring.Component):
 
         slopes = Array(Signal(signed(dw), name=f"slope{s}") for s in range(PWL_SEGMENTS))
         icpts = Array(Signal(signed(2 * dw), name=f"icpt{s}") for s in range(PWL_SEGMENTS))
-        with m.If(self.pwl_we):
-            m.d.sync += [
-                slopes[self.pwl_addr].eq(self.pwl_data[:dw]),
-                icpts[self.pwl_addr].eq(self.pwl_data[dw:3 * dw]),
-            ]
+        pwl = self.pwl
+        with m.If(pwl.en):
+            m.d.sync += [slopes[pwl.addr].eq(pwl.data[:dw]), icpts[pwl.addr].eq(pwl.data[dw:])]
 
         # Stage 1: requantisation.
         y = Signal(data.ArrayLayout(signed(dw), tn))

@@ -7,6 +7,7 @@ from amaranth.lib.wiring import In, Out
 
 from slimnfu.contract import bits_for, ikr_index_bits, ikr_tap_bits
 from slimnfu.rtl._params import check_config
+from slimnfu.rtl.signatures import LoadSignature, WindowSignature
 
 __all__ = ["PatternDecoder"]
 
@@ -17,11 +18,11 @@ class PatternDecoder(wiring.Component):
     Storage:
 
     * the **window**, two banks of ``ikr_kmax**2`` registers of ``ti*dw`` bits (one pixel,
-      ``ti`` input channels, per tap). ``next`` is filled one column per cycle from the NBin
-      fill ports (``fill_*`` from :class:`slimnfu.rtl.ikr_sequencer.IkrSequencer`, with the
-      read data ``nbin_data`` one cycle later); on ``swap`` it moves to ``cur``, the column
-      arriving in that cycle included, so a group's fill may end in the cycle its compute
-      slot starts;
+      ``ti`` input channels, per tap). ``next`` is filled one column per cycle as
+      :class:`slimnfu.rtl.ikr_sequencer.IkrSequencer` reads it from NBin (``window.fill_*``,
+      with the read data ``nbin_data`` one cycle later); on ``window.swap`` it moves to
+      ``cur``, the column arriving in that cycle included, so a group's fill may end in the
+      cycle its compute slot starts;
     * the **pattern table** (``ikr_kmax**2`` words, one per step ``s``; word ``s`` holds entry
       ``s`` of all P patterns, :func:`slimnfu.contract.ikr_tap_bits` each, pattern ``p`` at
       bit ``p*ikr_tap_bits``);
@@ -29,68 +30,74 @@ class PatternDecoder(wiring.Component):
       ``j*ti + i`` holds the :func:`slimnfu.contract.ikr_index_bits`-bit pattern index of kernel
       ``(o*tn + j, t*ti + i)``).
 
-    For a step issued in cycle ``S`` (``step``, ``idx_addr``) both memories are read in
-    ``S``; in ``S+1`` lane ``j*ti + i`` gets ``lane_neurons = cur[table[step][idx[j, i]]][i]``
-    (combinational), in step with the SB word that NFU-1 multiplies it by.
+    For a step issued in cycle ``S`` (``window.step``, ``window.idx_addr``) both memories are
+    read in ``S``; in ``S+1`` lane ``j*ti + i`` gets
+    ``lane_neurons = cur[table[step][idx[j, i]]][i]`` (combinational), in step with the SB word
+    that NFU-1 multiplies it by. A write on ``table`` or ``index`` lands at the clock edge.
 
     Parameters
     ----------
     cfg : AccelConfig
-        Needs ``cfg.ikr``.
+        Needs ``cfg.ikr``; the window is ``cfg.ikr_kmax`` taps square.
+
+    Members
+    -------
+    window : In(WindowSignature)
+    nbin_data : In(ArrayLayout(unsigned(ti*dw), ikr_kmax))
+        The NBin words of the column read in the previous cycle, one per window row.
+    table, index : In(LoadSignature); see :meth:`load_signatures`
+    lane_neurons : Out(ArrayLayout(unsigned(dw), tn*ti))
     """
 
     def __init__(self, cfg):
-        self.cfg = check_config(self, cfg)
-        if not cfg.ikr:
-            self._MustUse__silence = True
-            raise ValueError(f"PatternDecoder needs a config with ikr=True; {cfg.name!r} has "
-                             f"ikr=False")
-        kmax, tn, ti, dw = cfg.ikr_kmax, cfg.tn, cfg.ti, cfg.dw
-        self.table_width = cfg.ikr_patterns * ikr_tap_bits(cfg)
-        self.index_width = tn * ti * ikr_index_bits(cfg)
-        self.load_width = max(self.table_width, self.index_width)
+        self.cfg = check_config(self, cfg, needs="ikr")
+        lanes = cfg.tn * cfg.ti
         super().__init__({
-            "swap": In(1),
-            "fill_valid": In(1),
-            "fill_col": In(bits_for(kmax - 1)),
-            "fill_pad": In(kmax),
-            "nbin_data": In(data.ArrayLayout(unsigned(ti * dw), kmax)),
-            "step": In(bits_for(kmax * kmax - 1)),
-            "idx_addr": In(bits_for(cfg.ikr_index_depth - 1)),
-            "table_we": In(1),
-            "index_we": In(1),
-            "load_addr": In(bits_for(max(cfg.ikr_index_depth, kmax * kmax) - 1)),
-            "load_data": In(self.load_width),
-            "lane_neurons": Out(data.ArrayLayout(unsigned(dw), tn * ti)),
+            "window": In(WindowSignature.for_config(cfg)),
+            "nbin_data": In(data.ArrayLayout(unsigned(cfg.ti * cfg.dw), cfg.ikr_kmax)),
+            **{name: In(sig) for name, sig in self.load_signatures(cfg).items()},
+            "lane_neurons": Out(data.ArrayLayout(unsigned(cfg.dw), lanes)),
         })
+
+    @staticmethod
+    def load_signatures(cfg):
+        """The write ports of the two memories, ``{"table": ..., "index": ...}``."""
+        kmax, lanes = cfg.ikr_kmax, cfg.tn * cfg.ti
+        return {
+            "table": LoadSignature(addr_width=bits_for(kmax * kmax - 1),
+                                   data_width=cfg.ikr_patterns * ikr_tap_bits(cfg)),
+            "index": LoadSignature(addr_width=bits_for(cfg.ikr_index_depth - 1),
+                                   data_width=lanes * ikr_index_bits(cfg)),
+        }
 
     def elaborate(self, platform):
         m = Module()
         cfg = self.cfg
         kmax, tn, ti, dw = cfg.ikr_kmax, cfg.tn, cfg.ti, cfg.dw
         tb, ib = ikr_tap_bits(cfg), ikr_index_bits(cfg)
-        m.submodules.table = table = Memory(shape=unsigned(self.table_width),
+        win = self.window
+        m.submodules.table = table = Memory(shape=unsigned(len(self.table.data)),
                                             depth=kmax * kmax, init=[])
-        m.submodules.index = index = Memory(shape=unsigned(self.index_width),
+        m.submodules.index = index = Memory(shape=unsigned(len(self.index.data)),
                                             depth=cfg.ikr_index_depth, init=[])
-        for mem, we in ((table, self.table_we), (index, self.index_we)):
+        for mem, load in ((table, self.table), (index, self.index)):
             wp = mem.write_port()
-            m.d.comb += [wp.addr.eq(self.load_addr), wp.data.eq(self.load_data), wp.en.eq(we)]
+            m.d.comb += [wp.addr.eq(load.addr), wp.data.eq(load.data), wp.en.eq(load.en)]
         table_rd, index_rd = table.read_port(), index.read_port()
-        m.d.comb += [table_rd.addr.eq(self.step), index_rd.addr.eq(self.idx_addr)]
+        m.d.comb += [table_rd.addr.eq(win.step), index_rd.addr.eq(win.idx_addr)]
 
         # Arrival of the column read in the previous cycle.
-        arr_valid, arr_col = Signal(), Signal.like(self.fill_col)
-        arr_pad = Signal.like(self.fill_pad)
-        m.d.sync += [arr_valid.eq(self.fill_valid), arr_col.eq(self.fill_col),
-                     arr_pad.eq(self.fill_pad)]
+        arr_valid, arr_col = Signal(), Signal.like(win.fill_col)
+        arr_pad = Signal.like(win.fill_pad)
+        m.d.sync += [arr_valid.eq(win.fill_valid), arr_col.eq(win.fill_col),
+                     arr_pad.eq(win.fill_pad)]
         cur = [Signal(ti * dw, name=f"cur{p}") for p in range(kmax * kmax)]
         nxt = [Signal(ti * dw, name=f"next{p}") for p in range(kmax * kmax)]
         for p in range(kmax * kmax):
             r, c = divmod(p, kmax)
             arriving = Mux(arr_pad[r], 0, self.nbin_data[r])
             hit = arr_valid & (arr_col == c)
-            with m.If(self.swap):
+            with m.If(win.swap):
                 m.d.sync += cur[p].eq(Mux(hit, arriving, nxt[p]))
             with m.Elif(hit):
                 m.d.sync += nxt[p].eq(arriving)

@@ -32,14 +32,24 @@ class PermAddrGen(wiring.Component):
     Parameters
     ----------
     cfg : AccelConfig
-        Must have ``perm=True``.
+        Must have ``perm=True``; the addresses span ``cfg.perm_depth``.
+
+    Members
+    -------
+    mode : In(Perm); n : In(bits_for(perm_depth))
+        The layer's weight format and sequence length (``desc.perm``, ``desc.n_in``).
+    params : In(perm_param_width)
+        The output tile's ``(a_j, b_j)``, for the step on the inputs.
+    indices : In(tn*ti*dw)
+        The step's index-ROM word (``INDEX``).
+    first, step : In(1)
+        The step is the first of its output tile / a step is issued (the register moves on).
+    addr : Out(tn*ti*ab)
+        Lane ``l``'s address at bits ``l*ab``, combinational.
     """
 
     def __init__(self, cfg):
-        self.cfg = check_config(self, cfg)
-        if not cfg.perm:
-            self._MustUse__silence = True
-            raise ValueError(f"PermAddrGen: config {cfg.name!r} has perm=False")
+        self.cfg = check_config(self, cfg, needs="perm")
         self.ab = perm_addr_bits(cfg)
         super().__init__({
             "mode": In(Perm),

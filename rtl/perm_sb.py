@@ -5,8 +5,9 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from slimnfu.contract import bits_for, perm_addr_bits
+from slimnfu.contract import perm_addr_bits
 from slimnfu.rtl._params import check_config
+from slimnfu.rtl.signatures import LoadSignature
 
 __all__ = ["PermSB"]
 
@@ -24,42 +25,43 @@ class PermSB(wiring.Component):
     ``ti`` addresses of a lane are distinct mod ``ti``); that cheaper banking is not built.
 
     Read: ``addr`` (lane ``l`` at bits ``l*ab``) with ``en`` in cycle ``S`` gives ``data``
-    (lane ``l`` at bits ``l*dw``) in cycle ``S+1``, like the dense SB.
+    (lane ``l`` at bits ``l*dw``) in cycle ``S+1``, like the dense SB. Write: ``write`` puts
+    one entry of ``s`` into every bank at the clock edge.
 
     Parameters
     ----------
     cfg : AccelConfig
-        Must have ``perm=True``.
+        Must have ``perm=True``; each bank holds ``cfg.perm_depth`` entries.
+
+    Members
+    -------
+    write : In(LoadSignature(addr_width=perm address bits, data_width=dw))
+    en : In(1)
+    addr : In(tn*ti*ab)
+    data : Out(tn*ti*dw)
     """
 
     def __init__(self, cfg):
-        self.cfg = check_config(self, cfg)
-        if not cfg.perm:
-            self._MustUse__silence = True
-            raise ValueError(f"PermSB: config {cfg.name!r} has perm=False")
-        self.ab = perm_addr_bits(cfg)
-        lanes = cfg.tn * cfg.ti
+        self.cfg = check_config(self, cfg, needs="perm")
+        lanes, ab = cfg.tn * cfg.ti, perm_addr_bits(cfg)
         super().__init__({
-            "wr_en": In(1),
-            "wr_addr": In(bits_for(cfg.perm_depth - 1)),
-            "wr_data": In(cfg.dw),
+            "write": In(LoadSignature(addr_width=ab, data_width=cfg.dw)),
             "en": In(1),
-            "addr": In(lanes * self.ab),
+            "addr": In(lanes * ab),
             "data": Out(lanes * cfg.dw),
         })
 
     def elaborate(self, platform):
         m = Module()
-        cfg, ab = self.cfg, self.ab
+        cfg = self.cfg
+        ab = perm_addr_bits(cfg)
         outs = []
         for lane in range(cfg.tn * cfg.ti):
             bank = Memory(shape=unsigned(cfg.dw), depth=cfg.perm_depth, init=[])
             m.submodules[f"s{lane}"] = bank
-            wr = bank.write_port()
+            wiring.connect(m, wiring.flipped(self.write), bank.write_port())
             rd = bank.read_port()
-            m.d.comb += [wr.addr.eq(self.wr_addr), wr.data.eq(self.wr_data),
-                         wr.en.eq(self.wr_en),
-                         rd.addr.eq(self.addr[lane * ab:(lane + 1) * ab]), rd.en.eq(self.en)]
+            m.d.comb += [rd.addr.eq(self.addr[lane * ab:(lane + 1) * ab]), rd.en.eq(self.en)]
             outs.append(rd.data)
         m.d.comb += self.data.eq(Cat(*outs))
         return m

@@ -19,12 +19,12 @@ def run_nfu3(cfg, accs, shift, act="none", table=None, masks=None):
 
     async def bench(ctx):
         if table is not None:
-            ctx.set(dut.pwl_we, 1)
+            ctx.set(dut.pwl.en, 1)
             for s, word in enumerate(pack_pwl(table, cfg)):
-                ctx.set(dut.pwl_addr, s)
-                ctx.set(dut.pwl_data, word)
+                ctx.set(dut.pwl.addr, s)
+                ctx.set(dut.pwl.data, word)
                 await ctx.tick()
-            ctx.set(dut.pwl_we, 0)
+            ctx.set(dut.pwl.en, 0)
             ctx.set(dut.seg_shift, table.seg_shift)
         ctx.set(dut.shift, shift)
         ctx.set(dut.act, {"none": Act.NONE, "relu": Act.RELU, "pwl": Act.PWL}[act])

@@ -1,5 +1,6 @@
 """IKR layers on the layer engine in amaranth.sim, bit-exact against the integer reference."""
 
+import pytest
 import torch
 
 from slimnfu import fixed
@@ -7,27 +8,15 @@ from slimnfu.config import CONFIGS, LayerDesc
 from slimnfu.formats import layout
 from slimnfu.contract import descriptor_value
 from slimnfu.rtl.engine import LayerEngine
+from slimnfu.rtl.ikr_sequencer import IkrSequencer
+from slimnfu.rtl.ikr_unit import IkrUnit
+from slimnfu.rtl.pattern_decoder import PatternDecoder
 from slimnfu.contract import LoadSel
 from slimnfu.sim.amaranth_driver import EngineDriver, simulate
+from slimnfu.sim.ikr_cases import random_ikr_layer
 
 CFG = CONFIGS["tiny"].with_(ikr=True, ikr_kmax=3, nbin_depth=256, sb_depth=128,
                             nbout_depth=256, bias_depth=8, ikr_index_depth=16)
-
-
-def random_ikr(desc, n_pat, seed, cfg=CFG):
-    """Random operands of an IKR layer: x, masked w, b, patterns (P, n), index (O, C)."""
-    gen = torch.Generator().manual_seed(seed)
-    kk = desc.k * desc.k
-    patterns = torch.stack([torch.randperm(kk, generator=gen)[:desc.ikr_n].sort().values
-                            for _ in range(n_pat)])
-    index = torch.randint(n_pat, (desc.n_out, desc.n_in), generator=gen)
-    x = torch.randint(cfg.qmin, cfg.qmax + 1, (desc.n_in, desc.h_in, desc.w_in), generator=gen)
-    w = torch.randint(cfg.qmin, cfg.qmax + 1, (desc.n_out, desc.n_in, kk), generator=gen)
-    mask = torch.zeros_like(w)
-    mask.scatter_(2, patterns[index], 1)
-    w = (w * mask).view(desc.n_out, desc.n_in, desc.k, desc.k)
-    b = torch.randint(-1 << 20, 1 << 20, (desc.n_out,), generator=gen)
-    return x, w, b, patterns, index
 
 
 async def run_ikr(ctx, drv, desc, x, w, b, patterns, index, cfg=CFG):
@@ -57,11 +46,11 @@ def test_ikr_layers_bit_exact_and_cycles():
 
     async def bench(ctx):
         for i, desc in enumerate(LAYERS):
-            ops = random_ikr(desc, 1 + 5 * i, seed=i)
+            ops = random_ikr_layer(desc, 1 + 5 * i, i, CFG)
             got.append((await run_ikr(ctx, drv, desc, *ops), ops))
         # A dense layer after the IKR ones runs as before on the same engine.
         dense = LayerDesc("conv", 3, 3, 5, 5, k=3, pad=1, shift=14)
-        x, w, b = random_ikr(LayerDesc(**{**dense.to_dict(), "ikr_n": 9}), 1, 9)[:3]
+        x, w, b = random_ikr_layer(LayerDesc(**{**dense.to_dict(), "ikr_n": 9}), 1, 9, CFG)[:3]
         await drv.load(ctx, LoadSel.NBIN, layout.pack_input(x, CFG))
         await drv.load(ctx, LoadSel.SB, layout.pack_weights(w, CFG))
         await drv.load(ctx, LoadSel.BIAS, layout.pack_bias(b, CFG))
@@ -76,3 +65,10 @@ def test_ikr_layers_bit_exact_and_cycles():
         want = fixed.run_layer(desc, x.unsqueeze(0), w, b, CFG.dw)[0]
         assert torch.equal(y, want), desc
         assert counters["cycles"] == desc.ikr_cycles(CFG) + LayerEngine.LATENCY, desc
+
+
+@pytest.mark.parametrize("cls", [IkrSequencer, IkrUnit, PatternDecoder])
+def test_ikr_blocks_refuse_ikr_off(cls):
+    with pytest.raises(ValueError, match=f"^{cls.__name__} needs a config with ikr=True; "
+                                         f"'tiny' has ikr=False$"):
+        cls(CONFIGS["tiny"])

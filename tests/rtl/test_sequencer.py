@@ -32,29 +32,31 @@ def model_steps(desc, cfg):
 
 def hw_steps(desc, cfg, idle_after=3):
     dut = Sequencer(cfg)
+    run, step = dut.run, dut.step
     got = {"steps": [], "valid_cycles": [], "end_cycles": []}
 
     async def bench(ctx):
-        ctx.set(dut.desc.as_value(), descriptor_value(desc, cfg))
-        ctx.set(dut.start, 1)
+        ctx.set(run.desc.as_value(), descriptor_value(desc, cfg))
+        ctx.set(run.start, 1)
         await ctx.tick()
-        ctx.set(dut.start, 0)
+        ctx.set(run.start, 0)
         cycle = 1
-        while ctx.get(dut.busy) or cycle <= Sequencer.SETUP_CYCLES:
-            if ctx.get(dut.valid):
-                pad = ctx.get(dut.pad)
+        while ctx.get(run.busy) or cycle <= Sequencer.SETUP_CYCLES:
+            if ctx.get(step.valid):
+                pad = ctx.get(step.pad)
                 got["steps"].append((
-                    None if pad else ctx.get(dut.nbin_addr),
-                    None if desc.is_pool else ctx.get(dut.sb_addr),
-                    ctx.get(dut.bias_addr), bool(ctx.get(dut.first)), bool(ctx.get(dut.last)),
-                    ctx.get(dut.nbout_addr), ctx.get(dut.lane_mask)))
+                    None if pad else ctx.get(step.nbin_addr),
+                    None if desc.is_pool else ctx.get(step.sb_addr),
+                    ctx.get(step.bias_addr), bool(ctx.get(step.first)),
+                    bool(ctx.get(step.last)), ctx.get(step.nbout_addr),
+                    ctx.get(step.lane_mask)))
                 got["valid_cycles"].append(cycle)
-                if ctx.get(dut.end):
+                if ctx.get(step.end):
                     got["end_cycles"].append(cycle)
             await ctx.tick()
             cycle += 1
         for _ in range(idle_after):
-            assert not ctx.get(dut.valid)
+            assert not ctx.get(step.valid)
             await ctx.tick()
 
     simulate(dut, bench)

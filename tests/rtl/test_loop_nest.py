@@ -1,0 +1,103 @@
+"""The shared loop nest in amaranth.sim, against the loop order written out in Python."""
+
+import itertools
+import random
+
+import pytest
+
+from slimnfu.config import LayerDesc, get_config
+from slimnfu.contract import descriptor_value
+from slimnfu.rtl.loop_nest import LoopNest
+from slimnfu.sim.amaranth_driver import simulate
+
+TINY = get_config("tiny")
+KGATE = TINY.with_(kgate=True)
+
+
+def model_walk(desc, cfg, taps, offsets):
+    """One tuple per window (or per tap with ``taps``), in the order the nest walks them."""
+    ci, co = desc.tiles(cfg)
+    k, s = desc.k, desc.stride
+    origin = (desc.koff if offsets else 0) - desc.pad
+    base = desc.nbout_base if offsets else 0
+    walk = []
+    for o, oy, ox, t in itertools.product(range(co), range(desc.h_out), range(desc.w_out),
+                                          range(ci)):
+        tile = o if desc.is_pool else t
+        mask = sum(1 << j for j in range(cfg.tn) if o * cfg.tn + j < desc.n_out)
+        for ky, kx in itertools.product(range(k), range(k)) if taps else [(0, 0)]:
+            iy, ix = oy * s + ky + origin, ox * s + kx + origin
+            last = t == ci - 1 and (not taps or ky == kx == k - 1)
+            tile_end = last and oy == desc.h_out - 1 and ox == desc.w_out - 1
+            walk.append((ix, iy, iy * desc.w_in, tile * desc.h_in * desc.w_in, o,
+                         base + (o * desc.h_out + oy) * desc.w_out + ox, mask,
+                         t == 0 and ky == 0 and kx == 0, last, tile_end,
+                         tile_end and o == co - 1))
+    return walk
+
+
+def hw_walk(desc, cfg, taps, offsets, seed, pooling=True):
+    """Advance on random cycles; return the positions advanced from and the cycle timing."""
+    dut = LoopNest(cfg, taps=taps, offsets=offsets, pooling=pooling)
+    rng = random.Random(seed)
+    got = {"walk": [], "first_running": None, "busy_after": None}
+    names = ("ix", "iy", "row", "tbase", "o", "nbout", "lane_mask", "first", "last",
+             "tile_end", "end")
+
+    async def bench(ctx):
+        ctx.set(dut.run.desc.as_value(), descriptor_value(desc, cfg))
+        ctx.set(dut.run.start, 1)
+        await ctx.tick()
+        ctx.set(dut.run.start, 0)
+        for cycle in itertools.count(1):
+            assert ctx.get(dut.run.busy)
+            advance = rng.random() < 0.7
+            ctx.set(dut.advance, advance)
+            if ctx.get(dut.running):
+                if got["first_running"] is None:
+                    got["first_running"] = cycle
+                if advance:
+                    got["walk"].append(tuple(ctx.get(getattr(dut, n)) for n in names))
+                    ctx.set(dut.stop, ctx.get(dut.end))
+            await ctx.tick()
+            ctx.set(dut.stop, 0)
+            if not ctx.get(dut.run.busy):
+                break
+        assert not ctx.get(dut.running)
+
+    simulate(dut, bench)
+    return got
+
+
+LAYERS = [
+    (TINY, LayerDesc("conv", 5, 6, 5, 4, k=3, stride=1, pad=1), False),
+    (TINY, LayerDesc("conv", 9, 3, 7, 6, k=3, stride=2, pad=2), False),
+    (TINY, LayerDesc("fc", 10, 7), False),
+    (TINY, LayerDesc("maxpool", 6, 6, 4, 6, k=2, stride=2), False),
+    (KGATE, LayerDesc("conv", 3, 5, 7, 7, k=3, pad=2, koff=1, nbout_base=5), True),
+]
+
+
+@pytest.mark.parametrize("taps", [False, True])
+@pytest.mark.parametrize("cfg, desc, offsets", LAYERS,
+                         ids=[f"{d.kind}-{i}" for i, (_, d, _) in enumerate(LAYERS)])
+def test_walk_matches_the_loop_order(cfg, desc, offsets, taps):
+    got = hw_walk(desc, cfg, taps, offsets, seed=len(desc.kind))
+    assert got["walk"] == model_walk(desc, cfg, taps, offsets)
+    assert got["first_running"] == LoopNest.SETUP_CYCLES + 1
+
+
+@pytest.mark.parametrize("cfg, desc, offsets", LAYERS[:2])
+def test_walk_without_pooling_is_the_same_for_mac_layers(cfg, desc, offsets):
+    got = hw_walk(desc, cfg, False, offsets, seed=3, pooling=False)
+    assert got["walk"] == model_walk(desc, cfg, False, offsets)
+
+
+def test_refusals():
+    with pytest.raises(TypeError, match="^LoopNest: taps must be a bool, not 1$"):
+        LoopNest(TINY, taps=1)
+    with pytest.raises(ValueError, match="^LoopNest needs a config with kgate=True; 'tiny' has "
+                                         "kgate=False$"):
+        LoopNest(TINY, taps=True, offsets=True)
+    with pytest.raises(TypeError, match="^LoopNest: cfg must be an AccelConfig, not int$"):
+        LoopNest(3, taps=True)
