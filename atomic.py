@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 __all__ = ["atomic_write", "write_json", "write_folder", "check_folder_target", "OWNER_MARK",
-           "write_hashed", "read_hashed"]
+           "write_hashed", "read_hashed", "process_alive"]
 
 
 def atomic_write(path, data):
@@ -205,11 +205,12 @@ def _remove_stale_temporaries(out):
     """Remove ``.NAME.tmp-PID-*`` / ``.NAME.old-PID-*`` folders of processes that are gone."""
     for path in out.parent.glob(f".{out.name}.[to][ml][pd]-*"):
         pid = path.name[len(out.name) + 6:].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _alive(pid):
+def process_alive(pid):
+    """True while process ``pid`` exists (a temporary named after it is still in use)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

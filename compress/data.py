@@ -30,6 +30,8 @@ import urllib.request
 import numpy as np
 import torch
 
+from slimnfu.atomic import process_alive
+
 __all__ = ["DATASETS", "SPLITS", "ENV_VAR", "data_root", "dataset_dir", "verify", "fetch",
            "load", "md5_of", "data_md5s"]
 
@@ -58,18 +60,23 @@ _FASHION_FILES = {
     "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
 }
 
+#: The file names of each role, the sample counts and the classes, which both data sets share.
+_MNIST_LAYOUT = {
+    "roles": {
+        "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+        "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+    },
+    "counts": {"train": 60000, "test": 10000},
+    "classes": 10,
+}
+
 #: Known datasets: sub-folder, files with their md5s (as torchvision lists them), the file of
 #: each role, the sample counts, and the mirrors tried in order by :func:`fetch`.
 DATASETS = {
     "mnist": {
         "folder": "mnist",
         "files": _MNIST_FILES,
-        "roles": {
-            "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-            "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-        },
-        "counts": {"train": 60000, "test": 10000},
-        "classes": 10,
+        **_MNIST_LAYOUT,
         "mirrors": [
             "https://ossci-datasets.s3.amazonaws.com/mnist/",
             "http://yann.lecun.com/exdb/mnist/",
@@ -78,12 +85,7 @@ DATASETS = {
     "fashion-mnist": {
         "folder": "fashion-mnist",
         "files": _FASHION_FILES,
-        "roles": {
-            "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-            "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-        },
-        "counts": {"train": 60000, "test": 10000},
-        "classes": 10,
+        **_MNIST_LAYOUT,
         "mirrors": [
             "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
         ],
@@ -231,13 +233,8 @@ def _remove_stale_parts(folder):
     """Remove ``.NAME.PID.*.part`` files of fetches whose process is gone."""
     for part in folder.glob(".*.part"):
         pid = part.name.split(".")[-3] if part.name.count(".") >= 4 else ""
-        if pid.isdigit() and int(pid) != os.getpid():
-            try:
-                os.kill(int(pid), 0)
-            except ProcessLookupError:
-                part.unlink(missing_ok=True)
-            except PermissionError:
-                pass
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+            part.unlink(missing_ok=True)
 
 
 def fetch(dataset, root, mirrors=None, progress=True, deadline_s=900.0):

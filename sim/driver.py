@@ -7,11 +7,14 @@ word per cycle while idle; ``start`` latches ``desc``; ``done`` pulses at the en
 counters hold their final values; ``rd_addr`` -> ``rd_data`` one cycle later.
 """
 
+import json
+import os
+
 import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge, with_timeout
 
-__all__ = ["EngineTB", "COUNTERS", "CLOCK_NS"]
+__all__ = ["EngineTB", "COUNTERS", "CLOCK_NS", "differing_words", "JobLog"]
 
 COUNTERS = ("cycles", "steps", "mults", "sat_events")
 CLOCK_NS = 10
@@ -86,3 +89,36 @@ class EngineTB:
                 raise ValueError(f"rd_data has X/Z bits at NBout address {addr}: "
                                  f"{dut.rd_data.value}") from None
         return words
+
+
+def differing_words(got, expect):
+    """How many of the words ``got`` differ from ``expect["words"]`` on the lanes
+    ``expect["lane_masks"]`` marks real (one mask per ``expect["words_per_tile"]`` words)."""
+    per_tile, masks = expect["words_per_tile"], expect["lane_masks"]
+    return sum(1 for i, (g, w) in enumerate(zip(got, expect["words"]))
+               if (g ^ w) & masks[i // per_tile])
+
+
+class JobLog:
+    """The results of a test module's jobs: each recorded with its verdict, the file named by
+    ``SLIMNFU_COSIM_OUT`` rewritten atomically after each, and a final assertion so that any
+    job that failed fails the cocotb test (and its results file)."""
+
+    def __init__(self, dut, what):
+        self.dut, self.what = dut, what
+        self.path = os.environ["SLIMNFU_COSIM_OUT"]
+        self.results = []
+
+    def record(self, entry, verdict):
+        entry["tb_verdict"] = verdict
+        self.results.append(entry)
+        tmp = f"{self.path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.results, f)
+        os.replace(tmp, self.path)
+        self.dut._log.info("%s: %s", entry["name"], verdict or "as expected")
+
+    def assert_all_passed(self):
+        failed = [f"{r['name']}: {r['tb_verdict']}" for r in self.results if r["tb_verdict"]]
+        assert not failed, (f"{len(failed)} of {len(self.results)} {self.what} failed: "
+                            + "; ".join(failed))

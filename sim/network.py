@@ -49,7 +49,7 @@ def image_job(program, x_int, name, step=True, logits=None):
            "timeout_cycles": 2 * expected_cycles(program)["cycles"] + 1000}
     if logits is not None:
         n, h, w = program.layers[-1].out_shape
-        job["expect"] = {"logits": layout.pack_output(logits.reshape(n, h, w), program.cfg),
+        job["expect"] = {"words": layout.pack_output(logits.reshape(n, h, w), program.cfg),
                          "lane_masks": layout.output_lane_masks(n, program.cfg),
                          "words_per_tile": h * w}
     return job

@@ -24,7 +24,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from slimnfu import paths
-from slimnfu.atomic import atomic_write
+from slimnfu.atomic import atomic_write, process_alive
 from slimnfu.formats import layout
 from slimnfu.gen.verilog import emit_engine
 from slimnfu.rtl.engine import LayerEngine
@@ -127,19 +127,10 @@ def _new_run_dir(base, keep=4):
     old = sorted(p for p in runs.iterdir() if p != run_dir)
     for path in old[:max(0, len(old) - keep + 1)]:
         pid = path.name.split("-")[2] if path.name.count("-") >= 3 else ""
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
     return run_dir
 
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 def _build(runner, sim, emitted, top, build_dir, waves):

@@ -20,18 +20,12 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, RisingEdge, SimTimeoutError, with_timeout
 
-from slimnfu.sim.driver import CLOCK_NS, EngineTB
+from slimnfu.sim.driver import CLOCK_NS, EngineTB, JobLog, differing_words
 
 #: Counter ports of the accelerator, as they appear in a result.
 ACCEL_COUNTERS = ("cycles", "engine_cycles", "load_cycles", "move_cycles", "mults",
                   "sat_events")
 
-
-def _write(path, results):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f)
-    os.replace(tmp, path)
 
 
 async def _rise(signal, cycles, what):
@@ -49,9 +43,7 @@ def _verdict(job, entry):
     expect = job.get("expect")
     if expect is None:
         return None
-    per_tile, masks = expect["words_per_tile"], expect["lane_masks"]
-    bad = sum(1 for i, (got, want) in enumerate(zip(entry["logits"], expect["logits"]))
-              if (got ^ want) & masks[i // per_tile])
+    bad = differing_words(entry["logits"], expect)
     return f"{bad} logit words differ" if bad else None
 
 
@@ -101,9 +93,8 @@ async def network_inference(dut):
     """Run every image; a failure is recorded and the accelerator is reset for the next one."""
     with open(os.environ["SLIMNFU_COSIM_JOBS"]) as f:
         jobs = json.load(f)
-    out = os.environ["SLIMNFU_COSIM_OUT"]
+    log = JobLog(dut, "images")
     cocotb.start_soon(Clock(dut.clk, CLOCK_NS, unit="ns").start())
-    results = []
     for job in jobs:
         t0 = time.perf_counter()
         for name in ("start", "img_en", "img_addr", "img_data", "rd_addr", "step", "resume"):
@@ -119,9 +110,5 @@ async def network_inference(dut):
         except (SimTimeoutError, ValueError) as exc:
             entry["error"] = f"{type(exc).__name__}: {exc}"
         entry["wall_s"] = time.perf_counter() - t0
-        entry["tb_verdict"] = _verdict(job, entry)
-        results.append(entry)
-        _write(out, results)
-        dut._log.info("%s: %s", job["name"], entry["tb_verdict"] or "as expected")
-    failed = [f"{r['name']}: {r['tb_verdict']}" for r in results if r["tb_verdict"]]
-    assert not failed, f"{len(failed)} of {len(results)} images failed: " + "; ".join(failed)
+        log.record(entry, _verdict(job, entry))
+    log.assert_all_passed()

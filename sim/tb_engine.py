@@ -15,7 +15,7 @@ import time
 import cocotb
 from cocotb.triggers import SimTimeoutError
 
-from slimnfu.sim.driver import EngineTB
+from slimnfu.sim.driver import EngineTB, JobLog, differing_words
 
 
 def verdict(job, entry):
@@ -23,9 +23,7 @@ def verdict(job, entry):
     if entry["error"]:
         return entry["error"]
     expect = job["expect"]
-    per_tile, masks = expect["words_per_tile"], expect["lane_masks"]
-    bad = sum(1 for i, (got, want) in enumerate(zip(entry["words"], expect["words"]))
-              if (got ^ want) & masks[i // per_tile])
+    bad = differing_words(entry["words"], expect)
     problems = [f"{bad} NBout words differ"] if bad else []
     problems += [f"{name} {entry['counters'].get(name)} != {want}"
                  for name, want in expect["counters"].items()
@@ -33,21 +31,14 @@ def verdict(job, entry):
     return "; ".join(problems) or None
 
 
-def _write(path, results):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f)
-    os.replace(tmp, path)
-
 
 @cocotb.test()
 async def engine_regression(dut):
     """Run every job; a job's failure is recorded and the engine is reset for the next one."""
     with open(os.environ["SLIMNFU_COSIM_JOBS"]) as f:
         jobs = json.load(f)
-    out = os.environ["SLIMNFU_COSIM_OUT"]
+    log = JobLog(dut, "jobs")
     tb = EngineTB(dut)
-    results = []
     for job in jobs:
         t0 = time.perf_counter()
         entry = {"name": job["name"], "words": None, "counters": None, "error": None}
@@ -64,9 +55,5 @@ async def engine_regression(dut):
         except ValueError as exc:
             entry["error"] = str(exc)
         entry["wall_s"] = time.perf_counter() - t0
-        entry["tb_verdict"] = verdict(job, entry)
-        results.append(entry)
-        _write(out, results)
-        dut._log.info("%s: %s", job["name"], entry["tb_verdict"] or "as expected")
-    failed = [f"{r['name']}: {r['tb_verdict']}" for r in results if r["tb_verdict"]]
-    assert not failed, f"{len(failed)} of {len(results)} jobs failed: " + "; ".join(failed)
+        log.record(entry, verdict(job, entry))
+    log.assert_all_passed()
