@@ -39,13 +39,18 @@ _NAMED = {"subset": "s", "fc_epochs": "fe", "patterns": "p", "ikr_finetune": "ft
 
 
 def check(scenario):
-    """Refuse a scenario whose dataset is not its network's own; return it."""
+    """Refuse a scenario whose dataset is not its network's own, or whose validation and
+    calibration images do not fit the calib split side by side; return it."""
     if not isinstance(scenario, Scenario):
         raise TypeError(f"scenario must be a Scenario, not {type(scenario).__name__}")
     own = network_info(scenario.network)["dataset"]
     if scenario.dataset != own:
         raise ValueError(f"network {scenario.network!r} is trained on {own!r}, not "
                          f"{scenario.dataset!r}")
+    n_calib = data.SPLITS["calib"][2] - data.SPLITS["calib"][1]
+    if scenario.val + scenario.calib > n_calib:
+        raise ValueError(f"val {scenario.val} and calib {scenario.calib} must share the "
+                         f"{n_calib} images of the calib split")
     return scenario
 
 

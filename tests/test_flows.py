@@ -37,6 +37,8 @@ def test_scenario_checks():
     with pytest.raises(ValueError, match="network 'lenet5' is trained on 'mnist', not "
                                          "'fashion-mnist'"):
         flows.check(Scenario(dataset="fashion-mnist"))
+    with pytest.raises(ValueError, match="val 4000 and calib 2000 must share the 5000 images"):
+        flows.check(Scenario(val=4000))
 
 
 @pytest.fixture(scope="module")
