@@ -15,20 +15,21 @@ def _export(args):
     from slimnfu.compress.models import network_info
     from slimnfu.compress.quant import quantize_model
     from slimnfu.compress.train import set_threads, train
-    from slimnfu.gen.image import export
+    from slimnfu.gen.image import check_export_target, export
 
     dataset = network_info(args.name)["dataset"]
     cfg = get_config(args.config).changed(dw=args.dw)
     if args.calib < 1:
         raise ValueError(f"--calib must be >= 1, not {args.calib}")
+    out = args.out or paths.build_root() / "images" / args.name
+    check_export_target(out, args.force)
     set_threads(args.threads)
     model, info = train(args.name, seed=args.seed, subset=args.subset,
                         progress=not args.no_progress, root=args.root)
     calib, _ = data.load(dataset, "calib", args.root)
     qmodel = quantize_model(model, calib[:args.calib], dw=cfg.dw, acc=cfg.acc,
                             range_method=args.range)
-    out = args.out or paths.build_root() / "images" / args.name
-    manifest = export(qmodel, cfg, out)
+    manifest = export(qmodel, cfg, out, force=args.force)
     print(f"wrote {out}: {len(manifest['layers'])} layers, {manifest['stats']['bits']} bits "
           f"({manifest['stats']['image_bits']} in the image for {cfg.name}), float test "
           f"accuracy {info['acc_test']:.2f}%")
@@ -65,6 +66,9 @@ def register(sub):
     p.add_argument("--dw", type=int, default=16, help="data width in bits (default 16)")
     p.add_argument("--out", help="output folder (default: images/NAME in the build root, "
                                  "$SLIMNFU_BUILD, else build/)")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out even if it is a folder slimnfu did not write (its "
+                        "files are lost)")
     p.add_argument("--calib", type=int, default=5000,
                    help="calibration images from the calib split (default 5000)")
     p.add_argument("--range", type=_range_method, default="max",

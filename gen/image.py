@@ -37,7 +37,8 @@ from slimnfu.formats import FORMATS, QuantModel
 from slimnfu.formats.accounting import model_stats
 from slimnfu.formats.base import ImageError
 
-__all__ = ["SCHEMA", "VERSION", "ImageError", "export", "load", "read_hex"]
+__all__ = ["SCHEMA", "VERSION", "ImageError", "export", "check_export_target", "load",
+           "read_hex"]
 
 SCHEMA, VERSION = "slimnfu-image", 1
 MANIFEST = "manifest.json"
@@ -68,6 +69,12 @@ def _fits(qlayer, cfg):
         return False, str(exc)
 
 
+def check_export_target(out_dir, force=False):
+    """Raise ``ValueError`` naming the path unless ``out_dir`` may receive a weight image
+    (:func:`slimnfu.atomic.check_folder_target`); commands call it before any long step."""
+    return check_folder_target(out_dir, "weight image", force, (MANIFEST, SCHEMA))
+
+
 def export(qmodel, cfg, out_dir, force=False):
     """Write ``qmodel`` as a weight image for ``cfg`` into ``out_dir``, atomically.
 
@@ -87,7 +94,7 @@ def export(qmodel, cfg, out_dir, force=False):
     if (cfg.dw, cfg.acc) != (qmodel.dw, qmodel.acc):
         raise ValueError(f"config {cfg.name!r} has dw={cfg.dw}, acc={cfg.acc}, but the model is "
                          f"quantised for dw={qmodel.dw}, acc={qmodel.acc}")
-    out = check_folder_target(out_dir, "weight image", force, (MANIFEST, SCHEMA))
+    out = check_export_target(out_dir, force)
     qmodel.check()
     stats = model_stats(qmodel, cfg)
     program = [descriptor_value(ql.desc, cfg, check=False) for ql in qmodel.layers]

@@ -394,3 +394,22 @@ def test_export_refuses_values_outside_their_width(qmodel, tmp_path):
                                          r"signed bits"):
         export(dataclasses.replace(qmodel, layers=layers), CFG, tmp_path / "img")
     assert not (tmp_path / "img").exists()
+
+
+def test_cli_export_refuses_a_user_folder_before_training(tmp_path, capsys, monkeypatch):
+    """The destination is checked before the network is trained or loaded (issue 14, case 2)."""
+    from slimnfu.cli import main
+    from slimnfu.compress import train as train_mod
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("export trained before checking --out")
+
+    monkeypatch.setattr(train_mod, "train", no_training)
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "manifest.json").write_text("{}")
+    (user / "notes.txt").write_text("keep me")
+    assert main(["export", "lenet5", "--out", str(user)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a weight image that slimnfu wrote" in err and "--force" in err
+    assert sorted(p.name for p in user.iterdir()) == ["manifest.json", "notes.txt"]
