@@ -17,8 +17,8 @@ from slimnfu.formats import layout
 
 __all__ = ["Words", "EnginePass", "StoredItem", "ImageError", "WeightFormat", "record_to_state",
            "record_from_state", "crop_padding", "unpack_weights", "unpack_bias", "unpack_pwl",
-           "bias_words", "pwl_words", "common_memories", "check_items", "max_abs", "pwl_items",
-           "FORMATS", "register", "get_format", "check_tensor"]
+           "bias_words", "pwl_words", "pwl_shape", "common_memories", "check_items", "max_abs",
+           "pwl_items", "FORMATS", "register", "get_format", "check_tensor"]
 
 
 @dataclass(frozen=True)
@@ -196,6 +196,11 @@ def bias_words(b, cfg):
 def pwl_words(pwl, cfg):
     """The PWL table's ``PWL_SEGMENTS`` words of ``3*dw`` bits."""
     return Words(LoadSel.PWL, layout.pack_pwl(pwl, cfg), 3 * cfg.dw)
+
+
+def pwl_shape(cfg):
+    """``(words, width)`` of a stored PWL table: ``PWL_SEGMENTS`` words of ``3*dw`` bits."""
+    return PWL_SEGMENTS, 3 * cfg.dw
 
 
 def common_memories(desc, b, pwl, cfg):

@@ -8,7 +8,7 @@ pair), the biases in bias words (``tn`` lanes of ``acc`` bits) and, with ``act="
 from slimnfu.contract import LoadSel
 from slimnfu.formats import layout
 from slimnfu.formats.base import (StoredItem, WeightFormat, Words, check_items, common_memories,
-                                  pwl_items, unpack_bias, unpack_pwl, unpack_weights)
+                                  pwl_items, pwl_shape, unpack_bias, unpack_pwl, unpack_weights)
 from slimnfu.formats.qmodel import QLayer
 
 __all__ = ["DenseFormat", "dense_memories", "weight_count"]
@@ -38,7 +38,7 @@ def image_shapes(desc, cfg):
         shapes["weights"] = (desc.sb_words(cfg), cfg.tn * cfg.ti * cfg.dw)
         shapes["bias"] = (desc.tiles(cfg)[1], cfg.tn * cfg.acc)
     if desc.act == "pwl":
-        shapes["pwl"] = (16, 3 * cfg.dw)
+        shapes["pwl"] = pwl_shape(cfg)
     return shapes
 
 
@@ -64,10 +64,9 @@ class DenseFormat(WeightFormat):
 
     def restore(self, entry, files, contents, desc, cfg, where):
         shapes = image_shapes(desc, cfg)
+        pwl_message = "a PWL table is %d words of %d bits" % pwl_shape(cfg)
         data = check_items(entry, files, contents, shapes, self.name, desc, where,
-                           "manifest.json", explain={"pwl": lambda *_: f"a PWL table is 16 "
-                                                                       f"words of {3 * cfg.dw} "
-                                                                       f"bits"})
+                           "manifest.json", explain={"pwl": lambda *_: pwl_message})
         fn = entry["files"]
         w = b = pwl = None
         if "weights" in data:

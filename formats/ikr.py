@@ -15,7 +15,7 @@ import torch
 from slimnfu.contract import LoadSel, ikr_index_bits, ikr_tap_bits
 from slimnfu.formats import layout
 from slimnfu.formats.base import (ImageError, StoredItem, WeightFormat, Words, check_items,
-                                  common_memories, crop_padding, pwl_items, unpack_bias,
+                                  common_memories, crop_padding, pwl_items, pwl_shape, unpack_bias,
                                   unpack_pwl)
 from slimnfu.formats.qmodel import QLayer
 
@@ -160,7 +160,7 @@ class IkrFormat(WeightFormat):
                   "ikr_index": (ci * co, cfg.tn * cfg.ti * ikr_index_bits(cfg)),
                   "ikr_table": (n, table_width), "bias": (co, cfg.tn * cfg.acc)}
         if desc.act == "pwl":
-            shapes["pwl"] = (16, 3 * cfg.dw)
+            shapes["pwl"] = pwl_shape(cfg)
 
         def explain_table(words, width):
             if width == table_width:

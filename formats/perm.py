@@ -23,8 +23,8 @@ import torch
 from slimnfu.contract import LoadSel, perm_addr_bits
 from slimnfu.formats import layout
 from slimnfu.formats.base import (ImageError, StoredItem, WeightFormat, Words, bias_words,
-                                  check_items, check_tensor, pwl_items, pwl_words, unpack_bias,
-                                  unpack_pwl, unpack_weights)
+                                  check_items, check_tensor, pwl_items, pwl_shape, pwl_words,
+                                  unpack_bias, unpack_pwl, unpack_weights)
 from slimnfu.formats.qmodel import QLayer
 
 __all__ = ["PermAffineWeights", "PermIndexWeights", "PermAffineFormat", "PermIndexFormat",
@@ -187,7 +187,7 @@ class _PermFormat(WeightFormat):
         shapes = {"s": (desc.n_in, cfg.dw), "bias": (co, cfg.tn * cfg.acc),
                   **self._shapes(desc, cfg)}
         if desc.act == "pwl":
-            shapes["pwl"] = (16, 3 * cfg.dw)
+            shapes["pwl"] = pwl_shape(cfg)
 
         def explain_s(words, width):
             if width == cfg.dw:

@@ -25,8 +25,8 @@ import torch
 from slimnfu import fixed
 from slimnfu.config import LayerDesc
 from slimnfu.formats.base import (EnginePass, ImageError, StoredItem, WeightFormat, check_items,
-                                  check_tensor, max_abs, pwl_items, pwl_words, unpack_bias,
-                                  unpack_pwl, unpack_weights)
+                                  check_tensor, max_abs, pwl_items, pwl_shape, pwl_words,
+                                  unpack_bias, unpack_pwl, unpack_weights)
 from slimnfu.formats.dense import dense_memories
 from slimnfu.formats.qmodel import QLayer
 
@@ -325,7 +325,7 @@ class SlimFormat(WeightFormat):
         shapes = {item: (len(words.words), words.width)
                   for item, words in self.memories(shell, cfg).items() if item != "pwl"}
         if desc.act == "pwl":
-            shapes["pwl"] = (16, 3 * cfg.dw)
+            shapes["pwl"] = pwl_shape(cfg)
         data = check_items(entry, files, contents, shapes, self.name, desc, where,
                            "manifest.json")
         fn = entry["files"]
