@@ -1,36 +1,40 @@
-"""The one config object, and the layer descriptors it runs.
+"""The one config object, and the layer and engine-pass descriptors it runs.
 
 :class:`AccelConfig` fixes the accelerator's parameters (NFU size, data and accumulator
-widths, buffer depths). The same object drives the Amaranth gateware, the integer reference
-and the cocotb testbenches, so the model and the RTL cannot drift apart.
+widths, buffer depths) and its set of optional features, each with a parameter record of its
+own (:class:`IkrParams`, :class:`PermParams`, :class:`KgateParams`). The same object drives
+the Amaranth gateware, the integer reference and the cocotb testbenches, so the model and the
+RTL cannot drift apart.
 
-:class:`LayerDesc` describes one layer the layer engine can run. Its :meth:`LayerDesc.check`
-refuses, with one message naming the field and its limit, anything the engine cannot run on a
-given config, before any simulation starts.
+:class:`LayerDesc` is one layer's geometry and numerics. :class:`PassDesc` is one run of the
+layer engine: a layer plus how its weights are stored (``ikr_n``, ``perm``, ``lane_k``) and
+where its outputs go (``koff``, ``nbout_base``, ``lane_skip``); the weight formats make them
+and :func:`slimnfu.contract.descriptor_value` turns one into the engine's descriptor. Its
+:meth:`PassDesc.check` refuses, with one message naming the field and its limit, anything the
+engine cannot run on a given config, before any simulation starts.
 
 :class:`Scenario` is the data of one run of the whole flow (:mod:`slimnfu.flows`): which
 network, trained how, compressed under which budget, for which config. Its defaults, Caffe
 LeNet-5 on MNIST under a 1-point budget, are the project's scenario, written here once.
 """
 
-from dataclasses import dataclass, asdict, replace
+from dataclasses import dataclass, asdict, fields, replace
 import math
 import re
 
-__all__ = ["AccelConfig", "LayerDesc", "CONFIGS", "get_config", "KINDS", "ACTS", "Scenario",
-           "FC_VARIANTS"]
+__all__ = ["AccelConfig", "IkrParams", "PermParams", "KgateParams", "FEATURES", "LayerDesc",
+           "PassDesc", "PASS_FIELDS", "as_pass", "CONFIGS", "get_config", "KINDS", "ACTS",
+           "Scenario", "FC_VARIANTS"]
 
 KINDS = ("conv", "fc", "maxpool", "avgpool")
 ACTS = ("none", "relu", "pwl")
 #: FC weight formats of the permuted-feature path (method C); see ``LayerDesc.perm``.
 PERMS = ("none", "affine", "index")
 
-#: Number of segments of the piecewise-linear activation table (NFU-3).
-PWL_SEGMENTS = 16
 
-
-#: A config name: an identifier, then ``+key=value`` for each field changed from a named config.
-_NAME = re.compile(r"[A-Za-z_]\w*(\+\w+=[\w.-]+)*")
+#: A config name: an identifier, then ``+key=value`` for each parameter changed from a named
+#: config (``key`` may be a feature parameter, ``ikr.kmax``).
+_NAME = re.compile(r"[A-Za-z_]\w*(\+[\w.]+=[\w.-]+)*")
 
 
 def _check_flag(name, value):
@@ -47,8 +51,81 @@ def _check_int(name, value, low, high=None):
 
 
 @dataclass(frozen=True)
+class IkrParams:
+    """Parameters of the IKR pattern-index decoder (feature ``ikr``, method B).
+
+    Parameters
+    ----------
+    kmax : int
+        Largest kernel the IKR window register holds (``kmax**2`` taps per input lane).
+    patterns : int
+        Pattern-table entries P per layer (at most 16: a 4-bit index per kernel).
+    index_depth : int
+        Words of the IKR index memory; each word holds the ``tn*ti`` pattern indices of one
+        ``(o, t)`` tile pair.
+    """
+
+    kmax: int = 5
+    patterns: int = 16
+    index_depth: int = 512
+
+    def __post_init__(self):
+        _check_int("ikr.kmax", self.kmax, 1, 7)
+        _check_int("ikr.patterns", self.patterns, 1, 16)
+        _check_int("ikr.index_depth", self.index_depth, 2, 1 << 20)
+
+
+@dataclass(frozen=True)
+class PermParams:
+    """Parameters of the permuted-feature FC path (feature ``perm``, method C).
+
+    Parameters
+    ----------
+    depth : int
+        Longest common sequence ``s`` (FC ``n_in``) the path holds.
+    """
+
+    depth: int = 1024
+
+    def __post_init__(self):
+        _check_int("perm.depth", self.depth, 2, 1 << 16)
+
+
+@dataclass(frozen=True)
+class KgateParams:
+    """The kernel-size-aware multiplier gate (feature ``kgate``, method A) has no parameters;
+    its record says the feature is on."""
+
+
+#: The optional hardware features, each with its parameter record's type.
+FEATURES = {"ikr": IkrParams, "perm": PermParams, "kgate": KgateParams}
+
+#: Flat keys of configs written before the feature records (weight images of version 1).
+_LEGACY_KEYS = {"ikr_kmax": ("ikr", "kmax"), "ikr_patterns": ("ikr", "patterns"),
+                "ikr_index_depth": ("ikr", "index_depth"), "perm_depth": ("perm", "depth")}
+
+
+def _feature_record(name, value):
+    """A feature's record from what a caller gave: the record, a dict of its parameters, a
+    flag (True/1: the defaults, False/0/None: off)."""
+    cls = FEATURES[name]
+    if value is None or isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        try:
+            return cls(**value)
+        except TypeError:
+            known = ", ".join(f.name for f in fields(cls)) or "none"
+            raise TypeError(f"{name} parameters must be among: {known}; not "
+                            f"{', '.join(sorted(value))}") from None
+    _check_flag(name, value)
+    return cls() if value else None
+
+
+@dataclass(frozen=True)
 class AccelConfig:
-    """Parameters of one accelerator build.
+    """Parameters of one accelerator build: the NFU and its buffers, plus a set of optional
+    features, each with its own parameter record.
 
     Parameters
     ----------
@@ -70,27 +147,21 @@ class AccelConfig:
         Words of NBout; each word holds ``tn`` activations of one pixel.
     bias_depth : int
         Words of the bias memory; each word holds ``tn`` biases (one output tile).
-    ikr : bool
-        Build the IKR pattern-index decoder (:mod:`slimnfu.rtl.ikr_unit`). Off (the default),
-        the engine is exactly the dense engine; on, conv layers with ``LayerDesc.ikr_n > 0``
-        take ``max(n, k)`` cycles per kernel group instead of ``k*k``.
-    ikr_kmax : int
-        Largest kernel the IKR window register holds (``ikr_kmax**2`` taps per input lane).
-    ikr_patterns : int
-        Pattern-table entries P per layer (at most 16: a 4-bit index per kernel).
-    ikr_index_depth : int
-        Words of the IKR index memory; each word holds the ``tn*ti`` pattern indices of one
-        ``(o, t)`` tile pair.
-    perm : bool
-        Build the permuted-feature FC path (method C, :mod:`slimnfu.rtl.perm_addr`): the
+    ikr : IkrParams or None
+        The IKR pattern-index decoder (:mod:`slimnfu.rtl.ikr_unit`). None (the default): the
+        engine is exactly the dense engine; on, conv passes with ``PassDesc.ikr_n > 0`` take
+        ``max(n, k)`` cycles per kernel group instead of ``k*k``.
+    perm : PermParams or None
+        The permuted-feature FC path (method C, :mod:`slimnfu.rtl.perm_addr`): the
         common-sequence memory, the per-lane permutation address generators and the
-        affine-parameter memory. Off (the default), the engine is exactly the dense engine.
-    perm_depth : int
-        Longest common sequence ``s`` (FC ``n_in``) the permuted FC path holds.
-    kgate : bool
-        Build the kernel-size-aware multiplier gating (method A, :mod:`slimnfu.rtl.kernel_gate`):
-        the descriptor gets ``lane_k`` and the engine a ``gated`` counter. Off (the default),
-        the engine is exactly the dense engine.
+        affine-parameter memory. None (the default): the engine is exactly the dense engine.
+    kgate : KgateParams or None
+        The kernel-size-aware multiplier gating (method A, :mod:`slimnfu.rtl.kernel_gate`): the
+        descriptor gets ``lane_k`` and the placement fields, the engine a ``gated`` counter.
+        None (the default): the engine is exactly the dense engine.
+
+    Each feature also takes ``True``/``1`` (its default record), ``False``/``0`` (off) or a
+    dict of its parameters; :attr:`features` is the set of those that are on.
     """
 
     name: str
@@ -102,13 +173,9 @@ class AccelConfig:
     sb_depth: int = 1024
     nbout_depth: int = 1024
     bias_depth: int = 64
-    ikr: bool = False
-    ikr_kmax: int = 5
-    ikr_patterns: int = 16
-    ikr_index_depth: int = 512
-    perm: bool = False
-    perm_depth: int = 1024
-    kgate: bool = False
+    ikr: IkrParams = None
+    perm: PermParams = None
+    kgate: KgateParams = None
 
     def __post_init__(self):
         if not isinstance(self.name, str):
@@ -130,13 +197,13 @@ class AccelConfig:
         if self.tn != self.ti:
             raise ValueError(f"tn must equal ti (pooling maps input lanes onto output lanes), "
                              f"not tn={self.tn}, ti={self.ti}")
-        _check_flag("ikr", self.ikr)
-        _check_int("ikr_kmax", self.ikr_kmax, 1, 7)
-        _check_int("ikr_patterns", self.ikr_patterns, 1, 16)
-        _check_int("ikr_index_depth", self.ikr_index_depth, 2, 1 << 20)
-        _check_flag("perm", self.perm)
-        _check_int("perm_depth", self.perm_depth, 2, 1 << 16)
-        _check_flag("kgate", self.kgate)
+        for name in FEATURES:
+            object.__setattr__(self, name, _feature_record(name, getattr(self, name)))
+
+    @property
+    def features(self):
+        """The names of the features that are on (a frozenset of :data:`FEATURES` keys)."""
+        return frozenset(name for name in FEATURES if getattr(self, name) is not None)
 
     @property
     def min_acc(self):
@@ -157,11 +224,30 @@ class AccelConfig:
         return (1 << (self.dw - 1)) - 1
 
     def to_dict(self):
+        """Plain data: each feature as a dict of its parameters, or None when off."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d):
+        """The inverse of :meth:`to_dict`. Also reads the flat form of weight images of
+        version 1 (``ikr: true, ikr_kmax: 5, ...``)."""
+        d = dict(d)
+        legacy = {key: d.pop(key) for key in list(d) if key in _LEGACY_KEYS}
+        for key, value in legacy.items():
+            feature, param = _LEGACY_KEYS[key]
+            if d.get(feature) is True or d.get(feature) == 1:
+                d[feature] = {}
+            if isinstance(d.get(feature), dict):
+                d[feature][param] = value
         return cls(**d)
+
+    @classmethod
+    def parameter_names(cls):
+        """What :meth:`changed` takes: the plain fields, the features and each feature's
+        parameters as ``feature.param``."""
+        plain = [f.name for f in fields(cls) if f.name != "name"]
+        return plain + [f"{name}.{f.name}" for name, rec in FEATURES.items()
+                        for f in fields(rec)]
 
     def with_(self, **kw):
         """Return a copy with some parameters changed (and validated again)."""
@@ -170,33 +256,70 @@ class AccelConfig:
     def changed(self, **kw):
         """A copy with some parameters changed, named after what changed (``tiny`` with
         ``nbout_depth=8192`` is ``tiny+nbout_depth=8192``), so that nothing built or reported
-        for one config is taken for the other's. Values equal to the current ones change
-        nothing."""
-        kw = {k: v for k, v in kw.items() if getattr(self, k) != v}
-        if not kw:
-            return self
+        for one config is taken for the other's. A feature parameter is given as
+        ``feature.param`` (``**{"ikr.kmax": 3}``) and switches its feature on. Values equal to
+        the current ones change nothing."""
         if "name" in kw:
             raise TypeError("changed() derives the name; use with_(name=...) to rename")
+        unknown = set(kw) - set(self.parameter_names())
+        if unknown:
+            raise TypeError(f"unknown config parameter {sorted(unknown)[0]!r}; known: "
+                            f"{', '.join(self.parameter_names())}")
+        flat = {k: v for k, v in kw.items() if "." not in k}
+        for name in FEATURES:
+            if name in flat:
+                flat[name] = _feature_record(name, flat[name])
+        for key, value in kw.items():
+            if "." in key:
+                feature, param = key.split(".")
+                base = flat.get(feature, getattr(self, feature)) or FEATURES[feature]()
+                flat[feature] = replace(base, **{param: value})
+        new = replace(self, **flat)
+        if new == self:
+            return self
+        return replace(new, name=self._derived_name(new))
+
+    def _derived_name(self, new):
         base, _, old = self.name.partition("+")
         changes = dict(c.split("=", 1) for c in old.split("+") if c)
-        changes.update({k: str(int(v) if isinstance(v, bool) else v) for k, v in kw.items()})
-        name = "+".join([base] + [f"{k}={v}" for k, v in sorted(changes.items())])
-        return replace(self, name=name, **kw)
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(new, f.name)
+            if f.name == "name" or mine == theirs:
+                continue
+            if f.name not in FEATURES:
+                changes[f.name] = str(theirs)
+                continue
+            changes = {k: v for k, v in changes.items() if not k.startswith(f.name + ".")}
+            changes[f.name] = "1" if theirs is not None else "0"
+            if theirs is not None:
+                default = FEATURES[f.name]()
+                for p in fields(theirs):
+                    if getattr(theirs, p.name) != getattr(default, p.name):
+                        changes[f"{f.name}.{p.name}"] = str(getattr(theirs, p.name))
+        return "+".join([base] + [f"{k}={v}" for k, v in sorted(changes.items())])
 
-    def fit_buffers(self, descs, name=None):
-        """A copy whose buffers hold every layer of ``descs`` (depths kept or raised to powers
-        of two): NBin, SB, NBout, bias and the IKR index memory. For benchmarks that run real
-        networks' layers one at a time on a small array."""
+    def fit_buffers(self, passes, name=None):
+        """A copy whose buffers hold every engine pass of ``passes`` (:class:`PassDesc` or
+        :class:`LayerDesc`), depths kept or raised to powers of two: NBin, SB, NBout, bias
+        and (with ``ikr``) the IKR index memory. For benchmarks that run real networks'
+        layers one at a time on a small array."""
         need = {"nbin_depth": 0, "sb_depth": 0, "nbout_depth": 0, "bias_depth": 0,
-                "ikr_index_depth": 0}
-        for d in descs:
-            ci, co = d.tiles(self)
-            for key, words in (("nbin_depth", d.nbin_words(self)), ("sb_depth", d.sb_words(self)),
-                               ("nbout_depth", d.nbout_words(self)),
-                               ("bias_depth", 0 if d.is_pool else co),
-                               ("ikr_index_depth", ci * co if d.ikr_n else 0)):
+                "index_depth": 0}
+        for p in map(as_pass, passes):
+            ci, co = p.tiles(self)
+            for key, words in (("nbin_depth", p.nbin_words(self)), ("sb_depth", p.sb_words(self)),
+                               ("nbout_depth", p.nbout_words(self)),
+                               ("bias_depth", 0 if p.layer.is_pool else co),
+                               ("index_depth", ci * co if p.ikr_n else 0)):
                 need[key] = max(need[key], words)
-        kw = {k: max(getattr(self, k), 1 << max(0, v - 1).bit_length()) for k, v in need.items()}
+
+        def fit(have, words):
+            return max(have, 1 << max(0, words - 1).bit_length())
+
+        kw = {k: fit(getattr(self, k), v) for k, v in need.items() if k != "index_depth"}
+        if self.ikr is not None:
+            kw["ikr"] = replace(self.ikr, index_depth=fit(self.ikr.index_depth,
+                                                          need["index_depth"]))
         return self.with_(name=name or self.name, **kw)
 
 
@@ -220,7 +343,10 @@ def get_config(name):
 
 @dataclass(frozen=True)
 class LayerDesc:
-    """One layer for the layer engine.
+    """One layer's geometry and numerics: what the model says, whatever the weight format.
+
+    How a layer's weights are stored and where an engine run puts its outputs are not here:
+    they belong to the engine pass that runs it (:class:`PassDesc`).
 
     Parameters
     ----------
@@ -242,29 +368,6 @@ class LayerDesc:
         ``"none"``, ``"relu"`` or ``"pwl"`` (the 16-segment table loaded into NFU-3).
     seg_shift : int
         For ``act="pwl"``: each segment spans ``2**seg_shift`` integer steps of the input.
-    ikr_n : int
-        0 for a dense layer; for an IKR conv layer (:mod:`slimnfu.compress.ikr`) the number of
-        taps each kernel keeps, ``1 <= ikr_n <= k*k``. SB then holds ``ikr_n`` words per tile
-        pair instead of ``k*k``.
-    perm : str
-        ``"none"`` (dense), or for an FC layer compressed as permutations of one common
-        sequence (:mod:`slimnfu.compress.permfc`): ``"affine"`` (generated permutations, the
-        engine's address generators expand them) or ``"index"`` (SB holds the index ROM).
-    lane_k : tuple of int
-        Kernel-size-aware gating (method A, needs ``cfg.kgate``): the centred kernel size of
-        each output lane of every tile of this pass (odd, ``<= k``; 0 or absent: the full
-        ``k``). Lanes whose kernel does not cover the current tap are gated.
-    koff : int
-        Centre-tap offset (needs ``cfg.kgate``): this conv pass applies a ``k x k`` kernel
-        centred in a layer kernel of ``k + 2*koff``, i.e. it reads the input at
-        ``oy*stride + ky + koff - pad``. The sequencer walks only those ``k*k`` taps. Output
-        size: ``(h_in + 2*(pad - koff) - k) // stride + 1``.
-    nbout_base : int
-        NBout word of the pass's first output (needs ``cfg.kgate``): passes that compute
-        different output tiles of one layer write beside each other.
-    lane_skip : int
-        Lanes ``0 .. lane_skip-1`` of the pass's first output tile are not written (needs
-        ``cfg.kgate``), so a pass can fill the rest of a tile another pass began.
     """
 
     kind: str
@@ -278,27 +381,8 @@ class LayerDesc:
     shift: int = 0
     act: str = "none"
     seg_shift: int = 0
-    ikr_n: int = 0
-    perm: str = "none"
-    lane_k: tuple = ()
-    koff: int = 0
-    nbout_base: int = 0
-    lane_skip: int = 0
 
     def __post_init__(self):
-        object.__setattr__(self, "lane_k", tuple(self.lane_k))
-        for name in ("koff", "nbout_base", "lane_skip"):
-            _check_int(name, getattr(self, name), 0)
-        if self.koff and self.kind != "conv":
-            raise ValueError(f"koff applies to conv layers only, not {self.kind}")
-        for j, lk in enumerate(self.lane_k):
-            _check_int(f"lane_k[{j}]", lk, 0, self.k)
-            if lk % 2 == 0 and lk:
-                raise ValueError(f"lane_k[{j}]={lk} is even; a lane's kernel is odd and centred "
-                                 f"in the layer's k={self.k} (0: the full k)")
-        if self.lane_k and (self.kind != "conv" or self.k % 2 == 0):
-            raise ValueError(f"lane_k applies to conv layers with an odd k, not {self.kind} "
-                             f"k={self.k}")
         if self.kind not in KINDS:
             raise ValueError(f"layer kind must be one of {KINDS}, not {self.kind!r}")
         if self.act not in ACTS:
@@ -307,16 +391,6 @@ class LayerDesc:
             _check_int(name, getattr(self, name), 1)
         for name in ("pad", "shift", "seg_shift"):
             _check_int(name, getattr(self, name), 0)
-        _check_int("ikr_n", self.ikr_n, 0)
-        if self.ikr_n and self.kind != "conv":
-            raise ValueError(f"ikr_n applies to conv layers only, not {self.kind}")
-        if self.ikr_n > self.k * self.k:
-            raise ValueError(f"layer conv {self.n_in}->{self.n_out} k={self.k}: ikr_n="
-                             f"{self.ikr_n} > k*k={self.k * self.k}")
-        if self.perm not in PERMS:
-            raise ValueError(f"perm must be one of {PERMS}, not {self.perm!r}")
-        if self.perm != "none" and self.kind != "fc":
-            raise ValueError(f"perm={self.perm!r} applies to fc layers only, not {self.kind}")
         if self.kind == "fc" and (self.h_in, self.w_in, self.k, self.stride, self.pad) != \
                 (1, 1, 1, 1, 0):
             raise ValueError("an fc layer must have h_in = w_in = k = stride = 1 and pad = 0")
@@ -327,10 +401,9 @@ class LayerDesc:
                 raise ValueError(f"pooling takes no padding, not pad={self.pad}")
             if self.kind == "avgpool" and (self.k * self.k) & (self.k * self.k - 1):
                 raise ValueError(f"avgpool needs a power-of-two window k*k, not k={self.k}")
-        if self.k + 2 * self.koff > self.h_in + 2 * self.pad or \
-                self.k + 2 * self.koff > self.w_in + 2 * self.pad:
-            raise ValueError(f"k={self.k} (+ 2*koff={2 * self.koff}) is larger than the padded "
-                             f"input {self.h_in + 2 * self.pad}x{self.w_in + 2 * self.pad}")
+        if self.k > self.h_in + 2 * self.pad or self.k > self.w_in + 2 * self.pad:
+            raise ValueError(f"k={self.k} is larger than the padded input "
+                             f"{self.h_in + 2 * self.pad}x{self.w_in + 2 * self.pad}")
 
     @property
     def is_pool(self):
@@ -338,11 +411,11 @@ class LayerDesc:
 
     @property
     def h_out(self):
-        return (self.h_in + 2 * (self.pad - self.koff) - self.k) // self.stride + 1
+        return (self.h_in + 2 * self.pad - self.k) // self.stride + 1
 
     @property
     def w_out(self):
-        return (self.w_in + 2 * (self.pad - self.koff) - self.k) // self.stride + 1
+        return (self.w_in + 2 * self.pad - self.k) // self.stride + 1
 
     @property
     def effective_shift(self):
@@ -352,6 +425,10 @@ class LayerDesc:
         if self.kind == "maxpool":
             return 0
         return self.shift
+
+    def with_(self, **changes):
+        """A copy with ``changes`` applied (and checked)."""
+        return replace(self, **changes)
 
     def tiles(self, cfg):
         """Return ``(ci_tiles, co_tiles)`` for ``cfg``."""
@@ -363,34 +440,6 @@ class LayerDesc:
         """Input channel tiles in NBin (pooling reads one input tile per output tile)."""
         return -(-self.n_in // cfg.ti)
 
-    def dense_cycles(self, cfg):
-        """Analytic NFU cycle count: ``H_out*W_out*ceil(N_out/Tn)*ceil(N_in/Ti)*K*K``.
-
-        Pooling walks one input tile per output tile.
-        """
-        ci, co = self.tiles(cfg)
-        return self.h_out * self.w_out * co * ci * self.k * self.k
-
-    def ikr_cycles(self, cfg):
-        """Analytic NFU cycle count of an IKR conv layer (``ikr_n > 0``) on the IKR engine.
-
-        Each kernel group (one output pixel, one output tile, one input tile) takes
-        ``G = max(ikr_n, k)`` cycles: ``ikr_n`` compute steps, while the next group's KxK
-        window fills one column (k pixels, k NBin read ports) per cycle. One extra slot fills
-        the first window, and the last slot ends after its ``ikr_n`` steps:
-        ``groups * G + ikr_n``.
-        """
-        ci, co = self.tiles(cfg)
-        groups = self.h_out * self.w_out * co * ci
-        return groups * max(self.ikr_n, self.k) + self.ikr_n
-
-    def gated_mults(self, cfg):
-        """Multiplies the kernel gate switches off: per output group and input tile, lane ``j``
-        is gated on ``k*k - lane_k[j]**2`` taps, ``ti`` multipliers each."""
-        per_group = sum(self.k * self.k - lk * lk for lk in self.lane_k if lk)
-        ci, co = self.tiles(cfg)
-        return self.h_out * self.w_out * co * ci * per_group * cfg.ti
-
     def macs(self):
         """Useful multiply-accumulates (pooling: compared or summed inputs)."""
         per_out = self.k * self.k * (1 if self.is_pool else self.n_in)
@@ -400,15 +449,16 @@ class LayerDesc:
         return self.in_tiles(cfg) * self.h_in * self.w_in
 
     def nbout_words(self, cfg):
-        """Words the layer writes (from ``nbout_base``)."""
-        return self.tiles(cfg)[1] * self.h_out * self.w_out
+        """Words the layer writes, run as one dense pass (:meth:`PassDesc.nbout_words`)."""
+        return PassDesc(self).nbout_words(cfg)
 
     def sb_words(self, cfg):
-        # an affine-permuted FC layer reads no SB: its weights are gathered from s
-        if self.is_pool or self.perm == "affine":
-            return 0
-        ci, co = self.tiles(cfg)
-        return ci * co * (self.ikr_n or self.k * self.k)
+        """SB words of the layer's dense weights (:meth:`PassDesc.sb_words`)."""
+        return PassDesc(self).sb_words(cfg)
+
+    def dense_cycles(self, cfg):
+        """NFU cycles of the layer run as one dense pass (:meth:`PassDesc.dense_cycles`)."""
+        return PassDesc(self).dense_cycles(cfg)
 
     def max_acc_bits(self, cfg, max_abs_bias=None):
         """Bits an accumulator needs for this layer's largest possible sum, sign included.
@@ -424,13 +474,183 @@ class LayerDesc:
         return (terms * prod + bias).bit_length() + 1
 
     def check(self, cfg, max_abs_bias=None):
-        """Raise ``ValueError`` naming the field and its limit if ``cfg`` cannot run this layer."""
-        if self.lane_k and (not cfg.kgate or len(self.lane_k) > cfg.tn):
+        """Raise ``ValueError`` naming the field and its limit unless ``cfg`` can run this
+        layer as one dense engine pass (:meth:`PassDesc.check`); returns the layer."""
+        PassDesc(self).check(cfg, max_abs_bias)
+        return self
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        """The inverse of :meth:`to_dict`. Descriptors written before the pass record existed
+        (weight images of version 1, network caches) also held the pass fields; the weight
+        format's record holds what they said, so they are dropped here."""
+        return cls(**{k: v for k, v in d.items() if k not in PASS_FIELDS})
+
+
+#: The fields a :class:`PassDesc` adds to its layer.
+PASS_FIELDS = ("ikr_n", "perm", "lane_k", "koff", "nbout_base", "lane_skip")
+
+
+@dataclass(frozen=True)
+class PassDesc:
+    """One run of the layer engine: a layer's geometry and numerics (:class:`LayerDesc`), how
+    its weights are stored, and where its outputs go. The weight formats
+    (:mod:`slimnfu.formats`) make them; :func:`slimnfu.contract.descriptor_value` turns one
+    into the value of the engine's ``desc`` port.
+
+    Parameters
+    ----------
+    layer : LayerDesc
+        What the pass computes. For a centre-tap pass (``koff``), the ``k x k`` kernel it
+        applies, with the padding of the model layer it is part of.
+    ikr_n : int
+        0 for dense weights; for an IKR conv pass (``cfg.ikr``) the number of taps each kernel
+        keeps, ``1 <= ikr_n <= k*k``. SB then holds ``ikr_n`` words per tile pair, not ``k*k``.
+    perm : str
+        ``"none"`` (dense), or for an FC pass whose rows are permutations of one common
+        sequence (``cfg.perm``): ``"affine"`` (generated permutations, the engine's address
+        generators expand them) or ``"index"`` (SB holds the index ROM).
+    lane_k : tuple of int
+        Kernel-size-aware gating (``cfg.kgate``): the centred kernel size of each output lane
+        of every tile of this pass (odd, ``<= k``; 0 or absent: the full ``k``). Lanes whose
+        kernel does not cover the current tap are gated.
+    koff : int
+        Centre-tap offset (``cfg.kgate``): the pass applies its ``k x k`` kernel centred in a
+        layer kernel of ``k + 2*koff``, i.e. it reads the input at ``oy*stride + ky + koff -
+        pad``. The sequencer walks only those ``k*k`` taps. Output size: ``(h_in + 2*(pad -
+        koff) - k) // stride + 1``.
+    nbout_base : int
+        NBout word of the pass's first output (``cfg.kgate``): passes that compute different
+        output tiles of one layer write beside each other.
+    lane_skip : int
+        Lanes ``0 .. lane_skip-1`` of the pass's first output tile are not written
+        (``cfg.kgate``), so a pass can fill the rest of a tile another pass began.
+    """
+
+    layer: LayerDesc
+    ikr_n: int = 0
+    perm: str = "none"
+    lane_k: tuple = ()
+    koff: int = 0
+    nbout_base: int = 0
+    lane_skip: int = 0
+
+    def __post_init__(self):
+        d = self.layer
+        if not isinstance(d, LayerDesc):
+            raise TypeError(f"a pass's layer must be a LayerDesc, not {type(d).__name__}")
+        object.__setattr__(self, "lane_k", tuple(self.lane_k))
+        for name in ("koff", "nbout_base", "lane_skip", "ikr_n"):
+            _check_int(name, getattr(self, name), 0)
+        if self.koff and d.kind != "conv":
+            raise ValueError(f"koff applies to conv layers only, not {d.kind}")
+        for j, lk in enumerate(self.lane_k):
+            _check_int(f"lane_k[{j}]", lk, 0, d.k)
+            if lk % 2 == 0 and lk:
+                raise ValueError(f"lane_k[{j}]={lk} is even; a lane's kernel is odd and centred "
+                                 f"in the layer's k={d.k} (0: the full k)")
+        if self.lane_k and (d.kind != "conv" or d.k % 2 == 0):
+            raise ValueError(f"lane_k applies to conv layers with an odd k, not {d.kind} "
+                             f"k={d.k}")
+        if self.ikr_n and d.kind != "conv":
+            raise ValueError(f"ikr_n applies to conv layers only, not {d.kind}")
+        if self.ikr_n > d.k * d.k:
+            raise ValueError(f"layer conv {d.n_in}->{d.n_out} k={d.k}: ikr_n="
+                             f"{self.ikr_n} > k*k={d.k * d.k}")
+        if self.perm not in PERMS:
+            raise ValueError(f"perm must be one of {PERMS}, not {self.perm!r}")
+        if self.perm != "none" and d.kind != "fc":
+            raise ValueError(f"perm={self.perm!r} applies to fc layers only, not {d.kind}")
+        if d.k + 2 * self.koff > d.h_in + 2 * d.pad or d.k + 2 * self.koff > d.w_in + 2 * d.pad:
+            raise ValueError(f"k={d.k} (+ 2*koff={2 * self.koff}) is larger than the padded "
+                             f"input {d.h_in + 2 * d.pad}x{d.w_in + 2 * d.pad}")
+
+    @property
+    def h_out(self):
+        d = self.layer
+        return (d.h_in + 2 * (d.pad - self.koff) - d.k) // d.stride + 1
+
+    @property
+    def w_out(self):
+        d = self.layer
+        return (d.w_in + 2 * (d.pad - self.koff) - d.k) // d.stride + 1
+
+    def with_(self, **changes):
+        """A copy with ``changes`` applied (and checked)."""
+        return replace(self, **changes)
+
+    def tiles(self, cfg):
+        """Return ``(ci_tiles, co_tiles)`` for ``cfg``."""
+        return self.layer.tiles(cfg)
+
+    def nbin_words(self, cfg):
+        return self.layer.nbin_words(cfg)
+
+    def nbout_words(self, cfg):
+        """Words the pass writes (from ``nbout_base``)."""
+        return self.tiles(cfg)[1] * self.h_out * self.w_out
+
+    def sb_words(self, cfg):
+        # an affine-permuted FC pass reads no SB: its weights are gathered from s
+        d = self.layer
+        if d.is_pool or self.perm == "affine":
+            return 0
+        ci, co = self.tiles(cfg)
+        return ci * co * (self.ikr_n or d.k * d.k)
+
+    def dense_cycles(self, cfg):
+        """Analytic NFU cycle count of the dense engine:
+        ``H_out*W_out*ceil(N_out/Tn)*ceil(N_in/Ti)*K*K``. Pooling walks one input tile per
+        output tile."""
+        ci, co = self.tiles(cfg)
+        return self.h_out * self.w_out * co * ci * self.layer.k * self.layer.k
+
+    def ikr_cycles(self, cfg):
+        """Analytic NFU cycle count of an IKR conv pass (``ikr_n > 0``) on the IKR engine.
+
+        Each kernel group (one output pixel, one output tile, one input tile) takes
+        ``G = max(ikr_n, k)`` cycles: ``ikr_n`` compute steps, while the next group's KxK
+        window fills one column (k pixels, k NBin read ports) per cycle. One extra slot fills
+        the first window, and the last slot ends after its ``ikr_n`` steps:
+        ``groups * G + ikr_n``.
+        """
+        ci, co = self.tiles(cfg)
+        groups = self.h_out * self.w_out * co * ci
+        return groups * max(self.ikr_n, self.layer.k) + self.ikr_n
+
+    def nfu_cycles(self, cfg):
+        """The NFU cycles of the pass: :meth:`ikr_cycles` for an IKR pass, else
+        :meth:`dense_cycles`."""
+        return self.ikr_cycles(cfg) if self.ikr_n else self.dense_cycles(cfg)
+
+    def steps(self, cfg):
+        """NFU steps: :meth:`dense_cycles`, or ``ikr_n`` per kernel group for an IKR pass."""
+        if self.ikr_n:
+            ci, co = self.tiles(cfg)
+            return self.h_out * self.w_out * ci * co * self.ikr_n
+        return self.dense_cycles(cfg)
+
+    def gated_mults(self, cfg):
+        """Multiplies the kernel gate switches off: per output group and input tile, lane ``j``
+        is gated on ``k*k - lane_k[j]**2`` taps, ``ti`` multipliers each."""
+        k = self.layer.k
+        per_group = sum(k * k - lk * lk for lk in self.lane_k if lk)
+        ci, co = self.tiles(cfg)
+        return self.h_out * self.w_out * co * ci * per_group * cfg.ti
+
+    def check(self, cfg, max_abs_bias=None):
+        """Raise ``ValueError`` naming the field and its limit if ``cfg`` cannot run this pass;
+        returns the pass."""
+        d = self.layer
+        if self.lane_k and (cfg.kgate is None or len(self.lane_k) > cfg.tn):
             raise ValueError(f"lane_k has {len(self.lane_k)} lanes; config {cfg.name!r} has "
-                             f"kgate={cfg.kgate} and tn={cfg.tn} (lane_k needs kgate and at "
-                             f"most tn lanes)")
+                             f"kgate={cfg.kgate is not None} and tn={cfg.tn} (lane_k needs "
+                             f"kgate and at most tn lanes)")
         placed = (self.koff, self.nbout_base, self.lane_skip)
-        if any(placed) and not cfg.kgate:
+        if any(placed) and cfg.kgate is None:
             raise ValueError(f"koff={self.koff}, nbout_base={self.nbout_base}, lane_skip="
                              f"{self.lane_skip} need kgate, but config {cfg.name!r} has "
                              f"kgate=False")
@@ -441,55 +661,69 @@ class LayerDesc:
             "nbout_depth": (self.nbout_base + self.nbout_words(cfg),
                             "output words (nbout_base + ceil(n_out/tn)*h_out*w_out)"),
             "sb_depth": (self.sb_words(cfg), "weight words (ceil(n_in/ti)*ceil(n_out/tn)*k*k)"),
-            "bias_depth": (0 if self.is_pool else self.tiles(cfg)[1], "bias words (output tiles)"),
+            "bias_depth": (0 if d.is_pool else self.tiles(cfg)[1], "bias words (output tiles)"),
         }
         for name, (need, what) in limits.items():
             have = getattr(cfg, name)
             if need > have:
-                raise ValueError(f"layer {self.kind} {self.n_in}->{self.n_out} "
-                                 f"{self.h_in}x{self.w_in} k={self.k} needs {need} {what}, but "
+                raise ValueError(f"layer {d.kind} {d.n_in}->{d.n_out} "
+                                 f"{d.h_in}x{d.w_in} k={d.k} needs {need} {what}, but "
                                  f"config {cfg.name!r} has {name}={have}")
-        need = self.max_acc_bits(cfg, max_abs_bias)
+        need = d.max_acc_bits(cfg, max_abs_bias)
         if need > cfg.acc:
-            raise ValueError(f"layer {self.kind} {self.n_in}->{self.n_out} k={self.k} can sum "
+            raise ValueError(f"layer {d.kind} {d.n_in}->{d.n_out} k={d.k} can sum "
                              f"to {need} bits, but config {cfg.name!r} has acc={cfg.acc}")
-        if self.effective_shift >= cfg.acc:
-            raise ValueError(f"shift must be < acc={cfg.acc}, not {self.effective_shift}")
-        if self.act == "pwl" and self.seg_shift >= cfg.dw:
-            raise ValueError(f"seg_shift must be < dw={cfg.dw}, not {self.seg_shift}")
+        if d.effective_shift >= cfg.acc:
+            raise ValueError(f"shift must be < acc={cfg.acc}, not {d.effective_shift}")
+        if d.act == "pwl" and d.seg_shift >= cfg.dw:
+            raise ValueError(f"seg_shift must be < dw={cfg.dw}, not {d.seg_shift}")
         if self.ikr_n:
-            if not cfg.ikr:
-                raise ValueError(f"layer conv {self.n_in}->{self.n_out} k={self.k} has ikr_n="
+            if cfg.ikr is None:
+                raise ValueError(f"layer conv {d.n_in}->{d.n_out} k={d.k} has ikr_n="
                                  f"{self.ikr_n}, but config {cfg.name!r} has ikr=False")
-            if self.k > cfg.ikr_kmax:
-                raise ValueError(f"layer conv {self.n_in}->{self.n_out}: IKR needs k <= "
-                                 f"ikr_kmax={cfg.ikr_kmax}, not k={self.k}")
+            if d.k > cfg.ikr.kmax:
+                raise ValueError(f"layer conv {d.n_in}->{d.n_out}: IKR needs k <= "
+                                 f"ikr.kmax={cfg.ikr.kmax}, not k={d.k}")
             ci, co = self.tiles(cfg)
-            if ci * co > cfg.ikr_index_depth:
-                raise ValueError(f"layer conv {self.n_in}->{self.n_out} needs {ci * co} IKR "
-                                 f"index words, but config {cfg.name!r} has ikr_index_depth="
-                                 f"{cfg.ikr_index_depth}")
+            if ci * co > cfg.ikr.index_depth:
+                raise ValueError(f"layer conv {d.n_in}->{d.n_out} needs {ci * co} IKR "
+                                 f"index words, but config {cfg.name!r} has ikr.index_depth="
+                                 f"{cfg.ikr.index_depth}")
         if self.perm != "none":
-            if not cfg.perm:
-                raise ValueError(f"layer fc {self.n_in}->{self.n_out} has perm={self.perm!r}, "
+            if cfg.perm is None:
+                raise ValueError(f"layer fc {d.n_in}->{d.n_out} has perm={self.perm!r}, "
                                  f"but config {cfg.name!r} has perm=False")
-            if self.n_in > cfg.perm_depth:
-                raise ValueError(f"layer fc {self.n_in}->{self.n_out}: its common sequence "
-                                 f"needs n_in={self.n_in} words, but config {cfg.name!r} has "
-                                 f"perm_depth={cfg.perm_depth}")
-        for name, bits in (("h_in", 12), ("w_in", 12), ("k", 4), ("stride", 4), ("pad", 4),
-                           ("koff", 4)):
-            if getattr(self, name) >= (1 << bits):
+            if d.n_in > cfg.perm.depth:
+                raise ValueError(f"layer fc {d.n_in}->{d.n_out}: its common sequence "
+                                 f"needs n_in={d.n_in} words, but config {cfg.name!r} has "
+                                 f"perm.depth={cfg.perm.depth}")
+        for name, bits in (("h_in", 12), ("w_in", 12), ("k", 4), ("stride", 4), ("pad", 4)):
+            if getattr(d, name) >= (1 << bits):
                 raise ValueError(f"{name} must be < {1 << bits} (descriptor field width), "
-                                 f"not {getattr(self, name)}")
+                                 f"not {getattr(d, name)}")
+        if self.koff >= 16:
+            raise ValueError(f"koff must be < 16 (descriptor field width), not {self.koff}")
         return self
 
     def to_dict(self):
-        return asdict(self)
+        """Plain data: the layer's fields and the pass's, in one flat dict."""
+        return {**self.layer.to_dict(), **{f: getattr(self, f) for f in PASS_FIELDS}}
 
     @classmethod
     def from_dict(cls, d):
-        return cls(**d)
+        """The inverse of :meth:`to_dict` (a plain layer's dict is a dense pass)."""
+        layer = {k: v for k, v in d.items() if k not in PASS_FIELDS}
+        return cls(LayerDesc(**layer), **{k: v for k, v in d.items() if k in PASS_FIELDS})
+
+
+def as_pass(desc):
+    """``desc`` as a :class:`PassDesc`: a :class:`LayerDesc` is one dense pass over its
+    whole input."""
+    if isinstance(desc, PassDesc):
+        return desc
+    if isinstance(desc, LayerDesc):
+        return PassDesc(desc)
+    raise TypeError(f"expected a LayerDesc or a PassDesc, not {type(desc).__name__}")
 
 
 #: Method C's choices in a :class:`Scenario`: the budget picks, or one variant whatever the

@@ -8,7 +8,7 @@ import it and never each other's internals:
 - the PWL table size (:data:`PWL_SEGMENTS`);
 - the layer descriptor: its field widths (:data:`DESC_FIELD_BITS`), its enums
   (:class:`Mode`, :class:`Act`, :class:`Perm`), its layout for a config
-  (:func:`descriptor_layout`) and the value that runs a :class:`~slimnfu.config.LayerDesc`
+  (:func:`descriptor_layout`) and the value that runs a :class:`~slimnfu.config.PassDesc`
   (:func:`descriptor_value`);
 - the load interface: which memory ``load_sel`` names (:class:`LoadSel`), the widths of
   ``load_sel`` and ``load_data``, and the widths of the method memories' entries (IKR
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from amaranth.hdl import unsigned
 from amaranth.lib import data, enum
 
-from slimnfu.config import AccelConfig
+from slimnfu.config import AccelConfig, as_pass
 
 __all__ = ["PWL_SEGMENTS", "DESC_FIELD_BITS", "COUNTER_BITS", "Mode", "Act", "Perm", "LoadSel",
            "bits_for", "descriptor_layout", "descriptor_value", "load_sel_width",
@@ -92,22 +92,22 @@ def load_sel_width(cfg):
 
 def ikr_tap_bits(cfg):
     """Bits of one IKR pattern-table entry: a tap ``ky*ikr_kmax + kx`` of the window."""
-    return bits_for(cfg.ikr_kmax ** 2 - 1)
+    return bits_for(cfg.ikr.kmax ** 2 - 1)
 
 
 def ikr_index_bits(cfg):
     """Bits of one per-kernel IKR pattern index (``ceil(log2(ikr_patterns))``, at least 1)."""
-    return bits_for(cfg.ikr_patterns - 1)
+    return bits_for(cfg.ikr.patterns - 1)
 
 
 def ikr_load_width(cfg):
     """Widest IKR load word: a pattern-table word or an index word."""
-    return max(cfg.ikr_patterns * ikr_tap_bits(cfg), cfg.tn * cfg.ti * ikr_index_bits(cfg))
+    return max(cfg.ikr.patterns * ikr_tap_bits(cfg), cfg.tn * cfg.ti * ikr_index_bits(cfg))
 
 
 def perm_addr_bits(cfg):
     """Bits of one address into the common sequence ``s`` (``0 .. perm_depth-1``)."""
-    return bits_for(cfg.perm_depth - 1)
+    return bits_for(cfg.perm.depth - 1)
 
 
 def perm_param_width(cfg):
@@ -145,11 +145,11 @@ def descriptor_layout(cfg):
     fields["n_out"] = unsigned(bits_for(tiles * cfg.tn))
     if cfg.ikr:
         # Taps kept per kernel of an IKR conv layer; 0 runs the layer dense.
-        fields["ikr_n"] = unsigned(bits_for(cfg.ikr_kmax ** 2))
+        fields["ikr_n"] = unsigned(bits_for(cfg.ikr.kmax ** 2))
     if cfg.perm:
         # Permuted-feature FC (method C): the weight format and the sequence length N.
         fields["perm"] = Perm
-        fields["n_in"] = unsigned(bits_for(cfg.perm_depth))
+        fields["n_in"] = unsigned(bits_for(cfg.perm.depth))
     if cfg.kgate:
         # Kernel-size-aware gating (method A): each lane's centred kernel; 0 is the full k.
         fields["lane_k"] = data.ArrayLayout(unsigned(DESC_FIELD_BITS["k"]), cfg.tn)
@@ -162,21 +162,25 @@ def descriptor_layout(cfg):
 
 
 def descriptor_value(desc, cfg, check=True):
-    """The integer for the ``desc`` port that runs ``desc`` (a :class:`LayerDesc`) on ``cfg``.
+    """The integer for the ``desc`` port that runs ``desc`` on ``cfg``: a
+    :class:`~slimnfu.config.PassDesc`, or a :class:`~slimnfu.config.LayerDesc` run as one dense
+    pass.
 
-    ``check=False`` skips :meth:`LayerDesc.check` (buffer depths), for weight images that list
+    ``check=False`` skips :meth:`PassDesc.check` (buffer depths), for weight images that list
     layers too large for ``cfg``; every field must still fit its width.
     """
+    desc = as_pass(desc)
     if check:
         desc.check(cfg)
+    d = desc.layer
     mode = {"conv": Mode.MAC, "fc": Mode.MAC, "maxpool": Mode.MAXPOOL,
-            "avgpool": Mode.AVGPOOL}[desc.kind]
-    act = {"none": Act.NONE, "relu": Act.RELU, "pwl": Act.PWL}[desc.act]
+            "avgpool": Mode.AVGPOOL}[d.kind]
+    act = {"none": Act.NONE, "relu": Act.RELU, "pwl": Act.PWL}[d.act]
     ci, co = desc.tiles(cfg)
-    fields = dict(mode=mode, act=act, ci_tiles=ci, co_tiles=co, h_in=desc.h_in,
-                  w_in=desc.w_in, h_out=desc.h_out, w_out=desc.w_out, k=desc.k,
-                  stride=desc.stride, pad=desc.pad, shift=desc.effective_shift,
-                  seg_shift=desc.seg_shift, n_out=desc.n_out)
+    fields = dict(mode=mode, act=act, ci_tiles=ci, co_tiles=co, h_in=d.h_in,
+                  w_in=d.w_in, h_out=desc.h_out, w_out=desc.w_out, k=d.k,
+                  stride=d.stride, pad=d.pad, shift=d.effective_shift,
+                  seg_shift=d.seg_shift, n_out=d.n_out)
     if cfg.ikr:
         fields["ikr_n"] = desc.ikr_n
     elif desc.ikr_n:
@@ -184,7 +188,7 @@ def descriptor_value(desc, cfg, check=True):
     if cfg.perm:
         fields["perm"] = {"none": Perm.NONE, "affine": Perm.AFFINE,
                           "index": Perm.INDEX}[desc.perm]
-        fields["n_in"] = desc.n_in if desc.perm != "none" else 0
+        fields["n_in"] = d.n_in if desc.perm != "none" else 0
     elif desc.perm != "none":
         raise ValueError(f"layer has perm={desc.perm!r}, but config {cfg.name!r} has perm=False")
     if cfg.kgate:

@@ -30,6 +30,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from slimnfu.config import as_pass
 from slimnfu.contract import PWL_SEGMENTS
 
 __all__ = [
@@ -237,8 +238,9 @@ def _check_range(name, t, lo, hi, what):
 
 def check_operands(desc, x, w=None, b=None, dw=16, acc=None):
     """Raise ``ValueError`` naming the operand unless ``x``, ``w`` and ``b`` have the shapes
-    ``desc`` gives and values inside ``dw`` bits (``b`` inside ``acc`` bits, when given), and
-    the largest possible sum fits the int64 reference (and ``acc``)."""
+    ``desc`` (a :class:`~slimnfu.config.LayerDesc`) gives and values inside ``dw`` bits (``b``
+    inside ``acc`` bits, when given), and the largest possible sum fits the int64 reference (and
+    ``acc``)."""
     spatial = desc.kind != "fc"
     want = ("N", desc.n_in, desc.h_in, desc.w_in) if spatial else ("N", desc.n_in)
     if x.dim() != len(want) or tuple(x.shape[1:]) != want[1:]:
@@ -266,11 +268,14 @@ def check_operands(desc, x, w=None, b=None, dw=16, acc=None):
 
 
 def run_layer(desc, x, w=None, b=None, dw=16, pwl=None, count=None, acc=None):
-    """Run one :class:`slimnfu.config.LayerDesc` on integer tensors, as the engine does.
+    """Run one layer or engine pass on integer tensors, as the engine does.
 
     Parameters
     ----------
-    desc : LayerDesc
+    desc : LayerDesc or PassDesc
+        A :class:`~slimnfu.config.PassDesc` runs as the engine runs it: a centre-tap pass
+        (``koff``) reads the input ``koff`` taps further in. Its weight format (``ikr_n``,
+        ``perm``) and gating (``lane_k``) do not change the numbers.
     x : (N, C, H, W) integer tensor (``(N, C)`` for fc)
     w, b : weights ``(O, C, K, K)`` (``(O, C)`` for fc) and biases ``(O,)``; unused for pooling
     dw : int
@@ -293,6 +298,8 @@ def run_layer(desc, x, w=None, b=None, dw=16, pwl=None, count=None, acc=None):
     x = torch.as_tensor(x)
     w = None if w is None else torch.as_tensor(w)
     b = None if b is None else torch.as_tensor(b)
+    koff = as_pass(desc).koff
+    desc = as_pass(desc).layer
     check_operands(desc, x, w, b, dw, acc)
     if desc.kind == "maxpool":
         y = maxpool(x, desc.k, desc.stride)
@@ -304,7 +311,7 @@ def run_layer(desc, x, w=None, b=None, dw=16, pwl=None, count=None, acc=None):
         else:
             # a centre-tap pass (koff) is a conv with padding pad - koff; a negative padding
             # crops the input
-            pad, crop = max(0, desc.pad - desc.koff), max(0, desc.koff - desc.pad)
+            pad, crop = max(0, desc.pad - koff), max(0, koff - desc.pad)
             if crop:
                 x = x[:, :, crop:x.shape[2] - crop, crop:x.shape[3] - crop]
             acc = conv2d_acc(x, w, b, desc.stride, pad)

@@ -49,7 +49,7 @@ def add_arguments(parser):
 
 def _job_cycles(desc, cfg, cycles):
     """Every clock cycle one testbench job simulates: reset, loads, the layer, NBout reads."""
-    loads = desc.nbin_words(cfg) + (0 if desc.is_pool else desc.sb_words(cfg) +
+    loads = desc.nbin_words(cfg) + (0 if desc.layer.is_pool else desc.sb_words(cfg) +
                                     desc.tiles(cfg)[1])
     return 3 + loads + 1 + cycles + desc.nbout_words(cfg)
 
@@ -141,7 +141,7 @@ def main(args):
     entries = {e["name"]: e for e in run_regression(cfg, cases, sims=["verilator"])}
     layers = []
     for case in cases:
-        e, d = entries[case.name], case.desc
+        e, d = entries[case.name], case.desc.layer
         shape = (f"{d.kind} {d.n_in}->{d.n_out}" +
                  ("" if d.kind == "fc" else f" {d.k}x{d.k}/{d.stride} on {d.h_in}x{d.w_in}"))
         cycles = e["cycles"] or 0

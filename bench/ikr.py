@@ -50,10 +50,10 @@ def add_arguments(parser):
 def _bench_cfg(q):
     """``tiny`` with the IKR decoder and buffers deep enough for every conv layer of ``q``
     (its dense form too, which the same engine runs for the comparison)."""
-    from slimnfu.config import CONFIGS, LayerDesc
+    from slimnfu.config import CONFIGS
 
-    convs = [l.desc for l in q.layers if l.desc.kind == "conv"]
-    convs += [LayerDesc(**{**d.to_dict(), "ikr_n": 0}) for d in convs]
+    convs = [l.weight_format.pass_desc(l) for l in q.layers if l.desc.kind == "conv"]
+    convs += [l.desc for l in q.layers if l.desc.kind == "conv"]
     cfg = CONFIGS["tiny"].with_(ikr=True).fit_buffers(convs)
     return cfg.with_(name=f"tiny_ikr_{q.input_shape[1]}px_sb{cfg.sb_depth}")
 
@@ -70,11 +70,12 @@ def _cosim_layers(q, x_img, cfg):
     outs = int_forward_layers(q, x)
     pairs = []
     for i, layer in enumerate(q.layers):
-        if layer.desc.ikr_n == 0:
+        run = layer.weight_format.pass_desc(layer)
+        if run.ikr_n == 0:
             continue
         xin = (x if i == 0 else outs[i - 1])[0]
         rec = layer.compressed
-        case = ikr_case(layer.name, layer.desc, xin, layer.w, layer.b, rec.patterns, rec.index,
+        case = ikr_case(layer.name, run, xin, layer.w, layer.b, rec.patterns, rec.index,
                         cfg, layer.pwl, "model")
         pairs.append((case, as_dense(case)))
     res = run_regression(cfg, [c for pair in pairs for c in pair], sims=("verilator",),
@@ -83,8 +84,9 @@ def _cosim_layers(q, x_img, cfg):
     for k, (case, dense) in enumerate(pairs):
         r_ikr, r_dense = res[2 * k], res[2 * k + 1]
         d = case.desc
+        k = d.layer.k
         layers.append({
-            "name": r_ikr["name"], "k": d.k, "n": d.ikr_n,
+            "name": r_ikr["name"], "k": k, "n": d.ikr_n,
             "P": int(case.compressed.patterns.shape[0]),
             "passed": r_ikr["passed"] and r_dense["passed"],
             "error": r_ikr["error"] or r_dense["error"],
@@ -92,7 +94,7 @@ def _cosim_layers(q, x_img, cfg):
             "analytic_ikr_cycles": d.ikr_cycles(cfg) + latency,
             "analytic_dense_cycles": d.dense_cycles(cfg) + latency,
             "speedup": (r_dense["cycles"] / r_ikr["cycles"]) if r_ikr["cycles"] else None,
-            "ideal_speedup": d.k * d.k / d.ikr_n})
+            "ideal_speedup": k * k / d.ikr_n})
         L = layers[-1]
         if L["speedup"]:
             L["speedup_over_ideal"] = L["speedup"] / L["ideal_speedup"]

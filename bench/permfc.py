@@ -78,8 +78,8 @@ def parse_base_epochs(items):
 def _bench_config():
     from slimnfu.config import get_config
 
-    return get_config("tiny").with_(name="tiny_permbench", sb_depth=65536, perm_depth=4096,
-                                    perm=True)
+    return get_config("tiny").with_(name="tiny_permbench", sb_depth=65536,
+                                    perm={"depth": 4096})
 
 
 def _compress(base, method, layers, dw, seed):
@@ -142,25 +142,24 @@ def _rtl_cases(q, x_int, cfg, prefix):
 
     from slimnfu import fixed
     from slimnfu.compress.quant import int_forward_layers
-    from slimnfu.config import LayerDesc
     from slimnfu.formats.perm import gather_weights
     from slimnfu.sim.cases import Case
 
     outs = int_forward_layers(q, x_int)
     cases = []
     for n, layer in enumerate(q.layers):
-        if layer.desc.perm == "none":
+        run = layer.weight_format.pass_desc(layer)
+        if run.perm == "none":
             continue
         x = (x_int if n == 0 else outs[n - 1])[0].reshape(-1)
         w = gather_weights(layer)
         count = fixed.SatCount()
         y = fixed.run_layer(layer.desc, x.unsqueeze(0), w, layer.b, cfg.dw, layer.pwl, count)[0]
-        case = Case(f"{prefix}_{layer.name}_{layer.format}", layer.desc, x, w, layer.b,
+        case = Case(f"{prefix}_{layer.name}_{layer.format}", run, x, w, layer.b,
                     layer.pwl, y, count.events, "model", layer.format, layer.compressed)
         cases.append(case)
-        ddesc = LayerDesc(**{**layer.desc.to_dict(), "perm": "none"})
         cases.append(dataclasses.replace(case, name=f"{prefix}_{layer.name}_dense_for_"
-                                                    f"{layer.format}", desc=ddesc,
+                                                    f"{layer.format}", desc=layer.desc,
                                          format="dense", compressed=None))
     return cases
 
@@ -191,7 +190,7 @@ def _synth(progress):
 
     cfg = get_config("tiny")
     blocks_cfg = cfg.with_(perm=True)
-    out = {"config": cfg.name, "perm_depth": cfg.perm_depth}
+    out = {"config": cfg.name, "perm_depth": blocks_cfg.perm.depth}
     root = paths.build_root() / "bench" / "permfc_synth"
     def step(key, work):
         # each figure stands alone: one failed synthesis does not lose the others

@@ -32,7 +32,6 @@ import torch
 from torch import nn
 
 from slimnfu.compress.train import fit
-from slimnfu.config import LayerDesc
 from slimnfu.formats.ikr import IkrFormat, IkrWeights, check_ikr
 
 __all__ = ["IkrOptions", "topn_sets", "learn_library", "assign_patterns", "pattern_mask",
@@ -256,7 +255,8 @@ def ikr_prune(model, train_images, train_labels, val_images, val_labels, budget_
 # Quantised side: QLayer format "ikr" (slimnfu.formats.ikr).
 
 def mark_quantised(qmodel, model):
-    """Turn the quantised conv layers of IKR convs into format ``"ikr"`` (``desc.ikr_n = n``).
+    """Turn the quantised conv layers of IKR convs into format ``"ikr"`` (its engine pass has
+    ``ikr_n = n``).
 
     The quantised weights must be zero off-pattern (they are: quantising keeps zeros), which
     is checked, naming the layer.
@@ -274,7 +274,6 @@ def mark_quantised(qmodel, model):
         mask = pattern_mask(lib, idx, k).to(torch.bool)
         if bool((q.w[~mask] != 0).any()):
             raise ValueError(f"layer {q.name}: weights are non-zero off their IKR pattern")
-        q.desc = LayerDesc(**{**q.desc.to_dict(), "ikr_n": int(n)})
         q.format = IkrFormat.name
         q.compressed = IkrWeights(lib, idx)
     return qmodel

@@ -42,7 +42,6 @@ from torch import nn
 from slimnfu import fixed
 from slimnfu.compress.quant import quantize_model
 from slimnfu.compress.train import fit
-from slimnfu.config import LayerDesc
 from slimnfu.formats.perm import (PermAffineFormat, PermAffineWeights, PermIndexFormat,
                                   PermIndexWeights, affine_perms, check_affine, check_index_rom,
                                   check_sequence, gather_weights)
@@ -210,7 +209,7 @@ def quantize_perm_model(model, calib_images, dw=16, acc=48, range_method="max"):
     """Quantise a model with :class:`PermLinear` layers; the perm layers keep their format.
 
     Returns a :class:`slimnfu.compress.quant.QuantModel` whose perm layers have
-    ``format`` ``perm_affine`` / ``perm_index``, ``desc.perm`` set and ``compressed`` a
+    ``format`` ``perm_affine`` / ``perm_index`` and ``compressed`` a
     :class:`~slimnfu.formats.perm.PermAffineWeights` / ``PermIndexWeights`` (int64 ``s``, and
     ``a``, ``b`` or ``idx``); ``w`` is the gathered integer matrix.
     """
@@ -238,7 +237,6 @@ def mark_perm(q, model, dw=16):
             check_index_rom(mod.idx, ql.desc.n_out, ql.desc.n_in, ql.name)
             ql.compressed = PermIndexWeights(s_int, mod.idx.clone())
         ql.format = FORMATS[mod.variant]
-        ql.desc = LayerDesc(**{**ql.desc.to_dict(), "perm": mod.variant})
         if not torch.equal(gather_weights(ql), ql.w):
             raise AssertionError(f"{ql.name}: gathered s differs from the quantised weights")
     return q

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from slimnfu import fixed
+from slimnfu.config import PassDesc
 from slimnfu.contract import PWL_SEGMENTS, LoadSel
 from slimnfu.formats import layout
 
@@ -51,8 +52,9 @@ class EnginePass:
     ----------
     name : str
         Program layer name (the model layer's name for a one-pass layer).
-    desc : LayerDesc
-        The descriptor the pass runs, placement fields included.
+    desc : PassDesc
+        The engine pass: the layer it computes, its weight format's fields and its
+        placement.
     memories : dict of str to Words
         The words to load before the pass, in load order.
     reads : str
@@ -61,7 +63,7 @@ class EnginePass:
         (the outputs the earlier passes of this layer wrote, copied from NBout).
     max_abs_bias : int or None
         The largest bias magnitude of the pass, for the accumulator-width check (None: the
-        worst case of :meth:`LayerDesc.max_acc_bits`).
+        worst case of :meth:`slimnfu.config.LayerDesc.max_acc_bits`).
     """
 
     name: str
@@ -342,19 +344,25 @@ class WeightFormat:
 
     def configure(self, cfg, layers):
         """``cfg`` with what ``layers`` (this format's layers of one model) need switched on."""
-        return cfg.with_(**{self.feature: True}) if self.feature else cfg
+        if self.feature is None or self.feature in cfg.features:
+            return cfg
+        return cfg.with_(**{self.feature: True})
 
-    def check(self, ql, cfg):
-        """The layer's engine passes on ``cfg``, each checked: ``ValueError`` naming the layer
-        when ``cfg`` lacks the format's feature, the layer is not valid at ``cfg``'s widths
-        (:meth:`validate`), or ``cfg`` cannot run a pass."""
-        if self.feature and not getattr(cfg, self.feature):
+    def accept(self, ql, cfg):
+        """``ValueError`` naming the layer when ``cfg`` lacks the format's feature or the
+        layer is not valid at ``cfg``'s widths (:meth:`validate`)."""
+        if self.feature and self.feature not in cfg.features:
             raise ValueError(f"layer {ql.name} is {self.title or self.name}, but config "
                              f"{cfg.name!r} has {self.feature}=False")
         try:
             self.validate(ql, cfg.dw, cfg.acc)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"layer {ql.name}: {exc}") from None
+
+    def check(self, ql, cfg):
+        """The layer's engine passes on ``cfg``, each checked: ``ValueError`` naming the layer
+        when :meth:`accept` refuses it or ``cfg`` cannot run a pass."""
+        self.accept(ql, cfg)
         passes = self.passes(ql, cfg)
         for p in passes:
             try:
@@ -367,9 +375,14 @@ class WeightFormat:
         """``{item: Words}``: what the weight image stores for the layer, in load order."""
         raise NotImplementedError
 
+    def pass_desc(self, ql):
+        """The :class:`~slimnfu.config.PassDesc` of the layer run as one engine pass over its
+        whole input (what a weight image's ``program.hex`` lists for it)."""
+        return PassDesc(ql.desc)
+
     def passes(self, ql, cfg):
         """The :class:`EnginePass` list that runs the layer on ``cfg``."""
-        return [EnginePass(ql.name, ql.desc, self.memories(ql, cfg),
+        return [EnginePass(ql.name, self.pass_desc(ql), self.memories(ql, cfg),
                            max_abs_bias=max_abs(ql.b))]
 
     # The weight image (see slimnfu.gen.image).

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from slimnfu.config import PassDesc
 from slimnfu.contract import LoadSel, ikr_index_bits, ikr_tap_bits
 from slimnfu.formats import layout
 from slimnfu.formats.base import (ImageError, StoredItem, WeightFormat, Words, check_items,
@@ -36,6 +37,11 @@ class IkrWeights:
 
     patterns: torch.Tensor = field(metadata={"state_key": "ikr_patterns"})
     index: torch.Tensor = field(metadata={"state_key": "ikr_index"})
+
+    @property
+    def taps(self):
+        """``n``: the taps each kernel keeps (the engine pass's ``ikr_n``)."""
+        return int(self.patterns.shape[1]) if self.patterns.dim() == 2 else 0
 
 
 def check_ikr(name, k, n, library, index, patterns_max=16):
@@ -73,11 +79,11 @@ def ikr_values(ql):
 def _unpack_table(words, p, k, cfg, fname):
     """Pattern table words -> ``(P, n)`` taps ``ky*k + kx``; entries past ``P`` must be 0."""
     bits = ikr_tap_bits(cfg)
-    phys = layout.unpack_words(words, cfg.ikr_patterns, bits) & ((1 << bits) - 1)  # (n, slots)
+    phys = layout.unpack_words(words, cfg.ikr.patterns, bits) & ((1 << bits) - 1)  # (n, slots)
     if int(phys[:, p:].abs().sum()):
         raise ImageError(fname, "table", f"entries past the manifest's ikr_patterns={p} must "
                                          f"be zero")
-    ky, kx = phys[:, :p] // cfg.ikr_kmax, phys[:, :p] % cfg.ikr_kmax
+    ky, kx = phys[:, :p] // cfg.ikr.kmax, phys[:, :p] % cfg.ikr.kmax
     if bool((ky >= k).any() or (kx >= k).any()):
         raise ImageError(fname, "table", f"a tap lies outside the {k}x{k} kernel")
     return (ky * k + kx).t().contiguous()
@@ -90,17 +96,20 @@ class IkrFormat(WeightFormat):
     title = "IKR"
     feature = "ikr"
     record = IkrWeights
-    image_keys = frozenset({"ikr_patterns"})
+    image_keys = frozenset({"ikr_patterns", "ikr_n"})
 
     def validate(self, ql, dw, acc):
         super().validate(ql, dw, acc)
         rec, d = ql.compressed, ql.desc
-        if d.kind != "conv" or not d.ikr_n:
-            raise ValueError("desc.ikr_n: an IKR layer is a conv with ikr_n >= 1")
-        if rec.patterns.dim() != 2 or tuple(rec.index.shape) != (d.n_out, d.n_in):
+        if d.kind != "conv":
+            raise ValueError(f"desc.kind: an IKR layer is a conv, not {d.kind}")
+        if rec.patterns.dim() != 2:
+            raise ValueError(f"compressed.patterns: must be (P, n), not of shape "
+                             f"{tuple(rec.patterns.shape)}")
+        if tuple(rec.index.shape) != (d.n_out, d.n_in):
             raise ValueError(f"compressed.index: has shape {tuple(rec.index.shape)}, the layer "
                              f"needs ({d.n_out}, {d.n_in})")
-        check_ikr(ql.name, d.k, d.ikr_n, rec.patterns, rec.index)
+        check_ikr(ql.name, d.k, rec.taps, rec.patterns, rec.index)
         mask = torch.zeros(d.n_out, d.n_in, d.k * d.k, dtype=torch.bool)
         mask.scatter_(2, rec.patterns[rec.index], True)
         if bool((ql.w.reshape(d.n_out, d.n_in, -1)[~mask] != 0).any()):
@@ -117,45 +126,52 @@ class IkrFormat(WeightFormat):
 
     def macs(self, ql):
         d = ql.desc
-        return d.h_out * d.w_out * d.n_out * d.n_in * d.ikr_n
+        return d.h_out * d.w_out * d.n_out * d.n_in * ql.compressed.taps
 
     def params(self, ql):
         d = ql.desc
-        return d.n_out * d.n_in * d.ikr_n + d.n_out
+        return d.n_out * d.n_in * ql.compressed.taps + d.n_out
+
+    def pass_desc(self, ql):
+        return PassDesc(ql.desc, ikr_n=ql.compressed.taps)
 
     def memories(self, ql, cfg):
         rec = ql.compressed
-        if rec.patterns.shape[0] > cfg.ikr_patterns or ql.desc.k > cfg.ikr_kmax:
+        if rec.patterns.shape[0] > cfg.ikr.patterns or ql.desc.k > cfg.ikr.kmax:
             raise ValueError(f"layer {ql.name}: P={rec.patterns.shape[0]} patterns of a "
                              f"{ql.desc.k}x{ql.desc.k} kernel do not fit config {cfg.name!r} "
-                             f"(ikr_patterns={cfg.ikr_patterns}, ikr_kmax={cfg.ikr_kmax})")
+                             f"(ikr.patterns={cfg.ikr.patterns}, ikr.kmax={cfg.ikr.kmax})")
         mem = {"ikr_values": Words(LoadSel.SB, layout.pack_ikr_weights(ikr_values(ql), cfg),
                                    cfg.tn * cfg.ti * cfg.dw),
                "ikr_index": Words(LoadSel.IKR_INDEX, layout.pack_ikr_index(rec.index, cfg),
                                   cfg.tn * cfg.ti * ikr_index_bits(cfg)),
                "ikr_table": Words(LoadSel.IKR_TABLE,
                                   layout.pack_ikr_table(rec.patterns, ql.desc.k, cfg),
-                                  cfg.ikr_patterns * ikr_tap_bits(cfg))}
+                                  cfg.ikr.patterns * ikr_tap_bits(cfg))}
         mem.update(common_memories(ql.desc, ql.b, ql.pwl, cfg))
         return mem
 
     def image_entry(self, ql):
-        return {"ikr_patterns": int(ql.compressed.patterns.shape[0])}
+        return {"ikr_patterns": int(ql.compressed.patterns.shape[0]),
+                "ikr_n": ql.compressed.taps}
 
     def restore(self, entry, files, contents, desc, cfg, where):
-        """Checks the listed items and every file's shape against ``desc`` (``n`` taps per
-        pattern) and the manifest's ``ikr_patterns``, then :func:`check_ikr` (distinct taps,
-        indices inside the table), naming the file."""
-        if desc.kind != "conv" or not desc.ikr_n:
+        """Checks the listed items and every file's shape against ``desc`` and the manifest's
+        ``ikr_n`` (taps per pattern) and ``ikr_patterns``, then :func:`check_ikr` (distinct
+        taps, indices inside the table), naming the file."""
+        if desc.kind != "conv":
             raise ImageError("manifest.json", f"{where}.desc",
-                             "format 'ikr' needs a conv layer with ikr_n >= 1")
+                             f"format 'ikr' needs a conv layer, not {desc.kind}")
+        n = entry["ikr_n"]
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= desc.k ** 2:
+            raise ImageError("manifest.json", f"{where}.ikr_n",
+                             f"must be an integer in [1, k*k={desc.k ** 2}], not {n!r}")
         p = entry["ikr_patterns"]
-        if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= cfg.ikr_patterns:
+        if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= cfg.ikr.patterns:
             raise ImageError("manifest.json", f"{where}.ikr_patterns",
-                             f"must be an integer in [1, {cfg.ikr_patterns}], not {p!r}")
+                             f"must be an integer in [1, {cfg.ikr.patterns}], not {p!r}")
         ci, co = desc.tiles(cfg)
-        n = desc.ikr_n
-        table_width = cfg.ikr_patterns * ikr_tap_bits(cfg)
+        table_width = cfg.ikr.patterns * ikr_tap_bits(cfg)
         shapes = {"ikr_values": (ci * co * n, cfg.tn * cfg.ti * cfg.dw),
                   "ikr_index": (ci * co, cfg.tn * cfg.ti * ikr_index_bits(cfg)),
                   "ikr_table": (n, table_width), "bias": (co, cfg.tn * cfg.acc)}
@@ -164,7 +180,7 @@ class IkrFormat(WeightFormat):
 
         def explain_table(words, width):
             if width == table_width:
-                return f"holds {words} taps per pattern, but {where}.desc has ikr_n={n}"
+                return f"holds {words} taps per pattern, but {where}.ikr_n is {n}"
             return None
 
         data = check_items(entry, files, contents, shapes, self.name, desc, where,
@@ -176,7 +192,7 @@ class IkrFormat(WeightFormat):
         idx = crop_padding(lanes.view(co, ci, cfg.tn, cfg.ti).permute(0, 2, 1, 3)
                            .reshape(co * cfg.tn, ci * cfg.ti), desc, fn["ikr_index"])
         try:
-            check_ikr(entry["name"], desc.k, n, lib, idx, cfg.ikr_patterns)
+            check_ikr(entry["name"], desc.k, n, lib, idx, cfg.ikr.patterns)
         except ValueError as exc:
             bad_index = "pattern index" in str(exc)
             raise ImageError(fn["ikr_index"] if bad_index else fn["ikr_table"], "values",

@@ -162,8 +162,8 @@ def pack_ikr_table(patterns, k, cfg):
     """IKR pattern-table words: ``patterns (P, n)`` taps ``ky*k + kx`` of a ``k x k`` kernel.
     Word ``s``, entry ``p`` holds pattern ``p``'s tap ``s`` as ``ky*ikr_kmax + kx``."""
     pat = torch.as_tensor(patterns, dtype=torch.int64)
-    phys = (pat // k) * cfg.ikr_kmax + pat % k
-    rows = torch.zeros(pat.shape[1], cfg.ikr_patterns, dtype=torch.int64)
+    phys = (pat // k) * cfg.ikr.kmax + pat % k
+    rows = torch.zeros(pat.shape[1], cfg.ikr.patterns, dtype=torch.int64)
     rows[:, :pat.shape[0]] = phys.t()
     return pack_words(rows, ikr_tap_bits(cfg))
 
@@ -173,9 +173,9 @@ def pack_ikr_table(patterns, k, cfg):
 def pack_perm_s(s, cfg):
     """Words of the ``PERM_S`` load: ``s[k]`` at address ``k``, ``dw`` bits."""
     s = torch.as_tensor(s, dtype=torch.int64).reshape(-1, 1)
-    if s.shape[0] > cfg.perm_depth:
+    if s.shape[0] > cfg.perm.depth:
         raise ValueError(f"common sequence of length {s.shape[0]} exceeds config "
-                         f"{cfg.name!r} perm_depth={cfg.perm_depth}")
+                         f"{cfg.name!r} perm.depth={cfg.perm.depth}")
     return pack_words(s, cfg.dw)
 
 
@@ -196,7 +196,7 @@ def pack_perm_params(a, b, cfg):
 def pack_perm_index(idx, cfg):
     """SB words of the index ROM: laid out as dense FC weights, one index per ``dw`` lane."""
     if perm_addr_bits(cfg) > cfg.dw:
-        raise ValueError(f"config {cfg.name!r}: perm_depth={cfg.perm_depth} indices do not fit "
+        raise ValueError(f"config {cfg.name!r}: perm.depth={cfg.perm.depth} indices do not fit "
                          f"dw={cfg.dw} bits")
     return pack_weights(idx, cfg)
 
@@ -206,7 +206,7 @@ def pack_perm_index(idx, cfg):
 def pack_program_input(program, x):
     """NBin words of one integer input sample of ``program`` (flattened when its first layer
     is FC)."""
-    if program.layers[0].desc.kind == "fc":
+    if program.layers[0].desc.layer.kind == "fc":
         x = torch.as_tensor(x).reshape(-1)
     return pack_input(x, program.cfg)
 
@@ -217,4 +217,4 @@ def unpack_program_output(program, i, words):
     layer = program.layers[i]
     n, h, w = layer.out_shape
     y = unpack_output(words, n, h, w, program.cfg)
-    return y.reshape(-1) if layer.desc.kind == "fc" else y
+    return y.reshape(-1) if layer.desc.layer.kind == "fc" else y

@@ -11,7 +11,7 @@ permutation per row, ``W[j, i] = s[pi_j(i)]``:
     The index ROM: ``M*N`` indices of ``ceil(log2 N)`` bits, laid out in SB like dense FC
     weights (one index per ``dw`` lane).
 
-Both need ``cfg.perm`` (:mod:`slimnfu.rtl.perm_addr`) and ``cfg.perm_depth >= N``. The golden
+Both need ``cfg.perm`` (:mod:`slimnfu.rtl.perm_addr`) and ``cfg.perm.depth >= N``. The golden
 model is the dense FC layer on the gathered ``W``.
 """
 
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from slimnfu.config import PassDesc, PermParams
 from slimnfu.contract import LoadSel, perm_addr_bits
 from slimnfu.formats import layout
 from slimnfu.formats.base import (ImageError, StoredItem, WeightFormat, Words, bias_words,
@@ -144,9 +145,8 @@ class _PermFormat(WeightFormat):
     def validate(self, ql, dw, acc):
         super().validate(ql, dw, acc)
         d, rec = ql.desc, ql.compressed
-        if d.kind != "fc" or d.perm != self.variant:
-            raise ValueError(f"desc.perm: format {self.name!r} needs an fc layer with "
-                             f"perm={self.variant!r}, not {d.kind} perm={d.perm!r}")
+        if d.kind != "fc":
+            raise ValueError(f"desc.kind: format {self.name!r} needs an fc layer, not {d.kind}")
         check_sequence(rec.s, d.n_in, ql.name)
         check_tensor("compressed.s", rec.s, (d.n_in,), dw)
         if not torch.equal(gather_weights(ql), ql.w):
@@ -155,10 +155,13 @@ class _PermFormat(WeightFormat):
     def params(self, ql):
         return ql.desc.n_in + ql.desc.n_out
 
+    def pass_desc(self, ql):
+        return PassDesc(ql.desc, perm=self.variant)
+
     def configure(self, cfg, layers):
         need = max(ql.desc.n_in for ql in layers)
-        return cfg.with_(perm=True,
-                         perm_depth=max(cfg.perm_depth, 1 << max(0, need - 1).bit_length()))
+        depth = (cfg.perm or PermParams()).depth
+        return cfg.with_(perm=PermParams(max(depth, 1 << max(0, need - 1).bit_length())))
 
     def _perm_memory(self, ql, cfg):
         raise NotImplementedError
@@ -179,10 +182,9 @@ class _PermFormat(WeightFormat):
     def restore(self, entry, files, contents, desc, cfg, where):
         """Checks the listed items, every file's shape, the common sequence's length against
         ``n_in``, and that the affine parameters / index ROM are permutations."""
-        if desc.kind != "fc" or desc.perm != self.variant:
+        if desc.kind != "fc":
             raise ImageError("manifest.json", f"{where}.desc",
-                             f"format {self.name!r} needs an fc layer with "
-                             f"perm={self.variant!r}")
+                             f"format {self.name!r} needs an fc layer, not {desc.kind}")
         co = desc.tiles(cfg)[1]
         shapes = {"s": (desc.n_in, cfg.dw), "bias": (co, cfg.tn * cfg.acc),
                   **self._shapes(desc, cfg)}
@@ -253,7 +255,8 @@ class PermIndexFormat(_PermFormat):
                                     cfg.tn * cfg.ti * cfg.dw)}
 
     def _shapes(self, desc, cfg):
-        return {"perm_index": (desc.sb_words(cfg), cfg.tn * cfg.ti * cfg.dw)}
+        return {"perm_index": (PassDesc(desc, perm=self.variant).sb_words(cfg),
+                               cfg.tn * cfg.ti * cfg.dw)}
 
     def _restore_perm(self, s, words, desc, cfg, fname):
         idx = unpack_weights(words, desc, cfg, fname)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from slimnfu import fixed
-from slimnfu.config import LayerDesc
+from slimnfu.config import LayerDesc, PassDesc
 from slimnfu.formats.base import (EnginePass, ImageError, StoredItem, WeightFormat, check_items,
                                   check_tensor, max_abs, pwl_items, pwl_shape, pwl_words,
                                   unpack_bias, unpack_pwl, unpack_weights)
@@ -234,24 +234,25 @@ class SlimFormat(WeightFormat):
         for n, p in enumerate(passes(ql, cfg.tn)):
             lo, hi = p["filters"]
             kt, off = p["k"], p["off"]
-            desc = LayerDesc("conv", d.n_in, hi - lo, d.h_in, d.w_in, k=kt, stride=d.stride,
-                             pad=d.pad, koff=off, shift=d.shift, act=d.act,
-                             seg_shift=d.seg_shift, lane_k=tuple(p["lane_k"] or ()),
-                             nbout_base=lo // cfg.tn * hw)
+            desc = PassDesc(LayerDesc("conv", d.n_in, hi - lo, d.h_in, d.w_in, k=kt,
+                                      stride=d.stride, pad=d.pad, shift=d.shift, act=d.act,
+                                      seg_shift=d.seg_shift),
+                            koff=off, lane_k=tuple(p["lane_k"] or ()),
+                            nbout_base=lo // cfg.tn * hw)
             out.append((f"{ql.name}.k{kt}", desc, ql.w[lo:hi, :, off:off + kt, off:off + kt],
                         ql.b[lo:hi], "layer" if n == 0 else "same"))
         if rec.n_approx:
             kept, skip = d.n_out, d.n_out % cfg.tn
-            desc = LayerDesc("conv", kept, skip + rec.n_approx, d.h_out, d.w_out, k=1,
-                             shift=rec.approx_f, act=d.act, seg_shift=d.seg_shift,
-                             nbout_base=kept // cfg.tn * hw, lane_skip=skip)
+            desc = PassDesc(LayerDesc("conv", kept, skip + rec.n_approx, d.h_out, d.w_out, k=1,
+                                      shift=rec.approx_f, act=d.act, seg_shift=d.seg_shift),
+                            nbout_base=kept // cfg.tn * hw, lane_skip=skip)
             w = torch.cat([torch.zeros(skip, kept, dtype=torch.int64), rec.approx_w])
             b = torch.cat([torch.zeros(skip, dtype=torch.int64), rec.approx_b])
             out.append((f"{ql.name}.approx", desc, w.view(*w.shape, 1, 1), b, "kept"))
         return out
 
     def passes(self, ql, cfg):
-        return [EnginePass(name, desc, dense_memories(desc, w, b, ql.pwl, cfg), reads,
+        return [EnginePass(name, desc, dense_memories(desc.layer, w, b, ql.pwl, cfg), reads,
                            max_abs(b))
                 for name, desc, w, b, reads in self._pass_operands(ql, cfg)]
 
@@ -259,7 +260,7 @@ class SlimFormat(WeightFormat):
         mem = {}
         for n, (name, desc, w, b, reads) in enumerate(self._pass_operands(ql, cfg)):
             prefix = "approx" if reads == "kept" else f"pass{n}"
-            for item, words in dense_memories(desc, w, b, None, cfg).items():
+            for item, words in dense_memories(desc.layer, w, b, None, cfg).items():
                 if item != "pwl":
                     mem[f"{prefix}.{item}"] = words
         if ql.desc.act == "pwl":
@@ -334,8 +335,8 @@ class SlimFormat(WeightFormat):
         for n, (name, pdesc, _, _, reads) in enumerate(ops):
             prefix = "approx" if reads == "kept" else f"pass{n}"
             wf, bf = fn[f"{prefix}.weights"], fn[f"{prefix}.bias"]
-            pw = unpack_weights(data[f"{prefix}.weights"], pdesc, cfg, wf)
-            pb = unpack_bias(data[f"{prefix}.bias"], pdesc, cfg, bf)
+            pw = unpack_weights(data[f"{prefix}.weights"], pdesc.layer, cfg, wf)
+            pb = unpack_bias(data[f"{prefix}.bias"], pdesc.layer, cfg, bf)
             if reads == "kept":
                 skip = pdesc.lane_skip
                 if int(pw[:skip].abs().sum()) or int(pb[:skip].abs().sum()):
@@ -345,8 +346,8 @@ class SlimFormat(WeightFormat):
                 rec.approx_b = pb[skip:].clone()
                 continue
             lo = pdesc.nbout_base // (desc.h_out * desc.w_out) * cfg.tn
-            kt, off = pdesc.k, pdesc.koff
-            for j in range(pdesc.n_out):
+            kt, off = pdesc.layer.k, pdesc.koff
+            for j in range(pdesc.layer.n_out):
                 k = int(rec.ksize[lo + j])
                 inner = torch.zeros(kt, kt, dtype=torch.bool)
                 o = (kt - k) // 2
@@ -354,7 +355,7 @@ class SlimFormat(WeightFormat):
                 if int(pw[j][:, ~inner].abs().sum()):
                     raise ImageError(wf, "values", f"filter {lo + j} has weights outside its "
                                                    f"{k}x{k} kernel")
-            w[lo:lo + pdesc.n_out, :, off:off + kt, off:off + kt] = pw
+            w[lo:lo + pdesc.layer.n_out, :, off:off + kt, off:off + kt] = pw
             biases.append(pb)
         pwl = unpack_pwl(data["pwl"], desc, cfg, fn["pwl"]) if "pwl" in data else None
         return QLayer(entry["name"], desc, w, torch.cat(biases), entry["f_x"], entry["f_w"],

@@ -3,13 +3,16 @@
 Folder contents
 ---------------
 ``manifest.json``
-    ``{"schema": "slimnfu-image", "version": 1, "config", "dw", "acc", "f_in", "input_shape",
+    ``{"schema": "slimnfu-image", "version": 2, "config", "dw", "acc", "f_in", "input_shape",
     "calib", "layers": [...], "files": {name: {"sha256", "words", "width"}}, "program",
-    "stats"}``. Each layer holds ``name``, ``desc`` (:meth:`LayerDesc.to_dict`), ``format``,
-    ``f_x``, ``f_w``, ``f_y``, ``act_func``, ``files``, ``words`` and ``bits`` per stored item,
-    and ``fits`` / ``fits_error``: whether the config's buffers can run the layer
-    (:meth:`LayerDesc.check`; an image is not tied to one run, so large layers are still
+    "stats"}``. ``config`` is :meth:`AccelConfig.to_dict`. Each layer holds ``name``, ``desc``
+    (:meth:`LayerDesc.to_dict`: geometry and numerics), ``format``, ``f_x``, ``f_w``, ``f_y``,
+    ``act_func``, ``files``, ``words`` and ``bits`` per stored item, and ``fits`` /
+    ``fits_error``: whether the config's buffers can run the layer as its format's one pass
+    (:meth:`PassDesc.check`; an image is not tied to one run, so large layers are still
     exported). ``stats`` is :func:`slimnfu.formats.accounting.model_stats` with the config.
+    Version 1 (before the pass record) kept ``ikr_n`` and ``perm`` in ``desc`` and the
+    features flat in ``config``; :func:`load` still reads it.
 ``<layer>.<item>.hex``
     One file per memory the layer's weight format stores
     (:meth:`slimnfu.formats.base.WeightFormat.memories`: ``weights``, ``bias`` and ``pwl`` for
@@ -18,7 +21,8 @@ Folder contents
     :mod:`slimnfu.formats.layout`. A format's extra manifest fields (``image_keys``) sit in its
     layer entries.
 ``program.hex``
-    The layer descriptors (:func:`slimnfu.contract.descriptor_value`), one per line.
+    The descriptor of each layer run as its format's one pass
+    (:meth:`WeightFormat.pass_desc`, :func:`slimnfu.contract.descriptor_value`), one per line.
 
 :func:`export` builds the folder in a hidden temporary sibling and renames it into place, so a
 folder is either complete or absent. :func:`load` checks the whole folder before returning and
@@ -40,7 +44,9 @@ from slimnfu.formats.base import ImageError
 __all__ = ["SCHEMA", "VERSION", "ImageError", "export", "check_export_target", "load",
            "read_hex"]
 
-SCHEMA, VERSION = "slimnfu-image", 1
+SCHEMA, VERSION = "slimnfu-image", 2
+#: Versions :func:`load` reads (1: pass fields in ``desc``, flat feature flags in ``config``).
+READS = (1, 2)
 MANIFEST = "manifest.json"
 _TOP_KEYS = {"schema", "version", "config", "dw", "acc", "f_in", "input_shape", "calib",
              "layers", "files", "program", "stats"}
@@ -63,7 +69,8 @@ def _sha256(data):
 
 def _fits(qlayer, cfg):
     try:
-        qlayer.desc.check(cfg, None if qlayer.b is None else int(qlayer.b.abs().max()))
+        qlayer.weight_format.pass_desc(qlayer).check(
+            cfg, None if qlayer.b is None else int(qlayer.b.abs().max()))
         return True, None
     except ValueError as exc:
         return False, str(exc)
@@ -97,7 +104,8 @@ def export(qmodel, cfg, out_dir, force=False):
     out = check_export_target(out_dir, force)
     qmodel.check()
     stats = model_stats(qmodel, cfg)
-    program = [descriptor_value(ql.desc, cfg, check=False) for ql in qmodel.layers]
+    program = [descriptor_value(ql.weight_format.pass_desc(ql), cfg, check=False)
+               for ql in qmodel.layers]
     texts, files, layers = {}, {}, []
 
     def put(fname, words, width):
@@ -255,9 +263,9 @@ def load(image_dir):
         raise ImageError(MANIFEST, "json", "must be an object")
     if m.get("schema") != SCHEMA:
         raise ImageError(MANIFEST, "schema", f"is {m.get('schema')!r}, expected {SCHEMA!r}")
-    if type(m.get("version")) is not int or m["version"] != VERSION:
+    if type(m.get("version")) is not int or m["version"] not in READS:
         raise ImageError(MANIFEST, "version", f"is {m.get('version')!r}; this slimnfu reads "
-                                              f"version {VERSION}")
+                                              f"versions {', '.join(map(str, READS))}")
     _require_keys(m, _TOP_KEYS, MANIFEST, "")
     for key, low in (("dw", 1), ("acc", 1), ("f_in", None)):
         _require_int(m[key], MANIFEST, key, low)
@@ -299,6 +307,9 @@ def load(image_dir):
     layers = []
     for i, e in enumerate(m["layers"]):
         where = f"layers[{i}]"
+        if m["version"] == 1 and isinstance(e, dict) and isinstance(e.get("desc"), dict) and \
+                e["desc"].get("ikr_n"):
+            e.setdefault("ikr_n", e["desc"]["ikr_n"])
         name = e.get("format") if isinstance(e, dict) else None
         fmt = FORMATS.get(name) if isinstance(name, str) else None
         _require_keys(e, _LAYER_KEYS | (fmt.image_keys if fmt else set()), MANIFEST, where)
@@ -331,7 +342,7 @@ def load(image_dir):
         raise ImageError(prog, "words", f"has {len(contents[prog])} descriptors for "
                                         f"{len(layers)} layers")
     for i, (ql, word) in enumerate(zip(layers, contents[prog])):
-        if word != descriptor_value(ql.desc, cfg, check=False):
+        if word != descriptor_value(ql.weight_format.pass_desc(ql), cfg, check=False):
             raise ImageError(prog, f"line {i + 1}", f"descriptor does not match layers[{i}] "
                                                     f"({ql.name})")
     stats = json.loads(json.dumps(model_stats(qmodel, cfg)))
@@ -342,6 +353,8 @@ def load(image_dir):
             raise ImageError(MANIFEST, f"stats.{key}", "does not match the accounting of the "
                                                        "stored layers")
     for i, (ql, e) in enumerate(zip(layers, m["layers"])):
-        if (e["fits"], e["fits_error"]) != _fits(ql, cfg):
-            raise ImageError(MANIFEST, f"layers[{i}].fits", "does not match LayerDesc.check")
+        fits = _fits(ql, cfg)
+        # version 1 worded some limits differently (ikr_kmax, not ikr.kmax)
+        if (e["fits"], e["fits_error"]) != fits and (m["version"] > 1 or e["fits"] != fits[0]):
+            raise ImageError(MANIFEST, f"layers[{i}].fits", "does not match PassDesc.check")
     return qmodel, cfg, m

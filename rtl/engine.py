@@ -257,7 +257,7 @@ class LayerEngine(wiring.Component):
         m.d.comb += [seq.run.start.eq(starting & ~is_ikr),
                      ikr.run.start.eq(starting & is_ikr), ikr.run.desc.eq(self.desc)]
         loads += [(LoadSel.IKR_INDEX, ikr.index, 0), (LoadSel.IKR_TABLE, ikr.table, 0)]
-        for r in range(cfg.ikr_kmax):
+        for r in range(cfg.ikr.kmax):
             port = nbin.read_port()
             m.d.comb += [port.addr.eq(ikr.nbin_addr[r]), port.en.eq(ikr.nbin_en[r]),
                          ikr.nbin_data[r].eq(port.data)]

@@ -40,7 +40,7 @@ class IkrSequencer(wiring.Component):
     Parameters
     ----------
     cfg : AccelConfig
-        Needs ``cfg.ikr``; the window holds ``cfg.ikr_kmax`` rows.
+        Needs ``cfg.ikr``; the window holds ``cfg.ikr.kmax`` rows.
 
     Members
     -------
@@ -60,14 +60,14 @@ class IkrSequencer(wiring.Component):
             "run": In(RunSignature.for_config(cfg)),
             "step": Out(StepSignature.for_config(cfg)),
             "window": Out(WindowSignature.for_config(cfg)),
-            "fill_addr": Out(data.ArrayLayout(nbin_addr, cfg.ikr_kmax)),
-            "fill_en": Out(cfg.ikr_kmax),
+            "fill_addr": Out(data.ArrayLayout(nbin_addr, cfg.ikr.kmax)),
+            "fill_en": Out(cfg.ikr.kmax),
         })
 
     def elaborate(self, platform):
         m = Module()
         cfg, step, win = self.cfg, self.step, self.window
-        kmax = cfg.ikr_kmax
+        kmax = cfg.ikr.kmax
         m.submodules.nest = nest = LoopNest(cfg, taps=False, pooling=False)
         wiring.connect(m, wiring.flipped(self.run), nest.run)
         d, n = nest.layer, nest.layer.ikr_n
@@ -81,7 +81,7 @@ class IkrSequencer(wiring.Component):
         m.d.comb += [nest.advance.eq(at_boundary), nest.stop.eq(step.end)]
         advance = nest.running & at_boundary
         idx_f = tile_counter(m, nest, starting, advance, 1,
-                             unsigned(bits_for(cfg.ikr_index_depth - 1) + 1), "idx_f")
+                             unsigned(bits_for(cfg.ikr.index_depth - 1) + 1), "idx_f")
         sb_f = tile_counter(m, nest, starting, advance, n,
                             unsigned(bits_for(cfg.sb_depth - 1) + 1), "sb_f")
         fill_active = Signal()

@@ -44,7 +44,7 @@ class IkrUnit(wiring.Component):
     Parameters
     ----------
     cfg : AccelConfig
-        Needs ``cfg.ikr``; the unit has ``cfg.ikr_kmax`` NBin read ports.
+        Needs ``cfg.ikr``; the unit has ``cfg.ikr.kmax`` NBin read ports.
 
     Members
     -------
@@ -60,7 +60,7 @@ class IkrUnit(wiring.Component):
 
     def __init__(self, cfg):
         self.cfg = check_config(self, cfg, needs="ikr")
-        kmax, nbin_bits = cfg.ikr_kmax, bits_for(cfg.nbin_depth - 1)
+        kmax, nbin_bits = cfg.ikr.kmax, bits_for(cfg.nbin_depth - 1)
         super().__init__({
             "run": In(RunSignature.for_config(cfg)),
             "step": Out(StepSignature.for_config(cfg)),

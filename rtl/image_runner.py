@@ -36,7 +36,7 @@ class ImageRunner(wiring.Component):
         self._MustUse__silence = True
         self.program = program
         cfg = program.cfg
-        last = program.layers[-1].desc
+        last = program.layers[-1].desc.layer
         if last.kind != "fc" or last.n_out > 16:
             raise ValueError(f"the last layer must be an fc layer with at most 16 classes, not "
                              f"{last.kind} with {last.n_out} outputs")

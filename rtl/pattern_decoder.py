@@ -38,7 +38,7 @@ class PatternDecoder(wiring.Component):
     Parameters
     ----------
     cfg : AccelConfig
-        Needs ``cfg.ikr``; the window is ``cfg.ikr_kmax`` taps square.
+        Needs ``cfg.ikr``; the window is ``cfg.ikr.kmax`` taps square.
 
     Members
     -------
@@ -54,7 +54,7 @@ class PatternDecoder(wiring.Component):
         lanes = cfg.tn * cfg.ti
         super().__init__({
             "window": In(WindowSignature.for_config(cfg)),
-            "nbin_data": In(data.ArrayLayout(unsigned(cfg.ti * cfg.dw), cfg.ikr_kmax)),
+            "nbin_data": In(data.ArrayLayout(unsigned(cfg.ti * cfg.dw), cfg.ikr.kmax)),
             **{name: In(sig) for name, sig in self.load_signatures(cfg).items()},
             "lane_neurons": Out(data.ArrayLayout(unsigned(cfg.dw), lanes)),
         })
@@ -62,24 +62,24 @@ class PatternDecoder(wiring.Component):
     @staticmethod
     def load_signatures(cfg):
         """The write ports of the two memories, ``{"table": ..., "index": ...}``."""
-        kmax, lanes = cfg.ikr_kmax, cfg.tn * cfg.ti
+        kmax, lanes = cfg.ikr.kmax, cfg.tn * cfg.ti
         return {
             "table": LoadSignature(addr_width=bits_for(kmax * kmax - 1),
-                                   data_width=cfg.ikr_patterns * ikr_tap_bits(cfg)),
-            "index": LoadSignature(addr_width=bits_for(cfg.ikr_index_depth - 1),
+                                   data_width=cfg.ikr.patterns * ikr_tap_bits(cfg)),
+            "index": LoadSignature(addr_width=bits_for(cfg.ikr.index_depth - 1),
                                    data_width=lanes * ikr_index_bits(cfg)),
         }
 
     def elaborate(self, platform):
         m = Module()
         cfg = self.cfg
-        kmax, tn, ti, dw = cfg.ikr_kmax, cfg.tn, cfg.ti, cfg.dw
+        kmax, tn, ti, dw = cfg.ikr.kmax, cfg.tn, cfg.ti, cfg.dw
         tb, ib = ikr_tap_bits(cfg), ikr_index_bits(cfg)
         win = self.window
         m.submodules.table = table = Memory(shape=unsigned(len(self.table.data)),
                                             depth=kmax * kmax, init=[])
         m.submodules.index = index = Memory(shape=unsigned(len(self.index.data)),
-                                            depth=cfg.ikr_index_depth, init=[])
+                                            depth=cfg.ikr.index_depth, init=[])
         for mem, load in ((table, self.table), (index, self.index)):
             wp = mem.write_port()
             m.d.comb += [wp.addr.eq(load.addr), wp.data.eq(load.data), wp.en.eq(load.en)]
@@ -102,7 +102,7 @@ class PatternDecoder(wiring.Component):
             with m.Elif(hit):
                 m.d.sync += nxt[p].eq(arriving)
 
-        entries = Array(table_rd.data[q * tb:(q + 1) * tb] for q in range(cfg.ikr_patterns))
+        entries = Array(table_rd.data[q * tb:(q + 1) * tb] for q in range(cfg.ikr.patterns))
         for i in range(ti):
             window = Array(cur[p][i * dw:(i + 1) * dw] for p in range(kmax * kmax))
             for j in range(tn):

@@ -32,7 +32,7 @@ class PermAddrGen(wiring.Component):
     Parameters
     ----------
     cfg : AccelConfig
-        Must have ``perm=True``; the addresses span ``cfg.perm_depth``.
+        Must have ``perm=True``; the addresses span ``cfg.perm.depth``.
 
     Members
     -------
@@ -53,7 +53,7 @@ class PermAddrGen(wiring.Component):
         self.ab = perm_addr_bits(cfg)
         super().__init__({
             "mode": In(Perm),
-            "n": In(bits_for(cfg.perm_depth)),
+            "n": In(bits_for(cfg.perm.depth)),
             "params": In(perm_param_width(cfg)),
             "indices": In(cfg.tn * cfg.ti * cfg.dw),
             "first": In(1),

@@ -31,7 +31,7 @@ class PermSB(wiring.Component):
     Parameters
     ----------
     cfg : AccelConfig
-        Must have ``perm=True``; each bank holds ``cfg.perm_depth`` entries.
+        Must have ``perm=True``; each bank holds ``cfg.perm.depth`` entries.
 
     Members
     -------
@@ -57,7 +57,7 @@ class PermSB(wiring.Component):
         ab = perm_addr_bits(cfg)
         outs = []
         for lane in range(cfg.tn * cfg.ti):
-            bank = Memory(shape=unsigned(cfg.dw), depth=cfg.perm_depth, init=[])
+            bank = Memory(shape=unsigned(cfg.dw), depth=cfg.perm.depth, init=[])
             m.submodules[f"s{lane}"] = bank
             wiring.connect(m, wiring.flipped(self.write), bank.write_port())
             rd = bank.read_port()

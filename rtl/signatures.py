@@ -251,7 +251,7 @@ class WindowSignature(_ParamSignature):
     Parameters
     ----------
     kmax : int
-        The window's side (``cfg.ikr_kmax``).
+        The window's side (``cfg.ikr.kmax``).
     index_addr_width : int
         Address width of the IKR index memory.
 
@@ -282,4 +282,4 @@ class WindowSignature(_ParamSignature):
     def for_config(cls, cfg):
         """The window signature of ``cfg`` (``ikr_kmax``, ``ikr_index_depth``)."""
         _check_config(cfg)
-        return cls(kmax=cfg.ikr_kmax, index_addr_width=bits_for(cfg.ikr_index_depth - 1))
+        return cls(kmax=cfg.ikr.kmax, index_addr_width=bits_for(cfg.ikr.index_depth - 1))

@@ -16,7 +16,7 @@ import torch
 from amaranth.sim import Simulator
 
 from slimnfu import fixed, paths
-from slimnfu.config import AccelConfig, LayerDesc, get_config
+from slimnfu.config import AccelConfig, LayerDesc, PassDesc, as_pass, get_config
 from slimnfu.contract import LoadSel, descriptor_value
 from slimnfu.formats import layout
 from slimnfu.formats.dense import dense_memories
@@ -88,7 +88,7 @@ class EngineDriver:
         await ctx.tick()
         ctx.set(dut.start, 0)
         await ctx.tick().until(dut.done)
-        names = COUNTERS + (("gated",) if dut.cfg.kgate else ())
+        names = COUNTERS + (("gated",) if "kgate" in dut.cfg.features else ())
         counters = {name: ctx.get(getattr(dut, name)) for name in names}
         self.sim_cycles += counters["cycles"]
         return counters
@@ -104,13 +104,16 @@ class EngineDriver:
         return words
 
     async def run_layer(self, ctx, desc, x, w=None, b=None, pwl=None):
-        """Load one layer's operands, run it and unpack NBout.
+        """Load the operands of one dense layer or pass (``desc``, a :class:`LayerDesc` or
+        :class:`PassDesc`), run it and unpack NBout.
 
         Returns ``(y, counters)``, ``y`` shaped like :func:`slimnfu.fixed.run_layer`'s
         output for one image (with the batch dim if ``x`` had one).
         """
         cfg = self.cfg
-        value = descriptor_value(desc, cfg)
+        run = as_pass(desc)
+        value = descriptor_value(run, cfg)
+        desc = run.layer
         image, batched = _image(desc, x, "x")
         if not desc.is_pool and (w is None or b is None):
             raise ValueError(f"a {desc.kind} layer needs weights w and biases b")
@@ -120,8 +123,8 @@ class EngineDriver:
         for mem in dense_memories(desc, w, b, pwl, cfg).values():
             await self.load(ctx, mem.sel, mem.words)
         counters = await self.run(ctx, value)
-        words = await self.read_nbout(ctx, desc.nbout_words(cfg))
-        y = layout.unpack_output(words, desc.n_out, desc.h_out, desc.w_out, cfg)
+        words = await self.read_nbout(ctx, run.nbout_words(cfg))
+        y = layout.unpack_output(words, desc.n_out, run.h_out, run.w_out, cfg)
         if desc.kind == "fc":
             y = y.reshape(desc.n_out)
         return (y.unsqueeze(0) if batched else y), counters
@@ -148,9 +151,9 @@ def run_layers_amaranth(cfg, jobs):
     if not isinstance(cfg, AccelConfig):
         raise TypeError(f"cfg must be an AccelConfig, not {type(cfg).__name__}")
     for n, job in enumerate(jobs):
-        if not isinstance(job.get("desc"), LayerDesc):
-            raise TypeError(f"job {n}: 'desc' must be a LayerDesc")
-        job["desc"].check(cfg)
+        if not isinstance(job.get("desc"), (LayerDesc, PassDesc)):
+            raise TypeError(f"job {n}: 'desc' must be a LayerDesc or a PassDesc")
+        as_pass(job["desc"]).check(cfg)
     dut = LayerEngine(cfg)
     driver = EngineDriver(dut)
     results = []

@@ -1,9 +1,9 @@
 """Co-simulation cases: random layers from a seed, MNIST stimulus, and their expected outputs.
 
-A :class:`Case` is one layer run on the engine, in any weight format: its :class:`LayerDesc`,
-integer tensors, the format's record, and the expected output from the integer reference
+A :class:`Case` is one engine pass, in any weight format: its :class:`PassDesc`, integer
+tensors, the format's record, and the expected output from the integer reference
 (:func:`slimnfu.fixed.run_layer`, the golden model). Cases are checked against the config
-(:meth:`LayerDesc.check`) when they are made, so a layer the engine cannot run stops before
+(:meth:`PassDesc.check`) when they are made, so a layer the engine cannot run stops before
 any simulation.
 
 :func:`case_job` turns a case into the plain-JSON job the cocotb testbench reads: the
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from slimnfu import fixed
-from slimnfu.config import LayerDesc
+from slimnfu.config import LayerDesc, PassDesc, as_pass
 from slimnfu.contract import LoadSel, descriptor_value
 from slimnfu.formats import QLayer, layout
 
@@ -30,13 +30,14 @@ QUICK = ("nfu_step_mac", "conv3x3_s1_p1", "conv5x5_s2_p0", "fc_pwl_sigmoid", "ma
 
 @dataclass
 class Case:
-    """One layer for the engine, with its operands and the golden output.
+    """One engine pass, with its operands and the golden output.
 
-    ``w`` are the weights the layer stands for (the reference uses them); ``format`` and
-    ``compressed`` say how the engine stores them (:class:`slimnfu.formats.QLayer`)."""
+    ``desc`` is the pass (a :class:`LayerDesc` is taken as one dense pass); ``w`` are the
+    weights the layer stands for (the reference uses them); ``format`` and ``compressed`` say
+    how the engine stores them (:class:`slimnfu.formats.QLayer`)."""
 
     name: str
-    desc: LayerDesc
+    desc: PassDesc
     x: torch.Tensor
     w: torch.Tensor = None
     b: torch.Tensor = None
@@ -47,25 +48,27 @@ class Case:
     format: str = "dense"
     compressed: object = None
 
+    def __post_init__(self):
+        self.desc = as_pass(self.desc)
+
     def layer(self):
-        """The case as a :class:`QLayer` of its weight format (a case has no real scales:
-        ``f_w`` carries the shift, so that ``shift = f_x + f_w - f_y`` holds)."""
-        f_w = 0 if self.desc.is_pool else self.desc.shift
-        return QLayer(self.name, self.desc, self.w, self.b, 0, f_w, 0, self.pwl,
+        """The case's layer as a :class:`QLayer` of its weight format (a case has no real
+        scales: ``f_w`` carries the shift, so that ``shift = f_x + f_w - f_y`` holds)."""
+        d = self.desc.layer
+        f_w = 0 if d.is_pool else d.shift
+        return QLayer(self.name, d, self.w, self.b, 0, f_w, 0, self.pwl,
                       format=self.format, compressed=self.compressed)
 
 
 def expected_cycles(desc, cfg, latency):
-    """``dense_cycles + LATENCY``: the cycle count the engine must report."""
-    return (desc.ikr_cycles(cfg) if desc.ikr_n else desc.dense_cycles(cfg)) + latency
+    """``nfu_cycles + LATENCY``: the cycle count the engine must report for pass ``desc``."""
+    return as_pass(desc).nfu_cycles(cfg) + latency
 
 
 def expected_steps(desc, cfg):
-    """NFU steps: ``dense_cycles``, or ``ikr_n`` per kernel group for an IKR layer."""
-    if desc.ikr_n:
-        ci, co = desc.tiles(cfg)
-        return desc.h_out * desc.w_out * ci * co * desc.ikr_n
-    return desc.dense_cycles(cfg)
+    """NFU steps of pass ``desc``: ``dense_cycles``, or ``ikr_n`` per kernel group for an IKR
+    pass."""
+    return as_pass(desc).steps(cfg)
 
 
 def _with_rails(t, gen, cfg, frac=0.04):
@@ -111,7 +114,7 @@ def make_case(name, desc, cfg, seed, images=None, act_fn=None, shift=None):
     Parameters
     ----------
     name : str
-    desc : LayerDesc
+    desc : LayerDesc or PassDesc
         Its ``shift`` is replaced by a data-driven one (unless ``shift`` is given) so that
         most outputs land inside ``dw`` bits and a few saturate.
     cfg : AccelConfig
@@ -124,6 +127,8 @@ def make_case(name, desc, cfg, seed, images=None, act_fn=None, shift=None):
         Fixed requantisation shift.
     """
     gen = torch.Generator().manual_seed(seed)
+    run = as_pass(desc)
+    desc = run.layer
     if images is not None:
         x = _mnist_input(desc, gen, cfg, images)
     else:
@@ -143,15 +148,15 @@ def make_case(name, desc, cfg, seed, images=None, act_fn=None, shift=None):
             shift = max(0, int(top).bit_length() - (cfg.dw - 2))
         bspan = 1 << (shift + cfg.dw - 3)
         b = torch.randint(-bspan, bspan, (desc.n_out,), generator=gen)
-        desc = LayerDesc(**{**desc.to_dict(), "shift": shift})
+        desc = desc.with_(shift=shift)
     if desc.act == "pwl":
         frac = cfg.dw - 4
         pwl = fixed.pwl_table(act_fn or "sigmoid", frac, cfg.dw)
-        desc = LayerDesc(**{**desc.to_dict(), "seg_shift": pwl.seg_shift})
-    desc.check(cfg, None if b is None else int(b.abs().max()))
+        desc = desc.with_(seg_shift=pwl.seg_shift)
+    run = run.with_(layer=desc).check(cfg, None if b is None else int(b.abs().max()))
     count = fixed.SatCount()
-    y = fixed.run_layer(desc, x.unsqueeze(0), w, b, cfg.dw, pwl, count)[0]
-    return Case(name, desc, x, w, b, pwl, y, count.events,
+    y = fixed.run_layer(run, x.unsqueeze(0), w, b, cfg.dw, pwl, count)[0]
+    return Case(name, run, x, w, b, pwl, y, count.events,
                 "mnist" if images is not None else "random")
 
 
@@ -164,7 +169,8 @@ def dense_cases(cfg, seed=1, quick=False, images=None, extra=()):
     activation (:func:`slimnfu.sim.regression.regression_cases` adds the methods' cases).
 
     Channel counts are drawn so that some are not multiples of ``tn``/``ti``. ``extra`` is a
-    list of ``(name, LayerDesc)`` added at the end. Every case is checked against ``cfg``.
+    list of ``(name, LayerDesc or PassDesc)`` added at the end. Every case is checked against
+    ``cfg``.
     """
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 1 << 40:
         raise ValueError(f"seed must be an integer in [0, 2**40), not {seed!r}")
@@ -209,7 +215,8 @@ def dense_cases(cfg, seed=1, quick=False, images=None, extra=()):
         specs = [s for s in specs if s[0] in QUICK] + [(n_, d, {}) for n_, d in extra]
     cases = []
     for i, (name, desc, kw) in enumerate(specs):
-        imgs = images if (desc.h_in * desc.w_in > 1 or desc.kind == "fc") else None
+        d = as_pass(desc).layer
+        imgs = images if (d.h_in * d.w_in > 1 or d.kind == "fc") else None
         cases.append(make_case(name, desc, cfg, seed * 1000 + i, imgs, **kw))
     return cases
 
@@ -220,7 +227,7 @@ def expected_counters(case, cfg, latency):
     desc = case.desc
     steps = expected_steps(desc, cfg)
     out = {"cycles": expected_cycles(desc, cfg, latency), "steps": steps,
-           "mults": 0 if desc.is_pool else steps * cfg.tn * cfg.ti,
+           "mults": 0 if desc.layer.is_pool else steps * cfg.tn * cfg.ti,
            "sat_events": case.expected_sat}
     if cfg.kgate:
         out["gated"] = desc.gated_mults(cfg)
@@ -233,13 +240,22 @@ def case_job(case, cfg, latency):
     real lanes, the counters), so that its own verdict fails the results file."""
     desc = case.desc
     ql = case.layer()
-    (one_pass,) = ql.weight_format.check(ql, cfg)
+    fmt = ql.weight_format
+    fmt.accept(ql, cfg)
+    (one_pass,) = fmt.passes(ql, cfg)
+    # the case adds gating and placement to the pass its format makes, never another format
+    if (one_pass.desc.ikr_n, one_pass.desc.perm) != (desc.ikr_n, desc.perm):
+        raise ValueError(f"case {case.name}: format {case.format!r} runs ikr_n="
+                         f"{one_pass.desc.ikr_n}, perm={one_pass.desc.perm!r}; the case's "
+                         f"pass has ikr_n={desc.ikr_n}, perm={desc.perm!r}")
+    desc.check(cfg, one_pass.max_abs_bias)
     loads = [[int(LoadSel.NBIN), layout.pack_input(case.x, cfg)]]
     loads += [[int(m.sel), m.words] for m in one_pass.memories.values()]
     counters = expected_counters(case, cfg, latency)
+    n_out = desc.layer.n_out
     expect = {"words": layout.pack_output(
-                  case.expected.reshape(desc.n_out, desc.h_out, desc.w_out), cfg),
-              "lane_masks": layout.output_lane_masks(desc.n_out, cfg),
+                  case.expected.reshape(n_out, desc.h_out, desc.w_out), cfg),
+              "lane_masks": layout.output_lane_masks(n_out, cfg),
               "words_per_tile": desc.h_out * desc.w_out, "counters": counters}
     return {"name": case.name, "desc_value": descriptor_value(desc, cfg), "loads": loads,
             "nbout_words": desc.nbout_words(cfg), "timeout_cycles": 2 * counters["cycles"] + 1000,

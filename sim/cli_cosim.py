@@ -24,7 +24,8 @@ def register(sub):
                    help="simulators: icarus, verilator (default: both)")
     p.add_argument("--config", default="tiny", help="accelerator config (default: tiny)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config parameter, e.g. --set acc=40 (repeatable)")
+                   help="override one config parameter, e.g. --set acc=40, --set ikr=1, "
+                        "--set ikr.kmax=3 (repeatable)")
     p.add_argument("--layer", dest="layers", action="append", default=[], metavar="JSON",
                    help="add a case: a LayerDesc as JSON, e.g. "
                         "'{\"kind\": \"conv\", \"n_in\": 3, \"n_out\": 5, \"h_in\": 8, "
@@ -41,7 +42,7 @@ def register(sub):
 def parse_overrides(cfg, overrides):
     """Apply ``KEY=VALUE`` strings to ``cfg``; the config's own checks name bad values. The
     result is named after what changed (:meth:`AccelConfig.changed`)."""
-    fields = set(cfg.to_dict()) - {"name"}
+    fields = set(cfg.parameter_names())
     kw = {}
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -56,8 +57,9 @@ def parse_overrides(cfg, overrides):
 
 
 def parse_layers(layers):
-    """``--layer`` JSON strings to ``(name, LayerDesc)`` pairs."""
-    from slimnfu.config import LayerDesc
+    """``--layer`` JSON strings to ``(name, PassDesc)`` pairs (a layer's fields, and a pass's
+    ``lane_k``, ``koff``, ... where the config has their feature)."""
+    from slimnfu.config import PassDesc
 
     out = []
     for n, text in enumerate(layers):
@@ -70,10 +72,10 @@ def parse_layers(layers):
         if not isinstance(fields, dict):
             raise ValueError(f"--layer {n}: expected a JSON object of LayerDesc fields")
         try:
-            desc = LayerDesc(**fields)
+            desc = PassDesc.from_dict(fields)
         except TypeError as exc:
             raise ValueError(f"--layer {n}: {exc}") from None
-        out.append((f"layer{n}_{desc.kind}", desc))
+        out.append((f"layer{n}_{desc.layer.kind}", desc))
     return out
 
 

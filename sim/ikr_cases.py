@@ -3,7 +3,7 @@
 An IKR conv layer is a conv whose weights are zero off-pattern, so the golden output is
 :func:`slimnfu.fixed.run_layer` on the masked weights; the engine loads the kept values, the
 pattern indices and the pattern table (:class:`slimnfu.formats.ikr.IkrFormat`) and must take
-``LayerDesc.ikr_cycles + LATENCY`` cycles. :func:`as_dense` gives the same layer stored dense,
+``PassDesc.ikr_cycles + LATENCY`` cycles. :func:`as_dense` gives the same layer stored dense,
 to measure what IKR buys on the same engine.
 """
 
@@ -12,18 +12,20 @@ import dataclasses
 import torch
 
 from slimnfu import fixed
-from slimnfu.config import LayerDesc
+from slimnfu.config import LayerDesc, PassDesc
 from slimnfu.formats.ikr import IkrWeights, check_ikr
 from slimnfu.sim.cases import Case
 
 __all__ = ["random_ikr_layer", "ikr_case", "as_dense", "random_ikr_specs", "ikr_cases"]
 
 
-def random_ikr_layer(desc, n_pat, seed, cfg):
-    """Random operands of IKR layer ``desc``: ``x, w (masked), b, patterns (P, n), index``."""
+def random_ikr_layer(run, n_pat, seed, cfg):
+    """Random operands of IKR pass ``run`` (a :class:`PassDesc` with ``ikr_n``): ``x, w
+    (masked), b, patterns (P, n), index``."""
     gen = torch.Generator().manual_seed(seed)
+    desc = run.layer
     kk = desc.k * desc.k
-    patterns = torch.stack([torch.randperm(kk, generator=gen)[:desc.ikr_n].sort().values
+    patterns = torch.stack([torch.randperm(kk, generator=gen)[:run.ikr_n].sort().values
                             for _ in range(n_pat)])
     index = torch.randint(n_pat, (desc.n_out, desc.n_in), generator=gen)
     x = torch.randint(cfg.qmin, cfg.qmax + 1, (desc.n_in, desc.h_in, desc.w_in), generator=gen)
@@ -38,8 +40,8 @@ def random_ikr_layer(desc, n_pat, seed, cfg):
 
 
 def ikr_case(name, desc, x, w, b, patterns, index, cfg, pwl=None, source="random"):
-    """An IKR :class:`Case` of layer ``desc`` (``ikr_n`` taps of ``patterns``), checked."""
-    check_ikr(name, desc.k, desc.ikr_n, patterns, index, cfg.ikr_patterns)
+    """An IKR :class:`Case` of pass ``desc`` (``ikr_n`` taps of ``patterns``), checked."""
+    check_ikr(name, desc.layer.k, desc.ikr_n, patterns, index, cfg.ikr.patterns)
     count = fixed.SatCount()
     y = fixed.run_layer(desc, x.unsqueeze(0), w, b, cfg.dw, pwl, count)[0]
     return Case(name, desc, x, w, b, pwl, y, count.events, source, "ikr",
@@ -48,7 +50,7 @@ def ikr_case(name, desc, x, w, b, patterns, index, cfg, pwl=None, source="random
 
 def as_dense(case, name=None):
     """The same layer as ``case`` stored dense (``ikr_n = 0``), with the same golden output."""
-    desc = LayerDesc(**{**case.desc.to_dict(), "ikr_n": 0})
+    desc = case.desc.with_(ikr_n=0)
     return dataclasses.replace(case, name=name or f"{case.name}_dense", desc=desc,
                                format="dense", compressed=None)
 
@@ -59,7 +61,7 @@ def random_ikr_specs(cfg, seed=1):
     specs = []
     for k, n, p in ((3, 1, 1), (3, 9, 1), (3, 4, 16), (5, 1, 3), (5, 25, 2), (5, 7, 16),
                     (3, 2, 5)):
-        if k > cfg.ikr_kmax:
+        if k > cfg.ikr.kmax:
             continue
         stride = 1 + int(torch.randint(2, (1,), generator=gen))
         pad = int(torch.randint(k // 2 + 1, (1,), generator=gen))
@@ -67,8 +69,8 @@ def random_ikr_specs(cfg, seed=1):
         n_in = int(torch.randint(1, 2 * cfg.ti + 2, (1,), generator=gen))
         n_out = int(torch.randint(1, 2 * cfg.tn + 2, (1,), generator=gen))
         act = ("none", "relu")[len(specs) % 2]
-        desc = LayerDesc("conv", n_in, n_out, h, h + 1, k, stride, pad, shift=14, act=act,
-                         ikr_n=n)
+        desc = PassDesc(LayerDesc("conv", n_in, n_out, h, h + 1, k, stride, pad, shift=14,
+                                  act=act), ikr_n=n)
         specs.append((f"ikr_k{k}_n{n}_p{p}_s{stride}", desc, p))
     return specs
 

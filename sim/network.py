@@ -32,9 +32,7 @@ def expected_cycles(program):
     for layer in program.layers:
         parts["move_cycles"] += layer.move_cycles
         parts["load_cycles"] += sum(n for _, _, n in layer.loads) + 1
-        d = layer.desc
-        parts["engine_cycles"] += (d.ikr_cycles(cfg) if d.ikr_n else d.dense_cycles(cfg)) + \
-            LayerEngine.LATENCY
+        parts["engine_cycles"] += layer.desc.nfu_cycles(cfg) + LayerEngine.LATENCY
     parts["cycles"] = sum(parts.values()) + 2 * len(program.layers)
     return parts
 

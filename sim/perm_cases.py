@@ -60,7 +60,7 @@ def perm_cases(cfg, seed=1, images=None):
         return []
     gen = torch.Generator().manual_seed(seed + 600)
     tn, ti = cfg.tn, cfg.ti
-    top = min(cfg.perm_depth, 8 * ti)
+    top = min(cfg.perm.depth, 8 * ti)
 
     def rand(lo, hi):
         return int(torch.randint(lo, hi + 1, (1,), generator=gen))

@@ -21,6 +21,6 @@ def regression_cases(cfg, seed=1, quick=False, images=None, extra=()):
     cases = dense_cases(cfg, seed, quick, images, extra)
     if not quick:
         for feature, method_cases in METHOD_CASES.items():
-            if getattr(cfg, feature):
+            if feature in cfg.features:
                 cases += method_cases(cfg, seed, images)
     return cases

@@ -201,8 +201,8 @@ def compare(case, raw, cfg, latency, sim):
         entry["sim_cycles_per_s"] = round(counters["cycles"] / raw["run_s"], 1)
     if entry["error"]:
         return entry
-    y = layout.unpack_output(raw["words"], desc.n_out, desc.h_out, desc.w_out, cfg)
-    ref = case.expected.reshape(desc.n_out, desc.h_out, desc.w_out)
+    y = layout.unpack_output(raw["words"], desc.layer.n_out, desc.h_out, desc.w_out, cfg)
+    ref = case.expected.reshape(desc.layer.n_out, desc.h_out, desc.w_out)
     bad = (y != ref).nonzero()
     entry["mismatches"] = int(bad.shape[0])
     problems = []

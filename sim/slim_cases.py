@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from slimnfu import fixed
 from slimnfu.compress import slim
-from slimnfu.config import LayerDesc
+from slimnfu.config import LayerDesc, PassDesc, as_pass
 from slimnfu.formats.slim import approx_desc, pass_operands, passes
 from slimnfu.sim.cases import Case
 
@@ -21,28 +21,27 @@ __all__ = ["slim_layer_cases", "slim_cases"]
 
 
 def _case(name, desc, x, w, b, dw, pwl, source, ref_w=None):
-    """A case loading weights ``w``; the golden output uses ``ref_w`` (default ``w``) and
-    the descriptor without ``lane_k``."""
+    """A case of pass ``desc`` loading weights ``w``; the golden output uses ``ref_w``
+    (default ``w``)."""
     count = fixed.SatCount()
-    ref = LayerDesc(**{**desc.to_dict(), "lane_k": ()})
-    y = fixed.run_layer(ref, x, w if ref_w is None else ref_w, b, dw, pwl, count)
+    y = fixed.run_layer(desc, x, w if ref_w is None else ref_w, b, dw, pwl, count)
     return Case(name, desc, x[0], w, b, pwl, y[0], count.events, source)
 
 
 def slim_layer_cases(layer, x, cfg, prefix, source="slim"):
     """Engine cases of slim conv ``layer`` on one int64 image ``x`` ``(1, C, H, W)``.
 
-    Mixed tiles carry their lanes' kernel sizes in ``desc.lane_k`` and their full-size
+    Mixed tiles carry their lanes' kernel sizes in the pass's ``lane_k`` and their full-size
     weights, so only the gate keeps the outer taps of the smaller lanes out of the sums; the
     expected output uses the centred weights. Returns ``(cases, kept_output)``.
     """
     cases, ys = [], []
     for n, p in enumerate(passes(layer, cfg.tn)):
         xx, w, b = pass_operands(layer, p, x)
-        desc = p["desc"]
+        desc = as_pass(p["desc"])
         want_w = w
         if p["lane_k"]:
-            desc = LayerDesc(**{**desc.to_dict(), "lane_k": tuple(p["lane_k"])})
+            desc = desc.with_(lane_k=tuple(p["lane_k"]))
             # lanes' outer taps get non-zero junk that the gate must suppress
             gen = torch.Generator().manual_seed(n)
             junk = torch.randint(cfg.qmin, cfg.qmax + 1, w.shape, generator=gen)
@@ -74,10 +73,11 @@ def slim_cases(cfg, seed=1, images=None):
     gen = torch.Generator().manual_seed(seed)
     tn = cfg.tn
     lane_k = tuple(([5, 3, 1, 3] * tn)[:tn])
-    desc = LayerDesc("conv", cfg.ti + 1, tn, 9, 8, k=5, pad=1, shift=12, act="relu",
-                     lane_k=lane_k)
-    x = torch.randint(cfg.qmin, cfg.qmax + 1, (1, desc.n_in, 9, 8), generator=gen)
-    w = torch.randint(cfg.qmin, cfg.qmax + 1, (tn, desc.n_in, 5, 5), generator=gen)
+    desc = PassDesc(LayerDesc("conv", cfg.ti + 1, tn, 9, 8, k=5, pad=1, shift=12, act="relu"),
+                    lane_k=lane_k)
+    n_in = desc.layer.n_in
+    x = torch.randint(cfg.qmin, cfg.qmax + 1, (1, n_in, 9, 8), generator=gen)
+    w = torch.randint(cfg.qmin, cfg.qmax + 1, (tn, n_in, 5, 5), generator=gen)
     b = torch.randint(-9999, 9999, (tn,), generator=gen)
     centred = w.clone()
     for o, lk in enumerate(lane_k):

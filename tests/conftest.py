@@ -80,7 +80,6 @@ def mixed_qmodel(small_qmodel, slim_qmodel):
     import dataclasses
 
     from slimnfu.compress import permfc
-    from slimnfu.config import LayerDesc
     from slimnfu.formats.ikr import IkrWeights
     from slimnfu.formats.perm import PermAffineWeights, affine_perms
 
@@ -96,7 +95,6 @@ def mixed_qmodel(small_qmodel, slim_qmodel):
     mask.scatter_(2, patterns[index], 1)
     layers[2] = dataclasses.replace(
         conv2, w=conv2.w * mask.view(conv2.w.shape), format="ikr",
-        desc=LayerDesc(**{**conv2.desc.to_dict(), "ikr_n": n}),
         compressed=IkrWeights(patterns, index))
     fc1 = layers[4]
     m_out, n_in = fc1.w.shape
@@ -104,7 +102,5 @@ def mixed_qmodel(small_qmodel, slim_qmodel):
     s = fc1.w.flatten()[:n_in].clone()
     w = s[affine_perms(a, b, n_in)]
     layers[4] = dataclasses.replace(
-        fc1, w=w, format="perm_affine", desc=LayerDesc(**{**fc1.desc.to_dict(),
-                                                         "perm": "affine"}),
-        compressed=PermAffineWeights(s, a, b))
+        fc1, w=w, format="perm_affine", compressed=PermAffineWeights(s, a, b))
     return dataclasses.replace(small_qmodel, layers=layers)

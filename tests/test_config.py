@@ -2,7 +2,8 @@
 
 import pytest
 
-from slimnfu.config import AccelConfig, LayerDesc, get_config
+from slimnfu.config import (CONFIGS, PASS_FIELDS, AccelConfig, IkrParams, LayerDesc, PassDesc,
+                            as_pass, get_config)
 
 
 def test_named_configs():
@@ -44,7 +45,7 @@ def test_acc_too_narrow_for_layer():
     (dict(kind="maxpool", n_in=4, n_out=4, h_in=4, w_in=4, k=2, pad=1), "pooling takes no pad"),
     (dict(kind="fc", n_in=4, n_out=4, h_in=2), "an fc layer must have"),
     (dict(kind="conv", n_in=1, n_out=1, h_in=3, w_in=3, k=5),
-     r"k=5 \(\+ 2\*koff=0\) is larger than the padded"),
+     r"k=5 is larger than the padded input 3x3"),
     (dict(kind="conv", n_in=1, n_out=1, act="gelu"), "act must be one of"),
 ])
 def test_descriptor_the_engine_cannot_run(kw, msg):
@@ -68,15 +69,68 @@ def test_dense_cycles_formula():
 def test_fit_buffers_raises_depths_to_powers_of_two_and_keeps_larger_ones():
     from slimnfu.config import CONFIGS, LayerDesc
 
-    cfg = CONFIGS["tiny"]
+    cfg = CONFIGS["tiny"].with_(ikr={"index_depth": 64})
     conv = LayerDesc("conv", 32, 32, 28, 28, 3, pad=1)          # 8 tiles * 784 words in and out
-    ikr = LayerDesc("conv", 64, 64, 14, 14, 3, pad=1, ikr_n=4)   # 16*16 index words
+    ikr = PassDesc(LayerDesc("conv", 64, 64, 14, 14, 3, pad=1), ikr_n=4)   # 16*16 index words
     got = cfg.fit_buffers([conv, ikr], name="fit")
     assert got.name == "fit"
     assert (got.nbin_depth, got.nbout_depth) == (8192, 8192)
-    assert got.sb_depth == 1024 and got.bias_depth == 128 and got.ikr_index_depth == 512
+    assert got.sb_depth == 1024 and got.bias_depth == 128 and got.ikr.index_depth == 256
     assert got.fit_buffers([LayerDesc("fc", 8, 4, 1, 1, 1)]) == got
-    conv.check(got.with_(ikr=True)) and ikr.check(got.with_(ikr=True))
+    conv.check(got) and ikr.check(got)
+    with pytest.raises(ValueError, match="needs 256 IKR index words, but config 'fit' has "
+                                         r"ikr\.index_depth=64"):
+        ikr.check(got.with_(ikr={"index_depth": 64}))
+
+
+def test_a_layer_is_geometry_and_a_pass_adds_format_and_placement():
+    """LayerDesc holds what the model says; PassDesc what one engine run does with it."""
+    layer = LayerDesc("conv", 3, 5, 9, 9, 3, pad=1, shift=4)
+    assert not set(PASS_FIELDS) & set(layer.to_dict())
+    with pytest.raises(TypeError):
+        LayerDesc("conv", 3, 5, 9, 9, 3, ikr_n=4)
+    centre = PassDesc(layer, koff=1, nbout_base=7)
+    assert (layer.h_out, centre.h_out) == (9, 7)
+    assert centre.nbout_words(CONFIGS["tiny"]) == 2 * 7 * 7
+    assert PassDesc.from_dict(centre.to_dict()) == centre
+    assert as_pass(layer) == PassDesc(layer) and as_pass(centre) is centre
+    with pytest.raises(ValueError, match="need kgate, but config 'tiny' has kgate=False"):
+        centre.check(CONFIGS["tiny"])
+    centre.check(CONFIGS["tiny"].with_(kgate=True))
+    with pytest.raises(ValueError, match=r"ikr_n=10 > k\*k=9"):
+        PassDesc(layer, ikr_n=10)
+    with pytest.raises(ValueError, match="perm='affine' applies to fc layers only"):
+        PassDesc(layer, perm="affine")
+    # descriptors written before the split (image version 1, network caches) still load
+    old = {**layer.to_dict(), "ikr_n": 4, "perm": "none", "lane_k": [], "koff": 0,
+           "nbout_base": 0, "lane_skip": 0}
+    assert LayerDesc.from_dict(old) == layer
+
+
+def test_features_are_a_set_with_a_parameter_record_each():
+    tiny = CONFIGS["tiny"]
+    assert tiny.features == frozenset() and tiny.ikr is None
+    on = tiny.with_(ikr=True, kgate=1)
+    assert on.features == {"ikr", "kgate"} and on.ikr == IkrParams()
+    assert tiny.with_(ikr={"kmax": 3}).ikr == IkrParams(kmax=3)
+    with pytest.raises(ValueError, match=r"ikr\.kmax must be in \[1, 7\], not 9"):
+        tiny.with_(ikr={"kmax": 9})
+    with pytest.raises(TypeError, match="ikr parameters must be among: kmax, patterns, "
+                                        "index_depth; not depth"):
+        tiny.with_(ikr={"depth": 3})
+    with pytest.raises(TypeError, match="perm must be a bool"):
+        tiny.with_(perm="yes")
+    # a feature parameter switches its feature on, and names the config
+    got = tiny.changed(**{"ikr.kmax": 3})
+    assert got.ikr == IkrParams(kmax=3) and got.name == "tiny+ikr=1+ikr.kmax=3"
+    assert got.changed(ikr=False).name == "tiny+ikr=0" and got.changed(ikr=False).ikr is None
+    with pytest.raises(TypeError, match="unknown config parameter 'ikr_kmax'"):
+        tiny.changed(ikr_kmax=3)
+    assert AccelConfig.from_dict(got.to_dict()) == got
+    # the flat form of weight images of version 1
+    flat = {**tiny.to_dict(), "ikr": True, "ikr_kmax": 3, "ikr_patterns": 16,
+            "ikr_index_depth": 512, "perm": False, "perm_depth": 1024, "kgate": False}
+    assert AccelConfig.from_dict(flat) == tiny.with_(ikr={"kmax": 3})
 
 
 def test_changed_configs_are_named_after_what_changed():

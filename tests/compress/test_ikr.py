@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from slimnfu.compress import ikr
-from slimnfu.config import LayerDesc
+from slimnfu.config import LayerDesc, PassDesc
 from slimnfu.formats import QLayer
 from slimnfu.formats.accounting import layer_stats
 from slimnfu.formats.ikr import IkrWeights, check_ikr, ikr_values
@@ -40,9 +40,9 @@ def test_bad_input_names_layer_and_field(k, n, lib, index, msg):
         check_ikr("conv7", k, n, lib, index)
 
 
-def test_layer_desc_refuses_n_above_kk():
+def test_pass_desc_refuses_n_above_kk():
     with pytest.raises(ValueError, match="ikr_n=10 > k\\*k=9"):
-        LayerDesc("conv", 2, 2, 5, 5, 3, ikr_n=10)
+        PassDesc(LayerDesc("conv", 2, 2, 5, 5, 3), ikr_n=10)
 
 
 def test_apply_save_load_and_finetune_keep_patterns():
@@ -66,7 +66,7 @@ def test_apply_save_load_and_finetune_keep_patterns():
 
 
 def test_accounting_counts_values_index_and_table():
-    desc = LayerDesc("conv", 3, 5, 8, 8, 3, ikr_n=4)
+    desc = LayerDesc("conv", 3, 5, 8, 8, 3)
     lib = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7], [1, 3, 5, 7]])
     idx = torch.randint(3, (5, 3))
     w = torch.zeros(5, 3, 9, dtype=torch.int64)
@@ -160,7 +160,7 @@ def test_image_refuses_pattern_with_repeated_tap(tmp_path):
     q, out, tamper = _ikr_image(tmp_path)
     cfg = image.load(out)[1]
     lib = q.layers[0].compressed.patterns
-    k, kmax = q.layers[0].desc.k, cfg.ikr_kmax
+    k, kmax = q.layers[0].desc.k, cfg.ikr.kmax
     tap = int(lib[0, 0])
     phys = (tap // k) * kmax + tap % k
     # word 1 entry 0 = pattern 0's second tap: make it equal to its first
@@ -178,7 +178,7 @@ def test_image_refuses_tables_that_disagree_with_manifest(tmp_path):
     # one tap row fewer than the layer's n
     tamper(0, "ikr_table", lambda ls: ls[:-1])
     with pytest.raises(image.ImageError, match=r"ikr_table.hex: words: holds 6 taps per "
-                                               r"pattern, but layers\[0\].desc has ikr_n=7"):
+                                               r"pattern, but layers\[0\].ikr_n is 7"):
         image.load(out)
     _, out, tamper = _ikr_image(tmp_path / "b")
 
@@ -196,10 +196,10 @@ def test_image_refuses_n_above_kk(tmp_path):
     _, out, tamper = _ikr_image(tmp_path)
 
     def big_n(m):
-        m["layers"][1]["desc"]["ikr_n"] = 10
+        m["layers"][1]["ikr_n"] = 10
     tamper(1, "ikr_table", lambda ls: ls, big_n)
-    with pytest.raises(image.ImageError, match=r"manifest.json: layers\[1\].desc: .*ikr_n=10 > "
-                                               r"k\*k=9"):
+    with pytest.raises(image.ImageError, match=r"manifest.json: layers\[1\].ikr_n: must be an "
+                                               r"integer in \[1, k\*k=9\], not 10"):
         image.load(out)
 
 
@@ -212,3 +212,39 @@ def test_image_refuses_non_zero_padding_lanes(tmp_path):
     with pytest.raises(image.ImageError, match=r"conv1.ikr_index.hex: padding: lanes past "
                                                r"n_out=5 / n_in=2 must be zero"):
         image.load(out)
+
+
+def _as_version_1(m):
+    """What slimnfu wrote before the pass record: the pass fields in each layer's ``desc``,
+    ``ikr_n`` nowhere else, and the features as flat flags and parameters in ``config``."""
+    m["version"] = 1
+    c = m["config"]
+    for feature, params in (("ikr", ("kmax", "patterns", "index_depth")), ("perm", ("depth",))):
+        rec = c[feature]
+        c[feature] = rec is not None
+        for p in params:
+            c[f"{feature}_{p}"] = (rec or {}).get(p, {"kmax": 5, "patterns": 16,
+                                                      "index_depth": 512, "depth": 1024}[p])
+    c["kgate"] = c["kgate"] is not None
+    for e in m["layers"]:
+        variant = {"perm_affine": "affine", "perm_index": "index"}.get(e["format"], "none")
+        e["desc"].update(ikr_n=e.pop("ikr_n", 0), perm=variant, lane_k=[], koff=0,
+                         nbout_base=0, lane_skip=0)
+
+
+def test_image_of_version_1_still_loads(tmp_path):
+    import json
+
+    from slimnfu.gen import image
+
+    q, out, _ = _ikr_image(tmp_path)
+    new, cfg, _ = image.load(out)
+    m = json.loads((out / "manifest.json").read_text())
+    _as_version_1(m)
+    (out / "manifest.json").write_text(json.dumps(m))
+    old, old_cfg, m = image.load(out)
+    assert m["version"] == 1 and old_cfg == cfg and "ikr" in cfg.features
+    for a, b in zip(new.layers, old.layers):
+        assert (a.desc, a.format) == (b.desc, b.format) and torch.equal(a.w, b.w)
+        assert a.weight_format.pass_desc(a) == b.weight_format.pass_desc(b)
+    assert [b.weight_format.pass_desc(b).ikr_n for b in old.layers] == [7, 4, 0]

@@ -59,7 +59,8 @@ def test_quantised_perm_model_matches_gather_and_counts_bits(variant):
                    for row in mod.weight.detach())
     q = permfc.quantize_perm_model(model, x, dw=16)
     fc1 = q.layers[0]
-    assert fc1.format == permfc.FORMATS[variant] and fc1.desc.perm == variant
+    assert fc1.format == permfc.FORMATS[variant]
+    assert fc1.weight_format.pass_desc(fc1).perm == variant
     assert torch.equal(fc1.w, fc1.compressed.s[model[1].idx])
     logits, _ = int_forward(q, x)
     dense_q = permfc.to_dense(model)
@@ -80,12 +81,12 @@ def test_keep_classifier_and_bad_layer():
 
 def test_pack_perm_params_layout():
     from slimnfu.config import CONFIGS
-    cfg = CONFIGS["tiny"].with_(perm=True, perm_depth=16)   # 4-bit a and b
+    cfg = CONFIGS["tiny"].with_(perm={"depth": 16})   # 4-bit a and b
     words = layout.pack_perm_params([1, 3, 5, 7, 9], [2, 4, 6, 8, 10], cfg)
     assert len(words) == 2
     assert words[0] & 0xff == 1 | (2 << 4) and (words[0] >> 8) & 0xff == 3 | (4 << 4)
     assert words[1] == 9 | (10 << 4)
-    with pytest.raises(ValueError, match="perm_depth=16"):
+    with pytest.raises(ValueError, match=r"perm\.depth=16"):
         layout.pack_perm_s(torch.zeros(17, dtype=torch.int64), cfg)
 
 
@@ -118,7 +119,7 @@ def _perm_image(tmp_path, variant):
     model = permfc.compress_model(_model(), variant, seed=2)
     x = torch.rand(20, 12)
     q = permfc.quantize_perm_model(model, x, dw=16)
-    cfg = CONFIGS["tiny"].with_(perm=True, perm_depth=16)
+    cfg = CONFIGS["tiny"].with_(perm={"depth": 16})
     out = tmp_path / f"img_{variant}"
     image.export(q, cfg, out)
 

@@ -53,7 +53,7 @@ def _rewrite(img, fname, text):
 
 def test_round_trip(qmodel, img):
     q2, cfg, manifest = load(img)
-    assert cfg == CFG and manifest["version"] == 1
+    assert cfg == CFG and manifest["version"] == 2
     for a, b in zip(qmodel.layers, q2.layers):
         assert a.desc == b.desc and (a.f_x, a.f_w, a.f_y) == (b.f_x, b.f_w, b.f_y)
         assert (a.w is None and b.w is None) or (torch.equal(a.w, b.w) and
@@ -137,9 +137,9 @@ def test_reject_bad_json(img):
 
 
 def test_reject_wrong_version(img):
-    _edit_manifest(img, lambda m: m.update(version=2))
-    with pytest.raises(ImageError, match=r"^manifest.json: version: is 2; this slimnfu reads "
-                                         r"version 1"):
+    _edit_manifest(img, lambda m: m.update(version=3))
+    with pytest.raises(ImageError, match=r"^manifest.json: version: is 3; this slimnfu reads "
+                                         r"versions 1, 2"):
         load(img)
 
 

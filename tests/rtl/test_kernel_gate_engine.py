@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from slimnfu import fixed
-from slimnfu.config import LayerDesc, get_config
+from slimnfu.config import LayerDesc, PassDesc, get_config
 from slimnfu.contract import descriptor_value
 from slimnfu.rtl.engine import LayerEngine
 from slimnfu.sim.amaranth_driver import run_layer_amaranth
@@ -28,8 +28,8 @@ def _centred(w, lane_k, tn):
 ])
 def test_mixed_tile_is_bit_exact_and_gated_multiplies_are_counted(n_in, n_out, k, pad, lane_k):
     cfg = get_config("tiny").with_(kgate=True)
-    desc = LayerDesc("conv", n_in, n_out, 7, 6, k=k, pad=pad, shift=10, act="relu",
-                     lane_k=lane_k)
+    desc = PassDesc(LayerDesc("conv", n_in, n_out, 7, 6, k=k, pad=pad, shift=10, act="relu"),
+                    lane_k=lane_k)
     gen = torch.Generator().manual_seed(k)
     x = torch.randint(cfg.qmin, cfg.qmax + 1, (1, n_in, 7, 6), generator=gen)
     # full KxK weights: the gate, not the weights, must remove the outer taps of small lanes
@@ -48,16 +48,16 @@ def test_gating_off_is_the_dense_engine():
     engine = LayerEngine(cfg)
     engine._MustUse__silence = True
     assert not hasattr(engine, "gated")
-    desc = LayerDesc("conv", 2, 2, 5, 5, k=3, lane_k=(1, 3))
+    desc = PassDesc(LayerDesc("conv", 2, 2, 5, 5, k=3), lane_k=(1, 3))
     with pytest.raises(ValueError, match="lane_k needs kgate"):
         descriptor_value(desc, cfg)
 
 
 def test_bad_lane_kernels():
     with pytest.raises(ValueError, match=r"lane_k\[1\] must be in \[0, 3\], not 5"):
-        LayerDesc("conv", 2, 2, 5, 5, k=3, lane_k=(1, 5))
+        PassDesc(LayerDesc("conv", 2, 2, 5, 5, k=3), lane_k=(1, 5))
     with pytest.raises(ValueError, match=r"lane_k\[0\]=2 is even"):
-        LayerDesc("conv", 2, 2, 5, 5, k=3, lane_k=(2,))
+        PassDesc(LayerDesc("conv", 2, 2, 5, 5, k=3), lane_k=(2,))
 
 
 @pytest.mark.parametrize("pad, koff, k", [(0, 1, 3), (1, 1, 3), (0, 2, 1), (2, 1, 3),
@@ -67,7 +67,7 @@ def test_centre_tap_pass_walks_only_its_taps(pad, koff, k):
     reference (a conv at padding pad - koff) in exactly k*k steps per output group."""
     cfg = get_config("tiny").with_(kgate=True, nbin_depth=512, nbout_depth=512, sb_depth=256,
                                    bias_depth=16)
-    desc = LayerDesc("conv", 5, 6, 9, 9, k=k, pad=pad, koff=koff, shift=4, act="relu")
+    desc = PassDesc(LayerDesc("conv", 5, 6, 9, 9, k=k, pad=pad, shift=4, act="relu"), koff=koff)
     gen = torch.Generator().manual_seed(10 * pad + koff)
     x = torch.randint(-300, 300, (5, 9, 9), generator=gen)
     w = torch.randint(-50, 50, (6, 5, k, k), generator=gen)
@@ -81,6 +81,6 @@ def test_centre_tap_pass_walks_only_its_taps(pad, koff, k):
 def test_placement_fields_need_kgate():
     cfg = get_config("tiny")
     with pytest.raises(ValueError, match="koff=1, nbout_base=0, lane_skip=0 need kgate"):
-        LayerDesc("conv", 2, 2, 5, 5, k=1, koff=1).check(cfg)
+        PassDesc(LayerDesc("conv", 2, 2, 5, 5, k=1), koff=1).check(cfg)
     with pytest.raises(ValueError, match="lane_skip must be < tn=4, not 4"):
-        LayerDesc("conv", 2, 2, 5, 5, k=1, lane_skip=4).check(cfg.with_(kgate=True))
+        PassDesc(LayerDesc("conv", 2, 2, 5, 5, k=1), lane_skip=4).check(cfg.with_(kgate=True))

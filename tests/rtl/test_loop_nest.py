@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from slimnfu.config import LayerDesc, get_config
+from slimnfu.config import LayerDesc, PassDesc, get_config
 from slimnfu.contract import descriptor_value
 from slimnfu.rtl.loop_nest import LoopNest
 from slimnfu.sim.amaranth_driver import simulate
@@ -14,23 +14,25 @@ TINY = get_config("tiny")
 KGATE = TINY.with_(kgate=True)
 
 
-def model_walk(desc, cfg, taps, offsets):
-    """One tuple per window (or per tap with ``taps``), in the order the nest walks them."""
+def model_walk(run, cfg, taps, offsets):
+    """One tuple per window (or per tap with ``taps``) of pass ``run``, in the order the nest
+    walks them."""
+    desc = run.layer
     ci, co = desc.tiles(cfg)
     k, s = desc.k, desc.stride
-    origin = (desc.koff if offsets else 0) - desc.pad
-    base = desc.nbout_base if offsets else 0
+    origin = (run.koff if offsets else 0) - desc.pad
+    base = run.nbout_base if offsets else 0
     walk = []
-    for o, oy, ox, t in itertools.product(range(co), range(desc.h_out), range(desc.w_out),
+    for o, oy, ox, t in itertools.product(range(co), range(run.h_out), range(run.w_out),
                                           range(ci)):
         tile = o if desc.is_pool else t
         mask = sum(1 << j for j in range(cfg.tn) if o * cfg.tn + j < desc.n_out)
         for ky, kx in itertools.product(range(k), range(k)) if taps else [(0, 0)]:
             iy, ix = oy * s + ky + origin, ox * s + kx + origin
             last = t == ci - 1 and (not taps or ky == kx == k - 1)
-            tile_end = last and oy == desc.h_out - 1 and ox == desc.w_out - 1
+            tile_end = last and oy == run.h_out - 1 and ox == run.w_out - 1
             walk.append((ix, iy, iy * desc.w_in, tile * desc.h_in * desc.w_in, o,
-                         base + (o * desc.h_out + oy) * desc.w_out + ox, mask,
+                         base + (o * run.h_out + oy) * run.w_out + ox, mask,
                          t == 0 and ky == 0 and kx == 0, last, tile_end,
                          tile_end and o == co - 1))
     return walk
@@ -70,19 +72,19 @@ def hw_walk(desc, cfg, taps, offsets, seed, pooling=True):
 
 
 LAYERS = [
-    (TINY, LayerDesc("conv", 5, 6, 5, 4, k=3, stride=1, pad=1), False),
-    (TINY, LayerDesc("conv", 9, 3, 7, 6, k=3, stride=2, pad=2), False),
-    (TINY, LayerDesc("fc", 10, 7), False),
-    (TINY, LayerDesc("maxpool", 6, 6, 4, 6, k=2, stride=2), False),
-    (KGATE, LayerDesc("conv", 3, 5, 7, 7, k=3, pad=2, koff=1, nbout_base=5), True),
+    (TINY, PassDesc(LayerDesc("conv", 5, 6, 5, 4, k=3, stride=1, pad=1)), False),
+    (TINY, PassDesc(LayerDesc("conv", 9, 3, 7, 6, k=3, stride=2, pad=2)), False),
+    (TINY, PassDesc(LayerDesc("fc", 10, 7)), False),
+    (TINY, PassDesc(LayerDesc("maxpool", 6, 6, 4, 6, k=2, stride=2)), False),
+    (KGATE, PassDesc(LayerDesc("conv", 3, 5, 7, 7, k=3, pad=2), koff=1, nbout_base=5), True),
 ]
 
 
 @pytest.mark.parametrize("taps", [False, True])
 @pytest.mark.parametrize("cfg, desc, offsets", LAYERS,
-                         ids=[f"{d.kind}-{i}" for i, (_, d, _) in enumerate(LAYERS)])
+                         ids=[f"{d.layer.kind}-{i}" for i, (_, d, _) in enumerate(LAYERS)])
 def test_walk_matches_the_loop_order(cfg, desc, offsets, taps):
-    got = hw_walk(desc, cfg, taps, offsets, seed=len(desc.kind))
+    got = hw_walk(desc, cfg, taps, offsets, seed=len(desc.layer.kind))
     assert got["walk"] == model_walk(desc, cfg, taps, offsets)
     assert got["first_running"] == LoopNest.SETUP_CYCLES + 1
 

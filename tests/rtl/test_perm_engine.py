@@ -6,7 +6,7 @@ import torch
 from slimnfu import fixed
 from slimnfu.compress import permfc
 from slimnfu.formats import perm
-from slimnfu.config import CONFIGS, LayerDesc
+from slimnfu.config import CONFIGS, LayerDesc, PassDesc, as_pass
 from slimnfu.formats import layout
 from slimnfu.contract import descriptor_value
 from slimnfu.rtl.engine import LayerEngine
@@ -15,7 +15,7 @@ from slimnfu.rtl.perm_addr import PermAddrGen
 from slimnfu.rtl.perm_sb import PermSB
 from slimnfu.sim.amaranth_driver import EngineDriver, simulate
 
-CFG = CONFIGS["tiny"].with_(perm=True, perm_depth=64)
+CFG = CONFIGS["tiny"].with_(perm={"depth": 64})
 
 
 def _layer(m, n, variant, seed):
@@ -32,7 +32,7 @@ def _layer(m, n, variant, seed):
     loads.append((LoadSel.PERM_S, layout.pack_perm_s(s, CFG)))
     x = torch.randint(CFG.qmin, CFG.qmax + 1, (n,), generator=gen)
     b = torch.randint(-1 << 20, 1 << 20, (m,), generator=gen)
-    desc = LayerDesc("fc", n, m, shift=14, act="relu", perm=variant)
+    desc = PassDesc(LayerDesc("fc", n, m, shift=14, act="relu"), perm=variant)
     w = s[idx]
     want = fixed.run_layer(desc, x.unsqueeze(0), w, b, CFG.dw)[0]
     return desc, x, b, loads, want
@@ -51,7 +51,7 @@ def _run(jobs):
                 await drv.load(ctx, sel, words)
             counters = await drv.run(ctx, descriptor_value(desc, CFG))
             words = await drv.read_nbout(ctx, desc.nbout_words(CFG))
-            y = layout.unpack_output(words, desc.n_out, 1, 1, CFG).reshape(-1)
+            y = layout.unpack_output(words, as_pass(desc).layer.n_out, 1, 1, CFG).reshape(-1)
             results.append((y, counters))
 
     simulate(dut, bench)
@@ -82,17 +82,17 @@ def test_components_refuse_perm_off():
 
 
 def test_descriptor_refuses_perm_layer_without_perm_config():
-    desc = LayerDesc("fc", 10, 4, perm="affine")
+    desc = PassDesc(LayerDesc("fc", 10, 4), perm="affine")
     with pytest.raises(ValueError, match="has perm=False"):
         descriptor_value(desc, CONFIGS["small"])
-    with pytest.raises(ValueError, match="perm_depth=64"):
-        LayerDesc("fc", 65, 4, perm="index").check(CFG)
+    with pytest.raises(ValueError, match=r"perm\.depth=64"):
+        PassDesc(LayerDesc("fc", 65, 4), perm="index").check(CFG)
 
 
 def test_affine_layer_needs_no_sb_words():
     cfg = CONFIGS["tiny"].with_(perm=True)
-    big = LayerDesc("fc", 784, 300, perm="affine")
+    big = PassDesc(LayerDesc("fc", 784, 300), perm="affine")
     assert big.sb_words(cfg) == 0
     big.check(cfg)
     with pytest.raises(ValueError, match="sb_depth"):
-        LayerDesc("fc", 784, 300, perm="index").check(cfg)
+        PassDesc(LayerDesc("fc", 784, 300), perm="index").check(cfg)

@@ -78,7 +78,7 @@ def test_load_signature_is_a_memory_write_port():
 
 
 def test_window_and_run_signatures():
-    cfg = TINY.with_(ikr=True, ikr_kmax=3, ikr_index_depth=16)
+    cfg = TINY.with_(ikr={"kmax": 3, "index_depth": 16})
     win = WindowSignature.for_config(cfg)
     assert win == WindowSignature(kmax=3, index_addr_width=4)
     assert {n: m.shape for n, m in win.members.items()} == {

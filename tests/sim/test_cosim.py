@@ -80,14 +80,14 @@ def test_testbench_fails_its_results_file_when_outputs_differ(tmp_path):
 def test_cases_cover_the_brief():
     cfg = get_config("tiny")
     cases = regression_cases(cfg, seed=2)
-    kinds = {(c.desc.kind, c.desc.k, c.desc.stride, c.desc.pad > 0) for c in cases}
+    kinds = {(d.kind, d.k, d.stride, d.pad > 0) for d in (c.desc.layer for c in cases)}
     for k in (1, 3, 5):
         for s in (1, 2):
             for p in (False, True):
                 assert ("conv", k, s, p) in kinds
-    assert {c.desc.kind for c in cases} == {"conv", "fc", "maxpool", "avgpool"}
-    assert {c.desc.act for c in cases} == {"none", "relu", "pwl"}
-    assert any(c.desc.n_in % cfg.ti and c.desc.n_out % cfg.tn for c in cases)
+    assert {c.desc.layer.kind for c in cases} == {"conv", "fc", "maxpool", "avgpool"}
+    assert {c.desc.layer.act for c in cases} == {"none", "relu", "pwl"}
+    assert any(c.desc.layer.n_in % cfg.ti and c.desc.layer.n_out % cfg.tn for c in cases)
     rails = torch.cat([c.x.flatten() for c in cases])
     assert (rails == cfg.qmin).any() and (rails == cfg.qmax).any()
 

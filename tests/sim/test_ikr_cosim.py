@@ -16,7 +16,7 @@ def test_ikr_random_layers(sim):
     assert {c.desc.ikr_n for c in cases} >= {1, 9, 25}
     if sim == "icarus":
         # Icarus is ~50x slower than Verilator: it checks the extremes n = 1 and n = K*K.
-        cases = [c for c in cases if c.desc.ikr_n in (1, c.desc.k * c.desc.k)]
+        cases = [c for c in cases if c.desc.ikr_n in (1, c.desc.layer.k * c.desc.layer.k)]
     else:
         cases += [as_dense(c) for c in cases]
     results = run_regression(CFG, cases, sims=(sim,), log=lambda *_: None)
