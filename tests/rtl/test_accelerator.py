@@ -1,12 +1,28 @@
 """amaranth.sim tests of the whole-network accelerator against the integer reference."""
 
+import pytest
 import torch
 
+from slimnfu import fixed
 from slimnfu.compress.quant import int_forward_layers, quantize_input
+from slimnfu.config import CONFIGS
+from slimnfu.contract import COUNTER_BITS
 from slimnfu.formats import layout
+from slimnfu.gen.compiler import compile_model, config_for
 from slimnfu.rtl.accelerator import Accelerator
+from slimnfu.rtl.engine import LayerEngine
 from slimnfu.sim.amaranth_driver import simulate
+from slimnfu.sim.cases import expected_steps
 from slimnfu.sim.network import expected_cycles
+
+
+@pytest.fixture(scope="module")
+def mixed_program(mixed_qmodel):
+    """``mixed_qmodel`` compiled for a ``tiny`` engine with all three method flags on."""
+    cfg = config_for(mixed_qmodel, CONFIGS["tiny"].with_(nbin_depth=256, sb_depth=64,
+                                                          nbout_depth=256, bias_depth=8))
+    assert cfg.ikr and cfg.perm and cfg.kgate
+    return compile_model(mixed_qmodel, cfg)
 
 
 def assert_model_layers(program, layers, ref):
@@ -20,10 +36,12 @@ def assert_model_layers(program, layers, ref):
 def run_program(program, images, step=True):
     """Run ``images`` (int tensors) through the accelerator in amaranth.sim.
 
-    Returns, per image, the list of per-layer NBout words (every layer with ``step``) and the
-    counters of the run.
+    Returns, per image, the list of per-layer NBout words (every layer with ``step``), the
+    logits' words, the counters of the run (every counter port the accelerator has) and the
+    counters at each pause (with ``step``).
     """
     dut = Accelerator(program)
+    names = [n for n in COUNTER_BITS if hasattr(dut, n)]
     results = []
 
     async def bench(ctx):
@@ -39,9 +57,10 @@ def run_program(program, images, step=True):
             ctx.set(dut.start, 1)
             await ctx.tick()
             ctx.set(dut.start, 0)
-            layers = []
+            layers, paused_counters = [], []
             while not ctx.get(dut.done):
                 if ctx.get(dut.paused):
+                    paused_counters.append({n: ctx.get(getattr(dut, n)) for n in names})
                     i = ctx.get(dut.layer)
                     out = []
                     for a in range(program.out_words(i)):
@@ -54,15 +73,14 @@ def run_program(program, images, step=True):
                     ctx.set(dut.resume, 0)
                 else:
                     await ctx.tick()
-            counters = {n: ctx.get(getattr(dut, n)) for n in
-                        ("cycles", "engine_cycles", "load_cycles", "move_cycles", "mults")}
+            counters = {n: ctx.get(getattr(dut, n)) for n in names}
             last = program.out_words(len(program.layers) - 1)
             logits = []
             for a in range(last):
                 ctx.set(dut.rd_addr, a)
                 await ctx.tick()
                 logits.append(ctx.get(dut.rd_data))
-            results.append((layers, logits, counters))
+            results.append((layers, logits, counters, paused_counters))
 
     simulate(dut, bench)
     return results
@@ -72,7 +90,7 @@ def test_every_layer_bit_exact(small_qmodel, small_program):
     qmodel, program, cfg = small_qmodel, small_program, small_program.cfg
     x = quantize_input(qmodel, torch.rand(2, 1, 10, 10))
     results = run_program(program, x)
-    for n, (layers, logits, counters) in enumerate(results):
+    for n, (layers, logits, counters, _) in enumerate(results):
         ref = int_forward_layers(qmodel, x[n:n + 1])
         assert len(layers) == len(program.layers)
         assert_model_layers(program, layers, ref)
@@ -89,7 +107,7 @@ def test_every_layer_bit_exact(small_qmodel, small_program):
 def test_free_run_counts_the_same_cycles(small_qmodel, small_program):
     qmodel, program = small_qmodel, small_program
     x = quantize_input(qmodel, torch.rand(1, 1, 10, 10))
-    (layers, logits, counters), = run_program(program, x, step=False)
+    (layers, logits, counters, _), = run_program(program, x, step=False)
     assert layers == []
     assert torch.equal(layout.unpack_program_output(program, len(program.layers) - 1, logits),
                        int_forward_layers(qmodel, x)[-1][0])
@@ -108,26 +126,72 @@ def test_slim_network_every_layer_bit_exact(slim_qmodel):
     names = [l.name for l in program.layers]
     assert names[:3] == ["conv1.k3", "conv1.k1", "conv1.approx"] and "conv2.approx" in names
     x = quantize_input(slim_qmodel, torch.rand(1, 1, 10, 10))
-    (layers, logits, counters), = run_program(program, x)
+    (layers, logits, counters, _), = run_program(program, x)
     assert_model_layers(program, layers, int_forward_layers(slim_qmodel, x))
     assert counters["cycles"] == expected_cycles(program)["cycles"]
 
 
-def test_every_format_in_one_network(mixed_qmodel):
+def test_every_format_in_one_network(mixed_qmodel, mixed_program):
     """slim, IKR, permuted-affine and dense layers in one program, on an engine with all
     three method flags on."""
-    from slimnfu.config import CONFIGS
-    from slimnfu.gen.compiler import compile_model, config_for
-
-    cfg = config_for(mixed_qmodel, CONFIGS["tiny"].with_(nbin_depth=256, sb_depth=64,
-                                                          nbout_depth=256, bias_depth=8))
-    assert cfg.ikr and cfg.perm and cfg.kgate
-    program = compile_model(mixed_qmodel, cfg)
+    program = mixed_program
     assert {l.format for l in program.layers} == {"slim", "dense", "ikr", "perm_affine"}
     x = quantize_input(mixed_qmodel, torch.rand(1, 1, 10, 10))
-    (layers, logits, counters), = run_program(program, x)
+    (layers, logits, counters, _), = run_program(program, x)
     assert_model_layers(program, layers, int_forward_layers(mixed_qmodel, x))
     assert counters["cycles"] == expected_cycles(program)["cycles"]
+
+
+def layer_figures(program, qmodel, x):
+    """What the engine reports for each program layer of ``program`` run on ``x``.
+
+    Returns one dict a layer: ``engine_cycles`` (its ``dense_cycles`` or ``ikr_cycles`` plus
+    ``LayerEngine.LATENCY``), ``load_cycles`` (its ROM words plus one), ``move_cycles``,
+    ``mults`` (``tn*ti`` a MAC step), ``gated`` (:meth:`LayerDesc.gated_mults`) and
+    ``sat_events``: the integer reference's saturations of the model layer the program layer
+    completes (``ref``), 0 for a pass that leaves it unfinished.
+    """
+    cfg = program.cfg
+    sat_events = []
+    for layer in qmodel.layers:
+        count = fixed.SatCount()
+        x = layer.run(x, qmodel.dw, count)
+        sat_events.append(count.events)
+    figures = []
+    for layer in program.layers:
+        d = layer.desc
+        figures.append({
+            "engine_cycles": (d.ikr_cycles(cfg) if d.ikr_n else d.dense_cycles(cfg)) +
+            LayerEngine.LATENCY,
+            "load_cycles": sum(n for _, _, n in layer.loads) + 1,
+            "move_cycles": layer.move_cycles,
+            "mults": 0 if d.is_pool else expected_steps(d, cfg) * cfg.tn * cfg.ti,
+            "gated": d.gated_mults(cfg),
+            "sat_events": 0 if layer.ref is None else sat_events[layer.ref]})
+    return figures
+
+
+def test_counters_are_the_sums_of_the_layers(mixed_qmodel, mixed_program):
+    """At each pause and at ``done`` every counter is the sum of the engine's figures for the
+    layers run so far (``cycles`` adds the start and pause cycles); a free run ends with the
+    same counters. The input saturates (an IKR layer), the slim passes gate lanes."""
+    program = mixed_program
+    x = quantize_input(mixed_qmodel, 4 * torch.rand(1, 1, 10, 10,
+                                                    generator=torch.Generator().manual_seed(5)))
+    figures = layer_figures(program, mixed_qmodel, x)
+    (_, _, counters, paused_counters), = run_program(program, x)
+    assert len(paused_counters) == len(program.layers)
+    want = dict.fromkeys(figures[0], 0)
+    for i, (layer, got) in enumerate(zip(program.layers, paused_counters)):
+        for name, value in figures[i].items():
+            want[name] += value
+        assert {n: got[n] for n in want} == want, layer.name
+        assert got["cycles"] == sum(want[n] for n in ("engine_cycles", "load_cycles",
+                                                      "move_cycles")) + 2 * i + 1, layer.name
+    assert counters == {**want, "cycles": paused_counters[-1]["cycles"] + 1}
+    assert counters["cycles"] == expected_cycles(program)["cycles"]
+    assert min(counters["mults"], counters["gated"], counters["sat_events"]) > 0
+    assert run_program(program, x, step=False)[0][2] == counters
 
 
 def test_weights_through_the_port(small_qmodel, small_program):

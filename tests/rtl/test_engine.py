@@ -8,7 +8,17 @@ from slimnfu import fixed
 from slimnfu.config import AccelConfig, LayerDesc, get_config
 from slimnfu.rtl.engine import LayerEngine
 from slimnfu.contract import load_data_width
-from slimnfu.sim.amaranth_driver import run_layer_amaranth, run_layers_amaranth
+from slimnfu.rtl.ikr_sequencer import IkrSequencer
+from slimnfu.rtl.loop_nest import LoopNest
+from slimnfu.rtl.nfu1 import NFU1
+from slimnfu.rtl.nfu2 import NFU2
+from slimnfu.rtl.nfu3 import NFU3
+from slimnfu.rtl.sequencer import Sequencer
+from slimnfu.sim.amaranth_driver import (EngineDriver, run_layer_amaranth, run_layers_amaranth,
+                                         simulate)
+from slimnfu.sim.cases import case_job, make_case
+from slimnfu.sim.ikr_cases import ikr_case, random_ikr_layer
+from slimnfu.sim.perm_cases import make_perm_case
 
 T2 = AccelConfig("t2", tn=2, ti=2, dw=16, acc=48, nbin_depth=256, sb_depth=256,
                  nbout_depth=256, bias_depth=16)
@@ -126,3 +136,54 @@ def test_tiny_verilog_converts_and_compiles(tmp_path):
     proc = subprocess.run(["iverilog", "-g2012", "-o", str(tmp_path / "engine.vvp"),
                            str(tmp_path / "engine.v")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+#: Each feature set's layers with their engine cycle counts written out: steps + 18. The
+#: LATENCY constants are pinned here by number, so changing one is a deliberate edit.
+PINNED_LAYERS = {
+    "dense": [(LayerDesc("conv", 2, 3, 4, 4, k=3, shift=12), 2 * 2 * 9 + 18),
+              (LayerDesc("maxpool", 4, 4, 4, 4, k=2, stride=2), 2 * 2 * 4 + 18)],
+    # 4 groups of max(ikr_n, k) = 4 cycles, plus the last group's ikr_n steps
+    "ikr": [(LayerDesc("conv", 2, 3, 4, 4, k=3, shift=12, ikr_n=4), 4 * 4 + 4 + 18)],
+    # 5 inputs: 2 input tiles of one output tile
+    "perm": [(LayerDesc("fc", 5, 3, perm="affine"), 2 + 18)],
+    "kgate": [(LayerDesc("conv", 2, 3, 4, 4, k=3, shift=12, lane_k=(1, 3, 1)), 2 * 2 * 9 + 18)],
+}
+
+
+def pinned_case(desc, cfg, seed):
+    """A random :class:`slimnfu.sim.cases.Case` of ``desc`` in the format its fields name."""
+    if desc.ikr_n:
+        return ikr_case("ikr", desc, *random_ikr_layer(desc, 2, seed, cfg), cfg)
+    if desc.perm != "none":
+        return make_perm_case("perm", desc.n_in, desc.n_out, desc.perm, cfg, seed)
+    return make_case(desc.kind, desc, cfg, seed, shift=desc.shift)
+
+
+@pytest.mark.parametrize("features", [(), ("ikr",), ("perm",), ("kgate",),
+                                      ("ikr", "perm", "kgate")],
+                         ids=["dense", "ikr", "perm", "kgate", "all"])
+def test_latencies_pinned(features):
+    """The pipeline constants by number, and the cycles each feature set's engine takes for
+    a dense and a pooling layer and for the layers of its features."""
+    assert LayerEngine.LATENCY == 18
+    assert LoopNest.SETUP_CYCLES == Sequencer.SETUP_CYCLES == IkrSequencer.SETUP_CYCLES == 12
+    assert (NFU1.LATENCY, NFU2.LATENCY, NFU3.LATENCY) == (1, 1, 2)
+    cfg = get_config("tiny").with_(nbin_depth=64, sb_depth=64, nbout_depth=64, bias_depth=8,
+                                   ikr_kmax=3, ikr_index_depth=8, perm_depth=64,
+                                   **{f: True for f in features})
+    layers = [l for f in ("dense",) + features for l in PINNED_LAYERS[f]]
+    jobs = [(case_job(pinned_case(desc, cfg, seed), cfg, 0), cycles)
+            for seed, (desc, cycles) in enumerate(layers)]
+    dut = LayerEngine(cfg)
+    drv = EngineDriver(dut)
+    got = []
+
+    async def bench(ctx):
+        for job, _ in jobs:
+            for sel, words in job["loads"]:
+                await drv.load(ctx, sel, words)
+            got.append((await drv.run(ctx, job["desc_value"]))["cycles"])
+
+    simulate(dut, bench)
+    assert got == [cycles for _, cycles in jobs]

@@ -1,5 +1,7 @@
 """IKR layers on the layer engine in amaranth.sim, bit-exact against the integer reference."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -66,6 +68,55 @@ def test_ikr_layers_bit_exact_and_cycles():
         want = fixed.run_layer(desc, x.unsqueeze(0), w, b, CFG.dw)[0]
         assert torch.equal(y, want), desc
         assert counters["cycles"] == desc.ikr_cycles(CFG) + LayerEngine.LATENCY, desc
+
+
+def every_slot_ikr_layer(desc, seed, cfg=CFG):
+    """Operands of IKR layer ``desc`` that use all ``cfg.ikr_patterns`` pattern slots.
+
+    The patterns are distinct sets of ``ikr_n`` taps; every slot is the index of kernels
+    spread over the input and output tiles. Returns ``x, w (masked), b, patterns, index``
+    like :func:`slimnfu.sim.ikr_cases.random_ikr_layer`.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    kk, slots = desc.k * desc.k, cfg.ikr_patterns
+    tap_sets = list(itertools.combinations(range(kk), desc.ikr_n))
+    pick = torch.randperm(len(tap_sets), generator=gen)[:slots]
+    patterns = torch.tensor([tap_sets[i] for i in pick])
+    index = (torch.randperm(desc.n_out * desc.n_in, generator=gen) % slots).view(
+        desc.n_out, desc.n_in)
+    x = torch.randint(cfg.qmin, cfg.qmax + 1, (desc.n_in, desc.h_in, desc.w_in), generator=gen)
+    w = torch.randint(cfg.qmin, cfg.qmax + 1, (desc.n_out, desc.n_in, kk), generator=gen)
+    mask = torch.zeros_like(w)
+    mask.scatter_(2, patterns[index], 1)
+    w = (w * mask).view(desc.n_out, desc.n_in, desc.k, desc.k)
+    b = torch.randint(-1 << 20, 1 << 20, (desc.n_out,), generator=gen)
+    return x, w, b, patterns, index
+
+
+def test_ikr_layer_of_many_tiles_uses_every_pattern_slot():
+    """Three input tiles (the last one partial) by three output tiles, every one of the 16
+    pattern slots in use: each (output tile, input tile) index word and table entry is read."""
+    desc = LayerDesc("conv", 2 * CFG.ti + 2, 2 * CFG.tn + 1, 5, 4, k=3, pad=1, shift=17,
+                     ikr_n=4)
+    assert desc.tiles(CFG) == (3, 3) and CFG.ikr_patterns == 16
+    x, w, b, patterns, index = every_slot_ikr_layer(desc, 11)
+    assert len(set(map(tuple, patterns.tolist()))) == 16
+    last_tile = index[:, 2 * CFG.ti:]
+    assert index.unique().numel() == 16 and last_tile.unique().numel() > 1
+    dut = LayerEngine(CFG)
+    drv = EngineDriver(dut)
+    got = []
+
+    async def bench(ctx):
+        got.append(await run_ikr(ctx, drv, desc, x, w, b, patterns, index))
+
+    simulate(dut, bench)
+    (y, counters), = got
+    count = fixed.SatCount()
+    assert torch.equal(y, fixed.run_layer(desc, x.unsqueeze(0), w, b, CFG.dw, count=count)[0])
+    assert counters["cycles"] == desc.ikr_cycles(CFG) + LayerEngine.LATENCY
+    assert counters["mults"] == 5 * 4 * 3 * 3 * 4 * CFG.tn * CFG.ti
+    assert counters["sat_events"] == count.events
 
 
 @pytest.mark.parametrize("cls", [IkrSequencer, IkrUnit, PatternDecoder])
