@@ -12,7 +12,7 @@ import torch
 
 from slimnfu import fixed
 from slimnfu.compress.permfc import random_affine_params
-from slimnfu.config import LayerDesc
+from slimnfu.config import LayerDesc, PassDesc
 from slimnfu.formats.perm import PermAffineWeights, PermIndexWeights, affine_perms
 from slimnfu.sim.cases import Case, _with_rails
 
@@ -45,7 +45,7 @@ def make_perm_case(name, n_in, n_out, variant, cfg, seed, act="none", images=Non
     shift = max(0, int(top).bit_length() - (cfg.dw - 2))
     bias = torch.randint(-(1 << (shift + cfg.dw - 3)), 1 << (shift + cfg.dw - 3), (n_out,),
                          generator=gen)
-    desc = LayerDesc("fc", n_in, n_out, shift=shift, act=act, perm=variant)
+    desc = PassDesc(LayerDesc("fc", n_in, n_out, shift=shift, act=act), perm=variant)
     desc.check(cfg, int(bias.abs().max()))
     count = fixed.SatCount()
     y = fixed.run_layer(desc, x.unsqueeze(0), w, bias, cfg.dw, None, count)[0]

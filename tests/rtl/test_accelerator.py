@@ -161,11 +161,10 @@ def layer_figures(program, qmodel, x):
     for layer in program.layers:
         d = layer.desc
         figures.append({
-            "engine_cycles": (d.ikr_cycles(cfg) if d.ikr_n else d.dense_cycles(cfg)) +
-            LayerEngine.LATENCY,
+            "engine_cycles": d.nfu_cycles(cfg) + LayerEngine.LATENCY,
             "load_cycles": sum(n for _, _, n in layer.loads) + 1,
             "move_cycles": layer.move_cycles,
-            "mults": 0 if d.is_pool else expected_steps(d, cfg) * cfg.tn * cfg.ti,
+            "mults": 0 if d.layer.is_pool else expected_steps(d, cfg) * cfg.tn * cfg.ti,
             "gated": d.gated_mults(cfg),
             "sat_events": 0 if layer.ref is None else sat_events[layer.ref]})
     return figures

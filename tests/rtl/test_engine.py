@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from slimnfu import fixed
-from slimnfu.config import AccelConfig, LayerDesc, get_config
+from slimnfu.config import AccelConfig, LayerDesc, PassDesc, as_pass, get_config
 from slimnfu.rtl.engine import LayerEngine
 from slimnfu.contract import load_data_width
 from slimnfu.rtl.ikr_sequencer import IkrSequencer
@@ -144,20 +144,23 @@ PINNED_LAYERS = {
     "dense": [(LayerDesc("conv", 2, 3, 4, 4, k=3, shift=12), 2 * 2 * 9 + 18),
               (LayerDesc("maxpool", 4, 4, 4, 4, k=2, stride=2), 2 * 2 * 4 + 18)],
     # 4 groups of max(ikr_n, k) = 4 cycles, plus the last group's ikr_n steps
-    "ikr": [(LayerDesc("conv", 2, 3, 4, 4, k=3, shift=12, ikr_n=4), 4 * 4 + 4 + 18)],
+    "ikr": [(PassDesc(LayerDesc("conv", 2, 3, 4, 4, k=3, shift=12), ikr_n=4), 4 * 4 + 4 + 18)],
     # 5 inputs: 2 input tiles of one output tile
-    "perm": [(LayerDesc("fc", 5, 3, perm="affine"), 2 + 18)],
-    "kgate": [(LayerDesc("conv", 2, 3, 4, 4, k=3, shift=12, lane_k=(1, 3, 1)), 2 * 2 * 9 + 18)],
+    "perm": [(PassDesc(LayerDesc("fc", 5, 3), perm="affine"), 2 + 18)],
+    "kgate": [(PassDesc(LayerDesc("conv", 2, 3, 4, 4, k=3, shift=12), lane_k=(1, 3, 1)),
+               2 * 2 * 9 + 18)],
 }
 
 
 def pinned_case(desc, cfg, seed):
     """A random :class:`slimnfu.sim.cases.Case` of ``desc`` in the format its fields name."""
-    if desc.ikr_n:
-        return ikr_case("ikr", desc, *random_ikr_layer(desc, 2, seed, cfg), cfg)
-    if desc.perm != "none":
-        return make_perm_case("perm", desc.n_in, desc.n_out, desc.perm, cfg, seed)
-    return make_case(desc.kind, desc, cfg, seed, shift=desc.shift)
+    run = as_pass(desc)
+    layer = run.layer
+    if run.ikr_n:
+        return ikr_case("ikr", run, *random_ikr_layer(run, 2, seed, cfg), cfg)
+    if run.perm != "none":
+        return make_perm_case("perm", layer.n_in, layer.n_out, run.perm, cfg, seed)
+    return make_case(layer.kind, run, cfg, seed, shift=layer.shift)
 
 
 @pytest.mark.parametrize("features", [(), ("ikr",), ("perm",), ("kgate",),
@@ -169,9 +172,9 @@ def test_latencies_pinned(features):
     assert LayerEngine.LATENCY == 18
     assert LoopNest.SETUP_CYCLES == Sequencer.SETUP_CYCLES == IkrSequencer.SETUP_CYCLES == 12
     assert (NFU1.LATENCY, NFU2.LATENCY, NFU3.LATENCY) == (1, 1, 2)
+    params = {"ikr": {"kmax": 3, "index_depth": 8}, "perm": {"depth": 64}, "kgate": True}
     cfg = get_config("tiny").with_(nbin_depth=64, sb_depth=64, nbout_depth=64, bias_depth=8,
-                                   ikr_kmax=3, ikr_index_depth=8, perm_depth=64,
-                                   **{f: True for f in features})
+                                   **{f: params[f] for f in features})
     layers = [l for f in ("dense",) + features for l in PINNED_LAYERS[f]]
     jobs = [(case_job(pinned_case(desc, cfg, seed), cfg, 0), cycles)
             for seed, (desc, cycles) in enumerate(layers)]

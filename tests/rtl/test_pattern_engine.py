@@ -70,16 +70,17 @@ def test_ikr_layers_bit_exact_and_cycles():
         assert counters["cycles"] == desc.ikr_cycles(CFG) + LayerEngine.LATENCY, desc
 
 
-def every_slot_ikr_layer(desc, seed, cfg=CFG):
-    """Operands of IKR layer ``desc`` that use all ``cfg.ikr_patterns`` pattern slots.
+def every_slot_ikr_layer(run, seed, cfg=CFG):
+    """Operands of IKR pass ``run`` that use all ``cfg.ikr.patterns`` pattern slots.
 
     The patterns are distinct sets of ``ikr_n`` taps; every slot is the index of kernels
     spread over the input and output tiles. Returns ``x, w (masked), b, patterns, index``
     like :func:`slimnfu.sim.ikr_cases.random_ikr_layer`.
     """
     gen = torch.Generator().manual_seed(seed)
-    kk, slots = desc.k * desc.k, cfg.ikr_patterns
-    tap_sets = list(itertools.combinations(range(kk), desc.ikr_n))
+    desc = run.layer
+    kk, slots = desc.k * desc.k, cfg.ikr.patterns
+    tap_sets = list(itertools.combinations(range(kk), run.ikr_n))
     pick = torch.randperm(len(tap_sets), generator=gen)[:slots]
     patterns = torch.tensor([tap_sets[i] for i in pick])
     index = (torch.randperm(desc.n_out * desc.n_in, generator=gen) % slots).view(
@@ -96,9 +97,9 @@ def every_slot_ikr_layer(desc, seed, cfg=CFG):
 def test_ikr_layer_of_many_tiles_uses_every_pattern_slot():
     """Three input tiles (the last one partial) by three output tiles, every one of the 16
     pattern slots in use: each (output tile, input tile) index word and table entry is read."""
-    desc = LayerDesc("conv", 2 * CFG.ti + 2, 2 * CFG.tn + 1, 5, 4, k=3, pad=1, shift=17,
-                     ikr_n=4)
-    assert desc.tiles(CFG) == (3, 3) and CFG.ikr_patterns == 16
+    desc = PassDesc(LayerDesc("conv", 2 * CFG.ti + 2, 2 * CFG.tn + 1, 5, 4, k=3, pad=1,
+                              shift=17), ikr_n=4)
+    assert desc.tiles(CFG) == (3, 3) and CFG.ikr.patterns == 16
     x, w, b, patterns, index = every_slot_ikr_layer(desc, 11)
     assert len(set(map(tuple, patterns.tolist()))) == 16
     last_tile = index[:, 2 * CFG.ti:]
