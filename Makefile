@@ -54,7 +54,8 @@ demo: $(STAMP)
 	$(SLIMNFU) demo --config $(CONFIG)
 
 verilog: $(STAMP)
-	$(SLIMNFU) synth --config $(CONFIG) $(if $(filter 1,$(ROM)),--rom $(if $(FC),--fc $(FC)))
+	$(SLIMNFU) synth --config $(CONFIG) $(if $(filter 1,$(ROM)),--rom $(if $(FC),--fc $(FC))) \
+		$(foreach s,$(SET),--set $(s))
 
 cosim: $(STAMP)
 	$(SLIMNFU) cosim --config $(CONFIG) --sim $(SIM) $(if $(filter 1,$(WAVES)),--waves) \

@@ -39,6 +39,9 @@ def register(sub):
                                    "write synth/<config>.json in the build root.")
     p.add_argument("--config", default=DEFAULT.config,
                    help=f"accelerator config (default: {DEFAULT.config})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config parameter of the bare engine, e.g. --set ikr=1 "
+                        "or --set ikr.kmax=3 (repeatable; the report is named after it)")
     p.add_argument("--no-pnr", action="store_true", help="skip place and route")
     p.add_argument("--out", default=None,
                    help="report path (default: synth/<config>.json in the build root)")
@@ -79,14 +82,17 @@ def register(sub):
 
 
 def _synth(args):
-    from slimnfu.config import get_config
+    from slimnfu.config import get_config, parse_overrides
     from slimnfu.gen.synth import check_part, choose_weights, synth_config
 
-    cfg = get_config(args.config)
+    if args.rom and args.overrides:
+        raise ValueError("--set applies to the bare engine; --rom builds the scenario's "
+                         "accelerator with the features its network needs")
+    cfg = parse_overrides(get_config(args.config), args.overrides)
+    check_part(args.part)
     if args.rom:
         from slimnfu import flows
 
-        check_part(args.part)
         _, program, _ = flows.rom_program(DEFAULT.with_(config=args.config,
                                                          fc_variant=args.fc))
         weights, why = choose_weights(program)
@@ -102,6 +108,8 @@ def _synth(args):
           f"{report['dsps']} DSP, {report['brams']} DP16KD, "
           f"{report['memory_bits']} memory bits (generic); "
           f"fmax {'%.1f MHz' % fmax if fmax else 'n/a'}; {report['fits']}")
+    if report.get("worst_path"):
+        print(report["worst_path"])
     return 0
 
 

@@ -23,8 +23,8 @@ import math
 import re
 
 __all__ = ["AccelConfig", "IkrParams", "PermParams", "KgateParams", "FEATURES", "LayerDesc",
-           "PassDesc", "PASS_FIELDS", "as_pass", "CONFIGS", "get_config", "KINDS", "ACTS",
-           "Scenario", "FC_VARIANTS"]
+           "PassDesc", "PASS_FIELDS", "as_pass", "CONFIGS", "get_config", "parse_overrides",
+           "KINDS", "ACTS", "Scenario", "FC_VARIANTS"]
 
 KINDS = ("conv", "fc", "maxpool", "avgpool")
 ACTS = ("none", "relu", "pwl")
@@ -339,6 +339,23 @@ def get_config(name):
         return CONFIGS[name]
     except KeyError:
         raise ValueError(f"unknown config {name!r}; known configs: {', '.join(CONFIGS)}") from None
+
+
+def parse_overrides(cfg, overrides):
+    """Apply ``KEY=VALUE`` strings to ``cfg``; the config's own checks name bad values. The
+    result is named after what changed (:meth:`AccelConfig.changed`)."""
+    fields = set(cfg.parameter_names())
+    kw = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"--set needs KEY=VALUE with KEY one of {', '.join(sorted(fields))}"
+                             f", not {item!r}")
+        try:
+            kw[key] = int(value)
+        except ValueError:
+            raise ValueError(f"--set {key} must be an integer, not {value!r}") from None
+    return cfg.changed(**kw)
 
 
 @dataclass(frozen=True)

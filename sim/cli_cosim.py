@@ -7,7 +7,7 @@ fast.
 import json
 import sys
 
-__all__ = ["register", "run", "parse_overrides", "parse_layers"]
+__all__ = ["register", "run", "parse_layers"]
 
 SIMS = ("icarus", "verilator")
 
@@ -37,23 +37,6 @@ def register(sub):
                    help="results JSON (default: cosim/results.json in the build root: "
                         "$SLIMNFU_BUILD, else build/ in the current directory)")
     p.set_defaults(func=run)
-
-
-def parse_overrides(cfg, overrides):
-    """Apply ``KEY=VALUE`` strings to ``cfg``; the config's own checks name bad values. The
-    result is named after what changed (:meth:`AccelConfig.changed`)."""
-    fields = set(cfg.parameter_names())
-    kw = {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or key not in fields:
-            raise ValueError(f"--set needs KEY=VALUE with KEY one of {', '.join(sorted(fields))}"
-                             f", not {item!r}")
-        try:
-            kw[key] = int(value)
-        except ValueError:
-            raise ValueError(f"--set {key} must be an integer, not {value!r}") from None
-    return cfg.changed(**kw)
 
 
 def parse_layers(layers):
@@ -104,7 +87,7 @@ def run(args):
     """Check everything up front, then simulate; return 0 when every case passed, else 1."""
     from pathlib import Path
 
-    from slimnfu.config import get_config
+    from slimnfu.config import get_config, parse_overrides
 
     sims = list(dict.fromkeys(args.sim))
     bad = [s for s in sims if s not in SIMS]
