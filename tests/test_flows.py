@@ -209,20 +209,22 @@ def test_verify_without_ray_names_the_package(monkeypatch, no_long_steps, capsys
 
 def test_verify_on_the_fast_runner(trained, build_root, monkeypatch, capsys):
     """``slimnfu verify`` of the stand-in (compressed by test_demo_end_to_end, or now): a few
-    test images on a local Ray instance when ray is installed, else on local workers."""
+    test images on a local Ray instance when ray is installed, else on local workers. On
+    ``small`` (8x8) the NBin and NBout words are 128 bits wide, wider than the ports the
+    harness sees on ``tiny``."""
     from slimnfu import cli
 
     address = ["--ray", "local"] if importlib.util.find_spec("ray") else []
     monkeypatch.setattr(cli, "DEFAULT", QUICK)
     out = build_root / "verify_flow.json"
-    assert cli.main(["verify", "--images", "10:16", "--workers", "2", "--no-progress",
-                     "--out", str(out), *address]) == 0
+    assert cli.main(["verify", "--images", "10:16", "--config", "small", "--workers", "2",
+                     "--no-progress", "--out", str(out), *address]) == 0
     report = json.loads(out.read_text())
     assert report["images"] == 6 and report["first_image"] == 10
     assert report["bit_exact"] and report["acc_equal"]
     assert report["ray"] == (address[1] if address else None)
     c = report["builds"]["compressed"]
-    assert c["config"] == "tiny_lenet5_compressed" and c["mismatches"] == 0
+    assert c["config"] == "small_lenet5_compressed" and c["mismatches"] == 0
     assert c["acc_rtl"] == c["acc_int"] and c["cycles_as_expected"]
     assert c["cycles_per_image"]["min"] == c["cycles_per_image"]["max"] == \
         c["expected_cycles"]["cycles"]
