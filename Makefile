@@ -5,12 +5,16 @@
 #   make verilog CONFIG=tiny       emit Verilog, synthesise (Yosys generic + ECP5, nextpnr)
 #   make cosim SIM=icarus CONFIG=tiny   cocotb regression on the emitted Verilog
 #   make bench | bench-hw | bench-models
+#   make verify CONFIG=tiny        all 10,000 MNIST test images through the compressed RTL
+#                                  (fast Verilator runner; IMAGES=N, DENSE=1, WORKERS=N)
 
 PYTHON    ?= python3
 VENV      ?= .venv
 CONFIG    ?= tiny
 SIM       ?= icarus verilator
 WAVES     ?= 0
+IMAGES    ?= all
+DENSE     ?= 0
 BIN       := $(VENV)/bin
 SLIMNFU   := $(BIN)/slimnfu
 STAMP     := $(VENV)/.installed
@@ -28,10 +32,10 @@ unexport VERILATOR_ROOT
 
 BENCHES := hw models ikr permfc slim network
 
-.PHONY: setup test demo verilog cosim bench $(addprefix bench-,$(BENCHES)) clean help
+.PHONY: setup test demo verilog cosim verify bench $(addprefix bench-,$(BENCHES)) clean help
 
 help:
-	@sed -n '2,8p' Makefile
+	@sed -n '2,10p' Makefile
 
 setup: $(STAMP)
 
@@ -60,6 +64,10 @@ verilog: $(STAMP)
 cosim: $(STAMP)
 	$(SLIMNFU) cosim --config $(CONFIG) --sim $(SIM) $(if $(filter 1,$(WAVES)),--waves) \
 		$(foreach s,$(SET),--set $(s))
+
+verify: $(STAMP)
+	$(SLIMNFU) verify --config $(CONFIG) --images $(IMAGES) $(if $(filter 1,$(DENSE)),--dense) \
+		$(if $(WORKERS),--workers $(WORKERS))
 
 bench: $(addprefix bench-,$(BENCHES))
 

@@ -2,8 +2,8 @@
 
 Each area of the project registers its own subcommands from a small ``cli_*`` module, so that
 ``slimnfu --help`` stays fast (heavy imports such as torch happen inside the commands). This
-module registers ``synth`` and ``board`` itself: ``synth --rom`` and ``board`` run the
-scenario's flow (:mod:`slimnfu.flows`), which the gen level below it must not import.
+module registers ``synth``, ``board`` and ``verify`` itself: they run the scenario's flow
+(:mod:`slimnfu.flows`), which the gen and sim levels below it must not import.
 """
 
 import argparse
@@ -26,12 +26,13 @@ COMMAND_MODULES = [
     "slimnfu.demo",
 ]
 
-#: The project's scenario; ``synth --rom`` and ``board`` change only what their options say.
+#: The project's scenario; ``synth --rom``, ``board`` and ``verify`` change only what their
+#: options say.
 DEFAULT = Scenario()
 
 
 def register(sub):
-    """Add ``synth`` and ``board`` to ``sub``."""
+    """Add ``synth``, ``board`` and ``verify`` to ``sub``."""
     p = sub.add_parser("synth", help="emit, synthesise (Yosys generic + ECP5), place and route",
                        description="Emit the engine Verilog, synthesise it with Yosys (generic, "
                                    "memories kept, and synth_ecp5), place and route it with "
@@ -80,6 +81,48 @@ def register(sub):
                    help="write the build files and script only, no bitstream")
     p.set_defaults(func=_board)
 
+    p = sub.add_parser(
+        "verify", help="run MNIST test images (all 10,000 by default) through the RTL on the "
+                       "fast Verilator runner, bit-exact against the integer reference",
+        description="Compile the compressed network (trained and compressed first unless the "
+                    "cache holds it; or a compressed network file) for --config, build its ROM "
+                    "build on a lean Verilator model with a C++ harness, and run the test "
+                    "images through it, sharded over local worker processes (or a Ray "
+                    "cluster): every image's logits must equal the integer reference's, so the "
+                    "RTL accuracy equals the reference's exactly. Writes "
+                    "verify/<network>_<config>.json in the build root (images, bit_exact, "
+                    "acc_rtl, acc_int, cycles per image, mismatches, wall time). Exit status 1 "
+                    "on any mismatch.")
+    p.add_argument("target", nargs="?", default=DEFAULT.network, metavar="MODEL-OR-NETWORK",
+                   help=f"a reference network's name (default {DEFAULT.network}; an "
+                        f"unknown name lists them) or a compressed network file (.json in "
+                        f"the cache's network/ folder)")
+    p.add_argument("--images", default="all",
+                   help="test images: all (default), a count N (the first N) or a range A:B")
+    p.add_argument("--config", default=DEFAULT.config,
+                   help=f"base accelerator config (default: {DEFAULT.config})")
+    p.add_argument("--dense", action="store_true",
+                   help="also verify the dense network (quantised, uncompressed)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="simulator processes at a time, or Ray tasks in flight (default: "
+                        "the CPUs this process may use)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="shard over the Ray cluster at ADDRESS (ray.init's address; 'local' "
+                        "starts one here) instead of local processes; needs the ray package")
+    p.add_argument("--every-layer", action="store_true",
+                   help="also check every layer's output of every image (slower)")
+    p.add_argument("--budget", type=float, default=DEFAULT.budget,
+                   help=f"accuracy budget of the compression, points (default: "
+                        f"{DEFAULT.budget})")
+    p.add_argument("--fc", default=DEFAULT.fc_variant, choices=FC_VARIANTS,
+                   help="fc1's permuted format: auto (default; the budget picks), affine or "
+                        "index")
+    p.add_argument("--out", default=None,
+                   help="report path (default: verify/<network>_<config>.json in the build "
+                        "root)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_verify)
+
 
 def _synth(args):
     from slimnfu.config import get_config, parse_overrides
@@ -123,6 +166,21 @@ def _board(args):
                                log=lambda message: print(message, flush=True))
     print(json.dumps(report, indent=1))
     return 0
+
+
+def _verify(args):
+    from slimnfu import flows
+
+    plan = flows.verify_plan(args.target, DEFAULT.with_(config=args.config, budget=args.budget,
+                                                        fc_variant=args.fc),
+                             args.images, dense=args.dense, workers=args.workers,
+                             ray_address=args.ray, out=args.out)
+    report = flows.verify(plan, layers=args.every_layer, progress=not args.no_progress,
+                          log=lambda message: print(message, flush=True))
+    print(f"{report['images']} images, bit-exact {report['bit_exact']}, RTL accuracy equal to "
+          f"the integer reference's {report['acc_equal']}; report in {plan['out']} "
+          f"({report['wall_s']} s)")
+    return 0 if report["bit_exact"] and report["acc_equal"] else 1
 
 
 def build_parser():

@@ -2,9 +2,10 @@
 
 Train or load the float network (:func:`train_or_load`), compress it with all three methods
 (:func:`compress`, cached), compile it for the scenario's config (:func:`compile_for`), then
-synthesise its ROM build (:func:`synth_build`), build a board bitstream (:func:`board_build`)
-or run images through its RTL (:func:`run_on_rtl`). ``slimnfu demo``, ``synth --rom``,
-``board`` and ``bench network`` call these with their scenario as data.
+synthesise its ROM build (:func:`synth_build`), build a board bitstream (:func:`board_build`),
+run images through its RTL (:func:`run_on_rtl`) or verify the whole test set on the fast
+runner (:func:`verify`). ``slimnfu demo``, ``synth --rom``, ``board``, ``verify`` and ``bench
+network`` call these with their scenario as data.
 
 Every function that writes takes ``build_root`` or ``cache_root`` (default
 :func:`slimnfu.paths.build_root` and :func:`slimnfu.paths.cache_root`, read at call time).
@@ -12,15 +13,17 @@ Every function that writes takes ``build_root`` or ``cache_root`` (default
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
 from slimnfu import paths
 from slimnfu.atomic import read_hashed, write_hashed, write_json
 from slimnfu.compress import data
-from slimnfu.compress.models import network_info
+from slimnfu.compress.models import NETWORKS, network_info
 from slimnfu.compress.pipeline import PIPELINE, compress_network, hash_state
-from slimnfu.compress.quant import int_forward, int_forward_layers, quantize_input
+from slimnfu.compress.quant import int_forward, int_forward_layers, quantize_input, \
+    quantize_model
 from slimnfu.compress.train import evaluate, set_threads, train
 from slimnfu.config import Scenario, get_config
 from slimnfu.formats import QuantModel, layout
@@ -28,10 +31,11 @@ from slimnfu.gen.board import board_platform, build_board, pnr_figures
 from slimnfu.gen.compiler import compile_model, config_for
 from slimnfu.gen.synth import synth_emitted
 from slimnfu.gen.verilog import emit_accelerator, verilog_root
-from slimnfu.sim.network import run_network
+from slimnfu.sim.fastsim import ray_or_error
+from slimnfu.sim.network import run_network, run_network_fast
 
 __all__ = ["check", "train_or_load", "network_file", "compress", "compile_for", "rom_program",
-           "synth_build", "run_on_rtl", "board_build"]
+           "synth_build", "run_on_rtl", "board_build", "verify_plan", "verify"]
 
 #: Compression settings that name a cached network only when they differ from the default
 #: scenario's, so the default's file name stays what it was.
@@ -223,4 +227,167 @@ def board_build(scenario, board, image=0, do_build=True, build_root=None, cache_
               if bit else None, "pnr": pnr_figures(out, clk_mhz) if bit else None,
               "wall_s": round(time.monotonic() - t0, 1)}
     write_json(out / "report.json", report)
+    return report
+
+
+def _image_range(images, total):
+    """``images`` (``"all"``, ``"N"``: the first N, or ``"A:B"``: images A..B-1) as a
+    ``range`` of the ``total`` test images; ``ValueError`` naming ``--images`` otherwise."""
+    text = str(images).strip()
+    try:
+        if text == "all":
+            start, stop = 0, total
+        elif ":" in text:
+            a, b = text.split(":", 1)
+            start, stop = int(a or 0), int(b or total)
+        else:
+            start, stop = 0, int(text)
+    except ValueError:
+        raise ValueError(f"--images must be 'all', a count N or a range A:B, not "
+                         f"{images!r}") from None
+    if not 0 <= start < stop <= total:
+        raise ValueError(f"--images must select images in 0..{total - 1} (a count in "
+                         f"1..{total}, or A:B with 0 <= A < B <= {total}), not {images!r}")
+    return range(start, stop)
+
+
+def verify_plan(target, scenario, images="all", dense=False, workers=None, ray_address=None,
+                out=None, build_root=None):
+    """Check a :func:`verify` request before any long step; return the plan (a dict).
+
+    ``target`` is a network name (:data:`slimnfu.compress.models.NETWORKS`: trained or
+    loaded, then compressed under ``scenario``) or a compressed network file (a ``.json`` of
+    the cache's ``network/`` folder, loaded and checked here by :func:`load_network`; the
+    network its name starts with, if any, names the build and the dataset). The default
+    ``out`` is ``verify/<network>_<config>.json`` in the build root. Every problem is one
+    ``ValueError`` (``FileNotFoundError`` for a missing file) naming the option: an unknown
+    network, a missing or invalid file, ``--dense`` with a file (it has no float network to
+    quantise), ``--images`` out of range, ``--workers`` below 1, ``--ray`` without the ray
+    package, an ``--out`` that is a folder.
+    """
+    check(scenario)
+    if isinstance(workers, bool) or not isinstance(workers, (int, type(None))) or \
+            (workers is not None and workers < 1):
+        raise ValueError(f"--workers must be an integer >= 1, not {workers!r}")
+    plan = {"target": str(target), "file": None}
+    path = Path(str(target))
+    if target in NETWORKS:
+        scenario = scenario.with_(network=target, dataset=network_info(target)["dataset"])
+        check(scenario)
+    elif path.suffix == ".json" or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"{target}: no such compressed network file")
+        if dense:
+            raise ValueError(f"--dense needs a network name (its float network is quantised "
+                             f"dense), not the compressed network file {target}")
+        plan["file"], plan["qmodel"] = path, load_network(path)[0]
+        # a cache file's name starts with its network (network_file)
+        name = path.name.split("_")[0]
+        if name in NETWORKS:
+            scenario = scenario.with_(network=name, dataset=network_info(name)["dataset"])
+    else:
+        raise ValueError(f"unknown network {str(target)!r}: give one of "
+                         f"{', '.join(NETWORKS)}, or a compressed network file (.json)")
+    total = data.SPLITS["test"][2] - data.SPLITS["test"][1]
+    plan["images"] = _image_range(images, total)
+    data.verify(scenario.dataset)
+    if ray_address is not None:
+        ray_or_error()
+    plan["workers"] = workers or len(os.sched_getaffinity(0))
+    plan["ray"] = ray_address
+    out = Path(out) if out else paths.build_root(build_root) / "verify" / \
+        f"{scenario.network}_{scenario.config}.json"
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name for the report JSON")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--out {out}: {parent} is a file, not a folder")
+            break
+    plan.update(scenario=scenario, dense=dense, out=out)
+    return plan
+
+
+def verify(plan, layers=False, progress=True, build_root=None, cache_root=None, log=print):
+    """Every image of ``plan`` (:func:`verify_plan`) through the fast runner of the compressed
+    network's RTL (and the dense network's with ``plan["dense"]``), bit-exact against the
+    integer reference; the report is written to ``plan["out"]`` (atomically) and returned.
+
+    Parameters
+    ----------
+    plan : dict
+        From :func:`verify_plan`.
+    layers : bool
+        Check every layer's output of every image too (slower).
+    progress : bool
+        Show a progress bar per build.
+    build_root, cache_root : path-like, optional
+        Default :func:`slimnfu.paths.build_root` and :func:`slimnfu.paths.cache_root`.
+    log : callable
+
+    Returns
+    -------
+    dict
+        ``images`` (count), ``first_image``, ``bit_exact`` (every build), ``acc_equal``
+        (every build's RTL accuracy equals the integer reference's), ``builds``: per build
+        (``compressed``, ``dense``) ``images``, ``bit_exact``, ``mismatches``, ``failures``,
+        ``acc_rtl``, ``acc_int`` (the integer reference on the same images),
+        ``cycles_per_image``, ``cycles_as_expected``, ``expected_cycles``, ``sat_events``,
+        ``sim_s_per_image``, ``sim_wall_s`` and ``wall_s``; and the whole ``wall_s``.
+    """
+    from tqdm import tqdm
+
+    t0 = time.monotonic()
+    scenario, sel = plan["scenario"], plan["images"]
+    xt, yt = data.load(scenario.dataset, "test")
+    xt, yt = xt[sel.start:sel.stop], yt[sel.start:sel.stop]
+    if plan["file"] is not None:
+        models, key = {"compressed": plan["qmodel"]}, None
+    else:
+        model, _ = train_or_load(scenario, cache_root, progress=progress)
+        q, _ = compress(scenario, model, cache_root, log=log)
+        models, key = {"compressed": q}, hash_state(model)[:12]
+        if plan["dense"]:
+            xc, _ = data.load(scenario.dataset, "calib")
+            models["dense"] = quantize_model(model, xc[:scenario.calib])
+    builds = {}
+    for label, qm in models.items():
+        t1 = time.monotonic()
+        program = compile_for(qm, scenario, label)
+        log(f"{label}: {len(sel)} images through the RTL of {program.cfg.name!r} on "
+            f"{plan['workers']} {'Ray tasks' if plan['ray'] else 'local workers'}")
+        bar = tqdm(total=len(sel), unit="image", desc=label, disable=not progress)
+        try:
+            r = run_network_fast(program, qm, xt, yt, name=program.cfg.name, layers=layers,
+                                 workers=plan["workers"], ray_address=plan["ray"],
+                                 progress=lambda k: bar.update(k) if k else bar.reset(),
+                                 build_root=build_root, log=log)
+        finally:
+            bar.close()
+        builds[label] = {"config": program.cfg.name, "images": r["images"],
+                         "bit_exact": r["bit_exact"], "every_layer": layers,
+                         "mismatches": r["mismatches"], "failures": r["failures"],
+                         "acc_rtl": r["rtl_accuracy"], "acc_int": r["int_accuracy"],
+                         "rtl_correct": r["rtl_correct"], "int_correct": r["int_correct"],
+                         "cycles_per_image": r["cycles_per_image"],
+                         "cycles_as_expected": r["cycles_as_expected"],
+                         "expected_cycles": r["expected_cycles"], "counters": r["counters"],
+                         "sat_events": r["sat_events"], "sim_s_per_image": r["sim_s_per_image"],
+                         "sim_wall_s": r["sim_wall_s"],
+                         "wall_s": round(time.monotonic() - t1, 1),
+                         "verilog_sha256": r["verilog_sha256"]}
+        b = builds[label]
+        exact = "bit-exact" if b["bit_exact"] else f"{b['mismatches']} MISMATCHES"
+        log(f"{label}: {exact}, "
+            f"RTL accuracy {b['acc_rtl']}% (integer reference {b['acc_int']}%), "
+            f"{b['cycles_per_image']['max']:,} cycles per image, simulated in "
+            f"{b['sim_wall_s']} s")
+    report = {"target": plan["target"], "network": scenario.network,
+              "dataset": scenario.dataset, "config": scenario.config, "model_key": key,
+              "images": len(sel), "first_image": sel.start, "workers": plan["workers"],
+              "ray": plan["ray"],
+              "bit_exact": all(b["bit_exact"] for b in builds.values()),
+              "acc_equal": all(b["rtl_correct"] == b["int_correct"] for b in builds.values()),
+              "builds": builds, "wall_s": round(time.monotonic() - t0, 1)}
+    write_json(plan["out"], report)
     return report

@@ -10,7 +10,12 @@ from slimnfu.contract import (COUNTER_BITS, LoadSel, Program, bits_for, descript
 from slimnfu.rtl._params import check_config
 from slimnfu.rtl.engine import LayerEngine
 
-__all__ = ["Accelerator"]
+__all__ = ["Accelerator", "ACCEL_COUNTERS"]
+
+#: The accelerator's counter ports (widths in :data:`slimnfu.contract.COUNTER_BITS`), in the
+#: order testbenches and the fast runner list them; ``gated`` follows with ``cfg.kgate``.
+ACCEL_COUNTERS = ("cycles", "engine_cycles", "load_cycles", "move_cycles", "mults",
+                  "sat_events")
 
 
 class Accelerator(wiring.Component):
@@ -70,8 +75,7 @@ class Accelerator(wiring.Component):
             "rd_addr": In(bits_for(cfg.nbout_depth - 1)), "rd_data": Out(cfg.tn * cfg.dw),
             "step": In(1), "resume": In(1), "paused": Out(1),
             "layer": Out(bits_for(len(program.layers) - 1)),
-            **{name: Out(COUNTER_BITS[name]) for name in
-               ("cycles", "engine_cycles", "load_cycles", "move_cycles", "mults", "sat_events")},
+            **{name: Out(COUNTER_BITS[name]) for name in ACCEL_COUNTERS},
         }
         if cfg.kgate:
             ports["gated"] = Out(COUNTER_BITS["gated"])
@@ -174,8 +178,7 @@ class Accelerator(wiring.Component):
                      self.rd_data.eq(eng.rd_data),
                      rom_addr.eq(load_base[load] + k)]
 
-        cnt = {name: getattr(self, name) for name in ("cycles", "engine_cycles", "load_cycles",
-                                                      "move_cycles", "mults", "sat_events")}
+        cnt = {name: getattr(self, name) for name in ACCEL_COUNTERS}
         if cfg.kgate:
             cnt["gated"] = self.gated
         # The cycle that resumes a pause stands for the PAUSE cycle of a free run, so

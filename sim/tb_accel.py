@@ -20,12 +20,8 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, RisingEdge, SimTimeoutError, with_timeout
 
+from slimnfu.rtl.accelerator import ACCEL_COUNTERS
 from slimnfu.sim.driver import CLOCK_NS, EngineTB, JobLog, differing_words
-
-#: Counter ports of the accelerator, as they appear in a result.
-ACCEL_COUNTERS = ("cycles", "engine_cycles", "load_cycles", "move_cycles", "mults",
-                  "sat_events")
-
 
 
 async def _rise(signal, cycles, what):

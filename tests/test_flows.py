@@ -2,9 +2,12 @@
 stand-in for LeNet-5, from training to the RTL on both simulators, into the session's build
 and cache roots."""
 
+import importlib.util
 import json
 import os
 import pathlib
+import re
+import sys
 
 import pytest
 import torch
@@ -146,3 +149,83 @@ def test_cached_networks_are_checked(small_qmodel, tmp_path):
     write_hashed(path, text[:100].encode())
     with pytest.raises(ValueError, match=f"{path}: not a valid compressed network"):
         flows.load_network(path)
+
+
+@pytest.fixture
+def no_long_steps(monkeypatch):
+    """Fail any test that reaches training: verify's checks come first."""
+    def train(*args, **kw):
+        raise AssertionError("verify trained before checking its options")
+
+    monkeypatch.setattr(flows, "train", train)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["lenet6"], "unknown network 'lenet6': give one of lenet300, lenet5, vgg_fmnist, or a "
+                 "compressed network file"),
+    (["missing.json"], "missing.json: no such compressed network file"),
+    (["--images", "10001"], r"--images must select images in 0..9999 \(a count in 1..10000, or "
+                            r"A:B with 0 <= A < B <= 10000\), not '10001'"),
+    (["--images", "0"], "--images must select images in 0..9999"),
+    (["--images", "9999:10001"], "--images must select images in 0..9999"),
+    (["--images", "some"], "--images must be 'all', a count N or a range A:B, not 'some'"),
+    (["--workers", "0"], "--workers must be an integer >= 1, not 0"),
+    (["--config", "huge"], "unknown config 'huge'"),
+])
+def test_verify_refuses_bad_input_first(argv, message, no_long_steps, capsys):
+    from slimnfu import cli
+
+    assert cli.main(["verify", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("slimnfu verify: error: ")
+    assert re.search(message, err), err
+
+
+def test_verify_refuses_bad_files_and_folders(small_qmodel, no_long_steps, tmp_path, capsys):
+    from slimnfu import cli
+    from slimnfu.atomic import write_hashed
+
+    net = tmp_path / "lenet5_net.json"
+    write_hashed(net, json.dumps({"qmodel": small_qmodel.to_state(), "history": {}}).encode())
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    for argv, message in (
+            ([str(net), "--dense"], f"--dense needs a network name (its float network is "
+                                    f"quantised dense), not the compressed network file {net}"),
+            ([str(bad)], f"{bad}: no content hash beside it"),
+            (["--out", str(tmp_path)], f"--out {tmp_path} is a folder")):
+        assert cli.main(["verify", *argv]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_verify_without_ray_names_the_package(monkeypatch, no_long_steps, capsys):
+    from slimnfu import cli
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    assert cli.main(["verify", "--ray", "local"]) == 2
+    assert "--ray needs the Python package 'ray' (pip install ray==2.60.0)" in \
+        capsys.readouterr().err
+
+
+def test_verify_on_the_fast_runner(trained, build_root, monkeypatch, capsys):
+    """``slimnfu verify`` of the stand-in (compressed by test_demo_end_to_end, or now): a few
+    test images on a local Ray instance when ray is installed, else on local workers. On
+    ``small`` (8x8) the NBin and NBout words are 128 bits wide, wider than the ports the
+    harness sees on ``tiny``."""
+    from slimnfu import cli
+
+    address = ["--ray", "local"] if importlib.util.find_spec("ray") else []
+    monkeypatch.setattr(cli, "DEFAULT", QUICK)
+    out = build_root / "verify_flow.json"
+    assert cli.main(["verify", "--images", "10:16", "--config", "small", "--workers", "2",
+                     "--no-progress", "--out", str(out), *address]) == 0
+    report = json.loads(out.read_text())
+    assert report["images"] == 6 and report["first_image"] == 10
+    assert report["bit_exact"] and report["acc_equal"]
+    assert report["ray"] == (address[1] if address else None)
+    c = report["builds"]["compressed"]
+    assert c["config"] == "small_lenet5_compressed" and c["mismatches"] == 0
+    assert c["acc_rtl"] == c["acc_int"] and c["cycles_as_expected"]
+    assert c["cycles_per_image"]["min"] == c["cycles_per_image"]["max"] == \
+        c["expected_cycles"]["cycles"]
+    assert "6 images, bit-exact True" in capsys.readouterr().out

@@ -55,7 +55,7 @@ def test_non_editable_install_runs_from_another_folder(tmp_path):
     installed = site / "slimnfu"
     assert packages <= {p.parent.relative_to(installed) for p in installed.rglob("__init__.py")}
     assert modules <= _files(installed), sorted(map(str, modules - _files(installed)))
-    for name in ("paths.py", "flows.py", "bench/common.py"):
+    for name in ("paths.py", "flows.py", "bench/common.py", "sim/fast_harness.cpp"):
         assert (installed / name).is_file(), name
     before = _files(installed)
 
