@@ -8,7 +8,10 @@ Writes ``build/bench/hw.json`` and prints a Markdown table:
 * simulation speed in cycles per second of Verilator, Icarus and amaranth.sim on the same
   layer in one run (every simulated clock cycle counted: loads, the layer and NBout reads);
 * the synthesis reports of ``tiny``, ``small`` and ``diannao`` (``synth/*.json`` in the build
-  root, synthesised when missing).
+  root, synthesised when missing), and of ``tiny`` with each method feature on (Yosys only);
+* the area of each Amaranth component (Yosys generic synthesis, not flattened: each block's
+  own LUTs, flip-flops and memory bits) of ``tiny`` and of ``tiny`` with each feature on, so
+  a method's hardware cost shows block by block.
 """
 
 import json
@@ -32,6 +35,8 @@ LENET5 = [
 ]
 
 SYNTH_CONFIGS = ("tiny", "small", "diannao")
+#: Method features whose hardware the per-block area table shows, each on ``tiny``.
+AREA_FEATURES = ("ikr", "perm", "kgate")
 
 
 def add_arguments(parser):
@@ -67,19 +72,48 @@ def _speed_amaranth(cfg, case):
 
 
 def _synth_reports(no_synth):
+    """The reports of :data:`SYNTH_CONFIGS` and of ``tiny`` with each of
+    :data:`AREA_FEATURES` on (``synth/*.json``, synthesised when missing unless
+    ``no_synth``)."""
     from slimnfu.gen.synth import synth_config
 
+    tiny = get_config("tiny")
+    configs = [(name, get_config(name), name != "diannao") for name in SYNTH_CONFIGS]
+    configs += [(c.name, c, False) for c in (tiny.changed(**{f: True}) for f in AREA_FEATURES)]
     reports = {}
-    for name in SYNTH_CONFIGS:
+    for name, cfg, pnr in configs:
         path = paths.build_root() / "synth" / f"{name}.json"
         if path.exists():
             reports[name] = json.loads(path.read_text())
         elif not no_synth:
             print(f"synthesising {name} (build/synth/{name}.json is missing) ...", flush=True)
-            reports[name] = synth_config(get_config(name), pnr=name != "diannao")
+            reports[name] = synth_config(cfg, pnr=pnr)
         else:
             reports[name] = None
     return reports
+
+
+def _block_markdown(reports):
+    """One row per Amaranth component, one column per ``tiny`` build: the component's own
+    generic LUTs / flip-flops / memory bits."""
+    builds = {name: r["generic"]["blocks"] for name, r in reports.items()
+              if name.startswith("tiny") and r and r.get("generic", {}).get("blocks")}
+    if not builds:
+        return []
+    names = sorted({b for blocks in builds.values() for b in blocks})
+    lines = ["", "**Area by component (Yosys generic synthesis, not flattened; LUT / FF / "
+                 "memory bits of each component's own logic, multipliers as LUTs)**", "",
+             "| component | " + " | ".join(f"`{n}`" for n in builds) + " |",
+             "|---|" + "---:|" * len(builds)]
+    for b in names:
+        cells = []
+        for blocks in builds.values():
+            f = blocks.get(b)
+            cells.append(f"{f['luts']} / {f['ffs']} / {f['memory_bits']}" if f else "-")
+        lines.append(f"| {b or '(top)'} | " + " | ".join(cells) + " |")
+    totals = [sum(f["luts"] for f in blocks.values()) for blocks in builds.values()]
+    lines.append("| total LUTs | " + " | ".join(str(t) for t in totals) + " |")
+    return lines
 
 
 def _markdown(result):
@@ -110,6 +144,7 @@ def _markdown(result):
         lines.append(f"| {name} | {s['nfu_multipliers']} | {s['luts']} | {s['ffs']} | "
                      f"{s['dsps']} | {s['brams']} | {s['memory_bits']} | {s['part'] or '-'} | "
                      f"{fmax} | {s['fits']} |")
+    lines += _block_markdown(result["synth"])
     return "\n".join(lines)
 
 

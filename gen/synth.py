@@ -83,21 +83,41 @@ def _stat(path):
     return next(iter(mods.values()))
 
 
-def _memory_bits(dump):
-    """Sum ``WIDTH * SIZE`` over the ``$mem_v2`` cells of an RTLIL dump."""
-    total, params = 0, {}
+def _memory_bits(dump, by_module=False):
+    """Sum ``WIDTH * SIZE`` over the ``$mem_v2`` cells of an RTLIL dump (with ``by_module``,
+    a dict of the sums per module)."""
+    sums, module, params = {}, None, {}
     for line in Path(dump).read_text().splitlines() + ["end"]:
         words = line.split()
-        if words[:1] == ["cell"] or words == ["end"]:
+        if words[:1] in (["cell"], ["module"]) or words == ["end"]:
             if "WIDTH" in params and "SIZE" in params:
-                total += params["WIDTH"] * params["SIZE"]
+                sums[module] = sums.get(module, 0) + params["WIDTH"] * params["SIZE"]
             params = {}
+            if words[:1] == ["module"]:
+                module = words[1].lstrip("\\")
         elif words[:1] == ["parameter"] and words[-2:-1] in (["\\WIDTH"], ["\\SIZE"]):
             value = words[-1]
             if "'" in value:
                 value = int(value.split("'")[1], 2)
             params[words[-2].lstrip("\\")] = int(value)
-    return total
+    return sums if by_module else sum(sums.values())
+
+
+def _blocks(stat_json, memory_bits, top):
+    """Per Amaranth component (one Yosys module each, not flattened), its own cells: LUTs,
+    flip-flops, memories and memory bits, named by its path below the top (``""``: the top's
+    own logic). A component's figures exclude its submodules'."""
+    blocks = {}
+    for name, mod in json.loads(Path(stat_json).read_text()).get("modules", {}).items():
+        name = name.lstrip("\\")
+        by_type = mod.get("num_cells_by_type", {})
+        path = name[len(top) + 1:] if name.startswith(top + ".") else ("" if name == top
+                                                                          else name)
+        blocks[path] = {"luts": by_type.get("$lut", 0),
+                        "ffs": sum(n for t, n in by_type.items() if _FF_RE.match(t)),
+                        "memories": sum(n for t, n in by_type.items() if t.startswith("$mem")),
+                        "memory_bits": memory_bits.get(name, 0)}
+    return dict(sorted(blocks.items()))
 
 
 def _workdir(workdir):
@@ -107,7 +127,9 @@ def _workdir(workdir):
 
 
 def synth_generic(vfile, top, workdir):
-    """Technology-independent synthesis; memories kept as ``$mem_v2`` cells."""
+    """Technology-independent synthesis; memories kept as ``$mem_v2`` cells. Not flattened,
+    so ``blocks`` gives each Amaranth component's own LUTs, flip-flops and memory bits (its
+    multipliers as LUTs: an area breakdown, not ECP5 figures)."""
     script = (f"read_verilog -sv {Path(vfile).name}\n"
               f"synth -top {top} -run begin:coarse\n"
               "tee -q -o coarse.json stat -json\n"
@@ -129,6 +151,8 @@ def synth_generic(vfile, top, workdir):
         "memory_bits": _memory_bits(Path(workdir, "memories.txt")),
         "mults": coarse_types.get("$mul", 0),
         "cells_by_type": by_type,
+        "blocks": _blocks(Path(workdir, "generic.json"),
+                          _memory_bits(Path(workdir, "memories.txt"), by_module=True), top),
         "wall_s": round(wall, 2),
     }
 
@@ -418,5 +442,6 @@ def feature_area(cfg, feature, on_name, log=print, build_root=None):
                                             "memory_bits", "fmax_mhz", "figures_from",
                                             "wall_s")}
         out[label]["generic_cells"] = r["generic"].get("cells")
+        out[label]["blocks"] = r["generic"].get("blocks")
         log(f"area {label}: {out[label]}")
     return out

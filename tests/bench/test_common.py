@@ -35,3 +35,24 @@ def test_options_and_report(tmp_path, capsys, build_root):
     common.write_report(tmp_path / "r.json", {"rows": []}, "TABLE")
     assert json.loads((tmp_path / "r.json").read_text()) == {"rows": []}
     assert capsys.readouterr().out == f"TABLE\nwrote {tmp_path / 'r.json'}\n"
+
+
+def test_hw_area_table_has_a_row_per_component_and_a_column_per_tiny_build():
+    from slimnfu.bench.hw import _block_markdown
+
+    def report(blocks):
+        return {"generic": {"blocks": blocks}}
+
+    lines = _block_markdown({
+        "tiny": report({"": {"luts": 10, "ffs": 2, "memory_bits": 64},
+                        "nfu1": {"luts": 100, "ffs": 5, "memory_bits": 0}}),
+        "tiny+ikr=1": report({"": {"luts": 12, "ffs": 2, "memory_bits": 64},
+                              "nfu1": {"luts": 100, "ffs": 5, "memory_bits": 0},
+                              "ikr.decoder": {"luts": 80, "ffs": 9, "memory_bits": 32}}),
+        "small": report({"": {"luts": 1, "ffs": 1, "memory_bits": 1}}),
+        "diannao": None})
+    assert "| component | `tiny` | `tiny+ikr=1` |" in lines
+    assert "| (top) | 10 / 2 / 64 | 12 / 2 / 64 |" in lines
+    assert "| ikr.decoder | - | 80 / 9 / 32 |" in lines
+    assert lines[-1] == "| total LUTs | 110 | 192 |"
+    assert _block_markdown({"tiny": None}) == []

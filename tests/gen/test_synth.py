@@ -27,6 +27,37 @@ class TinyMac(wiring.Component):
         return m
 
 
+class TwoMacs(wiring.Component):
+    """Two :class:`TinyMac` components and an adder: a hierarchy for the per-block area."""
+
+    addr: In(4)
+    x: In(signed(4))
+    total: Out(signed(13))
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.left = left = TinyMac()
+        m.submodules.right = right = TinyMac()
+        for mac in (left, right):
+            m.d.comb += [mac.addr.eq(self.addr), mac.x.eq(self.x)]
+        m.d.sync += self.total.eq(left.acc + right.acc)
+        return m
+
+
+def test_generic_synth_gives_each_component_its_own_area(tmp_path, monkeypatch):
+    monkeypatch.chdir("/")
+    workdir = tmp_path / "blocks"
+    vfile = atomic_write(workdir / "two_macs.v", verilog_text(TwoMacs(), "two_macs"))
+    generic = synth.synth_verilog(vfile, "two_macs", workdir / "run", ecp5=False,
+                                  progress=False)["generic"]
+    blocks = generic["blocks"]
+    assert set(blocks) == {"", "left", "right"}
+    assert blocks["left"] == blocks["right"]
+    assert blocks["left"]["memory_bits"] == 64 and blocks[""]["memory_bits"] == 0
+    assert blocks[""]["ffs"] == 13 and blocks["left"]["ffs"] >= 12
+    assert sum(b["memory_bits"] for b in blocks.values()) == generic["memory_bits"] == 128
+
+
 def test_generic_synth_keeps_memories_and_reports_keys(tmp_path, monkeypatch):
     """In a folder below /tmp, which a YoWASP tool sees only through relative paths, run from
     another working directory."""
