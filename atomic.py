@@ -9,8 +9,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write", "write_json", "write_folder", "check_folder_target", "OWNER_MARK",
-           "write_hashed", "read_hashed", "process_alive"]
+__all__ = ["atomic_write", "write_json", "write_folder", "check_folder_target",
+           "check_file_target", "OWNER_MARK", "write_hashed", "read_hashed", "process_alive"]
 
 
 def atomic_write(path, data):
@@ -97,6 +97,21 @@ def _owned_by_slimnfu(out, kind, legacy=None):
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         pass
     return False
+
+
+def check_file_target(out, what="report JSON"):
+    """Raise ``ValueError`` naming ``--out`` unless ``out`` can be written as a file: not a
+    folder, and no file in the place of a folder above it. Commands call it before any long
+    step."""
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name for the {what}")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--out {out}: {parent} is a file, not a folder")
+            break
+    return out
 
 
 def check_folder_target(out_dir, kind, force=False, legacy=None):

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from slimnfu import paths
-from slimnfu.atomic import read_hashed, write_hashed, write_json
+from slimnfu.atomic import check_file_target, read_hashed, write_hashed, write_json
 from slimnfu.compress import data
 from slimnfu.compress.models import NETWORKS, network_info
 from slimnfu.compress.pipeline import PIPELINE, compress_network, hash_state
@@ -297,13 +297,7 @@ def verify_plan(target, scenario, images="all", dense=False, workers=None, ray_a
     plan["ray"] = ray_address
     out = Path(out) if out else paths.build_root(build_root) / "verify" / \
         f"{scenario.network}_{scenario.config}.json"
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a folder; give a file name for the report JSON")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"--out {out}: {parent} is a file, not a folder")
-            break
+    check_file_target(out)
     plan.update(scenario=scenario, dense=dense, out=out)
     return plan
 

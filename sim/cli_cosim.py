@@ -72,17 +72,6 @@ def _table(entries):
     return "\n".join(lines)
 
 
-def _check_out(out):
-    """Refuse a results path that cannot be written, before any simulation."""
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a folder; give a file name for the results JSON")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"--out {out}: {parent} is a file, not a folder")
-            break
-
-
 def run(args):
     """Check everything up front, then simulate; return 0 when every case passed, else 1."""
     from pathlib import Path
@@ -98,13 +87,13 @@ def run(args):
     for name, desc in extra:
         desc.check(cfg)
 
-    from slimnfu.atomic import atomic_write
+    from slimnfu.atomic import atomic_write, check_file_target
     from slimnfu.sim.regression import regression_cases
     from slimnfu.sim.mnist import mnist_images
     from slimnfu.sim.runner import cosim_root, run_regression
 
     out = Path(args.out) if args.out else cosim_root() / "results.json"
-    _check_out(out)
+    check_file_target(out, "results JSON")
     cases = regression_cases(cfg, seed=args.seed, quick=args.quick,
                              images=mnist_images(1000), extra=extra)
     entries = run_regression(cfg, cases, sims=sims, waves=args.waves,

@@ -28,19 +28,18 @@ class TinyMac(wiring.Component):
 
 
 class TwoMacs(wiring.Component):
-    """Two :class:`TinyMac` components and an adder: a hierarchy for the per-block area."""
+    """Two :class:`TinyMac` components fed by one input, summed: a hierarchy for the
+    per-block area."""
 
-    addr: In(4)
     x: In(signed(4))
     total: Out(signed(13))
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.left = left = TinyMac()
-        m.submodules.right = right = TinyMac()
-        for mac in (left, right):
-            m.d.comb += [mac.addr.eq(self.addr), mac.x.eq(self.x)]
-        m.d.sync += self.total.eq(left.acc + right.acc)
+        m.submodules.left, m.submodules.right = macs = TinyMac(), TinyMac()
+        for mac in macs:
+            m.d.comb += [mac.addr.eq(self.x.as_unsigned()), mac.x.eq(self.x)]
+        m.d.sync += self.total.eq(macs[0].acc + macs[1].acc)
         return m
 
 
