@@ -814,7 +814,7 @@ def _map(module, row, note, chain, dw):
     if problem:
         attr, value, need = problem
         row.reason = f"{name} has {attr}={value!r}, but slimnfu needs {need}"
-        row.fix = f"change {attr}"
+        row.fix = _setting_fix(module, need, dw)
         return
     at = None
     if activation_of(module) is not None:
@@ -832,6 +832,19 @@ def _map(module, row, note, chain, dw):
             notes.append("moved before Flatten")
     row.mapping, row.note = "kept", "; ".join(notes)
     chain.add(module, row, at)
+
+
+def _setting_fix(module, need, dw):
+    """What to change in a supported layer type whose setting the engine cannot run."""
+    if isinstance(module, nn.LeakyReLU):
+        step = 2.0 ** -(dw - 2)
+        nearest = round(module.negative_slope / step) * step
+        return (f"use a slope the table holds: negative_slope={nearest!r} (the nearest), or "
+                f"a power of two such as 0.0078125")
+    if isinstance(module, nn.Hardtanh):
+        return ("use corners j * 2**e with |j| <= 7 for one power of two 2**e, e.g. (-1, 1), "
+                "(0, 6) or (-0.5, 0.5)")
+    return f"use {need.split(': ')[0]}"
 
 
 def _check_ends(inputs, output, last, names, report):

@@ -267,10 +267,11 @@ def test_concatenation_is_refused_naming_the_node():
     (nn.GELU(), "GELU is not a layer slimnfu runs", "use ReLU, LeakyReLU, Sigmoid or Tanh"),
     (nn.LayerNorm(10), "LayerNorm is not a layer slimnfu runs", "use BatchNorm"),
     (nn.LeakyReLU(), "LeakyReLU has negative_slope=0.01, but slimnfu needs an exact PWL table: "
-                     "negative_slope=0.01 is not a multiple of 2**-14", "change negative_slope"),
+                     "negative_slope=0.01 is not a multiple of 2**-14",
+     "use a slope the table holds: negative_slope=0.010009765625 (the nearest)"),
     (nn.Hardtanh(0.0, 9.0), "Hardtanh has min_val, max_val=(0.0, 9.0), but slimnfu needs an "
                             "exact PWL table: corners 0.0 and 9.0 are not both on the PWL "
-                            "table's segment boundaries", "change min_val, max_val"),
+                            "table's segment boundaries", "use corners j * 2**e with |j| <= 7"),
 ])
 def test_unsupported_layer_after_the_classifier(layer, reason, fix):
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10), layer)
@@ -289,6 +290,12 @@ def test_unsupported_layer_after_the_classifier(layer, reason, fix):
 def test_unsupported_settings_are_named(layer, reason):
     (row,) = _unsupported(nn.Sequential(layer), (3, 8, 8)).unsupported
     assert row.reason.startswith(reason), row.reason
+    assert row.fix, row
+
+
+def test_unsupported_setting_fix_says_what_to_use():
+    (row,) = _unsupported(nn.Sequential(nn.Conv2d(3, 6, 3, groups=3)), (3, 8, 8)).unsupported
+    assert row.fix == "use groups=1"
 
 
 def test_batchnorm_not_after_a_conv_is_refused():
