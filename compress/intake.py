@@ -44,6 +44,7 @@ training.
 
 import copy
 import dataclasses
+import functools
 import importlib.util
 import operator
 import re
@@ -215,7 +216,7 @@ class IntakeReport:
         engine = f" ({layers} engine layers)" if self.ok else ""
         lines += ["", f"{c['kept']} kept{engine}, {c['folded']} folded, {c['dropped']} dropped, "
                       f"{c['unsupported']} unsupported"]
-        if self.max_abs_diff is not None:
+        if self.max_abs_diff is not None and self.ok:
             lines.append(f"normalised model equals the original within {self.max_abs_diff:.2g} "
                          f"on {_SAMPLE_BATCH} random inputs")
         for r in self.unsupported:
@@ -681,6 +682,12 @@ def normalise(model, input_shape=DEFAULT_INPUT_SHAPE, dw=16, source=None):
     gm, names = _fx_graph(model, input_shape, report)
     if gm is None:
         return None, report
+    for node in gm.graph.nodes:
+        if node.op == "call_method" and node.target.endswith("_") and not node.users:
+            report.problems.append(
+                f"node {_display(node, names)!r} changes a tensor in place (Tensor."
+                f"{node.target}) and its result is not used: torch.fx does not follow in-place "
+                f"changes; write x = x.{node.target[:-1]}() or use the module")
     gm.graph.eliminate_dead_code()
     sample = torch.rand(_SAMPLE_BATCH, *input_shape, generator=torch.Generator().manual_seed(0))
     values, errors, tensor_nodes = {}, {}, set()
@@ -696,16 +703,16 @@ def normalise(model, input_shape=DEFAULT_INPUT_SHAPE, dw=16, source=None):
             output = node
             continue
         if node.op == "get_attr":
-            values[node] = getattr(gm, node.target, _UNKNOWN) if "." not in node.target else \
-                _UNKNOWN
+            try:
+                values[node] = functools.reduce(getattr, node.target.split("."), gm)
+            except AttributeError:
+                values[node] = _UNKNOWN
             tensor_nodes.add(node)
             continue
         args = fx.node.map_arg(node.args, lambda n: values.get(n, _UNKNOWN))
         kwargs = fx.node.map_arg(node.kwargs, lambda n: values.get(n, _UNKNOWN))
-        known = _UNKNOWN not in fx.node.map_aggregate((args, kwargs), lambda v: v) and \
-            not any(values.get(n) is _UNKNOWN for n in node.all_input_nodes)
         value = _UNKNOWN
-        if known:
+        if not any(values.get(n, _UNKNOWN) is _UNKNOWN for n in node.all_input_nodes):
             try:
                 with torch.no_grad():
                     value = _run(node, gm, args, kwargs)
@@ -717,7 +724,7 @@ def normalise(model, input_shape=DEFAULT_INPUT_SHAPE, dw=16, source=None):
         tensor_nodes.add(node)
         prev = _row_of(node, gm, names, args, kwargs, values, errors, tensor_nodes, prev, chain,
                        report)
-    _check_ends(inputs, output, prev, names, report)
+    _check_ends(inputs, output, report)
     if not report.ok:
         return None, report
     return _finish(gm, chain, sample, report)
@@ -753,11 +760,12 @@ def _row_of(node, gm, names, args, kwargs, values, errors, tensor_nodes, prev, c
         return node
     if module is None:
         row.reason = note
-        row.fix = "use the module or function slimnfu runs instead; see supported layers"
+        row.fix = "replace it with one of the supported layers"
         return node
     if isinstance(module, ForeignOp):
         row.reason = module.reason
-        row.fix = _TYPE_FIXES.get(module.op_type, "see supported layers")
+        row.fix = _TYPE_FIXES.get(module.op_type, "replace it with one of the supported "
+                                                  "layers, or remove it")
         return node
     _map(module, row, note, chain, report.dw)
     if row.mapping != "unsupported" and node in errors:
@@ -796,7 +804,8 @@ def _map(module, row, note, chain, dw):
         return
     if type(module) not in (nn.Conv2d, nn.Linear, nn.Flatten) + _POOLS + ACTIVATIONS:
         row.reason = f"{name} is not a layer slimnfu runs"
-        row.fix = _TYPE_FIXES.get(name, "see supported layers")
+        row.fix = _TYPE_FIXES.get(name, "replace it with one of the supported layers, or "
+                                        "remove it")
         return
     notes = [note] if note else []
     if isinstance(module, nn.Conv2d):
@@ -847,8 +856,8 @@ def _setting_fix(module, need, dw):
     return f"use {need.split(': ')[0]}"
 
 
-def _check_ends(inputs, output, last, names, report):
-    """The graph has one input, and returns the last node of the chain."""
+def _check_ends(inputs, output, report):
+    """The graph has one input and one output, and some layer."""
     if len(inputs) != 1:
         report.problems.append(f"forward takes {len(inputs)} inputs; slimnfu takes one")
     if output is None:
@@ -859,9 +868,6 @@ def _check_ends(inputs, output, last, names, report):
         count = len(result) if isinstance(result, (tuple, list, dict)) else 0
         report.problems.append(f"forward returns {count or 'no'} tensors; slimnfu takes a model "
                                f"with one output")
-    elif result is not last:
-        report.problems.append(f"forward returns the output of {_display(result, names)!r}, "
-                               f"not of the last node {_display(last, names)!r}")
     if not any(r.mapping in ("kept",) for r in report.rows) and not report.unsupported:
         report.problems.append("the model has no layer")
 

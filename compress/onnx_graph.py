@@ -87,12 +87,13 @@ def from_script_module(module, input_shape):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(module.eval(), (torch.zeros(1, *input_shape),), buffer,
+            torch.onnx.export(module, (torch.zeros(1, *input_shape),), buffer,
                               dynamo=False, training=torch.onnx.TrainingMode.EVAL)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        last = lines[-1] if lines else type(exc).__name__
         raise ValueError(f"the TorchScript model does not export to ONNX at input shape "
-                         f"{tuple(input_shape)} ({first}); check --input-shape, or give the "
+                         f"{tuple(input_shape)} ({last}); check --input-shape, or give the "
                          f"model as a factory file (path.py:make_model)") from None
     return from_onnx_proto(_onnx().load_from_string(buffer.getvalue()))
 

@@ -3,6 +3,7 @@
 
 import textwrap
 import warnings
+import zipfile
 
 import pytest
 import torch
@@ -358,6 +359,56 @@ def test_untraceable_forward_is_a_problem():
     assert "no if or loop on tensor values" in report.problems[0]
 
 
+def test_function_that_is_no_layer_is_refused():
+    class Net(nn.Module):
+        def forward(self, x):
+            return x.mean(1)
+
+    (row,) = _unsupported(Net()).unsupported
+    assert (row.node, row.reason) == ("mean", "Tensor.mean is not a layer slimnfu runs")
+    assert row.fix == "replace it with one of the supported layers"
+    assert "supported layers: Conv2d (square kernel" in _unsupported(Net()).table()
+
+
+def test_unused_in_place_change_is_a_problem():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(1, 2, 3), nn.Linear(2 * 26 * 26, 3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            y.relu_()
+            return self.fc(y.flatten(1))
+
+    report = _unsupported(Net())
+    assert report.problems == [
+        "node 'relu_' changes a tensor in place (Tensor.relu_) and its result is not used: "
+        "torch.fx does not follow in-place changes; write x = x.relu() or use the module"]
+
+
+def test_a_model_without_layers_is_a_problem():
+    assert _unsupported(nn.Sequential(nn.Dropout())).problems == ["the model has no layer"]
+
+
+def test_two_inputs_are_a_problem():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, a, b):
+            return self.fc(a)
+
+    assert _unsupported(Net(), (4,)).problems == ["forward takes 2 inputs; slimnfu takes one"]
+
+
+def test_batchnorm_of_other_width_is_refused():
+    (row,) = _unsupported(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(3))).unsupported
+    assert row.reason == ("BatchNorm2d has num_features=3 but gets 2 (channels, input shape "
+                          "(2, 26, 26))")
+
+
 def test_two_outputs_are_a_problem():
     class Net(nn.Module):
         def __init__(self):
@@ -477,6 +528,17 @@ def test_load_onnx(factory, tmp_path):
     assert _same_function(seq, model) < 1e-5
 
 
+def test_torchscript_that_does_not_run_at_the_input_shape(tmp_path):
+    pytest.importorskip("onnx")
+    torch.jit.save(torch.jit.script(nn.Sequential(nn.Conv2d(3, 2, 3))), tmp_path / "ts.pt")
+    report = _unsupported(load_model(tmp_path / "ts.pt"))
+    assert report.problems == [
+        "the TorchScript model does not export to ONNX at input shape (1, 28, 28) (RuntimeError: "
+        "Given groups=1, weight of size [2, 3, 3, 3], expected input[1, 1, 28, 28] to have 3 "
+        "channels, but got 1 channels instead); check --input-shape, or give the model as a "
+        "factory file (path.py:make_model)"]
+
+
 def test_onnx_residual_add_is_refused_naming_the_node(tmp_path):
     pytest.importorskip("onnx")
     _export_onnx(Residual(), tmp_path / "res.onnx")
@@ -509,6 +571,10 @@ def test_onnx_input_shape_must_match(tmp_path):
                              r"a module: give the file that builds the model"),
     ("junk.pt", ValueError, r"junk.pt: not a file torch.load reads"),
     ("junk.onnx", ValueError, r"junk.onnx: not a readable ONNX file"),
+    ("raises.py:make_model", ValueError, r"raises.py:make_model\(\) raised RuntimeError: no "
+                                         r"GPU here"),
+    ("tensor.pt", ValueError, r"tensor.pt holds a Tensor, not a torch.nn.Module"),
+    ("bad_ts.pt", ValueError, r"bad_ts.pt: torch.jit.load cannot read it"),
 ])
 def test_load_refusals(tmp_path, monkeypatch, factory, spec, error, message):
     monkeypatch.chdir(tmp_path)
@@ -517,6 +583,11 @@ def test_load_refusals(tmp_path, monkeypatch, factory, spec, error, message):
     torch.save(nn.Linear(2, 2).state_dict(), tmp_path / "state.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
     (tmp_path / "junk.onnx").write_bytes(b"\xff\xff not onnx")
+    (tmp_path / "raises.py").write_text("def make_model():\n    raise RuntimeError('no GPU "
+                                        "here')\n")
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    with zipfile.ZipFile(tmp_path / "bad_ts.pt", "w") as z:
+        z.writestr("archive/constants.pkl", b"junk")
     with pytest.raises(error, match=message):
         load_model(spec)
 
@@ -532,6 +603,13 @@ def test_load_weights_refusals(factory, tmp_path):
     with pytest.raises(ValueError, match=r"ckpt.pt: not a state dict of tensors \(it has "
                                          r"'model_state_dict': save that alone\)"):
         load_model(spec, tmp_path / "ckpt.pt")
+    with pytest.raises(FileNotFoundError, match=r"none.pt: no such file"):
+        load_model(spec, tmp_path / "none.pt")
+    torch.save(nn.Linear(2, 2), tmp_path / "module.pt")
+    with pytest.raises(ValueError, match=r"module.pt: not a state dict torch.load reads with "
+                                         r"weights_only=True \(UnpicklingError\); save it with "
+                                         r"torch.save\(model.state_dict\(\), path\)"):
+        load_model(spec, tmp_path / "module.pt")
     (tmp_path / "x.onnx").write_bytes(b"")
     with pytest.raises(ValueError, match="--weights is for torch models"):
         load_model(tmp_path / "x.onnx", tmp_path / "w.pt")
