@@ -457,9 +457,9 @@ def _describe(module):
     name = type(module).__name__
     if isinstance(module, ForeignOp):
         return f"ONNX {module.op_type}"
+    one = lambda v: v[0] if isinstance(v, tuple) and len(set(v)) == 1 else v  # noqa: E731
     if isinstance(module, nn.Conv2d):
         k, s, p = module.kernel_size, module.stride, module.padding
-        one = lambda v: v[0] if isinstance(v, tuple) and len(set(v)) == 1 else v  # noqa: E731
         parts = [str(module.in_channels), str(module.out_channels), f"k={one(k)}"]
         parts += [f"s={one(s)}"] if one(s) != 1 else []
         parts += [f"p={one(p)!r}"] if one(p) != 0 else []
@@ -470,7 +470,7 @@ def _describe(module):
         tail = ", bias=False" if module.bias is None else ""
         return f"{name}({module.in_features}, {module.out_features}{tail})"
     if isinstance(module, _POOLS):
-        return f"{name}(k={module.kernel_size}, s={module.stride})"
+        return f"{name}(k={one(module.kernel_size)}, s={one(module.stride)})"
     if isinstance(module, _BATCHNORMS):
         return f"{name}({module.num_features})"
     return f"{name}({module.extra_repr()})"
@@ -744,7 +744,18 @@ def _row_of(node, gm, names, args, kwargs, values, errors, tensor_nodes, prev, c
     report.rows.append(row)
     module, note = _module_of(node, gm, args, kwargs, values)
     row.op = _describe(module) if node.op == "call_module" else _target_text(node)
-    merge = _MERGES.get(module.op_type if isinstance(module, ForeignOp) else node.target)
+    if not ins:
+        row.reason = f"{row.op} takes no tensor from the model: it makes a constant"
+        row.fix = "fold the constant into a layer's weights or bias, or remove it"
+        return node
+    held = [n for n in ins if n.op == "get_attr"]
+    if held:
+        row.reason = (f"node {row.node!r} uses the model's tensor {held[0].target!r} directly, "
+                      f"not through a layer")
+        row.fix = "fold it into a layer's weights or bias, or remove it"
+        return node
+    merge = _MERGES.get(module.op_type) if isinstance(module, ForeignOp) else \
+        None if node.op == "call_module" else _MERGES.get(node.target)
     if len(ins) != 1:
         what = merge or f"{row.op} combining tensors"
         sources = " and ".join(f"{_display(n, names)!r}" for n in ins)

@@ -359,6 +359,37 @@ def test_untraceable_forward_is_a_problem():
     assert "no if or loop on tensor values" in report.problems[0]
 
 
+def test_constant_tensor_is_refused():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(x) + torch.ones(x.shape[1])
+
+    rows = _unsupported(Net(), (4,)).unsupported
+    assert [(r.node, r.reason) for r in rows] == [
+        ("ones", "torch.ones takes no tensor from the model: it makes a constant"),
+        ("add", "residual add: node 'add' adds the outputs of 'fc' and 'ones'")]
+    assert rows[0].fix == "fold the constant into a layer's weights or bias, or remove it"
+
+
+def test_tensor_used_outside_a_layer_is_refused():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.scale = nn.Parameter(torch.ones(4))
+
+        def forward(self, x):
+            return self.fc(x) * self.scale
+
+    (row,) = _unsupported(Net(), (4,)).unsupported
+    assert row.reason == "node 'mul' uses the model's tensor 'scale' directly, not through a " \
+                         "layer"
+
+
 def test_function_that_is_no_layer_is_refused():
     class Net(nn.Module):
         def forward(self, x):
