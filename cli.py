@@ -18,6 +18,7 @@ __all__ = ["main", "register", "COMMAND_MODULES"]
 COMMAND_MODULES = [
     "slimnfu.compress.cli_data",
     "slimnfu.compress.cli_train",
+    "slimnfu.compress.cli_check",
     "slimnfu.gen.cli_image",
     "slimnfu.gen.cli_hw",
     "slimnfu.cli",

@@ -11,9 +11,9 @@ Contract
 * Requantisation: ``y = sat_dw((acc + 2**(sh-1)) >> sh)`` with a flooring shift, so ties round
   half up; with ``sh == 0`` there is no rounding term.
 * ReLU is ``max(0, y)``.
-* The piecewise-linear activation (sigmoid, tanh, or any table) has ``PWL_SEGMENTS`` = 16
-  segments. For input ``y`` (after requantisation), ``seg = clamp((y >> seg_shift) + 8, 0,
-  15)`` and::
+* The piecewise-linear activation (sigmoid, tanh, leaky ReLU, hardtanh, or any table) has
+  ``PWL_SEGMENTS`` = 16 segments. For input ``y`` (after requantisation),
+  ``seg = clamp((y >> seg_shift) + 8, 0, 15)`` and::
 
       out = sat_dw((slope[seg] * y + icpt[seg] + 2**(p-1)) >> p),   p = dw - 2
 
@@ -26,6 +26,8 @@ Contract
 """
 
 import math
+import re
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
@@ -36,9 +38,8 @@ from slimnfu.contract import PWL_SEGMENTS
 __all__ = [
     "SatCount", "sat", "requant", "relu", "quantize", "frac_bits_for", "conv2d_acc",
     "linear_acc", "maxpool", "avgpool", "PwlTable", "pwl_table", "pwl_apply", "run_layer",
-    "check_operands",
+    "check_operands", "pwl_name", "parse_pwl_name", "pwl_function", "pwl_exact_problem",
 ]
-
 
 
 class SatCount:
@@ -187,19 +188,117 @@ class PwlTable:
                 "dw": self.dw}
 
 
-def pwl_table(func, f, dw, seg_shift=None):
-    """Fit ``func`` (``"sigmoid"``, ``"tanh"`` or a callable) at scale ``f`` with 16 chords.
+_PWL_CALL = re.compile(r"(leaky_relu|hardtanh)\(([^()]*)\)")
 
-    Each segment spans ``2**seg_shift`` integer steps (default: one real unit, ``f``, for
-    sigmoid, which then covers [-8, 8); half a unit, ``f - 1``, for tanh, covering [-4, 4)). Segment
-    ``s`` covers inputs ``[(s-8) << seg_shift, (s-7) << seg_shift)``; its line is the chord of
-    ``func`` between those end points, so the table is continuous inside the covered range.
+
+def pwl_name(kind, *params):
+    """The name of a PWL activation, as :class:`~slimnfu.formats.QLayer` ``act_func`` and the
+    weight image store it: ``"sigmoid"``, ``"tanh"``, ``"leaky_relu(A)"`` (slope ``A`` below
+    zero) or ``"hardtanh(LO,HI)"`` (``clamp(y, LO, HI)``; ReLU6 is ``hardtanh(0.0,6.0)``)."""
+    name = kind if not params else f"{kind}({','.join(repr(float(v)) for v in params)})"
+    parse_pwl_name(name)
+    return name
+
+
+def parse_pwl_name(name):
+    """``(kind, params)`` of a PWL activation name (see :func:`pwl_name`); ``ValueError``
+    otherwise."""
+    if name in ("sigmoid", "tanh"):
+        return name, ()
+    match = _PWL_CALL.fullmatch(name) if isinstance(name, str) else None
+    try:
+        params = tuple(float(v) for v in match.group(2).split(",")) if match else None
+    except ValueError:
+        params = None
+    if params is None or len(params) != {"leaky_relu": 1, "hardtanh": 2}[match.group(1)] or \
+            not all(math.isfinite(v) for v in params) or \
+            (match.group(1) == "hardtanh" and not params[0] < params[1]):
+        raise ValueError(f"unknown PWL activation {name!r}; known: 'sigmoid', 'tanh', "
+                         f"'leaky_relu(A)', 'hardtanh(LO,HI)' with LO < HI")
+    return match.group(1), params
+
+
+def pwl_function(name):
+    """The float function a PWL activation name stands for (a callable on tensors)."""
+    kind, params = parse_pwl_name(name)
+    if kind == "leaky_relu":
+        return lambda t: F.leaky_relu(t, params[0])
+    if kind == "hardtanh":
+        return lambda t: t.clamp(params[0], params[1])
+    return {"sigmoid": torch.sigmoid, "tanh": torch.tanh}[kind]
+
+
+def _two_adic(v):
+    """The exponent of 2 in the rational ``v`` (``None`` for 0)."""
+    if v == 0:
+        return None
+    r = Fraction(v)
+    n, d = abs(r.numerator), r.denominator
+    return ((n & -n).bit_length() - 1) - ((d & -d).bit_length() - 1)
+
+
+def _hardtanh_corners(lo, hi):
+    """``(e, j_lo, j_hi)``: the largest ``e`` with ``lo = j_lo * 2**e`` and ``hi = j_hi * 2**e``
+    for integers ``j``."""
+    e = min(x for x in (_two_adic(lo), _two_adic(hi)) if x is not None)
+    return e, int(Fraction(lo) / Fraction(2) ** e), int(Fraction(hi) / Fraction(2) ** e)
+
+
+def pwl_exact_problem(name, dw):
+    """Why the PWL table of the piecewise-linear activation ``name`` cannot equal it exactly at
+    ``dw`` bits, or ``None`` when it can.
+
+    Exact means: on every ``dw``-bit input ``y``, the table's output is the function's value
+    rounded half up to the output's scale, the rounding every layer has. ``leaky_relu(A)`` is
+    exact when its slope is a ``dw``-bit table slope: ``A * 2**(dw-2)`` an integer in
+    ``[-2**(dw-1), 2**(dw-1))``. ``hardtanh(LO,HI)`` is exact when both corners lie on segment
+    boundaries: ``LO`` and ``HI`` integer multiples ``j * 2**e`` of one power of two with
+    ``|j| <= 7`` (the table has boundaries at ``-7..7`` segment widths); its segment width is
+    then ``2**e`` and :func:`pwl_table` picks it. Sigmoid and tanh are chord approximations by
+    design; they return ``None``.
     """
-    fn = {"sigmoid": torch.sigmoid, "tanh": torch.tanh}.get(func, func)
-    if not callable(fn):
-        raise ValueError(f"unknown activation {func!r}; use 'sigmoid', 'tanh' or a callable")
+    kind, params = parse_pwl_name(name)
+    p = dw - 2
+    if kind == "leaky_relu":
+        slope = Fraction(params[0]) * 2 ** p
+        if slope.denominator != 1 or not -(1 << (dw - 1)) <= slope < 1 << (dw - 1):
+            return (f"negative_slope={params[0]!r} is not a multiple of 2**-{p} in [-2, 2): the "
+                    f"{dw}-bit PWL table holds slopes with {p} fractional bits")
+        return None
+    if kind == "hardtanh":
+        e, j_lo, j_hi = _hardtanh_corners(*params)
+        if max(abs(j_lo), abs(j_hi)) > PWL_SEGMENTS // 2 - 1:
+            return (f"corners {params[0]!r} and {params[1]!r} are not both on the PWL table's "
+                    f"segment boundaries: they must be j * 2**e for one power of two 2**e and "
+                    f"integers |j| <= {PWL_SEGMENTS // 2 - 1}")
+    return None
+
+
+def pwl_table(func, f, dw, seg_shift=None):
+    """Fit a PWL activation (a name, see :func:`pwl_name`, or a callable) at scale ``f`` with
+    16 chords.
+
+    Each segment spans ``2**seg_shift`` integer steps. By default: one real unit (``f``) for
+    sigmoid, which then covers [-8, 8); half a unit (``f - 1``) for tanh, covering [-4, 4); one
+    integer step (0) for ``leaky_relu``, whose only corner is 0; and for ``hardtanh`` the power
+    of two its corners are multiples of (:func:`pwl_exact_problem`), so that both lie on
+    segment boundaries. Segment ``s`` covers inputs ``[(s-8) << seg_shift, (s-7) << seg_shift)``;
+    its line is the chord of the function between those end points, so the table is continuous
+    inside the covered range, and equals a piecewise-linear function whose corners lie on
+    boundaries and whose slopes are table slopes.
+    """
+    if callable(func):
+        fn, kind, params = func, None, ()
+    else:
+        fn = pwl_function(func)
+        kind, params = parse_pwl_name(func)
     if seg_shift is None:
-        seg_shift = max(0, f - 1) if func == "tanh" else f
+        seg_shift = {"tanh": max(0, f - 1), "leaky_relu": 0}.get(kind, f)
+        if kind == "hardtanh":
+            seg_shift = f + _hardtanh_corners(*params)[0]
+    if seg_shift < 0:
+        raise ValueError(f"PWL {func}: a segment of 2**{seg_shift} steps is not a whole number "
+                         f"of steps at output scale f={f}")
     p = dw - 2
     slope, icpt = [], []
     lo_s, hi_s = -(1 << (dw - 1)), (1 << (dw - 1)) - 1

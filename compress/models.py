@@ -1,4 +1,4 @@
-"""The reference networks, and the check that a user's network uses only supported layers.
+"""The reference networks, and the check that a network uses only supported layers.
 
 Every network is an ``nn.Sequential`` that takes ``(N, 1, 28, 28)`` float inputs in ``[0, 1]``
 (``pixel / 255``, no normalisation layer) and returns ``(N, 10)`` logits.
@@ -28,16 +28,25 @@ hyperparameters (Adam with a per-step cosine learning-rate decay to zero) that
 
 from torch import nn
 
-__all__ = ["SUPPORTED", "NETWORKS", "build", "check_supported", "network_info"]
+from slimnfu import fixed
 
-SUPPORTED = (nn.Conv2d, nn.Linear, nn.ReLU, nn.Sigmoid, nn.Tanh, nn.MaxPool2d, nn.AvgPool2d,
-             nn.Flatten)
+__all__ = ["SUPPORTED", "ACTIVATIONS", "SUPPORTED_TEXT", "NETWORKS", "build", "check_supported",
+           "network_info", "activation_of", "layer_problem"]
 
-_SUPPORTED_TEXT = (
+#: The activation modules the engine runs: ReLU in NFU-3's ReLU stage, the others through its
+#: PWL table (sigmoid and tanh as chord approximations; LeakyReLU, Hardtanh and ReLU6 only where
+#: the table is exact, :func:`slimnfu.fixed.pwl_exact_problem`).
+ACTIVATIONS = (nn.ReLU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.Hardtanh, nn.ReLU6)
+
+SUPPORTED = (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten) + ACTIVATIONS
+
+#: What :func:`check_supported` accepts, for messages.
+SUPPORTED_TEXT = (
     "Conv2d (square kernel and stride, groups=1, dilation=1, padding_mode='zeros', equal "
-    "integer padding), Linear, ReLU, Sigmoid, Tanh, MaxPool2d (square window and stride, no "
-    "padding, dilation=1, ceil_mode=False), AvgPool2d (square power-of-two window, no padding, "
-    "ceil_mode=False, no divisor_override), Flatten (start_dim=1, end_dim=-1)")
+    "integer padding), Linear, ReLU, Sigmoid, Tanh, LeakyReLU (negative_slope a multiple of "
+    "2**-(dw-2)), Hardtanh and ReLU6 (corners j * 2**e, |j| <= 7), MaxPool2d (square window and "
+    "stride, no padding, dilation=1, ceil_mode=False), AvgPool2d (square power-of-two window, no "
+    "padding, ceil_mode=False, no divisor_override), Flatten (start_dim=1, end_dim=-1)")
 
 
 def _lenet300():
@@ -118,8 +127,31 @@ def _pair(value):
     return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
-def _layer_problem(layer):
-    """Return ``(attribute, value, requirement)`` for the first unsupported detail, or None."""
+def activation_of(module):
+    """``(act, act_func)`` of an activation module, as a :class:`~slimnfu.config.LayerDesc` and
+    :class:`~slimnfu.formats.QLayer` hold them: ``("relu", None)``, or ``("pwl", name)`` with a
+    PWL activation name (:func:`slimnfu.fixed.pwl_name`); ``None`` for any other module."""
+    if type(module) is nn.ReLU:
+        return "relu", None
+    if type(module) in (nn.Sigmoid, nn.Tanh):
+        return "pwl", fixed.pwl_name(type(module).__name__.lower())
+    if type(module) is nn.LeakyReLU:
+        return "pwl", fixed.pwl_name("leaky_relu", module.negative_slope)
+    if type(module) in (nn.Hardtanh, nn.ReLU6):
+        return "pwl", fixed.pwl_name("hardtanh", module.min_val, module.max_val)
+    return None
+
+
+def layer_problem(layer, dw=16):
+    """``(attribute, value, requirement)`` for the first detail of a supported layer type that
+    the engine cannot run at ``dw`` bits, or None."""
+    if type(layer) in (nn.LeakyReLU, nn.Hardtanh, nn.ReLU6):
+        problem = fixed.pwl_exact_problem(activation_of(layer)[1], dw)
+        if problem is not None:
+            attr = "negative_slope" if type(layer) is nn.LeakyReLU else "min_val, max_val"
+            value = layer.negative_slope if attr == "negative_slope" else \
+                (layer.min_val, layer.max_val)
+            return attr, value, f"an exact PWL table: {problem}"
     if isinstance(layer, nn.Conv2d):
         kh, kw = _pair(layer.kernel_size)
         if kh != kw:
@@ -163,8 +195,11 @@ def _layer_problem(layer):
     return None
 
 
-def check_supported(model):
-    """Raise if ``model`` is not an ``nn.Sequential`` of supported layers.
+def check_supported(model, dw=16):
+    """Raise if ``model`` is not an ``nn.Sequential`` of supported layers (at ``dw`` bits).
+
+    :func:`slimnfu.compress.intake.normalise` turns other models into one, folding BatchNorm
+    and dropping Dropout and Identity.
 
     Raises
     ------
@@ -176,16 +211,16 @@ def check_supported(model):
     """
     if not isinstance(model, nn.Sequential):
         raise TypeError(f"model must be a torch.nn.Sequential of supported layers, not "
-                        f"{type(model).__name__}; supported: {_SUPPORTED_TEXT}")
+                        f"{type(model).__name__}; supported: {SUPPORTED_TEXT}")
     if len(model) == 0:
         raise ValueError("model is an empty nn.Sequential")
     for index, layer in enumerate(model):
         if type(layer) not in SUPPORTED:
             raise ValueError(f"layer {index} ({type(layer).__name__}) is not supported; "
-                             f"supported layers: {_SUPPORTED_TEXT}")
-        problem = _layer_problem(layer)
+                             f"supported layers: {SUPPORTED_TEXT}")
+        problem = layer_problem(layer, dw)
         if problem is not None:
             attr, value, need = problem
             raise ValueError(f"layer {index} ({type(layer).__name__}) has {attr}={value!r}, "
-                             f"but slimnfu needs {need}; supported layers: {_SUPPORTED_TEXT}")
+                             f"but slimnfu needs {need}; supported layers: {SUPPORTED_TEXT}")
     return model

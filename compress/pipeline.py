@@ -34,8 +34,10 @@ def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=1, patt
 
     Parameters
     ----------
-    model : nn.Sequential
-        The trained float network (unchanged), with at least two conv layers.
+    model : torch.nn.Module
+        The trained float network (unchanged), with at least two conv layers. It is
+        normalised first (:func:`slimnfu.compress.intake.require_supported`: BatchNorm folded,
+        Dropout dropped, ...), and anything it cannot run is refused then, before any training.
     train, val : tuple of tensors
         ``(images, labels)`` to fine-tune on and to check the budget on.
     calib : torch.Tensor
@@ -49,8 +51,19 @@ def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=1, patt
     tuple
         ``(float_model, qmodel, history)``; ``history`` has the validation accuracy after each
         method, the slim and IKR histories and each FC try.
+
+    Raises
+    ------
+    slimnfu.compress.intake.IntakeError
+        A ``ValueError`` naming every layer of ``model`` the pipeline cannot run, raised before
+        any training.
+    ValueError
+        A bad budget or FC variant, or fewer than two conv layers.
     """
+    from torch import nn
+
     from slimnfu.compress import ikr, permfc, slim
+    from slimnfu.compress.intake import require_supported
     from slimnfu.compress.train import evaluate
 
     if not isinstance(budget_pct, (int, float)) or budget_pct < 0:
@@ -59,12 +72,14 @@ def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=1, patt
         raise ValueError(f"fc_variant must be 'auto', 'affine' or 'index', not {fc_variant!r}")
     xs, ys = train
     xv, yv = val
+    model = require_supported(model, tuple(xs.shape[1:]), source="the model")
+    n_convs = sum(isinstance(m, nn.Conv2d) for m in model)
+    if n_convs < 2:
+        raise ValueError(f"the network needs two conv layers (method A on the first, B on the "
+                         f"rest), not {n_convs}")
     base = evaluate(model, xv, yv)
     sm = slim.slim_model(model)
     convs = slim.conv_layers(sm)
-    if len(convs) < 2:
-        raise ValueError(f"the network needs two conv layers (method A on the first, B on the "
-                         f"rest), not {len(convs)}")
     log(f"method A (lower kernels, linear approximation) on module {convs[0]} under "
         f"{budget_pct / 3:.2f} points ...")
     ranking = [r for r in slim.importance(sm, xv[:1000], yv[:1000]) if r[1] == convs[0]]

@@ -9,8 +9,9 @@ counts. :func:`int_forward` runs it with
 Grouping into engine layers
 ---------------------------
 * ``Conv2d`` / ``Linear`` followed by an optional activation is one layer: ``ReLU`` gives
-  ``act="relu"``, ``Sigmoid`` / ``Tanh`` give ``act="pwl"`` with
-  :func:`slimnfu.fixed.pwl_table` (its default segment width).
+  ``act="relu"``; ``Sigmoid``, ``Tanh``, ``LeakyReLU``, ``Hardtanh`` and ``ReLU6`` give
+  ``act="pwl"`` with :func:`slimnfu.fixed.pwl_table` (its default segment width; the last three
+  only where the table is exact, :func:`slimnfu.fixed.pwl_exact_problem`).
 * ``MaxPool2d`` / ``AvgPool2d`` (optionally followed by an activation) is one layer.
 * ``Flatten`` is a no-op in the integer model. Its order is PyTorch's channel-major
   ``(c, y, x)``, so an FC layer fed by a conv or pool output is ``kind="fc"`` with
@@ -24,8 +25,10 @@ Choosing the fractional bits (calibration)
 * ``f_y``: from the float model's pre-activation outputs on the calibration images. The range
   is ``max |y|`` (``range_method="max"``, the default: no saturation on the calibration set),
   or a percentile of ``|y|`` (``range_method=99.99`` etc.; computed per batch of calibration
-  images, then the maximum over batches). For ``act="pwl"`` the range is clamped to
-  ``[1, 8]``: the output (``|.| <= 1``) shares the scale, and sigmoid / tanh are flat past 8.
+  images, then the maximum over batches). For sigmoid and tanh the range is clamped to
+  ``[1, 8]``: the output (``|.| <= 1``) shares the scale, and they are flat past 8. For
+  ``hardtanh(LO,HI)`` (and ReLU6) the range is ``max(1, |LO|, |HI|)``: every output fits, and no
+  input saturation changes an output. ``leaky_relu`` keeps the calibrated range, at least 1.
 * bias: an integer at ``f_x + f_w`` (rounded half to even).
 * ``shift = f_x + f_w - f_y``. If this would be negative (tiny weights and inputs), ``f_y`` is
   lowered to ``f_x + f_w`` so that ``shift = 0``.
@@ -40,22 +43,34 @@ import torch
 from torch import nn
 
 from slimnfu import fixed
-from slimnfu.compress.models import check_supported
+from slimnfu.compress.models import activation_of, check_supported
 from slimnfu.config import AccelConfig, LayerDesc
 from slimnfu.formats import QLayer, QuantModel
 
 __all__ = ["quantize_model", "quantize_input", "int_forward", "int_forward_layers",
-           "calib_ranges"]
-
-_ACTS = {nn.ReLU: ("relu", None), nn.Sigmoid: ("pwl", "sigmoid"), nn.Tanh: ("pwl", "tanh")}
+           "calib_ranges", "group_layers"]
 
 
 def _pair0(v):
     return v[0] if isinstance(v, (tuple, list)) else v
 
 
-def _group(model, input_shape):
-    """Split ``model`` into engine-layer groups; returns a list of dicts."""
+def group_layers(model, input_shape):
+    """Split ``model`` (an ``nn.Sequential`` of supported layers) into engine layers.
+
+    Returns
+    -------
+    list of dict
+        One per engine layer: ``name`` (``conv1``, ``pool2``, ``fc1``, ...), ``index`` and
+        ``last`` (its first and last module in ``model``), ``desc`` (a
+        :class:`~slimnfu.config.LayerDesc` without scales), ``act``, ``func`` and ``module``.
+
+    Raises
+    ------
+    ValueError
+        An activation that does not follow a conv, FC or pooling layer, or an input shape that
+        does not chain (naming the module).
+    """
     groups, shape = [], tuple(input_shape)
     counts = {"conv": 0, "fc": 0, "pool": 0}
     for index, mod in enumerate(model):
@@ -65,8 +80,8 @@ def _group(model, input_shape):
                 n *= s
             shape = (n,)
             continue
-        if type(mod) in _ACTS:
-            act, func = _ACTS[type(mod)]
+        if activation_of(mod) is not None:
+            act, func = activation_of(mod)
             if not groups or groups[-1]["act"] != "none" or groups[-1]["last"] != index - 1:
                 raise ValueError(f"layer {index} ({type(mod).__name__}) does not directly follow "
                                  f"a Conv2d, Linear or pooling layer; slimnfu fuses activations "
@@ -110,6 +125,16 @@ def _group(model, input_shape):
     if not groups:
         raise ValueError("model has no Conv2d, Linear or pooling layer")
     return groups
+
+
+def _pwl_range(func, rng):
+    """The range a PWL layer's output scale is fitted to (see the module docstring)."""
+    kind, params = fixed.parse_pwl_name(func)
+    if kind == "hardtanh":
+        return max(1.0, abs(params[0]), abs(params[1]))
+    if kind == "leaky_relu":
+        return max(rng, 1.0)
+    return min(max(rng, 1.0), 8.0)
 
 
 def _abs_range(y, method):
@@ -169,14 +194,14 @@ def quantize_model(model, calib_images, dw=16, acc=48, range_method="max"):
         Unsupported structure, no calibration images, or a layer that could overflow ``acc``
         (the message names the layer).
     """
-    check_supported(model)
+    check_supported(model, dw)
     cfg = AccelConfig("quant", tn=1, ti=1, dw=dw, acc=acc)
     _check_range_method(range_method)
     calib_images = torch.as_tensor(calib_images)
     if calib_images.dim() < 2 or calib_images.shape[0] == 0:
         raise ValueError(f"calib_images must be a non-empty batch (N, ...), "
                          f"not shape {tuple(calib_images.shape)}")
-    groups = _group(model, tuple(calib_images.shape[1:]))
+    groups = group_layers(model, tuple(calib_images.shape[1:]))
     ranges = calib_ranges(model, groups, calib_images, range_method)
     f_in = fixed.frac_bits_for(float(calib_images.abs().max()), dw)
     layers, f_x = [], f_in
@@ -190,7 +215,7 @@ def quantize_model(model, calib_images, dw=16, acc=48, range_method="max"):
             wf = mod.weight.detach().double()
             f_w = fixed.frac_bits_for(float(wf.abs().max()), dw)
             if g["act"] == "pwl":
-                rng = min(max(rng, 1.0), 8.0)
+                rng = _pwl_range(g["func"], rng)
             f_y = min(fixed.frac_bits_for(rng, dw), f_x + f_w)
             w = fixed.quantize(wf, f_w, dw)
             bf = mod.bias.detach().double() if mod.bias is not None else \
@@ -208,10 +233,17 @@ def quantize_model(model, calib_images, dw=16, acc=48, range_method="max"):
         pwl = None
         updates = dict(act=g["act"])
         if g["act"] == "pwl":
-            pwl = fixed.pwl_table(g["func"], f_y, dw)
-            if not 0 <= pwl.seg_shift < dw or f_y > dw - 2:
+            if f_y < 0 or f_y > dw - 2:
                 raise ValueError(f"layer {name} (module {g['index']}): {g['func']} needs an "
                                  f"output scale 0 <= f_y <= dw-2={dw - 2}, not {f_y}")
+            try:
+                pwl = fixed.pwl_table(g["func"], f_y, dw)
+            except ValueError as exc:
+                raise ValueError(f"layer {name} (module {g['index']}): {exc}") from None
+            if not pwl.seg_shift < dw:
+                raise ValueError(f"layer {name} (module {g['index']}): {g['func']} needs "
+                                 f"segments of 2**{pwl.seg_shift} steps at f_y={f_y}, more "
+                                 f"than the descriptor holds (seg_shift < dw={dw})")
             updates["seg_shift"] = pwl.seg_shift
         if not desc.is_pool:
             updates["shift"] = f_x + f_w - f_y

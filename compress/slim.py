@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from slimnfu import fixed
+from slimnfu.compress.models import ACTIVATIONS
 from slimnfu.compress.quant import quantize_input, quantize_model
 from slimnfu.compress.train import fit
 from slimnfu.config import LayerDesc
@@ -115,7 +116,7 @@ def slim_model(model):
     for i, m in enumerate(mods):
         if isinstance(m, nn.Conv2d):
             nxt = mods[i + 1] if i + 1 < len(mods) else None
-            act = nxt if isinstance(nxt, (nn.ReLU, nn.Sigmoid, nn.Tanh)) else None
+            act = nxt if type(nxt) in ACTIVATIONS else None
             mods[i] = SlimConv(m, act)
     out = nn.Sequential(*mods)
     out.eval()
@@ -346,9 +347,11 @@ def _dense_equivalent(smodel, identity_order=False):
                     conv.weight.copy_(conv.weight[:, perm])
             kept, apx = _export_order(m)
             order = list(range(len(m.ksize))) if identity_order else kept + apx
+            bias = conv.bias if conv.bias is not None else \
+                torch.zeros(conv.out_channels, dtype=conv.weight.dtype)
             with torch.no_grad():
                 conv.weight = nn.Parameter(conv.weight[order].clone())
-                conv.bias = nn.Parameter(conv.bias[order].clone())
+                conv.bias = nn.Parameter(bias[order].clone())
             conv.out_channels = len(order)
             out.append(conv)
             perm = torch.tensor(order)

@@ -34,6 +34,7 @@ import json
 import re
 from pathlib import Path
 
+from slimnfu import fixed
 from slimnfu.atomic import OWNER_MARK, check_folder_target, write_folder
 from slimnfu.config import AccelConfig, LayerDesc
 from slimnfu.contract import descriptor_layout, descriptor_value
@@ -54,8 +55,19 @@ _LAYER_KEYS = {"name", "desc", "format", "f_x", "f_w", "f_y", "act_func", "files
                "bits", "fits", "fits_error"}
 _FILE_KEYS = {"sha256", "words", "width"}
 _CALIB_KEYS = {"range_method", "images"}
-_ACT_FUNCS = {"none": (None,), "relu": (None,), "pwl": ("sigmoid", "tanh")}
 _HEX_WORD = re.compile(r"[0-9a-f]+")
+
+
+def _act_func_problem(act, func):
+    """Why ``func`` cannot be the ``act_func`` of a layer with activation ``act``, or None: a
+    PWL layer names its function (:func:`slimnfu.fixed.parse_pwl_name`), any other none."""
+    if act != "pwl":
+        return None if func is None else f"is {func!r}; act={act!r} takes one of [None]"
+    try:
+        fixed.parse_pwl_name(func)
+    except ValueError as exc:
+        return f"is {func!r}: {exc}"
+    return None
 
 
 def _hex_text(words, width):
@@ -234,9 +246,9 @@ def _check_chain(layers, m):
         want = 0 if d.is_pool else ql.f_x + ql.f_w - ql.f_y
         if (d.shift if not d.is_pool else ql.f_y - ql.f_x) != want:
             raise ImageError(MANIFEST, f"{where}.desc.shift", "does not equal f_x + f_w - f_y")
-        if d.act == "pwl" and ql.act_func not in ("sigmoid", "tanh"):
-            raise ImageError(MANIFEST, f"{where}.act_func", f"{ql.act_func!r} is not sigmoid "
-                                                            f"or tanh")
+        problem = _act_func_problem(d.act, ql.act_func)
+        if problem:
+            raise ImageError(MANIFEST, f"{where}.act_func", problem)
         n_out = ql.weight_format.out_channels(ql)
         shape = (n_out,) if d.kind == "fc" else (n_out, d.h_out, d.w_out)
         f = ql.f_y
@@ -326,10 +338,9 @@ def load(image_dir):
             desc = LayerDesc.from_dict(e["desc"])
         except (TypeError, ValueError, AttributeError) as exc:
             raise ImageError(MANIFEST, f"{where}.desc", str(exc)) from None
-        if e["act_func"] not in _ACT_FUNCS[desc.act]:
-            raise ImageError(MANIFEST, f"{where}.act_func",
-                             f"is {e['act_func']!r}; act={desc.act!r} takes one of "
-                             f"{list(_ACT_FUNCS[desc.act])}")
+        problem = _act_func_problem(desc.act, e["act_func"])
+        if problem:
+            raise ImageError(MANIFEST, f"{where}.act_func", problem)
         layers.append(fmt.restore(e, m["files"], contents, desc, cfg, where))
         _check_sizes(e, m["files"], where)
     qmodel = QuantModel(layers, m["dw"], m["acc"], m["f_in"], tuple(m["input_shape"]),

@@ -83,6 +83,53 @@ def test_pwl_sigmoid_tanh_track_float():
         assert err < 0.025, name
 
 
+def _exact_reference(name, y, f, dw):
+    """``name``'s float value on ``y / 2**f``, rounded half up to the output scale (exact in
+    float64 for these inputs), saturated."""
+    real = fixed.pwl_function(name)(y.double() / 2.0 ** f)
+    return fixed.sat(torch.floor(real * 2.0 ** f + 0.5), dw)
+
+
+@pytest.mark.parametrize("name, f, dw", [
+    ("leaky_relu(0.125)", 12, 16), ("leaky_relu(-0.5)", 9, 16), ("leaky_relu(0.015625)", 4, 8),
+    ("hardtanh(-1.0,1.0)", 14, 16), ("hardtanh(0.0,6.0)", 12, 16), ("hardtanh(-0.5,0.5)", 6, 8),
+    ("hardtanh(-4.0,20.0)", 10, 16)])
+def test_piecewise_linear_pwl_tables_are_exact_on_every_input(name, f, dw):
+    assert fixed.pwl_exact_problem(name, dw) is None
+    y = torch.arange(-(1 << (dw - 1)), 1 << (dw - 1))
+    table = fixed.pwl_table(name, f, dw)
+    assert torch.equal(fixed.pwl_apply(y, table), _exact_reference(name, y, f, dw))
+
+
+@pytest.mark.parametrize("name, dw, words", [
+    ("leaky_relu(0.01)", 16, "negative_slope=0.01 is not a multiple of 2**-14 in [-2, 2)"),
+    ("leaky_relu(0.0078125)", 8, "negative_slope=0.0078125 is not a multiple of 2**-6"),
+    ("leaky_relu(3.0)", 16, "negative_slope=3.0 is not a multiple of 2**-14 in [-2, 2)"),
+    ("hardtanh(0.0,9.0)", 16, "corners 0.0 and 9.0 are not both on the PWL table's segment"),
+    ("hardtanh(0.1,1.0)", 16, "corners 0.1 and 1.0 are not both"),
+    ("hardtanh(-2.5,0.75)", 16, "corners -2.5 and 0.75 are not both"),
+])
+def test_inexact_piecewise_linear_activations_are_named(name, dw, words):
+    problem = fixed.pwl_exact_problem(name, dw)
+    assert problem.startswith(words), problem
+    if name == "hardtanh(-2.5,0.75)":       # and the table would indeed be wrong
+        y = torch.arange(-(1 << 15), 1 << 15)
+        out = fixed.pwl_apply(y, fixed.pwl_table(name, 12, 16))
+        assert not torch.equal(out, _exact_reference(name, y, 12, 16))
+
+
+def test_pwl_names():
+    assert fixed.pwl_name("hardtanh", 0, 6) == "hardtanh(0.0,6.0)"
+    assert fixed.parse_pwl_name("leaky_relu(0.125)") == ("leaky_relu", (0.125,))
+    assert fixed.parse_pwl_name("tanh") == ("tanh", ())
+    for bad in ("gelu", "hardtanh(1.0,-1.0)", "leaky_relu()", "hardtanh(0,x)", None,
+                "leaky_relu(nan)"):
+        with pytest.raises(ValueError, match="unknown PWL activation"):
+            fixed.parse_pwl_name(bad)
+    with pytest.raises(ValueError, match="a segment of 2\\*\\*-1 steps is not a whole number"):
+        fixed.pwl_table("hardtanh(-0.5,0.5)", 0, 16)
+
+
 def test_pwl_table_range_checked():
     with pytest.raises(ValueError, match="slope 40000 is outside"):
         fixed.PwlTable([40000] + [0] * 15, [0] * 16, 4, 16)

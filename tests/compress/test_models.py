@@ -62,6 +62,10 @@ def test_unknown_network():
     (nn.MaxPool2d(2, padding=1), ["layer 1 (MaxPool2d)", "padding=1", "no padding"]),
     (nn.MaxPool2d(2, ceil_mode=True), ["ceil_mode=True"]),
     (nn.Flatten(0), ["layer 1 (Flatten)", "start_dim=1, end_dim=-1"]),
+    (nn.LeakyReLU(0.1), ["layer 1 (LeakyReLU)", "negative_slope=0.1",
+                         "not a multiple of 2**-14"]),
+    (nn.Hardtanh(-1.0, 10.0), ["layer 1 (Hardtanh)", "min_val, max_val=(-1.0, 10.0)",
+                               "segment boundaries"]),
 ])
 def test_check_supported_names_the_offender(layer, words):
     model = nn.Sequential(nn.Conv2d(1, 4, 3), layer, nn.ReLU())
@@ -78,6 +82,20 @@ def test_check_supported_accepts_user_networks():
                           nn.Conv2d(8, 8, 3, stride=2), nn.Sigmoid(), nn.MaxPool2d(3, 1),
                           nn.Flatten(), nn.Linear(8 * 4 * 4, 10, bias=False))
     assert models.check_supported(model) is model
+
+
+def test_check_supported_accepts_exact_piecewise_linear_activations():
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.LeakyReLU(0.125), nn.MaxPool2d(2),
+                          nn.Conv2d(8, 8, 3), nn.ReLU6(), nn.Flatten(), nn.Linear(8, 4),
+                          nn.Hardtanh(-2.0, 2.0))
+    assert models.check_supported(model) is model
+    # a slope of 2**-7 is exact at 16 bits, not at 8 (6 fractional bits)
+    slope = nn.Sequential(nn.Linear(2, 2), nn.LeakyReLU(2 ** -7))
+    assert models.check_supported(slope) is slope
+    with pytest.raises(ValueError, match="not a multiple of 2\\*\\*-6"):
+        models.check_supported(slope, dw=8)
+    assert models.activation_of(nn.ReLU6()) == ("pwl", "hardtanh(0.0,6.0)")
+    assert models.activation_of(nn.Linear(2, 2)) is None
 
 
 def test_check_supported_needs_a_sequential():

@@ -1,12 +1,13 @@
 """Tests of whole-network quantisation and integer inference (hand-checked where possible)."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
 from torch import nn
 
-from slimnfu.compress.quant import int_forward, quantize_model
+from slimnfu.compress.quant import int_forward, quantize_input, quantize_model
 from slimnfu.formats import QuantModel
 
 
@@ -116,3 +117,35 @@ def test_percentile_range_gives_finer_scale():
     q_max = quantize_model(model, x, range_method="max")
     q_pct = quantize_model(model, x, range_method=99.0)
     assert q_pct.layers[0].f_y > q_max.layers[0].f_y
+
+
+@pytest.mark.parametrize("act, func, seg_shift", [
+    (nn.LeakyReLU(0.25), "leaky_relu(0.25)", 0), (nn.ReLU6(), "hardtanh(0.0,6.0)", 13),
+    (nn.Hardtanh(), "hardtanh(-1.0,1.0)", 14)])
+def test_piecewise_linear_activations_quantise_exactly(act, func, seg_shift):
+    """The PWL layer equals the activation on the integer pre-activation, rounded half up."""
+    from slimnfu import fixed
+
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(6, 40), act, nn.Linear(40, 3))
+    x = torch.randn(50, 6) * 3
+    q = quantize_model(model, x)
+    layer = q.layers[0]
+    assert (layer.desc.act, layer.act_func, layer.desc.seg_shift) == ("pwl", func, seg_shift)
+    if func.startswith("hardtanh"):
+        lo, hi = fixed.parse_pwl_name(func)[1]
+        assert layer.f_y == fixed.frac_bits_for(max(1.0, abs(lo), abs(hi)), 16)
+    plain = dataclasses.replace(layer, desc=dataclasses.replace(layer.desc, act="none"),
+                                pwl=None, act_func=None)
+    xq = quantize_input(q, x)
+    y = plain.run(xq, 16)
+    ref = fixed.sat(torch.floor(fixed.pwl_function(func)(y.double() / 2.0 ** layer.f_y)
+                                * 2.0 ** layer.f_y + 0.5), 16)
+    assert torch.equal(layer.run(xq, 16), ref)
+
+
+def test_inexact_leaky_relu_is_refused():
+    model = nn.Sequential(nn.Linear(4, 4), nn.LeakyReLU())
+    with pytest.raises(ValueError, match=r"layer 1 \(LeakyReLU\) has negative_slope=0.01, but "
+                                         r"slimnfu needs an exact PWL table"):
+        quantize_model(model, torch.rand(4, 4))

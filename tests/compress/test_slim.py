@@ -81,6 +81,24 @@ def test_reordered_export_computes_the_same_function():
     assert (y2.argmax(1) == ref.argmax(1)).float().mean() >= 0.9
 
 
+def test_bias_free_convs_export():
+    """A conv with bias=False quantises with a zero bias (it crashed the export once)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 6, 5, bias=False), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 7, 3, padding=1, bias=False), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(7 * 2 * 2, 5, bias=False)).eval()
+    sm = slim.slim_model(model)
+    sm[0].ksize[:] = torch.tensor([5, 3, 1, 5, 3, 5])
+    sm[0].approx[4] = True
+    x = _images()
+    slim.refit_linear(sm[0], x)
+    q = slim.quantize_slim(sm, x)
+    assert all(int(l.b.abs().sum()) == 0 for l in q.layers if l.b is not None)
+    y, _ = slim.slim_int_forward(q, x)
+    assert (y.argmax(1) == sm(x).argmax(1)).float().mean() >= 0.9
+
+
 def test_engine_passes_equal_the_layer():
     sm = _treated()
     x = _images()

@@ -365,6 +365,8 @@ def test_reject_deeply_nested_manifest(img):
      r"^manifest.json: layers\[0\].bits.weights: is '12800'"),
     (lambda m: m["layers"][1].update(act_func="gelu"),
      r"^manifest.json: layers\[1\].act_func: is 'gelu'; act='none' takes one of \[None\]"),
+    (lambda m: m["layers"][2].update(act_func="gelu"),
+     r"^manifest.json: layers\[2\].act_func: is 'gelu': unknown PWL activation 'gelu'"),
     (lambda m: m["calib"].update(range_method="median"),
      r"^manifest.json: calib.range_method: must be 'max' or a percentile"),
     (lambda m: m["calib"].update(images=[16]),
@@ -374,6 +376,20 @@ def test_reject_fields_of_the_wrong_type_or_value(img, edit, message):
     _edit_manifest(img, edit)
     with pytest.raises(ImageError, match=message):
         load(img)
+
+
+def test_piecewise_linear_activations_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.LeakyReLU(0.125), nn.MaxPool2d(2),
+                          nn.Conv2d(4, 4, 3), nn.ReLU6(), nn.Flatten(), nn.Linear(4 * 11 * 11, 10),
+                          nn.Hardtanh())
+    q = quantize_model(model, torch.rand(8, 1, 28, 28))
+    export(q, CFG, tmp_path / "img")
+    loaded, _, _ = load(tmp_path / "img")
+    assert [l.act_func for l in loaded.layers] == [
+        "leaky_relu(0.125)", None, "hardtanh(0.0,6.0)", "hardtanh(-1.0,1.0)"]
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.equal(int_forward(loaded, x)[0], int_forward(q, x)[0])
 
 
 def test_reject_files_the_manifest_does_not_list(img):
