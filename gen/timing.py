@@ -54,7 +54,8 @@ def summarise_path(path):
         ``clock`` (the launching and capturing events), ``delay_ns``, ``logic_ns``,
         ``routing_ns``, ``logic_levels`` (logic segments with a delay), ``start`` and ``end``
         (``component``, ``signal``, ``cell``, ``port``), ``components`` (the components the
-        path crosses, in order) and the counts of ``multipliers``, ``block_rams``,
+        path crosses, each once, in the order it first enters them) and the counts of
+        ``multipliers``, ``block_rams``,
         ``carry_cells`` and ``lut_rams`` on it.
     """
     segs = path["path"]
@@ -72,7 +73,7 @@ def summarise_path(path):
     for s in segs:
         cell = s["to"]["cell"]
         component = amaranth_name(cell)[0]
-        if not components or components[-1] != component:
+        if component not in components:
             components.append(component)
         kind = _primitive(cell)
         if kind and s["type"] == "logic":
@@ -123,5 +124,5 @@ def one_line(path):
             parts.append(f"{path[key]} {what}")
     via = [c or "(top)" for c in path["components"]]
     return (f"worst path {path['delay_ns']:.1f} ns: {_where(path['start'])} -> "
-            f"{_where(path['end'])} through {' > '.join(via)} ({', '.join(parts)}; "
+            f"{_where(path['end'])} through {', '.join(via)} ({', '.join(parts)}; "
             f"{path['logic_ns']:.1f} ns logic, {path['routing_ns']:.1f} ns routing)")
