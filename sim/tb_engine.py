@@ -25,6 +25,8 @@ def verdict(job, entry):
     expect = job["expect"]
     bad = differing_words(entry["words"], expect)
     problems = [f"{bad} NBout words differ"] if bad else []
+    if entry.get("clobbered"):
+        problems.append(f"{len(entry['clobbered'])} NBout words outside the pass changed")
     problems += [f"{name} {entry['counters'].get(name)} != {want}"
                  for name, want in expect["counters"].items()
                  if entry["counters"].get(name) != want]
@@ -46,10 +48,14 @@ async def engine_regression(dut):
         try:
             for sel, words in job["loads"]:
                 await tb.load(sel, words)
+            spans = job.get("untouched", [])
+            before = await tb.read_bits(spans)
             t_run = time.perf_counter()
             entry["counters"] = await tb.run(job["desc_value"], job["timeout_cycles"])
             entry["run_s"] = time.perf_counter() - t_run
-            entry["words"] = await tb.read_nbout(job["nbout_words"])
+            entry["words"] = await tb.read_nbout(job["nbout_words"], job.get("nbout_base", 0))
+            after = await tb.read_bits(spans)
+            entry["clobbered"] = [a for (a, _), b0, b1 in zip(spans, before, after) if b0 != b1]
         except SimTimeoutError:
             entry["error"] = f"done did not pulse within {job['timeout_cycles']} cycles"
         except ValueError as exc:
