@@ -167,18 +167,20 @@ def _in_size(out, k, stride, pad, koff, extra):
     return max(1, k + 2 * koff - 2 * pad, (out - 1) * stride + k + 2 * koff - 2 * pad + extra)
 
 
-def case_specs(cfg):
+def case_specs(cfg, variant=None):
     """A hypothesis strategy of :class:`FuzzSpec` that ``cfg`` can run (each is checked again
-    by :func:`build_case`): shapes within the buffers, the accumulator and :data:`MAX_STEPS`."""
+    by :func:`build_case`): shapes within the buffers, the accumulator and :data:`MAX_STEPS`;
+    of one ``variant`` when given, else of any the config has the feature for."""
     st = _st()
     tn, ti = cfg.tn, cfg.ti
     # terms n_in*k*k whose worst-case sum takes at most half the accumulator's range, leaving
     # the other half to the bias
     max_terms = max(1, 1 << max(0, cfg.acc - 2 * cfg.dw))
+    fixed_variant = variant
 
     @st.composite
     def draw_spec(draw):
-        variant = draw(st.sampled_from(_variants(cfg)))
+        variant = draw(st.sampled_from([fixed_variant] if fixed_variant else _variants(cfg)))
         fc = variant == "fc" or variant in _PERM
         pool = variant in ("maxpool", "avgpool")
         kw = {}
@@ -456,36 +458,56 @@ def _run_hypothesis(strategy, n, seed, test, shrink=False):
 
 
 def draw_configs(n, seed, max_tn=16):
-    """``n`` distinct configs drawn by hypothesis from :func:`configs` with ``seed``."""
-    out = {}
+    """``n`` distinct configs drawn by hypothesis from :func:`configs` with ``seed``.
+
+    Hypothesis draws the simplest config first (``tn = 1``, the narrowest accumulator, no
+    feature); it goes last, and a run of one config takes the second, a richer one."""
+    out, want = {}, max(n, 2)
 
     def record(cfg):
         out.setdefault(cfg.name, cfg)
 
     for extra in range(8):
-        _run_hypothesis(configs(max_tn), n * (extra + 1), seed + extra, record)
-        if len(out) >= n:
+        _run_hypothesis(configs(max_tn), want * (extra + 1), seed + extra, record)
+        if len(out) >= want:
             break
-    return list(out.values())[:n]
+    cfgs = list(out.values())[:want]
+    return (cfgs[1:] + cfgs[:1])[:n]
+
+
+def _variant_runs(cfg, n, seed):
+    """``[(variant, cases, seed)]``: the hypothesis runs of :func:`draw_cases`, one per variant
+    ``cfg`` can run, sharing ``n`` cases evenly (so that every variant is drawn as often)."""
+    vs = _variants(cfg)
+    return [(v, n // len(vs) + (i < n % len(vs)), seed * 16 + i) for i, v in enumerate(vs)]
 
 
 def draw_cases(cfg, n, seed, prefix="case"):
     """``[(spec, case)]``: ``n`` specs hypothesis draws for ``cfg`` from :func:`case_specs`
-    with ``seed`` (fewer if it runs out of new ones), each built (:func:`build_case`)."""
+    with ``seed``, as many of each variant, interleaved (fewer if a run finds no new ones),
+    each built (:func:`build_case`) and named ``<prefix><index>_<variant>``."""
     from hypothesis import reject
 
-    out = {}
+    runs = []
+    for variant, count, vseed in _variant_runs(cfg, n, seed):
+        out = {}
 
-    def record(spec):
-        if spec in out:
-            return
-        try:
-            out[spec] = build_case(spec, cfg, f"{prefix}{len(out)}_{spec.variant}")
-        except ValueError:
-            reject()
+        def record(spec):
+            if spec in out:
+                return
+            try:
+                out[spec] = build_case(spec, cfg, prefix)
+            except ValueError:
+                reject()
 
-    _run_hypothesis(case_specs(cfg), n, seed, record)
-    return list(out.items())
+        if count:
+            _run_hypothesis(case_specs(cfg, variant), count, vseed, record)
+        runs.append(list(out.items()))
+    drawn = [pair for k in range(max(map(len, runs), default=0)) for run in runs
+             if k < len(run) for pair in [run[k]]]
+    for i, (spec, case) in enumerate(drawn):
+        case.name = f"{prefix}{i}_{spec.variant}"
+    return drawn
 
 
 def failure_kind(entry):
@@ -517,14 +539,14 @@ def _failing(kind):
     return _KINDS.setdefault(kind, type(f"Failing_{kind}", (_Failing,), {}))
 
 
-def shrink_failure(cfg, n, seed, results, run_one, kind, prefix="case"):
+def shrink_failure(cfg, n, seed, spec, results, run_one, kind, prefix="case"):
     """Shrink a failing case with hypothesis.
 
-    Hypothesis replays the draws of :func:`draw_cases` (same ``cfg``, ``n`` and ``seed``);
-    ``results`` (``{spec: results entry}`` of the batch on one simulator) answers for them
-    until the failing spec comes up, then hypothesis shrinks it, and each smaller spec it
-    tries runs through ``run_one(case) -> results entry``. A spec counts as failing when its
-    :func:`failure_kind` is ``kind``.
+    Hypothesis replays the run of :func:`draw_cases` (same ``cfg``, ``n`` and ``seed``) that
+    drew the failing ``spec``; ``results`` (``{spec: results entry}`` of the batch on one
+    simulator) answers for its draws until the failing spec comes up, then hypothesis shrinks
+    it, and each smaller spec it tries runs through ``run_one(case) -> results entry``. A spec
+    counts as failing when its :func:`failure_kind` is ``kind``.
 
     Returns
     -------
@@ -555,8 +577,9 @@ def shrink_failure(cfg, n, seed, results, run_one, kind, prefix="case"):
             state["best"] = (spec, case, entry)
             raise _failing(kind)(entry["error"])
 
+    variant, count, vseed = next(r for r in _variant_runs(cfg, n, seed) if r[0] == spec.variant)
     try:
-        _run_hypothesis(case_specs(cfg), n, seed, test, shrink=True)
+        _run_hypothesis(case_specs(cfg, variant), count, vseed, test, shrink=True)
     except Exception:  # the failure hypothesis shrank (or Flaky, if it did not replay)
         pass
     if state["best"] is None:
@@ -713,7 +736,7 @@ def run_fuzz(cases, seed, sims=SIMS, time_budget=None, per_config=500, batch=200
                 shrunk.add(kind)
                 log(f"[{sim}] {case.name} failed ({kind}: {entry['error']}); shrinking ...")
                 t0 = time.perf_counter()
-                got = shrink_failure(cfg, n_here, cseed, results[sim],
+                got = shrink_failure(cfg, n_here, cseed, spec, results[sim],
                                      lambda c, s=sim: run_batch(cfg, [c], s)[0], kind, prefix)
                 if got is None:
                     log(f"[{sim}] the failing draw did not come up again; not shrunk")
