@@ -4,6 +4,7 @@
 #   make demo                      the main job, start to finish
 #   make verilog CONFIG=tiny       emit Verilog, synthesise (Yosys generic + ECP5, nextpnr)
 #   make cosim SIM=icarus CONFIG=tiny   cocotb regression on the emitted Verilog
+#   make fuzz [FUZZ_SEED=1]        10,000 random layers on Verilator, 1,000 on Icarus
 #   make bench | bench-hw | bench-models
 
 PYTHON    ?= python3
@@ -11,6 +12,7 @@ VENV      ?= .venv
 CONFIG    ?= tiny
 SIM       ?= icarus verilator
 WAVES     ?= 0
+FUZZ_SEED ?= 1
 BIN       := $(VENV)/bin
 SLIMNFU   := $(BIN)/slimnfu
 STAMP     := $(VENV)/.installed
@@ -28,10 +30,10 @@ unexport VERILATOR_ROOT
 
 BENCHES := hw models ikr permfc slim network
 
-.PHONY: setup test demo verilog cosim bench $(addprefix bench-,$(BENCHES)) clean help
+.PHONY: setup test demo verilog cosim fuzz bench $(addprefix bench-,$(BENCHES)) clean help
 
 help:
-	@sed -n '2,8p' Makefile
+	@sed -n '2,9p' Makefile
 
 setup: $(STAMP)
 
@@ -59,6 +61,11 @@ verilog: $(STAMP)
 cosim: $(STAMP)
 	$(SLIMNFU) cosim --config $(CONFIG) --sim $(SIM) $(if $(filter 1,$(WAVES)),--waves) \
 		$(foreach s,$(SET),--set $(s))
+
+# Not part of make test (which fuzzes a 48-case sample); docs/results.md says how long it takes.
+fuzz: $(STAMP)
+	$(SLIMNFU) fuzz --cases 10000 --seed $(FUZZ_SEED) --sim verilator --per-config 1000
+	$(SLIMNFU) fuzz --cases 1000 --seed $(FUZZ_SEED) --sim icarus --per-config 250
 
 bench: $(addprefix bench-,$(BENCHES))
 

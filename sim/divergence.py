@@ -113,9 +113,10 @@ def first_divergence(program, raw, refs, schedule, image=0):
         y, x`` of the model layer's output), ``pass_channel``, ``rtl`` and ``reference``
         values, ``differing`` (elements of the layer that differ), ``engine_cycle`` (of the
         pass, :func:`write_cycle`), ``cycle`` (of the inference, the accelerator's ``cycles``
-        counter in the write's cycle, from the schedule), ``measured_start`` (the pass's
+        counter in the write's cycle, from the schedule), ``pass_cycles`` (the schedule's
+        ``first`` cycle of the pass and its engine ``start`` cycle), ``measured_start`` (the
         start cycle from the counters read at the pauses, when there are any) and
-        ``message``.
+        ``message``; None where no pass writes the element (which would be a compiler bug).
     """
     cfg = program.cfg
     checks = [(i, words) for i, words in enumerate(raw.get("layers") or [])

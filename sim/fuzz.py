@@ -602,8 +602,7 @@ def _save_waves(cfg, case, sim, path, build_root):
     """Replay ``case`` on a build with tracing and copy its waveform beside ``path``."""
     entry = run_regression(cfg, [case], sims=(sim,), waves=True, log=_quiet,
                            build_root=build_root)[0]
-    run_dir = Path(entry["run_dir"])
-    wave = wave_file({"run": run_dir, "build": run_dir.parent.parent / "build"})
+    wave = wave_file({"run": entry["run_dir"]})
     if wave is None:
         return None
     dest = path.with_suffix(wave.suffix)

@@ -218,3 +218,17 @@ def test_untouched_words_and_the_placement_check():
     entry = compare(case, {**raw, "clobbered": [3], "tb_verdict": "1 NBout words outside "
                            "the pass changed"}, cfg, 18, "icarus")
     assert not entry["passed"] and "outside the pass changed: [3]" in entry["error"]
+
+
+def test_waves_on_icarus(tmp_path):
+    """A traced Icarus build (Verilog-2005, so not cocotb's SystemVerilog dump module) writes
+    an FST waveform into the run's own folder."""
+    from slimnfu.sim.runner import run_regression, wave_file
+
+    cfg = get_config("tiny")
+    entry, = run_regression(cfg, [make_case("w", LayerDesc("fc", 5, 3), cfg, 1)],
+                            sims=("icarus",), waves=True, log=lambda *_: None,
+                            build_root=tmp_path)
+    assert entry["passed"]
+    wave = wave_file({"run": entry["run_dir"]})
+    assert wave.name == "slimnfu_engine.fst" and wave.stat().st_size > 0
