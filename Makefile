@@ -65,7 +65,7 @@ cosim: $(STAMP)
 # Not part of make test (which fuzzes a 48-case sample); docs/results.md says how long it takes.
 fuzz: $(STAMP)
 	$(SLIMNFU) fuzz --cases 10000 --seed $(FUZZ_SEED) --sim verilator --per-config 1000
-	$(SLIMNFU) fuzz --cases 1000 --seed $(FUZZ_SEED) --sim icarus --per-config 250
+	$(SLIMNFU) fuzz --cases 1000 --seed $(FUZZ_SEED) --sim icarus --per-config 125
 
 bench: $(addprefix bench-,$(BENCHES))
 

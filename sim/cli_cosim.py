@@ -147,11 +147,17 @@ def run(args):
 
     out = Path(args.out) if args.out else cosim_root() / "results.json"
     _check_out(out)
-    log = lambda msg: print(msg, flush=True)  # noqa: E731
+
+    def log(msg):
+        print(msg, flush=True)
+
     entries = []
     if replays:
-        groups = {}
+        groups, names = {}, set()
         for case_cfg, case in replays:
+            while case.name in names:  # two files of one case: results go by name
+                case.name += "_again"
+            names.add(case.name)
             groups.setdefault(case_cfg.name, (case_cfg, []))[1].append(case)
         for case_cfg, cases in groups.values():
             entries += run_regression(case_cfg, cases, sims=sims, waves=args.waves, log=log)

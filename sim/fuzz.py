@@ -6,19 +6,21 @@ testing library); nothing here is a shrinker of its own.
 - :func:`configs` draws an :class:`~slimnfu.config.AccelConfig`: ``tn = ti`` in 1..16, DW 8 or
   16, an accumulator from the narrowest the config allows up, buffer depths, and each method
   feature on or off with its parameters.
-- :func:`case_specs` draws, for one config, a :class:`FuzzSpec`: the variant (dense conv and
-  fc, max and average pooling, IKR, ``perm_affine``, ``perm_index``, and slim passes with
-  per-lane kernels ``lane_k``, a centre-tap offset ``koff`` and the placement fields
-  ``nbout_base``/``lane_skip``), its geometry, the activation (none, ReLU, the sigmoid and tanh
+- :func:`case_specs` draws, for one config, a :class:`FuzzSpec`: the variant (dense ``conv``
+  and ``fc``, ``maxpool``, ``avgpool``, ``ikr_conv``, ``affine_fc`` and ``index_fc`` (the two
+  permuted formats), and ``slim_pass``: a conv pass with per-lane kernels ``lane_k``, a
+  centre-tap offset ``koff`` and the placement fields ``nbout_base``/``lane_skip``), its
+  geometry, the activation (none, ReLU, the sigmoid and tanh
   tables, a random table), the shift, how many values are non-zero, a seed for the values, and
   *targets*: outputs whose accumulator is set, through the bias (or the window, for pooling),
   to an exact rounding tie (positive, negative, at zero), one step either side of the positive
   and negative rails, a deep negative saturation, or a PWL segment edge.
 - :func:`build_case` turns a spec into a :class:`~slimnfu.sim.cases.Case` (operands and the
-  golden output); the values come from the spec's seed, with about 4% of them on the rails.
+  golden output); the values come from the spec's seed and each element's position, with
+  about 4% of them on the rails.
 
 :func:`run_fuzz` draws the configs, then for each config a batch of specs (one hypothesis run
-each, from the seed), runs them on every simulator in batches (one build per config and
+per variant, from the seed), runs them on every simulator in batches (one build per config and
 simulator, reused by all its cases; the comparison is :func:`slimnfu.sim.runner.compare`:
 outputs, cycles, steps, multiplies, saturation and gated counts) and, for a case that fails,
 runs hypothesis again on the same draws with the simulator in the loop, so that it finds the
@@ -47,7 +49,8 @@ from slimnfu.formats.perm import PermAffineWeights, PermIndexWeights, affine_per
 from slimnfu.sim.cases import Case, reference, write_case
 from slimnfu.sim.runner import SIMS, cosim_root, run_regression, wave_file
 
-__all__ = ["VARIANTS", "ACTIVATIONS", "TARGETS", "MAX_STEPS", "FuzzSpec", "configs",
+__all__ = ["VARIANTS", "ACTIVATIONS", "TARGETS", "MAX_STEPS", "FEATURE_ORDER", "FuzzSpec",
+           "configs",
            "case_specs", "build_case", "draw_configs", "draw_cases", "failure_kind",
            "shrink_failure", "run_fuzz", "fuzz_root"]
 
@@ -126,12 +129,17 @@ def _st():
     return strategies
 
 
-def configs(max_tn=16):
+def configs(max_tn=16, features=None):
     """A hypothesis strategy of fuzz configs: ``tiny`` changed to ``tn = ti`` in
     ``1..max_tn``, DW 16 or 8, ACC from the narrowest allowed to ``2*DW + 20`` (at most 64),
-    buffer depths (not only powers of two) and each method feature on or off with random
-    parameters. Named after what changed (:meth:`AccelConfig.changed`)."""
+    buffer depths (not only powers of two) and each method feature on or off (or the
+    ``features`` given on) with random parameters. Named after what changed
+    (:meth:`AccelConfig.changed`)."""
     st = _st()
+
+    def on(name):
+        return st.booleans() if features is None else st.just(name in features)
+
 
     @st.composite
     def draw_config(draw):
@@ -144,14 +152,14 @@ def configs(max_tn=16):
               "sb_depth": draw(st.integers(MAX_STEPS, 4096)),
               "nbout_depth": draw(st.integers(400, 4096)),
               "bias_depth": draw(st.integers(4, 64))}
-        if draw(st.booleans()):
+        if draw(on("ikr")):
             ch.update({"ikr": 1, "ikr.kmax": draw(st.integers(1, 7)),
                        "ikr.patterns": draw(st.integers(1, 16)),
                        "ikr.index_depth": draw(st.integers(16, 512))})
-        if draw(st.booleans()):
+        if draw(on("perm")):
             # an index ROM entry is a DW-bit lane: perm.depth <= 2**DW
             ch.update({"perm": 1, "perm.depth": draw(st.integers(2, 256 if dw == 8 else 1024))})
-        if draw(st.booleans()):
+        if draw(on("kgate")):
             ch["kgate"] = 1
         return get_config("tiny").changed(**ch)
 
@@ -457,22 +465,31 @@ def _run_hypothesis(strategy, n, seed, test, shrink=False):
         hseed(seed)(_settings(n, shrink)(given(strategy)(test)))()
 
 
+#: The method features of the configs of a run, in turn: every feature, each alone, each
+#: pair, none (with few configs, every feature is still on in some of them).
+FEATURE_ORDER = (("ikr", "kgate", "perm"), ("kgate",), ("perm",), ("ikr",), ("kgate", "perm"),
+                 ("ikr", "kgate"), ("ikr", "perm"), ())
+
+
 def draw_configs(n, seed, max_tn=16):
-    """``n`` distinct configs drawn by hypothesis from :func:`configs` with ``seed``.
-
-    Hypothesis draws the simplest config first (``tn = 1``, the narrowest accumulator, no
-    feature); it goes last, and a run of one config takes the second, a richer one."""
-    out, want = {}, max(n, 2)
-
-    def record(cfg):
-        out.setdefault(cfg.name, cfg)
-
-    for extra in range(8):
-        _run_hypothesis(configs(max_tn), want * (extra + 1), seed + extra, record)
-        if len(out) >= want:
+    """``n`` distinct configs, each drawn by a hypothesis run of :func:`configs` of its own
+    (from ``seed`` and its index), with the features ``FEATURE_ORDER[i % 8]``: the run's second
+    draw (its first is always the simplest config of the set, ``tn = 1`` and the narrowest
+    accumulator; a run's later draws are often simplified copies of earlier ones)."""
+    picked = {}
+    for i in range(8 * n):
+        if len(picked) == n:
             break
-    cfgs = list(out.values())[:want]
-    return (cfgs[1:] + cfgs[:1])[:n]
+        draws = []
+
+        def record(cfg):
+            draws.append(cfg)
+
+        _run_hypothesis(configs(max_tn, FEATURE_ORDER[i % len(FEATURE_ORDER)]), 2,
+                        seed * 1009 + i, record)
+        cfg = draws[-1]
+        picked.setdefault(cfg.name, cfg)
+    return list(picked.values())
 
 
 def _variant_runs(cfg, n, seed):

@@ -2,10 +2,11 @@
 
 It reads the jobs from the JSON file named by ``SLIMNFU_COSIM_JOBS`` (written by
 :mod:`slimnfu.sim.runner`), runs them one after another in one simulation, and writes the raw
-results (NBout words, counters, wall time, error) to ``SLIMNFU_COSIM_OUT``. The runner, which
-has torch, compares them with the golden model and reports where they differ; this module
-needs only cocotb, and checks each job against the words and counters the job expects, so a
-difference also fails the test and its results file.
+results (NBout words, counters, wall time, error, and the NBout words outside the pass that
+changed: a job's ``untouched`` words are read before and after the run) to
+``SLIMNFU_COSIM_OUT``. The runner, which has torch, compares them with the golden model and
+reports where they differ; this module needs only cocotb, and checks each job against the
+words and counters the job expects, so a difference also fails the test and its results file.
 """
 
 import json

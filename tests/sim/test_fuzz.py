@@ -147,6 +147,14 @@ def test_a_correct_golden_model_passes_the_stand_in(monkeypatch, tmp_path):
     assert sum(summary["coverage"].values()) == 80
 
 
+def test_time_budget_stops_new_batches(monkeypatch, tmp_path):
+    run_batch, runs = _stand_in(fixed.requant, monkeypatch)
+    summary = fuzz.run_fuzz(40, seed=3, sims=("icarus",), per_config=20, batch=10,
+                            time_budget=1e-9, build_root=tmp_path, log=lambda *_: None,
+                            run_batch=run_batch)
+    assert summary["budget_hit"] and summary["per_sim"]["icarus"]["cases"] == 0 and not runs
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--cases", "0"], "--cases must be an integer >= 1, not '0'"),
     (["--cases", "many"], "--cases must be an integer >= 1, not 'many'"),
