@@ -32,7 +32,7 @@ from slimnfu.formats.base import get_format, record_from_state, record_to_state
 
 __all__ = ["Case", "make_case", "dense_cases", "case_job", "expected_cycles", "expected_steps",
            "expected_counters", "QUICK", "reference", "pass_cases", "case_to_dict",
-           "case_from_dict", "write_case", "read_case", "CASE_SCHEMA"]
+           "case_from_dict", "write_case", "read_case", "CASE_SCHEMA", "untouched_words"]
 
 #: Names of the cases of a ``--quick`` regression.
 QUICK = ("nfu_step_mac", "conv3x3_s1_p1", "conv5x5_s2_p0", "fc_pwl_sigmoid", "maxpool2_s2",
