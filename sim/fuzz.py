@@ -49,9 +49,8 @@ from slimnfu.formats.perm import PermAffineWeights, PermIndexWeights, affine_per
 from slimnfu.sim.cases import Case, reference, write_case
 from slimnfu.sim.runner import SIMS, cosim_root, run_regression, wave_file
 
-__all__ = ["VARIANTS", "ACTIVATIONS", "TARGETS", "MAX_STEPS", "FEATURE_ORDER", "FuzzSpec",
-           "configs",
-           "case_specs", "build_case", "draw_configs", "draw_cases", "failure_kind",
+__all__ = ["VARIANTS", "ACTIVATIONS", "TARGETS", "MAX_STEPS", "FEATURE_ORDER", "RUN_DRAWS",
+           "FuzzSpec", "configs", "case_specs", "build_case", "draw_configs", "draw_cases", "failure_kind",
            "shrink_failure", "run_fuzz", "fuzz_root"]
 
 #: The case variants, simplest first (hypothesis shrinks toward the first).
@@ -492,36 +491,50 @@ def draw_configs(n, seed, max_tn=16):
     return list(picked.values())
 
 
+#: Draws of one hypothesis run: a run's later draws are mostly variations of its earlier ones,
+#: so a variant's cases come from several short runs.
+RUN_DRAWS = 20
+
+
 def _variant_runs(cfg, n, seed):
-    """``[(variant, cases, seed)]``: the hypothesis runs of :func:`draw_cases`, one per variant
-    ``cfg`` can run, sharing ``n`` cases evenly (so that every variant is drawn as often)."""
+    """``{variant: (cases, [seed, ...])}``: the cases of each variant ``cfg`` can run (``n``
+    shared evenly, so that every variant is drawn as often) and the seeds of the hypothesis
+    runs of :data:`RUN_DRAWS` draws that :func:`draw_cases` makes for it, in turn, until it
+    has as many distinct cases (a run's first draw is always the simplest)."""
     vs = _variants(cfg)
-    return [(v, n // len(vs) + (i < n % len(vs)), seed * 16 + i) for i, v in enumerate(vs)]
+    runs = {}
+    for i, v in enumerate(vs):
+        count = n // len(vs) + (i < n % len(vs))
+        runs[v] = (count, [(seed * 16 + i) * 4096 + k for k in range(2 * (count // RUN_DRAWS)
+                                                                        + 2)])
+    return runs
 
 
 def draw_cases(cfg, n, seed, prefix="case"):
-    """``[(spec, case)]``: ``n`` specs hypothesis draws for ``cfg`` from :func:`case_specs`
-    with ``seed``, as many of each variant, interleaved (fewer if a run finds no new ones),
-    each built (:func:`build_case`) and named ``<prefix><index>_<variant>``."""
+    """``[(spec, case)]``: ``n`` specs (fewer only if hypothesis keeps drawing the same ones)
+    drawn for ``cfg`` from :func:`case_specs` with ``seed``, as many of each variant,
+    interleaved, each built (:func:`build_case`) and named ``<prefix><index>_<variant>``."""
     from hypothesis import reject
 
-    runs = []
-    for variant, count, vseed in _variant_runs(cfg, n, seed):
+    per_variant = []
+    for variant, (count, seeds) in _variant_runs(cfg, n, seed).items():
         out = {}
+        for vseed in seeds:
+            if len(out) >= count:
+                break
 
-        def record(spec):
-            if spec in out:
-                return
-            try:
-                out[spec] = build_case(spec, cfg, prefix)
-            except ValueError:
-                reject()
+            def record(spec):
+                if spec in out:
+                    return
+                try:
+                    out[spec] = build_case(spec, cfg, prefix)
+                except ValueError:
+                    reject()
 
-        if count:
-            _run_hypothesis(case_specs(cfg, variant), count, vseed, record)
-        runs.append(list(out.items()))
-    drawn = [pair for k in range(max(map(len, runs), default=0)) for run in runs
-             if k < len(run) for pair in [run[k]]]
+            _run_hypothesis(case_specs(cfg, variant), RUN_DRAWS, vseed, record)
+        per_variant.append(list(out.items())[:count])
+    drawn = [run[k] for k in range(max(map(len, per_variant), default=0))
+             for run in per_variant if k < len(run)]
     for i, (spec, case) in enumerate(drawn):
         case.name = f"{prefix}{i}_{spec.variant}"
     return drawn
@@ -559,8 +572,8 @@ def _failing(kind):
 def shrink_failure(cfg, n, seed, spec, results, run_one, kind, prefix="case"):
     """Shrink a failing case with hypothesis.
 
-    Hypothesis replays the run of :func:`draw_cases` (same ``cfg``, ``n`` and ``seed``) that
-    drew the failing ``spec``; ``results`` (``{spec: results entry}`` of the batch on one
+    Hypothesis replays the runs of :func:`draw_cases` (same ``cfg``, ``n`` and ``seed``) of
+    the failing ``spec``'s variant until one draws it; ``results`` (``{spec: results entry}`` of the batch on one
     simulator) answers for its draws until the failing spec comes up, then hypothesis shrinks
     it, and each smaller spec it tries runs through ``run_one(case) -> results entry``. A spec
     counts as failing when its :func:`failure_kind` is ``kind``.
@@ -594,11 +607,13 @@ def shrink_failure(cfg, n, seed, spec, results, run_one, kind, prefix="case"):
             state["best"] = (spec, case, entry)
             raise _failing(kind)(entry["error"])
 
-    variant, count, vseed = next(r for r in _variant_runs(cfg, n, seed) if r[0] == spec.variant)
-    try:
-        _run_hypothesis(case_specs(cfg, variant), count, vseed, test, shrink=True)
-    except Exception:  # the failure hypothesis shrank (or Flaky, if it did not replay)
-        pass
+    for vseed in _variant_runs(cfg, n, seed)[spec.variant][1]:
+        try:
+            _run_hypothesis(case_specs(cfg, spec.variant), RUN_DRAWS, vseed, test, shrink=True)
+        except Exception:  # the failure hypothesis shrank (or Flaky, if it did not replay)
+            pass
+        if state["found"]:
+            break
     if state["best"] is None:
         return None
     return (*state["best"], state["runs"])
