@@ -4,6 +4,7 @@
 #   make demo                      the main job, start to finish
 #   make verilog CONFIG=tiny       emit Verilog, synthesise (Yosys generic + ECP5, nextpnr)
 #   make cosim SIM=icarus CONFIG=tiny   cocotb regression on the emitted Verilog
+#   make fuzz [FUZZ_SEED=1]        10,000 random layers on Verilator, 1,000 on Icarus
 #   make bench | bench-hw | bench-models
 #   make verify CONFIG=tiny        all 10,000 MNIST test images through the compressed RTL
 #                                  (fast Verilator runner; IMAGES=N, DENSE=1, WORKERS=N)
@@ -15,6 +16,7 @@ SIM       ?= icarus verilator
 WAVES     ?= 0
 IMAGES    ?= all
 DENSE     ?= 0
+FUZZ_SEED ?= 1
 BIN       := $(VENV)/bin
 SLIMNFU   := $(BIN)/slimnfu
 STAMP     := $(VENV)/.installed
@@ -32,7 +34,7 @@ unexport VERILATOR_ROOT
 
 BENCHES := hw models ikr permfc slim network
 
-.PHONY: setup test demo verilog cosim verify bench $(addprefix bench-,$(BENCHES)) clean help
+.PHONY: setup test demo verilog cosim verify fuzz bench $(addprefix bench-,$(BENCHES)) clean help
 
 help:
 	@sed -n '2,10p' Makefile
@@ -68,6 +70,11 @@ cosim: $(STAMP)
 verify: $(STAMP)
 	$(SLIMNFU) verify --config $(CONFIG) --images $(IMAGES) $(if $(filter 1,$(DENSE)),--dense) \
 		$(if $(WORKERS),--workers $(WORKERS))
+
+# Not part of make test (which fuzzes a 48-case sample); docs/results.md says how long it takes.
+fuzz: $(STAMP)
+	$(SLIMNFU) fuzz --cases 10000 --seed $(FUZZ_SEED) --sim verilator --per-config 1000
+	$(SLIMNFU) fuzz --cases 1000 --seed $(FUZZ_SEED) --sim icarus --per-config 125
 
 bench: $(addprefix bench-,$(BENCHES))
 

@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "slimnfu.gen.cli_hw",
     "slimnfu.cli",
     "slimnfu.sim.cli_cosim",
+    "slimnfu.sim.cli_fuzz",
     "slimnfu.bench.cli_bench",
     "slimnfu.demo",
 ]

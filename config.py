@@ -279,6 +279,31 @@ class AccelConfig:
             return self
         return replace(new, name=self._derived_name(new))
 
+    def changes_from(self, base):
+        """The parameters that make ``base`` into this config, as :meth:`changed` takes them:
+        ``base.changed(**cfg.changes_from(base))`` equals ``cfg`` but for its name. A feature
+        is ``1`` (on) or ``0`` (off) and each of its parameters that differs from ``base``'s
+        (or from its defaults, when ``base`` has it off) is ``feature.param``."""
+        out = {}
+        for f in fields(self):
+            mine, theirs = getattr(base, f.name), getattr(self, f.name)
+            if f.name == "name":
+                continue
+            if f.name not in FEATURES:
+                if mine != theirs:
+                    out[f.name] = theirs
+                continue
+            if theirs is None:
+                if mine is not None:
+                    out[f.name] = 0
+                continue
+            if mine is None:
+                out[f.name] = 1
+            ref = mine or FEATURES[f.name]()
+            out.update({f"{f.name}.{p.name}": getattr(theirs, p.name) for p in fields(theirs)
+                        if getattr(theirs, p.name) != getattr(ref, p.name)})
+        return out
+
     def _derived_name(self, new):
         base, _, old = self.name.partition("+")
         changes = dict(c.split("=", 1) for c in old.split("+") if c)

@@ -32,13 +32,14 @@ from fractions import Fraction
 import torch
 import torch.nn.functional as F
 
-from slimnfu.config import as_pass
+from slimnfu.config import PassDesc, as_pass
 from slimnfu.contract import PWL_SEGMENTS
 
 __all__ = [
     "SatCount", "sat", "requant", "relu", "quantize", "frac_bits_for", "conv2d_acc",
     "linear_acc", "maxpool", "avgpool", "PwlTable", "pwl_table", "pwl_apply", "run_layer",
     "check_operands", "pwl_name", "parse_pwl_name", "pwl_function", "pwl_exact_problem",
+    "gated_weights", "accumulate",
 ]
 
 
@@ -366,6 +367,20 @@ def check_operands(desc, x, w=None, b=None, dw=16, acc=None):
                          f"can sum to {need} bits, more than the {limit}-bit accumulator")
 
 
+def accumulate(desc, x, w, b=None):
+    """The exact accumulators of a conv or fc layer or pass ``desc`` (before requantisation):
+    ``(N, O, H_out, W_out)`` (``(N, O)`` for fc). A centre-tap pass (``koff``) is a conv with
+    padding ``pad - koff``; a negative padding crops the input."""
+    run = as_pass(desc)
+    d = run.layer
+    if d.kind == "fc":
+        return linear_acc(x, w, b)
+    pad, crop = max(0, d.pad - run.koff), max(0, run.koff - d.pad)
+    if crop:
+        x = x[:, :, crop:x.shape[2] - crop, crop:x.shape[3] - crop]
+    return conv2d_acc(x, w, b, d.stride, pad)
+
+
 def run_layer(desc, x, w=None, b=None, dw=16, pwl=None, count=None, acc=None):
     """Run one layer or engine pass on integer tensors, as the engine does.
 
@@ -405,16 +420,7 @@ def run_layer(desc, x, w=None, b=None, dw=16, pwl=None, count=None, acc=None):
     elif desc.kind == "avgpool":
         y = avgpool(x, desc.k, desc.stride, dw, count)
     else:
-        if desc.kind == "fc":
-            acc = linear_acc(x, w, b)
-        else:
-            # a centre-tap pass (koff) is a conv with padding pad - koff; a negative padding
-            # crops the input
-            pad, crop = max(0, desc.pad - koff), max(0, koff - desc.pad)
-            if crop:
-                x = x[:, :, crop:x.shape[2] - crop, crop:x.shape[3] - crop]
-            acc = conv2d_acc(x, w, b, desc.stride, pad)
-        y = requant(acc, desc.shift, dw, count)
+        y = requant(accumulate(PassDesc(desc, koff=koff), x, w, b), desc.shift, dw, count)
     if desc.act == "relu":
         y = relu(y)
     elif desc.act == "pwl":
@@ -422,3 +428,29 @@ def run_layer(desc, x, w=None, b=None, dw=16, pwl=None, count=None, acc=None):
             raise ValueError("act='pwl' needs a PwlTable")
         y = pwl_apply(y, pwl, count)
     return y
+
+
+def gated_weights(desc, w, tn):
+    """Conv weights ``(O, C, K, K)`` as the kernel gate lets them through a ``tn``-lane engine
+    running pass ``desc``: output channel ``o`` keeps only the centred ``lane_k[o % tn]`` square
+    of its kernel (a lane past ``lane_k`` or at 0 keeps all of it). ``w`` itself when the pass
+    has no ``lane_k``.
+
+    The engine zeroes a gated lane's weights before they reach its multipliers, so the
+    reference of a gated pass is :func:`run_layer` on these weights, whatever the outer taps
+    hold.
+    """
+    run = as_pass(desc)
+    if not run.lane_k or w is None:
+        return w
+    k = run.layer.k
+    w = torch.as_tensor(w, dtype=torch.int64).clone()
+    for o in range(w.shape[0]):
+        j = o % tn
+        lk = run.lane_k[j] if j < len(run.lane_k) else 0
+        if lk and lk < k:
+            off = (k - lk) // 2
+            keep = torch.zeros(k, k, dtype=torch.bool)
+            keep[off:off + lk, off:off + lk] = True
+            w[o][:, ~keep] = 0
+    return w

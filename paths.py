@@ -3,7 +3,8 @@
 ``build_root()``
     ``$SLIMNFU_BUILD``, else ``build/`` under the current directory. Everything a command
     produces goes below it: ``verilog/``, ``cosim/``, ``synth/``, ``board/``, ``bench/``,
-    ``demo/``, ``images/``, ``rtl/``.
+    ``demo/``, ``images/``, ``rtl/``, ``fuzz/`` (fuzz case files), ``divergence/`` (a network
+    run's first-divergence reproducers).
 ``cache_root()``
     ``$SLIMNFU_CACHE``, else ``cache/`` in the build root. What is slow to make again and
     valid wherever it is used: trained checkpoints (``models/``) and compressed networks

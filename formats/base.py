@@ -385,6 +385,15 @@ class WeightFormat:
         return [EnginePass(ql.name, self.pass_desc(ql), self.memories(ql, cfg),
                            max_abs_bias=max_abs(ql.b))]
 
+    def pass_weights(self, ql, cfg):
+        """Per engine pass of :meth:`passes`, the operands it applies as a layer of its own:
+        ``(EnginePass, w, b, format, record)``, where ``format`` (a format's name) and
+        ``record`` say how the pass stores ``w``. A one-pass format gives the layer's own;
+        a co-simulation case of one pass (:func:`slimnfu.sim.cases.pass_cases`) is built
+        from them."""
+        (p,) = self.passes(ql, cfg)
+        return [(p, ql.w, ql.b, self.name, ql.compressed)]
+
     # The weight image (see slimnfu.gen.image).
 
     def image_entry(self, ql):

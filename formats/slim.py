@@ -256,6 +256,11 @@ class SlimFormat(WeightFormat):
                            max_abs(b))
                 for name, desc, w, b, reads in self._pass_operands(ql, cfg)]
 
+    def pass_weights(self, ql, cfg):
+        # every pass stores its centred weights dense
+        return [(p, w, b, "dense", None) for p, (_, _, w, b, _) in
+                zip(self.passes(ql, cfg), self._pass_operands(ql, cfg))]
+
     def memories(self, ql, cfg):
         mem = {}
         for n, (name, desc, w, b, reads) in enumerate(self._pass_operands(ql, cfg)):

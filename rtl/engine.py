@@ -45,10 +45,14 @@ class LayerEngine(wiring.Component):
     cfg : AccelConfig
     """
 
-    #: ``cycles == desc.dense_cycles(cfg) + LATENCY`` for every layer: the sequencer's setup
-    #: (``Sequencer.SETUP_CYCLES`` = 12, plus the start cycle) and the 5-stage pipeline drain
-    #: plus the ``done`` cycle (6).
-    LATENCY = Sequencer.SETUP_CYCLES + 6
+    #: The cycle after the ``start`` cycle (0) in which the first step is issued: the
+    #: sequencer's setup (``Sequencer.SETUP_CYCLES`` = 12) and one.
+    FIRST_STEP = Sequencer.SETUP_CYCLES + 1
+    #: A step issued in cycle ``S`` writes NBout in cycle ``S + WRITE_DELAY``.
+    WRITE_DELAY = 5
+    #: ``cycles == desc.dense_cycles(cfg) + LATENCY`` for every layer: ``done`` pulses one
+    #: cycle after the last step's NBout write.
+    LATENCY = FIRST_STEP + WRITE_DELAY
 
     def __init__(self, cfg):
         self.cfg = check_config(self, cfg)
@@ -172,16 +176,16 @@ class LayerEngine(wiring.Component):
         ]
 
         # Stage S+5: NBout write; done one cycle after the layer's last write.
-        write_end = nfu3.out_valid & delayed(step.end, 5, "end")
+        write_end = nfu3.out_valid & delayed(step.end, self.WRITE_DELAY, "end")
         if cfg.kgate:
             # centre-tap passes may fill part of a tile: one write enable per lane
             nbout_wr = nbout.write_port(granularity=dw)
-            mask = delayed(step.write_mask, 5, "write_mask")
+            mask = delayed(step.write_mask, self.WRITE_DELAY, "write_mask")
             m.d.comb += nbout_wr.en.eq(Mux(nfu3.out_valid, mask, 0))
         else:
             nbout_wr = nbout.write_port()
             m.d.comb += nbout_wr.en.eq(nfu3.out_valid)
-        m.d.comb += [nbout_wr.addr.eq(delayed(step.nbout_addr, 5, "nbout_addr")),
+        m.d.comb += [nbout_wr.addr.eq(delayed(step.nbout_addr, self.WRITE_DELAY, "nbout_addr")),
                      nbout_wr.data.eq(nfu3.out)]
         m.d.sync += self.done.eq(write_end)
         with m.If(write_end):

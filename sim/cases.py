@@ -9,19 +9,30 @@ any simulation.
 :func:`case_job` turns a case into the plain-JSON job the cocotb testbench reads: the
 descriptor value and the memory words its weight format stores
 (:meth:`slimnfu.formats.base.WeightFormat.passes`); no torch on the simulator side.
+
+A case is also a file (:func:`write_case`, :func:`read_case`): the pass, the config as
+changes from a named one, and the operands, so that ``slimnfu cosim --layer @FILE`` replays
+what the fuzzer (:mod:`slimnfu.sim.fuzz`) or a network's first divergence
+(:mod:`slimnfu.sim.divergence`) found.
 """
 
+import json
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from slimnfu import fixed
-from slimnfu.config import LayerDesc, PassDesc, as_pass
+from slimnfu.atomic import atomic_write
+from slimnfu.config import CONFIGS, LayerDesc, PassDesc, as_pass, get_config
 from slimnfu.contract import LoadSel, descriptor_value
 from slimnfu.formats import QLayer, layout
+from slimnfu.formats.base import get_format, record_from_state, record_to_state
 
 __all__ = ["Case", "make_case", "dense_cases", "case_job", "expected_cycles", "expected_steps",
-           "expected_counters", "QUICK"]
+           "expected_counters", "QUICK", "reference", "pass_cases", "case_to_dict",
+           "case_from_dict", "write_case", "read_case", "CASE_SCHEMA", "untouched_words"]
 
 #: Names of the cases of a ``--quick`` regression.
 QUICK = ("nfu_step_mac", "conv3x3_s1_p1", "conv5x5_s2_p0", "fc_pwl_sigmoid", "maxpool2_s2",
@@ -234,6 +245,48 @@ def expected_counters(case, cfg, latency):
     return out
 
 
+def reference(desc, x, w, b, pwl, cfg):
+    """The golden output of pass ``desc`` on one sample ``x`` (no batch dimension) and its
+    saturation events: :func:`slimnfu.fixed.run_layer` on the weights the kernel gate lets
+    through (:func:`slimnfu.fixed.gated_weights`). Returns ``(y, sat_events)``."""
+    count = fixed.SatCount()
+    y = fixed.run_layer(desc, x.unsqueeze(0), fixed.gated_weights(desc, w, cfg.tn), b, cfg.dw,
+                        pwl, count)
+    return y[0], count.events
+
+
+def pass_cases(ql, x, cfg, prefix="", source="network"):
+    """A :class:`Case` for every engine pass of model layer ``ql`` on its int64 input ``x``
+    (one sample, no batch dimension), in program order.
+
+    Each pass applies the operands its format gives it
+    (:meth:`~slimnfu.formats.base.WeightFormat.pass_weights`) to the layer's input, or, for a
+    pass that reads the outputs the earlier passes wrote (``reads == "kept"``), to those."""
+    xin = x.reshape(-1) if ql.desc.kind == "fc" else x
+    cases, outputs = [], []
+    for p, w, b, fmt, rec in ql.weight_format.pass_weights(ql, cfg):
+        px = torch.cat(outputs) if p.reads == "kept" else xin
+        y, sat = reference(p.desc, px, w, b, ql.pwl, cfg)
+        outputs.append(y)
+        cases.append(Case(prefix + p.name, p.desc, px, w, b, ql.pwl, y, sat, source, fmt, rec))
+    return cases
+
+
+def untouched_words(desc, cfg, margin=16):
+    """``[[address, low_bits], ...]``: NBout bits a pass must leave as they were: up to
+    ``margin`` words on either side of the words it writes, and the ``lane_skip`` lanes of
+    its first output tile."""
+    words, per_tile = desc.nbout_words(cfg), desc.h_out * desc.w_out
+    base, width = desc.nbout_base, cfg.tn * cfg.dw
+    margin = min(margin, per_tile)
+    spans = [[a, width] for a in range(max(0, base - margin), base)]
+    spans += [[a, width] for a in range(base + words, min(cfg.nbout_depth,
+                                                          base + words + margin))]
+    if desc.lane_skip:
+        spans += [[a, desc.lane_skip * cfg.dw] for a in range(base, base + per_tile)]
+    return spans
+
+
 def case_job(case, cfg, latency):
     """The JSON-ready job for the cocotb testbench: descriptor value, loads, read count, and
     what the testbench must see (``expect``: the NBout words, the mask of each output tile's
@@ -253,10 +306,111 @@ def case_job(case, cfg, latency):
     loads += [[int(m.sel), m.words] for m in one_pass.memories.values()]
     counters = expected_counters(case, cfg, latency)
     n_out = desc.layer.n_out
+    masks = layout.output_lane_masks(n_out, cfg)
+    # the lanes below lane_skip of the first tile are not written (untouched_words)
+    masks[0] &= ~((1 << (desc.lane_skip * cfg.dw)) - 1)
     expect = {"words": layout.pack_output(
                   case.expected.reshape(n_out, desc.h_out, desc.w_out), cfg),
-              "lane_masks": layout.output_lane_masks(n_out, cfg),
+              "lane_masks": masks,
               "words_per_tile": desc.h_out * desc.w_out, "counters": counters}
     return {"name": case.name, "desc_value": descriptor_value(desc, cfg), "loads": loads,
-            "nbout_words": desc.nbout_words(cfg), "timeout_cycles": 2 * counters["cycles"] + 1000,
-            "expect": expect}
+            "nbout_base": desc.nbout_base, "nbout_words": desc.nbout_words(cfg),
+            "untouched": untouched_words(desc, cfg),
+            "timeout_cycles": 2 * counters["cycles"] + 1000, "expect": expect}
+
+
+#: The ``schema`` of a case file.
+CASE_SCHEMA = "slimnfu-case"
+
+
+def _tensor(t):
+    return None if t is None else {"shape": list(t.shape), "values": t.reshape(-1).tolist()}
+
+
+def _base_config(cfg):
+    """The named config ``cfg`` is derived from (its name's first part), else ``tiny``."""
+    base = cfg.name.split("+")[0]
+    return base if base in CONFIGS else "tiny"
+
+
+def case_to_dict(case, cfg, note=None):
+    """A case as plain JSON data: the pass, the config as changes from a named one, the
+    operands and the weight format's record; ``note`` (any JSON) says where it came from.
+    The golden output is not stored: :func:`case_from_dict` computes it again."""
+    base = _base_config(cfg)
+    return {"schema": CASE_SCHEMA, "version": 1, "name": case.name, "source": case.source,
+            "config": {"base": base, "set": cfg.changes_from(get_config(base))},
+            "pass": case.desc.to_dict(), "format": case.format,
+            "compressed": None if case.compressed is None else record_to_state(case.compressed),
+            "x": _tensor(case.x), "w": _tensor(case.w), "b": _tensor(case.b),
+            "pwl": None if case.pwl is None else case.pwl.to_dict(), "note": note}
+
+
+def case_from_dict(d, where="case"):
+    """The inverse of :func:`case_to_dict`: ``(cfg, case)``, the case checked against the
+    config and its expected output computed by the golden model (:func:`reference`).
+    ``ValueError`` naming ``where`` and the field of the first problem."""
+    def field(name, check, what):
+        if name not in d or not check(d[name]):
+            raise ValueError(f"{where}: {name}: must be {what}, not {d.get(name)!r}")
+        return d[name]
+
+    if not isinstance(d, dict) or d.get("schema") != CASE_SCHEMA or d.get("version") != 1:
+        raise ValueError(f"{where}: not a case file (schema {CASE_SCHEMA!r}, version 1)")
+    name = field("name", lambda v: isinstance(v, str) and v, "a name")
+    conf = field("config", lambda v: isinstance(v, dict) and set(v) == {"base", "set"}
+                 and isinstance(v["set"], dict), "{\"base\": NAME, \"set\": {KEY: VALUE}}")
+    step = "config"
+    try:
+        cfg = get_config(conf["base"]).changed(**conf["set"])
+        step = "pass"
+        desc = PassDesc.from_dict(field("pass", lambda v: isinstance(v, dict), "an object"))
+        step = "format"
+        fmt = get_format(d.get("format"), "format")
+        rec = d.get("compressed")
+        rec = None if fmt.record is None else record_from_state(fmt.record, rec or {})
+        tensors = {}
+        for key in ("x", "w", "b"):
+            step = key
+            t = d.get(key)
+            tensors[key] = None if t is None else \
+                torch.tensor(t["values"], dtype=torch.int64).reshape(t["shape"])
+        step = "pwl"
+        pwl = None if d.get("pwl") is None else fixed.PwlTable(**d["pwl"])
+        step = "operands"
+        y, sat = reference(desc, tensors["x"], tensors["w"], tensors["b"], pwl, cfg)
+        case = Case(name, desc, tensors["x"], tensors["w"], tensors["b"], pwl, y, sat,
+                    d.get("source", "file"), fmt.name, rec)
+        case.layer().weight_format.accept(case.layer(), cfg)
+        desc.check(cfg, None if case.b is None or not case.b.numel()
+                   else int(case.b.abs().max()))
+    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+        raise ValueError(f"{where}: {step}: {exc}") from None
+    return cfg, case
+
+
+def write_case(path, case, cfg, note=None):
+    """Write ``case`` (on ``cfg``) to ``path`` as JSON, atomically; returns the path."""
+    path = Path(path)
+    text = json.dumps(case_to_dict(case, cfg, note), indent=1)
+    # one line per list of numbers (operands, shapes), not one line per number
+    text = re.sub(r"\[\s+([-\d,\s]+?)\s+\]",
+                  lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
+    atomic_write(path, text + "\n")
+    return path
+
+
+def read_case(path):
+    """``(cfg, case)`` from a file of :func:`write_case`; ``ValueError`` naming the file
+    when it cannot be read or is not a valid case."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to be a case") from None
+    return case_from_dict(d, str(path))

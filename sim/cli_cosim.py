@@ -7,7 +7,7 @@ fast.
 import json
 import sys
 
-__all__ = ["register", "run", "parse_layers"]
+__all__ = ["register", "run", "parse_layers", "read_case_files"]
 
 SIMS = ("icarus", "verilator")
 
@@ -22,14 +22,16 @@ def register(sub):
                     "with dense_cycles + LATENCY. Exit status 1 on any failure.")
     p.add_argument("--sim", nargs="+", default=list(SIMS), metavar="SIM",
                    help="simulators: icarus, verilator (default: both)")
-    p.add_argument("--config", default="tiny", help="accelerator config (default: tiny)")
+    p.add_argument("--config", default=None, help="accelerator config (default: tiny)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config parameter, e.g. --set acc=40, --set ikr=1, "
                         "--set ikr.kmax=3 (repeatable)")
     p.add_argument("--layer", dest="layers", action="append", default=[], metavar="JSON",
                    help="add a case: a LayerDesc as JSON, e.g. "
                         "'{\"kind\": \"conv\", \"n_in\": 3, \"n_out\": 5, \"h_in\": 8, "
-                        "\"w_in\": 8, \"k\": 3}' (repeatable)")
+                        "\"w_in\": 8, \"k\": 3}' (repeatable); or @FILE, a case file "
+                        "(written by fuzz or by a network's first divergence) replayed alone "
+                        "on the config it holds, with its operands")
     p.add_argument("--seed", type=int, default=1, help="random seed of the cases (default 1)")
     p.add_argument("--quick", action="store_true", help="a short regression (6 cases)")
     p.add_argument("--waves", action="store_true", help="dump waveforms (FST/VCD in run dir)")
@@ -37,6 +39,24 @@ def register(sub):
                    help="results JSON (default: cosim/results.json in the build root: "
                         "$SLIMNFU_BUILD, else build/ in the current directory)")
     p.set_defaults(func=run)
+
+
+def read_case_files(layers):
+    """``[(cfg, case)]`` of the ``@FILE`` entries of ``--layer`` (see
+    :func:`slimnfu.sim.cases.read_case`); ``ValueError`` naming the option and the file."""
+    from slimnfu.sim.cases import read_case
+
+    out = []
+    for text in layers:
+        if not text.startswith("@"):
+            continue
+        if not text[1:]:
+            raise ValueError("--layer @FILE needs a file name after @")
+        try:
+            out.append(read_case(text[1:]))
+        except ValueError as exc:
+            raise ValueError(f"--layer @{exc}") from None
+    return out
 
 
 def parse_layers(layers):
@@ -82,8 +102,13 @@ def run(args):
     bad = [s for s in sims if s not in SIMS]
     if bad:
         raise ValueError(f"--sim must be among {', '.join(SIMS)}, not {bad[0]!r}")
-    cfg = parse_overrides(get_config(args.config), args.overrides)
-    extra = parse_layers(args.layers)
+    replays = read_case_files(args.layers)
+    if replays and (len(replays) < len(args.layers) or args.quick or args.overrides or
+                    args.config is not None):
+        raise ValueError("--layer @FILE replays a saved case alone, on the config the file "
+                         "holds: give no --config, --set, --quick or JSON --layer with it")
+    cfg = parse_overrides(get_config(args.config or "tiny"), args.overrides)
+    extra = [] if replays else parse_layers(args.layers)
     for name, desc in extra:
         desc.check(cfg)
 
@@ -94,15 +119,33 @@ def run(args):
 
     out = Path(args.out) if args.out else cosim_root() / "results.json"
     check_file_target(out, "results JSON")
-    cases = regression_cases(cfg, seed=args.seed, quick=args.quick,
-                             images=mnist_images(1000), extra=extra)
-    entries = run_regression(cfg, cases, sims=sims, waves=args.waves,
-                             log=lambda msg: print(msg, flush=True))
+
+    def log(msg):
+        print(msg, flush=True)
+
+    entries = []
+    if replays:
+        groups, names = {}, set()
+        for case_cfg, case in replays:
+            while case.name in names:  # two files of one case: results go by name
+                case.name += "_again"
+            names.add(case.name)
+            groups.setdefault(case_cfg.name, (case_cfg, []))[1].append(case)
+        for case_cfg, cases in groups.values():
+            entries += run_regression(case_cfg, cases, sims=sims, waves=args.waves, log=log)
+        label = ", ".join(repr(name) for name in groups)
+    else:
+        cases = regression_cases(cfg, seed=args.seed, quick=args.quick,
+                                 images=mnist_images(1000), extra=extra)
+        entries = run_regression(cfg, cases, sims=sims, waves=args.waves, log=log)
+        label = repr(cfg.name)
     atomic_write(out, json.dumps(entries, indent=1) + "\n")
+    if args.waves:
+        print("waveforms: " + ", ".join(sorted({e["run_dir"] for e in entries})))
     print(_table(entries))
     failed = [e for e in entries if not e["passed"]]
     for e in failed:
         print(f"FAIL {e['name']} on {e['sim']}: {e['error']}", file=sys.stderr)
-    print(f"{len(entries) - len(failed)}/{len(entries)} passed on config {cfg.name!r} "
+    print(f"{len(entries) - len(failed)}/{len(entries)} passed on config {label} "
           f"({', '.join(sims)}); results in {out}")
     return 1 if failed else 0

@@ -76,11 +76,11 @@ class EngineTB:
         await FallingEdge(dut.clk)
         return counters
 
-    async def read_nbout(self, count):
-        """Read NBout words ``0 .. count-1``; raise ``ValueError`` on X/Z bits."""
+    async def read_nbout(self, count, base=0):
+        """Read NBout words ``base .. base+count-1``; raise ``ValueError`` on X/Z bits."""
         dut = self.dut
         words = []
-        for addr in range(count):
+        for addr in range(base, base + count):
             dut.rd_addr.value = addr
             await FallingEdge(dut.clk)
             try:
@@ -89,6 +89,18 @@ class EngineTB:
                 raise ValueError(f"rd_data has X/Z bits at NBout address {addr}: "
                                  f"{dut.rd_data.value}") from None
         return words
+
+
+    async def read_bits(self, spans):
+        """The low ``bits`` of each NBout word ``[address, bits]`` of ``spans``, as the
+        simulator shows them (a string of 0/1/X/Z, most significant first; X/Z allowed)."""
+        dut = self.dut
+        out = []
+        for addr, bits in spans:
+            dut.rd_addr.value = addr
+            await FallingEdge(dut.clk)
+            out.append(str(dut.rd_data.value)[-bits:])
+        return out
 
 
 def differing_words(got, expect):

@@ -2,10 +2,11 @@
 
 :func:`run_network` emits the ROM build of a compiled program, builds it for Icarus or
 Verilator, runs one job per image (:mod:`slimnfu.sim.tb_accel`) and compares every layer's
-output and the logits with :func:`slimnfu.compress.quant.int_forward_layers`, the golden model.
-:func:`run_network_fast` does the same on the fast runner (:mod:`slimnfu.sim.fastsim`), for
-thousands of images: the logits and the counters of every image, and every layer's output on
-request.
+output and the logits with :func:`slimnfu.compress.quant.int_forward_layers`, the golden model;
+on a difference, :mod:`slimnfu.sim.divergence` names the first divergent write and saves its
+reproducer. :func:`run_network_fast` does the same on the fast runner
+(:mod:`slimnfu.sim.fastsim`), for thousands of images: the logits and the counters of every
+image, and every layer's output on request.
 """
 
 import time
@@ -18,26 +19,49 @@ from slimnfu.formats import layout
 from slimnfu.gen.verilog import emit_accelerator
 from slimnfu.rtl.engine import LayerEngine
 from slimnfu.sim import fastsim
-from slimnfu.sim.runner import build_sim, run_jobs
+from slimnfu.sim.divergence import divergence_root, first_divergence, save_divergence
+from slimnfu.sim.runner import build_sim, run_jobs, wave_file
 
-__all__ = ["expected_cycles", "image_job", "run_network", "fast_spec", "run_network_fast"]
+__all__ = ["layer_schedule", "expected_cycles", "image_job", "run_network", "fast_spec",
+           "run_network_fast"]
+
+
+def layer_schedule(program):
+    """When each program layer runs in one inference, as the controller spends the cycles.
+
+    Per layer: the move (``copy`` words or ``flatten`` values), the ROM loads (words plus one
+    cycle), the ``RUN`` cycle that starts the engine, the engine (``dense_cycles`` or
+    ``ikr_cycles`` plus ``LATENCY``: its ``done`` cycle is ``LATENCY + nfu_cycles`` after the
+    start) and one ``PAUSE`` cycle. Cycles are counted as the accelerator's ``cycles`` counter
+    counts them (0 is the first cycle after ``start``; paused cycles are not counted).
+
+    Returns
+    -------
+    list of dict
+        Per program layer: ``first`` (its first cycle), ``run`` (the engine's start cycle),
+        ``move``, ``loads`` and ``engine`` (cycles of each part), ``end`` (the cycle after its
+        ``PAUSE``, the next layer's ``first``).
+    """
+    cfg, t, out = program.cfg, 0, []
+    for layer in program.layers:
+        move = layer.move_cycles
+        loads = sum(n for _, _, n in layer.loads) + 1
+        engine = layer.desc.nfu_cycles(cfg) + LayerEngine.LATENCY
+        run = t + move + loads
+        out.append({"first": t, "run": run, "move": move, "loads": loads, "engine": engine,
+                    "end": run + engine + 2})
+        t = run + engine + 2
+    return out
 
 
 def expected_cycles(program):
-    """Cycles of one inference, ``start`` to ``done``, as the controller spends them.
-
-    Per layer: the move (``copy`` words or ``flatten`` values), the ROM loads (words plus one
-    cycle), the start cycle, the engine (``dense_cycles`` or ``ikr_cycles`` plus ``LATENCY``)
-    and one cycle going on. Returns a dict of the parts and ``cycles``.
-    """
-
-    cfg = program.cfg
-    parts = {"move_cycles": 0, "load_cycles": 0, "engine_cycles": 0}
-    for layer in program.layers:
-        parts["move_cycles"] += layer.move_cycles
-        parts["load_cycles"] += sum(n for _, _, n in layer.loads) + 1
-        parts["engine_cycles"] += layer.desc.nfu_cycles(cfg) + LayerEngine.LATENCY
-    parts["cycles"] = sum(parts.values()) + 2 * len(program.layers)
+    """Cycles of one inference, ``start`` to ``done``: the sum of :func:`layer_schedule`'s
+    parts. Returns a dict of the parts and ``cycles``."""
+    sched = layer_schedule(program)
+    parts = {"move_cycles": sum(s["move"] for s in sched),
+             "load_cycles": sum(s["loads"] for s in sched),
+             "engine_cycles": sum(s["engine"] for s in sched)}
+    parts["cycles"] = sched[-1]["end"] if sched else 0
     return parts
 
 
@@ -62,22 +86,15 @@ def image_job(program, x_int, name, step=True, logits=None):
     return job
 
 
-def _check(program, raw, refs):
-    """Compare one image's raw result with the reference outputs; return (passed, problem)."""
+def _check(program, raw, refs, schedule, image):
+    """Compare one image's raw result with the reference outputs; return ``(passed, problem,
+    divergence)`` (:func:`slimnfu.sim.divergence.first_divergence`'s report, or None)."""
     if raw.get("error"):
-        return False, raw["error"]
-    for i, words in enumerate(raw.get("layers") or []):
-        ref = program.layers[i].ref
-        if ref is None:
-            continue
-        got, want = layout.unpack_program_output(program, i, words), refs[ref][0]
-        if not torch.equal(got, want):
-            bad = int((got != want).sum())
-            return False, f"layer {program.layers[i].name}: {bad} outputs differ"
-    got = layout.unpack_program_output(program, len(program.layers) - 1, raw["logits"])
-    if not torch.equal(got, refs[-1][0].reshape(got.shape)):
-        return False, "logits differ"
-    return True, None
+        return False, raw["error"], None
+    report = first_divergence(program, raw, refs, schedule, image)
+    if report is not None:
+        return False, report["message"], report
+    return True, None, None
 
 
 def run_network(program, qmodel, images, labels, sim="verilator", name=None, step=True,
@@ -91,7 +108,9 @@ def run_network(program, qmodel, images, labels, sim="verilator", name=None, ste
     -------
     dict
         ``images``, ``bit_exact`` (every image, every layer with ``step``), ``rtl_correct``,
-        ``int_correct``, ``rtl_accuracy``, ``predictions``, ``labels``, ``failures``, the
+        ``int_correct``, ``rtl_accuracy``, ``predictions``, ``labels``, ``failures`` (each
+        with its image's first divergence), ``divergence`` (the first image's, with its
+        reproducer case file and, with ``waves``, the waveform window; None when bit-exact), the
         counters of the first image and, with ``step``, its measured ``per_layer`` cycles (a
         layer's ``cycles`` include its move and loads, ``engine_cycles`` only its run),
         ``expected`` (:func:`expected_cycles`), and the build and simulation seconds
@@ -114,10 +133,16 @@ def run_network(program, qmodel, images, labels, sim="verilator", name=None, ste
     raw = {r["name"]: r for r in run_jobs(runner, dirs, jobs, waves=waves,
                                           test_module="slimnfu.sim.tb_accel")}
     sim_s = time.perf_counter() - t0
-    preds, failures, rtl_ok, int_ok = [], [], 0, 0
+    preds, failures, rtl_ok, int_ok, divergence = [], [], 0, 0, None
+    schedule = layer_schedule(program)
     for i in range(x.shape[0]):
         r = raw[f"image{i}"]
-        passed, problem = _check(program, r, refs[i])
+        passed, problem, report = _check(program, r, refs[i], schedule, i)
+        if report is not None and divergence is None:
+            divergence = save_divergence(report, program, qmodel, x[i], refs[i], r,
+                                         wave_file(dirs) if waves else None,
+                                         divergence_root(build_root), name)
+            log(f"[{sim}] {report['message']}; reproducer: {report.get('reproducer')}")
         if passed and r.get("tb_verdict"):
             passed, problem = False, f"the testbench disagrees: {r['tb_verdict']}"
         ref_pred = int(refs[i][-1][0].reshape(-1).argmax())
@@ -129,7 +154,7 @@ def run_network(program, qmodel, images, labels, sim="verilator", name=None, ste
             rtl_ok += pred == int(labels[i])
         preds.append(pred)
         if not passed:
-            failures.append({"image": i, "error": problem})
+            failures.append({"image": i, "error": problem, "divergence": report})
     first = next((r for r in raw.values() if r.get("counters")), {})
     per_layer = None
     if first.get("marks"):
@@ -141,7 +166,8 @@ def run_network(program, qmodel, images, labels, sim="verilator", name=None, ste
     run_s = [r["run_s"] - r["read_s"] for r in raw.values() if r.get("run_s")]
     n = x.shape[0]
     return {"images": n, "sim": sim, "name": name, "step": step, "bit_exact": not failures,
-            "failures": failures[:10], "rtl_correct": rtl_ok, "int_correct": int_ok,
+            "failures": failures[:10], "divergence": divergence,
+            "rtl_correct": rtl_ok, "int_correct": int_ok,
             "rtl_accuracy": round(100.0 * rtl_ok / n, 2), "int_accuracy":
             round(100.0 * int_ok / n, 2), "predictions": preds,
             "labels": [int(v) for v in labels], "counters": first.get("counters"),

@@ -79,13 +79,8 @@ def slim_cases(cfg, seed=1, images=None):
     x = torch.randint(cfg.qmin, cfg.qmax + 1, (1, n_in, 9, 8), generator=gen)
     w = torch.randint(cfg.qmin, cfg.qmax + 1, (tn, n_in, 5, 5), generator=gen)
     b = torch.randint(-9999, 9999, (tn,), generator=gen)
-    centred = w.clone()
-    for o, lk in enumerate(lane_k):
-        off = (5 - lk) // 2
-        inner = torch.zeros(5, 5, dtype=torch.bool)
-        inner[off:off + lk, off:off + lk] = True
-        centred[o][:, ~inner] = 0
-    cases = [_case("slim_mixed_tile_k5", desc, x, w, b, cfg.dw, None, "random", centred)]
+    cases = [_case("slim_mixed_tile_k5", desc, x, w, b, cfg.dw, None, "random",
+                   fixed.gated_weights(desc, w, tn))]
 
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Conv2d(1, 2 * tn + 1, 5), nn.ReLU()).eval()

@@ -4,7 +4,8 @@ It reads the jobs (one image each) from the JSON file named by ``SLIMNFU_COSIM_J
 by :func:`slimnfu.sim.network.image_job`, and writes the raw results to ``SLIMNFU_COSIM_OUT``:
 per image the NBout words of every layer (read while the accelerator pauses after each layer,
 when the job asks for ``step``), the ``cycles`` and ``engine_cycles`` counters at each pause
-(``marks``), the logits' words, the final counters and the wall times. The
+(``marks``), the logits' words, the final counters, the wall times, and the simulation times
+(ns) at which ``start`` and each ``resume`` were driven (to place a cycle in a waveform). The
 comparison with the integer reference, layer by layer, happens in :mod:`slimnfu.sim.network`,
 which has torch; this module checks each image's logits against the words its job expects,
 so a difference also fails the test and its results file.
@@ -18,6 +19,7 @@ import time
 
 import cocotb
 from cocotb.clock import Clock
+from cocotb.simtime import get_sim_time
 from cocotb.triggers import FallingEdge, RisingEdge, SimTimeoutError, with_timeout
 
 from slimnfu.rtl.accelerator import ACCEL_COUNTERS
@@ -53,6 +55,7 @@ async def _infer(dut, job):
     dut.img_en.value = 0
     dut.step.value = int(job["step"])
     dut.start.value = 1
+    start_ns, resume_ns = get_sim_time("ns"), []
     await FallingEdge(dut.clk)
     dut.start.value = 0
     t_run, read_s = time.perf_counter(), 0.0
@@ -69,6 +72,7 @@ async def _infer(dut, job):
             layers.append(await tb.read_nbout(count))
             read_s += time.perf_counter() - t0
             dut.resume.value = 1
+            resume_ns.append(get_sim_time("ns"))
             await FallingEdge(dut.clk)
             dut.resume.value = 0
         if dut.done.value != 1:
@@ -81,7 +85,8 @@ async def _infer(dut, job):
     run_s = time.perf_counter() - t_run
     logits = await tb.read_nbout(job["logit_words"])
     return {"layers": layers if job["step"] else None, "marks": marks, "logits": logits,
-            "counters": counters, "run_s": run_s, "read_s": read_s}
+            "counters": counters, "run_s": run_s, "read_s": read_s, "start_ns": start_ns,
+            "resume_ns": resume_ns}
 
 
 @cocotb.test()

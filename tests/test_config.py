@@ -144,3 +144,21 @@ def test_changed_configs_are_named_after_what_changed():
     with pytest.raises(ValueError, match="config name must be an identifier, optionally "
                                          "followed by \\+key=value"):
         AccelConfig("tiny/../x", tn=4, ti=4)
+
+
+@pytest.mark.parametrize("kw", [
+    {},
+    {"tn": 3, "ti": 3, "acc": 40},
+    {"ikr": True},
+    {"ikr": {"kmax": 3, "patterns": 4}, "perm": {"depth": 64}, "kgate": True, "dw": 8,
+     "acc": 30},
+])
+def test_changes_from_is_what_changed_takes(kw):
+    base = get_config("tiny")
+    cfg = base.with_(name="other", **kw)
+    changes = cfg.changes_from(base)
+    assert base.changed(**changes).with_(name="other") == cfg
+    assert cfg.changes_from(cfg) == {}
+    # and back: a feature on in the base and off here is 0
+    assert base.changes_from(cfg) == {} or base.changed(**changes).changed(
+        **base.changes_from(cfg)).with_(name="tiny") == base

@@ -200,3 +200,29 @@ def test_run_layer_refuses_sums_its_accumulator_cannot_hold():
         fixed.run_layer(big, torch.zeros(1, 4096, dtype=torch.int64),
                         torch.zeros(1, 4096, dtype=torch.int64),
                         torch.zeros(1, dtype=torch.int64), 32)
+
+
+def test_gated_weights_keep_each_lanes_centred_kernel():
+    from slimnfu.config import PassDesc
+
+    w = torch.ones(6, 2, 5, 5, dtype=torch.int64)
+    desc = PassDesc(LayerDesc("conv", 2, 6, 7, 7, k=5), lane_k=(1, 3, 0, 5))
+    g = fixed.gated_weights(desc, w, tn=4)
+    # output o runs on lane o % 4; lane 2 (0) and the lanes past lane_k keep the whole kernel
+    assert [int(g[o, 0].sum()) for o in range(6)] == [1, 9, 25, 25, 1, 9]
+    assert g[1, 1, 1:4, 1:4].eq(1).all() and g[1, 1, 0].eq(0).all()
+    assert fixed.gated_weights(PassDesc(desc.layer), w, tn=4) is w
+
+
+def test_accumulate_is_run_layers_sum_before_requantisation():
+    from slimnfu.config import PassDesc
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(-50, 50, (1, 2, 7, 6), generator=gen)
+    w = torch.randint(-5, 5, (3, 2, 3, 3), generator=gen)
+    b = torch.randint(-9, 9, (3,), generator=gen)
+    for koff, pad in ((0, 1), (1, 0), (1, 2)):
+        desc = PassDesc(LayerDesc("conv", 2, 3, 7, 6, 3, pad=pad), koff=koff)
+        acc = fixed.accumulate(desc, x, w, b)
+        assert torch.equal(fixed.requant(acc, 0, 16), fixed.run_layer(desc, x, w, b, 16))
+    assert acc.shape == (1, 3, 7, 6)

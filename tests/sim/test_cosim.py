@@ -8,7 +8,7 @@ import torch
 
 from slimnfu.cli import main
 from slimnfu.config import LayerDesc, get_config
-from slimnfu.sim.cases import make_case
+from slimnfu.sim.cases import case_job, make_case
 from slimnfu.sim.regression import regression_cases
 from slimnfu.sim.runner import compare
 
@@ -124,3 +124,111 @@ def test_out_that_cannot_be_written_stops_before_simulation(capsys, tmp_path):
     (tmp_path / "f").write_text("x")
     assert main(["cosim", "--quick", "--out", str(tmp_path / "f" / "r.json")]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_case_files_round_trip_every_variant(tmp_path):
+    """A case file holds the pass, the config as changes from a named one, and the operands;
+    reading it gives the same case and the same golden output."""
+    from slimnfu.formats.base import record_to_state
+    from slimnfu.sim import fuzz
+    from slimnfu.sim.cases import read_case, write_case
+
+    cfg = get_config("tiny").changed(tn=3, ti=3, ikr=1, perm=1, kgate=1, dw=8, acc=30,
+                                     **{"perm.depth": 64})
+    drawn = fuzz.draw_cases(cfg, 200, seed=1)
+    seen = set()
+    for spec, case in drawn:
+        if spec.variant in seen:
+            continue
+        seen.add(spec.variant)
+        path = write_case(tmp_path / f"{spec.variant}.json", case, cfg, {"why": "test"})
+        cfg2, back = read_case(path)
+        assert cfg2.changes_from(cfg) == {} and cfg2.name.startswith("tiny+")
+        assert back.desc == case.desc and back.format == case.format
+        for key in ("x", "w", "b", "expected"):
+            a, b = getattr(case, key), getattr(back, key)
+            assert (a is None and b is None) or torch.equal(a, b), key
+        assert back.expected_sat == case.expected_sat
+        if case.compressed is not None:
+            assert json.dumps(record_to_state(back.compressed)) == \
+                json.dumps(record_to_state(case.compressed))
+        assert json.loads(path.read_text())["note"] == {"why": "test"}
+    assert seen == set(fuzz.VARIANTS)
+
+
+def test_layer_files_are_checked_before_simulation(tmp_path, capsys):
+    from slimnfu.sim.cases import write_case
+
+    cfg = get_config("tiny")
+    good = write_case(tmp_path / "good.json", make_case("t", LayerDesc("fc", 5, 3), cfg, 1),
+                      cfg)
+    d = json.loads(good.read_text())
+    (tmp_path / "bad.json").write_text("{")
+    (tmp_path / "other.json").write_text('{"schema": "slimnfu-image"}')
+    (tmp_path / "shape.json").write_text(json.dumps({**d, "x": {"shape": [4],
+                                                                "values": [1, 2, 3, 4]}}))
+    (tmp_path / "cfg.json").write_text(json.dumps({**d, "config": {"base": "tiny",
+                                                                   "set": {"tn": 0}}}))
+    out = tmp_path / "r.json"
+    for argv, message in [
+        (["--layer", f"@{tmp_path / 'missing.json'}"],
+         f"--layer @{tmp_path / 'missing.json'}: cannot be read (No such file or directory)"),
+        (["--layer", "@"], "--layer @FILE needs a file name after @"),
+        (["--layer", f"@{tmp_path / 'bad.json'}"], "bad.json: not valid JSON"),
+        (["--layer", f"@{tmp_path / 'other.json'}"], "other.json: not a case file"),
+        (["--layer", f"@{tmp_path / 'shape.json'}"], "shape.json: operands:"),
+        (["--layer", f"@{tmp_path / 'cfg.json'}"], "cfg.json: config: tn must be in"),
+        (["--layer", f"@{good}", "--config", "small"], "give no --config, --set"),
+        (["--layer", f"@{good}", "--quick"], "give no --config, --set"),
+        (["--layer", f"@{good}", "--layer", '{"kind": "fc", "n_in": 2, "n_out": 2}'],
+         "give no --config, --set"),
+    ]:
+        assert main(["cosim", "--out", str(out), *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("error:") == 1, (argv, err)
+        assert not out.exists()
+
+
+def test_untouched_words_and_the_placement_check():
+    """A placed pass (nbout_base, lane_skip) is read where it writes; the words around it and
+    the lanes it skips must keep their bits, and compare names the words that changed."""
+    from slimnfu.config import PassDesc
+    from slimnfu.formats import layout
+    from slimnfu.sim.cases import untouched_words
+
+    cfg = get_config("tiny").with_(kgate=True)
+    desc = PassDesc(LayerDesc("conv", 3, 6, 2, 2, 1), nbout_base=5, lane_skip=1)
+    spans = untouched_words(desc, cfg)
+    full = cfg.tn * cfg.dw
+    assert spans[:4] == [[1, full], [2, full], [3, full], [4, full]]
+    assert spans[4:8] == [[13, full], [14, full], [15, full], [16, full]]
+    assert spans[8:] == [[a, cfg.dw] for a in range(5, 9)]
+    case = make_case("placed", desc, cfg, seed=2)
+    job = case_job(case, cfg, 18)
+    assert job["nbout_base"] == 5 and job["untouched"] == spans
+    assert job["expect"]["lane_masks"][0] == ((1 << full) - 1) ^ ((1 << cfg.dw) - 1)
+    y = case.expected.clone()
+    y[0] += 7  # the skipped lane holds what another pass wrote: not compared
+    counters = {"cycles": case.desc.dense_cycles(cfg) + 18,
+                "steps": case.desc.dense_cycles(cfg),
+                "mults": case.desc.dense_cycles(cfg) * 16, "sat_events": case.expected_sat,
+                "gated": 0}
+    raw = {"words": layout.pack_output(y, cfg), "counters": counters, "clobbered": []}
+    assert compare(case, raw, cfg, 18, "icarus")["passed"]
+    entry = compare(case, {**raw, "clobbered": [3], "tb_verdict": "1 NBout words outside "
+                           "the pass changed"}, cfg, 18, "icarus")
+    assert not entry["passed"] and "outside the pass changed: [3]" in entry["error"]
+
+
+def test_waves_on_icarus(tmp_path):
+    """A traced Icarus build (Verilog-2005, so not cocotb's SystemVerilog dump module) writes
+    an FST waveform into the run's own folder."""
+    from slimnfu.sim.runner import run_regression, wave_file
+
+    cfg = get_config("tiny")
+    entry, = run_regression(cfg, [make_case("w", LayerDesc("fc", 5, 3), cfg, 1)],
+                            sims=("icarus",), waves=True, log=lambda *_: None,
+                            build_root=tmp_path)
+    assert entry["passed"]
+    wave = wave_file({"run": entry["run_dir"]})
+    assert wave.name == "slimnfu_engine.fst" and wave.stat().st_size > 0
