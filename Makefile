@@ -4,7 +4,7 @@
 #   make demo                      the main job, start to finish
 #   make verilog CONFIG=tiny       emit Verilog, synthesise (Yosys generic + ECP5, nextpnr)
 #   make cosim SIM=icarus CONFIG=tiny   cocotb regression on the emitted Verilog
-#   make fuzz [FUZZ_SEED=1]        10,000 random layers on Verilator, 1,000 on Icarus
+#   make fuzz [FUZZ_SEED=1]        10,000 random layers on Verilator, 2,000 on Icarus
 #   make bench | bench-hw | bench-models
 #   make verify CONFIG=tiny        all 10,000 MNIST test images through the compressed RTL
 #                                  (fast Verilator runner; IMAGES=N, DENSE=1, WORKERS=N)
@@ -74,7 +74,7 @@ verify: $(STAMP)
 # Not part of make test (which fuzzes a 48-case sample); docs/results.md says how long it takes.
 fuzz: $(STAMP)
 	$(SLIMNFU) fuzz --cases 10000 --seed $(FUZZ_SEED) --sim verilator --per-config 1000
-	$(SLIMNFU) fuzz --cases 1000 --seed $(FUZZ_SEED) --sim icarus --per-config 125
+	$(SLIMNFU) fuzz --cases 2000 --seed $(FUZZ_SEED) --sim icarus --per-config 125 --max-tn 8
 
 bench: $(addprefix bench-,$(BENCHES))
 
