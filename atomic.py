@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 __all__ = ["atomic_write", "write_json", "write_folder", "check_folder_target",
-           "check_file_target", "OWNER_MARK", "write_hashed", "read_hashed", "process_alive"]
+           "check_file_target", "parse_json", "OWNER_MARK", "write_hashed", "read_hashed", "process_alive"]
 
 
 def atomic_write(path, data):
@@ -97,6 +97,17 @@ def _owned_by_slimnfu(out, kind, legacy=None):
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         pass
     return False
+
+
+def parse_json(text, where, what):
+    """``json.loads(text)``, or one ``ValueError`` starting with ``where`` that says why it is
+    not JSON (the parser's message) or is nested too deeply to be a ``what``."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    except RecursionError:
+        raise ValueError(f"{where}: nested too deeply to be a {what}") from None
 
 
 def check_file_target(out, what="report JSON"):

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from slimnfu import fixed
-from slimnfu.atomic import atomic_write
+from slimnfu.atomic import atomic_write, parse_json
 from slimnfu.config import CONFIGS, LayerDesc, PassDesc, as_pass, get_config
 from slimnfu.contract import LoadSel, descriptor_value
 from slimnfu.formats import QLayer, layout
@@ -407,10 +407,4 @@ def read_case(path):
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    try:
-        d = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
-    except RecursionError:
-        raise ValueError(f"{path}: nested too deeply to be a case") from None
-    return case_from_dict(d, str(path))
+    return case_from_dict(parse_json(text, str(path), "case"), str(path))

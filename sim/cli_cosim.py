@@ -62,16 +62,12 @@ def read_case_files(layers):
 def parse_layers(layers):
     """``--layer`` JSON strings to ``(name, PassDesc)`` pairs (a layer's fields, and a pass's
     ``lane_k``, ``koff``, ... where the config has their feature)."""
+    from slimnfu.atomic import parse_json
     from slimnfu.config import PassDesc
 
     out = []
     for n, text in enumerate(layers):
-        try:
-            fields = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"--layer {n}: not valid JSON ({exc.msg}): {text!r}") from None
-        except RecursionError:
-            raise ValueError(f"--layer {n}: nested too deeply to be a layer") from None
+        fields = parse_json(text, f"--layer {n}", "layer")
         if not isinstance(fields, dict):
             raise ValueError(f"--layer {n}: expected a JSON object of LayerDesc fields")
         try:
