@@ -32,7 +32,7 @@ from fractions import Fraction
 import torch
 import torch.nn.functional as F
 
-from slimnfu.config import PassDesc, as_pass
+from slimnfu.config import as_pass
 from slimnfu.contract import PWL_SEGMENTS
 
 __all__ = [
@@ -412,15 +412,15 @@ def run_layer(desc, x, w=None, b=None, dw=16, pwl=None, count=None, acc=None):
     x = torch.as_tensor(x)
     w = None if w is None else torch.as_tensor(w)
     b = None if b is None else torch.as_tensor(b)
-    koff = as_pass(desc).koff
-    desc = as_pass(desc).layer
+    run = as_pass(desc)
+    desc = run.layer
     check_operands(desc, x, w, b, dw, acc)
     if desc.kind == "maxpool":
         y = maxpool(x, desc.k, desc.stride)
     elif desc.kind == "avgpool":
         y = avgpool(x, desc.k, desc.stride, dw, count)
     else:
-        y = requant(accumulate(PassDesc(desc, koff=koff), x, w, b), desc.shift, dw, count)
+        y = requant(accumulate(run, x, w, b), desc.shift, dw, count)
     if desc.act == "relu":
         y = relu(y)
     elif desc.act == "pwl":

@@ -15,7 +15,7 @@ from slimnfu.formats import layout
 from slimnfu.formats.ikr import IkrWeights
 from slimnfu.gen.compiler import compile_model, config_for
 from slimnfu.rtl.engine import LayerEngine
-from slimnfu.sim.amaranth_driver import simulate
+from slimnfu.sim.amaranth_driver import EngineDriver, simulate
 from slimnfu.sim.cases import Case, case_job, read_case, reference
 from slimnfu.sim.divergence import first_divergence, save_divergence, vcd_window, write_cycle
 from slimnfu.sim.network import expected_cycles, layer_schedule
@@ -50,6 +50,7 @@ def _write_ticks(pairs):
     """For each ``((case_a, case_b), address)``: run ``case_a``, then ``case_b`` watching
     NBout ``address``; the clock edges after ``start`` until ``rd_data`` shows its new value."""
     dut = LayerEngine(CFG)
+    drv = EngineDriver(dut)
     out = []
 
     async def bench(ctx):
@@ -57,13 +58,7 @@ def _write_ticks(pairs):
             for case in (case_a, case_b):
                 job = case_job(case, CFG, LayerEngine.LATENCY)
                 for sel, words in job["loads"]:
-                    ctx.set(dut.load_sel, sel)
-                    ctx.set(dut.load_en, 1)
-                    for a, word in enumerate(words):
-                        ctx.set(dut.load_addr, a)
-                        ctx.set(dut.load_data, word)
-                        await ctx.tick()
-                    ctx.set(dut.load_en, 0)
+                    await drv.load(ctx, sel, words)
                 ctx.set(dut.rd_addr, addr)
                 await ctx.tick().repeat(2)
                 old = ctx.get(dut.rd_data)
