@@ -235,7 +235,7 @@ class AccelConfig:
         legacy = {key: d.pop(key) for key in list(d) if key in _LEGACY_KEYS}
         for key, value in legacy.items():
             feature, param = _LEGACY_KEYS[key]
-            if d.get(feature) is True or d.get(feature) == 1:
+            if d.get(feature) == 1:  # True or 1: the flat flag of version 1
                 d[feature] = {}
             if isinstance(d.get(feature), dict):
                 d[feature][param] = value
