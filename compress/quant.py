@@ -170,7 +170,7 @@ def _check_range_method(range_method):
                          f"not {range_method!r}")
 
 
-def quantize_model(model, calib_images, dw=16, acc=48, range_method="max"):
+def quantize_model(model, calib_images, dw=16, acc=48, range_method="max", ranges=None):
     """Quantise a float ``nn.Sequential`` to the fixed-point contract.
 
     Parameters
@@ -183,6 +183,11 @@ def quantize_model(model, calib_images, dw=16, acc=48, range_method="max"):
         Data and accumulator widths.
     range_method : "max" or float
         How ``f_y`` is calibrated: the largest ``|y|`` or a percentile of ``|y|``.
+    ranges : dict of int to float, optional
+        Calibrated ranges that replace :func:`calib_ranges`' for some engine layers, keyed by
+        the layer's first module index (``group_layers``' ``index``): a compression method
+        whose layer computes something other than ``model``'s module there (method A's
+        approximated features) measures its own.
 
     Returns
     -------
@@ -202,7 +207,8 @@ def quantize_model(model, calib_images, dw=16, acc=48, range_method="max"):
         raise ValueError(f"calib_images must be a non-empty batch (N, ...), "
                          f"not shape {tuple(calib_images.shape)}")
     groups = group_layers(model, tuple(calib_images.shape[1:]))
-    ranges = calib_ranges(model, groups, calib_images, range_method)
+    measured = calib_ranges(model, groups, calib_images, range_method)
+    ranges = [(ranges or {}).get(g["index"], r) for g, r in zip(groups, measured)]
     f_in = fixed.frac_bits_for(float(calib_images.abs().max()), dw)
     layers, f_x = [], f_in
     for g, rng in zip(groups, ranges):

@@ -43,8 +43,8 @@ from slimnfu.formats import QLayer
 from slimnfu.formats.slim import SlimFormat, SlimWeights, check_kernel_sizes
 
 __all__ = ["SlimConv", "slim_model", "conv_layers", "importance", "refit_linear", "greedy",
-           "fine_tune", "slim_report", "conv_macs", "quantize_slim", "slim_int_forward",
-           "TREATMENTS", "IMPORTANCE_METHODS"]
+           "fine_tune", "slim_report", "conv_macs", "slim_ranges", "quantize_slim",
+           "slim_int_forward", "TREATMENTS", "IMPORTANCE_METHODS"]
 
 TREATMENTS = ("lower", "linear", "both")
 IMPORTANCE_METHODS = ("loss", "l1", "act")
@@ -94,16 +94,25 @@ class SlimConv(nn.Module):
     def masked_weight(self):
         return self.conv.weight * _centre_mask(self.K, self.ksize).to(self.conv.weight.dtype)
 
-    def forward(self, x):
+    def pre_activations(self, x):
+        """``(y, a, lin)``: the masked conv's output ``y`` (every filter), its activation
+        ``a``, and the approximated features' linear combinations ``lin`` before their
+        activation (``(N, n_approx, H, W)``, None without approximated features)."""
         c = self.conv
         y = F.conv2d(x, self.masked_weight(), c.bias, c.stride, c.padding)
         a = self.act(y) if self.act is not None else y
+        lin = None
         if bool(self.approx.any()):
             kept, apx = self.kept, self.approx.nonzero().flatten()
             lin = torch.einsum("ak,nkhw->nahw", self.coef[apx][:, kept], a[:, kept])
             lin = lin + self.coef_bias[apx].view(1, -1, 1, 1)
+        return y, a, lin
+
+    def forward(self, x):
+        _, a, lin = self.pre_activations(x)
+        if lin is not None:
             a = a.clone()
-            a[:, apx] = self.act(lin) if self.act is not None else lin
+            a[:, self.approx] = self.act(lin) if self.act is not None else lin
         return a
 
 
@@ -367,10 +376,40 @@ def _dense_equivalent(smodel, identity_order=False):
     return nn.Sequential(*out)
 
 
+def slim_ranges(smodel, calib_images, batch=500):
+    """The calibrated output range of every slim conv layer: the largest magnitude, on
+    ``calib_images``, of its kept filters' conv outputs and of its approximated features'
+    linear combinations before the activation (the values the engine requantises to the
+    layer's ``f_y``). The original filters of approximated features are not computed, so they
+    do not count.
+
+    Returns
+    -------
+    dict of int to float
+        ``{module index: range}`` for :func:`slimnfu.compress.quant.quantize_model`'s
+        ``ranges``.
+    """
+    out = {i: 0.0 for i in conv_layers(smodel)}
+    calib_images = torch.as_tensor(calib_images)
+    with torch.no_grad():
+        for s in range(0, calib_images.shape[0], batch):
+            h = calib_images[s:s + batch].float()
+            for i, m in enumerate(smodel):
+                if isinstance(m, SlimConv):
+                    y, _, lin = m.pre_activations(h)
+                    parts = [y[:, m.kept]] + ([lin] if lin is not None else [])
+                    out[i] = max([out[i]] + [float(p.abs().max()) for p in parts if p.numel()])
+                h = m(h)
+    return out
+
+
 def quantize_slim(smodel, calib_images, dw=16, acc=48, identity_order=False):
     """Quantise a slimmed model to the fixed-point contract.
 
-    Scales come from :func:`slimnfu.compress.quant.quantize_model` on the dense equivalent.
+    Scales come from :func:`slimnfu.compress.quant.quantize_model` on the dense equivalent,
+    except each slim layer's output scale ``f_y``, which is calibrated on what the layer
+    computes (:func:`slim_ranges`): its kept filters and the linear approximation of its
+    approximated features, which the 1x1 pass requantises to that same ``f_y``.
     Each slim conv layer becomes a ``QLayer`` with ``format="slim"`` holding only its kept
     filters (export order: kernel size, largest first) and, in ``compressed`` (a
     :class:`~slimnfu.formats.slim.SlimWeights`): ``ksize`` (per kept
@@ -383,7 +422,7 @@ def quantize_slim(smodel, calib_images, dw=16, acc=48, identity_order=False):
     sizes are then not grouped into tiles).
     """
     dense = _dense_equivalent(smodel, identity_order)
-    qm = quantize_model(dense, calib_images, dw, acc)
+    qm = quantize_model(dense, calib_images, dw, acc, ranges=slim_ranges(smodel, calib_images))
     slim_mods = [smodel[i] for i in conv_layers(smodel)]
     convs = [l for l in qm.layers if l.desc.kind == "conv"]
     if len(convs) != len(slim_mods):

@@ -290,6 +290,12 @@ class WeightFormat:
         """Output channels of the model layer (what the next layer reads)."""
         return ql.desc.n_out
 
+    def channel_order(self, ql):
+        """The original channel of each output channel of the model layer, in the order the
+        layer writes them (``None``: the float layer's own order). A format that reorders its
+        outputs says so here; the next layer takes them in that order."""
+        return None
+
     def validate(self, ql, dw, acc):
         """Raise ``ValueError("field: problem")`` unless the layer is one this format can
         hold at ``dw``/``acc``: the record's type, tensor shapes against the descriptor,

@@ -177,6 +177,9 @@ class SlimFormat(WeightFormat):
     def out_channels(self, ql):
         return ql.desc.n_out + ql.compressed.n_approx
 
+    def channel_order(self, ql):
+        return [int(j) for j in ql.compressed.order]
+
     def run(self, ql, x, dw, count=None, tn=None):
         return slim_layer_run(ql, x, dw, count, tn)
 
