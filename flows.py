@@ -20,6 +20,7 @@ from pathlib import Path
 from slimnfu import paths
 from slimnfu.atomic import check_file_target, read_hashed, write_hashed, write_json
 from slimnfu.compress import data
+from slimnfu.compress.attribution import NOT_CACHED, attribute, float_from_state, float_state
 from slimnfu.compress.models import NETWORKS, network_info
 from slimnfu.compress.pipeline import PIPELINE, compress_network, hash_state
 from slimnfu.compress.quant import int_forward, int_forward_layers, quantize_input, \
@@ -34,7 +35,8 @@ from slimnfu.gen.verilog import emit_accelerator, verilog_root
 from slimnfu.sim.fastsim import ray_or_error
 from slimnfu.sim.network import run_network, run_network_fast
 
-__all__ = ["check", "train_or_load", "network_file", "compress", "compile_for", "rom_program",
+__all__ = ["check", "train_or_load", "network_file", "compress", "load_float",
+           "compressed_float", "attribution", "compile_for", "rom_program",
            "synth_build", "run_on_rtl", "board_build", "verify_plan", "verify"]
 
 #: Compression settings that name a cached network only when they differ from the default
@@ -125,9 +127,40 @@ def compress(scenario, model, cache_root=None, recompress=False, log=print):
                                    fc_variant=scenario.fc_variant, log=log)
     xt, yt = data.load(scenario.dataset, "test")
     hist["test_acc_float"] = round(evaluate(fm, xt, yt), 2)
-    state = {"qmodel": q.to_state(), "history": json.loads(json.dumps(hist, default=float))}
+    state = {"qmodel": q.to_state(), "history": json.loads(json.dumps(hist, default=float)),
+             "float": float_state(fm)}
     write_hashed(path, json.dumps(state).encode())
     return q, state["history"]
+
+
+def load_float(path):
+    """The compressed float network cached in the network file ``path``
+    (:func:`slimnfu.compress.attribution.float_from_state`), or None when the file predates
+    it (:data:`~slimnfu.compress.attribution.NOT_CACHED` says what to do). ``ValueError``
+    naming the file for a stored network that does not read back."""
+    state = json.loads(read_hashed(path, "delete it, or run again with --recompress"))
+    if "float" not in state:
+        return None
+    try:
+        return float_from_state(state["float"])
+    except (ValueError, KeyError, TypeError) as exc:
+        what = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ValueError(f"{path}: its float network does not read back ({what}); delete it, "
+                         f"or run again with --recompress") from None
+
+
+def compressed_float(scenario, model, cache_root=None):
+    """The float network :func:`compress` cached for ``model`` under ``scenario`` (call it
+    after :func:`compress`), or None when the cache file predates the float network."""
+    return load_float(paths.networks_dir(cache_root) / network_file(scenario, model))
+
+
+def attribution(scenario, float_model, qmodel):
+    """:func:`slimnfu.compress.attribution.attribute` of ``qmodel`` against ``float_model`` on
+    the scenario's calibration images (the first ``scenario.calib`` of the calib split, with
+    their labels): per layer SQNR and saturation events, float and integer accuracy."""
+    xc, yc = data.load(scenario.dataset, "calib")
+    return attribute(float_model, qmodel, xc[:scenario.calib], yc[:scenario.calib])
 
 
 def load_network(path):
@@ -327,7 +360,10 @@ def verify(plan, layers=False, progress=True, build_root=None, cache_root=None, 
         (``compressed``, ``dense``) ``images``, ``bit_exact``, ``mismatches``, ``failures``,
         ``acc_rtl``, ``acc_int`` (the integer reference on the same images),
         ``cycles_per_image``, ``cycles_as_expected``, ``expected_cycles``, ``sat_events``,
-        ``sim_s_per_image``, ``sim_wall_s`` and ``wall_s``; and the whole ``wall_s``.
+        ``sim_s_per_image``, ``sim_wall_s``, ``wall_s``, ``acc_float`` (the float network on
+        the same images; None when the cache holds no float network) and ``attribution``
+        (:func:`attribution`: per layer SQNR and saturation events on the calibration
+        images); and the whole ``wall_s``.
     """
     from tqdm import tqdm
 
@@ -337,10 +373,12 @@ def verify(plan, layers=False, progress=True, build_root=None, cache_root=None, 
     xt, yt = xt[sel.start:sel.stop], yt[sel.start:sel.stop]
     if plan["file"] is not None:
         models, key = {"compressed": plan["qmodel"]}, None
+        floats = {"compressed": load_float(plan["file"])}
     else:
         model, _ = train_or_load(scenario, cache_root, progress=progress)
         q, _ = compress(scenario, model, cache_root, log=log)
         models, key = {"compressed": q}, hash_state(model)[:12]
+        floats = {"compressed": compressed_float(scenario, model, cache_root), "dense": model}
         if plan["dense"]:
             xc, _ = data.load(scenario.dataset, "calib")
             models["dense"] = quantize_model(model, xc[:scenario.calib])
@@ -371,6 +409,14 @@ def verify(plan, layers=False, progress=True, build_root=None, cache_root=None, 
                          "wall_s": round(time.monotonic() - t1, 1),
                          "verilog_sha256": r["verilog_sha256"]}
         b = builds[label]
+        fm = floats.get(label)
+        b["acc_float"] = None if fm is None else round(evaluate(fm, xt, yt), 2)
+        b["attribution"] = attribution(scenario, fm, qm)
+        a = b["attribution"]
+        log(f"{label}: accuracy on the {b['images']} images float "
+            f"{b['acc_float'] if fm is not None else '- (' + NOT_CACHED + ')'}% -> integer "
+            f"{b['acc_int']}% -> RTL {b['acc_rtl']}%; {a['sat_events']} saturation events on "
+            f"{a['images']} calibration images")
         exact = "bit-exact" if b["bit_exact"] else f"{b['mismatches']} MISMATCHES"
         log(f"{label}: {exact}, "
             f"RTL accuracy {b['acc_rtl']}% (integer reference {b['acc_int']}%), "

@@ -14,12 +14,16 @@ layer's): accuracies on the full test set
 stored bit), ``rtl_cycles`` per inference measured on Verilator, plus ``rtl_engine_cycles``
 (layers running; the rest moves activations and loads weights) and ``ideal_cycles``: the dense
 engine cycles of each layer scaled by its MAC ratio. ``per_layer`` gives each layer's measured
-cycles; ``sim_s_per_image`` the Verilator seconds per inference.
+cycles; ``sim_s_per_image`` the Verilator seconds per inference. ``acc_float_same_images``,
+``acc_int_same_images`` and ``acc_rtl`` put the three accuracies on the simulated images side
+by side; ``attribution`` (:func:`slimnfu.flows.attribution`) gives each layer's SQNR against the
+float network and its saturation events on the calibration images.
 """
 
 import time
 
 from slimnfu.bench.common import accuracy, add_threads, host, start, write_report
+from slimnfu.compress import attribution
 from slimnfu.config import Scenario
 
 __all__ = ["main", "add_arguments", "measure", "markdown"]
@@ -127,6 +131,7 @@ def measure(scenario, images=100, icarus_images=0, dense_images=10, recompress=F
                 f"cycles per inference")
     acc_int_c = accuracy(int_forward(q, xt)[0], yt, 2)
     acc_int_d = accuracy(int_forward(qd, xt)[0], yt, 2)
+    floats = {"dense": model, "compressed": flows.compressed_float(scenario, model, cache_root)}
     dense_run = runs.get(("dense", "verilator"))
     for label, (qm, prog) in programs.items():
         st = sd if label == "dense" else sc
@@ -144,8 +149,12 @@ def measure(scenario, images=100, icarus_images=0, dense_images=10, recompress=F
                "formats": {l.name: l.format for l in qm.layers},
                "rom_words": prog.stats["rom_words"], "rom_width": prog.rom_width,
                "rom_item_bits": prog.stats["stored_bits"],
-               "rtl_cycles_dense": dense_run["counters"]["cycles"] if dense_run else None}
+               "rtl_cycles_dense": dense_run["counters"]["cycles"] if dense_run else None,
+               "attribution": flows.attribution(scenario, floats[label], qm)}
         if r:
+            fm = floats[label]
+            row["acc_float_same_images"] = None if fm is None else \
+                round(evaluate(fm, xt[:r["images"]], yt[:r["images"]]), 2)
             row.update({"rtl_cycles": r["counters"]["cycles"],
                         "rtl_engine_cycles": r["counters"]["engine_cycles"],
                         "rtl_cycles_parts": {k: r["counters"][k] for k in
@@ -199,6 +208,14 @@ def markdown(rows):
             if name in by[other]:
                 c, fmt = by[other][name]
                 lines.append(f"| {name} | {fmt} | {d:,} | {c:,} | {d / c:.2f} |")
+    for r in rows:
+        if r.get("attribution"):
+            if r.get("images_rtl"):
+                f = r.get("acc_float_same_images")
+                lines += ["", f"{r['method']}: on the {r['images_rtl']} test images run on the "
+                              f"RTL, float {'-' if f is None else f}% -> integer "
+                              f"{r['acc_int_same_images']}% -> RTL {r['acc_rtl']}%."]
+            lines += ["", attribution.markdown(r["attribution"], f"of {r['method']}")]
     return "\n".join(lines)
 
 

@@ -24,8 +24,9 @@ __all__ = ["PIPELINE", "compress_network", "quantize_all", "hash_state"]
 
 #: Names the method sequence in cache file names (:func:`slimnfu.flows.network_file`), so a
 #: changed pipeline does not reuse a result (A2: method A refuses coefficients no DW-bit word
-#: holds).
-PIPELINE = "A2-B2-C"
+#: holds; A3: a slim layer's output scale is calibrated on its approximation,
+#: :func:`slimnfu.compress.slim.slim_ranges`, and the cache file holds the float network).
+PIPELINE = "A3-B2-C"
 
 
 def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=1, patterns=16,
