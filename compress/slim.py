@@ -377,19 +377,22 @@ def _dense_equivalent(smodel, identity_order=False):
 
 
 def slim_ranges(smodel, calib_images, batch=500):
-    """The calibrated output range of every slim conv layer: the largest magnitude, on
-    ``calib_images``, of its kept filters' conv outputs and of its approximated features'
-    linear combinations before the activation (the values the engine requantises to the
-    layer's ``f_y``). The original filters of approximated features are not computed, so they
-    do not count.
+    """The calibrated output range of every engine layer of a slimmed model, measured on the
+    slimmed model itself: the largest magnitude, on ``calib_images``, of each conv, FC or
+    pooling module's output before its activation. A slim conv layer's range covers its kept
+    filters' conv outputs and its approximated features' linear combinations before the
+    activation (the values the engine requantises to the layer's ``f_y``), not the original
+    filters of the approximated features, which are not computed; every later layer sees the
+    approximated features as the engine computes them.
 
     Returns
     -------
     dict of int to float
         ``{module index: range}`` for :func:`slimnfu.compress.quant.quantize_model`'s
-        ``ranges``.
+        ``ranges`` (on :func:`_dense_equivalent`, whose module indices are the same).
     """
-    out = {i: 0.0 for i in conv_layers(smodel)}
+    out = {i: 0.0 for i, m in enumerate(smodel)
+           if isinstance(m, (SlimConv, nn.Linear, nn.MaxPool2d, nn.AvgPool2d))}
     calib_images = torch.as_tensor(calib_images)
     with torch.no_grad():
         for s in range(0, calib_images.shape[0], batch):
@@ -400,6 +403,8 @@ def slim_ranges(smodel, calib_images, batch=500):
                     parts = [y[:, m.kept]] + ([lin] if lin is not None else [])
                     out[i] = max([out[i]] + [float(p.abs().max()) for p in parts if p.numel()])
                 h = m(h)
+                if i in out and not isinstance(m, SlimConv) and h.numel():
+                    out[i] = max(out[i], float(h.abs().max()))
     return out
 
 
@@ -407,9 +412,10 @@ def quantize_slim(smodel, calib_images, dw=16, acc=48, identity_order=False):
     """Quantise a slimmed model to the fixed-point contract.
 
     Scales come from :func:`slimnfu.compress.quant.quantize_model` on the dense equivalent,
-    except each slim layer's output scale ``f_y``, which is calibrated on what the layer
-    computes (:func:`slim_ranges`): its kept filters and the linear approximation of its
-    approximated features, which the 1x1 pass requantises to that same ``f_y``.
+    with every output scale ``f_y`` calibrated on what the slimmed model computes
+    (:func:`slim_ranges`): a slim layer's kept filters and the linear approximation of its
+    approximated features (which the 1x1 pass requantises to that same ``f_y``), and every
+    later layer on those features.
     Each slim conv layer becomes a ``QLayer`` with ``format="slim"`` holding only its kept
     filters (export order: kernel size, largest first) and, in ``compressed`` (a
     :class:`~slimnfu.formats.slim.SlimWeights`): ``ksize`` (per kept

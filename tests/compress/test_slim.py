@@ -224,3 +224,46 @@ def test_weight_image_round_trip_and_refusals(tmp_path):
     with pytest.raises(image.ImageError, match=r"conv1.pass1.weights.hex: values: filter 3 has "
                                                r"weights outside its 3x3 kernel"):
         image.load(out)
+
+
+def _seven_by_seven(n=500):
+    """A 7x7-conv1 network whose approximated feature 3 is 3 a0 + 2.5 a1: five times the range
+    of its own original (tiny) filter, which the classifier reads."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 7), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(4 * 5 * 5, 3)).eval()
+    sm = slim.slim_model(model)
+    m = sm[0]
+    with torch.no_grad():
+        m.conv.weight[3] *= 0.05
+        m.approx[3] = True
+        m.coef[3, 0], m.coef[3, 1] = 3.0, 2.5
+        sm[3].weight[:, 75:] *= 4
+    x = torch.rand(n, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        labels = sm(x).argmax(1)
+    return sm, x, labels
+
+
+def test_approximated_features_set_the_output_scale():
+    """Issue 18: the output scale of a slim layer comes from what it computes, its linear
+    approximation included, not from the approximated features' original filters (which
+    saturated the approximation pass, and lost accuracy float to integer at DW 16)."""
+    from slimnfu.compress.attribution import attribute
+
+    sm, x, labels = _seven_by_seven()
+    with torch.no_grad():
+        _, _, lin = sm[0].pre_activations(x)
+        original = sm[0].conv(x)[:, 3]
+        fc_out = sm[:4](x)
+    assert float(lin.abs().max()) > 3 * float(original.abs().max())
+    rng = slim.slim_ranges(sm, x)
+    assert sorted(rng) == [0, 1, 3]
+    assert rng[0] == pytest.approx(float(lin.abs().max()), rel=1e-6)
+    assert rng[3] == pytest.approx(float(fc_out.abs().max()), rel=1e-6)
+    q = slim.quantize_slim(sm, x, dw=16)
+    for ql, r in zip((q.layers[0], q.layers[2]), (rng[0], rng[3])):
+        assert ((1 << 15) - 1) * 2.0 ** -ql.f_y >= r
+    a = attribute(sm, q, x, labels)
+    assert a["sat_events"] == 0 and min(r["sqnr_db"] for r in a["layers"]) > 60
+    assert a["acc_float"] == 100.0 and a["acc_float"] - a["acc_int"] <= 0.1
