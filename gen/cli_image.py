@@ -43,12 +43,12 @@ def _inspect(args):
     print(f"{args.dir}: schema {m['schema']} v{m['version']}, config {cfg.name} "
           f"(tn={cfg.tn}, ti={cfg.ti}, dw={cfg.dw}, acc={cfg.acc}), f_in={qmodel.f_in}, "
           f"input {tuple(qmodel.input_shape)}")
-    head = f"{'layer':8} {'kind':8} {'n_in':>6} {'n_out':>6} {'hxw':>7} {'k':>2} {'act':5} " \
+    head = f"{'layer':8} {'kind':8} {'format':11} {'n_in':>6} {'n_out':>6} {'hxw':>7} {'k':>2} {'act':5} " \
            f"{'f_x':>4} {'f_w':>4} {'f_y':>4} {'MACs':>10} {'bits':>10}  fits"
     print(head)
     for ql, st, e in zip(qmodel.layers, s["layers"], m["layers"]):
         d = ql.desc
-        print(f"{ql.name:8} {d.kind:8} {d.n_in:6} {d.n_out:6} {f'{d.h_in}x{d.w_in}':>7} "
+        print(f"{ql.name:8} {d.kind:8} {ql.format:11} {d.n_in:6} {d.n_out:6} {f'{d.h_in}x{d.w_in}':>7} "
               f"{d.k:2} {d.act:5} {ql.f_x:4} {ql.f_w:4} {ql.f_y:4} {st['macs']:10} "
               f"{st['bits']:10}  {'yes' if e['fits'] else 'no: ' + e['fits_error']}")
     print(f"total: {s['macs']} MACs, {s['params']} parameters, {s['bits']} bits "
@@ -82,6 +82,6 @@ def register(sub):
 
     p = sub.add_parser("inspect", help="check a weight image and print its summary",
                        description="Load a weight image (checking the whole folder) and print "
-                                   "its layers, scales, MACs and bits.")
+                                   "its layers, weight formats, scales, MACs and bits.")
     p.add_argument("dir", help="image folder")
     p.set_defaults(func=_inspect)

@@ -96,6 +96,18 @@ def test_demo_end_to_end(trained, build_root, capsys):
     text = capsys.readouterr().out
     assert "[6/6] running 2 test images through the RTL" in text
     assert f"reusing {cached[0]}" in text
+    # numerical attribution: every layer, float -> integer -> RTL side by side, and the
+    # calibration set's saturation events per layer (none: the scales come from it)
+    for label, row in rows.items():
+        a = row["attribution"]
+        assert a["float"] == "measured" and a["images"] == QUICK.calib
+        assert [r["layer"] for r in a["layers"]] == list(row["formats"])
+        assert a["sat_events"] == 0 and all(r["sqnr_db"] > 30 for r in a["layers"]), a
+        assert row["acc_float_same_images"] is not None and row["acc_rtl"] == \
+            row["acc_int_same_images"]
+    md = (out / "report.md").read_text()
+    assert "Numerical attribution of compressed, on 100 calibration images" in md
+    assert "| conv1 | slim |" in md
 
 
 def test_board_files_from_the_cached_network(trained, stand_in, build_root):
@@ -149,6 +161,33 @@ def test_cached_networks_are_checked(small_qmodel, tmp_path):
     write_hashed(path, text[:100].encode())
     with pytest.raises(ValueError, match=f"{path}: not a valid compressed network"):
         flows.load_network(path)
+
+
+def test_the_float_network_of_a_cache_file(small_qmodel, tmp_path):
+    """A cache file from before the float network was stored still loads: its attribution
+    says so instead of failing; one with a float network gives it back, and a broken one is
+    refused naming the file."""
+    from slimnfu.atomic import write_hashed
+    from slimnfu.compress.attribution import attribute, float_state
+
+    path = tmp_path / "net.json"
+    state = {"qmodel": small_qmodel.to_state(), "history": {}}
+    write_hashed(path, json.dumps(state).encode())
+    assert flows.load_network(path)[0].to_state() == small_qmodel.to_state()
+    assert flows.load_float(path) is None
+    x = torch.rand(4, *small_qmodel.input_shape)
+    a = attribute(flows.load_float(path), small_qmodel, x)
+    assert a["float"] == "float not cached; run with --recompress"
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
+    write_hashed(path, json.dumps({**state, "float": float_state(net)}).encode())
+    with torch.no_grad():
+        assert torch.equal(flows.load_float(path)(x[:, :1]), net(x[:, :1]))
+    write_hashed(path, json.dumps({**state, "float": {"modules": [{"type": "Conv3d"}]}})
+                 .encode())
+    with pytest.raises(ValueError, match=rf"{path}: its float network does not read back "
+                                         rf"\(float.modules\[0\].type: must be one of"):
+        flows.load_float(path)
 
 
 @pytest.fixture
@@ -228,4 +267,10 @@ def test_verify_on_the_fast_runner(trained, build_root, monkeypatch, capsys):
     assert c["acc_rtl"] == c["acc_int"] and c["cycles_as_expected"]
     assert c["cycles_per_image"]["min"] == c["cycles_per_image"]["max"] == \
         c["expected_cycles"]["cycles"]
-    assert "6 images, bit-exact True" in capsys.readouterr().out
+    assert c["acc_float"] is not None and c["attribution"]["float"] == "measured"
+    assert c["attribution"]["sat_events"] == 0
+    text = capsys.readouterr().out
+    assert "6 images, bit-exact True" in text
+    assert re.search(r"compressed: accuracy on the 6 images float [\d.]+% -> integer "
+                     r"[\d.]+% -> RTL [\d.]+%; 0 saturation events on 100 calibration "
+                     r"images", text), text

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 import torch.nn as nn
@@ -175,7 +177,7 @@ def test_bad_kernel_sizes_and_coefficients():
                     "prune")
 
 
-def test_weight_image_round_trip_and_refusals(tmp_path):
+def test_weight_image_round_trip_and_refusals(tmp_path, capsys):
     """A slim network goes through the one weight-image format like every other."""
     import hashlib
     import json
@@ -196,6 +198,9 @@ def test_weight_image_round_trip_and_refusals(tmp_path):
     assert [a.to_state() for a in q.layers] == [b.to_state() for b in q2.layers]
     x = _images(8)
     assert torch.equal(int_forward(q, x)[0], int_forward(q2, x)[0])
+    from slimnfu.cli import main
+    assert main(["inspect", str(out)]) == 0
+    assert re.search(r"^conv1 +conv +slim +1 +5 ", capsys.readouterr().out, re.M)
 
     def edit(fn):
         d = json.loads((out / "manifest.json").read_text())
