@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from slimnfu.config import FC_VARIANTS, Scenario
+from slimnfu.gen.cli_hw import add_pnr_arguments, pnr_arguments
 
 __all__ = ["main", "register", "COMMAND_MODULES"]
 
@@ -53,6 +54,7 @@ def register(sub):
                         "instead of the smallest that holds the design")
     p.add_argument("--pnr-timeout", type=float, default=None, metavar="S",
                    help="stop place and route after S seconds (the report then has no fmax)")
+    add_pnr_arguments(p)
     p.add_argument("--rom", action="store_true",
                    help="synthesise the whole accelerator for compressed LeNet-5 instead of "
                         "the bare engine (compressed under 1 point first unless the cache "
@@ -135,6 +137,7 @@ def _synth(args):
                          "accelerator with the features its network needs")
     cfg = parse_overrides(get_config(args.config), args.overrides)
     check_part(args.part)
+    pnr_opts = pnr_arguments(args)
     if args.rom:
         from slimnfu import flows
 
@@ -143,10 +146,11 @@ def _synth(args):
         weights, why = choose_weights(program)
         print(why, flush=True)
         report = flows.synth_build(program, weights, why, out=args.out, pnr=not args.no_pnr,
-                                   part=args.part, pnr_timeout_s=args.pnr_timeout)
+                                   part=args.part, pnr_timeout_s=args.pnr_timeout,
+                                   pnr_opts=pnr_opts)
     else:
         report = synth_config(cfg, out=args.out, pnr=not args.no_pnr, part=args.part,
-                              pnr_timeout_s=args.pnr_timeout)
+                              pnr_timeout_s=args.pnr_timeout, pnr_opts=pnr_opts)
     fmax = report["fmax_mhz"]
     print(f"{report['config']}: {report['cells']} cells, {report['luts']} LUT4, "
           f"{report['ffs']} FF, "

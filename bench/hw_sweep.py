@@ -387,8 +387,15 @@ def plot(rows, out):
                 ax.axhline(res[cap], color="grey", lw=0.6, ls="--")
                 ax.annotate(part, (0.01, res[cap]), xycoords=("axes fraction", "data"),
                             fontsize=7, color="grey", va="bottom")
+        if cap:
+            ax.set_yscale("log")
+        elif not ax.lines:
+            ax.text(0.5, 0.5, "no point placed and routed", transform=ax.transAxes,
+                    ha="center", color="grey")
         ax.set_ylabel(label)
         ax.set_xscale("log", base=2)
+        sizes = sorted({r["nfu_multipliers"] for r in rows})
+        ax.set_xticks(sizes, [str(x) for x in sizes])
         ax.grid(True, lw=0.3)
     for ax in axes[1]:
         ax.set_xlabel("NFU size (Tn x Ti multipliers)")

@@ -450,7 +450,7 @@ def synth_verilog(vfile, top, workdir, ecp5=True, pnr=True, progress=True, part=
 
 
 def synth_config(cfg, out=None, build_root=None, pnr=True, progress=True, reuse=False,
-                 part=None, pnr_timeout_s=None):
+                 part=None, pnr_timeout_s=None, pnr_opts=None):
     """Emit the engine for ``cfg``, synthesise it and write ``synth/<config>.json`` in
     ``build_root`` (default :func:`slimnfu.paths.build_root`).
 
@@ -458,8 +458,8 @@ def synth_config(cfg, out=None, build_root=None, pnr=True, progress=True, reuse=
     emitted Verilog's (and that has place and route when ``pnr`` asks for it) is returned
     instead of synthesising again (the returned dict then has ``"reused": True``).
 
-    ``part`` is passed to :func:`synth_verilog`. Returns the report dict (also written
-    atomically to ``out``).
+    ``part`` and ``pnr_opts`` (nextpnr's options) are passed to :func:`synth_verilog`. Returns
+    the report dict (also written atomically to ``out``).
     """
 
     check_part(part)
@@ -467,11 +467,12 @@ def synth_config(cfg, out=None, build_root=None, pnr=True, progress=True, reuse=
     emitted = emit_engine(cfg, build_root / "verilog")
     return synth_emitted(emitted, cfg.name, {"config": cfg.name, "accel": cfg.to_dict(),
                                              "nfu_multipliers": cfg.tn * cfg.ti},
-                         out, build_root, pnr, progress, reuse, part, pnr_timeout_s)
+                         out, build_root, pnr, progress, reuse, part, pnr_timeout_s,
+                         pnr_opts)
 
 
 def synth_emitted(emitted, name, extra=None, out=None, build_root=None, pnr=True, progress=True,
-                  reuse=False, part=None, pnr_timeout_s=None):
+                  reuse=False, part=None, pnr_timeout_s=None, pnr_opts=None):
     """Synthesise an emitted Verilog file (a dict of :func:`slimnfu.gen.verilog.emit_block`)
     in ``synth/<name>/`` of ``build_root`` (default :func:`slimnfu.paths.build_root`) and write
     ``synth/<name>.json`` there; see :func:`synth_config` for ``reuse``. ``extra`` keys lead
@@ -486,7 +487,7 @@ def synth_emitted(emitted, name, extra=None, out=None, build_root=None, pnr=True
             return {**old, "reused": True}
     report = synth_verilog(emitted["path"], emitted["top"], build_root / "synth" / name,
                            pnr=pnr, progress=progress, part=part,
-                           pnr_timeout_s=pnr_timeout_s)
+                           pnr_timeout_s=pnr_timeout_s, pnr_opts=pnr_opts)
     report = {**(extra or {}), "verilog_sha256": emitted["sha256"], **report}
     atomic_write(out, json.dumps(report, indent=1, sort_keys=False) + "\n")
     return report
