@@ -52,8 +52,9 @@ def register(sub):
     p.add_argument("--part", default=None,
                    help="place and route on this part (LFE5U-25F, LFE5U-45F or LFE5U-85F) "
                         "instead of the smallest that holds the design")
-    p.add_argument("--pnr-timeout", type=float, default=None, metavar="S",
-                   help="stop place and route after S seconds (the report then has no fmax)")
+    p.add_argument("--pnr-timeout", type=float, default=1800, metavar="S",
+                   help="stop place and route after S seconds (default 1800; the report then "
+                        "has no fmax and says it timed out)")
     add_pnr_arguments(p)
     p.add_argument("--rom", action="store_true",
                    help="synthesise the whole accelerator for compressed LeNet-5 instead of "
@@ -159,6 +160,8 @@ def _synth(args):
           f"fmax {'%.1f MHz' % fmax if fmax else 'n/a'}; {report['fits']}")
     if report.get("worst_path"):
         print(report["worst_path"])
+    if (report.get("pnr") or {}).get("error"):
+        print(f"place and route: {report['pnr']['error']}")
     return 0
 
 
