@@ -222,8 +222,12 @@ def _execute(tasks, workers, ray_address, done):
             futures = {pool.submit(run_point, *args): point for point, args in tasks}
             for future in as_completed(futures):
                 done(futures[future], future.result())
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        except BaseException:
+            # Interrupted (Ctrl-C also reaches the workers and their tools): drop the queued
+            # points without waiting; the finished ones are already in the cache.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
         return
     from slimnfu.sim.fastsim import ray_or_error
 
