@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from slimnfu.config import FC_VARIANTS, Scenario
+from slimnfu.gen.cli_hw import add_pnr_arguments, pnr_arguments
 
 __all__ = ["main", "register", "COMMAND_MODULES"]
 
@@ -51,8 +52,10 @@ def register(sub):
     p.add_argument("--part", default=None,
                    help="place and route on this part (LFE5U-25F, LFE5U-45F or LFE5U-85F) "
                         "instead of the smallest that holds the design")
-    p.add_argument("--pnr-timeout", type=float, default=None, metavar="S",
-                   help="stop place and route after S seconds (the report then has no fmax)")
+    p.add_argument("--pnr-timeout", type=float, default=1800, metavar="S",
+                   help="stop place and route after S seconds (default 1800; the report then "
+                        "has no fmax and says it timed out)")
+    add_pnr_arguments(p)
     p.add_argument("--rom", action="store_true",
                    help="synthesise the whole accelerator for compressed LeNet-5 instead of "
                         "the bare engine (compressed under 1 point first unless the cache "
@@ -135,6 +138,7 @@ def _synth(args):
                          "accelerator with the features its network needs")
     cfg = parse_overrides(get_config(args.config), args.overrides)
     check_part(args.part)
+    pnr_opts = pnr_arguments(args)
     if args.rom:
         from slimnfu import flows
 
@@ -143,10 +147,11 @@ def _synth(args):
         weights, why = choose_weights(program)
         print(why, flush=True)
         report = flows.synth_build(program, weights, why, out=args.out, pnr=not args.no_pnr,
-                                   part=args.part, pnr_timeout_s=args.pnr_timeout)
+                                   part=args.part, pnr_timeout_s=args.pnr_timeout,
+                                   pnr_opts=pnr_opts)
     else:
         report = synth_config(cfg, out=args.out, pnr=not args.no_pnr, part=args.part,
-                              pnr_timeout_s=args.pnr_timeout)
+                              pnr_timeout_s=args.pnr_timeout, pnr_opts=pnr_opts)
     fmax = report["fmax_mhz"]
     print(f"{report['config']}: {report['cells']} cells, {report['luts']} LUT4, "
           f"{report['ffs']} FF, "
@@ -155,6 +160,8 @@ def _synth(args):
           f"fmax {'%.1f MHz' % fmax if fmax else 'n/a'}; {report['fits']}")
     if report.get("worst_path"):
         print(report["worst_path"])
+    if (report.get("pnr") or {}).get("error"):
+        print(f"place and route: {report['pnr']['error']}")
     return 0
 
 

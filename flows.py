@@ -204,7 +204,7 @@ def rom_program(scenario, cache_root=None, log=print):
 
 
 def synth_build(program, weights, why, out=None, pnr=True, part=None, pnr_timeout_s=None,
-                reuse=False, build_root=None):
+                reuse=False, build_root=None, pnr_opts=None):
     """Emit and synthesise the ``weights`` build (``"rom"`` or ``"port"``, with the reason
     ``why`` from :func:`slimnfu.gen.synth.choose_weights`) of a compiled program.
 
@@ -216,7 +216,7 @@ def synth_build(program, weights, why, out=None, pnr=True, part=None, pnr_timeou
     return synth_emitted(emitted, name, {"config": name, "accel": program.cfg.to_dict(),
                                          "weights": weights, "weights_why": why},
                          out=out, build_root=build_root, pnr=pnr, part=part, reuse=reuse,
-                         pnr_timeout_s=pnr_timeout_s)
+                         pnr_timeout_s=pnr_timeout_s, pnr_opts=pnr_opts)
 
 
 def run_on_rtl(program, qmodel, images, labels, sim="verilator", build_root=None, log=print):

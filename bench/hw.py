@@ -12,6 +12,9 @@ Writes ``build/bench/hw.json`` and prints a Markdown table:
 * the area of each Amaranth component (Yosys generic synthesis, not flattened: each block's
   own LUTs, flip-flops and memory bits) of ``tiny`` and of ``tiny`` with each feature on, so
   a method's hardware cost shows block by block.
+
+With ``--sweep`` it runs the design-space sweep of :mod:`slimnfu.bench.hw_sweep` instead
+(``bench/hw_sweep.json``, ``.md`` and ``.png`` unless ``--out``).
 """
 
 import json
@@ -40,6 +43,11 @@ AREA_FEATURES = ("ikr", "perm", "kgate")
 
 
 def add_arguments(parser):
+    from slimnfu.bench import hw_sweep
+
+    parser.add_argument("--sweep", action="store_true",
+                        help="synthesise the engine across NFU sizes, widths and method "
+                             "features instead (table and plot: bench/hw_sweep.*)")
     parser.add_argument("--config", default="diannao", help="config of the cycle and speed "
                         "runs (default diannao)")
     parser.add_argument("--speed-layer", default="fc1", choices=[n for n, _ in LENET5],
@@ -50,6 +58,7 @@ def add_arguments(parser):
     parser.add_argument("--synth-only", action="store_true",
                         help="keep the cycle and speed rows of --out; only re-read the "
                              "synthesis reports (build/synth/<config>.json)")
+    hw_sweep.add_arguments(parser)
 
 
 def _job_cycles(desc, cfg, cycles):
@@ -149,7 +158,15 @@ def _markdown(result):
 
 
 def main(args):
-    """Run the benchmark (heavy imports happen here); return 1 if any run was not bit-exact."""
+    """Run the benchmark (heavy imports happen here); return 1 if any run was not bit-exact
+    (with ``--sweep``: :func:`slimnfu.bench.hw_sweep.main`)."""
+    if getattr(args, "sweep", False):
+        from slimnfu.bench import hw_sweep
+        from slimnfu.bench.common import default_out
+
+        if getattr(args, "out", None) in (None, default_out("hw")):
+            args.out = default_out("hw_sweep")
+        return hw_sweep.main(args)
     from slimnfu.rtl.engine import LayerEngine
     from slimnfu.sim.cases import make_case
     from slimnfu.sim.mnist import mnist_images

@@ -4,7 +4,33 @@
 and for the board they run the scenario's flow (:mod:`slimnfu.flows`), which sits above gen.
 """
 
-__all__ = ["register"]
+__all__ = ["register", "add_pnr_arguments", "pnr_arguments"]
+
+
+def add_pnr_arguments(parser):
+    """nextpnr's options (:data:`slimnfu.gen.synth.PNR_DEFAULTS`) as ``--placer``, ``--router``,
+    ``--freq``, ``--pnr-seed`` and ``--no-tmdriv``; :func:`pnr_arguments` reads them back."""
+    from slimnfu.gen.synth import PNR_DEFAULTS as d
+
+    parser.add_argument("--placer", choices=("heap", "sa"), default=None,
+                        help=f"nextpnr placer (default {d['placer']})")
+    parser.add_argument("--router", choices=("router1", "router2"), default=None,
+                        help=f"nextpnr router (default {d['router']})")
+    parser.add_argument("--freq", type=float, default=None, metavar="MHZ",
+                        help=f"nextpnr clock target, MHz (default {d['freq_mhz']})")
+    parser.add_argument("--pnr-seed", type=int, default=None, metavar="N",
+                        help=f"nextpnr seed (default {d['seed']})")
+    parser.add_argument("--no-tmdriv", action="store_true",
+                        help="nextpnr without timing-driven placement and routing")
+
+
+def pnr_arguments(args):
+    """The nextpnr options of :func:`add_pnr_arguments`'s flags, checked
+    (:func:`slimnfu.gen.synth.pnr_options`)."""
+    from slimnfu.gen.synth import pnr_options
+
+    return pnr_options(placer=args.placer, router=args.router, freq_mhz=args.freq,
+                       seed=args.pnr_seed, tmdriv=False if args.no_tmdriv else None)
 
 
 def register(sub):

