@@ -1,6 +1,6 @@
 """NFU-2: adder trees and accumulators (MAC), or max / sum units (pooling)."""
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -11,6 +11,9 @@ __all__ = ["NFU2", "adder_tree", "tree_levels"]
 
 #: Adder levels between two registers of the pipelined adder tree.
 LEVELS_PER_STAGE = 2
+#: Accumulator bits added in one stage (a carry-chain of this length and a 2:1 mux fit a
+#: 125 MHz cycle on ECP5); the carry goes to the next chunk through a register.
+ACC_CHUNK_BITS = 24
 
 
 def tree_levels(n):
@@ -59,7 +62,11 @@ class NFU2(wiring.Component):
     the first step of an output group, ``last`` its last. Pipeline: the adder tree is
     registered after every :data:`LEVELS_PER_STAGE` adder levels and after its last
     (:meth:`tree_stages` stages; ``valid``, ``first``, ``last``, ``neurons`` and ``bias``
-    are delayed with it), then the accumulator register. ``out_valid`` is high
+    are delayed with it); then the accumulator adds in :meth:`acc_chunks` stages of
+    :meth:`chunk_bits` bits, low chunk first, each chunk one stage after the one below it
+    with that chunk's carry (a skewed carry-save accumulator: a step may follow in every
+    cycle), and the chunks are realigned on ``acc``. A max-pooling maximum is a ``dw``-bit
+    value: the lowest chunk compares and holds it, the others its sign. ``out_valid`` is high
     :meth:`latency` cycles after a valid ``last`` step is on the inputs, while ``acc`` holds
     the finished group. Steps may follow each other in every cycle. The sum wraps at ``acc``
     bits; :meth:`slimnfu.config.LayerDesc.check` refuses layers that could overflow.
@@ -88,10 +95,21 @@ class NFU2(wiring.Component):
         """Register stages of the adder tree: ``ceil(ceil(log2 ti) / LEVELS_PER_STAGE)``."""
         return -(-tree_levels(cfg.ti) // LEVELS_PER_STAGE)
 
+    @staticmethod
+    def chunk_bits(cfg):
+        """Bits of the accumulator added in one stage: ``max(ACC_CHUNK_BITS, dw)``."""
+        return max(ACC_CHUNK_BITS, cfg.dw)
+
+    @classmethod
+    def acc_chunks(cls, cfg):
+        """Stages of the accumulator: ``ceil(acc / chunk_bits)``."""
+        return -(-cfg.acc // cls.chunk_bits(cfg))
+
     @classmethod
     def latency(cls, cfg):
-        """Cycles from a step on the inputs to its accumulator update: tree stages + 1."""
-        return cls.tree_stages(cfg) + 1
+        """Cycles from a step on the inputs to ``out_valid`` after it: tree stages plus
+        accumulator chunks."""
+        return cls.tree_stages(cfg) + cls.acc_chunks(cfg)
 
     def __init__(self, cfg):
         self.cfg = check_config(self, cfg)
@@ -110,32 +128,55 @@ class NFU2(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self.cfg
-        tn, ti = cfg.tn, cfg.ti
-        stages = self.tree_stages(cfg)
+        tn, ti, dw = cfg.tn, cfg.ti, cfg.dw
+        chunks, width = self.acc_chunks(cfg), self.chunk_bits(cfg)
 
-        def delayed(value, name):
+        def delayed(value, stages, name):
             for n in range(stages):
                 reg = Signal.like(value, name=f"{name}_t{n + 1}")
                 m.d.sync += reg.eq(value)
                 value = reg
             return value
 
-        valid, first = delayed(self.valid, "valid"), delayed(self.first, "first")
-        last, neurons = delayed(self.last, "last"), delayed(self.neurons, "neurons")
-        bias = delayed(self.bias, "bias")
-        m.d.sync += self.out_valid.eq(valid & last)
+        # Stage A: the tree's sum meets the step.
+        tree_stages = self.tree_stages(cfg)
+        valid = delayed(self.valid, tree_stages, "valid")
+        first = delayed(self.first, tree_stages, "first")
+        last = delayed(self.last, tree_stages, "last")
+        neurons = delayed(self.neurons, tree_stages, "neurons")
+        bias = delayed(self.bias, tree_stages, "bias")
+        m.d.comb += self.out_valid.eq(delayed(valid & last, chunks, "out_valid"))
+        is_mac, is_max = self.mode == Mode.MAC, self.mode == Mode.MAXPOOL
+        # Chunk c of the accumulator adds in stage A + c, with the carry of chunk c - 1.
+        valids = [delayed(valid, c, f"valid_c{c}") for c in range(chunks)]
+        firsts = [delayed(first, c, f"first_c{c}") for c in range(chunks)]
         for j in range(tn):
-            acc = self.acc[j]
             tree = Signal(signed(cfg.acc), name=f"tree{j}")
             m.d.comb += tree.eq(adder_tree((self.products[j * ti + i] for i in range(ti)),
                                            m, LEVELS_PER_STAGE, name=f"tree{j}"))
             x = neurons[j]
-            with m.If(valid):
-                with m.Switch(self.mode):
-                    with m.Case(Mode.MAC):
-                        m.d.sync += acc.eq(Mux(first, bias[j], acc) + tree)
-                    with m.Case(Mode.MAXPOOL):
-                        m.d.sync += acc.eq(Mux(first | (x > acc), x, acc))
-                    with m.Case(Mode.AVGPOOL):
-                        m.d.sync += acc.eq(Mux(first, 0, acc) + x)
+            addend = Signal(signed(cfg.acc), name=f"addend{j}")
+            start = Signal(signed(cfg.acc), name=f"start{j}")
+            m.d.comb += [addend.eq(Mux(is_mac, tree, x)), start.eq(Mux(is_mac, bias[j], 0))]
+            outs, carry, prev = [], 0, None
+            for c in range(chunks):
+                lo, hi = c * width, min((c + 1) * width, cfg.acc)
+                part = Signal(hi - lo, name=f"acc{j}_c{c}")
+                add = delayed(addend[lo:hi], c, f"addend{j}_c{c}")
+                init = delayed(start[lo:hi], c, f"start{j}_c{c}")
+                total = Mux(firsts[c], init, part) + add + carry
+                carry_out = Signal(name=f"carry{j}_c{c}")
+                with m.If(valids[c]):
+                    with m.If(is_max):
+                        if c == 0:
+                            # a max of dw-bit values: chunk 0 holds it, sign-extended
+                            take = firsts[0] | (x > part[:dw].as_signed())
+                            m.d.sync += part.eq(Mux(take, x, part))
+                        else:
+                            m.d.sync += part.eq(Mux(prev[-1], (1 << (hi - lo)) - 1, 0))
+                    with m.Else():
+                        m.d.sync += [part.eq(total[:hi - lo]), carry_out.eq(total[hi - lo])]
+                outs.append(delayed(part, chunks - 1 - c, f"acc{j}_c{c}"))
+                carry, prev = carry_out, part
+            m.d.comb += self.acc[j].eq(Cat(*outs))
         return m

@@ -98,7 +98,7 @@ def test_every_layer_bit_exact(small_qmodel, small_program):
                            ref[-1][0])
         engine = sum(l.desc.dense_cycles(cfg) for l in program.layers)
         # the engine latency of this config (ti = 4) by number: see test_engine.py
-        assert counters["engine_cycles"] == engine + len(layers) * 28
+        assert counters["engine_cycles"] == engine + len(layers) * 29
         assert counters["load_cycles"] == program.stats["rom_words"] + len(program.layers)
         want = expected_cycles(program)
         assert counters["move_cycles"] == want["move_cycles"]

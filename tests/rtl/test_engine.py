@@ -139,27 +139,28 @@ def test_tiny_verilog_converts_and_compiles(tmp_path):
 
 
 #: Each feature set's layers with their engine cycle counts written out on ``PINNED_CFG``
-#: (``tiny``, ti = 4): steps + 28. The latency is pinned here by number, so changing the
+#: (``tiny``, ti = 4): steps + 29. The latency is pinned here by number, so changing the
 #: pipeline is a deliberate edit.
 PINNED_LAYERS = {
-    "dense": [(LayerDesc("conv", 2, 3, 4, 4, k=3, shift=12), 2 * 2 * 9 + 28),
-              (LayerDesc("maxpool", 4, 4, 4, 4, k=2, stride=2), 2 * 2 * 4 + 28)],
+    "dense": [(LayerDesc("conv", 2, 3, 4, 4, k=3, shift=12), 2 * 2 * 9 + 29),
+              (LayerDesc("maxpool", 4, 4, 4, 4, k=2, stride=2), 2 * 2 * 4 + 29)],
     # 4 groups of max(ikr_n, k) = 4 cycles, plus the last group's ikr_n steps
-    "ikr": [(PassDesc(LayerDesc("conv", 2, 3, 4, 4, k=3, shift=12), ikr_n=4), 4 * 4 + 4 + 28)],
+    "ikr": [(PassDesc(LayerDesc("conv", 2, 3, 4, 4, k=3, shift=12), ikr_n=4), 4 * 4 + 4 + 29)],
     # 5 inputs: 2 input tiles of one output tile
-    "perm": [(PassDesc(LayerDesc("fc", 5, 3), perm="affine"), 2 + 28)],
+    "perm": [(PassDesc(LayerDesc("fc", 5, 3), perm="affine"), 2 + 29)],
     "kgate": [(PassDesc(LayerDesc("conv", 2, 3, 4, 4, k=3, shift=12), lane_k=(1, 3, 1)),
-               2 * 2 * 9 + 28)],
+               2 * 2 * 9 + 29)],
 }
 
-#: Per config: (LayerEngine.latency, NFU1, NFU2, NFU3 latencies, NFU-2's adder tree stages).
-#: The tree has ceil(log2 ti) levels, registered every two: ti = 1 none, 2..4 one, 8..16 two.
+#: Per config: (LayerEngine.latency, NFU1, NFU2, NFU3 latencies, NFU-2's adder tree stages
+#: and accumulator chunks). The tree has ceil(log2 ti) levels, registered every two: ti = 1
+#: none, 2..4 one, 8..16 two; the accumulator adds 24 bits a stage: acc 48 two, 24 one.
 PINNED_LATENCIES = {
-    "tiny": (28, 2, 2, 8, 1),
-    "small": (29, 2, 3, 8, 2),
-    "diannao": (29, 2, 3, 8, 2),
-    "t2": (28, 2, 2, 8, 1),
-    "t1": (27, 2, 1, 8, 0),
+    "tiny": (29, 2, 3, 8, 1, 2),
+    "small": (30, 2, 4, 8, 2, 2),
+    "diannao": (30, 2, 4, 8, 2, 2),
+    "t2": (29, 2, 3, 8, 1, 2),
+    "t1": (27, 2, 1, 8, 0, 1),
 }
 
 
@@ -169,7 +170,7 @@ def test_latency_per_config_pinned(name):
     cfg = {"t2": T2, "t1": AccelConfig("t1", tn=1, ti=1, dw=8, acc=24)}.get(name)
     cfg = cfg or get_config(name)
     got = (LayerEngine.latency(cfg), NFU1.latency(cfg), NFU2.latency(cfg), NFU3.latency(cfg),
-           NFU2.tree_stages(cfg))
+           NFU2.tree_stages(cfg), NFU2.acc_chunks(cfg))
     assert got == PINNED_LATENCIES[name]
     assert LayerEngine.latency(cfg) == LayerEngine.FIRST_STEP + LayerEngine.write_delay(cfg)
     # a feature adds no stage
@@ -198,7 +199,7 @@ def test_latencies_pinned(features):
     params = {"ikr": {"kmax": 3, "index_depth": 8}, "perm": {"depth": 64}, "kgate": True}
     cfg = get_config("tiny").with_(nbin_depth=64, sb_depth=64, nbout_depth=64, bias_depth=8,
                                    **{f: params[f] for f in features})
-    assert LayerEngine.latency(cfg) == 28
+    assert LayerEngine.latency(cfg) == 29
     layers = [l for f in ("dense",) + features for l in PINNED_LAYERS[f]]
     jobs = [(case_job(pinned_case(desc, cfg, seed), cfg, 0), cycles)
             for seed, (desc, cycles) in enumerate(layers)]
