@@ -1,6 +1,6 @@
 """NFU-3: requantisation, activation (none / ReLU / 16-segment PWL) and saturation counting."""
 
-from amaranth.hdl import Array, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -31,9 +31,10 @@ class NFU3(wiring.Component):
       ``out = sat_dw((slope[seg]*y + icpt[seg] + 2**(p-1)) >> p)``, ``p = dw - 2``.
 
     Pipeline, one register stage each (:attr:`REQUANT_STAGES` + :attr:`ACT_STAGES`): the
-    barrel shift; the rounding add; the clamp to ``dw`` bits; the PWL segment; the slope and
-    intercept lookup; the multiply (a register-multiplier-register path); the intercept and
-    rounding add; the clamp and the choice of activation. ``out`` and ``out_valid`` appear
+    barrel shift; the rounding add; the clamp to ``dw`` bits; the PWL segment (its clamp,
+    like the others, tests bits instead of comparing); the slope and intercept lookup; the
+    multiply (a register-multiplier-register path); the intercept and rounding add; the clamp
+    and the choice of activation. ``out`` and ``out_valid`` appear
     :meth:`latency` cycles after ``in_valid``; a group may enter in every cycle.
     ``sat_events`` counts the saturations of both clamps on the lanes set in ``lane_mask``
     (the real output channels; the padded lanes of the last tile do not count), as
@@ -124,20 +125,30 @@ class NFU3(wiring.Component):
         m.d.sync += shift_less_one.eq(self.shift - 1)
         seg_shift, act = reg(self.seg_shift, "seg_shift_r"), reg(self.act, "act_r")
 
+        def saturate(value):
+            """``(sat_dw(value), saturated)`` without a compare: a signed value fits ``dw``
+            bits exactly when its bits from bit ``dw-1`` up are all equal."""
+            top = value[dw - 1:]
+            fits = top.all() | ~top.any()
+            return Mux(fits, value[:dw], Mux(value[-1], qmin, qmax))[:dw].as_signed(), ~fits
+
         sat1_all, sat2_all = [], []
         for j in range(tn):
             acc = self.acc[j]
             # Requantisation: shift, round, clamp.
             half = reg(Mux(shift_zero, acc, acc >> shift_less_one), f"half{j}")
             rounded = reg(Mux(shift_zero, half, (half + 1) >> 1), f"rounded{j}")
-            over1, under1 = rounded > qmax, rounded < qmin
-            y = reg(Mux(over1, qmax, Mux(under1, qmin, rounded))[:dw].as_signed(), f"y{j}")
-            sat1 = reg(over1 | under1, f"sat1_{j}")
+            y_value, sat1_value = saturate(rounded)
+            y, sat1 = reg(y_value, f"y{j}"), reg(sat1_value, f"sat1_{j}")
             # Activation: segment, lookup, multiply, add, clamp.
-            seg_raw = Signal(signed(dw + 1), name=f"seg_raw{j}")
-            m.d.comb += seg_raw.eq((y >> seg_shift) + PWL_SEGMENTS // 2)
-            seg = reg(Mux(seg_raw < 0, 0, Mux(seg_raw > PWL_SEGMENTS - 1, PWL_SEGMENTS - 1,
-                                              seg_raw))[:4], f"seg{j}")
+            # clamp((y >> seg_shift) + 8, 0, 15) without an adder: q = y >> seg_shift is in
+            # [-8, 7] exactly when its bits from bit 3 up are all equal, and then q + 8 is
+            # q's low 4 bits with bit 3 flipped.
+            q = Signal(signed(dw), name=f"seg_q{j}")
+            m.d.comb += q.eq(y >> seg_shift)
+            q_top = q[3:]
+            q_in = q_top.all() | ~q_top.any()
+            seg = reg(Mux(q_in, Cat(q[:3], ~q[3]), Mux(q[-1], 0, PWL_SEGMENTS - 1)), f"seg{j}")
             y2 = reg(y, f"y{j}_2")
             slope, icpt = reg(slopes[seg], f"slope_r{j}"), reg(icpts[seg], f"icpt_r{j}")
             y3 = reg(y2, f"y{j}_3")
@@ -145,8 +156,7 @@ class NFU3(wiring.Component):
             icpt4, y4 = reg(icpt, f"icpt_r{j}_4"), reg(y3, f"y{j}_4")
             line = reg((product + icpt4 + (1 << (p - 1))) >> p, f"line{j}")
             y5 = reg(y4, f"y{j}_5")
-            over2, under2 = line > qmax, line < qmin
-            pwl_out = Mux(over2, qmax, Mux(under2, qmin, line))
+            pwl_out, sat2_value = saturate(line)
             with m.Switch(act):
                 with m.Case(Act.RELU):
                     m.d.sync += self.out[j].eq(Mux(y5 < 0, 0, y5))
@@ -155,7 +165,7 @@ class NFU3(wiring.Component):
                 with m.Default():
                     m.d.sync += self.out[j].eq(y5)
             sat1_all.append(delayed(sat1, self.ACT_STAGES, f"sat1_{j}"))
-            sat2_all.append(reg((act == Act.PWL) & (over2 | under2), f"sat2_{j}"))
+            sat2_all.append(reg((act == Act.PWL) & sat2_value, f"sat2_{j}"))
 
         # A group's saturations are counted in the cycle its outputs are on ``out``.
         events = _popcount(sat1_all[j] & mask[j] for j in range(tn)) + \
