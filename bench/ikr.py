@@ -65,7 +65,7 @@ def _cosim_layers(q, x_img, cfg):
     from slimnfu.sim.ikr_cases import as_dense, ikr_case
     from slimnfu.sim.runner import run_regression
 
-    latency = LayerEngine.LATENCY
+    latency = LayerEngine.latency(cfg)
     x = quantize_input(q, x_img)
     outs = int_forward_layers(q, x)
     pairs = []

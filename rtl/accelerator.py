@@ -30,7 +30,7 @@ class Accelerator(wiring.Component):
     2. copies the layer's words from the ROM into the engine's memories (one word per cycle,
        plus one cycle per layer);
     3. starts the engine with the layer's descriptor and waits for ``done`` (the layer's
-       ``dense_cycles`` or ``ikr_cycles`` plus ``LayerEngine.LATENCY``), then spends one
+       ``dense_cycles`` or ``ikr_cycles`` plus ``LayerEngine.latency(cfg)``), then spends one
        cycle (``PAUSE``) going on to the next layer.
 
     Handshake: write the image into NBin through ``img_*`` while idle (words of

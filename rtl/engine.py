@@ -26,10 +26,16 @@ class LayerEngine(wiring.Component):
     Buffers: NBin, bias and NBout are one memory each; SB is ``tn`` banks (one per output lane,
     ``ti*dw`` bits, same address), loaded together from one ``load_data`` word.
 
-    Pipeline, for a step issued by the sequencer in cycle ``S``: NBin/SB/bias read ``S``,
-    NFU-1 multiply ``S+1``, NFU-2 accumulate ``S+2``, NFU-3 requantise ``S+3`` and activate
-    ``S+4``, NBout write ``S+5``. Steps are issued back to back, so a layer of ``N`` steps
-    takes ``N + LATENCY`` cycles.
+    Pipeline, for a step issued by the sequencer in cycle ``S``: the step register ``S+1``
+    (``T``; :attr:`STEP_STAGES`); NBin/SB read ``T``, their block RAM output register
+    ``T+2`` (:attr:`READ_STAGES`); the NFU-1 operands (padding, IKR taps, kernel gating,
+    permuted synapses) enter NFU-1's operand registers in ``T+2`` and the products appear
+    :meth:`NFU1.latency` cycles later; NFU-2's adder tree and accumulator take
+    :meth:`NFU2.latency` cycles (the tree's stages follow ``ti``), NFU-3's requantisation and
+    activation :meth:`NFU3.latency`; NBout is written in ``S + write_delay(cfg)``. The bias
+    is read so that its registered word meets the step at NFU-2. Steps are issued back to
+    back, so a layer of ``N`` steps takes ``N + latency(cfg)`` cycles. The stage counts, and
+    so :meth:`latency`, are derived from the components' own, never typed in.
 
     Handshake: ``start`` (while idle) latches ``desc``; ``busy`` is high from the next cycle
     and falls in the cycle ``done`` pulses, one cycle after the last NBout write. In that cycle
@@ -48,11 +54,25 @@ class LayerEngine(wiring.Component):
     #: The cycle after the ``start`` cycle (0) in which the first step is issued: the
     #: sequencer's setup (``Sequencer.SETUP_CYCLES`` = 12) and one.
     FIRST_STEP = Sequencer.SETUP_CYCLES + 1
-    #: A step issued in cycle ``S`` writes NBout in cycle ``S + WRITE_DELAY``.
-    WRITE_DELAY = 5
-    #: ``cycles == desc.dense_cycles(cfg) + LATENCY`` for every layer: ``done`` pulses one
-    #: cycle after the last step's NBout write.
-    LATENCY = FIRST_STEP + WRITE_DELAY
+    #: The step register between the sequencer and the buffers' read addresses.
+    STEP_STAGES = 1
+    #: The block RAM read and its output register, before the NFU-1 operands.
+    READ_STAGES = 2
+
+    @classmethod
+    def write_delay(cls, cfg):
+        """A step issued in cycle ``S`` writes NBout in cycle ``S + write_delay(cfg)``."""
+        return (cls.STEP_STAGES + cls.READ_STAGES + NFU1.latency(cfg) + NFU2.latency(cfg)
+                + NFU3.latency(cfg))
+
+    @classmethod
+    def latency(cls, cfg):
+        """``cycles == desc.nfu_cycles(cfg) + latency(cfg)`` for every pass of ``cfg``.
+
+        ``done`` pulses one cycle after the last step's NBout write:
+        ``FIRST_STEP + write_delay(cfg)``.
+        """
+        return cls.FIRST_STEP + cls.write_delay(cfg)
 
     def __init__(self, cfg):
         self.cfg = check_config(self, cfg)
@@ -108,36 +128,7 @@ class LayerEngine(wiring.Component):
         loads.append((LoadSel.PWL, nfu3.pwl, 0))
         step = seq.step
         if cfg.ikr:
-            step = self._ikr_path(m, cur, seq, starting, nbin, nfu1, loads)
-
-        # Stage S: the sequencer's step addresses the buffers.
-        is_mac = cur.mode == Mode.MAC
-        nbin_rd, bias_rd = nbin.read_port(), bias.read_port()
-        m.d.comb += [
-            nbin_rd.addr.eq(step.nbin_addr), nbin_rd.en.eq(step.valid & ~step.pad),
-            bias_rd.addr.eq(step.bias_addr), bias_rd.en.eq(step.valid & is_mac & step.first),
-        ]
-        synapses = []
-        sb_addr, sb_en = step.sb_addr, step.valid & is_mac
-        if cfg.perm:
-            # The index-ROM word of step S is read in S-1 (FC SB addresses count up by one
-            # per step from 0), so the s banks are addressed in S like the dense SB.
-            index_mode = cur.perm == Perm.INDEX
-            sb_addr = Mux(index_mode, step.sb_addr + step.valid, step.sb_addr)
-            sb_en = Mux(index_mode, busy, sb_en)
-        for bank in sb_banks:
-            port = bank.read_port()
-            m.d.comb += [port.addr.eq(sb_addr), port.en.eq(sb_en)]
-            synapses.append(port.data)
-        synapse_word = Cat(*synapses)
-        if cfg.perm:
-            synapse_word = self._perm_path(m, cur, step, synapse_word, loads)
-
-        # Load interface: one word per cycle, while idle, into the memory load_sel names.
-        idle_load = self.load_en & ~busy
-        for sel, port, lsb in loads:
-            m.d.comb += [port.en.eq(idle_load & (self.load_sel == sel)),
-                         port.addr.eq(self.load_addr), port.data.eq(self.load_data[lsb:])]
+            step, lane_neurons = self._ikr_path(m, cur, seq, starting, nbin, nfu1, loads)
 
         def delayed(value, stages, name):
             for n in range(stages):
@@ -146,46 +137,96 @@ class LayerEngine(wiring.Component):
                 value = reg
             return value
 
+        # Stage offsets from T, the cycle the registered step is in.
+        operands = self.READ_STAGES
+        nfu2_in = operands + NFU1.latency(cfg)
+        nfu3_in = nfu2_in + NFU2.latency(cfg)
+        write = nfu3_in + NFU3.latency(cfg)
+
+        # Stage S -> T: the step register.
+        st = step.signature.create(path=("step_r",))
+        for name in step.signature.members:
+            m.d.sync += getattr(st, name).eq(getattr(step, name))
+
+        # Stage T: the step addresses NBin and SB; the bias word is read so that its output
+        # register meets the step at NFU-2.
+        is_mac = cur.mode == Mode.MAC
+        nbin_rd, bias_rd = nbin.read_port(), bias.read_port()
+        bias_read = nfu2_in - 2
+        m.d.comb += [
+            nbin_rd.addr.eq(st.nbin_addr), nbin_rd.en.eq(st.valid & ~st.pad),
+            bias_rd.addr.eq(delayed(st.bias_addr, bias_read, "bias_addr")),
+            bias_rd.en.eq(delayed(st.valid & is_mac & st.first, bias_read, "bias_en")),
+        ]
+        synapses = []
+        sb_addr, sb_en = st.sb_addr, st.valid & is_mac
+        if cfg.perm:
+            # The index-ROM word of step T is read in T-1 (FC SB addresses count up by one
+            # per step from 0), so the s banks are addressed in T like the dense SB.
+            index_mode = cur.perm == Perm.INDEX
+            sb_addr = Mux(index_mode, st.sb_addr + st.valid, st.sb_addr)
+            sb_en = Mux(index_mode, busy, sb_en)
+        for bank in sb_banks:
+            port = bank.read_port()
+            m.d.comb += [port.addr.eq(sb_addr), port.en.eq(sb_en)]
+            synapses.append(port.data)
+        synapse_word = Cat(*synapses)
+        if cfg.perm:
+            synapse_word = self._perm_path(m, cur, st, synapse_word, loads)
+
+        # Load interface: one word per cycle, while idle, into the memory load_sel names.
+        idle_load = self.load_en & ~busy
+        for sel, port, lsb in loads:
+            m.d.comb += [port.en.eq(idle_load & (self.load_sel == sel)),
+                         port.addr.eq(self.load_addr), port.data.eq(self.load_data[lsb:])]
+
+        # Stage T+1 -> T+2: the block RAM output registers.
+        nbin_word = delayed(nbin_rd.data, self.READ_STAGES - 1, "nbin_data")
+        synapse_word = delayed(synapse_word, self.READ_STAGES - 1, "sb_data")
         if cfg.kgate:
-            synapse_word = self._kgate_path(m, cur, step, synapse_word, starting, is_mac)
+            synapse_word = self._kgate_path(m, cur, st, synapse_word, starting, is_mac,
+                                            operands)
 
-        # Stage S+1: NFU-1 multiplies (padding positions read as zero).
-        pad1, valid1 = delayed(step.pad, 1, "pad"), delayed(step.valid, 1, "valid")
+        # Stage T+2: the NFU-1 operands (padding positions read as zero).
+        pad, valid = delayed(st.pad, operands, "pad"), delayed(st.valid, operands, "valid")
         neurons = Signal(ti * dw)
-        m.d.comb += neurons.eq(Mux(pad1, 0, nbin_rd.data))
+        m.d.comb += neurons.eq(Mux(pad, 0, nbin_word))
         m.d.comb += [nfu1.neurons.eq(neurons), nfu1.synapses.eq(synapse_word),
-                     nfu1.en.eq(valid1 & is_mac)]
+                     nfu1.en.eq(valid & is_mac)]
+        if cfg.ikr:
+            m.d.comb += nfu1.lane_neurons.eq(
+                delayed(lane_neurons, self.STEP_STAGES + operands - 1, "lane_neurons"))
 
-        # Stage S+2: NFU-2 accumulates.
+        # NFU-2 accumulates.
         m.d.comb += [
             nfu2.mode.eq(cur.mode),
-            nfu2.valid.eq(delayed(step.valid, 2, "valid")),
-            nfu2.first.eq(delayed(step.first, 2, "first")),
-            nfu2.last.eq(delayed(step.last, 2, "last")),
+            nfu2.valid.eq(delayed(st.valid, nfu2_in, "valid")),
+            nfu2.first.eq(delayed(st.first, nfu2_in, "first")),
+            nfu2.last.eq(delayed(st.last, nfu2_in, "last")),
             nfu2.products.eq(nfu1.products),
-            nfu2.neurons.eq(delayed(neurons, 1, "neurons")),
+            nfu2.neurons.eq(delayed(neurons, nfu2_in - operands, "neurons")),
             nfu2.bias.eq(delayed(bias_rd.data, 1, "bias")),
         ]
 
-        # Stage S+3, S+4: NFU-3 requantises and activates.
+        # NFU-3 requantises and activates.
         m.d.comb += [
             nfu3.acc.eq(nfu2.acc), nfu3.in_valid.eq(nfu2.out_valid),
-            nfu3.lane_mask.eq(delayed(step.lane_mask, 3, "lane_mask")),
+            nfu3.lane_mask.eq(delayed(st.lane_mask, nfu3_in, "lane_mask")),
             nfu3.shift.eq(cur.shift), nfu3.act.eq(cur.act), nfu3.seg_shift.eq(cur.seg_shift),
             nfu3.clear.eq(starting),
         ]
 
-        # Stage S+5: NBout write; done one cycle after the layer's last write.
-        write_end = nfu3.out_valid & delayed(step.end, self.WRITE_DELAY, "end")
+        # NBout write; done one cycle after the layer's last write.
+        write_end = nfu3.out_valid & delayed(st.end, write, "end")
         if cfg.kgate:
             # centre-tap passes may fill part of a tile: one write enable per lane
             nbout_wr = nbout.write_port(granularity=dw)
-            mask = delayed(step.write_mask, self.WRITE_DELAY, "write_mask")
+            mask = delayed(st.write_mask, write, "write_mask")
             m.d.comb += nbout_wr.en.eq(Mux(nfu3.out_valid, mask, 0))
         else:
             nbout_wr = nbout.write_port()
             m.d.comb += nbout_wr.en.eq(nfu3.out_valid)
-        m.d.comb += [nbout_wr.addr.eq(delayed(step.nbout_addr, self.WRITE_DELAY, "nbout_addr")),
+        m.d.comb += [nbout_wr.addr.eq(delayed(st.nbout_addr, write, "nbout_addr")),
                      nbout_wr.data.eq(nfu3.out)]
         m.d.sync += self.done.eq(write_end)
         with m.If(write_end):
@@ -199,22 +240,28 @@ class LayerEngine(wiring.Component):
             m.d.sync += [self.cycles.eq(1), self.steps.eq(0), self.mults.eq(0)]
         with m.Elif(busy):
             m.d.sync += self.cycles.eq(self.cycles + 1)
-        with m.If(step.valid):
+        with m.If(st.valid):
             m.d.sync += self.steps.eq(self.steps + 1)
             with m.If(is_mac):
                 m.d.sync += self.mults.eq(self.mults + tn * ti)
         m.d.comb += self.sat_events.eq(nfu3.sat_events)
         return m
 
-    def _kgate_path(self, m, cur, step, sb_word, starting, is_mac):
-        """Method A: zero the synapses of lanes whose kernel misses the tap; count them."""
+    def _kgate_path(self, m, cur, step, sb_word, starting, is_mac, stage):
+        """Method A: zero the synapses of lanes whose kernel misses the tap; count them.
+
+        ``sb_word`` is the SB word of ``step`` (issued in ``T``) in ``T + stage``.
+        """
         cfg = self.cfg
         m.submodules.kgate = gate = KernelGate(cfg)
         m.d.comb += [gate.valid.eq(step.valid), gate.first.eq(step.first), gate.k.eq(cur.k),
                      gate.lane_k.eq(cur.lane_k)]
-        # The SB word of step S reaches NFU-1 in S+1, so the lane enables follow one cycle later.
-        lane_en = Signal(cfg.tn)
-        m.d.sync += lane_en.eq(gate.lane_en)
+        # The lane enables follow the step to the SB word's stage.
+        lane_en = gate.lane_en
+        for n in range(stage):
+            reg = Signal.like(lane_en, name=f"lane_en_d{n + 1}")
+            m.d.sync += reg.eq(lane_en)
+            lane_en = reg
         width = cfg.ti * cfg.dw
         gated_word = Cat(*(Mux(lane_en[j], sb_word[j * width:(j + 1) * width], 0)
                            for j in range(cfg.tn)))
@@ -250,8 +297,9 @@ class LayerEngine(wiring.Component):
     def _ikr_path(self, m, cur, seq, starting, nbin, nfu1, loads):
         """Method B: IKR conv layers (``desc.ikr_n != 0``) run on :class:`IkrUnit`.
 
-        Returns the steps the pipeline takes from then on: the IKR unit's while an IKR layer
-        runs, the dense sequencer's (``seq``) otherwise (:func:`select_steps`). Adds the
+        Returns the steps the pipeline takes from then on (the IKR unit's while an IKR layer
+        runs, the dense sequencer's (``seq``) otherwise: :func:`select_steps`) and the IKR
+        unit's per-multiplier operands, one cycle after their step. Adds the
         write ports of the pattern table and the index memory to ``loads``.
         """
         cfg = self.cfg
@@ -266,5 +314,5 @@ class LayerEngine(wiring.Component):
             m.d.comb += [port.addr.eq(ikr.nbin_addr[r]), port.en.eq(ikr.nbin_en[r]),
                          ikr.nbin_data[r].eq(port.data)]
         ikr_mode = cur.ikr_n != 0
-        m.d.comb += [nfu1.lane_neurons.eq(ikr.lane_neurons), nfu1.lane_sel.eq(ikr_mode)]
-        return select_steps(m, ikr_mode, seq.step, ikr.step)
+        m.d.comb += nfu1.lane_sel.eq(ikr_mode)
+        return select_steps(m, ikr_mode, seq.step, ikr.step), ikr.lane_neurons

@@ -34,7 +34,7 @@ class IkrSequencer(wiring.Component):
     ``groups * k * k`` dense. The steps (a :class:`StepSignature` without features: padding is
     resolved in the window fill) mean what the dense sequencer's do, so the engine's NFU-1/2/3
     pipeline is shared. The setup is the loop nest's, :attr:`SETUP_CYCLES` as in the dense
-    sequencer, so the engine's ``LATENCY`` holds for both. The descriptor's ``koff``,
+    sequencer, so the engine's ``latency(cfg)`` holds for both. The descriptor's ``koff``,
     ``nbout_base`` and ``lane_skip`` (``cfg.kgate``) do not apply to IKR layers.
 
     Parameters

@@ -35,6 +35,9 @@ class LoopNest(wiring.Component):
       ``last`` of the output tile's last group; ``end``: ``tile_end`` of the last output tile,
       the layer's last window or step.
 
+    The end-of-loop tests (``kx == k-1``, ..., ``o == co_tiles-1``) are flags registered
+    with their counters, so no compare lies between a counter and the next position.
+
     The products the address counters need (``h_in*w_in``, ``stride*w_in``, ``pad*w_in``,
     and ``koff*w_in`` with ``offsets``) are computed by shift-and-add, so there is no
     multiplier.
@@ -142,13 +145,33 @@ class LoopNest(wiring.Component):
         for j in range(cfg.tn):
             m.d.comb += self.lane_mask[j].eq(n_left > j)
 
-        t_last = t == d.ci_tiles - 1
-        ox_last, oy_last, o_last = ox == d.w_out - 1, oy == d.h_out - 1, o == d.co_tiles - 1
+        # The end-of-loop compares are registers: each counter's ``last`` flag is set with
+        # the counter, from the limit less two (stepping up) or "the limit is one" (going
+        # back to 0), both latched at ``run.start``.
+        counters = {"t": (t, "ci_tiles"), "ox": (ox, "w_out"), "oy": (oy, "h_out"),
+                    "o": (o, "co_tiles")}
         if taps:
             kx, ky = Signal.like(d.k), Signal.like(d.k)
             ix, iy = Signal.like(self.ix), Signal.like(self.iy)
             row = Signal.like(self.row)
-            kx_last, ky_last = kx == d.k - 1, ky == d.k - 1
+            counters.update(kx=(kx, "k"), ky=(ky, "k"))
+        flag, near, single = {}, {}, {}
+        for name, (_, field) in counters.items():
+            width = len(getattr(d, field))
+            flag[name] = Signal(name=f"{name}_last")
+            near[name] = Signal(width, name=f"{name}_near")
+            single[name] = Signal(name=f"{name}_single")
+
+        def step_up(name):
+            x = counters[name][0]
+            return [x.eq(x + 1), flag[name].eq(x == near[name])]
+
+        def to_zero(name):
+            return [counters[name][0].eq(0), flag[name].eq(single[name])]
+
+        t_last, ox_last, oy_last, o_last = flag["t"], flag["ox"], flag["oy"], flag["o"]
+        if taps:
+            kx_last, ky_last = flag["kx"], flag["ky"]
             first = (t == 0) & (ky == 0) & (kx == 0)
             last = kx_last & ky_last & t_last
         else:
@@ -168,23 +191,23 @@ class LoopNest(wiring.Component):
 
         def next_window():
             with m.If(~t_last):
-                m.d.sync += [t.eq(t + 1), tbase.eq(tbase + hw)]
+                m.d.sync += [*step_up("t"), tbase.eq(tbase + hw)]
                 restart(ix0, iy0, row0)
             with m.Else():
-                m.d.sync += [t.eq(0), nbout.eq(nbout + 1)]
+                m.d.sync += [*to_zero("t"), nbout.eq(nbout + 1)]
                 # The output group is finished: next pixel, row or output tile.
                 with m.If(~ox_last):
-                    m.d.sync += [ox.eq(ox + 1), ix0.eq(ix0 + d.stride), tbase.eq(obase)]
+                    m.d.sync += [*step_up("ox"), ix0.eq(ix0 + d.stride), tbase.eq(obase)]
                     restart(ix0 + d.stride, iy0, row0)
                 with m.Elif(~oy_last):
-                    m.d.sync += [ox.eq(0), ix0.eq(neg_pad), oy.eq(oy + 1),
+                    m.d.sync += [*to_zero("ox"), ix0.eq(neg_pad), *step_up("oy"),
                                  iy0.eq(iy0 + d.stride), row0.eq(row0 + sw), tbase.eq(obase)]
                     restart(neg_pad, iy0 + d.stride, row0 + sw)
                 with m.Elif(~o_last):
                     next_obase = Mux(d.mode != Mode.MAC, obase + hw, 0) if self.pooling else 0
-                    m.d.sync += [ox.eq(0), ix0.eq(neg_pad), oy.eq(0), iy0.eq(neg_pad),
-                                 row0.eq(row_start), o.eq(o + 1), n_left.eq(n_left - cfg.tn),
-                                 tbase.eq(next_obase)]
+                    m.d.sync += [*to_zero("ox"), ix0.eq(neg_pad), *to_zero("oy"),
+                                 iy0.eq(neg_pad), row0.eq(row_start), *step_up("o"),
+                                 n_left.eq(n_left - cfg.tn), tbase.eq(next_obase)]
                     if self.pooling:
                         m.d.sync += obase.eq(next_obase)
                     restart(neg_pad, neg_pad, row_start)
@@ -195,13 +218,17 @@ class LoopNest(wiring.Component):
                 setup_left.eq(self.SETUP_CYCLES),
                 *(acc[f].eq(0) for f in factors),
                 *(mul[f].eq(run.desc[f]) for f in factors),
-                t.eq(0), o.eq(0), ox.eq(0), oy.eq(0), ix0.eq(first0), iy0.eq(first0),
+                ix0.eq(first0), iy0.eq(first0),
                 tbase.eq(0), nbout.eq(nbout0), n_left.eq(run.desc.n_out),
             ]
             if self.pooling:
                 m.d.sync += obase.eq(0)
+            for name, (x, field) in counters.items():
+                limit = getattr(run.desc, field)
+                m.d.sync += [x.eq(0), flag[name].eq(limit == 1), near[name].eq(limit - 2),
+                             single[name].eq(limit == 1)]
             if taps:
-                m.d.sync += [kx.eq(0), ky.eq(0), ix.eq(first0), iy.eq(first0)]
+                m.d.sync += [ix.eq(first0), iy.eq(first0)]
         with m.Elif(setup_left != 0):
             m.d.sync += [
                 setup_left.eq(setup_left - 1),
@@ -220,14 +247,14 @@ class LoopNest(wiring.Component):
                     next_window()
                 else:
                     with m.If(~kx_last):
-                        m.d.sync += [kx.eq(kx + 1), ix.eq(ix + 1)]
+                        m.d.sync += [*step_up("kx"), ix.eq(ix + 1)]
                     with m.Else():
-                        m.d.sync += kx.eq(0)
+                        m.d.sync += to_zero("kx")
                         with m.If(~ky_last):
-                            m.d.sync += [ky.eq(ky + 1), iy.eq(iy + 1), row.eq(row + d.w_in),
+                            m.d.sync += [*step_up("ky"), iy.eq(iy + 1), row.eq(row + d.w_in),
                                          ix.eq(ix0)]
                         with m.Else():
-                            m.d.sync += ky.eq(0)
+                            m.d.sync += to_zero("ky")
                             next_window()
         return m
 

@@ -1,6 +1,6 @@
-"""NFU-1: the ``tn x ti`` array of signed multipliers, with registered products."""
+"""NFU-1: the ``tn x ti`` array of signed multipliers, with registered operands and products."""
 
-from amaranth.hdl import Module, Mux, signed
+from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -14,9 +14,13 @@ class NFU1(wiring.Component):
 
     Product ``j*ti + i`` is ``neurons[i] * synapses[j*ti + i]``: output lane ``j`` multiplies
     the same ``ti`` input neurons by its own ``ti`` synapses, which is the SB word layout of
-    :mod:`slimnfu.formats.layout`. Products are exact (``2*dw`` bits) and registered: they appear
-    one cycle after the operands. When ``en`` is low the product registers hold their value
-    (operand isolation for pooling steps, which do not multiply).
+    :mod:`slimnfu.formats.layout`. Products are exact (``2*dw`` bits). Two register stages:
+    the operands are registered in the cycle they are on the inputs (the multiplier's input
+    registers) and the products one cycle later (its output registers), so a product appears
+    :meth:`latency` = 2 cycles after its operands and each multiplier (one MULT18X18D on ECP5
+    for ``dw <= 18``) sits between two registers. When ``en`` is low the operand registers,
+    and one cycle later the product registers, hold their value (operand isolation for
+    pooling steps, which do not multiply).
 
     Parameters
     ----------
@@ -33,7 +37,13 @@ class NFU1(wiring.Component):
     products : Out(ArrayLayout(signed(2*dw), tn*ti)), registered
     """
 
-    LATENCY = 1
+    #: Register stages from the operands to the products: operand and product registers.
+    STAGES = 2
+
+    @classmethod
+    def latency(cls, cfg):
+        """Cycles from operands on the inputs to their products on ``products`` (2)."""
+        return cls.STAGES
 
     def __init__(self, cfg):
         self.cfg = check_config(self, cfg)
@@ -48,13 +58,20 @@ class NFU1(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        tn, ti = self.cfg.tn, self.cfg.ti
-        with m.If(self.en):
-            for j in range(tn):
-                for i in range(ti):
-                    lane = j * ti + i
-                    neuron = self.neurons[i]
-                    if self.cfg.ikr:
-                        neuron = Mux(self.lane_sel, self.lane_neurons[lane], neuron)
-                    m.d.sync += self.products[lane].eq(neuron * self.synapses[lane])
+        cfg = self.cfg
+        tn, ti = cfg.tn, cfg.ti
+        en1 = Signal()
+        m.d.sync += en1.eq(self.en)
+        for j in range(tn):
+            for i in range(ti):
+                lane = j * ti + i
+                neuron = self.neurons[i]
+                if cfg.ikr:
+                    neuron = Mux(self.lane_sel, self.lane_neurons[lane], neuron)
+                a = Signal(signed(cfg.dw), name=f"a{lane}")
+                b = Signal(signed(cfg.dw), name=f"b{lane}")
+                with m.If(self.en):
+                    m.d.sync += [a.eq(neuron), b.eq(self.synapses[lane])]
+                with m.If(en1):
+                    m.d.sync += self.products[lane].eq(a * b)
         return m

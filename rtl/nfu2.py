@@ -1,41 +1,75 @@
 """NFU-2: adder trees and accumulators (MAC), or max / sum units (pooling)."""
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from slimnfu.contract import Mode
 from slimnfu.rtl._params import check_config
 
-__all__ = ["NFU2", "adder_tree"]
+__all__ = ["NFU2", "adder_tree", "tree_levels"]
+
+#: Adder levels between two registers of the pipelined adder tree.
+LEVELS_PER_STAGE = 2
+#: Accumulator bits added in one stage (a carry-chain of this length and a 2:1 mux fit a
+#: 125 MHz cycle on ECP5); the carry goes to the next chunk through a register.
+ACC_CHUNK_BITS = 24
 
 
-def adder_tree(values):
-    """Sum ``values`` with a balanced tree of two-input adders (widths grow per level)."""
+def tree_levels(n):
+    """Adder levels of a balanced tree over ``n`` values (``ceil(log2 n)``; 0 for one)."""
+    return (n - 1).bit_length()
+
+
+def adder_tree(values, m=None, levels_per_stage=None, name="tree"):
+    """Sum ``values`` with a balanced tree of two-input adders (widths grow per level).
+
+    With a module ``m`` and ``levels_per_stage``, the partial sums are registered (in
+    ``m.d.sync``) after every ``levels_per_stage`` levels and after the last one, so the
+    sum appears ``ceil(levels / levels_per_stage)`` cycles after ``values``
+    (:func:`tree_levels`); otherwise the tree is combinational.
+    """
     values = list(values)
     if not values:
         raise ValueError("adder_tree needs at least one value")
+    level = 0
     while len(values) > 1:
         pairs = [values[i] + values[i + 1] for i in range(0, len(values) - 1, 2)]
         if len(values) % 2:
             pairs.append(values[-1])
         values = pairs
+        level += 1
+        if m is not None and (level % levels_per_stage == 0 or len(values) == 1):
+            regs = []
+            for n, value in enumerate(values):
+                reg = Signal.like(value, name=f"{name}_l{level}_{n}")
+                m.d.sync += reg.eq(value)
+                regs.append(reg)
+            values = regs
     return values[0]
 
 
 class NFU2(wiring.Component):
     """``tn`` adder trees and ``acc``-bit accumulators (DianNao's NFU-2).
 
-    In every cycle with ``valid`` high, lane ``j`` updates its accumulator:
+    For every step with ``valid`` high, lane ``j`` updates its accumulator:
 
     * ``Mode.MAC``: ``acc[j] = (bias[j] if first else acc[j]) + sum_i products[j*ti + i]``
     * ``Mode.MAXPOOL``: ``acc[j] = neurons[j] if first else max(acc[j], neurons[j])``
     * ``Mode.AVGPOOL``: ``acc[j] = (0 if first else acc[j]) + neurons[j]``
 
     (pooling maps input lane ``j`` onto output lane ``j``, so ``tn == ti``). ``first`` marks
-    the first step of an output group, ``last`` its last: ``out_valid`` is high in the cycle
-    after a valid ``last`` step, while ``acc`` holds the finished group. The sum wraps at
-    ``acc`` bits; :meth:`slimnfu.config.LayerDesc.check` refuses layers that could overflow.
+    the first step of an output group, ``last`` its last. Pipeline: the adder tree is
+    registered after every :data:`LEVELS_PER_STAGE` adder levels and after its last
+    (:meth:`tree_stages` stages; ``valid``, ``first``, ``last``, ``neurons`` and ``bias``
+    are delayed with it); then the accumulator adds in :meth:`acc_chunks` stages of
+    :meth:`chunk_bits` bits, low chunk first, each chunk one stage after the one below it
+    with that chunk's carry (a skewed carry-save accumulator: a step may follow in every
+    cycle), and the chunks are realigned on ``acc``. A max-pooling maximum is a ``dw``-bit
+    value: the lowest chunk compares and holds it, the others its sign. ``out_valid`` is high
+    :meth:`latency` cycles after a valid ``last`` step is on the inputs, while ``acc`` holds
+    the finished group. Steps may follow each other in every cycle. The sum wraps at ``acc``
+    bits; :meth:`slimnfu.config.LayerDesc.check` refuses layers that could overflow.
 
     Parameters
     ----------
@@ -44,6 +78,7 @@ class NFU2(wiring.Component):
     Members
     -------
     mode : In(Mode)
+        Constant while a layer runs.
     valid, first, last : In(1)
         The step's strobe and its place in the output group (a delayed
         :class:`slimnfu.rtl.signatures.StepSignature`).
@@ -55,7 +90,26 @@ class NFU2(wiring.Component):
         ``out_valid`` marks the cycle in which ``acc`` holds a finished group.
     """
 
-    LATENCY = 1
+    @staticmethod
+    def tree_stages(cfg):
+        """Register stages of the adder tree: ``ceil(ceil(log2 ti) / LEVELS_PER_STAGE)``."""
+        return -(-tree_levels(cfg.ti) // LEVELS_PER_STAGE)
+
+    @staticmethod
+    def chunk_bits(cfg):
+        """Bits of the accumulator added in one stage: ``max(ACC_CHUNK_BITS, dw)``."""
+        return max(ACC_CHUNK_BITS, cfg.dw)
+
+    @classmethod
+    def acc_chunks(cls, cfg):
+        """Stages of the accumulator: ``ceil(acc / chunk_bits)``."""
+        return -(-cfg.acc // cls.chunk_bits(cfg))
+
+    @classmethod
+    def latency(cls, cfg):
+        """Cycles from a step on the inputs to ``out_valid`` after it: tree stages plus
+        accumulator chunks."""
+        return cls.tree_stages(cfg) + cls.acc_chunks(cfg)
 
     def __init__(self, cfg):
         self.cfg = check_config(self, cfg)
@@ -73,19 +127,56 @@ class NFU2(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        tn, ti = self.cfg.tn, self.cfg.ti
-        m.d.sync += self.out_valid.eq(self.valid & self.last)
+        cfg = self.cfg
+        tn, ti, dw = cfg.tn, cfg.ti, cfg.dw
+        chunks, width = self.acc_chunks(cfg), self.chunk_bits(cfg)
+
+        def delayed(value, stages, name):
+            for n in range(stages):
+                reg = Signal.like(value, name=f"{name}_t{n + 1}")
+                m.d.sync += reg.eq(value)
+                value = reg
+            return value
+
+        # Stage A: the tree's sum meets the step.
+        tree_stages = self.tree_stages(cfg)
+        valid = delayed(self.valid, tree_stages, "valid")
+        first = delayed(self.first, tree_stages, "first")
+        last = delayed(self.last, tree_stages, "last")
+        neurons = delayed(self.neurons, tree_stages, "neurons")
+        bias = delayed(self.bias, tree_stages, "bias")
+        m.d.comb += self.out_valid.eq(delayed(valid & last, chunks, "out_valid"))
+        is_mac, is_max = self.mode == Mode.MAC, self.mode == Mode.MAXPOOL
+        # Chunk c of the accumulator adds in stage A + c, with the carry of chunk c - 1.
+        valids = [delayed(valid, c, f"valid_c{c}") for c in range(chunks)]
+        firsts = [delayed(first, c, f"first_c{c}") for c in range(chunks)]
         for j in range(tn):
-            acc = self.acc[j]
-            tree = Signal(signed(self.cfg.acc), name=f"tree{j}")
-            m.d.comb += tree.eq(adder_tree(self.products[j * ti + i] for i in range(ti)))
-            x = self.neurons[j]
-            with m.If(self.valid):
-                with m.Switch(self.mode):
-                    with m.Case(Mode.MAC):
-                        m.d.sync += acc.eq(Mux(self.first, self.bias[j], acc) + tree)
-                    with m.Case(Mode.MAXPOOL):
-                        m.d.sync += acc.eq(Mux(self.first | (x > acc), x, acc))
-                    with m.Case(Mode.AVGPOOL):
-                        m.d.sync += acc.eq(Mux(self.first, 0, acc) + x)
+            tree = Signal(signed(cfg.acc), name=f"tree{j}")
+            m.d.comb += tree.eq(adder_tree((self.products[j * ti + i] for i in range(ti)),
+                                           m, LEVELS_PER_STAGE, name=f"tree{j}"))
+            x = neurons[j]
+            addend = Signal(signed(cfg.acc), name=f"addend{j}")
+            start = Signal(signed(cfg.acc), name=f"start{j}")
+            m.d.comb += [addend.eq(Mux(is_mac, tree, x)), start.eq(Mux(is_mac, bias[j], 0))]
+            outs, carry, prev = [], 0, None
+            for c in range(chunks):
+                lo, hi = c * width, min((c + 1) * width, cfg.acc)
+                part = Signal(hi - lo, name=f"acc{j}_c{c}")
+                add = delayed(addend[lo:hi], c, f"addend{j}_c{c}")
+                init = delayed(start[lo:hi], c, f"start{j}_c{c}")
+                total = Mux(firsts[c], init, part) + add + carry
+                carry_out = Signal(name=f"carry{j}_c{c}")
+                with m.If(valids[c]):
+                    with m.If(is_max):
+                        if c == 0:
+                            # a max of dw-bit values: chunk 0 holds it, sign-extended
+                            take = firsts[0] | (x > part[:dw].as_signed())
+                            m.d.sync += part.eq(Mux(take, x, part))
+                        else:
+                            m.d.sync += part.eq(Mux(prev[-1], (1 << (hi - lo)) - 1, 0))
+                    with m.Else():
+                        m.d.sync += [part.eq(total[:hi - lo]), carry_out.eq(total[hi - lo])]
+                outs.append(delayed(part, chunks - 1 - c, f"acc{j}_c{c}"))
+                carry, prev = carry_out, part
+            m.d.comb += self.acc[j].eq(Cat(*outs))
         return m

@@ -1,6 +1,6 @@
 """NFU-3: requantisation, activation (none / ReLU / 16-segment PWL) and saturation counting."""
 
-from amaranth.hdl import Array, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -23,16 +23,23 @@ class NFU3(wiring.Component):
 
     Exactly :func:`slimnfu.fixed.requant`, ``relu`` and ``pwl_apply``:
 
-    * stage 1: ``y = sat_dw((acc + 2**(sh-1)) >> sh)`` (no rounding term when ``sh == 0``),
-      computed as ``((acc >> (sh-1)) + 1) >> 1`` so only one barrel shifter is needed;
-    * stage 2: ``none``: ``y``; ``relu``: ``max(0, y)``; ``pwl``:
+    * requantisation: ``y = sat_dw((acc + 2**(sh-1)) >> sh)`` (no rounding term when
+      ``sh == 0``), computed as ``((acc >> (sh-1)) + 1) >> 1`` so only one barrel shifter is
+      needed;
+    * activation: ``none``: ``y``; ``relu``: ``max(0, y)``; ``pwl``:
       ``seg = clamp((y >> seg_shift) + 8, 0, 15)``,
       ``out = sat_dw((slope[seg]*y + icpt[seg] + 2**(p-1)) >> p)``, ``p = dw - 2``.
 
-    ``out`` and ``out_valid`` appear :attr:`LATENCY` cycles after ``in_valid``.
-    ``sat_events`` counts the saturations of both stages on the lanes set in ``lane_mask``
+    Pipeline, one register stage each (:attr:`REQUANT_STAGES` + :attr:`ACT_STAGES`): the
+    barrel shift; the rounding add; the clamp to ``dw`` bits; the PWL segment (its clamp,
+    like the others, tests bits instead of comparing); the slope and intercept lookup; the
+    multiply (a register-multiplier-register path); the intercept and rounding add; the clamp
+    and the choice of activation. ``out`` and ``out_valid`` appear
+    :meth:`latency` cycles after ``in_valid``; a group may enter in every cycle.
+    ``sat_events`` counts the saturations of both clamps on the lanes set in ``lane_mask``
     (the real output channels; the padded lanes of the last tile do not count), as
-    :class:`slimnfu.fixed.SatCount` does; ``clear`` zeroes it.
+    :class:`slimnfu.fixed.SatCount` does, and includes a group's events from the cycle after
+    its ``out_valid``; ``clear`` zeroes it.
 
     The PWL table is ``PWL_SEGMENTS`` registers written through ``pwl`` (word layout of
     :func:`slimnfu.formats.layout.pack_pwl`: slope in bits ``[0, dw)``, intercept in
@@ -47,18 +54,27 @@ class NFU3(wiring.Component):
     acc : In(ArrayLayout(signed(acc), tn)); in_valid : In(1); lane_mask : In(tn)
         A finished output group from NFU-2, in the cycle ``in_valid`` is high.
     shift, act, seg_shift : In
-        The layer's requantisation shift, activation and PWL segment width.
+        The layer's requantisation shift, activation and PWL segment width (constant while
+        a layer runs).
     pwl : In(LoadSignature(addr_width=4, data_width=3*dw))
         A PWL table write: segment ``addr`` takes ``data`` at the clock edge.
     clear : In(1)
         Zero ``sat_events`` (a new layer).
     out : Out(ArrayLayout(signed(dw), tn)); out_valid : Out(1)
-        The activated outputs, ``LATENCY`` cycles after ``in_valid``.
+        The activated outputs, ``latency(cfg)`` cycles after ``in_valid``.
     sat_events : Out(32)
         Saturations so far.
     """
 
-    LATENCY = 2
+    #: Requantisation stages: shift, round, clamp.
+    REQUANT_STAGES = 3
+    #: Activation stages: segment, lookup, multiply, add, clamp.
+    ACT_STAGES = 5
+
+    @classmethod
+    def latency(cls, cfg):
+        """Cycles from ``in_valid`` to ``out_valid``: ``REQUANT_STAGES + ACT_STAGES``."""
+        return cls.REQUANT_STAGES + cls.ACT_STAGES
 
     def __init__(self, cfg):
         self.cfg = check_config(self, cfg)
@@ -88,54 +104,74 @@ class NFU3(wiring.Component):
         with m.If(pwl.en):
             m.d.sync += [slopes[pwl.addr].eq(pwl.data[:dw]), icpts[pwl.addr].eq(pwl.data[dw:])]
 
-        # Stage 1: requantisation.
-        y = Signal(data.ArrayLayout(signed(dw), tn))
-        sat1 = Signal(tn)
-        mask1 = Signal(tn)
-        valid1 = Signal()
-        m.d.sync += [valid1.eq(self.in_valid), mask1.eq(self.lane_mask)]
-        shift_less_one = Signal.like(self.shift)
-        m.d.comb += shift_less_one.eq(self.shift - 1)
+        def reg(value, name):
+            r = Signal.like(value, name=name)
+            m.d.sync += r.eq(value)
+            return r
+
+        def delayed(value, stages, name):
+            for n in range(stages):
+                value = reg(value, f"{name}_{n + 1}")
+            return value
+
+        total = self.latency(cfg)
+        valid = delayed(self.in_valid, total, "valid")
+        mask = delayed(self.lane_mask, total, "mask")
+        m.d.comb += self.out_valid.eq(valid)
+        # The descriptor fields are constant while a layer runs: one register each, off the
+        # critical paths.
+        shift_zero = reg(self.shift == 0, "shift_zero")
+        shift_less_one = Signal.like(self.shift, name="shift_less_one")
+        m.d.sync += shift_less_one.eq(self.shift - 1)
+        seg_shift, act = reg(self.seg_shift, "seg_shift_r"), reg(self.act, "act_r")
+
+        def saturate(value):
+            """``(sat_dw(value), saturated)`` without a compare: a signed value fits ``dw``
+            bits exactly when its bits from bit ``dw-1`` up are all equal."""
+            top = value[dw - 1:]
+            fits = top.all() | ~top.any()
+            return Mux(fits, value[:dw], Mux(value[-1], qmin, qmax))[:dw].as_signed(), ~fits
+
+        sat1_all, sat2_all = [], []
         for j in range(tn):
             acc = self.acc[j]
-            half = Signal(signed(cfg.acc + 1), name=f"half{j}")
-            rounded = Signal(signed(cfg.acc + 1), name=f"rounded{j}")
-            m.d.comb += half.eq(acc >> shift_less_one)
-            m.d.comb += rounded.eq(Mux(self.shift == 0, acc, (half + 1) >> 1))
-            over, under = rounded > qmax, rounded < qmin
-            m.d.sync += [
-                y[j].eq(Mux(over, qmax, Mux(under, qmin, rounded))),
-                sat1[j].eq(over | under),
-            ]
-
-        # Stage 2: activation.
-        sat2 = Signal(tn)
-        is_pwl = self.act == Act.PWL
-        m.d.sync += self.out_valid.eq(valid1)
-        for j in range(tn):
-            yj = y[j]
-            seg_raw = Signal(signed(dw + 1), name=f"seg_raw{j}")
-            seg = Signal(unsigned(4), name=f"seg{j}")
-            m.d.comb += seg_raw.eq((yj >> self.seg_shift) + PWL_SEGMENTS // 2)
-            m.d.comb += seg.eq(Mux(seg_raw < 0, 0,
-                                   Mux(seg_raw > PWL_SEGMENTS - 1, PWL_SEGMENTS - 1, seg_raw)))
-            line = Signal(signed(2 * dw + 2), name=f"line{j}")
-            m.d.comb += line.eq((slopes[seg] * yj + icpts[seg] + (1 << (p - 1))) >> p)
-            over, under = line > qmax, line < qmin
-            pwl_out = Mux(over, qmax, Mux(under, qmin, line))
-            with m.Switch(self.act):
+            # Requantisation: shift, round, clamp.
+            half = reg(Mux(shift_zero, acc, acc >> shift_less_one), f"half{j}")
+            rounded = reg(Mux(shift_zero, half, (half + 1) >> 1), f"rounded{j}")
+            y_value, sat1_value = saturate(rounded)
+            y, sat1 = reg(y_value, f"y{j}"), reg(sat1_value, f"sat1_{j}")
+            # Activation: segment, lookup, multiply, add, clamp.
+            # clamp((y >> seg_shift) + 8, 0, 15) without an adder: q = y >> seg_shift is in
+            # [-8, 7] exactly when its bits from bit 3 up are all equal, and then q + 8 is
+            # q's low 4 bits with bit 3 flipped.
+            q = Signal(signed(dw), name=f"seg_q{j}")
+            m.d.comb += q.eq(y >> seg_shift)
+            q_top = q[3:]
+            q_in = q_top.all() | ~q_top.any()
+            seg = reg(Mux(q_in, Cat(q[:3], ~q[3]), Mux(q[-1], 0, PWL_SEGMENTS - 1)), f"seg{j}")
+            y2 = reg(y, f"y{j}_2")
+            slope, icpt = reg(slopes[seg], f"slope_r{j}"), reg(icpts[seg], f"icpt_r{j}")
+            y3 = reg(y2, f"y{j}_3")
+            product = reg(slope * y3, f"pwl_product{j}")
+            icpt4, y4 = reg(icpt, f"icpt_r{j}_4"), reg(y3, f"y{j}_4")
+            line = reg((product + icpt4 + (1 << (p - 1))) >> p, f"line{j}")
+            y5 = reg(y4, f"y{j}_5")
+            pwl_out, sat2_value = saturate(line)
+            with m.Switch(act):
                 with m.Case(Act.RELU):
-                    m.d.sync += self.out[j].eq(Mux(yj < 0, 0, yj))
+                    m.d.sync += self.out[j].eq(Mux(y5 < 0, 0, y5))
                 with m.Case(Act.PWL):
                     m.d.sync += self.out[j].eq(pwl_out)
                 with m.Default():
-                    m.d.sync += self.out[j].eq(yj)
-            m.d.comb += sat2[j].eq(is_pwl & (over | under))
+                    m.d.sync += self.out[j].eq(y5)
+            sat1_all.append(delayed(sat1, self.ACT_STAGES, f"sat1_{j}"))
+            sat2_all.append(reg((act == Act.PWL) & sat2_value, f"sat2_{j}"))
 
-        events = _popcount((sat1 & mask1)[j] for j in range(tn)) + \
-            _popcount((sat2 & mask1)[j] for j in range(tn))
+        # A group's saturations are counted in the cycle its outputs are on ``out``.
+        events = _popcount(sat1_all[j] & mask[j] for j in range(tn)) + \
+            _popcount(sat2_all[j] & mask[j] for j in range(tn))
         with m.If(self.clear):
             m.d.sync += self.sat_events.eq(0)
-        with m.Elif(valid1):
+        with m.Elif(valid):
             m.d.sync += self.sat_events.eq(self.sat_events + events)
         return m

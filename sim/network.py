@@ -46,7 +46,7 @@ def layer_schedule(program):
     for layer in program.layers:
         move = layer.move_cycles
         loads = sum(n for _, _, n in layer.loads) + 1
-        engine = layer.desc.nfu_cycles(cfg) + LayerEngine.LATENCY
+        engine = layer.desc.nfu_cycles(cfg) + LayerEngine.latency(cfg)
         run = t + move + loads
         out.append({"first": t, "run": run, "move": move, "loads": loads, "engine": engine,
                     "end": run + engine + 2})

@@ -269,7 +269,7 @@ def compare(case, raw, cfg, latency, sim):
 def run_regression(cfg, cases, sims=SIMS, waves=False, log=print, build_root=None):
     """Run ``cases`` on each simulator (one build and one simulation each, below
     ``build_root``, default :func:`slimnfu.paths.build_root`); return entries."""
-    latency = LayerEngine.LATENCY
+    latency = LayerEngine.latency(cfg)
     jobs = [case_job(case, cfg, latency) for case in cases]
     entries = []
     for sim in sims:

@@ -57,7 +57,7 @@ def check_jobs(cfg, layers):
         assert torch.equal(y, want), desc
         dense = desc.dense_cycles(cfg)
         assert counters["steps"] == dense, desc
-        assert counters["cycles"] == dense + LayerEngine.LATENCY, desc
+        assert counters["cycles"] == dense + LayerEngine.latency(cfg), desc
         assert counters["mults"] == (0 if desc.is_pool else dense * cfg.tn * cfg.ti), desc
         assert counters["sat_events"] == count.events, desc
     return results
@@ -138,18 +138,44 @@ def test_tiny_verilog_converts_and_compiles(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
-#: Each feature set's layers with their engine cycle counts written out: steps + 18. The
-#: LATENCY constants are pinned here by number, so changing one is a deliberate edit.
+#: Each feature set's layers with their engine cycle counts written out on ``PINNED_CFG``
+#: (``tiny``, ti = 4): steps + 29. The latency is pinned here by number, so changing the
+#: pipeline is a deliberate edit.
 PINNED_LAYERS = {
-    "dense": [(LayerDesc("conv", 2, 3, 4, 4, k=3, shift=12), 2 * 2 * 9 + 18),
-              (LayerDesc("maxpool", 4, 4, 4, 4, k=2, stride=2), 2 * 2 * 4 + 18)],
+    "dense": [(LayerDesc("conv", 2, 3, 4, 4, k=3, shift=12), 2 * 2 * 9 + 29),
+              (LayerDesc("maxpool", 4, 4, 4, 4, k=2, stride=2), 2 * 2 * 4 + 29)],
     # 4 groups of max(ikr_n, k) = 4 cycles, plus the last group's ikr_n steps
-    "ikr": [(PassDesc(LayerDesc("conv", 2, 3, 4, 4, k=3, shift=12), ikr_n=4), 4 * 4 + 4 + 18)],
+    "ikr": [(PassDesc(LayerDesc("conv", 2, 3, 4, 4, k=3, shift=12), ikr_n=4), 4 * 4 + 4 + 29)],
     # 5 inputs: 2 input tiles of one output tile
-    "perm": [(PassDesc(LayerDesc("fc", 5, 3), perm="affine"), 2 + 18)],
+    "perm": [(PassDesc(LayerDesc("fc", 5, 3), perm="affine"), 2 + 29)],
     "kgate": [(PassDesc(LayerDesc("conv", 2, 3, 4, 4, k=3, shift=12), lane_k=(1, 3, 1)),
-               2 * 2 * 9 + 18)],
+               2 * 2 * 9 + 29)],
 }
+
+#: Per config: (LayerEngine.latency, NFU1, NFU2, NFU3 latencies, NFU-2's adder tree stages
+#: and accumulator chunks). The tree has ceil(log2 ti) levels, registered every two: ti = 1
+#: none, 2..4 one, 8..16 two; the accumulator adds 24 bits a stage: acc 48 two, 24 one.
+PINNED_LATENCIES = {
+    "tiny": (29, 2, 3, 8, 1, 2),
+    "small": (30, 2, 4, 8, 2, 2),
+    "diannao": (30, 2, 4, 8, 2, 2),
+    "t2": (29, 2, 3, 8, 1, 2),
+    "t1": (27, 2, 1, 8, 0, 1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_LATENCIES))
+def test_latency_per_config_pinned(name):
+    """The pipeline depth follows the config: the engine's latency and its parts by number."""
+    cfg = {"t2": T2, "t1": AccelConfig("t1", tn=1, ti=1, dw=8, acc=24)}.get(name)
+    cfg = cfg or get_config(name)
+    got = (LayerEngine.latency(cfg), NFU1.latency(cfg), NFU2.latency(cfg), NFU3.latency(cfg),
+           NFU2.tree_stages(cfg), NFU2.acc_chunks(cfg))
+    assert got == PINNED_LATENCIES[name]
+    assert LayerEngine.latency(cfg) == LayerEngine.FIRST_STEP + LayerEngine.write_delay(cfg)
+    # a feature adds no stage
+    for feature in ("ikr", "perm", "kgate"):
+        assert LayerEngine.latency(cfg.with_(**{feature: True})) == got[0]
 
 
 def pinned_case(desc, cfg, seed):
@@ -169,12 +195,11 @@ def pinned_case(desc, cfg, seed):
 def test_latencies_pinned(features):
     """The pipeline constants by number, and the cycles each feature set's engine takes for
     a dense and a pooling layer and for the layers of its features."""
-    assert LayerEngine.LATENCY == 18
     assert LoopNest.SETUP_CYCLES == Sequencer.SETUP_CYCLES == IkrSequencer.SETUP_CYCLES == 12
-    assert (NFU1.LATENCY, NFU2.LATENCY, NFU3.LATENCY) == (1, 1, 2)
     params = {"ikr": {"kmax": 3, "index_depth": 8}, "perm": {"depth": 64}, "kgate": True}
     cfg = get_config("tiny").with_(nbin_depth=64, sb_depth=64, nbout_depth=64, bias_depth=8,
                                    **{f: params[f] for f in features})
+    assert LayerEngine.latency(cfg) == 29
     layers = [l for f in ("dense",) + features for l in PINNED_LAYERS[f]]
     jobs = [(case_job(pinned_case(desc, cfg, seed), cfg, 0), cycles)
             for seed, (desc, cycles) in enumerate(layers)]

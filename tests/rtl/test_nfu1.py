@@ -19,24 +19,32 @@ def test_products_exact_including_most_negative():
         cases.append(([rng.randint(lo, hi) for _ in range(cfg.ti)],
                       [rng.randint(lo, hi) for _ in range(cfg.tn * cfg.ti)]))
 
+    lat = NFU1.latency(cfg)
+    assert lat == 2
+
     async def bench(ctx):
+        # back to back: the products of case n appear ``lat`` cycles after its operands
         ctx.set(dut.en, 1)
-        for x, w in cases:
-            for i, v in enumerate(x):
-                ctx.set(dut.neurons[i], v)
-            for lane, v in enumerate(w):
-                ctx.set(dut.synapses[lane], v)
+        for n in range(len(cases) + lat):
+            if n < len(cases):
+                x, w = cases[n]
+                for i, v in enumerate(x):
+                    ctx.set(dut.neurons[i], v)
+                for lane, v in enumerate(w):
+                    ctx.set(dut.synapses[lane], v)
             await ctx.tick()
-            for j in range(cfg.tn):
-                for i in range(cfg.ti):
-                    lane = j * cfg.ti + i
-                    assert ctx.get(dut.products[lane]) == x[i] * w[lane]
-        assert ctx.get(dut.products[0]) == x[0] * w[0]
+            if n + 1 >= lat:
+                x, w = cases[min(n + 1 - lat, len(cases) - 1)]
+                for j in range(cfg.tn):
+                    for i in range(cfg.ti):
+                        lane = j * cfg.ti + i
+                        assert ctx.get(dut.products[lane]) == x[i] * w[lane]
         # en low: the products hold (operand isolation).
         ctx.set(dut.en, 0)
         ctx.set(dut.neurons[0], 7)
-        await ctx.tick()
-        assert ctx.get(dut.products[0]) == x[0] * w[0]
+        for _ in range(lat + 1):
+            await ctx.tick()
+            assert ctx.get(dut.products[0]) == x[0] * w[0]
 
     simulate(dut, bench)
     assert (-32768) * (-32768) == 1 << 30  # the case above, on dw=16

@@ -4,13 +4,14 @@ import pytest
 
 from slimnfu.config import AccelConfig, get_config
 from slimnfu.contract import Mode
-from slimnfu.rtl.nfu2 import NFU2, adder_tree
+from slimnfu.rtl.nfu2 import NFU2, adder_tree, tree_levels
 from slimnfu.sim.amaranth_driver import simulate
 
 CFG = AccelConfig("t2", tn=2, ti=2, dw=8, acc=20)
 
 
 async def step(ctx, dut, products=None, neurons=None, bias=None, first=0, last=0):
+    """Put one step on the inputs for one cycle (a step may follow in the next cycle)."""
     cfg = dut.cfg
     ctx.set(dut.valid, 1)
     ctx.set(dut.first, first)
@@ -37,16 +38,29 @@ def test_mac_sums_with_bias_and_back_to_back_groups(cfg):
                   for _ in range(cfg.tn * cfg.ti)] for _ in range(length)]
         groups.append((bias, prods))
 
+    lat = NFU2.latency(cfg)
+    # one tree stage; acc 20 is added in one stage, acc 48 in two
+    assert lat == {"t2": 2, "tiny": 3}[cfg.name]
+    steps = [(bias, p, n == 0, n == len(prods) - 1)
+             for bias, prods in groups for n, p in enumerate(prods)]
+    wants = [[bias[j] + sum(p[j * cfg.ti + i] for p in prods for i in range(cfg.ti))
+              for j in range(cfg.tn)] for bias, prods in groups]
+
     async def bench(ctx):
+        # groups back to back, no idle cycle between them
         ctx.set(dut.mode, Mode.MAC)
-        for bias, prods in groups:
-            for n, p in enumerate(prods):
-                await step(ctx, dut, products=p, bias=bias, first=n == 0,
-                           last=n == len(prods) - 1)
-                assert ctx.get(dut.out_valid) == (n == len(prods) - 1)
-            for j in range(cfg.tn):
-                want = bias[j] + sum(p[j * cfg.ti + i] for p in prods for i in range(cfg.ti))
-                assert ctx.get(dut.acc[j]) == want
+        got = []
+        for n in range(len(steps) + lat):
+            if n < len(steps):
+                bias, p, first, last = steps[n]
+                await step(ctx, dut, products=p, bias=bias, first=first, last=last)
+            else:
+                await ctx.tick()
+            if ctx.get(dut.out_valid):
+                got.append([ctx.get(dut.acc[j]) for j in range(cfg.tn)])
+                # lat cycles after the group's last step
+                assert steps[n + 1 - lat][3]
+        assert got == wants
 
     simulate(dut, bench)
 
@@ -64,12 +78,43 @@ def test_max_and_sum_pooling():
                 # products and bias must be ignored in pooling
                 await step(ctx, dut, neurons=x, products=[99] * 16, bias=[5] * 4,
                            first=n == 0, last=n == len(window) - 1)
+            for _ in range(NFU2.latency(cfg) - 1):
+                await ctx.tick()
+            assert ctx.get(dut.out_valid)
             for j in range(cfg.tn):
                 col = [x[j] for x in window]
                 want = max(col) if mode == Mode.MAXPOOL else sum(col)
                 assert ctx.get(dut.acc[j]) == want
 
     simulate(dut, bench)
+
+
+@pytest.mark.parametrize("n, levels_per_stage, stages", [(1, 2, 0), (2, 2, 1), (4, 2, 1),
+                                                         (5, 2, 2), (16, 2, 2), (8, 1, 3)])
+def test_pipelined_adder_tree(n, levels_per_stage, stages):
+    """The registered tree sums exactly, ``ceil(ceil(log2 n) / levels_per_stage)`` cycles
+    after its inputs, one sum per cycle."""
+    from amaranth.hdl import Module, Signal, signed
+    rng = random.Random(n)
+    rows = [[rng.randint(-1000, 1000) for _ in range(n)] for _ in range(6)]
+    ins = [Signal(signed(12), name=f"x{i}") for i in range(n)]
+    m = Module()
+    out = Signal(signed(16))
+    m.d.comb += out.eq(adder_tree(ins, m, levels_per_stage))
+    ticks = Signal(8)
+    m.d.sync += ticks.eq(ticks + 1)  # a sync domain even when the tree has no register
+    assert tree_levels(n) == (n - 1).bit_length()
+
+    async def bench(ctx):
+        for t in range(len(rows) + stages):
+            if t < len(rows):
+                for sig, v in zip(ins, rows[t]):
+                    ctx.set(sig, v)
+            if t >= stages:
+                assert ctx.get(out) == sum(rows[t - stages])
+            await ctx.tick()
+
+    simulate(m, bench)
 
 
 def test_adder_tree_rejects_empty():

@@ -31,7 +31,8 @@ def run_nfu3(cfg, accs, shift, act="none", table=None, masks=None):
         ctx.set(dut.clear, 1)
         await ctx.tick()
         ctx.set(dut.clear, 0)
-        for row, mask in zip(accs + [None] * NFU3.LATENCY, masks + [0] * NFU3.LATENCY):
+        lat = NFU3.latency(cfg)
+        for row, mask in zip(accs + [None] * lat, masks + [0] * lat):
             ctx.set(dut.in_valid, row is not None)
             for j, v in enumerate(row or [0] * cfg.tn):
                 ctx.set(dut.acc[j], v)

@@ -71,7 +71,7 @@ def test_perm_fc_bit_exact_and_full_rate():
                  dense_want))
     for (desc, *_, want), (y, counters) in zip(jobs, _run(jobs)):
         assert torch.equal(y, want), desc
-        assert counters["cycles"] == desc.dense_cycles(CFG) + LayerEngine.LATENCY
+        assert counters["cycles"] == desc.dense_cycles(CFG) + LayerEngine.latency(CFG)
 
 
 def test_components_refuse_perm_off():

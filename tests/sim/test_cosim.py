@@ -8,6 +8,7 @@ import torch
 
 from slimnfu.cli import main
 from slimnfu.config import LayerDesc, get_config
+from slimnfu.rtl.engine import LayerEngine
 from slimnfu.sim.cases import case_job, make_case
 from slimnfu.sim.regression import regression_cases
 from slimnfu.sim.runner import compare
@@ -204,19 +205,20 @@ def test_untouched_words_and_the_placement_check():
     assert spans[4:8] == [[13, full], [14, full], [15, full], [16, full]]
     assert spans[8:] == [[a, cfg.dw] for a in range(5, 9)]
     case = make_case("placed", desc, cfg, seed=2)
-    job = case_job(case, cfg, 18)
+    latency = LayerEngine.latency(cfg)
+    job = case_job(case, cfg, latency)
     assert job["nbout_base"] == 5 and job["untouched"] == spans
     assert job["expect"]["lane_masks"][0] == ((1 << full) - 1) ^ ((1 << cfg.dw) - 1)
     y = case.expected.clone()
     y[0] += 7  # the skipped lane holds what another pass wrote: not compared
-    counters = {"cycles": case.desc.dense_cycles(cfg) + 18,
+    counters = {"cycles": case.desc.dense_cycles(cfg) + latency,
                 "steps": case.desc.dense_cycles(cfg),
                 "mults": case.desc.dense_cycles(cfg) * 16, "sat_events": case.expected_sat,
                 "gated": 0}
     raw = {"words": layout.pack_output(y, cfg), "counters": counters, "clobbered": []}
-    assert compare(case, raw, cfg, 18, "icarus")["passed"]
+    assert compare(case, raw, cfg, latency, "icarus")["passed"]
     entry = compare(case, {**raw, "clobbered": [3], "tb_verdict": "1 NBout words outside "
-                           "the pass changed"}, cfg, 18, "icarus")
+                           "the pass changed"}, cfg, latency, "icarus")
     assert not entry["passed"] and "outside the pass changed: [3]" in entry["error"]
 
 

@@ -74,10 +74,10 @@ def test_configs_are_drawn_within_the_brief():
 def _stand_in(true_requant, monkeypatch):
     """A simulator stand-in that computes what the contract says (with the real requant),
     returning what the testbench would: words, counters and its verdict."""
-    latency = LayerEngine.LATENCY
     runs = []
 
     def run_batch(cfg, cases, sim):
+        latency = LayerEngine.latency(cfg)
         runs.append(len(cases))
         entries = []
         for case in cases:
