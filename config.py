@@ -150,7 +150,8 @@ class AccelConfig:
     ikr : IkrParams or None
         The IKR pattern-index decoder (:mod:`slimnfu.rtl.ikr_unit`). None (the default): the
         engine is exactly the dense engine; on, conv passes with ``PassDesc.ikr_n > 0`` take
-        ``max(n, k)`` cycles per kernel group instead of ``k*k``.
+        ``max(n, k)`` cycles per kernel group instead of ``k*k`` (``max(n, stride)`` when the
+        window slides, :meth:`PassDesc.ikr_cycles`).
     perm : PermParams or None
         The permuted-feature FC path (method C, :mod:`slimnfu.rtl.perm_addr`): the
         common-sequence memory, the per-lane permutation address generators and the
@@ -654,14 +655,30 @@ class PassDesc:
         """Analytic NFU cycle count of an IKR conv pass (``ikr_n > 0``) on the IKR engine.
 
         Each kernel group (one output pixel, one output tile, one input tile) takes
-        ``G = max(ikr_n, k)`` cycles: ``ikr_n`` compute steps, while the next group's KxK
-        window fills one column (k pixels, k NBin read ports) per cycle. One extra slot fills
-        the first window, and the last slot ends after its ``ikr_n`` steps:
-        ``groups * G + ikr_n``.
+        ``max(ikr_n, cols)`` cycles: ``ikr_n`` compute steps, while the next group's window
+        fills ``cols`` columns (k pixels, k NBin read ports) one per cycle. ``cols = k``,
+        except with a single input tile (``n_in <= ti``), where the window of every output
+        pixel but the first of each row slides from the previous one and fills only
+        ``min(stride, k)`` new columns. One extra slot fills the first window, and the last
+        slot ends after its ``ikr_n`` steps::
+
+            ci > 1:  groups * max(n, k) + n
+            ci = 1:  co * h_out * (max(n, k) + (w_out - 1) * max(n, min(stride, k))) + n
         """
         ci, co = self.tiles(cfg)
-        groups = self.h_out * self.w_out * co * ci
-        return groups * max(self.ikr_n, self.layer.k) + self.ikr_n
+        return self.ikr_slot_cycles(cfg, self.h_out * self.w_out * co * ci) + self.ikr_n
+
+    def ikr_slot_cycles(self, cfg, slots):
+        """Cycles of an IKR pass's first ``slots`` slots (slot ``q`` fills kernel group ``q``,
+        in DianNao's order, and computes group ``q - 1``); see :meth:`ikr_cycles`."""
+        ci, _ = self.tiles(cfg)
+        n, k = self.ikr_n, self.layer.k
+        if ci > 1:
+            return slots * max(n, k)
+        rows, ox = divmod(slots, self.w_out)
+        slide = max(n, min(self.layer.stride, k))
+        row = max(n, k) + (self.w_out - 1) * slide
+        return rows * row + (max(n, k) + (ox - 1) * slide if ox else 0)
 
     def nfu_cycles(self, cfg):
         """The NFU cycles of the pass: :meth:`ikr_cycles` for an IKR pass, else

@@ -4,7 +4,8 @@ Stored per layer: the kept values (``n`` SB words per tile pair instead of ``k*k
 ``ceil(log2 P)``-bit pattern index per kernel (the IKR index memory, one word per tile pair),
 the pattern table (``n`` words, each the ``s``-th tap of all ``P`` slots as
 ``ky*ikr_kmax + kx``), the biases and the PWL table. It needs ``cfg.ikr`` (the pattern
-decoder of :mod:`slimnfu.rtl.ikr_unit`), which runs a kernel group in ``max(n, k)`` cycles.
+decoder of :mod:`slimnfu.rtl.ikr_unit`), which runs a kernel group in ``max(n, k)`` cycles, or
+``max(n, stride)`` while the window slides (one input tile; ``PassDesc.ikr_cycles``).
 """
 
 import math

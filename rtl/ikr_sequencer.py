@@ -1,4 +1,4 @@
-"""The IKR sequencer: one kernel group per slot of ``max(n, k)`` cycles, window fill overlapped."""
+"""The IKR sequencer: one kernel group per slot of ``max(n, cols)`` cycles, window fill overlapped."""
 
 from amaranth.hdl import Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
@@ -13,25 +13,31 @@ __all__ = ["IkrSequencer"]
 
 
 class IkrSequencer(wiring.Component):
-    """Walk an IKR conv layer (``desc.ikr_n = n > 0``) in slots of ``G = max(n, k)`` cycles.
+    """Walk an IKR conv layer (``desc.ikr_n = n > 0``) in slots of ``G = max(n, cols)`` cycles.
 
     The groups (one output pixel of one output tile for one input tile: the windows of
     :class:`slimnfu.rtl.loop_nest.LoopNest`) come in DianNao's order ``o, oy, ox, t``, as in
     :class:`slimnfu.rtl.sequencer.Sequencer`. Slot ``q`` does two things at once:
 
-    * **fill** group ``q``'s KxK input window: in slot cycle ``c < k`` it reads column ``c``
-      of the window, the ``k`` pixels ``(t, iy0 + r, ix0 + c)`` for ``r < k``, through
-      ``k`` NBin read ports (``fill_addr[r]``, ``fill_en[r]``; ``window.fill_pad[r]`` marks a
-      padding position, read as zero). The data arrive one cycle later, at
-      :class:`slimnfu.rtl.pattern_decoder.PatternDecoder`, which holds two window registers;
+    * **fill** ``cols`` columns of group ``q``'s KxK input window in the last ``cols`` cycles
+      of the slot, left to right: slot cycle ``c >= G - cols`` reads window column
+      ``k - G + c``, the ``k`` pixels ``(t, iy0 + r, ix0 + k - G + c)`` for ``r < k``,
+      through ``k`` NBin read ports (``fill_addr[r]``, ``fill_en[r]``;
+      ``window.fill_pad[r]`` marks a padding position, read as zero). ``cols = k``, except
+      with one input tile (``ci_tiles = 1``) for every output pixel but the first of its row:
+      the window then slides from the previous group's, and only its last
+      ``cols = min(stride, k)`` columns are new. The data arrive one cycle later, at
+      :class:`slimnfu.rtl.pattern_decoder.PatternDecoder`, whose window registers shift one
+      column left per arrival; column ``k - 1``, read in the slot's last cycle, arrives with
+      the next slot's ``swap``;
     * **compute** group ``q - 1``: in slot cycle ``c < n`` it issues step ``c``
       (``step.valid``): SB word ``(o*ci_tiles + t)*n + c``, pattern-table word
       ``window.step = c`` and IKR index word ``window.idx_addr = o*ci_tiles + t``.
       ``window.swap`` (slot cycle 0) moves the filled window into the compute window.
 
     Slot 0 only fills; the layer ends after the ``n`` steps of the last group, so the NFU
-    cycle count is ``groups * G + n`` (:meth:`slimnfu.config.LayerDesc.ikr_cycles`), against
-    ``groups * k * k`` dense. The steps (a :class:`StepSignature` without features: padding is
+    cycle count is the sum of the slots plus ``n`` (:meth:`slimnfu.config.PassDesc.ikr_cycles`:
+    ``groups * max(n, k) + n`` with several input tiles), against ``groups * k * k`` dense. The steps (a :class:`StepSignature` without features: padding is
     resolved in the window fill) mean what the dense sequencer's do, so the engine's NFU-1/2/3
     pipeline is shared. The setup is the loop nest's, :attr:`SETUP_CYCLES` as in the dense
     sequencer, so the engine's ``latency(cfg)`` holds for both. The descriptor's ``koff``,
@@ -74,7 +80,19 @@ class IkrSequencer(wiring.Component):
         starting = self.run.start & ~self.run.busy
 
         slot = Signal(range(kmax * kmax + 1))
-        g_last = Signal(range(kmax * kmax + 1))
+        # A slot fills ``cols`` window columns and lasts ``max(n, cols)`` cycles: ``k``
+        # columns, or with a single input tile the ``min(stride, k)`` the window slides by
+        # from the previous output pixel of the same row (the others are already in the
+        # decoder's shift register).
+        g_full, g_slide = Signal.like(slot), Signal.like(slot)
+        new_cols = Signal(range(kmax + 1))
+        slide = Signal()
+        g_last, cols = Signal.like(slot), Signal.like(new_cols)
+        m.d.comb += [
+            slide.eq((d.ci_tiles == 1) & (nest.ix != -d.pad)),
+            g_last.eq(Mux(slide, g_slide, g_full)),
+            cols.eq(Mux(slide, new_cols, d.k)),
+        ]
         at_boundary = slot == g_last
         # The fill walker (the loop nest) moves on at each slot boundary; the layer ends
         # after the last group's compute steps.
@@ -92,6 +110,11 @@ class IkrSequencer(wiring.Component):
         c_o, c_nbout, c_mask = Signal.like(nest.o), Signal.like(nest.nbout), Signal(cfg.tn)
         c_first, c_last, c_end = Signal(), Signal(), Signal()
 
+        # The fill takes the slot's last ``cols`` cycles, left to right: the window column
+        # read in this cycle is ``k - 1 - rem``, column ``k - 1`` in the slot's last cycle.
+        rem, col = Signal.like(slot), Signal.like(slot)
+        m.d.comb += [rem.eq(g_last - slot), col.eq(d.k - 1 - rem)]
+
         computing = nest.running & cv & (slot < n)
         m.d.comb += [
             step.valid.eq(computing),
@@ -105,11 +128,11 @@ class IkrSequencer(wiring.Component):
             win.step.eq(slot),
             win.idx_addr.eq(c_idx),
             win.swap.eq(nest.running & (slot == 0)),
-            win.fill_valid.eq(nest.running & fill_active & (slot < d.k)),
-            win.fill_col.eq(slot),
+            win.fill_valid.eq(nest.running & fill_active & (rem < cols)),
+            win.tap_offset.eq(kmax - d.k),
         ]
         ix = Signal.like(nest.ix)
-        m.d.comb += ix.eq(nest.ix + slot)
+        m.d.comb += ix.eq(nest.ix + col)
         for r in range(kmax):
             iy = Signal.like(nest.iy, name=f"iy{r}")
             m.d.comb += [
@@ -121,8 +144,10 @@ class IkrSequencer(wiring.Component):
 
         with m.If(starting):
             desc = self.run.desc
-            m.d.sync += [fill_active.eq(1), cv.eq(0), slot.eq(0),
-                         g_last.eq(Mux(desc.ikr_n > desc.k, desc.ikr_n, desc.k) - 1)]
+            slide_cols = Mux(desc.stride < desc.k, desc.stride, desc.k)
+            m.d.sync += [fill_active.eq(1), cv.eq(0), slot.eq(0), new_cols.eq(slide_cols),
+                         g_full.eq(Mux(desc.ikr_n > desc.k, desc.ikr_n, desc.k) - 1),
+                         g_slide.eq(Mux(desc.ikr_n > slide_cols, desc.ikr_n, slide_cols) - 1)]
         with m.Elif(nest.running):
             with m.If(~at_boundary):
                 m.d.sync += slot.eq(slot + 1)

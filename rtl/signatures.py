@@ -238,13 +238,17 @@ class LoadSignature(_ParamSignature):
 class WindowSignature(_ParamSignature):
     """The IKR sequencer's control of the pattern decoder, cycle by cycle.
 
-    In a slot of ``G = max(n, k)`` cycles, slot cycle ``c``:
+    In a slot of ``G = max(n, cols)`` cycles (:class:`slimnfu.rtl.ikr_sequencer.IkrSequencer`),
+    slot cycle ``c``:
 
-    * ``fill_valid`` (``c < k``): column ``fill_col = c`` of the next group's window is read
-      from NBin in this cycle, row ``r`` as padding when ``fill_pad[r]``; the decoder takes the
-      data one cycle later;
-    * ``swap`` (``c == 0``): the filled window becomes the compute window at the clock edge
-      (a column arriving in this cycle included);
+    * ``fill_valid`` (the slot's last ``cols`` cycles, ``cols = k``, or the columns the window
+      slides by): column ``k - G + c`` of the next group's window is read from NBin in this
+      cycle (left to right), row ``r`` as padding when ``fill_pad[r]``; the decoder shifts the
+      data into its window one cycle later;
+    * ``swap`` (``c == 0``): the filled window becomes the compute window at the clock edge,
+      with column ``k - 1``, arriving in this cycle, shifted in;
+    * ``tap_offset`` (constant while a layer runs): ``kmax - k``, the register column of the
+      window's column 0;
     * ``step`` and ``idx_addr``: the pattern-table word (the step ``c`` of the group being
       computed) and the IKR index word (its ``(o, t)`` tile pair), read in this cycle.
 
@@ -258,8 +262,8 @@ class WindowSignature(_ParamSignature):
     Members
     -------
     swap, fill_valid : Out(1)
-    fill_col : Out(bits_for(kmax - 1))
     fill_pad : Out(kmax)
+    tap_offset : Out(bits_for(kmax - 1))
     step : Out(bits_for(kmax**2 - 1))
     idx_addr : Out(index_addr_width)
     """
@@ -272,8 +276,8 @@ class WindowSignature(_ParamSignature):
         super().__init__({
             "swap": Out(1),
             "fill_valid": Out(1),
-            "fill_col": Out(bits_for(kmax - 1)),
             "fill_pad": Out(kmax),
+            "tap_offset": Out(bits_for(kmax - 1)),
             "step": Out(bits_for(kmax * kmax - 1)),
             "idx_addr": Out(index_addr_width),
         }, kmax=kmax, index_addr_width=index_addr_width)

@@ -43,17 +43,16 @@ def write_cycle(desc, cfg, o, oy, ox):
 
     Groups are walked in DianNao's order (``o``, ``oy``, ``ox``; then input tiles and taps):
     a dense pass spends ``ci_tiles*k*k`` steps a group (pooling: ``k*k``), from cycle
-    ``LayerEngine.FIRST_STEP`` on; an IKR pass ``max(n, k)`` cycles a kernel group (one per
-    input tile), after one slot that only fills the first window, and its output is written
-    after the last input tile's ``n`` steps. A step issued in cycle ``S`` writes in
-    ``S + LayerEngine.write_delay(cfg)``.
+    ``LayerEngine.FIRST_STEP`` on; an IKR pass a slot a kernel group (one per input tile,
+    :meth:`slimnfu.config.PassDesc.ikr_slot_cycles`), after one slot that only fills the first
+    window, and its output is written after the last input tile's ``n`` steps. A step issued
+    in cycle ``S`` writes in ``S + LayerEngine.write_delay(cfg)``.
     """
     ci, _ = desc.tiles(cfg)
     g = (o * desc.h_out + oy) * desc.w_out + ox
     k = desc.layer.k
     if desc.ikr_n:
-        slot = max(desc.ikr_n, k)
-        last = LayerEngine.FIRST_STEP + (g * ci + ci) * slot + desc.ikr_n - 1
+        last = LayerEngine.FIRST_STEP + desc.ikr_slot_cycles(cfg, g * ci + ci) + desc.ikr_n - 1
     else:
         last = LayerEngine.FIRST_STEP + (g + 1) * ci * k * k - 1
     return last + LayerEngine.write_delay(cfg)

@@ -125,3 +125,24 @@ def test_ikr_blocks_refuse_ikr_off(cls):
     with pytest.raises(ValueError, match=f"^{cls.__name__} needs a config with ikr=True; "
                                          f"'tiny' has ikr=False$"):
         cls(CONFIGS["tiny"])
+
+
+@pytest.mark.parametrize("stride, cycles", [(1, 6 * (3 + 5 * 1) + 1), (2, 3 * (3 + 2 * 2) + 1)])
+def test_single_input_tile_window_slides(stride, cycles):
+    """One input tile at n = 1: every output pixel but the first of its row reads only the
+    ``stride`` new window columns, so it takes ``stride`` cycles, not ``k``."""
+    run = PassDesc(LayerDesc("conv", CFG.ti, 3, 6, 6, k=3, stride=stride, pad=1, shift=14),
+                   ikr_n=1)
+    assert run.tiles(CFG) == (1, 1) and run.ikr_cycles(CFG) == cycles
+    ops = random_ikr_layer(run, 3, 5 + stride, CFG)
+    dut = LayerEngine(CFG)
+    got = []
+
+    async def bench(ctx):
+        got.append(await run_ikr(ctx, EngineDriver(dut), run, *ops))
+
+    simulate(dut, bench)
+    (y, counters), = got
+    x, w, b = ops[:3]
+    assert torch.equal(y, fixed.run_layer(run, x.unsqueeze(0), w, b, CFG.dw)[0])
+    assert counters["cycles"] == cycles + LayerEngine.LATENCY

@@ -82,7 +82,7 @@ def test_window_and_run_signatures():
     win = WindowSignature.for_config(cfg)
     assert win == WindowSignature(kmax=3, index_addr_width=4)
     assert {n: m.shape for n, m in win.members.items()} == {
-        "swap": 1, "fill_valid": 1, "fill_col": 2, "fill_pad": 3, "step": 4, "idx_addr": 4}
+        "swap": 1, "fill_valid": 1, "fill_pad": 3, "tap_offset": 2, "step": 4, "idx_addr": 4}
     with pytest.raises(ValueError, match="^kmax must be a positive integer, not 0$"):
         WindowSignature(kmax=0, index_addr_width=4)
     run = RunSignature.for_config(TINY)
