@@ -1,5 +1,15 @@
 """``slimnfu bench permfc``: permuted-feature FC compression (method C), measured end to end.
 
+Default: the Pareto sweep (:func:`pareto_sweep`): per network (LeNet-300-100, LeNet-5 fc1, the
+VGG head) accuracy against FC bits over the group count ``G`` of the grouped generated
+permutations (:data:`SWEEP`), in both families (``perm_affine``: affine, ``perm_quadratic``:
+quadratic), with HashedNets and magnitude pruning at each point's bits; every method is
+initialised from the dense layer and trained with early stopping on the validation split
+under the same epoch budget. Rows :data:`PARETO_KEYS` (and more), the table, and the plot
+``permfc_pareto.png`` beside the report (``build/bench/permfc_pareto.png``).
+
+``--variants``: the earlier comparison of the one-sequence variants, below.
+
 For each network (LeNet-300-100 and LeNet-5 on MNIST, the FC head of the VGG-style network on
 Fashion-MNIST) the trained dense model (checkpoint cache) is the base. Its FC layers (all but
 the classifier, unless ``--compress-classifier``) are compressed by
@@ -67,6 +77,9 @@ def add_arguments(parser):
     parser.add_argument("--points", nargs="+", metavar="G1,G2",
                         help="group counts of the sweep points, one per compressed module "
                              "(default: SWEEP's per network)")
+    parser.add_argument("--quick", action="store_true",
+                        help="sweep: only the point near 20x fewer FC bits (10x on VGG) per "
+                             "network (QUICK)")
     parser.add_argument("--max-epochs", type=int, default=30,
                         help="sweep: epoch budget of every method (default 30)")
     parser.add_argument("--patience", type=int, default=3,
@@ -352,6 +365,8 @@ SWEEP = {
     "lenet5": {"layers": (5,), "groups": ((1,), (4,), (16,), (32,))},
     "vgg_fmnist": {"layers": (11,), "groups": ((4,), (24,))},
 }
+#: The points of ``--quick``: the one near 20x (10x on the VGG head) fewer FC bits per network.
+QUICK = {"lenet300": ((10, 4),), "lenet5": ((16,),), "vgg_fmnist": ((24,),)}
 #: Rows of the sweep, in this order (``pareto_rows``).
 PARETO_KEYS = ("network", "method", "groups", "family", "epochs", "acc_float", "acc_int",
                "bits_dense", "bits", "fc_bits_dense", "fc_bits")
@@ -434,6 +449,8 @@ def pareto_sweep(networks=NETWORKS, methods=SWEEP_METHODS, points=None, max_epoc
     Bits are counted by :mod:`slimnfu.formats.accounting` (baselines: their storage in place
     of the dense weights, as in :func:`run`).
 
+    ``points`` maps a network to its list of group tuples (default :data:`SWEEP`'s).
+
     Returns
     -------
     list of dict
@@ -486,7 +503,7 @@ def pareto_sweep(networks=NETWORKS, methods=SWEEP_METHODS, points=None, max_epoc
                      "acc_int": accuracy(logits, y_test), "bits": dense["bits"],
                      "fc_bits": fc_dense})
         log(f"{name} dense: int {rows[-1]['acc_int']:.2f}% fc bits {fc_dense:,}")
-        for groups in points or spec["groups"]:
+        for groups in (points or {}).get(name, spec["groups"]):
             for method in methods:
                 start = time.perf_counter()
                 h, storage = _sweep_model(head, method, hl, groups, dw, seed, candidates)
@@ -579,8 +596,10 @@ def main(args):
                       args.seed, progress=True, base_epochs=base_epochs)
         table = markdown_table(rows)
     else:
-        points = [tuple(int(g) for g in p.split(",")) for p in args.points] if args.points \
-            else None
+        points = QUICK if args.quick else None
+        if args.points:
+            points = {n: [tuple(int(g) for g in p.split(",")) for p in args.points]
+                      for n in args.networks}
         rows = pareto_sweep(args.networks, args.sweep_methods, points, args.max_epochs,
                             args.patience, args.lr, args.sweep_subset, args.calib,
                             args.test_limit, args.candidates, args.seed, progress=False,

@@ -15,9 +15,16 @@ permutation per row: ``W[j, i] = s[pi_j(i)]``. Two variants, side by side:
     ``2*ceil(log2 N)`` bits per row. The engine's address generators expand them on the fly
     (:mod:`slimnfu.rtl.perm_addr`).
 
+    The sharing knob: ``groups=G`` common sequences instead of one (rows grouped by their
+    sorted values, :func:`group_rows`; each group's sequence starts at its mean sorted row),
+    and ``family="quadratic"`` for quadratic permutation polynomials (the same generator,
+    one more parameter per row); ``candidates=K`` keeps, per row, the best-fitting of ``K``
+    drawn permutations. Stored: ``G*N`` values and ``ceil(log2 G)`` more bits per row.
+
 Both variants then fine-tune ``s`` and the biases with the permutations fixed
-(:func:`finetune`). Any ``Linear`` can be compressed (``layers=``); the classifier is
-included unless ``keep_classifier=True``.
+(:func:`finetune` for a fixed number of epochs, :func:`train_early_stopping` until the
+validation accuracy stops improving). Any ``Linear`` can be compressed (``layers=``); the
+classifier is included unless ``keep_classifier=True``.
 
 Integer model: the layer stays an engine ``fc`` layer. Quantisation is per tensor and
 elementwise, so ``quantize(s)[pi] == quantize(s[pi])``: :func:`quantize_perm_model` quantises
@@ -337,7 +344,7 @@ def finetune(model, images, labels, epochs=1, lr=1e-3, batch_size=128, seed=0):
 
 
 def train_early_stopping(model, train, val, max_epochs=30, patience=3, lr=1e-3,
-                         batch_size=128, seed=0, progress=False, desc="train"):
+                         batch_size=128, seed=0, progress=False, desc="train", after_step=None):
     """Train ``model`` in place until the validation accuracy stops improving.
 
     Epoch ``e`` (from 0) is one pass of :func:`slimnfu.compress.train.fit` at the learning
@@ -353,6 +360,8 @@ def train_early_stopping(model, train, val, max_epochs=30, patience=3, lr=1e-3,
         ``(images, labels)``.
     max_epochs, patience : int
         The epoch budget and the early-stopping patience (both >= 1).
+    after_step : callable, optional
+        :func:`slimnfu.compress.train.fit`'s hook (e.g. keeps IKR masks).
 
     Returns
     -------
@@ -369,8 +378,8 @@ def train_early_stopping(model, train, val, max_epochs=30, patience=3, lr=1e-3,
     best, best_state, history = -1.0, None, []
     for epoch in range(max_epochs):
         rate = lr * (1 + math.cos(math.pi * epoch / max_epochs)) / 2
-        fit(model, xs, ys, rate, batch_size, seed + epoch, 1, progress=progress,
-            desc=f"{desc} epoch {epoch + 1}")
+        fit(model, xs, ys, rate, batch_size, seed + epoch, 1, after_step=after_step,
+            progress=progress, desc=f"{desc} epoch {epoch + 1}")
         acc = evaluate(model, xv, yv)
         history.append(round(acc, 4))
         if acc > best:
