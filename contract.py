@@ -30,7 +30,7 @@ from slimnfu.config import AccelConfig, as_pass
 __all__ = ["PWL_SEGMENTS", "DESC_FIELD_BITS", "COUNTER_BITS", "Mode", "Act", "Perm", "LoadSel",
            "bits_for", "descriptor_layout", "descriptor_value", "load_sel_width",
            "load_data_width", "ikr_tap_bits", "ikr_index_bits", "ikr_load_width",
-           "perm_addr_bits", "perm_param_width", "Program", "ProgramLayer"]
+           "perm_addr_bits", "perm_param_width", "PERM_FIELDS", "Program", "ProgramLayer"]
 
 #: Segments of the piecewise-linear activation table (NFU-3), and so words of a PWL load.
 PWL_SEGMENTS = 16
@@ -59,7 +59,9 @@ class Mode(enum.Enum, shape=2):
 
 class Perm(enum.Enum, shape=2):
     NONE = 0    #: dense FC weights from SB
-    AFFINE = 1  #: s gathered at (a_j*i + b_j) mod n_in, per-row (a, b) from the perm memory
+    #: s gathered at generated addresses (affine or quadratic, one of G sequences), per-row
+    #: parameters from the perm memory
+    AFFINE = 1
     INDEX = 2   #: s gathered at the index ROM entries SB holds
 
 
@@ -77,7 +79,8 @@ class LoadSel(py_enum.IntEnum):
     BIAS = 2
     PWL = 3
     #: With ``cfg.perm``: the common sequence ``s`` (one value per word) and the per-row
-    #: affine parameters (one output tile per word, :func:`perm_param_width` bits).
+    #: generated-permutation parameters (one output tile per word, :func:`perm_param_width`
+    #: bits).
     PERM_S = 4
     PERM_PARAM = 5
     #: With ``cfg.ikr``: the IKR index memory and pattern table.
@@ -110,9 +113,15 @@ def perm_addr_bits(cfg):
     return bits_for(cfg.perm.depth - 1)
 
 
+#: Fields of one row in a ``PERM_PARAM`` word, lowest first, ``perm_addr_bits`` each
+#: (:func:`slimnfu.formats.layout.pack_perm_params`, :class:`slimnfu.rtl.perm_addr.PermAddrGen`).
+PERM_FIELDS = ("a", "e", "start", "last")
+
+
 def perm_param_width(cfg):
-    """Width of one perm-memory word: ``tn`` lanes of ``(a_j, b_j)``, ``a`` in the low half."""
-    return cfg.tn * 2 * perm_addr_bits(cfg)
+    """Width of one perm-memory word: ``tn`` lanes of four ``perm_addr_bits`` fields
+    (:data:`PERM_FIELDS`: ``a``, ``e``, ``start``, ``last``)."""
+    return cfg.tn * 4 * perm_addr_bits(cfg)
 
 
 def load_data_width(cfg):

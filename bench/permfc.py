@@ -1,5 +1,15 @@
 """``slimnfu bench permfc``: permuted-feature FC compression (method C), measured end to end.
 
+Default: the Pareto sweep (:func:`pareto_sweep`): per network (LeNet-300-100, LeNet-5 fc1, the
+VGG head) accuracy against FC bits over the group count ``G`` of the grouped generated
+permutations (:data:`SWEEP`), in both families (``perm_affine``: affine, ``perm_quadratic``:
+quadratic), with HashedNets and magnitude pruning at each point's bits; every method is
+initialised from the dense layer and trained with early stopping on the validation split
+under the same epoch budget. Rows :data:`PARETO_KEYS` (and more), the table, and the plot
+``permfc_pareto.png`` beside the report (``build/bench/permfc_pareto.png``).
+
+``--variants``: the earlier comparison of the one-sequence variants, below.
+
 For each network (LeNet-300-100 and LeNet-5 on MNIST, the FC head of the VGG-style network on
 Fashion-MNIST) the trained dense model (checkpoint cache) is the base. Its FC layers (all but
 the classifier, unless ``--compress-classifier``) are compressed by
@@ -58,6 +68,27 @@ def add_arguments(parser):
                         help="only (re)measure the area; keep the rows of an existing --out")
     add_threads(parser)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variants", action="store_true",
+                        help="instead of the Pareto sweep, the one-sequence variants "
+                             "(perm_affine, perm_index, hashed, pruned) fine-tuned --epochs, "
+                             "with their RTL cycles")
+    parser.add_argument("--sweep-methods", nargs="+", default=list(SWEEP_METHODS),
+                        choices=SWEEP_METHODS)
+    parser.add_argument("--points", nargs="+", metavar="G1,G2",
+                        help="group counts of the sweep points, one per compressed module "
+                             "(default: SWEEP's per network)")
+    parser.add_argument("--quick", action="store_true",
+                        help="sweep: only the point near 20x fewer FC bits (10x on VGG) per "
+                             "network (QUICK)")
+    parser.add_argument("--max-epochs", type=int, default=30,
+                        help="sweep: epoch budget of every method (default 30)")
+    parser.add_argument("--patience", type=int, default=3,
+                        help="sweep: early-stopping patience in epochs (default 3)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="sweep: peak Adam rate")
+    parser.add_argument("--candidates", type=int, default=16,
+                        help="sweep: generated permutations tried per row at init")
+    parser.add_argument("--sweep-subset", type=int,
+                        help="sweep: train on the first N train images (default all 55,000)")
     parser.add_argument("--base-epochs", nargs="+", default=[], metavar="NET=EPOCHS",
                         help="train a network's dense base for this many epochs instead of "
                              "its default (e.g. lenet5=2); other networks use the default")
@@ -324,6 +355,232 @@ def markdown_table(rows):
     return "\n".join(lines)
 
 
+
+# The Pareto sweep (the default of ``slimnfu bench permfc``).
+
+#: Per network: the compressed Linear modules (the classifier stays dense) and the sweep's
+#: group counts, one tuple per point (one G per compressed module, in module order).
+SWEEP = {
+    "lenet300": {"layers": (1, 3), "groups": ((1, 1), (3, 1), (10, 4), (20, 8))},
+    "lenet5": {"layers": (5,), "groups": ((1,), (4,), (16,), (32,))},
+    "vgg_fmnist": {"layers": (11,), "groups": ((4,), (24,))},
+}
+#: The points of ``--quick``: the one near 20x (10x on the VGG head) fewer FC bits per network.
+QUICK = {"lenet300": ((10, 4),), "lenet5": ((16,),), "vgg_fmnist": ((24,),)}
+#: Rows of the sweep, in this order (``pareto_rows``).
+PARETO_KEYS = ("network", "method", "groups", "family", "epochs", "acc_float", "acc_int",
+               "bits_dense", "bits", "fc_bits_dense", "fc_bits")
+SWEEP_METHODS = ("perm_affine", "perm_quadratic", "hashed", "pruned")
+
+
+def perm_weight_bits(m, n, groups, family, dw):
+    """Stored bits of a grouped generated-permutation layer's weights (no biases): the
+    ``G`` sequences, ``a``, ``b`` (``e``) per row and the row's group
+    (:class:`slimnfu.formats.perm.PermAffineFormat`)."""
+    from slimnfu.formats.perm import index_bits
+
+    fields = 3 if family == "quadratic" else 2
+    return groups * n * dw + m * (fields * index_bits(n) + (index_bits(groups) if groups > 1
+                                                              else 0))
+
+
+def _head_split(base, first):
+    """``(prefix, head)``: the modules before the first compressed Linear (kept frozen, run
+    once to make the head's inputs) and the rest."""
+    import copy
+
+    from torch import nn
+
+    return (nn.Sequential(*copy.deepcopy(list(base)[:first])).eval(),
+            nn.Sequential(*copy.deepcopy(list(base)[first:])))
+
+
+def _features(prefix, images, batch=500):
+    import torch
+
+    with torch.no_grad():
+        return torch.cat([prefix(images[i:i + batch].float())
+                          for i in range(0, images.shape[0], batch)])
+
+
+def _sweep_model(head, method, layers, groups, dw, seed, candidates):
+    """The head with its compressed layers replaced (``layers`` index the head); baseline
+    storage per layer as in :func:`_compress`."""
+    import copy
+
+    from slimnfu.compress import permfc
+    from slimnfu.compress import permfc_baselines as bl
+
+    if method.startswith("perm_"):
+        family = "quadratic" if method == "perm_quadratic" else "affine"
+        return permfc.compress_model(head, "affine", layers=list(layers), seed=seed,
+                                     groups=dict(zip(layers, groups)), family=family,
+                                     candidates=candidates), {}
+    model, storage = copy.deepcopy(head), {}
+    for k, (i, g) in enumerate(zip(layers, groups)):
+        lin = head[i]
+        m, n = lin.out_features, lin.in_features
+        budget = perm_weight_bits(m, n, g, "affine", dw)
+        if method == "hashed":
+            kk = bl.budget_hashed(budget, dw)
+            model[i] = bl.hashed_from_linear(lin, kk, seed + k)
+            storage[i] = (bl.hashed_bits(kk, dw), kk)
+        else:
+            kk = bl.budget_pruned(budget, m, n, dw)
+            model[i] = bl.prune_linear(lin, kk)
+            storage[i] = (bl.pruned_bits(kk, m, n, dw), kk)
+    return model, storage
+
+
+def pareto_sweep(networks=NETWORKS, methods=SWEEP_METHODS, points=None, max_epochs=30,
+                 patience=3, lr=1e-3, train_subset=None, calib_n=2000, test_limit=None,
+                 candidates=16, seed=0, progress=True, base_epochs=None, log=print):
+    """Accuracy against FC bits over the group counts of :data:`SWEEP` (see ``main``).
+
+    The dense base network (checkpoint cache) is split before its first compressed Linear:
+    the frozen prefix (the conv layers, or nothing) runs once and its outputs train the FC
+    head. Every compressed head (``perm_affine`` and ``perm_quadratic`` at each point's
+    groups, ``hashed`` and ``pruned`` at the ``perm_affine`` point's weight bits per layer)
+    is initialised from the dense head and trained with
+    :func:`slimnfu.compress.permfc.train_early_stopping` (the same budget for every method:
+    ``max_epochs``, ``patience``, ``lr``), validated on the ``calib`` split (5,000 train
+    images that the training never sees). Then the whole network is quantised (calibrated on
+    the first ``calib_n`` of ``calib``) and evaluated, float and integer, on the test set.
+    Bits are counted by :mod:`slimnfu.formats.accounting` (baselines: their storage in place
+    of the dense weights, as in :func:`run`).
+
+    ``points`` maps a network to its list of group tuples (default :data:`SWEEP`'s).
+
+    Returns
+    -------
+    list of dict
+        One row per network and method and point, the :data:`PARETO_KEYS` first.
+    """
+    import copy
+
+    from torch import nn
+
+    from slimnfu.compress import data, permfc
+    from slimnfu.compress.models import network_info
+    from slimnfu.compress.quant import int_forward, quantize_model
+    from slimnfu.compress.train import evaluate, train
+    from slimnfu.formats.accounting import model_stats
+
+    dw = 16
+    rows = []
+    for name in networks:
+        spec = SWEEP[name]
+        dataset = network_info(name)["dataset"]
+        base, info = train(name, epochs=(base_epochs or {}).get(name), progress=progress)
+        x_train, y_train = data.load(dataset, "train")
+        if train_subset is not None:
+            x_train, y_train = x_train[:train_subset], y_train[:train_subset]
+        x_val, y_val = data.load(dataset, "calib")
+        x_test, y_test = data.load(dataset, "test")
+        if test_limit is not None:
+            x_test, y_test = x_test[:test_limit], y_test[:test_limit]
+        calib = x_val[:calib_n]
+        first = spec["layers"][0]
+        if not all(isinstance(base[i], nn.Linear) for i in spec["layers"]):
+            raise ValueError(f"{name}: modules {spec['layers']} must be Linear")
+        prefix, head = _head_split(base, first)
+        f_train, f_val = _features(prefix, x_train), _features(prefix, x_val)
+        hl = [i - first for i in spec["layers"]]
+        qd = quantize_model(base, calib, dw=dw)
+        dense = model_stats(qd)
+        fc_dense = sum(l["bits_dense"] for l in dense["layers"] if l["kind"] == "fc")
+        common = {"network": name, "dataset": dataset, "bits_dense": dense["bits_dense"],
+                  "fc_bits_dense": fc_dense, "base_epochs": info["epochs"],
+                  "compressed_layers": [f"module {i} Linear {base[i].in_features}->"
+                                        f"{base[i].out_features}" for i in spec["layers"]],
+                  "max_epochs": max_epochs, "patience": patience, "lr": lr,
+                  "train_images": int(x_train.shape[0]), "val_split": "calib",
+                  "candidates": candidates}
+        logits, _ = int_forward(qd, x_test)
+        rows.append({**common, "method": "dense", "groups": None, "family": None,
+                     "epochs": info["epochs"], "acc_float": round(evaluate(base, x_test, y_test),
+                                                                  4),
+                     "acc_int": accuracy(logits, y_test), "bits": dense["bits"],
+                     "fc_bits": fc_dense})
+        log(f"{name} dense: int {rows[-1]['acc_int']:.2f}% fc bits {fc_dense:,}")
+        for groups in (points or {}).get(name, spec["groups"]):
+            for method in methods:
+                start = time.perf_counter()
+                h, storage = _sweep_model(head, method, hl, groups, dw, seed, candidates)
+                hist = permfc.train_early_stopping(h, (f_train, y_train), (f_val, y_val),
+                                                   max_epochs, patience, lr, seed=seed)
+                model = nn.Sequential(*copy.deepcopy(list(prefix)), *h)
+                storage = {i + first: v for i, v in storage.items()}
+                acc_float, acc_int, st, _, sat = _evaluate(model, method, storage, calib,
+                                                           x_test, y_test, dw)
+                row = {**common, "method": method, "groups": list(groups),
+                       "family": {"perm_affine": "affine", "perm_quadratic": "quadratic"}.get(
+                           method), "epochs": hist["epochs"], "acc_float": acc_float,
+                       "acc_int": acc_int, "bits": st["bits"],
+                       "fc_bits": sum(l["bits"] for l in st["layers"] if l["kind"] == "fc"),
+                       "best_epoch": hist["best_epoch"], "val_acc": hist["val_acc"],
+                       "sat_events": sat, "seconds": round(time.perf_counter() - start, 1)}
+                if storage:
+                    row["baseline_storage"] = {f"module {i}": {"bits": b, "kept_or_buckets": k}
+                                               for i, (b, k) in storage.items()}
+                rows.append(row)
+                log(f"{name} {method} G={list(groups)}: float {acc_float:.2f}% int "
+                    f"{acc_int:.2f}% fc bits {row['fc_bits']:,} ({fc_dense / row['fc_bits']:.1f}x"
+                    f" fewer) epochs {hist['epochs']} (best {hist['best_epoch']})")
+    return rows
+
+
+def pareto_table(rows):
+    """The sweep rows as a Markdown table (ratios derived from the row values)."""
+    lines = ["| network | method | groups | family | epochs | float % | int % | FC bits | "
+             "FC bits x |", "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        g = "-" if r["groups"] is None else ",".join(map(str, r["groups"]))
+        lines.append(f"| {r['network']} | {r['method']} | {g} | {r['family'] or '-'} | "
+                     f"{r['epochs']} | {r['acc_float']:.2f} | {r['acc_int']:.2f} | "
+                     f"{r['fc_bits']:,} | {r['fc_bits_dense'] / r['fc_bits']:.2f} |")
+    return "\n".join(lines)
+
+
+def pareto_plot(rows, path):
+    """Integer accuracy against FC bits, one panel per network, one line per method; the
+    dense point and a band 1 point below it. Written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from slimnfu.atomic import atomic_write
+
+    nets = list(dict.fromkeys(r["network"] for r in rows))
+    fig, axes = plt.subplots(1, len(nets), figsize=(5 * len(nets), 4), squeeze=False)
+    for ax, net in zip(axes[0], nets):
+        mine = [r for r in rows if r["network"] == net]
+        for method in dict.fromkeys(r["method"] for r in mine if r["method"] != "dense"):
+            pts = sorted((r["fc_bits"], r["acc_int"]) for r in mine if r["method"] == method)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+        for r in mine:
+            if r["method"] == "dense":
+                ax.axhline(r["acc_int"], color="k", lw=0.8, label="dense")
+                ax.axhline(r["acc_int"] - 1, color="k", lw=0.8, ls="--", label="dense - 1")
+                ax.axvline(r["fc_bits_dense"] / 20, color="grey", lw=0.8, ls=":",
+                           label="20x fewer FC bits")
+        ax.set_xscale("log")
+        ax.set_xlabel("FC bits (stored)")
+        ax.set_ylabel("integer test accuracy %")
+        ax.set_title(net)
+        top = max(r["acc_int"] for r in mine)
+        ax.set_ylim(max(0, top - 10), top + 0.5)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())
+
+
 def main(args):
     t0 = start(args)
     base_epochs = parse_base_epochs(args.base_epochs)
@@ -333,16 +590,32 @@ def main(args):
                   "area": _synth(progress=True)}
         write_report(args.out, report)
         return 0
-    rows, _ = run(args.networks, args.methods, args.epochs, args.train_subset, args.calib,
-                  args.test_limit, args.compress_classifier, not args.no_rtl, args.sim,
-                  args.seed, progress=True, base_epochs=base_epochs)
-    report = {"benchmark": "permfc", "rows": rows, "area": None, "host": host(args.threads)}
+    if args.variants:
+        rows, _ = run(args.networks, args.methods, args.epochs, args.train_subset, args.calib,
+                      args.test_limit, args.compress_classifier, not args.no_rtl, args.sim,
+                      args.seed, progress=True, base_epochs=base_epochs)
+        table = markdown_table(rows)
+    else:
+        points = QUICK if args.quick else None
+        if args.points:
+            points = {n: [tuple(int(g) for g in p.split(",")) for p in args.points]
+                      for n in args.networks}
+        rows = pareto_sweep(args.networks, args.sweep_methods, points, args.max_epochs,
+                            args.patience, args.lr, args.sweep_subset, args.calib,
+                            args.test_limit, args.candidates, args.seed, progress=False,
+                            base_epochs=base_epochs,
+                            log=lambda msg: print(msg, flush=True))
+        plot = Path(args.out).with_name(Path(args.out).stem + "_pareto.png")
+        pareto_plot(rows, plot)
+        print(f"wrote {plot}")
+        table = pareto_table(rows)
+    report = {"benchmark": "permfc", "mode": "variants" if args.variants else "pareto",
+              "rows": rows, "area": None, "host": host(args.threads)}
     write_json(args.out, {**report, "wall_s": round(time.perf_counter() - t0, 3)})
     if not args.no_synth:
         try:
             report["area"] = _synth(progress=True)
         except Exception as exc:  # the rows above stay valid; say why the area is missing
             report["area"] = {"error": f"{type(exc).__name__}: {exc}"}
-    write_report(args.out, {**report, "wall_s": round(time.perf_counter() - t0, 3)},
-                 markdown_table(rows))
+    write_report(args.out, {**report, "wall_s": round(time.perf_counter() - t0, 3)}, table)
     return 0

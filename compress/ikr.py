@@ -36,8 +36,8 @@ from slimnfu.compress.train import fit
 from slimnfu.formats.ikr import IkrFormat, IkrWeights, check_ikr
 
 __all__ = ["IkrOptions", "topn_sets", "learn_library", "assign_patterns", "pattern_mask",
-           "check_ikr", "apply_ikr", "ikr_layers", "load_ikr_state", "finetune", "ikr_prune",
-           "mark_quantised", "DEFAULT_STEPS"]
+           "mask_hook", "check_ikr", "apply_ikr", "ikr_layers", "load_ikr_state", "finetune",
+           "ikr_prune", "mark_quantised", "DEFAULT_STEPS"]
 
 #: Candidate kept-tap counts per kernel size (the tightening schedule).
 DEFAULT_STEPS = {3: (9, 6, 5, 4, 3, 2, 1), 5: (25, 16, 12, 9, 7, 6, 5, 4, 3, 2, 1),
@@ -165,16 +165,21 @@ def finetune(model, images, labels, batches, batch_size=128, lr=5e-4, seed=0):
     IKR weights stay zero off their patterns (the masks are applied after every step)."""
     if batches <= 0:
         return model
-    masks = masks_of(model)
-    convs = dict(ikr_layers(model))
+    return fit(model, images, labels, lr, batch_size, seed, batches=batches,
+               after_step=mask_hook(model))
 
-    def keep_patterns(_):
+
+def mask_hook(model):
+    """The ``after_step`` hook of :func:`slimnfu.compress.train.fit` that keeps the IKR convs
+    of ``model`` (or of a copy with the same module names) zero off their patterns."""
+    masks = masks_of(model)
+
+    def keep_patterns(trained):
         with torch.no_grad():
-            for n, conv in convs.items():
+            for n, conv in ikr_layers(trained):
                 conv.weight.mul_(masks[n])
 
-    return fit(model, images, labels, lr, batch_size, seed, batches=batches,
-               after_step=keep_patterns)
+    return keep_patterns
 
 
 def _convs(model):

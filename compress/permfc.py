@@ -15,9 +15,16 @@ permutation per row: ``W[j, i] = s[pi_j(i)]``. Two variants, side by side:
     ``2*ceil(log2 N)`` bits per row. The engine's address generators expand them on the fly
     (:mod:`slimnfu.rtl.perm_addr`).
 
+    The sharing knob: ``groups=G`` common sequences instead of one (rows grouped by their
+    sorted values, :func:`group_rows`; each group's sequence starts at its mean sorted row),
+    and ``family="quadratic"`` for quadratic permutation polynomials (the same generator,
+    one more parameter per row); ``candidates=K`` keeps, per row, the best-fitting of ``K``
+    drawn permutations. Stored: ``G*N`` values and ``ceil(log2 G)`` more bits per row.
+
 Both variants then fine-tune ``s`` and the biases with the permutations fixed
-(:func:`finetune`). Any ``Linear`` can be compressed (``layers=``); the classifier is
-included unless ``keep_classifier=True``.
+(:func:`finetune` for a fixed number of epochs, :func:`train_early_stopping` until the
+validation accuracy stops improving). Any ``Linear`` can be compressed (``layers=``); the
+classifier is included unless ``keep_classifier=True``.
 
 Integer model: the layer stays an engine ``fc`` layer. Quantisation is per tensor and
 elementwise, so ``quantize(s)[pi] == quantize(s[pi])``: :func:`quantize_perm_model` quantises
@@ -42,12 +49,14 @@ from torch import nn
 from slimnfu import fixed
 from slimnfu.compress.quant import quantize_model
 from slimnfu.compress.train import fit
-from slimnfu.formats.perm import (PermAffineFormat, PermAffineWeights, PermIndexFormat,
-                                  PermIndexWeights, affine_perms, check_affine, check_index_rom,
-                                  check_sequence, gather_weights)
+from slimnfu.formats.perm import (FAMILIES, PermAffineFormat, PermAffineWeights,
+                                  PermIndexFormat, PermIndexWeights, check_groups,
+                                  check_index_rom, check_sequence, gather_weights,
+                                  generated_perms)
 
-__all__ = ["VARIANTS", "FORMATS", "PermLinear", "random_affine_params", "rank_perms",
-           "fit_sequence", "compress_linear", "compress_model", "finetune", "to_dense",
+__all__ = ["VARIANTS", "FAMILIES", "FORMATS", "PermLinear", "random_affine_params",
+           "random_generated_params", "group_rows", "rank_perms", "fit_sequence",
+           "compress_linear", "compress_model", "finetune", "train_early_stopping", "to_dense",
            "quantize_perm_model", "mark_perm"]
 
 VARIANTS = ("affine", "index")
@@ -62,6 +71,81 @@ def random_affine_params(m, n, seed=0):
     a = units[torch.randint(len(units), (m,), generator=gen)]
     b = torch.randint(n, (m,), generator=gen)
     return a, b
+
+
+def _radical(n):
+    """The product of the distinct primes of ``n``."""
+    out, p, k = 1, 2, n
+    while p * p <= k:
+        if k % p == 0:
+            out *= p
+            while k % p == 0:
+                k //= p
+        p += 1
+    return out * (k if k > 1 else 1)
+
+
+def random_generated_params(m, n, family="affine", seed=0):
+    """Per-row ``(a, b, e)`` of a generated family (:data:`FAMILIES`), drawn from a seed.
+
+    ``"affine"``: :func:`random_affine_params` and ``e = 0``. ``"quadratic"``: the
+    permutation polynomial ``pi(i) = (b + f1*i + f2*i^2) mod n`` with ``f1`` a unit and ``f2``
+    a multiple of every prime of ``n`` (the Sun-Takeshita condition) with ``2*f2 != 0 mod n``,
+    written as the
+    generator runs it: ``a = (f1 + f2) mod n`` and ``e = 2*f2 mod n``. A draw that is not a
+    permutation (possible only when ``2`` divides ``n`` exactly once) is drawn again; when
+    ``n`` has no such ``f2`` (e.g. ``n`` square-free or ``n = 12``) the row is affine.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, not {family!r}")
+    a, b = random_affine_params(m, n, seed)
+    e = torch.zeros(m, dtype=torch.int64)
+    if family == "affine" or n < 2:
+        return a, b, e
+    gen = torch.Generator().manual_seed(seed + 7919)
+    rad = _radical(n)
+    f2s = torch.arange(rad, n, rad, dtype=torch.int64)
+    f2s = f2s[(2 * f2s) % n != 0]   # f2 = n/2 is affine: f2*i^2 = f2*i (mod n)
+    if not f2s.numel():
+        return a, b, e
+    units = torch.tensor([u for u in range(n) if math.gcd(u, n) == 1])
+    i = torch.arange(n, dtype=torch.int64)
+    for j in range(m):
+        for _ in range(64):
+            f1 = int(units[torch.randint(len(units), (1,), generator=gen)])
+            f2 = int(f2s[torch.randint(len(f2s), (1,), generator=gen)])
+            if torch.unique((f1 * i + f2 * i * i) % n).numel() == n:
+                a[j], e[j] = (f1 + f2) % n, (2 * f2) % n
+                break
+    return a, b, e
+
+
+def group_rows(w, groups, iters=20, seed=0):
+    """Assign the rows of ``w`` to ``groups`` groups whose rows have similar sorted values.
+
+    k-means on the sorted rows (the value distribution a common sequence must match),
+    started from the rows ordered by norm; an emptied group takes the row farthest from its
+    centre. Returns int64 ``(M,)`` group numbers, every group used.
+    """
+    m = w.shape[0]
+    if not 1 <= groups <= m:
+        raise ValueError(f"groups must be in [1, {m}] (the layer's rows), not {groups}")
+    prof = torch.sort(w.detach(), dim=1).values
+    order = torch.argsort(prof.norm(dim=1), stable=True)
+    group = torch.empty(m, dtype=torch.int64)
+    group[order] = torch.arange(m) * groups // m
+    for _ in range(iters):
+        centres = torch.stack([prof[group == g].mean(0) for g in range(groups)])
+        dist = torch.cdist(prof, centres)
+        new = dist.argmin(1)
+        for g in range(groups):
+            if not (new == g).any():
+                far = int(dist[torch.arange(m), new].argmax())
+                new[far] = g
+        if torch.equal(new, group):
+            break
+        group = new
+    return group
 
 
 def rank_perms(w):
@@ -84,42 +168,60 @@ def fit_sequence(w, idx):
 
 
 class PermLinear(nn.Module):
-    """A Linear whose rows are permutations of one trainable sequence ``s``.
+    """A Linear whose rows are permutations of trainable common sequences ``s``.
 
     Parameters
     ----------
     s : torch.Tensor
-        The common sequence (length ``in_features``).
+        The common sequences one after the other (``G*in_features`` values; ``G = 1`` for the
+        index variant).
     bias : torch.Tensor
         ``(out_features,)``.
     idx : torch.Tensor
-        int64 ``(out_features, in_features)``: ``weight = s[idx]``; every row is checked to be
-        a permutation.
+        int64 ``(out_features, in_features)``: ``weight = s[idx]``, absolute indices (row ``j``
+        of group ``g_j`` reads ``g_j*in_features + pi_j``); every ``pi_j`` is checked to be a
+        permutation.
     variant : str
-        ``"affine"`` or ``"index"``.
-    a, b : torch.Tensor, optional
-        The affine parameters (``variant="affine"``).
+        ``"affine"`` (generated permutations, either family) or ``"index"``.
+    a, b, e, group : torch.Tensor, optional
+        The generated permutations' per-row parameters and groups (``variant="affine"``;
+        ``e`` and ``group`` default to zeros).
     """
 
-    def __init__(self, s, bias, idx, variant, a=None, b=None):
+    def __init__(self, s, bias, idx, variant, a=None, b=None, e=None, group=None):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, not {variant!r}")
         m, n = idx.shape
-        check_sequence(s, n, "PermLinear")
-        check_index_rom(idx, m, n, "PermLinear")
         if variant == "affine":
             if a is None or b is None:
                 raise ValueError("PermLinear: variant 'affine' needs a and b")
-            if not torch.equal(affine_perms(a, b, n, "PermLinear"), idx):
-                raise ValueError("PermLinear: idx is not (a*i + b) mod n")
+            e = torch.zeros(m, dtype=torch.int64) if e is None else torch.as_tensor(e)
+            group = torch.zeros(m, dtype=torch.int64) if group is None else \
+                torch.as_tensor(group)
+            check_groups(s, group, n, m, "PermLinear")
+            want = group.to(torch.int64).reshape(-1, 1) * n + generated_perms(a, b, e, n,
+                                                                              "PermLinear")
+            if not torch.equal(want, idx):
+                raise ValueError("PermLinear: idx is not group*n + the generated permutations")
+        else:
+            check_sequence(s, n, "PermLinear")
+            check_index_rom(idx, m, n, "PermLinear")
         self.variant = variant
         self.in_features, self.out_features = n, m
-        self.s = nn.Parameter(torch.as_tensor(s, dtype=torch.float32).clone())
+        self.s = nn.Parameter(torch.as_tensor(s, dtype=torch.float32).reshape(-1).clone())
         self.bias = nn.Parameter(torch.as_tensor(bias, dtype=torch.float32).clone())
         self.register_buffer("idx", idx.to(torch.int64).clone())
-        self.register_buffer("a", None if a is None else torch.as_tensor(a).to(torch.int64))
-        self.register_buffer("b", None if b is None else torch.as_tensor(b).to(torch.int64))
+        for name, v in (("a", a), ("b", b), ("e", e), ("group", group)):
+            self.register_buffer(name, None if v is None else torch.as_tensor(v).to(torch.int64))
+
+    @property
+    def groups(self):
+        return self.s.numel() // self.in_features
+
+    @property
+    def family(self):
+        return "quadratic" if self.e is not None and bool(self.e.any()) else "affine"
 
     @property
     def weight(self):
@@ -129,16 +231,26 @@ class PermLinear(nn.Module):
         return nn.functional.linear(x, self.weight, self.bias)
 
     def extra_repr(self):
-        return f"{self.in_features} -> {self.out_features}, variant={self.variant}"
+        more = f", groups={self.groups}, family={self.family}" if self.variant == "affine" else ""
+        return f"{self.in_features} -> {self.out_features}, variant={self.variant}{more}"
 
 
-def compress_linear(linear, variant, seed=0, init="sorted"):
+def compress_linear(linear, variant, seed=0, init="sorted", groups=1, family="affine",
+                    candidates=1):
     """Turn a trained ``nn.Linear`` into a :class:`PermLinear` (``s`` initialised, not tuned).
 
-    ``init`` (affine variant): ``"sorted"`` starts ``s`` at the mean sorted row (keeps the
-    spread of the trained weights); ``"lsq"`` at the least-squares fit under the random
-    permutations, which averages unrelated weights and collapses ``s`` toward its mean (on
-    LeNet-300-100 it fine-tuned to 11.7% in one epoch where ``"sorted"`` reached 82.3%).
+    ``init`` (affine variant): ``"sorted"`` starts each group's sequence at the mean sorted
+    row of its rows (keeps the spread of the trained weights); ``"lsq"`` at the least-squares
+    fit under the random permutations, which averages unrelated weights and collapses ``s``
+    toward its mean (on LeNet-300-100 it fine-tuned to 11.7% in one epoch where ``"sorted"``
+    reached 82.3%).
+
+    ``groups`` (affine variant, ``1 .. out_features``): the rows are grouped by
+    :func:`group_rows`; ``family`` (:data:`FAMILIES`) draws the permutations
+    (:func:`random_generated_params`); with ``candidates > 1`` every row takes, of that many
+    draws, the permutation under which its group's sorted sequence is nearest to the row
+    (least squares), the best-fitting generated permutation. ``groups=1, candidates=1`` is the
+    one-sequence ``perm_affine`` of before.
     """
     if not isinstance(linear, nn.Linear):
         raise TypeError(f"compress_linear needs an nn.Linear, not {type(linear).__name__}")
@@ -148,17 +260,38 @@ def compress_linear(linear, variant, seed=0, init="sorted"):
     if variant == "index":
         s, idx = rank_perms(w)
         return PermLinear(s, bias, idx, "index")
-    if variant == "affine":
-        a, b = random_affine_params(m, n, seed)
-        idx = affine_perms(a, b, n)
-        if init not in ("sorted", "lsq"):
-            raise ValueError(f"init must be 'sorted' or 'lsq', not {init!r}")
-        s = rank_perms(w)[0] if init == "sorted" else fit_sequence(w, idx)
-        return PermLinear(s, bias, idx, "affine", a, b)
-    raise ValueError(f"variant must be one of {VARIANTS}, not {variant!r}")
+    if variant != "affine":
+        raise ValueError(f"variant must be one of {VARIANTS}, not {variant!r}")
+    if init not in ("sorted", "lsq"):
+        raise ValueError(f"init must be 'sorted' or 'lsq', not {init!r}")
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
+        raise ValueError(f"candidates must be an integer >= 1, not {candidates!r}")
+    group = group_rows(w, groups, seed=seed) if groups != 1 else torch.zeros(m, dtype=torch.int64)
+    seqs = torch.stack([rank_perms(w[group == g])[0] for g in range(groups)])
+    a, b, e = random_generated_params(m, n, family, seed)
+    best = ((w - seqs[group].gather(1, generated_perms(a, b, e, n))) ** 2).sum(1)
+    for k in range(1, candidates):
+        ak, bk, ek = random_generated_params(m, n, family, seed + 104729 * k)
+        err = ((w - seqs[group].gather(1, generated_perms(ak, bk, ek, n))) ** 2).sum(1)
+        take = err < best
+        a, b, e, best = (torch.where(take, new, old) for new, old in
+                         ((ak, a), (bk, b), (ek, e), (err, best)))
+    idx = group.reshape(-1, 1) * n + generated_perms(a, b, e, n)
+    s = seqs.reshape(-1) if init == "sorted" else fit_sequence_groups(w, idx, groups * n)
+    return PermLinear(s, bias, idx, "affine", a, b, e, group)
 
 
-def compress_model(model, variant, layers=None, keep_classifier=False, seed=0):
+def fit_sequence_groups(w, idx, length):
+    """Least-squares ``s`` (``length`` values) for fixed absolute indices ``idx``."""
+    w = w.detach()
+    total = torch.zeros(length, dtype=w.dtype).scatter_add_(0, idx.reshape(-1), w.reshape(-1))
+    count = torch.zeros(length, dtype=w.dtype).scatter_add_(0, idx.reshape(-1),
+                                                           torch.ones_like(w).reshape(-1))
+    return total / count.clamp(min=1)
+
+
+def compress_model(model, variant, layers=None, keep_classifier=False, seed=0, groups=1,
+                   family="affine", candidates=1):
     """Copy ``model`` with its ``Linear`` modules replaced by :class:`PermLinear`.
 
     Parameters
@@ -170,7 +303,13 @@ def compress_model(model, variant, layers=None, keep_classifier=False, seed=0):
     keep_classifier : bool
         Leave the last Linear dense.
     seed : int
-        Seeds the affine parameters (layer ``k`` uses ``seed + k``).
+        Seeds the permutations (layer ``k`` uses ``seed + k``).
+    groups, family : int / str, or dict of module index to int / str
+        The sharing knob per layer (:func:`compress_linear`; affine variant): the number of
+        common sequences and the generated family. A dict names the value of each module; a
+        single value applies to every compressed layer.
+    candidates : int
+        Generated permutations tried per row (:func:`compress_linear`).
     """
     linear_idx = [i for i, mod in enumerate(model) if isinstance(mod, nn.Linear)]
     if not linear_idx:
@@ -180,9 +319,21 @@ def compress_model(model, variant, layers=None, keep_classifier=False, seed=0):
     for i in layers:
         if i not in linear_idx:
             raise ValueError(f"module {i} is not a Linear (Linear modules: {linear_idx})")
+
+    def per_layer(value, i, what):
+        if isinstance(value, dict):
+            if i not in value:
+                raise ValueError(f"{what} names modules {sorted(value)}, not module {i}")
+            return value[i]
+        return value
+
     out = copy.deepcopy(model)
     for k, i in enumerate(layers):
-        out[i] = compress_linear(model[i], variant, seed + k)
+        kw = {}
+        if variant == "affine":
+            kw = {"groups": per_layer(groups, i, "groups"),
+                  "family": per_layer(family, i, "family"), "candidates": candidates}
+        out[i] = compress_linear(model[i], variant, seed + k, **kw)
     return out
 
 
@@ -190,6 +341,55 @@ def finetune(model, images, labels, epochs=1, lr=1e-3, batch_size=128, seed=0):
     """Train every parameter of ``model`` (``s`` and biases of the perm layers included):
     :func:`slimnfu.compress.train.fit` with a per-step cosine decay of the learning rate."""
     return fit(model, images, labels, lr, batch_size, seed, epochs, cosine=True)
+
+
+def train_early_stopping(model, train, val, max_epochs=30, patience=3, lr=1e-3,
+                         batch_size=128, seed=0, progress=False, desc="train", after_step=None):
+    """Train ``model`` in place until the validation accuracy stops improving.
+
+    Epoch ``e`` (from 0) is one pass of :func:`slimnfu.compress.train.fit` at the learning
+    rate ``lr * (1 + cos(pi*e/max_epochs)) / 2`` (a cosine over the epoch budget); after each
+    epoch the model is evaluated on ``val``. Training stops after ``patience`` epochs without
+    a better validation accuracy, or after ``max_epochs``; the model keeps the weights of its
+    best epoch. Any model trains this way (the permuted layers and the baselines alike).
+
+    Parameters
+    ----------
+    model : nn.Module
+    train, val : tuple of tensors
+        ``(images, labels)``.
+    max_epochs, patience : int
+        The epoch budget and the early-stopping patience (both >= 1).
+    after_step : callable, optional
+        :func:`slimnfu.compress.train.fit`'s hook (e.g. keeps IKR masks).
+
+    Returns
+    -------
+    dict
+        ``epochs`` (run), ``best_epoch`` (1-based), ``val_acc`` (per epoch), ``lr``,
+        ``max_epochs``, ``patience``.
+    """
+    from slimnfu.compress.train import evaluate
+
+    for name, v in (("max_epochs", max_epochs), ("patience", patience)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an integer >= 1, not {v!r}")
+    (xs, ys), (xv, yv) = train, val
+    best, best_state, history = -1.0, None, []
+    for epoch in range(max_epochs):
+        rate = lr * (1 + math.cos(math.pi * epoch / max_epochs)) / 2
+        fit(model, xs, ys, rate, batch_size, seed + epoch, 1, after_step=after_step,
+            progress=progress, desc=f"{desc} epoch {epoch + 1}")
+        acc = evaluate(model, xv, yv)
+        history.append(round(acc, 4))
+        if acc > best:
+            best, best_state = acc, copy.deepcopy(model.state_dict())
+        elif len(history) - 1 - history.index(max(history)) >= patience:
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    return {"epochs": len(history), "best_epoch": history.index(max(history)) + 1,
+            "val_acc": history, "lr": lr, "max_epochs": max_epochs, "patience": patience}
 
 
 def to_dense(model):
@@ -229,11 +429,14 @@ def mark_perm(q, model, dw=16):
         if not isinstance(mod, PermLinear):
             continue
         s_int = fixed.quantize(mod.s.detach().double(), ql.f_w, dw)
-        check_sequence(s_int, ql.desc.n_in, ql.name)
         if mod.variant == "affine":
-            check_affine(mod.a, mod.b, ql.desc.n_in, ql.name)
-            ql.compressed = PermAffineWeights(s_int, mod.a.clone(), mod.b.clone())
+            rec = PermAffineWeights(s_int, mod.a.clone(), mod.b.clone(),
+                                    mod.e.clone() if mod.family == "quadratic" else None,
+                                    mod.group.clone() if mod.groups > 1 else None)
+            rec.indices(ql.desc.n_in, ql.name)
+            ql.compressed = rec
         else:
+            check_sequence(s_int, ql.desc.n_in, ql.name)
             check_index_rom(mod.idx, ql.desc.n_out, ql.desc.n_in, ql.name)
             ql.compressed = PermIndexWeights(s_int, mod.idx.clone())
         ql.format = FORMATS[mod.variant]

@@ -6,9 +6,14 @@
   linear feature approximation, greedy, least important feature first;
 * **method B** (:mod:`slimnfu.compress.ikr`) to the other conv layers: IKR pattern pruning;
 * **method C** (:mod:`slimnfu.compress.permfc`) to the hidden FC layers (all but the
-  classifier): ``perm_affine`` (the smallest storage) and, if the network is then over the
-  budget, ``perm_index``; if both are over, they stay dense. Each try fine-tunes the whole
-  network for ``fc_epochs`` with the IKR masks kept.
+  classifier): ``perm_affine`` with ``G`` common sequences per layer for each ``G`` of
+  ``fc_groups`` in turn (fewest bits first: one sequence, then more), and, if the network is
+  over the budget with all of them, ``perm_index``; the first try within the budget is kept
+  (the smallest-bit point within the budget); if every try is over, the layers stay dense.
+  Each try starts from the dense layers (grouped sorted rows, the best-fitting of 16
+  generated permutations per row) and trains the whole network, IKR masks kept, with early
+  stopping on the validation split (:func:`slimnfu.compress.permfc.train_early_stopping`, at
+  most ``fc_epochs`` epochs).
 
 It quantises the result into one :class:`slimnfu.compress.quant.QuantModel` whose layers carry
 formats ``slim``, ``ikr`` and ``perm_*``, ready for :func:`slimnfu.gen.compiler.compile_model`.
@@ -25,12 +30,16 @@ __all__ = ["PIPELINE", "compress_network", "quantize_all", "hash_state"]
 #: Names the method sequence in cache file names (:func:`slimnfu.flows.network_file`), so a
 #: changed pipeline does not reuse a result (A2: method A refuses coefficients no DW-bit word
 #: holds; A3: a slim layer's output scale is calibrated on its approximation,
-#: :func:`slimnfu.compress.slim.slim_ranges`, and the cache file holds the float network).
-PIPELINE = "A3-B2-C"
+#: :func:`slimnfu.compress.slim.slim_ranges`, and the cache file holds the float network; C2:
+#: method C tries grouped generated permutations before the index ROM).
+PIPELINE = "A3-B2-C2"
+
+#: Method C's group counts per try (``fc_variant="auto"``), fewest stored bits first.
+FC_GROUPS = (1, 4, 16)
 
 
 def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=1, patterns=16,
-                     ikr_finetune=150, fc_variant="auto", log=print):
+                     ikr_finetune=150, fc_variant="auto", fc_groups=FC_GROUPS, log=print):
     """Compress ``model``; see the module docstring.
 
     Parameters
@@ -45,7 +54,10 @@ def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=1, patt
         Calibration images for quantisation.
     fc_variant : str
         ``"auto"`` (the budget picks, as above), or ``"affine"`` / ``"index"``: that variant
-        whatever the accuracy (e.g. ``affine`` so that the weights fit on chip).
+        whatever the accuracy (``affine``: one common sequence per layer, so that the weights
+        fit on chip).
+    fc_groups : tuple of int
+        The group counts ``"auto"`` tries, in order (each capped at the layer's rows).
 
     Returns
     -------
@@ -91,16 +103,23 @@ def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=1, patt
     opts = ikr.IkrOptions(patterns=patterns, finetune_batches=ikr_finetune,
                           layers=tuple(f"{i}.conv" for i in convs[1:]))
     pruned, ikr_hist = ikr.ikr_prune(sm, xs, ys, xv, yv, left, opts)
-    batches = fc_epochs * -(-xs.shape[0] // 128)
+    keep_patterns = ikr.mask_hook(pruned)
+    trials = ([("affine", g) for g in fc_groups] + [("index", 1)] if fc_variant == "auto"
+              else [(fc_variant, 1)])
     tries, chosen = [], pruned
-    for variant in ("affine", "index") if fc_variant == "auto" else (fc_variant,):
-        trial = permfc.compress_model(pruned, variant, keep_classifier=True)
-        ikr.finetune(trial, xs, ys, batches, lr=1e-3)
+    for variant, groups in trials:
+        linears = [i for i, mod in enumerate(pruned) if isinstance(mod, nn.Linear)][:-1]
+        kw = ({"groups": {i: min(groups, pruned[i].out_features) for i in linears},
+               "candidates": 16} if variant == "affine" else {})
+        trial = permfc.compress_model(pruned, variant, keep_classifier=True, **kw)
+        hist = permfc.train_early_stopping(trial, train, val, max_epochs=fc_epochs,
+                                           patience=2, after_step=keep_patterns)
         acc = evaluate(trial, xv, yv)
         ok = base - acc <= budget_pct or fc_variant != "auto"
-        tries.append({"variant": variant, "val_acc": acc, "accepted": ok})
-        log(f"method C perm_{variant}: val {acc:.2f}% (base {base:.2f}%) "
-            f"{'accepted' if ok else 'rejected'}")
+        tries.append({"variant": variant, "groups": groups, "val_acc": acc,
+                      "epochs": hist["epochs"], "accepted": ok})
+        log(f"method C perm_{variant} G={groups}: val {acc:.2f}% (base {base:.2f}%) after "
+            f"{hist['epochs']} epochs, {'accepted' if ok else 'rejected'}")
         if ok:
             chosen = trial
             break

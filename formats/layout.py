@@ -22,11 +22,12 @@ An FC layer is laid out as a 1x1 image: NBin word ``t`` holds inputs ``t*ti ...`
 
 import torch
 
-from slimnfu.contract import ikr_index_bits, ikr_tap_bits, perm_addr_bits
+from slimnfu.contract import PERM_FIELDS, ikr_index_bits, ikr_tap_bits, perm_addr_bits
 
 __all__ = ["pack_words", "unpack_words", "pack_input", "pack_weights", "pack_bias",
            "unpack_output", "pack_output", "output_lane_masks", "pack_pwl", "pack_ikr_weights",
            "pack_ikr_index", "pack_ikr_table", "pack_perm_s", "pack_perm_params",
+           "unpack_perm_params",
            "pack_perm_index", "pack_program_input", "unpack_program_output"]
 
 
@@ -179,18 +180,46 @@ def pack_perm_s(s, cfg):
     return pack_words(s, cfg.dw)
 
 
-def pack_perm_params(a, b, cfg):
-    """Words of the ``PERM_PARAM`` load: output tile ``o``, lane ``j`` holds ``(a, b)`` of row
-    ``o*tn + j`` at bits ``[2*ab*j, 2*ab*j + ab)`` and ``[2*ab*j + ab, 2*ab*(j+1))``,
-    ``ab = perm_addr_bits(cfg)``."""
+def pack_perm_params(a, b, cfg, n, e=None, group=None):
+    """Words of the ``PERM_PARAM`` load: output tile ``o``, lane ``j`` holds row
+    ``r = o*tn + j`` as :data:`PERM_FIELDS`, ``ab = perm_addr_bits(cfg)`` bits each, lane ``j``
+    at bits ``[4*ab*j, 4*ab*(j+1))``: the first difference ``a_r``, the second difference
+    ``e_r`` (0: affine), the first address ``start = g_r*n + b_r`` and the last address of the
+    row's sequence ``last = g_r*n + n - 1`` (absolute addresses into ``s``, so the generator
+    wraps without an adder for the group base)."""
     ab = perm_addr_bits(cfg)
-    a = torch.as_tensor(a, dtype=torch.int64)
-    b = torch.as_tensor(b, dtype=torch.int64)
+    a = torch.as_tensor(a, dtype=torch.int64).reshape(-1)
+    b = torch.as_tensor(b, dtype=torch.int64).reshape(-1)
     m = a.numel()
+    e = torch.zeros(m, dtype=torch.int64) if e is None else torch.as_tensor(e).reshape(-1)
+    g = torch.zeros(m, dtype=torch.int64) if group is None else torch.as_tensor(group).reshape(-1)
+    top = int(g.max()) * n + n - 1 if m else 0
+    if top >= cfg.perm.depth:
+        raise ValueError(f"common sequences of {int(g.max()) + 1} x {n} values exceed config "
+                         f"{cfg.name!r} perm.depth={cfg.perm.depth}")
     tiles = -(-m // cfg.tn)
-    pairs = torch.zeros(tiles * cfg.tn, 2, dtype=torch.int64)
-    pairs[:m, 0], pairs[:m, 1] = a, b
-    return pack_words(pairs.reshape(tiles, 2 * cfg.tn), ab)
+    rows = torch.zeros(tiles * cfg.tn, len(PERM_FIELDS), dtype=torch.int64)
+    rows[:m, 0], rows[:m, 1], rows[:m, 2], rows[:m, 3] = a, e, g * n + b, g * n + n - 1
+    return pack_words(rows.reshape(tiles, len(PERM_FIELDS) * cfg.tn), ab)
+
+
+def unpack_perm_params(words, m, n, groups, cfg):
+    """The inverse of :func:`pack_perm_params` for ``m`` rows of sequences of ``n`` values in
+    ``groups`` groups: ``(a, b, e, group)``; ``ValueError`` naming the first row whose
+    ``last``/``start`` is not inside one of the sequences."""
+    ab = perm_addr_bits(cfg)
+    rows = (unpack_words(words, len(PERM_FIELDS) * cfg.tn, ab).reshape(-1, len(PERM_FIELDS))
+            & ((1 << ab) - 1))[:m]
+    a, e, start, last = (rows[:, k].clone() for k in range(len(PERM_FIELDS)))
+    base = last - (n - 1)
+    group = base.div(n, rounding_mode="floor")
+    b = start - base
+    bad = ((base < 0) | (base % n != 0) | (group >= groups) | (b < 0) | (b >= n)).nonzero()
+    if bad.numel():
+        j = int(bad[0])
+        raise ValueError(f"row {j}: start={int(start[j])}, last={int(last[j])} are not inside "
+                         f"one of the {groups} common sequences of n={n} values")
+    return a, b, e, group
 
 
 def pack_perm_index(idx, cfg):

@@ -1,17 +1,25 @@
-"""The permuted-feature FC formats (method C): every row of W is a permutation of one sequence.
+"""The permuted-feature FC formats (method C): every row of W is a permutation of a sequence.
 
-An FC layer's ``W`` (``M x N``) is stored as one common sequence ``s`` of ``N`` values and one
-permutation per row, ``W[j, i] = s[pi_j(i)]``:
+An FC layer's ``W`` (``M x N``) is stored as common sequences of ``N`` values and one
+permutation per row, ``W[j, i] = s_{g_j}[pi_j(i)]``:
 
-``perm_affine``
-    ``pi_j(i) = (a_j*i + b_j) mod N`` with ``gcd(a_j, N) = 1``; stored: ``2*ceil(log2 N)`` bits
-    per row (one ``PERM_PARAM`` word per output tile). The engine's address generators expand
-    them on the fly; no SB words.
+``perm_affine`` (generated permutations, ``G`` groups)
+    ``G`` common sequences (``1 <= G <= M``), stored one after the other in ``s``
+    (``G*N`` values); row ``j`` belongs to group ``g_j`` and reads
+    ``s[g_j*N + pi_j(i)]`` with ``pi_j(i) = (b_j + a_j*i + e_j*i*(i-1)/2) mod N``. Two
+    families (:data:`FAMILIES`): ``"affine"`` (``e_j = 0``, ``gcd(a_j, N) = 1``) and
+    ``"quadratic"`` (``e_j != 0`` allowed: a quadratic permutation polynomial, written by its
+    first difference ``a_j`` and constant second difference ``e_j``; :func:`check_generated`
+    checks every row is a permutation). Stored per row: ``a_j``, ``b_j`` (and ``e_j`` in the
+    quadratic family) at ``ceil(log2 N)`` bits, and ``g_j`` at ``ceil(log2 G)`` bits when
+    ``G > 1`` (one ``PERM_PARAM`` word per output tile holds the hardware's form of them,
+    :func:`slimnfu.formats.layout.pack_perm_params`). The engine's address generators expand
+    them on the fly, one SB-word step per cycle; no SB words.
 ``perm_index``
-    The index ROM: ``M*N`` indices of ``ceil(log2 N)`` bits, laid out in SB like dense FC
-    weights (one index per ``dw`` lane).
+    One common sequence of ``N`` values and the index ROM: ``M*N`` indices of
+    ``ceil(log2 N)`` bits, laid out in SB like dense FC weights (one index per ``dw`` lane).
 
-Both need ``cfg.perm`` (:mod:`slimnfu.rtl.perm_addr`) and ``cfg.perm.depth >= N``. The golden
+Both need ``cfg.perm`` (:mod:`slimnfu.rtl.perm_addr`) and ``cfg.perm.depth >= G*N``. The golden
 model is the dense FC layer on the gathered ``W``.
 """
 
@@ -21,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from slimnfu.config import PassDesc, PermParams
-from slimnfu.contract import LoadSel, perm_addr_bits
+from slimnfu.contract import LoadSel, perm_param_width
 from slimnfu.formats import layout
 from slimnfu.formats.base import (ImageError, StoredItem, WeightFormat, Words, bias_words,
                                   check_items, check_tensor, pwl_items, pwl_shape, pwl_words,
@@ -29,8 +37,12 @@ from slimnfu.formats.base import (ImageError, StoredItem, WeightFormat, Words, b
 from slimnfu.formats.qmodel import QLayer
 
 __all__ = ["PermAffineWeights", "PermIndexWeights", "PermAffineFormat", "PermIndexFormat",
-           "index_bits", "check_affine", "affine_perms", "check_index_rom", "check_sequence",
+           "FAMILIES", "index_bits", "check_affine", "affine_perms", "check_generated",
+           "generated_perms", "check_index_rom", "check_sequence", "check_groups",
            "gather_weights"]
+
+#: The generated-permutation families of ``perm_affine``.
+FAMILIES = ("affine", "quadratic")
 
 
 def index_bits(n):
@@ -67,6 +79,36 @@ def affine_perms(a, b, n, where="layer"):
     return (a * torch.arange(n, dtype=torch.int64) + b) % n
 
 
+def generated_perms(a, b, e, n, where="layer"):
+    """The index matrix ``pi[j, i] = (b_j + a_j*i + e_j*i*(i-1)/2) mod n`` (int64 ``(M, n)``).
+
+    ``e=None`` (or all zero) is the affine family, checked by :func:`check_affine`; otherwise
+    every ``a_j, b_j, e_j`` must be in ``[0, n)`` and every row a permutation
+    (:func:`check_index_rom` names the first row that is not)."""
+    if e is None or not bool(torch.as_tensor(e).any()):
+        return affine_perms(a, b, n, where)
+    a, b, e = (torch.as_tensor(v, dtype=torch.int64).reshape(-1, 1) for v in (a, b, e))
+    if not (a.shape == b.shape == e.shape):
+        raise ValueError(f"{where}: {a.shape[0]} first differences a, {b.shape[0]} offsets b "
+                         f"and {e.shape[0]} second differences e")
+    for name, v in (("a", a), ("b", b), ("e", e)):
+        bad = ((v < 0) | (v >= n)).nonzero()
+        if bad.numel():
+            j = int(bad[0, 0])
+            raise ValueError(f"{where}: row {j} parameter {name}={int(v[j, 0])} must be in "
+                             f"[0, {n - 1}] (n={n})")
+    i = torch.arange(n, dtype=torch.int64)
+    idx = (b + a * i + e * (i * (i - 1) // 2 % n)) % n
+    check_index_rom(idx, a.shape[0], n, where)
+    return idx
+
+
+def check_generated(a, b, e, n, where="layer"):
+    """Raise ``ValueError`` unless every row's generated map (:func:`generated_perms`) is a
+    permutation of ``0..n-1``."""
+    generated_perms(a, b, e, n, where)
+
+
 def check_index_rom(idx, m, n, where="layer"):
     """Raise ``ValueError`` unless ``idx`` is ``(m, n)`` and each row a permutation of
     ``0..n-1``."""
@@ -94,17 +136,64 @@ def check_sequence(s, n, where="layer"):
     return s
 
 
+def check_groups(s, group, n, m, where="layer"):
+    """Raise ``ValueError`` unless ``s`` holds ``G >= 1`` whole sequences of ``n`` values
+    (``G <= m``) and every row's group is in ``[0, G)``; return ``G``."""
+    length = torch.as_tensor(s).numel()
+    if length == 0 or length % n:
+        raise ValueError(f"{where}: the common sequences have {length} values, not a positive "
+                         f"multiple of the layer's n_in={n}")
+    groups = length // n
+    if groups > m:
+        raise ValueError(f"{where}: {groups} common sequences for {m} rows (at most one per "
+                         f"row)")
+    if group is not None:
+        group = torch.as_tensor(group).reshape(-1)
+        if group.numel() != m:
+            raise ValueError(f"{where}: {group.numel()} row groups for {m} rows")
+        bad = ((group < 0) | (group >= groups)).nonzero()
+        if bad.numel():
+            j = int(bad[0])
+            raise ValueError(f"{where}: row {j} is in group {int(group[j])}, but there are "
+                             f"{groups} common sequences (groups 0..{groups - 1})")
+    return groups
+
+
 @dataclass
 class PermAffineWeights:
-    """The record of a ``perm_affine`` layer: ``s`` ``(N,)`` and per-row ``a``, ``b``
-    ``(M,)``, all int64."""
+    """The record of a ``perm_affine`` layer, all int64.
+
+    ``s`` ``(G*N,)``: the ``G`` common sequences one after the other; per row (``(M,)``):
+    ``a`` (first difference), ``b`` (offset), ``e`` (second difference; None: all zero, the
+    affine family) and ``group`` (None: all in group 0).
+    """
 
     s: torch.Tensor
     a: torch.Tensor
     b: torch.Tensor
+    e: torch.Tensor = None
+    group: torch.Tensor = None
+
+    def groups(self, n):
+        """``G``: how many sequences of ``n`` values ``s`` holds."""
+        return max(1, torch.as_tensor(self.s).numel() // n)
+
+    def family(self):
+        """``"quadratic"`` when a row has a nonzero second difference, else ``"affine"``."""
+        return "quadratic" if self.e is not None and bool(self.e.any()) else "affine"
+
+    def row_groups(self):
+        """Each row's group (int64 ``(M,)``)."""
+        if self.group is None:
+            return torch.zeros(torch.as_tensor(self.a).numel(), dtype=torch.int64)
+        return torch.as_tensor(self.group, dtype=torch.int64).reshape(-1)
 
     def indices(self, n, where="layer"):
-        return affine_perms(self.a, self.b, n, where)
+        """Absolute indices into ``s``: ``group_j*n + pi_j(i)`` (int64 ``(M, n)``), checked."""
+        m = torch.as_tensor(self.a).numel()
+        check_groups(self.s, self.group, n, m, where)
+        pi = generated_perms(self.a, self.b, self.e, n, where)
+        return self.row_groups().reshape(-1, 1) * n + pi
 
 
 @dataclass
@@ -114,6 +203,9 @@ class PermIndexWeights:
 
     s: torch.Tensor
     idx: torch.Tensor
+
+    def groups(self, n):
+        return 1
 
     def indices(self, n, where="layer"):
         return self.idx
@@ -130,14 +222,16 @@ class _PermFormat(WeightFormat):
 
     feature = "perm"
     variant = None
+    grouped = False
 
-    def _perm_item(self, ql, dw):
+    def _perm_items(self, ql, dw):
         raise NotImplementedError
 
     def items(self, ql, dw, acc):
         d = ql.desc
-        return [StoredItem("s", d.n_in, dw), StoredItem("bias", d.n_out, acc),
-                self._perm_item(ql, dw)] + pwl_items(ql, dw)
+        g = ql.compressed.groups(d.n_in)
+        return [StoredItem("s", g * d.n_in, dw), StoredItem("bias", d.n_out, acc),
+                *self._perm_items(ql, dw)] + pwl_items(ql, dw)
 
     def macs(self, ql):
         return ql.desc.macs()
@@ -147,19 +241,22 @@ class _PermFormat(WeightFormat):
         d, rec = ql.desc, ql.compressed
         if d.kind != "fc":
             raise ValueError(f"desc.kind: format {self.name!r} needs an fc layer, not {d.kind}")
-        check_sequence(rec.s, d.n_in, ql.name)
-        check_tensor("compressed.s", rec.s, (d.n_in,), dw)
+        self._check_s(rec, d)
+        check_tensor("compressed.s", rec.s, (rec.groups(d.n_in) * d.n_in,), dw)
         if not torch.equal(gather_weights(ql), ql.w):
             raise ValueError("w: differs from the common sequence gathered by the permutations")
 
+    def _check_s(self, rec, desc):
+        check_sequence(rec.s, desc.n_in, "compressed.s")
+
     def params(self, ql):
-        return ql.desc.n_in + ql.desc.n_out
+        return ql.compressed.groups(ql.desc.n_in) * ql.desc.n_in + ql.desc.n_out
 
     def pass_desc(self, ql):
         return PassDesc(ql.desc, perm=self.variant)
 
     def configure(self, cfg, layers):
-        need = max(ql.desc.n_in for ql in layers)
+        need = max(ql.compressed.groups(ql.desc.n_in) * ql.desc.n_in for ql in layers)
         depth = (cfg.perm or PermParams()).depth
         return cfg.with_(perm=PermParams(max(depth, 1 << max(0, need - 1).bit_length())))
 
@@ -179,6 +276,11 @@ class _PermFormat(WeightFormat):
     def _restore_perm(self, words, desc, cfg, fname):
         raise NotImplementedError
 
+    def _stored_groups(self, entry, files, desc):
+        """``G`` as the stored ``s`` says (1 when it says nothing usable: the shape check
+        then names the problem)."""
+        return 1
+
     def restore(self, entry, files, contents, desc, cfg, where):
         """Checks the listed items, every file's shape, the common sequence's length against
         ``n_in``, and that the affine parameters / index ROM are permutations."""
@@ -186,14 +288,17 @@ class _PermFormat(WeightFormat):
             raise ImageError("manifest.json", f"{where}.desc",
                              f"format {self.name!r} needs an fc layer, not {desc.kind}")
         co = desc.tiles(cfg)[1]
-        shapes = {"s": (desc.n_in, cfg.dw), "bias": (co, cfg.tn * cfg.acc),
+        groups = self._stored_groups(entry, files, desc)
+        shapes = {"s": (groups * desc.n_in, cfg.dw), "bias": (co, cfg.tn * cfg.acc),
                   **self._shapes(desc, cfg)}
         if desc.act == "pwl":
             shapes["pwl"] = pwl_shape(cfg)
 
         def explain_s(words, width):
             if width == cfg.dw:
-                return (f"the common sequence has {words} values but the layer has "
+                return (f"the common sequences have {words} values, not a positive multiple "
+                        f"of the layer's n_in={desc.n_in}" if self.grouped else
+                        f"the common sequence has {words} values but the layer has "
                         f"n_in={desc.n_in}")
             return None
 
@@ -216,27 +321,45 @@ class _PermFormat(WeightFormat):
 
 
 class PermAffineFormat(_PermFormat):
-    """Rows as affine permutations ``(a_j*i + b_j) mod N`` of one sequence."""
+    """Rows as generated permutations (affine or quadratic) of one of ``G`` sequences."""
 
     name = "perm_affine"
     variant = "affine"
     record = PermAffineWeights
+    grouped = True
 
-    def _perm_item(self, ql, dw):
-        return StoredItem("perm_ab", 2 * ql.desc.n_out, index_bits(ql.desc.n_in))
+    def _perm_items(self, ql, dw):
+        d, rec = ql.desc, ql.compressed
+        fields = 3 if rec.family() == "quadratic" else 2
+        out = [StoredItem("perm_ab", fields * d.n_out, index_bits(d.n_in))]
+        g = rec.groups(d.n_in)
+        if g > 1:
+            out.append(StoredItem("perm_group", d.n_out, index_bits(g)))
+        return out
+
+    def _check_s(self, rec, desc):
+        check_groups(rec.s, rec.group, desc.n_in, desc.n_out, "compressed.s")
 
     def _perm_memory(self, ql, cfg):
-        rec = ql.compressed
-        return {"perm_ab": Words(LoadSel.PERM_PARAM, layout.pack_perm_params(rec.a, rec.b, cfg),
-                                 2 * cfg.tn * perm_addr_bits(cfg))}
+        rec, n = ql.compressed, ql.desc.n_in
+        words = layout.pack_perm_params(rec.a, rec.b, cfg, n, rec.e, rec.row_groups())
+        return {"perm_ab": Words(LoadSel.PERM_PARAM, words, perm_param_width(cfg))}
 
     def _shapes(self, desc, cfg):
-        return {"perm_ab": (desc.tiles(cfg)[1], 2 * cfg.tn * perm_addr_bits(cfg))}
+        return {"perm_ab": (desc.tiles(cfg)[1], perm_param_width(cfg))}
+
+    def _stored_groups(self, entry, files, desc):
+        fname = entry["files"].get("s") if isinstance(entry.get("files"), dict) else None
+        words = files.get(fname, {}).get("words") if isinstance(fname, str) else None
+        if isinstance(words, int) and words > 0 and words % desc.n_in == 0:
+            return words // desc.n_in
+        return 1
 
     def _restore_perm(self, s, words, desc, cfg, fname):
-        ab = perm_addr_bits(cfg)
-        pairs = layout.unpack_words(words, 2 * cfg.tn, ab).reshape(-1, 2) & ((1 << ab) - 1)
-        return PermAffineWeights(s, pairs[:desc.n_out, 0].clone(), pairs[:desc.n_out, 1].clone())
+        a, b, e, group = layout.unpack_perm_params(words, desc.n_out, desc.n_in,
+                                                   s.numel() // desc.n_in, cfg)
+        return PermAffineWeights(s, a, b, e if bool(e.any()) else None,
+                                 group if bool(group.any()) else None)
 
 
 class PermIndexFormat(_PermFormat):
@@ -246,9 +369,9 @@ class PermIndexFormat(_PermFormat):
     variant = "index"
     record = PermIndexWeights
 
-    def _perm_item(self, ql, dw):
+    def _perm_items(self, ql, dw):
         d = ql.desc
-        return StoredItem("perm_index", d.n_out * d.n_in, index_bits(d.n_in))
+        return [StoredItem("perm_index", d.n_out * d.n_in, index_bits(d.n_in))]
 
     def _perm_memory(self, ql, cfg):
         return {"perm_index": Words(LoadSel.SB, layout.pack_perm_index(ql.compressed.idx, cfg),

@@ -1,8 +1,9 @@
 """Co-simulation cases of the permuted-feature FC path (method C, ``cfg.perm``).
 
-Each case is an FC layer whose weights are permutations of one common sequence
-``s``: affine (the engine's address generators expand per-row ``(a, b)``) or index (SB holds
-the index ROM). The golden output is :func:`slimnfu.fixed.run_layer` on the gathered
+Each case is an FC layer whose weights are permutations of common sequences: generated (the
+engine's address generators expand per-row parameters; affine or quadratic, one sequence or
+``G`` groups whose rows share an output tile) or index (SB holds the index ROM over one
+sequence). The golden output is :func:`slimnfu.fixed.run_layer` on the gathered
 ``W = s[pi]``, the same integer contract as a dense FC layer. Shapes are random, with ``n_in``
 not a multiple of ``ti`` and ``n_out`` not a multiple of ``tn`` among them; the rails appear
 in ``s`` and in the inputs.
@@ -11,24 +12,27 @@ in ``s`` and in the inputs.
 import torch
 
 from slimnfu import fixed
-from slimnfu.compress.permfc import random_affine_params
+from slimnfu.compress.permfc import random_generated_params
 from slimnfu.config import LayerDesc, PassDesc
-from slimnfu.formats.perm import PermAffineWeights, PermIndexWeights, affine_perms
+from slimnfu.formats.perm import PermAffineWeights, PermIndexWeights, generated_perms
 from slimnfu.sim.cases import Case, _with_rails
 
 __all__ = ["make_perm_case", "perm_cases"]
 
 
-def make_perm_case(name, n_in, n_out, variant, cfg, seed, act="none", images=None):
+def make_perm_case(name, n_in, n_out, variant, cfg, seed, act="none", images=None, groups=1,
+                   family="affine"):
     """An FC :class:`Case` of format ``perm_<variant>`` with random ``s``, permutation, inputs
-    and biases."""
+    and biases (``groups`` sequences, rows dealt to them in turn, and ``family``: affine
+    variant)."""
     gen = torch.Generator().manual_seed(seed)
     span = 1 << (cfg.dw - 3)
-    s = _with_rails(torch.randint(-span, span, (n_in,), generator=gen), gen, cfg, 0.1)
-    a = b = idx = None
+    s = _with_rails(torch.randint(-span, span, (groups * n_in,), generator=gen), gen, cfg, 0.1)
+    a = b = e = group = idx = None
     if variant == "affine":
-        a, b = random_affine_params(n_out, n_in, seed)
-        perm = affine_perms(a, b, n_in, name)
+        a, b, e = random_generated_params(n_out, n_in, family, seed)
+        group = torch.arange(n_out) % groups
+        perm = group.reshape(-1, 1) * n_in + generated_perms(a, b, e, n_in, name)
     else:
         idx = torch.stack([torch.randperm(n_in, generator=gen) for _ in range(n_out)])
         perm = idx
@@ -49,7 +53,9 @@ def make_perm_case(name, n_in, n_out, variant, cfg, seed, act="none", images=Non
     desc.check(cfg, int(bias.abs().max()))
     count = fixed.SatCount()
     y = fixed.run_layer(desc, x.unsqueeze(0), w, bias, cfg.dw, None, count)[0]
-    rec = PermAffineWeights(s, a, b) if variant == "affine" else PermIndexWeights(s, idx)
+    rec = (PermAffineWeights(s, a, b, e if bool(e.any()) else None,
+                             group if groups > 1 else None)
+           if variant == "affine" else PermIndexWeights(s, idx))
     return Case(name, desc, x, w, bias, None, y, count.events,
                 "mnist" if images is not None else "random", f"perm_{variant}", rec)
 
@@ -74,4 +80,15 @@ def perm_cases(cfg, seed=1, images=None):
                                     variant, cfg, seed * 1000 + 601 + 4 * k))
         cases.append(make_perm_case(f"perm_{variant}_aligned", 2 * ti, 2 * tn, variant, cfg,
                                     seed * 1000 + 602 + 4 * k))
+    # G groups filling perm.depth, rows of one output tile in different groups; quadratic
+    # permutations on n_in = 24 or 18 (nonzero second differences) when they fit.
+    n = 24 if cfg.perm.depth >= 48 else 18
+    if cfg.perm.depth >= 2 * n:
+        cases.append(make_perm_case("perm_affine_groups_quadratic", n,
+                                    3 * tn + 1, "affine", cfg, seed * 1000 + 612, act="relu",
+                                    images=images, groups=cfg.perm.depth // n,
+                                    family="quadratic"))
+    g = min(3 * tn - 1, max(1, cfg.perm.depth // (top - 1)))
+    cases.append(make_perm_case("perm_affine_groups_ragged", top - 1, 3 * tn - 1, "affine", cfg,
+                                seed * 1000 + 613, groups=g))
     return cases

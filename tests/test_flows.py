@@ -24,9 +24,9 @@ QUICK = Scenario(subset=512, budget=100.0, val=200, calib=100, ikr_finetune=2, p
 def test_default_scenario_keeps_the_cache_names():
     model = nn.Linear(2, 2)
     key = flows.hash_state(model)[:12]
-    assert flows.network_file(Scenario(), model) == f"lenet5_{key}_A3-B2-C_b1.0_v3000_c2000.json"
+    assert flows.network_file(Scenario(), model) == f"lenet5_{key}_A3-B2-C2_b1.0_v3000_c2000.json"
     assert flows.network_file(Scenario(fc_variant="affine", budget=2), model) == \
-        f"lenet5_{key}_A3-B2-C_fcaffine_b2.0_v3000_c2000.json"
+        f"lenet5_{key}_A3-B2-C2_fcaffine_b2.0_v3000_c2000.json"
     assert flows.network_file(QUICK, model).endswith("_b100.0_v200_c100_s512_p4_ft2.json")
 
 

@@ -14,3 +14,35 @@ def test_area_step_builds_every_block(monkeypatch):
     assert calls == ["perm_addr_gen", "perm_sb"]
     assert out["perm_addr_gen"] == {"luts": 1} and out["perm_sb"] == {"luts": 1}
     assert out["engine"] == {"feature": "perm"}
+
+
+def test_perm_weight_bits_is_what_accounting_counts():
+    """The baselines' budget equals the grouped layer's stored bits less its biases."""
+    import torch
+    from torch import nn
+
+    from slimnfu.compress import permfc as pf
+    from slimnfu.formats import accounting
+
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(40, 12), nn.ReLU(), nn.Linear(12, 3))
+    for family in ("affine", "quadratic"):
+        model = pf.compress_model(base, "affine", layers=[0], groups=3, family=family)
+        q = pf.quantize_perm_model(model, torch.rand(10, 40))
+        st = accounting.layer_stats(q.layers[0], 16, 48)
+        assert st["bits"] - 12 * 48 == permfc.perm_weight_bits(12, 40, 3, family, 16)
+
+
+def test_pareto_table_and_plot(tmp_path):
+    rows = [{"network": "lenet300", "method": "dense", "groups": None, "family": None,
+             "epochs": 20, "acc_float": 98.3, "acc_int": 98.25, "bits": 100, "fc_bits": 4000,
+             "fc_bits_dense": 4000, "bits_dense": 100}]
+    for method, acc in (("perm_affine", 97.5), ("hashed", 97.0)):
+        for bits in (200, 400):
+            rows.append({**rows[0], "method": method, "groups": [1, 2], "family": "affine",
+                         "epochs": 5, "acc_float": acc, "acc_int": acc, "fc_bits": bits})
+    table = permfc.pareto_table(rows)
+    assert "| lenet300 | perm_affine | 1,2 | affine | 5 | 97.50 | 97.50 | 200 | 20.00 |" in table
+    png = tmp_path / "p.png"
+    permfc.pareto_plot(rows, png)
+    assert png.read_bytes()[:4] == b"\x89PNG"

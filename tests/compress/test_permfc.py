@@ -81,11 +81,22 @@ def test_keep_classifier_and_bad_layer():
 
 def test_pack_perm_params_layout():
     from slimnfu.config import CONFIGS
-    cfg = CONFIGS["tiny"].with_(perm={"depth": 16})   # 4-bit a and b
-    words = layout.pack_perm_params([1, 3, 5, 7, 9], [2, 4, 6, 8, 10], cfg)
+    cfg = CONFIGS["tiny"].with_(perm={"depth": 16})   # 4-bit fields (a, e, start, last)
+    words = layout.pack_perm_params([1, 3, 5, 7, 1], [2, 4, 6, 0, 1], cfg, 8,
+                                    e=[0, 2, 0, 0, 4], group=[0, 1, 0, 1, 1])
     assert len(words) == 2
-    assert words[0] & 0xff == 1 | (2 << 4) and (words[0] >> 8) & 0xff == 3 | (4 << 4)
-    assert words[1] == 9 | (10 << 4)
+    assert words[0] & 0xffff == 1 | (0 << 4) | (2 << 8) | (7 << 12)
+    assert (words[0] >> 16) & 0xffff == 3 | (2 << 4) | (12 << 8) | (15 << 12)
+    assert words[1] == 1 | (4 << 4) | (9 << 8) | (15 << 12)
+    a, b, e, g = layout.unpack_perm_params(words, 5, 8, 2, cfg)
+    assert a.tolist() == [1, 3, 5, 7, 1] and b.tolist() == [2, 4, 6, 0, 1]
+    assert e.tolist() == [0, 2, 0, 0, 4] and g.tolist() == [0, 1, 0, 1, 1]
+    with pytest.raises(ValueError, match=r"row 1: start=12, last=15 are not inside one of the 1 "
+                                         r"common sequences of n=8"):
+        layout.unpack_perm_params(words, 5, 8, 1, cfg)
+    with pytest.raises(ValueError, match=r"common sequences of 3 x 8 values exceed config "
+                                         r"'tiny' perm\.depth=16"):
+        layout.pack_perm_params([1], [0], cfg, 8, group=[2])
     with pytest.raises(ValueError, match=r"perm\.depth=16"):
         layout.pack_perm_s(torch.zeros(17, dtype=torch.int64), cfg)
 
@@ -160,8 +171,9 @@ def test_image_refuses_bad_affine_and_short_sequence(tmp_path):
         image.load(out)
     _, out, tamper = _perm_image(tmp_path / "b", "affine")
     tamper("s", lambda lines: lines[:-1])
-    with pytest.raises(image.ImageError, match="fc1.s.hex: words: the common sequence has 11 "
-                                               "values but the layer has n_in=12"):
+    with pytest.raises(image.ImageError, match="fc1.s.hex: words: the common sequences have 11 "
+                                               "values, not a positive multiple of the "
+                                               "layer's n_in=12"):
         image.load(out)
 
 
@@ -178,3 +190,89 @@ def test_image_refuses_index_rom_that_is_not_a_permutation(tmp_path):
     with pytest.raises(image.ImageError, match=r"fc1.perm_index.hex: values: .*index ROM row 0 "
                                                r"is not a permutation"):
         image.load(out)
+
+
+def test_quadratic_family_is_permutation_and_generator_message():
+    for n in (24, 18, 784, 300, 800):
+        a, b, e = permfc.random_generated_params(20, n, "quadratic", seed=n)
+        assert bool(e.any())
+        perm.check_index_rom(perm.generated_perms(a, b, e, n), 20, n)
+    a, b, e = permfc.random_generated_params(5, 13, "quadratic")   # 13 prime: affine only
+    assert not bool(e.any())
+    with pytest.raises(ValueError, match=r"row 0 is not a permutation of 0..5"):
+        perm.generated_perms([1], [0], [1], 6)   # i*(i+1)/2 mod 6 repeats
+    with pytest.raises(ValueError, match=r"row 0 parameter e=9 must be in \[0, 7\]"):
+        perm.generated_perms([1], [0], [9], 8)
+    with pytest.raises(ValueError, match=r"family must be one of \('affine', 'quadratic'\)"):
+        permfc.random_generated_params(2, 8, "feistel")
+
+
+def test_group_rows_uses_every_group_and_separates_scales():
+    gen = torch.Generator().manual_seed(0)
+    w = torch.cat([torch.randn(6, 30, generator=gen) * 0.01,
+                   torch.randn(6, 30, generator=gen)])
+    group = permfc.group_rows(w, 2)
+    assert set(group.tolist()) == {0, 1}
+    assert len(set(group[:6].tolist())) == 1 and group[0] != group[6]
+    with pytest.raises(ValueError, match=r"groups must be in \[1, 12\]"):
+        permfc.group_rows(w, 13)
+
+
+@pytest.mark.parametrize("family", perm.FAMILIES)
+def test_grouped_layer_quantises_counts_and_round_trips(tmp_path, family):
+    from slimnfu.config import CONFIGS
+    from slimnfu.gen import image
+
+    torch.manual_seed(1)
+    base = nn.Sequential(nn.Flatten(), nn.Linear(24, 10), nn.ReLU(), nn.Linear(10, 3))
+    model = permfc.compress_model(base, "affine", groups={1: 3, 3: 1},
+                                  family=family, candidates=4, seed=5)
+    fc1 = model[1]
+    assert fc1.groups == 3 and model[3].groups == 1 and fc1.family == family
+    # each row is a permutation of its own group's sequence
+    for j in range(10):
+        g = int(fc1.group[j])
+        assert sorted(fc1.weight[j].tolist()) == sorted(fc1.s[g * 24:(g + 1) * 24].tolist())
+    x = torch.rand(30, 24)
+    q = permfc.quantize_perm_model(model, x, dw=16)
+    ql = q.layers[0]
+    assert ql.format == "perm_affine" and ql.compressed.groups(24) == 3
+    assert ql.compressed.family() == family
+    st = accounting.layer_stats(ql, 16, 48)
+    fields = 3 if family == "quadratic" else 2
+    assert st["bits"] == 3 * 24 * 16 + 10 * 48 + 10 * fields * 5 + 10 * 2   # 5-bit a, b(, e)
+    assert st["params"] == 3 * 24 + 10
+    cfg = CONFIGS["tiny"].with_(perm={"depth": 128})
+    image.export(q, cfg, tmp_path / "img")
+    q2, _, _ = image.load(tmp_path / "img")
+    assert torch.equal(q2.layers[0].w, ql.w)
+    assert torch.equal(q2.layers[0].compressed.row_groups(), ql.compressed.row_groups())
+    assert torch.equal(int_forward(q2, x)[0], int_forward(q, x)[0])
+
+
+def test_grouped_record_messages():
+    rec = perm.PermAffineWeights(torch.zeros(20, dtype=torch.int64), torch.tensor([1, 3]),
+                                 torch.tensor([0, 0]), None, torch.tensor([0, 2]))
+    with pytest.raises(ValueError, match=r"fc1: row 1 is in group 2, but there are 2 common "
+                                         r"sequences \(groups 0..1\)"):
+        rec.indices(10, "fc1")
+    with pytest.raises(ValueError, match=r"common sequences have 15 values, not a positive "
+                                         r"multiple of the layer's n_in=10"):
+        perm.check_groups(torch.zeros(15), None, 10, 4)
+    with pytest.raises(ValueError, match=r"3 common sequences for 2 rows"):
+        perm.check_groups(torch.zeros(30), None, 10, 2)
+
+
+def test_train_early_stopping_keeps_best_epoch_and_stops():
+    torch.manual_seed(0)
+    x = torch.randn(64, 12)
+    y = (x[:, 0] > 0).long()
+    model = permfc.compress_model(_model(), "affine", groups={1: 2, 3: 1})
+    hist = permfc.train_early_stopping(model, (x, y), (x[:32], y[:32]), max_epochs=6,
+                                       patience=2, lr=1e-2, batch_size=16)
+    assert 1 <= hist["epochs"] <= 6 and hist["best_epoch"] <= hist["epochs"]
+    assert hist["epochs"] == 6 or hist["epochs"] - hist["best_epoch"] == 2
+    from slimnfu.compress.train import evaluate
+    assert evaluate(model, x[:32], y[:32]) == pytest.approx(max(hist["val_acc"]))
+    with pytest.raises(ValueError, match="patience must be an integer >= 1, not 0"):
+        permfc.train_early_stopping(model, (x, y), (x, y), patience=0)

@@ -18,14 +18,15 @@ from slimnfu.sim.amaranth_driver import EngineDriver, simulate
 CFG = CONFIGS["tiny"].with_(perm={"depth": 64})
 
 
-def _layer(m, n, variant, seed):
+def _layer(m, n, variant, seed, groups=1, family="affine"):
     gen = torch.Generator().manual_seed(seed)
-    s = torch.randint(CFG.qmin, CFG.qmax + 1, (n,), generator=gen)
+    s = torch.randint(CFG.qmin, CFG.qmax + 1, (groups * n,), generator=gen)
     s[0], s[-1] = CFG.qmin, CFG.qmax
     if variant == "affine":
-        a, b = permfc.random_affine_params(m, n, seed)
-        idx = perm.affine_perms(a, b, n)
-        loads = [(LoadSel.PERM_PARAM, layout.pack_perm_params(a, b, CFG))]
+        a, b, e = permfc.random_generated_params(m, n, family, seed)
+        group = torch.arange(m) % groups
+        idx = group.reshape(-1, 1) * n + perm.generated_perms(a, b, e, n)
+        loads = [(LoadSel.PERM_PARAM, layout.pack_perm_params(a, b, CFG, n, e, group))]
     else:
         idx = torch.stack([torch.randperm(n, generator=gen) for _ in range(m)])
         loads = [(LoadSel.SB, layout.pack_perm_index(idx, CFG))]
@@ -60,8 +61,14 @@ def _run(jobs):
 
 def test_perm_fc_bit_exact_and_full_rate():
     # N not a multiple of ti, M not a multiple of tn; the dense FC still runs on the same build.
+    # Groups: the rows of one output tile read different sequences; quadratic permutations
+    # (n = 24 and 18 have nonzero second differences) run on the same generator.
     jobs = [_layer(7, 13, "affine", 1), _layer(9, 10, "index", 2), _layer(4, 4, "affine", 3),
-            _layer(5, 1, "index", 4)]
+            _layer(5, 1, "index", 4), _layer(9, 24, "affine", 6, groups=2, family="quadratic"),
+            _layer(6, 18, "affine", 7, groups=3, family="quadratic"),
+            _layer(5, 11, "affine", 8, groups=5)]
+    for m, n, seed in ((9, 24, 6), (6, 18, 7)):
+        assert bool(permfc.random_generated_params(m, n, "quadratic", seed)[2].all())
     dense = _layer(6, 11, "affine", 5)
     ddesc = LayerDesc("fc", 11, 6, shift=14, act="relu")
     gen = torch.Generator().manual_seed(9)

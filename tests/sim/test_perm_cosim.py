@@ -1,6 +1,7 @@
-"""Permuted-feature FC layers (both variants) on Icarus and Verilator: bit-exact vs the
-integer reference, exact cycles, steps, multiplies and saturation events, through the one
-regression flow (cocotb asserts each job's verdict)."""
+"""Permuted-feature FC layers (both variants; generated ones in G groups and in the quadratic
+family too) on Icarus and Verilator: bit-exact vs the integer reference, exact cycles, steps,
+multiplies and saturation events, through the one regression flow (cocotb asserts each job's
+verdict)."""
 
 import pytest
 
@@ -15,8 +16,11 @@ CFG = CONFIGS["tiny"].with_(name="tiny_perm", perm={"depth": 64})
 def test_perm_random_layers(sim):
     cases = perm_cases(CFG, seed=2)
     assert {c.desc.perm for c in cases} == {"affine", "index"}
+    grouped = [c for c in cases if "groups" in c.name]
+    assert [c.compressed.groups(c.desc.layer.n_in) for c in grouped] == [2, 2]
+    assert grouped[0].compressed.family() == "quadratic"
     if sim == "icarus":
-        cases = [c for c in cases if "ragged" in c.name]
+        cases = [c for c in cases if "ragged" in c.name or "quadratic" in c.name]
     results = run_regression(CFG, cases, sims=(sim,), log=lambda *_: None)
     bad = [(r["name"], r["error"]) for r in results if not r["passed"]]
     assert not bad, bad
