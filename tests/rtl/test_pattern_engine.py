@@ -145,4 +145,4 @@ def test_single_input_tile_window_slides(stride, cycles):
     (y, counters), = got
     x, w, b = ops[:3]
     assert torch.equal(y, fixed.run_layer(run, x.unsqueeze(0), w, b, CFG.dw)[0])
-    assert counters["cycles"] == cycles + LayerEngine.LATENCY
+    assert counters["cycles"] == cycles + LayerEngine.latency(CFG)
