@@ -211,9 +211,16 @@ class ProgramLayer:
     """One engine run of a :class:`Program`.
 
     ``loads`` are ``(sel, rom_base, words)``: copy ``words`` ROM words from ``rom_base`` to
-    engine memory ``sel`` (a :class:`LoadSel`) at addresses ``0 ..``. ``move`` is
-    ``("image",)`` for the first layer, ``("copy", words)``, ``("flatten", channels, h, w)``
-    or ``("none",)`` (a later pass of the same model layer reads the same input).
+    engine memory ``sel`` (a :class:`LoadSel`) at addresses ``0 ..``. The layer reads its
+    input from neuron buffer ``in_buf`` and writes its output into buffer ``out_buf`` (the
+    engine's ping-pong pair, :class:`slimnfu.rtl.engine.LayerEngine`). ``move`` is
+    ``("image",)`` for the first layer (the host writes buffer 0), ``("none",)`` when the
+    input is already in ``in_buf`` where the layer reads it (the previous layer's output, or
+    for a later pass of a model layer its input or its earlier passes' outputs), or
+    ``("flatten", channels, h, w)``: the controller re-orders the conv output in buffer
+    ``1 - in_buf`` value by value into ``in_buf`` in PyTorch's flatten order (only for an FC
+    layer whose format cannot take its columns in the buffer's order, see
+    :meth:`slimnfu.formats.base.WeightFormat.relayout_input`).
 
     A model layer may take several program layers (a ``slim`` layer: one pass per run of
     equal-kernel tiles, then the 1x1 approximation pass). ``ref`` is the index of the model
@@ -229,12 +236,12 @@ class ProgramLayer:
     format: str
     ref: int = None
     out_shape: tuple = None
+    in_buf: int = 0
+    out_buf: int = 1
 
     @property
     def move_cycles(self):
-        """Cycles the move into NBin takes: one per word copied or value flattened."""
-        if self.move[0] == "copy":
-            return self.move[1]
+        """Cycles the move into ``in_buf`` takes: one per value flattened, else 0."""
         if self.move[0] == "flatten":
             return self.move[1] * self.move[2] * self.move[3]
         return 0

@@ -21,28 +21,32 @@ ACCEL_COUNTERS = ("cycles", "engine_cycles", "load_cycles", "move_cycles", "mult
 class Accelerator(wiring.Component):
     """Run every layer of a :class:`slimnfu.contract.Program` on one :class:`LayerEngine`.
 
-    The program's weight ROM is a memory with its words as init (the ROM build). For each
-    layer, in order, the controller:
+    The program's weight ROM is a memory with its words as init (the ROM build). Activations
+    are not moved: each layer reads the engine's neuron buffer ``in_buf`` and writes buffer
+    ``out_buf`` (the program's ping-pong assignment, :mod:`slimnfu.gen.compiler`), so a layer
+    reads the previous layer's output where it was written. For each layer, in order, the
+    controller:
 
-    1. moves the previous layer's output into NBin: word for word (``copy``, one word per
-       cycle), or value by value into PyTorch's flatten order (``flatten``, one value per
-       cycle) when an FC layer follows a conv or pool layer;
+    1. only for a ``flatten`` move (an FC layer whose format cannot take the conv output in
+       the buffer's order): re-orders the conv output from buffer ``1 - in_buf`` into
+       ``in_buf`` in PyTorch's flatten order, one value per cycle;
     2. copies the layer's words from the ROM into the engine's memories (one word per cycle,
        plus one cycle per layer);
     3. starts the engine with the layer's descriptor and waits for ``done`` (the layer's
        ``dense_cycles`` or ``ikr_cycles`` plus ``LayerEngine.LATENCY``), then spends one
        cycle (``PAUSE``) going on to the next layer.
 
-    Handshake: write the image into NBin through ``img_*`` while idle (words of
+    Handshake: write the image into neuron buffer 0 through ``img_*`` while idle (words of
     :func:`slimnfu.formats.layout.pack_input`), pulse ``start``; ``done`` pulses when the last
     layer has finished and its output (the logits) is readable through ``rd_addr`` ->
-    ``rd_data`` (one cycle later). With ``step`` high the controller pauses after every layer
-    with ``paused`` high and ``layer`` naming it, so a testbench can read that layer's NBout,
-    and goes on when ``resume`` is pulsed.
+    ``rd_data`` (one cycle later; while idle they read the last layer's ``out_buf``). With
+    ``step`` high the controller pauses after every layer with ``paused`` high and ``layer``
+    naming it, so a testbench can read that layer's output (its ``out_buf``), and goes on when
+    ``resume`` is pulsed.
 
     Counters (reset by ``start``, final in the ``done`` cycle; paused cycles are not counted):
     ``cycles`` from ``start`` to ``done``, ``engine_cycles`` (layers running), ``load_cycles``
-    (ROM to engine), ``move_cycles`` (NBout to NBin), and the engine's ``mults`` and
+    (ROM to engine), ``move_cycles`` (``flatten`` moves; 0 for a program without), and the engine's ``mults`` and
     ``sat_events`` summed over the layers (plus ``gated`` with ``cfg.kgate``).
 
     Parameters
@@ -97,11 +101,9 @@ class Accelerator(wiring.Component):
         for layer in prog.layers:
             if layer.move[0] == "flatten":
                 _, c, h, w = layer.move
-                moves.append((1, c * h * w, h * w))
-            elif layer.move[0] == "copy":
-                moves.append((0, layer.move[1], 0))
+                moves.append((c * h * w, h * w))
             else:
-                moves.append((0, 0, 0))
+                moves.append((0, 0))
         return loads, first_load, moves
 
     def elaborate(self, platform):
@@ -119,16 +121,17 @@ class Accelerator(wiring.Component):
 
         loads, first_load, moves = self._tables()
         n_layers = len(prog.layers)
-        big = max([len(prog.rom)] + [n for _, _, n in loads] + [c for _, c, _ in moves] +
+        big = max([len(prog.rom)] + [n for _, _, n in loads] + [c for c, _ in moves] +
                   [cfg.nbin_depth, cfg.nbout_depth, cfg.sb_depth])
         cw = bits_for(big)
         load_sel = Array(Const(s, load_sel_width(cfg)) for s, _, _ in loads)
         load_base = Array(Const(b, cw) for _, b, _ in loads)
         load_len = Array(Const(n, cw) for _, _, n in loads)
         layer_first = Array(Const(f, cw) for f in first_load)
-        move_flat = Array(Const(f, 1) for f, _, _ in moves)
-        move_len = Array(Const(c, cw) for _, c, _ in moves)
-        move_hw = Array(Const(hw, cw) for _, _, hw in moves)
+        move_len = Array(Const(c, cw) for c, _ in moves)
+        move_hw = Array(Const(hw, cw) for _, hw in moves)
+        in_buf = Array(Const(l.in_buf, 1) for l in prog.layers)
+        out_buf = Array(Const(l.out_buf, 1) for l in prog.layers)
         dl = descriptor_layout(cfg)
         descs = Array(Const(l.desc_value, dl.size) for l in prog.layers)
 
@@ -137,9 +140,15 @@ class Accelerator(wiring.Component):
         k = Signal(cw)
         busy, paused = Signal(), Signal()
         m.d.comb += [self.busy.eq(busy), self.paused.eq(paused), self.layer.eq(layer)]
+        # The neuron buffers: while idle the host writes buffer 0 and reads the last layer's
+        # output; a flatten move (state MOVE) reads the other buffer than the one it fills.
+        src_buf = Signal()
+        m.d.comb += [eng.in_buf.eq(Mux(busy, in_buf[layer], 0)),
+                     src_buf.eq(Mux(busy, out_buf[layer], prog.layers[-1].out_buf)),
+                     eng.out_buf.eq(src_buf)]
 
-        # The write stage, shared by loads and moves: the ROM or NBout read issued in cycle t
-        # is written into the engine in cycle t+1.
+        # The write stage, shared by loads and moves: the ROM or neuron-buffer read issued in
+        # cycle t is written into the engine in cycle t+1.
         wr_en, wr_addr = Signal(), Signal(eng.load_addr.shape())
         wr_sel = Signal(load_sel_width(cfg))
         wr_from_rom, flat_mode, wr_lane = Signal(), Signal(), Signal(range(tn))
@@ -166,10 +175,8 @@ class Accelerator(wiring.Component):
             m.d.comb += eng.load_data.eq(self.img_data)
         with m.Elif(wr_from_rom):
             m.d.comb += eng.load_data.eq(rom_data)
-        with m.Elif(flat_mode):
-            m.d.comb += eng.load_data.eq(flat_word)
         with m.Else():
-            m.d.comb += eng.load_data.eq(eng.rd_data)
+            m.d.comb += eng.load_data.eq(flat_word)
 
         # Read stage of a flatten: pixel ``pos`` of channel ``tile*tn + lane``.
         pos, lane, tile_base = Signal(cw), Signal(range(tn)), Signal(cw)
@@ -195,16 +202,12 @@ class Accelerator(wiring.Component):
             with m.State("MOVE"):
                 m.d.sync += [cnt["move_cycles"].eq(cnt["move_cycles"] + 1), wr_en.eq(1),
                              wr_sel.eq(LoadSel.NBIN), wr_from_rom.eq(0), k.eq(k + 1)]
-                with m.If(move_flat[layer]):
-                    m.d.comb += ctrl_rd_addr.eq(tile_base + pos)
-                    m.d.sync += [flat_mode.eq(1), wr_lane.eq(lane), pos.eq(pos + 1)]
-                    with m.If(pos == move_hw[layer] - 1):
-                        m.d.sync += [pos.eq(0), lane.eq(lane + 1)]
-                        with m.If(lane == tn - 1):
-                            m.d.sync += [lane.eq(0), tile_base.eq(tile_base + move_hw[layer])]
-                with m.Else():
-                    m.d.comb += ctrl_rd_addr.eq(k)
-                    m.d.sync += [flat_mode.eq(0), wr_addr.eq(k)]
+                m.d.comb += [ctrl_rd_addr.eq(tile_base + pos), src_buf.eq(~in_buf[layer])]
+                m.d.sync += [flat_mode.eq(1), wr_lane.eq(lane), pos.eq(pos + 1)]
+                with m.If(pos == move_hw[layer] - 1):
+                    m.d.sync += [pos.eq(0), lane.eq(lane + 1)]
+                    with m.If(lane == tn - 1):
+                        m.d.sync += [lane.eq(0), tile_base.eq(tile_base + move_hw[layer])]
                 with m.If(k == move_len[layer] - 1):
                     m.d.sync += k.eq(0)
                     m.next = "LOAD"

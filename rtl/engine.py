@@ -23,8 +23,14 @@ __all__ = ["LayerEngine"]
 class LayerEngine(wiring.Component):
     """Run one dense layer (conv, fc, maxpool, avgpool) from the buffers.
 
-    Buffers: NBin, bias and NBout are one memory each; SB is ``tn`` banks (one per output lane,
-    ``ti*dw`` bits, same address), loaded together from one ``load_data`` word.
+    Buffers: bias is one memory; SB is ``tn`` banks (one per output lane, ``ti*dw`` bits, same
+    address), loaded together from one ``load_data`` word. The neuron buffers are a ping-pong
+    pair, buffer 0 (``nbin``, ``cfg.nbin_depth`` words) and buffer 1 (``nbout``,
+    ``cfg.nbout_depth`` words), both ``tn*dw == ti*dw`` bits wide: a layer reads its input from
+    buffer ``in_buf`` and writes its output into buffer ``out_buf`` (latched by ``start``;
+    ``in_buf == out_buf`` is allowed when the pass reads words it does not write, e.g. the
+    slim approximation pass), so the next layer can read the output where it was written.
+    ``in_buf = 0, out_buf = 1`` (the ports' defaults) is the classic NBin/NBout engine.
 
     Pipeline, for a step issued by the sequencer in cycle ``S``: NBin/SB/bias read ``S``,
     NFU-1 multiply ``S+1``, NFU-2 accumulate ``S+2``, NFU-3 requantise ``S+3`` and activate
@@ -36,7 +42,9 @@ class LayerEngine(wiring.Component):
     the counters hold their final values: ``cycles`` is the number of clock edges from the
     ``start`` cycle to the ``done`` cycle (``done_cycle - start_cycle``). All counters are reset
     by ``start``. Loads (``load_en``) and NBout reads (``rd_addr`` -> ``rd_data`` one cycle
-    later) are meant for idle time; loads while busy are ignored. The load port is decoded into
+    later) are meant for idle time; loads while busy are ignored. An ``NBIN`` load writes buffer
+    ``in_buf`` and ``rd_addr`` reads buffer ``out_buf`` (the port values, not the latched ones;
+    ``rd_data`` follows the ``out_buf`` of the cycle of its ``rd_addr``). The load port is decoded into
     one :class:`slimnfu.rtl.signatures.LoadSignature` write port per memory (``load_sel``
     picks it); the pipeline takes the sequencer's :class:`slimnfu.rtl.signatures.StepSignature`.
 
@@ -69,6 +77,8 @@ class LayerEngine(wiring.Component):
             "load_data": In(load_data_width(cfg)),
             "rd_addr": In(bits_for(cfg.nbout_depth - 1)),
             "rd_data": Out(cfg.tn * cfg.dw),
+            "in_buf": In(1),
+            "out_buf": In(1, init=1),
             **{name: Out(COUNTER_BITS[name]) for name in ("cycles", "steps", "mults",
                                                           "sat_events")},
             # Method A: multiplies switched off by the kernel gate (``cfg.kgate`` only).
@@ -91,6 +101,7 @@ class LayerEngine(wiring.Component):
                                           init=[])
         m.submodules.nbout = nbout = Memory(shape=unsigned(tn * dw), depth=cfg.nbout_depth,
                                             init=[])
+        bufs = (nbin, nbout)
         m.submodules.seq = seq = Sequencer(cfg)
         m.submodules.nfu1 = nfu1 = NFU1(cfg)
         m.submodules.nfu2 = nfu2 = NFU2(cfg)
@@ -98,25 +109,32 @@ class LayerEngine(wiring.Component):
 
         cur = Signal(descriptor_layout(cfg))
         busy = Signal()
+        # The neuron buffers the running layer reads and writes (0: nbin, 1: nbout).
+        cur_in, cur_out = Signal(), Signal(init=1)
         starting = self.start & ~busy
         with m.If(starting):
-            m.d.sync += [cur.eq(self.desc), busy.eq(1)]
+            m.d.sync += [cur.eq(self.desc), busy.eq(1), cur_in.eq(self.in_buf),
+                         cur_out.eq(self.out_buf)]
         m.d.comb += [self.busy.eq(busy), seq.run.start.eq(starting), seq.run.desc.eq(self.desc)]
         # The memories' write ports: (load_sel value, port, lowest load_data bit).
-        loads = [(LoadSel.NBIN, nbin.write_port(), 0), (LoadSel.BIAS, bias.write_port(), 0)]
+        # (NBin loads share the neuron buffers' write ports with the pipeline: see below.)
+        loads = [(LoadSel.BIAS, bias.write_port(), 0)]
         loads += [(LoadSel.SB, bank.write_port(), j * ti * dw) for j, bank in enumerate(sb_banks)]
         loads.append((LoadSel.PWL, nfu3.pwl, 0))
         step = seq.step
         if cfg.ikr:
-            step = self._ikr_path(m, cur, seq, starting, nbin, nfu1, loads)
+            step = self._ikr_path(m, cur, seq, starting, bufs, cur_in, nfu1, loads)
 
         # Stage S: the sequencer's step addresses the buffers.
         is_mac = cur.mode == Mode.MAC
-        nbin_rd, bias_rd = nbin.read_port(), bias.read_port()
-        m.d.comb += [
-            nbin_rd.addr.eq(step.nbin_addr), nbin_rd.en.eq(step.valid & ~step.pad),
-            bias_rd.addr.eq(step.bias_addr), bias_rd.en.eq(step.valid & is_mac & step.first),
-        ]
+        bias_rd = bias.read_port()
+        m.d.comb += [bias_rd.addr.eq(step.bias_addr),
+                     bias_rd.en.eq(step.valid & is_mac & step.first)]
+        nbin_rds = [buf.read_port() for buf in bufs]
+        for port in nbin_rds:
+            m.d.comb += [port.addr.eq(step.nbin_addr), port.en.eq(step.valid & ~step.pad)]
+        # cur_in holds still while the layer runs, so it selects the data of any step.
+        nbin_data = Mux(cur_in, nbin_rds[1].data, nbin_rds[0].data)
         synapses = []
         sb_addr, sb_en = step.sb_addr, step.valid & is_mac
         if cfg.perm:
@@ -152,7 +170,7 @@ class LayerEngine(wiring.Component):
         # Stage S+1: NFU-1 multiplies (padding positions read as zero).
         pad1, valid1 = delayed(step.pad, 1, "pad"), delayed(step.valid, 1, "valid")
         neurons = Signal(ti * dw)
-        m.d.comb += neurons.eq(Mux(pad1, 0, nbin_rd.data))
+        m.d.comb += neurons.eq(Mux(pad1, 0, nbin_data))
         m.d.comb += [nfu1.neurons.eq(neurons), nfu1.synapses.eq(synapse_word),
                      nfu1.en.eq(valid1 & is_mac)]
 
@@ -176,23 +194,34 @@ class LayerEngine(wiring.Component):
         ]
 
         # Stage S+5: NBout write; done one cycle after the layer's last write.
+        # One write port per neuron buffer: the pipeline's writes into buffer cur_out while
+        # busy, NBin loads into buffer in_buf while idle.
         write_end = nfu3.out_valid & delayed(step.end, self.WRITE_DELAY, "end")
+        out_addr = delayed(step.nbout_addr, self.WRITE_DELAY, "nbout_addr")
+        nbin_load = idle_load & (self.load_sel == LoadSel.NBIN)
         if cfg.kgate:
             # centre-tap passes may fill part of a tile: one write enable per lane
-            nbout_wr = nbout.write_port(granularity=dw)
             mask = delayed(step.write_mask, self.WRITE_DELAY, "write_mask")
-            m.d.comb += nbout_wr.en.eq(Mux(nfu3.out_valid, mask, 0))
+            out_en, all_lanes = Mux(nfu3.out_valid, mask, 0), (1 << tn) - 1
         else:
-            nbout_wr = nbout.write_port()
-            m.d.comb += nbout_wr.en.eq(nfu3.out_valid)
-        m.d.comb += [nbout_wr.addr.eq(delayed(step.nbout_addr, self.WRITE_DELAY, "nbout_addr")),
-                     nbout_wr.data.eq(nfu3.out)]
+            out_en, all_lanes = nfu3.out_valid, 1
+        for b, buf in enumerate(bufs):
+            port = buf.write_port(granularity=dw) if cfg.kgate else buf.write_port()
+            m.d.comb += [
+                port.en.eq(Mux(busy, Mux(cur_out == b, out_en, 0),
+                               Mux(nbin_load & (self.in_buf == b), all_lanes, 0))),
+                port.addr.eq(Mux(busy, out_addr, self.load_addr)),
+                port.data.eq(Mux(busy, nfu3.out, self.load_data[:ti * dw])),
+            ]
         m.d.sync += self.done.eq(write_end)
         with m.If(write_end):
             m.d.sync += busy.eq(0)
 
-        nbout_rd = nbout.read_port()
-        m.d.comb += [nbout_rd.addr.eq(self.rd_addr), self.rd_data.eq(nbout_rd.data)]
+        rd_ports = [buf.read_port() for buf in bufs]
+        rd_sel = Signal()
+        m.d.sync += rd_sel.eq(self.out_buf)
+        m.d.comb += [p.addr.eq(self.rd_addr) for p in rd_ports]
+        m.d.comb += self.rd_data.eq(Mux(rd_sel, rd_ports[1].data, rd_ports[0].data))
 
         # Counters, reset by start.
         with m.If(starting):
@@ -247,12 +276,13 @@ class LayerEngine(wiring.Component):
         m.d.sync += perm_on.eq(cur.perm != Perm.NONE)
         return Mux(perm_on, psb.data, sb_word)
 
-    def _ikr_path(self, m, cur, seq, starting, nbin, nfu1, loads):
+    def _ikr_path(self, m, cur, seq, starting, bufs, cur_in, nfu1, loads):
         """Method B: IKR conv layers (``desc.ikr_n != 0``) run on :class:`IkrUnit`.
 
         Returns the steps the pipeline takes from then on: the IKR unit's while an IKR layer
         runs, the dense sequencer's (``seq``) otherwise (:func:`select_steps`). Adds the
-        write ports of the pattern table and the index memory to ``loads``.
+        write ports of the pattern table and the index memory to ``loads``. Each of the
+        unit's row reads has a port on both neuron buffers (``bufs``); ``cur_in`` picks.
         """
         cfg = self.cfg
         m.submodules.ikr = ikr = IkrUnit(cfg)
@@ -262,9 +292,10 @@ class LayerEngine(wiring.Component):
                      ikr.run.start.eq(starting & is_ikr), ikr.run.desc.eq(self.desc)]
         loads += [(LoadSel.IKR_INDEX, ikr.index, 0), (LoadSel.IKR_TABLE, ikr.table, 0)]
         for r in range(cfg.ikr.kmax):
-            port = nbin.read_port()
-            m.d.comb += [port.addr.eq(ikr.nbin_addr[r]), port.en.eq(ikr.nbin_en[r]),
-                         ikr.nbin_data[r].eq(port.data)]
+            ports = [buf.read_port() for buf in bufs]
+            for port in ports:
+                m.d.comb += [port.addr.eq(ikr.nbin_addr[r]), port.en.eq(ikr.nbin_en[r])]
+            m.d.comb += ikr.nbin_data[r].eq(Mux(cur_in, ports[1].data, ports[0].data))
         ikr_mode = cur.ikr_n != 0
         m.d.comb += [nfu1.lane_neurons.eq(ikr.lane_neurons), nfu1.lane_sel.eq(ikr_mode)]
         return select_steps(m, ikr_mode, seq.step, ikr.step)

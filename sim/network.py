@@ -29,7 +29,9 @@ __all__ = ["layer_schedule", "expected_cycles", "image_job", "run_network", "fas
 def layer_schedule(program):
     """When each program layer runs in one inference, as the controller spends the cycles.
 
-    Per layer: the move (``copy`` words or ``flatten`` values), the ROM loads (words plus one
+    Per layer: the move (``flatten`` values; 0 for a layer that reads its input where the
+    previous one wrote it, i.e. every layer but a ``perm_affine`` FC after a conv), the ROM
+    loads (words plus one
     cycle), the ``RUN`` cycle that starts the engine, the engine (``dense_cycles`` or
     ``ikr_cycles`` plus ``LATENCY``: its ``done`` cycle is ``LATENCY + nfu_cycles`` after the
     start) and one ``PAUSE`` cycle. Cycles are counted as the accelerator's ``cycles`` counter

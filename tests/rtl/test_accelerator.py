@@ -142,6 +142,21 @@ def test_every_format_in_one_network(mixed_qmodel, mixed_program):
     assert counters["cycles"] == expected_cycles(program)["cycles"]
 
 
+def test_no_moves_between_layers(mixed_index_qmodel):
+    """With fc1 in ``perm_index`` nothing moves: every layer reads its input where the one
+    before wrote it (the approximation pass in the buffer it writes), and fc1 reads pool2's
+    output in the buffer's channel tiles, its padding lanes included."""
+    program = compile_model(mixed_index_qmodel, config_for(mixed_index_qmodel, CONFIGS["tiny"]))
+    assert sum(l.move_cycles for l in program.layers) == 0
+    assert any(l.in_buf == l.out_buf for l in program.layers)
+    x = quantize_input(mixed_index_qmodel, torch.rand(2, 1, 10, 10))
+    for n, (layers, _, counters, _) in enumerate(run_program(program, x)):
+        assert_model_layers(program, layers, int_forward_layers(mixed_index_qmodel,
+                                                                x[n:n + 1]))
+        assert counters["move_cycles"] == 0
+        assert counters["cycles"] == expected_cycles(program)["cycles"]
+
+
 def layer_figures(program, qmodel, x):
     """What the engine reports for each program layer of ``program`` run on ``x``.
 
