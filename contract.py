@@ -40,10 +40,11 @@ PWL_SEGMENTS = 16
 DESC_FIELD_BITS = {"h_in": 12, "w_in": 12, "h_out": 12, "w_out": 12, "k": 4, "stride": 4,
                    "pad": 4}
 
-#: Widths of the counters the engine (``cycles`` .. ``gated``) and the accelerator (all of
-#: them) report. ``gated`` exists with ``cfg.kgate`` only.
+#: Widths of the counters the engine (``cycles``, ``steps`` .. ``gated``) and the accelerator
+#: (all but ``steps``) report. ``gated`` exists with ``cfg.kgate`` only.
 COUNTER_BITS = {"cycles": 32, "engine_cycles": 32, "load_cycles": 32, "move_cycles": 32,
-                "steps": 32, "mults": 48, "sat_events": 32, "gated": 48}
+                "overlap_load_cycles": 32, "steps": 32, "mults": 48, "sat_events": 32,
+                "gated": 48}
 
 
 def bits_for(max_value):
@@ -271,6 +272,32 @@ class Program:
     rom_width: int
     input_shape: tuple
     stats: dict = field(default_factory=dict)
+
+    def load_plan(self):
+        """The weight-load stream of one inference: ``(entries, need)``.
+
+        ``entries`` lists every non-empty load of every layer as ``(sel, rom_base, words,
+        gate)``, layer by layer, each layer's ``SB`` load last. The controller streams them in
+        this order, one word per cycle, beside the layers: entry ``e`` may begin once
+        ``gate`` program layers have finished (``gate`` is one more than the last earlier
+        layer that loads the same memory, 0 if none), so a memory is never written while a
+        layer that reads it runs. ``need[i]`` is the entry layer ``i`` waits for: every entry
+        before it must be complete before the layer starts. It is the layer's ``SB`` load
+        when it has one, which streams on while the layer runs: the engine's sequencers read
+        an SB address for the first time no earlier than step number ``address``, and the
+        first step comes :attr:`slimnfu.rtl.engine.LayerEngine.FIRST_STEP` cycles after the
+        start, so each word is written before its first read.
+        """
+        entries, need, last = [], [], {}
+        for i, layer in enumerate(self.layers):
+            mine = [(int(s), b, n) for s, b, n in layer.loads if n]
+            mine = ([x for x in mine if x[0] != LoadSel.SB] +
+                    [x for x in mine if x[0] == LoadSel.SB])
+            entries += [(s, b, n, last.get(s, -1) + 1) for s, b, n in mine]
+            need.append(len(entries) - 1 if mine and mine[-1][0] == LoadSel.SB
+                        else len(entries))
+            last.update((s, i) for s, _, _ in mine)
+        return entries, need
 
     def out_words(self, i):
         """NBout words holding the output of program layer ``i`` (0 after an unfinished

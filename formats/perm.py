@@ -261,7 +261,7 @@ class PermIndexFormat(_PermFormat):
 
     def relayout_input(self, ql, src):
         # The index ROM takes any column order. Each padding column gathers a zero appended
-        # to s, so every row stays a permutation of the longer sequence.
+        # to s (s has one value per input), so every row stays a permutation.
         rec, n = ql.compressed, ql.desc.n_in
         pad = src < 0
         s = torch.cat([rec.s, rec.s.new_zeros(int(pad.sum()))])

@@ -41,10 +41,15 @@ class LayerEngine(wiring.Component):
     and falls in the cycle ``done`` pulses, one cycle after the last NBout write. In that cycle
     the counters hold their final values: ``cycles`` is the number of clock edges from the
     ``start`` cycle to the ``done`` cycle (``done_cycle - start_cycle``). All counters are reset
-    by ``start``. Loads (``load_en``) and NBout reads (``rd_addr`` -> ``rd_data`` one cycle
-    later) are meant for idle time; loads while busy are ignored. An ``NBIN`` load writes buffer
-    ``in_buf`` and ``rd_addr`` reads buffer ``out_buf`` (the port values, not the latched ones;
-    ``rd_data`` follows the ``out_buf`` of the cycle of its ``rd_addr``). The load port is decoded into
+    by ``start``. NBout reads (``rd_addr`` -> ``rd_data`` one cycle later) are meant for idle
+    time. Loads (``load_en``) into the weight memories are taken at any time, so a controller
+    can stream the next layer's words while a layer runs; it must not write a memory the
+    running layer reads before the layer has read it (:meth:`slimnfu.contract.Program.load_plan`
+    says how the accelerator keeps to that). Neuron-buffer writes, an ``NBIN`` load or the
+    ``nb_*`` port (``nb_en``, ``nb_addr``, ``nb_data``: the same write beside the load port, so
+    a controller can fill the buffer while it streams weights), are taken while idle only and
+    write buffer ``in_buf``; ``rd_addr`` reads buffer ``out_buf`` (the port values, not the
+    latched ones; ``rd_data`` follows the ``out_buf`` of the cycle of its ``rd_addr``). The load port is decoded into
     one :class:`slimnfu.rtl.signatures.LoadSignature` write port per memory (``load_sel``
     picks it); the pipeline takes the sequencer's :class:`slimnfu.rtl.signatures.StepSignature`.
 
@@ -79,6 +84,9 @@ class LayerEngine(wiring.Component):
             "rd_data": Out(cfg.tn * cfg.dw),
             "in_buf": In(1),
             "out_buf": In(1, init=1),
+            "nb_en": In(1),
+            "nb_addr": In(bits_for(max(cfg.nbin_depth, cfg.nbout_depth) - 1)),
+            "nb_data": In(cfg.ti * cfg.dw),
             **{name: Out(COUNTER_BITS[name]) for name in ("cycles", "steps", "mults",
                                                           "sat_events")},
             # Method A: multiplies switched off by the kernel gate (``cfg.kgate`` only).
@@ -151,10 +159,10 @@ class LayerEngine(wiring.Component):
         if cfg.perm:
             synapse_word = self._perm_path(m, cur, step, synapse_word, loads)
 
-        # Load interface: one word per cycle, while idle, into the memory load_sel names.
+        # Load interface: one word per cycle into the memory load_sel names (NBin: while idle).
         idle_load = self.load_en & ~busy
         for sel, port, lsb in loads:
-            m.d.comb += [port.en.eq(idle_load & (self.load_sel == sel)),
+            m.d.comb += [port.en.eq(self.load_en & (self.load_sel == sel)),
                          port.addr.eq(self.load_addr), port.data.eq(self.load_data[lsb:])]
 
         def delayed(value, stages, name):
@@ -198,7 +206,9 @@ class LayerEngine(wiring.Component):
         # busy, NBin loads into buffer in_buf while idle.
         write_end = nfu3.out_valid & delayed(step.end, self.WRITE_DELAY, "end")
         out_addr = delayed(step.nbout_addr, self.WRITE_DELAY, "nbout_addr")
-        nbin_load = idle_load & (self.load_sel == LoadSel.NBIN)
+        nbin_load = (idle_load & (self.load_sel == LoadSel.NBIN)) | (self.nb_en & ~busy)
+        nb_addr = Mux(self.nb_en, self.nb_addr, self.load_addr)
+        nb_data = Mux(self.nb_en, self.nb_data, self.load_data[:ti * dw])
         if cfg.kgate:
             # centre-tap passes may fill part of a tile: one write enable per lane
             mask = delayed(step.write_mask, self.WRITE_DELAY, "write_mask")
@@ -210,8 +220,8 @@ class LayerEngine(wiring.Component):
             m.d.comb += [
                 port.en.eq(Mux(busy, Mux(cur_out == b, out_en, 0),
                                Mux(nbin_load & (self.in_buf == b), all_lanes, 0))),
-                port.addr.eq(Mux(busy, out_addr, self.load_addr)),
-                port.data.eq(Mux(busy, nfu3.out, self.load_data[:ti * dw])),
+                port.addr.eq(Mux(busy, out_addr, nb_addr)),
+                port.data.eq(Mux(busy, nfu3.out, nb_data)),
             ]
         m.d.sync += self.done.eq(write_end)
         with m.If(write_end):
