@@ -15,7 +15,7 @@ def test_program_moves_and_rom(small_qmodel, small_program):
     assert [(l.in_buf, l.out_buf) for l in small_program.layers] == [(0, 1), (1, 0)] * 3
     assert sum(l.move_cycles for l in small_program.layers) == 0
     # fc1 reads pool2's 5x2x2 output in the buffer's order: 2 tiles of tn=4 channels
-    fc1, ql = small_program.layers[4], small_qmodel.layers[4]
+    fc1 = small_program.layers[4]
     assert fc1.desc.layer.n_in == 2 * 4 * 2 * 2
     rom_words = sum(n for l in small_program.layers for _, _, n in l.loads)
     assert rom_words == len(small_program.rom) == small_program.stats["rom_words"]
