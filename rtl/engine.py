@@ -215,8 +215,9 @@ class LayerEngine(wiring.Component):
             out_en, all_lanes = Mux(nfu3.out_valid, mask, 0), (1 << tn) - 1
         else:
             out_en, all_lanes = nfu3.out_valid, 1
-        for b, buf in enumerate(bufs):
-            port = buf.write_port(granularity=dw) if cfg.kgate else buf.write_port()
+        kw = {"granularity": dw} if cfg.kgate else {}
+        nbin_wr, nbout_wr = nbin.write_port(**kw), nbout.write_port(**kw)
+        for b, port in enumerate((nbin_wr, nbout_wr)):
             m.d.comb += [
                 port.en.eq(Mux(busy, Mux(cur_out == b, out_en, 0),
                                Mux(nbin_load & (self.in_buf == b), all_lanes, 0))),
