@@ -40,10 +40,11 @@ PWL_SEGMENTS = 16
 DESC_FIELD_BITS = {"h_in": 12, "w_in": 12, "h_out": 12, "w_out": 12, "k": 4, "stride": 4,
                    "pad": 4}
 
-#: Widths of the counters the engine (``cycles`` .. ``gated``) and the accelerator (all of
-#: them) report. ``gated`` exists with ``cfg.kgate`` only.
+#: Widths of the counters the engine (``cycles``, ``steps`` .. ``gated``) and the accelerator
+#: (all but ``steps``) report. ``gated`` exists with ``cfg.kgate`` only.
 COUNTER_BITS = {"cycles": 32, "engine_cycles": 32, "load_cycles": 32, "move_cycles": 32,
-                "steps": 32, "mults": 48, "sat_events": 32, "gated": 48}
+                "overlap_load_cycles": 32, "steps": 32, "mults": 48, "sat_events": 32,
+                "gated": 48}
 
 
 def bits_for(max_value):
@@ -220,9 +221,16 @@ class ProgramLayer:
     """One engine run of a :class:`Program`.
 
     ``loads`` are ``(sel, rom_base, words)``: copy ``words`` ROM words from ``rom_base`` to
-    engine memory ``sel`` (a :class:`LoadSel`) at addresses ``0 ..``. ``move`` is
-    ``("image",)`` for the first layer, ``("copy", words)``, ``("flatten", channels, h, w)``
-    or ``("none",)`` (a later pass of the same model layer reads the same input).
+    engine memory ``sel`` (a :class:`LoadSel`) at addresses ``0 ..``. The layer reads its
+    input from neuron buffer ``in_buf`` and writes its output into buffer ``out_buf`` (the
+    engine's ping-pong pair, :class:`slimnfu.rtl.engine.LayerEngine`). ``move`` is
+    ``("image",)`` for the first layer (the host writes buffer 0), ``("none",)`` when the
+    input is already in ``in_buf`` where the layer reads it (the previous layer's output, or
+    for a later pass of a model layer its input or its earlier passes' outputs), or
+    ``("flatten", channels, h, w)``: the controller re-orders the conv output in buffer
+    ``1 - in_buf`` value by value into ``in_buf`` in PyTorch's flatten order (only for an FC
+    layer whose format cannot take its columns in the buffer's order, see
+    :meth:`slimnfu.formats.base.WeightFormat.relayout_input`).
 
     A model layer may take several program layers (a ``slim`` layer: one pass per run of
     equal-kernel tiles, then the 1x1 approximation pass). ``ref`` is the index of the model
@@ -238,12 +246,12 @@ class ProgramLayer:
     format: str
     ref: int = None
     out_shape: tuple = None
+    in_buf: int = 0
+    out_buf: int = 1
 
     @property
     def move_cycles(self):
-        """Cycles the move into NBin takes: one per word copied or value flattened."""
-        if self.move[0] == "copy":
-            return self.move[1]
+        """Cycles the move into ``in_buf`` takes: one per value flattened, else 0."""
         if self.move[0] == "flatten":
             return self.move[1] * self.move[2] * self.move[3]
         return 0
@@ -273,6 +281,32 @@ class Program:
     rom_width: int
     input_shape: tuple
     stats: dict = field(default_factory=dict)
+
+    def load_plan(self):
+        """The weight-load stream of one inference: ``(entries, need)``.
+
+        ``entries`` lists every non-empty load of every layer as ``(sel, rom_base, words,
+        gate)``, layer by layer, each layer's ``SB`` load last. The controller streams them in
+        this order, one word per cycle, beside the layers: entry ``e`` may begin once
+        ``gate`` program layers have finished (``gate`` is one more than the last earlier
+        layer that loads the same memory, 0 if none), so a memory is never written while a
+        layer that reads it runs. ``need[i]`` is the entry layer ``i`` waits for: every entry
+        before it must be complete before the layer starts. It is the layer's ``SB`` load
+        when it has one, which streams on while the layer runs: the engine's sequencers read
+        an SB address for the first time no earlier than step number ``address``, and the
+        first step comes :attr:`slimnfu.rtl.engine.LayerEngine.FIRST_STEP` cycles after the
+        start, so each word is written before its first read.
+        """
+        entries, need, last = [], [], {}
+        for i, layer in enumerate(self.layers):
+            mine = [(int(s), b, n) for s, b, n in layer.loads if n]
+            mine = ([x for x in mine if x[0] != LoadSel.SB] +
+                    [x for x in mine if x[0] == LoadSel.SB])
+            entries += [(s, b, n, last.get(s, -1) + 1) for s, b, n in mine]
+            need.append(len(entries) - 1 if mine and mine[-1][0] == LoadSel.SB
+                        else len(entries))
+            last.update((s, i) for s, _, _ in mine)
+        return entries, need
 
     def out_words(self, i):
         """NBout words holding the output of program layer ``i`` (0 after an unfinished

@@ -12,12 +12,18 @@ Rows (docs/design.md section 9), ``method`` ``dense`` and ``compressed`` (``form
 layer's): accuracies on the full test set
 (float and integer) and on the simulated images (``acc_rtl``), MACs, params and bits (every
 stored bit), ``rtl_cycles`` per inference measured on Verilator, plus ``rtl_engine_cycles``
-(layers running; the rest moves activations and loads weights) and ``ideal_cycles``: the dense
-engine cycles of each layer scaled by its MAC ratio. ``per_layer`` gives each layer's measured
-cycles; ``sim_s_per_image`` the Verilator seconds per inference. ``acc_float_same_images``,
-``acc_int_same_images`` and ``acc_rtl`` put the three accuracies on the simulated images side
-by side; ``attribution`` (:func:`slimnfu.flows.attribution`) gives each layer's SQNR against the
-float network and its saturation events on the calibration images.
+(layers running) and ``ideal_cycles``: the dense engine cycles of each layer scaled by its MAC
+ratio. ``rtl_cycles_parts`` says where every cycle went: ``engine_cycles``, ``load_cycles``
+(waiting for weights, one cycle a layer at least), ``move_cycles`` (activation moves), two
+cycles a layer to start and stop it (``control_cycles``), and beside them
+``overlap_load_cycles``, the weight words loaded while something else ran. ``per_layer``
+gives each program layer's measured cycles, ``layers`` each model layer's: cycles, MACs, the
+speed-up over the dense build and its ratio to the MAC-ideal one (``speedup_over_ideal``), and
+NFU utilisation (MACs over ``tn*ti`` times the layer's cycles). ``sim_s_per_image`` is the
+Verilator seconds per inference. ``acc_float_same_images``, ``acc_int_same_images`` and
+``acc_rtl`` put the three accuracies on the simulated images side by side; ``attribution``
+(:func:`slimnfu.flows.attribution`) gives each layer's SQNR against the float network and its
+saturation events on the calibration images.
 """
 
 import time
@@ -26,7 +32,7 @@ from slimnfu.bench.common import accuracy, add_threads, host, start, write_repor
 from slimnfu.compress import attribution
 from slimnfu.config import Scenario
 
-__all__ = ["main", "add_arguments", "measure", "markdown"]
+__all__ = ["main", "add_arguments", "measure", "markdown", "layer_rows", "cycle_parts"]
 
 #: The project's scenario (LeNet-5 on MNIST): the options below default to it.
 DEFAULT = Scenario()
@@ -76,6 +82,54 @@ def _ideal(dense_layers, stats_dense, stats):
         ratio = lc["macs"] / ld["macs"] if ld["macs"] else 1.0
         total += d["engine_cycles"] * ratio
     return round(total)
+
+
+def cycle_parts(counters, n_layers):
+    """Where the cycles of one inference went: the accelerator's counters plus
+    ``control_cycles`` (``RUN`` and ``PAUSE``, two a program layer), which with
+    ``engine_cycles``, ``load_cycles`` and ``move_cycles`` sums to ``cycles``."""
+    parts = {k: counters[k] for k in ("engine_cycles", "load_cycles", "move_cycles",
+                                      "overlap_load_cycles")}
+    parts["control_cycles"] = 2 * n_layers
+    if counters["cycles"] != sum(parts[k] for k in ("engine_cycles", "load_cycles",
+                                                    "move_cycles", "control_cycles")):
+        raise ValueError(f"the counters do not add up to the {counters['cycles']} cycles: "
+                         f"{parts}")
+    return parts
+
+
+def layer_rows(per_layer, stats, lanes, dense=None):
+    """One row per model layer of a measured run: ``name``, ``format``, ``cycles`` (its
+    program layers' measured cycles), ``macs``, ``nfu_util`` (``macs / (lanes * cycles)``,
+    None for pooling), and with the dense build's rows ``dense``: ``dense_cycles``,
+    ``speedup``, ``ideal`` (the MAC ratio) and ``speedup_over_ideal``.
+
+    Parameters
+    ----------
+    per_layer : list of dict
+        The run's ``per_layer`` (program layers).
+    stats : dict
+        :func:`slimnfu.formats.accounting.model_stats` of the model.
+    lanes : int
+        The NFU's multipliers, ``tn * ti``.
+    dense : list of dict, optional
+        This function's rows of the dense build.
+    """
+    cycles = per_model_layer(per_layer)
+    by_dense = {r["name"]: r for r in dense or []}
+    rows = []
+    for st in stats["layers"]:
+        c, fmt = cycles[st["name"]]
+        row = {"name": st["name"], "format": fmt, "cycles": c, "macs": st["macs"],
+               "nfu_util": round(st["macs"] / (lanes * c), 4) if st["macs"] else None}
+        d = by_dense.get(st["name"])
+        if d:
+            ideal = d["macs"] / st["macs"] if st["macs"] else 1.0
+            row.update({"dense_cycles": d["cycles"], "speedup": round(d["cycles"] / c, 3),
+                        "ideal": round(ideal, 3),
+                        "speedup_over_ideal": round(d["cycles"] / c / ideal, 3)})
+        rows.append(row)
+    return rows
 
 
 def measure(scenario, images=100, icarus_images=0, dense_images=10, recompress=False,
@@ -157,8 +211,7 @@ def measure(scenario, images=100, icarus_images=0, dense_images=10, recompress=F
                 round(evaluate(fm, xt[:r["images"]], yt[:r["images"]]), 2)
             row.update({"rtl_cycles": r["counters"]["cycles"],
                         "rtl_engine_cycles": r["counters"]["engine_cycles"],
-                        "rtl_cycles_parts": {k: r["counters"][k] for k in
-                                             ("engine_cycles", "load_cycles", "move_cycles")},
+                        "rtl_cycles_parts": cycle_parts(r["counters"], len(prog.layers)),
                         "images_rtl": r["images"], "acc_rtl": r["rtl_accuracy"],
                         "acc_int_same_images": r["int_accuracy"],
                         "bit_exact": r["bit_exact"], "failures": r["failures"],
@@ -166,6 +219,11 @@ def measure(scenario, images=100, icarus_images=0, dense_images=10, recompress=F
                         "sim_build_s": r["build_s"], "mults": r["counters"]["mults"]})
         if dense_run and dense_run["per_layer"]:
             row["ideal_cycles"] = _ideal(dense_run["per_layer"], sd, st)
+        if r and r["per_layer"]:
+            lanes = prog.cfg.tn * prog.cfg.ti
+            dense_rows = (layer_rows(dense_run["per_layer"], sd, lanes)
+                          if dense_run and dense_run["per_layer"] and label != "dense" else None)
+            row["layers"] = layer_rows(r["per_layer"], st, lanes, dense_rows)
         for (lab, sim), rr in runs.items():
             if lab == label and sim != "verilator":
                 row[f"{sim}_images"], row[f"{sim}_bit_exact"] = rr["images"], rr["bit_exact"]
@@ -196,18 +254,33 @@ def markdown(rows):
             f"| {r['method']} | {r['config']} | {r['acc_int']:.2f} | "
             f"{r.get('acc_rtl', '-')} ({r.get('images_rtl', 0)}) | "
             f"{'yes' if r.get('bit_exact') else 'NO'} | {r['macs_dense'] / r['macs']:.2f} | "
-            f"{r['bits_dense'] / r['bits']:.2f} | {r.get('rtl_cycles', '-'):,} | "
-            f"{r.get('rtl_engine_cycles', '-'):,} | {r.get('ideal_cycles', '-'):,} | {sp} | "
+            f"{r['bits_dense'] / r['bits']:.2f} | {_num(r.get('rtl_cycles'))} | "
+            f"{_num(r.get('rtl_engine_cycles'))} | {_num(r.get('ideal_cycles'))} | {sp} | "
             f"{r.get('sim_s_per_image', '-')} |")
-    by = {r["method"]: per_model_layer(r.get("per_layer") or []) for r in rows}
-    if "dense" in by and len(by) > 1:
-        other = [m for m in by if m != "dense"][0]
-        lines += ["", f"| layer | format | dense cycles | {other} cycles | speed-up |",
-                  "|---|---|---:|---:|---:|"]
-        for name, (d, _) in by["dense"].items():
-            if name in by[other]:
-                c, fmt = by[other][name]
-                lines.append(f"| {name} | {fmt} | {d:,} | {c:,} | {d / c:.2f} |")
+    parts = [r for r in rows if r.get("rtl_cycles_parts")]
+    if parts:
+        lines += ["", "| build | cycles | engine | waiting for weights | moves | run + pause "
+                  "| weight words hidden |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for r in parts:
+            p = r["rtl_cycles_parts"]
+            lines.append(f"| {r['method']} | {r['rtl_cycles']:,} | {p['engine_cycles']:,} | "
+                         f"{p['load_cycles']:,} ({100 * p['load_cycles'] / r['rtl_cycles']:.2f}"
+                         f"%) | {p['move_cycles']:,} | {p['control_cycles']:,} | "
+                         f"{p['overlap_load_cycles']:,} |")
+    dense = next((r for r in rows if r["method"] == "dense"), None)
+    other = next((r for r in rows if r["method"] != "dense" and r.get("layers")), None)
+    if dense and dense.get("layers") and other:
+        util = {l["name"]: l["nfu_util"] for l in dense["layers"]}
+        lines += ["", f"| layer | format | dense cycles | {other['method']} cycles | speed-up "
+                  "| MACs x (ideal) | speed-up / ideal | NFU util dense | NFU util "
+                  f"{other['method']} |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for l in other["layers"]:
+            if "dense_cycles" not in l:
+                continue
+            lines.append(f"| {l['name']} | {l['format']} | {l['dense_cycles']:,} | "
+                         f"{l['cycles']:,} | {l['speedup']:.2f} | {l['ideal']:.2f} | "
+                         f"{l['speedup_over_ideal']:.2f} | {_pct(util.get(l['name']))} | "
+                         f"{_pct(l['nfu_util'])} |")
     for r in rows:
         if r.get("attribution"):
             if r.get("images_rtl"):
@@ -217,6 +290,14 @@ def markdown(rows):
                               f"{r['acc_int_same_images']}% -> RTL {r['acc_rtl']}%."]
             lines += ["", attribution.markdown(r["attribution"], f"of {r['method']}")]
     return "\n".join(lines)
+
+
+def _num(v):
+    return "-" if v is None else f"{v:,}"
+
+
+def _pct(v):
+    return "-" if v is None else f"{100 * v:.1f}%"
 
 
 def main(args):

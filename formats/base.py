@@ -381,6 +381,26 @@ class WeightFormat:
         """``{item: Words}``: what the weight image stores for the layer, in load order."""
         raise NotImplementedError
 
+    def relayout_input(self, ql, src):
+        """The FC layer ``ql`` with its input columns in another order, or None when the
+        format cannot store it so (the default).
+
+        The compiler uses it to run an FC layer straight on a conv output where the engine
+        wrote it (:mod:`slimnfu.gen.compiler`): input ``j`` of the returned layer is input
+        ``src[j]`` of ``ql``, or a padding input (``src[j] < 0``) whose weights must be 0. The
+        returned layer computes the same outputs; it is for the engine only (the golden model
+        keeps ``ql``).
+
+        Parameters
+        ----------
+        ql : QLayer
+            An FC layer of this format.
+        src : torch.Tensor
+            int64 ``(n,)``, ``n >= ql.desc.n_in``: each value of ``0..n_in-1`` once, the rest
+            ``-1``.
+        """
+        return None
+
     def pass_desc(self, ql):
         """The :class:`~slimnfu.config.PassDesc` of the layer run as one engine pass over its
         whole input (what a weight image's ``program.hex`` lists for it)."""

@@ -5,13 +5,24 @@ pair), the biases in bias words (``tn`` lanes of ``acc`` bits) and, with ``act="
 16-word PWL table. Pooling layers store only their PWL table, if any.
 """
 
+from dataclasses import replace
+
+import torch
+
 from slimnfu.contract import LoadSel
 from slimnfu.formats import layout
 from slimnfu.formats.base import (StoredItem, WeightFormat, Words, check_items, common_memories,
                                   pwl_items, pwl_shape, unpack_bias, unpack_pwl, unpack_weights)
 from slimnfu.formats.qmodel import QLayer
 
-__all__ = ["DenseFormat", "dense_memories", "weight_count"]
+__all__ = ["DenseFormat", "dense_memories", "weight_count", "relaid_layer"]
+
+
+def relaid_layer(ql, w, compressed=None):
+    """``ql`` with the weights ``w`` (``(n_out, n)``) over ``n`` re-laid inputs
+    (:meth:`slimnfu.formats.base.WeightFormat.relayout_input`) and the format's record
+    ``compressed``."""
+    return replace(ql, desc=replace(ql.desc, n_in=int(w.shape[1])), w=w, compressed=compressed)
 
 
 def weight_count(desc):
@@ -61,6 +72,10 @@ class DenseFormat(WeightFormat):
 
     def memories(self, ql, cfg):
         return dense_memories(ql.desc, ql.w, ql.b, ql.pwl, cfg)
+
+    def relayout_input(self, ql, src):
+        # padding columns are zero weights
+        return relaid_layer(ql, torch.cat([ql.w, ql.w.new_zeros(ql.desc.n_out, 1)], 1)[:, src])
 
     def restore(self, entry, files, contents, desc, cfg, where):
         shapes = image_shapes(desc, cfg)

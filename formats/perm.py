@@ -34,6 +34,7 @@ from slimnfu.formats import layout
 from slimnfu.formats.base import (ImageError, StoredItem, WeightFormat, Words, bias_words,
                                   check_items, check_tensor, pwl_items, pwl_shape, pwl_words,
                                   unpack_bias, unpack_pwl, unpack_weights)
+from slimnfu.formats.dense import relaid_layer
 from slimnfu.formats.qmodel import QLayer
 
 __all__ = ["PermAffineWeights", "PermIndexWeights", "PermAffineFormat", "PermIndexFormat",
@@ -380,6 +381,16 @@ class PermIndexFormat(_PermFormat):
     def _shapes(self, desc, cfg):
         return {"perm_index": (PassDesc(desc, perm=self.variant).sb_words(cfg),
                                cfg.tn * cfg.ti * cfg.dw)}
+
+    def relayout_input(self, ql, src):
+        # The index ROM takes any column order. Each padding column gathers a zero appended
+        # to s (s has one value per input), so every row stays a permutation.
+        rec, n = ql.compressed, ql.desc.n_in
+        pad = src < 0
+        s = torch.cat([rec.s, rec.s.new_zeros(int(pad.sum()))])
+        idx = rec.idx[:, src.clamp(min=0)]
+        idx[:, pad] = torch.arange(n, s.numel(), dtype=idx.dtype)
+        return relaid_layer(ql, s[idx], PermIndexWeights(s, idx))
 
     def _restore_perm(self, s, words, desc, cfg, fname):
         idx = unpack_weights(words, desc, cfg, fname)

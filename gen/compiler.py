@@ -7,38 +7,98 @@ program is what :class:`slimnfu.rtl.accelerator.Accelerator` bakes in:
 - ``rom``: every memory word of every engine pass, as each layer's weight format lays them
   out (:meth:`slimnfu.formats.base.WeightFormat.passes`; zero-extended to ``load_data``);
 - per engine pass, the descriptor value, the loads that copy its words from the ROM into the
-  engine's memories, and how its input gets into NBin: the host writes the image for the first
-  layer; later layers take the previous layer's NBout, word for word (``copy``), or
-  re-ordered into PyTorch's flatten order when an FC layer follows a conv or pool layer
-  (``flatten``); a later pass of the same layer reads the same input (``none``) or the
-  outputs its earlier passes wrote (``copy``).
+  engine's memories, and the neuron buffers it reads and writes (``in_buf``, ``out_buf``).
+
+No activation moves between layers: the engine's neuron buffers are a ping-pong pair, and each
+model layer reads the buffer the previous one wrote (the host writes the image into buffer 0)
+and writes the other. A later pass of a slim layer reads the layer's input (``reads ==
+"same"``) or, for the approximation pass, the kept features its earlier passes wrote, in the
+buffer it also writes (``in_buf == out_buf``: it reads only words it does not write).
+
+The conv-to-FC flatten is done here, on the weights: the conv output lies in the buffer as
+channel tiles (word ``t*h*w + p`` holds channels ``t*tn ..`` at pixel ``p``), so the FC layer
+gets its columns permuted into that order (:func:`buffer_order`; the channels of a last,
+partial tile are padding columns with zero weights), through its format's
+:meth:`~slimnfu.formats.base.WeightFormat.relayout_input`. A format that cannot store the
+permuted columns (``perm_affine``: the permutation breaks the affine rows) keeps a
+controller move that re-orders the values into PyTorch's flatten order (``flatten``, one value
+a cycle; ``move_cycles``). With ``h*w == 1`` the two orders are the same and nothing changes.
 
 The chain relies on ``tn == ti`` (which every :class:`AccelConfig` has): an NBout word is an
-NBin word. Anything the engine cannot run is refused with a :class:`ValueError` naming the
-layer, before any Verilog is emitted.
+NBin word, and either buffer holds a layer's input or output, so both must hold the largest
+(:func:`config_for` gives them the same depth). Anything the engine cannot run is refused with
+a :class:`ValueError` naming the layer, before any Verilog is emitted.
 """
 
 import hashlib
 import json
 
+import torch
+
 from slimnfu.atomic import write_folder
 from slimnfu.config import AccelConfig
 from slimnfu.contract import Program, ProgramLayer, descriptor_value, load_data_width
 
-__all__ = ["compile_model", "config_for", "out_shape", "write_rom_image"]
+__all__ = ["compile_model", "config_for", "out_shape", "write_rom_image", "buffer_order",
+           "engine_layers"]
 
 
 def config_for(qmodel, base):
-    """``base`` with the method features ``qmodel``'s formats need switched on and buffers that
-    hold every engine pass."""
+    """``base`` with the method features ``qmodel``'s formats need switched on and neuron
+    buffers, SB and bias that hold every engine pass (the two neuron buffers of the same
+    depth: either holds a layer's input or output)."""
+    layers = [ql for ql, _ in engine_layers(qmodel, base)]
     by_format = {}
-    for ql in qmodel.layers:
+    for ql in layers:
         by_format.setdefault(ql.weight_format, []).append(ql)
     cfg = base
-    for fmt, layers in by_format.items():
-        cfg = fmt.configure(cfg, layers)
-    return cfg.fit_buffers([p.desc for ql in qmodel.layers
-                            for p in ql.weight_format.passes(ql, cfg)])
+    for fmt, group in by_format.items():
+        cfg = fmt.configure(cfg, group)
+    cfg = cfg.fit_buffers([p.desc for ql in layers for p in ql.weight_format.passes(ql, cfg)])
+    depth = max(cfg.nbin_depth, cfg.nbout_depth)
+    return cfg.with_(nbin_depth=depth, nbout_depth=depth)
+
+
+def buffer_order(c, h, w, tn):
+    """Where PyTorch's flatten order puts each value of a ``c x h x w`` output in the neuron
+    buffer: ``src[j]`` is the flatten index of buffer value ``j`` (word ``j // tn``, lane
+    ``j % tn``), -1 for a padding lane of the last channel tile. int64, ``ceil(c/tn)*tn*h*w``
+    values."""
+    tiles, hw = -(-c // tn), h * w
+    word = torch.arange(tiles * hw, dtype=torch.int64).reshape(-1, 1)
+    chan = word // hw * tn + torch.arange(tn, dtype=torch.int64)
+    src = chan * hw + word % hw
+    return torch.where(chan < c, src, -1).reshape(-1)
+
+
+def engine_layers(qmodel, cfg):
+    """Per model layer, the layer the engine runs and how its input arrives: ``(ql, move)``.
+
+    ``move`` is ``("image",)`` for the first layer, ``("none",)`` or ``("flatten", c, h, w)``
+    (see the module docstring); an FC layer after a conv output of more than one pixel is the
+    re-laid layer of :func:`buffer_order` when its format can store it. Raises
+    ``ValueError`` naming the layer when shapes do not chain."""
+    out = []
+    for i, ql in enumerate(qmodel.layers):
+        if i == 0:
+            out.append((ql, ("image",)))
+            continue
+        prev, d = qmodel.layers[i - 1], ql.desc
+        n, h, w = out_shape(prev)
+        if d.kind == "fc" and not prev.desc.kind == "fc":
+            if d.n_in != n * h * w:
+                raise ValueError(f"layer {ql.name}: n_in={d.n_in}, but {prev.name} gives "
+                                 f"{n}x{h}x{w} values")
+            if h * w > 1:
+                relaid = ql.weight_format.relayout_input(ql, buffer_order(n, h, w, cfg.tn))
+                out.append((relaid, ("none",)) if relaid is not None else
+                           (ql, ("flatten", n, h, w)))
+                continue
+        elif (d.n_in, d.h_in, d.w_in) != (n, h, w):
+            raise ValueError(f"layer {ql.name} takes {d.n_in}x{d.h_in}x{d.w_in}, but "
+                             f"{prev.name} gives {n}x{h}x{w}")
+        out.append((ql, ("none",)))
+    return out
 
 
 def out_shape(ql):
@@ -46,21 +106,6 @@ def out_shape(ql):
     included)."""
     d = ql.desc
     return (ql.weight_format.out_channels(ql), d.h_out, d.w_out)
-
-
-def _move(prev, ql, cfg):
-    """How layer ``ql`` gets its input from ``prev``'s NBout."""
-    d = ql.desc
-    n, h, w = out_shape(prev)
-    if d.kind == "fc" and not prev.desc.kind == "fc":
-        if d.n_in != n * h * w:
-            raise ValueError(f"layer {ql.name}: n_in={d.n_in}, but {prev.name} gives "
-                             f"{n}x{h}x{w} values")
-        return ("flatten", n, h, w)
-    if (d.n_in, d.h_in, d.w_in) != (n, h, w):
-        raise ValueError(f"layer {ql.name} takes {d.n_in}x{d.h_in}x{d.w_in}, but {prev.name} "
-                         f"gives {n}x{h}x{w}")
-    return ("copy", -(-n // cfg.tn) * h * w)
 
 
 def compile_model(qmodel, cfg):
@@ -71,8 +116,9 @@ def compile_model(qmodel, cfg):
     ValueError
         Naming the layer: a layer its weight format cannot hold (a value outside its width, a
         shape that is not the descriptor's: :meth:`QuantModel.check`), a method feature
-        ``cfg`` lacks, a layer that does not fit the buffers, or a shape that does not chain;
-        or a config with other number widths than the model's.
+        ``cfg`` lacks, a layer that does not fit the buffers (its input or output in the
+        neuron buffer the ping-pong gives it), or a shape that does not chain; or a config
+        with other number widths than the model's.
     """
     if not isinstance(cfg, AccelConfig):
         raise TypeError(f"cfg must be an AccelConfig, not {type(cfg).__name__}")
@@ -83,24 +129,31 @@ def compile_model(qmodel, cfg):
         raise ValueError("the model has no layers")
     width = load_data_width(cfg)
     rom, layers, stored = [], [], 0
-    for i, ql in enumerate(qmodel.layers):
+    depths = (cfg.nbin_depth, cfg.nbout_depth)
+    data = 0  # the buffer holding the previous layer's output (the image: buffer 0)
+    for i, (ql, move) in enumerate(engine_layers(qmodel, cfg)):
         passes = ql.weight_format.check(ql, cfg)
-        move = ("image",) if i == 0 else _move(qmodel.layers[i - 1], ql, cfg)
+        src = 1 - data if move[0] == "flatten" else data
         for n, p in enumerate(passes):
             loads = []
             for words in p.memories.values():
                 loads.append((int(words.sel), len(rom), len(words.words)))
                 rom.extend(int(w) for w in words.words)
                 stored += words.bits
-            if p.reads == "layer":
-                pmove = move
-            elif p.reads == "kept":
-                pmove = ("copy", -(-ql.desc.n_out // cfg.tn) * ql.desc.h_out * ql.desc.w_out)
-            else:
-                pmove = ("none",)
+            pmove = move if p.reads == "layer" else ("none",)
+            bufs = (1 - src, 1 - src) if p.reads == "kept" else (src, 1 - src)
+            for buf, words, what in ((bufs[0], p.desc.nbin_words(cfg), "input"),
+                                     (bufs[1], p.desc.nbout_base + p.desc.nbout_words(cfg),
+                                      "output")):
+                if words > depths[buf]:
+                    raise ValueError(f"layer {p.name}: its {what} needs {words} words of neuron "
+                                     f"buffer {buf}, config {cfg.name!r} has {depths[buf]} "
+                                     f"({('nbin_depth', 'nbout_depth')[buf]})")
             last = n == len(passes) - 1
             layers.append(ProgramLayer(p.name, p.desc, descriptor_value(p.desc, cfg), loads,
-                                       pmove, ql.format, i if last else None, out_shape(ql)))
+                                       pmove, ql.format, i if last else None, out_shape(ql),
+                                       *bufs))
+        data = 1 - src
     first = qmodel.layers[0].desc
     if first.nbin_words(cfg) > cfg.nbin_depth:
         raise ValueError(f"layer {qmodel.layers[0].name}: the input needs "
@@ -114,7 +167,8 @@ def compile_model(qmodel, cfg):
 def write_rom_image(program, out_dir):
     """Write a compiled program as files, atomically: ``rom.hex`` (the weight ROM, one word per
     line, ``$readmemh`` style: the words the ROM build's memory holds) and ``program.json``
-    (the config, each layer's name, format, descriptor, descriptor value, loads and move,
+    (the config, each layer's name, format, descriptor, descriptor value, loads, move and
+    neuron buffers,
     and the sha256 of ``rom.hex``). Returns the manifest dict.
     """
     digits = -(-program.rom_width // 4)
@@ -127,7 +181,8 @@ def write_rom_image(program, out_dir):
                 "layers": [{"name": l.name, "format": l.format, "desc": l.desc.to_dict(),
                             "desc_value": hex(l.desc_value),
                             "loads": [[int(v) for v in x] for x in l.loads],
-                            "move": list(l.move), "ref": l.ref,
+                            "move": list(l.move), "in_buf": l.in_buf, "out_buf": l.out_buf,
+                            "ref": l.ref,
                             "out_shape": list(l.out_shape)} for l in program.layers]}
     write_folder(out_dir, {"rom.hex": text,
                            "program.json": json.dumps(manifest, indent=1) + "\n"},

@@ -5,7 +5,7 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from slimnfu.contract import (COUNTER_BITS, LoadSel, Program, bits_for, descriptor_layout,
+from slimnfu.contract import (COUNTER_BITS, Program, bits_for, descriptor_layout,
                               load_sel_width)
 from slimnfu.rtl._params import check_config
 from slimnfu.rtl.engine import LayerEngine
@@ -14,35 +14,48 @@ __all__ = ["Accelerator", "ACCEL_COUNTERS"]
 
 #: The accelerator's counter ports (widths in :data:`slimnfu.contract.COUNTER_BITS`), in the
 #: order testbenches and the fast runner list them; ``gated`` follows with ``cfg.kgate``.
-ACCEL_COUNTERS = ("cycles", "engine_cycles", "load_cycles", "move_cycles", "mults",
-                  "sat_events")
+ACCEL_COUNTERS = ("cycles", "engine_cycles", "load_cycles", "move_cycles",
+                  "overlap_load_cycles", "mults", "sat_events")
 
 
 class Accelerator(wiring.Component):
     """Run every layer of a :class:`slimnfu.contract.Program` on one :class:`LayerEngine`.
 
-    The program's weight ROM is a memory with its words as init (the ROM build). For each
-    layer, in order, the controller:
+    The program's weight ROM is a memory with its words as init (the ROM build). Activations
+    are not moved: each layer reads the engine's neuron buffer ``in_buf`` and writes buffer
+    ``out_buf`` (the program's ping-pong assignment, :mod:`slimnfu.gen.compiler`), so a layer
+    reads the previous layer's output where it was written. For each layer, in order, the
+    controller:
 
-    1. moves the previous layer's output into NBin: word for word (``copy``, one word per
-       cycle), or value by value into PyTorch's flatten order (``flatten``, one value per
-       cycle) when an FC layer follows a conv or pool layer;
-    2. copies the layer's words from the ROM into the engine's memories (one word per cycle,
-       plus one cycle per layer);
-    3. starts the engine with the layer's descriptor and waits for ``done`` (the layer's
-       ``dense_cycles`` or ``ikr_cycles`` plus ``LayerEngine.latency(cfg)``), then spends one
-       cycle (``PAUSE``) going on to the next layer.
+    1. only for a ``flatten`` move (an FC layer whose format cannot take the conv output in
+       the buffer's order): re-orders the conv output from buffer ``1 - in_buf`` into
+       ``in_buf`` in PyTorch's flatten order, one value per cycle (``MOVE``);
+    2. waits (``READY``, at least one cycle) until the weight stream has delivered what the
+       layer needs before it starts;
+    3. starts the engine with the layer's descriptor (``RUN``, one cycle) and waits for
+       ``done`` (``WAIT``: the layer's ``dense_cycles`` or ``ikr_cycles`` plus
+       ``LayerEngine.latency(cfg)``), then spends one cycle (``PAUSE``) going on to the next layer.
 
-    Handshake: write the image into NBin through ``img_*`` while idle (words of
+    Beside the layers, the weight stream copies the program's words from the ROM into the
+    engine's memories, one word per cycle, in the order and under the rules of
+    :meth:`slimnfu.contract.Program.load_plan`: a load begins as soon as no layer still to
+    finish reads its memory, so the next layers' words arrive while a layer computes, and a
+    layer's SB words stream on while it runs.
+
+    Handshake: write the image into neuron buffer 0 through ``img_*`` while idle (words of
     :func:`slimnfu.formats.layout.pack_input`), pulse ``start``; ``done`` pulses when the last
     layer has finished and its output (the logits) is readable through ``rd_addr`` ->
-    ``rd_data`` (one cycle later). With ``step`` high the controller pauses after every layer
-    with ``paused`` high and ``layer`` naming it, so a testbench can read that layer's NBout,
-    and goes on when ``resume`` is pulsed.
+    ``rd_data`` (one cycle later; while idle they read the last layer's ``out_buf``). With
+    ``step`` high the controller pauses after every layer with ``paused`` high and ``layer``
+    naming it, so a testbench can read that layer's output (its ``out_buf``), and goes on when
+    ``resume`` is pulsed.
 
     Counters (reset by ``start``, final in the ``done`` cycle; paused cycles are not counted):
-    ``cycles`` from ``start`` to ``done``, ``engine_cycles`` (layers running), ``load_cycles``
-    (ROM to engine), ``move_cycles`` (NBout to NBin), and the engine's ``mults`` and
+    ``cycles`` from ``start`` to ``done``, which is ``engine_cycles`` (``WAIT``) +
+    ``load_cycles`` (``READY``: waiting for weights, one cycle a layer at least) +
+    ``move_cycles`` (``MOVE``: ``flatten`` moves; 0 for a program without) + two cycles a
+    layer (``RUN``, ``PAUSE``); ``overlap_load_cycles`` counts the words the stream writes
+    outside ``READY``, hidden behind the other states; and the engine's ``mults`` and
     ``sat_events`` summed over the layers (plus ``gated`` with ``cfg.kgate``).
 
     Parameters
@@ -85,24 +98,17 @@ class Accelerator(wiring.Component):
         super().__init__(ports)
 
     def _tables(self):
-        """Per-layer and per-load constant tables, flattened for Array lookups."""
+        """Constant tables for Array lookups: the load stream and the per-layer moves."""
         prog = self.program
-        loads, first_load = [], []
-        for layer in prog.layers:
-            first_load.append(len(loads))
-            loads.extend(layer.loads)
-        loads.append((0, 0, 0))
-        first_load.append(len(loads) - 1)
+        entries, need = prog.load_plan()
         moves = []
         for layer in prog.layers:
             if layer.move[0] == "flatten":
                 _, c, h, w = layer.move
-                moves.append((1, c * h * w, h * w))
-            elif layer.move[0] == "copy":
-                moves.append((0, layer.move[1], 0))
+                moves.append((c * h * w, h * w))
             else:
-                moves.append((0, 0, 0))
-        return loads, first_load, moves
+                moves.append((0, 0))
+        return entries + [(0, 0, 0, 0)], need, moves
 
     def elaborate(self, platform):
         m = Module()
@@ -117,34 +123,60 @@ class Accelerator(wiring.Component):
         else:
             rom_addr, rom_data = self.wt_addr, self.wt_data
 
-        loads, first_load, moves = self._tables()
-        n_layers = len(prog.layers)
-        big = max([len(prog.rom)] + [n for _, _, n in loads] + [c for _, c, _ in moves] +
+        entries, need, moves = self._tables()
+        n_layers, n_entries = len(prog.layers), len(entries) - 1
+        big = max([len(prog.rom)] + [n for _, _, n, _ in entries] + [c for c, _ in moves] +
                   [cfg.nbin_depth, cfg.nbout_depth, cfg.sb_depth])
         cw = bits_for(big)
-        load_sel = Array(Const(s, load_sel_width(cfg)) for s, _, _ in loads)
-        load_base = Array(Const(b, cw) for _, b, _ in loads)
-        load_len = Array(Const(n, cw) for _, _, n in loads)
-        layer_first = Array(Const(f, cw) for f in first_load)
-        move_flat = Array(Const(f, 1) for f, _, _ in moves)
-        move_len = Array(Const(c, cw) for _, c, _ in moves)
-        move_hw = Array(Const(hw, cw) for _, _, hw in moves)
+        ent_sel = Array(Const(s, load_sel_width(cfg)) for s, _, _, _ in entries)
+        ent_base = Array(Const(b, cw) for _, b, _, _ in entries)
+        ent_len = Array(Const(n, cw) for _, _, n, _ in entries)
+        ent_gate = Array(Const(g, bits_for(n_layers)) for _, _, _, g in entries)
+        layer_need = Array(Const(e, bits_for(n_entries)) for e in need)
+        move_len = Array(Const(c, cw) for c, _ in moves)
+        move_hw = Array(Const(hw, cw) for _, hw in moves)
+        in_buf = Array(Const(l.in_buf, 1) for l in prog.layers)
+        out_buf = Array(Const(l.out_buf, 1) for l in prog.layers)
         dl = descriptor_layout(cfg)
         descs = Array(Const(l.desc_value, dl.size) for l in prog.layers)
 
         layer = Signal(range(n_layers))
-        load = Signal(range(len(loads)))
         k = Signal(cw)
         busy, paused = Signal(), Signal()
         m.d.comb += [self.busy.eq(busy), self.paused.eq(paused), self.layer.eq(layer)]
+        # A cycle that counts: busy and not held by a pause (the cycle that resumes a pause
+        # stands for the PAUSE cycle of a free run, so ``step`` changes no count or timing).
+        live = Signal()
+        m.d.comb += live.eq(busy & (~paused | self.resume))
+        # The neuron buffers: while idle the host writes buffer 0 and reads the last layer's
+        # output; a flatten move (state MOVE) reads the other buffer than the one it fills.
+        src_buf = Signal()
+        m.d.comb += [eng.in_buf.eq(Mux(busy, in_buf[layer], 0)),
+                     src_buf.eq(Mux(busy, out_buf[layer], prog.layers[-1].out_buf)),
+                     eng.out_buf.eq(src_buf)]
 
-        # The write stage, shared by loads and moves: the ROM or NBout read issued in cycle t
-        # is written into the engine in cycle t+1.
+        # The weight stream: entry ``ld``, word ``wk``, while at least ``gate`` layers have
+        # finished. The ROM read issued in cycle t is written into the engine in cycle t+1.
+        ld, wk = Signal(range(n_entries + 1)), Signal(cw)
+        finished = Signal(range(n_layers + 1))
+        issue = Signal()
+        m.d.comb += [issue.eq(live & (ld != n_entries) & (finished >= ent_gate[ld])),
+                     rom_addr.eq(ent_base[ld] + wk)]
         wr_en, wr_addr = Signal(), Signal(eng.load_addr.shape())
         wr_sel = Signal(load_sel_width(cfg))
-        wr_from_rom, flat_mode, wr_lane = Signal(), Signal(), Signal(range(tn))
-        m.d.sync += wr_en.eq(0)
-        # Flatten assembly: the NBin word being filled, its address and next lane.
+        m.d.sync += [wr_en.eq(issue), wr_sel.eq(ent_sel[ld]), wr_addr.eq(wk)]
+        with m.If(issue):
+            m.d.sync += wk.eq(wk + 1)
+            with m.If(wk == ent_len[ld] - 1):
+                m.d.sync += [wk.eq(0), ld.eq(ld + 1)]
+        m.d.comb += [eng.load_en.eq(wr_en), eng.load_sel.eq(wr_sel), eng.load_addr.eq(wr_addr),
+                     eng.load_data.eq(rom_data)]
+
+        # The neuron-buffer port: the host's image while idle, a flatten move while busy.
+        # Flatten assembly: the word being filled, its address and next lane; the read of
+        # pixel ``pos`` of channel ``tile*tn + lane`` issued in cycle t is placed in t+1.
+        mv_en, flat_lane = Signal(), Signal(range(tn))
+        m.d.sync += mv_en.eq(0)
         asm, fill, out_idx = Signal(ti * dw), Signal(range(ti)), Signal(cw)
         lanes = Array(eng.rd_data.word_select(j, dw) for j in range(tn))
         flat_word = Signal(ti * dw)
@@ -152,73 +184,51 @@ class Accelerator(wiring.Component):
         with m.Switch(fill):
             for j in range(ti):
                 with m.Case(j):
-                    m.d.comb += flat_word.word_select(j, dw).eq(lanes[wr_lane])
-        with m.If(wr_en & flat_mode):
+                    m.d.comb += flat_word.word_select(j, dw).eq(lanes[flat_lane])
+        with m.If(mv_en):
             with m.If(fill == ti - 1):
                 m.d.sync += [fill.eq(0), out_idx.eq(out_idx + 1), asm.eq(0)]
             with m.Else():
                 m.d.sync += [fill.eq(fill + 1), asm.eq(flat_word)]
-        m.d.comb += [eng.load_en.eq(Mux(busy, wr_en, self.img_en)),
-                     eng.load_sel.eq(Mux(busy, wr_sel, LoadSel.NBIN)),
-                     eng.load_addr.eq(Mux(~busy, self.img_addr, Mux(flat_mode, out_idx,
-                                                                   wr_addr)))]
-        with m.If(~busy):
-            m.d.comb += eng.load_data.eq(self.img_data)
-        with m.Elif(wr_from_rom):
-            m.d.comb += eng.load_data.eq(rom_data)
-        with m.Elif(flat_mode):
-            m.d.comb += eng.load_data.eq(flat_word)
-        with m.Else():
-            m.d.comb += eng.load_data.eq(eng.rd_data)
-
-        # Read stage of a flatten: pixel ``pos`` of channel ``tile*tn + lane``.
+        m.d.comb += [eng.nb_en.eq(Mux(busy, mv_en, self.img_en)),
+                     eng.nb_addr.eq(Mux(busy, out_idx, self.img_addr)),
+                     eng.nb_data.eq(Mux(busy, flat_word, self.img_data))]
         pos, lane, tile_base = Signal(cw), Signal(range(tn)), Signal(cw)
         ctrl_rd_addr = Signal.like(self.rd_addr)
         m.d.comb += [eng.rd_addr.eq(Mux(busy & ~paused, ctrl_rd_addr, self.rd_addr)),
-                     self.rd_data.eq(eng.rd_data),
-                     rom_addr.eq(load_base[load] + k)]
+                     self.rd_data.eq(eng.rd_data)]
 
         cnt = {name: getattr(self, name) for name in ACCEL_COUNTERS}
         if cfg.kgate:
             cnt["gated"] = self.gated
-        # The cycle that resumes a pause stands for the PAUSE cycle of a free run, so
-        # ``step`` does not change the count.
-        with m.If(busy & (~paused | self.resume)):
+        with m.If(live):
             m.d.sync += cnt["cycles"].eq(cnt["cycles"] + 1)
 
+        ready = Signal()
+        with m.If(issue & ~ready):
+            m.d.sync += cnt["overlap_load_cycles"].eq(cnt["overlap_load_cycles"] + 1)
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [busy.eq(1), layer.eq(0), load.eq(layer_first[0]), k.eq(0)]
+                    m.d.sync += [busy.eq(1), layer.eq(0), ld.eq(0), wk.eq(0), finished.eq(0)]
                     m.d.sync += [c.eq(0) for c in cnt.values()]
-                    m.next = "LOAD"
+                    m.next = "READY"
             with m.State("MOVE"):
-                m.d.sync += [cnt["move_cycles"].eq(cnt["move_cycles"] + 1), wr_en.eq(1),
-                             wr_sel.eq(LoadSel.NBIN), wr_from_rom.eq(0), k.eq(k + 1)]
-                with m.If(move_flat[layer]):
-                    m.d.comb += ctrl_rd_addr.eq(tile_base + pos)
-                    m.d.sync += [flat_mode.eq(1), wr_lane.eq(lane), pos.eq(pos + 1)]
-                    with m.If(pos == move_hw[layer] - 1):
-                        m.d.sync += [pos.eq(0), lane.eq(lane + 1)]
-                        with m.If(lane == tn - 1):
-                            m.d.sync += [lane.eq(0), tile_base.eq(tile_base + move_hw[layer])]
-                with m.Else():
-                    m.d.comb += ctrl_rd_addr.eq(k)
-                    m.d.sync += [flat_mode.eq(0), wr_addr.eq(k)]
+                m.d.sync += [cnt["move_cycles"].eq(cnt["move_cycles"] + 1), mv_en.eq(1),
+                             flat_lane.eq(lane), k.eq(k + 1), pos.eq(pos + 1)]
+                m.d.comb += [ctrl_rd_addr.eq(tile_base + pos), src_buf.eq(~in_buf[layer])]
+                with m.If(pos == move_hw[layer] - 1):
+                    m.d.sync += [pos.eq(0), lane.eq(lane + 1)]
+                    with m.If(lane == tn - 1):
+                        m.d.sync += [lane.eq(0), tile_base.eq(tile_base + move_hw[layer])]
                 with m.If(k == move_len[layer] - 1):
                     m.d.sync += k.eq(0)
-                    m.next = "LOAD"
-            with m.State("LOAD"):
+                    m.next = "READY"
+            with m.State("READY"):
+                m.d.comb += ready.eq(1)
                 m.d.sync += cnt["load_cycles"].eq(cnt["load_cycles"] + 1)
-                with m.If(load == layer_first[layer + 1]):
+                with m.If(ld >= layer_need[layer]):
                     m.next = "RUN"
-                with m.Elif(load_len[load] == 0):
-                    m.d.sync += load.eq(load + 1)
-                with m.Else():
-                    m.d.sync += [wr_en.eq(1), wr_sel.eq(load_sel[load]), wr_from_rom.eq(1),
-                                 flat_mode.eq(0), wr_addr.eq(k), k.eq(k + 1)]
-                    with m.If(k == load_len[load] - 1):
-                        m.d.sync += [k.eq(0), load.eq(load + 1)]
             with m.State("RUN"):
                 m.d.comb += [eng.start.eq(1), eng.desc.as_value().eq(descs[layer])]
                 m.next = "WAIT"
@@ -227,20 +237,20 @@ class Accelerator(wiring.Component):
                 with m.If(eng.done):
                     m.d.sync += [cnt[n].eq(cnt[n] + getattr(eng, n))
                                  for n in ("mults", "sat_events", "gated") if n in cnt]
-                    m.d.sync += paused.eq(self.step)
+                    m.d.sync += [paused.eq(self.step), finished.eq(finished + 1)]
                     m.next = "PAUSE"
             with m.State("PAUSE"):
                 with m.If(~paused | self.resume):
                     m.d.sync += [paused.eq(0), layer.eq(layer + 1), k.eq(0), pos.eq(0),
                                  lane.eq(0), tile_base.eq(0), out_idx.eq(0), fill.eq(0),
-                                 asm.eq(0), load.eq(layer_first[layer + 1])]
+                                 asm.eq(0)]
                     with m.If(layer == n_layers - 1):
                         m.d.sync += [busy.eq(0), self.done.eq(1)]
                         m.next = "IDLE"
                     with m.Elif(move_len[layer + 1] != 0):
                         m.next = "MOVE"
                     with m.Else():
-                        m.next = "LOAD"
+                        m.next = "READY"
         with m.If(self.done):
             m.d.sync += self.done.eq(0)
         return m

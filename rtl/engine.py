@@ -23,8 +23,14 @@ __all__ = ["LayerEngine"]
 class LayerEngine(wiring.Component):
     """Run one dense layer (conv, fc, maxpool, avgpool) from the buffers.
 
-    Buffers: NBin, bias and NBout are one memory each; SB is ``tn`` banks (one per output lane,
-    ``ti*dw`` bits, same address), loaded together from one ``load_data`` word.
+    Buffers: bias is one memory; SB is ``tn`` banks (one per output lane, ``ti*dw`` bits, same
+    address), loaded together from one ``load_data`` word. The neuron buffers are a ping-pong
+    pair, buffer 0 (``nbin``, ``cfg.nbin_depth`` words) and buffer 1 (``nbout``,
+    ``cfg.nbout_depth`` words), both ``tn*dw == ti*dw`` bits wide: a layer reads its input from
+    buffer ``in_buf`` and writes its output into buffer ``out_buf`` (latched by ``start``;
+    ``in_buf == out_buf`` is allowed when the pass reads words it does not write, e.g. the
+    slim approximation pass), so the next layer can read the output where it was written.
+    ``in_buf = 0, out_buf = 1`` (the ports' defaults) is the classic NBin/NBout engine.
 
     Pipeline, for a step issued by the sequencer in cycle ``S``: the step register ``S+1``
     (``T``; :attr:`STEP_STAGES`); NBin/SB read ``T``, their block RAM output register
@@ -41,8 +47,15 @@ class LayerEngine(wiring.Component):
     and falls in the cycle ``done`` pulses, one cycle after the last NBout write. In that cycle
     the counters hold their final values: ``cycles`` is the number of clock edges from the
     ``start`` cycle to the ``done`` cycle (``done_cycle - start_cycle``). All counters are reset
-    by ``start``. Loads (``load_en``) and NBout reads (``rd_addr`` -> ``rd_data`` one cycle
-    later) are meant for idle time; loads while busy are ignored. The load port is decoded into
+    by ``start``. NBout reads (``rd_addr`` -> ``rd_data`` one cycle later) are meant for idle
+    time. Loads (``load_en``) into the weight memories are taken at any time, so a controller
+    can stream the next layer's words while a layer runs; it must not write a memory the
+    running layer reads before the layer has read it (:meth:`slimnfu.contract.Program.load_plan`
+    says how the accelerator keeps to that). Neuron-buffer writes, an ``NBIN`` load or the
+    ``nb_*`` port (``nb_en``, ``nb_addr``, ``nb_data``: the same write beside the load port, so
+    a controller can fill the buffer while it streams weights), are taken while idle only and
+    write buffer ``in_buf``; ``rd_addr`` reads buffer ``out_buf`` (the port values, not the
+    latched ones; ``rd_data`` follows the ``out_buf`` of the cycle of its ``rd_addr``). The load port is decoded into
     one :class:`slimnfu.rtl.signatures.LoadSignature` write port per memory (``load_sel``
     picks it); the pipeline takes the sequencer's :class:`slimnfu.rtl.signatures.StepSignature`.
 
@@ -89,6 +102,11 @@ class LayerEngine(wiring.Component):
             "load_data": In(load_data_width(cfg)),
             "rd_addr": In(bits_for(cfg.nbout_depth - 1)),
             "rd_data": Out(cfg.tn * cfg.dw),
+            "in_buf": In(1),
+            "out_buf": In(1, init=1),
+            "nb_en": In(1),
+            "nb_addr": In(bits_for(max(cfg.nbin_depth, cfg.nbout_depth) - 1)),
+            "nb_data": In(cfg.ti * cfg.dw),
             **{name: Out(COUNTER_BITS[name]) for name in ("cycles", "steps", "mults",
                                                           "sat_events")},
             # Method A: multiplies switched off by the kernel gate (``cfg.kgate`` only).
@@ -111,6 +129,7 @@ class LayerEngine(wiring.Component):
                                           init=[])
         m.submodules.nbout = nbout = Memory(shape=unsigned(tn * dw), depth=cfg.nbout_depth,
                                             init=[])
+        bufs = (nbin, nbout)
         m.submodules.seq = seq = Sequencer(cfg)
         m.submodules.nfu1 = nfu1 = NFU1(cfg)
         m.submodules.nfu2 = nfu2 = NFU2(cfg)
@@ -118,17 +137,22 @@ class LayerEngine(wiring.Component):
 
         cur = Signal(descriptor_layout(cfg))
         busy = Signal()
+        # The neuron buffers the running layer reads and writes (0: nbin, 1: nbout).
+        cur_in, cur_out = Signal(), Signal(init=1)
         starting = self.start & ~busy
         with m.If(starting):
-            m.d.sync += [cur.eq(self.desc), busy.eq(1)]
+            m.d.sync += [cur.eq(self.desc), busy.eq(1), cur_in.eq(self.in_buf),
+                         cur_out.eq(self.out_buf)]
         m.d.comb += [self.busy.eq(busy), seq.run.start.eq(starting), seq.run.desc.eq(self.desc)]
         # The memories' write ports: (load_sel value, port, lowest load_data bit).
-        loads = [(LoadSel.NBIN, nbin.write_port(), 0), (LoadSel.BIAS, bias.write_port(), 0)]
+        # (NBin loads share the neuron buffers' write ports with the pipeline: see below.)
+        loads = [(LoadSel.BIAS, bias.write_port(), 0)]
         loads += [(LoadSel.SB, bank.write_port(), j * ti * dw) for j, bank in enumerate(sb_banks)]
         loads.append((LoadSel.PWL, nfu3.pwl, 0))
         step = seq.step
         if cfg.ikr:
-            step, lane_neurons = self._ikr_path(m, cur, seq, starting, nbin, nfu1, loads)
+            step, lane_neurons = self._ikr_path(m, cur, seq, starting, bufs, cur_in, nfu1,
+                                                loads)
 
         def delayed(value, stages, name):
             for n in range(stages):
@@ -151,10 +175,14 @@ class LayerEngine(wiring.Component):
         # Stage T: the step addresses NBin and SB; the bias word is read so that its output
         # register meets the step at NFU-2.
         is_mac = cur.mode == Mode.MAC
-        nbin_rd, bias_rd = nbin.read_port(), bias.read_port()
+        bias_rd = bias.read_port()
         bias_read = nfu2_in - 2
+        nbin_rds = [buf.read_port() for buf in bufs]
+        for port in nbin_rds:
+            m.d.comb += [port.addr.eq(st.nbin_addr), port.en.eq(st.valid & ~st.pad)]
+        # cur_in holds still while the layer runs, so it selects the data of any step.
+        nbin_data = Mux(cur_in, nbin_rds[1].data, nbin_rds[0].data)
         m.d.comb += [
-            nbin_rd.addr.eq(st.nbin_addr), nbin_rd.en.eq(st.valid & ~st.pad),
             bias_rd.addr.eq(delayed(st.bias_addr, bias_read, "bias_addr")),
             bias_rd.en.eq(delayed(st.valid & is_mac & st.first, bias_read, "bias_en")),
         ]
@@ -174,14 +202,14 @@ class LayerEngine(wiring.Component):
         if cfg.perm:
             synapse_word = self._perm_path(m, cur, st, synapse_word, loads)
 
-        # Load interface: one word per cycle, while idle, into the memory load_sel names.
+        # Load interface: one word per cycle into the memory load_sel names (NBin: while idle).
         idle_load = self.load_en & ~busy
         for sel, port, lsb in loads:
-            m.d.comb += [port.en.eq(idle_load & (self.load_sel == sel)),
+            m.d.comb += [port.en.eq(self.load_en & (self.load_sel == sel)),
                          port.addr.eq(self.load_addr), port.data.eq(self.load_data[lsb:])]
 
         # Stage T+1 -> T+2: the block RAM output registers.
-        nbin_word = delayed(nbin_rd.data, self.READ_STAGES - 1, "nbin_data")
+        nbin_word = delayed(nbin_data, self.READ_STAGES - 1, "nbin_data")
         synapse_word = delayed(synapse_word, self.READ_STAGES - 1, "sb_data")
         if cfg.kgate:
             synapse_word = self._kgate_path(m, cur, st, synapse_word, starting, is_mac,
@@ -217,23 +245,37 @@ class LayerEngine(wiring.Component):
         ]
 
         # NBout write; done one cycle after the layer's last write.
+        # One write port per neuron buffer: the pipeline's writes into buffer cur_out while
+        # busy, NBin loads into buffer in_buf while idle.
         write_end = nfu3.out_valid & delayed(st.end, write, "end")
+        out_addr = delayed(st.nbout_addr, write, "nbout_addr")
+        nbin_load = (idle_load & (self.load_sel == LoadSel.NBIN)) | (self.nb_en & ~busy)
+        nb_addr = Mux(self.nb_en, self.nb_addr, self.load_addr)
+        nb_data = Mux(self.nb_en, self.nb_data, self.load_data[:ti * dw])
         if cfg.kgate:
             # centre-tap passes may fill part of a tile: one write enable per lane
-            nbout_wr = nbout.write_port(granularity=dw)
             mask = delayed(st.write_mask, write, "write_mask")
-            m.d.comb += nbout_wr.en.eq(Mux(nfu3.out_valid, mask, 0))
+            out_en, all_lanes = Mux(nfu3.out_valid, mask, 0), (1 << tn) - 1
         else:
-            nbout_wr = nbout.write_port()
-            m.d.comb += nbout_wr.en.eq(nfu3.out_valid)
-        m.d.comb += [nbout_wr.addr.eq(delayed(st.nbout_addr, write, "nbout_addr")),
-                     nbout_wr.data.eq(nfu3.out)]
+            out_en, all_lanes = nfu3.out_valid, 1
+        kw = {"granularity": dw} if cfg.kgate else {}
+        nbin_wr, nbout_wr = nbin.write_port(**kw), nbout.write_port(**kw)
+        for b, port in enumerate((nbin_wr, nbout_wr)):
+            m.d.comb += [
+                port.en.eq(Mux(busy, Mux(cur_out == b, out_en, 0),
+                               Mux(nbin_load & (self.in_buf == b), all_lanes, 0))),
+                port.addr.eq(Mux(busy, out_addr, nb_addr)),
+                port.data.eq(Mux(busy, nfu3.out, nb_data)),
+            ]
         m.d.sync += self.done.eq(write_end)
         with m.If(write_end):
             m.d.sync += busy.eq(0)
 
-        nbout_rd = nbout.read_port()
-        m.d.comb += [nbout_rd.addr.eq(self.rd_addr), self.rd_data.eq(nbout_rd.data)]
+        rd_ports = [buf.read_port() for buf in bufs]
+        rd_sel = Signal()
+        m.d.sync += rd_sel.eq(self.out_buf)
+        m.d.comb += [p.addr.eq(self.rd_addr) for p in rd_ports]
+        m.d.comb += self.rd_data.eq(Mux(rd_sel, rd_ports[1].data, rd_ports[0].data))
 
         # Counters, reset by start.
         with m.If(starting):
@@ -294,13 +336,14 @@ class LayerEngine(wiring.Component):
         m.d.sync += perm_on.eq(cur.perm != Perm.NONE)
         return Mux(perm_on, psb.data, sb_word)
 
-    def _ikr_path(self, m, cur, seq, starting, nbin, nfu1, loads):
+    def _ikr_path(self, m, cur, seq, starting, bufs, cur_in, nfu1, loads):
         """Method B: IKR conv layers (``desc.ikr_n != 0``) run on :class:`IkrUnit`.
 
         Returns the steps the pipeline takes from then on (the IKR unit's while an IKR layer
         runs, the dense sequencer's (``seq``) otherwise: :func:`select_steps`) and the IKR
-        unit's per-multiplier operands, one cycle after their step. Adds the
-        write ports of the pattern table and the index memory to ``loads``.
+        unit's per-multiplier operands, one cycle after their step. Adds the write ports of the
+        pattern table and the index memory to ``loads``. Each of the unit's row reads has a
+        port on both neuron buffers (``bufs``); ``cur_in`` picks.
         """
         cfg = self.cfg
         m.submodules.ikr = ikr = IkrUnit(cfg)
@@ -310,9 +353,10 @@ class LayerEngine(wiring.Component):
                      ikr.run.start.eq(starting & is_ikr), ikr.run.desc.eq(self.desc)]
         loads += [(LoadSel.IKR_INDEX, ikr.index, 0), (LoadSel.IKR_TABLE, ikr.table, 0)]
         for r in range(cfg.ikr.kmax):
-            port = nbin.read_port()
-            m.d.comb += [port.addr.eq(ikr.nbin_addr[r]), port.en.eq(ikr.nbin_en[r]),
-                         ikr.nbin_data[r].eq(port.data)]
+            ports = [buf.read_port() for buf in bufs]
+            for port in ports:
+                m.d.comb += [port.addr.eq(ikr.nbin_addr[r]), port.en.eq(ikr.nbin_en[r])]
+            m.d.comb += ikr.nbin_data[r].eq(Mux(cur_in, ports[1].data, ports[0].data))
         ikr_mode = cur.ikr_n != 0
         m.d.comb += nfu1.lane_sel.eq(ikr_mode)
         return select_steps(m, ikr_mode, seq.step, ikr.step), ikr.lane_neurons

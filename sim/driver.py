@@ -39,8 +39,9 @@ class EngineTB:
             cocotb.start_soon(Clock(dut.clk, CLOCK_NS, unit="ns").start())
             self.clock_started = True
         for name in ("start", "load_en", "load_sel", "load_addr", "load_data", "rd_addr",
-                     "desc"):
+                     "desc", "in_buf", "nb_en", "nb_addr", "nb_data"):
             getattr(dut, name).value = 0
+        dut.out_buf.value = 1     # the classic NBin -> NBout engine (the port's init)
         dut.rst.value = 1
         for _ in range(cycles):
             await FallingEdge(dut.clk)

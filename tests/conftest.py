@@ -104,3 +104,23 @@ def mixed_qmodel(small_qmodel, slim_qmodel):
     layers[4] = dataclasses.replace(
         fc1, w=w, format="perm_affine", compressed=PermAffineWeights(s, a, b))
     return dataclasses.replace(small_qmodel, layers=layers)
+
+
+@pytest.fixture(scope="session")
+def mixed_index_qmodel(mixed_qmodel):
+    """``mixed_qmodel`` with fc1 in ``perm_index`` (random permutations of one sequence): an
+    FC layer whose columns the compiler re-lays into the conv output's buffer order, padding
+    included (pool2 gives 5 channels, ``tiny`` tiles them by 4)."""
+    import dataclasses
+
+    from slimnfu.formats.perm import PermIndexWeights
+
+    fc1 = mixed_qmodel.layers[4]
+    m_out, n_in = fc1.w.shape
+    gen = torch.Generator().manual_seed(3)
+    idx = torch.stack([torch.randperm(n_in, generator=gen) for _ in range(m_out)])
+    s = fc1.compressed.s
+    layers = list(mixed_qmodel.layers)
+    layers[4] = dataclasses.replace(fc1, w=s[idx], format="perm_index",
+                                    compressed=PermIndexWeights(s, idx))
+    return dataclasses.replace(mixed_qmodel, layers=layers)

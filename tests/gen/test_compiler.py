@@ -10,9 +10,13 @@ from slimnfu.gen.compiler import compile_model, config_for
 
 
 def test_program_moves_and_rom(small_qmodel, small_program):
-    moves = [l.move[0] for l in small_program.layers]
-    assert moves == ["image", "copy", "copy", "copy", "flatten", "copy"]
-    assert small_program.layers[4].move == ("flatten", 5, 2, 2)
+    # no moves: each layer reads the buffer the previous one wrote
+    assert [l.move[0] for l in small_program.layers] == ["image"] + ["none"] * 5
+    assert [(l.in_buf, l.out_buf) for l in small_program.layers] == [(0, 1), (1, 0)] * 3
+    assert sum(l.move_cycles for l in small_program.layers) == 0
+    # fc1 reads pool2's 5x2x2 output in the buffer's order: 2 tiles of tn=4 channels
+    fc1 = small_program.layers[4]
+    assert fc1.desc.layer.n_in == 2 * 4 * 2 * 2
     rom_words = sum(n for l in small_program.layers for _, _, n in l.loads)
     assert rom_words == len(small_program.rom) == small_program.stats["rom_words"]
     assert all(w < 1 << small_program.rom_width for w in small_program.rom)
@@ -76,8 +80,8 @@ def test_rom_image(small_program, tmp_path):
     m = write_rom_image(small_program, tmp_path / "rom")
     words = read_hex(tmp_path / "rom" / "rom.hex", m["rom"]["words"], m["rom"]["width"])
     assert [int(w) for w in words] == small_program.rom
-    assert json.loads((tmp_path / "rom" / "program.json").read_text())["layers"][4]["move"] == \
-        ["flatten", 5, 2, 2]
+    layer = json.loads((tmp_path / "rom" / "program.json").read_text())["layers"][4]
+    assert (layer["move"], layer["in_buf"], layer["out_buf"]) == (["none"], 0, 1)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="is not a ROM image that slimnfu wrote .*refusing to "
@@ -85,3 +89,69 @@ def test_rom_image(small_program, tmp_path):
         write_rom_image(small_program, tmp_path / "other")
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
     write_rom_image(small_program, tmp_path / "rom")   # its own folder: replaced
+
+
+def test_buffer_order():
+    from slimnfu.gen.compiler import buffer_order
+
+    # 3 channels of 2 pixels on tn=2: words (tile, pixel) hold channels (0, 1), then (2, pad)
+    assert buffer_order(3, 1, 2, 2).tolist() == [0, 2, 1, 3, 4, -1, 5, -1]
+    src = buffer_order(5, 2, 2, 4)
+    assert sorted(src[src >= 0].tolist()) == list(range(20)) and int((src < 0).sum()) == 12
+
+
+@pytest.mark.parametrize("variant", ["dense", "perm_index"])
+def test_fc_after_conv_reads_the_buffer_order(small_qmodel, mixed_index_qmodel, variant):
+    """The re-laid fc1 on pool2's output in the buffer's order (padding lanes holding junk)
+    gives the model's fc1 on the flattened output, and stays in its format."""
+    from slimnfu.compress.quant import int_forward_layers, quantize_input
+    from slimnfu.formats import layout
+    from slimnfu.gen.compiler import buffer_order, engine_layers
+
+    q = small_qmodel if variant == "dense" else mixed_index_qmodel
+    cfg = _cfg(q)
+    (fc1, move), = [e for e in engine_layers(q, cfg) if e[0].name == "fc1"]
+    assert move == ("none",) and fc1.format == variant and fc1.desc.n_in == 32
+    fc1.weight_format.accept(fc1, cfg)
+    x = quantize_input(q, torch.rand(3, 1, 10, 10, generator=torch.Generator().manual_seed(1)))
+    refs = int_forward_layers(q, x)
+    for n in range(3):
+        words = layout.pack_output(refs[3][n], cfg)
+        vals = layout.unpack_words(words, cfg.tn, cfg.dw).reshape(-1).clone()
+        vals[buffer_order(5, 2, 2, cfg.tn) < 0] = 12345     # junk in the padding lanes
+        got = fc1.weight_format.run(fc1, vals.view(1, -1), q.dw)
+        assert torch.equal(got[0], refs[4][n]), n
+
+
+def test_perm_affine_after_conv_keeps_a_flatten_move(mixed_qmodel):
+    """perm_affine cannot take its columns in another order: the controller flattens."""
+    from slimnfu.gen.compiler import engine_layers
+
+    cfg = config_for(mixed_qmodel, CONFIGS["tiny"])
+    moves = [move for _, move in engine_layers(mixed_qmodel, cfg)]
+    assert moves[4] == ("flatten", 5, 2, 2) and moves[5] == ("none",)
+    program = compile_model(mixed_qmodel, cfg)
+    fc1 = next(l for l in program.layers if l.name == "fc1")
+    # pool2 wrote buffer 0; the move fills buffer 1, which fc1 reads
+    assert (fc1.in_buf, fc1.out_buf, fc1.move_cycles) == (1, 0, 20)
+
+
+def test_config_for_gives_both_buffers_one_depth(small_qmodel):
+    cfg = config_for(small_qmodel, CONFIGS["tiny"].with_(nbin_depth=128, nbout_depth=512))
+    assert cfg.nbin_depth == cfg.nbout_depth == 512
+
+
+def test_refuses_output_beyond_its_buffer():
+    """conv2's output goes to buffer 0 (NBin's depth), which the image fits but it does not."""
+    from torch import nn
+
+    from slimnfu.compress.quant import quantize_model
+
+    torch.manual_seed(0)
+    q = quantize_model(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 12, 1)),
+                       torch.rand(4, 1, 6, 6))
+    cfg = CONFIGS["tiny"].with_(nbin_depth=40, nbout_depth=64, sb_depth=64, bias_depth=8)
+    with pytest.raises(ValueError, match=r"^layer conv2: its output needs 48 words of neuron "
+                                         r"buffer 0, config 'tiny' has 40 \(nbin_depth\)"):
+        compile_model(q, cfg)
+    compile_model(q, cfg.with_(nbin_depth=48))

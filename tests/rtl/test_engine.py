@@ -215,3 +215,51 @@ def test_latencies_pinned(features):
 
     simulate(dut, bench)
     assert got == [cycles for _, cycles in jobs]
+
+
+def test_ping_pong_buffers_and_weight_loads_while_busy():
+    """A maxpool reads buffer 0 (filled through ``nb_*``) and writes buffer 1; while it runs
+    the next conv's SB and bias words are loaded; the conv then reads buffer 1 and writes
+    buffer 0, and buffer 1 still holds the pool's output."""
+    from slimnfu.contract import LoadSel, descriptor_value
+    from slimnfu.formats import layout
+    from slimnfu.formats.dense import dense_memories
+
+    cfg = T2
+    pool = LayerDesc("maxpool", 2, 2, 4, 4, k=2, stride=2)
+    conv = LayerDesc("conv", 2, 2, 2, 2, k=1, shift=12)
+    job = make_job(cfg, conv, 3)
+    x = rail_tensor(torch.Generator().manual_seed(4), (1, 2, 4, 4), cfg)
+    mid = fixed.run_layer(pool, x, None, None, cfg.dw)
+    want = fixed.run_layer(conv, mid, job["w"], job["b"], cfg.dw)
+    dut = LayerEngine(cfg)
+    drv = EngineDriver(dut)
+    got = {}
+
+    async def bench(ctx):
+        for a, word in enumerate(layout.pack_input(x[0], cfg)):
+            ctx.set(dut.nb_en, 1)
+            ctx.set(dut.nb_addr, a)
+            ctx.set(dut.nb_data, word)
+            await ctx.tick()
+        ctx.set(dut.nb_en, 0)
+        ctx.set(dut.desc.as_value(), descriptor_value(as_pass(pool), cfg))
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        for mem in dense_memories(conv, job["w"], job["b"], None, cfg).values():
+            assert mem.sel != LoadSel.NBIN
+            await drv.load(ctx, mem.sel, mem.words)
+        got["busy_after_loads"] = ctx.get(dut.busy)
+        await ctx.tick().until(dut.done)
+        ctx.set(dut.in_buf, 1)
+        ctx.set(dut.out_buf, 0)
+        await drv.run(ctx, descriptor_value(as_pass(conv), cfg))
+        got["conv"] = await drv.read_nbout(ctx, conv.nbout_words(cfg))
+        ctx.set(dut.out_buf, 1)
+        got["pool"] = await drv.read_nbout(ctx, pool.nbout_words(cfg))
+
+    simulate(dut, bench)
+    assert got["busy_after_loads"] == 1
+    assert torch.equal(layout.unpack_output(got["pool"], 2, 2, 2, cfg), mid[0])
+    assert torch.equal(layout.unpack_output(got["conv"], 2, 2, 2, cfg), want[0])
