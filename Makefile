@@ -32,7 +32,7 @@ export SLIMNFU_DATA
 export PATH := $(abspath $(BIN)):$(PATH)
 unexport VERILATOR_ROOT
 
-BENCHES := hw models ikr permfc slim network
+BENCHES := hw models ikr permfc slim network intake
 
 .PHONY: setup test demo verilog cosim verify fuzz bench $(addprefix bench-,$(BENCHES)) clean help
 

@@ -143,7 +143,7 @@ def _read_npz(path):
             raise ValueError(f"{path}: field x_test has images of shape "
                              f"{tuple(xt.shape[1:])}, x has {tuple(x.shape[1:])}")
         yt = _labels(arrays["y_test"], path, "y_test", xt.shape[0])
-    classes = int(max(int(y.max()), -1 if yt is None else int(yt.max()))) + 1
+    classes = int(y.max()) + 1
     missing = sorted(set(range(classes)) - set(y.tolist()))
     if missing:
         raise ValueError(f"{path}: field y has no image of class {missing[0]} (labels run "
