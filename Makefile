@@ -57,7 +57,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)
-	$(SLIMNFU) demo --config $(CONFIG)
+	$(SLIMNFU) run lenet5 --data mnist --synth --config $(CONFIG)
 
 verilog: $(STAMP)
 	$(SLIMNFU) synth --config $(CONFIG) $(if $(filter 1,$(ROM)),--rom $(if $(FC),--fc $(FC))) \

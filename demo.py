@@ -75,6 +75,10 @@ def register(sub):
     p.add_argument("--methods", default="auto",
                    help="auto (default: every method where it saves something) or a comma "
                         "list of slim, ikr, perm")
+    p.add_argument("--patterns", type=int, default=DEFAULT.patterns,
+                   help=f"IKR patterns per layer, 1..16 (default: {DEFAULT.patterns})")
+    p.add_argument("--ikr-finetune", type=int, default=DEFAULT.ikr_finetune, metavar="B",
+                   help=f"IKR fine-tuning batches per try (default: {DEFAULT.ikr_finetune})")
     p.add_argument("--config", default=DEFAULT.config,
                    help=f"base accelerator config (default: {DEFAULT.config})")
     p.add_argument("--images", type=int, default=20,
@@ -122,6 +126,10 @@ def _check_run(args):
         raise ValueError(f"--dense-images must be in [0, 1000], not {args.dense_images}")
     if args.train_epochs is not None and not 0 <= args.train_epochs <= 1000:
         raise ValueError(f"--train-epochs must be in [0, 1000], not {args.train_epochs}")
+    if not 1 <= args.patterns <= 16:
+        raise ValueError(f"--patterns must be in [1, 16], not {args.patterns}")
+    if not 0 <= args.ikr_finetune <= 100000:
+        raise ValueError(f"--ikr-finetune must be in [0, 100000], not {args.ikr_finetune}")
     return parse_methods(args.methods)
 
 
@@ -137,9 +145,12 @@ def run_command(args):
             raise ValueError(f"a reference network runs on its own data set with its own "
                              f"training: {args.model} --data {own} (no --weights, no "
                              f"--train-epochs), or give a model file")
-        if args.model != DEFAULT.network or methods not in ("auto", ("slim", "ikr", "perm")):
-            raise ValueError(f"the reference flow is {DEFAULT.network} with all three methods; "
-                             f"for {args.model} or other methods give the model as a file")
+        if args.model != DEFAULT.network or methods not in ("auto", ("slim", "ikr", "perm")) \
+                or (args.patterns, args.ikr_finetune) != (DEFAULT.patterns,
+                                                          DEFAULT.ikr_finetune):
+            raise ValueError(f"the reference flow is {DEFAULT.network} with all three methods "
+                             f"and the default --patterns and --ikr-finetune; for "
+                             f"{args.model} or other settings give the model as a file")
         return demo(DEFAULT.with_(config=args.config, budget=args.budget), args.images,
                     args.icarus_images, args.dense_images, synth=args.synth,
                     pnr_timeout_s=args.pnr_timeout, out=args.out)
@@ -147,7 +158,9 @@ def run_command(args):
                      train_epochs=args.train_epochs, budget=args.budget, methods=methods,
                      config=args.config, images=args.images, icarus_images=args.icarus_images,
                      dense_images=args.dense_images, synth=args.synth,
-                     pnr_timeout_s=args.pnr_timeout, out=args.out)
+                     pnr_timeout_s=args.pnr_timeout, out=args.out,
+                     compress_options={"patterns": args.patterns,
+                                       "ikr_finetune": args.ikr_finetune})
 
 
 def run_model(model_spec, data_spec, weights=None, train_epochs=None, budget=1.0,
