@@ -137,6 +137,7 @@ def run_command(args):
     """``slimnfu run``: check the options, then :func:`run_model` (:func:`demo` for a
     reference network on its own data set with the default methods)."""
     from slimnfu.compress.models import NETWORKS, network_info
+    from slimnfu.compress.pipeline import METHODS
 
     methods = _check_run(args)
     if args.model in NETWORKS:
@@ -145,7 +146,7 @@ def run_command(args):
             raise ValueError(f"a reference network runs on its own data set with its own "
                              f"training: {args.model} --data {own} (no --weights, no "
                              f"--train-epochs), or give a model file")
-        if args.model != DEFAULT.network or methods not in ("auto", ("slim", "ikr", "perm")) \
+        if args.model != DEFAULT.network or methods not in ("auto", METHODS) \
                 or (args.patterns, args.ikr_finetune) != (DEFAULT.patterns,
                                                           DEFAULT.ikr_finetune):
             raise ValueError(f"the reference flow is {DEFAULT.network} with all three methods "

@@ -40,6 +40,7 @@ PIPELINE = "A2-B2-C"
 
 #: The methods, in the order their stages run.
 METHODS = ("slim", "ikr", "perm")
+SLIM, IKR, PERM = METHODS
 
 
 def parse_methods(text):
@@ -94,21 +95,21 @@ def plan_layers(model, methods=METHODS):
     for pos, i in enumerate(convs):
         conv = model[i]
         k = conv.kernel_size
-        able = {"slim": k[0] == k[1] and k[0] % 2 == 1 and (k[0] > 1 or conv.out_channels > 1),
-                "ikr": _ikr_steps(conv) is not None}
-        prefs = ("slim", "ikr") if pos == 0 or "ikr" not in methods else ("ikr", "slim")
+        able = {SLIM: k[0] == k[1] and k[0] % 2 == 1 and (k[0] > 1 or conv.out_channels > 1),
+                IKR: _ikr_steps(conv) is not None}
+        prefs = (SLIM, IKR) if pos == 0 or IKR not in methods else (IKR, SLIM)
         chosen = [m for m in prefs if m in methods and able[m]]
         if chosen:
             rows.append({"module": i, "kind": "conv", "method": chosen[0], "why": None})
         else:
-            why = ("no conv method chosen" if not {"slim", "ikr"} & set(methods) else
+            why = ("no conv method chosen" if not {SLIM, IKR} & set(methods) else
                    f"kernel {k[0]}x{k[1]}: neither lower kernels nor an IKR schedule")
             rows.append({"module": i, "kind": "conv", "method": "dense", "why": why})
     for i in fcs:
         if i == fcs[-1]:
             rows.append({"module": i, "kind": "fc", "method": "dense", "why": "the classifier"})
-        elif "perm" in methods:
-            rows.append({"module": i, "kind": "fc", "method": "perm", "why": None})
+        elif PERM in methods:
+            rows.append({"module": i, "kind": "fc", "method": PERM, "why": None})
         else:
             rows.append({"module": i, "kind": "fc", "method": "dense",
                          "why": "method C not chosen"})
@@ -250,10 +251,10 @@ def _final_methods(model, plan, nn):
     for row in plan:
         m = model[row["module"]]
         if isinstance(m, SlimConv):
-            out[row["module"]] = ("ikr" if "ikr_patterns" in m.conv._buffers else
-                                  "slim" if _slim_saves(m) else "dense")
+            out[row["module"]] = (IKR if "ikr_patterns" in m.conv._buffers else
+                                  SLIM if _slim_saves(m) else "dense")
         else:
-            out[row["module"]] = "perm" if isinstance(m, PermLinear) else "dense"
+            out[row["module"]] = PERM if isinstance(m, PermLinear) else "dense"
     return out
 
 
