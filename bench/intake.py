@@ -15,7 +15,8 @@ Cases (:data:`CASES`): ``lecun`` (LeCun's LeNet-5: Tanh, AvgPool, padding), ``ba
 method C only) and ``onnx`` (the ``batchnorm`` network with ``bias=False`` convs, exported to
 ONNX by the case).
 
-Rows: per case the input shape, the plan (planned and final method per layer), the formats,
+The report is written after every case (``done`` counts the cases in it). Rows: per case
+the input shape, the plan (planned and final method per layer), the formats,
 float, compressed float and integer test accuracies, the RTL accuracy on the simulated images,
 ``bit_exact``, MAC and bit savings, cycles per inference and saturation events (first image).
 """
@@ -195,6 +196,8 @@ def main(args):
     if not 100 <= args.train_images <= 60000:
         raise SystemExit(f"--train-images must be in 100..60000, not {args.train_images}")
     parse_methods(args.methods)
+    from slimnfu.atomic import write_json
+
     t0 = start(args)
     rows = []
     for i, case in enumerate(cases):
@@ -202,7 +205,9 @@ def main(args):
         rows.append(run_case(case, folder, args.config, args.images,
                              args.icarus_images if i == 0 else 0, args.train_images,
                              args.train_epochs, args.budget, args.methods))
-    report = {"benchmark": "intake", "rows": rows, "host": host(),
-              "wall_s": round(time.perf_counter() - t0, 1)}
+        report = {"benchmark": "intake", "cases": cases, "done": len(rows), "rows": rows,
+                  "host": host(), "wall_s": round(time.perf_counter() - t0, 1)}
+        if len(rows) < len(cases):
+            write_json(args.out, report)
     write_report(args.out, report, markdown(rows))
     return 0 if all(r["bit_exact"] and r["icarus_bit_exact"] is not False for r in rows) else 1
