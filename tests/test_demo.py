@@ -195,3 +195,11 @@ def test_report_has_the_layer_table(monkeypatch):
             in text)
     assert "Saturation events on the RTL (first image, every layer): 0." in text
     assert text.endswith("Run wall time 1.0 s.")
+
+
+def test_run_command_line_names_the_bad_data(tmp_path, capsys):
+    from slimnfu.cli import main
+
+    assert main(["run", "net.py:make_model", "--data", str(tmp_path / "none.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("slimnfu run: error: --data ") and "none.npz: no such file" in err
