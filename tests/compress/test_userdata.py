@@ -48,7 +48,8 @@ def test_npz_with_a_test_set_and_float_images(tmp_path):
     ({"x": np.zeros((140, 8, 8), np.uint8), "y": "GOOD"},
      r"field x has shape \(140, 8, 8\); it must be 4-D \(N, C, H, W\) \(add the channel"),
     ({"x": np.zeros((140, 96, 96, 3), np.uint8), "y": "GOOD"},
-     r"field x has shape \(140, 96, 96, 3\): C must be in 1..64 and H, W in 1..512 \(is it \(N, H, W, C\)\?"),
+     r"field x has shape \(140, 96, 96, 3\): C must be in 1..64 and H, W in 1..512 "
+     r"\(is it \(N, H, W, C\)\?"),
     ({"x": np.zeros((140, 1, 8, 8), np.int32), "y": "GOOD"},
      r"field x is int32; images must be uint8 \(0..255\) or floating point"),
     ({"x": np.full((140, 1, 8, 8), np.nan, np.float32), "y": "GOOD"},
