@@ -32,7 +32,7 @@ export SLIMNFU_DATA
 export PATH := $(abspath $(BIN)):$(PATH)
 unexport VERILATOR_ROOT
 
-BENCHES := hw models ikr permfc slim network
+BENCHES := hw models ikr permfc slim network intake
 
 .PHONY: setup test demo verilog cosim verify fuzz bench $(addprefix bench-,$(BENCHES)) clean help
 
@@ -57,7 +57,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)
-	$(SLIMNFU) demo --config $(CONFIG)
+	$(SLIMNFU) run lenet5 --data mnist --synth --config $(CONFIG)
 
 verilog: $(STAMP)
 	$(SLIMNFU) synth --config $(CONFIG) $(if $(filter 1,$(ROM)),--rom $(if $(FC),--fc $(FC))) \

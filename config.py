@@ -800,8 +800,8 @@ class Scenario:
     Parameters
     ----------
     network : str
-        A reference network (:data:`slimnfu.compress.models.NETWORKS`); the compression
-        pipeline needs two conv layers or more.
+        A reference network (:data:`slimnfu.compress.models.NETWORKS`), or the build name of
+        a user's model (:func:`slimnfu.flows.model_name`).
     dataset : str
         Its dataset; the flow refuses one that is not the network's own.
     budget : float

@@ -29,7 +29,7 @@ from slimnfu import paths
 from slimnfu.atomic import atomic_write
 from slimnfu.config import Scenario, get_config
 
-__all__ = ["register", "run_demo", "demo"]
+__all__ = ["register", "run_demo", "demo", "run_command", "run_model"]
 
 #: The project's scenario, which the demo runs; ``--config`` and ``--budget`` change it.
 DEFAULT = Scenario()
@@ -55,6 +55,55 @@ def register(sub):
                                  "$SLIMNFU_BUILD, else build/)")
     p.set_defaults(func=run_demo)
 
+    p = sub.add_parser(
+        "run", help="one flow for any model: train or load, check, compress, quantise, compile, "
+                    "export, emit, synthesise (--synth) and run it on the RTL",
+        description=RUN_DOC)
+    p.add_argument("model", metavar="MODEL",
+                   help="path.py:make_model (a factory; with --weights, a state dict), a "
+                        "torch.save module, a TorchScript file, an ONNX file, or a reference "
+                        "network's name (lenet5: the demo)")
+    p.add_argument("--data", required=True, metavar="D",
+                   help="mnist, fashion-mnist, an .npz with x (N, C, H, W) and y, or a folder "
+                        "with one folder of images per class")
+    p.add_argument("--weights", default=None, help="a state dict for a factory's model")
+    p.add_argument("--train-epochs", type=int, default=None, metavar="E",
+                   help="train E epochs first (default: 2 for a factory without --weights, "
+                        "else 0: the model is trained)")
+    p.add_argument("--budget", type=float, default=DEFAULT.budget,
+                   help=f"accuracy budget in points (default: {DEFAULT.budget})")
+    p.add_argument("--methods", default="auto",
+                   help="auto (default: every method where it saves something) or a comma "
+                        "list of slim, ikr, perm")
+    p.add_argument("--patterns", type=int, default=DEFAULT.patterns,
+                   help=f"IKR patterns per layer, 1..16 (default: {DEFAULT.patterns})")
+    p.add_argument("--ikr-finetune", type=int, default=DEFAULT.ikr_finetune, metavar="B",
+                   help=f"IKR fine-tuning batches per try (default: {DEFAULT.ikr_finetune})")
+    p.add_argument("--config", default=DEFAULT.config,
+                   help=f"base accelerator config (default: {DEFAULT.config})")
+    p.add_argument("--images", type=int, default=20,
+                   help="test images through the RTL on Verilator (default: 20)")
+    p.add_argument("--icarus-images", type=int, default=1,
+                   help="of those, how many also run on Icarus (default: 1)")
+    p.add_argument("--dense-images", type=int, default=1,
+                   help="test images through the dense network's RTL, for its cycles "
+                        "(default: 1; 0 skips that build)")
+    p.add_argument("--synth", action="store_true", help="synthesise (Yosys, nextpnr-ecp5)")
+    p.add_argument("--pnr-timeout", type=float, default=1800, metavar="S",
+                   help="stop place and route after S seconds (default 1800)")
+    p.add_argument("--out", help="report folder (default: run/<model name>/ in the build root)")
+    p.set_defaults(func=run_command)
+
+
+RUN_DOC = """Run any model through the whole flow into one folder: check the data (built-in,
+.npz or class folders) and the model (slimnfu check) before any training, train it (or take
+its weights), compress it under --budget with the methods planned per layer, quantise, compile,
+write the ROM image (rom/), the weight image (image/) and the Verilog, synthesise it (--synth),
+run test images through the RTL on Verilator (and --icarus-images on Icarus), every layer
+checked bit for bit against the integer reference, and write report.{md,json}, the plots and
+model.pt (the trained float network) into --out. `slimnfu run lenet5 --data mnist` is the
+demo. Exit status 1 when an image is not bit-exact."""
+
 
 def _check(args):
     from slimnfu.config import CONFIGS
@@ -67,6 +116,116 @@ def _check(args):
         raise ValueError(f"--icarus-images must be in [0, --images], not {args.icarus_images}")
     if not 0 <= args.budget <= 100:
         raise ValueError(f"--budget must be in [0, 100] points, not {args.budget}")
+
+
+def _check_run(args):
+    from slimnfu.compress.pipeline import parse_methods
+
+    _check(args)
+    if not 0 <= args.dense_images <= 1000:
+        raise ValueError(f"--dense-images must be in [0, 1000], not {args.dense_images}")
+    if args.train_epochs is not None and not 0 <= args.train_epochs <= 1000:
+        raise ValueError(f"--train-epochs must be in [0, 1000], not {args.train_epochs}")
+    if not 1 <= args.patterns <= 16:
+        raise ValueError(f"--patterns must be in [1, 16], not {args.patterns}")
+    if not 0 <= args.ikr_finetune <= 100000:
+        raise ValueError(f"--ikr-finetune must be in [0, 100000], not {args.ikr_finetune}")
+    return parse_methods(args.methods)
+
+
+def run_command(args):
+    """``slimnfu run``: check the options, then :func:`run_model` (:func:`demo` for a
+    reference network on its own data set with the default methods)."""
+    from slimnfu.compress.models import NETWORKS, network_info
+    from slimnfu.compress.pipeline import METHODS
+
+    methods = _check_run(args)
+    if args.model in NETWORKS:
+        own = network_info(args.model)["dataset"]
+        if args.data != own or args.weights is not None or args.train_epochs is not None:
+            raise ValueError(f"a reference network runs on its own data set with its own "
+                             f"training: {args.model} --data {own} (no --weights, no "
+                             f"--train-epochs), or give a model file")
+        if args.model != DEFAULT.network or methods not in ("auto", METHODS) \
+                or (args.patterns, args.ikr_finetune) != (DEFAULT.patterns,
+                                                          DEFAULT.ikr_finetune):
+            raise ValueError(f"the reference flow is {DEFAULT.network} with all three methods "
+                             f"and the default --patterns and --ikr-finetune; for "
+                             f"{args.model} or other settings give the model as a file")
+        return demo(DEFAULT.with_(config=args.config, budget=args.budget), args.images,
+                    args.icarus_images, args.dense_images, synth=args.synth,
+                    pnr_timeout_s=args.pnr_timeout, out=args.out)
+    return run_model(args.model, args.data, weights=args.weights,
+                     train_epochs=args.train_epochs, budget=args.budget, methods=methods,
+                     config=args.config, images=args.images, icarus_images=args.icarus_images,
+                     dense_images=args.dense_images, synth=args.synth,
+                     pnr_timeout_s=args.pnr_timeout, out=args.out,
+                     compress_options={"patterns": args.patterns,
+                                       "ikr_finetune": args.ikr_finetune})
+
+
+def run_model(model_spec, data_spec, weights=None, train_epochs=None, budget=1.0,
+              methods="auto", config="tiny", images=20, icarus_images=1, dense_images=1,
+              synth=False, pnr_timeout_s=1800, out=None, build_root=None, compress_options=None,
+              train_options=None):
+    """``slimnfu run`` of a user's model (see :data:`RUN_DOC`).
+
+    Parameters
+    ----------
+    model_spec : str or path-like
+        As :func:`slimnfu.compress.intake.load_model` takes it.
+    data_spec : str or path-like
+        As :func:`slimnfu.compress.userdata.load_data` takes it.
+    weights : path-like, optional
+        A state dict for a factory's model.
+    train_epochs : int, optional
+        Epochs to train first; default 2 for a factory without ``weights``, else 0.
+    budget : float
+        Accuracy budget in points.
+    methods : tuple of str or "auto"
+        :func:`slimnfu.compress.pipeline.parse_methods`.
+    config : str
+        The base accelerator config.
+    images, icarus_images, dense_images : int
+        As :func:`demo`.
+    synth : bool
+    pnr_timeout_s : float
+    out : path-like, optional
+        The report folder; default ``run/<model name>/`` in the build root.
+    build_root : path-like, optional
+    compress_options, train_options : dict, optional
+        Passed on to :func:`slimnfu.compress.pipeline.compress_network` (e.g. ``patterns``,
+        ``ikr_finetune``) and :func:`slimnfu.compress.train.fit` (``lr``, ``batch_size``).
+
+    Returns
+    -------
+    int
+        0 when every image was bit-exact on every simulator, else 1.
+    """
+    from slimnfu import flows
+
+    t0 = time.monotonic()
+    out = Path(out) if out else paths.build_root(build_root) / "run" / flows.model_name(
+        model_spec)
+    prep = flows.prepare(model_spec, data_spec, out, weights=weights,
+                         train_epochs=train_epochs, budget=budget, methods=methods,
+                         config=config, compress_options=compress_options,
+                         train_options=train_options, log=print)
+    ds, text = prep["data"], str(model_spec)
+    c, h, w = ds.input_shape
+    n = len(ds.test[1])
+    extra = {"title": f"slimnfu run: {text} on {ds.name}",
+             "test_set": f"{n:,} test images of {ds.name} ({c}x{h}x{w})",
+             "title_plot": f"{prep['scenario'].network} on {Path(ds.name).name}",
+             "wall_name": "Run", "model": text, "data": ds.summary(), "input_shape": [c, h, w],
+             "classes": ds.classes, "trained_epochs": prep["epochs"], "image": None,
+             "layers": None}
+    return _deliver(prep["scenario"], prep["model"], prep["acc_base"], prep["qdense"],
+                    prep["qmodel"], prep["history"], ds.test, out, t0, min(images, n),
+                    min(icarus_images, n), min(dense_images, n), synth, pnr_timeout_s,
+                    build_root, steps=7, extra=extra,
+                    floats={"dense": prep["model"], "compressed": prep["float"]},
+                    calib=prep["calib"])
 
 
 def run_demo(args):
@@ -103,14 +262,8 @@ def demo(scenario, images=20, icarus_images=1, dense_images=1, synth=True, pnr_t
         0 when every image was bit-exact on every simulator, else 1.
     """
     from slimnfu import flows
-    from slimnfu.bench import network
     from slimnfu.compress import data
-    from slimnfu.gen.compiler import write_rom_image
-    from slimnfu.gen.synth import block_ram_shortfall, choose_weights, synth_config
-    from slimnfu.gen.verilog import emit_accelerator, verilog_root
-
-    def log(message):
-        print("      " + message, flush=True)
+    from slimnfu.compress.quant import quantize_model
 
     data.verify(scenario.dataset)
     out = Path(out) if out else paths.build_root(build_root) / "demo"
@@ -120,48 +273,93 @@ def demo(scenario, images=20, icarus_images=1, dense_images=1, synth=True, pnr_t
     print(f"      float test accuracy {info['acc_test']:.2f}%")
     print(f"[2/6] compressing under {scenario.budget} points (A on conv1, IKR on conv2, "
           f"permuted fc1)", flush=True)
-    q, hist = flows.compress(scenario, model, cache_root, log=log)
+    q, hist = flows.compress(scenario, model, cache_root, log=_log)
     print(f"      formats: {hist['formats']}")
+    xc, _ = data.load(scenario.dataset, "calib")
+    test = data.load(scenario.dataset, "test")
+    qd = quantize_model(model, xc[:scenario.calib])
+    floats = {"dense": model, "compressed": flows.compressed_float(scenario, model, cache_root)}
+    return _deliver(scenario, model, info["acc_test"], qd, q, hist, test, out, t0, images,
+                    icarus_images, dense_images, synth, pnr_timeout_s, build_root,
+                    floats=floats)
+
+
+def _log(message):
+    print("      " + message, flush=True)
+
+
+def _deliver(scenario, model, acc_base, qd, q, hist, test, out, t0, images, icarus_images,
+             dense_images, synth, pnr_timeout_s, build_root, steps=6, extra=None, floats=None,
+             calib=None):
+    """Steps 3 to 6 of the demo (and of ``slimnfu run``): compile, export the ROM (and, for
+    ``slimnfu run``, the weight image), emit, synthesise, run on the RTL; then write the
+    report, its JSON and the plots into ``out``. ``extra`` is added to the report; ``floats``
+    and ``calib`` go to :func:`slimnfu.bench.network.measure_models` for the numerical
+    attribution. Returns the exit status."""
+    from slimnfu import flows
+    from slimnfu.bench import network
+    from slimnfu.gen.compiler import write_rom_image
+    from slimnfu.gen.synth import block_ram_shortfall, choose_weights, synth_config
+    from slimnfu.gen.verilog import emit_accelerator, verilog_root
+
+    first = steps - 3
     program = flows.compile_for(q, scenario)
     cfg = program.cfg
-    print(f"[3/6] exporting the compiled network's ROM image to {out / 'rom'}", flush=True)
+    print(f"[{first}/{steps}] exporting the compiled network's ROM image to {out / 'rom'}",
+          flush=True)
     rom = write_rom_image(program, out / "rom")
     print(f"      {rom['rom']['words']} words of {rom['rom']['width']} bits, "
           f"{len(program.layers)} program layers")
-    print(f"[4/6] emitting the ROM build for {cfg.name!r}", flush=True)
+    extra = dict(extra or {})
+    if "image" in extra:
+        from slimnfu.gen.image import export
+
+        try:
+            manifest = export(q, cfg, out / "image", force=True)
+            extra["image"] = {"folder": str(out / "image"), "files": len(manifest["files"]),
+                              "image_bits": manifest["stats"].get("image_bits")}
+            print(f"      weight image in {out / 'image'} ({len(manifest['files'])} files)")
+        except ValueError as exc:
+            extra["image"] = {"folder": None, "not_written": str(exc)}
+            print(f"      weight image not written: {exc}")
+    print(f"[{first + 1}/{steps}] emitting the ROM build for {cfg.name!r}", flush=True)
     emitted = emit_accelerator(program, cfg.name, verilog_root(build_root))
     print(f"      {emitted['path']}")
     report_synth = None
     too_big = block_ram_shortfall(cfg)
     if synth and too_big:
-        print(f"[5/6] the whole accelerator does not fit: {too_big}; synthesising the "
-              f"{scenario.config!r} engine with its own buffers instead (slimnfu synth --rom "
-              f"runs the whole one anyway)", flush=True)
+        print(f"[{first + 2}/{steps}] the whole accelerator does not fit: {too_big}; "
+              f"synthesising the {scenario.config!r} engine with its own buffers instead "
+              f"(slimnfu synth --rom runs the whole one anyway)", flush=True)
         report_synth = synth_config(get_config(scenario.config), build_root=build_root,
                                     reuse=True, pnr_timeout_s=pnr_timeout_s)
         report_synth = {**report_synth, "weights": "none", "scope": "engine",
                         "weights_why": f"engine only: {too_big}"}
     elif synth:
         weights, why = choose_weights(program)
-        print(f"[5/6] synthesising the {weights} build (Yosys ECP5, nextpnr-ecp5): {why}",
-              flush=True)
+        print(f"[{first + 2}/{steps}] synthesising the {weights} build (Yosys ECP5, "
+              f"nextpnr-ecp5): {why}", flush=True)
         report_synth = flows.synth_build(program, weights, why, reuse=True,
                                          pnr_timeout_s=pnr_timeout_s, build_root=build_root)
         report_synth.pop("reused", None)
     else:
-        print("[5/6] synthesis skipped (--no-synth)")
-    print(f"[6/6] running {images} test images through the RTL", flush=True)
-    rows, hist = network.measure(scenario, images, icarus_images, dense_images,
-                                 build_root=build_root, cache_root=cache_root, log=log)
-    report = {"rows": rows, "compression": hist, "acc_float_base": info["acc_test"],
+        print(f"[{first + 2}/{steps}] synthesis skipped "
+              f"({'--no-synth' if steps == 6 else 'no --synth'})")
+    print(f"[{steps}/{steps}] running {images} test images through the RTL", flush=True)
+    rows = network.measure_models(scenario, round(acc_base, 2), qd, q, hist, test, images,
+                                  icarus_images, dense_images, floats=floats, calib=calib,
+                                  build_root=build_root, log=_log)
+    report = {"rows": rows, "compression": hist, "acc_float_base": acc_base,
               "rom_image": {k: rom["rom"][k] for k in ("words", "width", "sha256")},
               "synth": None if report_synth is None else {k: report_synth.get(k) for k in (
                   "config", "weights", "weights_why", "cells", "luts", "ffs", "dsps", "brams",
                   "memory_bits", "fmax_mhz", "part", "fits", "scope") if k in report_synth},
-              "board": _board_report(model, build_root),
+              "board": _board_report(model, build_root), **extra,
               "wall_s": round(time.monotonic() - t0, 1)}
+    if "layers" in extra:
+        report["layers"] = _layer_table(q, hist, rows)
     text = _markdown(report)
-    _plots(rows, out)
+    _plots(rows, out, report.get("title_plot", "LeNet-5 on MNIST"))
     atomic_write(out / "report.json", json.dumps(report, indent=1) + "\n")
     atomic_write(out / "report.md", text + "\n")
     print(text)
@@ -173,13 +371,34 @@ def demo(scenario, images=20, icarus_images=1, dense_images=1, synth=True, pnr_t
     return 1 if bad else 0
 
 
+def _layer_table(q, hist, rows):
+    """Per model layer: format, planned method, MACs, stored bits, measured cycles."""
+    from slimnfu.bench.network import per_model_layer
+    from slimnfu.formats.accounting import model_stats
+
+    row = {r["method"]: r for r in rows}["compressed"]
+    cycles = per_model_layer(row.get("per_layer") or [])
+    plan = {}
+    for p in hist.get("plan") or []:
+        plan[p["module"]] = p
+    out = []
+    for l in model_stats(q)["layers"]:
+        out.append({"layer": l["name"], "format": l.get("format"), "kind": l.get("kind"),
+                    "macs_dense": l.get("macs_dense"), "macs": l.get("macs"),
+                    "bits_dense": l.get("bits_dense"), "bits": l.get("bits"),
+                    "cycles": cycles.get(l["name"], (None, None))[0]})
+    return out
+
+
 def _markdown(report):
     from slimnfu.bench.network import markdown
 
     rows = {r["method"]: r for r in report["rows"]}
     c = rows["compressed"]
-    lines = ["# slimnfu demo: compressed LeNet-5 on the generated accelerator", "",
-             f"Accuracy on the 10,000 MNIST test images: float {report['acc_float_base']:.2f}% "
+    title = report.get("title", "slimnfu demo: compressed LeNet-5 on the generated accelerator")
+    lines = [f"# {title}", "",
+             f"Accuracy on the {report.get('test_set', '10,000 MNIST test images')}: float "
+             f"{report['acc_float_base']:.2f}% "
              f"(dense), {c['acc_float']}% (compressed, float), {c['acc_int']:.2f}% (compressed, "
              f"integer reference); RTL {c.get('acc_rtl')}% on {c.get('images_rtl')} images, "
              f"{'every layer bit-exact' if c.get('bit_exact') else 'NOT bit-exact'} on "
@@ -190,6 +409,19 @@ def _markdown(report):
              f"({c['conv_macs_dense'] / c['conv_macs']:.1f}x in the convs), "
              f"{c['bits_dense'] / c['bits']:.2f}x fewer stored bits "
              f"({c['bits_dense']:,} -> {c['bits']:,}).", "", markdown(report["rows"]), ""]
+    if report.get("layers"):
+        plan = {p["module"]: p for p in (report["compression"].get("plan") or [])}
+        lines += ["| layer | format | MACs (dense) | MACs | bits (dense) | bits | cycles (RTL) |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for l in report["layers"]:
+            cyc = "-" if l["cycles"] is None else f"{l['cycles']:,}"
+            lines.append(f"| {l['layer']} | {l['format']} | {l['macs_dense']:,} | "
+                         f"{l['macs']:,} | {l['bits_dense']:,} | {l['bits']:,} | {cyc} |")
+        lines += ["", "Method plan: " + "; ".join(
+            f"module {m}: {p['method']} -> {p.get('final', p['method'])}"
+            + (f" ({p['why']})" if p.get("why") else "") for m, p in plan.items()) + ".",
+            f"Saturation events on the RTL (first image, every layer): "
+            f"{c.get('sat_events', '-')}.", ""]
     s = report["synth"]
     if s:
         fmax = "-" if s["fmax_mhz"] is None else f"{s['fmax_mhz']:.1f} MHz"
@@ -209,7 +441,7 @@ def _markdown(report):
                      f"{b['pnr']['fmax_mhz']:.1f} MHz against the board's "
                      f"{b['pnr']['target_mhz']:g} MHz clock; "
                      f"{util}.")
-    lines.append(f"Demo wall time {report['wall_s']} s.")
+    lines.append(f"{report.get('wall_name', 'Demo')} wall time {report['wall_s']} s.")
     return "\n".join(lines)
 
 
@@ -227,7 +459,7 @@ def _board_report(model, build_root=None):
     return max(found, key=lambda f: f[0])[1] if found else None
 
 
-def _plots(rows, out):
+def _plots(rows, out, title="LeNet-5 on MNIST"):
     """accuracy_vs_macs.png and cycles_per_layer.png in ``out``."""
     import matplotlib
 
@@ -245,7 +477,7 @@ def _plots(rows, out):
                 ax.scatter(x, r[key], marker=marker, label=f"{r['method']} {key[4:]}")
     ax.set_xlabel("MAC savings (dense MACs / MACs)")
     ax.set_ylabel("test accuracy, %")
-    ax.set_title("LeNet-5 on MNIST")
+    ax.set_title(title)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "accuracy_vs_macs.png", dpi=120)

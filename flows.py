@@ -14,6 +14,7 @@ Every function that writes takes ``build_root`` or ``cache_root`` (default
 import hashlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from slimnfu.compress.models import NETWORKS, network_info
 from slimnfu.compress.pipeline import PIPELINE, compress_network, hash_state
 from slimnfu.compress.quant import int_forward, int_forward_layers, quantize_input, \
     quantize_model
-from slimnfu.compress.train import evaluate, set_threads, train
+from slimnfu.compress.train import evaluate, fit, set_threads, train
 from slimnfu.config import Scenario, get_config
 from slimnfu.formats import QuantModel, layout
 from slimnfu.gen.board import board_platform, build_board, pnr_figures
@@ -35,8 +36,8 @@ from slimnfu.gen.verilog import emit_accelerator, verilog_root
 from slimnfu.sim.fastsim import ray_or_error
 from slimnfu.sim.network import run_network, run_network_fast
 
-__all__ = ["check", "train_or_load", "network_file", "compress", "load_float",
-           "compressed_float", "attribution", "compile_for", "rom_program",
+__all__ = ["check", "model_name", "prepare", "train_or_load", "network_file", "compress",
+           "load_float", "compressed_float", "attribution", "compile_for", "rom_program",
            "synth_build", "run_on_rtl", "board_build", "verify_plan", "verify"]
 
 #: Compression settings that name a cached network only when they differ from the default
@@ -58,6 +59,108 @@ def check(scenario):
         raise ValueError(f"val {scenario.val} and calib {scenario.calib} must share the "
                          f"{n_calib} images of the calib split")
     return scenario
+
+
+def model_name(model_spec):
+    """A build name for a user's model: its file's stem, lower case, ``[a-z0-9_]`` only."""
+    text = str(model_spec)
+    stem = Path(text.split(":")[0] if re.fullmatch(r".+\.py:\w+", text) else text).stem
+    return re.sub(r"[^a-z0-9]+", "_", stem.lower()).strip("_") or "model"
+
+
+def prepare(model_spec, data_spec, out, weights=None, train_epochs=None, budget=1.0,
+            methods="auto", config="tiny", compress_options=None, train_options=None,
+            log=print):
+    """The first steps of ``slimnfu run`` for a user's model: check the data and the model
+    (before any training), train, compress under ``budget`` and quantise.
+
+    Parameters
+    ----------
+    model_spec : str or path-like
+        As :func:`slimnfu.compress.intake.load_model` takes it.
+    data_spec : str or path-like
+        As :func:`slimnfu.compress.userdata.load_data` takes it.
+    out : path-like
+        The run's folder: the float network, trained, is written to its ``model.pt``.
+    weights : path-like, optional
+        A state dict for a factory's model.
+    train_epochs : int, optional
+        Epochs to train first; default 2 for a factory without ``weights`` (an untrained
+        model), else 0.
+    budget : float
+        Accuracy budget in points.
+    methods : tuple of str or "auto"
+        :func:`slimnfu.compress.pipeline.parse_methods`.
+    config : str
+        The base accelerator config.
+    compress_options, train_options : dict, optional
+        Passed on to :func:`slimnfu.compress.pipeline.compress_network` (e.g. ``patterns``,
+        ``ikr_finetune``) and :func:`slimnfu.compress.train.fit` (``lr``, ``batch_size``).
+    log : callable
+
+    Returns
+    -------
+    dict
+        ``scenario`` (the config, budget and the model's name, which name the builds),
+        ``data`` (:class:`slimnfu.compress.userdata.DataSet`), ``model`` (the normalised
+        float network), ``epochs``, ``acc_base`` (its test accuracy), ``qdense``, ``qmodel``
+        (dense and compressed, quantised), ``history`` (with ``test_acc_float``), ``float``
+        (the compressed float network) and ``calib`` (the calibration images and labels).
+    """
+    import io
+
+    import torch
+    from torch import nn
+
+    from slimnfu.atomic import atomic_write
+    from slimnfu.compress.intake import load_model, require_supported
+    from slimnfu.compress.pipeline import parse_methods
+    from slimnfu.compress.userdata import load_data
+
+    methods = parse_methods(methods)
+    text = str(model_spec)
+    scenario = Scenario(config=config, budget=budget)
+    log(f"[1/7] data {data_spec}")
+    ds = load_data(data_spec)
+    log(f"      {ds.summary()}")
+    log(f"[2/7] model {model_spec}")
+    model = load_model(model_spec, weights)
+    seq = require_supported(model, ds.input_shape, source=text)
+    linears = [m for m in seq if isinstance(m, nn.Linear)]
+    n_out = linears[-1].out_features if linears else None
+    if n_out is None or n_out < ds.classes:
+        raise ValueError(f"{text}: the model gives {n_out} outputs, but the data {ds.name} "
+                         f"has labels 0..{ds.classes - 1}; its last layer must be a Linear "
+                         f"with at least {ds.classes} outputs")
+    fresh = re.fullmatch(r".+\.py:\w+", text) is not None and weights is None
+    epochs = (2 if fresh else 0) if train_epochs is None else train_epochs
+    if epochs:
+        opts = {"lr": 1e-3, "batch_size": 128, **(train_options or {})}
+        log(f"      training {epochs} epoch(s) on {len(ds.train[1])} images")
+        fit(seq, *ds.train, epochs=epochs, seed=0, progress=True, **opts)
+    seq.eval()
+    buf = io.BytesIO()
+    torch.save(seq, buf)
+    atomic_write(Path(out) / "model.pt", buf.getvalue())
+    xt, yt = ds.test
+    acc_base = round(evaluate(seq, xt, yt), 2)
+    log(f"      float test accuracy {acc_base:.2f}% ({len(yt)} images)")
+    xc, yc = ds.calib
+    n_cal = max(1, min(scenario.calib, len(yc) // 2))
+    n_val = min(scenario.val, len(yc) - n_cal)
+    shown = methods if methods == "auto" else ",".join(methods)
+    log(f"[3/7] compressing under {budget} points (methods {shown})")
+    fm, q, hist = compress_network(seq, ds.train, (xc[-n_val:], yc[-n_val:]), xc[:n_cal],
+                                   budget, methods=methods,
+                                   log=lambda message: log("      " + message),
+                                   **(compress_options or {}))
+    hist["test_acc_float"] = round(evaluate(fm, xt, yt), 2)
+    hist = json.loads(json.dumps(hist, default=float))
+    log(f"      formats: {hist['formats']}")
+    return {"scenario": scenario.with_(network=model_name(model_spec), dataset=ds.name),
+            "data": ds, "model": seq, "epochs": epochs, "acc_base": acc_base,
+            "qdense": quantize_model(seq, xc[:n_cal]), "qmodel": q, "history": hist,
+            "float": fm, "calib": (xc[:n_cal], yc[:n_cal])}
 
 
 def train_or_load(scenario, cache_root=None, progress=True):
@@ -155,12 +258,15 @@ def compressed_float(scenario, model, cache_root=None):
     return load_float(paths.networks_dir(cache_root) / network_file(scenario, model))
 
 
-def attribution(scenario, float_model, qmodel):
+def attribution(scenario, float_model, qmodel, calib=None):
     """:func:`slimnfu.compress.attribution.attribute` of ``qmodel`` against ``float_model`` on
-    the scenario's calibration images (the first ``scenario.calib`` of the calib split, with
-    their labels): per layer SQNR and saturation events, float and integer accuracy."""
-    xc, yc = data.load(scenario.dataset, "calib")
-    return attribute(float_model, qmodel, xc[:scenario.calib], yc[:scenario.calib])
+    the calibration images ``calib`` (``(images, labels)``; default the scenario's: the first
+    ``scenario.calib`` of its data set's calib split): per layer SQNR and saturation events,
+    float and integer accuracy."""
+    if calib is None:
+        xc, yc = data.load(scenario.dataset, "calib")
+        calib = (xc[:scenario.calib], yc[:scenario.calib])
+    return attribute(float_model, qmodel, *calib)
 
 
 def load_network(path):

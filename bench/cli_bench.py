@@ -11,6 +11,7 @@ BENCHES = {
     "permfc": "slimnfu.bench.permfc",
     "slim": "slimnfu.bench.slim",
     "network": "slimnfu.bench.network",
+    "intake": "slimnfu.bench.intake",
 }
 
 

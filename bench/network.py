@@ -32,7 +32,8 @@ from slimnfu.bench.common import accuracy, add_threads, host, start, write_repor
 from slimnfu.compress import attribution
 from slimnfu.config import Scenario
 
-__all__ = ["main", "add_arguments", "measure", "markdown", "layer_rows", "cycle_parts"]
+__all__ = ["main", "add_arguments", "measure", "measure_models", "markdown", "layer_rows",
+           "cycle_parts"]
 
 #: The project's scenario (LeNet-5 on MNIST): the options below default to it.
 DEFAULT = Scenario()
@@ -155,8 +156,7 @@ def measure(scenario, images=100, icarus_images=0, dense_images=10, recompress=F
     """
     from slimnfu import flows
     from slimnfu.compress import data
-    from slimnfu.formats.accounting import model_stats
-    from slimnfu.compress.quant import int_forward, quantize_model
+    from slimnfu.compress.quant import quantize_model
     from slimnfu.compress.train import evaluate
 
     model, _ = flows.train_or_load(scenario, cache_root, progress=True)
@@ -165,6 +165,49 @@ def measure(scenario, images=100, icarus_images=0, dense_images=10, recompress=F
     acc_base = round(evaluate(model, xt, yt), 2)
     qd = quantize_model(model, xc[:scenario.calib])
     q, hist = flows.compress(scenario, model, cache_root, recompress, log=log)
+    floats = {"dense": model, "compressed": flows.compressed_float(scenario, model, cache_root)}
+    rows = measure_models(scenario, acc_base, qd, q, hist, (xt, yt), images, icarus_images,
+                          dense_images, floats=floats, build_root=build_root, log=log)
+    return rows, hist
+
+
+def measure_models(scenario, acc_base, qd, q, hist, test, images=100, icarus_images=0,
+                   dense_images=10, floats=None, calib=None, build_root=None, log=print):
+    """The rows of a network measured on the RTL, dense (``qd``) and compressed (``q``).
+
+    Parameters
+    ----------
+    scenario : Scenario
+        Its ``network`` and ``config`` name the builds (:func:`slimnfu.flows.compile_for`),
+        its ``dataset`` and ``budget`` go into the rows.
+    acc_base : float
+        The float network's test accuracy.
+    qd, q : QuantModel
+        The dense and the compressed network.
+    hist : dict
+        The compression history (``test_acc_float``: the compressed float accuracy).
+    test : tuple
+        ``(images, labels)``: the test set; the first images go through the RTL.
+    images, icarus_images, dense_images : int
+        As :func:`measure`.
+    floats : dict, optional
+        The float networks, ``{"dense": ..., "compressed": ...}``, for the numerical
+        attribution (None, or a missing one: attributed without float figures).
+    calib : tuple, optional
+        ``(images, labels)`` the attribution runs on; default the scenario's calibration
+        images (:func:`slimnfu.flows.attribution`).
+
+    Returns
+    -------
+    list of dict
+        One row per build (see the module docstring).
+    """
+    from slimnfu import flows
+    from slimnfu.compress.quant import int_forward
+    from slimnfu.compress.train import evaluate
+    from slimnfu.formats.accounting import model_stats
+
+    xt, yt = test
     sd, sc = model_stats(qd), model_stats(q)
     programs = {label: (qm, flows.compile_for(qm, scenario, label))
                 for label, qm in (("dense", qd), ("compressed", q))}
@@ -185,7 +228,7 @@ def measure(scenario, images=100, icarus_images=0, dense_images=10, recompress=F
                 f"cycles per inference")
     acc_int_c = accuracy(int_forward(q, xt)[0], yt, 2)
     acc_int_d = accuracy(int_forward(qd, xt)[0], yt, 2)
-    floats = {"dense": model, "compressed": flows.compressed_float(scenario, model, cache_root)}
+    floats = floats or {}
     dense_run = runs.get(("dense", "verilator"))
     for label, (qm, prog) in programs.items():
         st = sd if label == "dense" else sc
@@ -204,9 +247,9 @@ def measure(scenario, images=100, icarus_images=0, dense_images=10, recompress=F
                "rom_words": prog.stats["rom_words"], "rom_width": prog.rom_width,
                "rom_item_bits": prog.stats["stored_bits"],
                "rtl_cycles_dense": dense_run["counters"]["cycles"] if dense_run else None,
-               "attribution": flows.attribution(scenario, floats[label], qm)}
+               "attribution": flows.attribution(scenario, floats.get(label), qm, calib)}
         if r:
-            fm = floats[label]
+            fm = floats.get(label)
             row["acc_float_same_images"] = None if fm is None else \
                 round(evaluate(fm, xt[:r["images"]], yt[:r["images"]]), 2)
             row.update({"rtl_cycles": r["counters"]["cycles"],
@@ -216,7 +259,8 @@ def measure(scenario, images=100, icarus_images=0, dense_images=10, recompress=F
                         "acc_int_same_images": r["int_accuracy"],
                         "bit_exact": r["bit_exact"], "failures": r["failures"],
                         "per_layer": r["per_layer"], "sim_s_per_image": r["sim_s_per_image"],
-                        "sim_build_s": r["build_s"], "mults": r["counters"]["mults"]})
+                        "sim_build_s": r["build_s"], "mults": r["counters"]["mults"],
+                        "sat_events": r["counters"].get("sat_events")})
         if dense_run and dense_run["per_layer"]:
             row["ideal_cycles"] = _ideal(dense_run["per_layer"], sd, st)
         if r and r["per_layer"]:
@@ -229,7 +273,9 @@ def measure(scenario, images=100, icarus_images=0, dense_images=10, recompress=F
                 row[f"{sim}_images"], row[f"{sim}_bit_exact"] = rr["images"], rr["bit_exact"]
                 row[f"{sim}_sim_s_per_image"] = rr["sim_s_per_image"]
         rows.append(row)
-    return rows, hist
+    return rows
+
+
 
 
 def per_model_layer(per_layer):

@@ -1,11 +1,14 @@
-"""One network, all three methods the accelerator runs, under one accuracy budget.
+"""One network, the methods the accelerator runs, under one accuracy budget, planned per layer.
 
-:func:`compress_network` applies, in order:
+:func:`plan_layers` gives every conv and FC layer of the (normalised) network one method:
 
-* **method A** (:mod:`slimnfu.compress.slim`) to the first conv layer: lower kernels and
-  linear feature approximation, greedy, least important feature first;
-* **method B** (:mod:`slimnfu.compress.ikr`) to the other conv layers: IKR pattern pruning;
-* **method C** (:mod:`slimnfu.compress.permfc`) to the hidden FC layers (all but the
+* **method A** (:mod:`slimnfu.compress.slim`, ``"slim"``): lower kernels and linear feature
+  approximation, greedy, least important feature first; on the first conv layer (on every
+  conv when IKR is not among the methods);
+* **method B** (:mod:`slimnfu.compress.ikr`, ``"ikr"``): IKR pattern pruning, on the other
+  conv layers (on every conv when method A is not among the methods), where
+  :data:`slimnfu.compress.ikr.DEFAULT_STEPS` has a schedule for the kernel size;
+* **method C** (:mod:`slimnfu.compress.permfc`, ``"perm"``): the hidden FC layers (all but the
   classifier): ``perm_affine`` with ``G`` common sequences per layer for each ``G`` of
   ``fc_groups`` in turn (fewest bits first: one sequence, then more), and, if the network is
   over the budget with all of them, ``perm_index``; the first try within the budget is kept
@@ -15,17 +18,25 @@
   stopping on the validation split (:func:`slimnfu.compress.permfc.train_early_stopping`, at
   most ``fc_epochs`` epochs).
 
-It quantises the result into one :class:`slimnfu.compress.quant.QuantModel` whose layers carry
-formats ``slim``, ``ikr`` and ``perm_*``, ready for :func:`slimnfu.gen.compiler.compile_model`.
+A layer no chosen method applies to is ``dense``. With ``methods="auto"`` all three are
+chosen and a first conv on which method A saved nothing is offered to IKR too.
+:func:`compress_network` runs the stages in this order; a layer whose method saved nothing
+(method A kept every kernel whole and approximated nothing, IKR kept every tap, method C was
+rejected) runs dense, so the compiled config switches on only the method hardware some layer
+uses. It quantises the result into one :class:`slimnfu.compress.quant.QuantModel`, ready for
+:func:`slimnfu.gen.compiler.compile_model`.
 
 The budget is in accuracy points on a validation split, against the float base. Our choices:
 A gets a third of it; B what is left of two thirds after A; C the whole budget, counted
-from the base (so C may use whatever A and B left).
+from the base (so C may use whatever A and B left). Every stage is checked against its share
+after its last fine-tune: an IKR stage whose final fine-tune leaves the network over two
+thirds of the budget is undone (its layers dense), as a rejected FC try is.
 """
 
 import copy
 
-__all__ = ["PIPELINE", "compress_network", "quantize_all", "hash_state"]
+__all__ = ["PIPELINE", "METHODS", "parse_methods", "plan_layers", "compress_network",
+           "quantize_all", "hash_state"]
 
 #: Names the method sequence in cache file names (:func:`slimnfu.flows.network_file`), so a
 #: changed pipeline does not reuse a result (A2: method A refuses coefficients no DW-bit word
@@ -37,17 +48,95 @@ PIPELINE = "A3-B2-C2"
 #: Method C's group counts per try (``fc_variant="auto"``), fewest stored bits first.
 FC_GROUPS = (1, 4, 16)
 
+#: The methods, in the order their stages run.
+METHODS = ("slim", "ikr", "perm")
+SLIM, IKR, PERM = METHODS
+
+
+def parse_methods(text):
+    """``"auto"`` or a comma-separated subset of :data:`METHODS` (``"slim,ikr"``) as
+    ``"auto"`` or a tuple in stage order; ``ValueError`` naming ``--methods`` otherwise."""
+    if isinstance(text, (tuple, list)):
+        text = ",".join(text)
+    if not isinstance(text, str):
+        raise TypeError(f"--methods must be a string, not {type(text).__name__}")
+    if text.strip() == "auto":
+        return "auto"
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in METHODS]
+    if bad or not names or len(set(names)) != len(names):
+        raise ValueError(f"--methods must be 'auto' or a comma-separated list of distinct "
+                         f"methods from {', '.join(METHODS)}, not {text!r}")
+    return tuple(m for m in METHODS if m in names)
+
+
+def _ikr_steps(conv):
+    """IKR's ``n`` schedule for ``conv``, or None when IKR cannot prune it."""
+    from slimnfu.compress.ikr import DEFAULT_STEPS
+
+    k = conv.kernel_size
+    steps = DEFAULT_STEPS.get(k[0]) if k[0] == k[1] else None
+    return steps if steps and len(steps) > 1 else None
+
+
+def plan_layers(model, methods=METHODS):
+    """The method of every conv and FC layer of ``model`` (see the module docstring).
+
+    Parameters
+    ----------
+    model : torch.nn.Sequential
+        A normalised network (:func:`slimnfu.compress.intake.require_supported`).
+    methods : tuple of str or "auto"
+        From :func:`parse_methods`.
+
+    Returns
+    -------
+    list of dict
+        One per conv or FC module, in order: ``module`` (index), ``kind`` (``conv`` or
+        ``fc``), ``method`` (``slim``, ``ikr``, ``perm`` or ``dense``) and ``why`` (for a dense
+        layer, why no method applies).
+    """
+    from torch import nn
+
+    methods = METHODS if methods == "auto" else parse_methods(methods)
+    convs = [i for i, m in enumerate(model) if isinstance(m, nn.Conv2d)]
+    fcs = [i for i, m in enumerate(model) if isinstance(m, nn.Linear)]
+    rows = []
+    for pos, i in enumerate(convs):
+        conv = model[i]
+        k = conv.kernel_size
+        able = {SLIM: k[0] == k[1] and k[0] % 2 == 1 and (k[0] > 1 or conv.out_channels > 1),
+                IKR: _ikr_steps(conv) is not None}
+        prefs = (SLIM, IKR) if pos == 0 or IKR not in methods else (IKR, SLIM)
+        chosen = [m for m in prefs if m in methods and able[m]]
+        if chosen:
+            rows.append({"module": i, "kind": "conv", "method": chosen[0], "why": None})
+        else:
+            why = ("no conv method chosen" if not {SLIM, IKR} & set(methods) else
+                   f"kernel {k[0]}x{k[1]}: neither lower kernels nor an IKR schedule")
+            rows.append({"module": i, "kind": "conv", "method": "dense", "why": why})
+    for i in fcs:
+        if i == fcs[-1]:
+            rows.append({"module": i, "kind": "fc", "method": "dense", "why": "the classifier"})
+        elif PERM in methods:
+            rows.append({"module": i, "kind": "fc", "method": PERM, "why": None})
+        else:
+            rows.append({"module": i, "kind": "fc", "method": "dense",
+                         "why": "method C not chosen"})
+    return rows
+
 
 def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=1, patterns=16,
-                     ikr_finetune=150, fc_variant="auto", fc_groups=FC_GROUPS, log=print):
+                     ikr_finetune=150, fc_variant="auto", fc_groups=FC_GROUPS, methods=METHODS,
+                     log=print):
     """Compress ``model``; see the module docstring.
 
     Parameters
     ----------
     model : torch.nn.Module
-        The trained float network (unchanged), with at least two conv layers. It is
-        normalised first (:func:`slimnfu.compress.intake.require_supported`: BatchNorm folded,
-        Dropout dropped, ...), and anything it cannot run is refused then, before any training.
+        The trained float network (unchanged). It is normalised first
+        (:func:`slimnfu.compress.intake.require_supported`: BatchNorm folded, Dropout dropped,
+        ...), and anything it cannot run is refused then, before any training.
     train, val : tuple of tensors
         ``(images, labels)`` to fine-tune on and to check the budget on.
     calib : torch.Tensor
@@ -58,12 +147,16 @@ def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=1, patt
         fit on chip).
     fc_groups : tuple of int
         The group counts ``"auto"`` tries, in order (each capped at the layer's rows).
+    methods : tuple of str or "auto"
+        The methods to use (:func:`parse_methods`); the default is all three.
 
     Returns
     -------
     tuple
-        ``(float_model, qmodel, history)``; ``history`` has the validation accuracy after each
-        method, the slim and IKR histories and each FC try.
+        ``(float_model, qmodel, history)``; ``history`` has the plan (``plan``: per layer the
+        planned and the final method, ``method`` and ``final``), the validation accuracy after
+        each method, the slim and IKR histories (None when the stage did not run) and each FC
+        try.
 
     Raises
     ------
@@ -71,7 +164,7 @@ def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=1, patt
         A ``ValueError`` naming every layer of ``model`` the pipeline cannot run, raised before
         any training.
     ValueError
-        A bad budget or FC variant, or fewer than two conv layers.
+        A bad budget, FC variant or methods.
     """
     from torch import nn
 
@@ -83,35 +176,51 @@ def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=1, patt
         raise ValueError(f"budget_pct must be a number >= 0, not {budget_pct!r}")
     if fc_variant not in ("auto", "affine", "index"):
         raise ValueError(f"fc_variant must be 'auto', 'affine' or 'index', not {fc_variant!r}")
+    auto = parse_methods(methods) == "auto"
     xs, ys = train
     xv, yv = val
     model = require_supported(model, tuple(xs.shape[1:]), source="the model")
-    n_convs = sum(isinstance(m, nn.Conv2d) for m in model)
-    if n_convs < 2:
-        raise ValueError(f"the network needs two conv layers (method A on the first, B on the "
-                         f"rest), not {n_convs}")
+    plan = plan_layers(model, methods)
+    by = {m: [r["module"] for r in plan if r["method"] == m] for m in METHODS}
     base = evaluate(model, xv, yv)
     sm = slim.slim_model(model)
-    convs = slim.conv_layers(sm)
-    log(f"method A (lower kernels, linear approximation) on module {convs[0]} under "
-        f"{budget_pct / 3:.2f} points ...")
-    ranking = [r for r in slim.importance(sm, xv[:1000], yv[:1000]) if r[1] == convs[0]]
-    a_hist = slim.greedy(sm, xv, yv, budget_pct / 3, "both", ranking=ranking)
-    acc_a = evaluate(sm, xv, yv)
-    left = max(0.0, 2 * budget_pct / 3 - (base - acc_a))
-    log(f"  val {acc_a:.2f}% (base {base:.2f}%); method B (IKR) under {left:.2f} points ...")
-    opts = ikr.IkrOptions(patterns=patterns, finetune_batches=ikr_finetune,
-                          layers=tuple(f"{i}.conv" for i in convs[1:]))
-    pruned, ikr_hist = ikr.ikr_prune(sm, xs, ys, xv, yv, left, opts)
+    a_hist, acc_a, a_idle = None, base, []
+    if by["slim"]:
+        names = ", ".join(f"module {i}" for i in by["slim"])
+        log(f"method A (lower kernels, linear approximation) on {names} under "
+            f"{budget_pct / 3:.2f} points ...")
+        ranking = [r for r in slim.importance(sm, xv[:1000], yv[:1000]) if r[1] in by["slim"]]
+        a_hist = slim.greedy(sm, xv, yv, budget_pct / 3, "both", ranking=ranking)
+        acc_a = evaluate(sm, xv, yv)
+        a_idle = [i for i in by["slim"] if not _slim_saves(sm[i])]
+    ikr_convs = by["ikr"] + (a_idle if auto else [])
+    before_b, ikr_hist, acc_b, pruned = sm, None, acc_a, sm
+    if ikr_convs:
+        left = max(0.0, 2 * budget_pct / 3 - (base - acc_a))
+        log(f"  val {acc_a:.2f}% (base {base:.2f}%); method B (IKR) under {left:.2f} points "
+            f"...")
+        opts = ikr.IkrOptions(patterns=patterns, finetune_batches=ikr_finetune,
+                              layers=tuple(f"{i}.conv" for i in ikr_convs))
+        pruned, ikr_hist = ikr.ikr_prune(sm, xs, ys, xv, yv, left, opts)
+        acc_b = ikr_hist["val_acc"]
+        if base - acc_b > 2 * budget_pct / 3:
+            log(f"  IKR: val {acc_b:.2f}% after its final fine-tune is over two thirds of the "
+                f"budget ({base - acc_b:.2f} > {2 * budget_pct / 3:.2f} points): undone")
+            ikr_hist["undone"] = True
+            pruned, acc_b = before_b, acc_a
+        for i in ikr_convs:
+            conv = pruned[i].conv
+            if "ikr_patterns" in conv._buffers and \
+                    conv.ikr_patterns.shape[1] == conv.kernel_size[0] * conv.kernel_size[1]:
+                del conv._buffers["ikr_patterns"], conv._buffers["ikr_index"]
     keep_patterns = ikr.mask_hook(pruned)
     trials = ([("affine", g) for g in fc_groups] + [("index", 1)] if fc_variant == "auto"
               else [(fc_variant, 1)])
     tries, chosen = [], pruned
-    for variant, groups in trials:
-        linears = [i for i, mod in enumerate(pruned) if isinstance(mod, nn.Linear)][:-1]
-        kw = ({"groups": {i: min(groups, pruned[i].out_features) for i in linears},
+    for variant, groups in trials if by["perm"] else ():
+        kw = ({"groups": {i: min(groups, pruned[i].out_features) for i in by["perm"]},
                "candidates": 16} if variant == "affine" else {})
-        trial = permfc.compress_model(pruned, variant, keep_classifier=True, **kw)
+        trial = permfc.compress_model(pruned, variant, layers=by["perm"], **kw)
         hist = permfc.train_early_stopping(trial, train, val, max_epochs=fc_epochs,
                                            patience=2, after_step=keep_patterns)
         acc = evaluate(trial, xv, yv)
@@ -124,14 +233,68 @@ def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=1, patt
             chosen = trial
             break
     q = quantize_all(chosen, calib)
-    history = {"budget_pct": budget_pct, "val_acc_base": base, "val_acc_after_a": acc_a,
-               "val_acc_after_b": ikr_hist["val_acc"], "val_acc": evaluate(chosen, xv, yv),
-               "slim": {"module": convs[0], "changes": a_hist["log"],
-                        "ksize": [int(k) for k in sm[convs[0]].ksize],
-                        "approx": [bool(a) for a in sm[convs[0]].approx]},
+    final = _final_methods(chosen, plan, nn)
+    for row in plan:
+        row["final"] = final[row["module"]]
+    q = _dense_when_unchanged(q, chosen)
+    slim_i = by["slim"][0] if by["slim"] else None
+    history = {"budget_pct": budget_pct, "methods": "auto" if auto else list(parse_methods(
+                   methods)), "plan": plan,
+               "val_acc_base": base, "val_acc_after_a": acc_a,
+               "val_acc_after_b": acc_b, "val_acc": evaluate(chosen, xv, yv),
+               "slim": None if a_hist is None else {
+                   "module": slim_i if len(by["slim"]) == 1 else by["slim"],
+                   "changes": a_hist["log"],
+                   "ksize": [int(k) for k in sm[slim_i].ksize],
+                   "approx": [bool(a) for a in sm[slim_i].approx]},
                "ikr": ikr_hist, "fc_tries": tries,
                "formats": {l.name: l.format for l in q.layers}}
+    if len(by["slim"]) > 1:
+        history["slim"]["per_module"] = {
+            str(i): {"ksize": [int(k) for k in sm[i].ksize],
+                     "approx": [bool(a) for a in sm[i].approx]} for i in by["slim"]}
     return copy.deepcopy(chosen), q, history
+
+
+def _slim_saves(m):
+    """Whether method A changed the :class:`slimnfu.compress.slim.SlimConv` ``m``."""
+    return bool(m.approx.any()) or bool((m.ksize < m.K).any())
+
+
+def _final_methods(model, plan, nn):
+    """Per planned module, the method it ends with (``dense`` when it saved nothing)."""
+    from slimnfu.compress.permfc import PermLinear
+    from slimnfu.compress.slim import SlimConv
+
+    out = {}
+    for row in plan:
+        m = model[row["module"]]
+        if isinstance(m, SlimConv):
+            out[row["module"]] = (IKR if "ikr_patterns" in m.conv._buffers else
+                                  SLIM if _slim_saves(m) else "dense")
+        else:
+            out[row["module"]] = PERM if isinstance(m, PermLinear) else "dense"
+    return out
+
+
+def _dense_when_unchanged(q, model):
+    """``q`` with every method A layer that changed nothing (no IKR either) in the dense
+    format, so that it needs no method hardware."""
+    import dataclasses
+
+    from slimnfu.compress.slim import SlimConv, conv_layers
+    from slimnfu.formats.dense import DenseFormat
+
+    qconvs = [j for j, l in enumerate(q.layers) if l.desc.kind == "conv"]
+    layers = list(q.layers)
+    for j, i in zip(qconvs, conv_layers(model)):
+        m, ql = model[i], layers[j]
+        if not isinstance(m, SlimConv) or _slim_saves(m) or "ikr_patterns" in m.conv._buffers:
+            continue
+        if list(ql.compressed.order) != list(range(len(ql.compressed.order))):
+            continue
+        layers[j] = dataclasses.replace(ql, format=DenseFormat.name, compressed=None)
+    return dataclasses.replace(q, layers=layers)
 
 
 def quantize_all(model, calib, dw=16):

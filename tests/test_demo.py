@@ -85,3 +85,121 @@ def test_board_report_matches_the_checkpoint(tmp_path):
         (tmp_path / "board" / name / "report.json").write_text(json.dumps(r))
         time.sleep(0.01)
     assert _board_report(model, tmp_path)["bitstream"] == "c.bit"
+
+
+def _run_args(**kw):
+    base = dict(model="net.py:make_model", data="d.npz", weights=None, train_epochs=None,
+                budget=1.0, methods="auto", patterns=16, ikr_finetune=150, config="tiny",
+                images=20, icarus_images=1,
+                dense_images=1, synth=False, pnr_timeout=1800, out=None)
+    return Namespace(**{**base, **kw})
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"methods": "slim,lfsr"}, "--methods must be 'auto' or a comma-separated list"),
+    ({"dense_images": -1}, r"--dense-images must be in \[0, 1000\], not -1"),
+    ({"train_epochs": -2}, r"--train-epochs must be in \[0, 1000\], not -2"),
+    ({"patterns": 17}, r"--patterns must be in \[1, 16\], not 17"),
+    ({"ikr_finetune": -1}, r"--ikr-finetune must be in \[0, 100000\], not -1"),
+    ({"images": 0}, r"--images must be in \[1, 1000\], not 0"),
+    ({"model": "lenet5", "data": "fashion-mnist"},
+     "a reference network runs on its own data set with its own training: lenet5 --data mnist"),
+    ({"model": "lenet5", "data": "mnist", "methods": "slim"},
+     "the reference flow is lenet5 with all three methods"),
+    ({"model": "vgg_fmnist", "data": "fashion-mnist"},
+     "the reference flow is lenet5 with all three methods and the default --patterns and "
+     "--ikr-finetune; for vgg_fmnist"),
+    ({"model": "lenet5", "data": "mnist", "patterns": 4}, "the reference flow is lenet5"),
+])
+def test_run_refuses_bad_options(kw, message, monkeypatch):
+    from slimnfu import demo
+
+    monkeypatch.setattr(demo, "run_model", lambda *a, **k: pytest.fail("ran"))
+    with pytest.raises(ValueError, match=message):
+        demo.run_command(_run_args(**kw))
+
+
+def test_run_of_lenet5_on_mnist_is_the_demo(monkeypatch):
+    from slimnfu import demo
+    from slimnfu.config import Scenario
+
+    calls = []
+    monkeypatch.setattr(demo, "demo", lambda *a, **kw: calls.append((a, kw)) or 0)
+    assert demo.run_command(_run_args(model="lenet5", data="mnist", synth=True, images=5,
+                                      dense_images=0, methods="slim,ikr,perm")) == 0
+    assert calls == [((Scenario(), 5, 1, 0), {"synth": True, "pnr_timeout_s": 1800,
+                                              "out": None})]
+
+
+def _factory(tmp_path, body):
+    path = tmp_path / "net.py"
+    path.write_text("from torch import nn\n\n\ndef make_model():\n"
+                    f"    return nn.Sequential({body})\n")
+    return f"{path}:make_model"
+
+
+def _npz(tmp_path, n=140, classes=4):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.integers(0, 256, (n, 1, 8, 8)).astype(np.uint8),
+             y=np.arange(n) % classes)
+    return str(tmp_path / "d.npz")
+
+
+@pytest.mark.parametrize("body, message", [
+    ("nn.Flatten(), nn.Linear(64, 4), nn.Softmax(1)",
+     r"is not supported: node '2' \(Softmax\(dim=1\)\): Softmax is not a layer"),
+    ("nn.Flatten(), nn.Linear(64, 3)",
+     r"net.py:make_model: the model gives 3 outputs, but the data .*d.npz has labels 0..3; its "
+     r"last layer must be a Linear with at least 4 outputs"),
+    ("nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(144, 4)",
+     r"Conv2d has in_channels=3 but gets 1 \(channels, input shape \(1, 8, 8\)\)"),
+])
+def test_run_refuses_a_model_before_any_training(tmp_path, body, message, monkeypatch):
+    from slimnfu import flows
+    from slimnfu.demo import run_model
+
+    monkeypatch.setattr(flows, "fit", lambda *a, **k: pytest.fail("trained"))
+    with pytest.raises(ValueError, match=message):
+        run_model(_factory(tmp_path, body), _npz(tmp_path), out=tmp_path / "out")
+
+
+def test_run_refuses_bad_data_before_loading_the_model(tmp_path, monkeypatch):
+    from slimnfu import flows
+    from slimnfu.demo import run_model
+
+    monkeypatch.setattr(flows, "fit", lambda *a, **k: pytest.fail("trained"))
+    with pytest.raises(FileNotFoundError, match="--data .*none.npz: no such file or folder"):
+        run_model("does/not/matter.py:make_model", tmp_path / "none.npz", out=tmp_path / "o")
+
+
+def test_report_has_the_layer_table(monkeypatch):
+    from slimnfu import demo
+    from slimnfu.bench import network
+
+    monkeypatch.setattr(network, "markdown", lambda rows: "TABLE")
+    report = _report(None)
+    report["rows"][0]["sat_events"] = 0
+    report.update(title="slimnfu run: net.py on d.npz", test_set="60 test images of d.npz",
+                  wall_name="Run", compression={"plan": [
+                      {"module": 0, "method": "ikr", "final": "dense", "why": None},
+                      {"module": 3, "method": "dense", "final": "dense",
+                       "why": "the classifier"}]},
+                  layers=[{"layer": "conv1", "format": "dense", "macs_dense": 1000,
+                           "macs": 1000, "bits_dense": 160, "bits": 160, "cycles": 1234}])
+    text = demo._markdown(report)
+    assert text.startswith("# slimnfu run: net.py on d.npz\n\nAccuracy on the 60 test images")
+    assert "| conv1 | dense | 1,000 | 1,000 | 160 | 160 | 1,234 |" in text
+    assert ("Method plan: module 0: ikr -> dense; module 3: dense -> dense (the classifier)."
+            in text)
+    assert "Saturation events on the RTL (first image, every layer): 0." in text
+    assert text.endswith("Run wall time 1.0 s.")
+
+
+def test_run_command_line_names_the_bad_data(tmp_path, capsys):
+    from slimnfu.cli import main
+
+    assert main(["run", "net.py:make_model", "--data", str(tmp_path / "none.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("slimnfu run: error: --data ") and "none.npz: no such file" in err

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from slimnfu.compress import ikr, train
+from slimnfu.compress import ikr, pipeline, train
 from slimnfu.compress.intake import IntakeError
-from slimnfu.compress.pipeline import compress_network
+from slimnfu.compress.pipeline import compress_network, parse_methods, plan_layers
 
 
 def _data(n, seed):
@@ -38,12 +38,62 @@ def test_unsupported_model_is_refused_before_any_step(monkeypatch):
         compress_network(model, data, data, data[0])
 
 
-def test_one_conv_is_refused_before_any_step(monkeypatch):
-    monkeypatch.setattr(train, "evaluate", lambda *a, **k: pytest.fail("evaluated"))
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 8 * 8, 4))
-    data = _data(8, 0)
-    with pytest.raises(ValueError, match="the network needs two conv layers"):
-        compress_network(model, data, data, data[0])
+def test_plan_per_layer():
+    conv = functools.partial(nn.Conv2d, 1, 4)
+    two = nn.Sequential(conv(5), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(4 * 4 * 4, 8), nn.ReLU(), nn.Linear(8, 4))
+    methods = [r["method"] for r in plan_layers(two)]
+    assert methods == ["slim", "ikr", "perm", "dense"]
+    assert [r["method"] for r in plan_layers(two, "auto")] == methods
+    assert [r["method"] for r in plan_layers(two, ("ikr",))] == ["ikr", "ikr", "dense", "dense"]
+    assert [r["method"] for r in plan_layers(two, "slim")] == ["slim", "slim", "dense", "dense"]
+    assert plan_layers(two, "perm")[0]["why"] == "no conv method chosen"
+    assert plan_layers(two)[-1]["why"] == "the classifier"
+    one = nn.Sequential(conv(3), nn.Flatten(), nn.Linear(4 * 8 * 8, 4))
+    assert [r["method"] for r in plan_layers(one, "auto")] == ["slim", "dense"]
+    fc = nn.Sequential(nn.Flatten(), nn.Linear(100, 8), nn.ReLU(), nn.Linear(8, 4))
+    assert [r["method"] for r in plan_layers(fc, "auto")] == ["perm", "dense"]
+    even = nn.Sequential(conv(2), nn.Flatten(), nn.Linear(4 * 9 * 9, 4))
+    assert plan_layers(even, "auto")[0] == {
+        "module": 0, "kind": "conv", "method": "dense",
+        "why": "kernel 2x2: neither lower kernels nor an IKR schedule"}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("slim,lfsr", r"--methods must be 'auto' or a comma-separated list of distinct methods "
+                  r"from slim, ikr, perm, not 'slim,lfsr'"),
+    ("ikr,ikr", "not 'ikr,ikr'"), ("", "not ''")])
+def test_bad_methods(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_methods(text)
+    assert parse_methods(" perm, slim") == ("slim", "perm")
+    assert parse_methods("auto") == "auto"
+
+
+def test_a_method_that_saves_nothing_leaves_its_layer_dense(monkeypatch):
+    """IKR that can take no step (its schedule has only n = K*K, as when every step is
+    rejected) leaves its layers dense, and the compiled config has no IKR hardware."""
+    from slimnfu.config import CONFIGS
+    from slimnfu.gen.compiler import config_for
+
+    monkeypatch.setattr(ikr, "IkrOptions", functools.partial(
+        ikr.IkrOptions, final_batches=1, n_steps={3: (9,)}))
+    monkeypatch.setattr(pipeline, "_ikr_steps", lambda conv: (9, 1))
+    xs, ys = _data(128, 1)
+    xv, yv = _data(64, 2)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(4 * 2 * 2, 8), nn.ReLU(),
+                          nn.Linear(8, 4))
+    fm, q, hist = compress_network(model, (xs, ys), (xv, yv), xv[:16], budget_pct=1.0,
+                                   patterns=4, ikr_finetune=1, methods=("ikr",),
+                                   log=lambda message: None)
+    assert [(p["method"], p["final"]) for p in hist["plan"]] == \
+        [("ikr", "dense"), ("ikr", "dense"), ("dense", "dense"), ("dense", "dense")]
+    assert hist["ikr"]["n"] == {"0.conv": 9, "3.conv": 9}
+    assert {l.format for l in q.layers} == {"dense"}
+    cfg = config_for(q, CONFIGS["tiny"])
+    assert not cfg.features, cfg.features
 
 
 def test_batchnorm_dropout_and_bias_free_layers_run_to_the_end(monkeypatch):
