@@ -116,17 +116,28 @@ def _bench_config():
 def _compress(base, method, layers, dw, seed):
     """The compressed float model and per-layer baseline storage (bits, params)."""
     from slimnfu.compress import permfc
-    from slimnfu.compress import permfc_baselines as bl
     from slimnfu.formats.perm import index_bits
 
     if method.startswith("perm_"):
         return permfc.compress_model(base, method[5:], layers=layers, seed=seed), {}
+    # perm_affine's s + (a, b) bits per layer
+    budgets = [base[i].in_features * dw + 2 * base[i].out_features *
+               index_bits(base[i].in_features) for i in layers]
+    return _baseline_model(base, method, layers, budgets, dw, seed)
+
+
+def _baseline_model(base, method, layers, budgets, dw, seed):
+    """``base`` with each of ``layers`` replaced by its HashedNets (``method == "hashed"``) or
+    magnitude-pruned counterpart within that layer's bit budget; with the storage per layer
+    (bits, params)."""
     import copy
+
+    from slimnfu.compress import permfc_baselines as bl
+
     model, storage = copy.deepcopy(base), {}
-    for k, i in enumerate(layers):
+    for k, (i, budget) in enumerate(zip(layers, budgets)):
         lin = base[i]
         m, n = lin.out_features, lin.in_features
-        budget = n * dw + 2 * m * index_bits(n)   # perm_affine's s + (a, b) bits
         if method == "hashed":
             kk = bl.budget_hashed(budget, dw)
             model[i] = bl.hashed_from_linear(lin, kk, seed + k)
@@ -406,30 +417,16 @@ def _features(prefix, images, batch=500):
 def _sweep_model(head, method, layers, groups, dw, seed, candidates):
     """The head with its compressed layers replaced (``layers`` index the head); baseline
     storage per layer as in :func:`_compress`."""
-    import copy
-
     from slimnfu.compress import permfc
-    from slimnfu.compress import permfc_baselines as bl
 
     if method.startswith("perm_"):
         family = "quadratic" if method == "perm_quadratic" else "affine"
         return permfc.compress_model(head, "affine", layers=list(layers), seed=seed,
                                      groups=dict(zip(layers, groups)), family=family,
                                      candidates=candidates), {}
-    model, storage = copy.deepcopy(head), {}
-    for k, (i, g) in enumerate(zip(layers, groups)):
-        lin = head[i]
-        m, n = lin.out_features, lin.in_features
-        budget = perm_weight_bits(m, n, g, "affine", dw)
-        if method == "hashed":
-            kk = bl.budget_hashed(budget, dw)
-            model[i] = bl.hashed_from_linear(lin, kk, seed + k)
-            storage[i] = (bl.hashed_bits(kk, dw), kk)
-        else:
-            kk = bl.budget_pruned(budget, m, n, dw)
-            model[i] = bl.prune_linear(lin, kk)
-            storage[i] = (bl.pruned_bits(kk, m, n, dw), kk)
-    return model, storage
+    budgets = [perm_weight_bits(head[i].out_features, head[i].in_features, g, "affine", dw)
+               for i, g in zip(layers, groups)]
+    return _baseline_model(head, method, layers, budgets, dw, seed)
 
 
 def pareto_sweep(networks=NETWORKS, methods=SWEEP_METHODS, points=None, max_epochs=30,

@@ -1,8 +1,21 @@
-"""Parameter checks shared by the gateware components (not a component itself)."""
+"""Parameter checks and the pipeline-register chain shared by the gateware components (not a
+component itself)."""
+
+from amaranth.hdl import Signal
 
 from slimnfu.config import AccelConfig
 
-__all__ = ["check_config"]
+__all__ = ["check_config", "delay"]
+
+
+def delay(m, value, stages, prefix):
+    """``value`` ``stages`` cycles later: a chain of ``m.d.sync`` registers named
+    ``<prefix>1``, ``<prefix>2``, ... (``value`` itself when ``stages`` is 0)."""
+    for n in range(stages):
+        reg = Signal.like(value, name=f"{prefix}{n + 1}")
+        m.d.sync += reg.eq(value)
+        value = reg
+    return value
 
 
 def check_config(component, cfg, needs=None):

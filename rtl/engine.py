@@ -7,7 +7,7 @@ from amaranth.lib.wiring import In, Out
 
 from slimnfu.contract import (COUNTER_BITS, LoadSel, Mode, Perm, bits_for, descriptor_layout,
                               load_data_width, load_sel_width, perm_param_width)
-from slimnfu.rtl._params import check_config
+from slimnfu.rtl._params import check_config, delay
 from slimnfu.rtl.nfu1 import NFU1
 from slimnfu.rtl.nfu2 import NFU2
 from slimnfu.rtl.nfu3 import NFU3
@@ -155,11 +155,7 @@ class LayerEngine(wiring.Component):
                                                 loads)
 
         def delayed(value, stages, name):
-            for n in range(stages):
-                reg = Signal.like(value, name=f"{name}_d{n + 1}")
-                m.d.sync += reg.eq(value)
-                value = reg
-            return value
+            return delay(m, value, stages, f"{name}_d")
 
         # Stage offsets from T, the cycle the registered step is in.
         operands = self.READ_STAGES
@@ -299,11 +295,7 @@ class LayerEngine(wiring.Component):
         m.d.comb += [gate.valid.eq(step.valid), gate.first.eq(step.first), gate.k.eq(cur.k),
                      gate.lane_k.eq(cur.lane_k)]
         # The lane enables follow the step to the SB word's stage.
-        lane_en = gate.lane_en
-        for n in range(stage):
-            reg = Signal.like(lane_en, name=f"lane_en_d{n + 1}")
-            m.d.sync += reg.eq(lane_en)
-            lane_en = reg
+        lane_en = delay(m, gate.lane_en, stage, "lane_en_d")
         width = cfg.ti * cfg.dw
         gated_word = Cat(*(Mux(lane_en[j], sb_word[j * width:(j + 1) * width], 0)
                            for j in range(cfg.tn)))

@@ -5,7 +5,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from slimnfu.contract import Mode
-from slimnfu.rtl._params import check_config
+from slimnfu.rtl._params import check_config, delay
 
 __all__ = ["NFU2", "adder_tree", "tree_levels"]
 
@@ -132,11 +132,7 @@ class NFU2(wiring.Component):
         chunks, width = self.acc_chunks(cfg), self.chunk_bits(cfg)
 
         def delayed(value, stages, name):
-            for n in range(stages):
-                reg = Signal.like(value, name=f"{name}_t{n + 1}")
-                m.d.sync += reg.eq(value)
-                value = reg
-            return value
+            return delay(m, value, stages, f"{name}_t")
 
         # Stage A: the tree's sum meets the step.
         tree_stages = self.tree_stages(cfg)

@@ -5,7 +5,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from slimnfu.contract import PWL_SEGMENTS, Act, bits_for
-from slimnfu.rtl._params import check_config
+from slimnfu.rtl._params import check_config, delay
 from slimnfu.rtl.signatures import LoadSignature
 
 __all__ = ["NFU3"]
@@ -110,9 +110,7 @@ class NFU3(wiring.Component):
             return r
 
         def delayed(value, stages, name):
-            for n in range(stages):
-                value = reg(value, f"{name}_{n + 1}")
-            return value
+            return delay(m, value, stages, f"{name}_")
 
         total = self.latency(cfg)
         valid = delayed(self.in_valid, total, "valid")
