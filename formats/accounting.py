@@ -4,7 +4,8 @@ Counts per layer
 ----------------
 ``macs_dense``
     Multiply-accumulates of the dense layer: ``H_out*W_out*N_out*N_in*K*K`` (conv),
-    ``N_out*N_in`` (fc). Pooling does no MACs; its compared or summed inputs are counted
+    ``N_out*N_in`` (fc), ``N_out`` being every output channel of the model layer (a slim
+    layer's approximated features included: :meth:`WeightFormat.out_channels`). Pooling does no MACs; its compared or summed inputs are counted
     separately as ``pool_ops``.
 ``macs``
     MACs of the layer in its weight format (:meth:`WeightFormat.macs`).
@@ -25,12 +26,23 @@ Counts per layer
     actually written. Items that are one memory each also get their ``words`` and ``width``.
 """
 
+from dataclasses import replace
+
 from slimnfu.formats.base import get_format
 from slimnfu.formats.dense import DenseFormat
 
 __all__ = ["layer_stats", "model_stats"]
 
 _DENSE = DenseFormat()
+
+
+def _as_dense(qlayer, fmt):
+    """The dense layer ``qlayer`` stands for: its descriptor with every output channel the
+    format gives (a slim layer stores fewer filters than it outputs)."""
+    n_out = fmt.out_channels(qlayer)
+    if n_out == qlayer.desc.n_out:
+        return qlayer
+    return replace(qlayer, desc=replace(qlayer.desc, n_out=n_out))
 
 
 def layer_stats(qlayer, dw, acc, cfg=None):
@@ -43,7 +55,7 @@ def layer_stats(qlayer, dw, acc, cfg=None):
         bits, items (list of dicts), and with ``cfg`` image_bits.
     """
     fmt = get_format(qlayer.format, f"layer {qlayer.name}")
-    d = qlayer.desc
+    d, dense = qlayer.desc, _as_dense(qlayer, fmt)
     items = fmt.items(qlayer, dw, acc)
     memories = fmt.memories(qlayer, cfg) if cfg is not None else {}
     rows = []
@@ -55,10 +67,10 @@ def layer_stats(qlayer, dw, acc, cfg=None):
                      "image_bits": None if mem is None else mem.bits})
     out = {
         "name": qlayer.name, "kind": d.kind, "format": qlayer.format,
-        "macs_dense": _DENSE.macs(qlayer), "macs": int(fmt.macs(qlayer)),
+        "macs_dense": _DENSE.macs(dense), "macs": int(fmt.macs(qlayer)),
         "pool_ops": d.macs() if d.is_pool else 0,
-        "params_dense": _DENSE.params(qlayer), "params": int(fmt.params(qlayer)),
-        "bits_dense": sum(i.bits for i in _DENSE.items(qlayer, dw, acc)),
+        "params_dense": _DENSE.params(dense), "params": int(fmt.params(qlayer)),
+        "bits_dense": sum(i.bits for i in _DENSE.items(dense, dw, acc)),
         "bits": sum(i.bits for i in items),
         "items": rows,
     }

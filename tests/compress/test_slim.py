@@ -123,6 +123,11 @@ def test_accounting_counts_kept_taps_and_coefficients():
     dense, macs, _ = slim.conv_macs(sm, (1, 14, 14))
     stats = model_stats(q)
     assert stats["conv_macs"] == macs < dense
+    # the dense counts of a slim layer cover its approximated features too
+    assert stats["conv_macs_dense"] == dense == 6 * 25 * 10 * 10 + 7 * 6 * 9 * 5 * 5
+    conv1 = stats["layers"][0]
+    assert conv1["params_dense"] == 6 * 25 + 6
+    assert conv1["bits_dense"] == 6 * 25 * 16 + 6 * 48
     conv2 = stats["layers"][2]
     names = [i["name"] for i in conv2["items"]]
     assert names == ["weights", "bias", "kernel_sizes", "approx_coef", "approx_bias"]
