@@ -151,10 +151,14 @@ class LayerEngine(wiring.Component):
         loads = [(LoadSel.BIAS, bias.write_port(), 0)]
         loads += [(LoadSel.SB, bank.write_port(), j * ti * dw) for j, bank in enumerate(sb_banks)]
         loads.append((LoadSel.PWL, nfu3.pwl, 0))
+        # One read port per neuron buffer, shared by the pipeline (while busy; an IKR layer's
+        # window row 0) and rd_addr (while idle): each further read port would be another
+        # copy of the buffer's block RAMs.
+        nb_rds = [buf.read_port() for buf in bufs]
         step = seq.step
         if cfg.ikr:
-            step, lane_neurons = self._ikr_path(m, cur, seq, starting, bufs, cur_in, nfu1,
-                                                loads)
+            step, lane_neurons, ikr_read = self._ikr_path(m, cur, seq, starting, bufs, nb_rds,
+                                                          cur_in, nfu1, loads)
 
         def delayed(value, stages, name):
             return delay(m, value, stages, f"{name}_d")
@@ -175,12 +179,14 @@ class LayerEngine(wiring.Component):
         is_mac = cur.mode == Mode.MAC
         bias_rd = bias.read_port()
         bias_read = nfu2_in - 2
-        # One read port per neuron buffer, shared by the pipeline (while busy) and rd_addr
-        # (while idle): a second read port would double the buffer's block RAMs.
-        nb_rds = [buf.read_port() for buf in bufs]
+        nb_addr_busy, nb_en_busy = st.nbin_addr, st.valid & ~st.pad
+        if cfg.ikr:
+            ikr_mode, ikr_addr, ikr_en = ikr_read
+            nb_addr_busy = Mux(ikr_mode, ikr_addr, nb_addr_busy)
+            nb_en_busy = Mux(ikr_mode, ikr_en, nb_en_busy)
         for port in nb_rds:
-            m.d.comb += [port.addr.eq(Mux(busy, st.nbin_addr, self.rd_addr)),
-                         port.en.eq(~busy | (st.valid & ~st.pad))]
+            m.d.comb += [port.addr.eq(Mux(busy, nb_addr_busy, self.rd_addr)),
+                         port.en.eq(~busy | nb_en_busy)]
         m.d.comb += [
             bias_rd.addr.eq(delayed(st.bias_addr, bias_read, "bias_addr")),
             bias_rd.en.eq(delayed(st.valid & is_mac & st.first, bias_read, "bias_en")),
@@ -332,14 +338,16 @@ class LayerEngine(wiring.Component):
         m.d.sync += perm_on.eq(cur.perm != Perm.NONE)
         return Mux(perm_on, psb.data, sb_word)
 
-    def _ikr_path(self, m, cur, seq, starting, bufs, cur_in, nfu1, loads):
+    def _ikr_path(self, m, cur, seq, starting, bufs, nb_rds, cur_in, nfu1, loads):
         """Method B: IKR conv layers (``desc.ikr_n != 0``) run on :class:`IkrUnit`.
 
         Returns the steps the pipeline takes from then on (the IKR unit's while an IKR layer
         runs, the dense sequencer's (``seq``) otherwise: :func:`select_steps`) and the IKR
-        unit's per-multiplier operands, one cycle after their step. Adds the write ports of the
-        pattern table and the index memory to ``loads``. Each of the unit's row reads has a
-        port on both neuron buffers (``bufs``); ``cur_in`` picks, after the unit's registers.
+        unit's per-multiplier operands, one cycle after their step, and ``(ikr_mode, address,
+        enable)`` of window row 0, which reads through the pipeline's ports ``nb_rds`` (an IKR
+        layer does not use them). Adds the write ports of the pattern table and the index
+        memory to ``loads``. Each other row read has a port on both neuron buffers (``bufs``);
+        ``cur_in`` picks, after the unit's registers.
         """
         cfg = self.cfg
         m.submodules.ikr = ikr = IkrUnit(cfg)
@@ -350,10 +358,14 @@ class LayerEngine(wiring.Component):
         loads += [(LoadSel.IKR_INDEX, ikr.index, 0), (LoadSel.IKR_TABLE, ikr.table, 0)]
         for r in range(cfg.ikr.kmax):
             for b, buf in enumerate(bufs):
-                port = buf.read_port()
-                m.d.comb += [port.addr.eq(ikr.nbin_addr[r]), port.en.eq(ikr.nbin_en[r]),
-                             ikr.nbin_data[b][r].eq(port.data)]
+                if r == 0:
+                    port = nb_rds[b]
+                else:
+                    port = buf.read_port()
+                    m.d.comb += [port.addr.eq(ikr.nbin_addr[r]), port.en.eq(ikr.nbin_en[r])]
+                m.d.comb += ikr.nbin_data[b][r].eq(port.data)
         m.d.comb += ikr.nbin_buf.eq(cur_in)
         ikr_mode = cur.ikr_n != 0
         m.d.comb += nfu1.lane_sel.eq(ikr_mode)
-        return select_steps(m, ikr_mode, seq.step, ikr.step), ikr.lane_neurons
+        return (select_steps(m, ikr_mode, seq.step, ikr.step), ikr.lane_neurons,
+                (ikr_mode, ikr.nbin_addr[0], ikr.nbin_en[0]))
