@@ -304,14 +304,17 @@ class LayerEngine(wiring.Component):
         m.submodules.kgate = gate = KernelGate(cfg)
         m.d.comb += [gate.valid.eq(step.valid), gate.first.eq(step.first), gate.k.eq(cur.k),
                      gate.lane_k.eq(cur.lane_k)]
-        # The lane enables follow the step to the SB word's stage.
-        lane_en = delay(m, gate.lane_en, stage, "lane_en_d")
+        # The lane enables follow the step to the SB word's stage (the gate's own register
+        # is the first of them; stage >= KernelGate.LATENCY).
+        lane_en = delay(m, gate.lane_en, stage - KernelGate.LATENCY, "lane_en_d")
         width = cfg.ti * cfg.dw
         gated_word = Cat(*(Mux(lane_en[j], sb_word[j * width:(j + 1) * width], 0)
                            for j in range(cfg.tn)))
+        # Counted KernelGate.LATENCY cycles after the step (``gated`` is 0 for no step), long
+        # before ``done``.
         with m.If(starting):
             m.d.sync += self.gated.eq(0)
-        with m.Elif(step.valid & is_mac):
+        with m.Elif(is_mac):
             m.d.sync += self.gated.eq(self.gated + gate.gated * cfg.ti)
         return gated_word
 
