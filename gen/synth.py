@@ -295,7 +295,8 @@ def place_route(workdir, part, freq_mhz=None, seed=None, timeout_s=None, options
     that has not finished by then is stopped and reported as
     ``{"fmax_mhz": None, "error": "...did not finish..."}``.
     """
-    opts = pnr_options(**{**(options or {}), "freq_mhz": freq_mhz, "seed": seed})
+    given = {"freq_mhz": freq_mhz, "seed": seed}
+    opts = pnr_options(**{**(options or {}), **{k: v for k, v in given.items() if v is not None}})
     cmd = pnr_command(part, opts)
     try:
         wall = _run(cmd, workdir, "pnr.log", timeout_s)

@@ -47,15 +47,17 @@ class LayerEngine(wiring.Component):
     and falls in the cycle ``done`` pulses, one cycle after the last NBout write. In that cycle
     the counters hold their final values: ``cycles`` is the number of clock edges from the
     ``start`` cycle to the ``done`` cycle (``done_cycle - start_cycle``). All counters are reset
-    by ``start``. NBout reads (``rd_addr`` -> ``rd_data`` one cycle later) are meant for idle
-    time. Loads (``load_en``) into the weight memories are taken at any time, so a controller
-    can stream the next layer's words while a layer runs; it must not write a memory the
-    running layer reads before the layer has read it (:meth:`slimnfu.contract.Program.load_plan`
-    says how the accelerator keeps to that). Neuron-buffer writes, an ``NBIN`` load or the
-    ``nb_*`` port (``nb_en``, ``nb_addr``, ``nb_data``: the same write beside the load port, so
-    a controller can fill the buffer while it streams weights), are taken while idle only and
-    write buffer ``in_buf``; ``rd_addr`` reads buffer ``out_buf`` (the port values, not the
-    latched ones; ``rd_data`` follows the ``out_buf`` of the cycle of its ``rd_addr``). The load port is decoded into
+    by ``start``. NBout reads (``rd_addr`` -> ``rd_data`` one cycle later) are taken while
+    idle only: they share each neuron buffer's one read port with the pipeline (a second read
+    port would double the buffer's block RAMs). Loads (``load_en``) into the weight memories
+    are taken at any time, so a controller can stream the next layer's words while a layer
+    runs; it must not write a memory the running layer reads before the layer has read it
+    (:meth:`slimnfu.contract.Program.load_plan` says how the accelerator keeps to that).
+    Neuron-buffer writes, an ``NBIN`` load or the ``nb_*`` port (``nb_en``, ``nb_addr``,
+    ``nb_data``: the same write beside the load port, so a controller can fill the buffer
+    while it streams weights), are taken while idle only and write buffer ``in_buf``;
+    ``rd_addr`` reads buffer ``out_buf`` (the port values, not the latched ones; ``rd_data``
+    follows the ``out_buf`` of the cycle of its ``rd_addr``). The load port is decoded into
     one :class:`slimnfu.rtl.signatures.LoadSignature` write port per memory (``load_sel``
     picks it); the pipeline takes the sequencer's :class:`slimnfu.rtl.signatures.StepSignature`.
 
@@ -149,10 +151,14 @@ class LayerEngine(wiring.Component):
         loads = [(LoadSel.BIAS, bias.write_port(), 0)]
         loads += [(LoadSel.SB, bank.write_port(), j * ti * dw) for j, bank in enumerate(sb_banks)]
         loads.append((LoadSel.PWL, nfu3.pwl, 0))
+        # One read port per neuron buffer, shared by the pipeline (while busy; an IKR layer's
+        # window row 0) and rd_addr (while idle): each further read port would be another
+        # copy of the buffer's block RAMs.
+        nb_rds = [buf.read_port() for buf in bufs]
         step = seq.step
         if cfg.ikr:
-            step, lane_neurons = self._ikr_path(m, cur, seq, starting, bufs, cur_in, nfu1,
-                                                loads)
+            step, lane_neurons, ikr_read = self._ikr_path(m, cur, seq, starting, bufs, nb_rds,
+                                                          cur_in, nfu1, loads)
 
         def delayed(value, stages, name):
             return delay(m, value, stages, f"{name}_d")
@@ -173,11 +179,14 @@ class LayerEngine(wiring.Component):
         is_mac = cur.mode == Mode.MAC
         bias_rd = bias.read_port()
         bias_read = nfu2_in - 2
-        nbin_rds = [buf.read_port() for buf in bufs]
-        for port in nbin_rds:
-            m.d.comb += [port.addr.eq(st.nbin_addr), port.en.eq(st.valid & ~st.pad)]
-        # cur_in holds still while the layer runs, so it selects the data of any step.
-        nbin_data = Mux(cur_in, nbin_rds[1].data, nbin_rds[0].data)
+        nb_addr_busy, nb_en_busy = st.nbin_addr, st.valid & ~st.pad
+        if cfg.ikr:
+            ikr_mode, ikr_addr, ikr_en = ikr_read
+            nb_addr_busy = Mux(ikr_mode, ikr_addr, nb_addr_busy)
+            nb_en_busy = Mux(ikr_mode, ikr_en, nb_en_busy)
+        for port in nb_rds:
+            m.d.comb += [port.addr.eq(Mux(busy, nb_addr_busy, self.rd_addr)),
+                         port.en.eq(~busy | nb_en_busy)]
         m.d.comb += [
             bias_rd.addr.eq(delayed(st.bias_addr, bias_read, "bias_addr")),
             bias_rd.en.eq(delayed(st.valid & is_mac & st.first, bias_read, "bias_en")),
@@ -204,8 +213,11 @@ class LayerEngine(wiring.Component):
             m.d.comb += [port.en.eq(self.load_en & (self.load_sel == sel)),
                          port.addr.eq(self.load_addr), port.data.eq(self.load_data[lsb:])]
 
-        # Stage T+1 -> T+2: the block RAM output registers.
-        nbin_word = delayed(nbin_data, self.READ_STAGES - 1, "nbin_data")
+        # Stage T+1 -> T+2: the block RAM output registers, one per buffer; cur_in (constant
+        # while the layer runs) selects after them, so no logic sits behind the block RAMs.
+        nbin_words = [delayed(port.data, self.READ_STAGES - 1, f"nb{b}_data")
+                      for b, port in enumerate(nb_rds)]
+        nbin_word = Mux(cur_in, nbin_words[1], nbin_words[0])
         synapse_word = delayed(synapse_word, self.READ_STAGES - 1, "sb_data")
         if cfg.kgate:
             synapse_word = self._kgate_path(m, cur, st, synapse_word, starting, is_mac,
@@ -267,11 +279,9 @@ class LayerEngine(wiring.Component):
         with m.If(write_end):
             m.d.sync += busy.eq(0)
 
-        rd_ports = [buf.read_port() for buf in bufs]
         rd_sel = Signal()
         m.d.sync += rd_sel.eq(self.out_buf)
-        m.d.comb += [p.addr.eq(self.rd_addr) for p in rd_ports]
-        m.d.comb += self.rd_data.eq(Mux(rd_sel, rd_ports[1].data, rd_ports[0].data))
+        m.d.comb += self.rd_data.eq(Mux(rd_sel, nb_rds[1].data, nb_rds[0].data))
 
         # Counters, reset by start.
         with m.If(starting):
@@ -294,14 +304,17 @@ class LayerEngine(wiring.Component):
         m.submodules.kgate = gate = KernelGate(cfg)
         m.d.comb += [gate.valid.eq(step.valid), gate.first.eq(step.first), gate.k.eq(cur.k),
                      gate.lane_k.eq(cur.lane_k)]
-        # The lane enables follow the step to the SB word's stage.
-        lane_en = delay(m, gate.lane_en, stage, "lane_en_d")
+        # The lane enables follow the step to the SB word's stage (the gate's own register
+        # is the first of them; stage >= KernelGate.LATENCY).
+        lane_en = delay(m, gate.lane_en, stage - KernelGate.LATENCY, "lane_en_d")
         width = cfg.ti * cfg.dw
         gated_word = Cat(*(Mux(lane_en[j], sb_word[j * width:(j + 1) * width], 0)
                            for j in range(cfg.tn)))
+        # Counted KernelGate.LATENCY cycles after the step (``gated`` is 0 for no step), long
+        # before ``done``.
         with m.If(starting):
             m.d.sync += self.gated.eq(0)
-        with m.Elif(step.valid & is_mac):
+        with m.Elif(is_mac):
             m.d.sync += self.gated.eq(self.gated + gate.gated * cfg.ti)
         return gated_word
 
@@ -328,14 +341,16 @@ class LayerEngine(wiring.Component):
         m.d.sync += perm_on.eq(cur.perm != Perm.NONE)
         return Mux(perm_on, psb.data, sb_word)
 
-    def _ikr_path(self, m, cur, seq, starting, bufs, cur_in, nfu1, loads):
+    def _ikr_path(self, m, cur, seq, starting, bufs, nb_rds, cur_in, nfu1, loads):
         """Method B: IKR conv layers (``desc.ikr_n != 0``) run on :class:`IkrUnit`.
 
         Returns the steps the pipeline takes from then on (the IKR unit's while an IKR layer
         runs, the dense sequencer's (``seq``) otherwise: :func:`select_steps`) and the IKR
-        unit's per-multiplier operands, one cycle after their step. Adds the write ports of the
-        pattern table and the index memory to ``loads``. Each of the unit's row reads has a
-        port on both neuron buffers (``bufs``); ``cur_in`` picks.
+        unit's per-multiplier operands, one cycle after their step, and ``(ikr_mode, address,
+        enable)`` of window row 0, which reads through the pipeline's ports ``nb_rds`` (an IKR
+        layer does not use them). Adds the write ports of the pattern table and the index
+        memory to ``loads``. Each other row read has a port on both neuron buffers (``bufs``);
+        ``cur_in`` picks, after the unit's registers.
         """
         cfg = self.cfg
         m.submodules.ikr = ikr = IkrUnit(cfg)
@@ -345,10 +360,15 @@ class LayerEngine(wiring.Component):
                      ikr.run.start.eq(starting & is_ikr), ikr.run.desc.eq(self.desc)]
         loads += [(LoadSel.IKR_INDEX, ikr.index, 0), (LoadSel.IKR_TABLE, ikr.table, 0)]
         for r in range(cfg.ikr.kmax):
-            ports = [buf.read_port() for buf in bufs]
-            for port in ports:
-                m.d.comb += [port.addr.eq(ikr.nbin_addr[r]), port.en.eq(ikr.nbin_en[r])]
-            m.d.comb += ikr.nbin_data[r].eq(Mux(cur_in, ports[1].data, ports[0].data))
+            for b, buf in enumerate(bufs):
+                if r == 0:
+                    port = nb_rds[b]
+                else:
+                    port = buf.read_port()
+                    m.d.comb += [port.addr.eq(ikr.nbin_addr[r]), port.en.eq(ikr.nbin_en[r])]
+                m.d.comb += ikr.nbin_data[b][r].eq(port.data)
+        m.d.comb += ikr.nbin_buf.eq(cur_in)
         ikr_mode = cur.ikr_n != 0
         m.d.comb += nfu1.lane_sel.eq(ikr_mode)
-        return select_steps(m, ikr_mode, seq.step, ikr.step), ikr.lane_neurons
+        return (select_steps(m, ikr_mode, seq.step, ikr.step), ikr.lane_neurons,
+                (ikr_mode, ikr.nbin_addr[0], ikr.nbin_en[0]))

@@ -53,7 +53,10 @@ class IkrUnit(wiring.Component):
         The IKR sequencer's steps: no ``nbin_addr`` or ``pad``, the operands come through
         ``lane_neurons``.
     nbin_addr, nbin_en, nbin_data
-        The window fill's NBin read ports.
+        The window fill's read ports, on both neuron buffers (``nbin_data[b][r]``: buffer
+        ``b``, row ``r``).
+    nbin_buf : In(1)
+        The buffer the layer reads; selects after the block RAMs' data is registered.
     table, index : In(LoadSignature)
     lane_neurons : Out(ArrayLayout(unsigned(dw), tn*ti))
     """
@@ -66,7 +69,9 @@ class IkrUnit(wiring.Component):
             "step": Out(StepSignature.for_config(cfg)),
             "nbin_addr": Out(data.ArrayLayout(unsigned(nbin_bits), kmax)),
             "nbin_en": Out(kmax),
-            "nbin_data": In(data.ArrayLayout(unsigned(cfg.ti * cfg.dw), kmax)),
+            "nbin_data": In(data.ArrayLayout(data.ArrayLayout(unsigned(cfg.ti * cfg.dw), kmax),
+                                             2)),
+            "nbin_buf": In(1),
             **{name: In(sig) for name, sig in PatternDecoder.load_signatures(cfg).items()},
             "lane_neurons": Out(data.ArrayLayout(unsigned(cfg.dw), cfg.tn * cfg.ti)),
         })
@@ -82,6 +87,7 @@ class IkrUnit(wiring.Component):
         wiring.connect(m, wiring.flipped(self.index), dec.index)
         m.d.comb += [
             self.nbin_addr.eq(seq.fill_addr), self.nbin_en.eq(seq.fill_en),
-            dec.nbin_data.eq(self.nbin_data), self.lane_neurons.eq(dec.lane_neurons),
+            dec.nbin_data.eq(self.nbin_data), dec.nbin_buf.eq(self.nbin_buf),
+            self.lane_neurons.eq(dec.lane_neurons),
         ]
         return m

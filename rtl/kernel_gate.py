@@ -21,7 +21,9 @@ class KernelGate(wiring.Component):
 
     The component follows the walk itself: a step with ``first`` is tap ``(0, 0)``, every
     other valid step is the tap after the previous one (``kx`` fastest, wrapping after
-    ``(k-1, k-1)``). ``lane_en`` and ``gated`` are combinational for the step on the inputs.
+    ``(k-1, k-1)``). ``lane_en`` and ``gated`` of the step on the inputs in cycle ``S`` appear
+    in ``S + LATENCY``: the tap's distances from the centre are registered, the lane compares
+    and the count follow them.
 
     Parameters
     ----------
@@ -36,10 +38,13 @@ class KernelGate(wiring.Component):
     lane_k : In(ArrayLayout(unsigned(4), tn))
         Each lane's kernel size (0: the full ``k``).
     lane_en : Out(tn)
-        Lanes whose multipliers work this step.
+        Lanes whose multipliers work for the step of ``LATENCY`` cycles before.
     gated : Out(range(tn + 1))
-        Lanes gated this step (0 when ``valid`` is low).
+        Lanes gated for that step (0 when its ``valid`` was low).
     """
+
+    #: Cycles from a step on the inputs to its ``lane_en`` and ``gated``.
+    LATENCY = 1
 
     def __init__(self, cfg):
         self.cfg = check_config(self, cfg)
@@ -71,14 +76,17 @@ class KernelGate(wiring.Component):
         # Twice the distance from the centre, so even and odd k need no halving.
         dy, dx = Signal(signed(kbits + 2)), Signal(signed(kbits + 2))
         m.d.comb += [dy.eq(2 * ky - (self.k - 1)), dx.eq(2 * kx - (self.k - 1))]
-        ady = Mux(dy < 0, -dy, dy)
-        adx = Mux(dx < 0, -dx, dx)
+        # The stage register: the distances and the step's valid.
+        ady, adx = Signal(kbits + 1), Signal(kbits + 1)
+        valid = Signal()
+        m.d.sync += [ady.eq(Mux(dy < 0, -dy, dy)), adx.eq(Mux(dx < 0, -dx, dx)),
+                     valid.eq(self.valid)]
         off_lanes = []
         for j in range(tn):
             lk = self.lane_k[j]
             cover = (lk == 0) | ((ady <= lk - 1) & (adx <= lk - 1))
             m.d.comb += self.lane_en[j].eq(cover)
-            off_lanes.append(Mux(self.valid & ~cover, 1, 0))
+            off_lanes.append(Mux(valid & ~cover, 1, 0))
         total = off_lanes[0]
         for term in off_lanes[1:]:
             total = total + term

@@ -61,8 +61,12 @@ class PatternDecoder(wiring.Component):
     Members
     -------
     window : In(WindowSignature)
-    nbin_data : In(ArrayLayout(unsigned(ti*dw), ikr_kmax))
-        The NBin words of the column read in the previous cycle, one per window row.
+    nbin_data : In(ArrayLayout(ArrayLayout(unsigned(ti*dw), ikr_kmax), 2))
+        The words of the column read in the previous cycle, one per window row, from each
+        neuron buffer (``nbin_data[b][r]``: buffer ``b``, row ``r``).
+    nbin_buf : In(1)
+        The buffer the layer reads (constant while it runs). The words of both buffers enter
+        registers straight from the block RAMs; ``nbin_buf`` (and padding) select after them.
     table, index : In(LoadSignature); see :meth:`load_signatures`
     lane_neurons : Out(ArrayLayout(unsigned(dw), tn*ti))
     """
@@ -72,7 +76,9 @@ class PatternDecoder(wiring.Component):
         lanes = cfg.tn * cfg.ti
         super().__init__({
             "window": In(WindowSignature.for_config(cfg)),
-            "nbin_data": In(data.ArrayLayout(unsigned(cfg.ti * cfg.dw), cfg.ikr.kmax)),
+            "nbin_data": In(data.ArrayLayout(
+                data.ArrayLayout(unsigned(cfg.ti * cfg.dw), cfg.ikr.kmax), 2)),
+            "nbin_buf": In(1),
             **{name: In(sig) for name, sig in self.load_signatures(cfg).items()},
             "lane_neurons": Out(data.ArrayLayout(unsigned(cfg.dw), lanes)),
         })
@@ -106,18 +112,31 @@ class PatternDecoder(wiring.Component):
 
         # Arrival of the column read in the previous cycle: it shifts into column kmax - 1
         # of ``next``; on ``swap`` (always with an arrival, the window's last column) ``cur``
-        # takes the shifted window.
+        # takes the shifted window. Column kmax - 1 of both banks holds the words of both
+        # buffers as read and the row's padding flag; its value (the selected word, or zero)
+        # is formed after those registers.
         arr_valid, arr_pad = Signal(), Signal.like(win.fill_pad)
         m.d.sync += [arr_valid.eq(win.fill_valid), arr_pad.eq(win.fill_pad)]
         cur = [Signal(ti * dw, name=f"cur{p}") for p in range(kmax * kmax)]
         nxt = [Signal(ti * dw, name=f"next{p}") for p in range(kmax * kmax)]
+        for bank, load in (("next", arr_valid), ("cur", win.swap)):
+            for r in range(kmax):
+                words = [Signal(ti * dw, name=f"{bank}_b{b}_{r}") for b in range(2)]
+                pad = Signal(name=f"{bank}_pad{r}")
+                with m.If(load):
+                    m.d.sync += [pad.eq(arr_pad[r])]
+                    m.d.sync += [w.eq(self.nbin_data[b][r]) for b, w in enumerate(words)]
+                value = nxt if bank == "next" else cur
+                m.d.comb += value[r * kmax + kmax - 1].eq(
+                    Mux(pad, 0, Mux(self.nbin_buf, words[1], words[0])))
         for p in range(kmax * kmax):
             r, c = divmod(p, kmax)
-            shifted = Mux(arr_pad[r], 0, self.nbin_data[r]) if c == kmax - 1 else nxt[p + 1]
+            if c == kmax - 1:
+                continue
             with m.If(arr_valid):
-                m.d.sync += nxt[p].eq(shifted)
+                m.d.sync += nxt[p].eq(nxt[p + 1])
             with m.If(win.swap):
-                m.d.sync += cur[p].eq(shifted)
+                m.d.sync += cur[p].eq(nxt[p + 1])
 
         # The table holds taps ky*kmax + kx; the window's column 0 is register column
         # tap_offset (kx + tap_offset < kmax: the add never carries into ky). Both selects

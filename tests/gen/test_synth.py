@@ -150,6 +150,26 @@ def test_place_route_timeout_is_reported(monkeypatch, tmp_path):
     assert r["error"] == "nextpnr-ecp5 did not finish on LFE5U-85F within 5 s"
 
 
+def test_place_route_passes_its_options_to_nextpnr(monkeypatch, tmp_path):
+    import subprocess
+
+    ran = []
+
+    def capture(cmd, cwd, log, timeout=None):
+        ran.append(cmd)
+        raise subprocess.TimeoutExpired(cmd, timeout)
+
+    monkeypatch.setattr(synth, "_run", capture)
+    r = synth.place_route(tmp_path, "LFE5U-25F", timeout_s=5,
+                          options={"freq_mhz": 125, "seed": 3})
+    assert r["options"]["freq_mhz"] == 125 and r["options"]["seed"] == 3
+    cmd = ran[-1]
+    assert cmd[cmd.index("--freq") + 1] == "125" and cmd[cmd.index("--seed") + 1] == "3"
+    r = synth.place_route(tmp_path, "LFE5U-25F", freq_mhz=80, timeout_s=5,
+                          options={"freq_mhz": 125})
+    assert r["options"]["freq_mhz"] == 80
+
+
 def test_block_ram_shortfall():
     from slimnfu.config import CONFIGS
     from slimnfu.gen.synth import block_ram_shortfall

@@ -21,11 +21,23 @@ def test_lanes_follow_the_tap_walk(k, lane_k):
     dut = KernelGate(cfg)
     ci_tiles, groups = 2, 3
     seen = []
+    assert KernelGate.LATENCY == 1
 
     async def bench(ctx):
         ctx.set(dut.k, k)
         for j, v in enumerate(lane_k):
             ctx.set(dut.lane_k[j], v)
+        async def tick(want):
+            """Clock the step on the inputs; its (lane_en, gated), or no step (None), must
+            appear KernelGate.LATENCY (1) cycle later."""
+            await ctx.tick()
+            en = [ctx.get(dut.lane_en[j]) for j in range(cfg.tn)]
+            if want is None:
+                assert ctx.get(dut.gated) == 0
+            else:
+                assert (en, ctx.get(dut.gated)) == want
+                seen.append(want[1])
+
         # an idle cycle between groups must not move the walk
         for g in range(groups):
             for t in range(ci_tiles):
@@ -33,15 +45,10 @@ def test_lanes_follow_the_tap_walk(k, lane_k):
                     for kx in range(k):
                         ctx.set(dut.valid, 1)
                         ctx.set(dut.first, int(t == ky == kx == 0))
-                        en = [ctx.get(dut.lane_en[j]) for j in range(cfg.tn)]
                         want = _expected(k, lane_k, ky, kx)
-                        assert en == want, (g, t, ky, kx)
-                        assert ctx.get(dut.gated) == cfg.tn - sum(want)
-                        seen.append(cfg.tn - sum(want))
-                        await ctx.tick()
+                        await tick((want, cfg.tn - sum(want)))
             ctx.set(dut.valid, 0)
-            assert ctx.get(dut.gated) == 0
-            await ctx.tick()
+            await tick(None)
 
     simulate(dut, bench)
     per_group = sum(k * k - min(lk or k, k) ** 2 for lk in lane_k) * ci_tiles
