@@ -29,7 +29,7 @@ from slimnfu.config import AccelConfig, as_pass
 
 __all__ = ["PWL_SEGMENTS", "DESC_FIELD_BITS", "COUNTER_BITS", "Mode", "Act", "Perm", "LoadSel",
            "bits_for", "descriptor_layout", "descriptor_value", "load_sel_width",
-           "load_data_width", "ikr_tap_bits", "ikr_index_bits", "ikr_load_width",
+           "load_addr_width", "load_data_width", "ikr_tap_bits", "ikr_index_bits", "ikr_load_width",
            "perm_addr_bits", "perm_param_width", "PERM_FIELDS", "Program", "ProgramLayer"]
 
 #: Segments of the piecewise-linear activation table (NFU-3), and so words of a PWL load.
@@ -135,6 +135,20 @@ def load_data_width(cfg):
     if cfg.ikr:
         width = max(width, ikr_load_width(cfg))
     return max(width, perm_param_width(cfg)) if cfg.perm else width
+
+
+def load_addr_width(cfg):
+    """Width of ``load_addr``: an address into the deepest memory the load port writes.
+
+    The neuron buffers, SB and the bias memory, and the method memories: ``s`` (``perm.depth``
+    entries, deeper than every buffer on ``diannao``), the IKR index memory and pattern table.
+    """
+    depths = [cfg.nbin_depth, cfg.sb_depth, cfg.nbout_depth, cfg.bias_depth]
+    if cfg.perm:
+        depths.append(cfg.perm.depth)
+    if cfg.ikr:
+        depths += [cfg.ikr.index_depth, cfg.ikr.patterns]
+    return bits_for(max(depths) - 1)
 
 
 def descriptor_layout(cfg):

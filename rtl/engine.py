@@ -6,7 +6,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from slimnfu.contract import (COUNTER_BITS, LoadSel, Mode, Perm, bits_for, descriptor_layout,
-                              load_data_width, load_sel_width, perm_param_width)
+                              load_addr_width, load_data_width, load_sel_width,
+                              perm_param_width)
 from slimnfu.rtl._params import check_config, delay
 from slimnfu.rtl.nfu1 import NFU1
 from slimnfu.rtl.nfu2 import NFU2
@@ -91,8 +92,7 @@ class LayerEngine(wiring.Component):
 
     def __init__(self, cfg):
         self.cfg = check_config(self, cfg)
-        self.addr_bits = bits_for(max(cfg.nbin_depth, cfg.sb_depth, cfg.nbout_depth,
-                                      cfg.bias_depth) - 1)
+        self.addr_bits = load_addr_width(cfg)
         super().__init__({
             "start": In(1),
             "desc": In(descriptor_layout(cfg)),

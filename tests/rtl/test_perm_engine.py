@@ -18,7 +18,8 @@ from slimnfu.sim.amaranth_driver import EngineDriver, simulate
 CFG = CONFIGS["tiny"].with_(perm={"depth": 64})
 
 
-def _layer(m, n, variant, seed, groups=1, family="affine"):
+def _layer(m, n, variant, seed, groups=1, family="affine", cfg=CFG):
+    CFG = cfg
     gen = torch.Generator().manual_seed(seed)
     s = torch.randint(CFG.qmin, CFG.qmax + 1, (groups * n,), generator=gen)
     s[0], s[-1] = CFG.qmin, CFG.qmax
@@ -39,7 +40,8 @@ def _layer(m, n, variant, seed, groups=1, family="affine"):
     return desc, x, b, loads, want
 
 
-def _run(jobs):
+def _run(jobs, cfg=CFG):
+    CFG = cfg
     dut = LayerEngine(CFG)
     drv = EngineDriver(dut)
     results = []
@@ -79,6 +81,18 @@ def test_perm_fc_bit_exact_and_full_rate():
     for (desc, *_, want), (y, counters) in zip(jobs, _run(jobs)):
         assert torch.equal(y, want), desc
         assert counters["cycles"] == desc.dense_cycles(CFG) + LayerEngine.latency(CFG)
+
+
+def test_sequence_deeper_than_the_buffers_loads_whole():
+    # s (4 groups of 60 = 240 entries) reaches past every buffer's depth: the load address
+    # must span perm.depth, not only NBin/SB/NBout/bias (diannao: 2048 words, s of 3,200).
+    cfg = CONFIGS["tiny"].with_(nbin_depth=32, sb_depth=32, nbout_depth=32, bias_depth=16,
+                                perm={"depth": 256})
+    assert len(LayerEngine(cfg).load_addr) == 8
+    job = _layer(8, 60, "affine", 11, groups=4, cfg=cfg)
+    (y, counters), = _run([job], cfg)
+    assert torch.equal(y, job[-1])
+    assert counters["cycles"] == job[0].dense_cycles(cfg) + LayerEngine.latency(cfg)
 
 
 def test_components_refuse_perm_off():
