@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from slimnfu.config import FC_VARIANTS, Scenario
+from slimnfu.config import FC_VARIANTS, IM2COL_MODES, Scenario
 from slimnfu.gen.cli_hw import add_pnr_arguments, pnr_arguments
 
 __all__ = ["main", "register", "COMMAND_MODULES"]
@@ -32,6 +32,14 @@ COMMAND_MODULES = [
 #: The project's scenario; ``synth --rom``, ``board`` and ``verify`` change only what their
 #: options say.
 DEFAULT = Scenario()
+
+
+def add_im2col_argument(p):
+    """``--im2col``: the compiler's choice for a first conv layer with few input channels."""
+    p.add_argument("--im2col", default=DEFAULT.im2col, choices=IM2COL_MODES,
+                   help="run a first conv layer with fewer input channels than the engine's "
+                        "input lanes as a 1x1 conv over the image's patches: auto (default; "
+                        "when it fits and the schedule model says it is faster), on, off")
 
 
 def register(sub):
@@ -64,6 +72,7 @@ def register(sub):
     p.add_argument("--fc", default=DEFAULT.fc_variant, choices=FC_VARIANTS,
                    help="with --rom, fc1's permuted format: auto (default; the 1-point budget "
                         "picks), affine (its weights fit on chip, at some accuracy) or index")
+    add_im2col_argument(p)
     p.set_defaults(func=_synth)
 
     p = sub.add_parser("board", help="build a ULX3S bitstream: compressed LeNet-5 classifies a "
@@ -84,6 +93,7 @@ def register(sub):
                         "some accuracy), index, or auto (the 1-point budget picks)")
     p.add_argument("--no-build", action="store_true",
                    help="write the build files and script only, no bitstream")
+    add_im2col_argument(p)
     p.set_defaults(func=_board)
 
     p = sub.add_parser(
@@ -126,6 +136,7 @@ def register(sub):
                    help="report path (default: verify/<network>_<config>.json in the build "
                         "root)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_im2col_argument(p)
     p.set_defaults(func=_verify)
 
 
@@ -143,7 +154,8 @@ def _synth(args):
         from slimnfu import flows
 
         _, program, _ = flows.rom_program(DEFAULT.with_(config=args.config,
-                                                         fc_variant=args.fc))
+                                                         fc_variant=args.fc,
+                                                         im2col=args.im2col))
         weights, why = choose_weights(program)
         print(why, flush=True)
         report = flows.synth_build(program, weights, why, out=args.out, pnr=not args.no_pnr,
@@ -170,7 +182,8 @@ def _board(args):
 
     from slimnfu import flows
 
-    report = flows.board_build(DEFAULT.with_(config=args.config, fc_variant=args.fc),
+    report = flows.board_build(DEFAULT.with_(config=args.config, fc_variant=args.fc,
+                                             im2col=args.im2col),
                                args.board, args.image, do_build=not args.no_build,
                                log=lambda message: print(message, flush=True))
     print(json.dumps(report, indent=1))
@@ -181,7 +194,8 @@ def _verify(args):
     from slimnfu import flows
 
     plan = flows.verify_plan(args.target, DEFAULT.with_(config=args.config, budget=args.budget,
-                                                        fc_variant=args.fc),
+                                                        fc_variant=args.fc,
+                                                        im2col=args.im2col),
                              args.images, dense=args.dense, workers=args.workers,
                              ray_address=args.ray, out=args.out)
     report = flows.verify(plan, layers=args.every_layer, progress=not args.no_progress,

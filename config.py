@@ -24,7 +24,7 @@ import re
 
 __all__ = ["AccelConfig", "IkrParams", "PermParams", "KgateParams", "FEATURES", "LayerDesc",
            "PassDesc", "PASS_FIELDS", "as_pass", "CONFIGS", "get_config", "parse_overrides",
-           "KINDS", "ACTS", "Scenario", "FC_VARIANTS"]
+           "KINDS", "ACTS", "Scenario", "FC_VARIANTS", "IM2COL_MODES"]
 
 KINDS = ("conv", "fc", "maxpool", "avgpool")
 ACTS = ("none", "relu", "pwl")
@@ -789,6 +789,10 @@ def as_pass(desc):
 #: accuracy.
 FC_VARIANTS = ("auto", "affine", "index")
 
+#: The compiler's im2col choice for a first conv layer with few input channels
+#: (:func:`slimnfu.gen.compiler.compile_model`): chosen by the schedule model, forced on, off.
+IM2COL_MODES = ("auto", "on", "off")
+
 
 @dataclass(frozen=True)
 class Scenario:
@@ -825,6 +829,10 @@ class Scenario:
     fc_epochs, patterns, ikr_finetune : int
         Compression: fine-tuning epochs of each method C try, IKR patterns per layer, IKR
         fine-tuning batches per try (:func:`slimnfu.compress.pipeline.compress_network`).
+    im2col : str
+        One of :data:`IM2COL_MODES`: whether the compiler runs the first layer as im2col
+        (:func:`slimnfu.gen.compiler.compile_model`; not part of the compression, so not of
+        the network cache's name).
     """
 
     network: str = "lenet5"
@@ -841,6 +849,7 @@ class Scenario:
     fc_epochs: int = 1
     patterns: int = 16
     ikr_finetune: int = 150
+    im2col: str = "auto"
 
     def __post_init__(self):
         if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)) or \
@@ -849,6 +858,9 @@ class Scenario:
         if self.fc_variant not in FC_VARIANTS:
             raise ValueError(f"fc_variant must be one of {', '.join(FC_VARIANTS)}, not "
                              f"{self.fc_variant!r}")
+        if self.im2col not in IM2COL_MODES:
+            raise ValueError(f"im2col must be one of {', '.join(IM2COL_MODES)}, not "
+                             f"{self.im2col!r}")
         get_config(self.config)
         for name in ("val", "calib", "fc_epochs", "patterns"):
             _check_int(name, getattr(self, name), 1)

@@ -14,7 +14,8 @@ import it and never each other's internals:
   ``load_sel`` and ``load_data``, and the widths of the method memories' entries (IKR
   pattern indices and taps, permutation addresses and parameters);
 - the counter widths of the engine and the accelerator (:data:`COUNTER_BITS`);
-- the compiled program the accelerator bakes in (:class:`Program`, :class:`ProgramLayer`).
+- the compiled program the accelerator bakes in (:class:`Program`, :class:`ProgramLayer`) and
+  how its input is laid out when its first layer runs as im2col (:class:`Im2col`).
 
 See ``docs/design.md`` for what each means cycle by cycle.
 """
@@ -29,8 +30,9 @@ from slimnfu.config import AccelConfig, as_pass
 
 __all__ = ["PWL_SEGMENTS", "DESC_FIELD_BITS", "COUNTER_BITS", "Mode", "Act", "Perm", "LoadSel",
            "bits_for", "descriptor_layout", "descriptor_value", "load_sel_width",
-           "load_addr_width", "load_data_width", "ikr_tap_bits", "ikr_index_bits", "ikr_load_width",
-           "perm_addr_bits", "perm_param_width", "PERM_FIELDS", "Program", "ProgramLayer"]
+           "load_addr_width", "load_data_width", "ikr_tap_bits", "ikr_index_bits",
+           "ikr_load_width", "perm_addr_bits", "perm_param_width", "PERM_FIELDS", "Program",
+           "ProgramLayer", "Im2col"]
 
 #: Segments of the piecewise-linear activation table (NFU-3), and so words of a PWL load.
 PWL_SEGMENTS = 16
@@ -249,7 +251,9 @@ class ProgramLayer:
     A model layer may take several program layers (a ``slim`` layer: one pass per run of
     equal-kernel tiles, then the 1x1 approximation pass). ``ref`` is the index of the model
     layer whose output is complete in NBout after this program layer (None after a pass that
-    leaves it unfinished), and ``out_shape`` that output's ``(channels, h, w)``.
+    leaves it unfinished), and ``out_shape`` that output's ``(channels, h, w)``. ``im2col``
+    marks a pass of the first model layer run as a 1x1 conv over the image's patches
+    (:class:`Im2col`).
     """
 
     name: str
@@ -262,6 +266,7 @@ class ProgramLayer:
     out_shape: tuple = None
     in_buf: int = 0
     out_buf: int = 1
+    im2col: bool = False
 
     @property
     def move_cycles(self):
@@ -269,6 +274,44 @@ class ProgramLayer:
         if self.move[0] == "flatten":
             return self.move[1] * self.move[2] * self.move[3]
         return 0
+
+
+@dataclass(frozen=True)
+class Im2col:
+    """The input of a program whose first layer runs as im2col: a ``k x k`` conv over
+    ``n_in`` channels of an ``h_in x w_in`` image (``stride``, zero padding ``pad``) becomes a
+    1x1 conv on the ``h_out x w_out`` output grid, whose input channel ``j`` at output
+    position ``(y, x)`` is one value of that position's window:
+    :func:`slimnfu.formats.layout.patch_order` gives each channel's ``(c, ky, kx)``, centre
+    taps first, and ``channels`` of them are packed (a prefix: a layer whose filters use only
+    centre taps reads fewer). The host writes these patches into neuron buffer 0 instead of
+    the image (:func:`slimnfu.formats.layout.pack_program_input`).
+    """
+
+    layer: str
+    n_in: int
+    h_in: int
+    w_in: int
+    k: int
+    stride: int
+    pad: int
+    channels: int
+
+    @property
+    def h_out(self):
+        return (self.h_in + 2 * self.pad - self.k) // self.stride + 1
+
+    @property
+    def w_out(self):
+        return (self.w_in + 2 * self.pad - self.k) // self.stride + 1
+
+    def words(self, cfg):
+        """NBin words of the packed patches: ``ceil(channels/ti) * h_out * w_out``."""
+        return -(-self.channels // cfg.ti) * self.h_out * self.w_out
+
+    def to_dict(self):
+        return {"layer": self.layer, "n_in": self.n_in, "h_in": self.h_in, "w_in": self.w_in,
+                "k": self.k, "stride": self.stride, "pad": self.pad, "channels": self.channels}
 
 
 @dataclass
@@ -286,7 +329,12 @@ class Program:
     input_shape : tuple of int
         One input sample's shape.
     stats : dict
-        ``rom_words``, ``rom_width``, ``stored_bits``, ``layers``.
+        ``rom_words``, ``rom_width``, ``stored_bits``, ``layers``, ``input_words``, and
+        ``im2col``: the compiler's choice for the first layer
+        (:func:`slimnfu.gen.compiler.compile_model`).
+    im2col : Im2col or None
+        How the input is packed when the first layer runs as im2col; None: the image as it
+        is.
     """
 
     cfg: AccelConfig
@@ -295,6 +343,14 @@ class Program:
     rom_width: int
     input_shape: tuple
     stats: dict = field(default_factory=dict)
+    im2col: Im2col = None
+
+    def input_words(self):
+        """NBin words the host writes before ``start`` (one a cycle): the image's, or with
+        :attr:`im2col` its patches'."""
+        if self.im2col is not None:
+            return self.im2col.words(self.cfg)
+        return self.layers[0].desc.nbin_words(self.cfg)
 
     def load_plan(self):
         """The weight-load stream of one inference: ``(entries, need)``.

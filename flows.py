@@ -292,13 +292,14 @@ def compile_for(qmodel, scenario, label="compressed"):
     """Compile ``qmodel`` for the scenario's config with the features it needs.
 
     The build is named ``<config>_<network>_<label>``, plus ``_fc<variant>`` for a
-    compressed network whose method C variant was forced.
+    compressed network whose method C variant was forced; the scenario's ``im2col`` is the
+    compiler's choice for the first layer.
     """
     fc = "" if label != "compressed" or scenario.fc_variant == "auto" else \
         f"_fc{scenario.fc_variant}"
     base = get_config(scenario.config)
     cfg = config_for(qmodel, base).with_(name=f"{base.name}_{scenario.network}_{label}{fc}")
-    return compile_model(qmodel, cfg)
+    return compile_model(qmodel, cfg, scenario.im2col)
 
 
 def rom_program(scenario, cache_root=None, log=print):
@@ -466,6 +467,8 @@ def verify(plan, layers=False, progress=True, build_root=None, cache_root=None, 
         (``compressed``, ``dense``) ``images``, ``bit_exact``, ``mismatches``, ``failures``,
         ``acc_rtl``, ``acc_int`` (the integer reference on the same images),
         ``cycles_per_image``, ``cycles_as_expected``, ``expected_cycles``, ``sat_events``,
+        ``input_words`` (NBin words the host writes first), ``im2col`` (the compiler's choice
+        for the first layer, ``Program.stats["im2col"]``),
         ``sim_s_per_image``, ``sim_wall_s``, ``wall_s``, ``acc_float`` (the float network on
         the same images; None when the cache holds no float network) and ``attribution``
         (:func:`attribution`: per layer SQNR and saturation events on the calibration
@@ -512,6 +515,8 @@ def verify(plan, layers=False, progress=True, build_root=None, cache_root=None, 
                          "expected_cycles": r["expected_cycles"], "counters": r["counters"],
                          "sat_events": r["sat_events"], "sim_s_per_image": r["sim_s_per_image"],
                          "sim_wall_s": r["sim_wall_s"],
+                         "input_words": program.input_words(),
+                         "im2col": program.stats["im2col"],
                          "wall_s": round(time.monotonic() - t1, 1),
                          "verilog_sha256": r["verilog_sha256"]}
         b = builds[label]
@@ -526,7 +531,9 @@ def verify(plan, layers=False, progress=True, build_root=None, cache_root=None, 
         exact = "bit-exact" if b["bit_exact"] else f"{b['mismatches']} MISMATCHES"
         log(f"{label}: {exact}, "
             f"RTL accuracy {b['acc_rtl']}% (integer reference {b['acc_int']}%), "
-            f"{b['cycles_per_image']['max']:,} cycles per image, simulated in "
+            f"{b['cycles_per_image']['max']:,} cycles per image (start to done; the input "
+            f"is {b['input_words']:,} words, first layer as im2col: "
+            f"{b['im2col']['chosen']}, {b['im2col']['why']}), simulated in "
             f"{b['sim_wall_s']} s")
     report = {"target": plan["target"], "network": scenario.network,
               "dataset": scenario.dataset, "config": scenario.config, "model_key": key,

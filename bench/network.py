@@ -19,7 +19,10 @@ cycles a layer to start and stop it (``control_cycles``), and beside them
 ``overlap_load_cycles``, the weight words loaded while something else ran. ``per_layer``
 gives each program layer's measured cycles, ``layers`` each model layer's: cycles, MACs, the
 speed-up over the dense build and its ratio to the MAC-ideal one (``speedup_over_ideal``), and
-NFU utilisation (MACs over ``tn*ti`` times the layer's cycles). ``sim_s_per_image`` is the
+NFU utilisation (MACs over ``tn*ti`` times the layer's cycles). ``input_words`` is the NBin
+words the host writes before ``start`` (one a cycle; ``rtl_cycles_with_input`` adds them), and
+``im2col`` the compiler's choice for conv1 (run as a 1x1 conv over the image's patches,
+:func:`slimnfu.gen.compiler.compile_model`). ``sim_s_per_image`` is the
 Verilator seconds per inference. ``acc_float_same_images``, ``acc_int_same_images`` and
 ``acc_rtl`` put the three accuracies on the simulated images side by side; ``attribution``
 (:func:`slimnfu.flows.attribution`) gives each layer's SQNR against the float network and its
@@ -30,7 +33,7 @@ import time
 
 from slimnfu.bench.common import accuracy, add_threads, host, start, write_report
 from slimnfu.compress import attribution
-from slimnfu.config import Scenario
+from slimnfu.config import IM2COL_MODES, Scenario
 
 __all__ = ["main", "add_arguments", "measure", "measure_models", "markdown", "layer_rows",
            "cycle_parts"]
@@ -54,6 +57,10 @@ def add_arguments(parser):
     parser.add_argument("--calib", type=int, default=DEFAULT.calib)
     parser.add_argument("--recompress", action="store_true",
                         help="compress again even when the cache holds the result")
+    parser.add_argument("--im2col", default=DEFAULT.im2col, choices=IM2COL_MODES,
+                        help="run conv1 as a 1x1 conv over the image's patches: auto "
+                             "(default; when it fits and the schedule model says it is "
+                             "faster), on, off (both builds)")
     add_threads(parser)
 
 
@@ -245,6 +252,7 @@ def measure_models(scenario, acc_base, qd, q, hist, test, images=100, icarus_ima
                "config": prog.cfg.name, "accel": prog.cfg.to_dict(),
                "formats": {l.name: l.format for l in qm.layers},
                "rom_words": prog.stats["rom_words"], "rom_width": prog.rom_width,
+               "input_words": prog.input_words(), "im2col": prog.stats["im2col"],
                "rom_item_bits": prog.stats["stored_bits"],
                "rtl_cycles_dense": dense_run["counters"]["cycles"] if dense_run else None,
                "attribution": flows.attribution(scenario, floats.get(label), qm, calib)}
@@ -253,6 +261,7 @@ def measure_models(scenario, acc_base, qd, q, hist, test, images=100, icarus_ima
             row["acc_float_same_images"] = None if fm is None else \
                 round(evaluate(fm, xt[:r["images"]], yt[:r["images"]]), 2)
             row.update({"rtl_cycles": r["counters"]["cycles"],
+                        "rtl_cycles_with_input": r["counters"]["cycles"] + prog.input_words(),
                         "rtl_engine_cycles": r["counters"]["engine_cycles"],
                         "rtl_cycles_parts": cycle_parts(r["counters"], len(prog.layers)),
                         "images_rtl": r["images"], "acc_rtl": r["rtl_accuracy"],
@@ -280,11 +289,12 @@ def measure_models(scenario, acc_base, qd, q, hist, test, images=100, icarus_ima
 
 def per_model_layer(per_layer):
     """Measured cycles per model layer (a slim layer's passes summed), in order:
-    ``{name: (cycles, format)}``."""
+    ``{name: (cycles, format)}`` (the format followed by ``im2col`` for a layer run so)."""
     out = {}
     for l in per_layer:
         key = l.get("model_layer", l["layer"].split(".")[0])
-        out[key] = (out.get(key, (0, None))[0] + l["cycles"], l["format"])
+        fmt = l["format"] + (" im2col" if l.get("im2col") else "")
+        out[key] = (out.get(key, (0, None))[0] + l["cycles"], fmt)
     return out
 
 
@@ -306,13 +316,17 @@ def markdown(rows):
     parts = [r for r in rows if r.get("rtl_cycles_parts")]
     if parts:
         lines += ["", "| build | cycles | engine | waiting for weights | moves | run + pause "
-                  "| weight words hidden |", "|---|---:|---:|---:|---:|---:|---:|"]
+                  "| weight words hidden | input words | cycles with the input | im2col |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for r in parts:
             p = r["rtl_cycles_parts"]
+            im = r.get("im2col") or {}
             lines.append(f"| {r['method']} | {r['rtl_cycles']:,} | {p['engine_cycles']:,} | "
                          f"{p['load_cycles']:,} ({100 * p['load_cycles'] / r['rtl_cycles']:.2f}"
                          f"%) | {p['move_cycles']:,} | {p['control_cycles']:,} | "
-                         f"{p['overlap_load_cycles']:,} |")
+                         f"{p['overlap_load_cycles']:,} | {_num(r.get('input_words'))} | "
+                         f"{_num(r.get('rtl_cycles_with_input'))} | "
+                         f"{im.get('layer', '-') if im.get('chosen') else 'no'} |")
     dense = next((r for r in rows if r["method"] == "dense"), None)
     other = next((r for r in rows if r["method"] != "dense" and r.get("layers")), None)
     if dense and dense.get("layers") and other:
@@ -350,7 +364,7 @@ def main(args):
     check_args(args)
     t0 = start(args)
     scenario = DEFAULT.with_(config=args.config, budget=args.budget, val=args.val,
-                             calib=args.calib, threads=args.threads)
+                             calib=args.calib, threads=args.threads, im2col=args.im2col)
     rows, hist = measure(scenario, args.images, args.icarus_images, args.dense_images,
                          args.recompress)
     report = {"benchmark": "network", "rows": rows, "compression": hist,

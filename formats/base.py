@@ -12,14 +12,14 @@ from dataclasses import dataclass
 import torch
 
 from slimnfu import fixed
-from slimnfu.config import PassDesc
+from slimnfu.config import LayerDesc, PassDesc
 from slimnfu.contract import PWL_SEGMENTS, LoadSel
 from slimnfu.formats import layout
 
 __all__ = ["Words", "EnginePass", "StoredItem", "ImageError", "WeightFormat", "record_to_state",
            "record_from_state", "crop_padding", "unpack_weights", "unpack_bias", "unpack_pwl",
            "bias_words", "pwl_words", "pwl_shape", "common_memories", "check_items", "max_abs",
-           "pwl_items", "FORMATS", "register", "get_format", "check_tensor"]
+           "pwl_items", "FORMATS", "register", "get_format", "check_tensor", "im2col_desc"]
 
 
 @dataclass(frozen=True)
@@ -401,6 +401,21 @@ class WeightFormat:
         """
         return None
 
+    def im2col(self, ql):
+        """The conv layer ``ql`` as a 1x1 conv over its input's patches, or None when the
+        format cannot run it so (the default).
+
+        The compiler may run the first layer of a network so (:mod:`slimnfu.gen.compiler`):
+        input channel ``j`` of the returned layer is patch channel ``j`` of
+        :func:`slimnfu.formats.layout.patch_order` (centre taps first), on the ``h_out x
+        w_out`` output grid (:func:`im2col_desc`); its ``desc.n_in`` is the number of patch
+        channels it reads (``n_in*k*k``, or fewer when every filter uses only centre taps).
+        Run on :func:`slimnfu.formats.layout.patch_input`, it gives the same outputs as
+        ``ql`` on the image: the same products, summed exactly. It is for the engine only
+        (the golden model keeps ``ql``).
+        """
+        return None
+
     def pass_desc(self, ql):
         """The :class:`~slimnfu.config.PassDesc` of the layer run as one engine pass over its
         whole input (what a weight image's ``program.hex`` lists for it)."""
@@ -430,6 +445,13 @@ class WeightFormat:
         """Rebuild the layer's :class:`QLayer` from a weight image, checking everything;
         raise :class:`ImageError` naming the file or field."""
         raise NotImplementedError
+
+
+def im2col_desc(desc, channels):
+    """The 1x1 conv on ``desc``'s output grid over ``channels`` patch channels that an im2col
+    layer runs (:meth:`WeightFormat.im2col`)."""
+    return LayerDesc("conv", channels, desc.n_out, desc.h_out, desc.w_out, k=1,
+                     shift=desc.shift, act=desc.act, seg_shift=desc.seg_shift)
 
 
 def pwl_items(ql, dw):

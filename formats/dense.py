@@ -12,7 +12,8 @@ import torch
 from slimnfu.contract import LoadSel
 from slimnfu.formats import layout
 from slimnfu.formats.base import (StoredItem, WeightFormat, Words, check_items, common_memories,
-                                  pwl_items, pwl_shape, unpack_bias, unpack_pwl, unpack_weights)
+                                  im2col_desc, pwl_items, pwl_shape, unpack_bias, unpack_pwl,
+                                  unpack_weights)
 from slimnfu.formats.qmodel import QLayer
 
 __all__ = ["DenseFormat", "dense_memories", "weight_count", "relaid_layer"]
@@ -76,6 +77,14 @@ class DenseFormat(WeightFormat):
     def relayout_input(self, ql, src):
         # padding columns are zero weights
         return relaid_layer(ql, torch.cat([ql.w, ql.w.new_zeros(ql.desc.n_out, 1)], 1)[:, src])
+
+    def im2col(self, ql):
+        # the weights over every patch channel, in the patch order
+        d = ql.desc
+        if d.kind != "conv":
+            return None
+        n = d.n_in * d.k * d.k
+        return replace(ql, desc=im2col_desc(d, n), w=layout.patch_weights(ql.w, n))
 
     def restore(self, entry, files, contents, desc, cfg, where):
         shapes = image_shapes(desc, cfg)

@@ -18,9 +18,15 @@ PWL        segment ``s``                                       ``slope`` in bits
 =========  ==================================================  =============================
 
 An FC layer is laid out as a 1x1 image: NBin word ``t`` holds inputs ``t*ti ...``.
+
+A program whose first layer runs as im2col (:class:`slimnfu.contract.Im2col`) takes the
+image's patches instead: channel ``j`` at output position ``(y, x)`` is tap
+``patch_order(n_in, k)[j]`` of that position's window (:func:`patch_input`), and the layer's
+weights are laid out over the same channels (:func:`patch_weights`).
 """
 
 import torch
+import torch.nn.functional as F
 
 from slimnfu.contract import PERM_FIELDS, ikr_index_bits, ikr_tap_bits, perm_addr_bits
 
@@ -28,7 +34,8 @@ __all__ = ["pack_words", "unpack_words", "pack_input", "pack_weights", "pack_bia
            "unpack_output", "pack_output", "output_lane_masks", "pack_pwl", "pack_ikr_weights",
            "pack_ikr_index", "pack_ikr_table", "pack_perm_s", "pack_perm_params",
            "unpack_perm_params",
-           "pack_perm_index", "pack_program_input", "unpack_program_output"]
+           "pack_perm_index", "patch_order", "patch_input", "patch_weights",
+           "pack_program_input", "unpack_program_output"]
 
 
 def pack_words(lanes, width):
@@ -230,12 +237,62 @@ def pack_perm_index(idx, cfg):
     return pack_weights(idx, cfg)
 
 
+# im2col: a first conv layer with few input channels run as a 1x1 conv over its patches.
+
+def patch_order(n_in, k):
+    """The window tap of each patch channel: int64 ``(n_in*k*k,)``, entry ``j`` the flat index
+    ``(c*k + ky)*k + kx`` of ``w[:, c, ky, kx]`` (and of window value ``(c, ky, kx)``).
+
+    Centre taps come first: taps are ordered by their ring ``max(|2*ky - (k-1)|, |2*kx -
+    (k-1)|)``, then channel, row and column. So the ``n_in*kt*kt`` first channels are exactly
+    the centred ``kt x kt`` windows of every input channel (``kt`` of ``k``'s parity), and a
+    filter whose taps lie in that centre reads only those channels.
+    """
+    for name, v in (("n_in", n_in), ("k", k)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"patch_order: {name} must be a positive integer, not {v!r}")
+    taps = [(max(abs(2 * ky - (k - 1)), abs(2 * kx - (k - 1))), c, ky, kx)
+            for c in range(n_in) for ky in range(k) for kx in range(k)]
+    return torch.tensor([(c * k + ky) * k + kx for _, c, ky, kx in sorted(taps)],
+                        dtype=torch.int64)
+
+
+def patch_input(x, im):
+    """The patches of int64 input ``x`` (``(C, H, W)``, or a batch ``(N, C, H, W)``) for the
+    im2col layer ``im`` (:class:`slimnfu.contract.Im2col`): ``(im.channels, h_out, w_out)``
+    (batched likewise), channel ``j`` at ``(y, x)`` the window value ``patch_order[j]`` of
+    output position ``(y, x)``, zero where the window covers padding."""
+    x = torch.as_tensor(x, dtype=torch.int64)
+    if tuple(x.shape[-3:]) != (im.n_in, im.h_in, im.w_in):
+        raise ValueError(f"patch_input: the input is {tuple(x.shape[-3:])}, layer {im.layer} "
+                         f"takes ({im.n_in}, {im.h_in}, {im.w_in})")
+    xp = F.pad(x, (im.pad,) * 4) if im.pad else x
+    k, s = im.k, im.stride
+    ys, xs = s * (im.h_out - 1) + 1, s * (im.w_out - 1) + 1
+    planes = []
+    for j in patch_order(im.n_in, k)[:im.channels].tolist():
+        c, ky, kx = j // (k * k), j // k % k, j % k
+        planes.append(xp[..., c, ky:ky + ys:s, kx:kx + xs:s])
+    return torch.stack(planes, dim=-3)
+
+
+def patch_weights(w, channels):
+    """Conv weights ``(O, C, K, K)`` over the patch channels of :func:`patch_order`:
+    ``(O, channels, 1, 1)``, the first ``channels`` of them (the others must be zero: the
+    caller's filters use only those taps)."""
+    w = torch.as_tensor(w, dtype=torch.int64)
+    o, c, k, _ = w.shape
+    return w.reshape(o, -1)[:, patch_order(c, k)[:channels]].reshape(o, channels, 1, 1)
+
+
 # A compiled program's input and outputs (slimnfu.contract.Program).
 
 def pack_program_input(program, x):
     """NBin words of one integer input sample of ``program`` (flattened when its first layer
-    is FC)."""
-    if program.layers[0].desc.layer.kind == "fc":
+    is FC; its patches, :func:`patch_input`, when it runs as im2col)."""
+    if program.im2col is not None:
+        x = patch_input(x, program.im2col)
+    elif program.layers[0].desc.layer.kind == "fc":
         x = torch.as_tensor(x).reshape(-1)
     return pack_input(x, program.cfg)
 

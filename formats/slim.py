@@ -12,21 +12,27 @@ lanes gated (``lane_k``); then the 1x1 approximation pass over the kept outputs,
 the tile the kept features began (``lane_skip``). It needs ``cfg.kgate``
 (:mod:`slimnfu.rtl.kernel_gate`).
 
+As the first layer of a network with few input channels it may run as im2col
+(:meth:`SlimFormat.im2col`): a 1x1 layer over the image's patches, centre taps first, so a
+run of tiles whose largest kernel is ``k_t`` reads only the ``n_in*k_t*k_t`` first patch
+channels (no gating: the smaller filters' outer taps are zero weights).
+
 Stored (the weight image): the centred weights and the biases of every kernel pass, the
 approximation pass's weights and biases, and the PWL table once; the manifest entry holds
 ``K``, ``ksize``, the channel ``order`` and the positions of kept and approximated features.
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from slimnfu import fixed
 from slimnfu.config import LayerDesc, PassDesc
+from slimnfu.formats import layout
 from slimnfu.formats.base import (EnginePass, ImageError, StoredItem, WeightFormat, check_items,
-                                  check_tensor, max_abs, pwl_items, pwl_shape, pwl_words,
-                                  unpack_bias, unpack_pwl, unpack_weights)
+                                  check_tensor, im2col_desc, max_abs, pwl_items, pwl_shape,
+                                  pwl_words, unpack_bias, unpack_pwl, unpack_weights)
 from slimnfu.formats.dense import dense_memories
 from slimnfu.formats.qmodel import QLayer
 
@@ -67,6 +73,10 @@ class SlimWeights:
     approx_b : torch.Tensor or None
         ``(n_approx,)`` int64 biases at ``f_y + approx_f``.
     approx_f : int or None
+    patch_n_in, patch_ksize : int, torch.Tensor or None
+        Only in the 1x1 layer :meth:`SlimFormat.im2col` makes (None otherwise, and never
+        stored): the image's channels and each filter's kernel size in the original layer;
+        filter ``j`` reads the first ``patch_n_in * patch_ksize[j]**2`` patch channels.
     """
 
     K: int
@@ -78,6 +88,8 @@ class SlimWeights:
     approx_w: torch.Tensor = None
     approx_b: torch.Tensor = None
     approx_f: int = None
+    patch_n_in: int = None
+    patch_ksize: torch.Tensor = None
 
 
 def tile_map(ksize, tn):
@@ -206,6 +218,11 @@ class SlimFormat(WeightFormat):
         if rec.n_approx:
             check_tensor("compressed.approx_w", rec.approx_w, (rec.n_approx, d.n_out), dw)
             check_tensor("compressed.approx_b", rec.approx_b, (rec.n_approx,), acc)
+        if rec.patch_ksize is not None:
+            for j, k in enumerate(int(v) for v in rec.patch_ksize):
+                if rec.K != 1 or bool(ql.w[j, rec.patch_n_in * k * k:].any()):
+                    raise ValueError(f"w: filter {j} of the im2col layer reads patch channels "
+                                     f"past its {k}x{k} centre")
 
     def items(self, ql, dw, acc):
         rec, d = ql.compressed, ql.desc
@@ -229,12 +246,43 @@ class SlimFormat(WeightFormat):
         return (d.n_in * sum(int(k) ** 2 for k in rec.ksize) + d.n_out
                 + rec.n_approx * (d.n_out + 1))
 
+    def im2col(self, ql):
+        d, rec = ql.desc, ql.compressed
+        kmax = max(int(k) for k in rec.ksize)
+        n = d.n_in * kmax * kmax
+        return replace(ql, desc=im2col_desc(d, n), w=layout.patch_weights(ql.w, n),
+                       compressed=replace(rec, K=1, ksize=torch.ones_like(rec.ksize),
+                                          patch_n_in=d.n_in, patch_ksize=rec.ksize.clone()))
+
+    def _patch_passes(self, ql, cfg):
+        """The kernel passes of an im2col layer: one 1x1 pass per run of tiles with the same
+        largest original kernel ``k_t``, over the ``patch_n_in*k_t*k_t`` first patch
+        channels."""
+        d, rec = ql.desc, ql.compressed
+        tiles = tile_map(rec.patch_ksize, cfg.tn)
+        out, start, t = [], 0, 0
+        while t < len(tiles):
+            u = t
+            while u + 1 < len(tiles) and tiles[u + 1]["k"] == tiles[t]["k"]:
+                u += 1
+            kt = tiles[t]["k"]
+            n = sum(len(tt["lanes"]) for tt in tiles[t:u + 1])
+            ch = rec.patch_n_in * kt * kt
+            desc = PassDesc(LayerDesc("conv", ch, n, d.h_in, d.w_in, k=1, shift=d.shift,
+                                      act=d.act, seg_shift=d.seg_shift),
+                            nbout_base=start // cfg.tn * d.h_out * d.w_out)
+            out.append((f"{ql.name}.im2col{kt}", desc, ql.w[start:start + n, :ch],
+                        ql.b[start:start + n], "layer" if not out else "same"))
+            start += n
+            t = u + 1
+        return out
+
     def _pass_operands(self, ql, cfg):
         """``[(name, desc, w, b, reads)]`` of every engine pass (see the module docstring)."""
         d, rec = ql.desc, ql.compressed
         hw = d.h_out * d.w_out
-        out = []
-        for n, p in enumerate(passes(ql, cfg.tn)):
+        out = self._patch_passes(ql, cfg) if rec.patch_ksize is not None else []
+        for n, p in enumerate(passes(ql, cfg.tn) if rec.patch_ksize is None else []):
             lo, hi = p["filters"]
             kt, off = p["k"], p["off"]
             desc = PassDesc(LayerDesc("conv", d.n_in, hi - lo, d.h_in, d.w_in, k=kt,

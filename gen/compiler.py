@@ -24,6 +24,19 @@ permuted columns (``perm_affine``: the permutation breaks the affine rows) keeps
 controller move that re-orders the values into PyTorch's flatten order (``flatten``, one value
 a cycle; ``move_cycles``). With ``h*w == 1`` the two orders are the same and nothing changes.
 
+**im2col.** A first layer that is a conv with fewer input channels than the engine has input
+lanes (``n_in < ti``) and ``k > 1`` leaves most of NFU-1 idle: ``ceil(n_in/ti) = 1`` input tile
+for ``k*k`` steps per output group. Such a layer may run as a 1x1 conv over the image's
+patches (:meth:`~slimnfu.formats.base.WeightFormat.im2col`): the host writes, per output
+position, the window's values as channels (:func:`slimnfu.formats.layout.patch_input`,
+:class:`slimnfu.contract.Im2col`), ``ceil(channels/ti)`` steps a group instead of ``k*k``, at
+the price of a larger input to write. ``compile_model(..., im2col=)`` takes ``"auto"`` (the
+default: compile both ways and keep im2col when the schedule model,
+:func:`slimnfu.gen.schedule.inference_cycles`, says the inference takes fewer cycles counted
+from the first input word, and when the patches fit the neuron buffer), ``"on"`` (im2col or a
+``ValueError`` saying why not) or ``"off"``; ``Program.stats["im2col"]`` records the choice
+and both counts, ``Program.im2col`` the input layout, and each pass ``ProgramLayer.im2col``.
+
 The chain relies on ``tn == ti`` (which every :class:`AccelConfig` has): an NBout word is an
 NBin word, and either buffer holds a layer's input or output, so both must hold the largest
 (:func:`config_for` gives them the same depth). Anything the engine cannot run is refused with
@@ -36,11 +49,12 @@ import json
 import torch
 
 from slimnfu.atomic import write_folder
-from slimnfu.config import AccelConfig
-from slimnfu.contract import Program, ProgramLayer, descriptor_value, load_data_width
+from slimnfu.config import IM2COL_MODES, AccelConfig
+from slimnfu.contract import Im2col, Program, ProgramLayer, descriptor_value, load_data_width
+from slimnfu.gen.schedule import inference_cycles
 
 __all__ = ["compile_model", "config_for", "out_shape", "write_rom_image", "buffer_order",
-           "engine_layers"]
+           "engine_layers", "im2col_layer"]
 
 
 def config_for(qmodel, base):
@@ -108,8 +122,35 @@ def out_shape(ql):
     return (ql.weight_format.out_channels(ql), d.h_out, d.w_out)
 
 
-def compile_model(qmodel, cfg):
+def im2col_layer(qmodel, cfg):
+    """The first layer of ``qmodel`` as an im2col layer for ``cfg``: ``(layer, Im2col)``, or
+    ``(None, why)`` when it is not a conv with ``n_in < ti`` and ``k > 1`` or its format
+    cannot run so (:meth:`~slimnfu.formats.base.WeightFormat.im2col`)."""
+    ql = qmodel.layers[0]
+    d = ql.desc
+    if d.kind != "conv" or d.k == 1 or d.n_in >= cfg.ti:
+        what = (f"a {d.kind} layer" if d.kind != "conv" else
+                f"a conv with k={d.k}, n_in={d.n_in} and ti={cfg.ti}")
+        return None, (f"layer {ql.name} is {what}; im2col takes a first conv with k > 1 "
+                      f"and n_in < ti")
+    new = ql.weight_format.im2col(ql)
+    if new is None:
+        return None, (f"layer {ql.name}: format {ql.format!r} cannot run as a 1x1 conv over "
+                      f"patches")
+    return new, Im2col(ql.name, d.n_in, d.h_in, d.w_in, d.k, d.stride, d.pad, new.desc.n_in)
+
+
+def compile_model(qmodel, cfg, im2col="auto"):
     """Compile ``qmodel`` for ``cfg``; see the module docstring.
+
+    Parameters
+    ----------
+    qmodel : QuantModel
+    cfg : AccelConfig
+    im2col : str
+        One of :data:`slimnfu.config.IM2COL_MODES`: ``"auto"`` (run the first layer as
+        im2col when it fits and the schedule model says the inference is faster), ``"on"``
+        or ``"off"``.
 
     Raises
     ------
@@ -118,20 +159,63 @@ def compile_model(qmodel, cfg):
         shape that is not the descriptor's: :meth:`QuantModel.check`), a method feature
         ``cfg`` lacks, a layer that does not fit the buffers (its input or output in the
         neuron buffer the ping-pong gives it), or a shape that does not chain; or a config
-        with other number widths than the model's.
+        with other number widths than the model's; or ``im2col="on"`` for a network whose
+        first layer cannot run so (saying why).
     """
     if not isinstance(cfg, AccelConfig):
         raise TypeError(f"cfg must be an AccelConfig, not {type(cfg).__name__}")
+    if im2col not in IM2COL_MODES:
+        raise ValueError(f"im2col must be one of {', '.join(IM2COL_MODES)}, not {im2col!r}")
     if (cfg.dw, cfg.acc) != (qmodel.dw, qmodel.acc):
         raise ValueError(f"config {cfg.name!r} has dw={cfg.dw}, acc={cfg.acc}, but the model is "
                          f"quantised for dw={qmodel.dw}, acc={qmodel.acc}")
     if not qmodel.layers:
         raise ValueError("the model has no layers")
+    plain = None if im2col == "on" else _compile(qmodel, cfg)
+    choice = {"mode": im2col, "layer": qmodel.layers[0].name, "chosen": False, "why": None}
+    if im2col == "off":
+        choice["why"] = "switched off"
+        plain.stats["im2col"] = choice
+        return plain
+    new, im = im2col_layer(qmodel, cfg)
+    patched = None
+    if new is None:
+        choice["why"] = im
+    else:
+        try:
+            patched = _compile(qmodel, cfg, (new, im))
+        except ValueError as exc:
+            if im2col == "on":
+                raise
+            choice["why"] = f"does not fit: {exc}"
+    if im2col == "on":
+        if patched is None:
+            raise ValueError(f"im2col='on': {choice['why']}")
+        choice.update(chosen=True, why="switched on")
+        patched.stats["im2col"] = choice
+        return patched
+    if patched is not None:
+        cycles = {"off": inference_cycles(plain), "on": inference_cycles(patched)}
+        choice.update(chosen=cycles["on"] < cycles["off"], cycles=cycles,
+                      input_words={"off": plain.input_words(), "on": patched.input_words()})
+        choice["why"] = (f"{cycles['on']} cycles against {cycles['off']} from the first input "
+                         f"word (schedule model)")
+    out = patched if choice["chosen"] else plain
+    out.stats["im2col"] = choice
+    return out
+
+
+def _compile(qmodel, cfg, im2col=None):
+    """The program of ``qmodel`` for ``cfg``; ``im2col`` is ``(layer, Im2col)`` of
+    :func:`im2col_layer` to run the first layer so, or None."""
     width = load_data_width(cfg)
     rom, layers, stored = [], [], 0
     depths = (cfg.nbin_depth, cfg.nbout_depth)
     data = 0  # the buffer holding the previous layer's output (the image: buffer 0)
     for i, (ql, move) in enumerate(engine_layers(qmodel, cfg)):
+        patched = i == 0 and im2col is not None
+        if patched:
+            ql = im2col[0]
         passes = ql.weight_format.check(ql, cfg)
         src = 1 - data if move[0] == "flatten" else data
         for n, p in enumerate(passes):
@@ -151,17 +235,18 @@ def compile_model(qmodel, cfg):
                                      f"({('nbin_depth', 'nbout_depth')[buf]})")
             last = n == len(passes) - 1
             layers.append(ProgramLayer(p.name, p.desc, descriptor_value(p.desc, cfg), loads,
-                                       pmove, ql.format, i if last else None, out_shape(ql),
-                                       *bufs))
+                                       pmove, ql.format, i if last else None,
+                                       out_shape(qmodel.layers[i]), *bufs, im2col=patched))
         data = 1 - src
-    first = qmodel.layers[0].desc
-    if first.nbin_words(cfg) > cfg.nbin_depth:
-        raise ValueError(f"layer {qmodel.layers[0].name}: the input needs "
-                         f"{first.nbin_words(cfg)} NBin words, config {cfg.name!r} has "
-                         f"{cfg.nbin_depth}")
-    stats = {"rom_words": len(rom), "rom_width": width, "stored_bits": stored,
-             "layers": len(layers)}
-    return Program(cfg, layers, rom, width, tuple(qmodel.input_shape), stats)
+    program = Program(cfg, layers, rom, width, tuple(qmodel.input_shape), {},
+                      im2col[1] if im2col else None)
+    words = program.input_words()
+    if words > cfg.nbin_depth:
+        raise ValueError(f"layer {qmodel.layers[0].name}: the input needs {words} NBin words, "
+                         f"config {cfg.name!r} has {cfg.nbin_depth}")
+    program.stats = {"rom_words": len(rom), "rom_width": width, "stored_bits": stored,
+                     "layers": len(layers), "input_words": words}
+    return program
 
 
 def write_rom_image(program, out_dir):
@@ -182,8 +267,9 @@ def write_rom_image(program, out_dir):
                             "desc_value": hex(l.desc_value),
                             "loads": [[int(v) for v in x] for x in l.loads],
                             "move": list(l.move), "in_buf": l.in_buf, "out_buf": l.out_buf,
-                            "ref": l.ref,
-                            "out_shape": list(l.out_shape)} for l in program.layers]}
+                            "ref": l.ref, "im2col": l.im2col,
+                            "out_shape": list(l.out_shape)} for l in program.layers],
+                "im2col": None if program.im2col is None else program.im2col.to_dict()}
     write_folder(out_dir, {"rom.hex": text,
                            "program.json": json.dumps(manifest, indent=1) + "\n"},
                  "ROM image", legacy=("program.json", "slimnfu-rom"))

@@ -260,12 +260,14 @@ def pass_cases(ql, x, cfg, prefix="", source="network"):
     (one sample, no batch dimension), in program order.
 
     Each pass applies the operands its format gives it
-    (:meth:`~slimnfu.formats.base.WeightFormat.pass_weights`) to the layer's input, or, for a
-    pass that reads the outputs the earlier passes wrote (``reads == "kept"``), to those."""
+    (:meth:`~slimnfu.formats.base.WeightFormat.pass_weights`) to the layer's input (its first
+    ``n_in`` channels), or, for a pass that reads the outputs the earlier passes wrote
+    (``reads == "kept"``), to those."""
     xin = x.reshape(-1) if ql.desc.kind == "fc" else x
     cases, outputs = [], []
     for p, w, b, fmt, rec in ql.weight_format.pass_weights(ql, cfg):
-        px = torch.cat(outputs) if p.reads == "kept" else xin
+        # a pass may read only the first channels of the input (im2col: the centre taps)
+        px = torch.cat(outputs) if p.reads == "kept" else xin[:p.desc.layer.n_in]
         y, sat = reference(p.desc, px, w, b, ql.pwl, cfg)
         outputs.append(y)
         cases.append(Case(prefix + p.name, p.desc, px, w, b, ql.pwl, y, sat, source, fmt, rec))

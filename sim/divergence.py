@@ -21,6 +21,7 @@ import torch
 
 from slimnfu import paths
 from slimnfu.formats import layout
+from slimnfu.gen.compiler import im2col_layer
 from slimnfu.rtl.engine import LayerEngine
 from slimnfu.sim.cases import pass_cases, write_case
 from slimnfu.sim.driver import CLOCK_NS
@@ -195,11 +196,14 @@ def save_divergence(report, program, qmodel, x, refs, raw=None, waves=None, out_
     out_dir = Path(out_dir) if out_dir else divergence_root()
     cfg = program.cfg
     m, j = report["model_layer"], report["program_layer"]
-    xin = x if m == 0 else refs[m - 1][0]
+    xin, layer = (x, qmodel.layers[m]) if m == 0 else (refs[m - 1][0], qmodel.layers[m])
+    if m == 0 and program.im2col is not None:
+        # the first layer ran as a 1x1 conv over the image's patches
+        layer, xin = im2col_layer(qmodel, cfg)[0], layout.patch_input(x, program.im2col)
     first = layer_passes(program, next(i for i in range(j, len(program.layers))
                                        if program.layers[i].ref is not None)).start
     stem = f"{name or cfg.name}-image{report['image']}-{program.layers[j].name}"
-    cases = pass_cases(qmodel.layers[m], xin, cfg, prefix=f"image{report['image']}_")
+    cases = pass_cases(layer, xin, cfg, prefix=f"image{report['image']}_")
     case = cases[j - first]
     note = {k: v for k, v in report.items() if k not in ("waves", "reproducer")}
     report["reproducer"] = str(write_case(out_dir / f"{stem}.json", case, cfg,

@@ -6,7 +6,9 @@ output and the logits with :func:`slimnfu.compress.quant.int_forward_layers`, th
 on a difference, :mod:`slimnfu.sim.divergence` names the first divergent write and saves its
 reproducer. :func:`run_network_fast` does the same on the fast runner
 (:mod:`slimnfu.sim.fastsim`), for thousands of images: the logits and the counters of every
-image, and every layer's output on request.
+image, and every layer's output on request. The schedule model the runs are checked against,
+:func:`layer_schedule` and :func:`expected_cycles`, lives in :mod:`slimnfu.gen.schedule` (the
+compiler chooses with it) and is re-exported here.
 """
 
 import time
@@ -16,89 +18,14 @@ import torch
 from slimnfu import paths
 from slimnfu.compress.quant import int_forward_layers, quantize_input
 from slimnfu.formats import layout
+from slimnfu.gen.schedule import expected_cycles, layer_schedule
 from slimnfu.gen.verilog import emit_accelerator
-from slimnfu.rtl.engine import LayerEngine
 from slimnfu.sim import fastsim
 from slimnfu.sim.divergence import divergence_root, first_divergence, save_divergence
 from slimnfu.sim.runner import build_sim, run_jobs, wave_file
 
 __all__ = ["layer_schedule", "expected_cycles", "image_job", "run_network", "fast_spec",
            "run_network_fast"]
-
-
-def layer_schedule(program):
-    """When each program layer runs in one inference, as the controller spends the cycles.
-
-    Per layer (:class:`slimnfu.rtl.accelerator.Accelerator`): the move (``flatten`` values;
-    0 for a layer that reads its input where the previous one wrote it, i.e. every layer but
-    a ``perm_affine`` FC after a conv), ``READY`` until the weight stream has delivered what
-    the layer waits for (at least one cycle), the ``RUN`` cycle that starts the engine, the
-    engine (``dense_cycles`` or ``ikr_cycles`` plus ``LATENCY``: its ``done`` cycle is
-    ``LATENCY + nfu_cycles`` after the start) and one ``PAUSE`` cycle. Beside them the weight
-    stream (:meth:`slimnfu.contract.Program.load_plan`) issues one word a cycle: entry ``e``
-    from ``max(end of entry e-1, gate open)``, a gate of ``g`` opening the cycle after the
-    ``done`` of program layer ``g - 1``. Cycles are counted as the accelerator's ``cycles``
-    counter counts them (0 is the first cycle after ``start``; paused cycles are not
-    counted).
-
-    Returns
-    -------
-    list of dict
-        Per program layer: ``first`` (its first cycle), ``run`` (the engine's start cycle),
-        ``move``, ``loads`` (``READY`` cycles: weight loads the layer waits for, plus one)
-        and ``engine`` (cycles of each part), ``end`` (the cycle after its ``PAUSE``, the next
-        layer's ``first``), ``overlap_loads`` (words the stream issues outside ``READY``
-        from this layer's ``first`` to its ``end``).
-    """
-    cfg = program.cfg
-    entries, need = program.load_plan()
-    starts, done = [], []          # entry start cycles; per layer its done cycle
-
-    def stream_until(e):
-        """Start cycles of entries up to ``e`` (exclusive); the cycle entry ``e-1`` ends."""
-        while len(starts) < e:
-            i = len(starts)
-            free = starts[-1] + entries[i - 1][2] if i else 0
-            gate = entries[i][3]
-            starts.append(max(free, done[gate - 1] + 1 if gate else 0))
-        return starts[e - 1] + entries[e - 1][2] if e else 0
-
-    t, out = 0, []
-    for i, layer in enumerate(program.layers):
-        move = layer.move_cycles
-        ready = max(t + move, stream_until(need[i]))
-        run = ready + 1
-        engine = layer.desc.nfu_cycles(cfg) + LayerEngine.latency(cfg)
-        done.append(run + engine)
-        out.append({"first": t, "run": run, "move": move, "loads": run - t - move,
-                    "engine": engine, "end": run + engine + 2})
-        t = run + engine + 2
-    stream_until(len(entries))
-    issues = [(s, s + e[2]) for s, e in zip(starts, entries)]
-    for sch in out:
-        ready = (sch["first"] + sch["move"], sch["run"])
-        sch["overlap_loads"] = sum(_overlap(iv, (sch["first"], sch["end"])) -
-                                   _overlap(iv, ready) for iv in issues)
-    return out
-
-
-def _overlap(a, b):
-    """Cycles two half-open intervals share."""
-    return max(0, min(a[1], b[1]) - max(a[0], b[0]))
-
-
-def expected_cycles(program):
-    """Cycles of one inference, ``start`` to ``done``: the sums of :func:`layer_schedule`'s
-    parts (``cycles`` is ``engine_cycles + load_cycles + move_cycles`` plus two a layer).
-    Returns a dict of the parts, ``overlap_load_cycles`` (load words hidden behind the other
-    states) and ``cycles``."""
-    sched = layer_schedule(program)
-    parts = {"move_cycles": sum(s["move"] for s in sched),
-             "load_cycles": sum(s["loads"] for s in sched),
-             "engine_cycles": sum(s["engine"] for s in sched),
-             "overlap_load_cycles": sum(s["overlap_loads"] for s in sched)}
-    parts["cycles"] = sched[-1]["end"] if sched else 0
-    return parts
 
 
 def _timeout_cycles(program):
@@ -196,7 +123,7 @@ def run_network(program, qmodel, images, labels, sim="verilator", name=None, ste
     if first.get("marks"):
         marks = [[0, 0]] + first["marks"]
         per_layer = [{"layer": l.name, "format": l.format, "model_layer": l.name.split(".")[0],
-                      "cycles": marks[i + 1][0] - marks[i][0],
+                      "im2col": l.im2col, "cycles": marks[i + 1][0] - marks[i][0],
                       "engine_cycles": marks[i + 1][1] - marks[i][1]}
                      for i, l in enumerate(program.layers)]
     run_s = [r["run_s"] - r["read_s"] for r in raw.values() if r.get("run_s")]
@@ -217,8 +144,8 @@ def run_network(program, qmodel, images, labels, sim="verilator", name=None, ste
 def fast_spec(program, emitted, name):
     """The :class:`slimnfu.sim.fastsim.FastSpec` of ``program``'s ROM build ``emitted``
     (:func:`slimnfu.gen.verilog.emit_accelerator`), built in folder ``name``."""
-    return fastsim.spec_for(program, emitted, name, program.layers[0].desc.nbin_words(
-        program.cfg), _timeout_cycles(program))
+    return fastsim.spec_for(program, emitted, name, program.input_words(),
+                            _timeout_cycles(program))
 
 
 def run_network_fast(program, qmodel, images, labels, name=None, layers=False, workers=1,
@@ -306,7 +233,7 @@ def run_network_fast(program, qmodel, images, labels, name=None, layers=False, w
     if layers:
         marks = [[0, 0]] + raw["marks"][0].tolist()
         per_layer = [{"layer": l.name, "format": l.format, "model_layer": l.name.split(".")[0],
-                      "cycles": marks[i + 1][0] - marks[i][0],
+                      "im2col": l.im2col, "cycles": marks[i + 1][0] - marks[i][0],
                       "engine_cycles": marks[i + 1][1] - marks[i][1]}
                      for i, l in enumerate(program.layers)]
     return {"images": n, "sim": "verilator-fast", "name": name, "layers": layers,

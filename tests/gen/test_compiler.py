@@ -155,3 +155,84 @@ def test_refuses_output_beyond_its_buffer():
                                          r"buffer 0, config 'tiny' has 40 \(nbin_depth\)"):
         compile_model(q, cfg)
     compile_model(q, cfg.with_(nbin_depth=48))
+
+
+def _first_conv(n_in, n_out, k, stride=1, pad=0, size=10, seed=0):
+    """A small dense network whose first layer is a ``k x k`` conv over ``n_in`` channels."""
+    from torch import nn
+
+    from slimnfu.compress.quant import quantize_model
+
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(n_in, n_out, k, stride=stride, padding=pad)
+    h = (size + 2 * pad - k) // stride + 1
+    model = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), nn.Linear(n_out * h * h, 3))
+    return quantize_model(model, torch.rand(8, n_in, size, size))
+
+
+@pytest.mark.parametrize("net", [
+    dict(n_in=1, n_out=6, k=3),                  # small_qmodel's conv1: pays (1,152 -> 384 steps)
+    dict(n_in=3, n_out=4, k=3),                  # 27 channels in 7 tiles for 9 steps: does not pay
+    dict(n_in=3, n_out=8, k=5, stride=2, pad=2),
+    dict(n_in=2, n_out=2, k=3, pad=1)])
+def test_auto_im2col_follows_the_schedule_model(net):
+    """``auto`` is im2col exactly when the schedule model counts fewer cycles from the first
+    input word, and records both counts."""
+    from slimnfu.gen.schedule import expected_cycles, inference_cycles
+
+    q = _first_conv(**net)
+    cfg = _cfg(q, nbin_depth=1024, nbout_depth=1024)
+    on, off, auto = (compile_model(q, cfg, im2col=m) for m in ("on", "off", "auto"))
+    c_on, c_off = inference_cycles(on), inference_cycles(off)
+    assert c_on == on.input_words() + expected_cycles(on)["cycles"]
+    chosen = auto.stats["im2col"]
+    assert chosen["chosen"] == (c_on < c_off)
+    assert chosen["cycles"] == {"on": c_on, "off": c_off}
+    assert chosen["input_words"] == {"on": on.input_words(), "off": off.input_words()}
+    want = on if c_on < c_off else off
+    assert auto.rom == want.rom and auto.im2col == want.im2col
+    assert [l.im2col for l in auto.layers] == [l.im2col for l in want.layers]
+    # im2col: one 1x1 pass over n_in*k*k patch channels on the output grid
+    first = on.layers[0]
+    assert first.im2col and not any(l.im2col for l in on.layers[1:])
+    assert (first.desc.layer.k, first.desc.layer.n_in) == (1, net["n_in"] * net["k"] ** 2)
+    assert on.stats["im2col"]["why"] == "switched on"
+    assert off.stats["im2col"] == {"mode": "off", "layer": "conv1", "chosen": False,
+                                   "why": "switched off"}
+
+
+def test_auto_im2col_both_ways_on_the_examples():
+    from slimnfu.gen.schedule import inference_cycles
+
+    pays, costs = _first_conv(1, 6, 3), _first_conv(3, 4, 3)
+    cfg = _cfg(costs, nbin_depth=1024, nbout_depth=1024)
+    assert compile_model(pays, _cfg(pays)).im2col is not None
+    assert compile_model(costs, cfg).im2col is None
+    on = compile_model(costs, cfg, im2col="on")
+    off = compile_model(costs, cfg, im2col="off")
+    assert inference_cycles(on) > inference_cycles(off)
+
+
+def test_im2col_only_where_the_patches_fit(small_qmodel):
+    # 3 x 64 = 192 patch words; NBin of 128 holds the 100-word image only
+    cfg = _cfg(small_qmodel, nbin_depth=128)
+    auto = compile_model(small_qmodel, cfg)
+    assert auto.im2col is None and not auto.stats["im2col"]["chosen"]
+    assert auto.stats["im2col"]["why"].startswith("does not fit: layer conv1: ")
+    with pytest.raises(ValueError, match="conv1.*192 input words.*nbin_depth=128"):
+        compile_model(small_qmodel, cfg, im2col="on")
+
+
+def test_im2col_on_refuses_what_cannot_run_so(small_qmodel):
+    with pytest.raises(ValueError, match="im2col must be one of auto, on, off, not 'yes'"):
+        compile_model(small_qmodel, _cfg(small_qmodel), im2col="yes")
+    wide = _first_conv(4, 3, 3)           # n_in = ti = 4
+    with pytest.raises(ValueError, match=r"^im2col='on': layer conv1 is a conv with k=3, "
+                                         r"n_in=4 and ti=4; im2col takes a first conv with "
+                                         r"k > 1 and n_in < ti$"):
+        compile_model(wide, _cfg(wide), im2col="on")
+    assert compile_model(wide, _cfg(wide)).stats["im2col"]["chosen"] is False
+    fc = dataclasses.replace(small_qmodel, layers=small_qmodel.layers[-1:],
+                             input_shape=(small_qmodel.layers[-1].desc.n_in,))
+    with pytest.raises(ValueError, match="layer fc2 is a fc layer"):
+        compile_model(fc, _cfg(fc), im2col="on")

@@ -18,11 +18,12 @@ from slimnfu.sim.network import expected_cycles, layer_schedule
 
 @pytest.fixture(scope="module")
 def mixed_program(mixed_qmodel):
-    """``mixed_qmodel`` compiled for a ``tiny`` engine with all three method flags on."""
+    """``mixed_qmodel`` compiled for a ``tiny`` engine with all three method flags on (conv1
+    as the slim passes, not im2col, so that its mixed tile gates lanes)."""
     cfg = config_for(mixed_qmodel, CONFIGS["tiny"].with_(nbin_depth=256, sb_depth=64,
                                                           nbout_depth=256, bias_depth=8))
     assert cfg.ikr and cfg.perm and cfg.kgate
-    return compile_model(mixed_qmodel, cfg)
+    return compile_model(mixed_qmodel, cfg, im2col="off")
 
 
 def assert_model_layers(program, layers, ref):
@@ -116,17 +117,22 @@ def test_free_run_counts_the_same_cycles(small_qmodel, small_program):
     assert counters["cycles"] == expected_cycles(program)["cycles"]
 
 
-def test_slim_network_every_layer_bit_exact(slim_qmodel):
+@pytest.mark.parametrize("im2col, first", [
+    ("off", ["conv1.k3", "conv1.k1", "conv1.approx"]),
+    ("auto", ["conv1.im2col3", "conv1.im2col1", "conv1.approx"])])
+def test_slim_network_every_layer_bit_exact(slim_qmodel, im2col, first):
     """Method A on the accelerator: centre-tap passes, a mixed tile with gated lanes and the
-    approximation passes, chained with the other layers."""
+    approximation passes, chained with the other layers; with im2col, conv1's tiles as 1x1
+    passes over the 9 and the 1 centre channels of its patches."""
     from slimnfu.config import CONFIGS
     from slimnfu.gen.compiler import compile_model, config_for
 
     cfg = config_for(slim_qmodel, CONFIGS["tiny"].with_(nbin_depth=256, sb_depth=64,
                                                          nbout_depth=256, bias_depth=8))
-    program = compile_model(slim_qmodel, cfg)
+    program = compile_model(slim_qmodel, cfg, im2col=im2col)
     names = [l.name for l in program.layers]
-    assert names[:3] == ["conv1.k3", "conv1.k1", "conv1.approx"] and "conv2.approx" in names
+    assert names[:len(first)] == first and "conv2.approx" in names
+    assert program.stats["im2col"]["chosen"] == (im2col == "auto")
     x = quantize_input(slim_qmodel, torch.rand(1, 1, 10, 10))
     (layers, logits, counters, _), = run_program(program, x)
     assert_model_layers(program, layers, int_forward_layers(slim_qmodel, x))

@@ -50,3 +50,31 @@ def test_every_format_in_one_network_on_verilator(mixed_qmodel):
                     name="test_mixed_net", log=lambda s: None)
     assert r["bit_exact"], r["failures"]
     assert r["counters"]["cycles"] == expected_cycles(program)["cycles"]
+
+
+def test_im2col_network_on_verilator():
+    """A first conv over 3 channels with stride 2 and padding, run as im2col (forced on: its
+    patches are 27 channels), then max pooling and an FC layer: bit-exact on every layer, the
+    cycles the schedule model predicts."""
+    from torch import nn
+
+    from slimnfu.compress.quant import quantize_model
+    from slimnfu.config import CONFIGS
+    from slimnfu.gen.compiler import compile_model, config_for
+    from slimnfu.gen.schedule import inference_cycles
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(3, 5, 3, stride=2, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(5 * 2 * 2, 4))
+    q = quantize_model(model, torch.rand(16, 3, 9, 9))
+    cfg = config_for(q, CONFIGS["tiny"].with_(nbin_depth=256, sb_depth=64, nbout_depth=256,
+                                              bias_depth=8))
+    program = compile_model(q, cfg.with_(name="tiny_test_im2col"), im2col="on")
+    assert program.layers[0].im2col and program.layers[0].desc.layer.n_in == 27
+    images = torch.rand(3, 3, 9, 9, generator=torch.Generator().manual_seed(8))
+    r = run_network(program, q, images, torch.tensor([0, 1, 2]), sim="verilator",
+                    name="test_im2col_net", log=lambda s: None)
+    assert r["bit_exact"], r["failures"]
+    assert r["counters"]["cycles"] == expected_cycles(program)["cycles"]
+    assert inference_cycles(program) == r["counters"]["cycles"] + 7 * 5 * 5
+    assert [l["im2col"] for l in r["per_layer"]] == [True, False, False]
