@@ -214,8 +214,7 @@ def compress(scenario, model, cache_root=None, recompress=False, log=print, with
     tuple
         ``(qmodel, history)``, and the compressed float network third with ``with_float``
         (None for a cache file that predates it), from the one read of the cache file;
-        ``history["test_acc_float"]`` and ``history["test_acc_int"]`` are the compressed
-        network's test accuracy in float and in the integer reference.
+        ``history["test_acc_float"]`` is the compressed float network's test accuracy.
     """
     check(scenario)
     path = paths.networks_dir(cache_root) / network_file(scenario, model)
@@ -237,8 +236,6 @@ def compress(scenario, model, cache_root=None, recompress=False, log=print, with
     hist["wall_s"] = round(time.monotonic() - t0, 1)
     xt, yt = data.load(scenario.dataset, "test")
     hist["test_acc_float"] = round(evaluate(fm, xt, yt), 2)
-    hist["test_acc_int"] = round(100 * float((int_forward(q, xt)[0].argmax(1) == yt)
-                                             .double().mean()), 2)
     state = {"qmodel": q.to_state(), "history": json.loads(json.dumps(hist, default=float)),
              "float": float_state(fm)}
     write_hashed(path, json.dumps(state).encode())
