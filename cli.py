@@ -88,9 +88,9 @@ def register(sub):
     p.add_argument("--board", default="ulx3s-85f",
                    help="ulx3s-12f, ulx3s-25f, ulx3s-45f or ulx3s-85f (default: ulx3s-85f)")
     p.add_argument("--image", type=int, default=0, help="MNIST test image index (default: 0)")
-    p.add_argument("--fc", default="affine", choices=FC_VARIANTS,
-                   help="fc1's permuted format: affine (default; its weights fit on chip, at "
-                        "some accuracy), index, or auto (the 1-point budget picks)")
+    p.add_argument("--fc", default=DEFAULT.fc_variant, choices=FC_VARIANTS,
+                   help="fc1's permuted format: auto (default: the network the 1-point budget "
+                        "picks, as the demo runs it), affine (one sequence) or index")
     p.add_argument("--no-build", action="store_true",
                    help="write the build files and script only, no bitstream")
     add_im2col_argument(p)

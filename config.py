@@ -826,9 +826,10 @@ class Scenario:
         None: all of them.
     threads : int or None
         torch CPU threads for the run; None: torch's setting is left alone.
-    fc_epochs, patterns, ikr_finetune : int
-        Compression: fine-tuning epochs of each method C try, IKR patterns per layer, IKR
-        fine-tuning batches per try (:func:`slimnfu.compress.pipeline.compress_network`).
+    fc_epochs, fc_patience, patterns, ikr_finetune : int
+        Compression: the epoch budget and early-stopping patience of each method C try, IKR
+        patterns per layer, IKR fine-tuning batches per try
+        (:func:`slimnfu.compress.pipeline.compress_network`).
     im2col : str
         One of :data:`IM2COL_MODES`: whether the compiler runs the first layer as im2col
         (:func:`slimnfu.gen.compiler.compile_model`; not part of the compression, so not of
@@ -846,7 +847,8 @@ class Scenario:
     epochs: int | None = None
     subset: int | None = None
     threads: int | None = None
-    fc_epochs: int = 1
+    fc_epochs: int = 10
+    fc_patience: int = 2
     patterns: int = 16
     ikr_finetune: int = 150
     im2col: str = "auto"
@@ -862,7 +864,7 @@ class Scenario:
             raise ValueError(f"im2col must be one of {', '.join(IM2COL_MODES)}, not "
                              f"{self.im2col!r}")
         get_config(self.config)
-        for name in ("val", "calib", "fc_epochs", "patterns"):
+        for name in ("val", "calib", "fc_epochs", "fc_patience", "patterns"):
             _check_int(name, getattr(self, name), 1)
         _check_int("ikr_finetune", self.ikr_finetune, 0)
         for name in ("epochs", "subset", "threads"):

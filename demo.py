@@ -29,7 +29,7 @@ from slimnfu import paths
 from slimnfu.atomic import atomic_write
 from slimnfu.config import Scenario, get_config
 
-__all__ = ["register", "run_demo", "demo", "run_command", "run_model"]
+__all__ = ["register", "run_demo", "demo", "run_command", "run_model", "budget_check"]
 
 #: The project's scenario, which the demo runs; ``--config`` and ``--budget`` change it.
 DEFAULT = Scenario()
@@ -273,12 +273,12 @@ def demo(scenario, images=20, icarus_images=1, dense_images=1, synth=True, pnr_t
     print(f"      float test accuracy {info['acc_test']:.2f}%")
     print(f"[2/6] compressing under {scenario.budget} points (A on conv1, IKR on conv2, "
           f"permuted fc1)", flush=True)
-    q, hist = flows.compress(scenario, model, cache_root, log=_log)
+    q, hist, fm = flows.compress(scenario, model, cache_root, log=_log, with_float=True)
     print(f"      formats: {hist['formats']}")
     xc, _ = data.load(scenario.dataset, "calib")
     test = data.load(scenario.dataset, "test")
     qd = quantize_model(model, xc[:scenario.calib])
-    floats = {"dense": model, "compressed": flows.compressed_float(scenario, model, cache_root)}
+    floats = {"dense": model, "compressed": fm}
     return _deliver(scenario, model, info["acc_test"], qd, q, hist, test, out, t0, images,
                     icarus_images, dense_images, synth, pnr_timeout_s, build_root,
                     floats=floats)
@@ -299,7 +299,7 @@ def _deliver(scenario, model, acc_base, qd, q, hist, test, out, t0, images, icar
     from slimnfu import flows
     from slimnfu.bench import network
     from slimnfu.gen.compiler import write_rom_image
-    from slimnfu.gen.synth import block_ram_shortfall, choose_weights, synth_config
+    from slimnfu.gen.synth import block_ram_fit, synth_config
     from slimnfu.gen.verilog import emit_accelerator, verilog_root
 
     first = steps - 3
@@ -325,18 +325,21 @@ def _deliver(scenario, model, acc_base, qd, q, hist, test, out, t0, images, icar
     print(f"[{first + 1}/{steps}] emitting the ROM build for {cfg.name!r}", flush=True)
     emitted = emit_accelerator(program, cfg.name, verilog_root(build_root))
     print(f"      {emitted['path']}")
+    fits = {w: block_ram_fit(program, w) for w in ("rom", "port")}
+    print(f"      block RAM: {fits['rom']['summary']}")
     report_synth = None
-    too_big = block_ram_shortfall(cfg)
-    if synth and too_big:
-        print(f"[{first + 2}/{steps}] the whole accelerator does not fit: {too_big}; "
-              f"synthesising the {scenario.config!r} engine with its own buffers instead "
-              f"(slimnfu synth --rom runs the whole one anyway)", flush=True)
+    weights = next((w for w in ("rom", "port") if fits[w]["fits"]), None)
+    if synth and weights is None:
+        print(f"[{first + 2}/{steps}] the whole accelerator does not fit: "
+              f"{fits['port']['summary']}; synthesising the {scenario.config!r} engine with "
+              f"its own buffers instead (slimnfu synth --rom runs the whole one anyway)",
+              flush=True)
         report_synth = synth_config(get_config(scenario.config), build_root=build_root,
                                     reuse=True, pnr_timeout_s=pnr_timeout_s)
         report_synth = {**report_synth, "weights": "none", "scope": "engine",
-                        "weights_why": f"engine only: {too_big}"}
+                        "weights_why": f"engine only: {fits['port']['summary']}"}
     elif synth:
-        weights, why = choose_weights(program)
+        why = fits[weights]["summary"]
         print(f"[{first + 2}/{steps}] synthesising the {weights} build (Yosys ECP5, "
               f"nextpnr-ecp5): {why}", flush=True)
         report_synth = flows.synth_build(program, weights, why, reuse=True,
@@ -350,6 +353,10 @@ def _deliver(scenario, model, acc_base, qd, q, hist, test, out, t0, images, icar
                                   icarus_images, dense_images, floats=floats, calib=calib,
                                   build_root=build_root, log=_log)
     report = {"rows": rows, "compression": hist, "acc_float_base": acc_base,
+              "budget_check": budget_check(acc_base, rows, hist),
+              "block_ram": {w: {k: f[k] for k in ("part", "available", "brams", "fits",
+                                                   "by_group", "summary")}
+                            for w, f in fits.items()},
               "rom_image": {k: rom["rom"][k] for k in ("words", "width", "sha256")},
               "synth": None if report_synth is None else {k: report_synth.get(k) for k in (
                   "config", "weights", "weights_why", "cells", "luts", "ffs", "dsps", "brams",
@@ -369,6 +376,39 @@ def _deliver(scenario, model, acc_base, qd, q, hist, test, out, t0, images, icar
         print(f"FAIL {r['method']}: {r.get('failures')}", file=sys.stderr)
     print(f"report written to {out / 'report.md'} (and .json, plots)")
     return 1 if bad else 0
+
+
+def budget_check(acc_base, rows, hist):
+    """The compressed network against the accuracy budget, on the test set and on the
+    validation split: the dense network's float test accuracy ``acc_base``, the compressed
+    one's float and integer test accuracy (the row ``compressed`` of ``rows``), the points
+    lost, and ``within_budget`` for each; ``verdict`` says it in one sentence, plainly when
+    the test set is over the budget."""
+    c = {r["method"]: r for r in rows}["compressed"]
+    budget = hist.get("budget_pct")
+    final = hist.get("final") or {}
+    loss = round(acc_base - c["acc_int"], 2)
+    out = {"budget_pts": budget, "acc_test_dense": round(acc_base, 2),
+           "acc_test_float": c.get("acc_float"), "acc_test_int": c["acc_int"],
+           "loss_test_int_pts": loss,
+           "within_budget_test": None if budget is None else loss <= budget,
+           "val_acc_base": hist.get("val_acc_base"), "val_acc": final.get("val_acc"),
+           "val_acc_int": final.get("val_acc_int"),
+           "within_budget_val": None if not final else
+           bool(final["within_budget"] and final["within_budget_int"])}
+    if budget is None:
+        out["verdict"] = f"integer test accuracy {c['acc_int']:.2f}% against {acc_base:.2f}%"
+    elif out["within_budget_test"]:
+        out["verdict"] = (f"within the {budget:g}-point budget on the test set: integer "
+                          f"{c['acc_int']:.2f}% against the dense {acc_base:.2f}% "
+                          f"({loss:.2f} points)")
+    else:
+        out["verdict"] = (f"OVER the {budget:g}-point budget on the test set: integer "
+                          f"{c['acc_int']:.2f}% against the dense {acc_base:.2f}% "
+                          f"({loss:.2f} points lost)"
+                          + (" although the validation split was within it"
+                             if out["within_budget_val"] else ""))
+    return out
 
 
 def _layer_table(q, hist, rows):
@@ -408,7 +448,24 @@ def _markdown(report):
              f"Savings: {c['macs_dense'] / c['macs']:.2f}x fewer MACs "
              f"({c['conv_macs_dense'] / c['conv_macs']:.1f}x in the convs), "
              f"{c['bits_dense'] / c['bits']:.2f}x fewer stored bits "
-             f"({c['bits_dense']:,} -> {c['bits']:,}).", "", markdown(report["rows"]), ""]
+             f"({c['bits_dense']:,} -> {c['bits']:,}).", ""]
+    b = report.get("budget_check")
+    if b:
+        lines += [f"Budget: {b['verdict']}" + (
+            f"; validation split {b['val_acc']:.2f}% float, {b['val_acc_int']:.2f}% integer "
+            f"against {b['val_acc_base']:.2f}%" if b.get("val_acc") is not None else "") + ".",
+            ""]
+    tries = (report.get("compression") or {}).get("fc_tries") or []
+    if tries:
+        lines += ["Method C tries: " + "; ".join(
+            f"perm_{t['variant']} G={t['groups']}: val {t['val_acc']:.2f}% after "
+            f"{t['epochs']} epochs" + (f" (best {t['best_epoch']}, {t['wall_s']:.0f} s)"
+                                       if "best_epoch" in t else "")
+            + (", accepted" if t["accepted"] else ", rejected") for t in tries) + ".", ""]
+    if report.get("block_ram"):
+        lines += [f"Block RAM (estimated, `gen.synth.block_ram_fit`): "
+                  f"{report['block_ram']['rom']['summary']}.", ""]
+    lines += [markdown(report["rows"]), ""]
     if report.get("layers"):
         plan = {p["module"]: p for p in (report["compression"].get("plan") or [])}
         lines += ["| layer | format | MACs (dense) | MACs | bits (dense) | bits | cycles (RTL) |",

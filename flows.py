@@ -31,7 +31,7 @@ from slimnfu.config import Scenario, get_config
 from slimnfu.formats import QuantModel, layout
 from slimnfu.gen.board import board_platform, build_board, pnr_figures
 from slimnfu.gen.compiler import compile_model, config_for
-from slimnfu.gen.synth import synth_emitted
+from slimnfu.gen.synth import block_ram_fit, synth_emitted
 from slimnfu.gen.verilog import emit_accelerator, verilog_root
 from slimnfu.sim.fastsim import ray_or_error
 from slimnfu.sim.network import run_network, run_network_fast
@@ -42,7 +42,8 @@ __all__ = ["check", "model_name", "prepare", "train_or_load", "network_file", "c
 
 #: Compression settings that name a cached network only when they differ from the default
 #: scenario's, so the default's file name stays what it was.
-_NAMED = {"subset": "s", "fc_epochs": "fe", "patterns": "p", "ikr_finetune": "ft"}
+_NAMED = {"subset": "s", "fc_epochs": "fe", "fc_patience": "fp", "patterns": "p",
+          "ikr_finetune": "ft"}
 
 
 def check(scenario):
@@ -201,7 +202,7 @@ def network_file(scenario, model):
             f"_b{float(scenario.budget)}_v{scenario.val}_c{scenario.calib}{extra}.json")
 
 
-def compress(scenario, model, cache_root=None, recompress=False, log=print):
+def compress(scenario, model, cache_root=None, recompress=False, log=print, with_float=False):
     """:func:`slimnfu.compress.pipeline.compress_network` of ``model`` under ``scenario``,
     cached in ``network/`` of the cache root (default :func:`slimnfu.paths.cache_root`).
 
@@ -211,29 +212,34 @@ def compress(scenario, model, cache_root=None, recompress=False, log=print):
     Returns
     -------
     tuple
-        ``(qmodel, history)``; ``history["test_acc_float"]`` is the compressed float
-        network's test accuracy.
+        ``(qmodel, history)``, and the compressed float network third with ``with_float``
+        (None for a cache file that predates it), from the one read of the cache file;
+        ``history["test_acc_float"]`` is the compressed float network's test accuracy.
     """
     check(scenario)
     path = paths.networks_dir(cache_root) / network_file(scenario, model)
     if path.is_file() and not recompress:
         log(f"reusing {path}")
-        return load_network(path)
+        q, hist, fm = load_network(path, with_float=True)
+        return (q, hist, fm) if with_float else (q, hist)
     xs, ys = data.load(scenario.dataset, "train")
     if scenario.subset is not None:
         xs, ys = xs[:scenario.subset], ys[:scenario.subset]
     xc, yc = data.load(scenario.dataset, "calib")
+    t0 = time.monotonic()
     fm, q, hist = compress_network(model, (xs, ys), (xc[-scenario.val:], yc[-scenario.val:]),
                                    xc[:scenario.calib], scenario.budget,
-                                   fc_epochs=scenario.fc_epochs, patterns=scenario.patterns,
+                                   fc_epochs=scenario.fc_epochs,
+                                   fc_patience=scenario.fc_patience, patterns=scenario.patterns,
                                    ikr_finetune=scenario.ikr_finetune,
                                    fc_variant=scenario.fc_variant, log=log)
+    hist["wall_s"] = round(time.monotonic() - t0, 1)
     xt, yt = data.load(scenario.dataset, "test")
     hist["test_acc_float"] = round(evaluate(fm, xt, yt), 2)
     state = {"qmodel": q.to_state(), "history": json.loads(json.dumps(hist, default=float)),
              "float": float_state(fm)}
     write_hashed(path, json.dumps(state).encode())
-    return q, state["history"]
+    return (q, state["history"], fm) if with_float else (q, state["history"])
 
 
 def load_float(path):
@@ -241,7 +247,12 @@ def load_float(path):
     (:func:`slimnfu.compress.attribution.float_from_state`), or None when the file predates
     it (:data:`~slimnfu.compress.attribution.NOT_CACHED` says what to do). ``ValueError``
     naming the file for a stored network that does not read back."""
-    state = json.loads(read_hashed(path, "delete it, or run again with --recompress"))
+    return _float_of(json.loads(read_hashed(path, "delete it, or run again with --recompress")),
+                     path)
+
+
+def _float_of(state, path):
+    """The float network of a network file's parsed ``state`` (see :func:`load_float`)."""
     if "float" not in state:
         return None
     try:
@@ -269,10 +280,11 @@ def attribution(scenario, float_model, qmodel, calib=None):
     return attribute(float_model, qmodel, *calib)
 
 
-def load_network(path):
+def load_network(path, with_float=False):
     """``(qmodel, history)`` of a cached compressed network, checked: its content hash, its
     JSON, and the model itself (:meth:`QuantModel.check`: every layer against its format and
-    widths, the chain of shapes and scales). ``ValueError`` naming the file otherwise."""
+    widths, the chain of shapes and scales). ``ValueError`` naming the file otherwise. With
+    ``with_float``, its float network third (:func:`load_float`'s, from the same read)."""
     rebuild = "delete it, or run again with --recompress, to compress the network again"
     data = read_hashed(path, rebuild)
     try:
@@ -285,7 +297,9 @@ def load_network(path):
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         what = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
         raise ValueError(f"{path}: not a valid compressed network ({what}); {rebuild}") from None
-    return q, history
+    if not with_float:
+        return q, history
+    return q, history, _float_of(state, path)
 
 
 def compile_for(qmodel, scenario, label="compressed"):
@@ -313,15 +327,20 @@ def rom_program(scenario, cache_root=None, log=print):
 def synth_build(program, weights, why, out=None, pnr=True, part=None, pnr_timeout_s=None,
                 reuse=False, build_root=None, pnr_opts=None):
     """Emit and synthesise the ``weights`` build (``"rom"`` or ``"port"``, with the reason
-    ``why`` from :func:`slimnfu.gen.synth.choose_weights`) of a compiled program.
+    ``why`` from :func:`slimnfu.gen.synth.choose_weights`) of a compiled program. The report
+    has the DP16KD estimate of :func:`slimnfu.gen.synth.block_ram_fit` beside Yosys's count
+    (``block_ram_estimate``).
 
     The build is the program's config name (``_port`` added for the port build); see
     :func:`slimnfu.gen.synth.synth_emitted` for the other arguments. Returns its report.
     """
     name = program.cfg.name + ("" if weights == "rom" else "_port")
     emitted = emit_accelerator(program, name, verilog_root(build_root), weights=weights)
+    fit = block_ram_fit(program, weights)
+    estimate = {k: fit[k] for k in ("brams", "available", "fits", "by_group", "summary")}
     return synth_emitted(emitted, name, {"config": name, "accel": program.cfg.to_dict(),
-                                         "weights": weights, "weights_why": why},
+                                         "weights": weights, "weights_why": why,
+                                         "block_ram_estimate": estimate},
                          out=out, build_root=build_root, pnr=pnr, part=part, reuse=reuse,
                          pnr_timeout_s=pnr_timeout_s, pnr_opts=pnr_opts)
 
@@ -335,37 +354,54 @@ def run_on_rtl(program, qmodel, images, labels, sim="verilator", build_root=None
 
 def board_build(scenario, board, image=0, do_build=True, build_root=None, cache_root=None,
                 log=print):
-    """The board bitstream: the scenario's compressed network with MNIST test image ``image``
-    stored, in ``board/<board>/`` of the build root; returns the report (also written to its
-    ``report.json``).
+    """The board bitstream: the scenario's compressed network (by default the budgeted one)
+    with MNIST test image ``image`` stored, in ``board/<board>/`` of the build root; returns
+    the report (also written to its ``report.json``).
 
-    The report has the LEDs the board should show, the integer test accuracy of the network,
-    and, with ``do_build``, the bitstream's hash and nextpnr's fmax and utilisation.
+    The report has the LEDs the board should show, the integer test accuracy of the network
+    and the dense network's, the block RAM the whole build needs against the board's part
+    (:func:`slimnfu.gen.synth.block_ram_fit`; ``fits``) and, with ``do_build``, the
+    bitstream's hash and nextpnr's fmax and utilisation. A build that does not fit is not
+    run: its report is written (``fits`` false, where the blocks go) and a ``ValueError``
+    says so, before any tool runs.
     """
-    clk_mhz = board_platform(board).default_clk_frequency / 1e6
+    platform = board_platform(board)
+    clk_mhz = platform.default_clk_frequency / 1e6
     if not 0 <= image < 10000:
         raise ValueError(f"--image must be a test image index in 0..9999, not {image}")
-    q, program, key = rom_program(scenario, cache_root, log)
+    model, info = train_or_load(scenario, cache_root, progress=False)
+    q, hist = compress(scenario, model, cache_root, log=log)
+    program, key = compile_for(q, scenario), hash_state(model)[:12]
+    fit = block_ram_fit(program, "rom", platform.device)
     images, labels = data.load(scenario.dataset, "test")
     x = quantize_input(q, images[image:image + 1])
     predicted = int(int_forward_layers(q, x)[-1][0].argmax())
     label = int(labels[image])
     out = paths.build_root(build_root) / "board" / board
     t0 = time.monotonic()
-    log(f"building {board} for {program.cfg.name!r}, test image {image} (label {label}, "
-        f"reference class {predicted}) in {out}")
-    bit = build_board(program, layout.pack_program_input(program, x[0]), label, board, out,
-                      do_build=do_build)
     acc = float((int_forward(q, images)[0].argmax(1) == labels).double().mean())
     report = {"board": board, "config": program.cfg.to_dict(), "image": image,
-              "model_key": key, "fc": scenario.fc_variant, "acc_int_test": round(100 * acc, 2),
+              "model_key": key, "fc": scenario.fc_variant, "formats": hist.get("formats"),
+              "acc_int_test": round(100 * acc, 2), "acc_float_test_dense": info.get("acc_test"),
+              "budget_pts": scenario.budget, "fits": fit["fits"], "part": fit["part"],
+              "block_ram": {k: fit[k] for k in ("brams", "available", "by_group", "summary")},
               "rom_bits": len(program.rom) * program.rom_width, "label": label,
               "reference_class": predicted,
               "leds_expected": predicted | (0x40 if predicted == label else 0) | 0x80,
-              "bitstream": str(bit) if bit else None,
-              "bitstream_sha256": hashlib.sha256(Path(bit).read_bytes()).hexdigest()
-              if bit else None, "pnr": pnr_figures(out, clk_mhz) if bit else None,
-              "wall_s": round(time.monotonic() - t0, 1)}
+              "bitstream": None, "bitstream_sha256": None, "pnr": None}
+    if not fit["fits"]:
+        report["wall_s"] = round(time.monotonic() - t0, 1)
+        write_json(out / "report.json", report)
+        raise ValueError(f"the board build of {program.cfg.name!r} does not fit {board}: "
+                         f"{fit['summary']}; report in {out / 'report.json'}")
+    log(f"building {board} for {program.cfg.name!r}, test image {image} (label {label}, "
+        f"reference class {predicted}) in {out}; {fit['summary']}")
+    bit = build_board(program, layout.pack_program_input(program, x[0]), label, board, out,
+                      do_build=do_build)
+    report.update({"bitstream": str(bit) if bit else None,
+                   "bitstream_sha256": hashlib.sha256(Path(bit).read_bytes()).hexdigest()
+                   if bit else None, "pnr": pnr_figures(out, clk_mhz) if bit else None,
+                   "wall_s": round(time.monotonic() - t0, 1)})
     write_json(out / "report.json", report)
     return report
 

@@ -16,7 +16,9 @@
   Each try starts from the dense layers (grouped sorted rows, the best-fitting of 16
   generated permutations per row) and trains the whole network, IKR masks kept, with early
   stopping on the validation split (:func:`slimnfu.compress.permfc.train_early_stopping`, at
-  most ``fc_epochs`` epochs).
+  most ``fc_epochs`` epochs, stopping after ``fc_patience`` epochs without a better validation
+  accuracy, the best epoch kept); each try's epochs, best epoch, validation curve and wall
+  time are in the history.
 
 A layer no chosen method applies to is ``dense``. With ``methods="auto"`` all three are
 chosen and a first conv on which method A saved nothing is offered to IKR too.
@@ -30,20 +32,31 @@ The budget is in accuracy points on a validation split, against the float base. 
 A gets a third of it; B what is left of two thirds after A; C the whole budget, counted
 from the base (so C may use whatever A and B left). Every stage is checked against its share
 after its last fine-tune: an IKR stage whose final fine-tune leaves the network over two
-thirds of the budget is undone (its layers dense), as a rejected FC try is.
+thirds of the budget is undone (its layers dense), as a rejected FC try is. The final network
+is checked once more, as the accelerator runs it: the history's ``final`` has its float and
+integer (quantised) validation accuracy and whether each is within the budget; a final network
+over the budget is logged, never passed silently.
 """
 
 import copy
+import time
 
-__all__ = ["PIPELINE", "METHODS", "parse_methods", "plan_layers", "compress_network",
+from slimnfu.config import Scenario
+
+__all__ = ["PIPELINE", "FC_EPOCHS", "FC_PATIENCE", "METHODS", "parse_methods", "plan_layers", "compress_network",
            "quantize_all", "hash_state"]
 
 #: Names the method sequence in cache file names (:func:`slimnfu.flows.network_file`), so a
 #: changed pipeline does not reuse a result (A2: method A refuses coefficients no DW-bit word
 #: holds; A3: a slim layer's output scale is calibrated on its approximation,
 #: :func:`slimnfu.compress.slim.slim_ranges`, and the cache file holds the float network; C2:
-#: method C tries grouped generated permutations before the index ROM).
-PIPELINE = "A3-B2-C2"
+#: method C tries grouped generated permutations before the index ROM; C3: each try trains to
+#: convergence, at most ``fc_epochs`` epochs with early stopping, instead of one epoch).
+PIPELINE = "A3-B2-C3"
+
+#: Method C's epoch budget and early-stopping patience per try: the project scenario's
+#: (:class:`slimnfu.config.Scenario`, chosen from the measurement in docs/results.md).
+FC_EPOCHS, FC_PATIENCE = Scenario.fc_epochs, Scenario.fc_patience
 
 #: Method C's group counts per try (``fc_variant="auto"``), fewest stored bits first.
 FC_GROUPS = (1, 4, 16)
@@ -126,9 +139,9 @@ def plan_layers(model, methods=METHODS):
     return rows
 
 
-def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=1, patterns=16,
-                     ikr_finetune=150, fc_variant="auto", fc_groups=FC_GROUPS, methods=METHODS,
-                     log=print):
+def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=FC_EPOCHS,
+                     patterns=16, ikr_finetune=150, fc_variant="auto", fc_groups=FC_GROUPS,
+                     methods=METHODS, fc_patience=FC_PATIENCE, log=print):
     """Compress ``model``; see the module docstring.
 
     Parameters
@@ -147,6 +160,8 @@ def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=1, patt
         fit on chip).
     fc_groups : tuple of int
         The group counts ``"auto"`` tries, in order (each capped at the layer's rows).
+    fc_epochs, fc_patience : int
+        Each method C try's epoch budget and early-stopping patience (on ``val``).
     methods : tuple of str or "auto"
         The methods to use (:func:`parse_methods`); the default is all three.
 
@@ -155,8 +170,10 @@ def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=1, patt
     tuple
         ``(float_model, qmodel, history)``; ``history`` has the plan (``plan``: per layer the
         planned and the final method, ``method`` and ``final``), the validation accuracy after
-        each method, the slim and IKR histories (None when the stage did not run) and each FC
-        try.
+        each method, the slim and IKR histories (None when the stage did not run), each FC
+        try (``epochs`` run, ``best_epoch``, ``val_curve``, ``wall_s``) and ``final``: the
+        final network's validation accuracy in float and integer, its loss in points against
+        the base and ``within_budget``.
 
     Raises
     ------
@@ -170,6 +187,7 @@ def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=1, patt
 
     from slimnfu.compress import ikr, permfc, slim
     from slimnfu.compress.intake import require_supported
+    from slimnfu.compress.quant import int_forward
     from slimnfu.compress.train import evaluate
 
     if not isinstance(budget_pct, (int, float)) or budget_pct < 0:
@@ -218,17 +236,22 @@ def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=1, patt
               else [(fc_variant, 1)])
     tries, chosen = [], pruned
     for variant, groups in trials if by["perm"] else ():
+        t0 = time.monotonic()
         kw = ({"groups": {i: min(groups, pruned[i].out_features) for i in by["perm"]},
                "candidates": 16} if variant == "affine" else {})
         trial = permfc.compress_model(pruned, variant, layers=by["perm"], **kw)
         hist = permfc.train_early_stopping(trial, train, val, max_epochs=fc_epochs,
-                                           patience=2, after_step=keep_patterns)
+                                           patience=fc_patience, after_step=keep_patterns)
         acc = evaluate(trial, xv, yv)
         ok = base - acc <= budget_pct or fc_variant != "auto"
         tries.append({"variant": variant, "groups": groups, "val_acc": acc,
-                      "epochs": hist["epochs"], "accepted": ok})
+                      "epochs": hist["epochs"], "best_epoch": hist["best_epoch"],
+                      "max_epochs": fc_epochs, "patience": fc_patience,
+                      "val_curve": hist["val_acc"], "wall_s": round(time.monotonic() - t0, 1),
+                      "accepted": ok})
         log(f"method C perm_{variant} G={groups}: val {acc:.2f}% (base {base:.2f}%) after "
-            f"{hist['epochs']} epochs, {'accepted' if ok else 'rejected'}")
+            f"{hist['epochs']} of at most {fc_epochs} epochs (best {hist['best_epoch']}), "
+            f"{tries[-1]['wall_s']:.0f} s, {'accepted' if ok else 'rejected'}")
         if ok:
             chosen = trial
             break
@@ -237,11 +260,22 @@ def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=1, patt
     for row in plan:
         row["final"] = final[row["module"]]
     q = _dense_when_unchanged(q, chosen)
+    acc_final = evaluate(chosen, xv, yv)
+    logits = int_forward(q, xv)[0]
+    acc_int = 100.0 * float((logits.argmax(1) == yv).double().mean())
+    final_check = {"val_acc": acc_final, "val_acc_int": acc_int, "loss_pts": base - acc_final,
+                   "loss_pts_int": base - acc_int,
+                   "within_budget": base - acc_final <= budget_pct,
+                   "within_budget_int": base - acc_int <= budget_pct}
+    verdict = ("within" if final_check["within_budget"] and final_check["within_budget_int"]
+               else "OVER")
+    log(f"final network: val {acc_final:.2f}% float, {acc_int:.2f}% integer (base "
+        f"{base:.2f}%): {verdict} the {budget_pct:g}-point budget")
     slim_i = by["slim"][0] if by["slim"] else None
     history = {"budget_pct": budget_pct, "methods": "auto" if auto else list(parse_methods(
                    methods)), "plan": plan,
                "val_acc_base": base, "val_acc_after_a": acc_a,
-               "val_acc_after_b": acc_b, "val_acc": evaluate(chosen, xv, yv),
+               "val_acc_after_b": acc_b, "val_acc": acc_final, "final": final_check,
                "slim": None if a_hist is None else {
                    "module": slim_i if len(by["slim"]) == 1 else by["slim"],
                    "changes": a_hist["log"],

@@ -64,9 +64,9 @@ def build_board(program, image_words, label, board, build_dir, do_build=True):
     """
 
     platform = board_platform(board)
-    weights, why = choose_weights(program)
+    weights, why = choose_weights(program, platform.device)
     if weights != "rom":
-        raise ValueError(f"the board build keeps the weights on chip, but the {why}")
+        raise ValueError(f"the board build keeps the weights on chip, but {why}")
     top = BoardTop(ImageRunner(program, image_words, label))
     build_dir = Path(build_dir)
     build_dir.mkdir(parents=True, exist_ok=True)

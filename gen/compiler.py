@@ -53,14 +53,18 @@ from slimnfu.config import IM2COL_MODES, AccelConfig
 from slimnfu.contract import Im2col, Program, ProgramLayer, descriptor_value, load_data_width
 from slimnfu.gen.schedule import inference_cycles
 
-__all__ = ["compile_model", "config_for", "out_shape", "write_rom_image", "buffer_order",
-           "engine_layers", "im2col_layer"]
+__all__ = ["compile_model", "config_for", "buffer_words", "buffer_depth", "out_shape",
+           "write_rom_image", "buffer_order", "engine_layers", "im2col_layer"]
 
 
 def config_for(qmodel, base):
-    """``base`` with the method features ``qmodel``'s formats need switched on and neuron
-    buffers, SB and bias that hold every engine pass (the two neuron buffers of the same
-    depth: either holds a layer's input or output)."""
+    """``base`` with the method features ``qmodel``'s formats need switched on, SB and bias
+    that hold every engine pass (depths kept or raised to powers of two), and neuron buffers
+    as deep as the program needs them (:func:`buffer_words`, rounded up by
+    :func:`buffer_depth`), whatever the named config says: every read port of a buffer is a
+    copy of it in block RAM, so depth the program does not use costs blocks many times over.
+    Both buffers get the same depth: the engine addresses either with the same address
+    widths (its input address is ``nbin_depth`` wide, its output address ``nbout_depth``)."""
     layers = [ql for ql, _ in engine_layers(qmodel, base)]
     by_format = {}
     for ql in layers:
@@ -69,8 +73,42 @@ def config_for(qmodel, base):
     for fmt, group in by_format.items():
         cfg = fmt.configure(cfg, group)
     cfg = cfg.fit_buffers([p.desc for ql in layers for p in ql.weight_format.passes(ql, cfg)])
-    depth = max(cfg.nbin_depth, cfg.nbout_depth)
+    depth = buffer_depth(max(buffer_words(qmodel, cfg)))
     return cfg.with_(nbin_depth=depth, nbout_depth=depth)
+
+
+def buffer_depth(words):
+    """A neuron buffer's depth for ``words``: the next power of two up to 512 words, above
+    that the next multiple of 512 (a DP16KD's depth in its 512 x 36 mode)."""
+    if words <= 512:
+        return max(2, 1 << max(0, words - 1).bit_length())
+    return -(-words // 512) * 512
+
+
+def _passes_with_buffers(qmodel, cfg, first=None):
+    """Per engine pass of ``qmodel`` on ``cfg``: ``(ql, pass, move, (in_buf, out_buf), last,
+    model layer index)``, the ping-pong of the module docstring; ``first`` replaces the first
+    layer (its im2col layer)."""
+    data = 0  # the buffer holding the previous layer's output (the image: buffer 0)
+    for i, (ql, move) in enumerate(engine_layers(qmodel, cfg)):
+        if i == 0 and first is not None:
+            ql = first
+        passes = ql.weight_format.check(ql, cfg)
+        src = 1 - data if move[0] == "flatten" else data
+        for n, p in enumerate(passes):
+            bufs = (1 - src, 1 - src) if p.reads == "kept" else (src, 1 - src)
+            yield ql, p, move, bufs, n == len(passes) - 1, i
+        data = 1 - src
+
+
+def buffer_words(qmodel, cfg):
+    """``(words of buffer 0, words of buffer 1)`` the program of ``qmodel`` on ``cfg`` uses:
+    the image, and every pass's input and output in the buffer the ping-pong gives it."""
+    need = [qmodel.layers[0].desc.nbin_words(cfg), 0]
+    for _, p, _, bufs, _, _ in _passes_with_buffers(qmodel, cfg):
+        need[bufs[0]] = max(need[bufs[0]], p.desc.nbin_words(cfg))
+        need[bufs[1]] = max(need[bufs[1]], p.desc.nbout_base + p.desc.nbout_words(cfg))
+    return tuple(need)
 
 
 def buffer_order(c, h, w, tn):
@@ -211,33 +249,25 @@ def _compile(qmodel, cfg, im2col=None):
     width = load_data_width(cfg)
     rom, layers, stored = [], [], 0
     depths = (cfg.nbin_depth, cfg.nbout_depth)
-    data = 0  # the buffer holding the previous layer's output (the image: buffer 0)
-    for i, (ql, move) in enumerate(engine_layers(qmodel, cfg)):
-        patched = i == 0 and im2col is not None
-        if patched:
-            ql = im2col[0]
-        passes = ql.weight_format.check(ql, cfg)
-        src = 1 - data if move[0] == "flatten" else data
-        for n, p in enumerate(passes):
-            loads = []
-            for words in p.memories.values():
-                loads.append((int(words.sel), len(rom), len(words.words)))
-                rom.extend(int(w) for w in words.words)
-                stored += words.bits
-            pmove = move if p.reads == "layer" else ("none",)
-            bufs = (1 - src, 1 - src) if p.reads == "kept" else (src, 1 - src)
-            for buf, words, what in ((bufs[0], p.desc.nbin_words(cfg), "input"),
-                                     (bufs[1], p.desc.nbout_base + p.desc.nbout_words(cfg),
-                                      "output")):
-                if words > depths[buf]:
-                    raise ValueError(f"layer {p.name}: its {what} needs {words} words of neuron "
-                                     f"buffer {buf}, config {cfg.name!r} has {depths[buf]} "
-                                     f"({('nbin_depth', 'nbout_depth')[buf]})")
-            last = n == len(passes) - 1
-            layers.append(ProgramLayer(p.name, p.desc, descriptor_value(p.desc, cfg), loads,
-                                       pmove, ql.format, i if last else None,
-                                       out_shape(qmodel.layers[i]), *bufs, im2col=patched))
-        data = 1 - src
+    for ql, p, move, bufs, last, i in _passes_with_buffers(qmodel, cfg,
+                                                          im2col[0] if im2col else None):
+        loads = []
+        for words in p.memories.values():
+            loads.append((int(words.sel), len(rom), len(words.words)))
+            rom.extend(int(w) for w in words.words)
+            stored += words.bits
+        pmove = move if p.reads == "layer" else ("none",)
+        for buf, words, what in ((bufs[0], p.desc.nbin_words(cfg), "input"),
+                                 (bufs[1], p.desc.nbout_base + p.desc.nbout_words(cfg),
+                                  "output")):
+            if words > depths[buf]:
+                raise ValueError(f"layer {p.name}: its {what} needs {words} words of neuron "
+                                 f"buffer {buf}, config {cfg.name!r} has {depths[buf]} "
+                                 f"({('nbin_depth', 'nbout_depth')[buf]})")
+        layers.append(ProgramLayer(p.name, p.desc, descriptor_value(p.desc, cfg), loads,
+                                   pmove, ql.format, i if last else None,
+                                   out_shape(qmodel.layers[i]), *bufs,
+                                   im2col=i == 0 and im2col is not None))
     program = Program(cfg, layers, rom, width, tuple(qmodel.input_shape), {},
                       im2col[1] if im2col else None)
     words = program.input_words()

@@ -33,7 +33,8 @@ from slimnfu.atomic import atomic_write
 from slimnfu.gen.timing import one_line, timing_summary
 from slimnfu.gen.verilog import emit_engine
 
-__all__ = ["ECP5_PARTS", "synth_generic", "synth_ecp5", "choose_part",
+__all__ = ["ECP5_PARTS", "DP16KD_MODES", "rom_dp16kd", "block_ram_fit", "choose_weights",
+           "synth_generic", "synth_ecp5", "choose_part",
            "place_route", "read_pnr_report", "synth_verilog", "synth_config", "tool_path",
            "tool_versions", "feature_area", "PNR_DEFAULTS", "pnr_options", "pnr_command",
            "StepTimeout"]
@@ -188,31 +189,139 @@ def synth_ecp5(vfile, top, workdir, timeout_s=None):
         "dist_ram_cells": by_type.get("TRELLIS_DPR16X4", 0),
         "carry_cells": by_type.get("CCU2C", 0),
         "cells_by_type": by_type,
+        "dp16kd_by_memory": dp16kd_by_memory(Path(workdir, "ecp5.json")),
         "wall_s": round(wall, 2),
     }
 
 
-#: DP16KD blocks a ROM build leaves for the engine's own buffers when it picks the ROM.
-ENGINE_BRAM_RESERVE = 100
+def dp16kd_by_memory(netlist):
+    """DP16KD blocks per memory of an ECP5 netlist (Yosys names each block after its memory
+    plus ``.<copy>.<slice>``), largest first; empty when the file is missing."""
+    path = Path(netlist)
+    if not path.is_file():
+        return {}
+    counts = {}
+    for mod in json.loads(path.read_text()).get("modules", {}).values():
+        for name, cell in mod.get("cells", {}).items():
+            if cell.get("type") == "DP16KD":
+                mem = re.sub(r"(\$\d+)?(\.\d+)*$", "", name)
+                counts[mem] = counts.get(mem, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
-def rom_dp16kd(words, width):
-    """DP16KD blocks a ``words x width`` ROM takes in the 512 x 36 mode."""
-    return -(-width // 36) * -(-words // 512)
+#: DP16KD aspect ratios ``(depth, width)``; 512 x 36 only as a simple dual-port block (one
+#: write and one read port), which is how every engine memory is built.
+DP16KD_MODES = ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36))
+
+#: A memory of at most this many bits is left to LUTs and distributed RAM by Yosys's
+#: ``memory_libmap`` (measured: the accelerator's small constant tables), not to a DP16KD.
+LUTRAM_MAX_BITS = 2048
 
 
-def choose_weights(program):
-    """``("rom" or "port", reason)``: the ROM build when the program's ROM fits the largest
-    ECP5's block RAM beside the engine's buffers (:data:`ENGINE_BRAM_RESERVE` blocks), else
-    the port build (weights outside the chip)."""
-    blocks = rom_dp16kd(len(program.rom), program.rom_width)
-    room = ECP5_PARTS["LFE5U-85F"]["brams"] - ENGINE_BRAM_RESERVE
+def rom_dp16kd(words, width, mixed=True):
+    """DP16KD blocks one copy of a ``words x width`` memory takes: the cheapest aspect ratio
+    (:data:`DP16KD_MODES`) and, with ``mixed`` (a read-only memory), the last slice of the
+    width in its own cheapest ratio, as Yosys's ``memory_libmap`` maps them (measured: a
+    4,020 x 256 ROM in 57 blocks, a 4,096 x 64 buffer copy in 16, not 15)."""
+    if words <= 0 or width <= 0:
+        return 0
+    best = min(-(-width // w) * -(-words // d) for d, w in DP16KD_MODES)
+    if not mixed:
+        return best
+    # whole slices in one ratio, the rest of the width in another
+    for d, w in DP16KD_MODES:
+        whole, rest = divmod(width, w)
+        if whole and rest:
+            tail = min(-(-rest // w2) * -(-words // d2) for d2, w2 in DP16KD_MODES)
+            best = min(best, whole * -(-words // d) + tail)
+    return best
+
+
+def _memories(fragment, path=""):
+    """``(path, MemoryInstance)`` of every memory in an elaborated fragment tree."""
+    from amaranth.hdl import MemoryInstance
+
+    if isinstance(fragment, MemoryInstance):
+        yield path, fragment
+    for sub, name, _ in getattr(fragment, "subfragments", ()):
+        label = name if isinstance(name, str) else "?"
+        yield from _memories(sub, f"{path}.{label}" if path else label)
+
+
+def block_ram_fit(program, weights="rom", part="LFE5U-85F"):
+    """Where the DP16KD blocks of the whole accelerator build of ``program`` go, and whether
+    they fit ``part``: one check for ``slimnfu run``/``demo``, ``synth --rom`` and ``board``.
+
+    The build (:class:`slimnfu.rtl.accelerator.Accelerator`, ``weights`` ``"rom"`` or
+    ``"port"``) is elaborated and each of its memories is counted as Yosys maps it to ECP5: a
+    memory read asynchronously, or of at most :data:`LUTRAM_MAX_BITS` bits, goes to LUTs;
+    every other one takes one copy per synchronous read port (a DP16KD has one write and one
+    read port here; a ROM reads two per copy), each copy :func:`rom_dp16kd` blocks; the ROM counts only its bit columns
+    that are not constant zero (Yosys removes those). On the last session's whole ROM build
+    this gives Yosys's 369 DP16KD block for block (tests/gen/test_synth.py).
+
+    Returns
+    -------
+    dict
+        ``part``, ``available`` (its DP16KD), ``brams`` (the estimate), ``fits`` (bool),
+        ``memories`` (per memory: ``name``, ``depth``, ``width``, ``read_ports``, ``copies``,
+        ``dp16kd``, ``kind``: ``bram`` or ``lut``), ``by_group`` (DP16KD per named memory
+        group: ``nbin``, ``nbout``, ``rom``, ``perm_sb``, ``sb``, ...) and ``summary`` (one
+        sentence).
+
+    Raises
+    ------
+    ValueError
+        ``part`` is not one of :data:`ECP5_PARTS`.
+    """
+    from amaranth.hdl import Fragment
+
+    from slimnfu.rtl.accelerator import Accelerator
+
+    if part not in ECP5_PARTS:
+        raise ValueError(f"part must be one of {', '.join(ECP5_PARTS)}, not {part!r}")
+    frag = Fragment.get(Accelerator(program, weights), None)
+    rows, groups = [], {}
+    for path, mem in _memories(frag):
+        data = mem._data
+        depth, width = data.depth, data.shape.width if hasattr(data.shape, "width") else \
+            len(data.init[0]) if len(data.init) else 0
+        sync = sum(1 for p in mem._read_ports if p._domain != "comb")
+        name = path.rsplit(".", 1)[-1] or path
+        used = width
+        if name == "rom" and len(program.rom):
+            cols = 0
+            for word in program.rom:
+                cols |= int(word)
+            used = bin(cols).count("1")
+        lut = sync == 0 or depth * width <= LUTRAM_MAX_BITS
+        copies = 0 if lut else -(-sync // 2) if not mem._write_ports else sync
+        blocks = copies * rom_dp16kd(depth, used, mixed=not mem._write_ports)
+        rows.append({"name": path, "depth": depth, "width": width, "used_width": used,
+                     "read_ports": len(mem._read_ports), "copies": copies, "dp16kd": blocks,
+                     "kind": "lut" if lut else "bram"})
+        group = re.sub(r"\d+$", "", path.removeprefix("engine.")).removesuffix(".s")
+        if blocks:
+            groups[group] = groups.get(group, 0) + blocks
+    total = sum(r["dp16kd"] for r in rows)
+    have = ECP5_PARTS[part]["brams"]
+    parts = ", ".join(f"{g} {n}" for g, n in sorted(groups.items(), key=lambda kv: -kv[1]))
+    summary = (f"{weights} build of {program.cfg.name!r}: {total} DP16KD ({parts}) "
+               f"{'within' if total <= have else 'over'} the {have} of the {part}")
+    return {"part": part, "available": have, "brams": total, "fits": total <= have,
+            "weights": weights, "memories": rows, "by_group": groups, "summary": summary}
+
+
+def choose_weights(program, part="LFE5U-85F"):
+    """``("rom" or "port", reason)``: the ROM build when the whole ROM build of ``program``
+    fits ``part``'s block RAM (:func:`block_ram_fit`: the ROM, the engine's buffers and every
+    other memory), else the port build (weights outside the chip)."""
+    fit = block_ram_fit(program, "rom", part)
     bits = len(program.rom) * program.rom_width
-    if blocks <= room:
-        return "rom", f"ROM of {bits:,} bits in {blocks} DP16KD"
-    return "port", (f"ROM of {bits:,} bits needs {blocks} DP16KD, more than the {room} the "
-                    f"LFE5U-85F leaves beside the engine: weights through the wt_addr/wt_data "
-                    f"port")
+    if fit["fits"]:
+        return "rom", f"ROM of {bits:,} bits; {fit['summary']}"
+    return "port", (f"the ROM build does not fit: {fit['summary']}; weights through the "
+                    f"wt_addr/wt_data port")
 
 
 def block_ram_shortfall(cfg):

@@ -66,6 +66,31 @@ def test_report_names_the_engine_and_the_board(monkeypatch):
     assert "Board build" not in demo._markdown(_report(synth))
 
 
+def test_budget_check_says_plainly_when_the_test_set_is_over(monkeypatch):
+    from slimnfu import demo
+    from slimnfu.bench import network
+
+    monkeypatch.setattr(network, "markdown", lambda rows: "TABLE")
+    row = {"method": "compressed", "acc_float": 97.9, "acc_int": 97.69}
+    hist = {"budget_pct": 1.0, "val_acc_base": 99.2,
+            "final": {"val_acc": 98.23, "val_acc_int": 98.2, "within_budget": True,
+                      "within_budget_int": True}}
+    b = demo.budget_check(99.3, [row], hist)
+    assert (b["loss_test_int_pts"], b["within_budget_test"], b["within_budget_val"]) == \
+        (1.61, False, True)
+    assert b["verdict"] == ("OVER the 1-point budget on the test set: integer 97.69% against "
+                            "the dense 99.30% (1.61 points lost) although the validation "
+                            "split was within it")
+    b = demo.budget_check(99.3, [{**row, "acc_int": 98.9}], hist)
+    assert b["within_budget_test"] and b["verdict"].startswith("within the 1-point budget")
+    text = demo._markdown({**_report(None), "budget_check": demo.budget_check(99.3, [row], hist),
+                           "compression": {"fc_tries": [
+                               {"variant": "affine", "groups": 4, "val_acc": 98.2, "epochs": 6,
+                                "best_epoch": 4, "wall_s": 300.0, "accepted": True}]}})
+    assert "Budget: OVER the 1-point budget on the test set" in text
+    assert "perm_affine G=4: val 98.20% after 6 epochs (best 4, 300 s), accepted" in text
+
+
 def test_board_report_matches_the_checkpoint(tmp_path):
     import json
     import time

@@ -24,10 +24,13 @@ QUICK = Scenario(subset=512, budget=100.0, val=200, calib=100, ikr_finetune=2, p
 def test_default_scenario_keeps_the_cache_names():
     model = nn.Linear(2, 2)
     key = flows.hash_state(model)[:12]
-    assert flows.network_file(Scenario(), model) == f"lenet5_{key}_A3-B2-C2_b1.0_v3000_c2000.json"
+    assert flows.network_file(Scenario(), model) == f"lenet5_{key}_A3-B2-C3_b1.0_v3000_c2000.json"
     assert flows.network_file(Scenario(fc_variant="affine", budget=2), model) == \
-        f"lenet5_{key}_A3-B2-C2_fcaffine_b2.0_v3000_c2000.json"
+        f"lenet5_{key}_A3-B2-C3_fcaffine_b2.0_v3000_c2000.json"
     assert flows.network_file(QUICK, model).endswith("_b100.0_v200_c100_s512_p4_ft2.json")
+    # method C's training names the file when it is not the default's
+    assert flows.network_file(Scenario(fc_epochs=1), model).endswith("_c2000_fe1.json")
+    assert flows.network_file(Scenario(fc_patience=3), model).endswith("_c2000_fp3.json")
 
 
 def test_scenario_checks():
@@ -116,6 +119,8 @@ def test_board_files_from_the_cached_network(trained, stand_in, build_root):
     out = build_root / "board" / "ulx3s-85f"
     assert json.loads((out / "report.json").read_text()) == report
     assert report["bitstream"] is None and report["fc"] == "auto"
+    assert report["fits"] is True and report["part"] == "LFE5U-85F"
+    assert report["block_ram"]["brams"] <= 208 and report["acc_float_test_dense"] == 50.0
     assert report["config"]["name"] == "tiny_lenet5_compressed"
     assert report["model_key"] == flows.hash_state(stand_in)[:12]
     assert (out / "slimnfu_board.ys").is_file()
@@ -189,6 +194,31 @@ def test_the_float_network_of_a_cache_file(small_qmodel, tmp_path):
     with pytest.raises(ValueError, match=rf"{path}: its float network does not read back "
                                          rf"\(float.modules\[0\].type: must be one of"):
         flows.load_float(path)
+
+
+def test_compress_reads_its_cache_file_once(small_qmodel, tmp_path, monkeypatch):
+    """``compress(..., with_float=True)`` gives the quantised and the float network from one
+    read of the (megabytes of) cache file."""
+    from slimnfu.atomic import write_hashed
+    from slimnfu.compress.attribution import float_state
+
+    torch.manual_seed(0)
+    model, net = nn.Linear(2, 2), nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
+    path = tmp_path / "network" / flows.network_file(Scenario(), model)
+    path.parent.mkdir()
+    state = {"qmodel": small_qmodel.to_state(), "history": {"h": 1}, "float": float_state(net)}
+    write_hashed(path, json.dumps(state).encode())
+    reads = []
+    real = flows.read_hashed
+    monkeypatch.setattr(flows, "read_hashed", lambda *a: reads.append(a) or real(*a))
+    q, hist, fm = flows.compress(Scenario(), model, tmp_path, log=lambda m: None,
+                                 with_float=True)
+    assert len(reads) == 1 and hist == {"h": 1}
+    assert q.to_state() == small_qmodel.to_state()
+    x = torch.rand(2, 1, 5, 5)
+    with torch.no_grad():
+        assert torch.equal(fm(x), net(x))
+    assert len(flows.compress(Scenario(), model, tmp_path, log=lambda m: None)) == 2
 
 
 @pytest.fixture

@@ -110,3 +110,41 @@ def test_batchnorm_dropout_and_bias_free_layers_run_to_the_end(monkeypatch):
     assert [l.format for l in q.layers] == ["slim", "dense", "ikr", "perm_affine", "dense"]
     assert not any(isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d, nn.Dropout)) for m in fm)
     assert time.monotonic() - t0 < 60
+
+
+def test_fc_tries_train_to_convergence_and_the_final_network_is_checked(monkeypatch):
+    """Each method C try trains up to its epoch budget with early stopping on the validation
+    split and records its epochs; the final network is checked in float and in integer, and
+    one over the budget is logged as such, not passed."""
+    from slimnfu.compress import permfc
+
+    seen = []
+    real = permfc.train_early_stopping
+
+    def spy(model, train, val, **kw):
+        seen.append(kw)
+        return real(model, train, val, **kw)
+
+    monkeypatch.setattr(permfc, "train_early_stopping", spy)
+    xs, ys = _data(96, 1)
+    xv, yv = _data(48, 2)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(100, 12), nn.ReLU(), nn.Linear(12, 4))
+    logged = []
+    fm, q, hist = compress_network(model, (xs, ys), (xv, yv), xv[:16], budget_pct=0.0,
+                                   methods=("perm",), fc_groups=(1, 4), fc_epochs=3,
+                                   fc_patience=1, log=logged.append)
+    assert seen and all(kw["max_epochs"] == 3 and kw["patience"] == 1 for kw in seen)
+    tries = hist["fc_tries"]
+    assert [(t["variant"], t["groups"]) for t in tries][:1] == [("affine", 1)]
+    for t in tries:
+        assert 1 <= t["best_epoch"] <= t["epochs"] <= 3 and len(t["val_curve"]) == t["epochs"]
+        assert (t["max_epochs"], t["patience"]) == (3, 1) and t["wall_s"] >= 0
+    final = hist["final"]
+    assert final["val_acc"] == hist["val_acc"]
+    assert final["within_budget"] == (final["loss_pts"] <= 0.0)
+    assert final["within_budget_int"] == (final["loss_pts_int"] <= 0.0)
+    verdict = "within" if final["within_budget"] and final["within_budget_int"] else "OVER"
+    assert logged[-1].startswith("final network: val ") and f"{verdict} the 0-point" in \
+        logged[-1]
+    assert pipeline.FC_EPOCHS == 10 and pipeline.FC_PATIENCE == 2

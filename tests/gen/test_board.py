@@ -41,9 +41,10 @@ def test_unknown_board(small_program, tmp_path):
 def test_rom_too_big_for_the_board(small_program, tmp_path):
     import dataclasses
 
-    big = dataclasses.replace(small_program, rom=[0] * 40000, rom_width=256)
-    with pytest.raises(ValueError, match="board build keeps the weights on chip, but the ROM of "
-                                         "10,240,000 bits needs 632 DP16KD"):
+    big = dataclasses.replace(small_program, rom=[(1 << 256) - 1] * 40000, rom_width=256)
+    with pytest.raises(ValueError, match=r"board build keeps the weights on chip, but the ROM "
+                                         r"build does not fit: rom build of 'tiny': \d+ DP16KD "
+                                         r"\(rom 563, .*\) over the 208 of the LFE5U-85F"):
         build_board(big, [0], 0, "ulx3s-85f", tmp_path / "test_board")
 
 

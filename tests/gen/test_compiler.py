@@ -136,9 +136,19 @@ def test_perm_affine_after_conv_keeps_a_flatten_move(mixed_qmodel):
     assert (fc1.in_buf, fc1.out_buf, fc1.move_cycles) == (1, 0, 20)
 
 
-def test_config_for_gives_both_buffers_one_depth(small_qmodel):
+def test_config_for_sizes_both_buffers_from_the_program(small_qmodel):
+    """Both neuron buffers get one depth, what the program needs, whatever the named config
+    says (every read port of a buffer is a block RAM copy of it)."""
+    from slimnfu.gen.compiler import buffer_depth, buffer_words
+
     cfg = config_for(small_qmodel, CONFIGS["tiny"].with_(nbin_depth=128, nbout_depth=512))
-    assert cfg.nbin_depth == cfg.nbout_depth == 512
+    # conv1's output: 2 tiles of 8x8 words; the image: 100 words in buffer 0
+    assert buffer_words(small_qmodel, cfg) == (100, 128)
+    assert cfg.nbin_depth == cfg.nbout_depth == 128
+    assert config_for(small_qmodel, CONFIGS["tiny"]) == cfg
+    compile_model(small_qmodel, cfg)
+    assert [buffer_depth(n) for n in (1, 3, 100, 512, 513, 2880, 3072)] == \
+        [2, 4, 128, 512, 1024, 3072, 3072]
 
 
 def test_refuses_output_beyond_its_buffer():

@@ -1,5 +1,7 @@
 """Quick synthesis of a small block: generic Yosys keeps memories and reports the keys."""
 
+import json
+
 import pytest
 from amaranth.hdl import Module, signed
 from amaranth.lib import memory, wiring
@@ -132,10 +134,72 @@ def test_choose_weights(small_program):
 
     from slimnfu.gen.synth import choose_weights
 
-    assert choose_weights(small_program)[0] == "rom"
-    big = dataclasses.replace(small_program, rom=[0] * 40000, rom_width=256)
+    weights, why = choose_weights(small_program)
+    assert weights == "rom" and "within the 208 of the LFE5U-85F" in why
+    big = dataclasses.replace(small_program, rom=[(1 << 256) - 1] * 40000, rom_width=256)
     weights, why = choose_weights(big)
-    assert weights == "port" and "needs 632 DP16KD, more than the 108" in why
+    assert weights == "port" and "the ROM build does not fit" in why, why
+    assert "rom 563" in why and "over the 208 of the LFE5U-85F" in why
+
+
+#: The last session's whole ROM build of compressed LeNet-5 on ``tiny`` (fc1 perm_affine with
+#: 4 groups): per memory its depth, width, read ports and the DP16KD Yosys's synth_ecp5 gave
+#: it (``ecp5.json``, counted by gen.synth.dp16kd_by_memory), 369 in all.
+LENET5_BUILD = [("engine.nbin", 4096, 64, 7, True, 112), ("engine.nbout", 4096, 64, 7, True, 112),
+                ("rom", 4020, 256, 1, False, 57), ("engine.bias", 128, 192, 1, True, 6),
+                ("engine.sb0", 1024, 64, 1, True, 4), ("engine.perm_sb.s0", 4096, 16, 1, True, 4),
+                ("engine.ikr.decoder.index", 512, 64, 1, True, 2)]
+
+
+@pytest.mark.parametrize("name, depth, width, ports, written, blocks", LENET5_BUILD)
+def test_dp16kd_count_is_yosys_count(name, depth, width, ports, written, blocks):
+    from slimnfu.gen.synth import rom_dp16kd
+
+    assert ports * rom_dp16kd(depth, width, mixed=not written) == blocks, name
+
+
+def test_block_ram_fit_counts_every_memory_of_the_build(small_program):
+    """The fit check elaborates the build: each buffer once per read port, the ROM by its
+    used columns, LUT memories at zero; the total is the sum, the port build has no ROM."""
+    import dataclasses
+
+    from slimnfu.gen.synth import block_ram_fit, rom_dp16kd
+
+    cfg = small_program.cfg
+    fit = block_ram_fit(small_program)
+    rows = {r["name"]: r for r in fit["memories"]}
+    assert {"rom", "engine.nbin", "engine.nbout", "engine.bias"} <= set(rows)
+    nbin = rows["engine.nbin"]
+    assert (nbin["depth"], nbin["width"]) == (cfg.nbin_depth, cfg.ti * cfg.dw)
+    assert nbin["copies"] == nbin["read_ports"] >= 2
+    assert nbin["dp16kd"] == nbin["copies"] * rom_dp16kd(cfg.nbin_depth, 64, mixed=False)
+    assert rows["rom"]["used_width"] == small_program.rom_width == 256
+    # Yosys drops the ROM's columns that are zero in every word
+    narrow = dataclasses.replace(small_program, rom=[w & 0xFFFF for w in small_program.rom])
+    rom = {r["name"]: r for r in block_ram_fit(narrow)["memories"]}["rom"]
+    assert rom["used_width"] == 16 and rom["dp16kd"] == rom_dp16kd(rom["depth"], 16)
+    assert fit["brams"] == sum(r["dp16kd"] for r in fit["memories"])
+    assert fit["brams"] == sum(fit["by_group"].values())
+    assert fit["fits"] and fit["available"] == 208
+    assert all(r["dp16kd"] == 0 for r in fit["memories"] if r["kind"] == "lut")
+    port = block_ram_fit(small_program, "port", "LFE5U-25F")
+    assert "rom" not in {r["name"] for r in port["memories"]}
+    assert port["brams"] == fit["brams"] - rows["rom"]["dp16kd"] and port["available"] == 56
+    with pytest.raises(ValueError, match="part must be one of LFE5U-25F, LFE5U-45F, "
+                                         "LFE5U-85F, not 'LFE5U-12F'"):
+        block_ram_fit(small_program, part="LFE5U-12F")
+
+
+def test_dp16kd_by_memory(tmp_path):
+    from slimnfu.gen.synth import dp16kd_by_memory
+
+    cells = {"engine.nbin.0.0": "DP16KD", "engine.nbin.6.3": "DP16KD", "rom.0.16": "DP16KD",
+             "engine.bias$298.0.0": "DP16KD", "engine.x": "LUT4"}
+    path = tmp_path / "ecp5.json"
+    path.write_text(json.dumps({"modules": {"top": {"cells": {
+        k: {"type": v} for k, v in cells.items()}}}}))
+    assert dp16kd_by_memory(path) == {"engine.nbin": 2, "rom": 1, "engine.bias": 1}
+    assert dp16kd_by_memory(tmp_path / "missing.json") == {}
 
 
 def test_place_route_timeout_is_reported(monkeypatch, tmp_path):

@@ -32,5 +32,6 @@ def test_predicts_the_reference_class(small_qmodel, small_program):
 def test_refusals(small_program):
     with pytest.raises(ValueError, match="label must be a class in 0..2, not 3"):
         ImageRunner(small_program, [0], label=3)
-    with pytest.raises(ValueError, match="image_words must hold 1..256 NBin words, not 0"):
+    depth = small_program.cfg.nbin_depth
+    with pytest.raises(ValueError, match=f"image_words must hold 1..{depth} NBin words, not 0"):
         ImageRunner(small_program, [], label=0)
