@@ -39,7 +39,8 @@ and both counts, ``Program.im2col`` the input layout, and each pass ``ProgramLay
 
 The chain relies on ``tn == ti`` (which every :class:`AccelConfig` has): an NBout word is an
 NBin word, and either buffer holds a layer's input or output, so both must hold the largest
-(:func:`config_for` gives them the same depth). Anything the engine cannot run is refused with
+(:func:`config_for` gives them the same depth, what the program needs, the first layer's
+patches included when it can run as im2col). Anything the engine cannot run is refused with
 a :class:`ValueError` naming the layer, before any Verilog is emitted.
 """
 
@@ -73,7 +74,13 @@ def config_for(qmodel, base):
     for fmt, group in by_format.items():
         cfg = fmt.configure(cfg, group)
     cfg = cfg.fit_buffers([p.desc for ql in layers for p in ql.weight_format.passes(ql, cfg)])
-    depth = buffer_depth(max(buffer_words(qmodel, cfg)))
+    words = max(buffer_words(qmodel, cfg))
+    first, patches = im2col_layer(qmodel, cfg)
+    if first is not None:
+        # room for the image's patches too, so that compile_model can choose im2col by cycles
+        # (the 1x1 layer's output and every later pass are the plain program's)
+        words = max(words, patches.words(cfg))
+    depth = buffer_depth(words)
     return cfg.with_(nbin_depth=depth, nbout_depth=depth)
 
 

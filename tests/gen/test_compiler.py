@@ -142,9 +142,11 @@ def test_config_for_sizes_both_buffers_from_the_program(small_qmodel):
     from slimnfu.gen.compiler import buffer_depth, buffer_words
 
     cfg = config_for(small_qmodel, CONFIGS["tiny"].with_(nbin_depth=128, nbout_depth=512))
-    # conv1's output: 2 tiles of 8x8 words; the image: 100 words in buffer 0
+    # conv1's output: 2 tiles of 8x8 words; the image: 100 words in buffer 0; its patches
+    # (conv1 may run as im2col): 3 words of 9 channels at each of the 8x8 positions
     assert buffer_words(small_qmodel, cfg) == (100, 128)
-    assert cfg.nbin_depth == cfg.nbout_depth == 128
+    assert cfg.nbin_depth == cfg.nbout_depth == 256
+    assert compile_model(small_qmodel, cfg).input_words() == 192
     assert config_for(small_qmodel, CONFIGS["tiny"]) == cfg
     compile_model(small_qmodel, cfg)
     assert [buffer_depth(n) for n in (1, 3, 100, 512, 513, 2880, 3072)] == \
