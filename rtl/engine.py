@@ -310,12 +310,13 @@ class LayerEngine(wiring.Component):
         width = cfg.ti * cfg.dw
         gated_word = Cat(*(Mux(lane_en[j], sb_word[j * width:(j + 1) * width], 0)
                            for j in range(cfg.tn)))
-        # Counted KernelGate.LATENCY cycles after the step (``gated`` is 0 for no step), long
-        # before ``done``.
+        # Counted KernelGate.LATENCY + 1 cycles after the step (``gated`` is 0 for no step),
+        # long before ``done``; the register keeps the lane compares out of the counter's add.
+        gated = delay(m, gate.gated, 1, "gated_lanes")
         with m.If(starting):
             m.d.sync += self.gated.eq(0)
         with m.Elif(is_mac):
-            m.d.sync += self.gated.eq(self.gated + gate.gated * cfg.ti)
+            m.d.sync += self.gated.eq(self.gated + gated * cfg.ti)
         return gated_word
 
     def _perm_path(self, m, cur, step, sb_word, loads):
