@@ -24,7 +24,7 @@ import re
 
 __all__ = ["AccelConfig", "IkrParams", "PermParams", "KgateParams", "FEATURES", "LayerDesc",
            "PassDesc", "PASS_FIELDS", "as_pass", "CONFIGS", "get_config", "parse_overrides",
-           "KINDS", "ACTS", "Scenario", "FC_VARIANTS", "IM2COL_MODES"]
+           "KINDS", "ACTS", "Scenario", "FC_VARIANTS", "IM2COL_MODES", "out_size"]
 
 KINDS = ("conv", "fc", "maxpool", "avgpool")
 ACTS = ("none", "relu", "pwl")
@@ -384,6 +384,12 @@ def parse_overrides(cfg, overrides):
     return cfg.changed(**kw)
 
 
+def out_size(size, k, stride, pad):
+    """Output rows (or columns) of a ``k``-wide window at ``stride`` over ``size`` values padded
+    by ``pad`` on each side."""
+    return (size + 2 * pad - k) // stride + 1
+
+
 @dataclass(frozen=True)
 class LayerDesc:
     """One layer's geometry and numerics: what the model says, whatever the weight format.
@@ -454,11 +460,11 @@ class LayerDesc:
 
     @property
     def h_out(self):
-        return (self.h_in + 2 * self.pad - self.k) // self.stride + 1
+        return out_size(self.h_in, self.k, self.stride, self.pad)
 
     @property
     def w_out(self):
-        return (self.w_in + 2 * self.pad - self.k) // self.stride + 1
+        return out_size(self.w_in, self.k, self.stride, self.pad)
 
     @property
     def effective_shift(self):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from amaranth.hdl import unsigned
 from amaranth.lib import data, enum
 
-from slimnfu.config import AccelConfig, as_pass
+from slimnfu.config import AccelConfig, as_pass, out_size
 
 __all__ = ["PWL_SEGMENTS", "DESC_FIELD_BITS", "COUNTER_BITS", "Mode", "Act", "Perm", "LoadSel",
            "bits_for", "descriptor_layout", "descriptor_value", "load_sel_width",
@@ -299,11 +299,11 @@ class Im2col:
 
     @property
     def h_out(self):
-        return (self.h_in + 2 * self.pad - self.k) // self.stride + 1
+        return out_size(self.h_in, self.k, self.stride, self.pad)
 
     @property
     def w_out(self):
-        return (self.w_in + 2 * self.pad - self.k) // self.stride + 1
+        return out_size(self.w_in, self.k, self.stride, self.pad)
 
     def words(self, cfg):
         """NBin words of the packed patches: ``ceil(channels/ti) * h_out * w_out``."""
