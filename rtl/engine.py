@@ -1,6 +1,6 @@
 """The dense layer engine: buffers, load interface, sequencer, NFU-1/2/3 and counters."""
 
-from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, MemoryData, Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -93,6 +93,11 @@ class LayerEngine(wiring.Component):
     def __init__(self, cfg):
         self.cfg = check_config(self, cfg)
         self.addr_bits = load_addr_width(cfg)
+        # The neuron buffers' storage (NBin, NBout): a simulation reads them with ctx.get
+        # while the layer runs, when rd_addr cannot (its port is the pipeline's).
+        self.buffers = (
+            MemoryData(shape=unsigned(cfg.ti * cfg.dw), depth=cfg.nbin_depth, init=[]),
+            MemoryData(shape=unsigned(cfg.tn * cfg.dw), depth=cfg.nbout_depth, init=[]))
         super().__init__({
             "start": In(1),
             "desc": In(descriptor_layout(cfg)),
@@ -119,7 +124,7 @@ class LayerEngine(wiring.Component):
         m = Module()
         cfg = self.cfg
         tn, ti, dw = cfg.tn, cfg.ti, cfg.dw
-        m.submodules.nbin = nbin = Memory(shape=unsigned(ti * dw), depth=cfg.nbin_depth, init=[])
+        m.submodules.nbin = nbin = Memory(data=self.buffers[0])
         # SB is banked per output lane (tn banks of ti*dw bits at the same address): one
         # 4096-bit memory (diannao) is beyond what amaranth.sim can compile.
         sb_banks = []
@@ -129,8 +134,7 @@ class LayerEngine(wiring.Component):
             sb_banks.append(bank)
         m.submodules.bias = bias = Memory(shape=unsigned(tn * cfg.acc), depth=cfg.bias_depth,
                                           init=[])
-        m.submodules.nbout = nbout = Memory(shape=unsigned(tn * dw), depth=cfg.nbout_depth,
-                                            init=[])
+        m.submodules.nbout = nbout = Memory(data=self.buffers[1])
         bufs = (nbin, nbout)
         m.submodules.seq = seq = Sequencer(cfg)
         m.submodules.nfu1 = nfu1 = NFU1(cfg)
