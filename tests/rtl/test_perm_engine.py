@@ -10,7 +10,7 @@ from slimnfu.config import CONFIGS, LayerDesc, PassDesc, as_pass
 from slimnfu.formats import layout
 from slimnfu.contract import descriptor_value
 from slimnfu.rtl.engine import LayerEngine
-from slimnfu.contract import LoadSel
+from slimnfu.contract import LoadSel, load_addr_width
 from slimnfu.rtl.perm_addr import PermAddrGen
 from slimnfu.rtl.perm_sb import PermSB
 from slimnfu.sim.amaranth_driver import EngineDriver, simulate
@@ -88,7 +88,7 @@ def test_sequence_deeper_than_the_buffers_loads_whole():
     # must span perm.depth, not only NBin/SB/NBout/bias (diannao: 2048 words, s of 3,200).
     cfg = CONFIGS["tiny"].with_(nbin_depth=32, sb_depth=32, nbout_depth=32, bias_depth=16,
                                 perm={"depth": 256})
-    assert len(LayerEngine(cfg).load_addr) == 8
+    assert load_addr_width(cfg) == 8
     job = _layer(8, 60, "affine", 11, groups=4, cfg=cfg)
     (y, counters), = _run([job], cfg)
     assert torch.equal(y, job[-1])
