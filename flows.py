@@ -16,6 +16,7 @@ import json
 import os
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from slimnfu import paths
@@ -38,6 +39,7 @@ from slimnfu.sim.network import run_network, run_network_fast
 
 __all__ = ["check", "model_name", "prepare", "train_or_load", "network_file", "compress",
            "load_float", "compressed_float", "attribution", "compile_for", "rom_program",
+           "fitting_program",
            "synth_build", "run_on_rtl", "board_build", "verify_plan", "verify"]
 
 #: Compression settings that name a cached network only when they differ from the default
@@ -312,16 +314,38 @@ def compile_for(qmodel, scenario, label="compressed"):
     fc = "" if label != "compressed" or scenario.fc_variant == "auto" else \
         f"_fc{scenario.fc_variant}"
     base = get_config(scenario.config)
-    cfg = config_for(qmodel, base).with_(name=f"{base.name}_{scenario.network}_{label}{fc}")
+    cfg = config_for(qmodel, base, scenario.im2col).with_(
+        name=f"{base.name}_{scenario.network}_{label}{fc}")
     return compile_model(qmodel, cfg, scenario.im2col)
 
 
 def rom_program(scenario, cache_root=None, log=print):
     """Train or load, compress and compile: ``(qmodel, program, key)``, ``key`` naming the
-    base checkpoint (the first 12 hex digits of its weights' hash)."""
+    base checkpoint (the first 12 hex digits of its weights' hash); the program as
+    :func:`fitting_program` compiles it for the LFE5U-85F."""
     model, _ = train_or_load(scenario, cache_root)
     q, _ = compress(scenario, model, cache_root, log=log)
-    return q, compile_for(q, scenario), hash_state(model)[:12]
+    return q, fitting_program(q, scenario, log=log)[0], hash_state(model)[:12]
+
+
+def fitting_program(qmodel, scenario, part="LFE5U-85F", log=print):
+    """``(program, fit)``: ``qmodel`` compiled for the scenario (:func:`compile_for`) and its
+    ROM build's block RAM on ``part`` (:func:`slimnfu.gen.synth.block_ram_fit`).
+
+    With ``im2col="auto"``, a program whose first layer's patches make the ROM build miss the
+    part's block RAM while the program without them fits is compiled without im2col (a slower
+    first layer, smaller neuron buffers), and the log says so."""
+    program = compile_for(qmodel, scenario)
+    fit = block_ram_fit(program, "rom", part)
+    if scenario.im2col == "auto" and program.im2col is not None and not fit["fits"]:
+        plain = compile_for(qmodel, replace(scenario, im2col="off"))
+        plain_fit = block_ram_fit(plain, "rom", part)
+        if plain_fit["fits"]:
+            log(f"      im2col off: with it, {fit['summary']}; without it, "
+                f"{plain_fit['summary']}")
+            plain.stats["im2col"]["why"] = f"switched off to fit {part}: {fit['summary']}"
+            return plain, plain_fit
+    return program, fit
 
 
 def synth_build(program, weights, why, out=None, pnr=True, part=None, pnr_timeout_s=None,
@@ -371,8 +395,8 @@ def board_build(scenario, board, image=0, do_build=True, build_root=None, cache_
         raise ValueError(f"--image must be a test image index in 0..9999, not {image}")
     model, info = train_or_load(scenario, cache_root, progress=False)
     q, hist = compress(scenario, model, cache_root, log=log)
-    program, key = compile_for(q, scenario), hash_state(model)[:12]
-    fit = block_ram_fit(program, "rom", platform.device)
+    (program, fit), key = fitting_program(q, scenario, platform.device, log), \
+        hash_state(model)[:12]
     images, labels = data.load(scenario.dataset, "test")
     x = quantize_input(q, images[image:image + 1])
     predicted = int(int_forward_layers(q, x)[-1][0].argmax())

@@ -58,14 +58,16 @@ __all__ = ["compile_model", "config_for", "buffer_words", "buffer_depth", "out_s
            "write_rom_image", "buffer_order", "engine_layers", "im2col_layer"]
 
 
-def config_for(qmodel, base):
+def config_for(qmodel, base, im2col="auto"):
     """``base`` with the method features ``qmodel``'s formats need switched on, SB and bias
     that hold every engine pass (depths kept or raised to powers of two), and neuron buffers
     as deep as the program needs them (:func:`buffer_words`, rounded up by
     :func:`buffer_depth`), whatever the named config says: every read port of a buffer is a
     copy of it in block RAM, so depth the program does not use costs blocks many times over.
     Both buffers get the same depth: the engine addresses either with the same address
-    widths (its input address is ``nbin_depth`` wide, its output address ``nbout_depth``)."""
+    widths (its input address is ``nbin_depth`` wide, its output address ``nbout_depth``).
+    Unless ``im2col`` is ``"off"``, they also hold the first layer's patches when it can run
+    as im2col (:func:`compile_model` then chooses by cycles)."""
     layers = [ql for ql, _ in engine_layers(qmodel, base)]
     by_format = {}
     for ql in layers:
@@ -75,7 +77,7 @@ def config_for(qmodel, base):
         cfg = fmt.configure(cfg, group)
     cfg = cfg.fit_buffers([p.desc for ql in layers for p in ql.weight_format.passes(ql, cfg)])
     words = max(buffer_words(qmodel, cfg))
-    first, patches = im2col_layer(qmodel, cfg)
+    first, patches = (None, None) if im2col == "off" else im2col_layer(qmodel, cfg)
     if first is not None:
         # room for the image's patches too, so that compile_model can choose im2col by cycles
         # (the 1x1 layer's output and every later pass are the plain program's)

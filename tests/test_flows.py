@@ -196,6 +196,26 @@ def test_the_float_network_of_a_cache_file(small_qmodel, tmp_path):
         flows.load_float(path)
 
 
+def test_a_board_build_drops_im2col_to_fit(small_qmodel, monkeypatch):
+    """When the first layer's patches make the ROM build miss the part and the program
+    without them fits, the program is compiled without im2col; otherwise it keeps it."""
+    def fit(program, weights, part):
+        fits = program.im2col is None
+        return {"fits": fits, "summary": f"{'fits' if fits else 'over'} {part}"}
+
+    monkeypatch.setattr(flows, "block_ram_fit", fit)
+    scenario = Scenario(network="small", config="tiny")
+    assert flows.compile_for(small_qmodel, scenario).im2col is not None
+    program, got = flows.fitting_program(small_qmodel, scenario, "LFE5U-25F", log=lambda m: 0)
+    assert program.im2col is None and got["fits"]
+    assert program.stats["im2col"]["why"] == "switched off to fit LFE5U-25F: over LFE5U-25F"
+    assert program.cfg.nbin_depth < flows.compile_for(small_qmodel, scenario).cfg.nbin_depth
+    monkeypatch.setattr(flows, "block_ram_fit", lambda p, w, part: {"fits": False,
+                                                                    "summary": "over"})
+    program, got = flows.fitting_program(small_qmodel, scenario, "LFE5U-25F", log=print)
+    assert program.im2col is not None and not got["fits"]
+
+
 def test_compress_reads_its_cache_file_once(small_qmodel, tmp_path, monkeypatch):
     """``compress(..., with_float=True)`` gives the quantised and the float network from one
     read of the (megabytes of) cache file."""
