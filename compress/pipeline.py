@@ -43,8 +43,8 @@ import time
 
 from slimnfu.config import Scenario
 
-__all__ = ["PIPELINE", "FC_EPOCHS", "FC_PATIENCE", "METHODS", "parse_methods", "plan_layers", "compress_network",
-           "quantize_all", "hash_state"]
+__all__ = ["PIPELINE", "FC_EPOCHS", "FC_PATIENCE", "METHODS", "parse_methods", "plan_layers",
+           "compress_network", "quantize_all", "hash_state"]
 
 #: Names the method sequence in cache file names (:func:`slimnfu.flows.network_file`), so a
 #: changed pipeline does not reuse a result (A2: method A refuses coefficients no DW-bit word

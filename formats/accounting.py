@@ -5,8 +5,8 @@ Counts per layer
 ``macs_dense``
     Multiply-accumulates of the dense layer: ``H_out*W_out*N_out*N_in*K*K`` (conv),
     ``N_out*N_in`` (fc), ``N_out`` being every output channel of the model layer (a slim
-    layer's approximated features included: :meth:`WeightFormat.out_channels`). Pooling does no MACs; its compared or summed inputs are counted
-    separately as ``pool_ops``.
+    layer's approximated features included: :meth:`WeightFormat.out_channels`). Pooling does
+    no MACs; its compared or summed inputs are counted separately as ``pool_ops``.
 ``macs``
     MACs of the layer in its weight format (:meth:`WeightFormat.macs`).
 ``params_dense``, ``params``

@@ -256,7 +256,8 @@ def block_ram_fit(program, weights="rom", part="LFE5U-85F"):
     ``"port"``) is elaborated and each of its memories is counted as Yosys maps it to ECP5: a
     memory read asynchronously, or of at most :data:`LUTRAM_MAX_BITS` bits, goes to LUTs;
     every other one takes one copy per synchronous read port (a DP16KD has one write and one
-    read port here; a ROM reads two per copy), each copy :func:`rom_dp16kd` blocks; the ROM counts only its bit columns
+    read port here; a ROM reads two per copy), each copy :func:`rom_dp16kd` blocks; the ROM
+    counts only its bit columns
     that are not constant zero (Yosys removes those). On the last session's whole ROM build
     this gives Yosys's 369 DP16KD block for block (tests/gen/test_synth.py).
 
