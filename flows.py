@@ -38,7 +38,7 @@ from slimnfu.sim.fastsim import ray_or_error
 from slimnfu.sim.network import run_network, run_network_fast
 
 __all__ = ["check", "model_name", "prepare", "train_or_load", "network_file", "compress",
-           "load_float", "compressed_float", "attribution", "compile_for", "rom_program",
+           "load_float", "attribution", "compile_for", "rom_program",
            "fitting_program",
            "synth_build", "run_on_rtl", "board_build", "verify_plan", "verify"]
 
@@ -263,12 +263,6 @@ def _float_of(state, path):
         what = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
         raise ValueError(f"{path}: its float network does not read back ({what}); delete it, "
                          f"or run again with --recompress") from None
-
-
-def compressed_float(scenario, model, cache_root=None):
-    """The float network :func:`compress` cached for ``model`` under ``scenario`` (call it
-    after :func:`compress`), or None when the cache file predates the float network."""
-    return load_float(paths.networks_dir(cache_root) / network_file(scenario, model))
 
 
 def attribution(scenario, float_model, qmodel, calib=None):
@@ -545,9 +539,9 @@ def verify(plan, layers=False, progress=True, build_root=None, cache_root=None, 
         floats = {"compressed": load_float(plan["file"])}
     else:
         model, _ = train_or_load(scenario, cache_root, progress=progress)
-        q, _ = compress(scenario, model, cache_root, log=log)
+        q, _, fm = compress(scenario, model, cache_root, log=log, with_float=True)
         models, key = {"compressed": q}, hash_state(model)[:12]
-        floats = {"compressed": compressed_float(scenario, model, cache_root), "dense": model}
+        floats = {"compressed": fm, "dense": model}
         if plan["dense"]:
             xc, _ = data.load(scenario.dataset, "calib")
             models["dense"] = quantize_model(model, xc[:scenario.calib])

@@ -171,8 +171,9 @@ def measure(scenario, images=100, icarus_images=0, dense_images=10, recompress=F
     xt, yt = data.load(scenario.dataset, "test")
     acc_base = round(evaluate(model, xt, yt), 2)
     qd = quantize_model(model, xc[:scenario.calib])
-    q, hist = flows.compress(scenario, model, cache_root, recompress, log=log)
-    floats = {"dense": model, "compressed": flows.compressed_float(scenario, model, cache_root)}
+    q, hist, fm = flows.compress(scenario, model, cache_root, recompress, log=log,
+                                 with_float=True)
+    floats = {"dense": model, "compressed": fm}
     rows = measure_models(scenario, acc_base, qd, q, hist, (xt, yt), images, icarus_images,
                           dense_images, floats=floats, build_root=build_root, log=log)
     return rows, hist
