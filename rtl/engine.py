@@ -314,9 +314,11 @@ class LayerEngine(wiring.Component):
         width = cfg.ti * cfg.dw
         gated_word = Cat(*(Mux(lane_en[j], sb_word[j * width:(j + 1) * width], 0)
                            for j in range(cfg.tn)))
-        # Counted KernelGate.LATENCY + 1 cycles after the step (``gated`` is 0 for no step),
-        # long before ``done``; the register keeps the lane compares out of the counter's add.
-        gated = delay(m, gate.gated, 1, "gated_lanes")
+        # Counted KernelGate.LATENCY + 2 cycles after the step (no lane is off for no step),
+        # long before ``done``: the lane compares, the count and the counter's add each take
+        # a cycle of their own.
+        off = delay(m, gate.lane_off, 1, "lane_off_d")
+        gated = delay(m, sum(off[j] for j in range(cfg.tn)), 1, "gated_lanes")
         with m.If(starting):
             m.d.sync += self.gated.eq(0)
         with m.Elif(is_mac):

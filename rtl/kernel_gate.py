@@ -21,9 +21,10 @@ class KernelGate(wiring.Component):
 
     The component follows the walk itself: a step with ``first`` is tap ``(0, 0)``, every
     other valid step is the tap after the previous one (``kx`` fastest, wrapping after
-    ``(k-1, k-1)``). ``lane_en`` and ``gated`` of the step on the inputs in cycle ``S`` appear
-    in ``S + LATENCY``: the tap's distances from the centre are registered, the lane compares
-    and the count follow them.
+    ``(k-1, k-1)``). ``lane_en`` and ``lane_off`` of the step on the inputs in cycle ``S``
+    appear in ``S + LATENCY``: the tap's distances from the centre are registered, the lane
+    compares follow them. The gated lanes are counted by the engine, from ``lane_off`` one
+    register later, so no compare and no adder share a cycle.
 
     Parameters
     ----------
@@ -39,11 +40,11 @@ class KernelGate(wiring.Component):
         Each lane's kernel size (0: the full ``k``).
     lane_en : Out(tn)
         Lanes whose multipliers work for the step of ``LATENCY`` cycles before.
-    gated : Out(range(tn + 1))
-        Lanes gated for that step (0 when its ``valid`` was low).
+    lane_off : Out(tn)
+        Lanes gated for that step (none when its ``valid`` was low).
     """
 
-    #: Cycles from a step on the inputs to its ``lane_en`` and ``gated``.
+    #: Cycles from a step on the inputs to its ``lane_en`` and ``lane_off``.
     LATENCY = 1
 
     def __init__(self, cfg):
@@ -55,7 +56,7 @@ class KernelGate(wiring.Component):
             "k": In(unsigned(kbits)),
             "lane_k": In(data.ArrayLayout(unsigned(kbits), cfg.tn)),
             "lane_en": Out(cfg.tn),
-            "gated": Out(range(cfg.tn + 1)),
+            "lane_off": Out(cfg.tn),
         })
 
     def elaborate(self, platform):
@@ -81,14 +82,8 @@ class KernelGate(wiring.Component):
         valid = Signal()
         m.d.sync += [ady.eq(Mux(dy < 0, -dy, dy)), adx.eq(Mux(dx < 0, -dx, dx)),
                      valid.eq(self.valid)]
-        off_lanes = []
         for j in range(tn):
             lk = self.lane_k[j]
-            cover = (lk == 0) | ((ady <= lk - 1) & (adx <= lk - 1))
-            m.d.comb += self.lane_en[j].eq(cover)
-            off_lanes.append(Mux(valid & ~cover, 1, 0))
-        total = off_lanes[0]
-        for term in off_lanes[1:]:
-            total = total + term
-        m.d.comb += self.gated.eq(total)
+            cover = (lk == 0) | ((ady < lk) & (adx < lk))
+            m.d.comb += [self.lane_en[j].eq(cover), self.lane_off[j].eq(valid & ~cover)]
         return m

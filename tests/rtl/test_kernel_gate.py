@@ -28,14 +28,16 @@ def test_lanes_follow_the_tap_walk(k, lane_k):
         for j, v in enumerate(lane_k):
             ctx.set(dut.lane_k[j], v)
         async def tick(want):
-            """Clock the step on the inputs; its (lane_en, gated), or no step (None), must
+            """Clock the step on the inputs; its (lane_en, gated lanes), or no step (None), must
             appear KernelGate.LATENCY (1) cycle later."""
             await ctx.tick()
             en = [ctx.get(dut.lane_en[j]) for j in range(cfg.tn)]
+            off = [ctx.get(dut.lane_off[j]) for j in range(cfg.tn)]
             if want is None:
-                assert ctx.get(dut.gated) == 0
+                assert off == [0] * cfg.tn
             else:
-                assert (en, ctx.get(dut.gated)) == want
+                assert off == [1 - e for e in en]
+                assert (en, sum(off)) == want
                 seen.append(want[1])
 
         # an idle cycle between groups must not move the walk
