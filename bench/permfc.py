@@ -5,7 +5,8 @@ VGG head) accuracy against FC bits over the group count ``G`` of the grouped gen
 permutations (:data:`SWEEP`), in both families (``perm_affine``: affine, ``perm_quadratic``:
 quadratic), with HashedNets and magnitude pruning at each point's bits; every method is
 initialised from the dense layer and trained with early stopping on the validation split
-under the same epoch budget. Rows :data:`PARETO_KEYS` (and more), the table, and the plot
+under the same epoch budget (by default one Adam on a one-cycle schedule, with distillation
+from the dense head). Rows :data:`PARETO_KEYS` (and more), the table, and the plot
 ``permfc_pareto.png`` beside the report (``build/bench/permfc_pareto.png``).
 
 ``--variants``: the earlier comparison of the one-sequence variants, below.
@@ -450,8 +451,9 @@ def pareto_sweep(networks=NETWORKS, methods=SWEEP_METHODS, points=None, max_epoc
     :func:`slimnfu.compress.permfc.train_early_stopping` (the same budget for every method:
     ``max_epochs``, ``patience``, ``lr``, ``schedule``, and ``distill``: the weight of
     distillation from the dense head, the teacher of every method), validated on the
-    ``calib`` split (5,000 train images that the training never sees). Then the whole network is quantised (calibrated on
-    the first ``calib_n`` of ``calib``) and evaluated, float and integer, on the test set.
+    ``calib`` split (5,000 train images that the training never sees). Then the whole
+    network is quantised (calibrated on the first ``calib_n`` of ``calib``) and evaluated,
+    float and integer, on the test set.
     Bits are counted by :mod:`slimnfu.formats.accounting` (baselines: their storage in place
     of the dense weights, as in :func:`run`).
 
