@@ -85,7 +85,8 @@ def add_arguments(parser):
                         help="sweep: epoch budget of every method (default 30)")
     parser.add_argument("--patience", type=int, default=3,
                         help="sweep: early-stopping patience in epochs (default 3)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="sweep: peak Adam rate")
+    parser.add_argument("--lr", type=float, default=3e-3,
+                        help="sweep: peak Adam rate (default 3e-3)")
     parser.add_argument("--schedule", default="onecycle", choices=("epoch", "onecycle"),
                         help="sweep: learning-rate schedule of every method (default onecycle: "
                              "one Adam over the epoch budget; epoch: a new Adam per epoch at a "
@@ -438,7 +439,7 @@ def _sweep_model(head, method, layers, groups, dw, seed, candidates):
 
 
 def pareto_sweep(networks=NETWORKS, methods=SWEEP_METHODS, points=None, max_epochs=30,
-                 patience=3, lr=1e-3, train_subset=None, calib_n=2000, test_limit=None,
+                 patience=3, lr=3e-3, train_subset=None, calib_n=2000, test_limit=None,
                  candidates=16, seed=0, progress=True, base_epochs=None, log=print,
                  schedule="onecycle", distill=0.7):
     """Accuracy against FC bits over the group counts of :data:`SWEEP` (see ``main``).

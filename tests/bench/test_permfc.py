@@ -49,17 +49,19 @@ def test_pareto_table_and_plot(tmp_path):
 
 
 def test_sweep_defaults_are_onecycle_with_distillation():
-    """The sweep trains every method with one Adam over a one-cycle schedule and distillation
-    weight 0.7 from the dense head, from the command line and from the function alike."""
+    """The sweep trains every method with one Adam over a one-cycle schedule peaking at 3e-3
+    and distillation weight 0.7 from the dense head, from the command line and from the
+    function alike."""
     import argparse
     import inspect
 
     parser = argparse.ArgumentParser()
     permfc.add_arguments(parser)
     args = parser.parse_args([])
-    assert (args.schedule, args.distill) == ("onecycle", 0.7)
+    assert (args.schedule, args.distill, args.lr) == ("onecycle", 0.7, 3e-3)
     sig = inspect.signature(permfc.pareto_sweep).parameters
-    assert (sig["schedule"].default, sig["distill"].default) == ("onecycle", 0.7)
+    assert (sig["schedule"].default, sig["distill"].default, sig["lr"].default) == \
+        ("onecycle", 0.7, 3e-3)
 
 
 def test_sweep_refuses_bad_distill_before_loading_anything():
