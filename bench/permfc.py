@@ -5,7 +5,8 @@ VGG head) accuracy against FC bits over the group count ``G`` of the grouped gen
 permutations (:data:`SWEEP`), in both families (``perm_affine``: affine, ``perm_quadratic``:
 quadratic), with HashedNets and magnitude pruning at each point's bits; every method is
 initialised from the dense layer and trained with early stopping on the validation split
-under the same epoch budget. Rows :data:`PARETO_KEYS` (and more), the table, and the plot
+under the same epoch budget (by default one Adam on a one-cycle schedule, with distillation
+from the dense head). Rows :data:`PARETO_KEYS` (and more), the table, and the plot
 ``permfc_pareto.png`` beside the report (``build/bench/permfc_pareto.png``).
 
 ``--variants``: the earlier comparison of the one-sequence variants, below.
@@ -84,7 +85,15 @@ def add_arguments(parser):
                         help="sweep: epoch budget of every method (default 30)")
     parser.add_argument("--patience", type=int, default=3,
                         help="sweep: early-stopping patience in epochs (default 3)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="sweep: peak Adam rate")
+    parser.add_argument("--lr", type=float, default=3e-3,
+                        help="sweep: peak Adam rate (default 3e-3)")
+    parser.add_argument("--schedule", default="onecycle", choices=("epoch", "onecycle"),
+                        help="sweep: learning-rate schedule of every method (default onecycle: "
+                             "one Adam over the epoch budget; epoch: a new Adam per epoch at a "
+                             "per-epoch cosine rate)")
+    parser.add_argument("--distill", type=float, default=0.7,
+                        help="sweep: weight of distillation from the dense network in every "
+                             "method's loss, 0 to 1 (default 0.7)")
     parser.add_argument("--candidates", type=int, default=16,
                         help="sweep: generated permutations tried per row at init")
     parser.add_argument("--sweep-subset", type=int,
@@ -430,8 +439,9 @@ def _sweep_model(head, method, layers, groups, dw, seed, candidates):
 
 
 def pareto_sweep(networks=NETWORKS, methods=SWEEP_METHODS, points=None, max_epochs=30,
-                 patience=3, lr=1e-3, train_subset=None, calib_n=2000, test_limit=None,
-                 candidates=16, seed=0, progress=True, base_epochs=None, log=print):
+                 patience=3, lr=3e-3, train_subset=None, calib_n=2000, test_limit=None,
+                 candidates=16, seed=0, progress=True, base_epochs=None, log=print,
+                 schedule="onecycle", distill=0.7):
     """Accuracy against FC bits over the group counts of :data:`SWEEP` (see ``main``).
 
     The dense base network (checkpoint cache) is split before its first compressed Linear:
@@ -440,9 +450,11 @@ def pareto_sweep(networks=NETWORKS, methods=SWEEP_METHODS, points=None, max_epoc
     groups, ``hashed`` and ``pruned`` at the ``perm_affine`` point's weight bits per layer)
     is initialised from the dense head and trained with
     :func:`slimnfu.compress.permfc.train_early_stopping` (the same budget for every method:
-    ``max_epochs``, ``patience``, ``lr``), validated on the ``calib`` split (5,000 train
-    images that the training never sees). Then the whole network is quantised (calibrated on
-    the first ``calib_n`` of ``calib``) and evaluated, float and integer, on the test set.
+    ``max_epochs``, ``patience``, ``lr``, ``schedule``, and ``distill``: the weight of
+    distillation from the dense head, the teacher of every method), validated on the
+    ``calib`` split (5,000 train images that the training never sees). Then the whole
+    network is quantised (calibrated on the first ``calib_n`` of ``calib``) and evaluated,
+    float and integer, on the test set.
     Bits are counted by :mod:`slimnfu.formats.accounting` (baselines: their storage in place
     of the dense weights, as in :func:`run`).
 
@@ -463,6 +475,10 @@ def pareto_sweep(networks=NETWORKS, methods=SWEEP_METHODS, points=None, max_epoc
     from slimnfu.compress.train import evaluate, train
     from slimnfu.formats.accounting import model_stats
 
+    if schedule not in permfc.SCHEDULES:
+        raise ValueError(f"schedule must be one of {permfc.SCHEDULES}, not {schedule!r}")
+    if not 0 <= distill <= 1:
+        raise ValueError(f"--distill must be in [0, 1], not {distill!r}")
     dw = 16
     rows = []
     for name in networks:
@@ -492,7 +508,7 @@ def pareto_sweep(networks=NETWORKS, methods=SWEEP_METHODS, points=None, max_epoc
                                         f"{base[i].out_features}" for i in spec["layers"]],
                   "max_epochs": max_epochs, "patience": patience, "lr": lr,
                   "train_images": int(x_train.shape[0]), "val_split": "calib",
-                  "candidates": candidates}
+                  "candidates": candidates, "schedule": schedule, "distill": distill}
         logits, _ = int_forward(qd, x_test)
         rows.append({**common, "method": "dense", "groups": None, "family": None,
                      "epochs": info["epochs"], "acc_float": round(evaluate(base, x_test, y_test),
@@ -505,7 +521,9 @@ def pareto_sweep(networks=NETWORKS, methods=SWEEP_METHODS, points=None, max_epoc
                 start = time.perf_counter()
                 h, storage = _sweep_model(head, method, hl, groups, dw, seed, candidates)
                 hist = permfc.train_early_stopping(h, (f_train, y_train), (f_val, y_val),
-                                                   max_epochs, patience, lr, seed=seed)
+                                                   max_epochs, patience, lr, seed=seed,
+                                                   schedule=schedule, teacher=head,
+                                                   distill=distill)
                 model = nn.Sequential(*copy.deepcopy(list(prefix)), *h)
                 storage = {i + first: v for i, v in storage.items()}
                 acc_float, acc_int, st, _, sat = _evaluate(model, method, storage, calib,
@@ -601,7 +619,8 @@ def main(args):
                             args.patience, args.lr, args.sweep_subset, args.calib,
                             args.test_limit, args.candidates, args.seed, progress=False,
                             base_epochs=base_epochs,
-                            log=lambda msg: print(msg, flush=True))
+                            log=lambda msg: print(msg, flush=True), schedule=args.schedule,
+                            distill=args.distill)
         plot = Path(args.out).with_name(Path(args.out).stem + "_pareto.png")
         pareto_plot(rows, plot)
         print(f"wrote {plot}")

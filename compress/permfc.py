@@ -23,7 +23,8 @@ permutation per row: ``W[j, i] = s[pi_j(i)]``. Two variants, side by side:
 
 Both variants then fine-tune ``s`` and the biases with the permutations fixed
 (:func:`finetune` for a fixed number of epochs, :func:`train_early_stopping` until the
-validation accuracy stops improving). Any ``Linear`` can be compressed (``layers=``); the
+validation accuracy stops improving, optionally with one Adam over a one-cycle schedule and
+distillation from the dense network). Any ``Linear`` can be compressed (``layers=``); the
 classifier is included unless ``keep_classifier=True``.
 
 Integer model: the layer stays an engine ``fc`` layer. Quantisation is per tensor and
@@ -56,7 +57,8 @@ from slimnfu.formats.perm import (FAMILIES, PermAffineFormat, PermAffineWeights,
 
 __all__ = ["VARIANTS", "FAMILIES", "FORMATS", "PermLinear", "random_affine_params",
            "random_generated_params", "group_rows", "rank_perms", "fit_sequence",
-           "compress_linear", "compress_model", "finetune", "train_early_stopping", "to_dense",
+           "compress_linear", "compress_model", "finetune", "SCHEDULES", "distill_loss",
+           "train_early_stopping", "to_dense",
            "quantize_perm_model", "mark_perm"]
 
 VARIANTS = ("affine", "index")
@@ -343,15 +345,41 @@ def finetune(model, images, labels, epochs=1, lr=1e-3, batch_size=128, seed=0):
     return fit(model, images, labels, lr, batch_size, seed, epochs, cosine=True)
 
 
+#: Learning-rate schedules of :func:`train_early_stopping`.
+SCHEDULES = ("epoch", "onecycle")
+
+
+def distill_loss(logits, labels, teacher_logits, weight, temperature=4.0):
+    """Knowledge distillation: ``(1 - weight) * CE(logits, labels) + weight * T^2 *
+    KL(softmax(teacher/T) || softmax(logits/T))`` (Hinton et al. 2015), ``T = temperature``."""
+    ce = nn.functional.cross_entropy(logits, labels)
+    if weight == 0:
+        return ce
+    kl = nn.functional.kl_div(nn.functional.log_softmax(logits / temperature, 1),
+                              nn.functional.softmax(teacher_logits / temperature, 1),
+                              reduction="batchmean")
+    return (1 - weight) * ce + weight * temperature ** 2 * kl
+
+
 def train_early_stopping(model, train, val, max_epochs=30, patience=3, lr=1e-3,
-                         batch_size=128, seed=0, progress=False, desc="train", after_step=None):
+                         batch_size=128, seed=0, progress=False, desc="train", after_step=None,
+                         schedule="epoch", teacher=None, distill=0.0, temperature=4.0):
     """Train ``model`` in place until the validation accuracy stops improving.
 
-    Epoch ``e`` (from 0) is one pass of :func:`slimnfu.compress.train.fit` at the learning
-    rate ``lr * (1 + cos(pi*e/max_epochs)) / 2`` (a cosine over the epoch budget); after each
-    epoch the model is evaluated on ``val``. Training stops after ``patience`` epochs without
-    a better validation accuracy, or after ``max_epochs``; the model keeps the weights of its
-    best epoch. Any model trains this way (the permuted layers and the baselines alike).
+    ``schedule="epoch"`` (the default): epoch ``e`` (from 0) is one pass of
+    :func:`slimnfu.compress.train.fit` with a new Adam at the learning rate
+    ``lr * (1 + cos(pi*e/max_epochs)) / 2`` (a cosine over the epoch budget).
+    ``schedule="onecycle"``: one Adam for the whole run, its rate stepped per batch along
+    ``torch.optim.lr_scheduler.OneCycleLR`` over ``max_epochs`` (torch's defaults: from
+    ``lr / 25`` up to ``lr`` over the first 30% of the steps, then a cosine down to
+    ``lr / 2.5e5``); the optimiser's moments carry over from epoch to epoch. After each epoch the model is evaluated on ``val``. Training stops after
+    ``patience`` epochs without a better validation accuracy, or after ``max_epochs``; the
+    model keeps the weights of its best epoch. Any model trains this way (the permuted layers
+    and the baselines alike).
+
+    With a ``teacher`` (e.g. the dense network the model was compressed from) and
+    ``distill > 0`` the loss is :func:`distill_loss`: the student also matches the teacher's
+    softened outputs on the training images (computed once, before training).
 
     Parameters
     ----------
@@ -362,24 +390,54 @@ def train_early_stopping(model, train, val, max_epochs=30, patience=3, lr=1e-3,
         The epoch budget and the early-stopping patience (both >= 1).
     after_step : callable, optional
         :func:`slimnfu.compress.train.fit`'s hook (e.g. keeps IKR masks).
+    schedule : str
+        One of :data:`SCHEDULES`.
+    teacher : nn.Module, optional
+        Maps the same inputs as ``model`` to logits; needed when ``distill > 0``.
+    distill : float
+        Weight of the distillation term, in ``[0, 1]``.
+    temperature : float
+        Softening temperature ``T`` (> 0).
 
     Returns
     -------
     dict
         ``epochs`` (run), ``best_epoch`` (1-based), ``val_acc`` (per epoch), ``lr``,
-        ``max_epochs``, ``patience``.
+        ``max_epochs``, ``patience``, ``schedule``, ``distill``.
     """
     from slimnfu.compress.train import evaluate
 
     for name, v in (("max_epochs", max_epochs), ("patience", patience)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be an integer >= 1, not {v!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, not {schedule!r}")
+    if not 0 <= distill <= 1:
+        raise ValueError(f"distill must be in [0, 1], not {distill!r}")
+    if distill and teacher is None:
+        raise ValueError("distill > 0 needs a teacher model")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, not {temperature!r}")
     (xs, ys), (xv, yv) = train, val
+    loss = None
+    if distill:
+        teacher.eval()
+        with torch.no_grad():
+            soft = torch.cat([teacher(xs[i:i + 1000].float()) for i in range(0, len(xs), 1000)])
+        loss = lambda logits, idx: distill_loss(logits, ys[idx], soft[idx], distill,  # noqa: E731
+                                                temperature)
+    optimizer = scheduler = None
+    if schedule == "onecycle":
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+        steps = -(-xs.shape[0] // batch_size)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr,
+                                                        total_steps=max_epochs * steps)
     best, best_state, history = -1.0, None, []
     for epoch in range(max_epochs):
         rate = lr * (1 + math.cos(math.pi * epoch / max_epochs)) / 2
         fit(model, xs, ys, rate, batch_size, seed + epoch, 1, after_step=after_step,
-            progress=progress, desc=f"{desc} epoch {epoch + 1}")
+            progress=progress, desc=f"{desc} epoch {epoch + 1}", optimizer=optimizer,
+            scheduler=scheduler, loss=loss)
         acc = evaluate(model, xv, yv)
         history.append(round(acc, 4))
         if acc > best:
@@ -389,7 +447,8 @@ def train_early_stopping(model, train, val, max_epochs=30, patience=3, lr=1e-3,
     model.load_state_dict(best_state)
     model.eval()
     return {"epochs": len(history), "best_epoch": history.index(max(history)) + 1,
-            "val_acc": history, "lr": lr, "max_epochs": max_epochs, "patience": patience}
+            "val_acc": history, "lr": lr, "max_epochs": max_epochs, "patience": patience,
+            "schedule": schedule, "distill": distill}
 
 
 def to_dense(model):

@@ -145,7 +145,8 @@ def _save_atomic(obj, path):
 
 
 def fit(model, images, labels, lr, batch_size=128, seed=0, epochs=1, batches=None,
-        weight_decay=0.0, cosine=False, after_step=None, progress=False, desc="fit"):
+        weight_decay=0.0, cosine=False, after_step=None, progress=False, desc="fit",
+        optimizer=None, scheduler=None, loss=None):
     """Train ``model`` in place: the one loop behind training and every method's fine-tuning.
 
     Parameters
@@ -173,6 +174,13 @@ def fit(model, images, labels, lr, batch_size=128, seed=0, epochs=1, batches=Non
         structure (e.g. re-applies pruning masks).
     progress : bool
         A tqdm bar per epoch (or one for ``batches``), labelled ``desc``.
+    optimizer, scheduler : optional
+        A ``torch.optim`` optimiser (and learning-rate scheduler, stepped once per batch) kept
+        by the caller across calls, used instead of a new Adam at ``lr`` (``lr``,
+        ``weight_decay`` and ``cosine`` are then ignored).
+    loss : callable, optional
+        ``loss(logits, idx)`` -> scalar, ``idx`` the batch's rows of ``images``; default the
+        cross-entropy with ``labels[idx]``.
 
     Returns
     -------
@@ -181,21 +189,26 @@ def fit(model, images, labels, lr, batch_size=128, seed=0, epochs=1, batches=Non
 
     Notes
     -----
-    Adam covers the parameters that require a gradient; the loss is cross-entropy. The
+    Adam covers the parameters that require a gradient; the loss is cross-entropy by default. The
     order of the operations is fixed (forward, loss, zero_grad, backward, step, scheduler,
     hook), so the same seed gives the same weights bit for bit.
     """
     from tqdm import tqdm
 
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr,
-                                 weight_decay=weight_decay)
     per_pass = batches if batches is not None else -(-images.shape[0] // batch_size)
     passes = 1 if batches is not None else epochs
-    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer,
-                                                            T_max=max(1, passes * per_pass))
-                 if cosine else None)
-    loss_fn = nn.CrossEntropyLoss()
+    if optimizer is None:
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr,
+                                     weight_decay=weight_decay)
+        scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer,
+                                                                T_max=max(1, passes * per_pass))
+                     if cosine else None)
+    if loss is None:
+        loss_fn = nn.CrossEntropyLoss()
+
+        def loss(logits, idx):
+            return loss_fn(logits, labels[idx])
     model.train()
     for epoch in range(passes):
         order = None if batches is not None else torch.randperm(images.shape[0],
@@ -208,16 +221,16 @@ def fit(model, images, labels, lr, batch_size=128, seed=0, epochs=1, batches=Non
                     idx = torch.randint(images.shape[0], (batch_size,), generator=generator)
                 else:
                     idx = order[step * batch_size:(step + 1) * batch_size]
-                loss = loss_fn(model(images[idx].float()), labels[idx])
+                value = loss(model(images[idx].float()), idx)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                value.backward()
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
                 if after_step is not None:
                     after_step(model)
                 if progress and step % 20 == 0:
-                    bar.set_postfix(loss=f"{loss.item():.4f}")
+                    bar.set_postfix(loss=f"{value.item():.4f}")
     model.eval()
     return model
 

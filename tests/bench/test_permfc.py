@@ -46,3 +46,28 @@ def test_pareto_table_and_plot(tmp_path):
     png = tmp_path / "p.png"
     permfc.pareto_plot(rows, png)
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sweep_defaults_are_onecycle_with_distillation():
+    """The sweep trains every method with one Adam over a one-cycle schedule peaking at 3e-3
+    and distillation weight 0.7 from the dense head, from the command line and from the
+    function alike."""
+    import argparse
+    import inspect
+
+    parser = argparse.ArgumentParser()
+    permfc.add_arguments(parser)
+    args = parser.parse_args([])
+    assert (args.schedule, args.distill, args.lr) == ("onecycle", 0.7, 3e-3)
+    sig = inspect.signature(permfc.pareto_sweep).parameters
+    assert (sig["schedule"].default, sig["distill"].default, sig["lr"].default) == \
+        ("onecycle", 0.7, 3e-3)
+
+
+def test_sweep_refuses_bad_distill_before_loading_anything():
+    import pytest
+
+    with pytest.raises(ValueError, match=r"--distill must be in \[0, 1\], not -0.1"):
+        permfc.pareto_sweep(["lenet300"], distill=-0.1)
+    with pytest.raises(ValueError, match=r"schedule must be one of"):
+        permfc.pareto_sweep(["lenet300"], schedule="step")

@@ -276,3 +276,70 @@ def test_train_early_stopping_keeps_best_epoch_and_stops():
     assert evaluate(model, x[:32], y[:32]) == pytest.approx(max(hist["val_acc"]))
     with pytest.raises(ValueError, match="patience must be an integer >= 1, not 0"):
         permfc.train_early_stopping(model, (x, y), (x, y), patience=0)
+
+
+def test_onecycle_keeps_one_optimiser_over_the_run(monkeypatch):
+    """``schedule="onecycle"``: every epoch steps the same Adam and one-cycle scheduler, which
+    ends at its last step (the default ``"epoch"`` builds a new optimiser per epoch)."""
+    from slimnfu.compress import train as train_mod
+
+    seen = []
+    real_fit = train_mod.fit
+
+    def spy(*args, **kw):
+        seen.append((kw.get("optimizer"), kw.get("scheduler")))
+        return real_fit(*args, **kw)
+
+    monkeypatch.setattr(permfc, "fit", spy)
+    torch.manual_seed(0)
+    x = torch.randn(64, 12)
+    y = (x[:, 0] > 0).long()
+    model = permfc.compress_model(_model(), "affine", groups=1)
+    hist = permfc.train_early_stopping(model, (x, y), (x, y), max_epochs=3, patience=3,
+                                       lr=1e-2, batch_size=16, schedule="onecycle")
+    assert hist["epochs"] == 3 and hist["schedule"] == "onecycle"
+    opts = {id(o) for o, _ in seen}
+    assert len(seen) == 3 and len(opts) == 1 and seen[0][0] is not None
+    sched = seen[0][1]
+    assert isinstance(sched, torch.optim.lr_scheduler.OneCycleLR)
+    assert sched.last_epoch == 3 * 4   # 64 images / 16 per batch, 3 epochs
+    seen.clear()
+    permfc.train_early_stopping(model, (x, y), (x, y), max_epochs=2, patience=2)
+    assert seen == [(None, None), (None, None)]
+
+
+def test_distillation_follows_the_teacher_not_the_labels():
+    """With ``distill=1`` the student learns the teacher's function even though the labels
+    are noise; without it, it cannot."""
+    torch.manual_seed(0)
+    x = torch.randn(256, 12)
+    teacher = nn.Sequential(nn.Linear(12, 3))
+    with torch.no_grad():
+        teacher[0].weight.mul_(4)
+    noise = torch.randint(3, (256,), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        truth = teacher(x).argmax(1)
+    agree = {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(2)
+        student = nn.Sequential(nn.Linear(12, 3))
+        permfc.train_early_stopping(student, (x, noise), (x, truth), max_epochs=8,
+                                    patience=8, lr=5e-2, batch_size=32, schedule="onecycle",
+                                    teacher=teacher, distill=weight, temperature=2.0)
+        with torch.no_grad():
+            agree[weight] = (student(x).argmax(1) == truth).float().mean()
+    assert agree[1.0] > 0.9 and agree[0.0] < 0.7
+
+
+def test_train_early_stopping_refuses_bad_schedule_and_distill():
+    x, y = torch.randn(8, 12), torch.zeros(8, dtype=torch.long)
+    model = _model()
+    with pytest.raises(ValueError, match=r"schedule must be one of \('epoch', 'onecycle'\), "
+                                         r"not 'cosine'"):
+        permfc.train_early_stopping(model, (x, y), (x, y), schedule="cosine")
+    with pytest.raises(ValueError, match=r"distill must be in \[0, 1\], not 1.5"):
+        permfc.train_early_stopping(model, (x, y), (x, y), teacher=model, distill=1.5)
+    with pytest.raises(ValueError, match="distill > 0 needs a teacher model"):
+        permfc.train_early_stopping(model, (x, y), (x, y), distill=0.5)
+    with pytest.raises(ValueError, match="temperature must be > 0, not 0"):
+        permfc.train_early_stopping(model, (x, y), (x, y), temperature=0)
