@@ -159,6 +159,10 @@ def configs(max_tn=16, features=None):
             ch.update({"perm": 1, "perm.depth": draw(st.integers(2, 256 if dw == 8 else 1024))})
         if draw(on("kgate")):
             ch["kgate"] = 1
+        if "ikr" in ch:
+            # drawn last, so that the other parameters of a seed stay what they were; window
+            # banks for several input tiles first (one bank, the unbanked decoder, last)
+            ch["ikr.tiles"] = draw(st.sampled_from((2, 3, 4, 1)))
         return get_config("tiny").changed(**ch)
 
     return draw_config()
