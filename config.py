@@ -63,16 +63,27 @@ class IkrParams:
     index_depth : int
         Words of the IKR index memory; each word holds the ``tn*ti`` pattern indices of one
         ``(o, t)`` tile pair.
+    tiles : int
+        Filled-window banks of the pattern decoder, one per input tile (at most
+        :attr:`MAX_TILES`). The window slides from one output pixel to the next (only the
+        ``min(stride, k)`` new columns are read) in a layer of at most ``tiles`` input tiles;
+        a layer with more refills all ``k`` columns of every window
+        (:meth:`PassDesc.ikr_cycles`). Each bank is ``kmax**2`` registers of ``ti*dw`` bits.
     """
+
+    #: Largest :attr:`tiles`.
+    MAX_TILES = 64
 
     kmax: int = 5
     patterns: int = 16
     index_depth: int = 512
+    tiles: int = 1
 
     def __post_init__(self):
         _check_int("ikr.kmax", self.kmax, 1, 7)
         _check_int("ikr.patterns", self.patterns, 1, 16)
         _check_int("ikr.index_depth", self.index_depth, 2, 1 << 20)
+        _check_int("ikr.tiles", self.tiles, 1, self.MAX_TILES)
 
 
 @dataclass(frozen=True)
@@ -112,12 +123,11 @@ def _feature_record(name, value):
     if value is None or isinstance(value, cls):
         return value
     if isinstance(value, dict):
-        try:
-            return cls(**value)
-        except TypeError:
-            known = ", ".join(f.name for f in fields(cls)) or "none"
-            raise TypeError(f"{name} parameters must be among: {known}; not "
-                            f"{', '.join(sorted(value))}") from None
+        known = [f.name for f in fields(cls)]
+        if not set(value) <= set(known):
+            raise TypeError(f"{name} parameters must be among: {', '.join(known) or 'none'}; "
+                            f"not {', '.join(sorted(value))}")
+        return cls(**value)
     _check_flag(name, value)
     return cls() if value else None
 
@@ -151,7 +161,8 @@ class AccelConfig:
         The IKR pattern-index decoder (:mod:`slimnfu.rtl.ikr_unit`). None (the default): the
         engine is exactly the dense engine; on, conv passes with ``PassDesc.ikr_n > 0`` take
         ``max(n, k)`` cycles per kernel group instead of ``k*k`` (``max(n, stride)`` when the
-        window slides, :meth:`PassDesc.ikr_cycles`).
+        window slides: layers of at most ``ikr.tiles`` input tiles,
+        :meth:`PassDesc.ikr_cycles`).
     perm : PermParams or None
         The permuted-feature FC path (method C, :mod:`slimnfu.rtl.perm_addr`): the
         common-sequence memory, the per-lane permutation address generators and the
@@ -663,28 +674,32 @@ class PassDesc:
         Each kernel group (one output pixel, one output tile, one input tile) takes
         ``max(ikr_n, cols)`` cycles: ``ikr_n`` compute steps, while the next group's window
         fills ``cols`` columns (k pixels, k NBin read ports) one per cycle. ``cols = k``,
-        except with a single input tile (``n_in <= ti``), where the window of every output
-        pixel but the first of each row slides from the previous one and fills only
-        ``min(stride, k)`` new columns. One extra slot fills the first window, and the last
-        slot ends after its ``ikr_n`` steps::
+        except when the layer has at most ``cfg.ikr.tiles`` input tiles (the pattern
+        decoder's window banks, one per input tile): the window of every output pixel but the
+        first of each row then slides from the same input tile's window of the previous pixel
+        and fills only ``min(stride, k)`` new columns. One extra slot fills the first window,
+        and the last slot ends after its ``ikr_n`` steps::
 
-            ci > 1:  groups * max(n, k) + n
-            ci = 1:  co * h_out * (max(n, k) + (w_out - 1) * max(n, min(stride, k))) + n
+            ci > tiles:  groups * max(n, k) + n
+            ci <= tiles: co * h_out * ci * (max(n, k) + (w_out - 1) * max(n, min(stride, k)))
+                         + n
         """
         ci, co = self.tiles(cfg)
         return self.ikr_slot_cycles(cfg, self.h_out * self.w_out * co * ci) + self.ikr_n
 
     def ikr_slot_cycles(self, cfg, slots):
         """Cycles of an IKR pass's first ``slots`` slots (slot ``q`` fills kernel group ``q``,
-        in DianNao's order, and computes group ``q - 1``); see :meth:`ikr_cycles`."""
+        in DianNao's order ``o, oy, ox, t``, and computes group ``q - 1``); see
+        :meth:`ikr_cycles`."""
         ci, _ = self.tiles(cfg)
         n, k = self.ikr_n, self.layer.k
-        if ci > 1:
+        if ci > cfg.ikr.tiles:
             return slots * max(n, k)
-        rows, ox = divmod(slots, self.w_out)
+        rows, rest = divmod(slots, self.w_out * ci)
         slide = max(n, min(self.layer.stride, k))
-        row = max(n, k) + (self.w_out - 1) * slide
-        return rows * row + (max(n, k) + (ox - 1) * slide if ox else 0)
+        row = ci * (max(n, k) + (self.w_out - 1) * slide)
+        first = min(rest, ci)
+        return rows * row + first * max(n, k) + (rest - first) * slide
 
     def nfu_cycles(self, cfg):
         """The NFU cycles of the pass: :meth:`ikr_cycles` for an IKR pass, else

@@ -48,14 +48,19 @@ def add_arguments(parser):
 
 
 def _bench_cfg(q):
-    """``tiny`` with the IKR decoder and buffers deep enough for every conv layer of ``q``
-    (its dense form too, which the same engine runs for the comparison)."""
+    """``tiny`` with the IKR decoder (its window banks as the IKR format configures them for
+    ``q``'s IKR layers) and buffers deep enough for every conv layer of ``q`` (its dense form
+    too, which the same engine runs for the comparison)."""
     from slimnfu.config import CONFIGS
 
     convs = [l.weight_format.pass_desc(l) for l in q.layers if l.desc.kind == "conv"]
     convs += [l.desc for l in q.layers if l.desc.kind == "conv"]
-    cfg = CONFIGS["tiny"].with_(ikr=True).fit_buffers(convs)
-    return cfg.with_(name=f"tiny_ikr_{q.input_shape[1]}px_sb{cfg.sb_depth}")
+    cfg = CONFIGS["tiny"].with_(ikr=True)
+    ikr_layers = [l for l in q.layers if l.weight_format.pass_desc(l).ikr_n]
+    if ikr_layers:
+        cfg = ikr_layers[0].weight_format.configure(cfg, ikr_layers)
+    cfg = cfg.fit_buffers(convs)
+    return cfg.with_(name=f"tiny_ikr_{q.input_shape[1]}px_sb{cfg.sb_depth}_t{cfg.ikr.tiles}")
 
 
 def _cosim_layers(q, x_img, cfg):

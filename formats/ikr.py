@@ -5,15 +5,17 @@ Stored per layer: the kept values (``n`` SB words per tile pair instead of ``k*k
 the pattern table (``n`` words, each the ``s``-th tap of all ``P`` slots as
 ``ky*ikr_kmax + kx``), the biases and the PWL table. It needs ``cfg.ikr`` (the pattern
 decoder of :mod:`slimnfu.rtl.ikr_unit`), which runs a kernel group in ``max(n, k)`` cycles, or
-``max(n, stride)`` while the window slides (one input tile; ``PassDesc.ikr_cycles``).
+``max(n, stride)`` while the window slides (a layer of at most ``cfg.ikr.tiles`` input tiles;
+``PassDesc.ikr_cycles``); :meth:`IkrFormat.configure` gives the decoder a window bank per input
+tile of the program's IKR layers, within :data:`WINDOW_BANK_BITS`.
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
-from slimnfu.config import PassDesc
+from slimnfu.config import IkrParams, PassDesc
 from slimnfu.contract import LoadSel, ikr_index_bits, ikr_tap_bits
 from slimnfu.formats import layout
 from slimnfu.formats.base import (ImageError, StoredItem, WeightFormat, Words, check_items,
@@ -21,7 +23,11 @@ from slimnfu.formats.base import (ImageError, StoredItem, WeightFormat, Words, c
                                   unpack_pwl)
 from slimnfu.formats.qmodel import QLayer
 
-__all__ = ["IkrWeights", "IkrFormat", "check_ikr", "ikr_values"]
+__all__ = ["IkrWeights", "IkrFormat", "check_ikr", "ikr_values", "WINDOW_BANK_BITS"]
+
+#: Register bits :meth:`IkrFormat.configure` lets the pattern decoder's window banks take
+#: (``ikr.tiles * ikr.kmax**2 * ti * dw``): 2 banks on ``diannao``, 10 on ``tiny``.
+WINDOW_BANK_BITS = 16384
 
 
 @dataclass
@@ -98,6 +104,18 @@ class IkrFormat(WeightFormat):
     feature = "ikr"
     record = IkrWeights
     image_keys = frozenset({"ikr_patterns", "ikr_n"})
+
+    def configure(self, cfg, layers):
+        """``cfg`` with ``ikr`` on and a window bank per input tile of the widest of
+        ``layers`` (``ikr.tiles``, never lowered), so that their windows slide; at most as
+        many banks as fit in :data:`WINDOW_BANK_BITS` (at least one): a wider layer refills
+        its windows (:meth:`slimnfu.config.PassDesc.ikr_cycles`)."""
+        cfg = super().configure(cfg, layers)
+        need = max(-(-ql.desc.n_in // cfg.ti) for ql in layers)
+        bank = cfg.ikr.kmax ** 2 * cfg.ti * cfg.dw
+        cap = max(1, min(IkrParams.MAX_TILES, WINDOW_BANK_BITS // bank))
+        tiles = max(cfg.ikr.tiles, min(need, cap))
+        return cfg if tiles == cfg.ikr.tiles else cfg.with_(ikr=replace(cfg.ikr, tiles=tiles))
 
     def validate(self, ql, dw, acc):
         super().validate(ql, dw, acc)

@@ -23,13 +23,16 @@ class IkrSequencer(wiring.Component):
       of the slot, left to right: slot cycle ``c >= G - cols`` reads window column
       ``k - G + c``, the ``k`` pixels ``(t, iy0 + r, ix0 + k - G + c)`` for ``r < k``,
       through ``k`` NBin read ports (``fill_addr[r]``, ``fill_en[r]``;
-      ``window.fill_pad[r]`` marks a padding position, read as zero). ``cols = k``, except
-      with one input tile (``ci_tiles = 1``) for every output pixel but the first of its row:
-      the window then slides from the previous group's, and only its last
-      ``cols = min(stride, k)`` columns are new. The data arrive one cycle later, at
-      :class:`slimnfu.rtl.pattern_decoder.PatternDecoder`, whose window registers shift one
-      column left per arrival; column ``k - 1``, read in the slot's last cycle, arrives with
-      the next slot's ``swap``;
+      ``window.fill_pad[r]`` marks a padding position, read as zero), into the decoder's
+      window bank ``window.fill_bank``. ``cols = k``, except in a layer of at most
+      ``cfg.ikr.tiles`` input tiles (*banked*: bank ``t`` holds input tile ``t``'s window) for
+      every output pixel but the first of its row: the window then slides from the same
+      tile's window of the previous pixel, and only its last ``cols = min(stride, k)``
+      columns are new. A layer with more input tiles fills bank 0 with all ``k`` columns of
+      every window. The data arrive one cycle later, at
+      :class:`slimnfu.rtl.pattern_decoder.PatternDecoder`, whose bank shifts one column left
+      per arrival; column ``k - 1``, read in the slot's last cycle, arrives with the next
+      slot's ``swap``;
     * **compute** group ``q - 1``: in slot cycle ``c < n`` it issues step ``c``
       (``step.valid``): SB word ``(o*ci_tiles + t)*n + c``, pattern-table word
       ``window.step = c`` and IKR index word ``window.idx_addr = o*ci_tiles + t``.
@@ -37,8 +40,9 @@ class IkrSequencer(wiring.Component):
 
     Slot 0 only fills; the layer ends after the ``n`` steps of the last group, so the NFU
     cycle count is the sum of the slots plus ``n`` (:meth:`slimnfu.config.PassDesc.ikr_cycles`:
-    ``groups * max(n, k) + n`` with several input tiles), against ``groups * k * k`` dense. The steps (a :class:`StepSignature` without features: padding is
-    resolved in the window fill) mean what the dense sequencer's do, so the engine's NFU-1/2/3
+    ``groups * max(n, k) + n`` when not banked), against ``groups * k * k`` dense. The steps
+    (a :class:`StepSignature` without features: padding is resolved in the window fill) mean
+    what the dense sequencer's do, so the engine's NFU-1/2/3
     pipeline is shared. The setup is the loop nest's, :attr:`SETUP_CYCLES` as in the dense
     sequencer, so the engine's ``latency(cfg)`` holds for both. The descriptor's ``koff``,
     ``nbout_base`` and ``lane_skip`` (``cfg.kgate``) do not apply to IKR layers.
@@ -46,7 +50,8 @@ class IkrSequencer(wiring.Component):
     Parameters
     ----------
     cfg : AccelConfig
-        Needs ``cfg.ikr``; the window holds ``cfg.ikr.kmax`` rows.
+        Needs ``cfg.ikr``; the window holds ``cfg.ikr.kmax`` rows, the decoder
+        ``cfg.ikr.tiles`` window banks.
 
     Members
     -------
@@ -81,15 +86,17 @@ class IkrSequencer(wiring.Component):
 
         slot = Signal(range(kmax * kmax + 1))
         # A slot fills ``cols`` window columns and lasts ``max(n, cols)`` cycles: ``k``
-        # columns, or with a single input tile the ``min(stride, k)`` the window slides by
-        # from the previous output pixel of the same row (the others are already in the
-        # decoder's shift register).
+        # columns, or in a banked layer (at most ``tiles`` input tiles) the
+        # ``min(stride, k)`` the window slides by from the same input tile's window of the
+        # previous output pixel of the row (the others are already in the decoder's bank).
         g_full, g_slide = Signal.like(slot), Signal.like(slot)
         new_cols = Signal(range(kmax + 1))
-        slide = Signal()
+        slide, banked = Signal(), Signal()
+        # the input tile of the group being filled: its bank when banked, else bank 0
+        bank = Signal(range(cfg.ikr.tiles))
         g_last, cols = Signal.like(slot), Signal.like(new_cols)
         m.d.comb += [
-            slide.eq((d.ci_tiles == 1) & (nest.ix != -d.pad)),
+            slide.eq(banked & (nest.ix != -d.pad)),
             g_last.eq(Mux(slide, g_slide, g_full)),
             cols.eq(Mux(slide, new_cols, d.k)),
         ]
@@ -129,6 +136,7 @@ class IkrSequencer(wiring.Component):
             win.idx_addr.eq(c_idx),
             win.swap.eq(nest.running & (slot == 0)),
             win.fill_valid.eq(nest.running & fill_active & (rem < cols)),
+            win.fill_bank.eq(bank),
             win.tap_offset.eq(kmax - d.k),
         ]
         ix = Signal.like(nest.ix)
@@ -146,6 +154,7 @@ class IkrSequencer(wiring.Component):
             desc = self.run.desc
             slide_cols = Mux(desc.stride < desc.k, desc.stride, desc.k)
             m.d.sync += [fill_active.eq(1), cv.eq(0), slot.eq(0), new_cols.eq(slide_cols),
+                         banked.eq(desc.ci_tiles <= cfg.ikr.tiles), bank.eq(0),
                          g_full.eq(Mux(desc.ikr_n > desc.k, desc.ikr_n, desc.k) - 1),
                          g_slide.eq(Mux(desc.ikr_n > slide_cols, desc.ikr_n, slide_cols) - 1)]
         with m.Elif(nest.running):
@@ -157,6 +166,9 @@ class IkrSequencer(wiring.Component):
                     c_o.eq(nest.o), c_first.eq(nest.first), c_last.eq(nest.last),
                     c_end.eq(nest.end), c_nbout.eq(nest.nbout), c_mask.eq(nest.lane_mask),
                 ]
+                if cfg.ikr.tiles > 1:
+                    # the next group's input tile: the next t, or 0 after the group's last
+                    m.d.sync += bank.eq(Mux(banked & ~nest.last, bank + 1, 0))
                 with m.If(nest.end):
                     m.d.sync += fill_active.eq(0)
         return m

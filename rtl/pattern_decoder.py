@@ -29,17 +29,20 @@ class PatternDecoder(wiring.Component):
 
     Storage:
 
-    * the **window**, two banks of ``ikr_kmax**2`` registers of ``ti*dw`` bits (one pixel,
-      ``ti`` input channels, per tap). ``next`` is a shift register of columns: each column
+    * the **window**: ``cfg.ikr.tiles`` *filled-window* banks ``next[b]`` and the compute
+      window ``cur``, each ``ikr_kmax**2`` registers of ``ti*dw`` bits (one pixel, ``ti``
+      input channels, per tap). A ``next`` bank is a shift register of columns: each column
       :class:`slimnfu.rtl.ikr_sequencer.IkrSequencer` reads from NBin (``window.fill_*``,
-      with the read data ``nbin_data`` one cycle later) enters at register column
-      ``kmax - 1`` and moves the others one column left. The sequencer reads window columns
-      left to right and ends with column ``k - 1`` in the cycle before ``window.swap``, so
-      window column ``c`` sits in register column ``c + window.tap_offset`` (``kmax - k``);
-      when the window slides by ``s`` columns (one input tile), only the ``s`` new columns are
-      read. On ``window.swap`` the window with that last arrival shifted in moves to ``cur``:
-      the swap is wiring and the registers' clock enables, with no multiplexer in front of
-      the ``2*kmax**2`` registers;
+      with the read data ``nbin_data`` one cycle later) enters bank ``window.fill_bank``
+      (registered with the read) at register column ``kmax - 1`` and moves that bank's other
+      columns one column left. The sequencer reads window columns left to right and ends
+      with column ``k - 1`` in the cycle before ``window.swap``, so window column ``c`` sits
+      in register column ``c + window.tap_offset`` (``kmax - k``); when the window slides by
+      ``s`` columns (a layer of at most ``tiles`` input tiles, bank ``t`` for input tile
+      ``t``), only the ``s`` new columns are read. On ``window.swap`` the arriving column's
+      bank, with that last arrival shifted in, is copied to ``cur``: with one bank the swap
+      is wiring and the registers' clock enables, with several a ``tiles``-input
+      multiplexer per ``cur`` register;
     * the **pattern table** (``ikr_kmax**2`` words, one per step ``s``; word ``s`` holds entry
       ``s`` of all P patterns, :func:`slimnfu.contract.ikr_tap_bits` each, pattern ``p`` at
       bit ``p*ikr_tap_bits``);
@@ -56,7 +59,8 @@ class PatternDecoder(wiring.Component):
     Parameters
     ----------
     cfg : AccelConfig
-        Needs ``cfg.ikr``; the window is ``cfg.ikr.kmax`` taps square.
+        Needs ``cfg.ikr``; the window is ``cfg.ikr.kmax`` taps square, with ``cfg.ikr.tiles``
+        filled-window banks.
 
     Members
     -------
@@ -111,32 +115,39 @@ class PatternDecoder(wiring.Component):
         m.d.comb += [table_rd.addr.eq(win.step), index_rd.addr.eq(win.idx_addr)]
 
         # Arrival of the column read in the previous cycle: it shifts into column kmax - 1
-        # of ``next``; on ``swap`` (always with an arrival, the window's last column) ``cur``
-        # takes the shifted window. Column kmax - 1 of both banks holds the words of both
-        # buffers as read and the row's padding flag; its value (the selected word, or zero)
-        # is formed after those registers.
+        # of bank ``arr_bank``; on ``swap`` (always with an arrival, the window's last
+        # column) ``cur`` takes that bank shifted. Column kmax - 1 of every bank holds the
+        # words of both buffers as read and the row's padding flag; its value (the selected
+        # word, or zero) is formed after those registers.
+        banks = cfg.ikr.tiles
         arr_valid, arr_pad = Signal(), Signal.like(win.fill_pad)
-        m.d.sync += [arr_valid.eq(win.fill_valid), arr_pad.eq(win.fill_pad)]
+        arr_bank = Signal(range(banks))
+        m.d.sync += [arr_valid.eq(win.fill_valid), arr_pad.eq(win.fill_pad),
+                     arr_bank.eq(win.fill_bank)]
         cur = [Signal(ti * dw, name=f"cur{p}") for p in range(kmax * kmax)]
-        nxt = [Signal(ti * dw, name=f"next{p}") for p in range(kmax * kmax)]
-        for bank, load in (("next", arr_valid), ("cur", win.swap)):
+        nxt = [[Signal(ti * dw, name=f"next{b}_{p}" if banks > 1 else f"next{p}")
+                for p in range(kmax * kmax)] for b in range(banks)]
+        shift = [Signal(name=f"shift{b}") for b in range(banks)]
+        m.d.comb += [shift[b].eq(arr_valid & (arr_bank == b)) for b in range(banks)]
+        loads = [(f"next{b}" if banks > 1 else "next", shift[b], nxt[b]) for b in range(banks)]
+        for bank, load, value in loads + [("cur", win.swap, cur)]:
             for r in range(kmax):
                 words = [Signal(ti * dw, name=f"{bank}_b{b}_{r}") for b in range(2)]
                 pad = Signal(name=f"{bank}_pad{r}")
                 with m.If(load):
                     m.d.sync += [pad.eq(arr_pad[r])]
                     m.d.sync += [w.eq(self.nbin_data[b][r]) for b, w in enumerate(words)]
-                value = nxt if bank == "next" else cur
                 m.d.comb += value[r * kmax + kmax - 1].eq(
                     Mux(pad, 0, Mux(self.nbin_buf, words[1], words[0])))
         for p in range(kmax * kmax):
             r, c = divmod(p, kmax)
             if c == kmax - 1:
                 continue
-            with m.If(arr_valid):
-                m.d.sync += nxt[p].eq(nxt[p + 1])
+            for b in range(banks):
+                with m.If(shift[b]):
+                    m.d.sync += nxt[b][p].eq(nxt[b][p + 1])
             with m.If(win.swap):
-                m.d.sync += cur[p].eq(nxt[p + 1])
+                m.d.sync += cur[p].eq(_mux_tree(arr_bank, [nxt[b][p + 1] for b in range(banks)]))
 
         # The table holds taps ky*kmax + kx; the window's column 0 is register column
         # tap_offset (kx + tap_offset < kmax: the add never carries into ky). Both selects

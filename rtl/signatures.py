@@ -244,9 +244,10 @@ class WindowSignature(_ParamSignature):
     * ``fill_valid`` (the slot's last ``cols`` cycles, ``cols = k``, or the columns the window
       slides by): column ``k - G + c`` of the next group's window is read from NBin in this
       cycle (left to right), row ``r`` as padding when ``fill_pad[r]``; the decoder shifts the
-      data into its window one cycle later;
-    * ``swap`` (``c == 0``): the filled window becomes the compute window at the clock edge,
-      with column ``k - 1``, arriving in this cycle, shifted in;
+      data into its window bank ``fill_bank`` (constant over a slot) one cycle later;
+    * ``swap`` (``c == 0``): the filled window (the bank filled in the previous slot) becomes
+      the compute window at the clock edge, with column ``k - 1``, arriving in this cycle,
+      shifted in;
     * ``tap_offset`` (constant while a layer runs): ``kmax - k``, the register column of the
       window's column 0;
     * ``step`` and ``idx_addr``: the pattern-table word (the step ``c`` of the group being
@@ -258,32 +259,38 @@ class WindowSignature(_ParamSignature):
         The window's side (``cfg.ikr.kmax``).
     index_addr_width : int
         Address width of the IKR index memory.
+    tiles : int
+        The decoder's window banks (``cfg.ikr.tiles``).
 
     Members
     -------
     swap, fill_valid : Out(1)
+    fill_bank : Out(bits_for(tiles - 1))
     fill_pad : Out(kmax)
     tap_offset : Out(bits_for(kmax - 1))
     step : Out(bits_for(kmax**2 - 1))
     idx_addr : Out(index_addr_width)
     """
 
-    PARAMS = ("kmax", "index_addr_width")
+    PARAMS = ("kmax", "index_addr_width", "tiles")
 
-    def __init__(self, *, kmax, index_addr_width):
+    def __init__(self, *, kmax, index_addr_width, tiles=1):
         _check_width("kmax", kmax)
         _check_width("index_addr_width", index_addr_width)
+        _check_width("tiles", tiles)
         super().__init__({
             "swap": Out(1),
             "fill_valid": Out(1),
+            "fill_bank": Out(bits_for(tiles - 1)),
             "fill_pad": Out(kmax),
             "tap_offset": Out(bits_for(kmax - 1)),
             "step": Out(bits_for(kmax * kmax - 1)),
             "idx_addr": Out(index_addr_width),
-        }, kmax=kmax, index_addr_width=index_addr_width)
+        }, kmax=kmax, index_addr_width=index_addr_width, tiles=tiles)
 
     @classmethod
     def for_config(cls, cfg):
-        """The window signature of ``cfg`` (``ikr_kmax``, ``ikr_index_depth``)."""
+        """The window signature of ``cfg`` (``ikr.kmax``, ``ikr.index_depth``, ``ikr.tiles``)."""
         _check_config(cfg)
-        return cls(kmax=cfg.ikr.kmax, index_addr_width=bits_for(cfg.ikr.index_depth - 1))
+        return cls(kmax=cfg.ikr.kmax, index_addr_width=bits_for(cfg.ikr.index_depth - 1),
+                   tiles=cfg.ikr.tiles)

@@ -150,7 +150,8 @@ def configs(max_tn=16, features=None):
               "sb_depth": draw(st.integers(MAX_STEPS, 4096)),
               "nbout_depth": draw(st.integers(400, 4096)),
               "bias_depth": draw(st.integers(4, 64))}
-        if draw(on("ikr")):
+        ikr = draw(on("ikr"))
+        if ikr:
             ch.update({"ikr": 1, "ikr.kmax": draw(st.integers(1, 7)),
                        "ikr.patterns": draw(st.integers(1, 16)),
                        "ikr.index_depth": draw(st.integers(16, 512))})
@@ -159,6 +160,10 @@ def configs(max_tn=16, features=None):
             ch.update({"perm": 1, "perm.depth": draw(st.integers(2, 256 if dw == 8 else 1024))})
         if draw(on("kgate")):
             ch["kgate"] = 1
+        if ikr:
+            # drawn last, so that the other parameters of a seed stay what they were; window
+            # banks for several input tiles first (one bank, the unbanked decoder, last)
+            ch["ikr.tiles"] = draw(st.sampled_from((2, 3, 4, 1)))
         return get_config("tiny").changed(**ch)
 
     return draw_config()

@@ -56,7 +56,8 @@ def as_dense(case, name=None):
 
 
 def random_ikr_specs(cfg, seed=1):
-    """``[(name, desc, P)]``: 3x3 and 5x5, stride 1/2, padding, n = 1 .. K*K, P = 1 .. 16."""
+    """``[(name, desc, P)]``: 3x3 and 5x5, stride 1/2, padding, n = 1 .. K*K, P = 1 .. 16; then
+    layers of 2 and 3 input tiles (``_t2``, ``_t3``) at n = 1 and n > K."""
     gen = torch.Generator().manual_seed(seed)
     specs = []
     for k, n, p in ((3, 1, 1), (3, 9, 1), (3, 4, 16), (5, 1, 3), (5, 25, 2), (5, 7, 16),
@@ -72,6 +73,16 @@ def random_ikr_specs(cfg, seed=1):
         desc = PassDesc(LayerDesc("conv", n_in, n_out, h, h + 1, k, stride, pad, shift=14,
                                   act=act), ikr_n=n)
         specs.append((f"ikr_k{k}_n{n}_p{p}_s{stride}", desc, p))
+    # Two and three input tiles: each tile's window slides in its own bank when
+    # ``cfg.ikr.tiles`` has them (n = 1, stride 1 and 2, padding), or hides its fill (n > K).
+    for k, n, p, tiles, stride, pad in ((5, 1, 4, 2, 1, 2), (3, 1, 3, 3, 2, 1),
+                                        (3, 5, 6, 2, 1, 0), (5, 7, 2, 3, 2, 1)):
+        if k > cfg.ikr.kmax:
+            continue
+        n_in = (tiles - 1) * cfg.ti + 1 + len(specs) % cfg.ti
+        desc = PassDesc(LayerDesc("conv", n_in, cfg.tn + 1, k + 2, k + 3, k, stride, pad,
+                                  shift=15, act="relu"), ikr_n=n)
+        specs.append((f"ikr_k{k}_n{n}_p{p}_s{stride}_t{tiles}", desc, p))
     return specs
 
 

@@ -116,8 +116,15 @@ def test_features_are_a_set_with_a_parameter_record_each():
     with pytest.raises(ValueError, match=r"ikr\.kmax must be in \[1, 7\], not 9"):
         tiny.with_(ikr={"kmax": 9})
     with pytest.raises(TypeError, match="ikr parameters must be among: kmax, patterns, "
-                                        "index_depth; not depth"):
+                                        "index_depth, tiles; not depth"):
         tiny.with_(ikr={"depth": 3})
+    # the window banks: one per input tile, checked like every parameter
+    assert tiny.with_(ikr={"tiles": 64}).ikr.tiles == 64 and IkrParams().tiles == 1
+    for bad in (0, 65):
+        with pytest.raises(ValueError, match=rf"^ikr\.tiles must be in \[1, 64\], not {bad}$"):
+            tiny.with_(ikr={"tiles": bad})
+    with pytest.raises(TypeError, match=r"^ikr\.tiles must be an integer, not 2\.0$"):
+        tiny.with_(ikr={"tiles": 2.0})
     with pytest.raises(TypeError, match="perm must be a bool"):
         tiny.with_(perm="yes")
     # a feature parameter switches its feature on, and names the config

@@ -146,3 +146,39 @@ def test_single_input_tile_window_slides(stride, cycles):
     x, w, b = ops[:3]
     assert torch.equal(y, fixed.run_layer(run, x.unsqueeze(0), w, b, CFG.dw)[0])
     assert counters["cycles"] == cycles + LayerEngine.latency(CFG)
+
+
+@pytest.mark.parametrize("tiles, n_in, stride, pad, n, banked", [
+    (3, 2 * CFG.ti, 1, 1, 1, True),        # two input tiles, each its own bank
+    (3, 2 * CFG.ti + 1, 2, 1, 1, True),    # three (the last partial), stride 2
+    (3, 2 * CFG.ti, 1, 0, 5, True),        # n > k: slots of n cycles, fill hidden
+    (2, 2 * CFG.ti + 1, 1, 1, 1, False),   # more input tiles than banks: full refills
+])
+def test_banked_window_slides_with_several_input_tiles(tiles, n_in, stride, pad, n, banked):
+    """With ``ikr.tiles`` window banks a layer of up to that many input tiles slides each
+    tile's window in its own bank (``min(stride, k)`` new columns a group, ``max(n, k)`` only
+    at the start of a row); a wider layer refills every window in ``max(n, k)`` cycles."""
+    cfg = CFG.with_(ikr={"kmax": 3, "index_depth": 16, "tiles": tiles})
+    run = PassDesc(LayerDesc("conv", n_in, 2 * CFG.tn, 6, 7, k=3, stride=stride, pad=pad,
+                             shift=15, act="relu"), ikr_n=n)
+    ci, co = run.tiles(cfg)
+    groups = co * run.h_out * run.w_out * ci
+    row = ci * (max(n, 3) + (run.w_out - 1) * max(n, min(stride, 3)))
+    want = co * run.h_out * row + n if banked else groups * max(n, 3) + n
+    assert run.ikr_cycles(cfg) == want and (want < groups * max(n, 3) + n) == (banked and n < 3)
+    assert [run.ikr_slot_cycles(cfg, q) for q in (0, 1, ci, ci + 1, ci * run.w_out)] == (
+        [0, max(n, 3), ci * max(n, 3), ci * max(n, 3) + max(n, stride), row] if banked
+        else [q * max(n, 3) for q in (0, 1, ci, ci + 1, ci * run.w_out)])
+    ops = random_ikr_layer(run, 7, 40 + tiles + stride + n, cfg)
+    dut = LayerEngine(cfg)
+    got = []
+
+    async def bench(ctx):
+        got.append(await run_ikr(ctx, EngineDriver(dut), run, *ops, cfg=cfg))
+
+    simulate(dut, bench)
+    (y, counters), = got
+    x, w, b = ops[:3]
+    assert torch.equal(y, fixed.run_layer(run, x.unsqueeze(0), w, b, cfg.dw)[0])
+    assert counters["cycles"] == want + LayerEngine.latency(cfg)
+

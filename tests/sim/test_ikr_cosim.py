@@ -7,13 +7,16 @@ from slimnfu.config import CONFIGS
 from slimnfu.sim.ikr_cases import as_dense, ikr_cases
 from slimnfu.sim.runner import run_regression
 
-CFG = CONFIGS["tiny"].with_(name="tiny_ikr", ikr=True)
+CFG = CONFIGS["tiny"].with_(name="tiny_ikr", ikr={"tiles": 3})
 
 
 @pytest.mark.parametrize("sim", ["icarus", "verilator"])
 def test_ikr_random_layers(sim):
     cases = ikr_cases(CFG, seed=3)
     assert {c.desc.ikr_n for c in cases} >= {1, 9, 25}
+    # windows that slide in the decoder's banks: 2 and 3 input tiles, stride 1 and 2, n = 1
+    banked = {(c.desc.tiles(CFG)[0], c.desc.layer.stride) for c in cases if c.desc.ikr_n == 1}
+    assert banked >= {(2, 1), (3, 2)}
     if sim == "icarus":
         # Icarus is ~50x slower than Verilator: it checks the extremes n = 1 and n = K*K.
         cases = [c for c in cases if c.desc.ikr_n in (1, c.desc.layer.k * c.desc.layer.k)]
