@@ -31,8 +31,8 @@ from slimnfu.config import AccelConfig, as_pass, out_size
 __all__ = ["PWL_SEGMENTS", "DESC_FIELD_BITS", "COUNTER_BITS", "Mode", "Act", "Perm", "LoadSel",
            "bits_for", "descriptor_layout", "descriptor_value", "load_sel_width",
            "load_addr_width", "load_data_width", "ikr_tap_bits", "ikr_index_bits",
-           "ikr_load_width", "perm_addr_bits", "perm_param_width", "PERM_FIELDS", "Program",
-           "ProgramLayer", "Im2col"]
+           "ikr_load_width", "perm_addr_bits", "perm_param_width", "PERM_FIELDS", "perm_fields",
+           "Program", "ProgramLayer", "Im2col"]
 
 #: Segments of the piecewise-linear activation table (NFU-3), and so words of a PWL load.
 PWL_SEGMENTS = 16
@@ -118,6 +118,9 @@ def perm_addr_bits(cfg):
 
 #: Fields of one row in a ``PERM_PARAM`` word, lowest first, ``perm_addr_bits`` each
 #: (:func:`slimnfu.formats.layout.pack_perm_params`, :class:`slimnfu.rtl.perm_addr.PermAddrGen`).
+#: For a pass over a conv output in the buffer's order (``PassDesc.flatten``, affine rows
+#: only) ``a`` holds the lane stride ``a*hw mod n`` and ``e`` the step ``a`` within a channel
+#: tile.
 PERM_FIELDS = ("a", "e", "start", "last")
 
 
@@ -184,7 +187,26 @@ def descriptor_layout(cfg):
         fields["koff"] = unsigned(DESC_FIELD_BITS["k"])
         fields["nbout_base"] = unsigned(bits_for(cfg.nbout_depth - 1))
         fields["lane_skip"] = unsigned(bits_for(cfg.tn - 1))
+    if cfg.perm:
+        # A perm_affine FC pass over a conv output in the buffer's order (PassDesc.flatten):
+        # the pixels of a channel tile (1: plain), the first NBin word of the last channel
+        # tile and the real lanes of that tile (ti: no padding).
+        fields["perm_hw"] = unsigned(bits_for(cfg.nbin_depth))
+        fields["perm_tail"] = unsigned(bits_for(cfg.nbin_depth - 1))
+        fields["perm_lanes"] = unsigned(bits_for(cfg.ti))
     return data.StructLayout(fields)
+
+
+def perm_fields(desc, cfg):
+    """The descriptor's ``perm_hw``, ``perm_tail`` and ``perm_lanes`` for pass ``desc``
+    (:func:`descriptor_layout`): with ``desc.flatten = (c, hw)``, ``hw``, the first NBin word
+    ``(ceil(c/ti) - 1)*hw`` of the last channel tile and its real lanes ``c - (ceil(c/ti) -
+    1)*ti``; otherwise ``1, 0, ti`` (no padding lanes)."""
+    if not desc.flatten:
+        return {"perm_hw": 1, "perm_tail": 0, "perm_lanes": cfg.ti}
+    c, hw = desc.flatten
+    last = -(-c // cfg.ti) - 1
+    return {"perm_hw": hw, "perm_tail": last * hw, "perm_lanes": c - last * cfg.ti}
 
 
 def descriptor_value(desc, cfg, check=True):
@@ -214,7 +236,8 @@ def descriptor_value(desc, cfg, check=True):
     if cfg.perm:
         fields["perm"] = {"none": Perm.NONE, "affine": Perm.AFFINE,
                           "index": Perm.INDEX}[desc.perm]
-        fields["n_in"] = d.n_in if desc.perm != "none" else 0
+        fields["n_in"] = desc.perm_n if desc.perm != "none" else 0
+        fields.update(perm_fields(desc, cfg))
     elif desc.perm != "none":
         raise ValueError(f"layer has perm={desc.perm!r}, but config {cfg.name!r} has perm=False")
     if cfg.kgate:

@@ -113,6 +113,8 @@ def record_to_state(record):
     ``{"tensor": {"shape", "values"}}``, every other field as it is."""
     out = {}
     for f in dataclasses.fields(record):
+        if f.metadata.get("transient"):
+            continue    # the compiler's, never stored (e.g. a re-laid column order)
         v = getattr(record, f.name)
         if isinstance(v, torch.Tensor):
             v = {"tensor": {"shape": list(v.shape), "values": v.reshape(-1).tolist()}}

@@ -52,6 +52,7 @@ import torch
 from slimnfu.atomic import write_folder
 from slimnfu.config import IM2COL_MODES, AccelConfig
 from slimnfu.contract import Im2col, Program, ProgramLayer, descriptor_value, load_data_width
+from slimnfu.formats.layout import buffer_order
 from slimnfu.gen.schedule import inference_cycles
 
 __all__ = ["compile_model", "config_for", "buffer_words", "buffer_depth", "out_shape",
@@ -118,18 +119,6 @@ def buffer_words(qmodel, cfg):
         need[bufs[0]] = max(need[bufs[0]], p.desc.nbin_words(cfg))
         need[bufs[1]] = max(need[bufs[1]], p.desc.nbout_base + p.desc.nbout_words(cfg))
     return tuple(need)
-
-
-def buffer_order(c, h, w, tn):
-    """Where PyTorch's flatten order puts each value of a ``c x h x w`` output in the neuron
-    buffer: ``src[j]`` is the flatten index of buffer value ``j`` (word ``j // tn``, lane
-    ``j % tn``), -1 for a padding lane of the last channel tile. int64, ``ceil(c/tn)*tn*h*w``
-    values."""
-    tiles, hw = -(-c // tn), h * w
-    word = torch.arange(tiles * hw, dtype=torch.int64).reshape(-1, 1)
-    chan = word // hw * tn + torch.arange(tn, dtype=torch.int64)
-    src = chan * hw + word % hw
-    return torch.where(chan < c, src, -1).reshape(-1)
 
 
 def engine_layers(qmodel, cfg):

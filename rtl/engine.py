@@ -209,7 +209,7 @@ class LayerEngine(wiring.Component):
             synapses.append(port.data)
         synapse_word = Cat(*synapses)
         if cfg.perm:
-            synapse_word = self._perm_path(m, cur, st, synapse_word, loads)
+            synapse_word, keep = self._perm_path(m, cur, st, synapse_word, loads)
 
         # Load interface: one word per cycle into the memory load_sel names (NBin: while idle).
         idle_load = self.load_en & ~busy
@@ -230,6 +230,11 @@ class LayerEngine(wiring.Component):
         # Stage T+2: the NFU-1 operands (padding positions read as zero).
         pad, valid = delayed(st.pad, operands, "pad"), delayed(st.valid, operands, "valid")
         neurons = Signal(ti * dw)
+        if cfg.perm:
+            # the padding lanes of a re-laid perm_affine pass's last channel tile read zero
+            keep = delayed(keep, operands, "perm_keep")
+            nbin_word = Cat(*(Mux(keep[i], nbin_word[i * dw:(i + 1) * dw], 0)
+                              for i in range(ti)))
         m.d.comb += neurons.eq(Mux(pad, 0, nbin_word))
         m.d.comb += [nfu1.neurons.eq(neurons), nfu1.synapses.eq(synapse_word),
                      nfu1.en.eq(valid & is_mac)]
@@ -324,7 +329,10 @@ class LayerEngine(wiring.Component):
         return gated_word
 
     def _perm_path(self, m, cur, step, sb_word, loads):
-        """Method C: gather the step's synapses from ``s``; return the NFU-1 synapse word.
+        """Method C: gather the step's synapses from ``s``; return the NFU-1 synapse word and
+        the step's input lanes to keep (``ti`` bits; a re-laid pass, ``desc.perm_hw > 1``,
+        drops the lanes ``>= perm_lanes`` of the steps from NBin word ``perm_tail`` on: the
+        padding channels of the conv output's last tile).
 
         Adds the write ports of ``s`` and of the per-row parameters to ``loads``.
         """
@@ -338,13 +346,17 @@ class LayerEngine(wiring.Component):
         params_rd = params.read_port(domain="comb")
         m.d.comb += [
             params_rd.addr.eq(step.bias_addr),
-            gen.mode.eq(cur.perm), gen.n.eq(cur.n_in), gen.params.eq(params_rd.data),
+            gen.mode.eq(cur.perm), gen.n.eq(cur.n_in), gen.hw.eq(cur.perm_hw),
+            gen.params.eq(params_rd.data),
             gen.indices.eq(sb_word), gen.first.eq(step.first), gen.step.eq(step.valid),
             psb.addr.eq(gen.addr), psb.en.eq(step.valid & (cur.perm != Perm.NONE)),
         ]
         perm_on = Signal()
         m.d.sync += perm_on.eq(cur.perm != Perm.NONE)
-        return Mux(perm_on, psb.data, sb_word)
+        keep = Signal(cfg.ti)
+        tail = step.nbin_addr >= cur.perm_tail
+        m.d.comb += keep.eq(Cat(*(~tail | (i < cur.perm_lanes) for i in range(cfg.ti))))
+        return Mux(perm_on, psb.data, sb_word), keep
 
     def _ikr_path(self, m, cur, seq, starting, bufs, nb_rds, cur_in, nfu1, loads):
         """Method B: IKR conv layers (``desc.ikr_n != 0``) run on :class:`IkrUnit`.

@@ -27,6 +27,16 @@ class PermAddrGen(wiring.Component):
       (``>= n ? - n``); ``x_k`` and ``d_k`` are both ``k`` adds deep, so the chain is as deep
       as the affine one (``e_r = 0``). No multiplier and no adder for the group base. On
       every ``step`` the registers take the next link of both chains.
+    * ``mode == AFFINE`` with ``hw > 1`` (``PassDesc.flatten``: the inputs are a conv output
+      of ``hw`` pixels a channel in the neuron buffer's order, affine rows): input lane ``i``
+      of step ``u = t*hw + p`` (channel tile ``t``, pixel ``p``) is flatten index ``(t*ti +
+      i)*hw + p``, so its address is ``x_u + i*(a_r*hw mod n)`` with ``x_u = pi_r(t*ti*hw +
+      p)``. The parameters hold the lane stride ``a_r*hw mod n`` in field ``a`` (the chain's
+      constant difference; no second difference) and ``a_r`` in field ``e``; a pixel counter
+      (reset by ``first``) marks the last pixel of a channel tile, and the next step's
+      ``x`` is ``x_u + a_r`` within a tile, ``x_{ti-1} + a_r`` (lane ``ti-1``'s address plus
+      one flatten step) at a tile's end. With ``hw == 1`` every step ends a tile, and the
+      next ``x`` is ``x_{ti-1} + d_{ti-1}``, the chain's next link.
     * ``mode == INDEX``: the addresses are the low ``perm_addr_bits`` of the ``dw``-bit lanes
       of ``indices`` (the index-ROM word SB holds for this step).
     * ``mode == NONE``: the addresses are 0 (the dense path does not use them).
@@ -44,6 +54,8 @@ class PermAddrGen(wiring.Component):
     -------
     mode : In(Perm); n : In(bits_for(perm_depth))
         The layer's weight format and sequence length (``desc.perm``, ``desc.n_in``).
+    hw : In(bits_for(nbin_depth))
+        Pixels of a channel tile (``desc.perm_hw``; 1: the inputs in flatten order).
     params : In(perm_param_width)
         The output tile's per-lane ``(a, e, start, last)``, for the step on the inputs.
     indices : In(tn*ti*dw)
@@ -60,6 +72,7 @@ class PermAddrGen(wiring.Component):
         super().__init__({
             "mode": In(Perm),
             "n": In(bits_for(cfg.perm.depth)),
+            "hw": In(bits_for(cfg.nbin_depth)),
             "params": In(perm_param_width(cfg)),
             "indices": In(cfg.tn * cfg.ti * cfg.dw),
             "first": In(1),
@@ -73,6 +86,15 @@ class PermAddrGen(wiring.Component):
         tn, ti = cfg.tn, cfg.ti
         n = self.n
         nf = len(PERM_FIELDS)
+        # Two-level walk of a re-laid pass: pixel p of the current channel tile.
+        flat = Signal()
+        m.d.comb += flat.eq(self.hw > 1)
+        held_p = Signal.like(self.hw, name="pixel_reg")
+        p = Signal.like(self.hw, name="pixel")
+        tile_end = Signal()
+        m.d.comb += [p.eq(Mux(self.first, 0, held_p)), tile_end.eq(p + 1 >= self.hw)]
+        with m.If(self.step):
+            m.d.sync += held_p.eq(Mux(tile_end, 0, p + 1))
 
         def wrap_add(x, a, over, name):
             """``x + a``, minus ``n`` when it passes ``over`` (``over(total)`` is true)."""
@@ -90,13 +112,18 @@ class PermAddrGen(wiring.Component):
             x, d = Signal(ab, name=f"x{j}"), Signal(ab, name=f"d{j}")
             m.d.comb += [x.eq(Mux(self.first, field["start"], held_x)),
                          d.eq(Mux(self.first, field["a"], held_d))]
+            second = Signal(ab, name=f"second{j}")
+            m.d.comb += second.eq(Mux(flat, 0, field["e"]))
             xs, ds = [x], [d]
-            for i in range(1, ti + 1):
+            for i in range(1, ti):
                 xs.append(wrap_add(xs[-1], ds[-1], lambda s: s > field["last"], f"addr{j}_{i}"))
-                ds.append(wrap_add(ds[-1], field["e"], lambda s: s >= n, f"diff{j}_{i}"))
-            affine.extend(xs[:ti])
+                ds.append(wrap_add(ds[-1], second, lambda s: s >= n, f"diff{j}_{i}"))
+            next_d = wrap_add(ds[-1], second, lambda s: s >= n, f"diff{j}_{ti}")
+            next_x = wrap_add(Mux(tile_end, xs[-1], x), Mux(flat, field["e"], ds[-1]),
+                              lambda s: s > field["last"], f"addr{j}_{ti}")
+            affine.extend(xs)
             with m.If(self.step & (self.mode == Perm.AFFINE)):
-                m.d.sync += [held_x.eq(xs[ti]), held_d.eq(ds[ti])]
+                m.d.sync += [held_x.eq(next_x), held_d.eq(next_d)]
 
         dw = cfg.dw
         index = [self.indices[l * dw:l * dw + ab] for l in range(tn * ti)]
