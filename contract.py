@@ -264,12 +264,10 @@ class ProgramLayer:
     input from neuron buffer ``in_buf`` and writes its output into buffer ``out_buf`` (the
     engine's ping-pong pair, :class:`slimnfu.rtl.engine.LayerEngine`). ``move`` is
     ``("image",)`` for the first layer (the host writes buffer 0), ``("none",)`` when the
-    input is already in ``in_buf`` where the layer reads it (the previous layer's output, or
-    for a later pass of a model layer its input or its earlier passes' outputs), or
-    ``("flatten", channels, h, w)``: the controller re-orders the conv output in buffer
-    ``1 - in_buf`` value by value into ``in_buf`` in PyTorch's flatten order (only for an FC
-    layer whose format cannot take its columns in the buffer's order, see
-    :meth:`slimnfu.formats.base.WeightFormat.relayout_input`).
+    input is already in ``in_buf`` where the layer reads it (the previous layer's output, an
+    FC layer's conv output in the buffer's order included, see
+    :meth:`slimnfu.formats.base.WeightFormat.relayout_input`; or for a later pass of a model
+    layer its input or its earlier passes' outputs). No activation is moved.
 
     A model layer may take several program layers (a ``slim`` layer: one pass per run of
     equal-kernel tiles, then the 1x1 approximation pass). ``ref`` is the index of the model
@@ -293,9 +291,8 @@ class ProgramLayer:
 
     @property
     def move_cycles(self):
-        """Cycles the move into ``in_buf`` takes: one per value flattened, else 0."""
-        if self.move[0] == "flatten":
-            return self.move[1] * self.move[2] * self.move[3]
+        """Cycles spent moving the layer's input: 0, no activation is moved (the accelerator's
+        ``move_cycles`` counter stays for the reports)."""
         return 0
 
 

@@ -385,7 +385,8 @@ class WeightFormat:
 
     def relayout_input(self, ql, src):
         """The FC layer ``ql`` with its input columns in another order, or None when the
-        format cannot store it so (the default).
+        format cannot store it so (the default; a format may raise ``ValueError`` saying why
+        instead). The compiler refuses a layer it cannot re-lay.
 
         The compiler uses it to run an FC layer straight on a conv output where the engine
         wrote it (:mod:`slimnfu.gen.compiler`): input ``j`` of the returned layer is input

@@ -387,10 +387,15 @@ class PermAffineFormat(_PermFormat):
     def relayout_input(self, ql, src):
         # Only a conv output in the buffer's order (layout.buffer_order, hw > 1 pixels) of
         # affine rows: the address generators walk the flatten order over it (rtl/perm_addr).
-        # A quadratic row's differences change with the channel tile as well as the lane, which
-        # the generator does not track: None, so the compiler keeps the flatten move.
         rec, n = ql.compressed, ql.desc.n_in
-        if rec.family() != "affine" or rec.order or n < 2:
+        if rec.family() != "affine":
+            # A quadratic row's lane difference changes with the channel tile and the pixel,
+            # and its step with both: three more chains and four more parameters per row.
+            raise ValueError("perm_affine rows of the quadratic family (nonzero second "
+                             "differences e) cannot be walked in the neuron buffer's order of "
+                             "a conv output; use the affine family for an FC layer after a "
+                             "conv output of more than one pixel")
+        if rec.order or n < 2:
             return None
         at = (src == 1).nonzero()
         if not at.numel():

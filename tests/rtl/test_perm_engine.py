@@ -158,26 +158,3 @@ def test_relaid_affine_fc_reads_the_buffer_order():
     for (desc, *_, want), (y, counters) in zip(jobs, _run(jobs)):
         assert torch.equal(y, want), desc
         assert counters["cycles"] == desc.dense_cycles(CFG) + LayerEngine.latency(CFG)
-
-
-def test_relayout_refuses_what_the_generator_cannot_walk():
-    from slimnfu.formats.qmodel import QLayer
-
-    n, m = 24, 9
-    a, b, e = permfc.random_generated_params(m, n, "quadratic", 6)
-    s = torch.arange(n)
-    rec = perm.PermAffineWeights(s, a, b, e)
-    ql = QLayer("fc1", LayerDesc("fc", n, m, shift=0), s[rec.indices(n)], torch.zeros(m,
-                dtype=torch.int64), 0, 0, 0, None, format="perm_affine", compressed=rec)
-    src = layout.buffer_order(6, 4, 1, 4)
-    assert bool(e.any()) and ql.weight_format.relayout_input(ql, src) is None
-    affine = perm.PermAffineWeights(s, a, b)
-    qa = QLayer("fc1", ql.desc, s[affine.indices(n)], ql.b, 0, 0, 0, None,
-                format="perm_affine", compressed=affine)
-    assert qa.weight_format.relayout_input(qa, src.flip(0)) is None     # not a buffer order
-    assert qa.weight_format.relayout_input(qa, src).compressed.order == (6, 4, 4)
-    with pytest.raises(ValueError, match=r"flatten=\(3, 4\) reads ceil\(3/tn\)\*tn\*4 = 16 "
-                                         r"buffer values on config 'tiny' \(tn=4\), not n_in=12"):
-        PassDesc(LayerDesc("fc", 12, 5), perm="affine", flatten=(3, 4)).check(CFG)
-    with pytest.raises(ValueError, match="flatten applies to perm='affine'"):
-        PassDesc(LayerDesc("fc", 16, 5), perm="index", flatten=(3, 4))
