@@ -113,9 +113,9 @@ def record_to_state(record):
     ``{"tensor": {"shape", "values"}}``, every other field as it is."""
     out = {}
     for f in dataclasses.fields(record):
-        if f.metadata.get("transient"):
-            continue    # the compiler's, never stored (e.g. a re-laid column order)
         v = getattr(record, f.name)
+        if v is None and f.metadata.get("omit_none"):
+            continue    # a field only the compiler sets (e.g. a re-laid column order)
         if isinstance(v, torch.Tensor):
             v = {"tensor": {"shape": list(v.shape), "values": v.reshape(-1).tolist()}}
         out[_state_key(f)] = v

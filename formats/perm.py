@@ -169,7 +169,7 @@ class PermAffineWeights:
     ``a`` (first difference), ``b`` (offset), ``e`` (second difference; None: all zero, the
     affine family) and ``group`` (None: all in group 0).
 
-    ``order`` is the compiler's, never stored: ``(c, hw, tn)`` when the layer's inputs are a
+    ``order`` is the compiler's (a network cache never holds it): ``(c, hw, tn)`` when the layer's inputs are a
     ``c x hw`` conv output in the neuron buffer's order for ``tn`` lanes
     (:func:`slimnfu.formats.layout.buffer_order`, :meth:`PermAffineFormat.relayout_input`):
     input ``j`` of the layer is flatten index ``src[j]``, a padding input when ``src[j] <
@@ -181,7 +181,11 @@ class PermAffineWeights:
     b: torch.Tensor
     e: torch.Tensor = None
     group: torch.Tensor = None
-    order: tuple = dataclasses.field(default=None, metadata={"transient": True})
+    order: tuple = dataclasses.field(default=None, metadata={"omit_none": True})
+
+    def __post_init__(self):
+        if self.order is not None:
+            self.order = tuple(int(v) for v in self.order)
 
     def seq_len(self, n):
         """``N``, the length of one common sequence of a layer of ``n`` inputs."""
