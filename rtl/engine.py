@@ -34,9 +34,11 @@ class LayerEngine(wiring.Component):
     ``in_buf = 0, out_buf = 1`` (the ports' defaults) is the classic NBin/NBout engine.
 
     Pipeline, for a step issued by the sequencer in cycle ``S``: the step register ``S+1``
-    (``T``; :attr:`STEP_STAGES`); NBin/SB read ``T``, their block RAM output register
-    ``T+2`` (:attr:`READ_STAGES`); the NFU-1 operands (padding, IKR taps, kernel gating,
-    permuted synapses) enter NFU-1's operand registers in ``T+2`` and the products appear
+    (``T``; :attr:`STEP_STAGES`); NBin/SB read ``R = T + perm_stages(cfg)`` (0 without
+    ``cfg.perm``; with it, the permutation address generator's pipeline, whose registered
+    addresses read the ``s`` banks in ``R`` too), their block RAM output register ``R+2``
+    (:attr:`READ_STAGES`); the NFU-1 operands (padding, IKR taps, kernel gating,
+    permuted synapses) enter NFU-1's operand registers in ``R+2`` and the products appear
     :meth:`NFU1.latency` cycles later; NFU-2's adder tree and accumulator take
     :meth:`NFU2.latency` cycles (the tree's stages follow ``ti``), NFU-3's requantisation and
     activation :meth:`NFU3.latency`; NBout is written in ``S + write_delay(cfg)``. The bias
