@@ -169,8 +169,8 @@ class PermAffineWeights:
     ``a`` (first difference), ``b`` (offset), ``e`` (second difference; None: all zero, the
     affine family) and ``group`` (None: all in group 0).
 
-    ``order`` is the compiler's (a network cache never holds it): ``(c, hw, tn)`` when the layer's inputs are a
-    ``c x hw`` conv output in the neuron buffer's order for ``tn`` lanes
+    ``order`` is the compiler's (a network cache never holds it): ``(c, hw, tn)`` when the
+    layer's inputs are a ``c x hw`` conv output in the neuron buffer's order for ``tn`` lanes
     (:func:`slimnfu.formats.layout.buffer_order`, :meth:`PermAffineFormat.relayout_input`):
     input ``j`` of the layer is flatten index ``src[j]``, a padding input when ``src[j] <
     0``; ``N = c*hw`` then, not the layer's ``n_in``.
