@@ -551,7 +551,7 @@ class LayerDesc:
 
 
 #: The fields a :class:`PassDesc` adds to its layer.
-PASS_FIELDS = ("ikr_n", "perm", "lane_k", "koff", "nbout_base", "lane_skip")
+PASS_FIELDS = ("ikr_n", "perm", "lane_k", "koff", "nbout_base", "lane_skip", "flatten")
 
 
 @dataclass(frozen=True)
@@ -588,6 +588,14 @@ class PassDesc:
     lane_skip : int
         Lanes ``0 .. lane_skip-1`` of the pass's first output tile are not written
         (``cfg.kgate``), so a pass can fill the rest of a tile another pass began.
+    flatten : tuple of int
+        ``()``, or for an FC pass with ``perm="affine"`` that reads a conv output where the
+        engine wrote it: ``(channels, pixels)`` of that output. Its inputs are then the
+        buffer's values in order (word ``t*pixels + p`` holds channels ``t*tn ..`` at pixel
+        ``p``; :func:`slimnfu.formats.layout.buffer_order`), ``layer.n_in =
+        ceil(channels/tn)*tn*pixels`` of them, the lanes of a last partial channel tile
+        padding; the common sequence has ``channels*pixels`` values, and the address
+        generators walk PyTorch's flatten order over the buffer's (:mod:`slimnfu.rtl.perm_addr`).
     """
 
     layer: LayerDesc
@@ -597,12 +605,22 @@ class PassDesc:
     koff: int = 0
     nbout_base: int = 0
     lane_skip: int = 0
+    flatten: tuple = ()
 
     def __post_init__(self):
         d = self.layer
         if not isinstance(d, LayerDesc):
             raise TypeError(f"a pass's layer must be a LayerDesc, not {type(d).__name__}")
         object.__setattr__(self, "lane_k", tuple(self.lane_k))
+        object.__setattr__(self, "flatten", tuple(self.flatten))
+        if self.flatten:
+            if len(self.flatten) != 2:
+                raise ValueError(f"flatten must be (channels, pixels), not {self.flatten!r}")
+            for name, v in zip(("flatten channels", "flatten pixels"), self.flatten):
+                _check_int(name, v, 1)
+            if self.perm != "affine":
+                raise ValueError(f"flatten applies to perm='affine' fc passes only, not "
+                                 f"perm={self.perm!r}")
         for name in ("koff", "nbout_base", "lane_skip", "ikr_n"):
             _check_int(name, getattr(self, name), 0)
         if self.koff and d.kind != "conv":
@@ -641,6 +659,12 @@ class PassDesc:
     def with_(self, **changes):
         """A copy with ``changes`` applied (and checked)."""
         return replace(self, **changes)
+
+    @property
+    def perm_n(self):
+        """The length ``N`` of a permuted pass's common sequence: ``channels*pixels`` with
+        ``flatten``, else ``layer.n_in``."""
+        return self.flatten[0] * self.flatten[1] if self.flatten else self.layer.n_in
 
     def tiles(self, cfg):
         """Return ``(ci_tiles, co_tiles)`` for ``cfg``."""
@@ -773,10 +797,18 @@ class PassDesc:
             if cfg.perm is None:
                 raise ValueError(f"layer fc {d.n_in}->{d.n_out} has perm={self.perm!r}, "
                                  f"but config {cfg.name!r} has perm=False")
-            if d.n_in > cfg.perm.depth:
+            n = self.perm_n
+            if n > cfg.perm.depth:
                 raise ValueError(f"layer fc {d.n_in}->{d.n_out}: its common sequence "
-                                 f"needs n_in={d.n_in} words, but config {cfg.name!r} has "
+                                 f"needs n_in={n} words, but config {cfg.name!r} has "
                                  f"perm.depth={cfg.perm.depth}")
+            if self.flatten:
+                c, hw = self.flatten
+                want = -(-c // cfg.tn) * cfg.tn * hw
+                if d.n_in != want:
+                    raise ValueError(f"layer fc {d.n_in}->{d.n_out}: flatten={self.flatten} "
+                                     f"reads ceil({c}/tn)*tn*{hw} = {want} buffer values on "
+                                     f"config {cfg.name!r} (tn={cfg.tn}), not n_in={d.n_in}")
         for name, bits in (("h_in", 12), ("w_in", 12), ("k", 4), ("stride", 4), ("pad", 4)):
             if getattr(d, name) >= (1 << bits):
                 raise ValueError(f"{name} must be < {1 << bits} (descriptor field width), "

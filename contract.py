@@ -31,8 +31,8 @@ from slimnfu.config import AccelConfig, as_pass, out_size
 __all__ = ["PWL_SEGMENTS", "DESC_FIELD_BITS", "COUNTER_BITS", "Mode", "Act", "Perm", "LoadSel",
            "bits_for", "descriptor_layout", "descriptor_value", "load_sel_width",
            "load_addr_width", "load_data_width", "ikr_tap_bits", "ikr_index_bits",
-           "ikr_load_width", "perm_addr_bits", "perm_param_width", "PERM_FIELDS", "Program",
-           "ProgramLayer", "Im2col"]
+           "ikr_load_width", "perm_addr_bits", "perm_param_width", "PERM_FIELDS", "perm_fields",
+           "Program", "ProgramLayer", "Im2col"]
 
 #: Segments of the piecewise-linear activation table (NFU-3), and so words of a PWL load.
 PWL_SEGMENTS = 16
@@ -118,6 +118,9 @@ def perm_addr_bits(cfg):
 
 #: Fields of one row in a ``PERM_PARAM`` word, lowest first, ``perm_addr_bits`` each
 #: (:func:`slimnfu.formats.layout.pack_perm_params`, :class:`slimnfu.rtl.perm_addr.PermAddrGen`).
+#: For a pass over a conv output in the buffer's order (``PassDesc.flatten``, affine rows
+#: only) ``a`` holds the lane stride ``a*hw mod n`` and ``e`` the step ``a`` within a channel
+#: tile.
 PERM_FIELDS = ("a", "e", "start", "last")
 
 
@@ -184,7 +187,26 @@ def descriptor_layout(cfg):
         fields["koff"] = unsigned(DESC_FIELD_BITS["k"])
         fields["nbout_base"] = unsigned(bits_for(cfg.nbout_depth - 1))
         fields["lane_skip"] = unsigned(bits_for(cfg.tn - 1))
+    if cfg.perm:
+        # A perm_affine FC pass over a conv output in the buffer's order (PassDesc.flatten):
+        # the pixels of a channel tile (1: plain), the first NBin word of the last channel
+        # tile and the real lanes of that tile (ti: no padding).
+        fields["perm_hw"] = unsigned(bits_for(cfg.nbin_depth))
+        fields["perm_tail"] = unsigned(bits_for(cfg.nbin_depth - 1))
+        fields["perm_lanes"] = unsigned(bits_for(cfg.ti))
     return data.StructLayout(fields)
+
+
+def perm_fields(desc, cfg):
+    """The descriptor's ``perm_hw``, ``perm_tail`` and ``perm_lanes`` for pass ``desc``
+    (:func:`descriptor_layout`): with ``desc.flatten = (c, hw)``, ``hw``, the first NBin word
+    ``(ceil(c/ti) - 1)*hw`` of the last channel tile and its real lanes ``c - (ceil(c/ti) -
+    1)*ti``; otherwise ``1, 0, ti`` (no padding lanes)."""
+    if not desc.flatten:
+        return {"perm_hw": 1, "perm_tail": 0, "perm_lanes": cfg.ti}
+    c, hw = desc.flatten
+    last = -(-c // cfg.ti) - 1
+    return {"perm_hw": hw, "perm_tail": last * hw, "perm_lanes": c - last * cfg.ti}
 
 
 def descriptor_value(desc, cfg, check=True):
@@ -214,7 +236,8 @@ def descriptor_value(desc, cfg, check=True):
     if cfg.perm:
         fields["perm"] = {"none": Perm.NONE, "affine": Perm.AFFINE,
                           "index": Perm.INDEX}[desc.perm]
-        fields["n_in"] = d.n_in if desc.perm != "none" else 0
+        fields["n_in"] = desc.perm_n if desc.perm != "none" else 0
+        fields.update(perm_fields(desc, cfg))
     elif desc.perm != "none":
         raise ValueError(f"layer has perm={desc.perm!r}, but config {cfg.name!r} has perm=False")
     if cfg.kgate:
@@ -241,12 +264,10 @@ class ProgramLayer:
     input from neuron buffer ``in_buf`` and writes its output into buffer ``out_buf`` (the
     engine's ping-pong pair, :class:`slimnfu.rtl.engine.LayerEngine`). ``move`` is
     ``("image",)`` for the first layer (the host writes buffer 0), ``("none",)`` when the
-    input is already in ``in_buf`` where the layer reads it (the previous layer's output, or
-    for a later pass of a model layer its input or its earlier passes' outputs), or
-    ``("flatten", channels, h, w)``: the controller re-orders the conv output in buffer
-    ``1 - in_buf`` value by value into ``in_buf`` in PyTorch's flatten order (only for an FC
-    layer whose format cannot take its columns in the buffer's order, see
-    :meth:`slimnfu.formats.base.WeightFormat.relayout_input`).
+    input is already in ``in_buf`` where the layer reads it (the previous layer's output, an
+    FC layer's conv output in the buffer's order included, see
+    :meth:`slimnfu.formats.base.WeightFormat.relayout_input`; or for a later pass of a model
+    layer its input or its earlier passes' outputs). No activation is moved.
 
     A model layer may take several program layers (a ``slim`` layer: one pass per run of
     equal-kernel tiles, then the 1x1 approximation pass). ``ref`` is the index of the model
@@ -270,9 +291,8 @@ class ProgramLayer:
 
     @property
     def move_cycles(self):
-        """Cycles the move into ``in_buf`` takes: one per value flattened, else 0."""
-        if self.move[0] == "flatten":
-            return self.move[1] * self.move[2] * self.move[3]
+        """Cycles spent moving the layer's input: 0, no activation is moved (the accelerator's
+        ``move_cycles`` counter stays for the reports)."""
         return 0
 
 

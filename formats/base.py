@@ -114,6 +114,8 @@ def record_to_state(record):
     out = {}
     for f in dataclasses.fields(record):
         v = getattr(record, f.name)
+        if v is None and f.metadata.get("omit_none"):
+            continue    # a field only the compiler sets (e.g. a re-laid column order)
         if isinstance(v, torch.Tensor):
             v = {"tensor": {"shape": list(v.shape), "values": v.reshape(-1).tolist()}}
         out[_state_key(f)] = v
@@ -383,7 +385,8 @@ class WeightFormat:
 
     def relayout_input(self, ql, src):
         """The FC layer ``ql`` with its input columns in another order, or None when the
-        format cannot store it so (the default).
+        format cannot store it so (the default; a format may raise ``ValueError`` saying why
+        instead). The compiler refuses a layer it cannot re-lay.
 
         The compiler uses it to run an FC layer straight on a conv output where the engine
         wrote it (:mod:`slimnfu.gen.compiler`): input ``j`` of the returned layer is input

@@ -34,7 +34,7 @@ __all__ = ["pack_words", "unpack_words", "pack_input", "pack_weights", "pack_bia
            "unpack_output", "pack_output", "output_lane_masks", "pack_pwl", "pack_ikr_weights",
            "pack_ikr_index", "pack_ikr_table", "pack_perm_s", "pack_perm_params",
            "unpack_perm_params",
-           "pack_perm_index", "patch_order", "patch_input", "patch_weights",
+           "pack_perm_index", "buffer_order", "patch_order", "patch_input", "patch_weights",
            "pack_program_input", "unpack_program_output"]
 
 
@@ -187,18 +187,27 @@ def pack_perm_s(s, cfg):
     return pack_words(s, cfg.dw)
 
 
-def pack_perm_params(a, b, cfg, n, e=None, group=None):
+def pack_perm_params(a, b, cfg, n, e=None, group=None, hw=1):
     """Words of the ``PERM_PARAM`` load: output tile ``o``, lane ``j`` holds row
     ``r = o*tn + j`` as :data:`PERM_FIELDS`, ``ab = perm_addr_bits(cfg)`` bits each, lane ``j``
     at bits ``[4*ab*j, 4*ab*(j+1))``: the first difference ``a_r``, the second difference
     ``e_r`` (0: affine), the first address ``start = g_r*n + b_r`` and the last address of the
     row's sequence ``last = g_r*n + n - 1`` (absolute addresses into ``s``, so the generator
-    wraps without an adder for the group base)."""
+    wraps without an adder for the group base).
+
+    ``hw > 1``: the rows read a conv output of ``hw`` pixels a channel in the buffer's order
+    (``PassDesc.flatten``; affine rows only, ``e`` must be 0): the first field holds the lane
+    stride ``a_r*hw mod n`` and the second the step within a channel tile, ``a_r``."""
     ab = perm_addr_bits(cfg)
     a = torch.as_tensor(a, dtype=torch.int64).reshape(-1)
     b = torch.as_tensor(b, dtype=torch.int64).reshape(-1)
     m = a.numel()
     e = torch.zeros(m, dtype=torch.int64) if e is None else torch.as_tensor(e).reshape(-1)
+    if hw > 1:
+        if bool(e.any()):
+            raise ValueError(f"hw={hw}: rows in the buffer's order must be affine (e = 0), "
+                             f"row {int(e.nonzero()[0, 0])} has e={int(e[e != 0][0])}")
+        a, e = a * hw % n, a
     g = torch.zeros(m, dtype=torch.int64) if group is None else torch.as_tensor(group).reshape(-1)
     top = int(g.max()) * n + n - 1 if m else 0
     if top >= cfg.perm.depth:
@@ -208,6 +217,18 @@ def pack_perm_params(a, b, cfg, n, e=None, group=None):
     rows = torch.zeros(tiles * cfg.tn, len(PERM_FIELDS), dtype=torch.int64)
     rows[:m, 0], rows[:m, 1], rows[:m, 2], rows[:m, 3] = a, e, g * n + b, g * n + n - 1
     return pack_words(rows.reshape(tiles, len(PERM_FIELDS) * cfg.tn), ab)
+
+
+def buffer_order(c, h, w, tn):
+    """Where PyTorch's flatten order puts each value of a ``c x h x w`` output in the neuron
+    buffer: ``src[j]`` is the flatten index of buffer value ``j`` (word ``j // tn``, lane
+    ``j % tn``; word ``t*h*w + p`` holds channels ``t*tn ..`` at pixel ``p``), -1 for a padding
+    lane of the last channel tile. int64, ``ceil(c/tn)*tn*h*w`` values."""
+    tiles, hw = -(-c // tn), h * w
+    word = torch.arange(tiles * hw, dtype=torch.int64).reshape(-1, 1)
+    chan = word // hw * tn + torch.arange(tn, dtype=torch.int64)
+    src = chan * hw + word % hw
+    return torch.where(chan < c, src, -1).reshape(-1)
 
 
 def unpack_perm_params(words, m, n, groups, cfg):

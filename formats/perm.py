@@ -23,6 +23,7 @@ Both need ``cfg.perm`` (:mod:`slimnfu.rtl.perm_addr`) and ``cfg.perm.depth >= G*
 model is the dense FC layer on the gathered ``W``.
 """
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -167,6 +168,12 @@ class PermAffineWeights:
     ``s`` ``(G*N,)``: the ``G`` common sequences one after the other; per row (``(M,)``):
     ``a`` (first difference), ``b`` (offset), ``e`` (second difference; None: all zero, the
     affine family) and ``group`` (None: all in group 0).
+
+    ``order`` is the compiler's (a network cache never holds it): ``(c, hw, tn)`` when the
+    layer's inputs are a ``c x hw`` conv output in the neuron buffer's order for ``tn`` lanes
+    (:func:`slimnfu.formats.layout.buffer_order`, :meth:`PermAffineFormat.relayout_input`):
+    input ``j`` of the layer is flatten index ``src[j]``, a padding input when ``src[j] <
+    0``; ``N = c*hw`` then, not the layer's ``n_in``.
     """
 
     s: torch.Tensor
@@ -174,10 +181,20 @@ class PermAffineWeights:
     b: torch.Tensor
     e: torch.Tensor = None
     group: torch.Tensor = None
+    order: tuple = dataclasses.field(default=None, metadata={"omit_none": True})
+
+    def __post_init__(self):
+        if self.order is not None:
+            self.order = tuple(int(v) for v in self.order)
+
+    def seq_len(self, n):
+        """``N``, the length of one common sequence of a layer of ``n`` inputs."""
+        return self.order[0] * self.order[1] if self.order else n
 
     def groups(self, n):
-        """``G``: how many sequences of ``n`` values ``s`` holds."""
-        return max(1, torch.as_tensor(self.s).numel() // n)
+        """``G``: how many sequences of ``N`` values ``s`` holds (``n``: the layer's
+        inputs)."""
+        return max(1, torch.as_tensor(self.s).numel() // self.seq_len(n))
 
     def family(self):
         """``"quadratic"`` when a row has a nonzero second difference, else ``"affine"``."""
@@ -190,11 +207,22 @@ class PermAffineWeights:
         return torch.as_tensor(self.group, dtype=torch.int64).reshape(-1)
 
     def indices(self, n, where="layer"):
-        """Absolute indices into ``s``: ``group_j*n + pi_j(i)`` (int64 ``(M, n)``), checked."""
-        m = torch.as_tensor(self.a).numel()
-        check_groups(self.s, self.group, n, m, where)
-        pi = generated_perms(self.a, self.b, self.e, n, where)
-        return self.row_groups().reshape(-1, 1) * n + pi
+        """Absolute indices into ``s``: ``group_j*N + pi_j(i)`` (int64 ``(M, n)``), checked;
+        with ``order``, over the buffer's order, -1 at the padding inputs."""
+        m, seq = torch.as_tensor(self.a).numel(), self.seq_len(n)
+        check_groups(self.s, self.group, seq, m, where)
+        pi = generated_perms(self.a, self.b, self.e, seq, where)
+        idx = self.row_groups().reshape(-1, 1) * seq + pi
+        if not self.order:
+            return idx
+        c, hw, tn = self.order
+        src = layout.buffer_order(c, hw, 1, tn)
+        if src.numel() != n:
+            raise ValueError(f"{where}: {c} channels of {hw} pixels on tn={tn} are "
+                             f"{src.numel()} buffer values, the layer has n_in={n}")
+        idx = idx[:, src.clamp(min=0)]
+        idx[:, src < 0] = -1
+        return idx
 
 
 @dataclass
@@ -205,6 +233,9 @@ class PermIndexWeights:
     s: torch.Tensor
     idx: torch.Tensor
 
+    def seq_len(self, n):
+        return n
+
     def groups(self, n):
         return 1
 
@@ -213,9 +244,11 @@ class PermIndexWeights:
 
 
 def gather_weights(ql):
-    """The integer ``W`` of a perm-format layer: ``s[idx]`` (int64 ``(M, N)``)."""
+    """The integer ``W`` of a perm-format layer: ``s[idx]`` (int64 ``(M, n_in)``; 0 at the
+    padding inputs of a re-laid layer)."""
     rec = ql.compressed
-    return rec.s[rec.indices(ql.desc.n_in, ql.name)]
+    idx = rec.indices(ql.desc.n_in, ql.name)
+    return torch.where(idx < 0, 0, rec.s[idx.clamp(min=0)])
 
 
 class _PermFormat(WeightFormat):
@@ -230,8 +263,9 @@ class _PermFormat(WeightFormat):
 
     def items(self, ql, dw, acc):
         d = ql.desc
-        g = ql.compressed.groups(d.n_in)
-        return [StoredItem("s", g * d.n_in, dw), StoredItem("bias", d.n_out, acc),
+        rec = ql.compressed
+        g, n = rec.groups(d.n_in), rec.seq_len(d.n_in)
+        return [StoredItem("s", g * n, dw), StoredItem("bias", d.n_out, acc),
                 *self._perm_items(ql, dw)] + pwl_items(ql, dw)
 
     def macs(self, ql):
@@ -243,7 +277,7 @@ class _PermFormat(WeightFormat):
         if d.kind != "fc":
             raise ValueError(f"desc.kind: format {self.name!r} needs an fc layer, not {d.kind}")
         self._check_s(rec, d)
-        check_tensor("compressed.s", rec.s, (rec.groups(d.n_in) * d.n_in,), dw)
+        check_tensor("compressed.s", rec.s, (rec.groups(d.n_in) * rec.seq_len(d.n_in),), dw)
         if not torch.equal(gather_weights(ql), ql.w):
             raise ValueError("w: differs from the common sequence gathered by the permutations")
 
@@ -251,13 +285,15 @@ class _PermFormat(WeightFormat):
         check_sequence(rec.s, desc.n_in, "compressed.s")
 
     def params(self, ql):
-        return ql.compressed.groups(ql.desc.n_in) * ql.desc.n_in + ql.desc.n_out
+        rec, n = ql.compressed, ql.desc.n_in
+        return rec.groups(n) * rec.seq_len(n) + ql.desc.n_out
 
     def pass_desc(self, ql):
         return PassDesc(ql.desc, perm=self.variant)
 
     def configure(self, cfg, layers):
-        need = max(ql.compressed.groups(ql.desc.n_in) * ql.desc.n_in for ql in layers)
+        need = max(ql.compressed.groups(ql.desc.n_in) * ql.compressed.seq_len(ql.desc.n_in)
+                   for ql in layers)
         depth = (cfg.perm or PermParams()).depth
         return cfg.with_(perm=PermParams(max(depth, 1 << max(0, need - 1).bit_length())))
 
@@ -332,19 +368,51 @@ class PermAffineFormat(_PermFormat):
     def _perm_items(self, ql, dw):
         d, rec = ql.desc, ql.compressed
         fields = 3 if rec.family() == "quadratic" else 2
-        out = [StoredItem("perm_ab", fields * d.n_out, index_bits(d.n_in))]
+        out = [StoredItem("perm_ab", fields * d.n_out, index_bits(rec.seq_len(d.n_in)))]
         g = rec.groups(d.n_in)
         if g > 1:
             out.append(StoredItem("perm_group", d.n_out, index_bits(g)))
         return out
 
     def _check_s(self, rec, desc):
-        check_groups(rec.s, rec.group, desc.n_in, desc.n_out, "compressed.s")
+        check_groups(rec.s, rec.group, rec.seq_len(desc.n_in), desc.n_out, "compressed.s")
+
+    def pass_desc(self, ql):
+        order = ql.compressed.order
+        return PassDesc(ql.desc, perm=self.variant, flatten=order[:2] if order else ())
 
     def _perm_memory(self, ql, cfg):
-        rec, n = ql.compressed, ql.desc.n_in
-        words = layout.pack_perm_params(rec.a, rec.b, cfg, n, rec.e, rec.row_groups())
+        rec = ql.compressed
+        n = rec.seq_len(ql.desc.n_in)
+        words = layout.pack_perm_params(rec.a, rec.b, cfg, n, rec.e, rec.row_groups(),
+                                        hw=rec.order[1] if rec.order else 1)
         return {"perm_ab": Words(LoadSel.PERM_PARAM, words, perm_param_width(cfg))}
+
+    def relayout_input(self, ql, src):
+        # Only a conv output in the buffer's order (layout.buffer_order, hw > 1 pixels) of
+        # affine rows: the address generators walk the flatten order over it (rtl/perm_addr).
+        rec, n = ql.compressed, ql.desc.n_in
+        if rec.family() != "affine":
+            # A quadratic row's lane difference changes with the channel tile and the pixel,
+            # and its step with both: three more chains and four more parameters per row.
+            raise ValueError("perm_affine rows of the quadratic family (nonzero second "
+                             "differences e) cannot be walked in the neuron buffer's order of "
+                             "a conv output; use the affine family for an FC layer after a "
+                             "conv output of more than one pixel")
+        if rec.order or n < 2:
+            return None
+        at = (src == 1).nonzero()
+        if not at.numel():
+            return None
+        tn = int(at[0, 0])
+        for hw in range(2, n + 1):
+            c = n // hw
+            if n % hw or tn < 1 or src.numel() != -(-c // tn) * tn * hw:
+                continue
+            if torch.equal(layout.buffer_order(c, hw, 1, tn), src):
+                w = torch.cat([ql.w, ql.w.new_zeros(ql.desc.n_out, 1)], 1)[:, src]
+                return relaid_layer(ql, w, dataclasses.replace(rec, order=(c, hw, tn)))
+        return None
 
     def _shapes(self, desc, cfg):
         return {"perm_ab": (desc.tiles(cfg)[1], perm_param_width(cfg))}

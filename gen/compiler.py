@@ -19,10 +19,12 @@ The conv-to-FC flatten is done here, on the weights: the conv output lies in the
 channel tiles (word ``t*h*w + p`` holds channels ``t*tn ..`` at pixel ``p``), so the FC layer
 gets its columns permuted into that order (:func:`buffer_order`; the channels of a last,
 partial tile are padding columns with zero weights), through its format's
-:meth:`~slimnfu.formats.base.WeightFormat.relayout_input`. A format that cannot store the
-permuted columns (``perm_affine``: the permutation breaks the affine rows) keeps a
-controller move that re-orders the values into PyTorch's flatten order (``flatten``, one value
-a cycle; ``move_cycles``). With ``h*w == 1`` the two orders are the same and nothing changes.
+:meth:`~slimnfu.formats.base.WeightFormat.relayout_input`: ``dense`` and ``perm_index``
+permute their columns, ``perm_affine`` records the order and its address generators walk
+PyTorch's flatten order over the buffer's (``PassDesc.flatten``). No value is moved
+(``move_cycles`` is 0); a layer whose format cannot take the order (``perm_affine`` with
+quadratic rows) is refused, naming it. With ``h*w == 1`` the two orders are the same and
+nothing changes.
 
 **im2col.** A first layer that is a conv with fewer input channels than the engine has input
 lanes (``n_in < ti``) and ``k > 1`` leaves most of NFU-1 idle: ``ceil(n_in/ti) = 1`` input tile
@@ -47,11 +49,10 @@ a :class:`ValueError` naming the layer, before any Verilog is emitted.
 import hashlib
 import json
 
-import torch
-
 from slimnfu.atomic import write_folder
 from slimnfu.config import IM2COL_MODES, AccelConfig
 from slimnfu.contract import Im2col, Program, ProgramLayer, descriptor_value, load_data_width
+from slimnfu.formats.layout import buffer_order
 from slimnfu.gen.schedule import inference_cycles
 
 __all__ = ["compile_model", "config_for", "buffer_words", "buffer_depth", "out_shape",
@@ -103,11 +104,10 @@ def _passes_with_buffers(qmodel, cfg, first=None):
         if i == 0 and first is not None:
             ql = first
         passes = ql.weight_format.check(ql, cfg)
-        src = 1 - data if move[0] == "flatten" else data
         for n, p in enumerate(passes):
-            bufs = (1 - src, 1 - src) if p.reads == "kept" else (src, 1 - src)
+            bufs = (1 - data, 1 - data) if p.reads == "kept" else (data, 1 - data)
             yield ql, p, move, bufs, n == len(passes) - 1, i
-        data = 1 - src
+        data = 1 - data
 
 
 def buffer_words(qmodel, cfg):
@@ -120,25 +120,13 @@ def buffer_words(qmodel, cfg):
     return tuple(need)
 
 
-def buffer_order(c, h, w, tn):
-    """Where PyTorch's flatten order puts each value of a ``c x h x w`` output in the neuron
-    buffer: ``src[j]`` is the flatten index of buffer value ``j`` (word ``j // tn``, lane
-    ``j % tn``), -1 for a padding lane of the last channel tile. int64, ``ceil(c/tn)*tn*h*w``
-    values."""
-    tiles, hw = -(-c // tn), h * w
-    word = torch.arange(tiles * hw, dtype=torch.int64).reshape(-1, 1)
-    chan = word // hw * tn + torch.arange(tn, dtype=torch.int64)
-    src = chan * hw + word % hw
-    return torch.where(chan < c, src, -1).reshape(-1)
-
-
 def engine_layers(qmodel, cfg):
     """Per model layer, the layer the engine runs and how its input arrives: ``(ql, move)``.
 
-    ``move`` is ``("image",)`` for the first layer, ``("none",)`` or ``("flatten", c, h, w)``
-    (see the module docstring); an FC layer after a conv output of more than one pixel is the
-    re-laid layer of :func:`buffer_order` when its format can store it. Raises
-    ``ValueError`` naming the layer when shapes do not chain."""
+    ``move`` is ``("image",)`` for the first layer, else ``("none",)`` (see the module
+    docstring); an FC layer after a conv output of more than one pixel is the re-laid layer of
+    :func:`buffer_order`. Raises ``ValueError`` naming the layer when shapes do not chain or
+    when its format cannot take its inputs in the buffer's order."""
     out = []
     for i, ql in enumerate(qmodel.layers):
         if i == 0:
@@ -151,9 +139,16 @@ def engine_layers(qmodel, cfg):
                 raise ValueError(f"layer {ql.name}: n_in={d.n_in}, but {prev.name} gives "
                                  f"{n}x{h}x{w} values")
             if h * w > 1:
-                relaid = ql.weight_format.relayout_input(ql, buffer_order(n, h, w, cfg.tn))
-                out.append((relaid, ("none",)) if relaid is not None else
-                           (ql, ("flatten", n, h, w)))
+                try:
+                    relaid = ql.weight_format.relayout_input(ql, buffer_order(n, h, w, cfg.tn))
+                except ValueError as exc:
+                    raise ValueError(f"layer {ql.name}: {exc}") from None
+                if relaid is None:
+                    raise ValueError(f"layer {ql.name}: format {ql.format!r} cannot take its "
+                                     f"inputs in the neuron buffer's order, and {prev.name} "
+                                     f"gives {n}x{h}x{w} values (an FC layer after a conv "
+                                     f"output of more than one pixel)")
+                out.append((relaid, ("none",)))
                 continue
         elif (d.n_in, d.h_in, d.w_in) != (n, h, w):
             raise ValueError(f"layer {ql.name} takes {d.n_in}x{d.h_in}x{d.w_in}, but "

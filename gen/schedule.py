@@ -16,9 +16,8 @@ __all__ = ["layer_schedule", "expected_cycles", "inference_cycles"]
 def layer_schedule(program):
     """When each program layer runs in one inference, as the controller spends the cycles.
 
-    Per layer (:class:`slimnfu.rtl.accelerator.Accelerator`): the move (``flatten`` values;
-    0 for a layer that reads its input where the previous one wrote it, i.e. every layer but
-    a ``perm_affine`` FC after a conv), ``READY`` until the weight stream has delivered what
+    Per layer (:class:`slimnfu.rtl.accelerator.Accelerator`): the move (0: every layer reads
+    its input where the previous one wrote it), ``READY`` until the weight stream has delivered what
     the layer waits for (at least one cycle), the ``RUN`` cycle that starts the engine, the
     engine (``dense_cycles`` or ``ikr_cycles`` plus ``LATENCY``: its ``done`` cycle is
     ``LATENCY + nfu_cycles`` after the start) and one ``PAUSE`` cycle. Beside them the weight

@@ -24,15 +24,13 @@ class Accelerator(wiring.Component):
     The program's weight ROM is a memory with its words as init (the ROM build). Activations
     are not moved: each layer reads the engine's neuron buffer ``in_buf`` and writes buffer
     ``out_buf`` (the program's ping-pong assignment, :mod:`slimnfu.gen.compiler`), so a layer
-    reads the previous layer's output where it was written. For each layer, in order, the
-    controller:
+    reads the previous layer's output where it was written (an FC layer after a conv output
+    too: the compiler lays its weights over the buffer's order). For each layer, in order,
+    the controller:
 
-    1. only for a ``flatten`` move (an FC layer whose format cannot take the conv output in
-       the buffer's order): re-orders the conv output from buffer ``1 - in_buf`` into
-       ``in_buf`` in PyTorch's flatten order, one value per cycle (``MOVE``);
-    2. waits (``READY``, at least one cycle) until the weight stream has delivered what the
+    1. waits (``READY``, at least one cycle) until the weight stream has delivered what the
        layer needs before it starts;
-    3. starts the engine with the layer's descriptor (``RUN``, one cycle) and waits for
+    2. starts the engine with the layer's descriptor (``RUN``, one cycle) and waits for
        ``done`` (``WAIT``: the layer's ``dense_cycles`` or ``ikr_cycles`` plus
        ``LayerEngine.latency(cfg)``), then spends one cycle (``PAUSE``) going on to the next layer.
 
@@ -52,9 +50,9 @@ class Accelerator(wiring.Component):
 
     Counters (reset by ``start``, final in the ``done`` cycle; paused cycles are not counted):
     ``cycles`` from ``start`` to ``done``, which is ``engine_cycles`` (``WAIT``) +
-    ``load_cycles`` (``READY``: waiting for weights, one cycle a layer at least) +
-    ``move_cycles`` (``MOVE``: ``flatten`` moves; 0 for a program without) + two cycles a
-    layer (``RUN``, ``PAUSE``); ``overlap_load_cycles`` counts the words the stream writes
+    ``load_cycles`` (``READY``: waiting for weights, one cycle a layer at least) + two cycles
+    a layer (``RUN``, ``PAUSE``); ``move_cycles`` is kept for the reports and stays 0 (no
+    activation moves); ``overlap_load_cycles`` counts the words the stream writes
     outside ``READY``, hidden behind the other states; and the engine's ``mults`` and
     ``sat_events`` summed over the layers (plus ``gated`` with ``cfg.kgate``).
 
@@ -98,22 +96,13 @@ class Accelerator(wiring.Component):
         super().__init__(ports)
 
     def _tables(self):
-        """Constant tables for Array lookups: the load stream and the per-layer moves."""
-        prog = self.program
-        entries, need = prog.load_plan()
-        moves = []
-        for layer in prog.layers:
-            if layer.move[0] == "flatten":
-                _, c, h, w = layer.move
-                moves.append((c * h * w, h * w))
-            else:
-                moves.append((0, 0))
-        return entries + [(0, 0, 0, 0)], need, moves
+        """Constant tables for Array lookups: the load stream and what each layer waits for."""
+        entries, need = self.program.load_plan()
+        return entries + [(0, 0, 0, 0)], need
 
     def elaborate(self, platform):
         m = Module()
         cfg, prog = self.cfg, self.program
-        tn, ti, dw = cfg.tn, cfg.ti, cfg.dw
         m.submodules.engine = eng = LayerEngine(cfg)
         if self.weights == "rom":
             m.submodules.rom = rom = Memory(shape=unsigned(prog.rom_width),
@@ -123,9 +112,9 @@ class Accelerator(wiring.Component):
         else:
             rom_addr, rom_data = self.wt_addr, self.wt_data
 
-        entries, need, moves = self._tables()
+        entries, need = self._tables()
         n_layers, n_entries = len(prog.layers), len(entries) - 1
-        big = max([len(prog.rom)] + [n for _, _, n, _ in entries] + [c for c, _ in moves] +
+        big = max([len(prog.rom)] + [n for _, _, n, _ in entries] +
                   [cfg.nbin_depth, cfg.nbout_depth, cfg.sb_depth])
         cw = bits_for(big)
         ent_sel = Array(Const(s, load_sel_width(cfg)) for s, _, _, _ in entries)
@@ -133,15 +122,12 @@ class Accelerator(wiring.Component):
         ent_len = Array(Const(n, cw) for _, _, n, _ in entries)
         ent_gate = Array(Const(g, bits_for(n_layers)) for _, _, _, g in entries)
         layer_need = Array(Const(e, bits_for(n_entries)) for e in need)
-        move_len = Array(Const(c, cw) for c, _ in moves)
-        move_hw = Array(Const(hw, cw) for _, hw in moves)
         in_buf = Array(Const(l.in_buf, 1) for l in prog.layers)
         out_buf = Array(Const(l.out_buf, 1) for l in prog.layers)
         dl = descriptor_layout(cfg)
         descs = Array(Const(l.desc_value, dl.size) for l in prog.layers)
 
         layer = Signal(range(n_layers))
-        k = Signal(cw)
         busy, paused = Signal(), Signal()
         m.d.comb += [self.busy.eq(busy), self.paused.eq(paused), self.layer.eq(layer)]
         # A cycle that counts: busy and not held by a pause (the cycle that resumes a pause
@@ -149,11 +135,9 @@ class Accelerator(wiring.Component):
         live = Signal()
         m.d.comb += live.eq(busy & (~paused | self.resume))
         # The neuron buffers: while idle the host writes buffer 0 and reads the last layer's
-        # output; a flatten move (state MOVE) reads the other buffer than the one it fills.
-        src_buf = Signal()
+        # output.
         m.d.comb += [eng.in_buf.eq(Mux(busy, in_buf[layer], 0)),
-                     src_buf.eq(Mux(busy, out_buf[layer], prog.layers[-1].out_buf)),
-                     eng.out_buf.eq(src_buf)]
+                     eng.out_buf.eq(Mux(busy, out_buf[layer], prog.layers[-1].out_buf))]
 
         # The weight stream: entry ``ld``, word ``wk``, while at least ``gate`` layers have
         # finished. The ROM read issued in cycle t is written into the engine in cycle t+1.
@@ -172,30 +156,9 @@ class Accelerator(wiring.Component):
         m.d.comb += [eng.load_en.eq(wr_en), eng.load_sel.eq(wr_sel), eng.load_addr.eq(wr_addr),
                      eng.load_data.eq(rom_data)]
 
-        # The neuron-buffer port: the host's image while idle, a flatten move while busy.
-        # Flatten assembly: the word being filled, its address and next lane; the read of
-        # pixel ``pos`` of channel ``tile*tn + lane`` issued in cycle t is placed in t+1.
-        mv_en, flat_lane = Signal(), Signal(range(tn))
-        m.d.sync += mv_en.eq(0)
-        asm, fill, out_idx = Signal(ti * dw), Signal(range(ti)), Signal(cw)
-        lanes = Array(eng.rd_data.word_select(j, dw) for j in range(tn))
-        flat_word = Signal(ti * dw)
-        m.d.comb += flat_word.eq(asm)
-        with m.Switch(fill):
-            for j in range(ti):
-                with m.Case(j):
-                    m.d.comb += flat_word.word_select(j, dw).eq(lanes[flat_lane])
-        with m.If(mv_en):
-            with m.If(fill == ti - 1):
-                m.d.sync += [fill.eq(0), out_idx.eq(out_idx + 1), asm.eq(0)]
-            with m.Else():
-                m.d.sync += [fill.eq(fill + 1), asm.eq(flat_word)]
-        m.d.comb += [eng.nb_en.eq(Mux(busy, mv_en, self.img_en)),
-                     eng.nb_addr.eq(Mux(busy, out_idx, self.img_addr)),
-                     eng.nb_data.eq(Mux(busy, flat_word, self.img_data))]
-        pos, lane, tile_base = Signal(cw), Signal(range(tn)), Signal(cw)
-        ctrl_rd_addr = Signal.like(self.rd_addr)
-        m.d.comb += [eng.rd_addr.eq(Mux(busy & ~paused, ctrl_rd_addr, self.rd_addr)),
+        # The neuron-buffer port: the host's image, while idle.
+        m.d.comb += [eng.nb_en.eq(self.img_en & ~busy), eng.nb_addr.eq(self.img_addr),
+                     eng.nb_data.eq(self.img_data), eng.rd_addr.eq(self.rd_addr),
                      self.rd_data.eq(eng.rd_data)]
 
         cnt = {name: getattr(self, name) for name in ACCEL_COUNTERS}
@@ -212,17 +175,6 @@ class Accelerator(wiring.Component):
                 with m.If(self.start):
                     m.d.sync += [busy.eq(1), layer.eq(0), ld.eq(0), wk.eq(0), finished.eq(0)]
                     m.d.sync += [c.eq(0) for c in cnt.values()]
-                    m.next = "READY"
-            with m.State("MOVE"):
-                m.d.sync += [cnt["move_cycles"].eq(cnt["move_cycles"] + 1), mv_en.eq(1),
-                             flat_lane.eq(lane), k.eq(k + 1), pos.eq(pos + 1)]
-                m.d.comb += [ctrl_rd_addr.eq(tile_base + pos), src_buf.eq(~in_buf[layer])]
-                with m.If(pos == move_hw[layer] - 1):
-                    m.d.sync += [pos.eq(0), lane.eq(lane + 1)]
-                    with m.If(lane == tn - 1):
-                        m.d.sync += [lane.eq(0), tile_base.eq(tile_base + move_hw[layer])]
-                with m.If(k == move_len[layer] - 1):
-                    m.d.sync += k.eq(0)
                     m.next = "READY"
             with m.State("READY"):
                 m.d.comb += ready.eq(1)
@@ -241,14 +193,10 @@ class Accelerator(wiring.Component):
                     m.next = "PAUSE"
             with m.State("PAUSE"):
                 with m.If(~paused | self.resume):
-                    m.d.sync += [paused.eq(0), layer.eq(layer + 1), k.eq(0), pos.eq(0),
-                                 lane.eq(0), tile_base.eq(0), out_idx.eq(0), fill.eq(0),
-                                 asm.eq(0)]
+                    m.d.sync += [paused.eq(0), layer.eq(layer + 1)]
                     with m.If(layer == n_layers - 1):
                         m.d.sync += [busy.eq(0), self.done.eq(1)]
                         m.next = "IDLE"
-                    with m.Elif(move_len[layer + 1] != 0):
-                        m.next = "MOVE"
                     with m.Else():
                         m.next = "READY"
         with m.If(self.done):

@@ -34,9 +34,11 @@ class LayerEngine(wiring.Component):
     ``in_buf = 0, out_buf = 1`` (the ports' defaults) is the classic NBin/NBout engine.
 
     Pipeline, for a step issued by the sequencer in cycle ``S``: the step register ``S+1``
-    (``T``; :attr:`STEP_STAGES`); NBin/SB read ``T``, their block RAM output register
-    ``T+2`` (:attr:`READ_STAGES`); the NFU-1 operands (padding, IKR taps, kernel gating,
-    permuted synapses) enter NFU-1's operand registers in ``T+2`` and the products appear
+    (``T``; :attr:`STEP_STAGES`); NBin/SB read ``R = T + perm_stages(cfg)`` (0 without
+    ``cfg.perm``; with it, the permutation address generator's pipeline, whose registered
+    addresses read the ``s`` banks in ``R`` too), their block RAM output register ``R+2``
+    (:attr:`READ_STAGES`); the NFU-1 operands (padding, IKR taps, kernel gating,
+    permuted synapses) enter NFU-1's operand registers in ``R+2`` and the products appear
     :meth:`NFU1.latency` cycles later; NFU-2's adder tree and accumulator take
     :meth:`NFU2.latency` cycles (the tree's stages follow ``ti``), NFU-3's requantisation and
     activation :meth:`NFU3.latency`; NBout is written in ``S + write_delay(cfg)``. The bias
@@ -76,10 +78,23 @@ class LayerEngine(wiring.Component):
     READ_STAGES = 2
 
     @classmethod
+    def perm_stages(cls, cfg):
+        """With ``cfg.perm``, the permutation address generator's pipeline
+        (:meth:`PermAddrGen.latency`): NBin and SB are read that many cycles after ``T``,
+        beside the ``s`` banks it addresses; else 0."""
+        return PermAddrGen.latency(cfg) if cfg.perm else 0
+
+    @classmethod
+    def operand_stage(cls, cfg):
+        """Cycles from ``T`` to the NFU-1 operand registers: :meth:`perm_stages` and the
+        block RAM read stages."""
+        return cls.perm_stages(cfg) + cls.READ_STAGES
+
+    @classmethod
     def write_delay(cls, cfg):
         """A step issued in cycle ``S`` writes NBout in cycle ``S + write_delay(cfg)``."""
-        return (cls.STEP_STAGES + cls.READ_STAGES + NFU1.latency(cfg) + NFU2.latency(cfg)
-                + NFU3.latency(cfg))
+        return (cls.STEP_STAGES + cls.operand_stage(cfg) + NFU1.latency(cfg)
+                + NFU2.latency(cfg) + NFU3.latency(cfg))
 
     @classmethod
     def latency(cls, cfg):
@@ -167,8 +182,10 @@ class LayerEngine(wiring.Component):
         def delayed(value, stages, name):
             return delay(m, value, stages, f"{name}_d")
 
-        # Stage offsets from T, the cycle the registered step is in.
-        operands = self.READ_STAGES
+        # Stage offsets from T, the cycle the registered step is in: with cfg.perm the
+        # buffers are read perm_stages(cfg) cycles after T, when the s banks are addressed.
+        perm_stages = self.perm_stages(cfg)
+        operands = self.operand_stage(cfg)
         nfu2_in = operands + NFU1.latency(cfg)
         nfu3_in = nfu2_in + NFU2.latency(cfg)
         write = nfu3_in + NFU3.latency(cfg)
@@ -183,7 +200,9 @@ class LayerEngine(wiring.Component):
         is_mac = cur.mode == Mode.MAC
         bias_rd = bias.read_port()
         bias_read = nfu2_in - 2
-        nb_addr_busy, nb_en_busy = st.nbin_addr, st.valid & ~st.pad
+        read = {name: delayed(getattr(st, name), perm_stages, f"{name}_read")
+                for name in ("nbin_addr", "sb_addr", "valid", "pad")}
+        nb_addr_busy, nb_en_busy = read["nbin_addr"], read["valid"] & ~read["pad"]
         if cfg.ikr:
             ikr_mode, ikr_addr, ikr_en = ikr_read
             nb_addr_busy = Mux(ikr_mode, ikr_addr, nb_addr_busy)
@@ -196,20 +215,21 @@ class LayerEngine(wiring.Component):
             bias_rd.en.eq(delayed(st.valid & is_mac & st.first, bias_read, "bias_en")),
         ]
         synapses = []
-        sb_addr, sb_en = st.sb_addr, st.valid & is_mac
+        sb_addr, sb_en = read["sb_addr"], read["valid"] & is_mac
         if cfg.perm:
-            # The index-ROM word of step T is read in T-1 (FC SB addresses count up by one
-            # per step from 0), so the s banks are addressed in T like the dense SB.
+            # The index-ROM word of step T is read in T + perm_stages - 2, so that the
+            # generator registers its addresses when the s banks are addressed.
             index_mode = cur.perm == Perm.INDEX
-            sb_addr = Mux(index_mode, st.sb_addr + st.valid, st.sb_addr)
-            sb_en = Mux(index_mode, busy, sb_en)
+            sb_addr = Mux(index_mode, delayed(st.sb_addr, perm_stages - 2, "index_addr"),
+                          sb_addr)
+            sb_en = Mux(index_mode, delayed(st.valid, perm_stages - 2, "index_en"), sb_en)
         for bank in sb_banks:
             port = bank.read_port()
             m.d.comb += [port.addr.eq(sb_addr), port.en.eq(sb_en)]
             synapses.append(port.data)
         synapse_word = Cat(*synapses)
         if cfg.perm:
-            synapse_word = self._perm_path(m, cur, st, synapse_word, loads)
+            synapse_word, keep = self._perm_path(m, cur, step, st, synapse_word, loads)
 
         # Load interface: one word per cycle into the memory load_sel names (NBin: while idle).
         idle_load = self.load_en & ~busy
@@ -230,6 +250,11 @@ class LayerEngine(wiring.Component):
         # Stage T+2: the NFU-1 operands (padding positions read as zero).
         pad, valid = delayed(st.pad, operands, "pad"), delayed(st.valid, operands, "valid")
         neurons = Signal(ti * dw)
+        if cfg.perm:
+            # the padding lanes of a re-laid perm_affine pass's last channel tile read zero
+            keep = delayed(keep, operands, "perm_keep")
+            nbin_word = Cat(*(Mux(keep[i], nbin_word[i * dw:(i + 1) * dw], 0)
+                              for i in range(ti)))
         m.d.comb += neurons.eq(Mux(pad, 0, nbin_word))
         m.d.comb += [nfu1.neurons.eq(neurons), nfu1.synapses.eq(synapse_word),
                      nfu1.en.eq(valid & is_mac)]
@@ -325,8 +350,12 @@ class LayerEngine(wiring.Component):
             m.d.sync += self.gated.eq(self.gated + gated * cfg.ti)
         return gated_word
 
-    def _perm_path(self, m, cur, step, sb_word, loads):
-        """Method C: gather the step's synapses from ``s``; return the NFU-1 synapse word.
+    def _perm_path(self, m, cur, issued, step, sb_word, loads):
+        """Method C: gather the step's synapses from ``s``; return the NFU-1 synapse word and
+        the step's input lanes to keep (``ti`` bits; a re-laid pass, ``desc.perm_hw > 1``,
+        drops the lanes ``>= perm_lanes`` of the steps from NBin word ``perm_tail`` on: the
+        padding channels of the conv output's last tile). ``issued`` is the step in ``S``,
+        ``step`` in ``T``; the ``s`` banks are addressed in ``T + perm_stages(cfg)``.
 
         Adds the write ports of ``s`` and of the per-row parameters to ``loads``.
         """
@@ -336,17 +365,23 @@ class LayerEngine(wiring.Component):
         params = Memory(shape=unsigned(perm_param_width(cfg)), depth=cfg.bias_depth, init=[])
         m.submodules.perm_params = params
         loads += [(LoadSel.PERM_PARAM, params.write_port(), 0), (LoadSel.PERM_S, psb.write, 0)]
-        # Asynchronous read: the (a, b) of output tile o are needed in the step's own cycle.
-        params_rd = params.read_port(domain="comb")
+        # Read in S, so the output tile's parameters meet its step in T.
+        params_rd = params.read_port()
         m.d.comb += [
-            params_rd.addr.eq(step.bias_addr),
-            gen.mode.eq(cur.perm), gen.n.eq(cur.n_in), gen.params.eq(params_rd.data),
+            params_rd.addr.eq(issued.bias_addr),
+            gen.mode.eq(cur.perm), gen.n.eq(cur.n_in), gen.hw.eq(cur.perm_hw),
+            gen.params.eq(params_rd.data),
             gen.indices.eq(sb_word), gen.first.eq(step.first), gen.step.eq(step.valid),
-            psb.addr.eq(gen.addr), psb.en.eq(step.valid & (cur.perm != Perm.NONE)),
+            psb.addr.eq(gen.addr),
+            psb.en.eq(delay(m, step.valid & (cur.perm != Perm.NONE), self.perm_stages(cfg),
+                            "perm_en_d")),
         ]
         perm_on = Signal()
         m.d.sync += perm_on.eq(cur.perm != Perm.NONE)
-        return Mux(perm_on, psb.data, sb_word)
+        keep = Signal(cfg.ti)
+        tail = step.nbin_addr >= cur.perm_tail
+        m.d.comb += keep.eq(Cat(*(~tail | (i < cur.perm_lanes) for i in range(cfg.ti))))
+        return Mux(perm_on, psb.data, sb_word), keep
 
     def _ikr_path(self, m, cur, seq, starting, bufs, nb_rds, cur_in, nfu1, loads):
         """Method B: IKR conv layers (``desc.ikr_n != 0``) run on :class:`IkrUnit`.

@@ -1,6 +1,6 @@
 """Per-lane permutation address generators of the permuted-feature FC path (method C)."""
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -10,25 +10,80 @@ from slimnfu.rtl._params import check_config
 __all__ = ["PermAddrGen"]
 
 
+class _Val:
+    """A value of the generator's pipeline: its signal (None in a dry run) and the stage (cycles
+    after the step) in which it holds the step's value; stage None: constant while a layer runs."""
+
+    def __init__(self, sig, stage):
+        self.sig, self.stage = sig, stage
+
+
+class _Pipe:
+    """Pipelined arithmetic, one operation a stage: every result is a register, and the operands
+    of an operation are delayed (registers, shared) to the later one's stage. With ``m=None``
+    only the stages are computed (:meth:`PermAddrGen.latency`)."""
+
+    def __init__(self, m, width):
+        self.m, self.width, self.delays, self.count = m, width, {}, 0
+
+    def at(self, v, stage):
+        """``v`` in ``stage`` (``>= v.stage``)."""
+        if v.stage is None or v.stage == stage:
+            return v
+        assert stage > v.stage
+        if self.m is None:
+            return _Val(None, stage)
+        key = (id(v.sig), stage)
+        if key not in self.delays:
+            prev = self.at(v, stage - 1)
+            reg = Signal.like(prev.sig, name=f"{prev.sig.name}_s{stage}")
+            self.m.d.sync += reg.eq(prev.sig)
+            self.delays[key] = _Val(reg, stage)
+        return self.delays[key]
+
+    def op(self, fn, *vals, name="t"):
+        """``fn(*signals)`` registered: a value one stage after its latest operand."""
+        stage = max((v.stage for v in vals if v.stage is not None), default=0)
+        ins = [self.at(v, stage) for v in vals]
+        if self.m is None:
+            return _Val(None, stage + 1)
+        self.count += 1
+        out = Signal(self.width, name=f"{name}_{self.count}")
+        self.m.d.sync += out.eq(fn(*(v.sig for v in ins)))
+        return _Val(out, stage + 1)
+
+
 class PermAddrGen(wiring.Component):
-    """Produce the ``tn*ti`` addresses into ``s`` of one FC step, combinationally.
+    """Produce the ``tn*ti`` addresses into ``s`` of one FC step, pipelined: the addresses of
+    the step given in cycle ``T`` (``first``, ``step``, the output tile's ``params``) are in
+    the ``addr`` register in cycle ``T + latency(cfg)``.
 
     Lane ``l = j*ti + i`` (output lane ``j``, input lane ``i``) of the step ``(o, t)`` needs
     the address of ``W[r, c]``, ``c = t*ti + i``, for row ``r = o*tn + j``.
 
     * ``mode == AFFINE`` (generated permutations, :mod:`slimnfu.formats.perm`): row ``r``
-      reads ``s[g_r*n + pi_r(c)]`` with ``pi_r(c) = (b_r + a_r*c + e_r*c*(c-1)/2) mod n``.
-      The row's parameters (:data:`slimnfu.contract.PERM_FIELDS`) are ``a_r``, ``e_r``,
-      ``start = g_r*n + b_r`` and ``last = g_r*n + n - 1``. Each output lane keeps the
-      absolute address ``x`` of its next input and the difference ``d = pi(c+1) - pi(c)
-      mod n`` in registers (``start`` and ``a_r`` on the first step of an output tile,
-      ``first``) and forms its ``ti`` addresses by a chain of wrapping adds
-      ``x_{k+1} = x_k + d_k`` (``> last ? - n``) beside a chain ``d_{k+1} = d_k + e_r``
-      (``>= n ? - n``); ``x_k`` and ``d_k`` are both ``k`` adds deep, so the chain is as deep
-      as the affine one (``e_r = 0``). No multiplier and no adder for the group base. On
-      every ``step`` the registers take the next link of both chains.
+      reads ``s[g_r*n + pi_r(c)]`` with ``pi_r(c) = (b_r + a_r*c + e_r*c*(c-1)/2) mod n``;
+      the row's parameters (:data:`slimnfu.contract.PERM_FIELDS`) are ``a_r``, ``e_r``,
+      ``start = g_r*n + b_r`` and ``last = g_r*n + n - 1`` (absolute addresses, so no adder
+      for the group base). Per output lane, three registers walk the steps with one wrapping
+      add each (the loop, the only feedback): ``x`` (lane 0's address), ``d`` (its first
+      difference) and ``q`` (``x``'s step, ``pi(c + ti) - pi(c)``): ``x += q``, ``d += ti*e``,
+      ``q += ti*ti*e``. Their start values and increments (``q0 = ti*a + ti*(ti-1)/2*e``,
+      ``ti*e``, ``ti*ti*e``) are constant multiples of the parameters, formed ahead of the loop
+      from the parameters by wrapping doublings and adds (no multiplier); after it, a chain
+      of wrapping adds ``x_{k+1} = x_k + d_k``, ``d_{k+1} = d_k + e`` gives the ``ti`` lane
+      addresses. Every add is a pipeline register.
+    * ``mode == AFFINE`` with ``hw > 1`` (``PassDesc.flatten``: the inputs are a conv output
+      of ``hw`` pixels a channel in the neuron buffer's order, affine rows): input lane ``i``
+      of step ``u = t*hw + p`` (channel tile ``t``, pixel ``p``) is flatten index ``(t*ti +
+      i)*hw + p``, so its address is ``x_u + i*(a_r*hw mod n)`` with ``x_u = pi_r(t*ti*hw +
+      p)``. The parameters hold the lane stride ``a_r*hw mod n`` in field ``a`` (the chain's
+      difference, no second difference) and ``a_r`` in field ``e``; a pixel counter (reset by
+      ``first``) marks the last pixel of a channel tile, and ``x`` moves by ``a_r`` within a
+      tile and by ``(ti-1)*(a_r*hw) + a_r`` at a tile's end.
     * ``mode == INDEX``: the addresses are the low ``perm_addr_bits`` of the ``dw``-bit lanes
-      of ``indices`` (the index-ROM word SB holds for this step).
+      of ``indices``, the index-ROM word SB holds for the step, given in cycle
+      ``T + latency(cfg) - 1``.
     * ``mode == NONE``: the addresses are 0 (the dense path does not use them).
 
     ``a_r, e_r < n`` and ``start <= last < perm_depth`` with ``last - start < n`` are required
@@ -43,15 +98,18 @@ class PermAddrGen(wiring.Component):
     Members
     -------
     mode : In(Perm); n : In(bits_for(perm_depth))
-        The layer's weight format and sequence length (``desc.perm``, ``desc.n_in``).
+        The layer's weight format and sequence length (``desc.perm``, ``desc.n_in``);
+        constant while a layer runs.
+    hw : In(bits_for(nbin_depth))
+        Pixels of a channel tile (``desc.perm_hw``; 1: the inputs in flatten order).
     params : In(perm_param_width)
         The output tile's per-lane ``(a, e, start, last)``, for the step on the inputs.
     indices : In(tn*ti*dw)
-        The step's index-ROM word (``INDEX``).
+        The step's index-ROM word (``INDEX``), ``latency - 1`` cycles after the step.
     first, step : In(1)
-        The step is the first of its output tile / a step is issued (the registers move on).
+        The step is the first of its output tile / a step is issued.
     addr : Out(tn*ti*ab)
-        Lane ``l``'s address at bits ``l*ab``, combinational.
+        Lane ``l``'s address at bits ``l*ab``, from a register.
     """
 
     def __init__(self, cfg):
@@ -60,6 +118,7 @@ class PermAddrGen(wiring.Component):
         super().__init__({
             "mode": In(Perm),
             "n": In(bits_for(cfg.perm.depth)),
+            "hw": In(bits_for(cfg.nbin_depth)),
             "params": In(perm_param_width(cfg)),
             "indices": In(cfg.tn * cfg.ti * cfg.dw),
             "first": In(1),
@@ -67,39 +126,127 @@ class PermAddrGen(wiring.Component):
             "addr": Out(cfg.tn * cfg.ti * self.ab),
         })
 
+    @classmethod
+    def latency(cls, cfg):
+        """Cycles from a step on the inputs to its addresses in ``addr``: the stages of the
+        pipeline :meth:`elaborate` builds (the same construction, without hardware)."""
+        return cls._build(None, cfg, None)
+
     def elaborate(self, platform):
         m = Module()
-        cfg, ab = self.cfg, self.ab
-        tn, ti = cfg.tn, cfg.ti
-        n = self.n
-        nf = len(PERM_FIELDS)
-
-        def wrap_add(x, a, over, name):
-            """``x + a``, minus ``n`` when it passes ``over`` (``over(total)`` is true)."""
-            total = Signal(ab + 1, name=f"{name}_sum")
-            out = Signal(ab, name=name)
-            m.d.comb += [total.eq(x + a), out.eq(Mux(over(total), total - n, total))]
-            return out
-
-        affine = []
-        for j in range(tn):
-            field = {name: self.params[(nf * j + k) * ab:(nf * j + k + 1) * ab]
-                     for k, name in enumerate(PERM_FIELDS)}
-            held_x = Signal(ab, name=f"addr_reg{j}")
-            held_d = Signal(ab, name=f"diff_reg{j}")
-            x, d = Signal(ab, name=f"x{j}"), Signal(ab, name=f"d{j}")
-            m.d.comb += [x.eq(Mux(self.first, field["start"], held_x)),
-                         d.eq(Mux(self.first, field["a"], held_d))]
-            xs, ds = [x], [d]
-            for i in range(1, ti + 1):
-                xs.append(wrap_add(xs[-1], ds[-1], lambda s: s > field["last"], f"addr{j}_{i}"))
-                ds.append(wrap_add(ds[-1], field["e"], lambda s: s >= n, f"diff{j}_{i}"))
-            affine.extend(xs[:ti])
-            with m.If(self.step & (self.mode == Perm.AFFINE)):
-                m.d.sync += [held_x.eq(xs[ti]), held_d.eq(ds[ti])]
-
-        dw = cfg.dw
-        index = [self.indices[l * dw:l * dw + ab] for l in range(tn * ti)]
-        m.d.comb += self.addr.eq(Mux(self.mode == Perm.AFFINE, Cat(*affine),
-                                     Mux(self.mode == Perm.INDEX, Cat(*index), 0)))
+        self._build(m, self.cfg, self)
         return m
+
+    @staticmethod
+    def _build(m, cfg, ports):
+        """Build the generator into ``m`` (ports ``ports``), or with ``m=None`` only count its
+        stages; returns the latency."""
+        tn, ti = cfg.tn, cfg.ti
+        ab = perm_addr_bits(cfg)
+        nf = len(PERM_FIELDS)
+        dry = m is None
+        pipe = _Pipe(m, ab)
+
+        def sig(value):
+            return None if dry else value
+
+        n = None if dry else ports.n
+        flat = None if dry else Signal(name="flat")
+        if not dry:
+            m.d.comb += flat.eq(ports.hw > 1)
+
+        def wrap(a, b):
+            """``(a + b) mod n`` of values in ``[0, n)``."""
+            return pipe.op(lambda x, y: Mux(x + y >= n, x + y - n, x + y), a, b, name="wadd")
+
+        def wrap_sub(a, b):
+            """``(a - b) mod n`` of values in ``[0, n)``."""
+            return pipe.op(lambda x, y: Mux(x >= y, x - y, x + n - y), a, b, name="wsub")
+
+        def wrap_abs(x, d, last):
+            """An absolute address plus a difference, back into ``[last - n + 1, last]``."""
+            def add(a, b, top):
+                total = a + b
+                return Mux(total > top, total - n, total)
+            return pipe.op(add, x, d, last, name="addr")
+
+        def const_mul(v, k, powers):
+            """``k*v mod n`` by wrapping doublings (shared through ``powers``) and adds."""
+            if k == 0:
+                return _Val(sig(Const(0, ab)), None)
+            while len(powers) < k.bit_length():
+                powers.append(wrap(powers[-1], powers[-1]))
+            terms = [powers[p] for p in range(k.bit_length()) if k >> p & 1]
+            while len(terms) > 1:
+                terms = [wrap(terms[i], terms[i + 1]) if i + 1 < len(terms) else terms[i]
+                         for i in range(0, len(terms), 2)]
+            return terms[0]
+
+        # Ahead of the loop, per output lane: the constant multiples of the parameters.
+        lanes = []
+        for j in range(tn):
+            field = {}
+            for k, name in enumerate(PERM_FIELDS):
+                field[name] = _Val(sig(None if dry else Signal(ab, name=f"{name}{j}")), 0)
+                if not dry:
+                    m.d.comb += field[name].sig.eq(ports.params[(nf * j + k) * ab:
+                                                                (nf * j + k + 1) * ab])
+            second = _Val(sig(None if dry else Signal(ab, name=f"second{j}")), 0)
+            if not dry:
+                m.d.comb += second.sig.eq(Mux(flat, 0, field["e"].sig))
+            a_pows, e_pows = [field["a"]], [second]
+            lane = dict(field, second=second)
+            lane["am"] = const_mul(field["a"], ti, a_pows)              # ti*a
+            lane["te"] = const_mul(second, ti, e_pows)                  # ti*e
+            lane["tte"] = const_mul(second, ti * ti, e_pows)            # ti*ti*e
+            tri = const_mul(second, ti * (ti - 1) // 2, e_pows)         # ti*(ti-1)/2*e
+            lane["q0"] = wrap(lane["am"], tri) if tri.stage is not None else lane["am"]
+            # a re-laid pass: a tile's end moves x by (ti-1)*a + e (e holds the pixel step)
+            lane["jump"] = wrap(wrap_sub(lane["am"], field["a"]), field["e"])
+            lanes.append(lane)
+        loop = max(v.stage for lane in lanes for v in lane.values() if v.stage is not None)
+
+        # The loop (stage ``loop``): the step's x, d, q and the registers for the next step.
+        first = pipe.at(_Val(sig(None if dry else ports.first), 0), loop)
+        valid = pipe.at(_Val(sig(None if dry else ports.step), 0), loop)
+        mode = None if dry else ports.mode
+        if not dry:
+            held_p = Signal.like(ports.hw, name="pixel_reg")
+            p = Signal.like(ports.hw, name="pixel")
+            tile_end = Signal(name="tile_end")
+            m.d.comb += [p.eq(Mux(first.sig, 0, held_p)), tile_end.eq(p + 1 >= ports.hw)]
+            with m.If(valid.sig):
+                m.d.sync += held_p.eq(Mux(tile_end, 0, p + 1))
+        addrs = []
+        final = loop + ti - 1
+        for j, lane in enumerate(lanes):
+            v = {k: pipe.at(x, loop) for k, x in lane.items()}
+            if dry:
+                x0, d0 = _Val(None, loop), _Val(None, loop)
+            else:
+                regs = {k: Signal(ab, name=f"{k}_reg{j}") for k in ("x", "d", "q")}
+                cur = {k: Signal(ab, name=f"{k}{j}") for k in ("x", "d", "q")}
+                m.d.comb += [cur["x"].eq(Mux(first.sig, v["start"].sig, regs["x"])),
+                             cur["d"].eq(Mux(first.sig, v["a"].sig, regs["d"])),
+                             cur["q"].eq(Mux(first.sig, v["q0"].sig, regs["q"]))]
+                inc = Mux(flat, Mux(tile_end, v["jump"].sig, v["e"].sig), cur["q"])
+                nx, nd, nq = cur["x"] + inc, cur["d"] + v["te"].sig, cur["q"] + v["tte"].sig
+                with m.If(valid.sig & (mode == Perm.AFFINE)):
+                    m.d.sync += [regs["x"].eq(Mux(nx > v["last"].sig, nx - n, nx)),
+                                 regs["d"].eq(Mux(nd >= n, nd - n, nd)),
+                                 regs["q"].eq(Mux(nq >= n, nq - n, nq))]
+                x0, d0 = _Val(cur["x"], loop), _Val(cur["d"], loop)
+            # After the loop: the chain over the ti input lanes.
+            xs, d = [x0], d0
+            for k in range(1, ti):
+                xs.append(wrap_abs(xs[-1], d, v["last"]))
+                if k < ti - 1:
+                    d = wrap(d, v["second"])
+            addrs.extend(pipe.at(x, final) for x in xs)
+        # The address register: the affine lanes, the index-ROM lanes or 0.
+        if not dry:
+            dw = cfg.dw
+            index = [ports.indices[l * dw:l * dw + ab] for l in range(tn * ti)]
+            m.d.sync += ports.addr.eq(Mux(mode == Perm.AFFINE, Cat(*(x.sig for x in addrs)),
+                                          Mux(mode == Perm.INDEX, Cat(*index), 0)))
+        return final + 1

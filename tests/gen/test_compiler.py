@@ -100,15 +100,17 @@ def test_buffer_order():
     assert sorted(src[src >= 0].tolist()) == list(range(20)) and int((src < 0).sum()) == 12
 
 
-@pytest.mark.parametrize("variant", ["dense", "perm_index"])
-def test_fc_after_conv_reads_the_buffer_order(small_qmodel, mixed_index_qmodel, variant):
+@pytest.mark.parametrize("variant", ["dense", "perm_index", "perm_affine"])
+def test_fc_after_conv_reads_the_buffer_order(small_qmodel, mixed_index_qmodel, mixed_qmodel,
+                                              variant):
     """The re-laid fc1 on pool2's output in the buffer's order (padding lanes holding junk)
     gives the model's fc1 on the flattened output, and stays in its format."""
     from slimnfu.compress.quant import int_forward_layers, quantize_input
     from slimnfu.formats import layout
     from slimnfu.gen.compiler import buffer_order, engine_layers
 
-    q = small_qmodel if variant == "dense" else mixed_index_qmodel
+    q = {"dense": small_qmodel, "perm_index": mixed_index_qmodel,
+         "perm_affine": mixed_qmodel}[variant]
     cfg = _cfg(q)
     (fc1, move), = [e for e in engine_layers(q, cfg) if e[0].name == "fc1"]
     assert move == ("none",) and fc1.format == variant and fc1.desc.n_in == 32
@@ -123,17 +125,42 @@ def test_fc_after_conv_reads_the_buffer_order(small_qmodel, mixed_index_qmodel, 
         assert torch.equal(got[0], refs[4][n]), n
 
 
-def test_perm_affine_after_conv_keeps_a_flatten_move(mixed_qmodel):
-    """perm_affine cannot take its columns in another order: the controller flattens."""
-    from slimnfu.gen.compiler import engine_layers
+def test_perm_affine_after_conv_is_not_moved(mixed_qmodel):
+    """perm_affine fc1 reads pool2's output where pool2 wrote it: its pass walks the flatten
+    order over the buffer's (5 channels of 2x2 pixels: 2 tiles of 4, 3 padding lanes), its
+    parameter words hold the lane stride a*hw mod N and the step a, and nothing is moved."""
+    from slimnfu.contract import perm_fields
+    from slimnfu.formats import layout
 
     cfg = config_for(mixed_qmodel, CONFIGS["tiny"])
-    moves = [move for _, move in engine_layers(mixed_qmodel, cfg)]
-    assert moves[4] == ("flatten", 5, 2, 2) and moves[5] == ("none",)
     program = compile_model(mixed_qmodel, cfg)
     fc1 = next(l for l in program.layers if l.name == "fc1")
-    # pool2 wrote buffer 0; the move fills buffer 1, which fc1 reads
-    assert (fc1.in_buf, fc1.out_buf, fc1.move_cycles) == (1, 0, 20)
+    assert (fc1.move, fc1.in_buf, fc1.out_buf, fc1.move_cycles) == (("none",), 0, 1, 0)
+    assert fc1.desc.flatten == (5, 4) and fc1.desc.perm_n == 20 and fc1.desc.layer.n_in == 32
+    assert perm_fields(fc1.desc, cfg) == {"perm_hw": 4, "perm_tail": 4, "perm_lanes": 1}
+    rec = mixed_qmodel.layers[4].compressed
+    want = layout.pack_perm_params(rec.a * 4 % 20, rec.b, cfg, 20, rec.a)
+    (sel, base, words), = [ld for ld in fc1.loads if ld[0] == 5]
+    assert program.rom[base:base + words] == want
+    assert sum(l.move_cycles for l in program.layers) == 0
+
+
+def test_refuses_quadratic_perm_affine_after_conv(mixed_qmodel):
+    """Quadratic rows cannot be walked in the buffer's order: refused, naming the layer."""
+    import dataclasses
+
+    from slimnfu.gen.compiler import engine_layers
+
+    fc1 = mixed_qmodel.layers[4]
+    quad = dataclasses.replace(fc1, compressed=dataclasses.replace(
+        fc1.compressed, e=torch.ones(fc1.desc.n_out, dtype=torch.int64)))
+    layers = list(mixed_qmodel.layers)
+    layers[4] = quad
+    q = dataclasses.replace(mixed_qmodel, layers=layers)
+    with pytest.raises(ValueError, match=r"^layer fc1: perm_affine rows of the quadratic "
+                                         r"family .* cannot be walked in the neuron buffer's "
+                                         r"order"):
+        engine_layers(q, CONFIGS["tiny"].with_(perm=True))
 
 
 def test_config_for_sizes_both_buffers_from_the_program(small_qmodel):

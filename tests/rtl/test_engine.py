@@ -7,6 +7,7 @@ import torch
 from slimnfu import fixed
 from slimnfu.config import AccelConfig, LayerDesc, PassDesc, as_pass, get_config
 from slimnfu.rtl.engine import LayerEngine
+from slimnfu.rtl.perm_addr import PermAddrGen
 from slimnfu.contract import load_data_width
 from slimnfu.rtl.ikr_sequencer import IkrSequencer
 from slimnfu.rtl.loop_nest import LoopNest
@@ -155,6 +156,10 @@ PINNED_LAYERS = {
 #: Per config: (LayerEngine.latency, NFU1, NFU2, NFU3 latencies, NFU-2's adder tree stages
 #: and accumulator chunks). The tree has ceil(log2 ti) levels, registered every two: ti = 1
 #: none, 2..4 one, 8..16 two; the accumulator adds 24 bits a stage: acc 48 two, 24 one.
+#: PermAddrGen.latency: the constant multiples (log2 of ti*ti doublings and their adds), the
+#: loop, ti - 1 lane adds and the address register.
+PINNED_PERM_STAGES = {"tiny": 8, "small": 14, "diannao": 25, "t2": 5, "t1": 3}
+
 PINNED_LATENCIES = {
     "tiny": (29, 2, 3, 8, 1, 2),
     "small": (30, 2, 4, 8, 2, 2),
@@ -173,9 +178,13 @@ def test_latency_per_config_pinned(name):
            NFU2.tree_stages(cfg), NFU2.acc_chunks(cfg))
     assert got == PINNED_LATENCIES[name]
     assert LayerEngine.latency(cfg) == LayerEngine.FIRST_STEP + LayerEngine.write_delay(cfg)
-    # a feature adds no stage
-    for feature in ("ikr", "perm", "kgate"):
+    # ikr and kgate add no stage; perm adds its address generator's pipeline (the buffers
+    # are read when the s banks are addressed)
+    for feature in ("ikr", "kgate"):
         assert LayerEngine.latency(cfg.with_(**{feature: True})) == got[0]
+    perm = cfg.with_(perm=True)
+    assert PermAddrGen.latency(perm) == PINNED_PERM_STAGES[name]
+    assert LayerEngine.latency(perm) == got[0] + PINNED_PERM_STAGES[name]
 
 
 def pinned_case(desc, cfg, seed):
@@ -199,9 +208,11 @@ def test_latencies_pinned(features):
     params = {"ikr": {"kmax": 3, "index_depth": 8}, "perm": {"depth": 64}, "kgate": True}
     cfg = get_config("tiny").with_(nbin_depth=64, sb_depth=64, nbout_depth=64, bias_depth=8,
                                    **{f: params[f] for f in features})
-    assert LayerEngine.latency(cfg) == 29
+    # perm reads the buffers when its address generator's pipeline has addressed s
+    extra = PINNED_PERM_STAGES["tiny"] if "perm" in features else 0
+    assert LayerEngine.latency(cfg) == 29 + extra
     layers = [l for f in ("dense",) + features for l in PINNED_LAYERS[f]]
-    jobs = [(case_job(pinned_case(desc, cfg, seed), cfg, 0), cycles)
+    jobs = [(case_job(pinned_case(desc, cfg, seed), cfg, 0), cycles + extra)
             for seed, (desc, cycles) in enumerate(layers)]
     dut = LayerEngine(cfg)
     drv = EngineDriver(dut)

@@ -117,3 +117,44 @@ def test_affine_layer_needs_no_sb_words():
     big.check(cfg)
     with pytest.raises(ValueError, match="sb_depth"):
         PassDesc(LayerDesc("fc", 784, 300), perm="index").check(cfg)
+
+
+def _relaid_job(c, hw, m, seed, groups=1, cfg=CFG):
+    """A perm_affine FC layer over a ``c x hw`` conv output, re-laid into the buffer's order
+    (junk in the padding lanes), and its golden output on the flattened values."""
+    from slimnfu.formats.qmodel import QLayer
+
+    n = c * hw
+    gen = torch.Generator().manual_seed(seed)
+    s = torch.randint(cfg.qmin, cfg.qmax + 1, (groups * n,), generator=gen)
+    a, b, _ = permfc.random_generated_params(m, n, "affine", seed)
+    group = torch.arange(m) % groups
+    rec = perm.PermAffineWeights(s, a, b, None, group if groups > 1 else None)
+    w = s[rec.indices(n)]
+    bias = torch.randint(-1 << 20, 1 << 20, (m,), generator=gen)
+    desc = LayerDesc("fc", n, m, shift=14, act="relu")
+    ql = QLayer("fc1", desc, w, bias, 0, 14, 0, None, format="perm_affine", compressed=rec)
+    x = torch.randint(cfg.qmin, cfg.qmax + 1, (n,), generator=gen)
+    want = fixed.run_layer(desc, x.unsqueeze(0), w, bias, cfg.dw)[0]
+    src = layout.buffer_order(c, hw, 1, cfg.tn)
+    relaid = ql.weight_format.relayout_input(ql, src)
+    assert relaid is not None and relaid.compressed.order == (c, hw, cfg.tn)
+    (p,) = relaid.weight_format.check(relaid, cfg)
+    assert p.desc.flatten == (c, hw) and p.desc.layer.n_in == src.numel()
+    xbuf = torch.where(src < 0, cfg.qmax, x[src.clamp(min=0)])     # junk in padding lanes
+    loads = [(w.sel, w.words) for k, w in p.memories.items() if k != "bias"]
+    return p.desc, xbuf, bias, loads, want
+
+
+def test_relaid_affine_fc_reads_the_buffer_order():
+    """A perm_affine FC after a conv output of c % tn != 0 channels and hw > 1 pixels runs on
+    the values where the conv wrote them (two-level address walk, padding lanes dropped),
+    bit-exact with the model's layer on the flattened output, at the re-laid dense cycles; a
+    plain affine layer and a quadratic one follow on the same build."""
+    jobs = [_relaid_job(5, 3, 7, 21), _relaid_job(6, 4, 9, 22, groups=2),
+            _relaid_job(3, 2, 4, 23), _layer(7, 13, "affine", 1),
+            _layer(9, 24, "affine", 6, groups=2, family="quadratic")]
+    assert jobs[0][0].flatten == (5, 3) and jobs[0][0].layer.n_in == 24
+    for (desc, *_, want), (y, counters) in zip(jobs, _run(jobs)):
+        assert torch.equal(y, want), desc
+        assert counters["cycles"] == desc.dense_cycles(CFG) + LayerEngine.latency(CFG)

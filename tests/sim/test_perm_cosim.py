@@ -1,7 +1,7 @@
 """Permuted-feature FC layers (both variants; generated ones in G groups and in the quadratic
-family too) on Icarus and Verilator: bit-exact vs the integer reference, exact cycles, steps,
-multiplies and saturation events, through the one regression flow (cocotb asserts each job's
-verdict)."""
+family too, and affine ones after a conv output in the neuron buffer's order) on Icarus and
+Verilator: bit-exact vs the integer reference, exact cycles, steps, multiplies and saturation
+events, through the one regression flow (cocotb asserts each job's verdict)."""
 
 import pytest
 
@@ -17,10 +17,14 @@ def test_perm_random_layers(sim):
     cases = perm_cases(CFG, seed=2)
     assert {c.desc.perm for c in cases} == {"affine", "index"}
     grouped = [c for c in cases if "groups" in c.name]
-    assert [c.compressed.groups(c.desc.layer.n_in) for c in grouped] == [2, 2]
+    assert [c.compressed.groups(c.desc.layer.n_in) for c in grouped] == [2, 2, 2]
     assert grouped[0].compressed.family() == "quadratic"
+    # c = 5 channels of hw = 5 pixels on tn = 4: 2 channel tiles, 3 padding lanes in the last
+    flat = [c for c in cases if c.desc.flatten]
+    assert [(c.desc.flatten, c.desc.layer.n_in) for c in flat] == [((5, 5), 40)] * 2
     if sim == "icarus":
-        cases = [c for c in cases if "ragged" in c.name or "quadratic" in c.name]
+        cases = [c for c in cases if "ragged" in c.name or "quadratic" in c.name
+                 or c.desc.flatten]
     results = run_regression(CFG, cases, sims=(sim,), log=lambda *_: None)
     bad = [(r["name"], r["error"]) for r in results if not r["passed"]]
     assert not bad, bad
