@@ -372,7 +372,8 @@ def train_early_stopping(model, train, val, max_epochs=30, patience=3, lr=1e-3,
     ``schedule="onecycle"``: one Adam for the whole run, its rate stepped per batch along
     ``torch.optim.lr_scheduler.OneCycleLR`` over ``max_epochs`` (torch's defaults: from
     ``lr / 25`` up to ``lr`` over the first 30% of the steps, then a cosine down to
-    ``lr / 2.5e5``); the optimiser's moments carry over from epoch to epoch. After each epoch the model is evaluated on ``val``. Training stops after
+    ``lr / 2.5e5``); the optimiser's moments carry over from epoch to epoch. After each
+    epoch the model is evaluated on ``val``. Training stops after
     ``patience`` epochs without a better validation accuracy, or after ``max_epochs``; the
     model keeps the weights of its best epoch. Any model trains this way (the permuted layers
     and the baselines alike).

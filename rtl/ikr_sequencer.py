@@ -1,4 +1,4 @@
-"""The IKR sequencer: one kernel group per slot of ``max(n, cols)`` cycles, window fill overlapped."""
+"""The IKR sequencer: a kernel group per slot of ``max(n, cols)`` cycles, window fill overlapped."""
 
 from amaranth.hdl import Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring

@@ -49,7 +49,8 @@ from slimnfu.sim.cases import Case, reference, write_case
 from slimnfu.sim.runner import SIMS, cosim_root, run_regression, wave_file
 
 __all__ = ["VARIANTS", "ACTIVATIONS", "TARGETS", "MAX_STEPS", "FEATURE_ORDER", "RUN_DRAWS",
-           "FuzzSpec", "configs", "case_specs", "build_case", "draw_configs", "draw_cases", "failure_kind",
+           "FuzzSpec", "configs", "case_specs", "build_case", "draw_configs", "draw_cases",
+           "failure_kind",
            "shrink_failure", "run_fuzz", "fuzz_root"]
 
 #: The case variants, simplest first (hypothesis shrinks toward the first).
@@ -577,8 +578,9 @@ def shrink_failure(cfg, n, seed, spec, results, run_one, kind, prefix="case"):
     """Shrink a failing case with hypothesis.
 
     Hypothesis replays the runs of :func:`draw_cases` (same ``cfg``, ``n`` and ``seed``) of
-    the failing ``spec``'s variant until one draws it; ``results`` (``{spec: results entry}`` of the batch on one
-    simulator) answers for its draws until the failing spec comes up, then hypothesis shrinks
+    the failing ``spec``'s variant until one draws it; ``results`` (``{spec: results entry}``
+    of the batch on one simulator) answers for its draws until the failing spec comes up,
+    then hypothesis shrinks
     it, and each smaller spec it tries runs through ``run_one(case) -> results entry``. A spec
     counts as failing when its :func:`failure_kind` is ``kind``.
 
