@@ -580,9 +580,9 @@ def shrink_failure(cfg, n, seed, spec, results, run_one, kind, prefix="case"):
     Hypothesis replays the runs of :func:`draw_cases` (same ``cfg``, ``n`` and ``seed``) of
     the failing ``spec``'s variant until one draws it; ``results`` (``{spec: results entry}``
     of the batch on one simulator) answers for its draws until the failing spec comes up,
-    then hypothesis shrinks
-    it, and each smaller spec it tries runs through ``run_one(case) -> results entry``. A spec
-    counts as failing when its :func:`failure_kind` is ``kind``.
+    then hypothesis shrinks it, and each smaller spec it tries runs through
+    ``run_one(case) -> results entry``. A spec counts as failing when its
+    :func:`failure_kind` is ``kind``.
 
     Returns
     -------
