@@ -237,8 +237,9 @@ class LayerEngine(wiring.Component):
             m.d.comb += [port.en.eq(self.load_en & (self.load_sel == sel)),
                          port.addr.eq(self.load_addr), port.data.eq(self.load_data[lsb:])]
 
-        # Stage T+1 -> T+2: the block RAM output registers, one per buffer; cur_in (constant
-        # while the layer runs) selects after them, so no logic sits behind the block RAMs.
+        # Stage R+1 -> R+2 (R = T + perm_stages, the read): the block RAM output registers, one
+        # per buffer; cur_in (constant while the layer runs) selects after them, so no logic
+        # sits behind the block RAMs.
         nbin_words = [delayed(port.data, self.READ_STAGES - 1, f"nb{b}_data")
                       for b, port in enumerate(nb_rds)]
         nbin_word = Mux(cur_in, nbin_words[1], nbin_words[0])
@@ -247,7 +248,7 @@ class LayerEngine(wiring.Component):
             synapse_word = self._kgate_path(m, cur, st, synapse_word, starting, is_mac,
                                             operands)
 
-        # Stage T+2: the NFU-1 operands (padding positions read as zero).
+        # Stage R+2 (T + operands): the NFU-1 operands (padding positions read as zero).
         pad, valid = delayed(st.pad, operands, "pad"), delayed(st.valid, operands, "valid")
         neurons = Signal(ti * dw)
         if cfg.perm:
