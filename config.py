@@ -661,6 +661,13 @@ class PassDesc:
         return replace(self, **changes)
 
     @property
+    def uses_perm(self):
+        """The pass runs on the permutation path (``perm`` is not ``"none"``), so the engine's
+        reads wait for the permutation address generator
+        (:meth:`slimnfu.rtl.engine.LayerEngine.latency`)."""
+        return self.perm != "none"
+
+    @property
     def perm_n(self):
         """The length ``N`` of a permuted pass's common sequence: ``channels*pixels`` with
         ``flatten``, else ``layer.n_in``."""

@@ -199,7 +199,7 @@ def main(args):
         cycles = e["cycles"] or 0
         layers.append({"layer": case.name, "shape": shape, "desc": d.to_dict(),
                        "macs": d.macs(), "dense_cycles": d.dense_cycles(cfg),
-                       "rtl_cycles": e["cycles"], "latency": LayerEngine.latency(cfg),
+                       "rtl_cycles": e["cycles"], "latency": LayerEngine.latency(cfg, case.desc),
                        "utilisation": d.macs() / (cfg.tn * cfg.ti * cycles) if cycles else 0.0,
                        "passed": e["passed"], "mults": e["mults"],
                        "sat_events": e["sat_events"], "error": e["error"]})
@@ -218,7 +218,7 @@ def main(args):
 
     result = {
         "config": cfg.name, "tn": cfg.tn, "ti": cfg.ti, "accel": cfg.to_dict(),
-        "latency": LayerEngine.latency(cfg), "layers": layers,
+        "layers": layers,
         "sim_speed": {"layer": speed_layer, "shape": next(r["shape"] for r in layers
                                                          if r["layer"] == speed_layer),
                       "runs": runs,

@@ -70,7 +70,6 @@ def _cosim_layers(q, x_img, cfg):
     from slimnfu.sim.ikr_cases import as_dense, ikr_case
     from slimnfu.sim.runner import run_regression
 
-    latency = LayerEngine.latency(cfg)
     x = quantize_input(q, x_img)
     outs = int_forward_layers(q, x)
     pairs = []
@@ -96,8 +95,8 @@ def _cosim_layers(q, x_img, cfg):
             "passed": r_ikr["passed"] and r_dense["passed"],
             "error": r_ikr["error"] or r_dense["error"],
             "rtl_cycles": r_ikr["cycles"], "rtl_cycles_dense": r_dense["cycles"],
-            "analytic_ikr_cycles": d.ikr_cycles(cfg) + latency,
-            "analytic_dense_cycles": d.dense_cycles(cfg) + latency,
+            "analytic_ikr_cycles": d.ikr_cycles(cfg) + LayerEngine.latency(cfg, d),
+            "analytic_dense_cycles": d.dense_cycles(cfg) + LayerEngine.latency(cfg, d),
             "speedup": (r_dense["cycles"] / r_ikr["cycles"]) if r_ikr["cycles"] else None,
             "ideal_speedup": k * k / d.ikr_n})
         L = layers[-1]

@@ -19,8 +19,9 @@ def layer_schedule(program):
     Per layer (:class:`slimnfu.rtl.accelerator.Accelerator`): the move (0: every layer reads
     its input where the previous one wrote it), ``READY`` until the weight stream has delivered what
     the layer waits for (at least one cycle), the ``RUN`` cycle that starts the engine, the
-    engine (``dense_cycles`` or ``ikr_cycles`` plus ``LATENCY``: its ``done`` cycle is
-    ``LATENCY + nfu_cycles`` after the start) and one ``PAUSE`` cycle. Beside them the weight
+    engine (``dense_cycles`` or ``ikr_cycles`` plus the pass's latency: its ``done`` cycle is
+    ``LayerEngine.latency(cfg, desc) + nfu_cycles`` after the start; only a permuted pass
+    pays the permutation pipeline) and one ``PAUSE`` cycle. Beside them the weight
     stream (:meth:`slimnfu.contract.Program.load_plan`) issues one word a cycle: entry ``e``
     from ``max(end of entry e-1, gate open)``, a gate of ``g`` opening the cycle after the
     ``done`` of program layer ``g - 1``. Cycles are counted as the accelerator's ``cycles``
@@ -54,7 +55,7 @@ def layer_schedule(program):
         move = layer.move_cycles
         ready = max(t + move, stream_until(need[i]))
         run = ready + 1
-        engine = layer.desc.nfu_cycles(cfg) + LayerEngine.latency(cfg)
+        engine = layer.desc.nfu_cycles(cfg) + LayerEngine.latency(cfg, layer.desc)
         done.append(run + engine)
         out.append({"first": t, "run": run, "move": move, "loads": run - t - move,
                     "engine": engine, "end": run + engine + 2})

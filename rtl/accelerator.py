@@ -32,7 +32,8 @@ class Accelerator(wiring.Component):
        layer needs before it starts;
     2. starts the engine with the layer's descriptor (``RUN``, one cycle) and waits for
        ``done`` (``WAIT``: the layer's ``dense_cycles`` or ``ikr_cycles`` plus
-       ``LayerEngine.latency(cfg)``), then spends one cycle (``PAUSE``) going on to the next layer.
+       ``LayerEngine.latency(cfg, desc)``, which only a permuted pass makes longer), then
+       spends one cycle (``PAUSE``) going on to the next layer.
 
     Beside the layers, the weight stream copies the program's words from the ROM into the
     engine's memories, one word per cycle, in the order and under the rules of

@@ -5,6 +5,7 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from slimnfu.config import as_pass
 from slimnfu.contract import (COUNTER_BITS, LoadSel, Mode, Perm, bits_for, descriptor_layout,
                               load_addr_width, load_data_width, load_sel_width,
                               perm_param_width)
@@ -34,17 +35,30 @@ class LayerEngine(wiring.Component):
     ``in_buf = 0, out_buf = 1`` (the ports' defaults) is the classic NBin/NBout engine.
 
     Pipeline, for a step issued by the sequencer in cycle ``S``: the step register ``S+1``
-    (``T``; :attr:`STEP_STAGES`); NBin/SB read ``R = T + perm_stages(cfg)`` (0 without
-    ``cfg.perm``; with it, the permutation address generator's pipeline, whose registered
-    addresses read the ``s`` banks in ``R`` too), their block RAM output register ``R+2``
+    (``T``; :attr:`STEP_STAGES`); NBin/SB read ``R = T + perm_stages(cfg, desc)`` (0 for a
+    pass that does not use the permutation path, ``desc.perm == "none"``, and always without
+    ``cfg.perm``; for a permuted pass, the permutation address generator's pipeline, whose
+    registered addresses read the ``s`` banks in ``R`` too), their block RAM output register
+    ``R+2``
     (:attr:`READ_STAGES`); the NFU-1 operands (padding, IKR taps, kernel gating,
     permuted synapses) enter NFU-1's operand registers in ``R+2`` and the products appear
     :meth:`NFU1.latency` cycles later; NFU-2's adder tree and accumulator take
     :meth:`NFU2.latency` cycles (the tree's stages follow ``ti``), NFU-3's requantisation and
     activation :meth:`NFU3.latency`; NBout is written in ``S + write_delay(cfg)``. The bias
     is read so that its registered word meets the step at NFU-2. Steps are issued back to
-    back, so a layer of ``N`` steps takes ``N + latency(cfg)`` cycles. The stage counts, and
-    so :meth:`latency`, are derived from the components' own, never typed in.
+    back, so a pass of ``N`` steps takes ``N + latency(cfg, desc)`` cycles. The stage counts,
+    and so :meth:`latency`, are derived from the components' own, never typed in.
+
+    Only a permuted pass pays the generator's stages: the step register feeds a delay line of
+    ``PermAddrGen.latency(cfg)`` stages, and a pass picks its output (``perm`` on) or the
+    step register itself (``perm`` off) as its step at ``R``, with a select registered from
+    the latched descriptor; every later stage counts from ``R``. Only a permuted pass's steps
+    enter that line valid, so a non-permuted pass never sees a step of the pass before it in
+    the line; and passes never overlap (``done`` follows the last step's NBout write, so
+    every step of a pass has left the pipeline before the next ``start``), so a permuted pass
+    never sees one either. The index-ROM read (``T + perm_stages - 2``), the ``s`` banks'
+    enable and the generator are used by permuted passes only; the kernel gate and the IKR
+    unit's operands (conv passes, never permuted) count from ``R``.
 
     Handshake: ``start`` (while idle) latches ``desc``; ``busy`` is high from the next cycle
     and falls in the cycle ``done`` pulses, one cycle after the last NBout write. In that cycle
@@ -78,32 +92,35 @@ class LayerEngine(wiring.Component):
     READ_STAGES = 2
 
     @classmethod
-    def perm_stages(cls, cfg):
-        """With ``cfg.perm``, the permutation address generator's pipeline
-        (:meth:`PermAddrGen.latency`): NBin and SB are read that many cycles after ``T``,
-        beside the ``s`` banks it addresses; else 0."""
-        return PermAddrGen.latency(cfg) if cfg.perm else 0
+    def perm_stages(cls, cfg, desc):
+        """For a pass ``desc`` (:class:`PassDesc` or :class:`LayerDesc`) that uses the
+        permutation path (``desc.uses_perm``, which needs ``cfg.perm``), the permutation
+        address generator's pipeline (:meth:`PermAddrGen.latency`): NBin and SB are read that
+        many cycles after ``T``, beside the ``s`` banks it addresses; else 0."""
+        return PermAddrGen.latency(cfg) if cfg.perm and as_pass(desc).uses_perm else 0
 
     @classmethod
-    def operand_stage(cls, cfg):
-        """Cycles from ``T`` to the NFU-1 operand registers: :meth:`perm_stages` and the
-        block RAM read stages."""
-        return cls.perm_stages(cfg) + cls.READ_STAGES
+    def operand_stage(cls, cfg, desc):
+        """Cycles from ``T`` to the NFU-1 operand registers in pass ``desc``:
+        :meth:`perm_stages` and the block RAM read stages."""
+        return cls.perm_stages(cfg, desc) + cls.READ_STAGES
 
     @classmethod
-    def write_delay(cls, cfg):
-        """A step issued in cycle ``S`` writes NBout in cycle ``S + write_delay(cfg)``."""
-        return (cls.STEP_STAGES + cls.operand_stage(cfg) + NFU1.latency(cfg)
+    def write_delay(cls, cfg, desc):
+        """A step of pass ``desc`` issued in cycle ``S`` writes NBout in cycle
+        ``S + write_delay(cfg, desc)``."""
+        return (cls.STEP_STAGES + cls.operand_stage(cfg, desc) + NFU1.latency(cfg)
                 + NFU2.latency(cfg) + NFU3.latency(cfg))
 
     @classmethod
-    def latency(cls, cfg):
-        """``cycles == desc.nfu_cycles(cfg) + latency(cfg)`` for every pass of ``cfg``.
+    def latency(cls, cfg, desc):
+        """``cycles == desc.nfu_cycles(cfg) + latency(cfg, desc)`` for pass ``desc`` of ``cfg``.
 
         ``done`` pulses one cycle after the last step's NBout write:
-        ``FIRST_STEP + write_delay(cfg)``.
+        ``FIRST_STEP + write_delay(cfg, desc)``. Only a pass that uses the permutation path
+        pays :meth:`perm_stages`.
         """
-        return cls.FIRST_STEP + cls.write_delay(cfg)
+        return cls.FIRST_STEP + cls.write_delay(cfg, desc)
 
     def __init__(self, cfg):
         self.cfg = check_config(self, cfg)
@@ -182,10 +199,10 @@ class LayerEngine(wiring.Component):
         def delayed(value, stages, name):
             return delay(m, value, stages, f"{name}_d")
 
-        # Stage offsets from T, the cycle the registered step is in: with cfg.perm the
-        # buffers are read perm_stages(cfg) cycles after T, when the s banks are addressed.
-        perm_stages = self.perm_stages(cfg)
-        operands = self.operand_stage(cfg)
+        # Stage offsets from R, the cycle the step reads NBin and SB: T for a pass that does
+        # not use the permutation path, T + PermAddrGen.latency(cfg) for one that does (the
+        # s banks are addressed then).
+        operands = self.READ_STAGES
         nfu2_in = operands + NFU1.latency(cfg)
         nfu3_in = nfu2_in + NFU2.latency(cfg)
         write = nfu3_in + NFU3.latency(cfg)
@@ -195,14 +212,31 @@ class LayerEngine(wiring.Component):
         for name in step.signature.members:
             m.d.sync += getattr(st, name).eq(getattr(step, name))
 
-        # Stage T: the step addresses NBin and SB; the bias word is read so that its output
+        # Stage T -> R: a permuted pass's steps wait for the generator; any other pass's take
+        # the step register itself. Only a permuted pass's steps enter the line valid, and
+        # perm_on (registered from the latched descriptor) is steady long before a pass's
+        # first step (FIRST_STEP), so neither path carries another pass's steps.
+        if cfg.perm:
+            perm_stages = PermAddrGen.latency(cfg)
+            perm_on = Signal()
+            m.d.sync += perm_on.eq(cur.perm != Perm.NONE)
+            rt = step.signature.create(path=("step_at_read",))
+            for name in step.signature.members:
+                value = getattr(st, name)
+                if name == "valid":
+                    value = value & perm_on
+                late = delayed(value, perm_stages, f"{name}_perm")
+                m.d.comb += getattr(rt, name).eq(Mux(perm_on, late, getattr(st, name)))
+        else:
+            rt = st
+
+        # Stage R: the step addresses NBin and SB; the bias word is read so that its output
         # register meets the step at NFU-2.
         is_mac = cur.mode == Mode.MAC
         bias_rd = bias.read_port()
         bias_read = nfu2_in - 2
-        read = {name: delayed(getattr(st, name), perm_stages, f"{name}_read")
-                for name in ("nbin_addr", "sb_addr", "valid", "pad")}
-        nb_addr_busy, nb_en_busy = read["nbin_addr"], read["valid"] & ~read["pad"]
+        assert bias_read >= 0
+        nb_addr_busy, nb_en_busy = rt.nbin_addr, rt.valid & ~rt.pad
         if cfg.ikr:
             ikr_mode, ikr_addr, ikr_en = ikr_read
             nb_addr_busy = Mux(ikr_mode, ikr_addr, nb_addr_busy)
@@ -211,14 +245,15 @@ class LayerEngine(wiring.Component):
             m.d.comb += [port.addr.eq(Mux(busy, nb_addr_busy, self.rd_addr)),
                          port.en.eq(~busy | nb_en_busy)]
         m.d.comb += [
-            bias_rd.addr.eq(delayed(st.bias_addr, bias_read, "bias_addr")),
-            bias_rd.en.eq(delayed(st.valid & is_mac & st.first, bias_read, "bias_en")),
+            bias_rd.addr.eq(delayed(rt.bias_addr, bias_read, "bias_addr")),
+            bias_rd.en.eq(delayed(rt.valid & is_mac & rt.first, bias_read, "bias_en")),
         ]
         synapses = []
-        sb_addr, sb_en = read["sb_addr"], read["valid"] & is_mac
+        sb_addr, sb_en = rt.sb_addr, rt.valid & is_mac
         if cfg.perm:
             # The index-ROM word of step T is read in T + perm_stages - 2, so that the
-            # generator registers its addresses when the s banks are addressed.
+            # generator registers its addresses when the s banks are addressed (index passes
+            # are permuted, so their R is T + perm_stages).
             index_mode = cur.perm == Perm.INDEX
             sb_addr = Mux(index_mode, delayed(st.sb_addr, perm_stages - 2, "index_addr"),
                           sb_addr)
@@ -229,7 +264,8 @@ class LayerEngine(wiring.Component):
             synapses.append(port.data)
         synapse_word = Cat(*synapses)
         if cfg.perm:
-            synapse_word, keep = self._perm_path(m, cur, step, st, synapse_word, loads)
+            synapse_word, keep = self._perm_path(m, cur, step, st, rt, synapse_word, perm_on,
+                                                 loads)
 
         # Load interface: one word per cycle into the memory load_sel names (NBin: while idle).
         idle_load = self.load_en & ~busy
@@ -237,7 +273,7 @@ class LayerEngine(wiring.Component):
             m.d.comb += [port.en.eq(self.load_en & (self.load_sel == sel)),
                          port.addr.eq(self.load_addr), port.data.eq(self.load_data[lsb:])]
 
-        # Stage R+1 -> R+2 (R = T + perm_stages, the read): the block RAM output registers, one
+        # Stage R+1 -> R+2 (R: the read): the block RAM output registers, one
         # per buffer; cur_in (constant while the layer runs) selects after them, so no logic
         # sits behind the block RAMs.
         nbin_words = [delayed(port.data, self.READ_STAGES - 1, f"nb{b}_data")
@@ -245,11 +281,11 @@ class LayerEngine(wiring.Component):
         nbin_word = Mux(cur_in, nbin_words[1], nbin_words[0])
         synapse_word = delayed(synapse_word, self.READ_STAGES - 1, "sb_data")
         if cfg.kgate:
-            synapse_word = self._kgate_path(m, cur, st, synapse_word, starting, is_mac,
+            synapse_word = self._kgate_path(m, cur, rt, synapse_word, starting, is_mac,
                                             operands)
 
-        # Stage R+2 (T + operands): the NFU-1 operands (padding positions read as zero).
-        pad, valid = delayed(st.pad, operands, "pad"), delayed(st.valid, operands, "valid")
+        # Stage R+2 (R + operands): the NFU-1 operands (padding positions read as zero).
+        pad, valid = delayed(rt.pad, operands, "pad"), delayed(rt.valid, operands, "valid")
         neurons = Signal(ti * dw)
         if cfg.perm:
             # the padding lanes of a re-laid perm_affine pass's last channel tile read zero
@@ -260,15 +296,17 @@ class LayerEngine(wiring.Component):
         m.d.comb += [nfu1.neurons.eq(neurons), nfu1.synapses.eq(synapse_word),
                      nfu1.en.eq(valid & is_mac)]
         if cfg.ikr:
+            # one cycle after the step (T): an IKR pass is a conv pass, never permuted, so
+            # its R is T
             m.d.comb += nfu1.lane_neurons.eq(
                 delayed(lane_neurons, self.STEP_STAGES + operands - 1, "lane_neurons"))
 
         # NFU-2 accumulates.
         m.d.comb += [
             nfu2.mode.eq(cur.mode),
-            nfu2.valid.eq(delayed(st.valid, nfu2_in, "valid")),
-            nfu2.first.eq(delayed(st.first, nfu2_in, "first")),
-            nfu2.last.eq(delayed(st.last, nfu2_in, "last")),
+            nfu2.valid.eq(delayed(rt.valid, nfu2_in, "valid")),
+            nfu2.first.eq(delayed(rt.first, nfu2_in, "first")),
+            nfu2.last.eq(delayed(rt.last, nfu2_in, "last")),
             nfu2.products.eq(nfu1.products),
             nfu2.neurons.eq(delayed(neurons, nfu2_in - operands, "neurons")),
             nfu2.bias.eq(delayed(bias_rd.data, 1, "bias")),
@@ -277,7 +315,7 @@ class LayerEngine(wiring.Component):
         # NFU-3 requantises and activates.
         m.d.comb += [
             nfu3.acc.eq(nfu2.acc), nfu3.in_valid.eq(nfu2.out_valid),
-            nfu3.lane_mask.eq(delayed(st.lane_mask, nfu3_in, "lane_mask")),
+            nfu3.lane_mask.eq(delayed(rt.lane_mask, nfu3_in, "lane_mask")),
             nfu3.shift.eq(cur.shift), nfu3.act.eq(cur.act), nfu3.seg_shift.eq(cur.seg_shift),
             nfu3.clear.eq(starting),
         ]
@@ -285,14 +323,14 @@ class LayerEngine(wiring.Component):
         # NBout write; done one cycle after the layer's last write.
         # One write port per neuron buffer: the pipeline's writes into buffer cur_out while
         # busy, NBin loads into buffer in_buf while idle.
-        write_end = nfu3.out_valid & delayed(st.end, write, "end")
-        out_addr = delayed(st.nbout_addr, write, "nbout_addr")
+        write_end = nfu3.out_valid & delayed(rt.end, write, "end")
+        out_addr = delayed(rt.nbout_addr, write, "nbout_addr")
         nbin_load = (idle_load & (self.load_sel == LoadSel.NBIN)) | (self.nb_en & ~busy)
         nb_addr = Mux(self.nb_en, self.nb_addr, self.load_addr)
         nb_data = Mux(self.nb_en, self.nb_data, self.load_data[:ti * dw])
         if cfg.kgate:
             # centre-tap passes may fill part of a tile: one write enable per lane
-            mask = delayed(st.write_mask, write, "write_mask")
+            mask = delayed(rt.write_mask, write, "write_mask")
             out_en, all_lanes = Mux(nfu3.out_valid, mask, 0), (1 << tn) - 1
         else:
             out_en, all_lanes = nfu3.out_valid, 1
@@ -328,7 +366,7 @@ class LayerEngine(wiring.Component):
     def _kgate_path(self, m, cur, step, sb_word, starting, is_mac, stage):
         """Method A: zero the synapses of lanes whose kernel misses the tap; count them.
 
-        ``sb_word`` is the SB word of ``step`` (issued in ``T``) in ``T + stage``.
+        ``sb_word`` is the SB word of ``step`` (at ``R``) in ``R + stage``.
         """
         cfg = self.cfg
         m.submodules.kgate = gate = KernelGate(cfg)
@@ -351,12 +389,14 @@ class LayerEngine(wiring.Component):
             m.d.sync += self.gated.eq(self.gated + gated * cfg.ti)
         return gated_word
 
-    def _perm_path(self, m, cur, issued, step, sb_word, loads):
+    def _perm_path(self, m, cur, issued, step, read_step, sb_word, perm_on, loads):
         """Method C: gather the step's synapses from ``s``; return the NFU-1 synapse word and
         the step's input lanes to keep (``ti`` bits; a re-laid pass, ``desc.perm_hw > 1``,
         drops the lanes ``>= perm_lanes`` of the steps from NBin word ``perm_tail`` on: the
         padding channels of the conv output's last tile). ``issued`` is the step in ``S``,
-        ``step`` in ``T``; the ``s`` banks are addressed in ``T + perm_stages(cfg)``.
+        ``step`` in ``T``, ``read_step`` in ``R``; the ``s`` banks are addressed in
+        ``T + PermAddrGen.latency(cfg)``, a permuted pass's ``R``. ``perm_on``: the running
+        pass is permuted (registered).
 
         Adds the write ports of ``s`` and of the per-row parameters to ``loads``.
         """
@@ -374,13 +414,11 @@ class LayerEngine(wiring.Component):
             gen.params.eq(params_rd.data),
             gen.indices.eq(sb_word), gen.first.eq(step.first), gen.step.eq(step.valid),
             psb.addr.eq(gen.addr),
-            psb.en.eq(delay(m, step.valid & (cur.perm != Perm.NONE), self.perm_stages(cfg),
+            psb.en.eq(delay(m, step.valid & (cur.perm != Perm.NONE), PermAddrGen.latency(cfg),
                             "perm_en_d")),
         ]
-        perm_on = Signal()
-        m.d.sync += perm_on.eq(cur.perm != Perm.NONE)
         keep = Signal(cfg.ti)
-        tail = step.nbin_addr >= cur.perm_tail
+        tail = read_step.nbin_addr >= cur.perm_tail
         m.d.comb += keep.eq(Cat(*(~tail | (i < cur.perm_lanes) for i in range(cfg.ti))))
         return Mux(perm_on, psb.data, sb_word), keep
 

@@ -215,7 +215,7 @@ def measure(cfg_name="tiny", out=None):
         "config": cfg.name, "layer": desc.to_dict(),
         "bit_exact": bool(torch.equal(y, fixed.run_layer(desc, x, w, b, cfg.dw))),
         "cycles": counters["cycles"], "dense_cycles": desc.dense_cycles(cfg),
-        "latency": LayerEngine.latency(cfg), "sim_cycles": counters["sim_cycles"],
+        "latency": LayerEngine.latency(cfg, desc), "sim_cycles": counters["sim_cycles"],
         "amaranth_sim_wall_s": wall, "amaranth_sim_cycles_per_s": counters["sim_cycles"] / wall,
         "verilog_convert_s": convert_s, "verilog_bytes": len(text),
     }

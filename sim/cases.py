@@ -29,6 +29,7 @@ from slimnfu.config import CONFIGS, LayerDesc, PassDesc, as_pass, get_config
 from slimnfu.contract import LoadSel, descriptor_value
 from slimnfu.formats import QLayer, layout
 from slimnfu.formats.base import get_format, record_from_state, record_to_state
+from slimnfu.rtl.engine import LayerEngine
 
 __all__ = ["Case", "make_case", "dense_cases", "case_job", "expected_cycles", "expected_steps",
            "expected_counters", "QUICK", "reference", "pass_cases", "case_to_dict",
@@ -71,9 +72,11 @@ class Case:
                       format=self.format, compressed=self.compressed)
 
 
-def expected_cycles(desc, cfg, latency):
-    """``nfu_cycles + LATENCY``: the cycle count the engine must report for pass ``desc``."""
-    return as_pass(desc).nfu_cycles(cfg) + latency
+def expected_cycles(desc, cfg):
+    """``nfu_cycles + LayerEngine.latency(cfg, desc)``: the cycle count the engine must
+    report for pass ``desc`` (a permuted pass pays the permutation pipeline, no other does)."""
+    run = as_pass(desc)
+    return run.nfu_cycles(cfg) + LayerEngine.latency(cfg, run)
 
 
 def expected_steps(desc, cfg):
@@ -232,12 +235,12 @@ def dense_cases(cfg, seed=1, quick=False, images=None, extra=()):
     return cases
 
 
-def expected_counters(case, cfg, latency):
+def expected_counters(case, cfg):
     """The counters the engine must report for ``case``: cycles, steps, multiplies (``tn*ti``
     a MAC step), saturation events and (with ``cfg.kgate``) gated multiplies."""
     desc = case.desc
     steps = expected_steps(desc, cfg)
-    out = {"cycles": expected_cycles(desc, cfg, latency), "steps": steps,
+    out = {"cycles": expected_cycles(desc, cfg), "steps": steps,
            "mults": 0 if desc.layer.is_pool else steps * cfg.tn * cfg.ti,
            "sat_events": case.expected_sat}
     if cfg.kgate:
@@ -289,7 +292,7 @@ def untouched_words(desc, cfg, margin=16):
     return spans
 
 
-def case_job(case, cfg, latency):
+def case_job(case, cfg):
     """The JSON-ready job for the cocotb testbench: descriptor value, loads, read count, and
     what the testbench must see (``expect``: the NBout words, the mask of each output tile's
     real lanes, the counters), so that its own verdict fails the results file."""
@@ -306,7 +309,7 @@ def case_job(case, cfg, latency):
     desc.check(cfg, one_pass.max_abs_bias)
     loads = [[int(LoadSel.NBIN), layout.pack_input(case.x, cfg)]]
     loads += [[int(m.sel), m.words] for m in one_pass.memories.values()]
-    counters = expected_counters(case, cfg, latency)
+    counters = expected_counters(case, cfg)
     n_out = desc.layer.n_out
     masks = layout.output_lane_masks(n_out, cfg)
     # the lanes below lane_skip of the first tile are not written (untouched_words)

@@ -47,7 +47,7 @@ def write_cycle(desc, cfg, o, oy, ox):
     ``LayerEngine.FIRST_STEP`` on; an IKR pass a slot a kernel group (one per input tile,
     :meth:`slimnfu.config.PassDesc.ikr_slot_cycles`), after one slot that only fills the first
     window, and its output is written after the last input tile's ``n`` steps. A step issued
-    in cycle ``S`` writes in ``S + LayerEngine.write_delay(cfg)``.
+    in cycle ``S`` writes in ``S + LayerEngine.write_delay(cfg, desc)``.
     """
     ci, _ = desc.tiles(cfg)
     g = (o * desc.h_out + oy) * desc.w_out + ox
@@ -56,7 +56,7 @@ def write_cycle(desc, cfg, o, oy, ox):
         last = LayerEngine.FIRST_STEP + desc.ikr_slot_cycles(cfg, g * ci + ci) + desc.ikr_n - 1
     else:
         last = LayerEngine.FIRST_STEP + (g + 1) * ci * k * k - 1
-    return last + LayerEngine.write_delay(cfg)
+    return last + LayerEngine.write_delay(cfg, desc)
 
 
 def layer_passes(program, i):
@@ -159,7 +159,8 @@ def first_divergence(program, raw, refs, schedule, image=0):
         if j is not None and len(marks) > j:
             # the counters read in layer j's PAUSE: its RUN cycle is the engine cycles and
             # the PAUSE cycle before
-            engine = program.layers[j].desc.nfu_cycles(cfg) + LayerEngine.latency(cfg)
+            engine = program.layers[j].desc.nfu_cycles(cfg) + LayerEngine.latency(
+                cfg, program.layers[j].desc)
             report["measured_start"] = marks[j][0] - engine - 1
         where = ("no pass writes it" if j is None else
                  f"pass {report['pass']} (program layer {j}), output tile {tile}")

@@ -28,7 +28,6 @@ from slimnfu import paths
 from slimnfu.atomic import atomic_write, process_alive
 from slimnfu.formats import layout
 from slimnfu.gen.verilog import emit_engine
-from slimnfu.rtl.engine import LayerEngine
 from slimnfu.sim.cases import case_job, expected_counters
 
 __all__ = ["SIMS", "cosim_root", "build_sim", "run_jobs", "wave_file", "compare",
@@ -216,13 +215,13 @@ def wave_file(dirs):
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def compare(case, raw, cfg, latency, sim):
+def compare(case, raw, cfg, sim):
     """One results entry: outputs bit for bit (the words the pass writes, from ``nbout_base``,
     but for the ``lane_skip`` lanes it leaves alone), NBout words outside the pass unchanged,
     cycles, steps, multiplies, saturation events and gated multiplies against the reference,
     and the testbench's own verdict (which must agree)."""
     desc = case.desc
-    want = expected_counters(case, cfg, latency)
+    want = expected_counters(case, cfg)
     counters = raw.get("counters") or {}
     entry = {"name": case.name, "sim": sim, "config": cfg.name, "passed": False,
              "cycles": counters.get("cycles"), "expected_cycles": want["cycles"],
@@ -269,8 +268,7 @@ def compare(case, raw, cfg, latency, sim):
 def run_regression(cfg, cases, sims=SIMS, waves=False, log=print, build_root=None):
     """Run ``cases`` on each simulator (one build and one simulation each, below
     ``build_root``, default :func:`slimnfu.paths.build_root`); return entries."""
-    latency = LayerEngine.latency(cfg)
-    jobs = [case_job(case, cfg, latency) for case in cases]
+    jobs = [case_job(case, cfg) for case in cases]
     entries = []
     for sim in sims:
         log(f"[{sim}] building {TOP} for config {cfg.name!r} ...")
@@ -280,6 +278,6 @@ def run_regression(cfg, cases, sims=SIMS, waves=False, log=print, build_root=Non
         t0 = time.perf_counter()
         raw = {r["name"]: r for r in run_jobs(runner, dirs, jobs, waves=waves)}
         log(f"[{sim}] simulated in {time.perf_counter() - t0:.1f} s (logs in {dirs['run']})")
-        entries += [{**compare(case, raw[case.name], cfg, latency, sim),
+        entries += [{**compare(case, raw[case.name], cfg, sim),
                      "run_dir": str(dirs["run"])} for case in cases]
     return entries

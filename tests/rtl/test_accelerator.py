@@ -169,8 +169,8 @@ def layer_figures(program, qmodel, x):
     """What the engine reports for each program layer of ``program`` run on ``x``.
 
     Returns one dict a layer: ``engine_cycles`` (its ``dense_cycles`` or ``ikr_cycles`` plus
-    ``LayerEngine.latency(cfg)``), ``load_cycles`` (its ``READY`` cycles in the schedule model),
-    ``move_cycles``,
+    ``LayerEngine.latency(cfg, desc)``), ``load_cycles`` (its ``READY`` cycles in the schedule
+    model), ``move_cycles``,
     ``mults`` (``tn*ti`` a MAC step), ``gated`` (:meth:`LayerDesc.gated_mults`) and
     ``sat_events``: the integer reference's saturations of the model layer the program layer
     completes (``ref``), 0 for a pass that leaves it unfinished.
@@ -185,7 +185,7 @@ def layer_figures(program, qmodel, x):
     for layer, sched in zip(program.layers, layer_schedule(program)):
         d = layer.desc
         figures.append({
-            "engine_cycles": d.nfu_cycles(cfg) + LayerEngine.latency(cfg),
+            "engine_cycles": d.nfu_cycles(cfg) + LayerEngine.latency(cfg, d),
             "load_cycles": sched["loads"],
             "move_cycles": layer.move_cycles,
             "mults": 0 if d.layer.is_pool else expected_steps(d, cfg) * cfg.tn * cfg.ti,

@@ -58,7 +58,7 @@ def check_jobs(cfg, layers):
         assert torch.equal(y, want), desc
         dense = desc.dense_cycles(cfg)
         assert counters["steps"] == dense, desc
-        assert counters["cycles"] == dense + LayerEngine.latency(cfg), desc
+        assert counters["cycles"] == dense + LayerEngine.latency(cfg, desc), desc
         assert counters["mults"] == (0 if desc.is_pool else dense * cfg.tn * cfg.ti), desc
         assert counters["sat_events"] == count.events, desc
     return results
@@ -140,15 +140,16 @@ def test_tiny_verilog_converts_and_compiles(tmp_path):
 
 
 #: Each feature set's layers with their engine cycle counts written out on ``PINNED_CFG``
-#: (``tiny``, ti = 4): steps + 29. The latency is pinned here by number, so changing the
-#: pipeline is a deliberate edit.
+#: (``tiny``, ti = 4): steps + 29, and a permuted pass + 8 more (the permutation address
+#: generator's stages, PINNED_PERM_STAGES), whatever else the build has. The latency is pinned
+#: here by number, so changing the pipeline is a deliberate edit.
 PINNED_LAYERS = {
     "dense": [(LayerDesc("conv", 2, 3, 4, 4, k=3, shift=12), 2 * 2 * 9 + 29),
               (LayerDesc("maxpool", 4, 4, 4, 4, k=2, stride=2), 2 * 2 * 4 + 29)],
     # 4 groups of max(ikr_n, k) = 4 cycles, plus the last group's ikr_n steps
     "ikr": [(PassDesc(LayerDesc("conv", 2, 3, 4, 4, k=3, shift=12), ikr_n=4), 4 * 4 + 4 + 29)],
     # 5 inputs: 2 input tiles of one output tile
-    "perm": [(PassDesc(LayerDesc("fc", 5, 3), perm="affine"), 2 + 29)],
+    "perm": [(PassDesc(LayerDesc("fc", 5, 3), perm="affine"), 2 + 29 + 8)],
     "kgate": [(PassDesc(LayerDesc("conv", 2, 3, 4, 4, k=3, shift=12), lane_k=(1, 3, 1)),
                2 * 2 * 9 + 29)],
 }
@@ -174,17 +175,22 @@ def test_latency_per_config_pinned(name):
     """The pipeline depth follows the config: the engine's latency and its parts by number."""
     cfg = {"t2": T2, "t1": AccelConfig("t1", tn=1, ti=1, dw=8, acc=24)}.get(name)
     cfg = cfg or get_config(name)
-    got = (LayerEngine.latency(cfg), NFU1.latency(cfg), NFU2.latency(cfg), NFU3.latency(cfg),
-           NFU2.tree_stages(cfg), NFU2.acc_chunks(cfg))
+    dense, permuted = LayerDesc("fc", 5, 3), PassDesc(LayerDesc("fc", 5, 3), perm="affine")
+    got = (LayerEngine.latency(cfg, dense), NFU1.latency(cfg), NFU2.latency(cfg),
+           NFU3.latency(cfg), NFU2.tree_stages(cfg), NFU2.acc_chunks(cfg))
     assert got == PINNED_LATENCIES[name]
-    assert LayerEngine.latency(cfg) == LayerEngine.FIRST_STEP + LayerEngine.write_delay(cfg)
+    assert LayerEngine.latency(cfg, dense) == (LayerEngine.FIRST_STEP
+                                               + LayerEngine.write_delay(cfg, dense))
     # ikr and kgate add no stage; perm adds its address generator's pipeline (the buffers
-    # are read when the s banks are addressed)
+    # are read when the s banks are addressed) to the permuted passes only
     for feature in ("ikr", "kgate"):
-        assert LayerEngine.latency(cfg.with_(**{feature: True})) == got[0]
+        assert LayerEngine.latency(cfg.with_(**{feature: True}), dense) == got[0]
     perm = cfg.with_(perm=True)
     assert PermAddrGen.latency(perm) == PINNED_PERM_STAGES[name]
-    assert LayerEngine.latency(perm) == got[0] + PINNED_PERM_STAGES[name]
+    assert LayerEngine.perm_stages(perm, dense) == 0
+    assert LayerEngine.latency(perm, dense) == got[0]
+    assert LayerEngine.perm_stages(perm, permuted) == PINNED_PERM_STAGES[name]
+    assert LayerEngine.latency(perm, permuted) == got[0] + PINNED_PERM_STAGES[name]
 
 
 def pinned_case(desc, cfg, seed):
@@ -203,17 +209,20 @@ def pinned_case(desc, cfg, seed):
                          ids=["dense", "ikr", "perm", "kgate", "all"])
 def test_latencies_pinned(features):
     """The pipeline constants by number, and the cycles each feature set's engine takes for
-    a dense and a pooling layer and for the layers of its features."""
+    a dense and a pooling layer and for the layers of its features, one after another on one
+    engine: with perm, only the permuted pass pays the address generator's stages."""
     assert LoopNest.SETUP_CYCLES == Sequencer.SETUP_CYCLES == IkrSequencer.SETUP_CYCLES == 12
     params = {"ikr": {"kmax": 3, "index_depth": 8}, "perm": {"depth": 64}, "kgate": True}
     cfg = get_config("tiny").with_(nbin_depth=64, sb_depth=64, nbout_depth=64, bias_depth=8,
                                    **{f: params[f] for f in features})
-    # perm reads the buffers when its address generator's pipeline has addressed s
-    extra = PINNED_PERM_STAGES["tiny"] if "perm" in features else 0
-    assert LayerEngine.latency(cfg) == 29 + extra
+    assert PermAddrGen.latency(get_config("tiny").with_(perm=True)) == PINNED_PERM_STAGES["tiny"]
     layers = [l for f in ("dense",) + features for l in PINNED_LAYERS[f]]
-    jobs = [(case_job(pinned_case(desc, cfg, seed), cfg, 0), cycles + extra)
+    if "perm" in features:
+        # a dense layer after the permuted one: the delay line holds no step of it
+        layers.append(PINNED_LAYERS["dense"][0])
+    jobs = [(case_job(pinned_case(desc, cfg, seed), cfg), cycles)
             for seed, (desc, cycles) in enumerate(layers)]
+    assert [job["expect"]["counters"]["cycles"] for job, _ in jobs] == [c for _, c in jobs]
     dut = LayerEngine(cfg)
     drv = EngineDriver(dut)
     got = []

@@ -40,7 +40,7 @@ def test_mixed_tile_is_bit_exact_and_gated_multiplies_are_counted(n_in, n_out, k
     assert torch.equal(y, want)
     assert counters["gated"] == desc.gated_mults(cfg)
     assert (counters["gated"] > 0) == bool(lane_k)
-    assert counters["cycles"] == desc.dense_cycles(cfg) + LayerEngine.latency(cfg)
+    assert counters["cycles"] == desc.dense_cycles(cfg) + LayerEngine.latency(cfg, desc)
 
 
 def test_gating_off_is_the_dense_engine():
@@ -75,7 +75,7 @@ def test_centre_tap_pass_walks_only_its_taps(pad, koff, k):
     y, counters, _ = run_layer_amaranth(cfg, desc, x, w, b)
     assert desc.h_out == 9 + 2 * (pad - koff) - k + 1
     assert torch.equal(y, fixed.run_layer(desc, x.unsqueeze(0), w, b, cfg.dw)[0])
-    assert counters["cycles"] == desc.dense_cycles(cfg) + LayerEngine.latency(cfg)
+    assert counters["cycles"] == desc.dense_cycles(cfg) + LayerEngine.latency(cfg, desc)
 
 
 def test_placement_fields_need_kgate():

@@ -61,13 +61,13 @@ def test_ikr_layers_bit_exact_and_cycles():
         words = await drv.read_nbout(ctx, dense.nbout_words(CFG))
         y = layout.unpack_output(words, 3, 5, 5, CFG)
         assert torch.equal(y, fixed.run_layer(dense, x.unsqueeze(0), w, b, CFG.dw)[0])
-        assert counters["cycles"] == dense.dense_cycles(CFG) + LayerEngine.latency(CFG)
+        assert counters["cycles"] == dense.dense_cycles(CFG) + LayerEngine.latency(CFG, dense)
 
     simulate(dut, bench)
     for desc, ((y, counters), (x, w, b, _, _)) in zip(LAYERS, got):
         want = fixed.run_layer(desc, x.unsqueeze(0), w, b, CFG.dw)[0]
         assert torch.equal(y, want), desc
-        assert counters["cycles"] == desc.ikr_cycles(CFG) + LayerEngine.latency(CFG), desc
+        assert counters["cycles"] == desc.ikr_cycles(CFG) + LayerEngine.latency(CFG, desc), desc
 
 
 def every_slot_ikr_layer(run, seed, cfg=CFG):
@@ -115,7 +115,7 @@ def test_ikr_layer_of_many_tiles_uses_every_pattern_slot():
     (y, counters), = got
     count = fixed.SatCount()
     assert torch.equal(y, fixed.run_layer(desc, x.unsqueeze(0), w, b, CFG.dw, count=count)[0])
-    assert counters["cycles"] == desc.ikr_cycles(CFG) + LayerEngine.latency(CFG)
+    assert counters["cycles"] == desc.ikr_cycles(CFG) + LayerEngine.latency(CFG, desc)
     assert counters["mults"] == 5 * 4 * 3 * 3 * 4 * CFG.tn * CFG.ti
     assert counters["sat_events"] == count.events
 
@@ -145,7 +145,7 @@ def test_single_input_tile_window_slides(stride, cycles):
     (y, counters), = got
     x, w, b = ops[:3]
     assert torch.equal(y, fixed.run_layer(run, x.unsqueeze(0), w, b, CFG.dw)[0])
-    assert counters["cycles"] == cycles + LayerEngine.latency(CFG)
+    assert counters["cycles"] == cycles + LayerEngine.latency(CFG, run)
 
 
 @pytest.mark.parametrize("tiles, n_in, stride, pad, n, banked", [
@@ -180,5 +180,5 @@ def test_banked_window_slides_with_several_input_tiles(tiles, n_in, stride, pad,
     (y, counters), = got
     x, w, b = ops[:3]
     assert torch.equal(y, fixed.run_layer(run, x.unsqueeze(0), w, b, cfg.dw)[0])
-    assert counters["cycles"] == want + LayerEngine.latency(cfg)
+    assert counters["cycles"] == want + LayerEngine.latency(cfg, run)
 

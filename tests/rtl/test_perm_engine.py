@@ -80,7 +80,56 @@ def test_perm_fc_bit_exact_and_full_rate():
                  dense_want))
     for (desc, *_, want), (y, counters) in zip(jobs, _run(jobs)):
         assert torch.equal(y, want), desc
-        assert counters["cycles"] == desc.dense_cycles(CFG) + LayerEngine.latency(CFG)
+        assert counters["cycles"] == desc.dense_cycles(CFG) + LayerEngine.latency(CFG, desc)
+
+
+#: A perm build with diannao's ti = tn = 16: its generator's 25 stages outlast the 17 cycles
+#: from a pass's last step to its NBout write, so a step of the pass before would still be in
+#: the delay line when the next pass began.
+WIDE = CONFIGS["tiny"].with_(name="wide", tn=16, ti=16, nbin_depth=16, sb_depth=16,
+                             nbout_depth=16, bias_depth=4, perm={"depth": 64})
+
+
+@pytest.mark.parametrize("cfg, dense_latency, perm_stages", [(CFG, 29, 8), (WIDE, 30, 25)],
+                         ids=["tiny", "wide"])
+def test_only_permuted_passes_pay_the_address_generator(cfg, dense_latency, perm_stages):
+    """In one perm build, a dense FC, a permuted FC, the dense FC and the permuted FC again
+    run back to back (the first three each ``start`` the cycle after the previous ``done``;
+    the same input, bias and output words): the dense passes take the non-permuted latency,
+    the permuted ones PermAddrGen's stages more (pinned by number), all bit-exact. So the
+    permuted pass right after a dense one finds none of its steps in the delay line, and
+    the dense pass after it none of the permuted pass's."""
+    desc, x, b, loads, want = _layer(6, 11, "affine", 5, cfg=cfg)
+    ddesc = LayerDesc("fc", 11, 6, shift=14, act="relu")
+    w = torch.randint(-3000, 3000, (6, 11), generator=torch.Generator().manual_seed(9))
+    dense_want = fixed.run_layer(ddesc, x.unsqueeze(0), w, b, cfg.dw)[0]
+    assert PermAddrGen.latency(cfg) == perm_stages
+    assert LayerEngine.latency(cfg, ddesc) == dense_latency
+    assert LayerEngine.latency(cfg, desc) == dense_latency + perm_stages
+    steps = ddesc.dense_cycles(cfg)
+    assert steps == desc.dense_cycles(cfg)
+    words_out = desc.nbout_words(cfg)
+    dut = LayerEngine(cfg)
+    drv = EngineDriver(dut)
+    got = []
+
+    async def bench(ctx):
+        await drv.load(ctx, LoadSel.NBIN, layout.pack_input(x, cfg))
+        await drv.load(ctx, LoadSel.BIAS, layout.pack_bias(b, cfg))
+        await drv.load(ctx, LoadSel.SB, layout.pack_weights(w, cfg))
+        for sel, words in loads:
+            await drv.load(ctx, sel, words)
+        for k, run in enumerate((ddesc, desc, ddesc, desc)):
+            counters = await drv.run(ctx, descriptor_value(run, cfg))
+            got.append(counters["cycles"])
+            if k >= 2:
+                words = await drv.read_nbout(ctx, words_out)
+                got.append(layout.unpack_output(words, 6, 1, 1, cfg).reshape(-1))
+
+    simulate(dut, bench)
+    assert got[0] == got[2] == steps + dense_latency
+    assert got[1] == got[4] == steps + dense_latency + perm_stages
+    assert torch.equal(got[3], dense_want) and torch.equal(got[5], want)
 
 
 def test_sequence_deeper_than_the_buffers_loads_whole():
@@ -92,7 +141,7 @@ def test_sequence_deeper_than_the_buffers_loads_whole():
     job = _layer(8, 60, "affine", 11, groups=4, cfg=cfg)
     (y, counters), = _run([job], cfg)
     assert torch.equal(y, job[-1])
-    assert counters["cycles"] == job[0].dense_cycles(cfg) + LayerEngine.latency(cfg)
+    assert counters["cycles"] == job[0].dense_cycles(cfg) + LayerEngine.latency(cfg, job[0])
 
 
 def test_components_refuse_perm_off():
@@ -157,4 +206,4 @@ def test_relaid_affine_fc_reads_the_buffer_order():
     assert jobs[0][0].flatten == (5, 3) and jobs[0][0].layer.n_in == 24
     for (desc, *_, want), (y, counters) in zip(jobs, _run(jobs)):
         assert torch.equal(y, want), desc
-        assert counters["cycles"] == desc.dense_cycles(CFG) + LayerEngine.latency(CFG)
+        assert counters["cycles"] == desc.dense_cycles(CFG) + LayerEngine.latency(CFG, desc)

@@ -38,18 +38,19 @@ def test_compare_catches_a_wrong_bit_and_a_wrong_cycle_count():
     y = case.expected.clone()
     words = layout.pack_input(y, cfg)
     steps = case.desc.dense_cycles(cfg)
-    good = {"words": words, "counters": {"cycles": steps + 7, "steps": steps,
+    good = {"words": words, "counters": {"cycles": steps + LayerEngine.latency(cfg, case.desc),
+                                         "steps": steps,
                                          "mults": steps * cfg.tn * cfg.ti,
                                          "sat_events": case.expected_sat}}
-    assert compare(case, good, cfg, 7, "icarus")["passed"]
+    assert compare(case, good, cfg, "icarus")["passed"]
     words_bad = list(words)
     words_bad[5] ^= 1 << 17
-    entry = compare(case, {**good, "words": words_bad}, cfg, 7, "icarus")
+    entry = compare(case, {**good, "words": words_bad}, cfg, "icarus")
     assert not entry["passed"] and entry["mismatches"] == 1 and "channel" in entry["error"]
-    entry = compare(case, {**good, "counters": {**good["counters"], "cycles": 1}}, cfg, 7,
+    entry = compare(case, {**good, "counters": {**good["counters"], "cycles": 1}}, cfg,
                     "icarus")
     assert not entry["passed"] and "cycles 1 != expected" in entry["error"]
-    entry = compare(case, {**good, "counters": {**good["counters"], "mults": 0}}, cfg, 7,
+    entry = compare(case, {**good, "counters": {**good["counters"], "mults": 0}}, cfg,
                     "icarus")
     assert not entry["passed"] and "mults 0 != expected" in entry["error"]
 
@@ -205,8 +206,8 @@ def test_untouched_words_and_the_placement_check():
     assert spans[4:8] == [[13, full], [14, full], [15, full], [16, full]]
     assert spans[8:] == [[a, cfg.dw] for a in range(5, 9)]
     case = make_case("placed", desc, cfg, seed=2)
-    latency = LayerEngine.latency(cfg)
-    job = case_job(case, cfg, latency)
+    latency = LayerEngine.latency(cfg, case.desc)
+    job = case_job(case, cfg)
     assert job["nbout_base"] == 5 and job["untouched"] == spans
     assert job["expect"]["lane_masks"][0] == ((1 << full) - 1) ^ ((1 << cfg.dw) - 1)
     y = case.expected.clone()
@@ -216,9 +217,9 @@ def test_untouched_words_and_the_placement_check():
                 "mults": case.desc.dense_cycles(cfg) * 16, "sat_events": case.expected_sat,
                 "gated": 0}
     raw = {"words": layout.pack_output(y, cfg), "counters": counters, "clobbered": []}
-    assert compare(case, raw, cfg, latency, "icarus")["passed"]
+    assert compare(case, raw, cfg, "icarus")["passed"]
     entry = compare(case, {**raw, "clobbered": [3], "tb_verdict": "1 NBout words outside "
-                           "the pass changed"}, cfg, latency, "icarus")
+                           "the pass changed"}, cfg, "icarus")
     assert not entry["passed"] and "outside the pass changed: [3]" in entry["error"]
 
 

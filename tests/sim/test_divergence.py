@@ -57,7 +57,7 @@ def _write_ticks(pairs):
     async def bench(ctx):
         for (case_a, case_b), addr in pairs:
             for case in (case_a, case_b):
-                job = case_job(case, CFG, LayerEngine.latency(CFG))
+                job = case_job(case, CFG)
                 for sel, words in job["loads"]:
                     await drv.load(ctx, sel, words)
                 old = ctx.get(dut.buffers[1][addr])
@@ -105,7 +105,7 @@ def test_write_cycle_is_when_the_engine_writes():
     last = descs[0]
     co = last.tiles(CFG)[1]
     assert write_cycle(last, CFG, co - 1, last.h_out - 1, last.w_out - 1) == \
-        last.dense_cycles(CFG) + LayerEngine.latency(CFG) - 1
+        last.dense_cycles(CFG) + LayerEngine.latency(CFG, last) - 1
 
 
 def _raw(program, x, refs):
