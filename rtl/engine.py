@@ -240,10 +240,11 @@ class LayerEngine(wiring.Component):
         # Stage R+1 -> R+2 (R = T + perm_stages, the read): the block RAM output registers, one
         # per buffer; cur_in (constant while the layer runs) selects after them, so no logic
         # sits behind the block RAMs.
-        nbin_words = [delayed(port.data, self.READ_STAGES - 1, f"nb{b}_data")
-                      for b, port in enumerate(nb_rds)]
+        nbin_words = [delay(m, port.data, self.READ_STAGES - 1, f"nb{b}_data_d",
+                            reset_less=True) for b, port in enumerate(nb_rds)]
         nbin_word = Mux(cur_in, nbin_words[1], nbin_words[0])
-        synapse_word = delayed(synapse_word, self.READ_STAGES - 1, "sb_data")
+        synapse_word = delay(m, synapse_word, self.READ_STAGES - 1, "sb_data_d",
+                             reset_less=True)
         if cfg.kgate:
             synapse_word = self._kgate_path(m, cur, st, synapse_word, starting, is_mac,
                                             operands)
@@ -271,7 +272,7 @@ class LayerEngine(wiring.Component):
             nfu2.last.eq(delayed(st.last, nfu2_in, "last")),
             nfu2.products.eq(nfu1.products),
             nfu2.neurons.eq(delayed(neurons, nfu2_in - operands, "neurons")),
-            nfu2.bias.eq(delayed(bias_rd.data, 1, "bias")),
+            nfu2.bias.eq(delay(m, bias_rd.data, 1, "bias_d", reset_less=True)),
         ]
 
         # NFU-3 requantises and activates.

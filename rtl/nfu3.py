@@ -105,7 +105,9 @@ class NFU3(wiring.Component):
             m.d.sync += [slopes[pwl.addr].eq(pwl.data[:dw]), icpts[pwl.addr].eq(pwl.data[dw:])]
 
         def reg(value, name):
-            r = Signal.like(value, name=name)
+            # data beside the valid flags: no reset (the multiplier's registers can be the
+            # MULT18X18D's own)
+            r = Signal.like(value, name=name, reset_less=True)
             m.d.sync += r.eq(value)
             return r
 
