@@ -17,9 +17,11 @@ nextpnr reads it:
   common clock enable, gets ``REGMODE = "OUTREG"`` with that enable on ``OCE``; its outputs
   drive the flip-flops' nets and the flip-flops are removed;
 - a MULT18X18D whose ``A`` (or ``B``) inputs all come from such flip-flops (or are constant
-  0) gets its input register on that operand, fed from the flip-flops' inputs (a flip-flop
-  with other loads stays); one whose used ``P`` outputs each drive exactly one such
-  flip-flop gets its output register and the flip-flops go.
+  0), each fed straight from a register (a flip-flop, block RAM or multiplier output: logic
+  in front would land in the route to the multiplier), gets its input register on that
+  operand, fed from the flip-flops' inputs (a flip-flop with other loads stays); one whose
+  used ``P`` outputs each drive exactly one such flip-flop gets its output register and the
+  flip-flops go.
 
 Every clock enable keeps its net (the primitives have ``CE``/``OCE`` pins), so the
 cycle-by-cycle behaviour is the flip-flops'; the registers start at 0 as the flip-flops do
@@ -95,6 +97,16 @@ class _Netlist:
         if params.get("CEMUX", "1").strip() not in ("1", "CE"):
             return None
         return conn["CLK"][0], ce
+
+    def registered(self, bit):
+        """Whether ``bit`` is a constant or a register's output (a flip-flop, a block RAM, a
+        multiplier): a multiplier input register fed by logic would put that logic and the
+        route to the multiplier in one path, so only these are moved."""
+        if not isinstance(bit, int):
+            return True
+        driver = self.driver.get(bit)
+        return driver is not None and self.cells[driver[0]]["type"] in (
+            "TRELLIS_FF", "DP16KD", "MULT18X18D")
 
     def only_ff_load(self, bit):
         """The one plain flip-flop whose ``DI`` is ``bit``'s only load, or None."""
@@ -180,7 +192,8 @@ def _absorb_mult(net, name, counts):
                    or b in ("0", 0) for ff, b in zip(ffs, srcs)):
             continue
         kinds = {net.plain_ff(ff) for ff in ffs if ff is not None}
-        if len(kinds) != 1:
+        if len(kinds) != 1 or not all(net.registered(net.pin(ff, "DI")) for ff in ffs
+                                      if ff is not None):
             continue
         clk, ce = next(iter(kinds))
         plan.append(("input", operand, pins, ffs, clk, ce))

@@ -44,13 +44,15 @@ class BufferedMac(wiring.Component):
         m.d.comb += [wr.en.eq(self.we), wr.addr.eq(self.waddr), wr.data.eq(self.wdata),
                      rd.en.eq(self.re), rd.addr.eq(self.raddr)]
         kw = {"reset_less": self.reset_less}
-        q = Signal(16, **kw)
+        q, x = Signal(16, **kw), Signal(signed(16), **kw)
         a, b = Signal(signed(16), **kw), Signal(signed(16), **kw)
         p = Signal(signed(32), **kw)
         with m.If(self.oce):
             m.d.sync += q.eq(rd.data)
+        # the operands' registers are fed by registers (x, the block RAM's): they can move
+        m.d.sync += x.eq(self.x)
         with m.If(self.xe):
-            m.d.sync += [a.eq(self.x), b.eq(q.as_signed())]
+            m.d.sync += [a.eq(x), b.eq(q.as_signed())]
         with m.If(self.pe):
             m.d.sync += p.eq(a * b)
         m.d.comb += [self.q.eq(q), self.p.eq(p)]
