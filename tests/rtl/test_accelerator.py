@@ -99,7 +99,7 @@ def test_every_layer_bit_exact(small_qmodel, small_program):
                            ref[-1][0])
         engine = sum(l.desc.dense_cycles(cfg) for l in program.layers)
         # the engine latency of this config (ti = 4) by number: see test_engine.py
-        assert counters["engine_cycles"] == engine + len(layers) * 29
+        assert counters["engine_cycles"] == engine + len(layers) * 30
         want = expected_cycles(program)
         assert {n: counters[n] for n in want} == want
         # every word is streamed: waited for in READY, or hidden behind a layer
