@@ -5,9 +5,9 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from slimnfu.contract import (COUNTER_BITS, LoadSel, Mode, Perm, bits_for, descriptor_layout,
-                              load_addr_width, load_data_width, load_sel_width,
-                              perm_param_width)
+from slimnfu.contract import (COUNTER_BITS, RD_LATENCY, LoadSel, Mode, Perm, bits_for,
+                              descriptor_layout, load_addr_width, load_data_width,
+                              load_sel_width, perm_param_width)
 from slimnfu.rtl._params import check_config, delay
 from slimnfu.rtl.nfu1 import NFU1
 from slimnfu.rtl.nfu2 import NFU2
@@ -50,7 +50,8 @@ class LayerEngine(wiring.Component):
     and falls in the cycle ``done`` pulses, one cycle after the last NBout write. In that cycle
     the counters hold their final values: ``cycles`` is the number of clock edges from the
     ``start`` cycle to the ``done`` cycle (``done_cycle - start_cycle``). All counters are reset
-    by ``start``. NBout reads (``rd_addr`` -> ``rd_data`` one cycle later) are taken while
+    by ``start``. NBout reads (``rd_addr`` -> ``rd_data`` :data:`slimnfu.contract.RD_LATENCY`
+    cycles later) are taken while
     idle only: they share each neuron buffer's one read port with the pipeline (a second read
     port would double the buffer's block RAMs). Loads (``load_en``) into the weight memories
     are taken at any time, so a controller can stream the next layer's words while a layer
@@ -310,9 +311,10 @@ class LayerEngine(wiring.Component):
         with m.If(write_end):
             m.d.sync += busy.eq(0)
 
-        rd_sel = Signal()
-        m.d.sync += rd_sel.eq(self.out_buf)
-        m.d.comb += self.rd_data.eq(Mux(rd_sel, nb_rds[1].data, nb_rds[0].data))
+        # rd_data: each buffer's word after its output register (RD_LATENCY cycles), so
+        # nothing but that register loads the block RAM's outputs
+        rd_sel = delay(m, self.out_buf, RD_LATENCY, "rd_sel")
+        m.d.comb += self.rd_data.eq(Mux(rd_sel, nbin_words[1], nbin_words[0]))
 
         # Counters, reset by start.
         with m.If(starting):

@@ -32,8 +32,8 @@ class NFU3(wiring.Component):
 
     Pipeline, one register stage each (:attr:`REQUANT_STAGES` + :attr:`ACT_STAGES`): the
     barrel shift in two (by the multiple of 8, then the rest); the rounding add; the clamp to
-    ``dw`` bits; the PWL segment's shift; its clamp (which, like the others, tests bits
-    instead of comparing) with the slope and intercept lookup; the multiply (a register-multiplier-register path); the intercept and rounding add; the clamp
+    ``dw`` bits; the PWL segment (its clamp, like the others, tests bits instead of
+    comparing); the slope and intercept lookup; the multiply (a register-multiplier-register path); the intercept and rounding add; the clamp
     and the choice of activation. ``out`` and ``out_valid`` appear
     :meth:`latency` cycles after ``in_valid``; a group may enter in every cycle.
     ``sat_events`` counts the saturations of both clamps on the lanes set in ``lane_mask``
@@ -68,7 +68,7 @@ class NFU3(wiring.Component):
 
     #: Requantisation stages: shift (two), round, clamp.
     REQUANT_STAGES = 4
-    #: Activation stages: segment shift, segment clamp and lookup, multiply, add, clamp.
+    #: Activation stages: segment, lookup, multiply, add, clamp.
     ACT_STAGES = 5
 
     @classmethod
@@ -124,6 +124,7 @@ class NFU3(wiring.Component):
         shift_less_one = Signal.like(self.shift, name="shift_less_one")
         m.d.sync += shift_less_one.eq(self.shift - 1)
         seg_shift, act = reg(self.seg_shift, "seg_shift_r"), reg(self.act, "act_r")
+        seg_hi = reg((C((1 << dw) - 1, dw) << (self.seg_shift + 3))[:dw], "seg_hi")
 
         def saturate(value):
             """``(sat_dw(value), saturated)`` without a compare: a signed value fits ``dw``
@@ -144,16 +145,14 @@ class NFU3(wiring.Component):
             y_value, sat1_value = saturate(rounded)
             y, sat1 = reg(y_value, f"y{j}"), reg(sat1_value, f"sat1_{j}")
             # Activation: segment, lookup, multiply, add, clamp.
-            # clamp((y >> seg_shift) + 8, 0, 15) without an adder: q = y >> seg_shift is in
-            # [-8, 7] exactly when its bits from bit 3 up are all equal, and then q + 8 is
-            # q's low 4 bits with bit 3 flipped.
-            # The shift is registered; the clamp goes with the lookup, in front of its
-            # registers.
-            q = reg(y >> seg_shift, f"seg_q{j}")
-            q_top = q[3:]
-            q_in = q_top.all() | ~q_top.any()
-            seg = Signal(range(PWL_SEGMENTS), name=f"seg{j}")
-            m.d.comb += seg.eq(Mux(q_in, Cat(q[:3], ~q[3]), Mux(q[-1], 0, PWL_SEGMENTS - 1)))
+            # clamp((y >> seg_shift) + 8, 0, 15) without an adder or a shifted compare:
+            # q = y >> seg_shift is in [-8, 7] exactly when y's bits from seg_shift + 3 up
+            # (seg_hi) all equal its sign, and then q + 8 is q's low 4 bits with bit 3
+            # flipped.
+            low = (y >> seg_shift)[:4]
+            q_in = ~((y ^ Mux(y[-1], (1 << dw) - 1, 0)) & seg_hi).any()
+            seg = reg(Mux(q_in, Cat(low[:3], ~low[3]), Mux(y[-1], 0, PWL_SEGMENTS - 1)),
+                      f"seg{j}")
             y2 = reg(y, f"y{j}_2")
             slope, icpt = reg(slopes[seg], f"slope_r{j}"), reg(icpts[seg], f"icpt_r{j}")
             y3 = reg(y2, f"y{j}_3")

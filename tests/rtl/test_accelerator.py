@@ -6,7 +6,7 @@ import torch
 from slimnfu import fixed
 from slimnfu.compress.quant import int_forward_layers, quantize_input
 from slimnfu.config import CONFIGS
-from slimnfu.contract import COUNTER_BITS
+from slimnfu.contract import COUNTER_BITS, RD_LATENCY
 from slimnfu.formats import layout
 from slimnfu.gen.compiler import compile_model, config_for
 from slimnfu.rtl.accelerator import Accelerator
@@ -66,7 +66,7 @@ def run_program(program, images, step=True):
                     out = []
                     for a in range(program.out_words(i)):
                         ctx.set(dut.rd_addr, a)
-                        await ctx.tick()
+                        await ctx.tick().repeat(RD_LATENCY)
                         out.append(ctx.get(dut.rd_data))
                     layers.append(out)
                     ctx.set(dut.resume, 1)
@@ -79,7 +79,7 @@ def run_program(program, images, step=True):
             logits = []
             for a in range(last):
                 ctx.set(dut.rd_addr, a)
-                await ctx.tick()
+                await ctx.tick().repeat(RD_LATENCY)
                 logits.append(ctx.get(dut.rd_data))
             results.append((layers, logits, counters, paused_counters))
 
@@ -249,7 +249,7 @@ def test_weights_through_the_port(small_qmodel, small_program):
         words = []
         for a in range(small_program.out_words(len(small_program.layers) - 1)):
             ctx.set(dut.rd_addr, a)
-            await ctx.tick()
+            await ctx.tick().repeat(RD_LATENCY)
             words.append(ctx.get(dut.rd_data))
         out["logits"] = layout.unpack_program_output(small_program,
                                                      len(small_program.layers) - 1, words)
