@@ -37,6 +37,11 @@ __all__ = ["PWL_SEGMENTS", "DESC_FIELD_BITS", "COUNTER_BITS", "Mode", "Act", "Pe
 #: Segments of the piecewise-linear activation table (NFU-3), and so words of a PWL load.
 PWL_SEGMENTS = 16
 
+#: Clock edges from ``rd_addr`` to its word on ``rd_data`` (engine and accelerator): the
+#: neuron buffer's block RAM read and its output register, which on ECP5 is the DP16KD's own
+#: (:mod:`slimnfu.gen.primitive_registers`).
+RD_LATENCY = 2
+
 #: Width of the descriptor's geometry fields; :meth:`LayerDesc.check` refuses values that do
 #: not fit.
 DESC_FIELD_BITS = {"h_in": 12, "w_in": 12, "h_out": 12, "w_out": 12, "k": 4, "stride": 4,

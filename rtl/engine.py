@@ -6,9 +6,9 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from slimnfu.config import as_pass
-from slimnfu.contract import (COUNTER_BITS, LoadSel, Mode, Perm, bits_for, descriptor_layout,
-                              load_addr_width, load_data_width, load_sel_width,
-                              perm_param_width)
+from slimnfu.contract import (COUNTER_BITS, RD_LATENCY, LoadSel, Mode, Perm, bits_for,
+                              descriptor_layout, load_addr_width, load_data_width,
+                              load_sel_width, perm_param_width)
 from slimnfu.rtl._params import check_config, delay
 from slimnfu.rtl.nfu1 import NFU1
 from slimnfu.rtl.nfu2 import NFU2
@@ -64,7 +64,8 @@ class LayerEngine(wiring.Component):
     and falls in the cycle ``done`` pulses, one cycle after the last NBout write. In that cycle
     the counters hold their final values: ``cycles`` is the number of clock edges from the
     ``start`` cycle to the ``done`` cycle (``done_cycle - start_cycle``). All counters are reset
-    by ``start``. NBout reads (``rd_addr`` -> ``rd_data`` one cycle later) are taken while
+    by ``start``. NBout reads (``rd_addr`` -> ``rd_data`` :data:`slimnfu.contract.RD_LATENCY`
+    cycles later) are taken while
     idle only: they share each neuron buffer's one read port with the pipeline (a second read
     port would double the buffer's block RAMs). Loads (``load_en``) into the weight memories
     are taken at any time, so a controller can stream the next layer's words while a layer
@@ -276,10 +277,11 @@ class LayerEngine(wiring.Component):
         # Stage R+1 -> R+2 (R: the read): the block RAM output registers, one
         # per buffer; cur_in (constant while the layer runs) selects after them, so no logic
         # sits behind the block RAMs.
-        nbin_words = [delayed(port.data, self.READ_STAGES - 1, f"nb{b}_data")
-                      for b, port in enumerate(nb_rds)]
+        nbin_words = [delay(m, port.data, self.READ_STAGES - 1, f"nb{b}_data_d",
+                            reset_less=True) for b, port in enumerate(nb_rds)]
         nbin_word = Mux(cur_in, nbin_words[1], nbin_words[0])
-        synapse_word = delayed(synapse_word, self.READ_STAGES - 1, "sb_data")
+        synapse_word = delay(m, synapse_word, self.READ_STAGES - 1, "sb_data_d",
+                             reset_less=True)
         if cfg.kgate:
             synapse_word = self._kgate_path(m, cur, rt, synapse_word, starting, is_mac,
                                             operands)
@@ -309,7 +311,7 @@ class LayerEngine(wiring.Component):
             nfu2.last.eq(delayed(rt.last, nfu2_in, "last")),
             nfu2.products.eq(nfu1.products),
             nfu2.neurons.eq(delayed(neurons, nfu2_in - operands, "neurons")),
-            nfu2.bias.eq(delayed(bias_rd.data, 1, "bias")),
+            nfu2.bias.eq(delay(m, bias_rd.data, 1, "bias_d", reset_less=True)),
         ]
 
         # NFU-3 requantises and activates.
@@ -347,9 +349,10 @@ class LayerEngine(wiring.Component):
         with m.If(write_end):
             m.d.sync += busy.eq(0)
 
-        rd_sel = Signal()
-        m.d.sync += rd_sel.eq(self.out_buf)
-        m.d.comb += self.rd_data.eq(Mux(rd_sel, nb_rds[1].data, nb_rds[0].data))
+        # rd_data: each buffer's word after its output register (RD_LATENCY cycles), so
+        # nothing but that register loads the block RAM's outputs
+        rd_sel = delay(m, self.out_buf, RD_LATENCY, "rd_sel")
+        m.d.comb += self.rd_data.eq(Mux(rd_sel, nbin_words[1], nbin_words[0]))
 
         # Counters, reset by start.
         with m.If(starting):

@@ -5,6 +5,7 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import Out
 
+from slimnfu.contract import RD_LATENCY
 from slimnfu.rtl.accelerator import Accelerator
 
 __all__ = ["ImageRunner"]
@@ -68,6 +69,7 @@ class ImageRunner(wiring.Component):
                      accel.img_data.eq(rd.data), accel.rd_addr.eq(addr)]
 
         lane, cls = Signal(range(tn)), Signal(range(self.n_classes))
+        wait = Signal(range(RD_LATENCY))
         best, best_val = Signal(4), Signal(dw)
         lanes = Array(accel.rd_data.word_select(j, dw).as_signed() for j in range(tn))
         done = Signal()
@@ -87,7 +89,12 @@ class ImageRunner(wiring.Component):
                     m.d.sync += [addr.eq(0), lane.eq(0), cls.eq(0)]
                     m.next = "LOGITS"
             with m.State("LOGITS"):
-                m.next = "SCAN"
+                # wait for the word at addr on rd_data
+                with m.If(wait == RD_LATENCY - 1):
+                    m.d.sync += wait.eq(0)
+                    m.next = "SCAN"
+                with m.Else():
+                    m.d.sync += wait.eq(wait + 1)
             with m.State("SCAN"):
                 v = lanes[lane]
                 with m.If((cls == 0) | (v > best_val.as_signed())):

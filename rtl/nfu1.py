@@ -68,10 +68,13 @@ class NFU1(wiring.Component):
                 neuron = self.neurons[i]
                 if cfg.ikr:
                     neuron = Mux(self.lane_sel, self.lane_neurons[lane], neuron)
-                a = Signal(signed(cfg.dw), name=f"a{lane}")
-                b = Signal(signed(cfg.dw), name=f"b{lane}")
+                # reset-less, so that they can be the MULT18X18D's own registers
+                a = Signal(signed(cfg.dw), name=f"a{lane}", reset_less=True)
+                b = Signal(signed(cfg.dw), name=f"b{lane}", reset_less=True)
+                product = Signal(signed(2 * cfg.dw), name=f"p{lane}", reset_less=True)
                 with m.If(self.en):
                     m.d.sync += [a.eq(neuron), b.eq(self.synapses[lane])]
                 with m.If(en1):
-                    m.d.sync += self.products[lane].eq(a * b)
+                    m.d.sync += product.eq(a * b)
+                m.d.comb += self.products[lane].eq(product)
         return m

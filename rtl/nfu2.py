@@ -66,7 +66,8 @@ class NFU2(wiring.Component):
     :meth:`chunk_bits` bits, low chunk first, each chunk one stage after the one below it
     with that chunk's carry (a skewed carry-save accumulator: a step may follow in every
     cycle), and the chunks are realigned on ``acc``. A max-pooling maximum is a ``dw``-bit
-    value: the lowest chunk compares and holds it, the others its sign. ``out_valid`` is high
+    value: a register of its own compares and holds it (the lowest chunk reads it), the
+    other chunks its sign. ``out_valid`` is high
     :meth:`latency` cycles after a valid ``last`` step is on the inputs, while ``acc`` holds
     the finished group. Steps may follow each other in every cycle. The sum wraps at ``acc``
     bits; :meth:`slimnfu.config.LayerDesc.check` refuses layers that could overflow.
@@ -162,17 +163,22 @@ class NFU2(wiring.Component):
                 init = delayed(start[lo:hi], c, f"start{j}_c{c}")
                 total = Mux(firsts[c], init, part) + add + carry
                 carry_out = Signal(name=f"carry{j}_c{c}")
+                out = part
+                if c == 0:
+                    # A max of dw-bit values in a register of its own (its compare drives
+                    # dw enables, not the accumulator's); chunk 0 reads it, sign-extended.
+                    peak = Signal(signed(dw), name=f"peak{j}", reset_less=True)
+                    with m.If(valids[0] & is_max):
+                        m.d.sync += peak.eq(Mux(firsts[0] | (x > peak), x, peak))
+                    out = Signal(hi - lo, name=f"acc{j}_out{c}")
+                    m.d.comb += out.eq(Mux(is_max, peak, part))
                 with m.If(valids[c]):
                     with m.If(is_max):
-                        if c == 0:
-                            # a max of dw-bit values: chunk 0 holds it, sign-extended
-                            take = firsts[0] | (x > part[:dw].as_signed())
-                            m.d.sync += part.eq(Mux(take, x, part))
-                        else:
+                        if c > 0:
                             m.d.sync += part.eq(Mux(prev[-1], (1 << (hi - lo)) - 1, 0))
                     with m.Else():
                         m.d.sync += [part.eq(total[:hi - lo]), carry_out.eq(total[hi - lo])]
-                outs.append(delayed(part, chunks - 1 - c, f"acc{j}_c{c}"))
-                carry, prev = carry_out, part
+                outs.append(delayed(out, chunks - 1 - c, f"acc{j}_c{c}"))
+                carry, prev = carry_out, out
             m.d.comb += self.acc[j].eq(Cat(*outs))
         return m

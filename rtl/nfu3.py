@@ -1,6 +1,6 @@
 """NFU-3: requantisation, activation (none / ReLU / 16-segment PWL) and saturation counting."""
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Array, C, Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -31,9 +31,9 @@ class NFU3(wiring.Component):
       ``out = sat_dw((slope[seg]*y + icpt[seg] + 2**(p-1)) >> p)``, ``p = dw - 2``.
 
     Pipeline, one register stage each (:attr:`REQUANT_STAGES` + :attr:`ACT_STAGES`): the
-    barrel shift; the rounding add; the clamp to ``dw`` bits; the PWL segment (its clamp,
-    like the others, tests bits instead of comparing); the slope and intercept lookup; the
-    multiply (a register-multiplier-register path); the intercept and rounding add; the clamp
+    barrel shift in two (by the multiple of 8, then the rest); the rounding add; the clamp to
+    ``dw`` bits; the PWL segment (its clamp, like the others, tests bits instead of
+    comparing); the slope and intercept lookup; the multiply (a register-multiplier-register path); the intercept and rounding add; the clamp
     and the choice of activation. ``out`` and ``out_valid`` appear
     :meth:`latency` cycles after ``in_valid``; a group may enter in every cycle.
     ``sat_events`` counts the saturations of both clamps on the lanes set in ``lane_mask``
@@ -66,8 +66,8 @@ class NFU3(wiring.Component):
         Saturations so far.
     """
 
-    #: Requantisation stages: shift, round, clamp.
-    REQUANT_STAGES = 3
+    #: Requantisation stages: shift (two), round, clamp.
+    REQUANT_STAGES = 4
     #: Activation stages: segment, lookup, multiply, add, clamp.
     ACT_STAGES = 5
 
@@ -105,7 +105,9 @@ class NFU3(wiring.Component):
             m.d.sync += [slopes[pwl.addr].eq(pwl.data[:dw]), icpts[pwl.addr].eq(pwl.data[dw:])]
 
         def reg(value, name):
-            r = Signal.like(value, name=name)
+            # data beside the valid flags: no reset (the multiplier's registers can be the
+            # MULT18X18D's own)
+            r = Signal.like(value, name=name, reset_less=True)
             m.d.sync += r.eq(value)
             return r
 
@@ -122,6 +124,7 @@ class NFU3(wiring.Component):
         shift_less_one = Signal.like(self.shift, name="shift_less_one")
         m.d.sync += shift_less_one.eq(self.shift - 1)
         seg_shift, act = reg(self.seg_shift, "seg_shift_r"), reg(self.act, "act_r")
+        seg_hi = reg((C((1 << dw) - 1, dw) << (self.seg_shift + 3))[:dw], "seg_hi")
 
         def saturate(value):
             """``(sat_dw(value), saturated)`` without a compare: a signed value fits ``dw``
@@ -134,19 +137,22 @@ class NFU3(wiring.Component):
         for j in range(tn):
             acc = self.acc[j]
             # Requantisation: shift, round, clamp.
-            half = reg(Mux(shift_zero, acc, acc >> shift_less_one), f"half{j}")
+            # the barrel shift in two stages: by the multiple of 8, then by the rest
+            coarse = reg(Mux(shift_zero, acc, acc >> Cat(C(0, 3), shift_less_one[3:])),
+                         f"coarse{j}")
+            half = reg(Mux(shift_zero, coarse, coarse >> shift_less_one[:3]), f"half{j}")
             rounded = reg(Mux(shift_zero, half, (half + 1) >> 1), f"rounded{j}")
             y_value, sat1_value = saturate(rounded)
             y, sat1 = reg(y_value, f"y{j}"), reg(sat1_value, f"sat1_{j}")
             # Activation: segment, lookup, multiply, add, clamp.
-            # clamp((y >> seg_shift) + 8, 0, 15) without an adder: q = y >> seg_shift is in
-            # [-8, 7] exactly when its bits from bit 3 up are all equal, and then q + 8 is
-            # q's low 4 bits with bit 3 flipped.
-            q = Signal(signed(dw), name=f"seg_q{j}")
-            m.d.comb += q.eq(y >> seg_shift)
-            q_top = q[3:]
-            q_in = q_top.all() | ~q_top.any()
-            seg = reg(Mux(q_in, Cat(q[:3], ~q[3]), Mux(q[-1], 0, PWL_SEGMENTS - 1)), f"seg{j}")
+            # clamp((y >> seg_shift) + 8, 0, 15) without an adder or a shifted compare:
+            # q = y >> seg_shift is in [-8, 7] exactly when y's bits from seg_shift + 3 up
+            # (seg_hi) all equal its sign, and then q + 8 is q's low 4 bits with bit 3
+            # flipped.
+            low = (y >> seg_shift)[:4]
+            q_in = ~((y ^ Mux(y[-1], (1 << dw) - 1, 0)) & seg_hi).any()
+            seg = reg(Mux(q_in, Cat(low[:3], ~low[3]), Mux(y[-1], 0, PWL_SEGMENTS - 1)),
+                      f"seg{j}")
             y2 = reg(y, f"y{j}_2")
             slope, icpt = reg(slopes[seg], f"slope_r{j}"), reg(icpts[seg], f"icpt_r{j}")
             y3 = reg(y2, f"y{j}_3")

@@ -17,7 +17,7 @@ from amaranth.sim import Simulator
 
 from slimnfu import fixed, paths
 from slimnfu.config import AccelConfig, LayerDesc, PassDesc, as_pass, get_config
-from slimnfu.contract import LoadSel, descriptor_value
+from slimnfu.contract import RD_LATENCY, LoadSel, descriptor_value
 from slimnfu.formats import layout
 from slimnfu.formats.dense import dense_memories
 from slimnfu.rtl.engine import LayerEngine
@@ -98,9 +98,9 @@ class EngineDriver:
         words = []
         for addr in range(count):
             ctx.set(self.dut.rd_addr, addr)
-            await ctx.tick()
+            await ctx.tick().repeat(RD_LATENCY)
             words.append(ctx.get(self.dut.rd_data))
-        self.sim_cycles += count
+        self.sim_cycles += count * RD_LATENCY
         return words
 
     async def run_layer(self, ctx, desc, x, w=None, b=None, pwl=None):

@@ -4,7 +4,7 @@ Inputs change on the falling clock edge and are sampled by the engine on the ris
 the driver is race-free on both Icarus and Verilator. The engine's port contract (see
 :class:`slimnfu.rtl.engine.LayerEngine`): ``load_en/load_sel/load_addr/load_data`` write one
 word per cycle while idle; ``start`` latches ``desc``; ``done`` pulses at the end, when the
-counters hold their final values; ``rd_addr`` -> ``rd_data`` one cycle later.
+counters hold their final values; ``rd_addr`` -> ``rd_data`` ``RD_LATENCY`` cycles later.
 """
 
 import json
@@ -13,6 +13,8 @@ import os
 import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge, with_timeout
+
+from slimnfu.contract import RD_LATENCY
 
 __all__ = ["EngineTB", "COUNTERS", "CLOCK_NS", "differing_words", "JobLog"]
 
@@ -83,7 +85,8 @@ class EngineTB:
         words = []
         for addr in range(base, base + count):
             dut.rd_addr.value = addr
-            await FallingEdge(dut.clk)
+            for _ in range(RD_LATENCY):
+                await FallingEdge(dut.clk)
             try:
                 words.append(dut.rd_data.value.to_unsigned())
             except ValueError:
@@ -99,7 +102,8 @@ class EngineTB:
         out = []
         for addr, bits in spans:
             dut.rd_addr.value = addr
-            await FallingEdge(dut.clk)
+            for _ in range(RD_LATENCY):
+                await FallingEdge(dut.clk)
             out.append(str(dut.rd_data.value)[-bits:])
         return out
 

@@ -94,7 +94,7 @@ struct Sim {
     void read_nbout(uint32_t words, size_t limbs, uint32_t* out) {
         for (uint32_t a = 0; a < words; ++a) {
             top->rd_addr = a;
-            tick();
+            for (int i = 0; i < SNFU_RD_LATENCY; ++i) tick();
             get(top->rd_data, out + a * limbs, limbs);
         }
     }

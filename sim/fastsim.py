@@ -59,6 +59,7 @@ from filelock import FileLock
 
 from slimnfu import paths
 from slimnfu.atomic import atomic_write
+from slimnfu.contract import RD_LATENCY
 from slimnfu.rtl.accelerator import ACCEL_COUNTERS
 from slimnfu.sim.runner import _fresh, _prepare_env
 
@@ -143,8 +144,9 @@ def spec_for(program, emitted, name, image_words, timeout):
 
 def _config_header(spec):
     names = " ".join(f"X({n})" for n in spec.counters)
-    return ("// written by slimnfu.sim.fastsim: the counter ports, in the output file's order\n"
-            f"#define SNFU_COUNTERS(X) {names}\n")
+    return ("// written by slimnfu.sim.fastsim: the counter ports, in the output file's order,\n"
+            "// and the clock edges from rd_addr to rd_data\n"
+            f"#define SNFU_COUNTERS(X) {names}\n#define SNFU_RD_LATENCY {RD_LATENCY}\n")
 
 
 def ensure_built(spec, verilog, build_root=None, log=print):

@@ -6,7 +6,7 @@ import torch
 from slimnfu import fixed
 from slimnfu.compress.quant import int_forward_layers, quantize_input
 from slimnfu.config import CONFIGS
-from slimnfu.contract import COUNTER_BITS
+from slimnfu.contract import COUNTER_BITS, RD_LATENCY
 from slimnfu.formats import layout
 from slimnfu.gen.compiler import compile_model, config_for
 from slimnfu.rtl.accelerator import Accelerator
@@ -66,7 +66,7 @@ def run_program(program, images, step=True):
                     out = []
                     for a in range(program.out_words(i)):
                         ctx.set(dut.rd_addr, a)
-                        await ctx.tick()
+                        await ctx.tick().repeat(RD_LATENCY)
                         out.append(ctx.get(dut.rd_data))
                     layers.append(out)
                     ctx.set(dut.resume, 1)
@@ -79,7 +79,7 @@ def run_program(program, images, step=True):
             logits = []
             for a in range(last):
                 ctx.set(dut.rd_addr, a)
-                await ctx.tick()
+                await ctx.tick().repeat(RD_LATENCY)
                 logits.append(ctx.get(dut.rd_data))
             results.append((layers, logits, counters, paused_counters))
 
@@ -99,7 +99,7 @@ def test_every_layer_bit_exact(small_qmodel, small_program):
                            ref[-1][0])
         engine = sum(l.desc.dense_cycles(cfg) for l in program.layers)
         # the engine latency of this config (ti = 4) by number: see test_engine.py
-        assert counters["engine_cycles"] == engine + len(layers) * 29
+        assert counters["engine_cycles"] == engine + len(layers) * 30
         want = expected_cycles(program)
         assert {n: counters[n] for n in want} == want
         # every word is streamed: waited for in READY, or hidden behind a layer
@@ -249,7 +249,7 @@ def test_weights_through_the_port(small_qmodel, small_program):
         words = []
         for a in range(small_program.out_words(len(small_program.layers) - 1)):
             ctx.set(dut.rd_addr, a)
-            await ctx.tick()
+            await ctx.tick().repeat(RD_LATENCY)
             words.append(ctx.get(dut.rd_data))
         out["logits"] = layout.unpack_program_output(small_program,
                                                      len(small_program.layers) - 1, words)
