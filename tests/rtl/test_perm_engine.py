@@ -90,7 +90,7 @@ WIDE = CONFIGS["tiny"].with_(name="wide", tn=16, ti=16, nbin_depth=16, sb_depth=
                              nbout_depth=16, bias_depth=4, perm={"depth": 64})
 
 
-@pytest.mark.parametrize("cfg, dense_latency, perm_stages", [(CFG, 29, 8), (WIDE, 30, 25)],
+@pytest.mark.parametrize("cfg, dense_latency, perm_stages", [(CFG, 30, 8), (WIDE, 31, 25)],
                          ids=["tiny", "wide"])
 def test_only_permuted_passes_pay_the_address_generator(cfg, dense_latency, perm_stages):
     """In one perm build, a dense FC, a permuted FC, the dense FC and the permuted FC again
