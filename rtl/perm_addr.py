@@ -211,12 +211,19 @@ class PermAddrGen(wiring.Component):
         valid = pipe.at(_Val(sig(None if dry else ports.step), 0), loop)
         mode = None if dry else ports.mode
         if not dry:
+            # The pixel counter, with the flag "this step ends its channel tile" kept one step
+            # ahead in a register (``end_reg``), so no compare is in front of the loop's adds:
+            # a step ends its tile iff ``p + 1 >= hw``; the first of an output tile (p = 0)
+            # iff ``hw <= 1``.
             held_p = Signal.like(ports.hw, name="pixel_reg")
+            end_reg = Signal(name="tile_end_reg")
             p = Signal.like(ports.hw, name="pixel")
-            tile_end = Signal(name="tile_end")
-            m.d.comb += [p.eq(Mux(first.sig, 0, held_p)), tile_end.eq(p + 1 >= ports.hw)]
+            tile_end, end_next = Signal(name="tile_end"), Signal(name="tile_end_next")
+            m.d.comb += [p.eq(Mux(first.sig, 0, held_p)),
+                         tile_end.eq(Mux(first.sig, ~flat, end_reg)),
+                         end_next.eq(Mux(tile_end, ~flat, p + 2 >= ports.hw))]
             with m.If(valid.sig):
-                m.d.sync += held_p.eq(Mux(tile_end, 0, p + 1))
+                m.d.sync += [held_p.eq(Mux(tile_end, 0, p + 1)), end_reg.eq(end_next)]
         addrs = []
         final = loop + ti - 1
         for j, lane in enumerate(lanes):
@@ -224,17 +231,24 @@ class PermAddrGen(wiring.Component):
             if dry:
                 x0, d0 = _Val(None, loop), _Val(None, loop)
             else:
-                regs = {k: Signal(ab, name=f"{k}_reg{j}") for k in ("x", "d", "q")}
-                cur = {k: Signal(ab, name=f"{k}{j}") for k in ("x", "d", "q")}
+                regs = {k: Signal(ab, name=f"{k}_reg{j}") for k in ("x", "d", "q", "inc")}
+                cur = {k: Signal(ab, name=f"{k}{j}") for k in ("x", "d", "q", "inc")}
+                # x's increment is registered one step ahead too: the next step's ``q`` (or,
+                # in a re-laid pass, ``jump`` or ``e`` by the next step's tile-end flag).
                 m.d.comb += [cur["x"].eq(Mux(first.sig, v["start"].sig, regs["x"])),
                              cur["d"].eq(Mux(first.sig, v["a"].sig, regs["d"])),
-                             cur["q"].eq(Mux(first.sig, v["q0"].sig, regs["q"]))]
-                inc = Mux(flat, Mux(tile_end, v["jump"].sig, v["e"].sig), cur["q"])
-                nx, nd, nq = cur["x"] + inc, cur["d"] + v["te"].sig, cur["q"] + v["tte"].sig
+                             cur["q"].eq(Mux(first.sig, v["q0"].sig, regs["q"])),
+                             cur["inc"].eq(Mux(first.sig, Mux(flat, v["e"].sig, v["q0"].sig),
+                                               regs["inc"]))]
+                nx, nd = cur["x"] + cur["inc"], cur["d"] + v["te"].sig
+                nq = cur["q"] + v["tte"].sig
+                q_next = Mux(nq >= n, nq - n, nq)
                 with m.If(valid.sig & (mode == Perm.AFFINE)):
                     m.d.sync += [regs["x"].eq(Mux(nx > v["last"].sig, nx - n, nx)),
                                  regs["d"].eq(Mux(nd >= n, nd - n, nd)),
-                                 regs["q"].eq(Mux(nq >= n, nq - n, nq))]
+                                 regs["q"].eq(q_next),
+                                 regs["inc"].eq(Mux(flat, Mux(end_next, v["jump"].sig,
+                                                              v["e"].sig), q_next))]
                 x0, d0 = _Val(cur["x"], loop), _Val(cur["d"], loop)
             # After the loop: the chain over the ti input lanes.
             xs, d = [x0], d0
