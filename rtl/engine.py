@@ -363,7 +363,10 @@ class LayerEngine(wiring.Component):
         cfg = self.cfg
         m.submodules.perm_gen = gen = PermAddrGen(cfg)
         m.submodules.perm_sb = psb = PermSB(cfg)
-        params = Memory(shape=unsigned(perm_param_width(cfg)), depth=cfg.bias_depth, init=[])
+        # ram_style: Yosys would otherwise fold the register after the read into a synchronous
+        # read port and put the memory in block RAM again.
+        params = Memory(shape=unsigned(perm_param_width(cfg)), depth=cfg.bias_depth, init=[],
+                        attrs={"ram_style": "distributed"})
         m.submodules.perm_params = params
         loads += [(LoadSel.PERM_PARAM, params.write_port(), 0), (LoadSel.PERM_S, psb.write, 0)]
         # Read in S and registered, so the output tile's parameters meet its step in T. The

@@ -68,7 +68,9 @@ class PermAddrGen(wiring.Component):
       for the group base). Per output lane, three registers walk the steps with one wrapping
       add each (the loop, the only feedback): ``x`` (lane 0's address), ``d`` (its first
       difference) and ``q`` (``x``'s step, ``pi(c + ti) - pi(c)``): ``x += q``, ``d += ti*e``,
-      ``q += ti*ti*e``. Their start values and increments (``q0 = ti*a + ti*(ti-1)/2*e``,
+      ``q += ti*ti*e``; ``x``'s increment is a fourth register, loaded one step ahead with
+      the next step's ``q``, so only registers and first-step muxes feed the adds. Their
+      start values and increments (``q0 = ti*a + ti*(ti-1)/2*e``,
       ``ti*e``, ``ti*ti*e``) are constant multiples of the parameters, formed ahead of the loop
       from the parameters by wrapping doublings and adds (no multiplier); after it, a chain
       of wrapping adds ``x_{k+1} = x_k + d_k``, ``d_{k+1} = d_k + e`` gives the ``ti`` lane
@@ -79,7 +81,8 @@ class PermAddrGen(wiring.Component):
       i)*hw + p``, so its address is ``x_u + i*(a_r*hw mod n)`` with ``x_u = pi_r(t*ti*hw +
       p)``. The parameters hold the lane stride ``a_r*hw mod n`` in field ``a`` (the chain's
       difference, no second difference) and ``a_r`` in field ``e``; a pixel counter (reset by
-      ``first``) marks the last pixel of a channel tile, and ``x`` moves by ``a_r`` within a
+      ``first``) and a flag kept one step ahead of it (so no compare is in front of the
+      loop's add) mark the last pixel of a channel tile, and ``x`` moves by ``a_r`` within a
       tile and by ``(ti-1)*(a_r*hw) + a_r`` at a tile's end.
     * ``mode == INDEX``: the addresses are the low ``perm_addr_bits`` of the ``dw``-bit lanes
       of ``indices``, the index-ROM word SB holds for the step, given in cycle
