@@ -104,7 +104,8 @@ class PermAddrGen(wiring.Component):
         The layer's weight format and sequence length (``desc.perm``, ``desc.n_in``);
         constant while a layer runs.
     hw : In(bits_for(nbin_depth))
-        Pixels of a channel tile (``desc.perm_hw``; 1: the inputs in flatten order).
+        Pixels of a channel tile (``desc.perm_hw``; 1: the inputs in flatten order); from
+        the cycle before a layer's first step on (it is registered).
     params : In(perm_param_width)
         The output tile's per-lane ``(a, e, start, last)``, for the step on the inputs.
     indices : In(tn*ti*dw)
@@ -156,7 +157,11 @@ class PermAddrGen(wiring.Component):
         n = None if dry else ports.n
         flat = None if dry else Signal(name="flat")
         if not dry:
-            m.d.comb += flat.eq(ports.hw > 1)
+            # From the layer's constant ``hw``, registered: no compare in front of the adds.
+            # ``hw_m2`` is ``hw - 2``, for the tile-end flag's ``p + 2 >= hw`` (a re-laid pass
+            # has ``hw >= 2``; the flag is not used otherwise).
+            hw_m2 = Signal.like(ports.hw, name="hw_m2")
+            m.d.sync += [flat.eq(ports.hw > 1), hw_m2.eq(ports.hw - 2)]
 
         def wrap(a, b):
             """``(a + b) mod n`` of values in ``[0, n)``."""
@@ -224,7 +229,7 @@ class PermAddrGen(wiring.Component):
             tile_end, end_next = Signal(name="tile_end"), Signal(name="tile_end_next")
             m.d.comb += [p.eq(Mux(first.sig, 0, held_p)),
                          tile_end.eq(Mux(first.sig, ~flat, end_reg)),
-                         end_next.eq(Mux(tile_end, ~flat, p + 2 >= ports.hw))]
+                         end_next.eq(Mux(tile_end, ~flat, p >= hw_m2))]
             with m.If(valid.sig):
                 m.d.sync += [held_p.eq(Mux(tile_end, 0, p + 1)), end_reg.eq(end_next)]
         addrs = []
