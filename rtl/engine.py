@@ -406,15 +406,22 @@ class LayerEngine(wiring.Component):
         cfg = self.cfg
         m.submodules.perm_gen = gen = PermAddrGen(cfg)
         m.submodules.perm_sb = psb = PermSB(cfg)
-        params = Memory(shape=unsigned(perm_param_width(cfg)), depth=cfg.bias_depth, init=[])
+        # ram_style: Yosys would otherwise fold the register after the read into a synchronous
+        # read port and put the memory in block RAM again.
+        params = Memory(shape=unsigned(perm_param_width(cfg)), depth=cfg.bias_depth, init=[],
+                        attrs={"ram_style": "distributed"})
         m.submodules.perm_params = params
         loads += [(LoadSel.PERM_PARAM, params.write_port(), 0), (LoadSel.PERM_S, psb.write, 0)]
-        # Read in S, so the output tile's parameters meet its step in T.
-        params_rd = params.read_port()
+        # Read in S and registered, so the output tile's parameters meet its step in T. The
+        # read is asynchronous and the register after it, so the memory stays in LUT RAM (a
+        # synchronous read port would take block RAMs: 5 DP16KD on tiny).
+        params_rd = params.read_port(domain="comb")
+        params_q = Signal.like(params_rd.data, name="perm_params_q")
+        m.d.sync += params_q.eq(params_rd.data)
         m.d.comb += [
             params_rd.addr.eq(issued.bias_addr),
             gen.mode.eq(cur.perm), gen.n.eq(cur.n_in), gen.hw.eq(cur.perm_hw),
-            gen.params.eq(params_rd.data),
+            gen.params.eq(params_q),
             gen.indices.eq(sb_word), gen.first.eq(step.first), gen.step.eq(step.valid),
             psb.addr.eq(gen.addr),
             psb.en.eq(delay(m, step.valid & (cur.perm != Perm.NONE), PermAddrGen.latency(cfg),

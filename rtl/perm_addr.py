@@ -68,7 +68,9 @@ class PermAddrGen(wiring.Component):
       for the group base). Per output lane, three registers walk the steps with one wrapping
       add each (the loop, the only feedback): ``x`` (lane 0's address), ``d`` (its first
       difference) and ``q`` (``x``'s step, ``pi(c + ti) - pi(c)``): ``x += q``, ``d += ti*e``,
-      ``q += ti*ti*e``. Their start values and increments (``q0 = ti*a + ti*(ti-1)/2*e``,
+      ``q += ti*ti*e``; ``x``'s increment is a fourth register, loaded one step ahead with
+      the next step's ``q``, so only registers and first-step muxes feed the adds. Their
+      start values and increments (``q0 = ti*a + ti*(ti-1)/2*e``,
       ``ti*e``, ``ti*ti*e``) are constant multiples of the parameters, formed ahead of the loop
       from the parameters by wrapping doublings and adds (no multiplier); after it, a chain
       of wrapping adds ``x_{k+1} = x_k + d_k``, ``d_{k+1} = d_k + e`` gives the ``ti`` lane
@@ -79,7 +81,8 @@ class PermAddrGen(wiring.Component):
       i)*hw + p``, so its address is ``x_u + i*(a_r*hw mod n)`` with ``x_u = pi_r(t*ti*hw +
       p)``. The parameters hold the lane stride ``a_r*hw mod n`` in field ``a`` (the chain's
       difference, no second difference) and ``a_r`` in field ``e``; a pixel counter (reset by
-      ``first``) marks the last pixel of a channel tile, and ``x`` moves by ``a_r`` within a
+      ``first``) and a flag kept one step ahead of it (so no compare is in front of the
+      loop's add) mark the last pixel of a channel tile, and ``x`` moves by ``a_r`` within a
       tile and by ``(ti-1)*(a_r*hw) + a_r`` at a tile's end.
     * ``mode == INDEX``: the addresses are the low ``perm_addr_bits`` of the ``dw``-bit lanes
       of ``indices``, the index-ROM word SB holds for the step, given in cycle
@@ -101,7 +104,8 @@ class PermAddrGen(wiring.Component):
         The layer's weight format and sequence length (``desc.perm``, ``desc.n_in``);
         constant while a layer runs.
     hw : In(bits_for(nbin_depth))
-        Pixels of a channel tile (``desc.perm_hw``; 1: the inputs in flatten order).
+        Pixels of a channel tile (``desc.perm_hw``; 1: the inputs in flatten order); from
+        the cycle before a layer's first step on (it is registered).
     params : In(perm_param_width)
         The output tile's per-lane ``(a, e, start, last)``, for the step on the inputs.
     indices : In(tn*ti*dw)
@@ -153,7 +157,11 @@ class PermAddrGen(wiring.Component):
         n = None if dry else ports.n
         flat = None if dry else Signal(name="flat")
         if not dry:
-            m.d.comb += flat.eq(ports.hw > 1)
+            # From the layer's constant ``hw``, registered: no compare in front of the adds.
+            # ``hw_m2`` is ``hw - 2``, for the tile-end flag's ``p + 2 >= hw`` (a re-laid pass
+            # has ``hw >= 2``; the flag is not used otherwise).
+            hw_m2 = Signal.like(ports.hw, name="hw_m2")
+            m.d.sync += [flat.eq(ports.hw > 1), hw_m2.eq(ports.hw - 2)]
 
         def wrap(a, b):
             """``(a + b) mod n`` of values in ``[0, n)``."""
@@ -211,12 +219,19 @@ class PermAddrGen(wiring.Component):
         valid = pipe.at(_Val(sig(None if dry else ports.step), 0), loop)
         mode = None if dry else ports.mode
         if not dry:
+            # The pixel counter, with the flag "this step ends its channel tile" kept one step
+            # ahead in a register (``end_reg``), so no compare is in front of the loop's adds:
+            # a step ends its tile iff ``p + 1 >= hw``; the first of an output tile (p = 0)
+            # iff ``hw <= 1``.
             held_p = Signal.like(ports.hw, name="pixel_reg")
+            end_reg = Signal(name="tile_end_reg")
             p = Signal.like(ports.hw, name="pixel")
-            tile_end = Signal(name="tile_end")
-            m.d.comb += [p.eq(Mux(first.sig, 0, held_p)), tile_end.eq(p + 1 >= ports.hw)]
+            tile_end, end_next = Signal(name="tile_end"), Signal(name="tile_end_next")
+            m.d.comb += [p.eq(Mux(first.sig, 0, held_p)),
+                         tile_end.eq(Mux(first.sig, ~flat, end_reg)),
+                         end_next.eq(Mux(tile_end, ~flat, p >= hw_m2))]
             with m.If(valid.sig):
-                m.d.sync += held_p.eq(Mux(tile_end, 0, p + 1))
+                m.d.sync += [held_p.eq(Mux(tile_end, 0, p + 1)), end_reg.eq(end_next)]
         addrs = []
         final = loop + ti - 1
         for j, lane in enumerate(lanes):
@@ -224,17 +239,24 @@ class PermAddrGen(wiring.Component):
             if dry:
                 x0, d0 = _Val(None, loop), _Val(None, loop)
             else:
-                regs = {k: Signal(ab, name=f"{k}_reg{j}") for k in ("x", "d", "q")}
-                cur = {k: Signal(ab, name=f"{k}{j}") for k in ("x", "d", "q")}
+                regs = {k: Signal(ab, name=f"{k}_reg{j}") for k in ("x", "d", "q", "inc")}
+                cur = {k: Signal(ab, name=f"{k}{j}") for k in ("x", "d", "q", "inc")}
+                # x's increment is registered one step ahead too: the next step's ``q`` (or,
+                # in a re-laid pass, ``jump`` or ``e`` by the next step's tile-end flag).
                 m.d.comb += [cur["x"].eq(Mux(first.sig, v["start"].sig, regs["x"])),
                              cur["d"].eq(Mux(first.sig, v["a"].sig, regs["d"])),
-                             cur["q"].eq(Mux(first.sig, v["q0"].sig, regs["q"]))]
-                inc = Mux(flat, Mux(tile_end, v["jump"].sig, v["e"].sig), cur["q"])
-                nx, nd, nq = cur["x"] + inc, cur["d"] + v["te"].sig, cur["q"] + v["tte"].sig
+                             cur["q"].eq(Mux(first.sig, v["q0"].sig, regs["q"])),
+                             cur["inc"].eq(Mux(first.sig, Mux(flat, v["e"].sig, v["q0"].sig),
+                                               regs["inc"]))]
+                nx, nd = cur["x"] + cur["inc"], cur["d"] + v["te"].sig
+                nq = cur["q"] + v["tte"].sig
+                q_next = Mux(nq >= n, nq - n, nq)
                 with m.If(valid.sig & (mode == Perm.AFFINE)):
                     m.d.sync += [regs["x"].eq(Mux(nx > v["last"].sig, nx - n, nx)),
                                  regs["d"].eq(Mux(nd >= n, nd - n, nd)),
-                                 regs["q"].eq(Mux(nq >= n, nq - n, nq))]
+                                 regs["q"].eq(q_next),
+                                 regs["inc"].eq(Mux(flat, Mux(end_next, v["jump"].sig,
+                                                              v["e"].sig), q_next))]
                 x0, d0 = _Val(cur["x"], loop), _Val(cur["d"], loop)
             # After the loop: the chain over the ti input lanes.
             xs, d = [x0], d0
