@@ -115,17 +115,14 @@ class _Netlist:
             return None
         return loads[0][0]
 
-    def rewire(self, old, new):
-        """Every load of bit ``old`` reads ``new`` instead."""
-        for name, port in self.loads.pop(old, []):
-            if name is None:
-                bits = self.module["ports"][port]["bits"]
-            else:
-                bits = self.cells[name]["connections"][port]
-            for i, bit in enumerate(bits):
-                if bit == old:
-                    bits[i] = new
-            self.loads[new].append((name, port))
+    def replace_ff(self, ff, cell, port, bit):
+        """Output ``port`` of ``cell`` (now registered inside), which drove bit ``bit`` into
+        flip-flop ``ff`` alone, drives the flip-flop's output net instead; ``ff`` goes."""
+        q = self.cells[ff]["connections"]["Q"][0]
+        self.remove(ff)
+        self.loads.pop(bit, None)
+        self.cells[cell]["connections"][port] = [q]
+        self.driver[q] = (cell, port)
 
     def remove(self, name):
         cell = self.cells.pop(name)
@@ -157,11 +154,7 @@ def _absorb_dp16kd(net, name, counts):
         params[f"REGMODE_{side}"] = "OUTREG"
         conn[f"OCE{side}"] = [ce]
         for (port, bit), ff in zip(used, ffs):
-            q = net.cells[ff]["connections"]["Q"][0]
-            net.remove(ff)
-            net.loads.pop(bit, None)
-            conn[port] = [q]
-            net.driver[q] = (name, port)
+            net.replace_ff(ff, name, port, bit)
         counts["dp16kd_outreg"] += 1
         counts["ffs"] += len(ffs)
 
@@ -230,11 +223,7 @@ def _absorb_mult(net, name, counts):
             counts[f"mult_input_{operand.lower()}"] += 1
         else:
             for (port, bit), ff in zip(pins, ffs):
-                q = net.cells[ff]["connections"]["Q"][0]
-                net.remove(ff)
-                net.loads.pop(bit, None)
-                conn[port] = [q]
-                net.driver[q] = (name, port)
+                net.replace_ff(ff, name, port, bit)
             counts["ffs"] += len(ffs)
             counts["mult_output"] += 1
     conn["CLK0"] = [clk]
