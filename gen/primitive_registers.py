@@ -54,22 +54,17 @@ class _Netlist:
 
     def __init__(self, module):
         self.module, self.cells = module, module["cells"]
-        self.loads = defaultdict(list)
+        self.loads, self.driver = defaultdict(list), {}
         for name, cell in self.cells.items():
             dirs = cell.get("port_directions", {})
             for port, bits in cell["connections"].items():
-                if dirs.get(port) != "output":
-                    for bit in bits:
-                        if isinstance(bit, int):
-                            self.loads[bit].append((name, port))
-        self.driver = {}
-        for name, cell in self.cells.items():
-            dirs = cell.get("port_directions", {})
-            for port, bits in cell["connections"].items():
-                if dirs.get(port) == "output":
-                    for bit in bits:
-                        if isinstance(bit, int):
-                            self.driver[bit] = (name, port)
+                for bit in bits:
+                    if not isinstance(bit, int):
+                        continue
+                    if dirs.get(port) == "output":
+                        self.driver[bit] = (name, port)
+                    else:
+                        self.loads[bit].append((name, port))
         for pname, port in module.get("ports", {}).items():
             if port.get("direction") != "input":
                 for bit in port["bits"]:
@@ -91,12 +86,10 @@ class _Netlist:
                 or params.get("REGSET", "RESET") != "RESET"
                 or conn.get("LSR", ["0"])[0] not in ("0", 0)):
             return None
-        if params.get("LSRMUX", "LSR") not in ("LSR", "0"):
+        cemux = params.get("CEMUX", "1").strip()
+        if params.get("LSRMUX", "LSR") not in ("LSR", "0") or cemux not in ("1", "CE"):
             return None
-        ce = conn.get("CE", ["1"])[0] if params.get("CEMUX", "1").strip() == "CE" else "1"
-        if params.get("CEMUX", "1").strip() not in ("1", "CE"):
-            return None
-        return conn["CLK"][0], ce
+        return conn["CLK"][0], conn.get("CE", ["1"])[0] if cemux == "CE" else "1"
 
     def registered(self, bit):
         """Whether ``bit`` is a constant or a register's output (a flip-flop, a block RAM, a
@@ -114,6 +107,15 @@ class _Netlist:
         if len(loads) != 1 or loads[0][1] != "DI" or self.plain_ff(loads[0][0]) is None:
             return None
         return loads[0][0]
+
+    def sole_ff_loads(self, bits):
+        """``(ffs, clk, ce)`` when each of the output ``bits`` is the only load of its own
+        plain flip-flop (:meth:`only_ff_load`), all on one clock and enable; else None."""
+        ffs = [self.only_ff_load(bit) for bit in bits]
+        if not ffs or None in ffs or len(set(ffs)) != len(ffs):
+            return None
+        kinds = {self.plain_ff(ff) for ff in ffs}
+        return (ffs, *kinds.pop()) if len(kinds) == 1 else None
 
     def replace_ff(self, ff, cell, port, bit):
         """Output ``port`` of ``cell`` (now registered inside), which drove bit ``bit`` into
@@ -141,16 +143,10 @@ def _absorb_dp16kd(net, name, counts):
             continue
         outs = [(p, conn[p][0]) for p in conn if p.startswith(f"DO{side}")]
         used = [(p, bit) for p, bit in outs if isinstance(bit, int) and net.loads.get(bit)]
-        if not used:
+        found = net.sole_ff_loads([bit for _, bit in used])
+        if found is None or found[1] != conn.get(f"CLK{side}", ["x"])[0]:
             continue
-        ffs = [net.only_ff_load(bit) for _, bit in used]
-        if None in ffs or len(set(ffs)) != len(ffs):
-            continue
-        kinds = {net.plain_ff(ff) for ff in ffs}
-        clk = conn.get(f"CLK{side}", ["x"])[0]
-        if len(kinds) != 1 or next(iter(kinds))[0] != clk:
-            continue
-        ce = next(iter(kinds))[1]
+        ffs, _, ce = found
         params[f"REGMODE_{side}"] = "OUTREG"
         conn[f"OCE{side}"] = [ce]
         for (port, bit), ff in zip(used, ffs):
@@ -159,23 +155,13 @@ def _absorb_dp16kd(net, name, counts):
         counts["ffs"] += len(ffs)
 
 
-def _ce_pin(used, ce):
-    """The MULT18X18D clock-enable pin (``CE0``..``CE3``) for net ``ce``, given the ones
-    ``used`` so far (a dict net -> pin); None when all four are taken."""
-    if ce not in used:
-        if len(used) == 4:
-            return None
-        used[ce] = f"CE{len(used)}"
-    return used[ce]
-
-
 def _absorb_mult(net, name, counts):
     cell = net.cells[name]
     params, conn, dirs = cell["parameters"], cell["connections"], cell["port_directions"]
     if any(params.get(p, "NONE") != "NONE" for p in
            ("REG_INPUTA_CLK", "REG_INPUTB_CLK", "REG_PIPELINE_CLK", "REG_OUTPUT_CLK")):
         return
-    clocks, ces, plan = set(), {}, []
+    plan = []
     for operand in "AB":
         pins = [f"{operand}{i}" for i in range(18)]
         srcs = [conn.get(p, ["0"])[0] for p in pins]
@@ -192,20 +178,17 @@ def _absorb_mult(net, name, counts):
         plan.append(("input", operand, pins, ffs, clk, ce))
     used = [(f"P{i}", conn[f"P{i}"][0]) for i in range(36)
             if isinstance(conn.get(f"P{i}", ["x"])[0], int) and net.loads.get(conn[f"P{i}"][0])]
-    out_ffs = [net.only_ff_load(bit) for _, bit in used]
-    if used and None not in out_ffs and len(set(out_ffs)) == len(out_ffs):
-        kinds = {net.plain_ff(ff) for ff in out_ffs}
-        if len(kinds) == 1:
-            clk, ce = next(iter(kinds))
-            plan.append(("output", "P", used, out_ffs, clk, ce))
+    found = net.sole_ff_loads([bit for _, bit in used])
+    if found is not None:
+        plan.append(("output", "P", used, *found))
     clocks = {step[4] for step in plan}
     if not plan or len(clocks) != 1:
         return
     clk = clocks.pop()
+    # one clock-enable pin per distinct enable net: at most three (A, B, P) of the four
+    ces = {}
     for kind, operand, pins, ffs, _, ce in plan:
-        pin = _ce_pin(ces, ce)
-        if pin is None:
-            continue
+        pin = ces.setdefault(ce, f"CE{len(ces)}")
         reg = f"REG_INPUT{operand}" if kind == "input" else "REG_OUTPUT"
         params.update({f"{reg}_CLK": "CLK0", f"{reg}_CE": pin, f"{reg}_RST": "RST0"})
         if kind == "input":

@@ -197,8 +197,8 @@ class LayerEngine(wiring.Component):
             step, lane_neurons, ikr_read = self._ikr_path(m, cur, seq, starting, bufs, nb_rds,
                                                           cur_in, nfu1, loads)
 
-        def delayed(value, stages, name):
-            return delay(m, value, stages, f"{name}_d")
+        def delayed(value, stages, name, reset_less=False):
+            return delay(m, value, stages, f"{name}_d", reset_less)
 
         # Stage offsets from R, the cycle the step reads NBin and SB: T for a pass that does
         # not use the permutation path, T + PermAddrGen.latency(cfg) for one that does (the
@@ -277,11 +277,10 @@ class LayerEngine(wiring.Component):
         # Stage R+1 -> R+2 (R: the read): the block RAM output registers, one
         # per buffer; cur_in (constant while the layer runs) selects after them, so no logic
         # sits behind the block RAMs.
-        nbin_words = [delay(m, port.data, self.READ_STAGES - 1, f"nb{b}_data_d",
-                            reset_less=True) for b, port in enumerate(nb_rds)]
+        nbin_words = [delayed(port.data, self.READ_STAGES - 1, f"nb{b}_data", reset_less=True)
+                      for b, port in enumerate(nb_rds)]
         nbin_word = Mux(cur_in, nbin_words[1], nbin_words[0])
-        synapse_word = delay(m, synapse_word, self.READ_STAGES - 1, "sb_data_d",
-                             reset_less=True)
+        synapse_word = delayed(synapse_word, self.READ_STAGES - 1, "sb_data", reset_less=True)
         if cfg.kgate:
             synapse_word = self._kgate_path(m, cur, rt, synapse_word, starting, is_mac,
                                             operands)
@@ -311,7 +310,7 @@ class LayerEngine(wiring.Component):
             nfu2.last.eq(delayed(rt.last, nfu2_in, "last")),
             nfu2.products.eq(nfu1.products),
             nfu2.neurons.eq(delayed(neurons, nfu2_in - operands, "neurons")),
-            nfu2.bias.eq(delay(m, bias_rd.data, 1, "bias_d", reset_less=True)),
+            nfu2.bias.eq(delayed(bias_rd.data, 1, "bias", reset_less=True)),
         ]
 
         # NFU-3 requantises and activates.
@@ -424,8 +423,8 @@ class LayerEngine(wiring.Component):
             gen.params.eq(params_q),
             gen.indices.eq(sb_word), gen.first.eq(step.first), gen.step.eq(step.valid),
             psb.addr.eq(gen.addr),
-            psb.en.eq(delay(m, step.valid & (cur.perm != Perm.NONE), PermAddrGen.latency(cfg),
-                            "perm_en_d")),
+            # a permuted pass's steps at R, the end of the delay line they alone enter valid
+            psb.en.eq(read_step.valid & perm_on),
         ]
         keep = Signal(cfg.ti)
         tail = read_step.nbin_addr >= cur.perm_tail

@@ -12,7 +12,7 @@ import os
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge, with_timeout
+from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly, RisingEdge, with_timeout
 
 from slimnfu.contract import RD_LATENCY
 
@@ -85,8 +85,7 @@ class EngineTB:
         words = []
         for addr in range(base, base + count):
             dut.rd_addr.value = addr
-            for _ in range(RD_LATENCY):
-                await FallingEdge(dut.clk)
+            await ClockCycles(dut.clk, RD_LATENCY, FallingEdge)
             try:
                 words.append(dut.rd_data.value.to_unsigned())
             except ValueError:
@@ -102,8 +101,7 @@ class EngineTB:
         out = []
         for addr, bits in spans:
             dut.rd_addr.value = addr
-            for _ in range(RD_LATENCY):
-                await FallingEdge(dut.clk)
+            await ClockCycles(dut.clk, RD_LATENCY, FallingEdge)
             out.append(str(dut.rd_data.value)[-bits:])
         return out
 
