@@ -66,8 +66,9 @@ class NFU2(wiring.Component):
     :meth:`chunk_bits` bits, low chunk first, each chunk one stage after the one below it
     with that chunk's carry (a skewed carry-save accumulator: a step may follow in every
     cycle), and the chunks are realigned on ``acc``. A max-pooling maximum is a ``dw``-bit
-    value: a register of its own compares and holds it (the lowest chunk reads it), the
-    other chunks its sign. ``out_valid`` is high
+    value: a register of its own holds it (the lowest chunk reads it), the other chunks its
+    sign; each neuron is compared with the maximum it will meet a cycle ahead of stage A
+    (:meth:`_beats`). ``out_valid`` is high
     :meth:`latency` cycles after a valid ``last`` step is on the inputs, while ``acc`` holds
     the finished group. Steps may follow each other in every cycle. The sum wraps at ``acc``
     bits; :meth:`slimnfu.config.LayerDesc.check` refuses layers that could overflow.
@@ -140,7 +141,11 @@ class NFU2(wiring.Component):
         valid = delayed(self.valid, tree_stages, "valid")
         first = delayed(self.first, tree_stages, "first")
         last = delayed(self.last, tree_stages, "last")
-        neurons = delayed(self.neurons, tree_stages, "neurons")
+        # the neurons a cycle before stage A too: the max-pool compare is made a cycle ahead
+        ahead, neurons = None, self.neurons
+        if tree_stages:
+            ahead = delayed(self.neurons, tree_stages - 1, "neurons")
+            neurons = delayed(ahead, 1, "neurons_a")
         bias = delayed(self.bias, tree_stages, "bias")
         m.d.comb += self.out_valid.eq(delayed(valid & last, chunks, "out_valid"))
         is_mac, is_max = self.mode == Mode.MAC, self.mode == Mode.MAXPOOL
@@ -168,8 +173,9 @@ class NFU2(wiring.Component):
                     # A max of dw-bit values in a register of its own (its compare drives
                     # dw enables, not the accumulator's); chunk 0 reads it, sign-extended.
                     peak = Signal(signed(dw), name=f"peak{j}", reset_less=True)
+                    beats = self._beats(m, j, x, ahead, peak, valids[0], firsts[0])
                     with m.If(valids[0] & is_max):
-                        m.d.sync += peak.eq(Mux(firsts[0] | (x > peak), x, peak))
+                        m.d.sync += peak.eq(Mux(firsts[0] | beats, x, peak))
                     out = Signal(hi - lo, name=f"acc{j}_out{c}")
                     m.d.comb += out.eq(Mux(is_max, peak, part))
                 with m.If(valids[c]):
@@ -182,3 +188,21 @@ class NFU2(wiring.Component):
                 carry, prev = carry_out, out
             m.d.comb += self.acc[j].eq(Cat(*outs))
         return m
+
+    @staticmethod
+    def _beats(m, j, x, ahead, peak, valid, first):
+        """Whether lane ``j``'s neuron ``x`` in stage A exceeds the maximum ``peak`` it meets.
+
+        With ``ahead`` (the neurons a cycle before stage A) the compare is registered: in the
+        cycle before, the next neuron is compared with the maximum it will meet, ``peak``
+        updated by this cycle's step (``x`` itself after a ``first`` step, ``max(peak, x)``
+        after another valid step, ``peak`` after none), so only a register drives ``peak``'s
+        enables.
+        """
+        if ahead is None:
+            return x > peak
+        nxt = ahead[j]
+        beats = Signal(name=f"beats{j}", reset_less=True)
+        over_x, over_peak = nxt > x, nxt > peak
+        m.d.sync += beats.eq(Mux(valid, over_x & (first | over_peak), over_peak))
+        return beats

@@ -33,8 +33,8 @@ class NFU3(wiring.Component):
     Pipeline, one register stage each (:attr:`REQUANT_STAGES` + :attr:`ACT_STAGES`): the
     barrel shift in two (by the multiple of 8, then the rest); the rounding add; the clamp to
     ``dw`` bits; the PWL segment (its clamp, like the others, tests bits instead of
-    comparing); the slope and intercept lookup; the multiply (a register-multiplier-register
-    path); the intercept and rounding add; the clamp and the choice of activation. ``out`` and
+    comparing); the slope lookup; the multiply (a register-multiplier-register path, beside
+    which the intercept is looked up); the intercept and rounding add; the clamp and the choice of activation. ``out`` and
     ``out_valid`` appear :meth:`latency` cycles after ``in_valid``; a group may enter in
     every cycle.
     ``sat_events`` counts the saturations of both clamps on the lanes set in ``lane_mask``
@@ -155,10 +155,12 @@ class NFU3(wiring.Component):
             seg = reg(Mux(q_in, Cat(low[:3], ~low[3]), Mux(y[-1], 0, PWL_SEGMENTS - 1)),
                       f"seg{j}")
             y2 = reg(y, f"y{j}_2")
-            slope, icpt = reg(slopes[seg], f"slope_r{j}"), reg(icpts[seg], f"icpt_r{j}")
+            # the intercept is added a stage after the slope multiplies: it is looked up a
+            # stage later, from its own copy of seg (half the fan-out of each)
+            slope, seg3 = reg(slopes[seg], f"slope_r{j}"), reg(seg, f"seg{j}_3")
             y3 = reg(y2, f"y{j}_3")
             product = reg(slope * y3, f"pwl_product{j}")
-            icpt4, y4 = reg(icpt, f"icpt_r{j}_4"), reg(y3, f"y{j}_4")
+            icpt4, y4 = reg(icpts[seg3], f"icpt_r{j}_4"), reg(y3, f"y{j}_4")
             line = reg((product + icpt4 + (1 << (p - 1))) >> p, f"line{j}")
             y5 = reg(y4, f"y{j}_5")
             pwl_out, sat2_value = saturate(line)

@@ -89,6 +89,45 @@ def test_max_and_sum_pooling():
     simulate(dut, bench)
 
 
+@pytest.mark.parametrize("lanes", [1, 2, 8], ids=["no_tree_stage", "one", "two"])
+def test_max_pooling_groups_with_gaps_and_back_to_back(lanes):
+    # random groups, some back to back and some after idle cycles, with the maximum early,
+    # late and repeated: the compare made a cycle ahead must see the maximum each neuron meets
+    cfg = AccelConfig(f"m{lanes}", tn=lanes, ti=lanes, dw=8, acc=20)
+    dut = NFU2(cfg)
+    rng = random.Random(lanes)
+    values = [cfg.qmin, cfg.qmin + 1, -1, 0, 1, cfg.qmax - 1, cfg.qmax]
+    groups = [[[rng.choice(values + [rng.randint(cfg.qmin, cfg.qmax)]) for _ in range(lanes)]
+               for _ in range(rng.randint(1, 5))] for _ in range(40)]
+    gaps = [rng.choice([0, 0, 1, 2]) for _ in groups]
+    lat = NFU2.latency(cfg)
+
+    # one entry per cycle: a step (neurons, first, last) or None for an idle cycle
+    cycles = []
+    for window, gap in zip(groups, gaps):
+        for n, x in enumerate(window):
+            # idle cycles between groups and inside a group, before its last step
+            if n == len(window) - 1:
+                cycles += [None] * gap
+            cycles.append((x, n == 0, n == len(window) - 1))
+    cycles += [None] * lat
+
+    async def bench(ctx):
+        ctx.set(dut.mode, Mode.MAXPOOL)
+        got = []
+        for entry in cycles:
+            if entry is None:
+                await ctx.tick()
+            else:
+                x, first, last = entry
+                await step(ctx, dut, neurons=x, first=first, last=last)
+            if ctx.get(dut.out_valid):
+                got.append([ctx.get(dut.acc[j]) for j in range(lanes)])
+        assert got == [[max(x[j] for x in window) for j in range(lanes)] for window in groups]
+
+    simulate(dut, bench)
+
+
 @pytest.mark.parametrize("n, levels_per_stage, stages", [(1, 2, 0), (2, 2, 1), (4, 2, 1),
                                                          (5, 2, 2), (16, 2, 2), (8, 1, 3)])
 def test_pipelined_adder_tree(n, levels_per_stage, stages):
