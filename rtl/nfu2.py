@@ -197,12 +197,18 @@ class NFU2(wiring.Component):
         cycle before, the next neuron is compared with the maximum it will meet, ``peak``
         updated by this cycle's step (``x`` itself after a ``first`` step, ``max(peak, x)``
         after another valid step, ``peak`` after none), so only a register drives ``peak``'s
-        enables.
+        enables. The compares are unsigned, on the values with their sign bit flipped (the
+        same order): a carry chain's carry-out is the result, with no sign logic after it.
         """
         if ahead is None:
             return x > peak
+
+        def above(a, b):
+            flip = 1 << (len(a) - 1)
+            return (a.as_unsigned() ^ flip) > (b.as_unsigned() ^ flip)
+
         nxt = ahead[j]
         beats = Signal(name=f"beats{j}", reset_less=True)
-        over_x, over_peak = nxt > x, nxt > peak
+        over_x, over_peak = above(nxt, x), above(nxt, peak)
         m.d.sync += beats.eq(Mux(valid, over_x & (first | over_peak), over_peak))
         return beats

@@ -127,6 +127,24 @@ class NFU3(wiring.Component):
         seg_shift, act = reg(self.seg_shift, "seg_shift_r"), reg(self.act, "act_r")
         seg_hi = reg((C((1 << dw) - 1, dw) << (self.seg_shift + 3))[:dw], "seg_hi")
 
+        def segment_parts(value):
+            """``(low, in_range)`` of ``clamp((value >> seg_shift) + 8, 0, 15)`` for a
+            ``dw``-bit ``value``, without an adder or a shifted compare: ``q = value >>
+            seg_shift`` is in ``[-8, 7]`` exactly when ``value``'s bits from ``seg_shift + 3``
+            up (``seg_hi``) all equal its sign, and then ``q + 8`` is ``q``'s low 4 bits with
+            bit 3 flipped."""
+            value = value.as_signed()
+            low = (value >> seg_shift)[:4]
+            in_range = ~((value ^ Mux(value[-1], (1 << dw) - 1, 0)) & seg_hi).any()
+            return low, in_range
+
+        def segment_of(low, in_range, negative):
+            return Mux(in_range, Cat(low[:3], ~low[3]), Mux(negative, 0, PWL_SEGMENTS - 1))
+
+        # the segments of the saturated values: constant while a layer runs
+        seg_qmax, seg_qmin = (reg(segment_of(*segment_parts(C(q, signed(dw))), q < 0), name)
+                              for q, name in ((qmax, "seg_qmax"), (qmin, "seg_qmin")))
+
         def saturate(value):
             """``(sat_dw(value), saturated)`` without a compare: a signed value fits ``dw``
             bits exactly when its bits from bit ``dw-1`` up are all equal."""
@@ -145,15 +163,13 @@ class NFU3(wiring.Component):
             rounded = reg(Mux(shift_zero, half, (half + 1) >> 1), f"rounded{j}")
             y_value, sat1_value = saturate(rounded)
             y, sat1 = reg(y_value, f"y{j}"), reg(sat1_value, f"sat1_{j}")
-            # Activation: segment, lookup, multiply, add, clamp.
-            # clamp((y >> seg_shift) + 8, 0, 15) without an adder or a shifted compare:
-            # q = y >> seg_shift is in [-8, 7] exactly when y's bits from seg_shift + 3 up
-            # (seg_hi) all equal its sign, and then q + 8 is q's low 4 bits with bit 3
-            # flipped.
-            low = (y >> seg_shift)[:4]
-            q_in = ~((y ^ Mux(y[-1], (1 << dw) - 1, 0)) & seg_hi).any()
-            seg = reg(Mux(q_in, Cat(low[:3], ~low[3]), Mux(y[-1], 0, PWL_SEGMENTS - 1)),
-                      f"seg{j}")
+            # Activation: segment, lookup, multiply, add, clamp. The segment's shift and
+            # range test start from the rounded value beside the clamp to dw bits (equal to
+            # y unless it saturates, and then y's segment is the layer's constant).
+            low, in_range = [reg(v, f"{name}{j}") for v, name in
+                             zip(segment_parts(rounded[:dw]), ("seg_low", "seg_in"))]
+            seg = reg(Mux(sat1, Mux(y[-1], seg_qmin, seg_qmax),
+                          segment_of(low, in_range, y[-1])), f"seg{j}")
             y2 = reg(y, f"y{j}_2")
             # the intercept is added a stage after the slope multiplies: it is looked up a
             # stage later, from its own copy of seg (half the fan-out of each)
