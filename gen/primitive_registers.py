@@ -16,10 +16,11 @@ nextpnr reads it:
   one ``TRELLIS_FF`` and nothing else, all on the port's clock with no set/reset and one
   common clock enable, gets ``REGMODE = "OUTREG"`` with that enable on ``OCE``; its outputs
   drive the flip-flops' nets and the flip-flops are removed;
-- a MULT18X18D whose ``A`` (or ``B``) inputs all come from such flip-flops (or are constant
+- a MULT18X18D whose ``A`` and ``B`` inputs all come from such flip-flops (or are constant
   0), each fed straight from a register (a flip-flop, block RAM or multiplier output: logic
-  in front would land in the route to the multiplier), gets its input register on that
-  operand, fed from the flip-flops' inputs (a flip-flop with other loads stays); one whose
+  in front would land in the route to the multiplier), gets its input registers, fed from
+  the flip-flops' inputs (a flip-flop with other loads stays); both operands or neither,
+  since nextpnr times a multiplier with one registered input as if it had none; one whose
   used ``P`` outputs each drive exactly one such flip-flop gets its output register and the
   flip-flops go.
 
@@ -176,6 +177,10 @@ def _absorb_mult(net, name, counts):
             continue
         clk, ce = next(iter(kinds))
         plan.append(("input", operand, pins, ffs, clk, ce))
+    if len(plan) == 1:
+        # nextpnr-ecp5 times a multiplier with one registered input as if neither were
+        # ("unsupported mixed input register modes"): both inputs or none
+        plan = []
     used = [(f"P{i}", conn[f"P{i}"][0]) for i in range(36)
             if isinstance(conn.get(f"P{i}", ["x"])[0], int) and net.loads.get(conn[f"P{i}"][0])]
     found = net.sole_ff_loads([bit for _, bit in used])

@@ -264,3 +264,38 @@ def test_registers_with_a_reset_stay_in_the_fabric():
     cells = netlist["modules"]["top"]["cells"]
     assert set(cells) == {"ram"} and cells["ram"]["connections"]["DOB0"] == [10]
     assert cells["ram"]["parameters"]["REGMODE_B"] == "OUTREG"
+
+
+def _ff(di, q):
+    return {"type": "TRELLIS_FF",
+            "port_directions": {"CLK": "input", "DI": "input", "LSR": "input", "Q": "output"},
+            "parameters": {"CEMUX": "1 ", "CLKMUX": "CLK", "GSR": "DISABLED", "LSRMUX": "LSR",
+                           "REGSET": "RESET"},
+            "connections": {"CLK": [2], "DI": [di], "LSR": ["0"], "Q": [q]}}
+
+
+def test_multiplier_inputs_both_registered_or_neither():
+    """nextpnr times a MULT18X18D with one registered input as if it had none, so an operand
+    whose flip-flop is fed by logic keeps the other operand's flip-flop in the fabric too."""
+    def netlist(b_source):
+        return {"modules": {"top": {"ports": {"p": {"direction": "output", "bits": [40]}},
+                                    "cells": {
+            "src": _ff(3, 20), "fa": _ff(20, 21), "fb": _ff(b_source, 31),
+            "lut": {"type": "LUT4", "port_directions": {"A": "input", "Z": "output"},
+                    "parameters": {"INIT": "0101010101010101"},
+                    "connections": {"A": [3], "Z": [30]}},
+            "mult": {"type": "MULT18X18D",
+                     "port_directions": {"A0": "input", "B0": "input", "P0": "output"},
+                     "parameters": {}, "connections": {"A0": [21], "B0": [31], "P0": [40]}}}}}}
+
+    mixed = netlist(b_source=30)
+    before = json.dumps(mixed, sort_keys=True)
+    counts = absorb_netlist(mixed)
+    assert (counts["mult_input_a"], counts["mult_input_b"]) == (0, 0)
+    assert json.dumps(mixed, sort_keys=True) == before
+    both = netlist(b_source=20)
+    counts = absorb_netlist(both)
+    assert (counts["mult_input_a"], counts["mult_input_b"]) == (1, 1)
+    mult = both["modules"]["top"]["cells"]["mult"]
+    assert mult["connections"]["A0"] == [20] and mult["connections"]["B0"] == [20]
+    assert {"fa", "fb"}.isdisjoint(both["modules"]["top"]["cells"])
