@@ -171,9 +171,15 @@ class PermAddrGen(wiring.Component):
             m.d.sync += [nj.eq(ports.n) for nj in lane_n]
         n = None
 
+        def reduce(total):
+            """``total mod n`` of ``total`` in ``[0, 2n)``: one subtraction, whose sign selects
+            (no separate compare: one carry chain and a 2:1 select a bit)."""
+            over = total - n
+            return Mux(over[-1], total, over)
+
         def wrap(a, b):
             """``(a + b) mod n`` of values in ``[0, n)``."""
-            return pipe.op(lambda x, y: Mux(x + y >= n, x + y - n, x + y), a, b, name="wadd")
+            return pipe.op(lambda x, y: reduce(x + y), a, b, name="wadd")
 
         def wrap_sub(a, b):
             """``(a - b) mod n`` of values in ``[0, n)``."""
@@ -273,14 +279,14 @@ class PermAddrGen(wiring.Component):
                 # in a re-laid pass, ``jump`` or ``e`` by the next step's tile-end flag).
                 nx, nd = regs["x"] + regs["inc"], regs["d"] + v["te"].sig
                 nq = regs["q"] + v["tte"].sig
-                q_next = Mux(nq >= n, nq - n, nq)
+                q_next = reduce(nq)
                 with m.If(load):
                     m.d.sync += [regs["x"].eq(v["start"].sig), regs["d"].eq(v["a"].sig),
                                  regs["q"].eq(v["q0"].sig),
                                  regs["inc"].eq(Mux(flat, v["e"].sig, v["q0"].sig))]
                 with m.Elif(adv):
                     m.d.sync += [regs["x"].eq(Mux(nx > v["last"].sig, nx - n, nx)),
-                                 regs["d"].eq(Mux(nd >= n, nd - n, nd)),
+                                 regs["d"].eq(reduce(nd)),
                                  regs["q"].eq(q_next),
                                  regs["inc"].eq(Mux(flat, Mux(end_next, v["jump"].sig,
                                                               v["e"].sig), q_next))]
