@@ -185,12 +185,14 @@ class PermAddrGen(wiring.Component):
             """``(a - b) mod n`` of values in ``[0, n)``."""
             return pipe.op(lambda x, y: Mux(x >= y, x - y, x + n - y), a, b, name="wsub")
 
+        def reduce_abs(total, top):
+            """An absolute address plus a difference, ``total``, back into ``[top - n + 1,
+            top]``: the sign of ``top - total`` selects (a subtraction, no compare)."""
+            return Mux((top - total)[-1], total - n, total)
+
         def wrap_abs(x, d, last):
             """An absolute address plus a difference, back into ``[last - n + 1, last]``."""
-            def add(a, b, top):
-                total = a + b
-                return Mux(total > top, total - n, total)
-            return pipe.op(add, x, d, last, name="addr")
+            return pipe.op(lambda a, b, top: reduce_abs(a + b, top), x, d, last, name="addr")
 
         def const_mul(v, k, powers):
             """``k*v mod n`` by wrapping doublings (shared through ``powers``) and adds."""
@@ -285,7 +287,7 @@ class PermAddrGen(wiring.Component):
                                  regs["q"].eq(v["q0"].sig),
                                  regs["inc"].eq(Mux(flat, v["e"].sig, v["q0"].sig))]
                 with m.Elif(adv):
-                    m.d.sync += [regs["x"].eq(Mux(nx > v["last"].sig, nx - n, nx)),
+                    m.d.sync += [regs["x"].eq(reduce_abs(nx, v["last"].sig)),
                                  regs["d"].eq(reduce(nd)),
                                  regs["q"].eq(q_next),
                                  regs["inc"].eq(Mux(flat, Mux(end_next, v["jump"].sig,
