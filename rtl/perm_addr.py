@@ -154,29 +154,45 @@ class PermAddrGen(wiring.Component):
         def sig(value):
             return None if dry else value
 
-        n = None if dry else ports.n
+        # The layer's constants, registered (they hold while a layer runs, and a step reaches
+        # the stages that use them ``>= 2`` cycles after it is issued): ``n`` once per output
+        # lane (its fan-out is every wrapping add of the lane), the mode's selects, and from
+        # ``hw`` the flag ``flat`` and ``hw_m2 = hw - 2``, for the tile-end flag's
+        # ``p + 2 >= hw`` (a re-laid pass has ``hw >= 2``; the flag is not used otherwise).
         flat = None if dry else Signal(name="flat")
+        lane_n = [None] * tn
         if not dry:
-            # From the layer's constant ``hw``, registered: no compare in front of the adds.
-            # ``hw_m2`` is ``hw - 2``, for the tile-end flag's ``p + 2 >= hw`` (a re-laid pass
-            # has ``hw >= 2``; the flag is not used otherwise).
             hw_m2 = Signal.like(ports.hw, name="hw_m2")
-            m.d.sync += [flat.eq(ports.hw > 1), hw_m2.eq(ports.hw - 2)]
+            is_affine, is_index = Signal(name="is_affine"), Signal(name="is_index")
+            lane_n = [Signal.like(ports.n, name=f"n{j}") for j in range(tn)]
+            m.d.sync += [flat.eq(ports.hw > 1), hw_m2.eq(ports.hw - 2),
+                         is_affine.eq(ports.mode == Perm.AFFINE),
+                         is_index.eq(ports.mode == Perm.INDEX)]
+            m.d.sync += [nj.eq(ports.n) for nj in lane_n]
+        n = None
+
+        def reduce(total):
+            """``total mod n`` of ``total`` in ``[0, 2n)``: one subtraction, whose sign selects
+            (no separate compare: one carry chain and a 2:1 select a bit)."""
+            over = total - n
+            return Mux(over[-1], total, over)
 
         def wrap(a, b):
             """``(a + b) mod n`` of values in ``[0, n)``."""
-            return pipe.op(lambda x, y: Mux(x + y >= n, x + y - n, x + y), a, b, name="wadd")
+            return pipe.op(lambda x, y: reduce(x + y), a, b, name="wadd")
 
         def wrap_sub(a, b):
             """``(a - b) mod n`` of values in ``[0, n)``."""
             return pipe.op(lambda x, y: Mux(x >= y, x - y, x + n - y), a, b, name="wsub")
 
+        def reduce_abs(total, top):
+            """An absolute address plus a difference, ``total``, back into ``[top - n + 1,
+            top]``: the sign of ``top - total`` selects (a subtraction, no compare)."""
+            return Mux((top - total)[-1], total - n, total)
+
         def wrap_abs(x, d, last):
             """An absolute address plus a difference, back into ``[last - n + 1, last]``."""
-            def add(a, b, top):
-                total = a + b
-                return Mux(total > top, total - n, total)
-            return pipe.op(add, x, d, last, name="addr")
+            return pipe.op(lambda a, b, top: reduce_abs(a + b, top), x, d, last, name="addr")
 
         def const_mul(v, k, powers):
             """``k*v mod n`` by wrapping doublings (shared through ``powers``) and adds."""
@@ -193,6 +209,7 @@ class PermAddrGen(wiring.Component):
         # Ahead of the loop, per output lane: the constant multiples of the parameters.
         lanes = []
         for j in range(tn):
+            n = lane_n[j]
             field = {}
             for k, name in enumerate(PERM_FIELDS):
                 field[name] = _Val(sig(None if dry else Signal(ab, name=f"{name}{j}")), 0)
@@ -212,52 +229,70 @@ class PermAddrGen(wiring.Component):
             # a re-laid pass: a tile's end moves x by (ti-1)*a + e (e holds the pixel step)
             lane["jump"] = wrap(wrap_sub(lane["am"], field["a"]), field["e"])
             lanes.append(lane)
-        loop = max(v.stage for lane in lanes for v in lane.values() if v.stage is not None)
+        # The loop runs in stage ``loop``; the start values it loads (``start``, ``a``, ``q0``,
+        # ``e``) are needed a stage earlier: a step's registers are loaded while the step is
+        # one stage ahead of the loop, so that only registers feed the loop's adds.
+        loaded = ("start", "a", "q0", "e")
+        loop = max(max(v.stage + (k in loaded) for k, v in lane.items() if v.stage is not None)
+                   for lane in lanes)
+        assert loop >= 2
 
-        # The loop (stage ``loop``): the step's x, d, q and the registers for the next step.
-        first = pipe.at(_Val(sig(None if dry else ports.first), 0), loop)
-        valid = pipe.at(_Val(sig(None if dry else ports.step), 0), loop)
-        mode = None if dry else ports.mode
+        # The step's flags, one register per output lane a stage ahead of their use (fan-out):
+        # ``load`` (the step at ``loop - 1`` is the first of its output tile: load the start
+        # values) and ``adv`` (the step at ``loop`` is an affine step: advance).
+        if not dry:
+            issued_first, issued_affine = Signal(name="issued_first"), Signal(name="issued_aff")
+            m.d.comb += [issued_first.eq(ports.first & ports.step),
+                         issued_affine.eq(ports.step & (ports.mode == Perm.AFFINE))]
+            first_ahead = pipe.at(_Val(issued_first, 0), loop - 2).sig
+            affine_ahead = pipe.at(_Val(issued_affine, 0), loop - 1).sig
+
+        def lane_flag(value, name):
+            flag = Signal(name=name)
+            m.d.sync += flag.eq(value)
+            return flag
+
         if not dry:
             # The pixel counter, with the flag "this step ends its channel tile" kept one step
-            # ahead in a register (``end_reg``), so no compare is in front of the loop's adds:
-            # a step ends its tile iff ``p + 1 >= hw``; the first of an output tile (p = 0)
-            # iff ``hw <= 1``.
-            held_p = Signal.like(ports.hw, name="pixel_reg")
-            end_reg = Signal(name="tile_end_reg")
-            p = Signal.like(ports.hw, name="pixel")
-            tile_end, end_next = Signal(name="tile_end"), Signal(name="tile_end_next")
-            m.d.comb += [p.eq(Mux(first.sig, 0, held_p)),
-                         tile_end.eq(Mux(first.sig, ~flat, end_reg)),
-                         end_next.eq(Mux(tile_end, ~flat, p >= hw_m2))]
-            with m.If(valid.sig):
-                m.d.sync += [held_p.eq(Mux(tile_end, 0, p + 1)), end_reg.eq(end_next)]
+            # ahead in a register (``end_reg``): both loaded with the start values (p = 0; the
+            # first of an output tile ends its tile iff ``hw <= 1``), so no compare and no
+            # select is in front of the loop's adds; a step ends its tile iff ``p + 1 >= hw``.
+            load, adv = lane_flag(first_ahead, "load_p"), lane_flag(affine_ahead, "adv_p")
+            p = Signal.like(ports.hw, name="pixel_reg")
+            tile_end = Signal(name="tile_end_reg")
+            end_next = Signal(name="tile_end_next")
+            m.d.comb += end_next.eq(Mux(tile_end, ~flat, p >= hw_m2))
+            with m.If(load):
+                m.d.sync += [p.eq(0), tile_end.eq(~flat)]
+            with m.Elif(adv):
+                m.d.sync += [p.eq(Mux(tile_end, 0, p + 1)), tile_end.eq(end_next)]
         addrs = []
         final = loop + ti - 1
         for j, lane in enumerate(lanes):
-            v = {k: pipe.at(x, loop) for k, x in lane.items()}
+            n = lane_n[j]
+            v = {k: pipe.at(x, loop - (k in loaded)) for k, x in lane.items()}
             if dry:
                 x0, d0 = _Val(None, loop), _Val(None, loop)
             else:
+                load = lane_flag(first_ahead, f"load{j}")
+                adv = lane_flag(affine_ahead, f"adv{j}")
                 regs = {k: Signal(ab, name=f"{k}_reg{j}") for k in ("x", "d", "q", "inc")}
-                cur = {k: Signal(ab, name=f"{k}{j}") for k in ("x", "d", "q", "inc")}
                 # x's increment is registered one step ahead too: the next step's ``q`` (or,
                 # in a re-laid pass, ``jump`` or ``e`` by the next step's tile-end flag).
-                m.d.comb += [cur["x"].eq(Mux(first.sig, v["start"].sig, regs["x"])),
-                             cur["d"].eq(Mux(first.sig, v["a"].sig, regs["d"])),
-                             cur["q"].eq(Mux(first.sig, v["q0"].sig, regs["q"])),
-                             cur["inc"].eq(Mux(first.sig, Mux(flat, v["e"].sig, v["q0"].sig),
-                                               regs["inc"]))]
-                nx, nd = cur["x"] + cur["inc"], cur["d"] + v["te"].sig
-                nq = cur["q"] + v["tte"].sig
-                q_next = Mux(nq >= n, nq - n, nq)
-                with m.If(valid.sig & (mode == Perm.AFFINE)):
-                    m.d.sync += [regs["x"].eq(Mux(nx > v["last"].sig, nx - n, nx)),
-                                 regs["d"].eq(Mux(nd >= n, nd - n, nd)),
+                nx, nd = regs["x"] + regs["inc"], regs["d"] + v["te"].sig
+                nq = regs["q"] + v["tte"].sig
+                q_next = reduce(nq)
+                with m.If(load):
+                    m.d.sync += [regs["x"].eq(v["start"].sig), regs["d"].eq(v["a"].sig),
+                                 regs["q"].eq(v["q0"].sig),
+                                 regs["inc"].eq(Mux(flat, v["e"].sig, v["q0"].sig))]
+                with m.Elif(adv):
+                    m.d.sync += [regs["x"].eq(reduce_abs(nx, v["last"].sig)),
+                                 regs["d"].eq(reduce(nd)),
                                  regs["q"].eq(q_next),
                                  regs["inc"].eq(Mux(flat, Mux(end_next, v["jump"].sig,
                                                               v["e"].sig), q_next))]
-                x0, d0 = _Val(cur["x"], loop), _Val(cur["d"], loop)
+                x0, d0 = _Val(regs["x"], loop), _Val(regs["d"], loop)
             # After the loop: the chain over the ti input lanes.
             xs, d = [x0], d0
             for k in range(1, ti):
@@ -269,6 +304,6 @@ class PermAddrGen(wiring.Component):
         if not dry:
             dw = cfg.dw
             index = [ports.indices[l * dw:l * dw + ab] for l in range(tn * ti)]
-            m.d.sync += ports.addr.eq(Mux(mode == Perm.AFFINE, Cat(*(x.sig for x in addrs)),
-                                          Mux(mode == Perm.INDEX, Cat(*index), 0)))
+            m.d.sync += ports.addr.eq(Mux(is_affine, Cat(*(x.sig for x in addrs)),
+                                          Mux(is_index, Cat(*index), 0)))
         return final + 1
