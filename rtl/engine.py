@@ -265,8 +265,7 @@ class LayerEngine(wiring.Component):
             synapses.append(port.data)
         synapse_word = Cat(*synapses)
         if cfg.perm:
-            synapse_word, keep = self._perm_path(m, cur, step, st, rt, synapse_word, perm_on,
-                                                 loads)
+            s_word, keep = self._perm_path(m, cur, step, st, rt, synapse_word, perm_on, loads)
 
         # Load interface: one word per cycle into the memory load_sel names (NBin: while idle).
         idle_load = self.load_en & ~busy
@@ -281,6 +280,11 @@ class LayerEngine(wiring.Component):
                       for b, port in enumerate(nb_rds)]
         nbin_word = Mux(cur_in, nbin_words[1], nbin_words[0])
         synapse_word = delayed(synapse_word, self.READ_STAGES - 1, "sb_data", reset_less=True)
+        if cfg.perm:
+            # the s banks' word after its own register too (the block RAMs' output registers),
+            # and the select after both, in front of NFU-1's synapse registers
+            s_word = delayed(s_word, self.READ_STAGES - 1, "s_data", reset_less=True)
+            synapse_word = Mux(perm_on, s_word, synapse_word)
         if cfg.kgate:
             synapse_word = self._kgate_path(m, cur, rt, synapse_word, starting, is_mac,
                                             operands)
@@ -392,10 +396,12 @@ class LayerEngine(wiring.Component):
         return gated_word
 
     def _perm_path(self, m, cur, issued, step, read_step, sb_word, perm_on, loads):
-        """Method C: gather the step's synapses from ``s``; return the NFU-1 synapse word and
-        the step's input lanes to keep (``ti`` bits; a re-laid pass, ``desc.perm_hw > 1``,
-        drops the lanes ``>= perm_lanes`` of the steps from NBin word ``perm_tail`` on: the
-        padding channels of the conv output's last tile). ``issued`` is the step in ``S``,
+        """Method C: gather the step's synapses from ``s``; return the ``s`` banks' read data
+        (a permuted pass's synapse word, a cycle after ``R``; the engine registers it and
+        selects it over the SB word after the register) and the step's input lanes to keep
+        (``ti`` bits; a re-laid pass, ``desc.perm_hw > 1``, drops the lanes ``>= perm_lanes``
+        of the steps from NBin word ``perm_tail`` on: the padding channels of the conv
+        output's last tile). ``issued`` is the step in ``S``,
         ``step`` in ``T``, ``read_step`` in ``R``; the ``s`` banks are addressed in
         ``T + PermAddrGen.latency(cfg)``, a permuted pass's ``R``. ``perm_on``: the running
         pass is permuted (registered).
@@ -429,7 +435,7 @@ class LayerEngine(wiring.Component):
         keep = Signal(cfg.ti)
         tail = read_step.nbin_addr >= cur.perm_tail
         m.d.comb += keep.eq(Cat(*(~tail | (i < cur.perm_lanes) for i in range(cfg.ti))))
-        return Mux(perm_on, psb.data, sb_word), keep
+        return psb.data, keep
 
     def _ikr_path(self, m, cur, seq, starting, bufs, nb_rds, cur_in, nfu1, loads):
         """Method B: IKR conv layers (``desc.ikr_n != 0``) run on :class:`IkrUnit`.
