@@ -34,9 +34,9 @@ class NFU3(wiring.Component):
     barrel shift in two (by the multiple of 8, then the rest); the rounding add; the clamp to
     ``dw`` bits; the PWL segment (its clamp, like the others, tests bits instead of
     comparing); the slope lookup; the multiply (a register-multiplier-register path, beside
-    which the intercept is looked up); the intercept and rounding add; the clamp and the choice of activation. ``out`` and
-    ``out_valid`` appear :meth:`latency` cycles after ``in_valid``; a group may enter in
-    every cycle.
+    which the intercept is looked up); the intercept and rounding add; the clamp and the
+    choice of activation. ``out`` and ``out_valid`` appear :meth:`latency` cycles after
+    ``in_valid``; a group may enter in every cycle.
     ``sat_events`` counts the saturations of both clamps on the lanes set in ``lane_mask``
     (the real output channels; the padded lanes of the last tile do not count), as
     :class:`slimnfu.fixed.SatCount` does, and includes a group's events from the cycle after
