@@ -155,21 +155,17 @@ class PermAddrGen(wiring.Component):
             return None if dry else value
 
         # The layer's constants, registered (they hold while a layer runs, and a step reaches
-        # the stages that use them ``>= 2`` cycles after it is issued): ``n`` once per output
-        # lane (its fan-out is every wrapping add of the lane), the mode's selects, and from
-        # ``hw`` the flag ``flat`` and ``hw_m2 = hw - 2``, for the tile-end flag's
+        # the stages that use them ``>= 2`` cycles after it is issued): ``n``, the mode's
+        # selects, and from ``hw`` the flag ``flat`` and ``hw_m2 = hw - 2``, for the tile-end flag's
         # ``p + 2 >= hw`` (a re-laid pass has ``hw >= 2``; the flag is not used otherwise).
         flat = None if dry else Signal(name="flat")
-        lane_n = [None] * tn
+        n = None if dry else Signal.like(ports.n, name="n_r")
         if not dry:
             hw_m2 = Signal.like(ports.hw, name="hw_m2")
             is_affine, is_index = Signal(name="is_affine"), Signal(name="is_index")
-            lane_n = [Signal.like(ports.n, name=f"n{j}") for j in range(tn)]
-            m.d.sync += [flat.eq(ports.hw > 1), hw_m2.eq(ports.hw - 2),
+            m.d.sync += [flat.eq(ports.hw > 1), hw_m2.eq(ports.hw - 2), n.eq(ports.n),
                          is_affine.eq(ports.mode == Perm.AFFINE),
                          is_index.eq(ports.mode == Perm.INDEX)]
-            m.d.sync += [nj.eq(ports.n) for nj in lane_n]
-        n = None
 
         def reduce(total):
             """``total mod n`` of ``total`` in ``[0, 2n)``: one subtraction, whose sign selects
@@ -209,7 +205,6 @@ class PermAddrGen(wiring.Component):
         # Ahead of the loop, per output lane: the constant multiples of the parameters.
         lanes = []
         for j in range(tn):
-            n = lane_n[j]
             field = {}
             for k, name in enumerate(PERM_FIELDS):
                 field[name] = _Val(sig(None if dry else Signal(ab, name=f"{name}{j}")), 0)
@@ -237,27 +232,21 @@ class PermAddrGen(wiring.Component):
                    for lane in lanes)
         assert loop >= 2
 
-        # The step's flags, one register per output lane a stage ahead of their use (fan-out):
-        # ``load`` (the step at ``loop - 1`` is the first of its output tile: load the start
-        # values) and ``adv`` (the step at ``loop`` is an affine step: advance).
+        # The step's flags, registers: ``load`` (the step at ``loop - 1`` is the first of its
+        # output tile: load the start values) and ``adv`` (the step at ``loop`` is an affine
+        # step: advance).
         if not dry:
             issued_first, issued_affine = Signal(name="issued_first"), Signal(name="issued_aff")
             m.d.comb += [issued_first.eq(ports.first & ports.step),
                          issued_affine.eq(ports.step & (ports.mode == Perm.AFFINE))]
-            first_ahead = pipe.at(_Val(issued_first, 0), loop - 2).sig
-            affine_ahead = pipe.at(_Val(issued_affine, 0), loop - 1).sig
-
-        def lane_flag(value, name):
-            flag = Signal(name=name)
-            m.d.sync += flag.eq(value)
-            return flag
+            load = pipe.at(_Val(issued_first, 0), loop - 1).sig
+            adv = pipe.at(_Val(issued_affine, 0), loop).sig
 
         if not dry:
             # The pixel counter, with the flag "this step ends its channel tile" kept one step
             # ahead in a register (``end_reg``): both loaded with the start values (p = 0; the
             # first of an output tile ends its tile iff ``hw <= 1``), so no compare and no
             # select is in front of the loop's adds; a step ends its tile iff ``p + 1 >= hw``.
-            load, adv = lane_flag(first_ahead, "load_p"), lane_flag(affine_ahead, "adv_p")
             p = Signal.like(ports.hw, name="pixel_reg")
             tile_end = Signal(name="tile_end_reg")
             end_next = Signal(name="tile_end_next")
@@ -269,13 +258,10 @@ class PermAddrGen(wiring.Component):
         addrs = []
         final = loop + ti - 1
         for j, lane in enumerate(lanes):
-            n = lane_n[j]
             v = {k: pipe.at(x, loop - (k in loaded)) for k, x in lane.items()}
             if dry:
                 x0, d0 = _Val(None, loop), _Val(None, loop)
             else:
-                load = lane_flag(first_ahead, f"load{j}")
-                adv = lane_flag(affine_ahead, f"adv{j}")
                 regs = {k: Signal(ab, name=f"{k}_reg{j}") for k in ("x", "d", "q", "inc")}
                 # x's increment is registered one step ahead too: the next step's ``q`` (or,
                 # in a re-laid pass, ``jump`` or ``e`` by the next step's tile-end flag).
