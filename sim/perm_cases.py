@@ -116,13 +116,15 @@ def perm_cases(cfg, seed=1, images=None):
                                     variant, cfg, seed * 1000 + 601 + 4 * k))
         cases.append(make_perm_case(f"perm_{variant}_aligned", 2 * ti, 2 * tn, variant, cfg,
                                     seed * 1000 + 602 + 4 * k))
-    # G groups filling perm.depth, rows of one output tile in different groups; quadratic
-    # permutations on n_in = 24 or 18 (nonzero second differences) when they fit.
+    # G groups filling perm.depth (at most one per row), rows of one output tile in different
+    # groups; quadratic permutations on n_in = 24 or 18 (nonzero second differences) when
+    # they fit.
     n = 24 if cfg.perm.depth >= 48 else 18
     if cfg.perm.depth >= 2 * n:
-        cases.append(make_perm_case("perm_affine_groups_quadratic", n,
-                                    3 * tn + 1, "affine", cfg, seed * 1000 + 612, act="relu",
-                                    images=images, groups=cfg.perm.depth // n,
+        rows = 3 * tn + 1
+        cases.append(make_perm_case("perm_affine_groups_quadratic", n, rows, "affine", cfg,
+                                    seed * 1000 + 612, act="relu", images=images,
+                                    groups=min(rows, cfg.perm.depth // n),
                                     family="quadratic"))
     g = min(3 * tn - 1, max(1, cfg.perm.depth // (top - 1)))
     cases.append(make_perm_case("perm_affine_groups_ragged", top - 1, 3 * tn - 1, "affine", cfg,
