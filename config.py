@@ -157,6 +157,11 @@ class AccelConfig:
         Words of NBout; each word holds ``tn`` activations of one pixel.
     bias_depth : int
         Words of the bias memory; each word holds ``tn`` biases (one output tile).
+    product_stages : int
+        Fabric register stages (0 to 2) between the multipliers' output registers and NFU-2's
+        adder trees: each gives the route from the DSP blocks to the trees a cycle of its own
+        (:class:`slimnfu.rtl.nfu1.NFU1`), one cycle more of latency per pass. ``small``'s 72
+        multipliers fill the DSP rows of an LFE5U-45F, so that route crosses the die.
     ikr : IkrParams or None
         The IKR pattern-index decoder (:mod:`slimnfu.rtl.ikr_unit`). None (the default): the
         engine is exactly the dense engine; on, conv passes with ``PassDesc.ikr_n > 0`` take
@@ -185,6 +190,7 @@ class AccelConfig:
     sb_depth: int = 1024
     nbout_depth: int = 1024
     bias_depth: int = 64
+    product_stages: int = 0
     ikr: IkrParams = None
     perm: PermParams = None
     kgate: KgateParams = None
@@ -202,6 +208,7 @@ class AccelConfig:
         for name in ("nbin_depth", "sb_depth", "nbout_depth", "bias_depth"):
             _check_int(name, getattr(self, name), 2, 1 << 20)
         _check_int("acc", self.acc, 1, 64)
+        _check_int("product_stages", self.product_stages, 0, 2)
         if self.acc < self.min_acc:
             raise ValueError(
                 f"acc must be >= {self.min_acc} for dw={self.dw}, ti={self.ti} (one adder-tree "
@@ -364,7 +371,7 @@ CONFIGS = {
     "tiny": AccelConfig("tiny", tn=4, ti=4, dw=16, acc=48, nbin_depth=2048, sb_depth=1024,
                         nbout_depth=4096, bias_depth=128),
     "small": AccelConfig("small", tn=8, ti=8, dw=16, acc=48, nbin_depth=1024, sb_depth=1024,
-                         nbout_depth=2048, bias_depth=64),
+                         nbout_depth=2048, bias_depth=64, product_stages=1),
     "diannao": AccelConfig("diannao", tn=16, ti=16, dw=16, acc=48, nbin_depth=2048,
                            sb_depth=2048, nbout_depth=2048, bias_depth=32),
 }

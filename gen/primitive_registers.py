@@ -15,7 +15,11 @@ nextpnr reads it:
 - a DP16KD read port (``DATA_WIDTH`` up to 18) whose every used data output drives exactly
   one ``TRELLIS_FF`` and nothing else, all on the port's clock with no set/reset and one
   common clock enable, gets ``REGMODE = "OUTREG"`` with that enable on ``OCE``; its outputs
-  drive the flip-flops' nets and the flip-flops are removed;
+  drive the flip-flops' nets and the flip-flops are removed. A 36-bit DP16KD (Yosys's map of
+  a pseudo-dual-port PDPW16KD: port A writes, port B reads, the word on ``DOA`` and ``DOB``,
+  all in ``CLKB``'s domain, as nextpnr times it) is one read port: both halves get
+  ``OUTREG`` and the enable on both ``OCE`` pins, so that each half's output register is on
+  whichever of the two settings the silicon reads for it;
 - a MULT18X18D whose ``A`` and ``B`` inputs all come from such flip-flops (or are constant
   0), each fed straight from a register (a flip-flop, block RAM or multiplier output: logic
   in front would land in the route to the multiplier), gets its input registers, fed from
@@ -138,18 +142,24 @@ class _Netlist:
 def _absorb_dp16kd(net, name, counts):
     cell = net.cells[name]
     params, conn = cell["parameters"], cell["connections"]
-    for side in "AB":
-        width = _param_int(params.get(f"DATA_WIDTH_{side}", "0"))
-        if width not in _DP_WIDTHS or params.get(f"REGMODE_{side}", "NOREG") != "NOREG":
+    widths = {side: _param_int(params.get(f"DATA_WIDTH_{side}", "0")) for side in "AB"}
+    if widths["A"] == widths["B"] == 36:
+        # pseudo dual port (Yosys's PDPW16KD map): port B reads, its 36 bits on DOA and DOB
+        reads = [("AB", "B")]
+    else:
+        reads = [(side, side) for side in "AB" if widths[side] in _DP_WIDTHS]
+    for sides, clock in reads:
+        if any(params.get(f"REGMODE_{side}", "NOREG") != "NOREG" for side in sides):
             continue
-        outs = [(p, conn[p][0]) for p in conn if p.startswith(f"DO{side}")]
+        outs = [(p, conn[p][0]) for side in sides for p in conn if p.startswith(f"DO{side}")]
         used = [(p, bit) for p, bit in outs if isinstance(bit, int) and net.loads.get(bit)]
         found = net.sole_ff_loads([bit for _, bit in used])
-        if found is None or found[1] != conn.get(f"CLK{side}", ["x"])[0]:
+        if found is None or found[1] != conn.get(f"CLK{clock}", ["x"])[0]:
             continue
         ffs, _, ce = found
-        params[f"REGMODE_{side}"] = "OUTREG"
-        conn[f"OCE{side}"] = [ce]
+        for side in sides:
+            params[f"REGMODE_{side}"] = "OUTREG"
+            conn[f"OCE{side}"] = [ce]
         for (port, bit), ff in zip(used, ffs):
             net.replace_ff(ff, name, port, bit)
         counts["dp16kd_outreg"] += 1

@@ -362,10 +362,14 @@ class LayerEngine(wiring.Component):
             m.d.sync += [self.cycles.eq(1), self.steps.eq(0), self.mults.eq(0)]
         with m.Elif(busy):
             m.d.sync += self.cycles.eq(self.cycles + 1)
-        with m.If(st.valid):
+        # a step is counted a cycle after it is issued (the last long before ``done``), so
+        # that the counters' adds start from registers
+        counted, counted_mac = Signal(), Signal()
+        m.d.sync += [counted.eq(st.valid), counted_mac.eq(st.valid & is_mac)]
+        with m.If(counted):
             m.d.sync += self.steps.eq(self.steps + 1)
-            with m.If(is_mac):
-                m.d.sync += self.mults.eq(self.mults + tn * ti)
+        with m.If(counted_mac):
+            m.d.sync += self.mults.eq(self.mults + tn * ti)
         m.d.comb += self.sat_events.eq(nfu3.sat_events)
         return m
 

@@ -4,7 +4,7 @@ from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from slimnfu.rtl._params import check_config
+from slimnfu.rtl._params import check_config, delay
 
 __all__ = ["NFU1"]
 
@@ -14,13 +14,14 @@ class NFU1(wiring.Component):
 
     Product ``j*ti + i`` is ``neurons[i] * synapses[j*ti + i]``: output lane ``j`` multiplies
     the same ``ti`` input neurons by its own ``ti`` synapses, which is the SB word layout of
-    :mod:`slimnfu.formats.layout`. Products are exact (``2*dw`` bits). Two register stages:
-    the operands are registered in the cycle they are on the inputs (the multiplier's input
-    registers) and the products one cycle later (its output registers), so a product appears
-    :meth:`latency` = 2 cycles after its operands and each multiplier (one MULT18X18D on ECP5
-    for ``dw <= 18``) sits between two registers. When ``en`` is low the operand registers,
-    and one cycle later the product registers, hold their value (operand isolation for
-    pooling steps, which do not multiply).
+    :mod:`slimnfu.formats.layout`. Products are exact (``2*dw`` bits). The operands are
+    registered in the cycle they are on the inputs (the multiplier's input registers) and the
+    products one cycle later (its output registers), so each multiplier (one MULT18X18D on
+    ECP5 for ``dw <= 18``) sits between two registers; ``cfg.product_stages`` fabric
+    registers follow, so that the route from a DSP block to the adder trees has a cycle of its
+    own. A product appears :meth:`latency` cycles after its operands. When ``en`` is low the
+    operand registers, and one cycle later the product registers, hold their value (operand
+    isolation for pooling steps, which do not multiply).
 
     Parameters
     ----------
@@ -37,13 +38,14 @@ class NFU1(wiring.Component):
     products : Out(ArrayLayout(signed(2*dw), tn*ti)), registered
     """
 
-    #: Register stages from the operands to the products: operand and product registers.
+    #: Register stages around each multiplier: operand and product registers.
     STAGES = 2
 
     @classmethod
     def latency(cls, cfg):
-        """Cycles from operands on the inputs to their products on ``products`` (2)."""
-        return cls.STAGES
+        """Cycles from operands on the inputs to their products on ``products``:
+        :attr:`STAGES` plus ``cfg.product_stages``."""
+        return cls.STAGES + cfg.product_stages
 
     def __init__(self, cfg):
         self.cfg = check_config(self, cfg)
@@ -76,5 +78,6 @@ class NFU1(wiring.Component):
                     m.d.sync += [a.eq(neuron), b.eq(self.synapses[lane])]
                 with m.If(en1):
                     m.d.sync += product.eq(a * b)
-                m.d.comb += self.products[lane].eq(product)
+                m.d.comb += self.products[lane].eq(
+                    delay(m, product, cfg.product_stages, f"p{lane}_s", reset_less=True))
         return m

@@ -117,7 +117,8 @@ class NFU3(wiring.Component):
 
         total = self.latency(cfg)
         valid = delayed(self.in_valid, total, "valid")
-        mask = delayed(self.lane_mask, total, "mask")
+        # the lane mask a stage before ``out``: the saturations are counted there
+        mask = delayed(self.lane_mask, total - 1, "mask")
         m.d.comb += self.out_valid.eq(valid)
         # The descriptor fields are constant while a layer runs: one register each, off the
         # critical paths.
@@ -187,12 +188,13 @@ class NFU3(wiring.Component):
                     m.d.sync += self.out[j].eq(pwl_out)
                 with m.Default():
                     m.d.sync += self.out[j].eq(y5)
-            sat1_all.append(delayed(sat1, self.ACT_STAGES, f"sat1_{j}"))
-            sat2_all.append(reg((act == Act.PWL) & sat2_value, f"sat2_{j}"))
+            sat1_all.append(delayed(sat1, self.ACT_STAGES - 1, f"sat1_{j}"))
+            sat2_all.append((act == Act.PWL) & sat2_value)
 
-        # A group's saturations are counted in the cycle its outputs are on ``out``.
-        events = _popcount(sat1_all[j] & mask[j] for j in range(tn)) + \
-            _popcount(sat2_all[j] & mask[j] for j in range(tn))
+        # A group's saturations are counted a stage before its outputs are on ``out`` and
+        # added in the cycle they are: the popcount and the counter's add in separate stages.
+        events = reg(_popcount(sat1_all[j] & mask[j] for j in range(tn))
+                     + _popcount(sat2_all[j] & mask[j] for j in range(tn)), "sat_step")
         with m.If(self.clear):
             m.d.sync += self.sat_events.eq(0)
         with m.Elif(valid):

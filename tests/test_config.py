@@ -18,6 +18,7 @@ def test_named_configs():
     (dict(tn=4.0, ti=4), TypeError, "tn must be an integer"),
     (dict(tn=4, ti=8), ValueError, "tn must equal ti"),
     (dict(tn=4, ti=4, sb_depth=1), ValueError, "sb_depth must be in"),
+    (dict(tn=4, ti=4, product_stages=3), ValueError, r"product_stages must be in \[0, 2\], not 3"),
     (dict(tn=4, ti=4, ikr=1.0), TypeError, r"ikr must be a bool \(or the integer 0/1\), not 1.0"),
     (dict(tn=4, ti=4, kgate=0.0), TypeError, "kgate must be a bool .* not 0.0"),
     (dict(tn=4, ti=4, perm="yes"), TypeError, "perm must be a bool .* not 'yes'"),

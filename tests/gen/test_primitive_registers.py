@@ -59,6 +59,31 @@ class BufferedMac(wiring.Component):
         return m
 
 
+class WideBuffer(wiring.Component):
+    """A 36-bit block RAM read and its output register: the engine's bias memory ->
+    ``bias_d1`` path (Yosys maps a 36-bit word as a pseudo-dual-port DP16KD)."""
+
+    we: In(1)
+    waddr: In(6)
+    wdata: In(36)
+    re: In(1)
+    raddr: In(6)
+    oce: In(1)
+    q: Out(36)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.mem = mem = memory.Memory(shape=unsigned(36), depth=64, init=[])
+        wr, rd = mem.write_port(), mem.read_port()
+        m.d.comb += [wr.en.eq(self.we), wr.addr.eq(self.waddr), wr.data.eq(self.wdata),
+                     rd.en.eq(self.re), rd.addr.eq(self.raddr)]
+        q = Signal(36, reset_less=True)
+        with m.If(self.oce):
+            m.d.sync += q.eq(rd.data)
+        m.d.comb += self.q.eq(q)
+        return m
+
+
 def _ports(prefix, n):
     return ", ".join(f"{prefix}{i}" for i in range(n))
 
@@ -68,8 +93,10 @@ def _bus(prefix, n):
 
 
 def primitive_models():
-    """Verilog models of DP16KD (18-bit ports, as Yosys maps this memory) and MULT18X18D
-    (clock 0 only) with their optional registers, for the simulation."""
+    """Verilog models of DP16KD (18-bit ports, or 36-bit pseudo dual port as Yosys maps
+    PDPW16KD: port A writes ``{DIB, DIA}`` with byte enables on ``ADA0-3``, port B reads
+    ``{DOB, DOA}``, both halves' output registers on ``CLKB``) and MULT18X18D (clock 0 only)
+    with their optional registers, for the simulation."""
     initvals = "".join(f"  parameter INITVAL_{i:02X} = 320'h0;\n" for i in range(64))
     dp_ports = ", ".join(f"{s}{i}" for side in "AB" for s, i in
                          [(f"AD{side}", k) for k in range(14)] + [(f"DI{side}", k)
@@ -90,7 +117,9 @@ def primitive_models():
     if (CE{side} & ~WE{side}) latch{side} <= mem[addr{side}];
     if (OCE{side}) oreg{side} <= latch{side};
   end
-  assign {_bus(f"DO{side}", 18)} = REGMODE_{side} == "OUTREG" ? oreg{side} : latch{side};
+  assign {_bus(f"DO{side}", 18)} = pdp ? (REGMODE_{side} == "OUTREG" ? pdp_oreg{side}
+                                                                   : pdp_latch{side})
+                                       : REGMODE_{side} == "OUTREG" ? oreg{side} : latch{side};
 """
     return f"""
 module DP16KD(input {dp_ports},
@@ -106,10 +135,30 @@ module DP16KD(input {dp_ports},
 {initvals}
   reg [17:0] mem [0:1023];
   integer i;
+  reg [35:0] mem36 [0:511];
+  wire pdp = DATA_WIDTH_A == 36;
+  wire [8:0] waddr36 = {{ADA13, ADA12, ADA11, ADA10, ADA9, ADA8, ADA7, ADA6, ADA5}};
+  wire [8:0] raddr36 = {{ADB13, ADB12, ADB11, ADB10, ADB9, ADB8, ADB7, ADB6, ADB5}};
+  wire [35:0] di36 = {{{_bus("DIB", 18)}, {_bus("DIA", 18)}}};
+  wire [3:0] be36 = {{ADA3, ADA2, ADA1, ADA0}};
+  reg [35:0] latch36 = 0;
+  reg [17:0] pdp_oregA = 0, pdp_oregB = 0;
+  wire [17:0] pdp_latchA = latch36[17:0], pdp_latchB = latch36[35:18];
+  integer k;
+  always @(posedge CLKA)
+    if (pdp & CEA & WEA)
+      for (k = 0; k < 4; k = k + 1)
+        if (be36[k]) mem36[waddr36][9 * k +: 9] <= di36[9 * k +: 9];
+  always @(posedge CLKB) begin
+    if (pdp & CEB) latch36 <= mem36[raddr36];
+    if (OCEA) pdp_oregA <= latch36[17:0];
+    if (OCEB) pdp_oregB <= latch36[35:18];
+  end
   initial begin
     for (i = 0; i < 1024; i = i + 1) mem[i] = 0;
-    if (DATA_WIDTH_A != 18 || DATA_WIDTH_B != 18) begin
-      $display("MODEL: only 18-bit ports"); $finish;
+    for (i = 0; i < 512; i = i + 1) mem36[i] = 0;
+    if (!(DATA_WIDTH_A == 18 && DATA_WIDTH_B == 18) && !(DATA_WIDTH_A == 36 && DATA_WIDTH_B == 36)) begin
+      $display("MODEL: only 18-bit ports or 36-bit pseudo dual port"); $finish;
     end
   end
 {side_logic}
@@ -240,6 +289,59 @@ def test_netlist_after_the_rewrite_runs_like_the_rtl(synthesised):
                          check=True).stdout
     assert "DONE bad=0" in out, out
     assert int(out.split("nonzero=")[1].split()[0]) > 1000, out
+
+
+WIDE_TESTBENCH = """
+module tb;
+  reg clk = 0, rst = 0, we, re, oce;
+  reg [5:0] waddr, raddr;
+  reg [35:0] wdata;
+  wire [35:0] q_rtl, q_net;
+  rtl r(.clk(clk), .rst(rst), .we(we), .waddr(waddr), .wdata(wdata), .re(re), .raddr(raddr),
+        .oce(oce), .q(q_rtl));
+  net n(.clk(clk), .rst(rst), .we(we), .waddr(waddr), .wdata(wdata), .re(re), .raddr(raddr),
+        .oce(oce), .q(q_net));
+  integer cycle, bad = 0, seen = 0;
+  initial begin
+    for (cycle = 0; cycle < 3000; cycle = cycle + 1) begin
+      we = $random; re = $random; oce = ($random & 3) != 0; waddr = $random & 15;
+      raddr = $random & 15; wdata = {$random, $random};
+      #5 clk = 1; #5 clk = 0;
+      if (^q_rtl !== 1'bx && q_rtl !== q_net) begin
+        bad = bad + 1;
+        if (bad < 5) $display("MISMATCH %0d q %h %h", cycle, q_rtl, q_net);
+      end
+      if (^q_rtl !== 1'bx && q_rtl[35:18] != 0 && q_rtl[17:0] != 0) seen = seen + 1;
+    end
+    $display("DONE bad=%0d nonzero=%0d", bad, seen);
+    $finish;
+  end
+endmodule
+"""
+
+
+@pytest.mark.skipif(shutil.which("iverilog") is None, reason="needs Icarus Verilog")
+def test_36_bit_read_register_absorbed_and_runs_like_the_rtl(tmp_path):
+    """A 36-bit block RAM (pseudo dual port) gets the output registers of both halves of its
+    word, and the netlist after the rewrite runs like the RTL."""
+    vfile = atomic_write(tmp_path / "rtl.v", verilog_text(WideBuffer(), "rtl"))
+    figures = synth.synth_ecp5(vfile, "rtl", tmp_path)
+    assert figures["absorbed"]["dp16kd_outreg"] == 1 and figures["absorbed"]["ffs"] == 36
+    cells = json.loads((tmp_path / "ecp5.json").read_text())["modules"]["rtl"]["cells"]
+    (dp,) = [c for c in cells.values() if c["type"] == "DP16KD"]
+    assert dp["parameters"]["DATA_WIDTH_B"] in ("100100", "00000000000000000000000000100100")
+    assert (dp["parameters"]["REGMODE_A"], dp["parameters"]["REGMODE_B"]) == ("OUTREG",) * 2
+    assert dp["connections"]["OCEA"] == dp["connections"]["OCEB"] != ["1"]
+    _netlist_verilog(tmp_path, "ecp5.json", "net.v")
+    (tmp_path / "models.v").write_text(primitive_models())
+    (tmp_path / "tb.v").write_text(WIDE_TESTBENCH)
+    (tmp_path / "fabric.v").write_text(fabric_models(tmp_path / "ecp5.json"))
+    subprocess.run(["iverilog", "-g2012", "-o", "sim", "tb.v", "rtl.v", "net.v", "models.v",
+                    "fabric.v"], cwd=tmp_path, check=True)
+    out = subprocess.run(["vvp", "-n", "sim"], cwd=tmp_path, capture_output=True, text=True,
+                         check=True).stdout
+    assert "DONE bad=0" in out, out
+    assert int(out.split("nonzero=")[1].split()[0]) > 500, out
 
 
 def test_registers_with_a_reset_stay_in_the_fabric():

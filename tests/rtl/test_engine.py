@@ -78,7 +78,13 @@ def test_tiny_layers_bit_exact():
     assert sum(c["sat_events"] for _, c in results) > 0  # the rails do saturate somewhere
 
 
-def test_2x2_layers_bit_exact():
+@pytest.mark.parametrize("product_stages", [0, 2])
+def test_2x2_layers_bit_exact(product_stages):
+    """Every layer kind, bit-exact with exact cycles and counters, also with fabric registers
+    after the multipliers (the latency grows by ``product_stages``)."""
+    cfg = T2.with_(product_stages=product_stages)
+    assert LayerEngine.latency(cfg, LayerDesc("fc", 5, 3)) == \
+        LayerEngine.latency(T2, LayerDesc("fc", 5, 3)) + product_stages
     layers = [
         LayerDesc("conv", 3, 3, 4, 5, k=3, stride=1, pad=1, shift=16, act="relu"),
         LayerDesc("conv", 3, 5, 5, 5, k=1, stride=2, shift=15),
@@ -87,7 +93,7 @@ def test_2x2_layers_bit_exact():
         LayerDesc("maxpool", 3, 3, 4, 4, k=2, stride=1, act="relu"),
         LayerDesc("avgpool", 3, 3, 4, 4, k=2, stride=2),
     ]
-    check_jobs(T2, layers)
+    check_jobs(cfg, layers)
 
 
 def test_single_layer_api_returns_counters_and_wall_time():
@@ -164,7 +170,7 @@ PINNED_PERM_STAGES = {"tiny": 9, "small": 15, "diannao": 26, "t2": 5, "t1": 3}
 
 PINNED_LATENCIES = {
     "tiny": (30, 2, 3, 9, 1, 2),
-    "small": (31, 2, 4, 9, 2, 2),
+    "small": (32, 3, 4, 9, 2, 2),
     "diannao": (31, 2, 4, 9, 2, 2),
     "t2": (30, 2, 3, 9, 1, 2),
     "t1": (28, 2, 1, 9, 0, 1),

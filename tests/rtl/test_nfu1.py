@@ -7,8 +7,9 @@ from slimnfu.rtl.nfu1 import NFU1
 from slimnfu.sim.amaranth_driver import simulate
 
 
-def test_products_exact_including_most_negative():
-    cfg = get_config("tiny")
+@pytest.mark.parametrize("product_stages", [0, 1, 2])
+def test_products_exact_including_most_negative(product_stages):
+    cfg = get_config("tiny").with_(product_stages=product_stages)
     dut = NFU1(cfg)
     rng = random.Random(1)
     lo, hi = cfg.qmin, cfg.qmax
@@ -20,7 +21,7 @@ def test_products_exact_including_most_negative():
                       [rng.randint(lo, hi) for _ in range(cfg.tn * cfg.ti)]))
 
     lat = NFU1.latency(cfg)
-    assert lat == 2
+    assert lat == 2 + product_stages
 
     async def bench(ctx):
         # back to back: the products of case n appear ``lat`` cycles after its operands
