@@ -117,8 +117,8 @@ class NFU3(wiring.Component):
 
         total = self.latency(cfg)
         valid = delayed(self.in_valid, total, "valid")
-        # the lane mask a stage before ``out``: the saturations are counted there
-        mask = delayed(self.lane_mask, total - 1, "mask")
+        # the lane mask two stages before ``out``: the saturations are flagged there
+        mask = delayed(self.lane_mask, total - 2, "mask")
         m.d.comb += self.out_valid.eq(valid)
         # The descriptor fields are constant while a layer runs: one register each, off the
         # critical paths.
@@ -178,9 +178,10 @@ class NFU3(wiring.Component):
             y3 = reg(y2, f"y{j}_3")
             product = reg(slope * y3, f"pwl_product{j}")
             icpt4, y4 = reg(icpts[seg3], f"icpt_r{j}_4"), reg(y3, f"y{j}_4")
-            line = reg((product + icpt4 + (1 << (p - 1))) >> p, f"line{j}")
+            line_value = (product + icpt4 + (1 << (p - 1))) >> p
+            line = reg(line_value, f"line{j}")
             y5 = reg(y4, f"y{j}_5")
-            pwl_out, sat2_value = saturate(line)
+            pwl_out = saturate(line)[0]
             with m.Switch(act):
                 with m.Case(Act.RELU):
                     m.d.sync += self.out[j].eq(Mux(y5 < 0, 0, y5))
@@ -188,13 +189,17 @@ class NFU3(wiring.Component):
                     m.d.sync += self.out[j].eq(pwl_out)
                 with m.Default():
                     m.d.sync += self.out[j].eq(y5)
-            sat1_all.append(delayed(sat1, self.ACT_STAGES - 1, f"sat1_{j}"))
-            sat2_all.append((act == Act.PWL) & sat2_value)
+            # a lane's saturations are flagged beside ``line``, the PWL clamp's from the sum
+            # that ``line`` registers
+            sat1_all.append(reg(delayed(sat1, self.ACT_STAGES - 2, f"sat1_{j}") & mask[j],
+                                f"sat1_{j}_flag"))
+            sat2_all.append(reg((act == Act.PWL) & saturate(line_value)[1] & mask[j],
+                                f"sat2_{j}_flag"))
 
-        # A group's saturations are counted a stage before its outputs are on ``out`` and
-        # added in the cycle they are: the popcount and the counter's add in separate stages.
-        events = reg(_popcount(sat1_all[j] & mask[j] for j in range(tn))
-                     + _popcount(sat2_all[j] & mask[j] for j in range(tn)), "sat_step")
+        # A group's saturations are counted in the cycle its outputs are on ``out`` (the
+        # popcount of the registered flags) and added a cycle later, so that the popcount and
+        # the counter's add have a cycle each.
+        events = reg(_popcount(sat1_all) + _popcount(sat2_all), "sat_step")
         with m.If(self.clear):
             m.d.sync += self.sat_events.eq(0)
         with m.Elif(valid):
