@@ -101,6 +101,13 @@ class LayerEngine(wiring.Component):
         return PermAddrGen.latency(cfg) if cfg.perm and as_pass(desc).uses_perm else 0
 
     @classmethod
+    def ikr_stages(cls, cfg, desc):
+        """For an IKR pass ``desc`` (``desc.ikr_n > 0``, which needs ``cfg.ikr``), the IKR
+        sequencer's output registers (:attr:`IkrUnit.OUTPUT_STAGES`): its steps reach the
+        step register that many cycles after their slot cycle; else 0."""
+        return IkrUnit.OUTPUT_STAGES if cfg.ikr and as_pass(desc).ikr_n else 0
+
+    @classmethod
     def operand_stage(cls, cfg, desc):
         """Cycles from ``T`` to the NFU-1 operand registers in pass ``desc``:
         :meth:`perm_stages` and the block RAM read stages."""
@@ -110,8 +117,8 @@ class LayerEngine(wiring.Component):
     def write_delay(cls, cfg, desc):
         """A step of pass ``desc`` issued in cycle ``S`` writes NBout in cycle
         ``S + write_delay(cfg, desc)``."""
-        return (cls.STEP_STAGES + cls.operand_stage(cfg, desc) + NFU1.latency(cfg)
-                + NFU2.latency(cfg) + NFU3.latency(cfg))
+        return (cls.ikr_stages(cfg, desc) + cls.STEP_STAGES + cls.operand_stage(cfg, desc)
+                + NFU1.latency(cfg) + NFU2.latency(cfg) + NFU3.latency(cfg))
 
     @classmethod
     def latency(cls, cfg, desc):
@@ -119,7 +126,7 @@ class LayerEngine(wiring.Component):
 
         ``done`` pulses one cycle after the last step's NBout write:
         ``FIRST_STEP + write_delay(cfg, desc)``. Only a pass that uses the permutation path
-        pays :meth:`perm_stages`.
+        pays :meth:`perm_stages`, only an IKR pass :meth:`ikr_stages`.
         """
         return cls.FIRST_STEP + cls.write_delay(cfg, desc)
 
@@ -239,9 +246,10 @@ class LayerEngine(wiring.Component):
         assert bias_read >= 0
         nb_addr_busy, nb_en_busy = rt.nbin_addr, rt.valid & ~rt.pad
         if cfg.ikr:
-            ikr_mode, ikr_addr, ikr_en = ikr_read
+            # an IKR layer's window row 0 reads every cycle (the unit's ports need no enable)
+            ikr_mode, ikr_addr = ikr_read
             nb_addr_busy = Mux(ikr_mode, ikr_addr, nb_addr_busy)
-            nb_en_busy = Mux(ikr_mode, ikr_en, nb_en_busy)
+            nb_en_busy = ikr_mode | nb_en_busy
         for port in nb_rds:
             m.d.comb += [port.addr.eq(Mux(busy, nb_addr_busy, self.rd_addr)),
                          port.en.eq(~busy | nb_en_busy)]
@@ -442,11 +450,12 @@ class LayerEngine(wiring.Component):
 
         Returns the steps the pipeline takes from then on (the IKR unit's while an IKR layer
         runs, the dense sequencer's (``seq``) otherwise: :func:`select_steps`) and the IKR
-        unit's per-multiplier operands, one cycle after their step, and ``(ikr_mode, address,
-        enable)`` of window row 0, which reads through the pipeline's ports ``nb_rds`` (an IKR
-        layer does not use them). Adds the write ports of the pattern table and the index
-        memory to ``loads``. Each other row read has a port on both neuron buffers (``bufs``);
-        ``cur_in`` picks, after the unit's registers.
+        unit's per-multiplier operands, one cycle after their step, and ``(ikr_mode, address)``
+        of window row 0, which reads through the pipeline's ports ``nb_rds`` (an IKR layer
+        does not use them). Adds the write ports of the pattern table and the index memory to
+        ``loads``. Each other row read has a port on both neuron buffers (``bufs``), always
+        enabled (the unit takes a read only when it is valid and zeroes padding); ``cur_in``
+        picks, after the unit's registers.
         """
         cfg = self.cfg
         m.submodules.ikr = ikr = IkrUnit(cfg)
@@ -461,10 +470,10 @@ class LayerEngine(wiring.Component):
                     port = nb_rds[b]
                 else:
                     port = buf.read_port()
-                    m.d.comb += [port.addr.eq(ikr.nbin_addr[r]), port.en.eq(ikr.nbin_en[r])]
+                    m.d.comb += port.addr.eq(ikr.nbin_addr[r])
                 m.d.comb += ikr.nbin_data[b][r].eq(port.data)
         m.d.comb += ikr.nbin_buf.eq(cur_in)
         ikr_mode = cur.ikr_n != 0
         m.d.comb += nfu1.lane_sel.eq(ikr_mode)
         return (select_steps(m, ikr_mode, seq.step, ikr.step), ikr.lane_neurons,
-                (ikr_mode, ikr.nbin_addr[0], ikr.nbin_en[0]))
+                (ikr_mode, ikr.nbin_addr[0]))
