@@ -201,8 +201,8 @@ class LayerEngine(wiring.Component):
         nb_rds = [buf.read_port() for buf in bufs]
         step = seq.step
         if cfg.ikr:
-            step, lane_neurons, ikr_read = self._ikr_path(m, cur, seq, starting, bufs, nb_rds,
-                                                          cur_in, nfu1, loads)
+            step, lane_neurons, ikr_read = self._ikr_path(m, cur, seq, starting, bufs, cur_in,
+                                                          nfu1, loads)
 
         def delayed(value, stages, name, reset_less=False):
             return delay(m, value, stages, f"{name}_d", reset_less)
@@ -247,7 +247,7 @@ class LayerEngine(wiring.Component):
         nb_addr_busy, nb_en_busy = rt.nbin_addr, rt.valid & ~rt.pad
         if cfg.ikr:
             # an IKR layer's window row 0 reads every cycle (the unit's ports need no enable)
-            ikr_mode, ikr_addr = ikr_read
+            ikr_mode, ikr_addr, ikr_unit = ikr_read
             nb_addr_busy = Mux(ikr_mode, ikr_addr, nb_addr_busy)
             nb_en_busy = ikr_mode | nb_en_busy
         for port in nb_rds:
@@ -287,6 +287,8 @@ class LayerEngine(wiring.Component):
         nbin_words = [delayed(port.data, self.READ_STAGES - 1, f"nb{b}_data", reset_less=True)
                       for b, port in enumerate(nb_rds)]
         nbin_word = Mux(cur_in, nbin_words[1], nbin_words[0])
+        if cfg.ikr:
+            m.d.comb += [ikr_unit.nbin_data[b][0].eq(word) for b, word in enumerate(nbin_words)]
         synapse_word = delayed(synapse_word, self.READ_STAGES - 1, "sb_data", reset_less=True)
         if cfg.perm:
             # the s banks' word after its own register too (the block RAMs' output registers),
@@ -445,14 +447,14 @@ class LayerEngine(wiring.Component):
         m.d.comb += keep.eq(Cat(*(~tail | (i < cur.perm_lanes) for i in range(cfg.ti))))
         return psb.data, keep
 
-    def _ikr_path(self, m, cur, seq, starting, bufs, nb_rds, cur_in, nfu1, loads):
+    def _ikr_path(self, m, cur, seq, starting, bufs, cur_in, nfu1, loads):
         """Method B: IKR conv layers (``desc.ikr_n != 0``) run on :class:`IkrUnit`.
 
         Returns the steps the pipeline takes from then on (the IKR unit's while an IKR layer
         runs, the dense sequencer's (``seq``) otherwise: :func:`select_steps`) and the IKR
-        unit's per-multiplier operands, one cycle after their step, and ``(ikr_mode, address)``
-        of window row 0, which reads through the pipeline's ports ``nb_rds`` (an IKR layer
-        does not use them). Adds the write ports of the pattern table and the index memory to
+        unit's per-multiplier operands, one cycle after their step, and ``(ikr_mode, address,
+        unit)`` of window row 0, which reads through the pipeline's ports ``nb_rds`` (an IKR
+        layer does not use them; the caller gives the unit their registered words). Adds the write ports of the pattern table and the index memory to
         ``loads``. Each other row read has a port on both neuron buffers (``bufs``), always
         enabled (the unit takes a read only when it is valid and zeroes padding); ``cur_in``
         picks, after the unit's registers.
@@ -464,16 +466,17 @@ class LayerEngine(wiring.Component):
         m.d.comb += [seq.run.start.eq(starting & ~is_ikr),
                      ikr.run.start.eq(starting & is_ikr), ikr.run.desc.eq(self.desc)]
         loads += [(LoadSel.IKR_INDEX, ikr.index, 0), (LoadSel.IKR_TABLE, ikr.table, 0)]
-        for r in range(cfg.ikr.kmax):
+        # The unit takes every row's words after a reset-less register (the block RAMs'
+        # output registers, gen.primitive_registers); row 0's is the pipeline's own.
+        assert IkrUnit.READ_STAGES == self.READ_STAGES
+        for r in range(1, cfg.ikr.kmax):
             for b, buf in enumerate(bufs):
-                if r == 0:
-                    port = nb_rds[b]
-                else:
-                    port = buf.read_port()
-                    m.d.comb += port.addr.eq(ikr.nbin_addr[r])
-                m.d.comb += ikr.nbin_data[b][r].eq(port.data)
+                port = buf.read_port()
+                m.d.comb += [port.addr.eq(ikr.nbin_addr[r]),
+                             ikr.nbin_data[b][r].eq(delay(m, port.data, self.READ_STAGES - 1,
+                                                          f"ikr_nb{b}_{r}_data", True))]
         m.d.comb += ikr.nbin_buf.eq(cur_in)
         ikr_mode = cur.ikr_n != 0
         m.d.comb += nfu1.lane_sel.eq(ikr_mode)
         return (select_steps(m, ikr_mode, seq.step, ikr.step), ikr.lane_neurons,
-                (ikr_mode, ikr.nbin_addr[0]))
+                (ikr_mode, ikr.nbin_addr[0], ikr))

@@ -7,6 +7,7 @@ from amaranth.lib.wiring import In, Out
 from slimnfu.contract import bits_for
 from slimnfu.rtl._params import check_config, delay
 from slimnfu.rtl.loop_nest import LoopNest, tile_counter
+from slimnfu.rtl.pattern_decoder import PatternDecoder
 from slimnfu.rtl.signatures import RunSignature, StepSignature, WindowSignature
 
 __all__ = ["IkrSequencer"]
@@ -29,7 +30,7 @@ class IkrSequencer(wiring.Component):
       every output pixel but the first of its row: the window then slides from the same
       tile's window of the previous pixel, and only its last ``cols = min(stride, k)``
       columns are new. A layer with more input tiles fills bank 0 with all ``k`` columns of
-      every window. The data arrive one cycle later, at
+      every window. The data arrive :attr:`PatternDecoder.READ_STAGES` cycles later, at
       :class:`slimnfu.rtl.pattern_decoder.PatternDecoder`, whose bank shifts one column left
       per arrival; column ``k - 1``, read in the slot's last cycle, arrives with the next
       slot's ``swap``;
@@ -47,11 +48,14 @@ class IkrSequencer(wiring.Component):
     sequencer. The descriptor's ``koff``, ``nbout_base`` and ``lane_skip`` (``cfg.kgate``) do
     not apply to IKR layers.
 
-    Timing: every output (steps, window controls, ``fill_addr``) comes from a register,
-    :attr:`OUTPUT_STAGES` cycles after the slot cycle it belongs to, so the pass's steps
-    reach the engine that much later than the dense sequencer's
-    (:meth:`slimnfu.rtl.engine.LayerEngine.ikr_stages`); fill and compute keep their
-    relative timing. The slot's counters are registers (``slot`` up, ``rem`` down to the
+    Timing: every output comes from a register. The fill (``fill_addr``, ``window.fill_*``)
+    comes :attr:`FILL_STAGES` cycles after the slot cycle it belongs to, the steps and
+    ``window.swap`` :attr:`OUTPUT_STAGES` cycles after it (one more than the fill's since the
+    fill read's words reach the decoder two cycles after the read, block RAM and output
+    register), ``window.step`` and ``window.idx_addr`` :attr:`PatternDecoder.LOOKAHEAD`
+    cycles before the steps; so the pass's steps reach the engine :attr:`OUTPUT_STAGES`
+    cycles later than the dense sequencer's
+    (:meth:`slimnfu.rtl.engine.LayerEngine.ikr_stages`). The slot's counters are registers (``slot`` up, ``rem`` down to the
     slot's last cycle, the fill column ``col``), the next slot's kind (whole window or
     slide) is known from a count of the row's output pixels when the loop nest moves on,
     and the fill address takes two stages: the window rows' first words
@@ -73,11 +77,15 @@ class IkrSequencer(wiring.Component):
     """
 
     SETUP_CYCLES = LoopNest.SETUP_CYCLES
-    #: Register stages between the loop nest's position and every output: the fill address
-    #: is formed in two (the window origin and column, then their sum and the padding
-    #: compares), and the steps and window controls wait as long, so that nothing but a
-    #: register drives the block RAMs' address pins.
-    OUTPUT_STAGES = 2
+    #: Register stages between the loop nest's position and the fill outputs (``fill_addr``,
+    #: ``window.fill_*``): the window origin and column, then their sum and the padding
+    #: compares, so that nothing but a register drives the block RAMs' address pins.
+    FILL_STAGES = 2
+    #: Register stages between the loop nest's position and the steps and ``window.swap``:
+    #: the fill's, and the read's words arrive at the decoder
+    #: :attr:`PatternDecoder.READ_STAGES` cycles after their address, one more than the
+    #: sequencer's one-cycle read assumed.
+    OUTPUT_STAGES = FILL_STAGES + PatternDecoder.READ_STAGES - 1
 
     def __init__(self, cfg):
         self.cfg = check_config(self, cfg, needs="ikr")
@@ -158,13 +166,18 @@ class IkrSequencer(wiring.Component):
             controls.swap.eq(running & (slot == 0)),
             controls.tap_offset.eq(kmax - d.k),
         ]
-        for iface, members in ((issued, step), (controls, win)):
-            for name in iface.signature.members:
-                if name not in ("fill_valid", "fill_bank", "fill_pad"):
-                    m.d.comb += getattr(members, name).eq(
-                        delay(m, getattr(iface, name), self.OUTPUT_STAGES, f"{name}_d"))
+        # The decoder reads its memories (step, idx_addr) LOOKAHEAD cycles before the step.
+        later = {"step": self.OUTPUT_STAGES - PatternDecoder.LOOKAHEAD,
+                 "idx_addr": self.OUTPUT_STAGES - PatternDecoder.LOOKAHEAD,
+                 "swap": self.OUTPUT_STAGES, "tap_offset": self.OUTPUT_STAGES}
+        for name in issued.signature.members:
+            m.d.comb += getattr(step, name).eq(
+                delay(m, getattr(issued, name), self.OUTPUT_STAGES, f"{name}_d"))
+        for name, stages in later.items():
+            m.d.comb += getattr(win, name).eq(
+                delay(m, getattr(controls, name), stages, f"win_{name}_d"))
 
-        # The fill, in OUTPUT_STAGES = 2 register stages from the loop nest's position.
+        # The fill, in FILL_STAGES = 2 register stages from the loop nest's position.
         # Stage 1: the column's input x, the window rows' first words and row padding.
         # Stage 2: the NBin words and the column padding. The per-layer terms ``w_in*r`` and
         # ``h_in - r`` are registers, settled in the setup.

@@ -36,8 +36,9 @@ class IkrUnit(wiring.Component):
 
     The engine starts this unit (``run``) instead of the dense sequencer when
     ``desc.ikr_n != 0`` and takes its ``step`` while such a layer runs, gives it ``ikr_kmax``
-    extra NBin read ports (``nbin_addr[r]`` -> ``nbin_data[r]`` one cycle later; always enabled:
-    the decoder takes a read only with ``fill_valid`` and zeroes padding) and feeds NFU-1 with ``lane_neurons`` (one operand per multiplier) instead of the shared
+    extra NBin read ports (``nbin_addr[r]`` -> ``nbin_data[r]`` :attr:`READ_STAGES` cycles later,
+    after the block RAMs' output registers; always enabled: the decoder takes a read only
+    with ``fill_valid`` and zeroes padding) and feeds NFU-1 with ``lane_neurons`` (one operand per multiplier) instead of the shared
     ``ti`` neurons. ``table`` and ``index`` write the pattern table and the index memory
     (layouts in :class:`PatternDecoder`).
 
@@ -62,8 +63,11 @@ class IkrUnit(wiring.Component):
     lane_neurons : Out(ArrayLayout(unsigned(dw), tn*ti))
     """
 
-    #: The sequencer's register stages in front of every output (steps and fill reads).
+    #: The sequencer's register stages in front of the steps.
     OUTPUT_STAGES = IkrSequencer.OUTPUT_STAGES
+    #: ``nbin_data`` arrives this many cycles after ``nbin_addr``: the block RAM read and its
+    #: output register, which the engine provides.
+    READ_STAGES = PatternDecoder.READ_STAGES
 
     def __init__(self, cfg):
         self.cfg = check_config(self, cfg, needs="ikr")
