@@ -58,7 +58,9 @@ class LayerEngine(wiring.Component):
     every step of a pass has left the pipeline before the next ``start``), so a permuted pass
     never sees one either. The index-ROM read (``T + perm_stages - 2``), the ``s`` banks'
     enable and the generator are used by permuted passes only; the kernel gate and the IKR
-    unit's operands (conv passes, never permuted) count from ``R``.
+    unit's operands (conv passes, never permuted) count from ``R``. An IKR pass's steps come
+    from the IKR unit's registers, :meth:`ikr_stages` cycles after the slot cycle its
+    sequencer counts them from, so only an IKR pass pays those.
 
     Handshake: ``start`` (while idle) latches ``desc``; ``busy`` is high from the next cycle
     and falls in the cycle ``done`` pulses, one cycle after the last NBout write. In that cycle
