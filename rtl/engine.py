@@ -456,10 +456,11 @@ class LayerEngine(wiring.Component):
         runs, the dense sequencer's (``seq``) otherwise: :func:`select_steps`) and the IKR
         unit's per-multiplier operands, one cycle after their step, and ``(ikr_mode, address,
         unit)`` of window row 0, which reads through the pipeline's ports ``nb_rds`` (an IKR
-        layer does not use them; the caller gives the unit their registered words). Adds the write ports of the pattern table and the index memory to
-        ``loads``. Each other row read has a port on both neuron buffers (``bufs``), always
-        enabled (the unit takes a read only when it is valid and zeroes padding); ``cur_in``
-        picks, after the unit's registers.
+        layer does not use them; the caller gives the unit their registered words). Adds the
+        write ports of the pattern table and the index memory to ``loads``. Each other row
+        read has a port on both neuron buffers (``bufs``), always enabled (the unit takes a
+        read only when it is valid and zeroes padding), and a reset-less register after it;
+        ``cur_in`` picks, after the unit's registers.
         """
         cfg = self.cfg
         m.submodules.ikr = ikr = IkrUnit(cfg)

@@ -55,12 +55,12 @@ class IkrSequencer(wiring.Component):
     register), ``window.step`` and ``window.idx_addr`` :attr:`PatternDecoder.LOOKAHEAD`
     cycles before the steps; so the pass's steps reach the engine :attr:`OUTPUT_STAGES`
     cycles later than the dense sequencer's
-    (:meth:`slimnfu.rtl.engine.LayerEngine.ikr_stages`). The slot's counters are registers (``slot`` up, ``rem`` down to the
-    slot's last cycle, the fill column ``col``), the next slot's kind (whole window or
-    slide) is known from a count of the row's output pixels when the loop nest moves on,
-    and the fill address takes two stages: the window rows' first words
-    (``tbase + row + w_in*r``), the column's input x and the row padding, then their sum
-    and the column padding.
+    (:meth:`slimnfu.rtl.engine.LayerEngine.ikr_stages`). The slot's counters are registers
+    (``slot`` up, ``rem`` down to the slot's last cycle, the fill column ``col``), the next
+    slot's kind (whole window or slide) is known from a count of the row's output pixels
+    when the loop nest moves on, and the fill address takes two stages: the window rows'
+    first words (``tbase + row + w_in*r``), the column's input x and the row padding, then
+    their sum and the column padding.
 
     Parameters
     ----------
