@@ -479,7 +479,10 @@ class LayerEngine(wiring.Component):
                              ikr.nbin_data[b][r].eq(delay(m, port.data, self.READ_STAGES - 1,
                                                           f"ikr_nb{b}_{r}_data", True))]
         m.d.comb += ikr.nbin_buf.eq(cur_in)
-        ikr_mode = cur.ikr_n != 0
+        # registered from the latched descriptor (steady long before the first step,
+        # FIRST_STEP): a register, not a compare, drives the row-0 read address selects
+        ikr_mode = Signal()
+        m.d.sync += ikr_mode.eq(cur.ikr_n != 0)
         m.d.comb += nfu1.lane_sel.eq(ikr_mode)
         return (select_steps(m, ikr_mode, seq.step, ikr.step), ikr.lane_neurons,
                 (ikr_mode, ikr.nbin_addr[0], ikr))
