@@ -58,7 +58,9 @@ class LayerEngine(wiring.Component):
     every step of a pass has left the pipeline before the next ``start``), so a permuted pass
     never sees one either. The index-ROM read (``T + perm_stages - 2``), the ``s`` banks'
     enable and the generator are used by permuted passes only; the kernel gate and the IKR
-    unit's operands (conv passes, never permuted) count from ``R``.
+    unit's operands (conv passes, never permuted) count from ``R``. An IKR pass's steps come
+    from the IKR unit's registers, :meth:`ikr_stages` cycles after the slot cycle its
+    sequencer counts them from, so only an IKR pass pays those.
 
     Handshake: ``start`` (while idle) latches ``desc``; ``busy`` is high from the next cycle
     and falls in the cycle ``done`` pulses, one cycle after the last NBout write. In that cycle
@@ -101,6 +103,13 @@ class LayerEngine(wiring.Component):
         return PermAddrGen.latency(cfg) if cfg.perm and as_pass(desc).uses_perm else 0
 
     @classmethod
+    def ikr_stages(cls, cfg, desc):
+        """For an IKR pass ``desc`` (``desc.ikr_n > 0``, which needs ``cfg.ikr``), the IKR
+        sequencer's output registers (:attr:`IkrUnit.OUTPUT_STAGES`): its steps reach the
+        step register that many cycles after their slot cycle; else 0."""
+        return IkrUnit.OUTPUT_STAGES if cfg.ikr and as_pass(desc).ikr_n else 0
+
+    @classmethod
     def operand_stage(cls, cfg, desc):
         """Cycles from ``T`` to the NFU-1 operand registers in pass ``desc``:
         :meth:`perm_stages` and the block RAM read stages."""
@@ -110,8 +119,8 @@ class LayerEngine(wiring.Component):
     def write_delay(cls, cfg, desc):
         """A step of pass ``desc`` issued in cycle ``S`` writes NBout in cycle
         ``S + write_delay(cfg, desc)``."""
-        return (cls.STEP_STAGES + cls.operand_stage(cfg, desc) + NFU1.latency(cfg)
-                + NFU2.latency(cfg) + NFU3.latency(cfg))
+        return (cls.ikr_stages(cfg, desc) + cls.STEP_STAGES + cls.operand_stage(cfg, desc)
+                + NFU1.latency(cfg) + NFU2.latency(cfg) + NFU3.latency(cfg))
 
     @classmethod
     def latency(cls, cfg, desc):
@@ -119,7 +128,7 @@ class LayerEngine(wiring.Component):
 
         ``done`` pulses one cycle after the last step's NBout write:
         ``FIRST_STEP + write_delay(cfg, desc)``. Only a pass that uses the permutation path
-        pays :meth:`perm_stages`.
+        pays :meth:`perm_stages`, only an IKR pass :meth:`ikr_stages`.
         """
         return cls.FIRST_STEP + cls.write_delay(cfg, desc)
 
@@ -194,8 +203,8 @@ class LayerEngine(wiring.Component):
         nb_rds = [buf.read_port() for buf in bufs]
         step = seq.step
         if cfg.ikr:
-            step, lane_neurons, ikr_read = self._ikr_path(m, cur, seq, starting, bufs, nb_rds,
-                                                          cur_in, nfu1, loads)
+            step, lane_neurons, ikr_read = self._ikr_path(m, cur, seq, starting, bufs, cur_in,
+                                                          nfu1, loads)
 
         def delayed(value, stages, name, reset_less=False):
             return delay(m, value, stages, f"{name}_d", reset_less)
@@ -239,9 +248,10 @@ class LayerEngine(wiring.Component):
         assert bias_read >= 0
         nb_addr_busy, nb_en_busy = rt.nbin_addr, rt.valid & ~rt.pad
         if cfg.ikr:
-            ikr_mode, ikr_addr, ikr_en = ikr_read
+            # an IKR layer's window row 0 reads every cycle (the unit's ports need no enable)
+            ikr_mode, ikr_addr, ikr_unit = ikr_read
             nb_addr_busy = Mux(ikr_mode, ikr_addr, nb_addr_busy)
-            nb_en_busy = Mux(ikr_mode, ikr_en, nb_en_busy)
+            nb_en_busy = ikr_mode | nb_en_busy
         for port in nb_rds:
             m.d.comb += [port.addr.eq(Mux(busy, nb_addr_busy, self.rd_addr)),
                          port.en.eq(~busy | nb_en_busy)]
@@ -279,6 +289,8 @@ class LayerEngine(wiring.Component):
         nbin_words = [delayed(port.data, self.READ_STAGES - 1, f"nb{b}_data", reset_less=True)
                       for b, port in enumerate(nb_rds)]
         nbin_word = Mux(cur_in, nbin_words[1], nbin_words[0])
+        if cfg.ikr:
+            m.d.comb += [ikr_unit.nbin_data[b][0].eq(word) for b, word in enumerate(nbin_words)]
         synapse_word = delayed(synapse_word, self.READ_STAGES - 1, "sb_data", reset_less=True)
         if cfg.perm:
             # the s banks' word after its own register too (the block RAMs' output registers),
@@ -441,15 +453,17 @@ class LayerEngine(wiring.Component):
         m.d.comb += keep.eq(Cat(*(~tail | (i < cur.perm_lanes) for i in range(cfg.ti))))
         return psb.data, keep
 
-    def _ikr_path(self, m, cur, seq, starting, bufs, nb_rds, cur_in, nfu1, loads):
+    def _ikr_path(self, m, cur, seq, starting, bufs, cur_in, nfu1, loads):
         """Method B: IKR conv layers (``desc.ikr_n != 0``) run on :class:`IkrUnit`.
 
         Returns the steps the pipeline takes from then on (the IKR unit's while an IKR layer
         runs, the dense sequencer's (``seq``) otherwise: :func:`select_steps`) and the IKR
         unit's per-multiplier operands, one cycle after their step, and ``(ikr_mode, address,
-        enable)`` of window row 0, which reads through the pipeline's ports ``nb_rds`` (an IKR
-        layer does not use them). Adds the write ports of the pattern table and the index
-        memory to ``loads``. Each other row read has a port on both neuron buffers (``bufs``);
+        unit)`` of window row 0, which reads through the pipeline's ports ``nb_rds`` (an IKR
+        layer does not use them; the caller gives the unit their registered words). Adds the
+        write ports of the pattern table and the index memory to ``loads``. Each other row
+        read has a port on both neuron buffers (``bufs``), always enabled (the unit takes a
+        read only when it is valid and zeroes padding), and a reset-less register after it;
         ``cur_in`` picks, after the unit's registers.
         """
         cfg = self.cfg
@@ -459,16 +473,20 @@ class LayerEngine(wiring.Component):
         m.d.comb += [seq.run.start.eq(starting & ~is_ikr),
                      ikr.run.start.eq(starting & is_ikr), ikr.run.desc.eq(self.desc)]
         loads += [(LoadSel.IKR_INDEX, ikr.index, 0), (LoadSel.IKR_TABLE, ikr.table, 0)]
-        for r in range(cfg.ikr.kmax):
+        # The unit takes every row's words after a reset-less register (the block RAMs'
+        # output registers, gen.primitive_registers); row 0's is the pipeline's own.
+        assert IkrUnit.READ_STAGES == self.READ_STAGES
+        for r in range(1, cfg.ikr.kmax):
             for b, buf in enumerate(bufs):
-                if r == 0:
-                    port = nb_rds[b]
-                else:
-                    port = buf.read_port()
-                    m.d.comb += [port.addr.eq(ikr.nbin_addr[r]), port.en.eq(ikr.nbin_en[r])]
-                m.d.comb += ikr.nbin_data[b][r].eq(port.data)
+                port = buf.read_port()
+                m.d.comb += [port.addr.eq(ikr.nbin_addr[r]),
+                             ikr.nbin_data[b][r].eq(delay(m, port.data, self.READ_STAGES - 1,
+                                                          f"ikr_nb{b}_{r}_data", True))]
         m.d.comb += ikr.nbin_buf.eq(cur_in)
-        ikr_mode = cur.ikr_n != 0
+        # registered from the latched descriptor (steady long before the first step,
+        # FIRST_STEP): a register, not a compare, drives the row-0 read address selects
+        ikr_mode = Signal()
+        m.d.sync += ikr_mode.eq(cur.ikr_n != 0)
         m.d.comb += nfu1.lane_sel.eq(ikr_mode)
         return (select_steps(m, ikr_mode, seq.step, ikr.step), ikr.lane_neurons,
-                (ikr_mode, ikr.nbin_addr[0], ikr.nbin_en[0]))
+                (ikr_mode, ikr.nbin_addr[0], ikr))

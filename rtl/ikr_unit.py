@@ -36,10 +36,11 @@ class IkrUnit(wiring.Component):
 
     The engine starts this unit (``run``) instead of the dense sequencer when
     ``desc.ikr_n != 0`` and takes its ``step`` while such a layer runs, gives it ``ikr_kmax``
-    extra NBin read ports (``nbin_addr[r]``, ``nbin_en[r]`` -> ``nbin_data[r]`` one cycle later)
-    and feeds NFU-1 with ``lane_neurons`` (one operand per multiplier) instead of the shared
-    ``ti`` neurons. ``table`` and ``index`` write the pattern table and the index memory
-    (layouts in :class:`PatternDecoder`).
+    extra NBin read ports (``nbin_addr[r]`` -> ``nbin_data[r]`` :attr:`READ_STAGES` cycles
+    later, after the block RAMs' output registers; always enabled: the decoder takes a read
+    only with ``fill_valid`` and zeroes padding) and feeds NFU-1 with ``lane_neurons`` (one
+    operand per multiplier) instead of the shared ``ti`` neurons. ``table`` and ``index``
+    write the pattern table and the index memory (layouts in :class:`PatternDecoder`).
 
     Parameters
     ----------
@@ -51,8 +52,9 @@ class IkrUnit(wiring.Component):
     run : In(RunSignature)
     step : Out(StepSignature)
         The IKR sequencer's steps: no ``nbin_addr`` or ``pad``, the operands come through
-        ``lane_neurons``.
-    nbin_addr, nbin_en, nbin_data
+        ``lane_neurons``. They come :attr:`OUTPUT_STAGES` cycles after the slot cycle they
+        belong to (:class:`IkrSequencer`).
+    nbin_addr, nbin_data
         The window fill's read ports, on both neuron buffers (``nbin_data[b][r]``: buffer
         ``b``, row ``r``).
     nbin_buf : In(1)
@@ -61,6 +63,12 @@ class IkrUnit(wiring.Component):
     lane_neurons : Out(ArrayLayout(unsigned(dw), tn*ti))
     """
 
+    #: The sequencer's register stages in front of the steps.
+    OUTPUT_STAGES = IkrSequencer.OUTPUT_STAGES
+    #: ``nbin_data`` arrives this many cycles after ``nbin_addr``: the block RAM read and its
+    #: output register, which the engine provides.
+    READ_STAGES = PatternDecoder.READ_STAGES
+
     def __init__(self, cfg):
         self.cfg = check_config(self, cfg, needs="ikr")
         kmax, nbin_bits = cfg.ikr.kmax, bits_for(cfg.nbin_depth - 1)
@@ -68,7 +76,6 @@ class IkrUnit(wiring.Component):
             "run": In(RunSignature.for_config(cfg)),
             "step": Out(StepSignature.for_config(cfg)),
             "nbin_addr": Out(data.ArrayLayout(unsigned(nbin_bits), kmax)),
-            "nbin_en": Out(kmax),
             "nbin_data": In(data.ArrayLayout(data.ArrayLayout(unsigned(cfg.ti * cfg.dw), kmax),
                                              2)),
             "nbin_buf": In(1),
@@ -86,7 +93,7 @@ class IkrUnit(wiring.Component):
         wiring.connect(m, wiring.flipped(self.table), dec.table)
         wiring.connect(m, wiring.flipped(self.index), dec.index)
         m.d.comb += [
-            self.nbin_addr.eq(seq.fill_addr), self.nbin_en.eq(seq.fill_en),
+            self.nbin_addr.eq(seq.fill_addr),
             dec.nbin_data.eq(self.nbin_data), dec.nbin_buf.eq(self.nbin_buf),
             self.lane_neurons.eq(dec.lane_neurons),
         ]

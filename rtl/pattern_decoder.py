@@ -6,7 +6,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from slimnfu.contract import bits_for, ikr_index_bits, ikr_tap_bits
-from slimnfu.rtl._params import check_config
+from slimnfu.rtl._params import check_config, delay
 from slimnfu.rtl.signatures import LoadSignature, WindowSignature
 
 __all__ = ["PatternDecoder"]
@@ -33,10 +33,11 @@ class PatternDecoder(wiring.Component):
       window ``cur``, each ``ikr_kmax**2`` registers of ``ti*dw`` bits (one pixel, ``ti``
       input channels, per tap). A ``next`` bank is a shift register of columns: each column
       :class:`slimnfu.rtl.ikr_sequencer.IkrSequencer` reads from NBin (``window.fill_*``,
-      with the read data ``nbin_data`` one cycle later) enters bank ``window.fill_bank``
-      (registered with the read) at register column ``kmax - 1`` and moves that bank's other
-      columns one column left. The sequencer reads window columns left to right and ends
-      with column ``k - 1`` in the cycle before ``window.swap``, so window column ``c`` sits
+      with the read data ``nbin_data`` :attr:`READ_STAGES` cycles later) enters bank
+      ``window.fill_bank`` (registered with the read) at register column ``kmax - 1`` and
+      moves that bank's other columns one column left. The sequencer reads window columns
+      left to right and ends with column ``k - 1`` :attr:`READ_STAGES` cycles before
+      ``window.swap``, so window column ``c`` sits
       in register column ``c + window.tap_offset`` (``kmax - k``); when the window slides by
       ``s`` columns (a layer of at most ``tiles`` input tiles, bank ``t`` for input tile
       ``t``), only the ``s`` new columns are read. On ``window.swap`` the arriving column's
@@ -50,11 +51,13 @@ class PatternDecoder(wiring.Component):
       ``j*ti + i`` holds the :func:`slimnfu.contract.ikr_index_bits`-bit pattern index of kernel
       ``(o*tn + j, t*ti + i)``).
 
-    For a step issued in cycle ``S`` (``window.step``, ``window.idx_addr``) both memories are
-    read in ``S``; in ``S+1`` lane ``j*ti + i`` gets
-    ``lane_neurons = cur[table[step][idx[j, i]] + tap_offset][i]`` (combinational), in step
-    with the SB word
-    that NFU-1 multiplies it by. A write on ``table`` or ``index`` lands at the clock edge.
+    For a step issued in cycle ``S`` (``window.step``, ``window.idx_addr`` given
+    :attr:`LOOKAHEAD` cycles ahead, in ``S - 2``) both memories are read in ``S - 2``, their
+    words are registered in ``S - 1`` (the block RAMs' output registers), each multiplier's
+    tap ``table[step][idx[j, i]] + tap_offset`` is selected from them and registered in
+    ``S``, and in ``S+1`` lane ``j*ti + i`` gets ``lane_neurons = cur[tap][i]``
+    (combinational from the tap and window registers), in step with the SB word that NFU-1
+    multiplies it by. A write on ``table`` or ``index`` lands at the clock edge.
 
     Parameters
     ----------
@@ -66,14 +69,22 @@ class PatternDecoder(wiring.Component):
     -------
     window : In(WindowSignature)
     nbin_data : In(ArrayLayout(ArrayLayout(unsigned(ti*dw), ikr_kmax), 2))
-        The words of the column read in the previous cycle, one per window row, from each
-        neuron buffer (``nbin_data[b][r]``: buffer ``b``, row ``r``).
+        The words of the column read :attr:`READ_STAGES` cycles ago, one per window row, from
+        each neuron buffer (``nbin_data[b][r]``: buffer ``b``, row ``r``), from the block
+        RAMs' output registers.
     nbin_buf : In(1)
         The buffer the layer reads (constant while it runs). The words of both buffers enter
-        registers straight from the block RAMs; ``nbin_buf`` (and padding) select after them.
+        the window registers as they arrive; ``nbin_buf`` (and padding) select after them.
     table, index : In(LoadSignature); see :meth:`load_signatures`
     lane_neurons : Out(ArrayLayout(unsigned(dw), tn*ti))
     """
+
+    #: A fill read's words arrive this many cycles after its address: the block RAM read
+    #: and its output register (the engine's ``LayerEngine.READ_STAGES``).
+    READ_STAGES = 2
+    #: ``window.step`` and ``window.idx_addr`` come this many cycles before their step: the
+    #: memory read and its output register, then the tap register.
+    LOOKAHEAD = 2
 
     def __init__(self, cfg):
         self.cfg = check_config(self, cfg, needs="ikr")
@@ -114,16 +125,15 @@ class PatternDecoder(wiring.Component):
         table_rd, index_rd = table.read_port(), index.read_port()
         m.d.comb += [table_rd.addr.eq(win.step), index_rd.addr.eq(win.idx_addr)]
 
-        # Arrival of the column read in the previous cycle: it shifts into column kmax - 1
+        # Arrival of the column read READ_STAGES cycles ago: it shifts into column kmax - 1
         # of bank ``arr_bank``; on ``swap`` (always with an arrival, the window's last
         # column) ``cur`` takes that bank shifted. Column kmax - 1 of every bank holds the
         # words of both buffers as read and the row's padding flag; its value (the selected
         # word, or zero) is formed after those registers.
         banks = cfg.ikr.tiles
-        arr_valid, arr_pad = Signal(), Signal.like(win.fill_pad)
-        arr_bank = Signal(range(banks))
-        m.d.sync += [arr_valid.eq(win.fill_valid), arr_pad.eq(win.fill_pad),
-                     arr_bank.eq(win.fill_bank)]
+        arr_valid = delay(m, win.fill_valid, self.READ_STAGES, "arr_valid")
+        arr_pad = delay(m, win.fill_pad, self.READ_STAGES, "arr_pad")
+        arr_bank = delay(m, win.fill_bank, self.READ_STAGES, "arr_bank")
         cur = [Signal(ti * dw, name=f"cur{p}") for p in range(kmax * kmax)]
         nxt = [[Signal(ti * dw, name=f"next{b}_{p}" if banks > 1 else f"next{p}")
                 for p in range(kmax * kmax)] for b in range(banks)]
@@ -152,16 +162,19 @@ class PatternDecoder(wiring.Component):
         # The table holds taps ky*kmax + kx; the window's column 0 is register column
         # tap_offset (kx + tap_offset < kmax: the add never carries into ky). Both selects
         # are trees of 2:1 multiplexers: on ECP5 LUT4s this decoder alone takes 6,123 LUT4
-        # against 6,887 with Array indexing (Yosys synth_ecp5, tiny).
-        entries = [table_rd.data[q * tb:(q + 1) * tb] for q in range(cfg.ikr.patterns)]
+        # against 6,887 with Array indexing (Yosys synth_ecp5, tiny). The memories' words
+        # are registered (reset-less, so they can be the block RAMs' output registers) and
+        # so is each tap: the window select starts from registers (LOOKAHEAD).
+        table_q = delay(m, table_rd.data, 1, "table_q", reset_less=True)
+        index_q = delay(m, index_rd.data, 1, "index_q", reset_less=True)
+        offset = delay(m, win.tap_offset, 1, "tap_offset_q")
+        entries = [table_q[q * tb:(q + 1) * tb] for q in range(cfg.ikr.patterns)]
         for i in range(ti):
             window = [cur[p][i * dw:(i + 1) * dw] for p in range(kmax * kmax)]
             for j in range(tn):
                 lane = j * ti + i
                 tap = Signal(tb, name=f"tap{lane}")
-                m.d.comb += [
-                    tap.eq(_mux_tree(index_rd.data[lane * ib:(lane + 1) * ib], entries)
-                           + win.tap_offset),
-                    self.lane_neurons[lane].eq(_mux_tree(tap, window)),
-                ]
+                m.d.sync += tap.eq(_mux_tree(index_q[lane * ib:(lane + 1) * ib], entries)
+                                   + offset)
+                m.d.comb += self.lane_neurons[lane].eq(_mux_tree(tap, window))
         return m

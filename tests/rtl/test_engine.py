@@ -146,14 +146,16 @@ def test_tiny_verilog_converts_and_compiles(tmp_path):
 
 
 #: Each feature set's layers with their engine cycle counts written out on ``PINNED_CFG``
-#: (``tiny``, ti = 4): steps + 30, and a permuted pass + 9 more (the permutation address
-#: generator's stages, PINNED_PERM_STAGES), whatever else the build has. The latency is pinned
+#: (``tiny``, ti = 4): steps + 30, a permuted pass + 9 more (the permutation address
+#: generator's stages, PINNED_PERM_STAGES) and an IKR pass + 3 more (the IKR sequencer's
+#: output registers, PINNED_IKR_STAGES), whatever else the build has. The latency is pinned
 #: here by number, so changing the pipeline is a deliberate edit.
 PINNED_LAYERS = {
     "dense": [(LayerDesc("conv", 2, 3, 4, 4, k=3, shift=12), 2 * 2 * 9 + 30),
               (LayerDesc("maxpool", 4, 4, 4, 4, k=2, stride=2), 2 * 2 * 4 + 30)],
     # 4 groups of max(ikr_n, k) = 4 cycles, plus the last group's ikr_n steps
-    "ikr": [(PassDesc(LayerDesc("conv", 2, 3, 4, 4, k=3, shift=12), ikr_n=4), 4 * 4 + 4 + 30)],
+    "ikr": [(PassDesc(LayerDesc("conv", 2, 3, 4, 4, k=3, shift=12), ikr_n=4),
+             4 * 4 + 4 + 30 + 3)],
     # 5 inputs: 2 input tiles of one output tile
     "perm": [(PassDesc(LayerDesc("fc", 5, 3), perm="affine"), 2 + 30 + 9)],
     "kgate": [(PassDesc(LayerDesc("conv", 2, 3, 4, 4, k=3, shift=12), lane_k=(1, 3, 1)),
@@ -167,6 +169,9 @@ PINNED_LAYERS = {
 #: stage when q0 is among the last: the loop loads it a stage ahead), the loop, ti - 1 lane
 #: adds and the address register.
 PINNED_PERM_STAGES = {"tiny": 9, "small": 15, "diannao": 26, "t2": 5, "t1": 3}
+#: IkrSequencer.OUTPUT_STAGES: the window origin and column, then the fill address, then the
+#: block RAMs' output registers in front of the pattern decoder.
+PINNED_IKR_STAGES = 3
 
 PINNED_LATENCIES = {
     "tiny": (30, 2, 3, 9, 1, 2),
@@ -188,10 +193,15 @@ def test_latency_per_config_pinned(name):
     assert got == PINNED_LATENCIES[name]
     assert LayerEngine.latency(cfg, dense) == (LayerEngine.FIRST_STEP
                                                + LayerEngine.write_delay(cfg, dense))
-    # ikr and kgate add no stage; perm adds its address generator's pipeline (the buffers
-    # are read when the s banks are addressed) to the permuted passes only
+    # ikr and kgate add no stage to a dense pass; perm adds its address generator's
+    # pipeline (the buffers are read when the s banks are addressed) to the permuted passes
+    # only, ikr its sequencer's output registers to the IKR passes only
     for feature in ("ikr", "kgate"):
         assert LayerEngine.latency(cfg.with_(**{feature: True}), dense) == got[0]
+    ikr, ikr_pass = cfg.with_(ikr=True), PassDesc(LayerDesc("conv", 2, 3, 4, 4, k=3), ikr_n=4)
+    assert LayerEngine.ikr_stages(ikr, dense) == 0
+    assert LayerEngine.ikr_stages(ikr, ikr_pass) == PINNED_IKR_STAGES
+    assert LayerEngine.latency(ikr, ikr_pass) == got[0] + PINNED_IKR_STAGES
     perm = cfg.with_(perm=True)
     assert PermAddrGen.latency(perm) == PINNED_PERM_STAGES[name]
     assert LayerEngine.perm_stages(perm, dense) == 0
