@@ -276,17 +276,23 @@ def test_registers_absorbed_and_counted(synthesised):
     assert figures["ffs"] == sum(c["type"] == "TRELLIS_FF" for c in cells.values())
 
 
-@pytest.mark.skipif(shutil.which("iverilog") is None, reason="needs Icarus Verilog")
-def test_netlist_after_the_rewrite_runs_like_the_rtl(synthesised):
-    work, _ = synthesised
+def _run_against_rtl(work, testbench):
+    """Simulate ``testbench`` (modules ``rtl``, from ``rtl.v``, and ``net``, the netlist
+    ``ecp5.json`` after the rewrite) in ``work`` with Icarus; returns its output."""
     _netlist_verilog(work, "ecp5.json", "net.v")
     (work / "models.v").write_text(primitive_models())
-    (work / "tb.v").write_text(TESTBENCH)
+    (work / "tb.v").write_text(testbench)
     (work / "fabric.v").write_text(fabric_models(work / "ecp5.json"))
     subprocess.run(["iverilog", "-g2012", "-o", "sim", "tb.v", "rtl.v", "net.v", "models.v",
                     "fabric.v"], cwd=work, check=True)
-    out = subprocess.run(["vvp", "-n", "sim"], cwd=work, capture_output=True, text=True,
-                         check=True).stdout
+    return subprocess.run(["vvp", "-n", "sim"], cwd=work, capture_output=True, text=True,
+                          check=True).stdout
+
+
+@pytest.mark.skipif(shutil.which("iverilog") is None, reason="needs Icarus Verilog")
+def test_netlist_after_the_rewrite_runs_like_the_rtl(synthesised):
+    work, _ = synthesised
+    out = _run_against_rtl(work, TESTBENCH)
     assert "DONE bad=0" in out, out
     assert int(out.split("nonzero=")[1].split()[0]) > 1000, out
 
@@ -332,14 +338,7 @@ def test_36_bit_read_register_absorbed_and_runs_like_the_rtl(tmp_path):
     assert dp["parameters"]["DATA_WIDTH_B"] in ("100100", "00000000000000000000000000100100")
     assert (dp["parameters"]["REGMODE_A"], dp["parameters"]["REGMODE_B"]) == ("OUTREG",) * 2
     assert dp["connections"]["OCEA"] == dp["connections"]["OCEB"] != ["1"]
-    _netlist_verilog(tmp_path, "ecp5.json", "net.v")
-    (tmp_path / "models.v").write_text(primitive_models())
-    (tmp_path / "tb.v").write_text(WIDE_TESTBENCH)
-    (tmp_path / "fabric.v").write_text(fabric_models(tmp_path / "ecp5.json"))
-    subprocess.run(["iverilog", "-g2012", "-o", "sim", "tb.v", "rtl.v", "net.v", "models.v",
-                    "fabric.v"], cwd=tmp_path, check=True)
-    out = subprocess.run(["vvp", "-n", "sim"], cwd=tmp_path, capture_output=True, text=True,
-                         check=True).stdout
+    out = _run_against_rtl(tmp_path, WIDE_TESTBENCH)
     assert "DONE bad=0" in out, out
     assert int(out.split("nonzero=")[1].split()[0]) > 500, out
 
