@@ -1,4 +1,5 @@
-"""The loop nest both sequencers walk: the per-layer setup and DianNao's window order."""
+"""The loop nest both sequencers walk: the per-layer setup and DianNao's window order (or the
+IKR sequencer's output-tile-inner order)."""
 
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
@@ -17,7 +18,15 @@ class LoopNest(wiring.Component):
         for o in co_tiles: for oy in h_out: for ox in w_out: for t in ci_tiles:
             window (o, oy, ox, t)           # with taps: for ky in k: for kx in k: step
 
-    with ``t = o`` (and ``ci_tiles = 1``) in the pooling modes. A window is the ``k x k`` patch
+    with ``t = o`` (and ``ci_tiles = 1``) in the pooling modes. With ``o_inner_tiles``, a layer
+    of at most that many input tiles (``ci_tiles``, from the descriptor) is walked with the
+    output tile inside the output pixel instead (``o_inner``)::
+
+        for oy in h_out: for ox in w_out: for o in co_tiles: for t in ci_tiles:
+            window (o, oy, ox, t)
+
+    so that the IKR sequencer's window banks (one per input tile) serve every output tile
+    before the windows slide. A window is the ``k x k`` patch
     of input tile ``t`` whose top left is ``(iy0, ix0) = (oy*stride - pad, ox*stride - pad)``
     (``koff - pad`` instead of ``-pad`` with ``offsets``); one output group (one output pixel
     of one output tile) is the windows ``t = 0 .. ci_tiles-1`` of one ``(o, oy, ox)``.
@@ -33,14 +42,17 @@ class LoopNest(wiring.Component):
     * ``first``: ``t == 0`` (and ``ky == kx == 0``), the group's first window or step;
       ``last``: ``t == ci_tiles - 1`` (and ``ky == kx == k-1``), its last; ``tile_end``:
       ``last`` of the output tile's last group; ``end``: ``tile_end`` of the last output tile,
-      the layer's last window or step.
+      the layer's last window or step; ``o_last``: ``o == co_tiles - 1`` (with ``last``, in
+      the ``o_inner`` order, the pixel's last window); ``o_inner``: the layer is walked in
+      the ``o_inner`` order (constant while it runs).
 
     The end-of-loop tests (``kx == k-1``, ..., ``o == co_tiles-1``) are flags registered
     with their counters, so no compare lies between a counter and the next position.
 
     The products the address counters need (``h_in*w_in``, ``stride*w_in``, ``pad*w_in``,
-    and ``koff*w_in`` with ``offsets``) are computed by shift-and-add, so there is no
-    multiplier.
+    ``koff*w_in`` with ``offsets`` and ``h_out*w_out`` with ``o_inner_tiles``, the step of
+    ``nbout`` from one output tile to the next in the ``o_inner`` order) are computed by
+    shift-and-add, so there is no multiplier.
 
     Timing: ``run.start`` in cycle 0 (while not ``run.busy``) latches ``run.desc`` into
     ``layer`` and resets the walk; cycles ``1 .. SETUP_CYCLES`` are the setup; ``running``
@@ -61,6 +73,10 @@ class LoopNest(wiring.Component):
     pooling : bool
         Walk the pooling modes (input tile ``o``); without it every layer is taken for a MAC
         layer (the IKR sequencer runs conv layers only).
+    o_inner_tiles : int or None
+        Walk a layer of at most this many input tiles in the ``o_inner`` order (the IKR
+        sequencer: ``cfg.ikr.tiles``, its window banks); None: DianNao's order always. Needs
+        ``pooling=False``.
 
     Members
     -------
@@ -69,22 +85,33 @@ class LoopNest(wiring.Component):
     layer : Out(descriptor layout)
         The latched descriptor.
     running : Out(1)
-    ix, iy, row, tbase, o, nbout, lane_mask, first, last, tile_end, end : Out
+    ix, iy, row, tbase, o, nbout, lane_mask, first, last, tile_end, end, o_last : Out
         The position, as above.
+    o_inner : Out(1)
     """
 
     #: Cycles of the shift-and-add setup (one per bit of ``h_in``).
     SETUP_CYCLES = DESC_FIELD_BITS["h_in"]
 
-    def __init__(self, cfg, *, taps, offsets=False, pooling=True):
+    def __init__(self, cfg, *, taps, offsets=False, pooling=True, o_inner_tiles=None):
         self.cfg = check_config(self, cfg)
         for name, value in (("taps", taps), ("offsets", offsets), ("pooling", pooling)):
             if not isinstance(value, bool):
                 self._MustUse__silence = True
                 raise TypeError(f"LoopNest: {name} must be a bool, not {value!r}")
+        if o_inner_tiles is not None:
+            if (not isinstance(o_inner_tiles, int) or isinstance(o_inner_tiles, bool)
+                    or o_inner_tiles < 1):
+                self._MustUse__silence = True
+                raise ValueError(f"LoopNest: o_inner_tiles must be a positive int or None, "
+                                 f"not {o_inner_tiles!r}")
+            if pooling:
+                self._MustUse__silence = True
+                raise ValueError("LoopNest: o_inner_tiles needs pooling=False")
         if offsets:
             check_config(self, cfg, needs="kgate")
         self.taps, self.offsets, self.pooling = taps, offsets, pooling
+        self.o_inner_tiles = o_inner_tiles
         geo = DESC_FIELD_BITS["h_in"]
         layout = descriptor_layout(cfg)
         nbin_bits = bits_for(cfg.nbin_depth - 1)
@@ -106,6 +133,8 @@ class LoopNest(wiring.Component):
             "last": Out(1),
             "tile_end": Out(1),
             "end": Out(1),
+            "o_last": Out(1),
+            "o_inner": Out(1),
         })
 
     def elaborate(self, platform):
@@ -119,12 +148,15 @@ class LoopNest(wiring.Component):
         m.d.comb += run.busy.eq(running | (setup_left != 0))
 
         # Per-layer products by shift-and-add, most significant multiplier bit first.
-        factors = ["h_in", "stride", "pad"] + (["koff"] if self.offsets else [])
+        inner = self.o_inner_tiles is not None
+        factors = (["h_in", "stride", "pad"] + (["koff"] if self.offsets else [])
+                   + (["h_out"] if inner else []))
         acc = {f: Signal(product, name=f"{f}_w") for f in factors}
         mul = {f: Signal(geo, name=f"mul_{f}") for f in factors}
         nxt = {f: Signal(product, name=f"{f}_w_next") for f in factors}
         for f in factors:
-            m.d.comb += nxt[f].eq((acc[f] << 1) + Mux(mul[f][-1], d.w_in, 0))
+            width = d.w_out if f == "h_out" else d.w_in
+            m.d.comb += nxt[f].eq((acc[f] << 1) + Mux(mul[f][-1], width, 0))
         hw, sw = acc["h_in"], acc["stride"]
         if self.offsets:
             row_start, row_start_next = acc["koff"] - acc["pad"], nxt["koff"] - nxt["pad"]
@@ -177,11 +209,12 @@ class LoopNest(wiring.Component):
         else:
             ix, iy, row = ix0, iy0, row0
             first, last = t == 0, t_last
+        o_inner = self.o_inner
         m.d.comb += [
             self.ix.eq(ix), self.iy.eq(iy), self.row.eq(row),
             self.first.eq(first), self.last.eq(last),
             self.tile_end.eq(last & ox_last & oy_last),
-            self.end.eq(self.tile_end & o_last),
+            self.end.eq(self.tile_end & o_last), self.o_last.eq(o_last),
         ]
 
         def restart(ix_v, iy_v, row_v):
@@ -189,12 +222,27 @@ class LoopNest(wiring.Component):
             if taps:
                 m.d.sync += [ix.eq(ix_v), iy.eq(iy_v), row.eq(row_v)]
 
+        # o_inner: the pixel's nbout word in output tile 0, and the step between output tiles
+        pixel = Signal.like(nbout)
+        out_hw = acc["h_out"] if inner else 0
+
         def next_window():
             with m.If(~t_last):
                 m.d.sync += [*step_up("t"), tbase.eq(tbase + hw)]
                 restart(ix0, iy0, row0)
+            with m.Elif(o_inner & ~o_last):
+                # o_inner: the pixel's next output tile
+                m.d.sync += [*to_zero("t"), *step_up("o"), n_left.eq(n_left - cfg.tn),
+                             nbout.eq(nbout + out_hw), tbase.eq(0)]
+                restart(ix0, iy0, row0)
             with m.Else():
-                m.d.sync += [*to_zero("t"), nbout.eq(nbout + 1)]
+                m.d.sync += to_zero("t")
+                with m.If(o_inner):
+                    # o_inner: the pixel is finished, its next starts with output tile 0
+                    m.d.sync += [*to_zero("o"), n_left.eq(d.n_out), pixel.eq(pixel + 1),
+                                 nbout.eq(pixel + 1)]
+                with m.Else():
+                    m.d.sync += nbout.eq(nbout + 1)
                 # The output group is finished: next pixel, row or output tile.
                 with m.If(~ox_last):
                     m.d.sync += [*step_up("ox"), ix0.eq(ix0 + d.stride), tbase.eq(obase)]
@@ -220,6 +268,8 @@ class LoopNest(wiring.Component):
                 *(mul[f].eq(run.desc[f]) for f in factors),
                 ix0.eq(first0), iy0.eq(first0),
                 tbase.eq(0), nbout.eq(nbout0), n_left.eq(run.desc.n_out),
+                pixel.eq(nbout0),
+                o_inner.eq(run.desc.ci_tiles <= self.o_inner_tiles if inner else 0),
             ]
             if self.pooling:
                 m.d.sync += obase.eq(0)
@@ -265,18 +315,21 @@ def tile_counter(m, nest, starting, advance, stride, shape, name):
     It is 0 after ``starting``, and at each ``advance`` (a running cycle in which ``nest``
     moves on) it steps by ``stride``, except at the end of an output group that is not its
     output tile's last (``nest.last & ~nest.tile_end``): there it goes back to where the output
-    tile began, for the tile's next pixel. The dense SB address (stride 1 per step) and the IKR
-    SB and index addresses (``ikr_n`` and 1 per window) are such counters.
+    tile began, for the tile's next pixel. In the ``o_inner`` order (``nest.o_inner``) it
+    walks all tile pairs of a pixel and goes back to 0 after the pixel's last window
+    (``nest.last & nest.o_last``). The dense SB address (stride 1 per step) and the IKR SB and
+    index addresses (``ikr_n`` and 1 per window) are such counters.
     """
     count = Signal(shape, name=name)
     base = Signal(shape, name=f"{name}_base")
+    rewind = Mux(nest.o_inner, nest.o_last, ~nest.tile_end)
     with m.If(starting):
         m.d.sync += [count.eq(0), base.eq(0)]
     with m.Elif(advance):
-        with m.If(nest.last & ~nest.tile_end):
+        with m.If(nest.last & rewind):
             m.d.sync += count.eq(base)
         with m.Else():
             m.d.sync += count.eq(count + stride)
-        with m.If(nest.tile_end):
+        with m.If(nest.tile_end & ~nest.o_inner):
             m.d.sync += base.eq(count + stride)
     return count

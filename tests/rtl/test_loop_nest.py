@@ -14,17 +14,20 @@ TINY = get_config("tiny")
 KGATE = TINY.with_(kgate=True)
 
 
-def model_walk(run, cfg, taps, offsets):
+def model_walk(run, cfg, taps, offsets, o_inner=False):
     """One tuple per window (or per tap with ``taps``) of pass ``run``, in the order the nest
-    walks them."""
+    walks them (``o, oy, ox, t``, or with ``o_inner`` ``oy, ox, o, t``)."""
     desc = run.layer
     ci, co = desc.tiles(cfg)
     k, s = desc.k, desc.stride
     origin = (run.koff if offsets else 0) - desc.pad
     base = run.nbout_base if offsets else 0
     walk = []
-    for o, oy, ox, t in itertools.product(range(co), range(run.h_out), range(run.w_out),
-                                          range(ci)):
+    order = [(o, oy, ox, t) for o, oy, ox, t in itertools.product(
+        range(co), range(run.h_out), range(run.w_out), range(ci))]
+    if o_inner:
+        order.sort(key=lambda g: (g[1], g[2], g[0], g[3]))
+    for o, oy, ox, t in order:
         tile = o if desc.is_pool else t
         mask = sum(1 << j for j in range(cfg.tn) if o * cfg.tn + j < desc.n_out)
         for ky, kx in itertools.product(range(k), range(k)) if taps else [(0, 0)]:
@@ -38,13 +41,15 @@ def model_walk(run, cfg, taps, offsets):
     return walk
 
 
-def hw_walk(desc, cfg, taps, offsets, seed, pooling=True):
+def hw_walk(desc, cfg, taps, offsets, seed, pooling=True, o_inner_tiles=None):
     """Advance on random cycles; return the positions advanced from and the cycle timing."""
-    dut = LoopNest(cfg, taps=taps, offsets=offsets, pooling=pooling)
+    dut = LoopNest(cfg, taps=taps, offsets=offsets, pooling=pooling,
+                   o_inner_tiles=o_inner_tiles)
     rng = random.Random(seed)
     got = {"walk": [], "first_running": None, "busy_after": None}
     names = ("ix", "iy", "row", "tbase", "o", "nbout", "lane_mask", "first", "last",
              "tile_end", "end")
+    got["o_inner"] = set()
 
     async def bench(ctx):
         ctx.set(dut.run.desc.as_value(), descriptor_value(desc, cfg))
@@ -60,6 +65,7 @@ def hw_walk(desc, cfg, taps, offsets, seed, pooling=True):
                     got["first_running"] = cycle
                 if advance:
                     got["walk"].append(tuple(ctx.get(getattr(dut, n)) for n in names))
+                    got["o_inner"].add(ctx.get(dut.o_inner))
                     ctx.set(dut.stop, ctx.get(dut.end))
             await ctx.tick()
             ctx.set(dut.stop, 0)
@@ -95,6 +101,27 @@ def test_walk_without_pooling_is_the_same_for_mac_layers(cfg, desc, offsets):
     assert got["walk"] == model_walk(desc, cfg, False, offsets)
 
 
+O_INNER = [
+    (TINY, PassDesc(LayerDesc("conv", 5, 9, 5, 4, k=3, stride=1, pad=1)), False, False),
+    (TINY, PassDesc(LayerDesc("conv", 9, 6, 7, 6, k=3, stride=2, pad=2)), False, False),
+    (KGATE, PassDesc(LayerDesc("conv", 3, 5, 7, 7, k=3, pad=2), koff=1, nbout_base=5), True,
+     False),
+    (TINY, PassDesc(LayerDesc("conv", 13, 6, 5, 4, k=3, stride=1, pad=1)), False, True),
+]
+
+
+@pytest.mark.parametrize("taps", [False, True])
+@pytest.mark.parametrize("cfg, desc, offsets, wide", O_INNER,
+                         ids=[f"o_inner-{i}" for i in range(len(O_INNER))])
+def test_o_inner_walk_for_layers_of_few_input_tiles(cfg, desc, offsets, taps, wide):
+    """With ``o_inner_tiles=3`` a layer of at most 3 input tiles walks its output tiles inside
+    each pixel (``nbout`` jumping by ``h_out*w_out``); a wider one keeps DianNao's order."""
+    got = hw_walk(desc, cfg, taps, offsets, seed=5, pooling=False, o_inner_tiles=3)
+    assert desc.tiles(cfg)[0] > 3 if wide else desc.tiles(cfg)[0] <= 3
+    assert got["walk"] == model_walk(desc, cfg, taps, offsets, o_inner=not wide)
+    assert got["o_inner"] == {int(not wide)}
+
+
 def test_refusals():
     with pytest.raises(TypeError, match="^LoopNest: taps must be a bool, not 1$"):
         LoopNest(TINY, taps=1)
@@ -103,3 +130,8 @@ def test_refusals():
         LoopNest(TINY, taps=True, offsets=True)
     with pytest.raises(TypeError, match="^LoopNest: cfg must be an AccelConfig, not int$"):
         LoopNest(3, taps=True)
+    with pytest.raises(ValueError, match="^LoopNest: o_inner_tiles needs pooling=False$"):
+        LoopNest(TINY, taps=False, o_inner_tiles=2)
+    with pytest.raises(ValueError, match="^LoopNest: o_inner_tiles must be a positive int or "
+                                         "None, not 0$"):
+        LoopNest(TINY, taps=False, pooling=False, o_inner_tiles=0)
