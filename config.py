@@ -712,32 +712,58 @@ class PassDesc:
         Each kernel group (one output pixel, one output tile, one input tile) takes
         ``max(ikr_n, cols)`` cycles: ``ikr_n`` compute steps, while the next group's window
         fills ``cols`` columns (k pixels, k NBin read ports) one per cycle. ``cols = k``,
-        except when the layer has at most ``cfg.ikr.tiles`` input tiles (the pattern
-        decoder's window banks, one per input tile): the window of every output pixel but the
-        first of each row then slides from the same input tile's window of the previous pixel
-        and fills only ``min(stride, k)`` new columns. One extra slot fills the first window,
-        and the last slot ends after its ``ikr_n`` steps::
+        except when the layer has at most ``cfg.ikr.tiles`` input tiles (*banked*: the pattern
+        decoder's window banks, one per input tile). A banked layer is walked ``oy, ox, o, t``
+        (:meth:`ikr_banked`), so a bank's window serves every output tile of its pixel:
+        output tile 0's window of every output pixel but the first of each row slides from
+        the same input tile's window of the previous pixel and fills only
+        ``min(stride, k)`` new columns, and the other output tiles' groups fill nothing
+        (``cols = 0``). One extra slot fills the first window, and the last slot ends after
+        its ``ikr_n`` steps::
 
             ci > tiles:  groups * max(n, k) + n
-            ci <= tiles: co * h_out * ci * (max(n, k) + (w_out - 1) * max(n, min(stride, k)))
+            ci <= tiles: h_out * (ci * (max(n, k) + (co - 1) * n)
+                                  + (w_out - 1) * ci * (max(n, min(stride, k)) + (co - 1) * n))
                          + n
         """
         ci, co = self.tiles(cfg)
         return self.ikr_slot_cycles(cfg, self.h_out * self.w_out * co * ci) + self.ikr_n
 
+    def ikr_banked(self, cfg):
+        """Whether an IKR pass is *banked* (at most ``cfg.ikr.tiles`` input tiles, a decoder
+        window bank each) and so walked ``oy, ox, o, t``, the output tile inside the output
+        pixel; else DianNao's order ``o, oy, ox, t`` (see :meth:`ikr_cycles`)."""
+        return self.tiles(cfg)[0] <= cfg.ikr.tiles
+
+    def ikr_group_slot(self, cfg, o, oy, ox):
+        """The slot of output group ``(o, oy, ox)``'s first kernel group (input tile 0) in
+        the pass's walk (:meth:`ikr_banked`)."""
+        ci, co = self.tiles(cfg)
+        pixel = oy * self.w_out + ox
+        return ((pixel * co + o) if self.ikr_banked(cfg) else (o * self.h_out * self.w_out
+                                                                + pixel)) * ci
+
     def ikr_slot_cycles(self, cfg, slots):
-        """Cycles of an IKR pass's first ``slots`` slots (slot ``q`` fills kernel group ``q``,
-        in DianNao's order ``o, oy, ox, t``, and computes group ``q - 1``); see
+        """Cycles of an IKR pass's first ``slots`` slots (slot ``q`` fills kernel group ``q``
+        of the walk, :meth:`ikr_banked`, and computes group ``q - 1``); see
         :meth:`ikr_cycles`."""
-        ci, _ = self.tiles(cfg)
+        ci, co = self.tiles(cfg)
         n, k = self.ikr_n, self.layer.k
-        if ci > cfg.ikr.tiles:
+        if not self.ikr_banked(cfg):
             return slots * max(n, k)
-        rows, rest = divmod(slots, self.w_out * ci)
         slide = max(n, min(self.layer.stride, k))
-        row = ci * (max(n, k) + (self.w_out - 1) * slide)
-        first = min(rest, ci)
-        return rows * row + first * max(n, k) + (rest - first) * slide
+
+        def pixel(fill, q):
+            # the first q slots of a pixel: ci groups of output tile 0 fill, the rest do not
+            return min(q, ci) * fill + max(q - ci, 0) * n
+
+        per_pixel = co * ci
+        rows, rest = divmod(slots, self.w_out * per_pixel)
+        pixels, q = divmod(rest, per_pixel)
+        row = pixel(max(n, k), per_pixel) + (self.w_out - 1) * pixel(slide, per_pixel)
+        done = (pixel(max(n, k), per_pixel) + (pixels - 1) * pixel(slide, per_pixel)
+                if pixels else 0)
+        return rows * row + done + pixel(slide if pixels else max(n, k), q)
 
     def nfu_cycles(self, cfg):
         """The NFU cycles of the pass: :meth:`ikr_cycles` for an IKR pass, else

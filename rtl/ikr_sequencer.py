@@ -85,7 +85,7 @@ class IkrSequencer(wiring.Component):
     #: the fill's, and the read's words arrive at the decoder
     #: :attr:`PatternDecoder.READ_STAGES` cycles after their address, one more than the
     #: sequencer's one-cycle read assumed.
-    OUTPUT_STAGES = FILL_STAGES + PatternDecoder.READ_STAGES - 1
+    OUTPUT_STAGES = FILL_STAGES + PatternDecoder.READ_STAGES
 
     def __init__(self, cfg):
         self.cfg = check_config(self, cfg, needs="ikr")
@@ -101,7 +101,8 @@ class IkrSequencer(wiring.Component):
         m = Module()
         cfg, step, win = self.cfg, self.step, self.window
         kmax = cfg.ikr.kmax
-        m.submodules.nest = nest = LoopNest(cfg, taps=False, pooling=False)
+        m.submodules.nest = nest = LoopNest(cfg, taps=False, pooling=False,
+                                            o_inner_tiles=cfg.ikr.tiles)
         wiring.connect(m, wiring.flipped(self.run), nest.run)
         d, n = nest.layer, nest.layer.ikr_n
         starting = self.run.start & ~self.run.busy
@@ -114,18 +115,21 @@ class IkrSequencer(wiring.Component):
         rem = Signal.like(slot)
         col = Signal(range(-kmax * kmax, kmax))
         # A slot fills ``cols`` window columns and lasts ``max(n, cols)`` cycles: ``k``
-        # columns, or in a banked layer (at most ``tiles`` input tiles) the
-        # ``min(stride, k)`` the window slides by from the same input tile's window of the
-        # previous output pixel of the row (the others are already in the decoder's bank).
-        # The slot's last cycle (``g_*``) and first column (``c0_*``) of both kinds, per layer.
-        g_full, g_slide = Signal.like(slot), Signal.like(slot)
+        # columns, or in a banked layer (at most ``tiles`` input tiles, walked with the output
+        # tile inside the pixel: ``nest.o_inner``) the ``min(stride, k)`` the window slides by
+        # from the same input tile's window of the previous output pixel of the row (the
+        # others are already in the decoder's bank) for output tile 0, and none for the
+        # pixel's other output tiles (the bank still holds the window).
+        # The slot's last cycle (``g_*``) and first column (``c0_*``) of each kind, per layer.
+        g_full, g_slide, g_none = Signal.like(slot), Signal.like(slot), Signal.like(slot)
         c0_full, c0_slide = Signal.like(col), Signal.like(col)
         new_cols, cols = Signal(range(kmax + 1)), Signal(range(kmax + 1))
-        banked = Signal()
+        banked = nest.o_inner
         # Whether the group being filled is its row's first output pixel (no slide), from
-        # a count of the row's pixels beside the loop nest's, so that the next slot's kind
-        # is known in the cycle the nest moves on.
-        row_first, ox_last, ox_single = Signal(), Signal(), Signal()
+        # a count of the row's pixels beside the loop nest's, and whether it is of output
+        # tile 0 (``o0``), so that the next slot's kind is known in the cycle the nest moves
+        # on.
+        row_first, ox_last, ox_single, o0 = Signal(), Signal(), Signal(), Signal()
         ox_left, w_last = Signal.like(d.w_out), Signal.like(d.w_out)
         # the input tile of the group being filled: its bank when banked, else bank 0
         bank = Signal(range(cfg.ikr.tiles))
@@ -145,6 +149,7 @@ class IkrSequencer(wiring.Component):
         cv = Signal()
         c_sb, c_idx = Signal.like(sb_f), Signal.like(idx_f)
         c_o, c_nbout, c_mask = Signal.like(nest.o), Signal.like(nest.nbout), Signal(cfg.tn)
+        c_bank = Signal.like(bank)
         c_first, c_last, c_end = Signal(), Signal(), Signal()
 
         # The steps and the window controls of this cycle, issued OUTPUT_STAGES later.
@@ -164,12 +169,14 @@ class IkrSequencer(wiring.Component):
             controls.step.eq(slot),
             controls.idx_addr.eq(c_idx),
             controls.swap.eq(running & (slot == 0)),
+            controls.swap_bank.eq(c_bank),
             controls.tap_offset.eq(kmax - d.k),
         ]
         # The decoder reads its memories (step, idx_addr) LOOKAHEAD cycles before the step.
         later = {"step": self.OUTPUT_STAGES - PatternDecoder.LOOKAHEAD,
                  "idx_addr": self.OUTPUT_STAGES - PatternDecoder.LOOKAHEAD,
-                 "swap": self.OUTPUT_STAGES, "tap_offset": self.OUTPUT_STAGES}
+                 "swap": self.OUTPUT_STAGES, "swap_bank": self.OUTPUT_STAGES,
+                 "tap_offset": self.OUTPUT_STAGES}
         for name in issued.signature.members:
             m.d.comb += getattr(step, name).eq(
                 delay(m, getattr(issued, name), self.OUTPUT_STAGES, f"{name}_d"))
@@ -206,35 +213,40 @@ class IkrSequencer(wiring.Component):
         ]
 
         # The next slot's kind, known as the nest moves on: the next group is its row's
-        # first when this one ends the last pixel of a row (``nest.last`` and ``ox_last``).
-        next_first = Mux(nest.last, ox_last, row_first)
-        next_slide = banked & ~next_first
+        # first when this one ends the last pixel of a row (``pixel_end`` and ``ox_last``),
+        # of output tile 0 after the pixel's last group (banked) or when this one is of tile 0.
+        pixel_end = nest.last & (nest.o_last | ~banked)
+        next_first = Mux(pixel_end, ox_last, row_first)
+        next_o0 = Mux(nest.last, nest.o_last, o0)
+        next_none = banked & ~next_o0
+        next_slide = banked & next_o0 & ~next_first
         with m.If(starting):
             desc = self.run.desc
             slide_cols = Mux(desc.stride < desc.k, desc.stride, desc.k)
-            m.d.sync += [fill_active.eq(1), cv.eq(0), new_cols.eq(slide_cols),
-                         banked.eq(desc.ci_tiles <= cfg.ikr.tiles), bank.eq(0),
+            m.d.sync += [fill_active.eq(1), cv.eq(0), new_cols.eq(slide_cols), bank.eq(0),
                          g_full.eq(Mux(desc.ikr_n > desc.k, desc.ikr_n, desc.k) - 1),
-                         g_slide.eq(Mux(desc.ikr_n > slide_cols, desc.ikr_n, slide_cols) - 1)]
+                         g_slide.eq(Mux(desc.ikr_n > slide_cols, desc.ikr_n, slide_cols) - 1),
+                         g_none.eq(desc.ikr_n - 1)]
         with m.Elif(~running):
             # the setup (and idle): the first slot fills a whole window
             m.d.sync += [slot.eq(0), rem.eq(g_full), col.eq(c0_full), cols.eq(d.k),
                          c0_full.eq(d.k - 1 - g_full), c0_slide.eq(d.k - 1 - g_slide),
-                         row_first.eq(1), w_last.eq(d.w_out - 1), ox_left.eq(w_last),
+                         row_first.eq(1), o0.eq(1), w_last.eq(d.w_out - 1), ox_left.eq(w_last),
                          ox_single.eq(d.w_out == 1), ox_last.eq(ox_single)]
         with m.Else():
             with m.If(~at_boundary):
                 m.d.sync += [slot.eq(slot + 1), rem.eq(rem - 1), col.eq(col + 1)]
             with m.Else():
                 m.d.sync += [
-                    slot.eq(0), rem.eq(Mux(next_slide, g_slide, g_full)),
+                    slot.eq(0), rem.eq(Mux(next_none, g_none, Mux(next_slide, g_slide, g_full))),
                     col.eq(Mux(next_slide, c0_slide, c0_full)),
-                    cols.eq(Mux(next_slide, new_cols, d.k)),
+                    cols.eq(Mux(next_none, 0, Mux(next_slide, new_cols, d.k))),
+                    o0.eq(next_o0), c_bank.eq(bank),
                     cv.eq(fill_active), c_sb.eq(sb_f), c_idx.eq(idx_f),
                     c_o.eq(nest.o), c_first.eq(nest.first), c_last.eq(nest.last),
                     c_end.eq(nest.end), c_nbout.eq(nest.nbout), c_mask.eq(nest.lane_mask),
                 ]
-                with m.If(nest.last):
+                with m.If(pixel_end):
                     m.d.sync += row_first.eq(ox_last)
                     with m.If(ox_last):
                         m.d.sync += [ox_left.eq(w_last), ox_last.eq(ox_single)]

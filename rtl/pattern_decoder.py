@@ -36,14 +36,15 @@ class PatternDecoder(wiring.Component):
       with the read data ``nbin_data`` :attr:`READ_STAGES` cycles later) enters bank
       ``window.fill_bank`` (registered with the read) at register column ``kmax - 1`` and
       moves that bank's other columns one column left. The sequencer reads window columns
-      left to right and ends with column ``k - 1`` :attr:`READ_STAGES` cycles before
-      ``window.swap``, so window column ``c`` sits
+      left to right and ends with column ``k - 1`` at least :attr:`READ_STAGES` ``+ 1``
+      cycles before the ``window.swap`` that uses the window, so window column ``c`` sits
       in register column ``c + window.tap_offset`` (``kmax - k``); when the window slides by
       ``s`` columns (a layer of at most ``tiles`` input tiles, bank ``t`` for input tile
-      ``t``), only the ``s`` new columns are read. On ``window.swap`` the arriving column's
-      bank, with that last arrival shifted in, is copied to ``cur``: with one bank the swap
-      is wiring and the registers' clock enables, with several a ``tiles``-input
-      multiplexer per ``cur`` register;
+      ``t``), only the ``s`` new columns are read, and the window serves every output tile
+      of the pixel before it slides. On ``window.swap`` bank ``window.swap_bank`` is copied
+      to ``cur`` as it stands (an arrival into a bank at the same edge is not seen): with one
+      bank the swap is wiring and the registers' clock enables, with several a
+      ``tiles``-input multiplexer per ``cur`` register;
     * the **pattern table** (``ikr_kmax**2`` words, one per step ``s``; word ``s`` holds entry
       ``s`` of all P patterns, :func:`slimnfu.contract.ikr_tap_bits` each, pattern ``p`` at
       bit ``p*ikr_tap_bits``);
@@ -126,10 +127,10 @@ class PatternDecoder(wiring.Component):
         m.d.comb += [table_rd.addr.eq(win.step), index_rd.addr.eq(win.idx_addr)]
 
         # Arrival of the column read READ_STAGES cycles ago: it shifts into column kmax - 1
-        # of bank ``arr_bank``; on ``swap`` (always with an arrival, the window's last
-        # column) ``cur`` takes that bank shifted. Column kmax - 1 of every bank holds the
-        # words of both buffers as read and the row's padding flag; its value (the selected
-        # word, or zero) is formed after those registers.
+        # of bank ``arr_bank``; on ``swap`` ``cur`` takes bank ``swap_bank`` as it is (a bank
+        # may take an arrival at the same edge: ``cur`` gets the window before it). Column
+        # kmax - 1 of every bank holds the words of both buffers as read and the row's padding
+        # flag; its value (the selected word, or zero) is formed after those registers.
         banks = cfg.ikr.tiles
         arr_valid = delay(m, win.fill_valid, self.READ_STAGES, "arr_valid")
         arr_pad = delay(m, win.fill_pad, self.READ_STAGES, "arr_pad")
@@ -140,7 +141,7 @@ class PatternDecoder(wiring.Component):
         shift = [Signal(name=f"shift{b}") for b in range(banks)]
         m.d.comb += [shift[b].eq(arr_valid & (arr_bank == b)) for b in range(banks)]
         loads = [(f"next{b}" if banks > 1 else "next", shift[b], nxt[b]) for b in range(banks)]
-        for bank, load, value in loads + [("cur", win.swap, cur)]:
+        for bank, load, value in loads:
             for r in range(kmax):
                 words = [Signal(ti * dw, name=f"{bank}_b{b}_{r}") for b in range(2)]
                 pad = Signal(name=f"{bank}_pad{r}")
@@ -150,14 +151,12 @@ class PatternDecoder(wiring.Component):
                 m.d.comb += value[r * kmax + kmax - 1].eq(
                     Mux(pad, 0, Mux(self.nbin_buf, words[1], words[0])))
         for p in range(kmax * kmax):
-            r, c = divmod(p, kmax)
-            if c == kmax - 1:
-                continue
-            for b in range(banks):
-                with m.If(shift[b]):
-                    m.d.sync += nxt[b][p].eq(nxt[b][p + 1])
+            if p % kmax != kmax - 1:
+                for b in range(banks):
+                    with m.If(shift[b]):
+                        m.d.sync += nxt[b][p].eq(nxt[b][p + 1])
             with m.If(win.swap):
-                m.d.sync += cur[p].eq(_mux_tree(arr_bank, [nxt[b][p + 1] for b in range(banks)]))
+                m.d.sync += cur[p].eq(_mux_tree(win.swap_bank, [nxt[b][p] for b in range(banks)]))
 
         # The table holds taps ky*kmax + kx; the window's column 0 is register column
         # tap_offset (kx + tap_offset < kmax: the add never carries into ky). Both selects

@@ -245,9 +245,10 @@ class WindowSignature(_ParamSignature):
       slides by): column ``k - G + c`` of the next group's window is read from NBin in this
       cycle (left to right), row ``r`` as padding when ``fill_pad[r]``; the decoder shifts the
       data into its window bank ``fill_bank`` (constant over a slot) one cycle later;
-    * ``swap`` (``c == 0``): the filled window (the bank filled in the previous slot) becomes
-      the compute window at the clock edge, with column ``k - 1``, arriving in this cycle,
-      shifted in;
+      ``cols = 0`` in a slot that fills no window (an output tile ``o > 0`` in a banked layer);
+    * ``swap`` (``c == 0``): window bank ``swap_bank`` (the bank holding the window of the
+      group computed in this slot, complete since the previous clock edge) becomes the compute
+      window at the clock edge;
     * ``tap_offset`` (constant while a layer runs): ``kmax - k``, the register column of the
       window's column 0;
     * ``step`` and ``idx_addr``: the pattern-table word (the step ``c`` of the group being
@@ -265,7 +266,7 @@ class WindowSignature(_ParamSignature):
     Members
     -------
     swap, fill_valid : Out(1)
-    fill_bank : Out(bits_for(tiles - 1))
+    fill_bank, swap_bank : Out(bits_for(tiles - 1))
     fill_pad : Out(kmax)
     tap_offset : Out(bits_for(kmax - 1))
     step : Out(bits_for(kmax**2 - 1))
@@ -280,6 +281,7 @@ class WindowSignature(_ParamSignature):
         _check_width("tiles", tiles)
         super().__init__({
             "swap": Out(1),
+            "swap_bank": Out(bits_for(tiles - 1)),
             "fill_valid": Out(1),
             "fill_bank": Out(bits_for(tiles - 1)),
             "fill_pad": Out(kmax),

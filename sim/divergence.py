@@ -42,10 +42,11 @@ def write_cycle(desc, cfg, o, oy, ox):
     """The engine cycle in which pass ``desc`` writes output group ``(o, oy, ox)`` (output
     tile ``o``, pixel ``(oy, ox)``) to NBout; cycle 0 is the ``start`` cycle.
 
-    Groups are walked in DianNao's order (``o``, ``oy``, ``ox``; then input tiles and taps):
-    a dense pass spends ``ci_tiles*k*k`` steps a group (pooling: ``k*k``), from cycle
-    ``LayerEngine.FIRST_STEP`` on; an IKR pass a slot a kernel group (one per input tile,
-    :meth:`slimnfu.config.PassDesc.ikr_slot_cycles`), after one slot that only fills the first
+    A dense pass walks the groups in DianNao's order (``o``, ``oy``, ``ox``; then input tiles
+    and taps), ``ci_tiles*k*k`` steps a group (pooling: ``k*k``), from cycle
+    ``LayerEngine.FIRST_STEP`` on; an IKR pass spends a slot a kernel group (one per input
+    tile, :meth:`slimnfu.config.PassDesc.ikr_slot_cycles`; a banked pass walks ``oy, ox, o``,
+    :meth:`slimnfu.config.PassDesc.ikr_group_slot`), after one slot that only fills the first
     window, and its output is written after the last input tile's ``n`` steps. A step issued
     in cycle ``S`` writes in ``S + LayerEngine.write_delay(cfg, desc)``.
     """
@@ -53,7 +54,8 @@ def write_cycle(desc, cfg, o, oy, ox):
     g = (o * desc.h_out + oy) * desc.w_out + ox
     k = desc.layer.k
     if desc.ikr_n:
-        last = LayerEngine.FIRST_STEP + desc.ikr_slot_cycles(cfg, g * ci + ci) + desc.ikr_n - 1
+        slot = desc.ikr_group_slot(cfg, o, oy, ox) + ci
+        last = LayerEngine.FIRST_STEP + desc.ikr_slot_cycles(cfg, slot) + desc.ikr_n - 1
     else:
         last = LayerEngine.FIRST_STEP + (g + 1) * ci * k * k - 1
     return last + LayerEngine.write_delay(cfg, desc)

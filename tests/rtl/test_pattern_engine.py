@@ -148,27 +148,37 @@ def test_single_input_tile_window_slides(stride, cycles):
     assert counters["cycles"] == cycles + LayerEngine.latency(CFG, run)
 
 
-@pytest.mark.parametrize("tiles, n_in, stride, pad, n, banked", [
-    (3, 2 * CFG.ti, 1, 1, 1, True),        # two input tiles, each its own bank
-    (3, 2 * CFG.ti + 1, 2, 1, 1, True),    # three (the last partial), stride 2
-    (3, 2 * CFG.ti, 1, 0, 5, True),        # n > k: slots of n cycles, fill hidden
-    (2, 2 * CFG.ti + 1, 1, 1, 1, False),   # more input tiles than banks: full refills
+@pytest.mark.parametrize("tiles, n_in, n_out, stride, pad, n, banked", [
+    (3, 2 * CFG.ti, 2 * CFG.tn, 1, 1, 1, True),      # two input tiles, each its own bank
+    (3, 2 * CFG.ti + 1, 2 * CFG.tn, 2, 1, 1, True),  # three (the last partial), stride 2
+    (3, 2 * CFG.ti, 2 * CFG.tn, 1, 0, 5, True),      # n > k: slots of n cycles, fill hidden
+    (2, 2 * CFG.ti, 3 * CFG.tn - 1, 2, 1, 2, True),  # three output tiles, n = 2, stride 2
+    (1, CFG.ti, 3 * CFG.tn, 1, 1, 1, True),          # one bank, three output tiles
+    (2, 2 * CFG.ti + 1, 2 * CFG.tn, 1, 1, 1, False),  # more input tiles than banks: refills
 ])
-def test_banked_window_slides_with_several_input_tiles(tiles, n_in, stride, pad, n, banked):
-    """With ``ikr.tiles`` window banks a layer of up to that many input tiles slides each
-    tile's window in its own bank (``min(stride, k)`` new columns a group, ``max(n, k)`` only
-    at the start of a row); a wider layer refills every window in ``max(n, k)`` cycles."""
+def test_banked_window_slides_with_several_input_tiles(tiles, n_in, n_out, stride, pad, n,
+                                                       banked):
+    """With ``ikr.tiles`` window banks a layer of up to that many input tiles is walked
+    ``oy, ox, o, t``: each tile's window slides in its own bank (``min(stride, k)`` new columns
+    a group of output tile 0, ``max(n, k)`` only at the start of a row) and serves the pixel's
+    other output tiles in ``n`` cycles a group; a wider layer keeps DianNao's order and refills
+    every window in ``max(n, k)`` cycles."""
     cfg = CFG.with_(ikr={"kmax": 3, "index_depth": 16, "tiles": tiles})
-    run = PassDesc(LayerDesc("conv", n_in, 2 * CFG.tn, 6, 7, k=3, stride=stride, pad=pad,
+    run = PassDesc(LayerDesc("conv", n_in, n_out, 6, 7, k=3, stride=stride, pad=pad,
                              shift=15, act="relu"), ikr_n=n)
     ci, co = run.tiles(cfg)
+    assert co > 1 and run.ikr_banked(cfg) == banked
     groups = co * run.h_out * run.w_out * ci
-    row = ci * (max(n, 3) + (run.w_out - 1) * max(n, min(stride, 3)))
-    want = co * run.h_out * row + n if banked else groups * max(n, 3) + n
-    assert run.ikr_cycles(cfg) == want and (want < groups * max(n, 3) + n) == (banked and n < 3)
-    assert [run.ikr_slot_cycles(cfg, q) for q in (0, 1, ci, ci + 1, ci * run.w_out)] == (
-        [0, max(n, 3), ci * max(n, 3), ci * max(n, 3) + max(n, stride), row] if banked
-        else [q * max(n, 3) for q in (0, 1, ci, ci + 1, ci * run.w_out)])
+    full, slide = max(n, 3), max(n, min(stride, 3))
+    first = ci * full + (co - 1) * ci * n        # a row's first pixel
+    pixel = ci * slide + (co - 1) * ci * n       # the others
+    row = first + (run.w_out - 1) * pixel
+    want = run.h_out * row + n if banked else groups * full + n
+    assert run.ikr_cycles(cfg) == want and (want < groups * full + n) == (banked and n < 3)
+    slots = (0, 1, ci, ci + 1, ci * co, ci * co + 1, ci * co * run.w_out)
+    assert [run.ikr_slot_cycles(cfg, q) for q in slots] == (
+        [0, full, ci * full, ci * full + n, first, first + slide, row] if banked
+        else [q * full for q in slots])
     ops = random_ikr_layer(run, 7, 40 + tiles + stride + n, cfg)
     dut = LayerEngine(cfg)
     got = []
