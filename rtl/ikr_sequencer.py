@@ -18,26 +18,30 @@ class IkrSequencer(wiring.Component):
 
     The groups (one output pixel of one output tile for one input tile: the windows of
     :class:`slimnfu.rtl.loop_nest.LoopNest`) come in DianNao's order ``o, oy, ox, t``, as in
-    :class:`slimnfu.rtl.sequencer.Sequencer`. Slot ``q`` does two things at once:
+    :class:`slimnfu.rtl.sequencer.Sequencer`, except in a layer of at most ``cfg.ikr.tiles``
+    input tiles (*banked*: the decoder's bank ``t`` holds input tile ``t``'s window), walked
+    ``oy, ox, o, t`` (the loop nest's ``o_inner``) so that the pixel's windows serve every
+    output tile before they slide. Slot ``q`` does two things at once:
 
     * **fill** ``cols`` columns of group ``q``'s KxK input window in the last ``cols`` cycles
       of the slot, left to right: slot cycle ``c >= G - cols`` reads window column
       ``k - G + c``, the ``k`` pixels ``(t, iy0 + r, ix0 + k - G + c)`` for ``r < k``,
       through ``k`` NBin read ports (``fill_addr[r]``; ``window.fill_pad[r]`` marks a
       padding position, read as zero: the ports need no read enable), into the decoder's
-      window bank ``window.fill_bank``. ``cols = k``, except in a layer of at most
-      ``cfg.ikr.tiles`` input tiles (*banked*: bank ``t`` holds input tile ``t``'s window) for
-      every output pixel but the first of its row: the window then slides from the same
-      tile's window of the previous pixel, and only its last ``cols = min(stride, k)``
-      columns are new. A layer with more input tiles fills bank 0 with all ``k`` columns of
-      every window. The data arrive :attr:`PatternDecoder.READ_STAGES` cycles later, at
-      :class:`slimnfu.rtl.pattern_decoder.PatternDecoder`, whose bank shifts one column left
-      per arrival; column ``k - 1``, read in the slot's last cycle, arrives with the next
-      slot's ``swap``;
+      window bank ``window.fill_bank``. ``cols = k``, except in a banked layer: for output
+      tile 0 at every output pixel but the first of its row the window slides from the
+      same tile's window of the previous pixel, and only its last ``cols = min(stride, k)``
+      columns are new; for the other output tiles the bank already holds the window
+      (``cols = 0``, ``G = n``). A layer with more input tiles fills bank 0 with all ``k``
+      columns of every window. The data arrive :attr:`PatternDecoder.READ_STAGES` cycles
+      later, at :class:`slimnfu.rtl.pattern_decoder.PatternDecoder`, whose bank shifts one
+      column left per arrival; column ``k - 1``, read in the slot's last cycle, lands in the
+      bank the cycle before the next slot's ``swap``;
     * **compute** group ``q - 1``: in slot cycle ``c < n`` it issues step ``c``
       (``step.valid``): SB word ``(o*ci_tiles + t)*n + c``, pattern-table word
       ``window.step = c`` and IKR index word ``window.idx_addr = o*ci_tiles + t``.
-      ``window.swap`` (slot cycle 0) moves the filled window into the compute window.
+      ``window.swap`` (slot cycle 0) copies the group's bank (``window.swap_bank``: ``t``
+      when banked, else 0) into the compute window.
 
     Slot 0 only fills; the layer ends after the ``n`` steps of the last group, so the NFU
     cycle count is the sum of the slots plus ``n`` (:meth:`slimnfu.config.PassDesc.ikr_cycles`:
@@ -50,17 +54,18 @@ class IkrSequencer(wiring.Component):
 
     Timing: every output comes from a register. The fill (``fill_addr``, ``window.fill_*``)
     comes :attr:`FILL_STAGES` cycles after the slot cycle it belongs to, the steps and
-    ``window.swap`` :attr:`OUTPUT_STAGES` cycles after it (one more than the fill's since the
+    ``window.swap`` :attr:`OUTPUT_STAGES` cycles after it (two more than the fill's: the
     fill read's words reach the decoder two cycles after the read, block RAM and output
-    register), ``window.step`` and ``window.idx_addr`` :attr:`PatternDecoder.LOOKAHEAD`
-    cycles before the steps; so the pass's steps reach the engine :attr:`OUTPUT_STAGES`
-    cycles later than the dense sequencer's
-    (:meth:`slimnfu.rtl.engine.LayerEngine.ikr_stages`). The slot's counters are registers
-    (``slot`` up, ``rem`` down to the slot's last cycle, the fill column ``col``), the next
-    slot's kind (whole window or slide) is known from a count of the row's output pixels
-    when the loop nest moves on, and the fill address takes two stages: the window rows'
-    first words (``tbase + row + w_in*r``), the column's input x and the row padding, then
-    their sum and the column padding.
+    register, and the swap copies the bank after the last of them has landed),
+    ``window.step`` and ``window.idx_addr`` :attr:`PatternDecoder.LOOKAHEAD` cycles before
+    the steps; so the pass's steps reach the engine :attr:`OUTPUT_STAGES` cycles later than
+    the dense sequencer's (:meth:`slimnfu.rtl.engine.LayerEngine.ikr_stages`). The slot's
+    counters are registers (``slot`` up, ``rem`` down to the slot's last cycle, the fill
+    column ``col``), the next slot's kind (whole window, slide or none) is known from a
+    count of the row's output pixels and an "output tile 0" flag when the loop nest moves
+    on, and the fill address takes two stages: the window rows' first words
+    (``tbase + row + w_in*r``), the column's input x and the row padding, then their sum and
+    the column padding.
 
     Parameters
     ----------
@@ -82,9 +87,9 @@ class IkrSequencer(wiring.Component):
     #: compares, so that nothing but a register drives the block RAMs' address pins.
     FILL_STAGES = 2
     #: Register stages between the loop nest's position and the steps and ``window.swap``:
-    #: the fill's, and the read's words arrive at the decoder
-    #: :attr:`PatternDecoder.READ_STAGES` cycles after their address, one more than the
-    #: sequencer's one-cycle read assumed.
+    #: the fill's, and the read's words land in the decoder's bank
+    #: :attr:`PatternDecoder.READ_STAGES` cycles after their address; the swap copies the
+    #: bank the cycle after (a bank it does not shift into, whether or not the slot fills).
     OUTPUT_STAGES = FILL_STAGES + PatternDecoder.READ_STAGES
 
     def __init__(self, cfg):

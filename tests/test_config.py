@@ -1,5 +1,7 @@
 """The config object and layer descriptors refuse what the engine cannot run."""
 
+import itertools
+
 import pytest
 
 from slimnfu.config import (CONFIGS, PASS_FIELDS, AccelConfig, IkrParams, LayerDesc, PassDesc,
@@ -170,3 +172,28 @@ def test_changes_from_is_what_changed_takes(kw):
     # and back: a feature on in the base and off here is 0
     assert base.changes_from(cfg) == {} or base.changed(**changes).changed(
         **base.changes_from(cfg)).with_(name="tiny") == base
+
+
+@pytest.mark.parametrize("tiles, n_in, n_out, stride, n", [
+    (5, 20, 50, 1, 1), (2, 9, 13, 2, 2), (1, 4, 9, 1, 5), (2, 12, 8, 1, 1)])
+def test_ikr_slot_cycles_walk_the_banked_order(tiles, n_in, n_out, stride, n):
+    """``ikr_slot_cycles`` is the sum of the slots in the pass's walk (``ikr_group_slot``):
+    ``oy, ox, o, t`` when banked, output tile 0's groups filling ``k`` columns at a row start
+    and ``min(stride, k)`` after, the other output tiles' none; ``o, oy, ox, t`` and
+    ``max(n, k)`` a slot when not."""
+    cfg = CONFIGS["tiny"].with_(ikr={"tiles": tiles})
+    run = PassDesc(LayerDesc("conv", n_in, n_out, 7, 8, 3, stride, 1), ikr_n=n)
+    ci, co = run.tiles(cfg)
+    banked = run.ikr_banked(cfg)
+    assert banked == (ci <= tiles)
+    groups = sorted(itertools.product(range(co), range(run.h_out), range(run.w_out)),
+                    key=lambda g: run.ikr_group_slot(cfg, *g))
+    assert [run.ikr_group_slot(cfg, *g) for g in groups] == list(range(0, len(groups) * ci, ci))
+    slots = []
+    for o, oy, ox in groups:
+        cols = 3 if not banked or o == 0 and ox == 0 else 0 if o else min(stride, 3)
+        slots += [max(n, cols)] * ci
+    assert groups[1] == ((1, 0, 0) if banked and co > 1 else (0, 0, 1))
+    assert [run.ikr_slot_cycles(cfg, q) for q in range(len(slots) + 1)] == \
+        list(itertools.accumulate(slots, initial=0))
+    assert run.ikr_cycles(cfg) == sum(slots) + n

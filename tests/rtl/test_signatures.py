@@ -82,8 +82,8 @@ def test_window_and_run_signatures():
     win = WindowSignature.for_config(cfg)
     assert win == WindowSignature(kmax=3, index_addr_width=4)
     assert {n: m.shape for n, m in win.members.items()} == {
-        "swap": 1, "swap_bank": 1, "fill_valid": 1, "fill_bank": 1, "fill_pad": 3, "tap_offset": 2, "step": 4,
-        "idx_addr": 4}
+        "swap": 1, "swap_bank": 1, "fill_valid": 1, "fill_bank": 1, "fill_pad": 3,
+        "tap_offset": 2, "step": 4, "idx_addr": 4}
     banked = WindowSignature.for_config(
         TINY.with_(ikr={"kmax": 3, "index_depth": 16, "tiles": 5}))
     assert banked == WindowSignature(kmax=3, index_addr_width=4, tiles=5) != win

@@ -87,7 +87,9 @@ def test_write_cycle_is_when_the_engine_writes():
              PassDesc(LayerDesc("conv", 3, 5, 7, 6, 3, 1, 0), koff=1, nbout_base=7,
                       lane_k=(1, 3, 0, 1)),
              PassDesc(LayerDesc("conv", 5, 6, 4, 4, 3, pad=1), ikr_n=4),
-             PassDesc(LayerDesc("conv", 3, 2, 4, 4, 3, pad=1, stride=2), ikr_n=2)]
+             PassDesc(LayerDesc("conv", 3, 2, 4, 4, 3, pad=1, stride=2), ikr_n=2),
+             # one input tile, two output tiles: banked, walked oy, ox, o
+             PassDesc(LayerDesc("conv", 3, 6, 4, 4, 3, pad=1), ikr_n=3)]
     pairs, want = [], []
     for desc in descs:
         ikr = None
@@ -101,6 +103,7 @@ def test_write_cycle_is_when_the_engine_writes():
                           (0, 1, 0)):
             pairs.append((cases, desc.nbout_base + (o * desc.h_out + oy) * desc.w_out + ox))
             want.append(write_cycle(desc, CFG, o, oy, ox) + 1)
+    assert descs[-1].ikr_banked(CFG) and descs[-1].tiles(CFG)[1] == 2
     assert _write_ticks(pairs) == want
     last = descs[0]
     co = last.tiles(CFG)[1]
