@@ -4,8 +4,9 @@ Every KxK kernel of an IKR conv layer keeps exactly ``n`` weights, at the taps o
 layer's ``P <= 16`` patterns. Storage is ``n`` values plus one ``ceil(log2 P)``-bit index per
 kernel, plus the pattern table (``P*n`` taps of ``ceil(log2(K*K))`` bits); no per-weight
 positions. The engine (:mod:`slimnfu.rtl.ikr_unit`) runs a kernel group in ``max(n, K)``
-cycles instead of ``K*K`` (``max(n, stride)`` while its window slides along a row, with one
-input tile; :meth:`slimnfu.config.PassDesc.ikr_cycles`).
+cycles instead of ``K*K`` (``max(n, stride)`` while its window slides along a row and ``n``
+for the pixel's other output tiles, with a window bank per input tile;
+:meth:`slimnfu.config.PassDesc.ikr_cycles`).
 
 The paper's full text is not available; these are our choices, each an option of
 :class:`IkrOptions`:
