@@ -89,7 +89,7 @@ class IkrSequencer(wiring.Component):
     #: Register stages between the loop nest's position and the steps and ``window.swap``:
     #: the fill's, and the read's words land in the decoder's bank
     #: :attr:`PatternDecoder.READ_STAGES` cycles after their address; the swap copies the
-    #: bank the cycle after (a bank it does not shift into, whether or not the slot fills).
+    #: bank the cycle after, as it stands, whether or not the slot fills.
     OUTPUT_STAGES = FILL_STAGES + PatternDecoder.READ_STAGES
 
     def __init__(self, cfg):
