@@ -89,6 +89,10 @@ class PatternDecoder(wiring.Component):
     #: entries with ``tap_offset`` added), then the tap register.
     LOOKAHEAD = 3
 
+    #: ``lane_neurons`` come this many cycles after the tap register's: the window select
+    #: is split at a register (:meth:`window_select_bits`).
+    WINDOW_STAGES = 1
+
     def __init__(self, cfg):
         self.cfg = check_config(self, cfg, needs="ikr")
         lanes = cfg.tn * cfg.ti
@@ -111,6 +115,12 @@ class PatternDecoder(wiring.Component):
             "index": LoadSignature(addr_width=bits_for(cfg.ikr.index_depth - 1),
                                    data_width=lanes * ikr_index_bits(cfg)),
         }
+
+    @staticmethod
+    def window_select_bits(cfg):
+        """The tap bits of the window select's first stage: the low half, rounded up (3 of 5
+        on a 5x5 window: 8-input selects, then one of 4)."""
+        return (ikr_tap_bits(cfg) + 1) // 2
 
     def elaborate(self, platform):
         m = Module()
@@ -184,5 +194,15 @@ class PatternDecoder(wiring.Component):
                 lane = j * ti + i
                 tap = Signal(tb, name=f"tap{lane}")
                 m.d.sync += tap.eq(_mux_tree(index_l[lane * ib:(lane + 1) * ib], entries))
-                m.d.comb += self.lane_neurons[lane].eq(_mux_tree(tap, window))
+                # The window select in two stages (WINDOW_STAGES): the low tap bits pick
+                # one register of each group of 2**low, the high bits (registered beside
+                # them) one of those groups.
+                low = self.window_select_bits(cfg)
+                parts = [Signal(dw, name=f"part{lane}_{g}", reset_less=True)
+                         for g in range(-(-kmax * kmax // (1 << low)))]
+                m.d.sync += [part.eq(_mux_tree(tap[:low], window[g << low:(g + 1) << low]))
+                             for g, part in enumerate(parts)]
+                high = Signal(tb - low, name=f"tap{lane}_high", reset_less=True)
+                m.d.sync += high.eq(tap[low:])
+                m.d.comb += self.lane_neurons[lane].eq(_mux_tree(high, parts))
         return m
