@@ -57,9 +57,11 @@ class PatternDecoder(wiring.Component):
     ``S - 1`` in the fabric (the index word as read, the table word as its ``P`` entries plus
     ``window.tap_offset``, which is constant while a layer runs), each multiplier's tap
     ``table[step][idx[j, i]] + tap_offset`` is selected from those and registered in ``S``,
-    and in ``S+1`` lane ``j*ti + i`` gets ``lane_neurons = cur[tap][i]`` (combinational from
-    the tap and window registers), in step with the SB word that NFU-1 multiplies it by. A
-    write on ``table`` or ``index`` lands at the clock edge.
+    and lane ``j*ti + i`` gets ``lane_neurons = cur[tap][i]`` (``cur`` as it is in ``S+1``)
+    in ``S + 1 + WINDOW_STAGES``: in ``S+1`` the low :meth:`window_select_bits` of the tap
+    select one register of each group of ``2**low`` and are registered with the high bits,
+    which select among those in ``S+2`` (combinational). A write on ``table`` or ``index``
+    lands at the clock edge.
 
     Parameters
     ----------
