@@ -313,10 +313,11 @@ class LayerEngine(wiring.Component):
         m.d.comb += [nfu1.neurons.eq(neurons), nfu1.synapses.eq(synapse_word),
                      nfu1.en.eq(valid & is_mac)]
         if cfg.ikr:
-            # one cycle after the step (T): an IKR pass is a conv pass, never permuted, so
-            # its R is T
+            # one cycle after the step (T), IkrUnit.WINDOW_STAGES registers of it in the unit:
+            # an IKR pass is a conv pass, never permuted, so its R is T
             m.d.comb += nfu1.lane_neurons.eq(
-                delayed(lane_neurons, self.STEP_STAGES + operands - 1, "lane_neurons"))
+                delayed(lane_neurons, self.STEP_STAGES + operands - 1 - IkrUnit.WINDOW_STAGES,
+                        "lane_neurons"))
 
         # NFU-2 accumulates.
         m.d.comb += [

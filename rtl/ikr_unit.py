@@ -65,6 +65,10 @@ class IkrUnit(wiring.Component):
 
     #: The sequencer's register stages in front of the steps.
     OUTPUT_STAGES = IkrSequencer.OUTPUT_STAGES
+    #: ``lane_neurons`` come this many cycles after the step's tap register (the decoder's
+    #: split window select): ``lane_neurons`` for a step issued in cycle ``S`` (``step``) is
+    #: valid in ``S + 1 + WINDOW_STAGES``.
+    WINDOW_STAGES = PatternDecoder.WINDOW_STAGES
     #: ``nbin_data`` arrives this many cycles after ``nbin_addr``: the block RAM read and its
     #: output register, which the engine provides.
     READ_STAGES = PatternDecoder.READ_STAGES

@@ -53,12 +53,16 @@ class PatternDecoder(wiring.Component):
       ``(o*tn + j, t*ti + i)``).
 
     For a step issued in cycle ``S`` (``window.step``, ``window.idx_addr`` given
-    :attr:`LOOKAHEAD` cycles ahead, in ``S - 2``) both memories are read in ``S - 2``, their
-    words are registered in ``S - 1`` (the block RAMs' output registers), each multiplier's
-    tap ``table[step][idx[j, i]] + tap_offset`` is selected from them and registered in
-    ``S``, and in ``S+1`` lane ``j*ti + i`` gets ``lane_neurons = cur[tap][i]``
-    (combinational from the tap and window registers), in step with the SB word that NFU-1
-    multiplies it by. A write on ``table`` or ``index`` lands at the clock edge.
+    :attr:`LOOKAHEAD` cycles ahead, in ``S - 3``) both memories are read in ``S - 3``, their
+    words are registered in ``S - 2`` (the block RAMs' output registers) and again in
+    ``S - 1`` in the fabric (the index word as read, the table word as its ``P`` entries plus
+    ``window.tap_offset``, which is constant while a layer runs), each multiplier's tap
+    ``table[step][idx[j, i]] + tap_offset`` is selected from those and registered in ``S``,
+    and lane ``j*ti + i`` gets ``lane_neurons = cur[tap][i]`` (``cur`` as it is in ``S+1``)
+    in ``S + 1 + WINDOW_STAGES``: in ``S+1`` the low :meth:`window_select_bits` of the tap
+    select one register of each group of ``2**low`` and are registered with the high bits,
+    which select among those in ``S+2`` (combinational). A write on ``table`` or ``index``
+    lands at the clock edge.
 
     Parameters
     ----------
@@ -84,8 +88,13 @@ class PatternDecoder(wiring.Component):
     #: and its output register (the engine's ``LayerEngine.READ_STAGES``).
     READ_STAGES = 2
     #: ``window.step`` and ``window.idx_addr`` come this many cycles before their step: the
-    #: memory read and its output register, then the tap register.
-    LOOKAHEAD = 2
+    #: memory read and its output register, the fabric copies of the words (the table's
+    #: entries with ``tap_offset`` added), then the tap register.
+    LOOKAHEAD = 3
+
+    #: ``lane_neurons`` come this many cycles after the tap register's: the window select
+    #: is split at a register (:meth:`window_select_bits`).
+    WINDOW_STAGES = 1
 
     def __init__(self, cfg):
         self.cfg = check_config(self, cfg, needs="ikr")
@@ -109,6 +118,12 @@ class PatternDecoder(wiring.Component):
             "index": LoadSignature(addr_width=bits_for(cfg.ikr.index_depth - 1),
                                    data_width=lanes * ikr_index_bits(cfg)),
         }
+
+    @staticmethod
+    def window_select_bits(cfg):
+        """The tap bits of the window select's first stage: the low half, rounded up (3 of 5
+        on a 5x5 window: 8-input selects, then one of 4)."""
+        return (ikr_tap_bits(cfg) + 1) // 2
 
     def elaborate(self, platform):
         m = Module()
@@ -162,18 +177,33 @@ class PatternDecoder(wiring.Component):
         # tap_offset (kx + tap_offset < kmax: the add never carries into ky). Both selects
         # are trees of 2:1 multiplexers: on ECP5 LUT4s this decoder alone takes 6,123 LUT4
         # against 6,887 with Array indexing (Yosys synth_ecp5, tiny). The memories' words
-        # are registered (reset-less, so they can be the block RAMs' output registers) and
-        # so is each tap: the window select starts from registers (LOOKAHEAD).
+        # are registered (reset-less, so they can be the block RAMs' output registers), then
+        # registered again in the fabric (the table's entries with tap_offset added, P adds
+        # rather than one per lane): the block RAMs sit in their columns, and their words
+        # went from there to all tn*ti tap selects in one cycle. The tap select thus starts
+        # from fabric registers, and so does the window select (LOOKAHEAD).
         table_q = delay(m, table_rd.data, 1, "table_q", reset_less=True)
         index_q = delay(m, index_rd.data, 1, "index_q", reset_less=True)
-        offset = delay(m, win.tap_offset, 1, "tap_offset_q")
-        entries = [table_q[q * tb:(q + 1) * tb] for q in range(cfg.ikr.patterns)]
+        index_l = delay(m, index_q, 1, "index_l", reset_less=True)
+        entries = [Signal(tb, name=f"entry{q}", reset_less=True)
+                   for q in range(cfg.ikr.patterns)]
+        m.d.sync += [e.eq(table_q[q * tb:(q + 1) * tb] + win.tap_offset)
+                     for q, e in enumerate(entries)]
         for i in range(ti):
             window = [cur[p][i * dw:(i + 1) * dw] for p in range(kmax * kmax)]
             for j in range(tn):
                 lane = j * ti + i
                 tap = Signal(tb, name=f"tap{lane}")
-                m.d.sync += tap.eq(_mux_tree(index_q[lane * ib:(lane + 1) * ib], entries)
-                                   + offset)
-                m.d.comb += self.lane_neurons[lane].eq(_mux_tree(tap, window))
+                m.d.sync += tap.eq(_mux_tree(index_l[lane * ib:(lane + 1) * ib], entries))
+                # The window select in two stages (WINDOW_STAGES): the low tap bits pick
+                # one register of each group of 2**low, the high bits (registered beside
+                # them) one of those groups.
+                low = self.window_select_bits(cfg)
+                parts = [Signal(dw, name=f"part{lane}_{g}", reset_less=True)
+                         for g in range(-(-kmax * kmax // (1 << low)))]
+                m.d.sync += [part.eq(_mux_tree(tap[:low], window[g << low:(g + 1) << low]))
+                             for g, part in enumerate(parts)]
+                high = Signal(tb - low, name=f"tap{lane}_high", reset_less=True)
+                m.d.sync += high.eq(tap[low:])
+                m.d.comb += self.lane_neurons[lane].eq(_mux_tree(high, parts))
         return m

@@ -127,6 +127,27 @@ def test_ikr_blocks_refuse_ikr_off(cls):
         cls(CONFIGS["tiny"])
 
 
+def test_decoder_stages_add_no_latency():
+    """Session 13's registers for 100 MHz on tiny+ikr take stages that were there: the
+    decoder's fabric copies of the block RAM words (LOOKAHEAD 3) take stages of the
+    sequencer's step delay, and the split window select (WINDOW_STAGES) one of the engine's
+    lane_neurons registers, so IkrSequencer.OUTPUT_STAGES (pinned in test_engine; 4 since the
+    banked order's swap) does not grow with them."""
+    assert PatternDecoder.LOOKAHEAD == 3 < IkrSequencer.OUTPUT_STAGES == 4
+    assert IkrUnit.WINDOW_STAGES == PatternDecoder.WINDOW_STAGES == 1
+    assert PatternDecoder.window_select_bits(CONFIGS["tiny"].with_(ikr=True)) == 3
+    assert PatternDecoder.window_select_bits(CFG) == 2
+
+
+@pytest.mark.parametrize("kmax", [1, 2, 7])
+def test_decoder_elaborates_for_every_window_size(kmax):
+    """The split window select holds for a window of one tap (no high bits) and the
+    largest."""
+    from amaranth.back import rtlil
+
+    rtlil.convert(PatternDecoder(CFG.with_(ikr={"kmax": kmax})))
+
+
 @pytest.mark.parametrize("stride, cycles", [(1, 6 * (3 + 5 * 1) + 1), (2, 3 * (3 + 2 * 2) + 1)])
 def test_single_input_tile_window_slides(stride, cycles):
     """One input tile at n = 1: every output pixel but the first of its row reads only the
