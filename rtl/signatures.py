@@ -252,7 +252,13 @@ class WindowSignature(_ParamSignature):
     * ``tap_offset`` (constant while a layer runs): ``kmax - k``, the register column of the
       window's column 0;
     * ``step`` and ``idx_addr``: the pattern-table word (the step ``c`` of the group being
-      computed) and the IKR index word (its ``(o, t)`` tile pair), read in this cycle.
+      computed) and the IKR index word (its ``(o, t)`` tile pair), sent
+      :attr:`slimnfu.rtl.pattern_decoder.PatternDecoder.LOOKAHEAD` cycles before the step
+      they serve reaches the engine (the decoder reads its memories that far ahead).
+
+    The cycles above are the slot's; the sequencer sends every member a fixed number of
+    register stages later (:attr:`IkrSequencer.FILL_STAGES` for the fill,
+    :attr:`IkrSequencer.OUTPUT_STAGES` for ``swap`` and the steps).
 
     Parameters
     ----------
