@@ -6,8 +6,9 @@ the pattern table (``n`` words, each the ``s``-th tap of all ``P`` slots as
 ``ky*ikr_kmax + kx``), the biases and the PWL table. It needs ``cfg.ikr`` (the pattern
 decoder of :mod:`slimnfu.rtl.ikr_unit`), which runs a kernel group in ``max(n, k)`` cycles, or
 in a layer of at most ``cfg.ikr.tiles`` input tiles ``max(n, stride)`` while the window slides
-and ``n`` for the pixel's output tiles after the first (``PassDesc.ikr_cycles``); :meth:`IkrFormat.configure` gives the decoder a window bank per input
-tile of the program's IKR layers, within :data:`WINDOW_BANK_BITS`.
+and ``n`` for the pixel's output tiles after the first (``PassDesc.ikr_cycles``);
+:meth:`IkrFormat.configure` gives the decoder a window bank per input tile of the program's IKR
+layers, within :data:`WINDOW_BANK_BITS`.
 """
 
 import math
