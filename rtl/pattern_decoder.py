@@ -189,18 +189,19 @@ class PatternDecoder(wiring.Component):
                    for q in range(cfg.ikr.patterns)]
         m.d.sync += [e.eq(table_q[q * tb:(q + 1) * tb] + win.tap_offset)
                      for q, e in enumerate(entries)]
+        # The window select in two stages (WINDOW_STAGES): the low tap bits pick one
+        # register of each group of 2**low, the high bits (registered beside them) one of
+        # those groups.
+        low = self.window_select_bits(cfg)
+        groups = -(-kmax * kmax // (1 << low))
         for i in range(ti):
             window = [cur[p][i * dw:(i + 1) * dw] for p in range(kmax * kmax)]
             for j in range(tn):
                 lane = j * ti + i
                 tap = Signal(tb, name=f"tap{lane}")
                 m.d.sync += tap.eq(_mux_tree(index_l[lane * ib:(lane + 1) * ib], entries))
-                # The window select in two stages (WINDOW_STAGES): the low tap bits pick
-                # one register of each group of 2**low, the high bits (registered beside
-                # them) one of those groups.
-                low = self.window_select_bits(cfg)
                 parts = [Signal(dw, name=f"part{lane}_{g}", reset_less=True)
-                         for g in range(-(-kmax * kmax // (1 << low)))]
+                         for g in range(groups)]
                 m.d.sync += [part.eq(_mux_tree(tap[:low], window[g << low:(g + 1) << low]))
                              for g, part in enumerate(parts)]
                 high = Signal(tb - low, name=f"tap{lane}_high", reset_less=True)
