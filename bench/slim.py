@@ -6,7 +6,8 @@ and report the docs/design.md section 9 rows. RTL cycles are measured in co-simu
 (Verilator by default, config ``tiny`` with ``kgate``) on one test image, for the **conv
 layers** (``rtl_scope``): the dense conv layers versus every engine pass of the slim layers
 (kernel-size passes, gated mixed tiles, 1x1 approximation passes). ``rtl_cycles_ideal`` is the
-dense conv cycles times the conv MAC ratio. ``gated`` / ``mults`` is the share of issued
+dense conv cycles times the conv MAC ratio; ``rtl_layers`` gives the same per conv layer, with
+``speedup_over_ideal`` (ideal over measured cycles). ``gated`` / ``mults`` is the share of issued
 multiplies the kernel gate switched off. ``area`` holds Yosys figures of the engine with the
 gate off and on (``--no-area`` skips them).
 """
@@ -102,9 +103,33 @@ def _measure(cases, cfg, sim):
     entries = run_regression(cfg, cases, sims=(sim,), log=lambda *a: None)
     bad = [f"{e['name']}: {e['error']}" for e in entries if not e["passed"]]
     return {"cycles": sum(e["cycles"] or 0 for e in entries),
+            "by_case": {e["name"]: e["cycles"] or 0 for e in entries},
             "mults": sum(e["mults"] or 0 for e in entries),
             "gated": sum(e.get("gated") or 0 for e in entries),
             "passes": len(entries), "bit_exact": not bad, "errors": bad[:5]}
+
+
+def layer_rows(conv_names, dense_rtl, slim_rtl, macs):
+    """Per conv layer: its dense and slim RTL cycles, MACs, ideal and ``speedup_over_ideal``.
+
+    ``conv_names`` are the conv layers' names in order, ``dense_rtl`` / ``slim_rtl`` the
+    :func:`_measure` results (cases ``dense_<layer>`` and ``slim_<layer>_pass<n>...``), and
+    ``macs`` :func:`slimnfu.compress.slim.conv_macs`'s per-layer list in the same order (a
+    layer's slim cycles are those of every case ``slim_<layer>_...``: its kernel-size passes
+    and its 1x1 approximation pass). The
+    ideal is the layer's dense cycles times its MAC ratio; ``speedup_over_ideal`` is ideal over
+    cycles (1.0: the MAC saving fully reached the cycle count)."""
+    rows = []
+    for name, mac in zip(conv_names, macs, strict=True):
+        dense = dense_rtl["by_case"][f"dense_{name}"]
+        slim = sum(c for case, c in slim_rtl["by_case"].items()
+                   if case.startswith(f"slim_{name}_"))
+        ideal = dense * mac["macs"] / mac["macs_dense"]
+        rows.append({"layer": name, "rtl_cycles_dense": dense, "rtl_cycles": slim,
+                     "macs_dense": mac["macs_dense"], "macs": mac["macs"],
+                     "rtl_cycles_ideal": round(ideal),
+                     "speedup_over_ideal": round(ideal / slim, 3) if slim else None})
+    return rows
 
 
 def run_network(name, args, cfg, log=print, on_row=None):
@@ -146,7 +171,7 @@ def run_network(name, args, cfg, log=print, on_row=None):
                 slim.fine_tune(sm, trx[:args.finetune], try_[:args.finetune])
             qslim = slim.quantize_slim(sm, cx[:500], cfg.dw, cfg.acc)
             st = model_stats(qslim)
-            conv_dense, conv_slim, _ = slim.conv_macs(sm, sample)
+            conv_dense, conv_slim, layer_macs = slim.conv_macs(sm, sample)
             row = {
                 "network": name, "dataset": ds, "method": f"slim_{treatment}",
                 "budget_pct": budget, "acc_float_base": acc_base,
@@ -176,7 +201,11 @@ def run_network(name, args, cfg, log=print, on_row=None):
                     "gated_share": round(m["gated"] / max(1, m["mults"]), 4),
                     "rtl_passes": m["passes"], "rtl_bit_exact": m["bit_exact"] and
                     dense_rtl["bit_exact"], "rtl_errors": m["errors"] + dense_rtl["errors"],
+                    "rtl_layers": layer_rows(
+                        [l.name for l in qdense.layers if l.desc.kind == "conv"], dense_rtl, m,
+                        layer_macs),
                     "sim": args.sim})
+                assert sum(l["rtl_cycles"] for l in row["rtl_layers"]) == m["cycles"]
             log(f"{name} {treatment} {budget}%: acc {row['acc_float']} (int {row['acc_int']}, "
                 f"base {acc_base}), conv MACs {row['conv_macs']}/{row['conv_macs_dense']}, "
                 f"cycles {row['rtl_cycles']}/{row['rtl_cycles_dense']} "
@@ -210,6 +239,16 @@ def markdown(rows, area=None):
                f"{r['rtl_cycles_dense'] / cyc:.2f} | {cyc / ideal:.2f} | "
                f"{100 * r['gated_share']:.1f}% | {'yes' if r['rtl_bit_exact'] else 'NO'} |"
                if cyc else "- | - | - | - | - | - | - |"))
+    per_layer = [(r, l) for r in rows for l in r.get("rtl_layers") or ()]
+    if per_layer:
+        lines += ["", "| network | budget % | treatment | layer | MAC saving | RTL cycles | dense | "
+                  "ideal | speed-up | speed-up / ideal |",
+                  "|---|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['network']} | {r['budget_pct']} | {r['method'][5:]} | {l['layer']} | "
+                  f"{100 * (1 - l['macs'] / l['macs_dense']):.1f}% | {l['rtl_cycles']:,} | "
+                  f"{l['rtl_cycles_dense']:,} | {l['rtl_cycles_ideal']:,} | "
+                  f"{l['rtl_cycles_dense'] / l['rtl_cycles']:.2f} | {l['speedup_over_ideal']:.2f} |"
+                  for r, l in per_layer if l["rtl_cycles"]]
     if area:
         lines += ["", "| engine (tiny) | LUT4 | FF | MULT18X18D | DP16KD |",
                   "|---|---:|---:|---:|---:|"]

@@ -18,3 +18,30 @@ def test_bad_option(argv, message, capsys, tmp_path):
     assert main(["bench", "slim", "--out", str(out), *argv]) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not out.exists()
+
+
+def test_layer_rows_sum_each_layers_passes():
+    from slimnfu.bench.slim import layer_rows, markdown
+
+    dense = {"by_case": {"dense_conv1": 1000, "dense_conv2": 4000}}
+    slim = {"by_case": {"slim_conv1_pass0_k5": 300, "slim_conv1_pass1_k1": 100,
+                        "slim_conv2_pass0_k3_mixed": 1500, "slim_conv2_approx1x1": 500,
+                        "slim_conv10_pass0_k1": 7}}
+    macs = [{"macs_dense": 100, "macs": 25}, {"macs_dense": 400, "macs": 200}]
+    rows = layer_rows(["conv1", "conv2"], dense, slim, macs)
+    assert [(r["layer"], r["rtl_cycles"], r["rtl_cycles_ideal"]) for r in rows] == [
+        ("conv1", 400, 250), ("conv2", 2000, 2000)]
+    assert [r["speedup_over_ideal"] for r in rows] == [0.625, 1.0]
+    row = {"network": "lenet5", "budget_pct": 1.0, "method": "slim_both", "acc_float": 99.0,
+           "acc_float_base": 99.2, "acc_int": 99.0, "conv_macs": 225, "conv_macs_dense": 500,
+           "rtl_cycles": None, "rtl_layers": rows}
+    table = markdown([row])
+    assert "| lenet5 | 1.0 | both | conv1 | 75.0% | 400 | 1,000 | 250 | 2.50 | 0.62 |" in table
+    assert "| conv2 | 50.0% | 2,000 | 4,000 | 2,000 | 2.00 | 1.00 |" in table
+
+
+def test_layer_rows_refuse_a_layer_count_mismatch():
+    from slimnfu.bench.slim import layer_rows
+
+    with pytest.raises(ValueError):
+        layer_rows(["conv1"], {"by_case": {"dense_conv1": 1}}, {"by_case": {}}, [])
