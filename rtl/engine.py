@@ -73,10 +73,11 @@ class LayerEngine(wiring.Component):
     :meth:`buffer_copies` copies, all written alike, so that an IKR layer's window rows have
     read ports of their own: row ``r`` on copy ``r // 2``, an odd row on the copy's write
     port (its address is the row's while the buffer is the running IKR layer's input, which
-    is never written then), so every block RAM port is used. Loads (``load_en``) into the weight memories
-    are taken at any time, so a controller can stream the next layer's words while a layer
-    runs; it must not write a memory the running layer reads before the layer has read it
-    (:meth:`slimnfu.contract.Program.load_plan` says how the accelerator keeps to that).
+    is never written then), so every block RAM port is used. Loads (``load_en``) into the
+    weight memories are taken at any time, so a controller can stream the next layer's words
+    while a layer runs; it must not write a memory the running layer reads before the layer
+    has read it (:meth:`slimnfu.contract.Program.load_plan` says how the accelerator keeps to
+    that).
     Neuron-buffer writes, an ``NBIN`` load or the ``nb_*`` port (``nb_en``, ``nb_addr``,
     ``nb_data``: the same write beside the load port, so a controller can fill the buffer
     while it streams weights), are taken while idle only and write buffer ``in_buf``;
