@@ -280,6 +280,11 @@ class ProgramLayer:
     leaves it unfinished), and ``out_shape`` that output's ``(channels, h, w)``. ``im2col``
     marks a pass of the first model layer run as a 1x1 conv over the image's patches
     (:class:`Im2col`).
+
+    An IKR pass (``desc.ikr_n > 0``) must read and write different buffers: the engine reads
+    its window rows on the input buffer's write ports too (:meth:`LayerEngine.buffer_copies
+    <slimnfu.rtl.engine.LayerEngine.buffer_copies>`), which holds only while that buffer is
+    not written; ``in_buf == out_buf`` is refused with a ``ValueError``.
     """
 
     name: str
@@ -293,6 +298,12 @@ class ProgramLayer:
     in_buf: int = 0
     out_buf: int = 1
     im2col: bool = False
+
+    def __post_init__(self):
+        if as_pass(self.desc).ikr_n and self.in_buf == self.out_buf:
+            raise ValueError(f"layer {self.name}: an IKR pass cannot write the neuron buffer "
+                             f"it reads (in_buf = out_buf = {self.in_buf}): the engine reads "
+                             f"its window rows on that buffer's write ports")
 
     @property
     def move_cycles(self):

@@ -280,7 +280,9 @@ def block_ram_fit(program, weights="rom", part="LFE5U-85F"):
     ``"port"``) is elaborated and each of its memories is counted as Yosys maps it to ECP5: a
     memory read asynchronously, or of at most :data:`LUTRAM_MAX_BITS` bits, goes to LUTs;
     every other one takes one copy per synchronous read port (a DP16KD has one write and one
-    read port here; a ROM reads two per copy), each copy :func:`rom_dp16kd` blocks; the ROM
+    read port here, and a read port addressed by the write port's own address signal shares
+    the write's port, as the IKR engine's neuron-buffer copies do; a ROM reads two per copy),
+    each copy :func:`rom_dp16kd` blocks; the ROM
     counts only its bit columns
     that are not constant zero (Yosys removes those). On the last session's whole ROM build
     this gives Yosys's 369 DP16KD block for block (tests/gen/test_synth.py).
@@ -311,7 +313,10 @@ def block_ram_fit(program, weights="rom", part="LFE5U-85F"):
         data = mem._data
         depth, width = data.depth, data.shape.width if hasattr(data.shape, "width") else \
             len(data.init[0]) if len(data.init) else 0
-        sync = sum(1 for p in mem._read_ports if p._domain != "comb")
+        reads = [p for p in mem._read_ports if p._domain != "comb"]
+        # a read port addressed by a write port's own address signal shares that port
+        shared = sum(1 for p in reads if any(p._addr is w._addr for w in mem._write_ports))
+        sync = len(reads)
         name = path.rsplit(".", 1)[-1] or path
         used = width
         if name == "rom" and len(program.rom):
@@ -320,12 +325,12 @@ def block_ram_fit(program, weights="rom", part="LFE5U-85F"):
                 cols |= int(word)
             used = bin(cols).count("1")
         lut = sync == 0 or depth * width <= LUTRAM_MAX_BITS
-        copies = 0 if lut else -(-sync // 2) if not mem._write_ports else sync
+        copies = 0 if lut else -(-sync // 2) if not mem._write_ports else max(1, sync - shared)
         blocks = copies * rom_dp16kd(depth, used, mixed=not mem._write_ports)
         rows.append({"name": path, "depth": depth, "width": width, "used_width": used,
                      "read_ports": len(mem._read_ports), "copies": copies, "dp16kd": blocks,
                      "kind": "lut" if lut else "bram"})
-        group = re.sub(r"\d+$", "", path.removeprefix("engine.")).removesuffix(".s")
+        group = re.sub(r"(_copy)?\d+$", "", path.removeprefix("engine.")).removesuffix(".s")
         if blocks:
             groups[group] = groups.get(group, 0) + blocks
     total = sum(r["dp16kd"] for r in rows)

@@ -69,10 +69,15 @@ class LayerEngine(wiring.Component):
     by ``start``. NBout reads (``rd_addr`` -> ``rd_data`` :data:`slimnfu.contract.RD_LATENCY`
     cycles later) are taken while
     idle only: they share each neuron buffer's one read port with the pipeline (a second read
-    port would double the buffer's block RAMs). Loads (``load_en``) into the weight memories
-    are taken at any time, so a controller can stream the next layer's words while a layer
-    runs; it must not write a memory the running layer reads before the layer has read it
-    (:meth:`slimnfu.contract.Program.load_plan` says how the accelerator keeps to that).
+    port would double the buffer's block RAMs). With ``cfg.ikr`` each buffer is
+    :meth:`buffer_copies` copies, all written alike, so that an IKR layer's window rows have
+    read ports of their own: row ``r`` on copy ``r // 2``, an odd row on the copy's write
+    port (its address is the row's while the buffer is the running IKR layer's input, which
+    is never written then), so every block RAM port is used. Loads (``load_en``) into the
+    weight memories are taken at any time, so a controller can stream the next layer's words
+    while a layer runs; it must not write a memory the running layer reads before the layer
+    has read it (:meth:`slimnfu.contract.Program.load_plan` says how the accelerator keeps to
+    that).
     Neuron-buffer writes, an ``NBIN`` load or the ``nb_*`` port (``nb_en``, ``nb_addr``,
     ``nb_data``: the same write beside the load port, so a controller can fill the buffer
     while it streams weights), are taken while idle only and write buffer ``in_buf``;
@@ -93,6 +98,12 @@ class LayerEngine(wiring.Component):
     STEP_STAGES = 1
     #: The block RAM read and its output register, before the NFU-1 operands.
     READ_STAGES = 2
+
+    @classmethod
+    def buffer_copies(cls, cfg):
+        """Block RAM copies of each neuron buffer, all written alike: 1, or with ``cfg.ikr``
+        ``ceil(cfg.ikr.kmax / 2)``, a copy for every two IKR window rows (its two ports)."""
+        return -(-cfg.ikr.kmax // 2) if cfg.ikr else 1
 
     @classmethod
     def perm_stages(cls, cfg, desc):
@@ -135,11 +146,15 @@ class LayerEngine(wiring.Component):
     def __init__(self, cfg):
         self.cfg = check_config(self, cfg)
         self.addr_bits = load_addr_width(cfg)
-        # The neuron buffers' storage (NBin, NBout): a simulation reads them with ctx.get
-        # while the layer runs, when rd_addr cannot (its port is the pipeline's).
-        self.buffers = (
-            MemoryData(shape=unsigned(cfg.ti * cfg.dw), depth=cfg.nbin_depth, init=[]),
-            MemoryData(shape=unsigned(cfg.tn * cfg.dw), depth=cfg.nbout_depth, init=[]))
+        # The neuron buffers' storage (NBin, NBout), per block RAM copy (buffer_copies): a
+        # simulation reads them with ctx.get while the layer runs, when rd_addr cannot (its
+        # port is the pipeline's). The copies are written alike, so copy 0 (buffers) holds it.
+        self.buffer_data = tuple(
+            tuple(MemoryData(shape=unsigned(width), depth=depth, init=[])
+                  for _ in range(self.buffer_copies(cfg)))
+            for width, depth in ((cfg.ti * cfg.dw, cfg.nbin_depth),
+                                 (cfg.tn * cfg.dw, cfg.nbout_depth)))
+        self.buffers = tuple(copies[0] for copies in self.buffer_data)
         super().__init__({
             "start": In(1),
             "desc": In(descriptor_layout(cfg)),
@@ -203,8 +218,10 @@ class LayerEngine(wiring.Component):
         nb_rds = [buf.read_port() for buf in bufs]
         step = seq.step
         if cfg.ikr:
-            step, lane_neurons, ikr_read = self._ikr_path(m, cur, seq, starting, bufs, cur_in,
-                                                          nfu1, loads)
+            step, lane_neurons, ikr_read, nb_copies = self._ikr_path(
+                m, cur, seq, starting, busy, bufs, cur_in, nfu1, loads)
+        else:
+            nb_copies = [[(buf, None)] for buf in bufs]
 
         def delayed(value, stages, name, reset_less=False):
             return delay(m, value, stages, f"{name}_d", reset_less)
@@ -352,15 +369,28 @@ class LayerEngine(wiring.Component):
             out_en, all_lanes = Mux(nfu3.out_valid, mask, 0), (1 << tn) - 1
         else:
             out_en, all_lanes = nfu3.out_valid, 1
+        # With cfg.ikr each buffer is several copies (_ikr_path), all written alike, and a
+        # copy whose write port also reads an IKR window row takes that row's address while
+        # the buffer is the running IKR layer's input.
         kw = {"granularity": dw} if cfg.kgate else {}
         nbin_wr, nbout_wr = nbin.write_port(**kw), nbout.write_port(**kw)
-        for b, port in enumerate((nbin_wr, nbout_wr)):
-            m.d.comb += [
-                port.en.eq(Mux(busy, Mux(cur_out == b, out_en, 0),
-                               Mux(nbin_load & (self.in_buf == b), all_lanes, 0))),
-                port.addr.eq(Mux(busy, out_addr, nb_addr)),
-                port.data.eq(Mux(busy, nfu3.out, nb_data)),
-            ]
+        for b, first in enumerate((nbin_wr, nbout_wr)):
+            copies = [(first, nb_copies[b][0][1])]
+            copies += [(buf.write_port(**kw), shared) for buf, shared in nb_copies[b][1:]]
+            for port, shared in copies:
+                addr = Mux(busy, out_addr, nb_addr)
+                if shared is not None:
+                    reading, row_addr, read_port = shared
+                    addr = Mux(reading, row_addr, addr)
+                    # the read takes the write port's own address signal: Yosys then puts
+                    # both on one port of the copy's block RAMs
+                    read_port.addr = port.addr
+                m.d.comb += [
+                    port.en.eq(Mux(busy, Mux(cur_out == b, out_en, 0),
+                                   Mux(nbin_load & (self.in_buf == b), all_lanes, 0))),
+                    port.addr.eq(addr),
+                    port.data.eq(Mux(busy, nfu3.out, nb_data)),
+                ]
         m.d.sync += self.done.eq(write_end)
         with m.If(write_end):
             m.d.sync += busy.eq(0)
@@ -454,18 +484,25 @@ class LayerEngine(wiring.Component):
         m.d.comb += keep.eq(Cat(*(~tail | (i < cur.perm_lanes) for i in range(cfg.ti))))
         return psb.data, keep
 
-    def _ikr_path(self, m, cur, seq, starting, bufs, cur_in, nfu1, loads):
+    def _ikr_path(self, m, cur, seq, starting, busy, bufs, cur_in, nfu1, loads):
         """Method B: IKR conv layers (``desc.ikr_n != 0``) run on :class:`IkrUnit`.
 
         Returns the steps the pipeline takes from then on (the IKR unit's while an IKR layer
-        runs, the dense sequencer's (``seq``) otherwise: :func:`select_steps`) and the IKR
-        unit's per-multiplier operands, one cycle after their step, and ``(ikr_mode, address,
+        runs, the dense sequencer's (``seq``) otherwise: :func:`select_steps`), the IKR
+        unit's per-multiplier operands, one cycle after their step, ``(ikr_mode, address,
         unit)`` of window row 0, which reads through the pipeline's ports ``nb_rds`` (an IKR
-        layer does not use them; the caller gives the unit their registered words). Adds the
-        write ports of the pattern table and the index memory to ``loads``. Each other row
-        read has a port on both neuron buffers (``bufs``), always enabled (the unit takes a
-        read only when it is valid and zeroes padding), and a reset-less register after it;
-        ``cur_in`` picks, after the unit's registers.
+        layer does not use them; the caller gives the unit their registered words), and the
+        neuron buffers' copies: per buffer, ``(memory, shared)`` for each copy, copy 0 being
+        ``bufs[b]``. Adds the write ports of the pattern table and the index memory to
+        ``loads``.
+
+        Window row ``r`` reads copy ``r // 2`` of both neuron buffers (:meth:`buffer_copies`
+        copies, :attr:`buffer_data`): an even row (from 2) on a read port of its own, an odd
+        row on the copy's write port (``shared``: ``(reading, address, read port)``, the
+        caller makes the write port's address ``address`` while ``reading``, and the read
+        port's address that same signal). Every read is always enabled (the unit takes a
+        read only when it is valid and zeroes padding) and has a reset-less register after
+        it; ``cur_in`` picks, after the unit's registers.
         """
         cfg = self.cfg
         m.submodules.ikr = ikr = IkrUnit(cfg)
@@ -477,12 +514,31 @@ class LayerEngine(wiring.Component):
         # The unit takes every row's words after a reset-less register (the block RAMs'
         # output registers, gen.primitive_registers); row 0's is the pipeline's own.
         assert IkrUnit.READ_STAGES == self.READ_STAGES
-        for r in range(1, cfg.ikr.kmax):
-            for b, buf in enumerate(bufs):
-                port = buf.read_port()
-                m.d.comb += [port.addr.eq(ikr.nbin_addr[r]),
-                             ikr.nbin_data[b][r].eq(delay(m, port.data, self.READ_STAGES - 1,
-                                                          f"ikr_nb{b}_{r}_data", True))]
+        copies = []
+        for b, buf in enumerate(bufs):
+            mems = [buf]
+            for c, init in enumerate(self.buffer_data[b][1:], 1):
+                mems.append(Memory(data=init))
+                m.submodules[f"{('nbin', 'nbout')[b]}_copy{c}"] = mems[-1]
+            # Buffer b is the running IKR layer's input: latched with desc, and only while
+            # busy (idle loads into b keep their address). Invariant: a buffer is not written
+            # while it is the running layer's input (the layer writes cur_out only, loads
+            # wait for idle, and ProgramLayer refuses in_buf == out_buf for an IKR pass), so
+            # an odd row may take the write port's address then.
+            ikr_in = Signal(name=f"ikr_in_nb{b}")
+            with m.If(starting):
+                m.d.sync += ikr_in.eq(is_ikr & (self.in_buf == b))
+            reading = busy & ikr_in
+            shared = [None] * len(mems)
+            for r in range(1, cfg.ikr.kmax):
+                port = mems[r // 2].read_port()
+                if r % 2:
+                    shared[r // 2] = (reading, ikr.nbin_addr[r], port)
+                else:
+                    m.d.comb += port.addr.eq(ikr.nbin_addr[r])
+                m.d.comb += ikr.nbin_data[b][r].eq(delay(m, port.data, self.READ_STAGES - 1,
+                                                         f"ikr_nb{b}_{r}_data", True))
+            copies.append(list(zip(mems, shared)))
         m.d.comb += ikr.nbin_buf.eq(cur_in)
         # registered from the latched descriptor (steady long before the first step,
         # FIRST_STEP): a register, not a compare, drives the row-0 read address selects
@@ -490,4 +546,4 @@ class LayerEngine(wiring.Component):
         m.d.sync += ikr_mode.eq(cur.ikr_n != 0)
         m.d.comb += nfu1.lane_sel.eq(ikr_mode)
         return (select_steps(m, ikr_mode, seq.step, ikr.step), ikr.lane_neurons,
-                (ikr_mode, ikr.nbin_addr[0], ikr))
+                (ikr_mode, ikr.nbin_addr[0], ikr), copies)

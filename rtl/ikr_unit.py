@@ -36,10 +36,12 @@ class IkrUnit(wiring.Component):
 
     The engine starts this unit (``run``) instead of the dense sequencer when
     ``desc.ikr_n != 0`` and takes its ``step`` while such a layer runs, gives it ``ikr_kmax``
-    extra NBin read ports (``nbin_addr[r]`` -> ``nbin_data[r]`` :attr:`READ_STAGES` cycles
-    later, after the block RAMs' output registers; always enabled: the decoder takes a read
-    only with ``fill_valid`` and zeroes padding) and feeds NFU-1 with ``lane_neurons`` (one
-    operand per multiplier) instead of the shared ``ti`` neurons. ``table`` and ``index``
+    NBin reads (``nbin_addr[r]`` -> ``nbin_data[r]`` :attr:`READ_STAGES` cycles later, after
+    the block RAMs' output registers; always enabled: the decoder takes a read only with
+    ``fill_valid`` and zeroes padding; row 0 on the pipeline's port, the others on the
+    neuron buffers' copies, :meth:`slimnfu.rtl.engine.LayerEngine.buffer_copies`) and feeds
+    NFU-1 with ``lane_neurons`` (one operand per multiplier) instead of the shared ``ti``
+    neurons. ``table`` and ``index``
     write the pattern table and the index memory (layouts in :class:`PatternDecoder`).
 
     Parameters

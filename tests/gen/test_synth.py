@@ -242,3 +242,27 @@ def test_block_ram_shortfall():
     assert block_ram_shortfall(CONFIGS["tiny"]) is None
     why = block_ram_shortfall(CONFIGS["tiny"].with_(sb_depth=32768))
     assert "needs 8,781,824 bits of SB, NBin and NBout (sb_depth 32768)" in why
+
+
+def test_block_ram_fit_counts_a_shared_port_read_once(mixed_qmodel):
+    """An IKR build's neuron buffers are ``LayerEngine.buffer_copies`` copies, each one set
+    of block RAMs: a window row read on the write port's own address takes no copy."""
+    from slimnfu.config import CONFIGS
+    from slimnfu.gen.compiler import compile_model, config_for
+    from slimnfu.gen.synth import block_ram_fit, rom_dp16kd
+    from slimnfu.rtl.engine import LayerEngine
+
+    program = compile_model(mixed_qmodel, config_for(mixed_qmodel, CONFIGS["tiny"]),
+                            im2col="off")
+    cfg = program.cfg
+    copies = LayerEngine.buffer_copies(cfg)
+    assert cfg.ikr.kmax == 5 and copies == 3
+    fit = block_ram_fit(program)
+    rows = {r["name"]: r for r in fit["memories"]}
+    for buf in ("nbin", "nbout"):
+        names = [f"engine.{buf}", f"engine.{buf}_copy1", f"engine.{buf}_copy2"]
+        # copy 0: the pipeline's port and row 1; copy 1: rows 2 and 3; copy 2: row 4
+        assert [rows[n]["read_ports"] for n in names] == [2, 2, 1]
+        assert [rows[n]["copies"] for n in names] == [1, 1, 1]
+        one = rom_dp16kd(rows[names[0]]["depth"], cfg.ti * cfg.dw, mixed=False)
+        assert one > 0 and fit["by_group"][buf] == copies * one

@@ -213,3 +213,66 @@ def test_banked_window_slides_with_several_input_tiles(tiles, n_in, n_out, strid
     assert torch.equal(y, fixed.run_layer(run, x.unsqueeze(0), w, b, cfg.dw)[0])
     assert counters["cycles"] == want + LayerEngine.latency(cfg, run)
 
+
+
+def test_ikr_layers_read_both_buffers_and_their_copies_stay_alike():
+    """kmax = 5: each neuron buffer is three block RAM copies, window rows 1 and 3 read on
+    copies' write ports. An IKR layer reads buffer 0 and writes buffer 1, the next reads
+    buffer 1 and writes buffer 0 (bit-exact, exact cycles), then buffer 1 is written through
+    ``nb_*`` the cycle after ``done``: every copy of each buffer holds the same words
+    throughout, so no write went to a window row's address."""
+    cfg = CONFIGS["tiny"].with_(ikr={"kmax": 5, "index_depth": 16}, nbin_depth=64,
+                                sb_depth=128, nbout_depth=64, bias_depth=8)
+    assert LayerEngine.buffer_copies(cfg) == 3
+    first = PassDesc(LayerDesc("conv", 4, 4, 6, 5, k=5, pad=2, shift=15), ikr_n=7)
+    second = PassDesc(LayerDesc("conv", 4, 3, 6, 5, k=5, pad=2, shift=15, act="relu"),
+                      ikr_n=11)
+    x, *ops1 = random_ikr_layer(first, 3, 1, cfg)
+    _, *ops2 = random_ikr_layer(second, 4, 2, cfg)
+    mid = fixed.run_layer(first, x.unsqueeze(0), *ops1[:2], cfg.dw)
+    want = fixed.run_layer(second, mid, *ops2[:2], cfg.dw)[0]
+    refill = list(range(1, cfg.nbout_depth + 1))
+    dut = LayerEngine(cfg)
+    drv = EngineDriver(dut)
+    got = {"differ": []}
+
+    async def check_copies(ctx, when):
+        for b, copies in enumerate(dut.buffer_data):
+            words = [[ctx.get(data[a]) for a in range(data.depth)] for data in copies]
+            if any(w != words[0] for w in words[1:]):
+                got["differ"].append((when, b))
+        return words
+
+    async def load_weights(ctx, run, w, b, patterns, index):
+        values = w.view(run.layer.n_out, run.layer.n_in, -1).gather(2, patterns[index])
+        await drv.load(ctx, LoadSel.SB, layout.pack_ikr_weights(values, cfg))
+        await drv.load(ctx, LoadSel.BIAS, layout.pack_bias(b, cfg))
+        await drv.load(ctx, LoadSel.IKR_INDEX, layout.pack_ikr_index(index, cfg))
+        await drv.load(ctx, LoadSel.IKR_TABLE, layout.pack_ikr_table(patterns, run.layer.k,
+                                                                      cfg))
+
+    async def bench(ctx):
+        await drv.load(ctx, LoadSel.NBIN, layout.pack_input(x, cfg))
+        await load_weights(ctx, first, *ops1)
+        got["first"] = await drv.run(ctx, descriptor_value(first, cfg))
+        await check_copies(ctx, "first")
+        await load_weights(ctx, second, *ops2)
+        ctx.set(dut.in_buf, 1)
+        ctx.set(dut.out_buf, 0)
+        got["second"] = await drv.run(ctx, descriptor_value(second, cfg))
+        # drv.run returns in the cycle done pulses: buffer 1, the layer's input, is written
+        # from the first idle cycle on
+        for a, word in enumerate(refill):
+            ctx.set(dut.nb_en, 1)
+            ctx.set(dut.nb_addr, a)
+            ctx.set(dut.nb_data, word)
+            await ctx.tick()
+        ctx.set(dut.nb_en, 0)
+        got["refilled"] = (await check_copies(ctx, "refill"))[0]
+        got["y"] = await drv.read_nbout(ctx, second.nbout_words(cfg))
+
+    simulate(dut, bench)
+    assert got["differ"] == [] and got["refilled"] == refill
+    assert torch.equal(layout.unpack_output(got["y"], 3, 6, 5, cfg), want)
+    for run, counters in ((first, got["first"]), (second, got["second"])):
+        assert counters["cycles"] == run.ikr_cycles(cfg) + LayerEngine.latency(cfg, run)
