@@ -902,10 +902,14 @@ class Scenario:
     dataset : str
         Its dataset; the flow refuses one that is not the network's own.
     budget : float
-        Accuracy budget in points of validation accuracy below the float network.
-    val, calib : int
-        Validation images (the tail of the dataset's calib split) and calibration images (its
-        head).
+        Accuracy budget in points below the float network, judged on the check split.
+    val, check, calib : int
+        The dataset's calib split, held out from training, holds three parts
+        (:func:`slimnfu.flows.holdout`): the selection split (``val`` images, every
+        compression decision is taken on them), the check split (its last ``check`` images,
+        which only judge the final network against the budget) and the calibration images
+        (its first ``calib``, label-free: they may overlap the selection split, never the
+        check split).
     fc_variant : str
         One of :data:`FC_VARIANTS`: method C's variant.
     config : str
@@ -934,6 +938,7 @@ class Scenario:
     budget: float = 1.0
     val: int = 3000
     calib: int = 2000
+    check: int = 2000
     fc_variant: str = "auto"
     config: str = "tiny"
     seed: int = 0
@@ -957,7 +962,7 @@ class Scenario:
             raise ValueError(f"im2col must be one of {', '.join(IM2COL_MODES)}, not "
                              f"{self.im2col!r}")
         get_config(self.config)
-        for name in ("val", "calib", "fc_epochs", "fc_patience", "patterns"):
+        for name in ("val", "calib", "check", "fc_epochs", "fc_patience", "patterns"):
             _check_int(name, getattr(self, name), 1)
         _check_int("ikr_finetune", self.ikr_finetune, 0)
         for name in ("epochs", "subset", "threads"):

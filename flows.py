@@ -37,7 +37,7 @@ from slimnfu.gen.verilog import emit_accelerator, verilog_root
 from slimnfu.sim.fastsim import ray_or_error
 from slimnfu.sim.network import run_network, run_network_fast
 
-__all__ = ["check", "model_name", "prepare", "train_or_load", "network_file", "compress",
+__all__ = ["check", "holdout", "model_name", "prepare", "train_or_load", "network_file", "compress",
            "load_float", "attribution", "compile_for", "rom_program",
            "fitting_program",
            "synth_build", "run_on_rtl", "board_build", "verify_plan", "verify"]
@@ -49,8 +49,8 @@ _NAMED = {"subset": "s", "fc_epochs": "fe", "fc_patience": "fp", "patterns": "p"
 
 
 def check(scenario):
-    """Refuse a scenario whose dataset is not its network's own, or whose validation and
-    calibration images do not fit the calib split side by side; return it."""
+    """Refuse a scenario whose dataset is not its network's own, or whose splits do not fit
+    its calib split (:func:`holdout`); return it."""
     if not isinstance(scenario, Scenario):
         raise TypeError(f"scenario must be a Scenario, not {type(scenario).__name__}")
     own = network_info(scenario.network)["dataset"]
@@ -58,10 +58,62 @@ def check(scenario):
         raise ValueError(f"network {scenario.network!r} is trained on {own!r}, not "
                          f"{scenario.dataset!r}")
     n_calib = data.SPLITS["calib"][2] - data.SPLITS["calib"][1]
-    if scenario.val + scenario.calib > n_calib:
-        raise ValueError(f"val {scenario.val} and calib {scenario.calib} must share the "
-                         f"{n_calib} images of the calib split")
+    _fit_holdout(scenario, n_calib)
     return scenario
+
+
+def _fit_holdout(scenario, n):
+    """Refuse ``scenario``'s splits when they do not fit ``n`` held-out images."""
+    for name in ("val", "calib"):
+        if getattr(scenario, name) + scenario.check > n:
+            raise ValueError(f"{name} {getattr(scenario, name)} and check {scenario.check} "
+                             f"must fit side by side in the {n} images of the calib split")
+
+
+def holdout(scenario, images, labels, shrink=False):
+    """The three parts of a calib split (images held out from training) for ``scenario``.
+
+    The check split is its last ``scenario.check`` images: only the final budget verdict sees
+    them. The selection split is the ``scenario.val`` images just before them: every
+    compression decision is taken on them. The calibration images are its first
+    ``scenario.calib``: quantisation reads them without labels, so they may overlap the
+    selection split, never the check split. (Session 13 and earlier took every decision and
+    the verdict on its last 3,000 images; the cache names say which layout made a network.)
+
+    Parameters
+    ----------
+    scenario : Scenario
+    images, labels : torch.Tensor
+        The calib split.
+    shrink : bool
+        A user's data set (:func:`prepare`): shrink the check split to a third of the images
+        and the others to what is left, instead of refusing.
+
+    Returns
+    -------
+    dict
+        ``selection`` and ``check`` (each ``(images, labels)``), ``calibration`` (images).
+
+    Raises
+    ------
+    ValueError
+        Without ``shrink``, splits that do not fit; with it, fewer than 3 images, or images
+        and labels of different lengths.
+    """
+    n = len(labels)
+    if len(images) != n:
+        raise ValueError(f"the calib split has {len(images)} images and {n} labels")
+    if shrink:
+        if n < 3:
+            raise ValueError(f"the calib split has {n} images; a selection and a check split "
+                             f"need at least 3")
+        n_check = min(scenario.check, n // 3)
+        scenario = scenario.with_(check=n_check, val=min(scenario.val, n - n_check),
+                                  calib=min(scenario.calib, n - n_check))
+    _fit_holdout(scenario, n)
+    first, cut = n - scenario.check - scenario.val, n - scenario.check
+    return {"selection": (images[first:cut], labels[first:cut]),
+            "check": (images[cut:], labels[cut:]), "calibration": images[:scenario.calib]}
 
 
 def model_name(model_spec):
@@ -148,13 +200,11 @@ def prepare(model_spec, data_spec, out, weights=None, train_epochs=None, budget=
     xt, yt = ds.test
     acc_base = round(evaluate(seq, xt, yt), 2)
     log(f"      float test accuracy {acc_base:.2f}% ({len(yt)} images)")
-    xc, yc = ds.calib
-    n_cal = max(1, min(scenario.calib, len(yc) // 2))
-    n_val = min(scenario.val, len(yc) - n_cal)
+    held = holdout(scenario, *ds.calib, shrink=True)
     shown = methods if methods == "auto" else ",".join(methods)
     log(f"[3/7] compressing under {budget} points (methods {shown})")
-    fm, q, hist = compress_network(seq, ds.train, (xc[-n_val:], yc[-n_val:]), xc[:n_cal],
-                                   budget, methods=methods,
+    fm, q, hist = compress_network(seq, ds.train, held["selection"], held["calibration"],
+                                   budget, methods=methods, check=held["check"],
                                    log=lambda message: log("      " + message),
                                    **(compress_options or {}))
     hist["test_acc_float"] = round(evaluate(fm, xt, yt), 2)
@@ -162,8 +212,9 @@ def prepare(model_spec, data_spec, out, weights=None, train_epochs=None, budget=
     log(f"      formats: {hist['formats']}")
     return {"scenario": scenario.with_(network=model_name(model_spec), dataset=ds.name),
             "data": ds, "model": seq, "epochs": epochs, "acc_base": acc_base,
-            "qdense": quantize_model(seq, xc[:n_cal]), "qmodel": q, "history": hist,
-            "float": fm, "calib": (xc[:n_cal], yc[:n_cal])}
+            "qdense": quantize_model(seq, held["calibration"]), "qmodel": q, "history": hist,
+            "float": fm, "calib": (held["calibration"],
+                                   ds.calib[1][:len(held["calibration"])])}
 
 
 def train_or_load(scenario, cache_root=None, progress=True):
@@ -193,23 +244,28 @@ def train_or_load(scenario, cache_root=None, progress=True):
 def network_file(scenario, model):
     """The cache file name of ``model`` compressed under ``scenario``.
 
-    It names the base checkpoint (its weights' hash), the pipeline, the budget, the splits
-    and every compression setting that differs from the default scenario's.
+    It names the base checkpoint (its weights' hash), the pipeline (with the budget rule,
+    :data:`slimnfu.compress.pipeline.PIPELINE`), the budget, the splits (selection ``v``,
+    check ``k``, calibration ``c``) and every compression setting that differs from the
+    default scenario's.
     """
     default = Scenario()
     fc = "" if scenario.fc_variant == "auto" else f"_fc{scenario.fc_variant}"
     extra = "".join(f"_{tag}{getattr(scenario, key)}" for key, tag in _NAMED.items()
                     if getattr(scenario, key) != getattr(default, key))
     return (f"{scenario.network}_{hash_state(model)[:12]}_{PIPELINE}{fc}"
-            f"_b{float(scenario.budget)}_v{scenario.val}_c{scenario.calib}{extra}.json")
+            f"_b{float(scenario.budget)}_v{scenario.val}_k{scenario.check}_c{scenario.calib}"
+            f"{extra}.json")
 
 
 def compress(scenario, model, cache_root=None, recompress=False, log=print, with_float=False):
     """:func:`slimnfu.compress.pipeline.compress_network` of ``model`` under ``scenario``,
     cached in ``network/`` of the cache root (default :func:`slimnfu.paths.cache_root`).
 
-    Validation is the last ``scenario.val`` images of the calib split, calibration its first
-    ``scenario.calib``. A cached result is reused unless ``recompress``.
+    The selection, check and calibration images are the calib split's parts
+    (:func:`holdout`); the test set is read only after the compression, for the history's
+    ``test_acc_float``, which decides nothing. A cached result is reused unless
+    ``recompress``.
 
     Returns
     -------
@@ -227,10 +283,10 @@ def compress(scenario, model, cache_root=None, recompress=False, log=print, with
     xs, ys = data.load(scenario.dataset, "train")
     if scenario.subset is not None:
         xs, ys = xs[:scenario.subset], ys[:scenario.subset]
-    xc, yc = data.load(scenario.dataset, "calib")
+    held = holdout(scenario, *data.load(scenario.dataset, "calib"))
     t0 = time.monotonic()
-    fm, q, hist = compress_network(model, (xs, ys), (xc[-scenario.val:], yc[-scenario.val:]),
-                                   xc[:scenario.calib], scenario.budget,
+    fm, q, hist = compress_network(model, (xs, ys), held["selection"], held["calibration"],
+                                   scenario.budget, check=held["check"],
                                    fc_epochs=scenario.fc_epochs,
                                    fc_patience=scenario.fc_patience, patterns=scenario.patterns,
                                    ikr_finetune=scenario.ikr_finetune,

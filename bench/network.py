@@ -53,8 +53,13 @@ def add_arguments(parser):
     parser.add_argument("--budget", type=float, default=DEFAULT.budget,
                         help="accuracy budget, points")
     parser.add_argument("--val", type=int, default=DEFAULT.val,
-                        help="validation images: the tail of the calib split")
-    parser.add_argument("--calib", type=int, default=DEFAULT.calib)
+                        help="selection images (every compression decision): the calib "
+                             "split's images before the check split")
+    parser.add_argument("--check", type=int, default=DEFAULT.check,
+                        help="check images (only the final budget verdict): the calib "
+                             "split's tail")
+    parser.add_argument("--calib", type=int, default=DEFAULT.calib,
+                        help="calibration images: the calib split's head")
     parser.add_argument("--recompress", action="store_true",
                         help="compress again even when the cache holds the result")
     parser.add_argument("--im2col", default=DEFAULT.im2col, choices=IM2COL_MODES,
@@ -78,9 +83,11 @@ def check_args(args):
         raise SystemExit(f"--images must be at least 1, not {args.images}")
     if not 0 <= args.budget <= 100:
         raise SystemExit(f"--budget must be in 0..100 points, not {args.budget}")
-    if args.val < 1 or args.calib < 1 or args.val + args.calib > 5000:
-        raise SystemExit(f"--val {args.val} and --calib {args.calib} must be >= 1 and share "
-                         f"the 5000 images of the calib split")
+    for name in ("val", "calib"):
+        v = getattr(args, name)
+        if v < 1 or args.check < 1 or v + args.check > 5000:
+            raise SystemExit(f"--{name} {v} and --check {args.check} must be >= 1 and fit "
+                             f"side by side in the 5000 images of the calib split")
 
 
 def _ideal(dense_layers, stats_dense, stats):
@@ -365,7 +372,7 @@ def main(args):
     check_args(args)
     t0 = start(args)
     scenario = DEFAULT.with_(config=args.config, budget=args.budget, val=args.val,
-                             calib=args.calib, threads=args.threads, im2col=args.im2col)
+                             check=args.check, calib=args.calib, threads=args.threads, im2col=args.im2col)
     rows, hist = measure(scenario, args.images, args.icarus_images, args.dense_images,
                          args.recompress)
     report = {"benchmark": "network", "rows": rows, "compression": hist,

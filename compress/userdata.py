@@ -15,8 +15,9 @@ A user's images are split as the built-in ones are, in the same proportions (MNI
 train, 5,000 calib and 10,000 test of 70,000): after one seeded shuffle (a folder is read class
 by class), the first 11/14 train, the next 1/14 calib, the last 2/14 test; with ``x_test`` the
 given test images are the test split and ``x`` is split 11:1 into train and calib. As for the
-built-in sets, the calib split's head calibrates quantisation and its tail is the validation
-set of the compression budget.
+built-in sets, the calib split's head calibrates quantisation, its tail is the check split of
+the compression budget and the images before it its selection split
+(:func:`slimnfu.flows.holdout`).
 
 Every problem is one ``ValueError`` (``FileNotFoundError`` for a missing path) naming the file,
 the field and the limit: a missing array, a wrong shape or type, non-finite values, a label out

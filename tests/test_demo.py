@@ -89,6 +89,16 @@ def test_budget_check_says_plainly_when_the_test_set_is_over(monkeypatch):
                                 "best_epoch": 4, "wall_s": 300.0, "accepted": True}]}})
     assert "Budget: OVER the 1-point budget on the test set" in text
     assert "perm_affine G=4: val 98.20% after 6 epochs (best 4, 300 s), accepted" in text
+    # the pipeline's verdict on the check split (images no decision saw) is reported beside
+    hist["final"].update({"check_images": 2000, "check_acc_base": 99.1, "check_acc": 98.3,
+                          "check_acc_int": 98.25, "within_budget_check": True,
+                          "shipped": "A, B, C perm_affine G=4"})
+    b = demo.budget_check(99.3, [row], hist)
+    assert b["verdict"].endswith("(1.61 points lost) although the check split was within it")
+    assert (b["within_budget_check"], b["shipped"]) == (True, "A, B, C perm_affine G=4")
+    text = demo._markdown({**_report(None), "budget_check": b})
+    assert ("; check split (2,000 images no decision saw) 98.30% float, 98.25% integer against "
+            "99.10%, shipped: A, B, C perm_affine G=4.") in text
 
 
 def test_board_report_matches_the_checkpoint(tmp_path):

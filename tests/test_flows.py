@@ -21,16 +21,52 @@ from slimnfu.config import Scenario
 QUICK = Scenario(subset=512, budget=100.0, val=200, calib=100, ikr_finetune=2, patterns=4)
 
 
-def test_default_scenario_keeps_the_cache_names():
+def test_cache_names_say_the_rule_and_the_splits():
+    """The check split and its back-off (K1) name the file, so a network selected and judged
+    on the session-13 layout (``..._A3-B2-C3_b1.0_v3000_c2000.json``) is never reused."""
     model = nn.Linear(2, 2)
     key = flows.hash_state(model)[:12]
-    assert flows.network_file(Scenario(), model) == f"lenet5_{key}_A3-B2-C3_b1.0_v3000_c2000.json"
+    assert flows.network_file(Scenario(), model) == \
+        f"lenet5_{key}_A3-B2-C3-K1_b1.0_v3000_k2000_c2000.json"
     assert flows.network_file(Scenario(fc_variant="affine", budget=2), model) == \
-        f"lenet5_{key}_A3-B2-C3_fcaffine_b2.0_v3000_c2000.json"
-    assert flows.network_file(QUICK, model).endswith("_b100.0_v200_c100_s512_p4_ft2.json")
+        f"lenet5_{key}_A3-B2-C3-K1_fcaffine_b2.0_v3000_k2000_c2000.json"
+    assert flows.network_file(QUICK, model).endswith("_b100.0_v200_k2000_c100_s512_p4_ft2.json")
+    assert flows.network_file(Scenario(check=1000), model).endswith("_v3000_k1000_c2000.json")
     # method C's training names the file when it is not the default's
     assert flows.network_file(Scenario(fc_epochs=1), model).endswith("_c2000_fe1.json")
     assert flows.network_file(Scenario(fc_patience=3), model).endswith("_c2000_fp3.json")
+
+
+def test_holdout_parts_the_calib_split():
+    """Selection, then the check split at the tail; calibration at the head, never in the
+    check split; a user's small split shrinks, the scenario's is refused."""
+    x = torch.arange(5000)
+    held = flows.holdout(Scenario(), x, x + 1)
+    assert held["selection"][0].tolist() == list(range(3000))
+    assert held["check"][0].tolist() == list(range(3000, 5000))
+    assert held["check"][1].tolist() == list(range(3001, 5001))
+    assert held["calibration"].tolist() == list(range(2000))
+    held = flows.holdout(Scenario(val=1000, check=500, calib=4500), x, x)
+    assert held["selection"][0].tolist() == list(range(3500, 4500))
+    assert held["check"][0].tolist() == list(range(4500, 5000))
+    assert held["calibration"].tolist() == list(range(4500))
+    small = flows.holdout(Scenario(), x[:30], x[:30], shrink=True)
+    assert small["check"][0].tolist() == list(range(20, 30))
+    assert small["selection"][0].tolist() == list(range(20))
+    assert small["calibration"].tolist() == list(range(20))
+
+
+@pytest.mark.parametrize("scenario, n, shrink, message", [
+    (Scenario(val=4000), 5000, False, r"^val 4000 and check 2000 must fit side by side in the "
+                                      r"5000 images of the calib split$"),
+    (Scenario(calib=3001), 5000, False, r"^calib 3001 and check 2000 must fit"),
+    (Scenario(), 2, True, r"^the calib split has 2 images; a selection and a check split "
+                          r"need at least 3$")])
+def test_holdout_refuses_splits_that_do_not_fit(scenario, n, shrink, message):
+    with pytest.raises(ValueError, match=message):
+        flows.holdout(scenario, torch.zeros(n), torch.zeros(n), shrink=shrink)
+    with pytest.raises(ValueError, match=r"^the calib split has 4 images and 3 labels$"):
+        flows.holdout(Scenario(), torch.zeros(4), torch.zeros(3), shrink=True)
 
 
 def test_scenario_checks():
@@ -43,8 +79,11 @@ def test_scenario_checks():
     with pytest.raises(ValueError, match="network 'lenet5' is trained on 'mnist', not "
                                          "'fashion-mnist'"):
         flows.check(Scenario(dataset="fashion-mnist"))
-    with pytest.raises(ValueError, match="val 4000 and calib 2000 must share the 5000 images"):
+    with pytest.raises(ValueError, match="val 4000 and check 2000 must fit side by side in "
+                                         "the 5000 images"):
         flows.check(Scenario(val=4000))
+    with pytest.raises(ValueError, match="check must be >= 1, not 0"):
+        Scenario(check=0)
 
 
 @pytest.fixture(scope="module")

@@ -148,3 +148,86 @@ def test_fc_tries_train_to_convergence_and_the_final_network_is_checked(monkeypa
     assert logged[-1].startswith("final network: val ") and f"{verdict} the 0-point" in \
         logged[-1]
     assert pipeline.FC_EPOCHS == 10 and pipeline.FC_PATIENCE == 2
+
+
+def _three_stage(monkeypatch):
+    """A slim conv, an IKR conv and a permuted FC on random data, one step of everything."""
+    monkeypatch.setattr(ikr, "IkrOptions", functools.partial(ikr.IkrOptions, final_batches=1))
+    return _user_model(), _data(128, 1), _data(32, 2), _data(40, 3)
+
+
+def _scripted_gate(monkeypatch, answers):
+    """The check split's verdicts replaced by ``answers`` in turn (its figures still
+    computed); returns the labels it judged."""
+    judged, real = [], pipeline._Gate.__call__
+
+    def scripted(gate, net, label):
+        real(gate, net, label)
+        judged.append(label)
+        gate.steps[-1]["within_budget_check"] = answers[len(judged) - 1]
+        return answers[len(judged) - 1]
+
+    monkeypatch.setattr(pipeline._Gate, "__call__", scripted)
+    return judged
+
+
+@pytest.mark.parametrize("answers, shipped, formats", [
+    ((True,), "A, B, C perm_affine G=1", ["slim", "dense", "ikr", "perm_affine", "dense"]),
+    ((False, True), "A, B, C perm_affine G=4", ["slim", "dense", "ikr", "perm_affine", "dense"]),
+    ((False, False, False, True), "A, B", ["slim", "dense", "ikr", "dense", "dense"]),
+    ((False,) * 4 + (True,), "A", ["slim", "dense", "dense", "dense", "dense"]),
+    ((False,) * 6, "dense", ["dense"] * 5)])
+def test_a_network_over_the_budget_on_the_check_split_is_backed_off(monkeypatch, answers,
+                                                                     shipped, formats):
+    """Each FC try the selection split accepts is judged on the check split; one over the
+    budget there is rejected like an FC try, then FC dense, B and A are undone in turn."""
+    model, train_set, val, check = _three_stage(monkeypatch)
+    judged = _scripted_gate(monkeypatch, answers)
+    logged = []
+    fm, q, hist = compress_network(model, train_set, val, val[0][:16], budget_pct=100.0,
+                                   patterns=4, ikr_finetune=1, fc_groups=(1, 4), fc_epochs=1,
+                                   check=check, log=logged.append)
+    assert judged == ["A, B, C perm_affine G=1", "A, B, C perm_affine G=4",
+                      "A, B, C perm_index G=1", "A, B", "A", "dense"][:len(answers)]
+    final = hist["final"]
+    assert final["shipped"] == shipped and [l.format for l in q.layers] == formats
+    assert [s["network"] for s in final["check_steps"]] == judged
+    assert [s["within_budget_check"] for s in final["check_steps"]] == list(answers)
+    assert [t["accepted"] for t in hist["fc_tries"]] == list(answers[:3])
+    assert final["check_images"] == 40 and final["check_acc_base"] == \
+        100.0 * float((model.eval()(check[0]).argmax(1) == check[1]).double().mean())
+    assert final["check_loss_pts_int"] == final["check_acc_base"] - final["check_acc_int"]
+    assert final["within_budget_check"]  # 100 points: the real verdict on the shipped one
+    assert f"final network ({shipped}): " in logged[-1] and "on the check split" in logged[-1]
+    assert sum(m.startswith("  check split (40 images): ") for m in logged) == len(answers)
+
+
+def test_a_forced_fc_variant_is_judged_but_not_backed_off(monkeypatch):
+    model, train_set, val, check = _three_stage(monkeypatch)
+    judged = _scripted_gate(monkeypatch, ())
+    monkeypatch.setattr(pipeline._Gate, "figures", lambda gate, net, q: {
+        "check_images": 40, "check_acc_base": 90.0, "check_acc": 50.0, "check_acc_int": 50.0,
+        "within_budget_check": False})
+    logged = []
+    fm, q, hist = compress_network(model, train_set, val, val[0][:16], budget_pct=1.0,
+                                   patterns=4, ikr_finetune=1, fc_variant="affine",
+                                   fc_epochs=1, check=check, log=logged.append)
+    assert judged == [] and hist["final"]["check_steps"] == []
+    assert hist["final"]["shipped"] == "A, B, C perm_affine G=1"
+    assert "perm_affine" in [l.format for l in q.layers]
+    assert logged[-1].endswith("OVER the 1-point budget")
+
+
+@pytest.mark.parametrize("check, error, message", [
+    ("images", TypeError, r"^check must be None or a pair \(images, labels\), not str$"),
+    ((1, 2, 3), TypeError, r"^check must be None or a pair \(images, labels\), not tuple "
+                           r"of 3$"),
+    ((torch.zeros(3, 1, 10, 10), torch.zeros(2)), ValueError,
+     r"^check has 3 images and 2 labels; it needs one label per image, at least one image$"),
+    ((torch.zeros(0, 1, 10, 10), torch.zeros(0)), ValueError, r"^check has 0 images and 0 "
+                                                               r"labels")])
+def test_bad_check_split_is_refused_before_any_step(monkeypatch, check, error, message):
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: pytest.fail("evaluated"))
+    data = _data(8, 0)
+    with pytest.raises(error, match=message):
+        compress_network(_user_model(), data, data, data[0], check=check)
