@@ -27,9 +27,9 @@ def test_cache_names_say_the_rule_and_the_splits():
     model = nn.Linear(2, 2)
     key = flows.hash_state(model)[:12]
     assert flows.network_file(Scenario(), model) == \
-        f"lenet5_{key}_A3-B2-C3-K1_b1.0_v3000_k2000_c2000.json"
+        f"lenet5_{key}_A3-B2-C3-K2_b1.0_v3000_k2000_c2000.json"
     assert flows.network_file(Scenario(fc_variant="affine", budget=2), model) == \
-        f"lenet5_{key}_A3-B2-C3-K1_fcaffine_b2.0_v3000_k2000_c2000.json"
+        f"lenet5_{key}_A3-B2-C3-K2_fcaffine_b2.0_v3000_k2000_c2000.json"
     assert flows.network_file(QUICK, model).endswith("_b100.0_v200_k2000_c100_s512_p4_ft2.json")
     assert flows.network_file(Scenario(check=1000), model).endswith("_v3000_k1000_c2000.json")
     # method C's training names the file when it is not the default's

@@ -231,3 +231,19 @@ def test_bad_check_split_is_refused_before_any_step(monkeypatch, check, error, m
     data = _data(8, 0)
     with pytest.raises(error, match=message):
         compress_network(_user_model(), data, data, data[0], check=check)
+
+
+def test_the_check_verdict_keeps_a_margin_of_standard_errors(monkeypatch):
+    """A loss under the budget by less than CHECK_MARGIN_SE standard errors is over it."""
+    right = torch.ones(100, dtype=torch.bool)
+    worse = right.clone()
+    worse[:4] = False  # 4 points lost, standard error 10 * sqrt(0.04 * 0.96) = 1.96 points
+    monkeypatch.setattr(pipeline, "_float_correct", lambda *a: right)
+    gate = pipeline._Gate(None, (torch.zeros(100), torch.zeros(100)), None, 5.0, print)
+    monkeypatch.setattr(pipeline, "_float_correct", lambda *a: worse)
+    monkeypatch.setattr(pipeline, "_int_correct", lambda *a: worse)
+    f = gate.figures(None, None)
+    assert (f["check_loss_pts"], round(f["check_se_pts"], 4)) == (4.0, 1.9596)
+    assert not f["within_budget_check"]  # 4 + 2 * 1.96 > 5
+    gate.budget = 8.0
+    assert gate.figures(None, None)["within_budget_check"]
