@@ -372,7 +372,8 @@ def main(args):
     check_args(args)
     t0 = start(args)
     scenario = DEFAULT.with_(config=args.config, budget=args.budget, val=args.val,
-                             check=args.check, calib=args.calib, threads=args.threads, im2col=args.im2col)
+                             check=args.check, calib=args.calib, threads=args.threads,
+                             im2col=args.im2col)
     rows, hist = measure(scenario, args.images, args.icarus_images, args.dense_images,
                          args.recompress)
     report = {"benchmark": "network", "rows": rows, "compression": hist,

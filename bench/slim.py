@@ -241,8 +241,8 @@ def markdown(rows, area=None):
                if cyc else "- | - | - | - | - | - | - |"))
     per_layer = [(r, l) for r in rows for l in r.get("rtl_layers") or ()]
     if per_layer:
-        lines += ["", "| network | budget % | treatment | layer | MAC saving | RTL cycles | dense | "
-                  "ideal | speed-up | speed-up / ideal |",
+        lines += ["", "| network | budget % | treatment | layer | MAC saving | RTL cycles | "
+                  "dense | ideal | speed-up | speed-up / ideal |",
                   "|---|---:|---|---|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['network']} | {r['budget_pct']} | {r['method'][5:]} | {l['layer']} | "
                   f"{100 * (1 - l['macs'] / l['macs_dense']):.1f}% | {l['rtl_cycles']:,} | "

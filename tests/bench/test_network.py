@@ -55,3 +55,21 @@ def test_markdown_shows_where_the_cycles_went():
     assert "| compressed | 1,412 | 1,300 | 4 (0.28%) | 0 | 8 | 300 |" in text
     assert "| conv1 | slim | 1,000 | 400 | 2.50 | 8.00 | 0.31 | 100.0% | 31.2% |" in text
     assert "| pool1 | dense | 100 | 100 | 1.00 | 1.00 | 1.00 | - | - |" in text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--val", "3001", "--check", "2000"],
+     r"^--val 3001 and --check 2000 must be >= 1 and fit side by side in the 5000 images"),
+    (["--calib", "2000", "--check", "3001"],
+     r"^--val 3000 and --check 3001 must be >= 1 and fit side by side"),
+    (["--check", "0"], r"^--val 3000 and --check 0 must be >= 1"),
+])
+def test_check_args_refuse_splits_that_do_not_fit(argv, message):
+    import argparse
+
+    from slimnfu.bench.network import add_arguments, check_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(SystemExit, match=message):
+        check_args(parser.parse_args(argv))
