@@ -71,6 +71,8 @@ class IkrParams:
         (:meth:`PassDesc.ikr_cycles`). Each bank is ``kmax**2`` registers of ``ti*dw`` bits.
     """
 
+    #: Largest :attr:`kmax`.
+    MAX_KMAX = 7
     #: Largest :attr:`tiles`.
     MAX_TILES = 64
 
@@ -80,7 +82,7 @@ class IkrParams:
     tiles: int = 1
 
     def __post_init__(self):
-        _check_int("ikr.kmax", self.kmax, 1, 7)
+        _check_int("ikr.kmax", self.kmax, 1, self.MAX_KMAX)
         _check_int("ikr.patterns", self.patterns, 1, 16)
         _check_int("ikr.index_depth", self.index_depth, 2, 1 << 20)
         _check_int("ikr.tiles", self.tiles, 1, self.MAX_TILES)

@@ -8,7 +8,7 @@ decoder of :mod:`slimnfu.rtl.ikr_unit`), which runs a kernel group in ``max(n, k
 in a layer of at most ``cfg.ikr.tiles`` input tiles ``max(n, stride)`` while the window slides
 and ``n`` for the pixel's output tiles after the first (``PassDesc.ikr_cycles``);
 :meth:`IkrFormat.configure` gives the decoder a window bank per input tile of the program's IKR
-layers, within :data:`WINDOW_BANK_BITS`.
+layers, within :data:`WINDOW_BANK_BITS`, and a window as wide as their largest kernel.
 """
 
 import math
@@ -27,7 +27,8 @@ from slimnfu.formats.qmodel import QLayer
 __all__ = ["IkrWeights", "IkrFormat", "check_ikr", "ikr_values", "WINDOW_BANK_BITS"]
 
 #: Register bits :meth:`IkrFormat.configure` lets the pattern decoder's window banks take
-#: (``ikr.tiles * ikr.kmax**2 * ti * dw``): 2 banks on ``diannao``, 10 on ``tiny``.
+#: (``ikr.tiles * ikr.kmax**2 * ti * dw``): at ``kmax = 5``, 2 banks on ``diannao`` and 10 on
+#: ``tiny``; at ``kmax = 3``, 7 and 28.
 WINDOW_BANK_BITS = 16384
 
 
@@ -107,16 +108,22 @@ class IkrFormat(WeightFormat):
     image_keys = frozenset({"ikr_patterns", "ikr_n"})
 
     def configure(self, cfg, layers):
-        """``cfg`` with ``ikr`` on and a window bank per input tile of the widest of
-        ``layers`` (``ikr.tiles``, never lowered), so that their windows slide; at most as
-        many banks as fit in :data:`WINDOW_BANK_BITS` (at least one): a wider layer refills
-        its windows (:meth:`slimnfu.config.PassDesc.ikr_cycles`)."""
+        """``cfg`` with ``ikr`` on, a window as wide as the largest kernel of ``layers``
+        (``ikr.kmax``, lowered or raised to it, at most :attr:`IkrParams.MAX_KMAX`: a 3x3
+        network needs no 5x5 window, whose registers, tap selects and NBin row reads cost
+        area), and a window bank per input tile of the widest of ``layers`` (``ikr.tiles``,
+        never lowered), so that their windows slide; at most as many banks as fit in
+        :data:`WINDOW_BANK_BITS` (at least one): a wider layer refills its windows
+        (:meth:`slimnfu.config.PassDesc.ikr_cycles`)."""
         cfg = super().configure(cfg, layers)
+        k = max(ql.desc.k for ql in layers)
+        kmax = k if k <= IkrParams.MAX_KMAX else cfg.ikr.kmax
         need = max(-(-ql.desc.n_in // cfg.ti) for ql in layers)
-        bank = cfg.ikr.kmax ** 2 * cfg.ti * cfg.dw
+        bank = kmax ** 2 * cfg.ti * cfg.dw
         cap = max(1, min(IkrParams.MAX_TILES, WINDOW_BANK_BITS // bank))
         tiles = max(cfg.ikr.tiles, min(need, cap))
-        return cfg if tiles == cfg.ikr.tiles else cfg.with_(ikr=replace(cfg.ikr, tiles=tiles))
+        ikr = replace(cfg.ikr, kmax=kmax, tiles=tiles)
+        return cfg if ikr == cfg.ikr else cfg.with_(ikr=ikr)
 
     def validate(self, ql, dw, acc):
         super().validate(ql, dw, acc)
