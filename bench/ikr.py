@@ -48,7 +48,7 @@ def add_arguments(parser):
 
 
 def _bench_cfg(q):
-    """``tiny`` with the IKR decoder (its window banks as the IKR format configures them for
+    """``tiny`` with the IKR decoder (its window and banks as the IKR format configures them for
     ``q``'s IKR layers) and buffers deep enough for every conv layer of ``q`` (its dense form
     too, which the same engine runs for the comparison)."""
     from slimnfu.config import CONFIGS
@@ -60,7 +60,8 @@ def _bench_cfg(q):
     if ikr_layers:
         cfg = ikr_layers[0].weight_format.configure(cfg, ikr_layers)
     cfg = cfg.fit_buffers(convs)
-    return cfg.with_(name=f"tiny_ikr_{q.input_shape[1]}px_sb{cfg.sb_depth}_t{cfg.ikr.tiles}")
+    return cfg.with_(name=f"tiny_ikr_{q.input_shape[1]}px_sb{cfg.sb_depth}_k{cfg.ikr.kmax}"
+                          f"_t{cfg.ikr.tiles}")
 
 
 def _cosim_layers(q, x_img, cfg):
