@@ -11,7 +11,7 @@ import importlib
 import sys
 
 from slimnfu.config import FC_VARIANTS, IM2COL_MODES, Scenario
-from slimnfu.gen.cli_hw import add_pnr_arguments, pnr_arguments
+from slimnfu.gen.cli_hw import add_pnr_arguments, given_pnr_arguments, pnr_arguments
 
 __all__ = ["main", "register", "COMMAND_MODULES"]
 
@@ -163,7 +163,8 @@ def _synth(args):
                                    pnr_opts=pnr_opts)
     else:
         report = synth_config(cfg, out=args.out, pnr=not args.no_pnr, part=args.part,
-                              pnr_timeout_s=args.pnr_timeout, pnr_opts=pnr_opts)
+                              pnr_timeout_s=args.pnr_timeout,
+                              pnr_opts=given_pnr_arguments(args))
     fmax = report["fmax_mhz"]
     print(f"{report['config']}: {report['cells']} cells, {report['luts']} LUT4, "
           f"{report['ffs']} FF, "

@@ -164,6 +164,12 @@ class AccelConfig:
         adder trees: each gives the route from the DSP blocks to the trees a cycle of its own
         (:class:`slimnfu.rtl.nfu1.NFU1`), one cycle more of latency per pass. ``small``'s 72
         multipliers fill the DSP rows of an LFE5U-45F, so that route crosses the die.
+    pwl_lutram : bool
+        NFU-3's PWL table as a 16-word distributed RAM per output lane (read asynchronously by
+        the lane's segment) instead of one set of 16 registers behind a 16:1 multiplexer per
+        lane and bit (:class:`slimnfu.rtl.nfu3.NFU3`). Same cycles and results once a table is
+        loaded; ``small`` takes it: its 8 lanes' multiplexers were the place-and-route
+        congestion (the registers fanned out to every lane).
     ikr : IkrParams or None
         The IKR pattern-index decoder (:mod:`slimnfu.rtl.ikr_unit`). None (the default): the
         engine is exactly the dense engine; on, conv passes with ``PassDesc.ikr_n > 0`` take
@@ -193,6 +199,7 @@ class AccelConfig:
     nbout_depth: int = 1024
     bias_depth: int = 64
     product_stages: int = 0
+    pwl_lutram: bool = False
     ikr: IkrParams = None
     perm: PermParams = None
     kgate: KgateParams = None
@@ -211,6 +218,8 @@ class AccelConfig:
             _check_int(name, getattr(self, name), 2, 1 << 20)
         _check_int("acc", self.acc, 1, 64)
         _check_int("product_stages", self.product_stages, 0, 2)
+        _check_flag("pwl_lutram", self.pwl_lutram)
+        object.__setattr__(self, "pwl_lutram", bool(self.pwl_lutram))
         if self.acc < self.min_acc:
             raise ValueError(
                 f"acc must be >= {self.min_acc} for dw={self.dw}, ti={self.ti} (one adder-tree "
@@ -373,7 +382,8 @@ CONFIGS = {
     "tiny": AccelConfig("tiny", tn=4, ti=4, dw=16, acc=48, nbin_depth=2048, sb_depth=1024,
                         nbout_depth=4096, bias_depth=128),
     "small": AccelConfig("small", tn=8, ti=8, dw=16, acc=48, nbin_depth=1024, sb_depth=1024,
-                         nbout_depth=2048, bias_depth=64, product_stages=1),
+                         nbout_depth=2048, bias_depth=64, product_stages=1,
+                         pwl_lutram=True),
     "diannao": AccelConfig("diannao", tn=16, ti=16, dw=16, acc=48, nbin_depth=2048,
                            sb_depth=2048, nbout_depth=2048, bias_depth=32),
 }

@@ -4,7 +4,7 @@
 and for the board they run the scenario's flow (:mod:`slimnfu.flows`), which sits above gen.
 """
 
-__all__ = ["register", "add_pnr_arguments", "pnr_arguments"]
+__all__ = ["register", "add_pnr_arguments", "pnr_arguments", "given_pnr_arguments"]
 
 
 def add_pnr_arguments(parser):
@@ -22,6 +22,15 @@ def add_pnr_arguments(parser):
                         help=f"nextpnr seed (default {d['seed']})")
     parser.add_argument("--no-tmdriv", action="store_true",
                         help="nextpnr without timing-driven placement and routing")
+
+
+def given_pnr_arguments(args):
+    """Only the nextpnr flags of :func:`add_pnr_arguments` that were given, checked: what a
+    config's own settings (:data:`slimnfu.gen.synth.CONFIG_PNR`) give way to."""
+    pnr_arguments(args)
+    given = {"placer": args.placer, "router": args.router, "freq_mhz": args.freq,
+             "seed": args.pnr_seed, "tmdriv": False if args.no_tmdriv else None}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def pnr_arguments(args):

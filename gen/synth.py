@@ -37,7 +37,8 @@ from slimnfu.gen.verilog import emit_engine
 __all__ = ["ECP5_PARTS", "DP16KD_MODES", "rom_dp16kd", "block_ram_fit", "choose_weights",
            "synth_generic", "synth_ecp5", "choose_part",
            "place_route", "read_pnr_report", "synth_verilog", "synth_config", "tool_path",
-           "tool_versions", "feature_area", "PNR_DEFAULTS", "pnr_options", "pnr_command",
+           "tool_versions", "feature_area", "PNR_DEFAULTS", "CONFIG_PNR", "config_pnr",
+           "pnr_options", "pnr_command",
            "StepTimeout", "yosys_share"]
 
 #: LFE5U parts: nextpnr flag and resources (18x18 multipliers, DP16KD blocks, LUT4s, FFs).
@@ -391,6 +392,12 @@ def choose_part(ecp5):
 #: timing-driven placement and routing (``tmdriv``; False adds ``--no-tmdriv``).
 PNR_DEFAULTS = {"freq_mhz": 50, "seed": 1, "placer": "heap", "router": "router1", "tmdriv": True}
 
+#: Place-and-route settings of a config (by its base name, before any ``+key=value``) that
+#: replace the smallest part that holds it (``part``) and :data:`PNR_DEFAULTS` (the other
+#: keys) when :func:`synth_config` is not given them. ``small``: the LFE5U-85F at a 100 MHz
+#: target; its 72 multipliers fill the 45F's DSP rows (docs/results.md, session 15).
+CONFIG_PNR = {"small": {"part": "LFE5U-85F", "freq_mhz": 100}}
+
 _PNR_CHOICES = {"placer": ("heap", "sa"), "router": ("router1", "router2")}
 
 
@@ -414,6 +421,15 @@ def pnr_options(**options):
         raise ValueError(f"nextpnr seed must be an integer >= 0, not {out['seed']!r}")
     out["tmdriv"] = bool(out["tmdriv"])
     return out
+
+
+def config_pnr(name, part=None, pnr_opts=None):
+    """``(part, pnr_opts)`` for the config named ``name``: its :data:`CONFIG_PNR` entry with
+    ``part`` (when not None) and ``pnr_opts`` (the options given; :data:`PNR_DEFAULTS` fills
+    the rest later) on top."""
+    own = dict(CONFIG_PNR.get(name.partition("+")[0], {}))
+    own_part = own.pop("part", None)
+    return (part if part is not None else own_part), {**own, **(pnr_opts or {})}
 
 
 def pnr_command(part, options=None):
@@ -598,11 +614,13 @@ def synth_config(cfg, out=None, build_root=None, pnr=True, progress=True, reuse=
     emitted Verilog's (and that has place and route when ``pnr`` asks for it) is returned
     instead of synthesising again (the returned dict then has ``"reused": True``).
 
-    ``part`` and ``pnr_opts`` (nextpnr's options) are passed to :func:`synth_verilog`. Returns
+    ``part`` and ``pnr_opts`` (nextpnr's options) are passed to :func:`synth_verilog`, over
+    the config's own :data:`CONFIG_PNR` settings (:func:`config_pnr`). Returns
     the report dict (also written atomically to ``out``).
     """
 
     check_part(part)
+    part, pnr_opts = config_pnr(cfg.name, part, pnr_opts)
     build_root = paths.build_root(build_root)
     emitted = emit_engine(cfg, build_root / "verilog")
     return synth_emitted(emitted, cfg.name, {"config": cfg.name, "accel": cfg.to_dict(),

@@ -2,6 +2,7 @@
 
 from amaranth.hdl import Array, C, Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from slimnfu.contract import PWL_SEGMENTS, Act, bits_for
@@ -99,11 +100,34 @@ class NFU3(wiring.Component):
         dw, tn, p = cfg.dw, cfg.tn, cfg.pwl_frac
         qmin, qmax = cfg.qmin, cfg.qmax
 
-        slopes = Array(Signal(signed(dw), name=f"slope{s}") for s in range(PWL_SEGMENTS))
-        icpts = Array(Signal(signed(2 * dw), name=f"icpt{s}") for s in range(PWL_SEGMENTS))
         pwl = self.pwl
-        with m.If(pwl.en):
-            m.d.sync += [slopes[pwl.addr].eq(pwl.data[:dw]), icpts[pwl.addr].eq(pwl.data[dw:])]
+        if cfg.pwl_lutram:
+            # a 16-word LUT RAM per lane and field: every copy takes every write, and each
+            # lane reads its own asynchronously, so no table bit fans out to all the lanes
+            ports = {}
+            for field, shape, bits in (("slopes", signed(dw), pwl.data[:dw]),
+                                       ("icpts", signed(2 * dw), pwl.data[dw:])):
+                for j in range(tn):
+                    m.submodules[f"{field}{j}"] = table = Memory(
+                        shape=shape, depth=PWL_SEGMENTS, init=[])
+                    wr = table.write_port()
+                    m.d.comb += [wr.addr.eq(pwl.addr), wr.data.eq(bits), wr.en.eq(pwl.en)]
+                    ports[field, j] = table.read_port(domain="comb")
+
+            def lookup(field, j, seg):
+                m.d.comb += ports[field, j].addr.eq(seg)
+                return ports[field, j].data
+        else:
+            tables = {"slopes": Array(Signal(signed(dw), name=f"slope{s}")
+                                      for s in range(PWL_SEGMENTS)),
+                      "icpts": Array(Signal(signed(2 * dw), name=f"icpt{s}")
+                                     for s in range(PWL_SEGMENTS))}
+            with m.If(pwl.en):
+                m.d.sync += [tables["slopes"][pwl.addr].eq(pwl.data[:dw]),
+                             tables["icpts"][pwl.addr].eq(pwl.data[dw:])]
+
+            def lookup(field, j, seg):
+                return tables[field][seg]
 
         def reg(value, name):
             # data beside the valid flags: no reset (the multiplier's registers can be the
@@ -174,10 +198,10 @@ class NFU3(wiring.Component):
             y2 = reg(y, f"y{j}_2")
             # the intercept is added a stage after the slope multiplies: it is looked up a
             # stage later, from its own copy of seg (half the fan-out of each)
-            slope, seg3 = reg(slopes[seg], f"slope_r{j}"), reg(seg, f"seg{j}_3")
+            slope, seg3 = reg(lookup("slopes", j, seg), f"slope_r{j}"), reg(seg, f"seg{j}_3")
             y3 = reg(y2, f"y{j}_3")
             product = reg(slope * y3, f"pwl_product{j}")
-            icpt4, y4 = reg(icpts[seg3], f"icpt_r{j}_4"), reg(y3, f"y{j}_4")
+            icpt4, y4 = reg(lookup("icpts", j, seg3), f"icpt_r{j}_4"), reg(y3, f"y{j}_4")
             line_value = (product + icpt4 + (1 << (p - 1))) >> p
             line = reg(line_value, f"line{j}")
             y5 = reg(y4, f"y{j}_5")

@@ -21,6 +21,7 @@ def test_named_configs():
     (dict(tn=4, ti=8), ValueError, "tn must equal ti"),
     (dict(tn=4, ti=4, sb_depth=1), ValueError, "sb_depth must be in"),
     (dict(tn=4, ti=4, product_stages=3), ValueError, r"product_stages must be in \[0, 2\], not 3"),
+    (dict(tn=4, ti=4, pwl_lutram=2), TypeError, r"pwl_lutram must be a bool \(or the integer"),
     (dict(tn=4, ti=4, ikr=1.0), TypeError, r"ikr must be a bool \(or the integer 0/1\), not 1.0"),
     (dict(tn=4, ti=4, kgate=0.0), TypeError, "kgate must be a bool .* not 0.0"),
     (dict(tn=4, ti=4, perm="yes"), TypeError, "perm must be a bool .* not 'yes'"),
@@ -197,3 +198,12 @@ def test_ikr_slot_cycles_walk_the_banked_order(tiles, n_in, n_out, stride, n):
     assert [run.ikr_slot_cycles(cfg, q) for q in range(len(slots) + 1)] == \
         list(itertools.accumulate(slots, initial=0))
     assert run.ikr_cycles(cfg) == sum(slots) + n
+
+
+def test_pwl_lutram_flag():
+    """``small`` keeps its PWL table in LUT RAM (issue 16 item 3: its place and route); the
+    others in registers; ``SET="pwl_lutram=1"`` gives a bool and a derived name."""
+    assert get_config("small").pwl_lutram is True
+    assert get_config("tiny").pwl_lutram is False
+    cfg = get_config("tiny").changed(pwl_lutram=1)
+    assert cfg.pwl_lutram is True and cfg.name == "tiny+pwl_lutram=True"

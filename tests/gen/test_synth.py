@@ -110,6 +110,37 @@ def test_synth_config_reuses_a_report_only_for_the_same_verilog(tmp_path, monkey
     assert len(calls) == 2
 
 
+def test_small_places_on_its_own_part_and_target(tmp_path, monkeypatch):
+    """``small`` (and a ``small+...`` variant) goes to nextpnr on :data:`CONFIG_PNR`'s part
+    at its 100 MHz target unless ``--part``/``--freq`` say otherwise; ``tiny`` keeps the
+    smallest part and :data:`PNR_DEFAULTS`; ``slimnfu synth`` passes only the flags given."""
+    import argparse
+
+    from slimnfu.config import CONFIGS
+    from slimnfu.gen.cli_hw import add_pnr_arguments, given_pnr_arguments
+
+    calls = []
+    monkeypatch.setattr(synth, "synth_verilog", lambda *a, **k: calls.append(k) or {})
+    monkeypatch.setattr(synth, "emit_engine", lambda cfg, root: {
+        "path": "x.v", "top": "t", "sha256": "0" * 64})
+    small = CONFIGS["small"]
+    synth.synth_config(small, build_root=tmp_path)
+    assert calls[-1]["part"] == "LFE5U-85F" and calls[-1]["pnr_opts"] == {"freq_mhz": 100}
+    synth.synth_config(small.changed(product_stages=2), build_root=tmp_path,
+                       part="LFE5U-45F", pnr_opts={"freq_mhz": 90, "router": "router2"})
+    assert calls[-1]["part"] == "LFE5U-45F"
+    assert calls[-1]["pnr_opts"] == {"freq_mhz": 90, "router": "router2"}
+    synth.synth_config(CONFIGS["tiny"], build_root=tmp_path)
+    assert calls[-1]["part"] is None and calls[-1]["pnr_opts"] == {}
+    parser = argparse.ArgumentParser()
+    add_pnr_arguments(parser)
+    assert given_pnr_arguments(parser.parse_args([])) == {}
+    assert given_pnr_arguments(parser.parse_args(["--freq", "90", "--no-tmdriv"])) == {
+        "freq_mhz": 90.0, "tmdriv": False}
+    with pytest.raises(ValueError, match="freq_mhz must be a number in 1..500"):
+        given_pnr_arguments(parser.parse_args(["--freq", "900"]))
+
+
 def test_unknown_part_is_refused_before_any_work(tmp_path):
     from slimnfu.config import CONFIGS
     from slimnfu.gen.synth import synth_config

@@ -72,8 +72,9 @@ def test_relu_and_masked_saturation_count():
 
 
 @pytest.mark.parametrize("func,seg_shift", [("sigmoid", 10), ("tanh", 9), ("tanh", 0)])
-def test_pwl_matches_reference(func, seg_shift):
-    cfg = get_config("tiny")
+@pytest.mark.parametrize("pwl_lutram", [False, True])
+def test_pwl_matches_reference(func, seg_shift, pwl_lutram):
+    cfg = get_config("tiny").with_(pwl_lutram=pwl_lutram)
     table = fixed.pwl_table(func, 10, cfg.dw, seg_shift)
     rng = random.Random(3)
     accs = [cfg.qmin, cfg.qmax, 0, -1, 1 << 20, -(1 << 20)]
@@ -87,8 +88,9 @@ def test_pwl_matches_reference(func, seg_shift):
     assert sats == count.events
 
 
-def test_pwl_saturation_counted():
-    cfg = get_config("tiny")
+@pytest.mark.parametrize("pwl_lutram", [False, True])
+def test_pwl_saturation_counted(pwl_lutram):
+    cfg = get_config("tiny").with_(pwl_lutram=pwl_lutram)
     table = fixed.PwlTable([cfg.qmax] * 16, [0] * 16, 4, cfg.dw)  # slope ~2: saturates
     rows = [[30000, -30000, 100, 0]]
     outs, sats = run_nfu3(cfg, rows, 0, act="pwl", table=table)
@@ -123,10 +125,11 @@ def segment_edges(cfg, seg_shift):
 
 
 @pytest.mark.parametrize("seg_shift", [0, 1, 4, 10, 11, 12, 13, 15])
-def test_pwl_segment_edges(seg_shift):
+@pytest.mark.parametrize("pwl_lutram", [False, True])
+def test_pwl_segment_edges(seg_shift, pwl_lutram):
     """Every segment boundary, the top segment and beyond (``(y >> seg_shift) + 8 >= 16`` must
     clamp to 15, not wrap) and the most negative input, on a table whose lines all differ."""
-    cfg = get_config("tiny")
+    cfg = get_config("tiny").with_(pwl_lutram=pwl_lutram)
     p = cfg.pwl_frac
     table = segment_table(cfg, seg_shift)
     accs = segment_edges(cfg, seg_shift)
@@ -165,10 +168,11 @@ def test_pwl_sigmoid_holds_beyond_the_top_segment():
                                    table).tolist()
 
 
-def test_pwl_lines_exactly_on_and_past_the_rails():
+@pytest.mark.parametrize("pwl_lutram", [False, True])
+def test_pwl_lines_exactly_on_and_past_the_rails(pwl_lutram):
     """Lines landing exactly on ``qmax + 1`` / ``qmin - 1`` saturate and count; lines landing
     exactly on ``qmax`` / ``qmin`` (after the rounding term) pass and do not count."""
-    cfg = get_config("tiny")
+    cfg = get_config("tiny").with_(pwl_lutram=pwl_lutram)
     p, qmin, qmax = cfg.pwl_frac, cfg.qmin, cfg.qmax
     half = 1 << (p - 1)
     seg_shift = 4
