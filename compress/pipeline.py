@@ -275,6 +275,21 @@ def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=FC_EPOC
     gate = None if check is None else _Gate(model, check, calib, budget_pct, log)
     trials = ([("affine", g) for g in fc_groups] + [("index", 1)] if fc_variant == "auto"
               else [(fc_variant, 1)])
+    reordered = [i for i in by["perm"] if i in slim.reordered_inputs(pruned)]
+    if reordered:
+        # method A's export order permutes these layers' input columns, which perm_index's
+        # ROM takes (its columns are permuted with them) and perm_affine's generated
+        # permutations cannot
+        names = ", ".join(f"module {i}" for i in reordered)
+        if fc_variant == "affine":
+            raise ValueError(f"fc_variant 'affine': {names} follows a conv whose channels "
+                             f"method A reorders (kept features by kernel size, approximated "
+                             f"last), and perm_affine's generated permutations cannot take "
+                             f"the reorder; use fc_variant 'index' or 'auto'")
+        if any(v == "affine" for v, _ in trials):
+            log(f"method C: perm_affine not tried on {names}: method A reorders the conv "
+                f"channels before it; perm_index only")
+            trials = [t for t in trials if t[0] != "affine"]
     a_saves = any(_slim_saves(sm[i]) for i in by["slim"])
     after_a = "A" if a_saves else "dense"
     after_b = ", ".join(["A"] * a_saves + ["B"]) if pruned is not before_b else after_a
@@ -491,7 +506,9 @@ def quantize_all(model, calib, dw=16):
     The slim quantiser sets the channel order (kept features by kernel size, approximated
     last) and permutes each next layer's inputs; an IKR conv's pattern indices are permuted
     the same way before its layer is marked ``ikr``. Untreated slim convs that are not IKR
-    stay ``slim`` (one pass each).
+    stay ``slim`` (one pass each). A ``perm_index`` layer after a reordered conv gets its index
+    ROM's columns permuted the same way (:func:`slimnfu.compress.slim.reordered_inputs`);
+    ``perm_affine`` cannot be (:func:`compress_network` does not try it there).
     """
     import torch
 
@@ -510,7 +527,16 @@ def quantize_all(model, calib, dw=16):
                 raise ValueError(f"layer {ql.name}: an IKR conv must keep its own filter order")
         order = ql.compressed.order
     q = ikr.mark_quantised(q, marked)
-    return permfc.mark_perm(q, model, dw)
+    perms = model
+    for i, cols in slim.reordered_inputs(model).items():
+        if isinstance(model[i], permfc.PermLinear):
+            if model[i].variant != "index":
+                raise ValueError(f"module {i}: perm_{model[i].variant} after a conv whose "
+                                 f"channels method A reorders (perm_index only)")
+            if perms is model:
+                perms = copy.deepcopy(model)
+            perms[i].idx = perms[i].idx[:, cols]
+    return permfc.mark_perm(q, perms, dw)
 
 
 def hash_state(model):

@@ -44,7 +44,7 @@ from slimnfu.formats.slim import SlimFormat, SlimWeights, check_kernel_sizes
 
 __all__ = ["SlimConv", "slim_model", "conv_layers", "importance", "refit_linear", "greedy",
            "fine_tune", "slim_report", "conv_macs", "slim_ranges", "quantize_slim",
-           "slim_int_forward", "TREATMENTS", "IMPORTANCE_METHODS"]
+           "slim_int_forward", "reordered_inputs", "TREATMENTS", "IMPORTANCE_METHODS"]
 
 TREATMENTS = ("lower", "linear", "both")
 IMPORTANCE_METHODS = ("loss", "l1", "act")
@@ -366,14 +366,37 @@ def _dense_equivalent(smodel, identity_order=False):
             perm = torch.tensor(order)
             continue
         if isinstance(m, nn.Linear) and perm is not None:
-            n = m.in_features
-            per = n // len(perm)
-            cols = (perm.view(-1, 1) * per + torch.arange(per).view(1, -1)).flatten()
             with torch.no_grad():
-                m.weight = nn.Parameter(m.weight[:, cols].clone())
+                m.weight = nn.Parameter(m.weight[:, _columns(perm, m.in_features)].clone())
             perm = None
         out.append(m)
     return nn.Sequential(*out)
+
+
+def _columns(order, n_in):
+    """The weight column of a linear layer's ``n_in`` flattened inputs that each input takes
+    when the channels before the flatten come in ``order`` (``order[c]``: the original channel
+    at position ``c``; each channel's pixels stay together and in order)."""
+    per = n_in // len(order)
+    return (order.view(-1, 1) * per + torch.arange(per).view(1, -1)).flatten()
+
+
+def reordered_inputs(smodel):
+    """``{i: cols}`` for each linear module ``smodel[i]`` (anything with ``in_features``)
+    right after a slim conv whose export order (kept filters by kernel size, approximated last)
+    is not its own: :func:`quantize_slim` gives it its weight columns ``cols`` in that order.
+    A weight format that fixes its columns' structure (``perm_affine``'s generated
+    permutations) cannot take such a reorder."""
+    out, order = {}, None
+    for i, m in enumerate(smodel):
+        if isinstance(m, SlimConv):
+            kept, apx = _export_order(m)
+            order = None if kept + apx == sorted(kept + apx) else torch.tensor(kept + apx)
+        elif hasattr(m, "in_features"):
+            if order is not None:
+                out[i] = _columns(order, m.in_features)
+            order = None
+    return out
 
 
 def slim_ranges(smodel, calib_images, batch=500):

@@ -247,3 +247,60 @@ def test_the_check_verdict_keeps_a_margin_of_standard_errors(monkeypatch):
     assert not f["within_budget_check"]  # 4 + 2 * 1.96 > 5
     gate.budget = 8.0
     assert gate.figures(None, None)["within_budget_check"]
+
+
+def _reordering_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(4 * 4 * 4, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+
+
+def _lower_filter_0(smodel, *args, **kwargs):
+    """Method A's greedy replaced by one change: filter 0 of the conv gets a 1x1 kernel, so
+    the export order (largest kernel first) is 1, 2, 3, 0 and fc1's columns move."""
+    smodel[0].ksize[0] = 1
+    return {"acc_calib_base": 0.0, "acc_calib": 0.0, "log": [{"change": "lower"}]}
+
+
+def test_a_perm_index_layer_takes_method_a_reorder_of_its_inputs():
+    """The slim export order permutes fc1's input columns; a perm_index fc1's ROM columns are
+    permuted with them (this used to fail mark_perm's check), perm_affine is refused."""
+    from slimnfu.compress import permfc, slim
+
+    sm = slim.slim_model(_reordering_model())
+    _lower_filter_0(sm)
+    cols = slim.reordered_inputs(sm)
+    assert list(cols) == [4]
+    assert cols[4].tolist() == [c * 16 + p for c in (1, 2, 3, 0) for p in range(16)]
+    calib = _data(16, 3)[0]
+    indexed = permfc.compress_model(sm, "index", layers=[4])
+    q = pipeline.quantize_all(indexed, calib)
+    fc1 = q.layers[[l.name for l in q.layers].index("fc1")]
+    assert fc1.format == "perm_index"
+    assert torch.equal(permfc.gather_weights(fc1), fc1.w)
+    affine = permfc.compress_model(sm, "affine", layers=[4])
+    with pytest.raises(ValueError, match=r"^module 4: perm_affine after a conv whose channels "
+                                         r"method A reorders"):
+        pipeline.quantize_all(affine, calib)
+    # an untouched conv keeps its order: nothing to permute
+    assert slim.reordered_inputs(slim.slim_model(_reordering_model())) == {}
+
+
+def test_method_c_tries_only_perm_index_after_a_reordered_conv(monkeypatch):
+    from slimnfu.compress import slim
+
+    monkeypatch.setattr(slim, "greedy", _lower_filter_0)
+    xs, ys = _data(64, 1)
+    xv, yv = _data(32, 2)
+    said = []
+    fm, q, hist = compress_network(_reordering_model(), (xs, ys), (xv, yv), xv[:16],
+                                   budget_pct=100.0, methods=("slim", "perm"), fc_epochs=1,
+                                   log=said.append)
+    assert [t["variant"] for t in hist["fc_tries"]] == ["index"]
+    assert [l.format for l in q.layers][:4] == ["slim", "dense", "perm_index", "dense"]
+    assert any("perm_affine not tried on module 4" in s for s in said)
+    with pytest.raises(ValueError, match=r"^fc_variant 'affine': module 4 follows a conv whose "
+                                         r"channels method A reorders"):
+        compress_network(_reordering_model(), (xs, ys), (xv, yv), xv[:16], budget_pct=100.0,
+                         methods=("slim", "perm"), fc_variant="affine", fc_epochs=1,
+                         log=lambda message: None)
