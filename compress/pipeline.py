@@ -275,7 +275,8 @@ def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=FC_EPOC
     gate = None if check is None else _Gate(model, check, calib, budget_pct, log)
     trials = ([("affine", g) for g in fc_groups] + [("index", 1)] if fc_variant == "auto"
               else [(fc_variant, 1)])
-    reordered = [i for i in by["perm"] if i in slim.reordered_inputs(pruned)]
+    moved = slim.reordered_inputs(pruned)
+    reordered = [i for i in by["perm"] if i in moved]
     if reordered:
         # method A's export order permutes these layers' input columns, which perm_index's
         # ROM takes (its columns are permuted with them) and perm_affine's generated

@@ -27,19 +27,21 @@ def add_pnr_arguments(parser):
 def given_pnr_arguments(args):
     """Only the nextpnr flags of :func:`add_pnr_arguments` that were given, checked: what a
     config's own settings (:data:`slimnfu.gen.synth.CONFIG_PNR`) give way to."""
-    pnr_arguments(args)
+    from slimnfu.gen.synth import pnr_options
+
     given = {"placer": args.placer, "router": args.router, "freq_mhz": args.freq,
              "seed": args.pnr_seed, "tmdriv": False if args.no_tmdriv else None}
-    return {k: v for k, v in given.items() if v is not None}
+    given = {k: v for k, v in given.items() if v is not None}
+    pnr_options(**given)
+    return given
 
 
 def pnr_arguments(args):
     """The nextpnr options of :func:`add_pnr_arguments`'s flags, checked
-    (:func:`slimnfu.gen.synth.pnr_options`)."""
+    (:func:`slimnfu.gen.synth.pnr_options`): :func:`given_pnr_arguments` over the defaults."""
     from slimnfu.gen.synth import pnr_options
 
-    return pnr_options(placer=args.placer, router=args.router, freq_mhz=args.freq,
-                       seed=args.pnr_seed, tmdriv=False if args.no_tmdriv else None)
+    return pnr_options(**given_pnr_arguments(args))
 
 
 def register(sub):
