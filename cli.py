@@ -59,7 +59,8 @@ def register(sub):
                    help="report path (default: synth/<config>.json in the build root)")
     p.add_argument("--part", default=None,
                    help="place and route on this part (LFE5U-25F, LFE5U-45F or LFE5U-85F) "
-                        "instead of the smallest that holds the design")
+                        "instead of the config's own (small: LFE5U-85F) or else the smallest "
+                        "that holds the design")
     p.add_argument("--pnr-timeout", type=float, default=1800, metavar="S",
                    help="stop place and route after S seconds (default 1800; the report then "
                         "has no fmax and says it timed out)")

@@ -24,12 +24,18 @@ import re
 
 __all__ = ["AccelConfig", "IkrParams", "PermParams", "KgateParams", "FEATURES", "LayerDesc",
            "PassDesc", "PASS_FIELDS", "as_pass", "CONFIGS", "get_config", "parse_overrides",
-           "KINDS", "ACTS", "Scenario", "FC_VARIANTS", "IM2COL_MODES", "out_size"]
+           "KINDS", "ACTS", "Scenario", "FC_VARIANTS", "IM2COL_MODES", "out_size",
+           "SB_RING_MIN_DEPTH"]
 
 KINDS = ("conv", "fc", "maxpool", "avgpool")
 ACTS = ("none", "relu", "pwl")
 #: FC weight formats of the permuted-feature path (method C); see ``LayerDesc.perm``.
 PERMS = ("none", "affine", "index")
+#: The smallest SB (words, a power of two) through which the accelerator streams an FC pass's
+#: weights as a ring (:meth:`PassDesc.sb_ring`): a slot is written again ``sb_depth`` cycles
+#: after its word, which must come after the word's read (the engine's first step and the
+#: index path's delay; tests/rtl/test_accelerator.py checks the margin).
+SB_RING_MIN_DEPTH = 64
 
 
 #: A config name: an identifier, then ``+key=value`` for each parameter changed from a named
@@ -353,16 +359,21 @@ class AccelConfig:
                         changes[f"{f.name}.{p.name}"] = str(getattr(theirs, p.name))
         return "+".join([base] + [f"{k}={v}" for k, v in sorted(changes.items())])
 
-    def fit_buffers(self, passes, name=None):
+    def fit_buffers(self, passes, name=None, stream=False):
         """A copy whose buffers hold every engine pass of ``passes`` (:class:`PassDesc` or
         :class:`LayerDesc`), depths kept or raised to powers of two: NBin, SB, NBout, bias
         and (with ``ikr``) the IKR index memory. For benchmarks that run real networks'
-        layers one at a time on a small array."""
+        layers one at a time on a small array. With ``stream`` (a program for the whole
+        accelerator), a pass whose SB words the accelerator can stream (:meth:`PassDesc.sb_ring`)
+        raises SB only to :data:`SB_RING_MIN_DEPTH`."""
         need = {"nbin_depth": 0, "sb_depth": 0, "nbout_depth": 0, "bias_depth": 0,
                 "index_depth": 0}
         for p in map(as_pass, passes):
             ci, co = p.tiles(self)
-            for key, words in (("nbin_depth", p.nbin_words(self)), ("sb_depth", p.sb_words(self)),
+            sb = p.sb_words(self)
+            if stream and p.sb_streams():
+                sb = min(sb, SB_RING_MIN_DEPTH)
+            for key, words in (("nbin_depth", p.nbin_words(self)), ("sb_depth", sb),
                                ("nbout_depth", p.nbout_words(self)),
                                ("bias_depth", 0 if p.layer.is_pool else co),
                                ("index_depth", ci * co if p.ikr_n else 0)):
@@ -711,6 +722,19 @@ class PassDesc:
         ci, co = self.tiles(cfg)
         return ci * co * (self.ikr_n or d.k * d.k)
 
+    def sb_streams(self):
+        """Whether the pass reads each of its SB words once, in address order, one a step: an
+        FC pass that reads SB (dense weights or ``perm="index"``)."""
+        return self.layer.kind == "fc" and self.perm != "affine"
+
+    def sb_ring(self, cfg):
+        """Whether the accelerator streams this pass's SB words through SB as a ring: it
+        :meth:`sb_streams` and has more words than ``cfg.sb_depth``. The weight stream then
+        begins the layer's SB words when the layer begins and writes word ``a`` into slot ``a
+        mod sb_depth``, one a cycle, as the engine reads them one a step
+        (:meth:`slimnfu.contract.Program.load_plan`); the engine alone cannot run it."""
+        return self.sb_streams() and self.sb_words(cfg) > cfg.sb_depth
+
     def dense_cycles(self, cfg):
         """Analytic NFU cycle count of the dense engine:
         ``H_out*W_out*ceil(N_out/Tn)*ceil(N_in/Ti)*K*K``. Pooling walks one input tile per
@@ -797,9 +821,12 @@ class PassDesc:
         ci, co = self.tiles(cfg)
         return self.h_out * self.w_out * co * ci * per_group * cfg.ti
 
-    def check(self, cfg, max_abs_bias=None):
+    def check(self, cfg, max_abs_bias=None, stream=False):
         """Raise ``ValueError`` naming the field and its limit if ``cfg`` cannot run this pass;
-        returns the pass."""
+        returns the pass. With ``stream`` (the pass is part of a program for the whole
+        accelerator), a pass with more SB words than ``cfg.sb_depth`` that :meth:`sb_streams`
+        only needs SB to be a power of two of at least :data:`SB_RING_MIN_DEPTH` words
+        (:meth:`sb_ring`)."""
         d = self.layer
         if self.lane_k and (cfg.kgate is None or len(self.lane_k) > cfg.tn):
             raise ValueError(f"lane_k has {len(self.lane_k)} lanes; config {cfg.name!r} has "
@@ -819,6 +846,14 @@ class PassDesc:
             "sb_depth": (self.sb_words(cfg), "weight words (ceil(n_in/ti)*ceil(n_out/tn)*k*k)"),
             "bias_depth": (0 if d.is_pool else self.tiles(cfg)[1], "bias words (output tiles)"),
         }
+        if stream and self.sb_ring(cfg):
+            del limits["sb_depth"]
+            have = cfg.sb_depth
+            if have < SB_RING_MIN_DEPTH or have & (have - 1):
+                raise ValueError(f"layer fc {d.n_in}->{d.n_out} streams {self.sb_words(cfg)} "
+                                 f"weight words through SB, which needs sb_depth a power of "
+                                 f"two >= {SB_RING_MIN_DEPTH}, but config {cfg.name!r} has "
+                                 f"sb_depth={have}")
         for name, (need, what) in limits.items():
             have = getattr(cfg, name)
             if need > have:

@@ -214,17 +214,18 @@ def perm_fields(desc, cfg):
     return {"perm_hw": hw, "perm_tail": last * hw, "perm_lanes": c - last * cfg.ti}
 
 
-def descriptor_value(desc, cfg, check=True):
+def descriptor_value(desc, cfg, check=True, stream=False):
     """The integer for the ``desc`` port that runs ``desc`` on ``cfg``: a
     :class:`~slimnfu.config.PassDesc`, or a :class:`~slimnfu.config.LayerDesc` run as one dense
     pass.
 
     ``check=False`` skips :meth:`PassDesc.check` (buffer depths), for weight images that list
-    layers too large for ``cfg``; every field must still fit its width.
+    layers too large for ``cfg``; every field must still fit its width. ``stream``: the pass
+    is part of a program, whose accelerator may stream its SB words (:meth:`PassDesc.check`).
     """
     desc = as_pass(desc)
     if check:
-        desc.check(cfg)
+        desc.check(cfg, stream=stream)
     d = desc.layer
     mode = {"conv": Mode.MAC, "fc": Mode.MAC, "maxpool": Mode.MAXPOOL,
             "avgpool": Mode.AVGPOOL}[d.kind]
@@ -392,23 +393,34 @@ class Program:
         """The weight-load stream of one inference: ``(entries, need)``.
 
         ``entries`` lists every non-empty load of every layer as ``(sel, rom_base, words,
-        gate)``, layer by layer, each layer's ``SB`` load last. The controller streams them in
-        this order, one word per cycle, beside the layers: entry ``e`` may begin once
+        gate, after)``, layer by layer, each layer's ``SB`` load last. The controller streams
+        them in this order, one word per cycle, beside the layers: entry ``e`` may begin once
         ``gate`` program layers have finished (``gate`` is one more than the last earlier
         layer that loads the same memory, 0 if none), so a memory is never written while a
-        layer that reads it runs. ``need[i]`` is the entry layer ``i`` waits for: every entry
-        before it must be complete before the layer starts. It is the layer's ``SB`` load
-        when it has one, which streams on while the layer runs: the engine's sequencers read
-        an SB address for the first time no earlier than step number ``address``, and the
-        first step comes :attr:`slimnfu.rtl.engine.LayerEngine.FIRST_STEP` cycles after the
-        start, so each word is written before its first read.
+        layer that reads it runs, and once program layer ``after`` has begun (its first
+        ``READY`` cycle; 0 but for a ring, below). ``need[i]`` is the entry layer ``i`` waits
+        for: every entry before it must be complete before the layer starts. It is the
+        layer's ``SB`` load when it has one, which streams on while the layer runs: the
+        engine's sequencers read an SB address for the first time no earlier than step
+        number ``address``, and the first step comes
+        :attr:`slimnfu.rtl.engine.LayerEngine.FIRST_STEP` cycles after the start, so each word
+        is written before its first read.
+
+        A layer whose SB words do not fit SB (:meth:`slimnfu.config.PassDesc.sb_ring`: an FC
+        pass, which reads word ``a`` once, at step ``a``) has ``after`` = its own index on its
+        SB entry: the entry then begins in the layer's last ``READY`` cycle, word ``a`` is
+        written one cycle before the engine starts plus ``a``, into slot ``a mod sb_depth``,
+        and so overwrites word ``a - sb_depth`` well after the engine has read it (at step
+        ``a - sb_depth``; ``sb_depth >= SB_RING_MIN_DEPTH``).
         """
         entries, need, last = [], [], {}
         for i, layer in enumerate(self.layers):
             mine = [(int(s), b, n) for s, b, n in layer.loads if n]
             mine = ([x for x in mine if x[0] != LoadSel.SB] +
                     [x for x in mine if x[0] == LoadSel.SB])
-            entries += [(s, b, n, last.get(s, -1) + 1) for s, b, n in mine]
+            ring = as_pass(layer.desc).sb_ring(self.cfg)
+            entries += [(s, b, n, last.get(s, -1) + 1, i if ring and s == LoadSel.SB else 0)
+                        for s, b, n in mine]
             need.append(len(entries) - 1 if mine and mine[-1][0] == LoadSel.SB
                         else len(entries))
             last.update((s, i) for s, _, _ in mine)

@@ -367,14 +367,15 @@ class WeightFormat:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"layer {ql.name}: {exc}") from None
 
-    def check(self, ql, cfg):
+    def check(self, ql, cfg, stream=False):
         """The layer's engine passes on ``cfg``, each checked: ``ValueError`` naming the layer
-        when :meth:`accept` refuses it or ``cfg`` cannot run a pass."""
+        when :meth:`accept` refuses it or ``cfg`` cannot run a pass (``stream``: in a program
+        for the whole accelerator, :meth:`slimnfu.config.PassDesc.check`)."""
         self.accept(ql, cfg)
         passes = self.passes(ql, cfg)
         for p in passes:
             try:
-                p.desc.check(cfg, p.max_abs_bias)
+                p.desc.check(cfg, p.max_abs_bias, stream)
             except ValueError as exc:
                 raise ValueError(f"layer {ql.name}: {exc}") from None
         return passes

@@ -10,14 +10,19 @@ __all__ = ["register", "add_pnr_arguments", "pnr_arguments", "given_pnr_argument
 def add_pnr_arguments(parser):
     """nextpnr's options (:data:`slimnfu.gen.synth.PNR_DEFAULTS`) as ``--placer``, ``--router``,
     ``--freq``, ``--pnr-seed`` and ``--no-tmdriv``; :func:`pnr_arguments` reads them back."""
+    from slimnfu.gen.synth import CONFIG_PNR
     from slimnfu.gen.synth import PNR_DEFAULTS as d
 
+    def default(key):
+        own = ", ".join(f"{c}: {o[key]}" for c, o in sorted(CONFIG_PNR.items()) if key in o)
+        return f"default {d[key]}" + (f"; {own}" if own else "")
+
     parser.add_argument("--placer", choices=("heap", "sa"), default=None,
-                        help=f"nextpnr placer (default {d['placer']})")
+                        help=f"nextpnr placer ({default('placer')})")
     parser.add_argument("--router", choices=("router1", "router2"), default=None,
-                        help=f"nextpnr router (default {d['router']})")
+                        help=f"nextpnr router ({default('router')})")
     parser.add_argument("--freq", type=float, default=None, metavar="MHZ",
-                        help=f"nextpnr clock target, MHz (default {d['freq_mhz']})")
+                        help=f"nextpnr clock target, MHz ({default('freq_mhz')})")
     parser.add_argument("--pnr-seed", type=int, default=None, metavar="N",
                         help=f"nextpnr seed (default {d['seed']})")
     parser.add_argument("--no-tmdriv", action="store_true",

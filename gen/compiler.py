@@ -61,7 +61,9 @@ __all__ = ["compile_model", "config_for", "buffer_words", "buffer_depth", "out_s
 
 def config_for(qmodel, base, im2col="auto"):
     """``base`` with the method features ``qmodel``'s formats need switched on, SB and bias
-    that hold every engine pass (depths kept or raised to powers of two), and neuron buffers
+    that hold every engine pass (depths kept or raised to powers of two; an FC pass's SB words
+    stream through SB, :meth:`slimnfu.config.PassDesc.sb_ring`, so SB is as deep as the
+    conv passes need, at least ``base.sb_depth``), and neuron buffers
     as deep as the program needs them (:func:`buffer_words`, rounded up by
     :func:`buffer_depth`), whatever the named config says: every read port of a buffer is a
     copy of it in block RAM, so depth the program does not use costs blocks many times over.
@@ -76,7 +78,8 @@ def config_for(qmodel, base, im2col="auto"):
     cfg = base
     for fmt, group in by_format.items():
         cfg = fmt.configure(cfg, group)
-    cfg = cfg.fit_buffers([p.desc for ql in layers for p in ql.weight_format.passes(ql, cfg)])
+    cfg = cfg.fit_buffers([p.desc for ql in layers for p in ql.weight_format.passes(ql, cfg)],
+                          stream=True)
     words = max(buffer_words(qmodel, cfg))
     first, patches = (None, None) if im2col == "off" else im2col_layer(qmodel, cfg)
     if first is not None:
@@ -103,7 +106,7 @@ def _passes_with_buffers(qmodel, cfg, first=None):
     for i, (ql, move) in enumerate(engine_layers(qmodel, cfg)):
         if i == 0 and first is not None:
             ql = first
-        passes = ql.weight_format.check(ql, cfg)
+        passes = ql.weight_format.check(ql, cfg, stream=True)
         for n, p in enumerate(passes):
             bufs = (1 - data, 1 - data) if p.reads == "kept" else (data, 1 - data)
             yield ql, p, move, bufs, n == len(passes) - 1, i
@@ -268,7 +271,8 @@ def _compile(qmodel, cfg, im2col=None):
                 raise ValueError(f"layer {p.name}: its {what} needs {words} words of neuron "
                                  f"buffer {buf}, config {cfg.name!r} has {depths[buf]} "
                                  f"({('nbin_depth', 'nbout_depth')[buf]})")
-        layers.append(ProgramLayer(p.name, p.desc, descriptor_value(p.desc, cfg), loads,
+        value = descriptor_value(p.desc, cfg, stream=True)
+        layers.append(ProgramLayer(p.name, p.desc, value, loads,
                                    pmove, ql.format, i if last else None,
                                    out_shape(qmodel.layers[i]), *bufs,
                                    im2col=i == 0 and im2col is not None))

@@ -23,10 +23,10 @@ def layer_schedule(program):
     ``LayerEngine.latency(cfg, desc) + nfu_cycles`` after the start; only a permuted pass
     pays the permutation pipeline) and one ``PAUSE`` cycle. Beside them the weight
     stream (:meth:`slimnfu.contract.Program.load_plan`) issues one word a cycle: entry ``e``
-    from ``max(end of entry e-1, gate open)``, a gate of ``g`` opening the cycle after the
-    ``done`` of program layer ``g - 1``. Cycles are counted as the accelerator's ``cycles``
-    counter counts them (0 is the first cycle after ``start``; paused cycles are not
-    counted).
+    from ``max(end of entry e-1, gate open, first cycle of layer after)``, a gate of ``g``
+    opening the cycle after the ``done`` of program layer ``g - 1``. Cycles are counted as the
+    accelerator's ``cycles`` counter counts them (0 is the first cycle after ``start``; paused
+    cycles are not counted).
 
     Returns
     -------
@@ -39,19 +39,20 @@ def layer_schedule(program):
     """
     cfg = program.cfg
     entries, need = program.load_plan()
-    starts, done = [], []          # entry start cycles; per layer its done cycle
+    starts, done, first = [], [], []    # entry start cycles; per layer its done, first cycle
 
     def stream_until(e):
         """Start cycles of entries up to ``e`` (exclusive); the cycle entry ``e-1`` ends."""
         while len(starts) < e:
             i = len(starts)
             free = starts[-1] + entries[i - 1][2] if i else 0
-            gate = entries[i][3]
-            starts.append(max(free, done[gate - 1] + 1 if gate else 0))
+            _, _, _, gate, after = entries[i]
+            starts.append(max(free, done[gate - 1] + 1 if gate else 0, first[after]))
         return starts[e - 1] + entries[e - 1][2] if e else 0
 
     t, out = 0, []
     for i, layer in enumerate(program.layers):
+        first.append(t)
         move = layer.move_cycles
         ready = max(t + move, stream_until(need[i]))
         run = ready + 1

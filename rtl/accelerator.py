@@ -100,7 +100,7 @@ class Accelerator(wiring.Component):
     def _tables(self):
         """Constant tables for Array lookups: the load stream and what each layer waits for."""
         entries, need = self.program.load_plan()
-        return entries + [(0, 0, 0, 0)], need
+        return entries + [(0, 0, 0, 0, 0)], need
 
     def elaborate(self, platform):
         m = Module()
@@ -116,13 +116,14 @@ class Accelerator(wiring.Component):
 
         entries, need = self._tables()
         n_layers, n_entries = len(prog.layers), len(entries) - 1
-        big = max([len(prog.rom)] + [n for _, _, n, _ in entries] +
+        big = max([len(prog.rom)] + [n for _, _, n, _, _ in entries] +
                   [cfg.nbin_depth, cfg.nbout_depth, cfg.sb_depth])
         cw = bits_for(big)
-        ent_sel = Array(Const(s, load_sel_width(cfg)) for s, _, _, _ in entries)
-        ent_base = Array(Const(b, cw) for _, b, _, _ in entries)
-        ent_len = Array(Const(n, cw) for _, _, n, _ in entries)
-        ent_gate = Array(Const(g, bits_for(n_layers)) for _, _, _, g in entries)
+        ent_sel = Array(Const(s, load_sel_width(cfg)) for s, _, _, _, _ in entries)
+        ent_base = Array(Const(b, cw) for _, b, _, _, _ in entries)
+        ent_len = Array(Const(n, cw) for _, _, n, _, _ in entries)
+        ent_gate = Array(Const(g, bits_for(n_layers)) for _, _, _, g, _ in entries)
+        ent_after = Array(Const(a, bits_for(n_layers)) for _, _, _, _, a in entries)
         layer_need = Array(Const(e, bits_for(n_entries)) for e in need)
         in_buf = Array(Const(l.in_buf, 1) for l in prog.layers)
         out_buf = Array(Const(l.out_buf, 1) for l in prog.layers)
@@ -142,11 +143,15 @@ class Accelerator(wiring.Component):
                      eng.out_buf.eq(Mux(busy, out_buf[layer], prog.layers[-1].out_buf))]
 
         # The weight stream: entry ``ld``, word ``wk``, while at least ``gate`` layers have
-        # finished. The ROM read issued in cycle t is written into the engine in cycle t+1.
+        # finished and layer ``after`` has begun. The ROM read issued in cycle t is written
+        # into the engine in cycle t+1, word ``wk`` of an SB ring into slot ``wk mod sb_depth``
+        # (the engine's load address is as wide as its deepest memory, SB's port drops the
+        # high bits).
         ld, wk = Signal(range(n_entries + 1)), Signal(cw)
         finished = Signal(range(n_layers + 1))
         issue = Signal()
-        m.d.comb += [issue.eq(live & (ld != n_entries) & (finished >= ent_gate[ld])),
+        m.d.comb += [issue.eq(live & (ld != n_entries) & (finished >= ent_gate[ld]) &
+                              (layer >= ent_after[ld])),
                      rom_addr.eq(ent_base[ld] + wk)]
         wr_en, wr_addr = Signal(), Signal(eng.load_addr.shape())
         wr_sel = Signal(load_sel_width(cfg))

@@ -271,3 +271,75 @@ def test_bad_weights_option(small_program):
 
     with pytest.raises(ValueError, match="weights must be 'rom' or 'port', not 'flash'"):
         Accelerator(small_program, weights="flash")
+
+
+@pytest.fixture(scope="module")
+def wide_fc_qmodels():
+    """conv -> maxpool -> fc 200->64 -> fc 64->10 on 12x12 images, with fc1 dense and in
+    ``perm_index``: fc1 has 800 SB words on ``tiny`` (50 input tiles, 16 output tiles), more
+    than an SB of 64, and the pool before it runs 200 cycles, long enough for a stream that did
+    not wait for fc1 to overrun a ring of 64."""
+    import dataclasses
+
+    from torch import nn
+
+    from slimnfu.compress.quant import quantize_model
+    from slimnfu.formats.perm import PermIndexWeights
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(200, 64), nn.ReLU(), nn.Linear(64, 10))
+    dense = quantize_model(model, torch.rand(16, 1, 12, 12))
+    fc1 = dense.layers[2]
+    m_out, n_in = fc1.w.shape
+    gen = torch.Generator().manual_seed(3)
+    idx = torch.stack([torch.randperm(n_in, generator=gen) for _ in range(m_out)])
+    s = fc1.w.flatten()[:n_in].clone()
+    layers = list(dense.layers)
+    layers[2] = dataclasses.replace(fc1, w=s[idx], format="perm_index",
+                                    compressed=PermIndexWeights(s, idx))
+    return {"dense": dense, "perm_index": dataclasses.replace(dense, layers=layers)}
+
+
+@pytest.mark.parametrize("fmt", ["dense", "perm_index"])
+def test_fc_weights_stream_through_a_small_sb(wide_fc_qmodels, fmt):
+    """An FC layer with more SB words than SB: the weight stream writes them into SB as a
+    ring while the layer runs, every layer bit-exact at the schedule model's cycles."""
+    qmodel = wide_fc_qmodels[fmt]
+    cfg = config_for(qmodel, CONFIGS["tiny"].with_(sb_depth=64))
+    program = compile_model(qmodel, cfg, im2col="off")
+    assert cfg.sb_depth == 64
+    fc1 = next(l for l in program.layers if l.name == "fc1")
+    assert fc1.format == fmt and fc1.desc.sb_words(cfg) == 800 and fc1.desc.sb_ring(cfg)
+    assert not program.layers[-1].desc.sb_ring(cfg)
+    entries, need = program.load_plan()
+    ring = [e for e in entries if e[4]]
+    assert ring == [entries[need[program.layers.index(fc1)]]]
+    x = quantize_input(qmodel, torch.rand(1, 1, 12, 12))
+    (layers, logits, counters, _), = run_program(program, x)
+    ref = int_forward_layers(qmodel, x)
+    assert_model_layers(program, layers, ref)
+    assert torch.equal(layout.unpack_program_output(program, len(layers) - 1, logits),
+                       ref[-1][0])
+    want = expected_cycles(program)
+    assert {n: counters[n] for n in want} == want
+
+
+def test_sb_ring_margin():
+    """A ring slot is written again ``sb_depth`` cycles after its word: later than the
+    engine's read of it (first step, plus the index path's delay for ``perm_index``)."""
+    from slimnfu.config import SB_RING_MIN_DEPTH, LayerDesc, PassDesc
+
+    for name in ("tiny", "small", "diannao"):
+        cfg = CONFIGS[name].with_(perm=True)
+        index = PassDesc(LayerDesc("fc", 4096, 512), perm="index")
+        assert LayerEngine.FIRST_STEP + LayerEngine.perm_stages(cfg, index) < SB_RING_MIN_DEPTH
+
+
+def test_sb_ring_needs_a_power_of_two(wide_fc_qmodels):
+    qmodel = wide_fc_qmodels["dense"]
+    for depth in (32, 96):
+        with pytest.raises(ValueError, match=r"layer fc1: layer fc 200->64 streams 800 weight "
+                           r"words through SB, which needs sb_depth a power of two >= 64, but "
+                           rf"config .* has sb_depth={depth}"):
+            compile_model(qmodel, CONFIGS["tiny"].with_(sb_depth=depth), im2col="off")
