@@ -214,18 +214,19 @@ def perm_fields(desc, cfg):
     return {"perm_hw": hw, "perm_tail": last * hw, "perm_lanes": c - last * cfg.ti}
 
 
-def descriptor_value(desc, cfg, check=True, stream=False):
+def descriptor_value(desc, cfg, check=True):
     """The integer for the ``desc`` port that runs ``desc`` on ``cfg``: a
     :class:`~slimnfu.config.PassDesc`, or a :class:`~slimnfu.config.LayerDesc` run as one dense
     pass.
 
-    ``check=False`` skips :meth:`PassDesc.check` (buffer depths), for weight images that list
-    layers too large for ``cfg``; every field must still fit its width. ``stream``: the pass
-    is part of a program, whose accelerator may stream its SB words (:meth:`PassDesc.check`).
+    ``check=False`` skips :meth:`PassDesc.check` (buffer depths): for weight images that list
+    layers too large for ``cfg``, and for the compiler, which has checked every pass already
+    (as part of a program, :meth:`PassDesc.check` ``stream=True``); every field must still fit
+    its width.
     """
     desc = as_pass(desc)
     if check:
-        desc.check(cfg, stream=stream)
+        desc.check(cfg)
     d = desc.layer
     mode = {"conv": Mode.MAC, "fc": Mode.MAC, "maxpool": Mode.MAXPOOL,
             "avgpool": Mode.AVGPOOL}[d.kind]

@@ -271,9 +271,9 @@ def _compile(qmodel, cfg, im2col=None):
                 raise ValueError(f"layer {p.name}: its {what} needs {words} words of neuron "
                                  f"buffer {buf}, config {cfg.name!r} has {depths[buf]} "
                                  f"({('nbin_depth', 'nbout_depth')[buf]})")
-        value = descriptor_value(p.desc, cfg, stream=True)
-        layers.append(ProgramLayer(p.name, p.desc, value, loads,
-                                   pmove, ql.format, i if last else None,
+        # _passes_with_buffers has checked the pass (WeightFormat.check, stream=True)
+        layers.append(ProgramLayer(p.name, p.desc, descriptor_value(p.desc, cfg, check=False),
+                                   loads, pmove, ql.format, i if last else None,
                                    out_shape(qmodel.layers[i]), *bufs,
                                    im2col=i == 0 and im2col is not None))
     program = Program(cfg, layers, rom, width, tuple(qmodel.input_shape), {},

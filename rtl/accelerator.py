@@ -116,14 +116,14 @@ class Accelerator(wiring.Component):
 
         entries, need = self._tables()
         n_layers, n_entries = len(prog.layers), len(entries) - 1
-        big = max([len(prog.rom)] + [n for _, _, n, _, _ in entries] +
-                  [cfg.nbin_depth, cfg.nbout_depth, cfg.sb_depth])
-        cw = bits_for(big)
-        ent_sel = Array(Const(s, load_sel_width(cfg)) for s, _, _, _, _ in entries)
-        ent_base = Array(Const(b, cw) for _, b, _, _, _ in entries)
-        ent_len = Array(Const(n, cw) for _, _, n, _, _ in entries)
-        ent_gate = Array(Const(g, bits_for(n_layers)) for _, _, _, g, _ in entries)
-        ent_after = Array(Const(a, bits_for(n_layers)) for _, _, _, _, a in entries)
+        sels, bases, lens, gates, afters = zip(*entries)
+        cw = bits_for(max([len(prog.rom), *lens, cfg.nbin_depth, cfg.nbout_depth,
+                           cfg.sb_depth]))
+        ent_sel = Array(Const(s, load_sel_width(cfg)) for s in sels)
+        ent_base = Array(Const(b, cw) for b in bases)
+        ent_len = Array(Const(n, cw) for n in lens)
+        ent_gate = Array(Const(g, bits_for(n_layers)) for g in gates)
+        ent_after = Array(Const(a, bits_for(n_layers)) for a in afters)
         layer_need = Array(Const(e, bits_for(n_entries)) for e in need)
         in_buf = Array(Const(l.in_buf, 1) for l in prog.layers)
         out_buf = Array(Const(l.out_buf, 1) for l in prog.layers)
