@@ -40,6 +40,10 @@ def add_arguments(parser):
     parser.add_argument("--finetune", type=int, default=10000,
                         help="training images of the one fine-tune epoch (default 10000; 0: off)")
     parser.add_argument("--config", default="tiny", help="accelerator config (default tiny)")
+    parser.add_argument("--lanes", type=int, default=None,
+                        help="make every layer's kept features a whole number of tiles of this "
+                             "many lanes (default: the config's tn; 1: off; see "
+                             "slimnfu.compress.slim.fill_lanes)")
     parser.add_argument("--sim", default="verilator", choices=("verilator", "icarus"),
                         help="simulator of the cycle measurement")
     parser.add_argument("--no-cosim", action="store_true", help="skip the RTL measurement")
@@ -164,7 +168,8 @@ def run_network(name, args, cfg, log=print, on_row=None):
         for budget in args.budgets:
             t0 = time.perf_counter()
             sm = slim.slim_model(model)
-            g = slim.greedy(sm, cx, cy, budget, treatment, ranking=ranking, dw=cfg.dw)
+            g = slim.greedy(sm, cx, cy, budget, treatment, ranking=ranking, dw=cfg.dw,
+                            lanes=args.lanes or cfg.tn)
             greedy_s = time.perf_counter() - t0
             acc_greedy = round(train.evaluate(sm, tx, ty), 2)
             if args.finetune:
@@ -188,6 +193,7 @@ def run_network(name, args, cfg, log=print, on_row=None):
                 "rtl_scope": "conv layers, one test image", "calib_images": args.calib,
                 "finetune_images": args.finetune, "greedy_s": round(greedy_s, 1),
                 "ranking_s": round(rank_s, 1), "changes": len(g["log"]),
+                "lanes": args.lanes or cfg.tn, "lane_fill": g["lanes"],
                 "layers": slim.slim_report(sm, sample),
             }
             assert conv_dense == row["conv_macs_dense"] and conv_slim == row["conv_macs"]
@@ -273,6 +279,8 @@ def check_args(args):
     bad = [b for b in args.budgets if not 0 <= b <= 100]
     if bad:
         raise ValueError(f"--budgets must be in [0, 100] points, not {bad[0]}")
+    if args.lanes is not None and args.lanes < 1:
+        raise ValueError(f"--lanes must be >= 1 (1: off), not {args.lanes}")
 
 
 def main(args):

@@ -12,6 +12,7 @@ from slimnfu.cli import main
     (["--calib", "6000"], r"--calib must be in \[1, 5000\]"),
     (["--finetune", "-1"], r"--finetune must be in \[0, 55000\]"),
     (["--budgets", "0.5", "101"], r"--budgets must be in \[0, 100\] points, not 101.0"),
+    (["--lanes", "0"], r"--lanes must be >= 1 \(1: off\), not 0"),
 ])
 def test_bad_option(argv, message, capsys, tmp_path):
     out = tmp_path / "slim.json"

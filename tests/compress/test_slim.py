@@ -148,6 +148,68 @@ def test_greedy_respects_the_budget():
     assert [r["features"] for r in report] == [6, 7]
 
 
+def _kept(sm):
+    return [int((~sm[i].approx).sum()) for i in slim.conv_layers(sm)]
+
+
+def test_lanes_approximate_down_to_whole_tiles_when_the_budget_allows():
+    sm = slim.slim_model(_net())
+    x = _images(60)
+    y = sm(x).argmax(1)
+    ranking = slim.importance(sm, x, y, method="l1")
+    sm[0].approx[[0, 2, 4]] = True  # 3 of 6 kept: 1 lane of a 2-lane tile idle
+    sm[3].approx[[1]] = True        # 6 of 7 kept: whole tiles already
+    for i in (0, 3):
+        slim.refit_linear(sm[i], slim._input_of(sm, i, x))
+    out = slim.fill_lanes(sm, x, y, 0.0, 2, ranking, x)
+    assert out == [{"module": 0, "kept_before": 3, "kept": 2, "filled": "approximated"}]
+    assert _kept(sm) == [2, 6]
+    least = [j for _, i, j in ranking if i == 0 and j in (1, 3, 5)][0]
+    assert bool(sm[0].approx[least]) and int(sm[0].approx.sum()) == 4
+    assert all(slim.coef_fits(sm[i], 16) for i in (0, 3))
+
+
+def test_lanes_compute_approximated_features_exactly_when_it_does_not(monkeypatch):
+    sm = slim.slim_model(_net())
+    x = _images(60)
+    y = sm(x).argmax(1)
+    ranking = slim.importance(sm, x, y, method="l1")
+    sm[3].approx[[0, 1, 2, 3]] = True  # 3 of 7 kept: 1 lane of a 2-lane tile idle
+    slim.refit_linear(sm[3], slim._input_of(sm, 3, x))
+    # accuracy that grows with the kept features: approximating one more falls under the
+    # floor, computing one more exactly does not
+    monkeypatch.setattr(slim, "_accuracy_loss",
+                        lambda smodel, *a, **k: (10.0 * int((~smodel[3].approx).sum()), 0.0))
+    out = slim.fill_lanes(sm, x, y, 30.0, 2, ranking, x)
+    assert out == [{"module": 3, "kept_before": 3, "kept": 4, "filled": "restored"}]
+    most = [j for _, i, j in reversed(ranking) if i == 3 and j <= 3][0]
+    assert not bool(sm[3].approx[most]) and int(sm[3].approx.sum()) == 3
+    assert float(sm[3].coef[most].abs().sum()) == 0.0
+    # a floor nothing reaches: the layer is left as it was
+    sm[3].approx[most] = True
+    slim.refit_linear(sm[3], slim._input_of(sm, 3, x))
+    before = [t.detach().clone() for t in (sm[3].approx, sm[3].coef, sm[3].coef_bias)]
+    out = slim.fill_lanes(sm, x, y, 100.0, 2, ranking, x)
+    assert out == [{"module": 3, "kept_before": 3, "kept": 3, "filled": None}]
+    assert all(torch.equal(t, u) for t, u in zip(before, (sm[3].approx, sm[3].coef.detach(),
+                                                          sm[3].coef_bias.detach())))
+
+
+def test_greedy_with_lanes_leaves_whole_tiles():
+    sm = slim.slim_model(_net())
+    x = _images(60)
+    y = sm(x).argmax(1)
+    ranking = slim.importance(sm, x, y, method="l1")
+    out = slim.greedy(sm, x, y, 100.0, "linear", ranking=ranking, lanes=4)
+    assert all(k % 4 == 0 for k in _kept(sm)), _kept(sm)
+    assert out["lanes"] == [e for e in out["lanes"] if e["kept"] % 4 == 0]
+    assert slim.greedy(slim.slim_model(_net()), x, y, 1.0, "lower", ranking=ranking,
+                       lanes=4)["lanes"] == []
+    with pytest.raises(ValueError, match=r"lanes must be an int >= 1 \(the engine's tn; 1: "
+                                         r"off\), not 0"):
+        slim.greedy(sm, x, y, 1.0, "linear", ranking=ranking, lanes=0)
+
+
 def test_greedy_refuses_coefficients_no_word_holds(monkeypatch):
     sm = slim.slim_model(_net())
     x = _images(60)
