@@ -22,13 +22,15 @@ Choices (documented here because the paper's text is not available)
   accepted while the calibration accuracy stays within ``budget_pct`` points of the base, all
   approximations of the layer refitted after every change. Then a short fine-tune with the
   treatments frozen.
-* **Lanes** (``greedy(..., lanes=tn)``): the engine computes the kept features in tiles of
-  ``tn`` lanes, so a layer whose kept count is not a multiple of ``tn`` leaves lanes of its last
-  tile idle for every step of its passes. After the greedy step each such layer approximates
-  its least important kept features down to a whole tile when the budget allows; else it
-  computes its most important approximated features exactly on the idle lanes (no more
-  cycles for the kernel passes, fewer for the 1x1 pass, accuracy not worse: more MACs, but on
-  lanes that were issuing zeros) (:func:`fill_lanes`).
+* **Lanes** (``greedy(..., lanes=tn)``, :func:`fill_lanes`): the engine computes the kept
+  features in tiles of ``tn`` lanes, each tile at its largest kernel, so a kept count that is
+  not a multiple of ``tn`` leaves lanes idle, and a tile shared by two kernel sizes gates its
+  smaller lanes; neither saves a cycle. After the greedy step each layer first takes the
+  change that saves a tile's cycles (approximate the least important kept features, lower the
+  least important features of the larger size) when the budget allows, else the one that uses
+  the lanes (compute the most important approximated features exactly, raise the most
+  important features of the smaller size): no more cycles, more MACs on lanes that issued
+  zeros, accuracy checked against the same budget.
 * **Export**: kept filters are sorted by kernel size (largest first) into ``tn``-wide tiles;
   the approximated features follow; the next conv/fc layer's input channels are permuted to
   match. Each tile runs as its own engine pass at the largest kernel of its lanes (only the
@@ -266,8 +268,8 @@ def greedy(smodel, calib_x, calib_y, budget_pct, treatment="both", ranking=None,
         Data width of the fixed-point contract: a change whose refitted coefficients
         :func:`coef_fits` refuses is not taken, whatever its accuracy.
     lanes : int
-        The engine's output lanes (``tn``): with ``treatment`` "linear" or "both", every layer's
-        kept features are then made a whole number of tiles (:func:`fill_lanes`); 1: off.
+        The engine's output lanes (``tn``): every layer's kept features are then made whole
+        tiles of one kernel size where the budget allows (:func:`fill_lanes`); 1: off.
 
     Returns
     -------
@@ -317,7 +319,7 @@ def greedy(smodel, calib_x, calib_y, budget_pct, treatment="both", ranking=None,
                 break
             _restore(m, old)
     filled = []
-    if lanes > 1 and treatment in ("linear", "both"):
+    if lanes > 1:
         filled = fill_lanes(smodel, calib_x, calib_y, base - budget_pct, lanes, ranking,
                             fit_x, dw)
     acc, _ = _accuracy_loss(smodel, calib_x, calib_y)
@@ -336,45 +338,82 @@ def _restore(m, old):
 
 
 def fill_lanes(smodel, calib_x, calib_y, acc_floor, lanes, ranking, fit_x, dw=16):
-    """Make each slim layer's kept features a whole number of ``lanes``-wide tiles.
+    """Make each slim layer's kept features whole ``lanes``-wide tiles of one kernel size.
 
-    For each layer with approximated features whose kept count ``k`` leaves ``r = k % lanes``
-    lanes of its last tile busy: approximate its ``r`` least important kept features (ranking
-    order) if the calibration accuracy stays at or above ``acc_floor`` and the coefficients fit
-    ``dw`` bits; else compute its ``lanes - r`` most important approximated features exactly
-    (the same conditions; accuracy can only fall through the refit of the others); else leave
-    it. Changes ``smodel`` in place.
+    The engine runs kept features in tiles of ``lanes`` (export order: kernel size, largest
+    first), each tile at its largest kernel; a tile's idle lanes issue zeros and its smaller
+    lanes are gated, neither saves a cycle. Per layer, in ranking order (least important first):
+
+    1. **Kept count** ``k`` (when the layer has approximated features): ``r = k % lanes`` lanes
+       of the last tile are busy. Approximate the ``r`` least important kept features (one tile
+       fewer), else compute the ``lanes - r`` most important approximated ones exactly (no more
+       kernel-pass cycles, a smaller 1x1 pass).
+    2. **Kernel-size boundaries**, largest size first: where the features of size ``>= s``
+       leave ``r`` lanes of a tile to be shared with the next size ``t``, lower the ``r`` least
+       important features of size ``s`` to ``t`` (a tile of ``t``: fewer cycles), else raise
+       the ``lanes - r`` most important of size ``t`` to ``s`` (a tile of ``s``: the same
+       cycles, no gating).
+
+    Each change is kept only if the calibration accuracy stays at or above ``acc_floor`` and
+    the refitted coefficients fit ``dw`` bits; the cycle-saving change is tried first. Changes
+    ``smodel`` in place.
 
     Returns
     -------
-    list of dicts, one per layer looked at: ``module``, ``kept_before``, ``kept`` and
-    ``filled`` ("approximated", "restored" or None).
+    list of dicts, one per tile looked at: ``module``, ``tile`` ("kept", or e.g. "5/3" for
+    the boundary of sizes 5 and 3), ``filled`` ("approximated", "restored", "lowered",
+    "raised" or None: left as it was) and ``features`` (the changed features).
     """
     out = []
     for i in conv_layers(smodel):
         m = smodel[i]
         order = [j for _, ii, j in ranking if ii == i]
+        if not order:
+            continue
+        feats_in = _input_of(smodel, i, fit_x)
+
+        def attempt(tile, options):
+            for how, js, change in options:
+                if not js:
+                    continue
+                old = _state(m)
+                with torch.no_grad():
+                    change(js)
+                    m.coef[js], m.coef_bias[js] = 0.0, 0.0
+                refit_linear(m, feats_in)
+                if coef_fits(m, dw) and _accuracy_loss(smodel, calib_x, calib_y)[0] >= acc_floor:
+                    out.append({"module": i, "tile": tile, "filled": how, "features": js})
+                    return
+                _restore(m, old)
+            out.append({"module": i, "tile": tile, "filled": None, "features": []})
+
         k = int((~m.approx).sum())
         r = k % lanes
-        if not bool(m.approx.any()) or not order or r == 0:
-            continue
-        down = [j for j in order if not m.approx[j]][:r] if k > r else []
-        up = [j for j in reversed(order) if m.approx[j]][:lanes - r]
-        entry = {"module": i, "kept_before": k, "kept": k, "filled": None}
-        feats_in = _input_of(smodel, i, fit_x)
-        for how, js, flag in (("approximated", down, True), ("restored", up, False)):
-            if len(js) != (r if flag else lanes - r):
-                continue
-            old = _state(m)
-            with torch.no_grad():
-                m.approx[js] = flag
-                m.coef[js], m.coef_bias[js] = 0.0, 0.0
-            refit_linear(m, feats_in)
-            if coef_fits(m, dw) and _accuracy_loss(smodel, calib_x, calib_y)[0] >= acc_floor:
-                entry.update(kept=int((~m.approx).sum()), filled=how)
+        if bool(m.approx.any()) and r:
+            kept = [j for j in order if not m.approx[j]]
+            apx = [j for j in reversed(order) if m.approx[j]]
+            attempt("kept", [
+                ("approximated", kept[:r] if k > r else [],
+                 lambda js: m.approx.__setitem__(js, True)),
+                ("restored", apx[:lanes - r] if len(apx) >= lanes - r else [],
+                 lambda js: m.approx.__setitem__(js, False))])
+        done = set()
+        while True:
+            ks = {j: int(m.ksize[j]) for j in order if not m.approx[j]}
+            sizes = sorted(set(ks.values()), reverse=True)
+            edge = next(((s, t) for s, t in zip(sizes, sizes[1:]) if s not in done
+                         and sum(v >= s for v in ks.values()) % lanes), None)
+            if edge is None:
                 break
-            _restore(m, old)
-        out.append(entry)
+            s, t = edge
+            done.add(s)
+            r = sum(v >= s for v in ks.values()) % lanes
+            big = [j for j in order if ks.get(j) == s]
+            small = [j for j in reversed(order) if ks.get(j) == t]
+            attempt(f"{s}/{t}", [
+                ("lowered", big[:r], lambda js, t=t: m.ksize.__setitem__(js, t)),
+                ("raised", small[:lanes - r] if len(small) >= lanes - r else [],
+                 lambda js, s=s: m.ksize.__setitem__(js, s))])
     return out
 
 

@@ -162,9 +162,9 @@ def test_lanes_approximate_down_to_whole_tiles_when_the_budget_allows():
     for i in (0, 3):
         slim.refit_linear(sm[i], slim._input_of(sm, i, x))
     out = slim.fill_lanes(sm, x, y, 0.0, 2, ranking, x)
-    assert out == [{"module": 0, "kept_before": 3, "kept": 2, "filled": "approximated"}]
-    assert _kept(sm) == [2, 6]
     least = [j for _, i, j in ranking if i == 0 and j in (1, 3, 5)][0]
+    assert out == [{"module": 0, "tile": "kept", "filled": "approximated", "features": [least]}]
+    assert _kept(sm) == [2, 6]
     assert bool(sm[0].approx[least]) and int(sm[0].approx.sum()) == 4
     assert all(slim.coef_fits(sm[i], 16) for i in (0, 3))
 
@@ -181,18 +181,50 @@ def test_lanes_compute_approximated_features_exactly_when_it_does_not(monkeypatc
     monkeypatch.setattr(slim, "_accuracy_loss",
                         lambda smodel, *a, **k: (10.0 * int((~smodel[3].approx).sum()), 0.0))
     out = slim.fill_lanes(sm, x, y, 30.0, 2, ranking, x)
-    assert out == [{"module": 3, "kept_before": 3, "kept": 4, "filled": "restored"}]
     most = [j for _, i, j in reversed(ranking) if i == 3 and j <= 3][0]
+    assert out == [{"module": 3, "tile": "kept", "filled": "restored", "features": [most]}]
     assert not bool(sm[3].approx[most]) and int(sm[3].approx.sum()) == 3
-    assert float(sm[3].coef[most].abs().sum()) == 0.0
+    assert float(sm[3].coef.detach()[most].abs().sum()) == 0.0
     # a floor nothing reaches: the layer is left as it was
     sm[3].approx[most] = True
     slim.refit_linear(sm[3], slim._input_of(sm, 3, x))
     before = [t.detach().clone() for t in (sm[3].approx, sm[3].coef, sm[3].coef_bias)]
     out = slim.fill_lanes(sm, x, y, 100.0, 2, ranking, x)
-    assert out == [{"module": 3, "kept_before": 3, "kept": 3, "filled": None}]
+    assert out == [{"module": 3, "tile": "kept", "filled": None, "features": []}]
     assert all(torch.equal(t, u) for t, u in zip(before, (sm[3].approx, sm[3].coef.detach(),
                                                           sm[3].coef_bias.detach())))
+
+
+def _tiles(sm, lanes):
+    """Per conv layer, the kernel sizes of each tile of kept features in export order."""
+    out = []
+    for i in slim.conv_layers(sm):
+        ks = sorted((int(k) for k, a in zip(sm[i].ksize, sm[i].approx) if not a), reverse=True)
+        out.append([ks[t:t + lanes] for t in range(0, len(ks), lanes)])
+    return out
+
+
+def test_lanes_make_kernel_size_boundaries_whole_tiles(monkeypatch):
+    sm = slim.slim_model(_net())
+    x = _images(60)
+    y = sm(x).argmax(1)
+    ranking = slim.importance(sm, x, y, method="l1")
+    order = [j for _, i, j in ranking if i == 0]
+    sm[0].ksize[order[:3]] = 3  # sizes 5 5 5 | 3 3 3 on 2 lanes: tile [5, 3] mixes
+    assert _tiles(sm, 2)[0] == [[5, 5], [5, 3], [3, 3]]
+    out = slim.fill_lanes(sm, x, y, 0.0, 2, ranking, x)
+    # the budget allows lowering: the least important 5 becomes a 3
+    assert out == [{"module": 0, "tile": "5/3", "filled": "lowered", "features": [order[3]]}]
+    assert _tiles(sm, 2)[0] == [[5, 5], [3, 3], [3, 3]]
+    # accuracy that falls with every lowered tap: lowering fails, raising is taken
+    sm = slim.slim_model(_net())
+    sm[0].ksize[order[:3]] = 3
+    monkeypatch.setattr(slim, "_accuracy_loss",
+                        lambda smodel, *a, **k: (float(smodel[0].ksize.sum()), 0.0))
+    out = slim.fill_lanes(sm, x, y, 24.0, 2, ranking, x)
+    assert out == [{"module": 0, "tile": "5/3", "filled": "raised", "features": [order[2]]}]
+    assert _tiles(sm, 2)[0] == [[5, 5], [5, 5], [3, 3]]
+    assert slim.fill_lanes(sm, x, y, 24.0, 2, ranking, x) == []
 
 
 def test_greedy_with_lanes_leaves_whole_tiles():
@@ -202,9 +234,10 @@ def test_greedy_with_lanes_leaves_whole_tiles():
     ranking = slim.importance(sm, x, y, method="l1")
     out = slim.greedy(sm, x, y, 100.0, "linear", ranking=ranking, lanes=4)
     assert all(k % 4 == 0 for k in _kept(sm)), _kept(sm)
-    assert out["lanes"] == [e for e in out["lanes"] if e["kept"] % 4 == 0]
-    assert slim.greedy(slim.slim_model(_net()), x, y, 1.0, "lower", ranking=ranking,
-                       lanes=4)["lanes"] == []
+    sm = slim.slim_model(_net())
+    slim.greedy(sm, x, y, 100.0, "both", ranking=ranking, lanes=2)
+    assert all(len(set(t)) == 1 for layer in _tiles(sm, 2) for t in layer[:-1]), _tiles(sm, 2)
+    assert {e["filled"] for e in out["lanes"]} <= {"approximated", "restored"}
     with pytest.raises(ValueError, match=r"lanes must be an int >= 1 \(the engine's tn; 1: "
                                          r"off\), not 0"):
         slim.greedy(sm, x, y, 1.0, "linear", ranking=ranking, lanes=0)
