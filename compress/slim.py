@@ -56,6 +56,8 @@ __all__ = ["SlimConv", "slim_model", "conv_layers", "importance", "refit_linear"
            "slim_int_forward", "reordered_inputs", "TREATMENTS", "IMPORTANCE_METHODS"]
 
 TREATMENTS = ("lower", "linear", "both")
+#: :func:`fill_lanes` tries at most this many feature sets per direction and tile.
+FILL_TRIES = 4
 IMPORTANCE_METHODS = ("loss", "l1", "act")
 
 
@@ -355,7 +357,9 @@ def fill_lanes(smodel, calib_x, calib_y, acc_floor, lanes, ranking, fit_x, dw=16
        cycles, no gating).
 
     Each change is kept only if the calibration accuracy stays at or above ``acc_floor`` and
-    the refitted coefficients fit ``dw`` bits; the cycle-saving change is tried first. Changes
+    the refitted coefficients fit ``dw`` bits; the cycle-saving change is tried first, on the
+    least important features, then on the next ones (:data:`FILL_TRIES` disjoint sets), then
+    the lane-using change the same way. Changes
     ``smodel`` in place.
 
     Returns
@@ -393,10 +397,10 @@ def fill_lanes(smodel, calib_x, calib_y, acc_floor, lanes, ranking, fit_x, dw=16
             kept = [j for j in order if not m.approx[j]]
             apx = [j for j in reversed(order) if m.approx[j]]
             attempt("kept", [
-                ("approximated", kept[:r] if k > r else [],
-                 lambda js: m.approx.__setitem__(js, True)),
-                ("restored", apx[:lanes - r] if len(apx) >= lanes - r else [],
-                 lambda js: m.approx.__setitem__(js, False))])
+                *(("approximated", js, lambda js: m.approx.__setitem__(js, True))
+                  for js in _windows(kept, r) if k > r),
+                *(("restored", js, lambda js: m.approx.__setitem__(js, False))
+                  for js in _windows(apx, lanes - r))])
         done = set()
         while True:
             ks = {j: int(m.ksize[j]) for j in order if not m.approx[j]}
@@ -411,10 +415,16 @@ def fill_lanes(smodel, calib_x, calib_y, acc_floor, lanes, ranking, fit_x, dw=16
             big = [j for j in order if ks.get(j) == s]
             small = [j for j in reversed(order) if ks.get(j) == t]
             attempt(f"{s}/{t}", [
-                ("lowered", big[:r], lambda js, t=t: m.ksize.__setitem__(js, t)),
-                ("raised", small[:lanes - r] if len(small) >= lanes - r else [],
-                 lambda js, s=s: m.ksize.__setitem__(js, s))])
+                *(("lowered", js, lambda js, t=t: m.ksize.__setitem__(js, t))
+                  for js in _windows(big, r)),
+                *(("raised", js, lambda js, s=s: m.ksize.__setitem__(js, s))
+                  for js in _windows(small, lanes - r))])
     return out
+
+
+def _windows(features, n, tries=FILL_TRIES):
+    """The first ``tries`` disjoint runs of ``n`` of ``features`` (in their order)."""
+    return [features[w:w + n] for w in range(0, len(features) - n + 1, n)][:tries]
 
 
 def fine_tune(smodel, x, y, epochs=1, lr=2e-4, batch_size=128, seed=0):

@@ -225,6 +225,13 @@ def test_lanes_make_kernel_size_boundaries_whole_tiles(monkeypatch):
     assert out == [{"module": 0, "tile": "5/3", "filled": "raised", "features": [order[2]]}]
     assert _tiles(sm, 2)[0] == [[5, 5], [5, 5], [3, 3]]
     assert slim.fill_lanes(sm, x, y, 24.0, 2, ranking, x) == []
+    # the least important 5 must stay: the next one is lowered instead
+    sm = slim.slim_model(_net())
+    sm[0].ksize[order[:3]] = 3
+    monkeypatch.setattr(slim, "_accuracy_loss",
+                        lambda smodel, *a, **k: (float(smodel[0].ksize[order[3]]), 0.0))
+    out = slim.fill_lanes(sm, x, y, 5.0, 2, ranking, x)
+    assert out == [{"module": 0, "tile": "5/3", "filled": "lowered", "features": [order[4]]}]
 
 
 def test_greedy_with_lanes_leaves_whole_tiles():
