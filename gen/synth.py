@@ -38,7 +38,7 @@ __all__ = ["ECP5_PARTS", "DP16KD_MODES", "rom_dp16kd", "block_ram_fit", "choose_
            "synth_generic", "synth_ecp5", "choose_part",
            "place_route", "read_pnr_report", "synth_verilog", "synth_config", "tool_path",
            "tool_versions", "feature_area", "PNR_DEFAULTS", "CONFIG_PNR", "config_pnr",
-           "pnr_options", "pnr_command",
+           "pnr_options", "pnr_command", "pnr_progress", "PNR_LOG",
            "StepTimeout", "yosys_share"]
 
 #: LFE5U parts: nextpnr flag and resources (18x18 multipliers, DP16KD blocks, LUT4s, FFs).
@@ -439,7 +439,26 @@ def pnr_command(part, options=None):
              "--out-of-context", "--report", "pnr_report.json", "--detailed-timing-report",
              "--freq", str(o["freq_mhz"]), "--timing-allow-fail", "--seed", str(o["seed"]),
              "--placer", o["placer"], "--router", o["router"]]
-            + ([] if o["tmdriv"] else ["--no-tmdriv"]) + ["-q"])
+            + ([] if o["tmdriv"] else ["--no-tmdriv"]) + ["--log", PNR_LOG, "-q"])
+
+
+#: nextpnr's own log, in the place-and-route directory: written as it goes, so a run stopped
+#: at its time bound still says how far it got (:func:`pnr_progress`).
+PNR_LOG = "nextpnr.log"
+
+
+def pnr_progress(text):
+    """How far a nextpnr-ecp5 log got: ``{"stage": "packing" | "placing" | "routing",
+    "last": its last line}`` (routers print a row per thousand arcs, the placers one per
+    iteration)."""
+    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    if any(l.startswith("Info: Routing") for l in lines):
+        stage = "routing"
+    elif any("placer" in l.lower() or "placement" in l.lower() for l in lines):
+        stage = "placing"
+    else:
+        stage = "packing"
+    return {"stage": stage, "last": lines[-1] if lines else ""}
 
 
 def place_route(workdir, part, freq_mhz=None, seed=None, timeout_s=None, options=None):
@@ -456,9 +475,13 @@ def place_route(workdir, part, freq_mhz=None, seed=None, timeout_s=None, options
     try:
         wall = _run(cmd, workdir, "pnr.log", timeout_s)
     except subprocess.TimeoutExpired:
+        log = Path(workdir, PNR_LOG)
+        progress = pnr_progress(log.read_text(errors="replace") if log.is_file() else "")
         return {"fmax_mhz": None, "fmax_by_clock": {}, "utilization": {},
                 "wall_s": timeout_s, "out_of_context": True, "part": part, "options": opts,
-                "error": f"nextpnr-ecp5 did not finish on {part} within {timeout_s:g} s"}
+                "progress": progress,
+                "error": f"nextpnr-ecp5 did not finish on {part} within {timeout_s:g} s "
+                         f"(stopped while {progress['stage']}; {log})"}
     return {**read_pnr_report(Path(workdir, "pnr_report.json")), "wall_s": round(wall, 2),
             "out_of_context": True, "options": opts}
 

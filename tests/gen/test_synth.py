@@ -238,12 +238,25 @@ def test_place_route_timeout_is_reported(monkeypatch, tmp_path):
     import subprocess
 
     def slow(cmd, cwd, log, timeout=None):
+        assert cmd[cmd.index("--log") + 1] == synth.PNR_LOG
         raise subprocess.TimeoutExpired(cmd, timeout)
 
     monkeypatch.setattr(synth, "_run", slow)
     r = synth.place_route(tmp_path, "LFE5U-85F", timeout_s=5)
     assert r["fmax_mhz"] is None
-    assert r["error"] == "nextpnr-ecp5 did not finish on LFE5U-85F within 5 s"
+    assert r["error"] == (f"nextpnr-ecp5 did not finish on LFE5U-85F within 5 s (stopped while "
+                          f"packing; {tmp_path / synth.PNR_LOG})")
+    # the log nextpnr writes as it goes says how far it got
+    (tmp_path / synth.PNR_LOG).write_text(
+        "Info: Packing IOs..\nInfo: Running main analytical placer, max placement attempts per "
+        "cell = 10000\nInfo:     at iteration #5, type ALL: wirelen solved = 56710\n")
+    r = synth.place_route(tmp_path, "LFE5U-85F", timeout_s=5)
+    assert r["progress"] == {"stage": "placing", "last": "Info:     at iteration #5, type ALL: "
+                                                         "wirelen solved = 56710"}
+    assert "stopped while placing" in r["error"]
+    assert synth.pnr_progress("Info: HeAP Placer Time: 60s\nInfo: Routing..\nInfo: Routing "
+                              "56086 arcs.\nInfo:   1000 |  0 1000 |  0 1000 | 55086|")[
+        "stage"] == "routing"
 
 
 def test_place_route_passes_its_options_to_nextpnr(monkeypatch, tmp_path):
