@@ -359,8 +359,7 @@ def fill_lanes(smodel, calib_x, calib_y, acc_floor, lanes, ranking, fit_x, dw=16
     Each change is kept only if the calibration accuracy stays at or above ``acc_floor`` and
     the refitted coefficients fit ``dw`` bits; the cycle-saving change is tried first, on the
     least important features, then on the next ones (:data:`FILL_TRIES` disjoint sets), then
-    the lane-using change the same way. Changes
-    ``smodel`` in place.
+    the lane-using change the same way. Changes ``smodel`` in place.
 
     Returns
     -------
