@@ -163,13 +163,14 @@ def run_network(name, args, cfg, log=print, on_row=None):
     t0 = time.perf_counter()
     ranking = slim.importance(slim.slim_model(model), cx[:500], cy[:500])
     rank_s = time.perf_counter() - t0
+    lanes = args.lanes or cfg.tn
     rows = []
     for treatment in args.treatments:
         for budget in args.budgets:
             t0 = time.perf_counter()
             sm = slim.slim_model(model)
             g = slim.greedy(sm, cx, cy, budget, treatment, ranking=ranking, dw=cfg.dw,
-                            lanes=args.lanes or cfg.tn)
+                            lanes=lanes)
             greedy_s = time.perf_counter() - t0
             acc_greedy = round(train.evaluate(sm, tx, ty), 2)
             if args.finetune:
@@ -193,7 +194,7 @@ def run_network(name, args, cfg, log=print, on_row=None):
                 "rtl_scope": "conv layers, one test image", "calib_images": args.calib,
                 "finetune_images": args.finetune, "greedy_s": round(greedy_s, 1),
                 "ranking_s": round(rank_s, 1), "changes": len(g["log"]),
-                "lanes": args.lanes or cfg.tn, "lane_fill": g["lanes"],
+                "lanes": lanes, "lane_fill": g["lanes"],
                 "layers": slim.slim_report(sm, sample),
             }
             assert conv_dense == row["conv_macs_dense"] and conv_slim == row["conv_macs"]

@@ -373,18 +373,23 @@ def fill_lanes(smodel, calib_x, calib_y, acc_floor, lanes, ranking, fit_x, dw=16
         order = [j for _, ii, j in ranking if ii == i]
         if not order:
             continue
-        feats_in = _input_of(smodel, i, fit_x)
+        inputs = {}
 
         def attempt(tile, options):
             for how, js, change in options:
                 if not js:
                     continue
+                if not inputs:
+                    # the layer's inputs, as greedy caches them: only this layer changes here
+                    inputs.update(fit=_input_of(smodel, i, fit_x),
+                                  calib=_input_of(smodel, i, calib_x))
                 old = _state(m)
                 with torch.no_grad():
                     change(js)
                     m.coef[js], m.coef_bias[js] = 0.0, 0.0
-                refit_linear(m, feats_in)
-                if coef_fits(m, dw) and _accuracy_loss(smodel, calib_x, calib_y)[0] >= acc_floor:
+                refit_linear(m, inputs["fit"])
+                if (coef_fits(m, dw) and
+                        _accuracy_loss(smodel[i:], inputs["calib"], calib_y)[0] >= acc_floor):
                     out.append({"module": i, "tile": tile, "filled": how, "features": js})
                     return
                 _restore(m, old)
@@ -404,13 +409,12 @@ def fill_lanes(smodel, calib_x, calib_y, acc_floor, lanes, ranking, fit_x, dw=16
         while True:
             ks = {j: int(m.ksize[j]) for j in order if not m.approx[j]}
             sizes = sorted(set(ks.values()), reverse=True)
-            edge = next(((s, t) for s, t in zip(sizes, sizes[1:]) if s not in done
-                         and sum(v >= s for v in ks.values()) % lanes), None)
+            edge = next(((s, t, r) for s, t in zip(sizes, sizes[1:]) if s not in done
+                         for r in [sum(v >= s for v in ks.values()) % lanes] if r), None)
             if edge is None:
                 break
-            s, t = edge
+            s, t, r = edge
             done.add(s)
-            r = sum(v >= s for v in ks.values()) % lanes
             big = [j for j in order if ks.get(j) == s]
             small = [j for j in reversed(order) if ks.get(j) == t]
             attempt(f"{s}/{t}", [

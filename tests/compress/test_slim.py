@@ -179,7 +179,7 @@ def test_lanes_compute_approximated_features_exactly_when_it_does_not(monkeypatc
     # accuracy that grows with the kept features: approximating one more falls under the
     # floor, computing one more exactly does not
     monkeypatch.setattr(slim, "_accuracy_loss",
-                        lambda smodel, *a, **k: (10.0 * int((~smodel[3].approx).sum()), 0.0))
+                        lambda *a, **k: (10.0 * int((~sm[3].approx).sum()), 0.0))
     out = slim.fill_lanes(sm, x, y, 30.0, 2, ranking, x)
     most = [j for _, i, j in reversed(ranking) if i == 3 and j <= 3][0]
     assert out == [{"module": 3, "tile": "kept", "filled": "restored", "features": [most]}]
@@ -197,11 +197,9 @@ def test_lanes_compute_approximated_features_exactly_when_it_does_not(monkeypatc
 
 def _tiles(sm, lanes):
     """Per conv layer, the kernel sizes of each tile of kept features in export order."""
-    out = []
-    for i in slim.conv_layers(sm):
-        ks = sorted((int(k) for k, a in zip(sm[i].ksize, sm[i].approx) if not a), reverse=True)
-        out.append([ks[t:t + lanes] for t in range(0, len(ks), lanes)])
-    return out
+    return [[t["lanes"] for t in slim_format.tile_map(
+        sorted((int(k) for k, a in zip(sm[i].ksize, sm[i].approx) if not a), reverse=True),
+        lanes)] for i in slim.conv_layers(sm)]
 
 
 def test_lanes_make_kernel_size_boundaries_whole_tiles(monkeypatch):
@@ -219,8 +217,7 @@ def test_lanes_make_kernel_size_boundaries_whole_tiles(monkeypatch):
     # accuracy that falls with every lowered tap: lowering fails, raising is taken
     sm = slim.slim_model(_net())
     sm[0].ksize[order[:3]] = 3
-    monkeypatch.setattr(slim, "_accuracy_loss",
-                        lambda smodel, *a, **k: (float(smodel[0].ksize.sum()), 0.0))
+    monkeypatch.setattr(slim, "_accuracy_loss", lambda *a, **k: (float(sm[0].ksize.sum()), 0.0))
     out = slim.fill_lanes(sm, x, y, 24.0, 2, ranking, x)
     assert out == [{"module": 0, "tile": "5/3", "filled": "raised", "features": [order[2]]}]
     assert _tiles(sm, 2)[0] == [[5, 5], [5, 5], [3, 3]]
@@ -229,7 +226,7 @@ def test_lanes_make_kernel_size_boundaries_whole_tiles(monkeypatch):
     sm = slim.slim_model(_net())
     sm[0].ksize[order[:3]] = 3
     monkeypatch.setattr(slim, "_accuracy_loss",
-                        lambda smodel, *a, **k: (float(smodel[0].ksize[order[3]]), 0.0))
+                        lambda *a, **k: (float(sm[0].ksize[order[3]]), 0.0))
     out = slim.fill_lanes(sm, x, y, 5.0, 2, ranking, x)
     assert out == [{"module": 0, "tile": "5/3", "filled": "lowered", "features": [order[4]]}]
 
