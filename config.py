@@ -692,9 +692,9 @@ class PassDesc:
 
     @property
     def uses_perm(self):
-        """The pass runs on the permutation path (``perm`` is not ``"none"``), so the engine's
-        reads wait for the permutation address generator
-        (:meth:`slimnfu.rtl.engine.LayerEngine.latency`)."""
+        """The pass runs on the permutation path (``perm`` is not ``"none"``): its synapses
+        come from the ``s`` banks (an affine pass's reads also wait for the permutation
+        address generator, :meth:`slimnfu.rtl.engine.LayerEngine.perm_stages`)."""
         return self.perm != "none"
 
     @property

@@ -35,10 +35,10 @@ class LayerEngine(wiring.Component):
     ``in_buf = 0, out_buf = 1`` (the ports' defaults) is the classic NBin/NBout engine.
 
     Pipeline, for a step issued by the sequencer in cycle ``S``: the step register ``S+1``
-    (``T``; :attr:`STEP_STAGES`); NBin/SB read ``R = T + perm_stages(cfg, desc)`` (0 for a
-    pass that does not use the permutation path, ``desc.perm == "none"``, and always without
-    ``cfg.perm``; for a permuted pass, the permutation address generator's pipeline, whose
-    registered addresses read the ``s`` banks in ``R`` too), their block RAM output register
+    (``T``; :attr:`STEP_STAGES`); NBin/SB read ``R = T + perm_stages(cfg, desc)`` (0 but for
+    a ``perm_affine`` pass, whose steps wait for the permutation address generator's pipeline;
+    a permuted pass's registered ``s`` addresses read the ``s`` banks in ``R`` too), their
+    block RAM output register
     ``R+2``
     (:attr:`READ_STAGES`); the NFU-1 operands (padding, IKR taps, kernel gating,
     permuted synapses) enter NFU-1's operand registers in ``R+2`` and the products appear
@@ -49,15 +49,19 @@ class LayerEngine(wiring.Component):
     back, so a pass of ``N`` steps takes ``N + latency(cfg, desc)`` cycles. The stage counts,
     and so :meth:`latency`, are derived from the components' own, never typed in.
 
-    Only a permuted pass pays the generator's stages: the step register feeds a delay line of
-    ``PermAddrGen.latency(cfg)`` stages, and a pass picks its output (``perm`` on) or the
-    step register itself (``perm`` off) as its step at ``R``, with a select registered from
-    the latched descriptor; every later stage counts from ``R``. Only a permuted pass's steps
-    enter that line valid, so a non-permuted pass never sees a step of the pass before it in
-    the line; and passes never overlap (``done`` follows the last step's NBout write, so
-    every step of a pass has left the pipeline before the next ``start``), so a permuted pass
-    never sees one either. The index-ROM read (``T + perm_stages - 2``), the ``s`` banks'
-    enable and the generator are used by permuted passes only; the kernel gate and the IKR
+    Only a ``perm_affine`` pass pays the generator's stages: the step register feeds a delay
+    line of ``PermAddrGen.latency(cfg)`` stages, and a pass picks its output (affine) or the
+    step register itself (any other pass) as its step at ``R``, with a select registered from
+    the latched descriptor; every later stage counts from ``R``. Only an affine pass's steps
+    enter that line valid, so no other pass sees a step of the pass before it in the line;
+    and passes never overlap (``done`` follows the last step's NBout write, so every step of
+    a pass has left the pipeline before the next ``start``), so an affine pass never sees one
+    either. A ``perm_index`` pass (an FC pass: it reads SB word ``k`` at step ``k``) reads its
+    index-ROM words ahead of the sequencer, word ``k`` in ``S - 1`` of step ``k`` (a counter
+    that :attr:`FIRST_STEP` ``- 1`` cycles after ``start`` begins at 0 and stops at the
+    pass's ``end`` step), so the generator's registered addresses of step ``k`` are there in
+    its ``T``: an index pass reads NBin at ``T`` and takes a dense pass's cycles. The ``s``
+    banks' enable and the generator are used by permuted passes only; the kernel gate and the IKR
     unit's operands (conv passes, never permuted) count from ``R``. An IKR pass's steps come
     from the IKR unit's registers, :meth:`ikr_stages` cycles after the slot cycle its
     sequencer counts them from, so only an IKR pass pays those.
@@ -107,11 +111,12 @@ class LayerEngine(wiring.Component):
 
     @classmethod
     def perm_stages(cls, cfg, desc):
-        """For a pass ``desc`` (:class:`PassDesc` or :class:`LayerDesc`) that uses the
-        permutation path (``desc.uses_perm``, which needs ``cfg.perm``), the permutation
-        address generator's pipeline (:meth:`PermAddrGen.latency`): NBin and SB are read that
-        many cycles after ``T``, beside the ``s`` banks it addresses; else 0."""
-        return PermAddrGen.latency(cfg) if cfg.perm and as_pass(desc).uses_perm else 0
+        """For a ``perm_affine`` pass ``desc`` (:class:`PassDesc` or :class:`LayerDesc`;
+        ``desc.perm == "affine"``, which needs ``cfg.perm``), the permutation address
+        generator's pipeline (:meth:`PermAddrGen.latency`): NBin and SB are read that many
+        cycles after ``T``, beside the ``s`` banks it addresses; else 0 (a ``perm_index``
+        pass's addresses come from index words read ahead of its steps)."""
+        return PermAddrGen.latency(cfg) if cfg.perm and as_pass(desc).perm == "affine" else 0
 
     @classmethod
     def ikr_stages(cls, cfg, desc):
@@ -138,8 +143,8 @@ class LayerEngine(wiring.Component):
         """``cycles == desc.nfu_cycles(cfg) + latency(cfg, desc)`` for pass ``desc`` of ``cfg``.
 
         ``done`` pulses one cycle after the last step's NBout write:
-        ``FIRST_STEP + write_delay(cfg, desc)``. Only a pass that uses the permutation path
-        pays :meth:`perm_stages`, only an IKR pass :meth:`ikr_stages`.
+        ``FIRST_STEP + write_delay(cfg, desc)``. Only a ``perm_affine`` pass pays
+        :meth:`perm_stages`, only an IKR pass :meth:`ikr_stages`.
         """
         return cls.FIRST_STEP + cls.write_delay(cfg, desc)
 
@@ -226,9 +231,8 @@ class LayerEngine(wiring.Component):
         def delayed(value, stages, name, reset_less=False):
             return delay(m, value, stages, f"{name}_d", reset_less)
 
-        # Stage offsets from R, the cycle the step reads NBin and SB: T for a pass that does
-        # not use the permutation path, T + PermAddrGen.latency(cfg) for one that does (the
-        # s banks are addressed then).
+        # Stage offsets from R, the cycle the step reads NBin and SB: T, or for a perm_affine
+        # pass T + PermAddrGen.latency(cfg) (the s banks are addressed then).
         operands = self.READ_STAGES
         nfu2_in = operands + NFU1.latency(cfg)
         nfu3_in = nfu2_in + NFU2.latency(cfg)
@@ -239,21 +243,21 @@ class LayerEngine(wiring.Component):
         for name in step.signature.members:
             m.d.sync += getattr(st, name).eq(getattr(step, name))
 
-        # Stage T -> R: a permuted pass's steps wait for the generator; any other pass's take
-        # the step register itself. Only a permuted pass's steps enter the line valid, and
-        # perm_on (registered from the latched descriptor) is steady long before a pass's
-        # first step (FIRST_STEP), so neither path carries another pass's steps.
+        # Stage T -> R: an affine pass's steps wait for the generator; any other pass's take
+        # the step register itself. Only an affine pass's steps enter the line valid, and
+        # the selects (registered from the latched descriptor) are steady long before a
+        # pass's first step (FIRST_STEP), so neither path carries another pass's steps.
         if cfg.perm:
-            perm_stages = PermAddrGen.latency(cfg)
-            perm_on = Signal()
-            m.d.sync += perm_on.eq(cur.perm != Perm.NONE)
+            perm_on, affine_on, index_on = Signal(), Signal(), Signal()
+            m.d.sync += [perm_on.eq(cur.perm != Perm.NONE), affine_on.eq(cur.perm == Perm.AFFINE),
+                         index_on.eq(cur.perm == Perm.INDEX)]
             rt = step.signature.create(path=("step_at_read",))
             for name in step.signature.members:
                 value = getattr(st, name)
                 if name == "valid":
-                    value = value & perm_on
-                late = delayed(value, perm_stages, f"{name}_perm")
-                m.d.comb += getattr(rt, name).eq(Mux(perm_on, late, getattr(st, name)))
+                    value = value & affine_on
+                late = delayed(value, PermAddrGen.latency(cfg), f"{name}_perm")
+                m.d.comb += getattr(rt, name).eq(Mux(affine_on, late, getattr(st, name)))
         else:
             rt = st
 
@@ -279,13 +283,20 @@ class LayerEngine(wiring.Component):
         synapses = []
         sb_addr, sb_en = rt.sb_addr, rt.valid & is_mac
         if cfg.perm:
-            # The index-ROM word of step T is read in T + perm_stages - 2, so that the
-            # generator registers its addresses when the s banks are addressed (index passes
-            # are permuted, so their R is T + perm_stages).
-            index_mode = cur.perm == Perm.INDEX
-            sb_addr = Mux(index_mode, delayed(st.sb_addr, perm_stages - 2, "index_addr"),
-                          sb_addr)
-            sb_en = Mux(index_mode, delayed(st.valid, perm_stages - 2, "index_en"), sb_en)
+            # An index pass reads the index-ROM word of step k in S - 1 (an FC pass reads SB
+            # word k at step k), so that the generator registers its addresses in T = R: a
+            # counter from 0, FIRST_STEP - 1 cycles after start, to the pass's end step.
+            lead = delayed(starting, self.FIRST_STEP - 1, "index_lead")
+            index_run = Signal()
+            index_next = Signal.like(st.sb_addr, name="index_next")
+            index_addr = Mux(lead, 0, index_next)
+            index_read = lead | (index_run & ~step.end)
+            with m.If(index_read):
+                m.d.sync += [index_next.eq(index_addr + 1), index_run.eq(1)]
+            with m.Else():
+                m.d.sync += index_run.eq(0)
+            sb_addr = Mux(index_on, index_addr, sb_addr)
+            sb_en = Mux(index_on, index_read, sb_en)
         for bank in sb_banks:
             port = bank.read_port()
             m.d.comb += [port.addr.eq(sb_addr), port.en.eq(sb_en)]
@@ -449,9 +460,10 @@ class LayerEngine(wiring.Component):
         (``ti`` bits; a re-laid pass, ``desc.perm_hw > 1``, drops the lanes ``>= perm_lanes``
         of the steps from NBin word ``perm_tail`` on: the padding channels of the conv
         output's last tile). ``issued`` is the step in ``S``,
-        ``step`` in ``T``, ``read_step`` in ``R``; the ``s`` banks are addressed in
-        ``T + PermAddrGen.latency(cfg)``, a permuted pass's ``R``. ``perm_on``: the running
-        pass is permuted (registered).
+        ``step`` in ``T``, ``read_step`` in ``R``; the ``s`` banks are addressed in ``R``
+        (``T + PermAddrGen.latency(cfg)`` in an affine pass, ``T`` in an index pass, whose
+        ``sb_word`` is read a step ahead). ``perm_on``: the running pass is permuted
+        (registered).
 
         Adds the write ports of ``s`` and of the per-row parameters to ``loads``.
         """

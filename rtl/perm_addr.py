@@ -85,8 +85,9 @@ class PermAddrGen(wiring.Component):
       loop's add) mark the last pixel of a channel tile, and ``x`` moves by ``a_r`` within a
       tile and by ``(ti-1)*(a_r*hw) + a_r`` at a tile's end.
     * ``mode == INDEX``: the addresses are the low ``perm_addr_bits`` of the ``dw``-bit lanes
-      of ``indices``, the index-ROM word SB holds for the step, given in cycle
-      ``T + latency(cfg) - 1``.
+      of ``indices``, the index-ROM word SB holds for the step, registered: given in cycle
+      ``U``, they are in ``addr`` in ``U + 1`` (the engine reads the words a step ahead, so
+      an index pass does not wait for the pipeline above).
     * ``mode == NONE``: the addresses are 0 (the dense path does not use them).
 
     ``a_r, e_r < n`` and ``start <= last < perm_depth`` with ``last - start < n`` are required
@@ -109,7 +110,7 @@ class PermAddrGen(wiring.Component):
     params : In(perm_param_width)
         The output tile's per-lane ``(a, e, start, last)``, for the step on the inputs.
     indices : In(tn*ti*dw)
-        The step's index-ROM word (``INDEX``), ``latency - 1`` cycles after the step.
+        The step's index-ROM word (``INDEX``), a cycle before its addresses.
     first, step : In(1)
         The step is the first of its output tile / a step is issued.
     addr : Out(tn*ti*ab)

@@ -146,7 +146,7 @@ def test_tiny_verilog_converts_and_compiles(tmp_path):
 
 
 #: Each feature set's layers with their engine cycle counts written out on ``PINNED_CFG``
-#: (``tiny``, ti = 4): steps + 30, a permuted pass + 9 more (the permutation address
+#: (``tiny``, ti = 4): steps + 30, an affine pass + 9 more (the permutation address
 #: generator's stages, PINNED_PERM_STAGES) and an IKR pass + 4 more (the IKR sequencer's
 #: output registers, PINNED_IKR_STAGES), whatever else the build has. The latency is pinned
 #: here by number, so changing the pipeline is a deliberate edit.
@@ -156,8 +156,11 @@ PINNED_LAYERS = {
     # 4 groups of max(ikr_n, k) = 4 cycles, plus the last group's ikr_n steps
     "ikr": [(PassDesc(LayerDesc("conv", 2, 3, 4, 4, k=3, shift=12), ikr_n=4),
              4 * 4 + 4 + 30 + 4)],
-    # 5 inputs: 2 input tiles of one output tile
-    "perm": [(PassDesc(LayerDesc("fc", 5, 3), perm="affine"), 2 + 30 + 9)],
+    # 5 inputs: 2 input tiles of one output tile; an index pass reads its index words ahead
+    # of its steps and pays no stage, an affine pass the generator's
+    "perm": [(PassDesc(LayerDesc("fc", 5, 3), perm="affine"), 2 + 30 + 9),
+             (PassDesc(LayerDesc("fc", 5, 3), perm="index"), 2 + 30),
+             (PassDesc(LayerDesc("fc", 5, 3), perm="affine"), 2 + 30 + 9)],
     "kgate": [(PassDesc(LayerDesc("conv", 2, 3, 4, 4, k=3, shift=12), lane_k=(1, 3, 1)),
                2 * 2 * 9 + 30)],
 }
@@ -209,6 +212,7 @@ def test_latency_per_config_pinned(name):
     assert LayerEngine.latency(perm, dense) == got[0]
     assert LayerEngine.perm_stages(perm, permuted) == PINNED_PERM_STAGES[name]
     assert LayerEngine.latency(perm, permuted) == got[0] + PINNED_PERM_STAGES[name]
+    assert LayerEngine.latency(perm, PassDesc(dense, perm="index")) == got[0]
 
 
 def pinned_case(desc, cfg, seed):
@@ -228,7 +232,7 @@ def pinned_case(desc, cfg, seed):
 def test_latencies_pinned(features):
     """The pipeline constants by number, and the cycles each feature set's engine takes for
     a dense and a pooling layer and for the layers of its features, one after another on one
-    engine: with perm, only the permuted pass pays the address generator's stages."""
+    engine: with perm, only the affine passes pay the address generator's stages."""
     assert LoopNest.SETUP_CYCLES == Sequencer.SETUP_CYCLES == IkrSequencer.SETUP_CYCLES == 12
     params = {"ikr": {"kmax": 3, "index_depth": 8}, "perm": {"depth": 64}, "kgate": True}
     cfg = get_config("tiny").with_(nbin_depth=64, sb_depth=64, nbout_depth=64, bias_depth=8,

@@ -18,11 +18,17 @@ from slimnfu.sim.amaranth_driver import EngineDriver, simulate
 CFG = CONFIGS["tiny"].with_(perm={"depth": 64})
 
 
+def _sequence(gen, length, cfg):
+    """A common sequence ``s`` (the first draw of ``_layer``'s generator), both extremes in it."""
+    s = torch.randint(cfg.qmin, cfg.qmax + 1, (length,), generator=gen)
+    s[0], s[-1] = cfg.qmin, cfg.qmax
+    return s
+
+
 def _layer(m, n, variant, seed, groups=1, family="affine", cfg=CFG):
     CFG = cfg
     gen = torch.Generator().manual_seed(seed)
-    s = torch.randint(CFG.qmin, CFG.qmax + 1, (groups * n,), generator=gen)
-    s[0], s[-1] = CFG.qmin, CFG.qmax
+    s = _sequence(gen, groups * n, CFG)
     if variant == "affine":
         a, b, e = permfc.random_generated_params(m, n, family, seed)
         group = torch.arange(m) % groups
@@ -92,22 +98,26 @@ WIDE = CONFIGS["tiny"].with_(name="wide", tn=16, ti=16, nbin_depth=16, sb_depth=
 
 @pytest.mark.parametrize("cfg, dense_latency, perm_stages", [(CFG, 30, 9), (WIDE, 31, 26)],
                          ids=["tiny", "wide"])
-def test_only_permuted_passes_pay_the_address_generator(cfg, dense_latency, perm_stages):
-    """In one perm build, a dense FC, a permuted FC, the dense FC and the permuted FC again
-    run back to back (the first three each ``start`` the cycle after the previous ``done``;
-    the same input, bias and output words): the dense passes take the non-permuted latency,
-    the permuted ones PermAddrGen's stages more (pinned by number), all bit-exact. So the
-    permuted pass right after a dense one finds none of its steps in the delay line, and
-    the dense pass after it none of the permuted pass's."""
+def test_only_affine_passes_pay_the_address_generator(cfg, dense_latency, perm_stages):
+    """In one perm build, a dense FC, an affine FC, the dense FC and the affine FC again run
+    back to back (each ``start`` the cycle after the previous ``done``; the same input, bias,
+    ``s`` and output words), then, SB holding an index ROM over the same ``s``, an index FC,
+    the affine FC and the index FC again: the dense and index passes take the non-permuted
+    latency (an index pass reads its index words ahead of its steps), the affine ones
+    PermAddrGen's stages more (pinned by number), all bit-exact. So no pass finds a step of
+    the pass before it in the delay line."""
     desc, x, b, loads, want = _layer(6, 11, "affine", 5, cfg=cfg)
     ddesc = LayerDesc("fc", 11, 6, shift=14, act="relu")
     w = torch.randint(-3000, 3000, (6, 11), generator=torch.Generator().manual_seed(9))
     dense_want = fixed.run_layer(ddesc, x.unsqueeze(0), w, b, cfg.dw)[0]
+    idx = torch.stack([torch.randperm(11, generator=torch.Generator().manual_seed(20 + r))
+                       for r in range(6)])
+    idesc = PassDesc(ddesc, perm="index")
     assert PermAddrGen.latency(cfg) == perm_stages
-    assert LayerEngine.latency(cfg, ddesc) == dense_latency
+    assert LayerEngine.latency(cfg, ddesc) == LayerEngine.latency(cfg, idesc) == dense_latency
     assert LayerEngine.latency(cfg, desc) == dense_latency + perm_stages
     steps = ddesc.dense_cycles(cfg)
-    assert steps == desc.dense_cycles(cfg)
+    assert steps == desc.dense_cycles(cfg) == idesc.dense_cycles(cfg)
     words_out = desc.nbout_words(cfg)
     dut = LayerEngine(cfg)
     drv = EngineDriver(dut)
@@ -119,17 +129,23 @@ def test_only_permuted_passes_pay_the_address_generator(cfg, dense_latency, perm
         await drv.load(ctx, LoadSel.SB, layout.pack_weights(w, cfg))
         for sel, words in loads:
             await drv.load(ctx, sel, words)
-        for k, run in enumerate((ddesc, desc, ddesc, desc)):
+        for k, run in enumerate((ddesc, desc, ddesc, desc, "index", idesc, desc, idesc)):
+            if run == "index":
+                await drv.load(ctx, LoadSel.SB, layout.pack_perm_index(idx, cfg))
+                continue
             counters = await drv.run(ctx, descriptor_value(run, cfg))
-            got.append(counters["cycles"])
-            if k >= 2:
-                words = await drv.read_nbout(ctx, words_out)
-                got.append(layout.unpack_output(words, 6, 1, 1, cfg).reshape(-1))
+            words = await drv.read_nbout(ctx, words_out)
+            got.append((counters["cycles"], layout.unpack_output(words, 6, 1, 1, cfg).reshape(-1)))
 
     simulate(dut, bench)
-    assert got[0] == got[2] == steps + dense_latency
-    assert got[1] == got[4] == steps + dense_latency + perm_stages
-    assert torch.equal(got[3], dense_want) and torch.equal(got[5], want)
+    cycles = [c for c, _ in got]
+    assert cycles == [steps + dense_latency + (run is desc) * perm_stages
+                      for run in (ddesc, desc, ddesc, desc, idesc, desc, idesc)]
+    w_index = _sequence(torch.Generator().manual_seed(5), 11, cfg)[idx]
+    index_want = fixed.run_layer(ddesc, x.unsqueeze(0), w_index, b, cfg.dw)[0]
+    wants = (dense_want, want, dense_want, want, index_want, want, index_want)
+    for k, ((_, y), expect) in enumerate(zip(got, wants)):
+        assert torch.equal(y, expect), k
 
 
 def test_sequence_deeper_than_the_buffers_loads_whole():
