@@ -1,6 +1,6 @@
 """Per-lane permutation address generators of the permuted-feature FC path (method C)."""
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -41,14 +41,15 @@ class _Pipe:
             self.delays[key] = _Val(reg, stage)
         return self.delays[key]
 
-    def op(self, fn, *vals, name="t"):
-        """``fn(*signals)`` registered: a value one stage after its latest operand."""
+    def op(self, fn, *vals, name="t", shape=None):
+        """``fn(*signals)`` registered (``shape``: the register's, default ``width`` bits
+        unsigned): a value one stage after its latest operand."""
         stage = max((v.stage for v in vals if v.stage is not None), default=0)
         ins = [self.at(v, stage) for v in vals]
         if self.m is None:
             return _Val(None, stage + 1)
         self.count += 1
-        out = Signal(self.width, name=f"{name}_{self.count}")
+        out = Signal(self.width if shape is None else shape, name=f"{name}_{self.count}")
         self.m.d.sync += out.eq(fn(*(v.sig for v in ins)))
         return _Val(out, stage + 1)
 
@@ -69,7 +70,9 @@ class PermAddrGen(wiring.Component):
       add each (the loop, the only feedback): ``x`` (lane 0's address), ``d`` (its first
       difference) and ``q`` (``x``'s step, ``pi(c + ti) - pi(c)``): ``x += q``, ``d += ti*e``,
       ``q += ti*ti*e``; ``x``'s increment is a fourth register, loaded one step ahead with
-      the next step's ``q``, so only registers and first-step muxes feed the adds. Their
+      the next step's ``q``, so only registers and first-step muxes feed the adds. ``d``'s and
+      ``q``'s wrapping adds are two adds side by side (``r + v`` and ``r + (v - n)``, the
+      second's sign selects; ``v - n`` formed ahead of the loop), one carry chain deep. Their
       start values and increments (``q0 = ti*a + ti*(ti-1)/2*e``,
       ``ti*e``, ``ti*ti*e``) are constant multiples of the parameters, formed ahead of the loop
       from the parameters by wrapping doublings and adds (no multiplier); after it, a chain
@@ -178,6 +181,18 @@ class PermAddrGen(wiring.Component):
             """``(a + b) mod n`` of values in ``[0, n)``."""
             return pipe.op(lambda x, y: reduce(x + y), a, b, name="wadd")
 
+        def minus_n(v):
+            """``v - n``, signed: with it a loop add ``(r + v) mod n`` is two adds side by side
+            (:func:`add_mod`)."""
+            return pipe.op(lambda x: x - n, v, name="mn", shape=signed(ab + 2))
+
+        def add_mod(r, v, v_mn):
+            """``(r + v) mod n`` of values in ``[0, n)``, given ``v_mn = v - n``: ``r + v_mn``
+            and ``r + v`` side by side, the first's sign selects (one carry chain deep where
+            :func:`reduce` of the sum is two)."""
+            over = r + v_mn
+            return Mux(over[-1], r + v, over)
+
         def wrap_sub(a, b):
             """``(a - b) mod n`` of values in ``[0, n)``."""
             return pipe.op(lambda x, y: Mux(x >= y, x - y, x + n - y), a, b, name="wsub")
@@ -220,6 +235,7 @@ class PermAddrGen(wiring.Component):
             lane["am"] = const_mul(field["a"], ti, a_pows)              # ti*a
             lane["te"] = const_mul(second, ti, e_pows)                  # ti*e
             lane["tte"] = const_mul(second, ti * ti, e_pows)            # ti*ti*e
+            lane["te_mn"], lane["tte_mn"] = minus_n(lane["te"]), minus_n(lane["tte"])
             tri = const_mul(second, ti * (ti - 1) // 2, e_pows)         # ti*(ti-1)/2*e
             lane["q0"] = wrap(lane["am"], tri) if tri.stage is not None else lane["am"]
             # a re-laid pass: a tile's end moves x by (ti-1)*a + e (e holds the pixel step)
@@ -266,16 +282,16 @@ class PermAddrGen(wiring.Component):
                 regs = {k: Signal(ab, name=f"{k}_reg{j}") for k in ("x", "d", "q", "inc")}
                 # x's increment is registered one step ahead too: the next step's ``q`` (or,
                 # in a re-laid pass, ``jump`` or ``e`` by the next step's tile-end flag).
-                nx, nd = regs["x"] + regs["inc"], regs["d"] + v["te"].sig
-                nq = regs["q"] + v["tte"].sig
-                q_next = reduce(nq)
+                nx = regs["x"] + regs["inc"]
+                d_next = add_mod(regs["d"], v["te"].sig, v["te_mn"].sig)
+                q_next = add_mod(regs["q"], v["tte"].sig, v["tte_mn"].sig)
                 with m.If(load):
                     m.d.sync += [regs["x"].eq(v["start"].sig), regs["d"].eq(v["a"].sig),
                                  regs["q"].eq(v["q0"].sig),
                                  regs["inc"].eq(Mux(flat, v["e"].sig, v["q0"].sig))]
                 with m.Elif(adv):
                     m.d.sync += [regs["x"].eq(reduce_abs(nx, v["last"].sig)),
-                                 regs["d"].eq(reduce(nd)),
+                                 regs["d"].eq(d_next),
                                  regs["q"].eq(q_next),
                                  regs["inc"].eq(Mux(flat, Mux(end_next, v["jump"].sig,
                                                               v["e"].sig), q_next))]
