@@ -58,8 +58,9 @@ class LayerEngine(wiring.Component):
     a pass has left the pipeline before the next ``start``), so an affine pass never sees one
     either. A ``perm_index`` pass (an FC pass: it reads SB word ``k`` at step ``k``) reads its
     index-ROM words ahead of the sequencer, word ``k`` in ``S - 1`` of step ``k`` (a counter
-    that :attr:`FIRST_STEP` ``- 1`` cycles after ``start`` begins at 0 and stops at the
-    pass's ``end`` step), so the generator's registered addresses of step ``k`` are there in
+    that :attr:`FIRST_STEP` ``- 1`` cycles after ``start`` begins at 0 and that the pass's
+    ``end`` step stops, one word past the pass's last), so the generator's registered
+    addresses of step ``k`` are there in
     its ``T``: an index pass reads NBin at ``T`` and takes a dense pass's cycles. The ``s``
     banks' enable and the generator are used by permuted passes only; the kernel gate and the IKR
     unit's operands (conv passes, never permuted) count from ``R``. An IKR pass's steps come
@@ -285,16 +286,18 @@ class LayerEngine(wiring.Component):
         if cfg.perm:
             # An index pass reads the index-ROM word of step k in S - 1 (an FC pass reads SB
             # word k at step k), so that the generator registers its addresses in T = R: a
-            # counter from 0, FIRST_STEP - 1 cycles after start, to the pass's end step.
+            # counter from 0, FIRST_STEP - 1 cycles after start, until the pass's end step.
+            # The end step stops it a cycle late (the enable comes from registers only: the
+            # sequencer's end is a long path to every SB bank), so it reads one word past the
+            # pass's last, which no step takes; within SB unless SB's depth is no power of two.
             lead = delayed(starting, self.FIRST_STEP - 1, "index_lead")
             index_run = Signal()
             index_next = Signal.like(st.sb_addr, name="index_next")
             index_addr = Mux(lead, 0, index_next)
-            index_read = lead | (index_run & ~step.end)
-            with m.If(index_read):
-                m.d.sync += [index_next.eq(index_addr + 1), index_run.eq(1)]
-            with m.Else():
-                m.d.sync += index_run.eq(0)
+            index_read = lead | index_run
+            m.d.sync += [index_next.eq(index_addr + 1), index_run.eq(index_read & ~step.end)]
+            if cfg.sb_depth & (cfg.sb_depth - 1):
+                index_read = index_read & (index_addr < cfg.sb_depth)
             sb_addr = Mux(index_on, index_addr, sb_addr)
             sb_en = Mux(index_on, index_read, sb_en)
         for bank in sb_banks:

@@ -96,8 +96,13 @@ WIDE = CONFIGS["tiny"].with_(name="wide", tn=16, ti=16, nbin_depth=16, sb_depth=
                              nbout_depth=16, bias_depth=4, perm={"depth": 64})
 
 
-@pytest.mark.parametrize("cfg, dense_latency, perm_stages", [(CFG, 30, 9), (WIDE, 31, 26)],
-                         ids=["tiny", "wide"])
+#: SB exactly as deep as the layer's 6 words, no power of two: the index read past the last
+#: word is switched off, not sent out of range.
+SB6 = CFG.with_(name="sb6", sb_depth=6)
+
+
+@pytest.mark.parametrize("cfg, dense_latency, perm_stages",
+                         [(CFG, 30, 9), (WIDE, 31, 26), (SB6, 30, 9)], ids=["tiny", "wide", "sb6"])
 def test_only_affine_passes_pay_the_address_generator(cfg, dense_latency, perm_stages):
     """In one perm build, a dense FC, an affine FC, the dense FC and the affine FC again run
     back to back (each ``start`` the cycle after the previous ``done``; the same input, bias,
