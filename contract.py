@@ -402,9 +402,9 @@ class Program:
         ``READY`` cycle; 0 but for a ring, below). ``need[i]`` is the entry layer ``i`` waits
         for: every entry before it must be complete before the layer starts. It is the
         layer's ``SB`` load when it has one, which streams on while the layer runs: the
-        engine reads an SB address for the first time no earlier than the cycle before step
+        engine reads an SB address for the first time no earlier than two cycles before step
         number ``address`` is issued (the sequencers read it at that step; a ``perm_index``
-        pass reads its index words a cycle ahead), and the first step comes
+        pass reads its index words two cycles ahead), and the first step comes
         :attr:`slimnfu.rtl.engine.LayerEngine.FIRST_STEP` cycles after the start, so each word
         is written before its first read.
 

@@ -57,10 +57,10 @@ class LayerEngine(wiring.Component):
     and passes never overlap (``done`` follows the last step's NBout write, so every step of
     a pass has left the pipeline before the next ``start``), so an affine pass never sees one
     either. A ``perm_index`` pass (an FC pass: it reads SB word ``k`` at step ``k``) reads its
-    index-ROM words ahead of the sequencer, word ``k`` in ``S - 1`` of step ``k`` (a counter
-    that :attr:`FIRST_STEP` ``- 1`` cycles after ``start`` begins at 0 and that the pass's
-    ``end`` step stops, one word past the pass's last), so the generator's registered
-    addresses of step ``k`` are there in
+    index-ROM words ahead of the sequencer, word ``k`` in ``S - READ_STAGES`` of step ``k``
+    (a counter that :attr:`FIRST_STEP` ``- READ_STAGES`` cycles after ``start`` begins at 0
+    and that the pass's ``end`` step stops, two words past the pass's last), so the word is
+    registered in ``S`` and the generator's registered addresses of step ``k`` are there in
     its ``T``: an index pass reads NBin at ``T`` and takes a dense pass's cycles. The ``s``
     banks' enable and the generator are used by permuted passes only; the kernel gate and the IKR
     unit's operands (conv passes, never permuted) count from ``R``. An IKR pass's steps come
@@ -284,13 +284,14 @@ class LayerEngine(wiring.Component):
         synapses = []
         sb_addr, sb_en = rt.sb_addr, rt.valid & is_mac
         if cfg.perm:
-            # An index pass reads the index-ROM word of step k in S - 1 (an FC pass reads SB
-            # word k at step k), so that the generator registers its addresses in T = R: a
-            # counter from 0, FIRST_STEP - 1 cycles after start, until the pass's end step.
-            # The end step stops it a cycle late (the enable comes from registers only: the
-            # sequencer's end is a long path to every SB bank), so it reads one word past the
+            # An index pass reads the index-ROM word of step k in S - READ_STAGES (an FC pass
+            # reads SB word k at step k), so that its registered word reaches the generator in
+            # S and the generator registers the addresses in T = R: a counter from 0,
+            # FIRST_STEP - READ_STAGES cycles after start, until the pass's end step. The end
+            # step stops it a cycle late (the enable comes from registers only: the sequencer's
+            # end is a long path to every SB bank), so it reads READ_STAGES words past the
             # pass's last, which no step takes; within SB unless SB's depth is no power of two.
-            lead = delayed(starting, self.FIRST_STEP - 1, "index_lead")
+            lead = delayed(starting, self.FIRST_STEP - self.READ_STAGES, "index_lead")
             index_run = Signal()
             index_next = Signal.like(st.sb_addr, name="index_next")
             index_addr = Mux(lead, 0, index_next)
@@ -304,7 +305,8 @@ class LayerEngine(wiring.Component):
             port = bank.read_port()
             m.d.comb += [port.addr.eq(sb_addr), port.en.eq(sb_en)]
             synapses.append(port.data)
-        synapse_word = Cat(*synapses)
+        # the block RAM output register (the read and it: READ_STAGES)
+        synapse_word = delayed(Cat(*synapses), self.READ_STAGES - 1, "sb_data", reset_less=True)
         if cfg.perm:
             s_word, keep = self._perm_path(m, cur, step, st, rt, synapse_word, perm_on, loads)
 
@@ -322,7 +324,6 @@ class LayerEngine(wiring.Component):
         nbin_word = Mux(cur_in, nbin_words[1], nbin_words[0])
         if cfg.ikr:
             m.d.comb += [ikr_unit.nbin_data[b][0].eq(word) for b, word in enumerate(nbin_words)]
-        synapse_word = delayed(synapse_word, self.READ_STAGES - 1, "sb_data", reset_less=True)
         if cfg.perm:
             # the s banks' word after its own register too (the block RAMs' output registers),
             # and the select after both, in front of NFU-1's synapse registers
@@ -465,8 +466,8 @@ class LayerEngine(wiring.Component):
         output's last tile). ``issued`` is the step in ``S``,
         ``step`` in ``T``, ``read_step`` in ``R``; the ``s`` banks are addressed in ``R``
         (``T + PermAddrGen.latency(cfg)`` in an affine pass, ``T`` in an index pass, whose
-        ``sb_word`` is read a step ahead). ``perm_on``: the running pass is permuted
-        (registered).
+        index words ``sb_word``, SB's registered read data, are read ahead of its steps).
+        ``perm_on``: the running pass is permuted (registered).
 
         Adds the write ports of ``s`` and of the per-row parameters to ``loads``.
         """
