@@ -691,13 +691,6 @@ class PassDesc:
         return replace(self, **changes)
 
     @property
-    def uses_perm(self):
-        """The pass runs on the permutation path (``perm`` is not ``"none"``): its synapses
-        come from the ``s`` banks (an affine pass's reads also wait for the permutation
-        address generator, :meth:`slimnfu.rtl.engine.LayerEngine.perm_stages`)."""
-        return self.perm != "none"
-
-    @property
     def perm_n(self):
         """The length ``N`` of a permuted pass's common sequence: ``channels*pixels`` with
         ``flatten``, else ``layer.n_in``."""
