@@ -30,7 +30,8 @@ Choices (documented here because the paper's text is not available)
   least important features of the larger size) when the budget allows, else the one that uses
   the lanes (compute the most important approximated features exactly, raise the most
   important features of the smaller size): no more cycles, more MACs on lanes that issued
-  zeros, accuracy checked against the same budget.
+  zeros, accuracy checked against the same budget; tiles left mixed are tried again after the
+  other layers' changes (:data:`FILL_ROUNDS`).
 * **Export**: kept filters are sorted by kernel size (largest first) into ``tn``-wide tiles;
   the approximated features follow; the next conv/fc layer's input channels are permuted to
   match. Each tile runs as its own engine pass at the largest kernel of its lanes (only the
@@ -58,6 +59,8 @@ __all__ = ["SlimConv", "slim_model", "conv_layers", "importance", "refit_linear"
 TREATMENTS = ("lower", "linear", "both")
 #: :func:`fill_lanes` tries at most this many feature sets per direction and tile.
 FILL_TRIES = 4
+#: :func:`fill_lanes` goes over the layers at most this many times.
+FILL_ROUNDS = 3
 IMPORTANCE_METHODS = ("loss", "l1", "act")
 
 
@@ -359,14 +362,32 @@ def fill_lanes(smodel, calib_x, calib_y, acc_floor, lanes, ranking, fit_x, dw=16
     Each change is kept only if the calibration accuracy stays at or above ``acc_floor`` and
     the refitted coefficients fit ``dw`` bits; the cycle-saving change is tried first, on the
     least important features, then on the next ones (:data:`FILL_TRIES` disjoint sets), then
-    the lane-using change the same way. Changes ``smodel`` in place.
+    the lane-using change the same way. A change in one layer moves the accuracy that every
+    other layer's attempts were measured against (a raise or a restore usually gives some
+    back), so after a round over the layers that changed something the tiles still mixed are
+    tried again, at most :data:`FILL_ROUNDS` rounds. Changes ``smodel`` in place.
 
     Returns
     -------
-    list of dicts, one per tile looked at: ``module``, ``tile`` ("kept", or e.g. "5/3" for
-    the boundary of sizes 5 and 3), ``filled`` ("approximated", "restored", "lowered",
-    "raised" or None: left as it was) and ``features`` (the changed features).
+    list of dicts, one per tile looked at, in the order first looked at: ``module``, ``tile``
+    ("kept", or e.g. "5/3" for the boundary of sizes 5 and 3), ``filled`` ("approximated",
+    "restored", "lowered", "raised", or None: left as it was in every round) and ``features``
+    (the changed features).
     """
+    tiles = {}
+    for _ in range(FILL_ROUNDS):
+        entries = _fill_round(smodel, calib_x, calib_y, acc_floor, lanes, ranking, fit_x, dw)
+        for entry in entries:
+            key = entry["module"], entry["tile"]
+            if entry["filled"] or key not in tiles:
+                tiles[key] = entry
+        if not any(entry["filled"] for entry in entries):
+            break
+    return list(tiles.values())
+
+
+def _fill_round(smodel, calib_x, calib_y, acc_floor, lanes, ranking, fit_x, dw):
+    """One round of :func:`fill_lanes` over the slim layers: its entries for this round."""
     out = []
     for i in conv_layers(smodel):
         m = smodel[i]

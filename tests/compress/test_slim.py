@@ -231,6 +231,30 @@ def test_lanes_make_kernel_size_boundaries_whole_tiles(monkeypatch):
     assert out == [{"module": 0, "tile": "5/3", "filled": "lowered", "features": [order[4]]}]
 
 
+def test_lanes_retry_a_mixed_tile_after_another_layer_gives_accuracy_back(monkeypatch):
+    sm = slim.slim_model(_net())
+    x = _images(60)
+    y = sm(x).argmax(1)
+    ranking = slim.importance(sm, x, y, method="l1")
+    order = [[j for _, i, j in ranking if i == layer] for layer in (0, 3)]
+    sm[0].ksize[order[0][:3]] = 3  # sizes 5 5 5 | 3 3 3 on 2 lanes: tile [5, 3] mixes
+    sm[3].ksize[order[1][:4]] = 1  # sizes 3 3 3 | 1 1 1 1: tile [3, 1] mixes
+    first = sm[0].ksize.clone()
+    # accuracy from the second layer's taps, 2 lost for any change to the first layer: the
+    # first layer's tile passes only after the second layer's raise gave 2 back
+    monkeypatch.setattr(slim, "_accuracy_loss", lambda *a, **k: (
+        float(sm[3].ksize.sum()) - 2 * float(not torch.equal(sm[0].ksize, first)), 0.0))
+    out = slim.fill_lanes(sm, x, y, 13.0, 2, ranking, x)
+    assert out == [
+        {"module": 0, "tile": "5/3", "filled": "lowered", "features": [order[0][3]]},
+        {"module": 3, "tile": "3/1", "filled": "raised", "features": [order[1][3]]}]
+    assert _tiles(sm, 2) == [[[5, 5], [3, 3], [3, 3]], [[3, 3], [3, 3], [1, 1], [1]]]
+    # one round only when the first fills nothing
+    calls = []
+    monkeypatch.setattr(slim, "_fill_round", lambda *a: calls.append(a) or [])
+    assert slim.fill_lanes(sm, x, y, 13.0, 2, ranking, x) == [] and len(calls) == 1
+
+
 def test_greedy_with_lanes_leaves_whole_tiles():
     sm = slim.slim_model(_net())
     x = _images(60)
