@@ -36,8 +36,9 @@ class LayerEngine(wiring.Component):
 
     Pipeline, for a step issued by the sequencer in cycle ``S``: the step register ``S+1``
     (``T``; :attr:`STEP_STAGES`); NBin/SB read ``R = T + perm_stages(cfg, desc)`` (0 but for
-    a ``perm_affine`` pass, whose steps wait for the permutation address generator's pipeline;
-    a permuted pass's registered ``s`` addresses read the ``s`` banks in ``R`` too), their
+    a ``perm_affine`` pass on a config whose permutation address generator has more stages
+    than :attr:`PERM_AHEAD`; a permuted pass's registered ``s`` addresses read the ``s`` banks
+    in ``R`` too), their
     block RAM output register
     ``R+2``
     (:attr:`READ_STAGES`); the NFU-1 operands (padding, IKR taps, kernel gating,
@@ -49,8 +50,12 @@ class LayerEngine(wiring.Component):
     back, so a pass of ``N`` steps takes ``N + latency(cfg, desc)`` cycles. The stage counts,
     and so :meth:`latency`, are derived from the components' own, never typed in.
 
-    Only a ``perm_affine`` pass pays the generator's stages: the step register feeds a delay
-    line of ``PermAddrGen.latency(cfg)`` stages, and a pass picks its output (affine) or the
+    A ``perm_affine`` pass's steps enter the generator ahead of the sequencer's: the engine
+    walks them itself (:meth:`_affine_steps`, an FC pass's ``ci_tiles`` steps per output tile
+    from the descriptor), up to :attr:`PERM_AHEAD` cycles ahead, so the pass waits only for
+    the generator's stages beyond that (:meth:`affine_wait`; none on ``tiny``). Where it waits,
+    the step register feeds a delay line of that many stages, and a pass picks its output
+    (affine) or the
     step register itself (any other pass) as its step at ``R``, with a select registered from
     the latched descriptor; every later stage counts from ``R``. Only an affine pass's steps
     enter that line valid, so no other pass sees a step of the pass before it in the line;
@@ -103,6 +108,12 @@ class LayerEngine(wiring.Component):
     STEP_STAGES = 1
     #: The block RAM read and its output register, before the NFU-1 operands.
     READ_STAGES = 2
+    #: Cycles by which a ``perm_affine`` pass's steps can enter the permutation address
+    #: generator ahead of their ``T``: the engine walks them itself from the ``start`` cycle
+    #: (from ``desc``; a register, then the output tile's parameters' read register), so the
+    #: first is on the generator's inputs in cycle 2, its ``T`` being ``FIRST_STEP +
+    #: STEP_STAGES``.
+    PERM_AHEAD = FIRST_STEP + STEP_STAGES - 2
 
     @classmethod
     def buffer_copies(cls, cfg):
@@ -113,11 +124,18 @@ class LayerEngine(wiring.Component):
     @classmethod
     def perm_stages(cls, cfg, desc):
         """For a ``perm_affine`` pass ``desc`` (:class:`PassDesc` or :class:`LayerDesc`;
-        ``desc.perm == "affine"``, which needs ``cfg.perm``), the permutation address
-        generator's pipeline (:meth:`PermAddrGen.latency`): NBin and SB are read that many
-        cycles after ``T``, beside the ``s`` banks it addresses; else 0 (a ``perm_index``
-        pass's addresses come from index words read ahead of its steps)."""
-        return PermAddrGen.latency(cfg) if cfg.perm and as_pass(desc).perm == "affine" else 0
+        ``desc.perm == "affine"``, which needs ``cfg.perm``), the cycles its steps wait for
+        the permutation address generator: its pipeline (:meth:`PermAddrGen.latency`) less
+        the :attr:`PERM_AHEAD` cycles by which the engine feeds it the pass's steps ahead of
+        the sequencer (0 on ``tiny``, whose generator takes 9 stages); NBin and SB are read
+        that many cycles after ``T``, beside the ``s`` banks it addresses. Else 0 (a
+        ``perm_index`` pass's addresses come from index words read ahead of its steps)."""
+        return cls.affine_wait(cfg) if cfg.perm and as_pass(desc).perm == "affine" else 0
+
+    @classmethod
+    def affine_wait(cls, cfg):
+        """:meth:`perm_stages` of a ``perm_affine`` pass on ``cfg`` (which has ``perm``)."""
+        return max(0, PermAddrGen.latency(cfg) - cls.PERM_AHEAD)
 
     @classmethod
     def ikr_stages(cls, cfg, desc):
@@ -244,23 +262,25 @@ class LayerEngine(wiring.Component):
         for name in step.signature.members:
             m.d.sync += getattr(st, name).eq(getattr(step, name))
 
-        # Stage T -> R: an affine pass's steps wait for the generator; any other pass's take
-        # the step register itself. Only an affine pass's steps enter the line valid, and
-        # the selects (registered from the latched descriptor) are steady long before a
-        # pass's first step (FIRST_STEP), so neither path carries another pass's steps.
+        # Stage T -> R: an affine pass's steps wait for what the generator's lead does not
+        # hide (perm_stages; none on tiny); any other pass's take the step register itself.
+        # Only an affine pass's steps enter the line valid, and the selects (registered from
+        # the latched descriptor) are steady long before a pass's first step (FIRST_STEP),
+        # so neither path carries another pass's steps.
+        rt = st
         if cfg.perm:
             perm_on, affine_on, index_on = Signal(), Signal(), Signal()
             m.d.sync += [perm_on.eq(cur.perm != Perm.NONE), affine_on.eq(cur.perm == Perm.AFFINE),
                          index_on.eq(cur.perm == Perm.INDEX)]
-            rt = step.signature.create(path=("step_at_read",))
-            for name in step.signature.members:
-                value = getattr(st, name)
-                if name == "valid":
-                    value = value & affine_on
-                late = delayed(value, PermAddrGen.latency(cfg), f"{name}_perm")
-                m.d.comb += getattr(rt, name).eq(Mux(affine_on, late, getattr(st, name)))
-        else:
-            rt = st
+            wait = self.affine_wait(cfg)
+            if wait:
+                rt = step.signature.create(path=("step_at_read",))
+                for name in step.signature.members:
+                    value = getattr(st, name)
+                    if name == "valid":
+                        value = value & affine_on
+                    late = delayed(value, wait, f"{name}_perm")
+                    m.d.comb += getattr(rt, name).eq(Mux(affine_on, late, getattr(st, name)))
 
         # Stage R: the step addresses NBin and SB; the bias word is read so that its output
         # register meets the step at NFU-2.
@@ -308,7 +328,7 @@ class LayerEngine(wiring.Component):
         # the block RAM output register (the read and it: READ_STAGES)
         synapse_word = delayed(Cat(*synapses), self.READ_STAGES - 1, "sb_data", reset_less=True)
         if cfg.perm:
-            s_word, keep = self._perm_path(m, cur, step, st, rt, synapse_word, perm_on, loads)
+            s_word, keep = self._perm_path(m, cur, starting, rt, synapse_word, perm_on, loads)
 
         # Load interface: one word per cycle into the memory load_sel names (NBin: while idle).
         idle_load = self.load_en & ~busy
@@ -457,17 +477,17 @@ class LayerEngine(wiring.Component):
             m.d.sync += self.gated.eq(self.gated + gated * cfg.ti)
         return gated_word
 
-    def _perm_path(self, m, cur, issued, step, read_step, sb_word, perm_on, loads):
+    def _perm_path(self, m, cur, starting, read_step, sb_word, perm_on, loads):
         """Method C: gather the step's synapses from ``s``; return the ``s`` banks' read data
         (a permuted pass's synapse word, a cycle after ``R``; the engine registers it and
         selects it over the SB word after the register) and the step's input lanes to keep
         (``ti`` bits; a re-laid pass, ``desc.perm_hw > 1``, drops the lanes ``>= perm_lanes``
         of the steps from NBin word ``perm_tail`` on: the padding channels of the conv
-        output's last tile). ``issued`` is the step in ``S``,
-        ``step`` in ``T``, ``read_step`` in ``R``; the ``s`` banks are addressed in ``R``
-        (``T + PermAddrGen.latency(cfg)`` in an affine pass, ``T`` in an index pass, whose
-        index words ``sb_word``, SB's registered read data, are read ahead of its steps).
-        ``perm_on``: the running pass is permuted (registered).
+        output's last tile). ``read_step`` is the step in ``R``, when the ``s`` banks are
+        addressed: an index pass's index words ``sb_word``, SB's registered read data, are
+        read ahead of its steps, and an affine pass's steps enter the generator ahead of the
+        sequencer's (:meth:`_affine_steps`). ``perm_on``: the running pass is permuted
+        (registered).
 
         Adds the write ports of ``s`` and of the per-row parameters to ``loads``.
         """
@@ -480,17 +500,21 @@ class LayerEngine(wiring.Component):
                         attrs={"ram_style": "distributed"})
         m.submodules.perm_params = params
         loads += [(LoadSel.PERM_PARAM, params.write_port(), 0), (LoadSel.PERM_S, psb.write, 0)]
-        # Read in S and registered, so the output tile's parameters meet its step in T. The
-        # read is asynchronous and the register after it, so the memory stays in LUT RAM (a
-        # synchronous read port would take block RAMs: 5 DP16KD on tiny).
+        # The output tile's parameters are read with its step and registered, so they meet
+        # the step on the generator's inputs. The read is asynchronous and the register after
+        # it, so the memory stays in LUT RAM (a synchronous read port would take block RAMs:
+        # 5 DP16KD on tiny).
+        ahead_valid, ahead_first, ahead_tile = self._affine_steps(m, cur, starting)
         params_rd = params.read_port(domain="comb")
         params_q = Signal.like(params_rd.data, name="perm_params_q")
-        m.d.sync += params_q.eq(params_rd.data)
+        gen_first, gen_step = Signal(name="perm_gen_first"), Signal(name="perm_gen_step")
+        m.d.sync += [params_q.eq(params_rd.data), gen_first.eq(ahead_first),
+                     gen_step.eq(ahead_valid)]
         m.d.comb += [
-            params_rd.addr.eq(issued.bias_addr),
+            params_rd.addr.eq(ahead_tile),
             gen.mode.eq(cur.perm), gen.n.eq(cur.n_in), gen.hw.eq(cur.perm_hw),
             gen.params.eq(params_q),
-            gen.indices.eq(sb_word), gen.first.eq(step.first), gen.step.eq(step.valid),
+            gen.indices.eq(sb_word), gen.first.eq(gen_first), gen.step.eq(gen_step),
             psb.addr.eq(gen.addr),
             # a permuted pass's steps at R, the end of the delay line they alone enter valid
             psb.en.eq(read_step.valid & perm_on),
@@ -499,6 +523,41 @@ class LayerEngine(wiring.Component):
         tail = read_step.nbin_addr >= cur.perm_tail
         m.d.comb += keep.eq(Cat(*(~tail | (i < cur.perm_lanes) for i in range(cfg.ti))))
         return psb.data, keep
+
+    def _affine_steps(self, m, cur, starting):
+        """A ``perm_affine`` pass's steps, walked ahead of the sequencer for the address
+        generator: an FC pass issues ``ci_tiles`` steps per output tile, ``co_tiles`` tiles,
+        one a cycle from ``FIRST_STEP`` on, so the walk needs no more than the descriptor's
+        tile counts. Step ``k`` is here (``valid``, ``first``: the first of its output tile,
+        ``tile``: the output tile, for the parameters' read) in cycle ``T_k + affine_wait -
+        latency - 1`` (``T_k``: its cycle in the step register), so that, a register later
+        on the generator's inputs, its addresses are in the generator's register in its
+        ``R``. Every value is a register: the ends of the loops are flags registered a step
+        ahead."""
+        cfg = self.cfg
+        lag = (self.FIRST_STEP + self.STEP_STAGES + self.affine_wait(cfg)
+               - PermAddrGen.latency(cfg) - 2)
+        assert lag >= 0
+        # step 0 is loaded in cycle ``lag`` (from ``desc`` itself in the start cycle, after
+        # that from the latched descriptor)
+        go = delay(m, starting, lag, "affine_go_d")
+        desc = self.desc if lag == 0 else cur
+        valid, first = Signal(name="affine_valid"), Signal(name="affine_first")
+        t, tile = Signal.like(cur.ci_tiles, name="affine_t"), Signal.like(cur.co_tiles,
+                                                                         name="affine_tile")
+        t_last, tile_last = Signal(name="affine_t_last"), Signal(name="affine_tile_last")
+        with m.If(go & (desc.perm == Perm.AFFINE)):
+            m.d.sync += [valid.eq(1), first.eq(1), t.eq(0), tile.eq(0),
+                         t_last.eq(desc.ci_tiles == 1), tile_last.eq(desc.co_tiles == 1)]
+        with m.Elif(valid):
+            with m.If(t_last):
+                m.d.sync += [t.eq(0), first.eq(1), tile.eq(tile + 1),
+                             t_last.eq(cur.ci_tiles == 1), tile_last.eq(tile + 2 == cur.co_tiles)]
+                with m.If(tile_last):
+                    m.d.sync += valid.eq(0)
+            with m.Else():
+                m.d.sync += [t.eq(t + 1), first.eq(0), t_last.eq(t + 2 == cur.ci_tiles)]
+        return valid, first, tile
 
     def _ikr_path(self, m, cur, seq, starting, busy, bufs, cur_in, nfu1, loads):
         """Method B: IKR conv layers (``desc.ikr_n != 0``) run on :class:`IkrUnit`.
