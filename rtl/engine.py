@@ -516,7 +516,8 @@ class LayerEngine(wiring.Component):
             gen.params.eq(params_q),
             gen.indices.eq(sb_word), gen.first.eq(gen_first), gen.step.eq(gen_step),
             psb.addr.eq(gen.addr),
-            # a permuted pass's steps at R, the end of the delay line they alone enter valid
+            # a permuted pass's steps at R (an affine pass's, where it waits, at the end of
+            # the delay line that they alone enter valid)
             psb.en.eq(read_step.valid & perm_on),
         ]
         keep = Signal(cfg.ti)
@@ -535,11 +536,12 @@ class LayerEngine(wiring.Component):
         ``R``. Every value is a register: the ends of the loops are flags registered a step
         ahead."""
         cfg = self.cfg
-        lag = (self.FIRST_STEP + self.STEP_STAGES + self.affine_wait(cfg)
-               - PermAddrGen.latency(cfg) - 2)
-        assert lag >= 0
         # step 0 is loaded in cycle ``lag`` (from ``desc`` itself in the start cycle, after
-        # that from the latched descriptor)
+        # that from the latched descriptor): its R (T + affine_wait, T = PERM_AHEAD + 2) less
+        # the generator's stages and the two registers in front of them (the walk's, the
+        # parameters')
+        lag = self.PERM_AHEAD + self.affine_wait(cfg) - PermAddrGen.latency(cfg)
+        assert lag >= 0
         go = delay(m, starting, lag, "affine_go_d")
         desc = self.desc if lag == 0 else cur
         valid, first = Signal(name="affine_valid"), Signal(name="affine_first")
