@@ -1,6 +1,7 @@
 # slimnfu: every target runs from the repository root, sets up what it needs, and can be re-run.
 #
 #   make test                      the test suite (short co-simulation on both simulators)
+#   make test-slow                 the tests of whole flows and benches on real data (CI runs both)
 #   make demo                      the main job, start to finish
 #   make verilog CONFIG=tiny       emit Verilog, synthesise (Yosys generic + ECP5, nextpnr)
 #   make cosim SIM=icarus CONFIG=tiny   cocotb regression on the emitted Verilog
@@ -34,10 +35,11 @@ unexport VERILATOR_ROOT
 
 BENCHES := hw models ikr permfc slim network intake
 
-.PHONY: setup test demo verilog cosim verify fuzz bench $(addprefix bench-,$(BENCHES)) clean help
+.PHONY: setup test test-slow demo verilog cosim verify fuzz bench $(addprefix bench-,$(BENCHES)) \
+	clean help
 
 help:
-	@sed -n '2,10p' Makefile
+	@sed -n '2,11p' Makefile
 
 setup: $(STAMP)
 
@@ -54,7 +56,10 @@ $(STAMP): pyproject.toml
 	touch $@
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow
 
 demo: $(STAMP)
 	$(SLIMNFU) run lenet5 --data mnist --synth --config $(CONFIG)

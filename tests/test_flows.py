@@ -116,6 +116,7 @@ def trained(stand_in, monkeypatch):
     return calls
 
 
+@pytest.mark.slow
 def test_demo_end_to_end(trained, build_root, capsys):
     from slimnfu.demo import demo
 
@@ -153,6 +154,7 @@ def test_demo_end_to_end(trained, build_root, capsys):
     assert "| conv1 | slim |" in md
 
 
+@pytest.mark.slow
 def test_board_files_from_the_cached_network(trained, stand_in, build_root):
     report = flows.board_build(QUICK, "ulx3s-85f", image=3, do_build=False, log=lambda m: None)
     out = build_root / "board" / "ulx3s-85f"
@@ -336,6 +338,7 @@ def test_verify_without_ray_names_the_package(monkeypatch, no_long_steps, capsys
         capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_verify_on_the_fast_runner(trained, build_root, monkeypatch, capsys):
     """``slimnfu verify`` of the stand-in (compressed by test_demo_end_to_end, or now): a few
     test images on a local Ray instance when ray is installed, else on local workers. On

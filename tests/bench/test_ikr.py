@@ -1,10 +1,12 @@
 """The IKR benchmark's rows and tables on a stand-in network and random data (no RTL)."""
 
+import functools
+
 import torch
 from torch import nn
 
 from slimnfu.bench import ikr as bench_ikr
-from slimnfu.compress import data, train
+from slimnfu.compress import data, ikr, train
 
 ROW_KEYS = {"network", "dataset", "method", "budget_pct", "acc_float_base", "acc_float",
             "acc_int", "macs_dense", "macs", "conv_macs_dense", "conv_macs", "params_dense",
@@ -19,6 +21,8 @@ def test_rows_cover_ikr_and_both_baselines(monkeypatch):
     labels = torch.randint(0, 10, (80,))
     monkeypatch.setattr(train, "train", lambda name, **kw: (model, {"train_s": 1.0}))
     monkeypatch.setattr(data, "load", lambda dataset, split, root=None: (images, labels))
+    # a few batches of fine-tuning after the search and in the baselines (300 by default)
+    monkeypatch.setattr(ikr, "IkrOptions", functools.partial(ikr.IkrOptions, final_batches=2))
     rows = bench_ikr.run(["lenet5"], [100.0, 200.0], val_n=20, calib_n=10, patterns=4, ft=2,
                          cosim=False, log=lambda *a: None)
     assert [(r["method"], r["budget_pct"]) for r in rows] == [

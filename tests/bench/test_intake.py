@@ -56,6 +56,7 @@ def test_unknown_case(tmp_path):
         intake.write_case("vgg", tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["rgb32", "onnx"])
 def test_case_runs_bit_exact_on_the_rtl(case, tmp_path, build_root, monkeypatch):
     """A 3x32x32 network (Verilator and Icarus) and an ONNX file with BatchNorm, Dropout and
