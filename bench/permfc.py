@@ -236,6 +236,7 @@ def _synth(progress):
     from slimnfu.config import get_config
     from slimnfu.atomic import atomic_write
     from slimnfu.gen.synth import feature_area, synth_verilog
+    from slimnfu.rtl.engine import LayerEngine
     from slimnfu.rtl.perm_addr import PermAddrGen
     from slimnfu.rtl.perm_sb import PermSB
 
@@ -250,7 +251,7 @@ def _synth(progress):
         except Exception as exc:
             out[key] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
 
-    for name, comp in (("perm_addr_gen", PermAddrGen(blocks_cfg)),
+    for name, comp in (("perm_addr_gen", PermAddrGen(blocks_cfg, LayerEngine.PERM_AHEAD)),
                        ("perm_sb", PermSB(blocks_cfg))):
         vfile = root / f"{name}.v"
         vfile.parent.mkdir(parents=True, exist_ok=True)

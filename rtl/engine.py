@@ -135,7 +135,7 @@ class LayerEngine(wiring.Component):
     @classmethod
     def affine_wait(cls, cfg):
         """:meth:`perm_stages` of a ``perm_affine`` pass on ``cfg`` (which has ``perm``)."""
-        return max(0, PermAddrGen.latency(cfg) - cls.PERM_AHEAD)
+        return max(0, PermAddrGen.latency(cfg, cls.PERM_AHEAD) - cls.PERM_AHEAD)
 
     @classmethod
     def ikr_stages(cls, cfg, desc):
@@ -251,7 +251,7 @@ class LayerEngine(wiring.Component):
             return delay(m, value, stages, f"{name}_d", reset_less)
 
         # Stage offsets from R, the cycle the step reads NBin and SB: T, or for a perm_affine
-        # pass T + PermAddrGen.latency(cfg) (the s banks are addressed then).
+        # pass T + affine_wait(cfg) (the s banks are addressed then).
         operands = self.READ_STAGES
         nfu2_in = operands + NFU1.latency(cfg)
         nfu3_in = nfu2_in + NFU2.latency(cfg)
@@ -492,7 +492,7 @@ class LayerEngine(wiring.Component):
         Adds the write ports of ``s`` and of the per-row parameters to ``loads``.
         """
         cfg = self.cfg
-        m.submodules.perm_gen = gen = PermAddrGen(cfg)
+        m.submodules.perm_gen = gen = PermAddrGen(cfg, self.PERM_AHEAD)
         m.submodules.perm_sb = psb = PermSB(cfg)
         # ram_style: Yosys would otherwise fold the register after the read into a synchronous
         # read port and put the memory in block RAM again.
@@ -540,7 +540,7 @@ class LayerEngine(wiring.Component):
         # that from the latched descriptor): its R (T + affine_wait, T = PERM_AHEAD + 2) less
         # the generator's stages and the two registers in front of them (the walk's, the
         # parameters')
-        lag = self.PERM_AHEAD + self.affine_wait(cfg) - PermAddrGen.latency(cfg)
+        lag = self.PERM_AHEAD + self.affine_wait(cfg) - PermAddrGen.latency(cfg, self.PERM_AHEAD)
         assert lag >= 0
         go = delay(m, starting, lag, "affine_go_d")
         desc = self.desc if lag == 0 else cur

@@ -75,9 +75,17 @@ class PermAddrGen(wiring.Component):
       second's sign selects; ``v - n`` formed ahead of the loop), one carry chain deep. Their
       start values and increments (``q0 = ti*a + ti*(ti-1)/2*e``,
       ``ti*e``, ``ti*ti*e``) are constant multiples of the parameters, formed ahead of the loop
-      from the parameters by wrapping doublings and adds (no multiplier); after it, a chain
-      of wrapping adds ``x_{k+1} = x_k + d_k``, ``d_{k+1} = d_k + e`` gives the ``ti`` lane
-      addresses. Every add is a pipeline register.
+      from the parameters by wrapping doublings and adds (no multiplier). After the loop the
+      ``ti`` lane addresses come from one of two structures (:meth:`lane_offsets` picks):
+
+      - a *chain* of wrapping adds, ``x_{k+1} = x_k + d_k``, ``d_{k+1} = d_k + e``: ``ti - 1``
+        stages, two adds a lane;
+      - *offsets*: lane ``k``'s distance from lane 0, ``o_k = pi(c + k) - pi(c) = k*a +
+        e*(k*c + k*(k-1)/2)``, is a loop register of its own (start ``k*a + k*(k-1)/2*e``,
+        increment ``k*ti*e``, both formed ahead of the loop), and ``x_k = x + o_k`` is one
+        stage: the latency no longer grows with ``ti``, at three adds a lane and a register.
+
+      Every add is a pipeline register.
     * ``mode == AFFINE`` with ``hw > 1`` (``PassDesc.flatten``: the inputs are a conv output
       of ``hw`` pixels a channel in the neuron buffer's order, affine rows): input lane ``i``
       of step ``u = t*hw + p`` (channel tile ``t``, pixel ``p``) is flatten index ``(t*ti +
@@ -101,6 +109,10 @@ class PermAddrGen(wiring.Component):
     ----------
     cfg : AccelConfig
         Must have ``perm=True``; the addresses span ``cfg.perm.depth``.
+    lead : int
+        The cycles by which the engine gives the generator a pass's steps ahead of when it needs
+        their addresses (``>= 0``): the lane chain when its latency is within it (fewer adds),
+        else the lane offsets (:meth:`lane_offsets`).
 
     Members
     -------
@@ -120,8 +132,12 @@ class PermAddrGen(wiring.Component):
         Lane ``l``'s address at bits ``l*ab``, from a register.
     """
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, lead):
         self.cfg = check_config(self, cfg, needs="perm")
+        if not isinstance(lead, int) or lead < 0:
+            self._MustUse__silence = True
+            raise ValueError(f"PermAddrGen: lead must be an int >= 0, not {lead!r}")
+        self.lead = lead
         self.ab = perm_addr_bits(cfg)
         super().__init__({
             "mode": In(Perm),
@@ -135,20 +151,27 @@ class PermAddrGen(wiring.Component):
         })
 
     @classmethod
-    def latency(cls, cfg):
+    def lane_offsets(cls, cfg, lead):
+        """Whether the generator of ``cfg`` given ``lead`` cycles forms its lane addresses from
+        per-lane offset registers: when the lane chain's latency is more than ``lead`` (the
+        offsets' is lower for ``ti > 2``)."""
+        return cls._build(None, cfg, None, offsets=False) > lead
+
+    @classmethod
+    def latency(cls, cfg, lead):
         """Cycles from a step on the inputs to its addresses in ``addr``: the stages of the
         pipeline :meth:`elaborate` builds (the same construction, without hardware)."""
-        return cls._build(None, cfg, None)
+        return cls._build(None, cfg, None, offsets=cls.lane_offsets(cfg, lead))
 
     def elaborate(self, platform):
         m = Module()
-        self._build(m, self.cfg, self)
+        self._build(m, self.cfg, self, offsets=self.lane_offsets(self.cfg, self.lead))
         return m
 
     @staticmethod
-    def _build(m, cfg, ports):
-        """Build the generator into ``m`` (ports ``ports``), or with ``m=None`` only count its
-        stages; returns the latency."""
+    def _build(m, cfg, ports, offsets):
+        """Build the generator into ``m`` (ports ``ports``; the lane offsets or the lane
+        chain), or with ``m=None`` only count its stages; returns the latency."""
         tn, ti = cfg.tn, cfg.ti
         ab = perm_addr_bits(cfg)
         nf = len(PERM_FIELDS)
@@ -233,18 +256,29 @@ class PermAddrGen(wiring.Component):
             a_pows, e_pows = [field["a"]], [second]
             lane = dict(field, second=second)
             lane["am"] = const_mul(field["a"], ti, a_pows)              # ti*a
-            lane["te"] = const_mul(second, ti, e_pows)                  # ti*e
+            if not offsets:
+                lane["te"] = const_mul(second, ti, e_pows)              # ti*e: the chain's d
             lane["tte"] = const_mul(second, ti * ti, e_pows)            # ti*ti*e
-            lane["te_mn"], lane["tte_mn"] = minus_n(lane["te"]), minus_n(lane["tte"])
+            if not offsets:
+                lane["te_mn"] = minus_n(lane["te"])
+            lane["tte_mn"] = minus_n(lane["tte"])
             tri = const_mul(second, ti * (ti - 1) // 2, e_pows)         # ti*(ti-1)/2*e
             lane["q0"] = wrap(lane["am"], tri) if tri.stage is not None else lane["am"]
             # a re-laid pass: a tile's end moves x by (ti-1)*a + e (e holds the pixel step)
             lane["jump"] = wrap(wrap_sub(lane["am"], field["a"]), field["e"])
+            for k in range(1, ti) if offsets else ():
+                # lane k's offset: its start k*a + k*(k-1)/2*e and its step k*ti*e (a
+                # re-laid pass: k*a, the lane stride's multiple, and no step)
+                ka = const_mul(field["a"], k, a_pows)
+                tri_k = const_mul(second, k * (k - 1) // 2, e_pows)
+                lane[f"o{k}"] = wrap(ka, tri_k) if tri_k.stage is not None else ka
+                lane[f"os{k}"] = const_mul(second, k * ti, e_pows)
+                lane[f"os_mn{k}"] = minus_n(lane[f"os{k}"])
             lanes.append(lane)
         # The loop runs in stage ``loop``; the start values it loads (``start``, ``a``, ``q0``,
-        # ``e``) are needed a stage earlier: a step's registers are loaded while the step is
-        # one stage ahead of the loop, so that only registers feed the loop's adds.
-        loaded = ("start", "a", "q0", "e")
+        # ``e``, the offsets) are needed a stage earlier: a step's registers are loaded while
+        # the step is one stage ahead of the loop, so that only registers feed the loop's adds.
+        loaded = ("start", "a", "q0", "e") + tuple(f"o{k}" for k in range(1, ti))
         loop = max(max(v.stage + (k in loaded) for k, v in lane.items() if v.stage is not None)
                    for lane in lanes)
         assert loop >= 2
@@ -273,35 +307,54 @@ class PermAddrGen(wiring.Component):
             with m.Elif(adv):
                 m.d.sync += [p.eq(Mux(tile_end, 0, p + 1)), tile_end.eq(end_next)]
         addrs = []
-        final = loop + ti - 1
+        final = loop + (ti > 1 if offsets else ti - 1)
         for j, lane in enumerate(lanes):
             v = {k: pipe.at(x, loop - (k in loaded)) for k, x in lane.items()}
             if dry:
-                x0, d0 = _Val(None, loop), _Val(None, loop)
+                x0, d0 = _Val(None, loop), None if offsets else _Val(None, loop)
             else:
-                regs = {k: Signal(ab, name=f"{k}_reg{j}") for k in ("x", "d", "q", "inc")}
+                names = ("x", "q", "inc") if offsets else ("x", "d", "q", "inc")
+                regs = {k: Signal(ab, name=f"{k}_reg{j}") for k in names}
                 # x's increment is registered one step ahead too: the next step's ``q`` (or,
                 # in a re-laid pass, ``jump`` or ``e`` by the next step's tile-end flag).
                 nx = regs["x"] + regs["inc"]
-                d_next = add_mod(regs["d"], v["te"].sig, v["te_mn"].sig)
+                chain = [] if offsets else [regs["d"]]
+                d_next = [add_mod(regs["d"], v["te"].sig, v["te_mn"].sig)] if chain else []
                 q_next = add_mod(regs["q"], v["tte"].sig, v["tte_mn"].sig)
                 with m.If(load):
-                    m.d.sync += [regs["x"].eq(v["start"].sig), regs["d"].eq(v["a"].sig),
+                    m.d.sync += [regs["x"].eq(v["start"].sig),
+                                 *(d.eq(v["a"].sig) for d in chain),
                                  regs["q"].eq(v["q0"].sig),
                                  regs["inc"].eq(Mux(flat, v["e"].sig, v["q0"].sig))]
                 with m.Elif(adv):
                     m.d.sync += [regs["x"].eq(reduce_abs(nx, v["last"].sig)),
-                                 regs["d"].eq(d_next),
+                                 *(d.eq(nd) for d, nd in zip(chain, d_next)),
                                  regs["q"].eq(q_next),
                                  regs["inc"].eq(Mux(flat, Mux(end_next, v["jump"].sig,
                                                               v["e"].sig), q_next))]
-                x0, d0 = _Val(regs["x"], loop), _Val(regs["d"], loop)
-            # After the loop: the chain over the ti input lanes.
-            xs, d = [x0], d0
-            for k in range(1, ti):
-                xs.append(wrap_abs(xs[-1], d, v["last"]))
-                if k < ti - 1:
-                    d = wrap(d, v["second"])
+                x0 = _Val(regs["x"], loop)
+                d0 = None if offsets else _Val(regs["d"], loop)
+            if offsets:
+                # After the loop: each input lane its offset from lane 0's address.
+                xs = [x0]
+                for k in range(1, ti):
+                    if dry:
+                        o = _Val(None, loop)
+                    else:
+                        o = _Val(Signal(ab, name=f"o{k}_reg{j}"), loop)
+                        with m.If(load):
+                            m.d.sync += o.sig.eq(v[f"o{k}"].sig)
+                        with m.Elif(adv):
+                            m.d.sync += o.sig.eq(add_mod(o.sig, v[f"os{k}"].sig,
+                                                         v[f"os_mn{k}"].sig))
+                    xs.append(wrap_abs(x0, o, v["last"]))
+            else:
+                # After the loop: the chain over the ti input lanes.
+                xs, d = [x0], d0
+                for k in range(1, ti):
+                    xs.append(wrap_abs(xs[-1], d, v["last"]))
+                    if k < ti - 1:
+                        d = wrap(d, v["second"])
             addrs.extend(pipe.at(x, final) for x in xs)
         # The address register: the affine lanes, the index-ROM lanes or 0.
         if not dry:

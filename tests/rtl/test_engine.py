@@ -173,12 +173,13 @@ PINNED_LAYERS = {
 #: and accumulator chunks). The tree has ceil(log2 ti) levels, registered every two: ti = 1
 #: none, 2..4 one, 8..16 two; the accumulator adds 24 bits a stage: acc 48 two, 24 one.
 #: PermAddrGen.latency: the constant multiples (log2 of ti*ti doublings and their adds; one more
-#: stage when q0 is among the last: the loop loads it a stage ahead), the loop, ti - 1 lane
-#: adds and the address register.
-PINNED_PERM_STAGES = {"tiny": 9, "small": 15, "diannao": 26, "t2": 5, "t1": 3}
+#: stage when q0 or a lane offset is among the last: the loop loads them a stage ahead), the
+#: loop, then ti - 1 lane adds (the chain: tiny, t2, t1, whose chains fit in the engine's lead)
+#: or one (the lane offsets: small, diannao), and the address register.
+PINNED_PERM_STAGES = {"tiny": 9, "small": 9, "diannao": 12, "t2": 5, "t1": 3}
 #: LayerEngine.perm_stages of an affine pass: the generator's stages less the 12 cycles by which
 #: the engine feeds it the pass's steps ahead of the sequencer.
-PINNED_AFFINE_WAIT = {"tiny": 0, "small": 3, "diannao": 14, "t2": 0, "t1": 0}
+PINNED_AFFINE_WAIT = {"tiny": 0, "small": 0, "diannao": 0, "t2": 0, "t1": 0}
 #: IkrSequencer.OUTPUT_STAGES: the window origin and column, then the fill address, then the
 #: block RAMs' output registers in front of the pattern decoder, then the window bank's
 #: shift register (the swap copies the bank the cycle after its last column lands).
@@ -215,7 +216,7 @@ def test_latency_per_config_pinned(name):
     assert LayerEngine.ikr_stages(ikr, ikr_pass) == PINNED_IKR_STAGES
     assert LayerEngine.latency(ikr, ikr_pass) == got[0] + PINNED_IKR_STAGES
     perm = cfg.with_(perm=True)
-    assert PermAddrGen.latency(perm) == PINNED_PERM_STAGES[name]
+    assert PermAddrGen.latency(perm, LayerEngine.PERM_AHEAD) == PINNED_PERM_STAGES[name]
     assert LayerEngine.perm_stages(perm, dense) == 0
     assert LayerEngine.latency(perm, dense) == got[0]
     assert LayerEngine.PERM_AHEAD == 12
@@ -246,7 +247,8 @@ def test_latencies_pinned(features):
     params = {"ikr": {"kmax": 3, "index_depth": 8}, "perm": {"depth": 64}, "kgate": True}
     cfg = get_config("tiny").with_(nbin_depth=64, sb_depth=64, nbout_depth=64, bias_depth=8,
                                    **{f: params[f] for f in features})
-    assert PermAddrGen.latency(get_config("tiny").with_(perm=True)) == PINNED_PERM_STAGES["tiny"]
+    assert PermAddrGen.latency(get_config("tiny").with_(perm=True), LayerEngine.PERM_AHEAD) == \
+        PINNED_PERM_STAGES["tiny"]
     layers = [l for f in ("dense",) + features for l in PINNED_LAYERS[f]]
     if "perm" in features:
         # a dense layer after the permuted one: the delay line holds no step of it

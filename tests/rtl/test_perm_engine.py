@@ -16,6 +16,9 @@ from slimnfu.rtl.perm_sb import PermSB
 from slimnfu.sim.amaranth_driver import EngineDriver, simulate
 
 CFG = CONFIGS["tiny"].with_(perm={"depth": 64})
+#: An 8x8 build: its generator forms the lane addresses from per-lane offsets (the lane chain's
+#: 15 stages would outlast the engine's 12-cycle lead); ``tiny``'s chains them.
+TI8 = CFG.with_(name="ti8", tn=8, ti=8)
 
 
 def _sequence(gen, length, cfg):
@@ -67,33 +70,40 @@ def _run(jobs, cfg=CFG):
     return results
 
 
-def test_perm_fc_bit_exact_and_full_rate():
+@pytest.mark.parametrize("cfg", [CFG, TI8], ids=["tiny", "ti8"])
+def test_perm_fc_bit_exact_and_full_rate(cfg):
     # N not a multiple of ti, M not a multiple of tn; the dense FC still runs on the same build.
     # Groups: the rows of one output tile read different sequences; quadratic permutations
-    # (n = 24 and 18 have nonzero second differences) run on the same generator.
-    jobs = [_layer(7, 13, "affine", 1), _layer(9, 10, "index", 2), _layer(4, 4, "affine", 3),
-            _layer(5, 1, "index", 4), _layer(9, 24, "affine", 6, groups=2, family="quadratic"),
-            _layer(6, 18, "affine", 7, groups=3, family="quadratic"),
-            _layer(5, 11, "affine", 8, groups=5)]
+    # (n = 24 and 18 have nonzero second differences) run on the same generator, whose lane
+    # addresses are a chain on tiny and per-lane offsets on the 8x8 build.
+    assert PermAddrGen.lane_offsets(cfg, LayerEngine.PERM_AHEAD) == (cfg is TI8)
+    jobs = [_layer(7, 13, "affine", 1, cfg=cfg), _layer(9, 10, "index", 2, cfg=cfg),
+            _layer(4, 4, "affine", 3, cfg=cfg), _layer(5, 1, "index", 4, cfg=cfg),
+            _layer(9, 24, "affine", 6, groups=2, family="quadratic", cfg=cfg),
+            _layer(6, 18, "affine", 7, groups=3, family="quadratic", cfg=cfg),
+            _layer(5, 11, "affine", 8, groups=5, cfg=cfg)]
     for m, n, seed in ((9, 24, 6), (6, 18, 7)):
         assert bool(permfc.random_generated_params(m, n, "quadratic", seed)[2].all())
-    dense = _layer(6, 11, "affine", 5)
+    CFG = cfg
+    dense = _layer(6, 11, "affine", 5, cfg=cfg)
     ddesc = LayerDesc("fc", 11, 6, shift=14, act="relu")
     gen = torch.Generator().manual_seed(9)
     w = torch.randint(-3000, 3000, (6, 11), generator=gen)
     dense_want = fixed.run_layer(ddesc, dense[1].unsqueeze(0), w, dense[2], CFG.dw)[0]
     jobs.append((ddesc, dense[1], dense[2], [(LoadSel.SB, layout.pack_weights(w, CFG))],
                  dense_want))
-    for (desc, *_, want), (y, counters) in zip(jobs, _run(jobs)):
+    for (desc, *_, want), (y, counters) in zip(jobs, _run(jobs, cfg)):
         assert torch.equal(y, want), desc
         assert counters["cycles"] == desc.dense_cycles(CFG) + LayerEngine.latency(CFG, desc)
 
 
-#: A perm build with diannao's ti = tn = 16: its generator's 26 stages outlast the 17 cycles
-#: from a pass's last step to its NBout write, so a step of the pass before would still be in
-#: the delay line when the next pass began.
+#: A perm build with diannao's ti = tn = 16: its generator's 12 stages (per-lane offsets) take
+#: all of the engine's lead, so the walk starts in the ``start`` cycle itself.
 WIDE = CONFIGS["tiny"].with_(name="wide", tn=16, ti=16, nbin_depth=16, sb_depth=16,
                              nbout_depth=16, bias_depth=4, perm={"depth": 64})
+#: A 20x20 build: its generator's 13 stages outlast the lead by one, so its affine passes wait
+#: a cycle in the delay line, which must hold no step of the pass before.
+W20 = WIDE.with_(name="w20", tn=20, ti=20)
 
 
 #: SB exactly as deep as the layer's 6 words, no power of two: the index read past the last
@@ -102,8 +112,9 @@ SB6 = CFG.with_(name="sb6", sb_depth=6)
 
 
 @pytest.mark.parametrize("cfg, dense_latency, gen_stages, wait",
-                         [(CFG, 30, 9, 0), (WIDE, 31, 26, 14), (SB6, 30, 9, 0)],
-                         ids=["tiny", "wide", "sb6"])
+                         [(CFG, 30, 9, 0), (WIDE, 31, 12, 0), (W20, 32, 13, 1),
+                          (SB6, 30, 9, 0)],
+                         ids=["tiny", "wide", "w20", "sb6"])
 def test_affine_passes_pay_only_what_the_generator_lead_does_not_hide(cfg, dense_latency,
                                                                      gen_stages, wait):
     """In one perm build, a dense FC, an affine FC, the dense FC and the affine FC again run
@@ -112,9 +123,9 @@ def test_affine_passes_pay_only_what_the_generator_lead_does_not_hide(cfg, dense
     the affine FC and the index FC again: the dense and index passes take the non-permuted
     latency (an index pass reads its index words ahead of its steps), the affine ones too on
     ``tiny`` (the engine feeds the generator the pass's steps 12 cycles ahead of the sequencer,
-    more than its 9 stages), on the 16x16 build the 14 of its generator's 26 stages that the
-    lead does not hide (pinned by number); all bit-exact. So no pass finds a step of the pass
-    before it in the generator or the delay line."""
+    more than its 9 stages) and on the 16x16 build (12 stages), on the 20x20 build the one of
+    its generator's 13 stages that the lead does not hide (pinned by number); all bit-exact.
+    So no pass finds a step of the pass before it in the generator or the delay line."""
     desc, x, b, loads, want = _layer(6, 11, "affine", 5, cfg=cfg)
     ddesc = LayerDesc("fc", 11, 6, shift=14, act="relu")
     w = torch.randint(-3000, 3000, (6, 11), generator=torch.Generator().manual_seed(9))
@@ -122,7 +133,7 @@ def test_affine_passes_pay_only_what_the_generator_lead_does_not_hide(cfg, dense
     idx = torch.stack([torch.randperm(11, generator=torch.Generator().manual_seed(20 + r))
                        for r in range(6)])
     idesc = PassDesc(ddesc, perm="index")
-    assert PermAddrGen.latency(cfg) == gen_stages
+    assert PermAddrGen.latency(cfg, LayerEngine.PERM_AHEAD) == gen_stages
     assert LayerEngine.perm_stages(cfg, desc) == LayerEngine.affine_wait(cfg) == wait
     assert LayerEngine.latency(cfg, ddesc) == LayerEngine.latency(cfg, idesc) == dense_latency
     assert LayerEngine.latency(cfg, desc) == dense_latency + wait
@@ -172,7 +183,9 @@ def test_sequence_deeper_than_the_buffers_loads_whole():
 
 def test_components_refuse_perm_off():
     with pytest.raises(ValueError, match="has perm=False"):
-        PermAddrGen(CONFIGS["tiny"].with_(perm=False))
+        PermAddrGen(CONFIGS["tiny"].with_(perm=False), LayerEngine.PERM_AHEAD)
+    with pytest.raises(ValueError, match="lead must be an int >= 0, not -1"):
+        PermAddrGen(CFG, -1)
     with pytest.raises(ValueError, match="has perm=False"):
         PermSB(CONFIGS["tiny"].with_(perm=False))
 
@@ -221,15 +234,18 @@ def _relaid_job(c, hw, m, seed, groups=1, cfg=CFG):
     return p.desc, xbuf, bias, loads, want
 
 
-def test_relaid_affine_fc_reads_the_buffer_order():
+@pytest.mark.parametrize("cfg", [CFG, TI8], ids=["tiny", "ti8"])
+def test_relaid_affine_fc_reads_the_buffer_order(cfg):
     """A perm_affine FC after a conv output of c % tn != 0 channels and hw > 1 pixels runs on
     the values where the conv wrote them (two-level address walk, padding lanes dropped),
     bit-exact with the model's layer on the flattened output, at the re-laid dense cycles; a
-    plain affine layer and a quadratic one follow on the same build."""
-    jobs = [_relaid_job(5, 3, 7, 21), _relaid_job(6, 4, 9, 22, groups=2),
-            _relaid_job(3, 2, 4, 23), _layer(7, 13, "affine", 1),
-            _layer(9, 24, "affine", 6, groups=2, family="quadratic")]
+    plain affine layer and a quadratic one follow on the same build (lane chain on tiny, lane
+    offsets on the 8x8 build)."""
+    jobs = [_relaid_job(5, 3, 7, 21, cfg=cfg), _relaid_job(6, 4, 9, 22, groups=2, cfg=cfg),
+            _relaid_job(3, 2, 4, 23, cfg=cfg), _layer(7, 13, "affine", 1, cfg=cfg),
+            _layer(9, 24, "affine", 6, groups=2, family="quadratic", cfg=cfg)]
     assert jobs[0][0].flatten == (5, 3) and jobs[0][0].layer.n_in == 24
-    for (desc, *_, want), (y, counters) in zip(jobs, _run(jobs)):
+    CFG = cfg
+    for (desc, *_, want), (y, counters) in zip(jobs, _run(jobs, cfg)):
         assert torch.equal(y, want), desc
         assert counters["cycles"] == desc.dense_cycles(CFG) + LayerEngine.latency(CFG, desc)
