@@ -76,16 +76,17 @@ class PermAddrGen(wiring.Component):
       start values and increments (``q0 = ti*a + ti*(ti-1)/2*e``,
       ``ti*e``, ``ti*ti*e``) are constant multiples of the parameters, formed ahead of the loop
       from the parameters by wrapping doublings and adds (no multiplier). After the loop the
-      ``ti`` lane addresses come from one of two structures (:meth:`lane_offsets` picks):
+      ``ti`` lane addresses come from chains of ``span`` lanes (:meth:`lane_span` picks it):
 
-      - a *chain* of wrapping adds, ``x_{k+1} = x_k + d_k``, ``d_{k+1} = d_k + e``: ``ti - 1``
-        stages, two adds a lane;
-      - *offsets*: lane ``k``'s distance from lane 0, ``o_k = pi(c + k) - pi(c) = k*a +
-        e*(k*c + k*(k-1)/2)``, is a loop register of its own (start ``k*a + k*(k-1)/2*e``,
-        increment ``k*ti*e``, both formed ahead of the loop), and ``x_k = x + o_k`` is one
-        stage: the latency no longer grows with ``ti``, at three adds a lane and a register.
+      - a *chain* of wrapping adds, ``x_{k+1} = x_k + d_k``, ``d_{k+1} = d_k + e``, takes a
+        stage and two adds a lane;
+      - a chain starts at lane 0 or at a *head* lane ``k`` (a multiple of ``span``), whose
+        distance from lane 0, ``o_k = pi(c + k) - pi(c) = k*a + e*(k*c + k*(k-1)/2)``, is a
+        loop register of its own (start ``k*a + k*(k-1)/2*e``, step ``k*ti*e``, formed ahead
+        of the loop): ``x_k = x + o_k`` and ``d_k = d + k*e`` are one stage.
 
-      Every add is a pipeline register.
+      ``span = ti`` is one chain (``ti - 1`` stages), ``span = 1`` all heads (one stage, three
+      adds and a register a lane). Every add is a pipeline register.
     * ``mode == AFFINE`` with ``hw > 1`` (``PassDesc.flatten``: the inputs are a conv output
       of ``hw`` pixels a channel in the neuron buffer's order, affine rows): input lane ``i``
       of step ``u = t*hw + p`` (channel tile ``t``, pixel ``p``) is flatten index ``(t*ti +
@@ -111,8 +112,8 @@ class PermAddrGen(wiring.Component):
         Must have ``perm=True``; the addresses span ``cfg.perm.depth``.
     lead : int
         The cycles by which the engine gives the generator a pass's steps ahead of when it needs
-        their addresses (``>= 0``): the lane chain when its latency is within it (fewer adds),
-        else the lane offsets (:meth:`lane_offsets`).
+        their addresses (``>= 0``): the longest lane chains whose latency is within it
+        (:meth:`lane_span`).
 
     Members
     -------
@@ -151,32 +152,37 @@ class PermAddrGen(wiring.Component):
         })
 
     @classmethod
-    def lane_offsets(cls, cfg, lead):
-        """Whether the generator of ``cfg`` given ``lead`` cycles forms its lane addresses from
-        per-lane offset registers: when the lane chain's latency is more than ``lead`` (the
-        offsets' is lower for ``ti > 2``)."""
-        return cls._build(None, cfg, None, offsets=False) > lead
+    def lane_span(cls, cfg, lead):
+        """The lanes per chain of the generator of ``cfg`` given ``lead`` cycles: the longest
+        (the fewest head lanes, so the fewest adds and registers) whose latency is within
+        ``lead``; if none is, the longest of those with the lowest latency."""
+        latency = {span: cls._build(None, cfg, None, span) for span in range(cfg.ti, 0, -1)}
+        fits = [span for span, cycles in latency.items() if cycles <= lead]
+        return max(fits) if fits else min(latency, key=lambda span: (latency[span], -span))
 
     @classmethod
     def latency(cls, cfg, lead):
         """Cycles from a step on the inputs to its addresses in ``addr``: the stages of the
         pipeline :meth:`elaborate` builds (the same construction, without hardware)."""
-        return cls._build(None, cfg, None, offsets=cls.lane_offsets(cfg, lead))
+        return cls._build(None, cfg, None, cls.lane_span(cfg, lead))
 
     def elaborate(self, platform):
         m = Module()
-        self._build(m, self.cfg, self, offsets=self.lane_offsets(self.cfg, self.lead))
+        self._build(m, self.cfg, self, self.lane_span(self.cfg, self.lead))
         return m
 
     @staticmethod
-    def _build(m, cfg, ports, offsets):
-        """Build the generator into ``m`` (ports ``ports``; the lane offsets or the lane
-        chain), or with ``m=None`` only count its stages; returns the latency."""
+    def _build(m, cfg, ports, span):
+        """Build the generator into ``m`` (ports ``ports``; lane chains of ``span`` lanes), or
+        with ``m=None`` only count its stages; returns the latency."""
         tn, ti = cfg.tn, cfg.ti
         ab = perm_addr_bits(cfg)
         nf = len(PERM_FIELDS)
         dry = m is None
         pipe = _Pipe(m, ab)
+        assert 1 <= span <= ti
+        heads = list(range(0, ti, span))     # the lanes that start a chain
+        chained = span > 1                   # the chains need d, the first difference
 
         def sig(value):
             return None if dry else value
@@ -256,29 +262,32 @@ class PermAddrGen(wiring.Component):
             a_pows, e_pows = [field["a"]], [second]
             lane = dict(field, second=second)
             lane["am"] = const_mul(field["a"], ti, a_pows)              # ti*a
-            if not offsets:
+            if chained:
                 lane["te"] = const_mul(second, ti, e_pows)              # ti*e: the chain's d
             lane["tte"] = const_mul(second, ti * ti, e_pows)            # ti*ti*e
-            if not offsets:
+            if chained:
                 lane["te_mn"] = minus_n(lane["te"])
             lane["tte_mn"] = minus_n(lane["tte"])
             tri = const_mul(second, ti * (ti - 1) // 2, e_pows)         # ti*(ti-1)/2*e
             lane["q0"] = wrap(lane["am"], tri) if tri.stage is not None else lane["am"]
             # a re-laid pass: a tile's end moves x by (ti-1)*a + e (e holds the pixel step)
             lane["jump"] = wrap(wrap_sub(lane["am"], field["a"]), field["e"])
-            for k in range(1, ti) if offsets else ():
-                # lane k's offset: its start k*a + k*(k-1)/2*e and its step k*ti*e (a
-                # re-laid pass: k*a, the lane stride's multiple, and no step)
+            for k in heads[1:]:
+                # head lane k's offset: its start k*a + k*(k-1)/2*e and its step k*ti*e (a
+                # re-laid pass: k*a, the lane stride's multiple, and no step); its chain's
+                # first difference is d + k*e
                 ka = const_mul(field["a"], k, a_pows)
                 tri_k = const_mul(second, k * (k - 1) // 2, e_pows)
                 lane[f"o{k}"] = wrap(ka, tri_k) if tri_k.stage is not None else ka
                 lane[f"os{k}"] = const_mul(second, k * ti, e_pows)
                 lane[f"os_mn{k}"] = minus_n(lane[f"os{k}"])
+                if chained:
+                    lane[f"de{k}"] = const_mul(second, k, e_pows)
             lanes.append(lane)
         # The loop runs in stage ``loop``; the start values it loads (``start``, ``a``, ``q0``,
-        # ``e``, the offsets) are needed a stage earlier: a step's registers are loaded while
+        # ``e``, the heads' offsets) are needed a stage earlier: a step's registers are loaded while
         # the step is one stage ahead of the loop, so that only registers feed the loop's adds.
-        loaded = ("start", "a", "q0", "e") + tuple(f"o{k}" for k in range(1, ti))
+        loaded = ("start", "a", "q0", "e") + tuple(f"o{k}" for k in heads[1:])
         loop = max(max(v.stage + (k in loaded) for k, v in lane.items() if v.stage is not None)
                    for lane in lanes)
         assert loop >= 2
@@ -307,18 +316,20 @@ class PermAddrGen(wiring.Component):
             with m.Elif(adv):
                 m.d.sync += [p.eq(Mux(tile_end, 0, p + 1)), tile_end.eq(end_next)]
         addrs = []
-        final = loop + (ti > 1 if offsets else ti - 1)
+        # the last lane address: a chain's lanes a stage each after its head (lane 0 in the
+        # loop's stage, the others a stage later)
+        final = max(loop + (k > 0) + min(span, ti - k) - 1 for k in heads)
         for j, lane in enumerate(lanes):
             v = {k: pipe.at(x, loop - (k in loaded)) for k, x in lane.items()}
             if dry:
-                x0, d0 = _Val(None, loop), None if offsets else _Val(None, loop)
+                x0, d0 = _Val(None, loop), _Val(None, loop) if chained else None
             else:
-                names = ("x", "q", "inc") if offsets else ("x", "d", "q", "inc")
+                names = ("x", "d", "q", "inc") if chained else ("x", "q", "inc")
                 regs = {k: Signal(ab, name=f"{k}_reg{j}") for k in names}
                 # x's increment is registered one step ahead too: the next step's ``q`` (or,
                 # in a re-laid pass, ``jump`` or ``e`` by the next step's tile-end flag).
                 nx = regs["x"] + regs["inc"]
-                chain = [] if offsets else [regs["d"]]
+                chain = [regs["d"]] if chained else []
                 d_next = [add_mod(regs["d"], v["te"].sig, v["te_mn"].sig)] if chain else []
                 q_next = add_mod(regs["q"], v["tte"].sig, v["tte_mn"].sig)
                 with m.If(load):
@@ -333,27 +344,29 @@ class PermAddrGen(wiring.Component):
                                  regs["inc"].eq(Mux(flat, Mux(end_next, v["jump"].sig,
                                                               v["e"].sig), q_next))]
                 x0 = _Val(regs["x"], loop)
-                d0 = None if offsets else _Val(regs["d"], loop)
-            if offsets:
-                # After the loop: each input lane its offset from lane 0's address.
-                xs = [x0]
-                for k in range(1, ti):
+                d0 = _Val(regs["d"], loop) if chained else None
+            # After the loop: a chain of lanes from lane 0 and from each head lane.
+            xs = []
+            for head in heads:
+                if head == 0:
+                    x, d = x0, d0
+                else:
                     if dry:
                         o = _Val(None, loop)
                     else:
-                        o = _Val(Signal(ab, name=f"o{k}_reg{j}"), loop)
+                        o = _Val(Signal(ab, name=f"o{head}_reg{j}"), loop)
                         with m.If(load):
-                            m.d.sync += o.sig.eq(v[f"o{k}"].sig)
+                            m.d.sync += o.sig.eq(v[f"o{head}"].sig)
                         with m.Elif(adv):
-                            m.d.sync += o.sig.eq(add_mod(o.sig, v[f"os{k}"].sig,
-                                                         v[f"os_mn{k}"].sig))
-                    xs.append(wrap_abs(x0, o, v["last"]))
-            else:
-                # After the loop: the chain over the ti input lanes.
-                xs, d = [x0], d0
-                for k in range(1, ti):
+                            m.d.sync += o.sig.eq(add_mod(o.sig, v[f"os{head}"].sig,
+                                                         v[f"os_mn{head}"].sig))
+                    x = wrap_abs(x0, o, v["last"])
+                    d = wrap(d0, v[f"de{head}"]) if chained else None
+                xs.append(x)
+                end = min(head + span, ti)
+                for k in range(head + 1, end):
                     xs.append(wrap_abs(xs[-1], d, v["last"]))
-                    if k < ti - 1:
+                    if k < end - 1:
                         d = wrap(d, v["second"])
             addrs.extend(pipe.at(x, final) for x in xs)
         # The address register: the affine lanes, the index-ROM lanes or 0.

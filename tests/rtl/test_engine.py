@@ -173,10 +173,10 @@ PINNED_LAYERS = {
 #: and accumulator chunks). The tree has ceil(log2 ti) levels, registered every two: ti = 1
 #: none, 2..4 one, 8..16 two; the accumulator adds 24 bits a stage: acc 48 two, 24 one.
 #: PermAddrGen.latency: the constant multiples (log2 of ti*ti doublings and their adds; one more
-#: stage when q0 or a lane offset is among the last: the loop loads them a stage ahead), the
-#: loop, then ti - 1 lane adds (the chain: tiny, t2, t1, whose chains fit in the engine's lead)
-#: or one (the lane offsets: small, diannao), and the address register.
-PINNED_PERM_STAGES = {"tiny": 9, "small": 9, "diannao": 12, "t2": 5, "t1": 3}
+#: stage when q0 or a head lane's offset is among the last: the loop loads them a stage ahead),
+#: the loop, the lane chains (one of ti lanes on tiny, t2, t1, within the engine's lead; two of
+#: 5 and 3 lanes on small; a head per lane on diannao) and the address register.
+PINNED_PERM_STAGES = {"tiny": 9, "small": 12, "diannao": 12, "t2": 5, "t1": 3}
 #: LayerEngine.perm_stages of an affine pass: the generator's stages less the 12 cycles by which
 #: the engine feeds it the pass's steps ahead of the sequencer.
 PINNED_AFFINE_WAIT = {"tiny": 0, "small": 0, "diannao": 0, "t2": 0, "t1": 0}

@@ -16,8 +16,9 @@ from slimnfu.rtl.perm_sb import PermSB
 from slimnfu.sim.amaranth_driver import EngineDriver, simulate
 
 CFG = CONFIGS["tiny"].with_(perm={"depth": 64})
-#: An 8x8 build: its generator forms the lane addresses from per-lane offsets (the lane chain's
-#: 15 stages would outlast the engine's 12-cycle lead); ``tiny``'s chains them.
+#: An 8x8 build: its generator's lane addresses are two chains, of lanes 0-4 and of 5-7 from a
+#: head lane with an offset register (one chain's 15 stages would outlast the engine's 12-cycle
+#: lead); ``tiny``'s are one chain.
 TI8 = CFG.with_(name="ti8", tn=8, ti=8)
 
 
@@ -75,8 +76,8 @@ def test_perm_fc_bit_exact_and_full_rate(cfg):
     # N not a multiple of ti, M not a multiple of tn; the dense FC still runs on the same build.
     # Groups: the rows of one output tile read different sequences; quadratic permutations
     # (n = 24 and 18 have nonzero second differences) run on the same generator, whose lane
-    # addresses are a chain on tiny and per-lane offsets on the 8x8 build.
-    assert PermAddrGen.lane_offsets(cfg, LayerEngine.PERM_AHEAD) == (cfg is TI8)
+    # addresses are one chain on tiny and two (one from a head lane) on the 8x8 build.
+    assert PermAddrGen.lane_span(cfg, LayerEngine.PERM_AHEAD) == (5 if cfg is TI8 else 4)
     jobs = [_layer(7, 13, "affine", 1, cfg=cfg), _layer(9, 10, "index", 2, cfg=cfg),
             _layer(4, 4, "affine", 3, cfg=cfg), _layer(5, 1, "index", 4, cfg=cfg),
             _layer(9, 24, "affine", 6, groups=2, family="quadratic", cfg=cfg),
@@ -97,8 +98,9 @@ def test_perm_fc_bit_exact_and_full_rate(cfg):
         assert counters["cycles"] == desc.dense_cycles(CFG) + LayerEngine.latency(CFG, desc)
 
 
-#: A perm build with diannao's ti = tn = 16: its generator's 12 stages (per-lane offsets) take
-#: all of the engine's lead, so the walk starts in the ``start`` cycle itself.
+#: A perm build with diannao's ti = tn = 16: its generator's 12 stages (every lane a head, with
+#: an offset register) take all of the engine's lead, so the walk starts in the ``start`` cycle
+#: itself.
 WIDE = CONFIGS["tiny"].with_(name="wide", tn=16, ti=16, nbin_depth=16, sb_depth=16,
                              nbout_depth=16, bias_depth=4, perm={"depth": 64})
 #: A 20x20 build: its generator's 13 stages outlast the lead by one, so its affine passes wait
@@ -239,8 +241,8 @@ def test_relaid_affine_fc_reads_the_buffer_order(cfg):
     """A perm_affine FC after a conv output of c % tn != 0 channels and hw > 1 pixels runs on
     the values where the conv wrote them (two-level address walk, padding lanes dropped),
     bit-exact with the model's layer on the flattened output, at the re-laid dense cycles; a
-    plain affine layer and a quadratic one follow on the same build (lane chain on tiny, lane
-    offsets on the 8x8 build)."""
+    plain affine layer and a quadratic one follow on the same build (one lane chain on tiny, a
+    second from a head lane on the 8x8 build)."""
     jobs = [_relaid_job(5, 3, 7, 21, cfg=cfg), _relaid_job(6, 4, 9, 22, groups=2, cfg=cfg),
             _relaid_job(3, 2, 4, 23, cfg=cfg), _layer(7, 13, "affine", 1, cfg=cfg),
             _layer(9, 24, "affine", 6, groups=2, family="quadratic", cfg=cfg)]

@@ -31,22 +31,22 @@ def test_perm_random_layers(sim):
     assert len(results) == len(cases)
 
 
-#: A 6x6 build: its generator forms the lane addresses from per-lane offsets
-#: (``PermAddrGen.lane_offsets``), where ``tiny``'s chains them.
-OFFSETS = CONFIGS["tiny"].with_(name="t6_perm", tn=6, ti=6, nbin_depth=256, sb_depth=256,
-                                nbout_depth=256, bias_depth=16, perm={"depth": 64})
+#: A 6x6 build: its generator's lane addresses are a chain of lanes 0-4 and lane 5 from a head
+#: lane with an offset register (``PermAddrGen.lane_span``), where ``tiny``'s are one chain.
+HEADS = CONFIGS["tiny"].with_(name="t6_perm", tn=6, ti=6, nbin_depth=256, sb_depth=256,
+                              nbout_depth=256, bias_depth=16, perm={"depth": 64})
 
 
-def test_perm_lane_offsets_on_verilator():
+def test_perm_head_lanes_on_verilator():
     from slimnfu.rtl.engine import LayerEngine
     from slimnfu.rtl.perm_addr import PermAddrGen
 
-    assert PermAddrGen.lane_offsets(OFFSETS, LayerEngine.PERM_AHEAD)
-    assert not PermAddrGen.lane_offsets(CFG, LayerEngine.PERM_AHEAD)
-    cases = perm_cases(OFFSETS, seed=3)
+    assert PermAddrGen.lane_span(HEADS, LayerEngine.PERM_AHEAD) == 5
+    assert PermAddrGen.lane_span(CFG, LayerEngine.PERM_AHEAD) == CFG.ti
+    cases = perm_cases(HEADS, seed=3)
     kinds = {(c.desc.perm, bool(c.desc.flatten), "quadratic" in c.name) for c in cases}
     assert {("affine", False, False), ("affine", True, False), ("affine", False, True)} <= kinds
-    results = run_regression(OFFSETS, cases, sims=("verilator",), log=lambda *_: None)
+    results = run_regression(HEADS, cases, sims=("verilator",), log=lambda *_: None)
     bad = [(r["name"], r["error"]) for r in results if not r["passed"]]
     assert not bad, bad
     assert len(results) == len(cases)
