@@ -17,6 +17,10 @@ sees, and never the test set; quantisation calibrates on its first ``--calib`` i
   removed filters and the next layer's dead inputs. Cycles not measured (``rtl_cycles`` null).
 
 ``rtl_cycles*`` cover the conv layers only (``rtl_cycles_scope``).
+
+The report is written after every row. ``--resume`` keeps the rows ``--out`` holds from a run
+with the same settings (:func:`settings`) and the same base network (``model_key``, its
+state's hash) and runs only the missing ones: a VGG run takes hours.
 """
 
 import copy
@@ -45,6 +49,10 @@ def add_arguments(parser):
                         help="only (re)measure the area: the tiny engine with ikr off and on "
                              "(Yosys ECP5, no place and route); keeps the rows of --out")
     parser.add_argument("--no-area", action="store_true", help="skip the area measurement")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows --out already holds from a run with the same "
+                             "settings and base network, and run only the missing ones (the "
+                             "report is written after every row)")
 
 
 def _bench_cfg(q):
@@ -195,15 +203,59 @@ def _baseline_prune(base, kind, amount, xs, ys, batches, seed):
     return m
 
 
+def settings(val_n, calib_n, patterns, ft, cosim):
+    """What a row depends on besides its network, budget and base network: a resumed run
+    keeps rows only from a run with the same."""
+    return {"val": val_n, "calib": calib_n, "patterns": patterns, "finetune_batches": ft,
+            "cosim": cosim}
+
+
+def kept_rows(path, want):
+    """The rows of the report ``path`` (a dict ``(network, budget_pct, method) -> row``) when
+    it was written with the settings ``want``; none when there is no such file. A report of
+    other settings, or one that is not a bench-ikr report, is refused."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        report = json.loads(path.read_text())
+        rows, got = report["rows"], report.get("settings")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"--resume: {path} is not a bench-ikr report ({exc})") from None
+    if report.get("benchmark") != "ikr":
+        raise ValueError(f"--resume: {path} is not a bench-ikr report")
+    if got != want:
+        diff = ", ".join(f"{k} {got.get(k) if got else None!r} (now {v!r})"
+                         for k, v in want.items() if not got or got.get(k) != v)
+        raise ValueError(f"--resume: {path} was written with other settings: {diff}; "
+                         f"resume with the same ones or write to another --out")
+    return {(r["network"], r["budget_pct"], r["method"]): r for r in rows}
+
+
 def run(networks, budgets, val_n=3000, calib_n=2000, patterns=16, ft=150, cosim=True,
-        log=print):
+        log=print, kept=None, save=None):
+    """The rows of ``networks`` at ``budgets``: per budget the IKR row, then the unstructured
+    and filter pruning baselines. ``kept`` (from :func:`kept_rows`): rows of an earlier run
+    with the same settings, reused when their base network (``model_key``) is this run's;
+    ``save(rows)`` is called after every row."""
     from slimnfu.compress import data, ikr
+    from slimnfu.compress.pipeline import hash_state
     from slimnfu.formats.accounting import model_stats
     from slimnfu.compress.models import network_info
     from slimnfu.compress.quant import int_forward, quantize_model
     from slimnfu.compress.train import evaluate, train
 
+    kept = kept or {}
     rows = []
+
+    def add(row):
+        rows.append(row)
+        if save:
+            save(rows)
+
     for name in networks:
         ds = network_info(name)["dataset"]
         xs, ys = data.load(ds, "train")
@@ -212,6 +264,7 @@ def run(networks, budgets, val_n=3000, calib_n=2000, patterns=16, ft=150, cosim=
             raise ValueError(f"--val {val_n} and --calib {calib_n} must be >= 1 and share the "
                              f"{xc.shape[0]} images of the calib split")
         model, _ = train(name, progress=False)
+        model_key = hash_state(model)[:20]
         xv, yv = xc[-val_n:], yc[-val_n:]
         calib = xc[:calib_n]
         xtest, ytest = data.load(ds, "test")
@@ -224,44 +277,67 @@ def run(networks, budgets, val_n=3000, calib_n=2000, patterns=16, ft=150, cosim=
         for budget in budgets:
             t0 = time.perf_counter()
             opts = ikr.IkrOptions(patterns=patterns, finetune_batches=ft)
-            pruned, hist = ikr.ikr_prune(model, xs, ys, xv, yv, budget, opts, log=log)
-            q = ikr.mark_quantised(quantize_model(pruned, calib), pruned)
-            s = model_stats(q)
-            logits, _ = int_forward(q, xtest)
-            layers = _cosim_layers(q, xtest[:1], _bench_cfg(q)) if cosim else []
             common = {"network": name, "dataset": ds, "budget_pct": budget,
                       "acc_float_base": acc_base, "macs_dense": sd["macs_dense"],
                       "conv_macs_dense": sd["conv_macs_dense"],
                       "params_dense": sd["params_dense"], "bits_dense": sd["bits_dense"],
-                      "rtl_cycles_scope": "conv layers"}
-            dense_cyc = sum(L["rtl_cycles_dense"] for L in layers) if layers else None
-            rows.append({**common, "method": "ikr",
-                         "acc_float": round(evaluate(pruned, xtest, ytest), 4),
-                         "acc_int": accuracy(logits, ytest), "macs": s["macs"],
-                         "conv_macs": s["conv_macs"], "params": s["params"], "bits": s["bits"],
-                         "rtl_cycles_dense": dense_cyc,
-                         "rtl_cycles": sum(L["rtl_cycles"] for L in layers) if layers else None,
-                         "config": _bench_cfg(q).name, "n": hist["n"], "P": hist["P"],
-                         "val_acc_base": hist["val_acc_base"], "val_acc": hist["val_acc"],
-                         "tries": hist["tries"], "layers": layers,
-                         "all_bit_exact": all(L["passed"] for L in layers),
-                         "wall_s": round(time.perf_counter() - t0, 1)})
-            log(f"{name} budget {budget}: ikr n={hist['n']} acc {rows[-1]['acc_float']}")
+                      "rtl_cycles_scope": "conv layers", "model_key": model_key}
+            before = {method: row for method in ("ikr", "unstructured", "filter")
+                      if (row := kept.get((name, budget, method)))
+                      and row.get("model_key") == model_key}
+            if "ikr" in before:
+                add(before["ikr"])
+                log(f"{name} budget {budget}: ikr row kept from the earlier run")
+            else:
+                add(_ikr_row(model, xs, ys, xv, yv, budget, opts, calib, xtest, ytest, common,
+                             cosim, t0, log))
+            dense_cyc = rows[-1]["rtl_cycles_dense"]
             for kind in ("unstructured", "filter"):
+                if kind in before:
+                    add(before[kind])
+                    log(f"{name} budget {budget}: {kind} row kept from the earlier run")
+                    continue
                 m, amount = _baseline_search(model, kind, xs, ys, xv, yv, budget, base_val,
                                              ft * 4 + opts.final_batches,
                                              cache=baseline_runs)
                 if m is None:
                     m, amount = model, 0.0
                 st = _conv_prune_stats(m, None, kind, 16, 48, in_shape)
-                rows.append({**common, "method": kind, "amount": amount,
-                             "acc_float": round(evaluate(m, xtest, ytest), 4),
-                             "acc_int": accuracy(int_forward(quantize_model(m, calib),
-                                                             xtest)[0], ytest),
-                             **st, "rtl_cycles_dense": dense_cyc,
-                             "rtl_cycles": dense_cyc if kind == "unstructured" else None})
+                add({**common, "method": kind, "amount": amount,
+                     "acc_float": round(evaluate(m, xtest, ytest), 4),
+                     "acc_int": accuracy(int_forward(quantize_model(m, calib), xtest)[0], ytest),
+                     **st, "rtl_cycles_dense": dense_cyc,
+                     "rtl_cycles": dense_cyc if kind == "unstructured" else None})
                 log(f"{name} budget {budget}: {kind} amount {amount}")
     return rows
+
+
+def _ikr_row(model, xs, ys, xv, yv, budget, opts, calib, xtest, ytest, common, cosim, t0, log):
+    """The IKR row of one budget: search, quantise, the integer test accuracy and (``cosim``)
+    each IKR layer on Verilator against its dense form."""
+    from slimnfu.compress import ikr
+    from slimnfu.formats.accounting import model_stats
+    from slimnfu.compress.quant import int_forward, quantize_model
+    from slimnfu.compress.train import evaluate
+
+    pruned, hist = ikr.ikr_prune(model, xs, ys, xv, yv, budget, opts, log=log)
+    q = ikr.mark_quantised(quantize_model(pruned, calib), pruned)
+    s = model_stats(q)
+    logits, _ = int_forward(q, xtest)
+    layers = _cosim_layers(q, xtest[:1], _bench_cfg(q)) if cosim else []
+    row = {**common, "method": "ikr",
+           "acc_float": round(evaluate(pruned, xtest, ytest), 4),
+           "acc_int": accuracy(logits, ytest), "macs": s["macs"],
+           "conv_macs": s["conv_macs"], "params": s["params"], "bits": s["bits"],
+           "rtl_cycles_dense": sum(L["rtl_cycles_dense"] for L in layers) if layers else None,
+           "rtl_cycles": sum(L["rtl_cycles"] for L in layers) if layers else None,
+           "config": _bench_cfg(q).name, "n": hist["n"], "P": hist["P"],
+           "val_acc_base": hist["val_acc_base"], "val_acc": hist["val_acc"],
+           "tries": hist["tries"], "layers": layers,
+           "all_bit_exact": all(L["passed"] for L in layers),
+           "wall_s": round(time.perf_counter() - t0, 1)}
+    log(f"{common['network']} budget {budget}: ikr n={hist['n']} acc {row['acc_float']}")
+    return row
 
 
 def _x(dense, kept):
@@ -310,16 +386,28 @@ def main(args):
     from pathlib import Path
 
     t0 = start(args)
-    report = {"benchmark": "ikr", "rows": [], "area": None, "host": host()}
+    want = settings(args.val, args.calib, args.patterns, args.finetune_batches,
+                    not args.no_cosim)
+    report = {"benchmark": "ikr", "settings": want, "rows": [], "area": None, "host": host()}
     if args.area_only:
         if Path(args.out).is_file():
             report = {**json.loads(Path(args.out).read_text()), "area": None}
     else:
-        # one network at a time, written as it completes, so a late failure keeps the rest
+        kept = kept_rows(args.out, want) if args.resume else {}
+        ran = {(name, budget) for name in args.networks for budget in args.budgets}
+        # the earlier run's rows of other networks and budgets stay in the report
+        others = [r for key, r in kept.items() if key[:2] not in ran]
+        done = []
+
+        def save(rows):
+            # written after every row, so an interrupted run keeps what it finished
+            write_json(args.out, {**report, "rows": others + done + rows,
+                                  "wall_s": round(time.perf_counter() - t0, 1)})
+
         for name in args.networks:
-            report["rows"] += run([name], args.budgets, args.val, args.calib, args.patterns,
-                                  args.finetune_batches, not args.no_cosim)
-            write_json(args.out, {**report, "wall_s": round(time.perf_counter() - t0, 1)})
+            done += run([name], args.budgets, args.val, args.calib, args.patterns,
+                        args.finetune_batches, not args.no_cosim, kept=kept, save=save)
+        report["rows"] = others + done
     if not args.no_area:
         report["area"] = area()
     lines = [markdown_tables(report["rows"])]

@@ -1,7 +1,10 @@
 """The IKR benchmark's rows and tables on a stand-in network and random data (no RTL)."""
 
 import functools
+import json
+import re
 
+import pytest
 import torch
 from torch import nn
 
@@ -40,11 +43,79 @@ def test_rows_cover_ikr_and_both_baselines(monkeypatch):
 
 
 def test_validation_and_calibration_must_share_the_calib_split(monkeypatch):
-    import pytest
-
     images = torch.rand(100, 1, 12, 12)
     monkeypatch.setattr(data, "load", lambda dataset, split, root=None: (images, images[:, 0, 0]))
     monkeypatch.setattr(train, "train", lambda *a, **k: pytest.fail("trained before checking"))
     with pytest.raises(ValueError, match=r"--val 80 and --calib 30 must be >= 1 and share the "
                                          r"100 images of the calib split"):
         bench_ikr.run(["lenet5"], [1.0], val_n=80, calib_n=30)
+
+
+def _stand_in(monkeypatch):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(4 * 5 * 5, 10)).eval()
+    images = torch.rand(80, 1, 12, 12)
+    labels = torch.randint(0, 10, (80,))
+    monkeypatch.setattr(train, "train", lambda name, **kw: (model, {"train_s": 1.0}))
+    monkeypatch.setattr(data, "load", lambda dataset, split, root=None: (images, labels))
+    monkeypatch.setattr(ikr, "IkrOptions", functools.partial(ikr.IkrOptions, final_batches=2))
+    return model
+
+
+def test_resume_runs_only_the_rows_an_earlier_run_did_not_write(monkeypatch, tmp_path,
+                                                                    capsys):
+    """An interrupted run's report keeps every finished row; ``--resume`` reuses them (same
+    settings, same base network) and runs the rest; another base network runs them again."""
+    from slimnfu import cli
+
+    _stand_in(monkeypatch)
+    out = tmp_path / "ikr.json"
+    argv = ["bench", "ikr", "--networks", "lenet5", "--budgets", "100", "200", "--val", "20",
+            "--calib", "10", "--patterns", "4", "--finetune-batches", "2", "--no-cosim",
+            "--no-area", "--out", str(out)]
+    pruned, real_prune = [], ikr.ikr_prune
+
+    def counting_prune(model, xs, ys, xv, yv, budget, *a, **k):
+        pruned.append(budget)
+        return real_prune(model, xs, ys, xv, yv, budget, *a, **k)
+
+    monkeypatch.setattr(ikr, "ikr_prune", counting_prune)
+    assert cli.main(argv) == 0
+    full = json.loads(out.read_text())
+    assert [(r["budget_pct"], r["method"]) for r in full["rows"]] == [
+        (b, m) for b in (100.0, 200.0) for m in ("ikr", "unstructured", "filter")]
+    assert pruned == [100.0, 200.0]
+    # interrupted after the second budget's IKR row: the report as written then
+    out.write_text(json.dumps({**full, "rows": full["rows"][:4]}))
+    pruned.clear()
+    assert cli.main(argv + ["--resume"]) == 0
+    again = json.loads(out.read_text())
+    assert pruned == [] and again["rows"][:4] == full["rows"][:4]
+    assert [(r["budget_pct"], r["method"]) for r in again["rows"]] == \
+        [(r["budget_pct"], r["method"]) for r in full["rows"]]
+    # the rows of another base network are not reused
+    key = full["rows"][0]["model_key"]
+    out.write_text(json.dumps({**full, "rows": [{**r, "model_key": "x"} for r in full["rows"]]}))
+    assert cli.main(argv + ["--resume"]) == 0
+    assert pruned == [100.0, 200.0]
+    assert {r["model_key"] for r in json.loads(out.read_text())["rows"]} == {key}
+    # other settings are refused before anything runs
+    monkeypatch.setattr(train, "train", lambda *a, **k: pytest.fail("trained before checking"))
+    capsys.readouterr()
+    assert cli.main([a if a != "4" else "8" for a in argv] + ["--resume"]) == 2
+    assert re.search(r"--resume: \S*ikr.json was written with other settings: patterns 4 "
+                     r"\(now 8\); resume with the same ones or write to another --out",
+                     capsys.readouterr().err)
+
+
+def test_resume_refuses_a_report_of_another_benchmark(tmp_path):
+    path = tmp_path / "slim.json"
+    path.write_text(json.dumps({"benchmark": "slim", "rows": []}))
+    with pytest.raises(ValueError, match=r"--resume: .*slim.json is not a bench-ikr report"):
+        bench_ikr.kept_rows(path, bench_ikr.settings(1, 1, 4, 2, False))
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match=r"--resume: .*slim.json is not a bench-ikr report"):
+        bench_ikr.kept_rows(path, bench_ikr.settings(1, 1, 4, 2, False))
+    assert bench_ikr.kept_rows(tmp_path / "none.json", bench_ikr.settings(1, 1, 4, 2, False)) \
+        == {}
