@@ -66,3 +66,30 @@ def write_report(out, report, text=None):
     if text:
         print(text)
     print(f"wrote {out}")
+
+
+def kept_rows(path, benchmark, want):
+    """The rows of the ``benchmark`` report ``path``, as a dict ``(network, budget_pct, method)
+    -> row``, when it was written with the settings ``want`` (a dict); none when there is no
+    such file. A report of other settings, or of another benchmark, is refused (``--resume``).
+    """
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        report = json.loads(path.read_text())
+        rows, got = report["rows"], report.get("settings")
+        keys = [(r["network"], r["budget_pct"], r["method"]) for r in rows]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"--resume: {path} is not a bench-{benchmark} report ({exc})") from None
+    if report.get("benchmark") != benchmark:
+        raise ValueError(f"--resume: {path} is not a bench-{benchmark} report")
+    if got != want:
+        diff = ", ".join(f"{k} {got.get(k) if got else None!r} (now {v!r})"
+                         for k, v in want.items() if not got or got.get(k) != v)
+        raise ValueError(f"--resume: {path} was written with other settings: {diff}; "
+                         f"resume with the same ones or write to another --out")
+    return dict(zip(keys, rows))

@@ -27,7 +27,8 @@ import copy
 import time
 
 from slimnfu.atomic import write_json
-from slimnfu.bench.common import accuracy, add_threads, host, start, write_report
+from slimnfu.bench.common import (accuracy, add_threads, host, kept_rows, start,
+                                  write_report)
 
 __all__ = ["main", "add_arguments", "run"]
 
@@ -210,31 +211,6 @@ def settings(val_n, calib_n, patterns, ft, cosim):
             "cosim": cosim}
 
 
-def kept_rows(path, want):
-    """The rows of the report ``path`` (a dict ``(network, budget_pct, method) -> row``) when
-    it was written with the settings ``want``; none when there is no such file. A report of
-    other settings, or one that is not a bench-ikr report, is refused."""
-    import json
-    from pathlib import Path
-
-    path = Path(path)
-    if not path.is_file():
-        return {}
-    try:
-        report = json.loads(path.read_text())
-        rows, got = report["rows"], report.get("settings")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"--resume: {path} is not a bench-ikr report ({exc})") from None
-    if report.get("benchmark") != "ikr":
-        raise ValueError(f"--resume: {path} is not a bench-ikr report")
-    if got != want:
-        diff = ", ".join(f"{k} {got.get(k) if got else None!r} (now {v!r})"
-                         for k, v in want.items() if not got or got.get(k) != v)
-        raise ValueError(f"--resume: {path} was written with other settings: {diff}; "
-                         f"resume with the same ones or write to another --out")
-    return {(r["network"], r["budget_pct"], r["method"]): r for r in rows}
-
-
 def run(networks, budgets, val_n=3000, calib_n=2000, patterns=16, ft=150, cosim=True,
         log=print, kept=None, save=None):
     """The rows of ``networks`` at ``budgets``: per budget the IKR row, then the unstructured
@@ -393,7 +369,7 @@ def main(args):
         if Path(args.out).is_file():
             report = {**json.loads(Path(args.out).read_text()), "area": None}
     else:
-        kept = kept_rows(args.out, want) if args.resume else {}
+        kept = kept_rows(args.out, "ikr", want) if args.resume else {}
         ran = {(name, budget) for name in args.networks for budget in args.budgets}
         # the earlier run's rows of other networks and budgets stay in the report
         others = [r for key, r in kept.items() if key[:2] not in ran]

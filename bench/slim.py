@@ -10,6 +10,9 @@ dense conv cycles times the conv MAC ratio; ``rtl_layers`` gives the same per co
 ``speedup_over_ideal`` (ideal over measured cycles). ``gated`` / ``mults`` is the share of issued
 multiplies the kernel gate switched off. ``area`` holds Yosys figures of the engine with the
 gate off and on (``--no-area`` skips them).
+
+The report is written after every row; ``--resume`` keeps the rows ``--out`` holds from a run
+with the same settings (:func:`settings`) and base network (``model_key``) and runs the rest.
 """
 
 import json
@@ -17,7 +20,7 @@ import time
 from pathlib import Path
 
 from slimnfu.atomic import write_json
-from slimnfu.bench.common import accuracy, add_threads, host, start, write_report
+from slimnfu.bench.common import accuracy, add_threads, host, kept_rows, start, write_report
 
 NETWORKS = {"lenet5": "mnist", "vgg_fmnist": "fashion-mnist"}
 #: :data:`slimnfu.compress.slim.TREATMENTS`, spelt out so that ``slimnfu --help`` need not
@@ -52,6 +55,10 @@ def add_arguments(parser):
     parser.add_argument("--area-only", action="store_true",
                         help="only (re)measure the area of the gate (Yosys ECP5, tiny, off and "
                              "on); keeps the rows of --out")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows --out already holds from a run with the same "
+                             "settings and base network, and run only the missing ones (the "
+                             "report is written after every row)")
     parser.add_argument("--merge", action="store_true",
                         help="keep the rows of --out for the networks not run now (run "
                              "vgg_fmnist once, then re-run lenet5 alone)")
@@ -136,8 +143,20 @@ def layer_rows(conv_names, dense_rtl, slim_rtl, macs):
     return rows
 
 
-def run_network(name, args, cfg, log=print, on_row=None):
+def settings(args):
+    """What a row depends on besides its network, treatment, budget and base network: a
+    resumed run (``--resume``) keeps rows only from a run with the same."""
+    return {"calib": args.calib, "finetune": args.finetune, "config": args.config,
+            "lanes": args.lanes, "sim": args.sim, "cosim": not args.no_cosim,
+            "train_subset": args.train_subset, "epochs": args.epochs}
+
+
+def run_network(name, args, cfg, log=print, on_row=None, kept=None):
+    """The rows of network ``name``, one per treatment and budget (``on_row(row)`` after
+    each); ``kept`` (from :func:`slimnfu.bench.common.kept_rows`): rows of an earlier run
+    with the same settings, reused when their base network (``model_key``) is this run's."""
     from slimnfu.compress import data, slim, train
+    from slimnfu.compress.pipeline import hash_state
     from slimnfu import fixed
     from slimnfu.formats.accounting import model_stats
     from slimnfu.compress.quant import int_forward, quantize_model
@@ -145,6 +164,8 @@ def run_network(name, args, cfg, log=print, on_row=None):
     ds = NETWORKS[name]
     model, info = train.train(name, epochs=args.epochs, subset=args.train_subset,
                               progress=False)
+    model_key = hash_state(model)[:20]
+    kept = kept or {}
     cx, cy = data.load(ds, "calib")
     tx, ty = data.load(ds, "test")
     trx, try_ = data.load(ds, "train")
@@ -167,6 +188,13 @@ def run_network(name, args, cfg, log=print, on_row=None):
     rows = []
     for treatment in args.treatments:
         for budget in args.budgets:
+            before = kept.get((name, budget, f"slim_{treatment}"))
+            if before and before.get("model_key") == model_key:
+                log(f"{name} {treatment} {budget}%: row kept from the earlier run")
+                rows.append(before)
+                if on_row:
+                    on_row(before)
+                continue
             t0 = time.perf_counter()
             sm = slim.slim_model(model)
             g = slim.greedy(sm, cx, cy, budget, treatment, ranking=ranking, dw=cfg.dw,
@@ -180,7 +208,7 @@ def run_network(name, args, cfg, log=print, on_row=None):
             conv_dense, conv_slim, layer_macs = slim.conv_macs(sm, sample)
             row = {
                 "network": name, "dataset": ds, "method": f"slim_{treatment}",
-                "budget_pct": budget, "acc_float_base": acc_base,
+                "budget_pct": budget, "model_key": model_key, "acc_float_base": acc_base,
                 "acc_float": round(train.evaluate(sm, tx, ty), 2),
                 "acc_int": accuracy(slim.slim_int_forward(qslim, tx)[0], ty, 2),
                 "acc_int_base": acc_int_base, "acc_float_before_finetune": acc_greedy,
@@ -292,17 +320,23 @@ def main(args):
     cfg = get_config(args.config)
     cfg = cfg.with_(name=f"{cfg.name}_kgate_bench", kgate=True)
     rows = []
-    result = {"benchmark": "slim", "rows": rows}
+    result = {"benchmark": "slim", "settings": settings(args), "rows": rows}
     if args.area_only:
         if Path(args.out).is_file():
             result = {**json.loads(Path(args.out).read_text()), "area": None}
     else:
-        if args.merge and Path(args.out).is_file():
+        kept = kept_rows(args.out, "slim", result["settings"]) if args.resume else {}
+        if args.resume:
+            # the earlier run's rows of other networks, treatments and budgets stay
+            ran = {(n, b, f"slim_{t}") for n in args.networks for b in args.budgets
+                   for t in args.treatments}
+            rows += [r for key, r in kept.items() if key not in ran]
+        elif args.merge and Path(args.out).is_file():
             rows += [r for r in json.loads(Path(args.out).read_text())["rows"]
                      if r["network"] not in args.networks]
         for name in args.networks:
-            run_network(name, args, cfg, on_row=lambda row: (rows.append(row),
-                                                              write_json(args.out, result)))
+            run_network(name, args, cfg, kept=kept,
+                        on_row=lambda row: (rows.append(row), write_json(args.out, result)))
     if not args.no_area:
         result["area"] = area()
     result["wall_s"] = round(time.perf_counter() - t0, 1)

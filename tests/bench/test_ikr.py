@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from slimnfu.bench import ikr as bench_ikr
+from slimnfu.bench.common import kept_rows
 from slimnfu.compress import data, ikr, train
 
 ROW_KEYS = {"network", "dataset", "method", "budget_pct", "acc_float_base", "acc_float",
@@ -113,9 +114,8 @@ def test_resume_refuses_a_report_of_another_benchmark(tmp_path):
     path = tmp_path / "slim.json"
     path.write_text(json.dumps({"benchmark": "slim", "rows": []}))
     with pytest.raises(ValueError, match=r"--resume: .*slim.json is not a bench-ikr report"):
-        bench_ikr.kept_rows(path, bench_ikr.settings(1, 1, 4, 2, False))
+        kept_rows(path, "ikr", bench_ikr.settings(1, 1, 4, 2, False))
     path.write_text("{not json")
     with pytest.raises(ValueError, match=r"--resume: .*slim.json is not a bench-ikr report"):
-        bench_ikr.kept_rows(path, bench_ikr.settings(1, 1, 4, 2, False))
-    assert bench_ikr.kept_rows(tmp_path / "none.json", bench_ikr.settings(1, 1, 4, 2, False)) \
-        == {}
+        kept_rows(path, "ikr", bench_ikr.settings(1, 1, 4, 2, False))
+    assert kept_rows(tmp_path / "none.json", "ikr", bench_ikr.settings(1, 1, 4, 2, False)) == {}

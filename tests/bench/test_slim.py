@@ -3,6 +3,7 @@
 import re
 
 import pytest
+import torch
 
 from slimnfu.cli import main
 
@@ -46,3 +47,47 @@ def test_layer_rows_refuse_a_layer_count_mismatch():
 
     with pytest.raises(ValueError):
         layer_rows(["conv1"], {"by_case": {"dense_conv1": 1}}, {"by_case": {}}, [])
+
+
+def test_resume_runs_only_the_rows_an_earlier_run_did_not_write(monkeypatch, tmp_path, capsys):
+    """An interrupted run's report keeps every finished row; ``--resume`` reuses them (same
+    settings, same base network) and runs the rest; other settings are refused before any
+    training. A stand-in network and the greedy step counted, no RTL."""
+    import json
+
+    from torch import nn
+
+    from slimnfu.compress import data, slim, train
+
+    images, labels = torch.rand(600, 1, 28, 28), torch.randint(0, 10, (600,))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 5), nn.ReLU(), nn.MaxPool2d(4), nn.Flatten(),
+                          nn.Linear(4 * 6 * 6, 10)).eval()
+    monkeypatch.setattr(train, "train", lambda name, **kw: (model, {"train_s": 1.0}))
+    monkeypatch.setattr(data, "load", lambda dataset, split, root=None: (images, labels))
+    greedy, real_greedy = [], slim.greedy
+
+    def counting_greedy(sm, cx, cy, budget, *a, **k):
+        greedy.append(budget)
+        return real_greedy(sm, cx, cy, budget, *a, **k)
+
+    monkeypatch.setattr(slim, "greedy", counting_greedy)
+    out = tmp_path / "slim.json"
+    argv = ["bench", "slim", "--networks", "lenet5", "--treatments", "lower", "--budgets", "99",
+            "100", "--calib", "100", "--finetune", "0", "--no-cosim", "--no-area", "--out",
+            str(out)]
+    assert main(argv) == 0
+    full = json.loads(out.read_text())
+    assert [r["budget_pct"] for r in full["rows"]] == [99.0, 100.0] and greedy == [99.0, 100.0]
+    out.write_text(json.dumps({**full, "rows": full["rows"][:1]}))
+    greedy.clear()
+    assert main(argv + ["--resume"]) == 0
+    again = json.loads(out.read_text())
+    assert greedy == [100.0] and again["rows"][0] == full["rows"][0]
+    assert [r["budget_pct"] for r in again["rows"]] == [99.0, 100.0]
+    monkeypatch.setattr(train, "train", lambda *a, **k: pytest.fail("trained before checking"))
+    capsys.readouterr()
+    argv[argv.index("--calib") + 1] = "50"
+    assert main(argv + ["--resume"]) == 2
+    assert re.search(r"--resume: \S*slim.json was written with other settings: calib 100 "
+                     r"\(now 50\)", capsys.readouterr().err)
