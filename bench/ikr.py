@@ -261,8 +261,9 @@ def run(networks, budgets, val_n=3000, calib_n=2000, patterns=16, ft=150, cosim=
             before = {method: row for method in ("ikr", "unstructured", "filter")
                       if (row := kept.get((name, budget, method)))
                       and row.get("model_key") == model_key}
-            if "ikr" in before:
-                add(before["ikr"])
+            earlier_ikr = before.get("ikr")
+            if earlier_ikr:
+                add(earlier_ikr)
                 log(f"{name} budget {budget}: ikr row kept from the earlier run")
             else:
                 add(_ikr_row(model, xs, ys, xv, yv, budget, opts, calib, xtest, ytest, common,
