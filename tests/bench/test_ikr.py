@@ -18,15 +18,7 @@ ROW_KEYS = {"network", "dataset", "method", "budget_pct", "acc_float_base", "acc
 
 
 def test_rows_cover_ikr_and_both_baselines(monkeypatch):
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                          nn.Linear(4 * 5 * 5, 10)).eval()
-    images = torch.rand(80, 1, 12, 12)
-    labels = torch.randint(0, 10, (80,))
-    monkeypatch.setattr(train, "train", lambda name, **kw: (model, {"train_s": 1.0}))
-    monkeypatch.setattr(data, "load", lambda dataset, split, root=None: (images, labels))
-    # a few batches of fine-tuning after the search and in the baselines (300 by default)
-    monkeypatch.setattr(ikr, "IkrOptions", functools.partial(ikr.IkrOptions, final_batches=2))
+    _stand_in(monkeypatch)
     rows = bench_ikr.run(["lenet5"], [100.0, 200.0], val_n=20, calib_n=10, patterns=4, ft=2,
                          cosim=False, log=lambda *a: None)
     assert [(r["method"], r["budget_pct"]) for r in rows] == [
@@ -53,6 +45,8 @@ def test_validation_and_calibration_must_share_the_calib_split(monkeypatch):
 
 
 def _stand_in(monkeypatch):
+    """A small conv network on random 12x12 images in place of a trained one and its data; a
+    few batches of fine-tuning after the search and in the baselines (300 by default)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
                           nn.Linear(4 * 5 * 5, 10)).eval()
