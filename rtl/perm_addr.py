@@ -275,18 +275,19 @@ class PermAddrGen(wiring.Component):
             for k in heads[1:]:
                 # head lane k's offset: its start k*a + k*(k-1)/2*e and its step k*ti*e (a
                 # re-laid pass: k*a, the lane stride's multiple, and no step); its chain's
-                # first difference is d + k*e
+                # first difference (when it has more than the head) is d + k*e
                 ka = const_mul(field["a"], k, a_pows)
                 tri_k = const_mul(second, k * (k - 1) // 2, e_pows)
                 lane[f"o{k}"] = wrap(ka, tri_k) if tri_k.stage is not None else ka
                 lane[f"os{k}"] = const_mul(second, k * ti, e_pows)
                 lane[f"os_mn{k}"] = minus_n(lane[f"os{k}"])
-                if chained:
+                if k + 1 < ti and chained:
                     lane[f"de{k}"] = const_mul(second, k, e_pows)
             lanes.append(lane)
         # The loop runs in stage ``loop``; the start values it loads (``start``, ``a``, ``q0``,
-        # ``e``, the heads' offsets) are needed a stage earlier: a step's registers are loaded while
-        # the step is one stage ahead of the loop, so that only registers feed the loop's adds.
+        # ``e``, the heads' offsets) are needed a stage earlier: a step's registers are loaded
+        # while the step is one stage ahead of the loop, so that only registers feed the loop's
+        # adds.
         loaded = ("start", "a", "q0", "e") + tuple(f"o{k}" for k in heads[1:])
         loop = max(max(v.stage + (k in loaded) for k, v in lane.items() if v.stage is not None)
                    for lane in lanes)
@@ -361,7 +362,7 @@ class PermAddrGen(wiring.Component):
                             m.d.sync += o.sig.eq(add_mod(o.sig, v[f"os{head}"].sig,
                                                          v[f"os_mn{head}"].sig))
                     x = wrap_abs(x0, o, v["last"])
-                    d = wrap(d0, v[f"de{head}"]) if chained else None
+                    d = wrap(d0, v[f"de{head}"]) if f"de{head}" in v else None
                 xs.append(x)
                 end = min(head + span, ti)
                 for k in range(head + 1, end):
