@@ -1,5 +1,7 @@
 """Per-lane permutation address generators of the permuted-feature FC path (method C)."""
 
+import functools
+
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
@@ -156,7 +158,7 @@ class PermAddrGen(wiring.Component):
         """The lanes per chain of the generator of ``cfg`` given ``lead`` cycles: the longest
         (the fewest head lanes, so the fewest adds and registers) whose latency is within
         ``lead``; if none is, the longest of those with the lowest latency."""
-        latency = {span: cls._build(None, cfg, None, span) for span in range(cfg.ti, 0, -1)}
+        latency = _span_latencies(cfg)
         fits = [span for span, cycles in latency.items() if cycles <= lead]
         return max(fits) if fits else min(latency, key=lambda span: (latency[span], -span))
 
@@ -164,7 +166,7 @@ class PermAddrGen(wiring.Component):
     def latency(cls, cfg, lead):
         """Cycles from a step on the inputs to its addresses in ``addr``: the stages of the
         pipeline :meth:`elaborate` builds (the same construction, without hardware)."""
-        return cls._build(None, cfg, None, cls.lane_span(cfg, lead))
+        return _span_latencies(cfg)[cls.lane_span(cfg, lead)]
 
     def elaborate(self, platform):
         m = Module()
@@ -377,3 +379,10 @@ class PermAddrGen(wiring.Component):
             m.d.sync += ports.addr.eq(Mux(is_affine, Cat(*(x.sig for x in addrs)),
                                           Mux(is_index, Cat(*index), 0)))
         return final + 1
+
+
+@functools.cache
+def _span_latencies(cfg):
+    """``PermAddrGen``'s latency on ``cfg`` for every lane span, ``ti`` down to 1: dry builds,
+    done once per config (the engine's latency asks for them on every affine pass)."""
+    return {span: PermAddrGen._build(None, cfg, None, span) for span in range(cfg.ti, 0, -1)}
