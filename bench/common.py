@@ -13,7 +13,7 @@ from slimnfu import paths
 from slimnfu.atomic import write_json
 
 __all__ = ["accuracy", "add_out", "default_out", "add_threads", "start", "host",
-           "write_report"]
+           "write_report", "kept_rows", "kept_row"]
 
 
 def accuracy(logits, labels, digits=4):
@@ -93,3 +93,14 @@ def kept_rows(path, benchmark, want):
         raise ValueError(f"--resume: {path} was written with other settings: {diff}; "
                          f"resume with the same ones or write to another --out")
     return dict(zip(keys, rows))
+
+
+def kept_row(kept, network, budget, method, model_key, log=print):
+    """The row ``(network, budget, method)`` of ``kept`` (from :func:`kept_rows`) when it was
+    measured on the same base network (its ``model_key``, the base state's hash), else None:
+    a row of another base network is run again."""
+    row = kept.get((network, budget, method))
+    if row is None or row.get("model_key") != model_key:
+        return None
+    log(f"{network} budget {budget} {method}: row kept from the earlier run")
+    return row

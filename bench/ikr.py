@@ -25,9 +25,10 @@ state's hash) and runs only the missing ones: a VGG run takes hours.
 
 import copy
 import time
+from typing import NamedTuple
 
 from slimnfu.atomic import write_json
-from slimnfu.bench.common import (accuracy, add_threads, host, kept_rows, start,
+from slimnfu.bench.common import (accuracy, add_threads, host, kept_row, kept_rows, start,
                                   write_report)
 
 __all__ = ["main", "add_arguments", "run"]
@@ -54,6 +55,18 @@ def add_arguments(parser):
                         help="keep the rows --out already holds from a run with the same "
                              "settings and base network, and run only the missing ones (the "
                              "report is written after every row)")
+
+
+class Splits(NamedTuple):
+    """One network's images: training, validation (the tail of the calib split), quantisation
+    calibration (its head) and test."""
+    train_x: object
+    train_y: object
+    val_x: object
+    val_y: object
+    calib_x: object
+    test_x: object
+    test_y: object
 
 
 def _bench_cfg(q):
@@ -244,6 +257,7 @@ def run(networks, budgets, val_n=3000, calib_n=2000, patterns=16, ft=150, cosim=
         xv, yv = xc[-val_n:], yc[-val_n:]
         calib = xc[:calib_n]
         xtest, ytest = data.load(ds, "test")
+        splits = Splits(xs, ys, xv, yv, calib, xtest, ytest)
         acc_base = round(evaluate(model, xtest, ytest), 4)
         base_val = evaluate(model, xv, yv)
         qd = quantize_model(model, calib)
@@ -258,21 +272,12 @@ def run(networks, budgets, val_n=3000, calib_n=2000, patterns=16, ft=150, cosim=
                       "conv_macs_dense": sd["conv_macs_dense"],
                       "params_dense": sd["params_dense"], "bits_dense": sd["bits_dense"],
                       "rtl_cycles_scope": "conv layers", "model_key": model_key}
-            before = {method: row for method in ("ikr", "unstructured", "filter")
-                      if (row := kept.get((name, budget, method)))
-                      and row.get("model_key") == model_key}
-            earlier_ikr = before.get("ikr")
-            if earlier_ikr:
-                add(earlier_ikr)
-                log(f"{name} budget {budget}: ikr row kept from the earlier run")
-            else:
-                add(_ikr_row(model, xs, ys, xv, yv, budget, opts, calib, xtest, ytest, common,
-                             cosim, t0, log))
+            earlier = kept_row(kept, name, budget, "ikr", model_key, log)
+            add(earlier or _ikr_row(model, splits, budget, opts, common, cosim, t0, log))
             dense_cyc = rows[-1]["rtl_cycles_dense"]
             for kind in ("unstructured", "filter"):
-                if kind in before:
-                    add(before[kind])
-                    log(f"{name} budget {budget}: {kind} row kept from the earlier run")
+                if earlier := kept_row(kept, name, budget, kind, model_key, log):
+                    add(earlier)
                     continue
                 m, amount = _baseline_search(model, kind, xs, ys, xv, yv, budget, base_val,
                                              ft * 4 + opts.final_batches,
@@ -289,22 +294,24 @@ def run(networks, budgets, val_n=3000, calib_n=2000, patterns=16, ft=150, cosim=
     return rows
 
 
-def _ikr_row(model, xs, ys, xv, yv, budget, opts, calib, xtest, ytest, common, cosim, t0, log):
+def _ikr_row(model, splits, budget, opts, common, cosim, t0, log):
     """The IKR row of one budget: search, quantise, the integer test accuracy and (``cosim``)
-    each IKR layer on Verilator against its dense form."""
+    each IKR layer on Verilator against its dense form. ``splits``: :class:`Splits`."""
     from slimnfu.compress import ikr
     from slimnfu.formats.accounting import model_stats
     from slimnfu.compress.quant import int_forward, quantize_model
     from slimnfu.compress.train import evaluate
 
-    pruned, hist = ikr.ikr_prune(model, xs, ys, xv, yv, budget, opts, log=log)
-    q = ikr.mark_quantised(quantize_model(pruned, calib), pruned)
+    d = splits
+    pruned, hist = ikr.ikr_prune(model, d.train_x, d.train_y, d.val_x, d.val_y, budget, opts,
+                                 log=log)
+    q = ikr.mark_quantised(quantize_model(pruned, d.calib_x), pruned)
     s = model_stats(q)
-    logits, _ = int_forward(q, xtest)
-    layers = _cosim_layers(q, xtest[:1], _bench_cfg(q)) if cosim else []
+    logits, _ = int_forward(q, d.test_x)
+    layers = _cosim_layers(q, d.test_x[:1], _bench_cfg(q)) if cosim else []
     row = {**common, "method": "ikr",
-           "acc_float": round(evaluate(pruned, xtest, ytest), 4),
-           "acc_int": accuracy(logits, ytest), "macs": s["macs"],
+           "acc_float": round(evaluate(pruned, d.test_x, d.test_y), 4),
+           "acc_int": accuracy(logits, d.test_y), "macs": s["macs"],
            "conv_macs": s["conv_macs"], "params": s["params"], "bits": s["bits"],
            "rtl_cycles_dense": sum(L["rtl_cycles_dense"] for L in layers) if layers else None,
            "rtl_cycles": sum(L["rtl_cycles"] for L in layers) if layers else None,

@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from slimnfu.atomic import write_json
-from slimnfu.bench.common import accuracy, add_threads, host, kept_rows, start, write_report
+from slimnfu.bench.common import (accuracy, add_threads, host, kept_row, kept_rows, start,
+                                  write_report)
 
 NETWORKS = {"lenet5": "mnist", "vgg_fmnist": "fashion-mnist"}
 #: :data:`slimnfu.compress.slim.TREATMENTS`, spelt out so that ``slimnfu --help`` need not
@@ -188,9 +189,8 @@ def run_network(name, args, cfg, log=print, on_row=None, kept=None):
     rows = []
     for treatment in args.treatments:
         for budget in args.budgets:
-            before = kept.get((name, budget, f"slim_{treatment}"))
-            if before and before.get("model_key") == model_key:
-                log(f"{name} {treatment} {budget}%: row kept from the earlier run")
+            before = kept_row(kept, name, budget, f"slim_{treatment}", model_key, log)
+            if before:
                 rows.append(before)
                 if on_row:
                     on_row(before)
