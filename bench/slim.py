@@ -63,6 +63,9 @@ def add_arguments(parser):
     parser.add_argument("--merge", action="store_true",
                         help="keep the rows of --out for the networks not run now (run "
                              "vgg_fmnist once, then re-run lenet5 alone)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar for the greedy step (one tick a conv feature; a "
+                             "VGG row's step takes most of an hour)")
     add_threads(parser)
     parser.add_argument("--train-subset", type=int, default=None,
                         help="train the base network on this many images (smoke runs)")
@@ -198,7 +201,7 @@ def run_network(name, args, cfg, log=print, on_row=None, kept=None):
             t0 = time.perf_counter()
             sm = slim.slim_model(model)
             g = slim.greedy(sm, cx, cy, budget, treatment, ranking=ranking, dw=cfg.dw,
-                            lanes=lanes)
+                            lanes=lanes, progress=not args.no_progress)
             greedy_s = time.perf_counter() - t0
             acc_greedy = round(train.evaluate(sm, tx, ty), 2)
             if args.finetune:
