@@ -31,8 +31,8 @@ TREATMENTS = ("lower", "linear", "both")
 
 def add_arguments(parser):
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=sorted(NETWORKS),
-                        help="networks (default: lenet5 vgg_fmnist; vgg_fmnist takes about an "
-                             "hour on 2 cores)")
+                        help="networks (default: lenet5 vgg_fmnist; vgg_fmnist takes about 20 "
+                             "minutes a row, 2 hours for its 6, on 2 cores beside other jobs)")
     parser.add_argument("--budgets", nargs="+", type=float, default=[0.5, 1.0],
                         help="accuracy budgets in percentage points (default 0.5 1)")
     parser.add_argument("--treatments", nargs="+", default=list(TREATMENTS),
@@ -65,7 +65,7 @@ def add_arguments(parser):
                              "vgg_fmnist once, then re-run lenet5 alone)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar for the greedy step (one tick a conv feature; a "
-                             "VGG row's step takes most of an hour)")
+                             "VGG row's step takes about 15 minutes)")
     add_threads(parser)
     parser.add_argument("--train-subset", type=int, default=None,
                         help="train the base network on this many images (smoke runs)")
