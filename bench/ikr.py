@@ -45,6 +45,10 @@ def add_arguments(parser):
     parser.add_argument("--calib", type=int, default=2000)
     parser.add_argument("--patterns", type=int, default=16, help="P per layer (<= 16)")
     parser.add_argument("--finetune-batches", type=int, default=150)
+    parser.add_argument("--share", type=int, default=1,
+                        help="output channels per shared pattern (default 1: a pattern per "
+                             "kernel; 4: one per input channel and tiny's tn = 4 output lanes; "
+                             "see slimnfu.compress.ikr)")
     parser.add_argument("--no-cosim", action="store_true", help="skip the RTL cycle runs")
     add_threads(parser)
     parser.add_argument("--area-only", action="store_true",
@@ -217,15 +221,16 @@ def _baseline_prune(base, kind, amount, xs, ys, batches, seed):
     return m
 
 
-def settings(val_n, calib_n, patterns, ft, cosim):
+def settings(val_n, calib_n, patterns, ft, cosim, share=1):
     """What a row depends on besides its network, budget and base network: a resumed run
-    keeps rows only from a run with the same."""
+    keeps rows only from a run with the same (``share`` only when not 1, so that reports
+    written before it existed still resume)."""
     return {"val": val_n, "calib": calib_n, "patterns": patterns, "finetune_batches": ft,
-            "cosim": cosim}
+            "cosim": cosim, **({"share": share} if share != 1 else {})}
 
 
 def run(networks, budgets, val_n=3000, calib_n=2000, patterns=16, ft=150, cosim=True,
-        log=print, kept=None, save=None):
+        log=print, kept=None, save=None, share=1):
     """The rows of ``networks`` at ``budgets``: per budget the IKR row, then the unstructured
     and filter pruning baselines. ``kept`` (from :func:`kept_rows`): rows of an earlier run
     with the same settings, reused when their base network (``model_key``) is this run's;
@@ -266,7 +271,7 @@ def run(networks, budgets, val_n=3000, calib_n=2000, patterns=16, ft=150, cosim=
         baseline_runs = {}
         for budget in budgets:
             t0 = time.perf_counter()
-            opts = ikr.IkrOptions(patterns=patterns, finetune_batches=ft)
+            opts = ikr.IkrOptions(patterns=patterns, finetune_batches=ft, share=share)
             common = {"network": name, "dataset": ds, "budget_pct": budget,
                       "acc_float_base": acc_base, "macs_dense": sd["macs_dense"],
                       "conv_macs_dense": sd["conv_macs_dense"],
@@ -316,6 +321,7 @@ def _ikr_row(model, splits, budget, opts, common, cosim, t0, log):
            "rtl_cycles_dense": sum(L["rtl_cycles_dense"] for L in layers) if layers else None,
            "rtl_cycles": sum(L["rtl_cycles"] for L in layers) if layers else None,
            "config": _bench_cfg(q).name, "n": hist["n"], "P": hist["P"],
+           "share": hist["share"],
            "val_acc_base": hist["val_acc_base"], "val_acc": hist["val_acc"],
            "tries": hist["tries"], "layers": layers,
            "all_bit_exact": all(L["passed"] for L in layers),
@@ -370,8 +376,10 @@ def main(args):
     from pathlib import Path
 
     t0 = start(args)
+    if args.share < 1:
+        raise ValueError(f"--share must be >= 1 (1: a pattern per kernel), not {args.share}")
     want = settings(args.val, args.calib, args.patterns, args.finetune_batches,
-                    not args.no_cosim)
+                    not args.no_cosim, args.share)
     report = {"benchmark": "ikr", "settings": want, "rows": [], "area": None, "host": host()}
     if args.area_only:
         if Path(args.out).is_file():
@@ -390,7 +398,8 @@ def main(args):
 
         for name in args.networks:
             done += run([name], args.budgets, args.val, args.calib, args.patterns,
-                        args.finetune_batches, not args.no_cosim, kept=kept, save=save)
+                        args.finetune_batches, not args.no_cosim, kept=kept, save=save,
+                        share=args.share)
         report["rows"] = others + done
     if not args.no_area:
         report["area"] = area()

@@ -16,6 +16,11 @@ The paper's full text is not available; these are our choices, each an option of
   Fewer distinct sets than ``P`` gives a smaller library.
 * **assignment**: each kernel takes the library pattern that keeps the most of its L2 norm
   (sum of ``w**2`` on the pattern's taps; ties to the lower index).
+* **sharing** (``share``): with ``share > 1`` the kernels of each run of ``share`` consecutive
+  output channels (an accelerator's ``tn`` output lanes, aligned to multiples of ``share``)
+  take one pattern per input channel, chosen as above on the run's squared weights summed;
+  the library is learnt from those runs. The engine can then fetch one tap per input lane
+  for all its output lanes; the pruning keeps less of each kernel.
 * **schedule** (``n_steps``): candidate ``n`` per kernel size, tightened one step at a time,
   layer by layer (first conv first), in rounds until no layer can be tightened. Each try
   prunes, fine-tunes ``finetune_batches`` Adam steps (masked weights stay zero) and is kept
@@ -36,9 +41,10 @@ from torch import nn
 from slimnfu.compress.train import fit
 from slimnfu.formats.ikr import IkrFormat, IkrWeights, check_ikr
 
-__all__ = ["IkrOptions", "topn_sets", "learn_library", "assign_patterns", "pattern_mask",
-           "mask_hook", "check_ikr", "apply_ikr", "ikr_layers", "load_ikr_state", "finetune",
-           "ikr_prune", "mark_quantised", "DEFAULT_STEPS"]
+__all__ = ["IkrOptions", "shared_weight", "topn_sets", "learn_library", "assign_patterns",
+           "shares_patterns", "pattern_mask", "mask_hook", "check_ikr", "apply_ikr",
+           "ikr_layers", "load_ikr_state", "finetune", "ikr_prune", "mark_quantised",
+           "DEFAULT_STEPS"]
 
 #: Candidate kept-tap counts per kernel size (the tightening schedule).
 DEFAULT_STEPS = {3: (9, 6, 5, 4, 3, 2, 1), 5: (25, 16, 12, 9, 7, 6, 5, 4, 3, 2, 1),
@@ -64,6 +70,9 @@ class IkrOptions:
     seed : int
     layers : tuple of str or None
         Names (``named_modules``) of the convs to prune; None: every ``nn.Conv2d``.
+    share : int
+        Output channels per shared pattern, >= 1 (1: a pattern per kernel; the module
+        docstring's **sharing**).
     """
 
     patterns: int = 16
@@ -75,6 +84,7 @@ class IkrOptions:
     final_batches: int = 300
     seed: int = 0
     layers: tuple = None
+    share: int = 1
 
     def __post_init__(self):
         if isinstance(self.patterns, bool) or not isinstance(self.patterns, int) \
@@ -83,6 +93,21 @@ class IkrOptions:
                              f"{self.patterns!r}")
         if self.library != "frequent":
             raise ValueError(f"IkrOptions.library must be 'frequent', not {self.library!r}")
+        if isinstance(self.share, bool) or not isinstance(self.share, int) or self.share < 1:
+            raise ValueError(f"IkrOptions.share must be an integer >= 1, not {self.share!r}")
+
+
+def shared_weight(w, share=1):
+    """Squared weights ``w (O, C, K, K)`` summed over each run of ``share`` output channels:
+    ``(ceil(O/share), C, K, K)``, what the runs' one pattern per input channel is chosen on
+    (``share=1``: ``w**2``)."""
+    sq = w.detach() ** 2
+    o = sq.shape[0]
+    runs = -(-o // share)
+    pad = runs * share - o
+    if pad:
+        sq = torch.cat([sq, sq.new_zeros(pad, *sq.shape[1:])])
+    return sq.reshape(runs, share, *sq.shape[1:]).sum(1)
 
 
 def topn_sets(w, n):
@@ -91,9 +116,10 @@ def topn_sets(w, n):
     return flat.topk(n, dim=1, sorted=False).indices.sort(dim=1).values
 
 
-def learn_library(w, n, patterns=16):
-    """The ``patterns`` most frequent top-``n`` tap sets of conv weights ``w (O, C, K, K)``."""
-    sets = topn_sets(w, n)
+def learn_library(w, n, patterns=16, share=1):
+    """The ``patterns`` most frequent top-``n`` tap sets of conv weights ``w (O, C, K, K)``
+    (of each run of ``share`` output channels' summed squares, :func:`shared_weight`)."""
+    sets = topn_sets(shared_weight(w, share) if share > 1 else w, n)
     uniq, inverse, counts = torch.unique(sets, dim=0, return_inverse=True, return_counts=True)
     first = torch.full((uniq.shape[0],), sets.shape[0], dtype=torch.long)
     first.scatter_reduce_(0, inverse, torch.arange(sets.shape[0]), reduce="amin")
@@ -101,11 +127,21 @@ def learn_library(w, n, patterns=16):
     return uniq[order[:patterns]].clone()
 
 
-def assign_patterns(w, library):
-    """Index ``(O, C)`` of the pattern keeping the most of each kernel's L2 norm."""
-    sq = w.detach().reshape(w.shape[0], w.shape[1], -1) ** 2
-    kept = sq[:, :, library].sum(-1)          # (O, C, P)
-    return kept.argmax(-1)
+def assign_patterns(w, library, share=1):
+    """Index ``(O, C)`` of the pattern keeping the most of each kernel's L2 norm (of each run of
+    ``share`` output channels' summed L2 norms, one index for the run)."""
+    sq = shared_weight(w, share)
+    sq = sq.reshape(sq.shape[0], sq.shape[1], -1)
+    kept = sq[:, :, library].sum(-1)          # (runs, C, P)
+    return kept.argmax(-1).repeat_interleave(share, dim=0)[:w.shape[0]]
+
+
+def shares_patterns(index, share):
+    """Whether every run of ``share`` output channels of ``index (O, C)`` has one pattern per
+    input channel."""
+    index = torch.as_tensor(index)
+    return all(bool((index[o:o + share] == index[o]).all())
+               for o in range(0, index.shape[0], share))
 
 
 def pattern_mask(library, index, k):
@@ -123,14 +159,15 @@ def _set_buffer(module, name, value):
         module.register_buffer(name, value)
 
 
-def apply_ikr(conv, n, patterns=16, name="conv"):
-    """Prune ``conv`` (an ``nn.Conv2d``) in place to ``n`` taps per kernel; return the mask."""
+def apply_ikr(conv, n, patterns=16, name="conv", share=1):
+    """Prune ``conv`` (an ``nn.Conv2d``) in place to ``n`` taps per kernel, one pattern per
+    input channel and run of ``share`` output channels; return the mask."""
     k = conv.kernel_size[0]
     if conv.kernel_size[0] != conv.kernel_size[1]:
         raise ValueError(f"layer {name}: IKR needs a square kernel, not {conv.kernel_size}")
     w = conv.weight.data
-    library = learn_library(w, n, patterns)
-    index = assign_patterns(w, library)
+    library = learn_library(w, n, patterns, share)
+    index = assign_patterns(w, library, share)
     check_ikr(name, k, n, library, index, patterns)
     mask = pattern_mask(library, index, k)
     conv.weight.data.mul_(mask)
@@ -192,7 +229,7 @@ def ikr_prune(model, train_images, train_labels, val_images, val_labels, budget_
     """Iterative IKR pruning of every conv layer under an accuracy budget.
 
     Returns ``(model, history)``: the pruned model (a copy; ``model`` is unchanged) and a dict
-    with ``n`` per conv, the validation accuracies and one entry per try.
+    with ``n`` and ``P`` per conv, ``share``, the validation accuracies and one entry per try.
     """
     import copy
 
@@ -232,7 +269,7 @@ def ikr_prune(model, train_images, train_labels, val_images, val_labels, budget_
             n = steps[name][pos[name] + 1]
             trial = copy.deepcopy(current)
             conv = dict(_convs(trial))[name]
-            apply_ikr(conv, n, opts.patterns, name)
+            apply_ikr(conv, n, opts.patterns, name, opts.share)
             seed += 1
             finetune(trial, train_images, train_labels, opts.finetune_batches,
                      opts.batch_size, opts.lr, seed)
@@ -249,13 +286,13 @@ def ikr_prune(model, train_images, train_labels, val_images, val_labels, budget_
     # Layers never tightened still become IKR layers at n = K*K (the identity pattern).
     for name, conv in _convs(current):
         if "ikr_patterns" not in conv._buffers and name in steps:
-            apply_ikr(conv, steps[name][0], opts.patterns, name)
+            apply_ikr(conv, steps[name][0], opts.patterns, name, opts.share)
     finetune(current, train_images, train_labels, opts.final_batches, opts.batch_size,
              opts.lr / 2, seed + 1)
     history = {"val_acc_base": base, "val_acc": evaluate(current, val_images, val_labels),
                "n": {name: int(conv.ikr_patterns.shape[1]) for name, conv in ikr_layers(current)},
                "P": {name: int(conv.ikr_patterns.shape[0]) for name, conv in ikr_layers(current)},
-               "tries": tries}
+               "share": opts.share, "tries": tries}
     return current, history
 
 

@@ -104,6 +104,26 @@ def test_resume_runs_only_the_rows_an_earlier_run_did_not_write(monkeypatch, tmp
                      capsys.readouterr().err)
 
 
+def test_share_reaches_the_search_and_the_report(monkeypatch, tmp_path, capsys):
+    """``--share 2`` prunes with one pattern per input channel and pair of output channels,
+    records it in the settings and the row; ``--share 0`` is refused before anything runs."""
+    from slimnfu import cli
+
+    _stand_in(monkeypatch)
+    out = tmp_path / "ikr.json"
+    argv = ["bench", "ikr", "--networks", "lenet5", "--budgets", "100", "--val", "20",
+            "--calib", "10", "--patterns", "4", "--finetune-batches", "2", "--no-cosim",
+            "--no-area", "--out", str(out)]
+    assert cli.main(argv + ["--share", "2"]) == 0
+    report = json.loads(out.read_text())
+    assert report["settings"]["share"] == 2 and report["rows"][0]["share"] == 2
+    assert "share" not in bench_ikr.settings(1, 1, 4, 2, False)
+    monkeypatch.setattr(train, "train", lambda *a, **k: pytest.fail("trained before checking"))
+    capsys.readouterr()
+    assert cli.main(argv + ["--share", "0"]) == 2
+    assert "--share must be >= 1 (1: a pattern per kernel), not 0" in capsys.readouterr().err
+
+
 def test_resume_refuses_a_report_of_another_benchmark(tmp_path):
     path = tmp_path / "slim.json"
     path.write_text(json.dumps({"benchmark": "slim", "rows": []}))

@@ -27,6 +27,49 @@ def test_library_and_assignment_by_hand():
     assert mask.sum().item() == 6 and mask[2, 0, 2, 2] == 1
 
 
+def test_shared_patterns_by_hand():
+    """With ``share=2`` output channels 0-1 and 2 (a partial run) each take one pattern per
+    input channel, chosen on the run's summed squares; ``share=1`` is the per-kernel choice."""
+    w = torch.zeros(3, 1, 3, 3)
+    w[0, 0, 0, 0], w[0, 0, 1, 1] = 5, 1      # alone: taps {0, 4}
+    w[1, 0, 2, 2], w[1, 0, 1, 1] = 2, 4      # alone: taps {4, 8}; with channel 0: {0, 4}
+    w[2, 0, 2, 2], w[2, 0, 0, 1] = 7, 1      # taps {1, 8}
+    assert ikr.learn_library(w, 2).tolist() == [[0, 4], [4, 8], [1, 8]]
+    lib = ikr.learn_library(w, 2, share=2)
+    assert lib.tolist() == [[0, 4], [1, 8]]
+    index = ikr.assign_patterns(w, lib, share=2)
+    assert index.view(-1).tolist() == [0, 0, 1]
+    assert ikr.shares_patterns(index, 2) and not ikr.shares_patterns(index, 3)
+    assert ikr.assign_patterns(w, lib).view(-1).tolist() == [0, 0, 1]
+    assert not ikr.shares_patterns(torch.tensor([[0], [1], [1]]), 2)
+    assert torch.equal(ikr.shared_weight(w, 1), w ** 2)
+    assert torch.equal(ikr.shared_weight(w, 2)[1], w[2] ** 2)
+
+
+@pytest.mark.parametrize("share", [0, -1, 1.5, True])
+def test_options_refuse_a_bad_share(share):
+    with pytest.raises(ValueError, match=f"IkrOptions.share must be an integer >= 1, not "
+                                         f"{share!r}"):
+        ikr.IkrOptions(share=share)
+
+
+def test_prune_with_share_gives_each_run_one_pattern():
+    """``ikr_prune`` with ``share=2``: every IKR conv has one pattern per input channel and
+    pair of output channels (the last one a partial run), the fine-tuned weights stay on it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 5, 3), nn.ReLU(), nn.Conv2d(5, 3, 3), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(3 * 2 * 2, 3))
+    x, y = torch.randn(48, 2, 6, 6), torch.randint(3, (48,))
+    opts = ikr.IkrOptions(patterns=4, finetune_batches=2, final_batches=2, share=2,
+                          n_steps={3: (9, 4, 2)})
+    pruned, hist = ikr.ikr_prune(model, x, y, x, y, 100.0, opts)
+    assert hist["share"] == 2 and hist["n"] == {"0": 2, "2": 2}
+    for _, conv in ikr.ikr_layers(pruned):
+        assert ikr.shares_patterns(conv.ikr_index, 2)
+        mask = ikr.pattern_mask(conv.ikr_patterns, conv.ikr_index, 3)
+        assert (conv.weight[mask == 0] == 0).all()
+
+
 @pytest.mark.parametrize("k,n,lib,index,msg", [
     (3, 10, [[0]], [[0]], "n=10 must be in \\[1, K\\*K=9\\]"),
     (3, 2, [[0, 1], [2]], [[0]], "pattern 1 has 1 distinct taps, but n=2"),
