@@ -75,6 +75,13 @@ class IkrParams:
         ``min(stride, k)`` new columns are read) in a layer of at most ``tiles`` input tiles;
         a layer with more refills all ``k`` columns of every window
         (:meth:`PassDesc.ikr_cycles`). Each bank is ``kmax**2`` registers of ``ti*dw`` bits.
+    lanes : bool
+        The lane-addressed IKR unit (:mod:`slimnfu.rtl.ikr_lane_unit`) instead of the window
+        decoder: each input lane reads its own tap from its own neuron-buffer bank, so a
+        kernel group takes ``n`` cycles; the ``tn`` kernels of an output tile that read an
+        input channel must share a pattern (:func:`slimnfu.compress.ikr.shares_patterns`).
+        ``index_depth`` is then the depth of its tap memory (one word per SB word of an IKR
+        layer) and ``tiles`` is not used.
     """
 
     #: Largest :attr:`kmax`.
@@ -86,8 +93,11 @@ class IkrParams:
     patterns: int = 16
     index_depth: int = 512
     tiles: int = 1
+    lanes: bool = False
 
     def __post_init__(self):
+        _check_flag("ikr.lanes", self.lanes)
+        object.__setattr__(self, "lanes", bool(self.lanes))
         _check_int("ikr.kmax", self.kmax, 1, self.MAX_KMAX)
         _check_int("ikr.patterns", self.patterns, 1, 16)
         _check_int("ikr.index_depth", self.index_depth, 2, 1 << 20)
@@ -376,7 +386,7 @@ class AccelConfig:
             for key, words in (("nbin_depth", p.nbin_words(self)), ("sb_depth", sb),
                                ("nbout_depth", p.nbout_words(self)),
                                ("bias_depth", 0 if p.layer.is_pool else co),
-                               ("index_depth", ci * co if p.ikr_n else 0)):
+                               ("index_depth", p.ikr_index_words(self))):
                 need[key] = max(need[key], words)
 
         def fit(have, words):
@@ -754,15 +764,30 @@ class PassDesc:
             ci <= tiles: h_out * (ci * (max(n, k) + (co - 1) * n)
                                   + (w_out - 1) * ci * (max(n, min(stride, k)) + (co - 1) * n))
                          + n
+
+        With ``cfg.ikr.lanes`` (the lane-addressed unit) a group takes ``n`` cycles:
+        ``groups * n``.
         """
         ci, co = self.tiles(cfg)
+        if cfg.ikr.lanes:
+            # the lane unit: every input lane fetches its own tap, no window to fill
+            return self.h_out * self.w_out * co * ci * self.ikr_n
         return self.ikr_slot_cycles(cfg, self.h_out * self.w_out * co * ci) + self.ikr_n
+
+    def ikr_index_words(self, cfg):
+        """Words of the IKR index memory the pass needs: one per tile pair ``(o, t)`` (the
+        window decoder's pattern indices), one per SB word with ``ikr.lanes`` (the lane
+        unit's taps); 0 for a pass that is not IKR."""
+        if not self.ikr_n:
+            return 0
+        ci, co = self.tiles(cfg)
+        return ci * co * (self.ikr_n if cfg.ikr is not None and cfg.ikr.lanes else 1)
 
     def ikr_banked(self, cfg):
         """Whether an IKR pass is *banked* (at most ``cfg.ikr.tiles`` input tiles, a decoder
         window bank each) and so walked ``oy, ox, o, t``, the output tile inside the output
         pixel; else DianNao's order ``o, oy, ox, t`` (see :meth:`ikr_cycles`)."""
-        return self.tiles(cfg)[0] <= cfg.ikr.tiles
+        return not cfg.ikr.lanes and self.tiles(cfg)[0] <= cfg.ikr.tiles
 
     def ikr_group_slot(self, cfg, o, oy, ox):
         """The slot of output group ``(o, oy, ox)``'s first kernel group (input tile 0) in
@@ -868,9 +893,9 @@ class PassDesc:
             if d.k > cfg.ikr.kmax:
                 raise ValueError(f"layer conv {d.n_in}->{d.n_out}: IKR needs k <= "
                                  f"ikr.kmax={cfg.ikr.kmax}, not k={d.k}")
-            ci, co = self.tiles(cfg)
-            if ci * co > cfg.ikr.index_depth:
-                raise ValueError(f"layer conv {d.n_in}->{d.n_out} needs {ci * co} IKR "
+            words = self.ikr_index_words(cfg)
+            if words > cfg.ikr.index_depth:
+                raise ValueError(f"layer conv {d.n_in}->{d.n_out} needs {words} IKR "
                                  f"index words, but config {cfg.name!r} has ikr.index_depth="
                                  f"{cfg.ikr.index_depth}")
         if self.perm != "none":

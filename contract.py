@@ -31,6 +31,7 @@ from slimnfu.config import AccelConfig, as_pass, out_size
 __all__ = ["PWL_SEGMENTS", "DESC_FIELD_BITS", "COUNTER_BITS", "Mode", "Act", "Perm", "LoadSel",
            "bits_for", "descriptor_layout", "descriptor_value", "load_sel_width",
            "load_addr_width", "load_data_width", "ikr_tap_bits", "ikr_index_bits",
+           "ikr_coord_bits", "ikr_lane_table_width",
            "ikr_load_width", "perm_addr_bits", "perm_param_width", "PERM_FIELDS", "perm_fields",
            "Program", "ProgramLayer", "Im2col"]
 
@@ -111,8 +112,22 @@ def ikr_index_bits(cfg):
     return bits_for(cfg.ikr.patterns - 1)
 
 
+def ikr_coord_bits(cfg):
+    """Bits of a tap's row or column ``ky``, ``kx`` (``0 .. ikr.kmax-1``)."""
+    return bits_for(cfg.ikr.kmax - 1)
+
+
+def ikr_lane_table_width(cfg):
+    """Bits of one word of the lane IKR unit's tap table (``ikr.lanes``): the tap's NBin word
+    offset ``ky*w_in + kx`` from its window's first word, then ``ky`` and ``kx``."""
+    return bits_for(cfg.nbin_depth - 1) + 2 * ikr_coord_bits(cfg)
+
+
 def ikr_load_width(cfg):
-    """Widest IKR load word: a pattern-table word or an index word."""
+    """Widest IKR load word: a pattern-table word or an index word (with ``ikr.lanes``, a
+    tap-table word or a tap word: ``ti`` taps)."""
+    if cfg.ikr.lanes:
+        return max(ikr_lane_table_width(cfg), cfg.ti * ikr_tap_bits(cfg))
     return max(cfg.ikr.patterns * ikr_tap_bits(cfg), cfg.tn * cfg.ti * ikr_index_bits(cfg))
 
 
@@ -157,7 +172,7 @@ def load_addr_width(cfg):
     if cfg.perm:
         depths.append(cfg.perm.depth)
     if cfg.ikr:
-        depths += [cfg.ikr.index_depth, cfg.ikr.patterns]
+        depths += [cfg.ikr.index_depth, cfg.ikr.kmax ** 2 if cfg.ikr.lanes else cfg.ikr.patterns]
     return bits_for(max(depths) - 1)
 
 

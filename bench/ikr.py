@@ -49,6 +49,10 @@ def add_arguments(parser):
                         help="output channels per shared pattern (default 1: a pattern per "
                              "kernel; 4: one per input channel and tiny's tn = 4 output lanes; "
                              "see slimnfu.compress.ikr)")
+    parser.add_argument("--lanes", action="store_true",
+                        help="measure the cycles on the lane IKR unit (ikr.lanes: a tap per "
+                             "input lane, n cycles a kernel group); needs --share a multiple of "
+                             "tiny's tn = 4")
     parser.add_argument("--no-cosim", action="store_true", help="skip the RTL cycle runs")
     add_threads(parser)
     parser.add_argument("--area-only", action="store_true",
@@ -73,21 +77,23 @@ class Splits(NamedTuple):
     test_y: object
 
 
-def _bench_cfg(q):
+def _bench_cfg(q, lanes=False):
     """``tiny`` with the IKR decoder (its window and banks as the IKR format configures them for
-    ``q``'s IKR layers) and buffers deep enough for every conv layer of ``q`` (its dense form
-    too, which the same engine runs for the comparison)."""
+    ``q``'s IKR layers; with ``lanes`` the lane unit, ``ikr.lanes``) and buffers deep enough
+    for every conv layer of ``q`` (its dense form too, which the same engine runs for the
+    comparison)."""
     from slimnfu.config import CONFIGS
 
     convs = [l.weight_format.pass_desc(l) for l in q.layers if l.desc.kind == "conv"]
     convs += [l.desc for l in q.layers if l.desc.kind == "conv"]
-    cfg = CONFIGS["tiny"].with_(ikr=True)
+    cfg = CONFIGS["tiny"].with_(ikr={"lanes": lanes})
     ikr_layers = [l for l in q.layers if l.weight_format.pass_desc(l).ikr_n]
     if ikr_layers:
         cfg = ikr_layers[0].weight_format.configure(cfg, ikr_layers)
     cfg = cfg.fit_buffers(convs)
+    unit = "_lanes" if lanes else f"_t{cfg.ikr.tiles}"
     return cfg.with_(name=f"tiny_ikr_{q.input_shape[1]}px_sb{cfg.sb_depth}_k{cfg.ikr.kmax}"
-                          f"_t{cfg.ikr.tiles}")
+                          f"{unit}")
 
 
 def _cosim_layers(q, x_img, cfg):
@@ -221,16 +227,17 @@ def _baseline_prune(base, kind, amount, xs, ys, batches, seed):
     return m
 
 
-def settings(val_n, calib_n, patterns, ft, cosim, share=1):
+def settings(val_n, calib_n, patterns, ft, cosim, share=1, lanes=False):
     """What a row depends on besides its network, budget and base network: a resumed run
-    keeps rows only from a run with the same (``share`` only when not 1, so that reports
-    written before it existed still resume)."""
+    keeps rows only from a run with the same (``share`` and ``lanes`` only when not 1 and
+    off, so that reports written before they existed still resume)."""
     return {"val": val_n, "calib": calib_n, "patterns": patterns, "finetune_batches": ft,
-            "cosim": cosim, **({"share": share} if share != 1 else {})}
+            "cosim": cosim, **({"share": share} if share != 1 else {}),
+            **({"lanes": True} if lanes else {})}
 
 
 def run(networks, budgets, val_n=3000, calib_n=2000, patterns=16, ft=150, cosim=True,
-        log=print, kept=None, save=None, share=1):
+        log=print, kept=None, save=None, share=1, lanes=False):
     """The rows of ``networks`` at ``budgets``: per budget the IKR row, then the unstructured
     and filter pruning baselines. ``kept`` (from :func:`kept_rows`): rows of an earlier run
     with the same settings, reused when their base network (``model_key``) is this run's;
@@ -278,7 +285,8 @@ def run(networks, budgets, val_n=3000, calib_n=2000, patterns=16, ft=150, cosim=
                       "params_dense": sd["params_dense"], "bits_dense": sd["bits_dense"],
                       "rtl_cycles_scope": "conv layers", "model_key": model_key}
             earlier = kept_row(kept, name, budget, "ikr", model_key, log)
-            add(earlier or _ikr_row(model, splits, budget, opts, common, cosim, t0, log))
+            add(earlier or _ikr_row(model, splits, budget, opts, common, cosim, t0, log,
+                                    lanes))
             dense_cyc = rows[-1]["rtl_cycles_dense"]
             for kind in ("unstructured", "filter"):
                 if earlier := kept_row(kept, name, budget, kind, model_key, log):
@@ -299,9 +307,10 @@ def run(networks, budgets, val_n=3000, calib_n=2000, patterns=16, ft=150, cosim=
     return rows
 
 
-def _ikr_row(model, splits, budget, opts, common, cosim, t0, log):
+def _ikr_row(model, splits, budget, opts, common, cosim, t0, log, lanes=False):
     """The IKR row of one budget: search, quantise, the integer test accuracy and (``cosim``)
-    each IKR layer on Verilator against its dense form. ``splits``: :class:`Splits`."""
+    each IKR layer on Verilator against its dense form (on the lane unit with ``lanes``).
+    ``splits``: :class:`Splits`."""
     from slimnfu.compress import ikr
     from slimnfu.formats.accounting import model_stats
     from slimnfu.compress.quant import int_forward, quantize_model
@@ -313,14 +322,15 @@ def _ikr_row(model, splits, budget, opts, common, cosim, t0, log):
     q = ikr.mark_quantised(quantize_model(pruned, d.calib_x), pruned)
     s = model_stats(q)
     logits, _ = int_forward(q, d.test_x)
-    layers = _cosim_layers(q, d.test_x[:1], _bench_cfg(q)) if cosim else []
+    cfg = _bench_cfg(q, lanes)
+    layers = _cosim_layers(q, d.test_x[:1], cfg) if cosim else []
     row = {**common, "method": "ikr",
            "acc_float": round(evaluate(pruned, d.test_x, d.test_y), 4),
            "acc_int": accuracy(logits, d.test_y), "macs": s["macs"],
            "conv_macs": s["conv_macs"], "params": s["params"], "bits": s["bits"],
            "rtl_cycles_dense": sum(L["rtl_cycles_dense"] for L in layers) if layers else None,
            "rtl_cycles": sum(L["rtl_cycles"] for L in layers) if layers else None,
-           "config": _bench_cfg(q).name, "n": hist["n"], "P": hist["P"],
+           "config": cfg.name, "n": hist["n"], "P": hist["P"],
            "share": hist["share"],
            "val_acc_base": hist["val_acc_base"], "val_acc": hist["val_acc"],
            "tries": hist["tries"], "layers": layers,
@@ -375,11 +385,18 @@ def main(args):
     import json
     from pathlib import Path
 
+    from slimnfu.config import CONFIGS
+
     t0 = start(args)
     if args.share < 1:
         raise ValueError(f"--share must be >= 1 (1: a pattern per kernel), not {args.share}")
+    tn = CONFIGS["tiny"].tn
+    if args.lanes and args.share % tn:
+        raise ValueError(f"--lanes needs --share a multiple of tiny's tn = {tn} (the lane unit "
+                         f"fetches one tap per input lane for the tile's {tn} output "
+                         f"channels), not {args.share}")
     want = settings(args.val, args.calib, args.patterns, args.finetune_batches,
-                    not args.no_cosim, args.share)
+                    not args.no_cosim, args.share, args.lanes)
     report = {"benchmark": "ikr", "settings": want, "rows": [], "area": None, "host": host()}
     if args.area_only:
         if Path(args.out).is_file():
@@ -399,7 +416,7 @@ def main(args):
         for name in args.networks:
             done += run([name], args.budgets, args.val, args.calib, args.patterns,
                         args.finetune_batches, not args.no_cosim, kept=kept, save=save,
-                        share=args.share)
+                        share=args.share, lanes=args.lanes)
         report["rows"] = others + done
     if not args.no_area:
         report["area"] = area()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from slimnfu.config import IkrParams, PassDesc
-from slimnfu.contract import LoadSel, ikr_index_bits, ikr_tap_bits
+from slimnfu.contract import LoadSel, ikr_index_bits, ikr_lane_table_width, ikr_tap_bits
 from slimnfu.formats import layout
 from slimnfu.formats.base import (ImageError, StoredItem, WeightFormat, Words, check_items,
                                   common_memories, crop_padding, pwl_items, pwl_shape, unpack_bias,
@@ -169,12 +169,23 @@ class IkrFormat(WeightFormat):
                              f"{ql.desc.k}x{ql.desc.k} kernel do not fit config {cfg.name!r} "
                              f"(ikr.patterns={cfg.ikr.patterns}, ikr.kmax={cfg.ikr.kmax})")
         mem = {"ikr_values": Words(LoadSel.SB, layout.pack_ikr_weights(ikr_values(ql), cfg),
-                                   cfg.tn * cfg.ti * cfg.dw),
-               "ikr_index": Words(LoadSel.IKR_INDEX, layout.pack_ikr_index(rec.index, cfg),
-                                  cfg.tn * cfg.ti * ikr_index_bits(cfg)),
-               "ikr_table": Words(LoadSel.IKR_TABLE,
-                                  layout.pack_ikr_table(rec.patterns, ql.desc.k, cfg),
-                                  cfg.ikr.patterns * ikr_tap_bits(cfg))}
+                                   cfg.tn * cfg.ti * cfg.dw)}
+        if cfg.ikr.lanes:
+            # the lane unit: a tap per input lane and SB word, and the layer's tap offsets
+            try:
+                taps = layout.pack_ikr_taps(rec.patterns, rec.index, cfg)
+            except ValueError as exc:
+                raise ValueError(f"layer {ql.name}: {exc}") from None
+            mem["ikr_taps"] = Words(LoadSel.IKR_INDEX, taps, cfg.ti * ikr_tap_bits(cfg))
+            mem["ikr_table"] = Words(LoadSel.IKR_TABLE,
+                                     layout.pack_ikr_lane_table(ql.desc.k, ql.desc.w_in, cfg),
+                                     ikr_lane_table_width(cfg))
+        else:
+            mem["ikr_index"] = Words(LoadSel.IKR_INDEX, layout.pack_ikr_index(rec.index, cfg),
+                                     cfg.tn * cfg.ti * ikr_index_bits(cfg))
+            mem["ikr_table"] = Words(LoadSel.IKR_TABLE,
+                                     layout.pack_ikr_table(rec.patterns, ql.desc.k, cfg),
+                                     cfg.ikr.patterns * ikr_tap_bits(cfg))
         mem.update(common_memories(ql.desc, ql.b, ql.pwl, cfg))
         return mem
 
@@ -189,6 +200,11 @@ class IkrFormat(WeightFormat):
         if desc.kind != "conv":
             raise ImageError("manifest.json", f"{where}.desc",
                              f"format 'ikr' needs a conv layer, not {desc.kind}")
+        if cfg.ikr.lanes:
+            raise ImageError("manifest.json", f"{where}.format",
+                             f"an image for the lane IKR unit (config {cfg.name!r}, "
+                             f"ikr.lanes) cannot be read back yet: its tap words hold no "
+                             f"pattern table")
         n = entry["ikr_n"]
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= desc.k ** 2:
             raise ImageError("manifest.json", f"{where}.ikr_n",

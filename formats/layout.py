@@ -28,11 +28,13 @@ weights are laid out over the same channels (:func:`patch_weights`).
 import torch
 import torch.nn.functional as F
 
-from slimnfu.contract import PERM_FIELDS, ikr_index_bits, ikr_tap_bits, perm_addr_bits
+from slimnfu.contract import (PERM_FIELDS, bits_for, ikr_coord_bits, ikr_index_bits,
+                              ikr_tap_bits, perm_addr_bits)
 
 __all__ = ["pack_words", "unpack_words", "pack_input", "pack_weights", "pack_bias",
            "unpack_output", "pack_output", "output_lane_masks", "pack_pwl", "pack_ikr_weights",
-           "pack_ikr_index", "pack_ikr_table", "pack_perm_s", "pack_perm_params",
+           "pack_ikr_index", "pack_ikr_table", "pack_ikr_taps", "pack_ikr_lane_table",
+           "pack_perm_s", "pack_perm_params",
            "unpack_perm_params",
            "pack_perm_index", "buffer_order", "patch_order", "patch_input", "patch_weights",
            "pack_program_input", "unpack_program_output"]
@@ -174,6 +176,39 @@ def pack_ikr_table(patterns, k, cfg):
     rows = torch.zeros(pat.shape[1], cfg.ikr.patterns, dtype=torch.int64)
     rows[:, :pat.shape[0]] = phys.t()
     return pack_words(rows, ikr_tap_bits(cfg))
+
+
+def pack_ikr_taps(patterns, index, cfg):
+    """Tap words of the lane IKR unit (``cfg.ikr.lanes``, :class:`slimnfu.rtl.ikr_lane_unit.
+    IkrLaneUnit`): word ``(o*ci_tiles + t)*n + s`` (beside SB word ``(o*ci_tiles + t)*n + s``,
+    :func:`pack_ikr_weights`), lane ``i`` holds tap ``s`` (``ky*k + kx``) of the pattern the
+    kernels of output tile ``o`` share for input channel ``t*ti + i`` (0 for a padding
+    channel), in ``ikr_tap_bits`` bits. Raises ``ValueError`` when they do not share one."""
+    pat = torch.as_tensor(patterns, dtype=torch.int64)
+    idx = torch.as_tensor(index, dtype=torch.int64)
+    tn, ti = cfg.tn, cfg.ti
+    for o in range(0, idx.shape[0], tn):
+        differ = (idx[o:o + tn] != idx[o]).any(0).nonzero()
+        if differ.numel():
+            raise ValueError(f"output channels {o}..{min(o + tn, idx.shape[0]) - 1} (output "
+                             f"tile {o // tn}) have different IKR patterns for input channel "
+                             f"{int(differ[0])}: the lane IKR unit (ikr.lanes) needs one per "
+                             f"input channel and output tile of tn={tn} channels (prune with "
+                             f"IkrOptions.share={tn}, slimnfu bench ikr --share {tn})")
+    taps = _pad_channels(pat[idx[::tn]], 1, ti)              # (co, C, n)
+    co, c, n = taps.shape
+    lanes = taps.view(co, c // ti, ti, n).permute(0, 1, 3, 2).reshape(-1, ti)
+    return pack_words(lanes, ikr_tap_bits(cfg))
+
+
+def pack_ikr_lane_table(k, w_in, cfg):
+    """Tap-table words of the lane IKR unit for a ``k x k`` layer of input width ``w_in``:
+    word ``ky*k + kx`` holds the tap's NBin word offset ``ky*w_in + kx`` from its window's
+    first word, then ``ky`` and ``kx`` (:func:`slimnfu.contract.ikr_lane_table_width`)."""
+    offset_bits = bits_for(cfg.nbin_depth - 1)
+    coord = ikr_coord_bits(cfg)
+    return [(ky * w_in + kx) | (ky << offset_bits) | (kx << (offset_bits + coord))
+            for ky in range(k) for kx in range(k)]
 
 
 # Permuted-feature FC (method C) memories; see slimnfu.rtl.perm_sb and slimnfu.rtl.perm_addr.

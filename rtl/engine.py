@@ -14,6 +14,7 @@ from slimnfu.rtl.nfu1 import NFU1
 from slimnfu.rtl.nfu2 import NFU2
 from slimnfu.rtl.nfu3 import NFU3
 from slimnfu.rtl.sequencer import Sequencer
+from slimnfu.rtl.ikr_lane_unit import IkrLaneUnit
 from slimnfu.rtl.ikr_unit import IkrUnit, select_steps
 from slimnfu.rtl.perm_addr import PermAddrGen
 from slimnfu.rtl.perm_sb import PermSB
@@ -119,7 +120,14 @@ class LayerEngine(wiring.Component):
     def buffer_copies(cls, cfg):
         """Block RAM copies of each neuron buffer, all written alike: 1, or with ``cfg.ikr``
         ``ceil(cfg.ikr.kmax / 2)``, a copy for every two IKR window rows (its two ports)."""
-        return -(-cfg.ikr.kmax // 2) if cfg.ikr else 1
+        return -(-cfg.ikr.kmax // 2) if cfg.ikr and not cfg.ikr.lanes else 1
+
+    @classmethod
+    def lane_buffers(cls, cfg):
+        """Whether each neuron buffer is ``ti`` lane memories of ``dw`` bits with a read
+        address each (``ikr.lanes``: the lane IKR unit's lanes read their own taps; the same
+        block RAMs as one memory of ``ti*dw`` bits)."""
+        return bool(cfg.ikr and cfg.ikr.lanes)
 
     @classmethod
     def perm_stages(cls, cfg, desc):
@@ -142,7 +150,9 @@ class LayerEngine(wiring.Component):
         """For an IKR pass ``desc`` (``desc.ikr_n > 0``, which needs ``cfg.ikr``), the IKR
         sequencer's output registers (:attr:`IkrUnit.OUTPUT_STAGES`): its steps reach the
         step register that many cycles after their slot cycle; else 0."""
-        return IkrUnit.OUTPUT_STAGES if cfg.ikr and as_pass(desc).ikr_n else 0
+        if not (cfg.ikr and as_pass(desc).ikr_n):
+            return 0
+        return IkrLaneUnit.OUTPUT_STAGES if cfg.ikr.lanes else IkrUnit.OUTPUT_STAGES
 
     @classmethod
     def operand_stage(cls, cfg, desc):
@@ -173,12 +183,21 @@ class LayerEngine(wiring.Component):
         # The neuron buffers' storage (NBin, NBout), per block RAM copy (buffer_copies): a
         # simulation reads them with ctx.get while the layer runs, when rd_addr cannot (its
         # port is the pipeline's). The copies are written alike, so copy 0 (buffers) holds it.
-        self.buffer_data = tuple(
-            tuple(MemoryData(shape=unsigned(width), depth=depth, init=[])
-                  for _ in range(self.buffer_copies(cfg)))
-            for width, depth in ((cfg.ti * cfg.dw, cfg.nbin_depth),
-                                 (cfg.tn * cfg.dw, cfg.nbout_depth)))
-        self.buffers = tuple(copies[0] for copies in self.buffer_data)
+        # With lane_buffers, buffer_data[b] is buffer b's ti lane memories instead (lane i:
+        # bits i*dw ..) and buffers is None.
+        if self.lane_buffers(cfg):
+            self.buffer_data = tuple(
+                tuple(MemoryData(shape=unsigned(cfg.dw), depth=depth, init=[])
+                      for _ in range(cfg.ti))
+                for depth in (cfg.nbin_depth, cfg.nbout_depth))
+            self.buffers = None
+        else:
+            self.buffer_data = tuple(
+                tuple(MemoryData(shape=unsigned(width), depth=depth, init=[])
+                      for _ in range(self.buffer_copies(cfg)))
+                for width, depth in ((cfg.ti * cfg.dw, cfg.nbin_depth),
+                                     (cfg.tn * cfg.dw, cfg.nbout_depth)))
+            self.buffers = tuple(copies[0] for copies in self.buffer_data)
         super().__init__({
             "start": In(1),
             "desc": In(descriptor_layout(cfg)),
@@ -205,7 +224,13 @@ class LayerEngine(wiring.Component):
         m = Module()
         cfg = self.cfg
         tn, ti, dw = cfg.tn, cfg.ti, cfg.dw
-        m.submodules.nbin = nbin = Memory(data=self.buffers[0])
+        lanes = self.lane_buffers(cfg)
+        if lanes:
+            nbin = [Memory(data=lane) for lane in self.buffer_data[0]]
+            for i, mem in enumerate(nbin):
+                m.submodules[f"nbin_lane{i}"] = mem
+        else:
+            m.submodules.nbin = nbin = Memory(data=self.buffers[0])
         # SB is banked per output lane (tn banks of ti*dw bits at the same address): one
         # 4096-bit memory (diannao) is beyond what amaranth.sim can compile.
         sb_banks = []
@@ -215,7 +240,12 @@ class LayerEngine(wiring.Component):
             sb_banks.append(bank)
         m.submodules.bias = bias = Memory(shape=unsigned(tn * cfg.acc), depth=cfg.bias_depth,
                                           init=[])
-        m.submodules.nbout = nbout = Memory(data=self.buffers[1])
+        if lanes:
+            nbout = [Memory(data=lane) for lane in self.buffer_data[1]]
+            for i, mem in enumerate(nbout):
+                m.submodules[f"nbout_lane{i}"] = mem
+        else:
+            m.submodules.nbout = nbout = Memory(data=self.buffers[1])
         bufs = (nbin, nbout)
         m.submodules.seq = seq = Sequencer(cfg)
         m.submodules.nfu1 = nfu1 = NFU1(cfg)
@@ -239,9 +269,13 @@ class LayerEngine(wiring.Component):
         # One read port per neuron buffer, shared by the pipeline (while busy; an IKR layer's
         # window row 0) and rd_addr (while idle): each further read port would be another
         # copy of the buffer's block RAMs.
-        nb_rds = [buf.read_port() for buf in bufs]
+        nb_rds = [[lane.read_port() for lane in buf] if lanes else buf.read_port()
+                  for buf in bufs]
         step = seq.step
-        if cfg.ikr:
+        if lanes:
+            step, lane_read = self._ikr_lanes_path(m, cur, seq, starting, loads)
+            nb_copies = None
+        elif cfg.ikr:
             step, lane_neurons, ikr_read, nb_copies = self._ikr_path(
                 m, cur, seq, starting, busy, bufs, cur_in, nfu1, loads)
         else:
@@ -289,14 +323,23 @@ class LayerEngine(wiring.Component):
         bias_read = nfu2_in - 2
         assert bias_read >= 0
         nb_addr_busy, nb_en_busy = rt.nbin_addr, rt.valid & ~rt.pad
-        if cfg.ikr:
+        if lanes:
+            # an IKR layer's lanes read every cycle at their own taps (padding: zeroed below)
+            ikr_mode, lane_addr, lane_pad = lane_read
+            for ports in nb_rds:
+                for i, port in enumerate(ports):
+                    addr = Mux(ikr_mode, lane_addr[i], nb_addr_busy)
+                    m.d.comb += [port.addr.eq(Mux(busy, addr, self.rd_addr)),
+                                 port.en.eq(~busy | ikr_mode | nb_en_busy)]
+        elif cfg.ikr:
             # an IKR layer's window row 0 reads every cycle (the unit's ports need no enable)
             ikr_mode, ikr_addr, ikr_unit = ikr_read
             nb_addr_busy = Mux(ikr_mode, ikr_addr, nb_addr_busy)
             nb_en_busy = ikr_mode | nb_en_busy
-        for port in nb_rds:
-            m.d.comb += [port.addr.eq(Mux(busy, nb_addr_busy, self.rd_addr)),
-                         port.en.eq(~busy | nb_en_busy)]
+        if not lanes:
+            for port in nb_rds:
+                m.d.comb += [port.addr.eq(Mux(busy, nb_addr_busy, self.rd_addr)),
+                             port.en.eq(~busy | nb_en_busy)]
         m.d.comb += [
             bias_rd.addr.eq(delayed(rt.bias_addr, bias_read, "bias_addr")),
             bias_rd.en.eq(delayed(rt.valid & is_mac & rt.first, bias_read, "bias_en")),
@@ -339,10 +382,11 @@ class LayerEngine(wiring.Component):
         # Stage R+1 -> R+2 (R: the read): the block RAM output registers, one
         # per buffer; cur_in (constant while the layer runs) selects after them, so no logic
         # sits behind the block RAMs.
-        nbin_words = [delayed(port.data, self.READ_STAGES - 1, f"nb{b}_data", reset_less=True)
+        nbin_words = [delayed(Cat(*(p.data for p in port)) if lanes else port.data,
+                              self.READ_STAGES - 1, f"nb{b}_data", reset_less=True)
                       for b, port in enumerate(nb_rds)]
         nbin_word = Mux(cur_in, nbin_words[1], nbin_words[0])
-        if cfg.ikr:
+        if cfg.ikr and not lanes:
             m.d.comb += [ikr_unit.nbin_data[b][0].eq(word) for b, word in enumerate(nbin_words)]
         if cfg.perm:
             # the s banks' word after its own register too (the block RAMs' output registers),
@@ -361,10 +405,15 @@ class LayerEngine(wiring.Component):
             keep = delayed(keep, operands, "perm_keep")
             nbin_word = Cat(*(Mux(keep[i], nbin_word[i * dw:(i + 1) * dw], 0)
                               for i in range(ti)))
+        if lanes:
+            # each lane's own padding flag in an IKR layer (the dense steps' pad is low then)
+            lane_pad = delayed(Mux(ikr_mode, lane_pad, 0), operands, "lane_pad")
+            nbin_word = Cat(*(Mux(lane_pad[i], 0, nbin_word[i * dw:(i + 1) * dw])
+                              for i in range(ti)))
         m.d.comb += neurons.eq(Mux(pad, 0, nbin_word))
         m.d.comb += [nfu1.neurons.eq(neurons), nfu1.synapses.eq(synapse_word),
                      nfu1.en.eq(valid & is_mac)]
-        if cfg.ikr:
+        if cfg.ikr and not lanes:
             # one cycle after the step (T), IkrUnit.WINDOW_STAGES registers of it in the unit:
             # an IKR pass is a conv pass, never permuted, so its R is T
             m.d.comb += nfu1.lane_neurons.eq(
@@ -408,24 +457,19 @@ class LayerEngine(wiring.Component):
         # copy whose write port also reads an IKR window row takes that row's address while
         # the buffer is the running IKR layer's input.
         kw = {"granularity": dw} if cfg.kgate else {}
-        nbin_wr, nbout_wr = nbin.write_port(**kw), nbout.write_port(**kw)
-        for b, first in enumerate((nbin_wr, nbout_wr)):
-            copies = [(first, nb_copies[b][0][1])]
-            copies += [(buf.write_port(**kw), shared) for buf, shared in nb_copies[b][1:]]
-            for port, shared in copies:
-                addr = Mux(busy, out_addr, nb_addr)
-                if shared is not None:
-                    reading, row_addr, read_port = shared
-                    addr = Mux(reading, row_addr, addr)
-                    # the read takes the write port's own address signal: Yosys then puts
-                    # both on one port of the copy's block RAMs
-                    read_port.addr = port.addr
-                m.d.comb += [
-                    port.en.eq(Mux(busy, Mux(cur_out == b, out_en, 0),
-                                   Mux(nbin_load & (self.in_buf == b), all_lanes, 0))),
-                    port.addr.eq(addr),
-                    port.data.eq(Mux(busy, nfu3.out, nb_data)),
-                ]
+        if lanes:
+            for b, buf in enumerate(bufs):
+                en = Mux(busy, Mux(cur_out == b, out_en, 0),
+                         Mux(nbin_load & (self.in_buf == b), all_lanes, 0))
+                wdata = Mux(busy, nfu3.out, nb_data)
+                for i, lane in enumerate(buf):
+                    port = lane.write_port()
+                    m.d.comb += [port.en.eq(en[i] if cfg.kgate else en),
+                                 port.addr.eq(Mux(busy, out_addr, nb_addr)),
+                                 port.data.eq(wdata[i * dw:(i + 1) * dw])]
+        else:
+            self._buffer_writes(m, bufs, nb_copies, kw, busy, cur_out, out_en, all_lanes,
+                                nbin_load, out_addr, nb_addr, nb_data, nfu3)
         m.d.sync += self.done.eq(write_end)
         with m.If(write_end):
             m.d.sync += busy.eq(0)
@@ -450,6 +494,31 @@ class LayerEngine(wiring.Component):
             m.d.sync += self.mults.eq(self.mults + tn * ti)
         m.d.comb += self.sat_events.eq(nfu3.sat_events)
         return m
+
+    def _buffer_writes(self, m, bufs, nb_copies, kw, busy, cur_out, out_en, all_lanes,
+                       nbin_load, out_addr, nb_addr, nb_data, nfu3):
+        """The neuron buffers' write ports (one memory of ``ti*dw`` bits each, and its
+        copies with ``cfg.ikr``): the pipeline's writes into buffer ``cur_out`` while busy,
+        loads into ``in_buf`` while idle."""
+        nbin, nbout = bufs
+        nbin_wr, nbout_wr = nbin.write_port(**kw), nbout.write_port(**kw)
+        for b, first in enumerate((nbin_wr, nbout_wr)):
+            copies = [(first, nb_copies[b][0][1])]
+            copies += [(buf.write_port(**kw), shared) for buf, shared in nb_copies[b][1:]]
+            for port, shared in copies:
+                addr = Mux(busy, out_addr, nb_addr)
+                if shared is not None:
+                    reading, row_addr, read_port = shared
+                    addr = Mux(reading, row_addr, addr)
+                    # the read takes the write port's own address signal: Yosys then puts
+                    # both on one port of the copy's block RAMs
+                    read_port.addr = port.addr
+                m.d.comb += [
+                    port.en.eq(Mux(busy, Mux(cur_out == b, out_en, 0),
+                                   Mux(nbin_load & (self.in_buf == b), all_lanes, 0))),
+                    port.addr.eq(addr),
+                    port.data.eq(Mux(busy, nfu3.out, nb_data)),
+                ]
 
     def _kgate_path(self, m, cur, step, sb_word, starting, is_mac, stage):
         """Method A: zero the synapses of lanes whose kernel misses the tap; count them.
@@ -560,6 +629,31 @@ class LayerEngine(wiring.Component):
             with m.Else():
                 m.d.sync += [t.eq(t + 1), first.eq(0), t_last.eq(t + 2 == cur.ci_tiles)]
         return valid, first, tile
+
+    def _ikr_lanes_path(self, m, cur, seq, starting, loads):
+        """Method B with ``ikr.lanes``: IKR conv layers (``desc.ikr_n != 0``) run on
+        :class:`IkrLaneUnit`.
+
+        Returns the steps the pipeline takes from then on (the unit's while an IKR layer
+        runs, the dense sequencer's otherwise: :func:`select_steps`) and ``(ikr_mode,
+        lane_addr, lane_pad)``: whether an IKR layer runs, and each input lane's NBin word and
+        padding flag, registered beside the step register (at ``T``, which is ``R`` in a conv
+        pass). Adds the write ports of the tap memory and the tap table to ``loads``.
+        """
+        m.submodules.ikr = ikr = IkrLaneUnit(self.cfg)
+        is_ikr = self.desc.ikr_n != 0
+        # The dense sequencer must stay idle during an IKR layer (this overrides its start).
+        m.d.comb += [seq.run.start.eq(starting & ~is_ikr),
+                     ikr.run.start.eq(starting & is_ikr), ikr.run.desc.eq(self.desc)]
+        loads += [(LoadSel.IKR_INDEX, ikr.taps, 0), (LoadSel.IKR_TABLE, ikr.table, 0)]
+        # registered from the latched descriptor (steady long before the first step)
+        ikr_mode = Signal()
+        m.d.sync += ikr_mode.eq(cur.ikr_n != 0)
+        bits = len(ikr.lane_addr[0])
+        flat = delay(m, ikr.lane_addr.as_value(), self.STEP_STAGES, "lane_addr")
+        lane_addr = [flat[i * bits:(i + 1) * bits] for i in range(self.cfg.ti)]
+        lane_pad = delay(m, ikr.lane_pad, self.STEP_STAGES, "lane_pad_t")
+        return select_steps(m, ikr_mode, seq.step, ikr.step), (ikr_mode, lane_addr, lane_pad)
 
     def _ikr_path(self, m, cur, seq, starting, busy, bufs, cur_in, nfu1, loads):
         """Method B: IKR conv layers (``desc.ikr_n != 0``) run on :class:`IkrUnit`.

@@ -33,6 +33,7 @@ class NFU1(wiring.Component):
     synapses : In(ArrayLayout(signed(dw), tn*ti))
     en : In(1)
     lane_neurons, lane_sel : In(ArrayLayout(signed(dw), tn*ti)), In(1); only with ``cfg.ikr``
+        and its window decoder (not ``ikr.lanes``, whose lanes read their own taps)
         When ``lane_sel`` is high, product ``j*ti + i`` takes ``lane_neurons[j*ti + i]``
         instead of ``neurons[i]`` (IKR: each multiplier has its own input tap).
     products : Out(ArrayLayout(signed(2*dw), tn*ti)), registered
@@ -55,7 +56,7 @@ class NFU1(wiring.Component):
             "en": In(1),
             "products": Out(data.ArrayLayout(signed(2 * cfg.dw), cfg.tn * cfg.ti)),
             **({"lane_neurons": In(data.ArrayLayout(signed(cfg.dw), cfg.tn * cfg.ti)),
-                "lane_sel": In(1)} if cfg.ikr else {}),
+                "lane_sel": In(1)} if cfg.ikr and not cfg.ikr.lanes else {}),
         })
 
     def elaborate(self, platform):
@@ -68,7 +69,7 @@ class NFU1(wiring.Component):
             for i in range(ti):
                 lane = j * ti + i
                 neuron = self.neurons[i]
-                if cfg.ikr:
+                if cfg.ikr and not cfg.ikr.lanes:
                     neuron = Mux(self.lane_sel, self.lane_neurons[lane], neuron)
                 # reset-less, so that they can be the MULT18X18D's own registers
                 a = Signal(signed(cfg.dw), name=f"a{lane}", reset_less=True)

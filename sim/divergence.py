@@ -47,13 +47,16 @@ def write_cycle(desc, cfg, o, oy, ox):
     ``LayerEngine.FIRST_STEP`` on; an IKR pass spends a slot a kernel group (one per input
     tile, :meth:`slimnfu.config.PassDesc.ikr_slot_cycles`; a banked pass walks ``oy, ox, o``,
     :meth:`slimnfu.config.PassDesc.ikr_group_slot`), after one slot that only fills the first
-    window, and its output is written after the last input tile's ``n`` steps. A step issued
+    window, and its output is written after the last input tile's ``n`` steps (with
+    ``ikr.lanes``: DianNao's order, ``ci_tiles*n`` steps a group). A step issued
     in cycle ``S`` writes in ``S + LayerEngine.write_delay(cfg, desc)``.
     """
     ci, _ = desc.tiles(cfg)
     g = (o * desc.h_out + oy) * desc.w_out + ox
     k = desc.layer.k
-    if desc.ikr_n:
+    if desc.ikr_n and cfg.ikr.lanes:
+        last = LayerEngine.FIRST_STEP + (g + 1) * ci * desc.ikr_n - 1
+    elif desc.ikr_n:
         slot = desc.ikr_group_slot(cfg, o, oy, ox) + ci
         last = LayerEngine.FIRST_STEP + desc.ikr_slot_cycles(cfg, slot) + desc.ikr_n - 1
     else:

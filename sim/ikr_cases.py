@@ -19,15 +19,17 @@ from slimnfu.sim.cases import Case
 __all__ = ["random_ikr_layer", "ikr_case", "as_dense", "random_ikr_specs", "ikr_cases"]
 
 
-def random_ikr_layer(run, n_pat, seed, cfg):
+def random_ikr_layer(run, n_pat, seed, cfg, share=1):
     """Random operands of IKR pass ``run`` (a :class:`PassDesc` with ``ikr_n``): ``x, w
-    (masked), b, patterns (P, n), index``."""
+    (masked), b, patterns (P, n), index``; with ``share``, each run of ``share`` output
+    channels has one pattern per input channel (what ``cfg.ikr.lanes`` needs at ``tn``)."""
     gen = torch.Generator().manual_seed(seed)
     desc = run.layer
     kk = desc.k * desc.k
     patterns = torch.stack([torch.randperm(kk, generator=gen)[:run.ikr_n].sort().values
                             for _ in range(n_pat)])
     index = torch.randint(n_pat, (desc.n_out, desc.n_in), generator=gen)
+    index = index[torch.arange(desc.n_out) // share * share]
     x = torch.randint(cfg.qmin, cfg.qmax + 1, (desc.n_in, desc.h_in, desc.w_in), generator=gen)
     span = 1 << (cfg.dw - 2)
     w = torch.randint(-span, span, (desc.n_out, desc.n_in, kk), generator=gen)
@@ -87,6 +89,8 @@ def random_ikr_specs(cfg, seed=1):
 
 
 def ikr_cases(cfg, seed=1, images=None):
-    """The regression's IKR cases for ``cfg`` (random operands; ``images`` is not used)."""
-    return [ikr_case(name, desc, *random_ikr_layer(desc, p, seed * 100 + i, cfg), cfg)
+    """The regression's IKR cases for ``cfg`` (random operands; ``images`` is not used). With
+    ``cfg.ikr.lanes`` each output tile's kernels share a pattern per input channel."""
+    share = cfg.tn if cfg.ikr.lanes else 1
+    return [ikr_case(name, desc, *random_ikr_layer(desc, p, seed * 100 + i, cfg, share), cfg)
             for i, (name, desc, p) in enumerate(random_ikr_specs(cfg, seed))]

@@ -120,8 +120,16 @@ def test_features_are_a_set_with_a_parameter_record_each():
     with pytest.raises(ValueError, match=r"ikr\.kmax must be in \[1, 7\], not 9"):
         tiny.with_(ikr={"kmax": 9})
     with pytest.raises(TypeError, match="ikr parameters must be among: kmax, patterns, "
-                                        "index_depth, tiles; not depth"):
+                                        "index_depth, tiles, lanes; not depth"):
         tiny.with_(ikr={"depth": 3})
+    # the lane unit: a flag, named in the config
+    lanes = tiny.changed(**{"ikr.lanes": 1})
+    assert lanes.ikr == IkrParams(lanes=True) and lanes.ikr.lanes is True
+    assert lanes.name == "tiny+ikr=1+ikr.lanes=True"
+    assert AccelConfig.from_dict(lanes.to_dict()) == lanes
+    with pytest.raises(TypeError, match=r"ikr\.lanes must be a bool \(or the integer 0/1\), "
+                                        r"not 2"):
+        tiny.with_(ikr={"lanes": 2})
     # the window banks: one per input tile, checked like every parameter
     assert tiny.with_(ikr={"tiles": 64}).ikr.tiles == 64 and IkrParams().tiles == 1
     for bad in (0, 65):

@@ -122,6 +122,10 @@ def test_share_reaches_the_search_and_the_report(monkeypatch, tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(argv + ["--share", "0"]) == 2
     assert "--share must be >= 1 (1: a pattern per kernel), not 0" in capsys.readouterr().err
+    assert cli.main(argv + ["--share", "2", "--lanes"]) == 2
+    assert "--lanes needs --share a multiple of tiny's tn = 4 (the lane unit fetches one tap " \
+           "per input lane for the tile's 4 output channels), not 2" in capsys.readouterr().err
+    assert bench_ikr.settings(1, 1, 4, 2, False, 4, True)["lanes"] is True
 
 
 def test_resume_refuses_a_report_of_another_benchmark(tmp_path):

@@ -24,7 +24,10 @@ CFG = CONFIGS["tiny"].with_(name="tiny_wc", ikr=True, kgate=True, nbin_depth=256
                             sb_depth=256, nbout_depth=256, bias_depth=8)
 
 
-def _case(desc, seed, ikr=None):
+LANES_CFG = CFG.with_(name="tiny_wc_lanes", ikr={"lanes": True, "kmax": 3, "index_depth": 256})
+
+
+def _case(desc, seed, ikr=None, cfg=CFG):
     """Small operands (no saturation), so that a second run with another seed changes every
     output."""
     g = torch.Generator().manual_seed(seed)
@@ -41,26 +44,34 @@ def _case(desc, seed, ikr=None):
             mask.scatter_(2, pats[idx], 1)
             w = w * mask.view(w.shape)
         b = torch.full((d.n_out,), 1000 * (seed + 1))
-    y, sat = reference(desc, x, w, b, None, CFG)
+    y, sat = reference(desc, x, w, b, None, cfg)
     return Case(f"c{seed}", desc, x, w, b, None, y, sat, "t", "ikr" if ikr else "dense",
                 IkrWeights(*ikr) if ikr else None)
 
 
-def _write_ticks(pairs):
+def _nbout_word(ctx, dut, addr):
+    """NBout word ``addr`` as the simulation holds it (one memory, or ``ti`` lane memories)."""
+    if dut.buffers is not None:
+        return ctx.get(dut.buffers[1][addr])
+    return sum(ctx.get(lane[addr]) << (i * dut.cfg.dw)
+               for i, lane in enumerate(dut.buffer_data[1]))
+
+
+def _write_ticks(pairs, cfg=CFG):
     """For each ``((case_a, case_b), address)``: run ``case_a``, then ``case_b`` watching
     NBout ``address``; the clock edges after ``start`` until NBout holds its new value (read
     from the simulation: ``rd_addr`` reads only while the engine is idle)."""
-    dut = LayerEngine(CFG)
+    dut = LayerEngine(cfg)
     drv = EngineDriver(dut)
     out = []
 
     async def bench(ctx):
         for (case_a, case_b), addr in pairs:
             for case in (case_a, case_b):
-                job = case_job(case, CFG)
+                job = case_job(case, cfg)
                 for sel, words in job["loads"]:
                     await drv.load(ctx, sel, words)
-                old = ctx.get(dut.buffers[1][addr])
+                old = _nbout_word(ctx, dut, addr)
                 ctx.set(dut.desc.as_value(), job["desc_value"])
                 ctx.set(dut.start, 1)
                 await ctx.tick()
@@ -69,7 +80,7 @@ def _write_ticks(pairs):
                 for _ in range(job["expect"]["counters"]["cycles"] + 3):
                     await ctx.tick()
                     ticks += 1
-                    if seen is None and ctx.get(dut.buffers[1][addr]) != old:
+                    if seen is None and _nbout_word(ctx, dut, addr) != old:
                         seen = ticks
             out.append(seen)
 
@@ -109,6 +120,30 @@ def test_write_cycle_is_when_the_engine_writes():
     co = last.tiles(CFG)[1]
     assert write_cycle(last, CFG, co - 1, last.h_out - 1, last.w_out - 1) == \
         last.dense_cycles(CFG) + LayerEngine.latency(CFG, last) - 1
+
+
+def test_write_cycle_with_the_lane_ikr_unit():
+    """With ``ikr.lanes`` an IKR pass writes output group ``(o, oy, ox)`` in
+    :func:`write_cycle` too (DianNao's order, ``n`` steps a kernel group)."""
+    gen = torch.Generator().manual_seed(2)
+    descs = [PassDesc(LayerDesc("conv", 5, 6, 4, 4, 3, pad=1), ikr_n=4),
+             PassDesc(LayerDesc("conv", 3, 6, 5, 4, 3, pad=1, stride=2), ikr_n=1)]
+    pairs, want = [], []
+    for desc in descs:
+        pats = torch.stack([torch.randperm(9, generator=gen)[:desc.ikr_n].sort().values
+                            for _ in range(3)])
+        idx = torch.randint(3, (desc.layer.n_out, desc.layer.n_in), generator=gen)
+        ikr = (pats, idx[torch.arange(desc.layer.n_out) // LANES_CFG.tn * LANES_CFG.tn])
+        cases = (_case(desc, 0, ikr, LANES_CFG), _case(desc, 1, ikr, LANES_CFG))
+        co = desc.tiles(LANES_CFG)[1]
+        for o, oy, ox in ((0, 0, 0), (co - 1, desc.h_out - 1, desc.w_out - 1), (co - 1, 0, 1)):
+            pairs.append((cases, (o * desc.h_out + oy) * desc.w_out + ox))
+            want.append(write_cycle(desc, LANES_CFG, o, oy, ox) + 1)
+    assert _write_ticks(pairs, LANES_CFG) == want
+    last = descs[0]
+    co = last.tiles(LANES_CFG)[1]
+    assert write_cycle(last, LANES_CFG, co - 1, last.h_out - 1, last.w_out - 1) == \
+        last.ikr_cycles(LANES_CFG) + LayerEngine.latency(LANES_CFG, last) - 1
 
 
 def _raw(program, x, refs):
