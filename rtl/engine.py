@@ -33,7 +33,10 @@ class LayerEngine(wiring.Component):
     buffer ``in_buf`` and writes its output into buffer ``out_buf`` (latched by ``start``;
     ``in_buf == out_buf`` is allowed when the pass reads words it does not write, e.g. the
     slim approximation pass), so the next layer can read the output where it was written.
-    ``in_buf = 0, out_buf = 1`` (the ports' defaults) is the classic NBin/NBout engine.
+    ``in_buf = 0, out_buf = 1`` (the ports' defaults) is the classic NBin/NBout engine. With
+    ``ikr.lanes`` each buffer is ``ti`` lane memories with a read address each
+    (:meth:`lane_buffers`), and IKR conv layers run on
+    :class:`slimnfu.rtl.ikr_lane_unit.IkrLaneUnit`.
 
     Pipeline, for a step issued by the sequencer in cycle ``S``: the step register ``S+1``
     (``T``; :attr:`STEP_STAGES`); NBin/SB read ``R = T + perm_stages(cfg, desc)`` (0 but for
@@ -268,7 +271,8 @@ class LayerEngine(wiring.Component):
         loads.append((LoadSel.PWL, nfu3.pwl, 0))
         # One read port per neuron buffer, shared by the pipeline (while busy; an IKR layer's
         # window row 0) and rd_addr (while idle): each further read port would be another
-        # copy of the buffer's block RAMs.
+        # copy of the buffer's block RAMs. With lane buffers, one per lane memory (the lane
+        # IKR unit gives each its own address).
         nb_rds = [[lane.read_port() for lane in buf] if lanes else buf.read_port()
                   for buf in bufs]
         step = seq.step

@@ -165,6 +165,8 @@ def configs(max_tn=16, features=None):
             # drawn last, so that the other parameters of a seed stay what they were; window
             # banks for several input tiles first (one bank, the unbanked decoder, last)
             ch["ikr.tiles"] = draw(st.sampled_from((2, 3, 4, 1)))
+            # the lane unit (each output tile's kernels then share a pattern, build_case)
+            ch["ikr.lanes"] = draw(st.booleans())
         return get_config("tiny").changed(**ch)
 
     return draw_config()
@@ -394,6 +396,8 @@ def build_case(spec, cfg, name):
                 patterns = torch.stack([torch.randperm(kk, generator=gen)[:spec.ikr_n].sort()
                                         .values for _ in range(spec.patterns)])
                 index = torch.randint(spec.patterns, (spec.n_out, spec.n_in), generator=gen)
+                if cfg.ikr.lanes:
+                    index = index[torch.arange(spec.n_out) // cfg.tn * cfg.tn]
                 mask = torch.zeros(spec.n_out, spec.n_in, kk, dtype=torch.int64)
                 mask.scatter_(2, patterns[index], 1)
                 w = w * mask.view(w.shape)

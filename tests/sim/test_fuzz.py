@@ -67,6 +67,7 @@ def test_configs_are_drawn_within_the_brief():
         assert any(feature in c.features for c in cfgs)
         assert any(feature not in c.features for c in cfgs)
     assert {c.ikr.tiles for c in cfgs if c.ikr} >= {1, 2}
+    assert {c.ikr.lanes for c in cfgs if c.ikr} == {False, True}
     again = fuzz.draw_configs(30, seed=2)
     assert [c.name for c in again] == [c.name for c in cfgs]
 
