@@ -228,12 +228,18 @@ class LayerEngine(wiring.Component):
         cfg = self.cfg
         tn, ti, dw = cfg.tn, cfg.ti, cfg.dw
         lanes = self.lane_buffers(cfg)
-        if lanes:
-            nbin = [Memory(data=lane) for lane in self.buffer_data[0]]
-            for i, mem in enumerate(nbin):
-                m.submodules[f"nbin_lane{i}"] = mem
-        else:
-            m.submodules.nbin = nbin = Memory(data=self.buffers[0])
+
+        def neuron_buffer(b, name):
+            # one memory, or with lane buffers the ti lane memories
+            if not lanes:
+                m.submodules[name] = mem = Memory(data=self.buffers[b])
+                return mem
+            mems = [Memory(data=lane) for lane in self.buffer_data[b]]
+            for i, mem in enumerate(mems):
+                m.submodules[f"{name}_lane{i}"] = mem
+            return mems
+
+        nbin = neuron_buffer(0, "nbin")
         # SB is banked per output lane (tn banks of ti*dw bits at the same address): one
         # 4096-bit memory (diannao) is beyond what amaranth.sim can compile.
         sb_banks = []
@@ -243,12 +249,7 @@ class LayerEngine(wiring.Component):
             sb_banks.append(bank)
         m.submodules.bias = bias = Memory(shape=unsigned(tn * cfg.acc), depth=cfg.bias_depth,
                                           init=[])
-        if lanes:
-            nbout = [Memory(data=lane) for lane in self.buffer_data[1]]
-            for i, mem in enumerate(nbout):
-                m.submodules[f"nbout_lane{i}"] = mem
-        else:
-            m.submodules.nbout = nbout = Memory(data=self.buffers[1])
+        nbout = neuron_buffer(1, "nbout")
         bufs = (nbin, nbout)
         m.submodules.seq = seq = Sequencer(cfg)
         m.submodules.nfu1 = nfu1 = NFU1(cfg)

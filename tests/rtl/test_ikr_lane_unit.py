@@ -6,12 +6,12 @@ import torch
 
 from slimnfu import fixed
 from slimnfu.config import CONFIGS, LayerDesc, PassDesc
-from slimnfu.contract import LoadSel, descriptor_value
 from slimnfu.formats import layout
 from slimnfu.rtl.engine import LayerEngine
 from slimnfu.rtl.ikr_lane_unit import IkrLaneUnit
 from slimnfu.sim.amaranth_driver import EngineDriver, simulate
-from slimnfu.sim.ikr_cases import random_ikr_layer
+from slimnfu.sim.cases import case_job
+from slimnfu.sim.ikr_cases import ikr_case, random_ikr_layer
 
 CFG = CONFIGS["tiny"].with_(ikr={"kmax": 5, "index_depth": 256, "lanes": True},
                             nbin_depth=512, sb_depth=256, nbout_depth=512, bias_depth=8)
@@ -29,16 +29,14 @@ LAYERS = [
 
 
 async def run_ikr(ctx, drv, run, x, w, b, patterns, index, cfg=CFG):
-    desc = run.layer
-    values = w.view(desc.n_out, desc.n_in, -1).gather(2, patterns[index])
-    await drv.load(ctx, LoadSel.NBIN, layout.pack_input(x, cfg))
-    await drv.load(ctx, LoadSel.SB, layout.pack_ikr_weights(values, cfg))
-    await drv.load(ctx, LoadSel.BIAS, layout.pack_bias(b, cfg))
-    await drv.load(ctx, LoadSel.IKR_INDEX, layout.pack_ikr_taps(patterns, index, cfg))
-    await drv.load(ctx, LoadSel.IKR_TABLE, layout.pack_ikr_lane_table(desc.k, desc.w_in, cfg))
-    counters = await drv.run(ctx, descriptor_value(run, cfg))
+    """Load an IKR layer as its format's memories say (the lanes' tap words and tap table),
+    run it and unpack NBout."""
+    job = case_job(ikr_case("lanes", run, x, w, b, patterns, index, cfg), cfg)
+    for sel, words in job["loads"]:
+        await drv.load(ctx, sel, words)
+    counters = await drv.run(ctx, job["desc_value"])
     words = await drv.read_nbout(ctx, run.nbout_words(cfg))
-    return layout.unpack_output(words, desc.n_out, run.h_out, run.w_out, cfg), counters
+    return layout.unpack_output(words, run.layer.n_out, run.h_out, run.w_out, cfg), counters
 
 
 def test_ikr_layers_bit_exact_at_n_cycles_a_group():
@@ -53,12 +51,7 @@ def test_ikr_layers_bit_exact_at_n_cycles_a_group():
         # A dense layer after the IKR ones runs as before on the same engine.
         dense = LayerDesc("conv", 3, 3, 5, 5, k=3, pad=1, shift=14)
         x, w, b = random_ikr_layer(PassDesc(dense, ikr_n=9), 1, 9, CFG)[:3]
-        await drv.load(ctx, LoadSel.NBIN, layout.pack_input(x, CFG))
-        await drv.load(ctx, LoadSel.SB, layout.pack_weights(w, CFG))
-        await drv.load(ctx, LoadSel.BIAS, layout.pack_bias(b, CFG))
-        counters = await drv.run(ctx, descriptor_value(dense, CFG))
-        words = await drv.read_nbout(ctx, dense.nbout_words(CFG))
-        y = layout.unpack_output(words, 3, 5, 5, CFG)
+        y, counters = await drv.run_layer(ctx, dense, x, w, b)
         assert torch.equal(y, fixed.run_layer(dense, x.unsqueeze(0), w, b, CFG.dw)[0])
         assert counters["cycles"] == dense.dense_cycles(CFG) + LayerEngine.latency(CFG, dense)
 
