@@ -76,10 +76,12 @@ class IkrParams:
         a layer with more refills all ``k`` columns of every window
         (:meth:`PassDesc.ikr_cycles`). Each bank is ``kmax**2`` registers of ``ti*dw`` bits.
     lanes : bool
-        The lane-addressed IKR unit (:mod:`slimnfu.rtl.ikr_lane_unit`) instead of the window
-        decoder: each input lane reads its own tap from its own neuron-buffer bank, so a
-        kernel group takes ``n`` cycles; the ``tn`` kernels of an output tile that read an
-        input channel must share a pattern (:func:`slimnfu.compress.ikr.shares_patterns`).
+        The lane-addressed IKR unit (:mod:`slimnfu.rtl.ikr_lane_unit`, the default) instead of
+        the window decoder (:mod:`slimnfu.rtl.ikr_unit`, ``False``): each input lane reads its
+        own tap from its own neuron-buffer bank, so a kernel group takes ``n`` cycles; the
+        ``tn`` kernels of an output tile that read an input channel must share a pattern
+        (:func:`slimnfu.formats.ikr.unshared_pattern`), and a program whose IKR layers do not
+        gets the window decoder from :meth:`slimnfu.formats.ikr.IkrFormat.configure`.
         ``index_depth`` is then the depth of its tap memory (one word per SB word of an IKR
         layer) and ``tiles`` is not used.
     """
@@ -93,7 +95,7 @@ class IkrParams:
     patterns: int = 16
     index_depth: int = 512
     tiles: int = 1
-    lanes: bool = False
+    lanes: bool = True
 
     def __post_init__(self):
         _check_flag("ikr.lanes", self.lanes)
@@ -276,7 +278,8 @@ class AccelConfig:
     @classmethod
     def from_dict(cls, d):
         """The inverse of :meth:`to_dict`. Also reads the flat form of weight images of
-        version 1 (``ikr: true, ikr_kmax: 5, ...``)."""
+        version 1 (``ikr: true, ikr_kmax: 5, ...``). An ``ikr`` without ``lanes`` was written
+        before the lane IKR unit existed: it is the window decoder (``lanes`` false)."""
         d = dict(d)
         legacy = {key: d.pop(key) for key in list(d) if key in _LEGACY_KEYS}
         for key, value in legacy.items():
@@ -285,6 +288,10 @@ class AccelConfig:
                 d[feature] = {}
             if isinstance(d.get(feature), dict):
                 d[feature][param] = value
+        if d.get("ikr") == 1:
+            d["ikr"] = {}
+        if isinstance(d.get("ikr"), dict) and "lanes" not in d["ikr"]:
+            d["ikr"] = {**d["ikr"], "lanes": False}
         return cls(**d)
 
     @classmethod
@@ -988,10 +995,11 @@ class Scenario:
         None: all of them.
     threads : int or None
         torch CPU threads for the run; None: torch's setting is left alone.
-    fc_epochs, fc_patience, patterns, ikr_finetune : int
+    fc_epochs, fc_patience, patterns, ikr_finetune, ikr_share : int
         Compression: the epoch budget and early-stopping patience of each method C try, IKR
-        patterns per layer, IKR fine-tuning batches per try
-        (:func:`slimnfu.compress.pipeline.compress_network`).
+        patterns per layer, IKR fine-tuning batches per try, IKR output channels per shared
+        pattern (:func:`slimnfu.compress.pipeline.compress_network`; the config's ``tn`` lets
+        the lane IKR unit run the network).
     im2col : str
         One of :data:`IM2COL_MODES`: whether the compiler runs the first layer as im2col
         (:func:`slimnfu.gen.compiler.compile_model`; not part of the compression, so not of
@@ -1014,6 +1022,7 @@ class Scenario:
     fc_patience: int = 2
     patterns: int = 16
     ikr_finetune: int = 150
+    ikr_share: int = 1
     im2col: str = "auto"
 
     def __post_init__(self):
@@ -1027,7 +1036,8 @@ class Scenario:
             raise ValueError(f"im2col must be one of {', '.join(IM2COL_MODES)}, not "
                              f"{self.im2col!r}")
         get_config(self.config)
-        for name in ("val", "calib", "check", "fc_epochs", "fc_patience", "patterns"):
+        for name in ("val", "calib", "check", "fc_epochs", "fc_patience", "patterns",
+                     "ikr_share"):
             _check_int(name, getattr(self, name), 1)
         _check_int("ikr_finetune", self.ikr_finetune, 0)
         for name in ("epochs", "subset", "threads"):

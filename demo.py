@@ -79,6 +79,11 @@ def register(sub):
                    help=f"IKR patterns per layer, 1..16 (default: {DEFAULT.patterns})")
     p.add_argument("--ikr-finetune", type=int, default=DEFAULT.ikr_finetune, metavar="B",
                    help=f"IKR fine-tuning batches per try (default: {DEFAULT.ikr_finetune})")
+    p.add_argument("--ikr-share", type=int, default=DEFAULT.ikr_share, metavar="S",
+                   help="IKR: the kernels of each S output channels share a pattern per input "
+                        "channel; the config's tn (4 on tiny) lets the lane IKR unit run the "
+                        "network, n cycles a kernel group (default: 1, a pattern per kernel, on "
+                        "the window decoder)")
     p.add_argument("--config", default=DEFAULT.config,
                    help=f"base accelerator config (default: {DEFAULT.config})")
     p.add_argument("--images", type=int, default=20,
@@ -130,6 +135,8 @@ def _check_run(args):
         raise ValueError(f"--patterns must be in [1, 16], not {args.patterns}")
     if not 0 <= args.ikr_finetune <= 100000:
         raise ValueError(f"--ikr-finetune must be in [0, 100000], not {args.ikr_finetune}")
+    if not 1 <= args.ikr_share <= 1024:
+        raise ValueError(f"--ikr-share must be in [1, 1024], not {args.ikr_share}")
     return parse_methods(args.methods)
 
 
@@ -147,10 +154,10 @@ def run_command(args):
                              f"training: {args.model} --data {own} (no --weights, no "
                              f"--train-epochs), or give a model file")
         if args.model != DEFAULT.network or methods not in ("auto", METHODS) \
-                or (args.patterns, args.ikr_finetune) != (DEFAULT.patterns,
-                                                          DEFAULT.ikr_finetune):
+                or (args.patterns, args.ikr_finetune, args.ikr_share) != (
+                    DEFAULT.patterns, DEFAULT.ikr_finetune, DEFAULT.ikr_share):
             raise ValueError(f"the reference flow is {DEFAULT.network} with all three methods "
-                             f"and the default --patterns and --ikr-finetune; for "
+                             f"and the default --patterns, --ikr-finetune and --ikr-share; for "
                              f"{args.model} or other settings give the model as a file")
         return demo(DEFAULT.with_(config=args.config, budget=args.budget), args.images,
                     args.icarus_images, args.dense_images, synth=args.synth,
@@ -161,7 +168,8 @@ def run_command(args):
                      dense_images=args.dense_images, synth=args.synth,
                      pnr_timeout_s=args.pnr_timeout, out=args.out,
                      compress_options={"patterns": args.patterns,
-                                       "ikr_finetune": args.ikr_finetune})
+                                       "ikr_finetune": args.ikr_finetune,
+                                       "ikr_share": args.ikr_share})
 
 
 def run_model(model_spec, data_spec, weights=None, train_epochs=None, budget=1.0,
@@ -195,7 +203,8 @@ def run_model(model_spec, data_spec, weights=None, train_epochs=None, budget=1.0
     build_root : path-like, optional
     compress_options, train_options : dict, optional
         Passed on to :func:`slimnfu.compress.pipeline.compress_network` (e.g. ``patterns``,
-        ``ikr_finetune``) and :func:`slimnfu.compress.train.fit` (``lr``, ``batch_size``).
+        ``ikr_finetune``, ``ikr_share``) and :func:`slimnfu.compress.train.fit` (``lr``,
+        ``batch_size``).
 
     Returns
     -------

@@ -45,7 +45,7 @@ __all__ = ["check", "holdout", "model_name", "prepare", "train_or_load", "networ
 #: Compression settings that name a cached network only when they differ from the default
 #: scenario's, so the default's file name stays what it was.
 _NAMED = {"subset": "s", "fc_epochs": "fe", "fc_patience": "fp", "patterns": "p",
-          "ikr_finetune": "ft"}
+          "ikr_finetune": "ft", "ikr_share": "sh"}
 
 
 def check(scenario):
@@ -150,7 +150,8 @@ def prepare(model_spec, data_spec, out, weights=None, train_epochs=None, budget=
         The base accelerator config.
     compress_options, train_options : dict, optional
         Passed on to :func:`slimnfu.compress.pipeline.compress_network` (e.g. ``patterns``,
-        ``ikr_finetune``) and :func:`slimnfu.compress.train.fit` (``lr``, ``batch_size``).
+        ``ikr_finetune``, ``ikr_share``) and :func:`slimnfu.compress.train.fit` (``lr``,
+        ``batch_size``).
     log : callable
 
     Returns
@@ -290,6 +291,7 @@ def compress(scenario, model, cache_root=None, recompress=False, log=print, with
                                    fc_epochs=scenario.fc_epochs,
                                    fc_patience=scenario.fc_patience, patterns=scenario.patterns,
                                    ikr_finetune=scenario.ikr_finetune,
+                                   ikr_share=scenario.ikr_share,
                                    fc_variant=scenario.fc_variant, log=log)
     hist["wall_s"] = round(time.monotonic() - t0, 1)
     xt, yt = data.load(scenario.dataset, "test")

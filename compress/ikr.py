@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from slimnfu.compress.train import fit
-from slimnfu.formats.ikr import IkrFormat, IkrWeights, check_ikr
+from slimnfu.formats.ikr import IkrFormat, IkrWeights, check_ikr, unshared_pattern
 
 __all__ = ["IkrOptions", "shared_weight", "topn_sets", "learn_library", "assign_patterns",
            "shares_patterns", "pattern_mask", "mask_hook", "check_ikr", "apply_ikr",
@@ -138,10 +138,8 @@ def assign_patterns(w, library, share=1):
 
 def shares_patterns(index, share):
     """Whether every run of ``share`` output channels of ``index (O, C)`` has one pattern per
-    input channel."""
-    index = torch.as_tensor(index)
-    return all(bool((index[o:o + share] == index[o]).all())
-               for o in range(0, index.shape[0], share))
+    input channel (:func:`slimnfu.formats.ikr.unshared_pattern` names the first that does not)."""
+    return unshared_pattern(index, share) is None
 
 
 def pattern_mask(library, index, k):

@@ -162,7 +162,8 @@ def plan_layers(model, methods=METHODS):
 
 def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=FC_EPOCHS,
                      patterns=16, ikr_finetune=150, fc_variant="auto", fc_groups=FC_GROUPS,
-                     methods=METHODS, fc_patience=FC_PATIENCE, check=None, log=print):
+                     methods=METHODS, fc_patience=FC_PATIENCE, check=None, ikr_share=1,
+                     log=print):
     """Compress ``model``; see the module docstring.
 
     Parameters
@@ -186,6 +187,10 @@ def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=FC_EPOC
         Each method C try's epoch budget and early-stopping patience (on ``val``).
     methods : tuple of str or "auto"
         The methods to use (:func:`parse_methods`); the default is all three.
+    ikr_share : int
+        IKR: output channels per shared pattern (:attr:`slimnfu.compress.ikr.IkrOptions.share`;
+        the config's ``tn`` lets the lane IKR unit, ``ikr.lanes``, run the layers; 1: a
+        pattern per kernel, which runs on the window decoder).
     check : tuple of tensors, optional
         ``(images, labels)`` no decision has seen: the final budget verdict is taken on them,
         and a network over the budget there is backed off (see the module docstring). None:
@@ -257,7 +262,7 @@ def compress_network(model, train, val, calib, budget_pct=1.0, fc_epochs=FC_EPOC
         left = max(0.0, 2 * budget_pct / 3 - (base - acc_a))
         log(f"  val {acc_a:.2f}% (base {base:.2f}%); method B (IKR) under {left:.2f} points "
             f"...")
-        opts = ikr.IkrOptions(patterns=patterns, finetune_batches=ikr_finetune,
+        opts = ikr.IkrOptions(patterns=patterns, finetune_batches=ikr_finetune, share=ikr_share,
                               layers=tuple(f"{i}.conv" for i in ikr_convs))
         pruned, ikr_hist = ikr.ikr_prune(sm, xs, ys, xv, yv, left, opts)
         acc_b = ikr_hist["val_acc"]

@@ -24,7 +24,8 @@ from slimnfu.formats.base import (ImageError, StoredItem, WeightFormat, Words, c
                                   unpack_pwl)
 from slimnfu.formats.qmodel import QLayer
 
-__all__ = ["IkrWeights", "IkrFormat", "check_ikr", "ikr_values", "WINDOW_BANK_BITS"]
+__all__ = ["IkrWeights", "IkrFormat", "check_ikr", "ikr_values", "unshared_pattern",
+           "WINDOW_BANK_BITS"]
 
 #: Register bits :meth:`IkrFormat.configure` lets the pattern decoder's window banks take
 #: (``ikr.tiles * ikr.kmax**2 * ti * dw``): at ``kmax = 5``, 2 banks on ``diannao`` and 10 on
@@ -78,6 +79,19 @@ def check_ikr(name, k, n, library, index, patterns_max=16):
                          f"{len(rows)} patterns")
 
 
+def unshared_pattern(index, tn):
+    """The first ``(output tile, input channel)`` of ``index (O, C)`` whose kernels (output
+    channels ``tile*tn`` to ``tile*tn + tn - 1``) have different patterns, or ``None`` when
+    every output tile of ``tn`` channels shares one pattern per input channel: what the lane
+    IKR unit (``ikr.lanes``, :func:`slimnfu.formats.layout.pack_ikr_taps`) needs."""
+    idx = torch.as_tensor(index)
+    for o in range(0, idx.shape[0], tn):
+        differ = (idx[o:o + tn] != idx[o]).any(0).nonzero()
+        if differ.numel():
+            return o // tn, int(differ[0])
+    return None
+
+
 def ikr_values(ql):
     """Kept integer weights ``(O, C, n)`` of an IKR :class:`QLayer`, in pattern tap order."""
     rec = ql.compressed
@@ -98,6 +112,30 @@ def _unpack_table(words, p, k, cfg, fname):
     return (ky * k + kx).t().contiguous()
 
 
+def _unpack_lane_taps(data, n, desc, cfg, fn):
+    """The lane IKR unit's tap words (and its tap table, checked against the layer's) back to
+    a pattern table ``(P', n)`` and an index ``(O, C)``: the distinct tap rows the output
+    tiles use (in another order than the table written, perhaps, with the same weights;
+    ``restore`` checks them and that there are at most the manifest's ``ikr_patterns``)."""
+    if [int(v) for v in data["ikr_table"]] != layout.pack_ikr_lane_table(desc.k, desc.w_in, cfg):
+        raise ImageError(fn["ikr_table"], "values",
+                         f"must be the tap offsets of a {desc.k}x{desc.k} kernel over input "
+                         f"rows of {desc.w_in} words (slimnfu.formats.layout.pack_ikr_lane_table)")
+    ci, co = desc.tiles(cfg)
+    bits = ikr_tap_bits(cfg)
+    lanes = layout.unpack_words(data["ikr_taps"], cfg.ti, bits) & ((1 << bits) - 1)
+    taps = lanes.view(co, ci, n, cfg.ti).permute(0, 1, 3, 2).reshape(co, ci * cfg.ti, n)
+    if int(taps[:, desc.n_in:].sum()):
+        raise ImageError(fn["ikr_taps"], "padding", f"lanes past n_in={desc.n_in} must be zero")
+    taps = taps[:, :desc.n_in]
+    if int(taps.max()) >= desc.k ** 2:
+        raise ImageError(fn["ikr_taps"], "values",
+                         f"a tap lies outside the {desc.k}x{desc.k} kernel")
+    lib, tile_index = torch.unique(taps.reshape(-1, n), dim=0, return_inverse=True)
+    idx = tile_index.view(co, 1, desc.n_in).expand(co, cfg.tn, desc.n_in)
+    return lib, idx.reshape(co * cfg.tn, desc.n_in)[:desc.n_out].clone()
+
+
 class IkrFormat(WeightFormat):
     """IKR pattern pruning: ``n`` values per kernel plus a pattern index (method B)."""
 
@@ -116,6 +154,9 @@ class IkrFormat(WeightFormat):
         :data:`WINDOW_BANK_BITS` (at least one): a wider layer refills its windows
         (:meth:`slimnfu.config.PassDesc.ikr_cycles`)."""
         cfg = super().configure(cfg, layers)
+        if cfg.ikr.lanes and any(unshared_pattern(ql.compressed.index, cfg.tn) is not None
+                                 for ql in layers):
+            cfg = cfg.with_(ikr=replace(cfg.ikr, lanes=False))
         k = max(ql.desc.k for ql in layers)
         kmax = k if k <= IkrParams.MAX_KMAX else cfg.ikr.kmax
         need = max(-(-ql.desc.n_in // cfg.ti) for ql in layers)
@@ -172,10 +213,17 @@ class IkrFormat(WeightFormat):
                                    cfg.tn * cfg.ti * cfg.dw)}
         if cfg.ikr.lanes:
             # the lane unit: a tap per input lane and SB word, and the layer's tap offsets
-            try:
-                taps = layout.pack_ikr_taps(rec.patterns, rec.index, cfg)
-            except ValueError as exc:
-                raise ValueError(f"layer {ql.name}: {exc}") from None
+            bad = unshared_pattern(rec.index, cfg.tn)
+            if bad is not None:
+                o, c = bad
+                raise ValueError(
+                    f"layer {ql.name}: output channels {o * cfg.tn}.."
+                    f"{min(o * cfg.tn + cfg.tn, rec.index.shape[0]) - 1} (output tile {o}) have "
+                    f"different IKR patterns for input channel {c}: the lane IKR unit "
+                    f"(ikr.lanes) needs one per input channel and output tile of tn={cfg.tn} "
+                    f"channels (prune with IkrOptions.share={cfg.tn}, slimnfu run --ikr-share "
+                    f"{cfg.tn}), or the window decoder (--set ikr.lanes=0)")
+            taps = layout.pack_ikr_taps(rec.patterns, rec.index[::cfg.tn], cfg)
             mem["ikr_taps"] = Words(LoadSel.IKR_INDEX, taps, cfg.ti * ikr_tap_bits(cfg))
             mem["ikr_table"] = Words(LoadSel.IKR_TABLE,
                                      layout.pack_ikr_lane_table(ql.desc.k, ql.desc.w_in, cfg),
@@ -200,11 +248,6 @@ class IkrFormat(WeightFormat):
         if desc.kind != "conv":
             raise ImageError("manifest.json", f"{where}.desc",
                              f"format 'ikr' needs a conv layer, not {desc.kind}")
-        if cfg.ikr.lanes:
-            raise ImageError("manifest.json", f"{where}.format",
-                             f"an image for the lane IKR unit (config {cfg.name!r}, "
-                             f"ikr.lanes) cannot be read back yet: its tap words hold no "
-                             f"pattern table")
         n = entry["ikr_n"]
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= desc.k ** 2:
             raise ImageError("manifest.json", f"{where}.ikr_n",
@@ -216,30 +259,43 @@ class IkrFormat(WeightFormat):
         ci, co = desc.tiles(cfg)
         table_width = cfg.ikr.patterns * ikr_tap_bits(cfg)
         shapes = {"ikr_values": (ci * co * n, cfg.tn * cfg.ti * cfg.dw),
-                  "ikr_index": (ci * co, cfg.tn * cfg.ti * ikr_index_bits(cfg)),
-                  "ikr_table": (n, table_width), "bias": (co, cfg.tn * cfg.acc)}
+                  "bias": (co, cfg.tn * cfg.acc)}
+        if cfg.ikr.lanes:
+            shapes.update(ikr_taps=(ci * co * n, cfg.ti * ikr_tap_bits(cfg)),
+                          ikr_table=(desc.k ** 2, ikr_lane_table_width(cfg)))
+        else:
+            shapes.update(ikr_index=(ci * co, cfg.tn * cfg.ti * ikr_index_bits(cfg)),
+                          ikr_table=(n, table_width))
         if desc.act == "pwl":
             shapes["pwl"] = pwl_shape(cfg)
 
         def explain_table(words, width):
-            if width == table_width:
+            if width == table_width and not cfg.ikr.lanes:
                 return f"holds {words} taps per pattern, but {where}.ikr_n is {n}"
             return None
 
         data = check_items(entry, files, contents, shapes, self.name, desc, where,
                            "manifest.json", explain={"ikr_table": explain_table})
         fn = entry["files"]
-        lib = _unpack_table(data["ikr_table"], p, desc.k, cfg, fn["ikr_table"])
-        ib = ikr_index_bits(cfg)
-        lanes = layout.unpack_words(data["ikr_index"], cfg.tn * cfg.ti, ib) & ((1 << ib) - 1)
-        idx = crop_padding(lanes.view(co, ci, cfg.tn, cfg.ti).permute(0, 2, 1, 3)
-                           .reshape(co * cfg.tn, ci * cfg.ti), desc, fn["ikr_index"])
+        if cfg.ikr.lanes:
+            lib, idx = _unpack_lane_taps(data, n, desc, cfg, fn)
+            index_file = table_file = fn["ikr_taps"]
+        else:
+            lib = _unpack_table(data["ikr_table"], p, desc.k, cfg, fn["ikr_table"])
+            ib = ikr_index_bits(cfg)
+            lanes = layout.unpack_words(data["ikr_index"], cfg.tn * cfg.ti, ib) & ((1 << ib) - 1)
+            idx = crop_padding(lanes.view(co, ci, cfg.tn, cfg.ti).permute(0, 2, 1, 3)
+                               .reshape(co * cfg.tn, ci * cfg.ti), desc, fn["ikr_index"])
+            index_file, table_file = fn["ikr_index"], fn["ikr_table"]
         try:
             check_ikr(entry["name"], desc.k, n, lib, idx, cfg.ikr.patterns)
         except ValueError as exc:
             bad_index = "pattern index" in str(exc)
-            raise ImageError(fn["ikr_index"] if bad_index else fn["ikr_table"], "values",
+            raise ImageError(index_file if bad_index else table_file, "values",
                              str(exc)) from None
+        if lib.shape[0] > p:
+            raise ImageError(table_file, "values", f"holds {lib.shape[0]} distinct patterns, but "
+                                                   f"the manifest's ikr_patterns is {p}")
         lanes = layout.unpack_words(data["ikr_values"], cfg.tn * cfg.ti, cfg.dw)
         v = crop_padding(lanes.view(co, ci, n, cfg.tn, cfg.ti).permute(0, 3, 1, 4, 2)
                          .reshape(co * cfg.tn, ci * cfg.ti, n), desc, fn["ikr_values"])

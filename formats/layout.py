@@ -178,24 +178,18 @@ def pack_ikr_table(patterns, k, cfg):
     return pack_words(rows, ikr_tap_bits(cfg))
 
 
-def pack_ikr_taps(patterns, index, cfg):
+def pack_ikr_taps(patterns, tile_index, cfg):
     """Tap words of the lane IKR unit (``cfg.ikr.lanes``, :class:`slimnfu.rtl.ikr_lane_unit.
-    IkrLaneUnit`): word ``(o*ci_tiles + t)*n + s`` (beside SB word ``(o*ci_tiles + t)*n + s``,
-    :func:`pack_ikr_weights`), lane ``i`` holds tap ``s`` (``ky*k + kx``) of the pattern the
-    kernels of output tile ``o`` share for input channel ``t*ti + i`` (0 for a padding
-    channel), in ``ikr_tap_bits`` bits. Raises ``ValueError`` when they do not share one."""
+    IkrLaneUnit`) from ``tile_index (ceil(O/tn), C)``, the pattern each output tile's kernels
+    share per input channel (``index[::tn]`` of an index that
+    :func:`slimnfu.formats.ikr.unshared_pattern` accepts): word ``(o*ci_tiles + t)*n + s``
+    (beside SB word ``(o*ci_tiles + t)*n + s``, :func:`pack_ikr_weights`), lane ``i`` holds tap
+    ``s`` (``ky*k + kx``) of the pattern of output tile ``o`` and input channel ``t*ti + i`` (0
+    for a padding channel), in ``ikr_tap_bits`` bits."""
     pat = torch.as_tensor(patterns, dtype=torch.int64)
-    idx = torch.as_tensor(index, dtype=torch.int64)
-    tn, ti = cfg.tn, cfg.ti
-    for o in range(0, idx.shape[0], tn):
-        differ = (idx[o:o + tn] != idx[o]).any(0).nonzero()
-        if differ.numel():
-            raise ValueError(f"output channels {o}..{min(o + tn, idx.shape[0]) - 1} (output "
-                             f"tile {o // tn}) have different IKR patterns for input channel "
-                             f"{int(differ[0])}: the lane IKR unit (ikr.lanes) needs one per "
-                             f"input channel and output tile of tn={tn} channels (prune with "
-                             f"IkrOptions.share={tn}, slimnfu bench ikr --share {tn})")
-    taps = _pad_channels(pat[idx[::tn]], 1, ti)              # (co, C, n)
+    idx = torch.as_tensor(tile_index, dtype=torch.int64)
+    ti = cfg.ti
+    taps = _pad_channels(pat[idx], 1, ti)                    # (co, C, n)
     co, c, n = taps.shape
     lanes = taps.view(co, c // ti, ti, n).permute(0, 1, 3, 2).reshape(-1, ti)
     return pack_words(lanes, ikr_tap_bits(cfg))

@@ -73,7 +73,7 @@ def test_dense_cycles_formula():
 def test_fit_buffers_raises_depths_to_powers_of_two_and_keeps_larger_ones():
     from slimnfu.config import CONFIGS, LayerDesc
 
-    cfg = CONFIGS["tiny"].with_(ikr={"index_depth": 64})
+    cfg = CONFIGS["tiny"].with_(ikr={"index_depth": 64, "lanes": False})
     conv = LayerDesc("conv", 32, 32, 28, 28, 3, pad=1)          # 8 tiles * 784 words in and out
     ikr = PassDesc(LayerDesc("conv", 64, 64, 14, 14, 3, pad=1), ikr_n=4)   # 16*16 index words
     got = cfg.fit_buffers([conv, ikr], name="fit")
@@ -84,7 +84,10 @@ def test_fit_buffers_raises_depths_to_powers_of_two_and_keeps_larger_ones():
     conv.check(got) and ikr.check(got)
     with pytest.raises(ValueError, match="needs 256 IKR index words, but config 'fit' has "
                                          r"ikr\.index_depth=64"):
-        ikr.check(got.with_(ikr={"index_depth": 64}))
+        ikr.check(got.with_(ikr={"index_depth": 64, "lanes": False}))
+    # the lane unit's tap memory: a word per SB word, 16*16 tile pairs of 4 taps
+    lanes = cfg.with_(ikr={"index_depth": 64}).fit_buffers([conv, ikr])
+    assert lanes.ikr.index_depth == 1024 and ikr.ikr_index_words(lanes) == 16 * 16 * 4
 
 
 def test_a_layer_is_geometry_and_a_pass_adds_format_and_placement():
@@ -122,11 +125,19 @@ def test_features_are_a_set_with_a_parameter_record_each():
     with pytest.raises(TypeError, match="ikr parameters must be among: kmax, patterns, "
                                         "index_depth, tiles, lanes; not depth"):
         tiny.with_(ikr={"depth": 3})
-    # the lane unit: a flag, named in the config
-    lanes = tiny.changed(**{"ikr.lanes": 1})
-    assert lanes.ikr == IkrParams(lanes=True) and lanes.ikr.lanes is True
-    assert lanes.name == "tiny+ikr=1+ikr.lanes=True"
-    assert AccelConfig.from_dict(lanes.to_dict()) == lanes
+    # the lane unit is the default; the window decoder a flag, named in the config
+    assert IkrParams().lanes is True and tiny.changed(ikr=1).name == "tiny+ikr=1"
+    window = tiny.changed(**{"ikr.lanes": 0})
+    assert window.ikr == IkrParams(lanes=False) and window.ikr.lanes is False
+    assert window.name == "tiny+ikr=1+ikr.lanes=False"
+    assert AccelConfig.from_dict(window.to_dict()) == window
+    assert AccelConfig.from_dict(on.to_dict()) == on
+    # a stored config from before the lane unit (no lanes, or version 1's flat flag) is the
+    # window decoder it was built with
+    old = on.to_dict()
+    del old["ikr"]["lanes"]
+    assert AccelConfig.from_dict(old).ikr == IkrParams(lanes=False)
+    assert AccelConfig.from_dict({**old, "ikr": True}).ikr == IkrParams(lanes=False)
     with pytest.raises(TypeError, match=r"ikr\.lanes must be a bool \(or the integer 0/1\), "
                                         r"not 2"):
         tiny.with_(ikr={"lanes": 2})
@@ -149,7 +160,7 @@ def test_features_are_a_set_with_a_parameter_record_each():
     # the flat form of weight images of version 1
     flat = {**tiny.to_dict(), "ikr": True, "ikr_kmax": 3, "ikr_patterns": 16,
             "ikr_index_depth": 512, "perm": False, "perm_depth": 1024, "kgate": False}
-    assert AccelConfig.from_dict(flat) == tiny.with_(ikr={"kmax": 3})
+    assert AccelConfig.from_dict(flat) == tiny.with_(ikr={"kmax": 3, "lanes": False})
 
 
 def test_changed_configs_are_named_after_what_changed():
@@ -190,7 +201,7 @@ def test_ikr_slot_cycles_walk_the_banked_order(tiles, n_in, n_out, stride, n):
     ``oy, ox, o, t`` when banked, output tile 0's groups filling ``k`` columns at a row start
     and ``min(stride, k)`` after, the other output tiles' none; ``o, oy, ox, t`` and
     ``max(n, k)`` a slot when not."""
-    cfg = CONFIGS["tiny"].with_(ikr={"tiles": tiles})
+    cfg = CONFIGS["tiny"].with_(ikr={"tiles": tiles, "lanes": False})
     run = PassDesc(LayerDesc("conv", n_in, n_out, 7, 8, 3, stride, 1), ikr_n=n)
     ci, co = run.tiles(cfg)
     banked = run.ikr_banked(cfg)

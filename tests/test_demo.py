@@ -124,7 +124,8 @@ def test_board_report_matches_the_checkpoint(tmp_path):
 
 def _run_args(**kw):
     base = dict(model="net.py:make_model", data="d.npz", weights=None, train_epochs=None,
-                budget=1.0, methods="auto", patterns=16, ikr_finetune=150, config="tiny",
+                budget=1.0, methods="auto", patterns=16, ikr_finetune=150, ikr_share=1,
+                config="tiny",
                 images=20, icarus_images=1,
                 dense_images=1, synth=False, pnr_timeout=1800, out=None)
     return Namespace(**{**base, **kw})
@@ -136,15 +137,17 @@ def _run_args(**kw):
     ({"train_epochs": -2}, r"--train-epochs must be in \[0, 1000\], not -2"),
     ({"patterns": 17}, r"--patterns must be in \[1, 16\], not 17"),
     ({"ikr_finetune": -1}, r"--ikr-finetune must be in \[0, 100000\], not -1"),
+    ({"ikr_share": 0}, r"--ikr-share must be in \[1, 1024\], not 0"),
     ({"images": 0}, r"--images must be in \[1, 1000\], not 0"),
     ({"model": "lenet5", "data": "fashion-mnist"},
      "a reference network runs on its own data set with its own training: lenet5 --data mnist"),
     ({"model": "lenet5", "data": "mnist", "methods": "slim"},
      "the reference flow is lenet5 with all three methods"),
     ({"model": "vgg_fmnist", "data": "fashion-mnist"},
-     "the reference flow is lenet5 with all three methods and the default --patterns and "
-     "--ikr-finetune; for vgg_fmnist"),
+     "the reference flow is lenet5 with all three methods and the default --patterns, "
+     "--ikr-finetune and --ikr-share; for vgg_fmnist"),
     ({"model": "lenet5", "data": "mnist", "patterns": 4}, "the reference flow is lenet5"),
+    ({"model": "lenet5", "data": "mnist", "ikr_share": 4}, "the reference flow is lenet5"),
 ])
 def test_run_refuses_bad_options(kw, message, monkeypatch):
     from slimnfu import demo

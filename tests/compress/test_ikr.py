@@ -1,5 +1,6 @@
 """IKR pruning: library, assignment, masks, bad input, save/load, accounting."""
 
+import dataclasses
 import io
 
 import pytest
@@ -124,8 +125,10 @@ def test_accounting_counts_values_index_and_table():
     assert ikr_values(q).unique().tolist() == [7]
 
 
-def _ikr_image(tmp_path, n=4, p=3):
-    """Export a small IKR network (5x5 and 3x3 convs) and return a tamper helper."""
+def _ikr_image(tmp_path, n=4, p=3, lanes=False):
+    """Export a small IKR network (5x5 and 3x3 convs) and return a tamper helper; for the
+    window decoder, or with ``lanes`` for the lane IKR unit (patterns shared per output tile
+    of ``tiny``'s 4 lanes)."""
     import hashlib
     import json
 
@@ -136,10 +139,11 @@ def _ikr_image(tmp_path, n=4, p=3):
     torch.manual_seed(1)
     model = nn.Sequential(nn.Conv2d(2, 5, 5), nn.ReLU(), nn.Conv2d(5, 6, 3), nn.ReLU(),
                           nn.Flatten(), nn.Linear(6 * 4 * 4, 3))
-    ikr.apply_ikr(model[0], n + 3, patterns=p, name="conv1")
-    ikr.apply_ikr(model[2], n, patterns=p, name="conv2")
+    share = CONFIGS["tiny"].tn if lanes else 1
+    ikr.apply_ikr(model[0], n + 3, patterns=p, name="conv1", share=share)
+    ikr.apply_ikr(model[2], n, patterns=p, name="conv2", share=share)
     q = ikr.mark_quantised(quantize_model(model, torch.rand(16, 2, 10, 10)), model)
-    cfg = CONFIGS["tiny"].with_(ikr=True)
+    cfg = CONFIGS["tiny"].with_(ikr={"lanes": lanes})
     out = tmp_path / "img"
     image.export(q, cfg, out)
 
@@ -176,6 +180,100 @@ def test_image_round_trip(tmp_path):
     assert entry["ikr_patterns"] == q.layers[0].compressed.patterns.shape[0]
     assert set(entry["files"]) == {"ikr_values", "ikr_index", "ikr_table", "bias"}
     assert manifest["stats"]["bits"] < manifest["stats"]["bits_dense"]
+
+
+def test_lane_image_round_trip(tmp_path):
+    """An image for the lane IKR unit holds tap words, not indices and a pattern table: it is
+    read back to the same weights, and a table of the patterns the tiles use (in its own
+    order) whose words are the ones written."""
+    from slimnfu.compress.quant import int_forward
+    from slimnfu.gen import image
+
+    q, out, _ = _ikr_image(tmp_path, lanes=True)
+    q2, cfg, manifest = image.load(out)
+    assert cfg.ikr.lanes
+    assert set(manifest["layers"][0]["files"]) == {"ikr_values", "ikr_taps", "ikr_table", "bias"}
+    for a, b in zip(q.layers, q2.layers):
+        assert torch.equal(a.w, b.w) and torch.equal(a.b, b.b)
+        if a.format == "ikr":
+            lib_a, lib_b = a.compressed.patterns, b.compressed.patterns
+            assert torch.equal(lib_a[a.compressed.index], lib_b[b.compressed.index])
+            assert a.weight_format.memories(a, cfg) == b.weight_format.memories(b, cfg)
+    x = torch.rand(4, 2, 10, 10)
+    assert torch.equal(int_forward(q, x)[0], int_forward(q2, x)[0])
+
+
+def _tap_edit(word, lane, bits, value):
+    """Hex ``word`` with tap lane ``lane`` (``bits`` wide) set to ``value``."""
+    w = int(word, 16)
+    w = (w & ~(((1 << bits) - 1) << (lane * bits))) | (value << (lane * bits))
+    return f"{w:0{len(word)}x}"
+
+
+def test_lane_image_refusals(tmp_path):
+    """Tap words that are not a shared-pattern layer's, and a tap table that is not the
+    layer's, are refused naming the file."""
+    from slimnfu.contract import ikr_tap_bits
+    from slimnfu.gen import image
+
+    def check(name, edit, match, item="ikr_taps", layer=0, **kw):
+        _, out, tamper = _ikr_image(tmp_path / name, lanes=True, **kw)
+        tamper(layer, item, edit)
+        with pytest.raises(image.ImageError, match=match):
+            image.load(out)
+
+    bits = ikr_tap_bits(image.load(_ikr_image(tmp_path / "cfg", lanes=True)[1])[1])
+    # conv1 is 5x5 (taps 0..24) on 2 input channels of tiny's 4 lanes
+    check("outside", lambda ls: [_tap_edit(ls[0], 0, bits, 25)] + ls[1:],
+          r"conv1.ikr_taps.hex: values: a tap lies outside the 5x5 kernel")
+    check("padding", lambda ls: [_tap_edit(ls[0], 2, bits, 3)] + ls[1:],
+          r"conv1.ikr_taps.hex: padding: lanes past n_in=2 must be zero")
+    # conv2 (3x3, n = 4): its words 0..3 are output tile 0's taps for input channels 0..3;
+    # a repeated tap, and a fourth pattern where the manifest says 3
+    mask = (1 << bits) - 1
+    check("repeat", lambda ls: [ls[0], _tap_edit(ls[1], 0, bits, int(ls[0], 16) & mask)] + ls[2:],
+          r"conv2.ikr_taps.hex: values: layer conv2: pattern \d+ has 3 distinct taps, but n=4",
+          layer=1)
+    check("many", lambda ls: [_tap_edit(w, i, bits, s) for w, i, s in
+                              zip(ls[:4], [0] * 4, [8, 7, 6, 5])] + ls[4:],
+          r"conv2.ikr_taps.hex: values: holds \d+ distinct patterns, but the manifest's "
+          r"ikr_patterns is 1", layer=1, p=1)
+    check("table", lambda ls: ls[:1] + [_tap_edit(ls[1], 0, 1, 0)] + ls[2:],
+          r"conv1.ikr_table.hex: values: must be the tap offsets of a 5x5 kernel over input "
+          r"rows of 10 words", item="ikr_table")
+
+
+def test_lane_unit_needs_shared_patterns():
+    """``unshared_pattern`` names the first output tile and input channel whose kernels
+    differ; compiling such a layer for the lane unit says so, and ``configure`` gives a
+    program of them the window decoder."""
+    from slimnfu.config import CONFIGS
+    from slimnfu.formats.ikr import IkrFormat, unshared_pattern
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3)
+    ikr.apply_ikr(conv, 3, patterns=4, share=4)
+    index = conv.ikr_index.clone()
+    assert unshared_pattern(index, 4) is None and ikr.shares_patterns(index, 4)
+    model = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 2))
+    from slimnfu.compress.quant import quantize_model
+    ql = ikr.mark_quantised(quantize_model(model, torch.rand(8, 4, 6, 6)), model).layers[0]
+    tiny = CONFIGS["tiny"]
+    assert tiny.with_(ikr=True).ikr.lanes
+    assert IkrFormat().configure(tiny.with_(ikr=True), [ql]).ikr.lanes
+    assert not IkrFormat().configure(tiny.with_(ikr={"lanes": False}), [ql]).ikr.lanes
+    index[5, 3] = (index[4, 3] + 1) % conv.ikr_patterns.shape[0]
+    assert unshared_pattern(index, 4) == (1, 3) and not ikr.shares_patterns(index, 4)
+    bad = dataclasses.replace(ql, compressed=IkrWeights(ql.compressed.patterns, index))
+    got = IkrFormat().configure(tiny.with_(ikr=True), [bad])
+    assert not got.ikr.lanes and got.ikr.kmax == 3
+    with pytest.raises(ValueError, match=r"layer conv1: output channels 4\.\.5 \(output tile 1\) "
+                                         r"have different IKR patterns for input channel 3: "
+                                         r"the lane IKR unit \(ikr.lanes\) needs one per input "
+                                         r"channel and output tile of tn=4 channels \(prune "
+                                         r"with IkrOptions.share=4, slimnfu run --ikr-share 4\)"
+                                         r", or the window decoder \(--set ikr.lanes=0\)"):
+        IkrFormat().memories(bad, tiny.with_(ikr=True))
 
 
 def _set_lane0(line, bits, value):

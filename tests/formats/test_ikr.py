@@ -58,13 +58,3 @@ def test_configure_fits_the_window_to_the_largest_kernel(mixed_qmodel):
     assert cfg9.ikr.kmax == 5
     with pytest.raises(ValueError, match=r"layer conv2: .* 9x9 kernel do not fit .*ikr\.kmax=5"):
         fmt.memories(k9, cfg9)
-
-
-def test_restore_refuses_an_image_for_the_lane_unit():
-    from slimnfu.config import LayerDesc
-    from slimnfu.formats.base import ImageError
-
-    cfg = CONFIGS["tiny"].with_(ikr={"lanes": True})
-    with pytest.raises(ImageError, match=r"an image for the lane IKR unit \(config 'tiny', "
-                                         r"ikr.lanes\) cannot be read back yet"):
-        IkrFormat().restore({}, {}, {}, LayerDesc("conv", 2, 4, 6, 6, 3), cfg, "layers[0]")

@@ -182,8 +182,10 @@ PINNED_PERM_STAGES = {"tiny": 9, "small": 12, "diannao": 12, "t2": 5, "t1": 3}
 PINNED_AFFINE_WAIT = {"tiny": 0, "small": 0, "diannao": 0, "t2": 0, "t1": 0}
 #: IkrSequencer.OUTPUT_STAGES: the window origin and column, then the fill address, then the
 #: block RAMs' output registers in front of the pattern decoder, then the window bank's
-#: shift register (the swap copies the bank the cycle after its last column lands).
-PINNED_IKR_STAGES = 4
+#: shift register (the swap copies the bank the cycle after its last column lands): the window
+#: decoder (``ikr.lanes`` off); the lane unit (the default) has its own
+#: (:data:`slimnfu.rtl.ikr_lane_unit.IkrLaneUnit.OUTPUT_STAGES`).
+PINNED_IKR_STAGES = {False: 4, True: 5}
 
 PINNED_LATENCIES = {
     "tiny": (30, 2, 3, 9, 1, 2),
@@ -211,10 +213,12 @@ def test_latency_per_config_pinned(name):
     # only
     for feature in ("ikr", "kgate"):
         assert LayerEngine.latency(cfg.with_(**{feature: True}), dense) == got[0]
-    ikr, ikr_pass = cfg.with_(ikr=True), PassDesc(LayerDesc("conv", 2, 3, 4, 4, k=3), ikr_n=4)
-    assert LayerEngine.ikr_stages(ikr, dense) == 0
-    assert LayerEngine.ikr_stages(ikr, ikr_pass) == PINNED_IKR_STAGES
-    assert LayerEngine.latency(ikr, ikr_pass) == got[0] + PINNED_IKR_STAGES
+    ikr_pass = PassDesc(LayerDesc("conv", 2, 3, 4, 4, k=3), ikr_n=4)
+    for lanes, stages in PINNED_IKR_STAGES.items():
+        ikr = cfg.with_(ikr={"lanes": lanes})
+        assert LayerEngine.ikr_stages(ikr, dense) == 0
+        assert LayerEngine.ikr_stages(ikr, ikr_pass) == stages
+        assert LayerEngine.latency(ikr, ikr_pass) == got[0] + stages
     perm = cfg.with_(perm=True)
     assert PermAddrGen.latency(perm, LayerEngine.PERM_AHEAD) == PINNED_PERM_STAGES[name]
     assert LayerEngine.perm_stages(perm, dense) == 0
@@ -244,7 +248,8 @@ def test_latencies_pinned(features):
     a dense and a pooling layer and for the layers of its features, one after another on one
     engine: with perm, no pass pays the address generator's stages on tiny."""
     assert LoopNest.SETUP_CYCLES == Sequencer.SETUP_CYCLES == IkrSequencer.SETUP_CYCLES == 12
-    params = {"ikr": {"kmax": 3, "index_depth": 8}, "perm": {"depth": 64}, "kgate": True}
+    params = {"ikr": {"kmax": 3, "index_depth": 8, "lanes": False}, "perm": {"depth": 64},
+              "kgate": True}
     cfg = get_config("tiny").with_(nbin_depth=64, sb_depth=64, nbout_depth=64, bias_depth=8,
                                    **{f: params[f] for f in features})
     assert PermAddrGen.latency(get_config("tiny").with_(perm=True), LayerEngine.PERM_AHEAD) == \

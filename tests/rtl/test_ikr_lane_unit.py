@@ -66,22 +66,10 @@ def test_ikr_layers_bit_exact_at_n_cycles_a_group():
         assert counters["steps"] == groups * run.ikr_n
 
 
-def test_taps_refuse_patterns_an_output_tile_does_not_share():
-    run = LAYERS[0]
-    *_, patterns, index = random_ikr_layer(run, 4, 0, CFG, share=CFG.tn)
-    layout.pack_ikr_taps(patterns, index, CFG)
-    index[5, 3] = (index[4, 3] + 1) % 4
-    with pytest.raises(ValueError, match=r"output channels 4\.\.5 \(output tile 1\) have "
-                                         r"different IKR patterns for input channel 3: the "
-                                         r"lane IKR unit \(ikr.lanes\) needs one per input "
-                                         r"channel and output tile of tn=4 channels"):
-        layout.pack_ikr_taps(patterns, index, CFG)
-
-
 def test_lane_unit_needs_lanes():
     with pytest.raises(ValueError, match="IkrLaneUnit needs a config with ikr.lanes; 'tiny' "
                                          "has the window decoder"):
-        IkrLaneUnit(CONFIGS["tiny"].with_(ikr=True))
+        IkrLaneUnit(CONFIGS["tiny"].with_(ikr={"lanes": False}))
 
 
 def test_lanes_keep_the_buffers_block_rams():

@@ -17,7 +17,7 @@ from slimnfu.contract import LoadSel
 from slimnfu.sim.amaranth_driver import EngineDriver, simulate
 from slimnfu.sim.ikr_cases import random_ikr_layer
 
-CFG = CONFIGS["tiny"].with_(ikr={"kmax": 3, "index_depth": 16}, nbin_depth=256,
+CFG = CONFIGS["tiny"].with_(ikr={"kmax": 3, "index_depth": 16, "lanes": False}, nbin_depth=256,
                             sb_depth=128, nbout_depth=256, bias_depth=8)
 
 
@@ -135,7 +135,7 @@ def test_decoder_stages_add_no_latency():
     banked order's swap) does not grow with them."""
     assert PatternDecoder.LOOKAHEAD == 3 < IkrSequencer.OUTPUT_STAGES == 4
     assert IkrUnit.WINDOW_STAGES == PatternDecoder.WINDOW_STAGES == 1
-    assert PatternDecoder.window_select_bits(CONFIGS["tiny"].with_(ikr=True)) == 3
+    assert PatternDecoder.window_select_bits(CONFIGS["tiny"].with_(ikr={"lanes": False})) == 3
     assert PatternDecoder.window_select_bits(CFG) == 2
 
 
@@ -145,7 +145,7 @@ def test_decoder_elaborates_for_every_window_size(kmax):
     largest."""
     from amaranth.back import rtlil
 
-    rtlil.convert(PatternDecoder(CFG.with_(ikr={"kmax": kmax})))
+    rtlil.convert(PatternDecoder(CFG.with_(ikr={"kmax": kmax, "lanes": False})))
 
 
 @pytest.mark.parametrize("stride, cycles", [(1, 6 * (3 + 5 * 1) + 1), (2, 3 * (3 + 2 * 2) + 1)])
@@ -184,7 +184,7 @@ def test_banked_window_slides_with_several_input_tiles(tiles, n_in, n_out, strid
     a group of output tile 0, ``max(n, k)`` only at the start of a row) and serves the pixel's
     other output tiles in ``n`` cycles a group; a wider layer keeps DianNao's order and refills
     every window in ``max(n, k)`` cycles."""
-    cfg = CFG.with_(ikr={"kmax": 3, "index_depth": 16, "tiles": tiles})
+    cfg = CFG.with_(ikr={"kmax": 3, "index_depth": 16, "tiles": tiles, "lanes": False})
     run = PassDesc(LayerDesc("conv", n_in, n_out, 6, 7, k=3, stride=stride, pad=pad,
                              shift=15, act="relu"), ikr_n=n)
     ci, co = run.tiles(cfg)
@@ -221,7 +221,7 @@ def test_ikr_layers_read_both_buffers_and_their_copies_stay_alike():
     buffer 1 and writes buffer 0 (bit-exact, exact cycles), then buffer 1 is written through
     ``nb_*`` the cycle after ``done``: every copy of each buffer holds the same words
     throughout, so no write went to a window row's address."""
-    cfg = CONFIGS["tiny"].with_(ikr={"kmax": 5, "index_depth": 16}, nbin_depth=64,
+    cfg = CONFIGS["tiny"].with_(ikr={"kmax": 5, "index_depth": 16, "lanes": False}, nbin_depth=64,
                                 sb_depth=128, nbout_depth=64, bias_depth=8)
     assert LayerEngine.buffer_copies(cfg) == 3
     first = PassDesc(LayerDesc("conv", 4, 4, 6, 5, k=5, pad=2, shift=15), ikr_n=7)

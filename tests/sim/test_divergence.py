@@ -20,7 +20,7 @@ from slimnfu.sim.cases import Case, case_job, read_case, reference
 from slimnfu.sim.divergence import first_divergence, save_divergence, vcd_window, write_cycle
 from slimnfu.sim.network import expected_cycles, layer_schedule
 
-CFG = CONFIGS["tiny"].with_(name="tiny_wc", ikr=True, kgate=True, nbin_depth=256,
+CFG = CONFIGS["tiny"].with_(name="tiny_wc", ikr={"lanes": False}, kgate=True, nbin_depth=256,
                             sb_depth=256, nbout_depth=256, bias_depth=8)
 
 
