@@ -107,6 +107,26 @@ def mixed_qmodel(small_qmodel, slim_qmodel):
 
 
 @pytest.fixture(scope="session")
+def mixed_lanes_qmodel(small_qmodel, mixed_qmodel):
+    """``mixed_qmodel`` with conv2's kernels sharing a pattern per input channel and output
+    tile of ``tiny``'s 4 lanes: what the lane IKR unit (``ikr.lanes``) runs."""
+    import dataclasses
+
+    from slimnfu.formats.ikr import IkrWeights
+
+    conv2, dense = mixed_qmodel.layers[2], small_qmodel.layers[2]
+    patterns, index = conv2.compressed.patterns, conv2.compressed.index
+    index = index[torch.arange(index.shape[0]) // 4 * 4]
+    k = conv2.desc.k
+    mask = torch.zeros(*dense.w.shape[:2], k * k, dtype=torch.int64)
+    mask.scatter_(2, patterns[index], 1)
+    layers = list(mixed_qmodel.layers)
+    layers[2] = dataclasses.replace(conv2, w=dense.w * mask.view(dense.w.shape),
+                                    compressed=IkrWeights(patterns, index))
+    return dataclasses.replace(mixed_qmodel, layers=layers)
+
+
+@pytest.fixture(scope="session")
 def mixed_index_qmodel(mixed_qmodel):
     """``mixed_qmodel`` with fc1 in ``perm_index`` (random permutations of one sequence): an
     FC layer whose columns the compiler re-lays into the conv output's buffer order, padding

@@ -38,16 +38,22 @@ def test_slim_network_on_the_verilog(slim_qmodel, sim):
     assert r["counters"]["gated"] > 0
 
 
-def test_every_format_in_one_network_on_verilator(mixed_qmodel):
+@pytest.mark.parametrize("lanes", [False, True], ids=["window_decoder", "lane_unit"])
+def test_every_format_in_one_network_on_verilator(mixed_qmodel, mixed_lanes_qmodel, lanes):
+    """Every format in one network; its IKR conv on the window decoder (a pattern per kernel)
+    or, its patterns shared per output tile, on the lane unit: the compiler picks the unit."""
     from slimnfu.config import CONFIGS
     from slimnfu.gen.compiler import compile_model, config_for
 
-    cfg = config_for(mixed_qmodel, CONFIGS["tiny"].with_(nbin_depth=256, sb_depth=64,
-                                                          nbout_depth=256, bias_depth=8))
-    program = compile_model(mixed_qmodel, cfg.with_(name="tiny_test_mixed"))
+    q = mixed_lanes_qmodel if lanes else mixed_qmodel
+    cfg = config_for(q, CONFIGS["tiny"].with_(nbin_depth=256, sb_depth=64, nbout_depth=256,
+                                              bias_depth=8))
+    assert cfg.ikr.lanes == lanes
+    name = "tiny_test_mixed" + ("_lanes" if lanes else "")
+    program = compile_model(q, cfg.with_(name=name))
     images = torch.rand(2, 1, 10, 10, generator=torch.Generator().manual_seed(6))
-    r = run_network(program, mixed_qmodel, images, torch.tensor([0, 1]), sim="verilator",
-                    name="test_mixed_net", log=lambda s: None)
+    r = run_network(program, q, images, torch.tensor([0, 1]), sim="verilator",
+                    name=name.replace("tiny_test", "test") + "_net", log=lambda s: None)
     assert r["bit_exact"], r["failures"]
     assert r["counters"]["cycles"] == expected_cycles(program)["cycles"]
 
