@@ -1,14 +1,21 @@
 """The IKR format (method B): every KxK kernel keeps ``n`` taps of one of ``P`` patterns.
 
-Stored per layer: the kept values (``n`` SB words per tile pair instead of ``k*k``), one
-``ceil(log2 P)``-bit pattern index per kernel (the IKR index memory, one word per tile pair),
-the pattern table (``n`` words, each the ``s``-th tap of all ``P`` slots as
-``ky*ikr_kmax + kx``), the biases and the PWL table. It needs ``cfg.ikr`` (the pattern
-decoder of :mod:`slimnfu.rtl.ikr_unit`), which runs a kernel group in ``max(n, k)`` cycles, or
-in a layer of at most ``cfg.ikr.tiles`` input tiles ``max(n, stride)`` while the window slides
-and ``n`` for the pixel's output tiles after the first (``PassDesc.ikr_cycles``);
-:meth:`IkrFormat.configure` gives the decoder a window bank per input tile of the program's IKR
-layers, within :data:`WINDOW_BANK_BITS`, and a window as wide as their largest kernel.
+It needs ``cfg.ikr``: the lane unit (``ikr.lanes``, :mod:`slimnfu.rtl.ikr_lane_unit`, ``n``
+cycles a kernel group), when the ``tn`` kernels of each output tile share a pattern per input
+channel (:func:`unshared_pattern`), or else the window decoder (:mod:`slimnfu.rtl.ikr_unit`);
+:meth:`IkrFormat.configure` picks the one the program's IKR layers can run on.
+
+Stored per layer: the kept values (``n`` SB words per tile pair instead of ``k*k``), the
+biases and the PWL table, and for the window decoder one ``ceil(log2 P)``-bit pattern index
+per kernel (the IKR index memory, one word per tile pair) and the pattern table (``n`` words,
+each the ``s``-th tap of all ``P`` slots as ``ky*ikr_kmax + kx``); for the lane unit a tap
+word per SB word (each input lane's tap ``ky*k + kx``) and the layer's ``k*k``-word tap table
+(:func:`slimnfu.formats.layout.pack_ikr_taps`, :func:`~slimnfu.formats.layout.
+pack_ikr_lane_table`). The decoder runs a kernel group in ``max(n, k)`` cycles, or in a layer
+of at most ``cfg.ikr.tiles`` input tiles ``max(n, stride)`` while the window slides and ``n``
+for the pixel's output tiles after the first (``PassDesc.ikr_cycles``); ``configure`` gives
+it a window bank per input tile of the program's IKR layers, within
+:data:`WINDOW_BANK_BITS`, and a window as wide as their largest kernel.
 """
 
 import math
@@ -244,7 +251,9 @@ class IkrFormat(WeightFormat):
     def restore(self, entry, files, contents, desc, cfg, where):
         """Checks the listed items and every file's shape against ``desc`` and the manifest's
         ``ikr_n`` (taps per pattern) and ``ikr_patterns``, then :func:`check_ikr` (distinct
-        taps, indices inside the table), naming the file."""
+        taps, indices inside the table), naming the file. With ``cfg.ikr.lanes`` the items are
+        the tap words and the tap table (checked against the layer's), and the pattern table
+        is rebuilt from the tap rows the output tiles use (:func:`_unpack_lane_taps`)."""
         if desc.kind != "conv":
             raise ImageError("manifest.json", f"{where}.desc",
                              f"format 'ikr' needs a conv layer, not {desc.kind}")
