@@ -38,10 +38,12 @@ def test_slim_network_on_the_verilog(slim_qmodel, sim):
     assert r["counters"]["gated"] > 0
 
 
-@pytest.mark.parametrize("lanes", [False, True], ids=["window_decoder", "lane_unit"])
+@pytest.mark.parametrize("lanes", [pytest.param(False, marks=pytest.mark.slow), True],
+                         ids=["window_decoder", "lane_unit"])
 def test_every_format_in_one_network_on_verilator(mixed_qmodel, mixed_lanes_qmodel, lanes):
     """Every format in one network; its IKR conv on the window decoder (a pattern per kernel)
-    or, its patterns shared per output tile, on the lane unit: the compiler picks the unit."""
+    or, its patterns shared per output tile, on the lane unit: the compiler picks the unit.
+    The window decoder's is slow (``make test-slow``), where the demo flow runs it too."""
     from slimnfu.config import CONFIGS
     from slimnfu.gen.compiler import compile_model, config_for
 
