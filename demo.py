@@ -314,6 +314,11 @@ def _deliver(scenario, model, acc_base, qd, q, hist, test, out, t0, images, icar
     first = steps - 3
     program = flows.compile_for(q, scenario)
     cfg = program.cfg
+    if cfg.ikr is not None:
+        _log("IKR unit: " + ("the lane unit" if cfg.ikr.lanes else
+                             f"the window decoder (the IKR layers' patterns are not shared per "
+                             f"output tile of tn={cfg.tn}; --ikr-share {cfg.tn} prunes for the "
+                             f"lane unit)"))
     print(f"[{first}/{steps}] exporting the compiled network's ROM image to {out / 'rom'}",
           flush=True)
     rom = write_rom_image(program, out / "rom")

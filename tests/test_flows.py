@@ -138,6 +138,8 @@ def test_demo_end_to_end(trained, build_root, capsys):
     assert (build_root / "verilog" / "tiny_lenet5_compressed" / "slimnfu_accel.v").is_file()
     text = capsys.readouterr().out
     assert "[6/6] running 2 test images through the RTL" in text
+    assert "IKR unit: the window decoder (the IKR layers' patterns are not shared per output " \
+           "tile of tn=4; --ikr-share 4 prunes for the lane unit)" in text
     # compressed once: the RTL step takes the network the demo compressed, not the cache's
     assert "reusing" not in text
     # numerical attribution: every layer, float -> integer -> RTL side by side, and the
