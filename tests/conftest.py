@@ -80,6 +80,7 @@ def mixed_qmodel(small_qmodel, slim_qmodel):
     import dataclasses
 
     from slimnfu.compress import permfc
+    from slimnfu.compress.ikr import pattern_mask
     from slimnfu.formats.ikr import IkrWeights
     from slimnfu.formats.perm import PermAffineWeights, affine_perms
 
@@ -91,11 +92,9 @@ def mixed_qmodel(small_qmodel, slim_qmodel):
     patterns = torch.stack([torch.randperm(k * k, generator=gen)[:n].sort().values
                             for _ in range(5)])
     index = torch.randint(5, tuple(conv2.w.shape[:2]), generator=gen)
-    mask = torch.zeros(*conv2.w.shape[:2], k * k, dtype=torch.int64)
-    mask.scatter_(2, patterns[index], 1)
-    layers[2] = dataclasses.replace(
-        conv2, w=conv2.w * mask.view(conv2.w.shape), format="ikr",
-        compressed=IkrWeights(patterns, index))
+    mask = pattern_mask(patterns, index, k).to(torch.int64)
+    layers[2] = dataclasses.replace(conv2, w=conv2.w * mask, format="ikr",
+                                    compressed=IkrWeights(patterns, index))
     fc1 = layers[4]
     m_out, n_in = fc1.w.shape
     a, b = permfc.random_affine_params(m_out, n_in, seed=3)
@@ -112,16 +111,15 @@ def mixed_lanes_qmodel(small_qmodel, mixed_qmodel):
     tile of ``tiny``'s 4 lanes: what the lane IKR unit (``ikr.lanes``) runs."""
     import dataclasses
 
+    from slimnfu.compress.ikr import pattern_mask
     from slimnfu.formats.ikr import IkrWeights
 
     conv2, dense = mixed_qmodel.layers[2], small_qmodel.layers[2]
     patterns, index = conv2.compressed.patterns, conv2.compressed.index
     index = index[torch.arange(index.shape[0]) // 4 * 4]
-    k = conv2.desc.k
-    mask = torch.zeros(*dense.w.shape[:2], k * k, dtype=torch.int64)
-    mask.scatter_(2, patterns[index], 1)
+    mask = pattern_mask(patterns, index, conv2.desc.k).to(torch.int64)
     layers = list(mixed_qmodel.layers)
-    layers[2] = dataclasses.replace(conv2, w=dense.w * mask.view(dense.w.shape),
+    layers[2] = dataclasses.replace(conv2, w=dense.w * mask,
                                     compressed=IkrWeights(patterns, index))
     return dataclasses.replace(mixed_qmodel, layers=layers)
 

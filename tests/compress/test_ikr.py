@@ -247,6 +247,7 @@ def test_lane_unit_needs_shared_patterns():
     """``unshared_pattern`` names the first output tile and input channel whose kernels
     differ; compiling such a layer for the lane unit says so, and ``configure`` gives a
     program of them the window decoder."""
+    from slimnfu.compress.quant import quantize_model
     from slimnfu.config import CONFIGS
     from slimnfu.formats.ikr import IkrFormat, unshared_pattern
 
@@ -256,7 +257,6 @@ def test_lane_unit_needs_shared_patterns():
     index = conv.ikr_index.clone()
     assert unshared_pattern(index, 4) is None and ikr.shares_patterns(index, 4)
     model = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 2))
-    from slimnfu.compress.quant import quantize_model
     ql = ikr.mark_quantised(quantize_model(model, torch.rand(8, 4, 6, 6)), model).layers[0]
     tiny = CONFIGS["tiny"]
     assert tiny.with_(ikr=True).ikr.lanes
