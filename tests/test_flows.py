@@ -35,6 +35,10 @@ def test_cache_names_say_the_rule_and_the_splits():
     # method C's training names the file when it is not the default's
     assert flows.network_file(Scenario(fc_epochs=1), model).endswith("_c2000_fe1.json")
     assert flows.network_file(Scenario(fc_patience=3), model).endswith("_c2000_fp3.json")
+    # so does IKR pruning for the lane unit (patterns shared by 4 output channels)
+    assert flows.network_file(Scenario(ikr_share=4), model).endswith("_c2000_sh4.json")
+    with pytest.raises(ValueError, match=r"^ikr_share must be >= 1, not 0$"):
+        Scenario(ikr_share=0)
 
 
 def test_holdout_parts_the_calib_split():
