@@ -113,13 +113,22 @@ class PermParams:
     Parameters
     ----------
     depth : int
-        Longest common sequence ``s`` (FC ``n_in``) the path holds.
+        Longest common sequence ``s`` (all ``G`` of a layer's, ``G*n_in``) the path holds;
+        at most ``sb_depth`` (``s`` is held in SB).
+    quadratic : bool
+        The address generators walk quadratic rows too (``e != 0``: a first difference that
+        moves, :mod:`slimnfu.rtl.perm_addr`); off, affine rows only, about half the
+        generator's logic. :meth:`slimnfu.formats.perm.PermAffineFormat.configure` switches it
+        on for a program with quadratic rows.
     """
 
     depth: int = 1024
+    quadratic: bool = False
 
     def __post_init__(self):
         _check_int("perm.depth", self.depth, 2, 1 << 16)
+        _check_flag("perm.quadratic", self.quadratic)
+        object.__setattr__(self, "quadratic", bool(self.quadratic))
 
 
 @dataclass(frozen=True)
@@ -195,9 +204,10 @@ class AccelConfig:
         window slides: layers of at most ``ikr.tiles`` input tiles,
         :meth:`PassDesc.ikr_cycles`).
     perm : PermParams or None
-        The permuted-feature FC path (method C, :mod:`slimnfu.rtl.perm_addr`): the
-        common-sequence memory, the per-lane permutation address generators and the
-        affine-parameter memory. None (the default): the engine is exactly the dense engine.
+        The permuted-feature FC path (method C, :mod:`slimnfu.rtl.perm_addr`): the per-lane
+        permutation address generators, the affine-parameter memory and SB as a bank per
+        multiplier, each holding the common sequence for a ``perm_affine`` pass. None (the
+        default): the engine is exactly the dense engine.
     kgate : KgateParams or None
         The kernel-size-aware multiplier gating (method A, :mod:`slimnfu.rtl.kernel_gate`): the
         descriptor gets ``lane_k`` and the placement fields, the engine a ``gated`` counter.
@@ -247,6 +257,10 @@ class AccelConfig:
                              f"not tn={self.tn}, ti={self.ti}")
         for name in FEATURES:
             object.__setattr__(self, name, _feature_record(name, getattr(self, name)))
+        if self.perm and self.perm.depth > self.sb_depth:
+            raise ValueError(f"perm.depth={self.perm.depth} exceeds sb_depth={self.sb_depth}: "
+                             f"the common sequence s is held in SB (a copy in every "
+                             f"multiplier's bank); raise sb_depth or lower perm.depth")
 
     @property
     def features(self):
@@ -279,7 +293,9 @@ class AccelConfig:
     def from_dict(cls, d):
         """The inverse of :meth:`to_dict`. Also reads the flat form of weight images of
         version 1 (``ikr: true, ikr_kmax: 5, ...``). An ``ikr`` without ``lanes`` was written
-        before the lane IKR unit existed: it is the window decoder (``lanes`` false)."""
+        before the lane IKR unit existed: it is the window decoder (``lanes`` false); a
+        ``perm`` without ``quadratic``, before the affine-only generator and ``s`` in SB:
+        ``quadratic`` true, and ``sb_depth`` at least ``perm.depth``."""
         d = dict(d)
         legacy = {key: d.pop(key) for key in list(d) if key in _LEGACY_KEYS}
         for key, value in legacy.items():
@@ -292,6 +308,14 @@ class AccelConfig:
             d["ikr"] = {}
         if isinstance(d.get("ikr"), dict) and "lanes" not in d["ikr"]:
             d["ikr"] = {**d["ikr"], "lanes": False}
+        if d.get("perm") == 1:
+            d["perm"] = {}
+        if isinstance(d.get("perm"), dict) and "quadratic" not in d["perm"]:
+            d["perm"] = {**d["perm"], "quadratic": True}
+            # s had a memory of its own then; it is held in SB now
+            depth = d["perm"].get("depth", PermParams.depth)
+            if isinstance(depth, int) and isinstance(d.get("sb_depth"), int):
+                d["sb_depth"] = max(d["sb_depth"], depth)
         return cls(**d)
 
     @classmethod
@@ -619,7 +643,7 @@ class PassDesc:
     perm : str
         ``"none"`` (dense), or for an FC pass whose rows are permutations of one common
         sequence (``cfg.perm``): ``"affine"`` (generated permutations, the engine's address
-        generators expand them) or ``"index"`` (SB holds the index ROM).
+        generators expand them) or ``"index"`` (an index ROM; SB holds the gathered weights).
     lane_k : tuple of int
         Kernel-size-aware gating (``cfg.kgate``): the centred kernel size of each output lane
         of every tile of this pass (odd, ``<= k``; 0 or absent: the full ``k``). Lanes whose
@@ -725,7 +749,8 @@ class PassDesc:
         return self.tiles(cfg)[1] * self.h_out * self.w_out
 
     def sb_words(self, cfg):
-        # an affine-permuted FC pass reads no SB: its weights are gathered from s
+        # an affine-permuted FC pass has no weight words: it gathers them from s (which it
+        # loads into SB, perm_n*G words, checked against perm.depth <= sb_depth)
         d = self.layer
         if d.is_pool or self.perm == "affine":
             return 0
@@ -910,7 +935,7 @@ class PassDesc:
                 raise ValueError(f"layer fc {d.n_in}->{d.n_out} has perm={self.perm!r}, "
                                  f"but config {cfg.name!r} has perm=False")
             n = self.perm_n
-            if n > cfg.perm.depth:
+            if self.perm == "affine" and n > cfg.perm.depth:
                 raise ValueError(f"layer fc {d.n_in}->{d.n_out}: its common sequence "
                                  f"needs n_in={n} words, but config {cfg.name!r} has "
                                  f"perm.depth={cfg.perm.depth}")

@@ -68,10 +68,10 @@ class Mode(enum.Enum, shape=2):
 
 class Perm(enum.Enum, shape=2):
     NONE = 0    #: dense FC weights from SB
-    #: s gathered at generated addresses (affine or quadratic, one of G sequences), per-row
-    #: parameters from the perm memory
+    #: s (in every SB bank) gathered at generated addresses (affine or quadratic, one of G
+    #: sequences), per-row parameters from the perm memory
     AFFINE = 1
-    INDEX = 2   #: s gathered at the index ROM entries SB holds
+    INDEX = 2   #: an index ROM over s (the engine is loaded with the gathered weights: dense)
 
 
 class Act(enum.Enum, shape=2):
@@ -87,10 +87,9 @@ class LoadSel(py_enum.IntEnum):
     SB = 1
     BIAS = 2
     PWL = 3
-    #: With ``cfg.perm``: the common sequence ``s`` (one value per word) and the per-row
-    #: generated-permutation parameters (one output tile per word, :func:`perm_param_width`
-    #: bits).
-    PERM_S = 4
+    #: With ``cfg.perm``: the per-row generated-permutation parameters (one output tile per
+    #: word, :func:`perm_param_width` bits). (4 was the common sequence's own memory; ``s``
+    #: now goes into SB, a value into every bank: :attr:`slimnfu.formats.base.Words.lanes`.)
     PERM_PARAM = 5
     #: With ``cfg.ikr``: the IKR index memory and pattern table.
     IKR_INDEX = 6
@@ -258,7 +257,8 @@ def descriptor_value(desc, cfg, check=True):
     if cfg.perm:
         fields["perm"] = {"none": Perm.NONE, "affine": Perm.AFFINE,
                           "index": Perm.INDEX}[desc.perm]
-        fields["n_in"] = desc.perm_n if desc.perm != "none" else 0
+        # the generator's sequence length: an index pass runs its gathered weights
+        fields["n_in"] = desc.perm_n if desc.perm == "affine" else 0
         fields.update(perm_fields(desc, cfg))
     elif desc.perm != "none":
         raise ValueError(f"layer has perm={desc.perm!r}, but config {cfg.name!r} has perm=False")
@@ -416,10 +416,12 @@ class Program:
         layer that reads it runs, and once program layer ``after`` has begun (its first
         ``READY`` cycle; 0 but for a ring, below). ``need[i]`` is the entry layer ``i`` waits
         for: every entry before it must be complete before the layer starts. It is the
-        layer's ``SB`` load when it has one, which streams on while the layer runs: the
+        layer's ``SB`` load when it has one and reads SB in address order (all but a
+        ``perm_affine`` layer, whose ``s`` in SB is read anywhere from its first step, so is
+        loaded before it starts), which streams on while the layer runs: the
         engine reads an SB address for the first time no earlier than two cycles before step
-        number ``address`` is issued (the sequencers read it at that step; a ``perm_index``
-        pass reads its index words two cycles ahead), and the first step comes
+        number ``address`` is issued (the sequencers read it at that step), and the first step
+        comes
         :attr:`slimnfu.rtl.engine.LayerEngine.FIRST_STEP` cycles after the start, so each word
         is written before its first read.
 
@@ -438,7 +440,8 @@ class Program:
             ring = as_pass(layer.desc).sb_ring(self.cfg)
             entries += [(s, b, n, last.get(s, -1) + 1, i if ring and s == LoadSel.SB else 0)
                         for s, b, n in mine]
-            need.append(len(entries) - 1 if mine and mine[-1][0] == LoadSel.SB
+            streams = as_pass(layer.desc).perm != "affine"
+            need.append(len(entries) - 1 if mine and mine[-1][0] == LoadSel.SB and streams
                         else len(entries))
             last.update((s, i) for s, _, _ in mine)
         return entries, need

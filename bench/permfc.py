@@ -230,7 +230,7 @@ def _run_rtl(rtl_jobs, sim, progress):
 
 
 def _synth(progress):
-    """Area of the generator, the s memory and the engine with perm on/off (tiny)."""
+    """Area of the generator and the engine with perm on/off (tiny; ``s`` is held in SB)."""
     from amaranth.back import verilog
 
     from slimnfu.config import get_config
@@ -238,7 +238,6 @@ def _synth(progress):
     from slimnfu.gen.synth import feature_area, synth_verilog
     from slimnfu.rtl.engine import LayerEngine
     from slimnfu.rtl.perm_addr import PermAddrGen
-    from slimnfu.rtl.perm_sb import PermSB
 
     cfg = get_config("tiny")
     blocks_cfg = cfg.with_(perm=True)
@@ -251,8 +250,7 @@ def _synth(progress):
         except Exception as exc:
             out[key] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
 
-    for name, comp in (("perm_addr_gen", PermAddrGen(blocks_cfg, LayerEngine.PERM_AHEAD)),
-                       ("perm_sb", PermSB(blocks_cfg))):
+    for name, comp in (("perm_addr_gen", PermAddrGen(blocks_cfg, LayerEngine.PERM_AHEAD)),):
         vfile = root / f"{name}.v"
         vfile.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(vfile, verilog.convert(comp, name=name, emit_src=False))

@@ -33,15 +33,28 @@ class Words:
     words : list of int
         Unsigned words, ``width`` bits each, loaded at addresses ``0 ..``.
     width : int
+    lanes : int
+        Lanes of the memory word each word is written into (1: the word is the memory's;
+        ``tn*ti``: a value of ``s`` into every SB bank). The image stores each word once.
     """
 
     sel: LoadSel
     words: list
     width: int
+    lanes: int = 1
 
     @property
     def bits(self):
+        """Bits the words hold (each once, however many lanes it is written into)."""
         return len(self.words) * self.width
+
+    @property
+    def loaded(self):
+        """The words on ``load_data``: each in its ``lanes`` lanes of ``width`` bits."""
+        if self.lanes == 1:
+            return list(self.words)
+        spread = sum(1 << (k * self.width) for k in range(self.lanes))
+        return [int(w) * spread for w in self.words]
 
 
 @dataclass(frozen=True)

@@ -205,10 +205,10 @@ def pack_ikr_lane_table(k, w_in, cfg):
             for ky in range(k) for kx in range(k)]
 
 
-# Permuted-feature FC (method C) memories; see slimnfu.rtl.perm_sb and slimnfu.rtl.perm_addr.
+# Permuted-feature FC (method C) memories; see slimnfu.rtl.perm_addr and the engine (s in SB).
 
 def pack_perm_s(s, cfg):
-    """Words of the ``PERM_S`` load: ``s[k]`` at address ``k``, ``dw`` bits."""
+    """Words of ``s``: ``s[k]`` at SB address ``k``, ``dw`` bits (written into every bank)."""
     s = torch.as_tensor(s, dtype=torch.int64).reshape(-1, 1)
     if s.shape[0] > cfg.perm.depth:
         raise ValueError(f"common sequence of length {s.shape[0]} exceeds config "
@@ -216,7 +216,7 @@ def pack_perm_s(s, cfg):
     return pack_words(s, cfg.dw)
 
 
-def pack_perm_params(a, b, cfg, n, e=None, group=None, hw=1):
+def pack_perm_params(a, b, cfg, n, e=None, group=None, hw=1, base=0):
     """Words of the ``PERM_PARAM`` load: output tile ``o``, lane ``j`` holds row
     ``r = o*tn + j`` as :data:`PERM_FIELDS`, ``ab = perm_addr_bits(cfg)`` bits each, lane ``j``
     at bits ``[4*ab*j, 4*ab*(j+1))``: the first difference ``a_r``, the second difference
@@ -226,25 +226,33 @@ def pack_perm_params(a, b, cfg, n, e=None, group=None, hw=1):
 
     ``hw > 1``: the rows read a conv output of ``hw`` pixels a channel in the buffer's order
     (``PassDesc.flatten``; affine rows only, ``e`` must be 0): the first field holds the lane
-    stride ``a_r*hw mod n`` and the second the step within a channel tile, ``a_r``."""
+    stride ``a_r*hw mod n`` and the second the step within a channel tile, ``a_r``.
+
+    ``base``: the SB address of ``s[0]`` (0: where the image's words go; a testbench may keep
+    ``s`` above other SB words)."""
     ab = perm_addr_bits(cfg)
     a = torch.as_tensor(a, dtype=torch.int64).reshape(-1)
     b = torch.as_tensor(b, dtype=torch.int64).reshape(-1)
     m = a.numel()
     e = torch.zeros(m, dtype=torch.int64) if e is None else torch.as_tensor(e).reshape(-1)
+    if bool(e.any()) and not cfg.perm.quadratic:
+        raise ValueError(f"row {int(e.nonzero()[0, 0])} is quadratic (e={int(e[e != 0][0])}), "
+                         f"but config {cfg.name!r} has perm.quadratic=False (the address "
+                         f"generators walk affine rows only; set perm.quadratic=1)")
     if hw > 1:
         if bool(e.any()):
             raise ValueError(f"hw={hw}: rows in the buffer's order must be affine (e = 0), "
                              f"row {int(e.nonzero()[0, 0])} has e={int(e[e != 0][0])}")
         a, e = a * hw % n, a
     g = torch.zeros(m, dtype=torch.int64) if group is None else torch.as_tensor(group).reshape(-1)
-    top = int(g.max()) * n + n - 1 if m else 0
+    top = base + int(g.max()) * n + n - 1 if m else 0
     if top >= cfg.perm.depth:
         raise ValueError(f"common sequences of {int(g.max()) + 1} x {n} values exceed config "
                          f"{cfg.name!r} perm.depth={cfg.perm.depth}")
     tiles = -(-m // cfg.tn)
     rows = torch.zeros(tiles * cfg.tn, len(PERM_FIELDS), dtype=torch.int64)
-    rows[:m, 0], rows[:m, 1], rows[:m, 2], rows[:m, 3] = a, e, g * n + b, g * n + n - 1
+    rows[:m, 0], rows[:m, 1] = a, e
+    rows[:m, 2], rows[:m, 3] = base + g * n + b, base + g * n + n - 1
     return pack_words(rows.reshape(tiles, len(PERM_FIELDS) * cfg.tn), ab)
 
 

@@ -32,10 +32,10 @@ import torch
 from slimnfu.config import PassDesc, PermParams
 from slimnfu.contract import LoadSel, perm_param_width
 from slimnfu.formats import layout
-from slimnfu.formats.base import (ImageError, StoredItem, WeightFormat, Words, bias_words,
-                                  check_items, check_tensor, pwl_items, pwl_shape, pwl_words,
-                                  unpack_bias, unpack_pwl, unpack_weights)
-from slimnfu.formats.dense import relaid_layer
+from slimnfu.formats.base import (EnginePass, ImageError, StoredItem, WeightFormat, Words,
+                                  bias_words, check_items, check_tensor, max_abs, pwl_items,
+                                  pwl_shape, pwl_words, unpack_bias, unpack_pwl, unpack_weights)
+from slimnfu.formats.dense import dense_memories, relaid_layer
 from slimnfu.formats.qmodel import QLayer
 
 __all__ = ["PermAffineWeights", "PermIndexWeights", "PermAffineFormat", "PermIndexFormat",
@@ -292,16 +292,24 @@ class _PermFormat(WeightFormat):
         return PassDesc(ql.desc, perm=self.variant)
 
     def configure(self, cfg, layers):
+        # s is held in SB (a copy per multiplier lane): SB as deep as perm.depth at least;
+        # quadratic rows need the generators' second differences
         need = max(ql.compressed.groups(ql.desc.n_in) * ql.compressed.seq_len(ql.desc.n_in)
                    for ql in layers)
-        depth = (cfg.perm or PermParams()).depth
-        return cfg.with_(perm=PermParams(max(depth, 1 << max(0, need - 1).bit_length())))
+        perm = cfg.perm or PermParams()
+        depth = max(perm.depth, 1 << max(0, need - 1).bit_length())
+        quadratic = perm.quadratic or any(ql.compressed.family() == "quadratic"
+                                          for ql in layers)
+        return cfg.with_(sb_depth=max(cfg.sb_depth, depth),
+                         perm=dataclasses.replace(perm, depth=depth, quadratic=quadratic))
 
     def _perm_memory(self, ql, cfg):
         raise NotImplementedError
 
     def memories(self, ql, cfg):
-        mem = {"s": Words(LoadSel.PERM_S, layout.pack_perm_s(ql.compressed.s, cfg), cfg.dw),
+        # s goes into every SB bank: a perm_affine pass reads each at its lane's address
+        mem = {"s": Words(LoadSel.SB, layout.pack_perm_s(ql.compressed.s, cfg), cfg.dw,
+                          lanes=cfg.tn * cfg.ti),
                "bias": bias_words(ql.b, cfg), **self._perm_memory(ql, cfg)}
         if ql.desc.act == "pwl":
             mem["pwl"] = pwl_words(ql.pwl, cfg)
@@ -445,6 +453,20 @@ class PermIndexFormat(_PermFormat):
     def _perm_memory(self, ql, cfg):
         return {"perm_index": Words(LoadSel.SB, layout.pack_perm_index(ql.compressed.idx, cfg),
                                     cfg.tn * cfg.ti * cfg.dw)}
+
+    def configure(self, cfg, layers):
+        # the engine runs the gathered weights (passes): the descriptor's perm field only
+        if cfg.perm:
+            return cfg
+        return cfg.with_(perm=PermParams(min(PermParams().depth, cfg.sb_depth)))
+
+    def passes(self, ql, cfg):
+        # The engine takes an index layer as its gathered weights, W[r, c] = s[idx[r, c]], in
+        # SB: the same words as the index ROM (an index a lane, dw bits), so the same load and
+        # cycles, and no s (the image stores s and the index ROM; accounting counts those).
+        return [EnginePass(ql.name, self.pass_desc(ql), dense_memories(ql.desc, ql.w, ql.b,
+                                                                         ql.pwl, cfg),
+                           max_abs_bias=max_abs(ql.b))]
 
     def _shapes(self, desc, cfg):
         return {"perm_index": (PassDesc(desc, perm=self.variant).sb_words(cfg),

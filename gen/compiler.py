@@ -261,7 +261,7 @@ def _compile(qmodel, cfg, im2col=None):
         loads = []
         for words in p.memories.values():
             loads.append((int(words.sel), len(rom), len(words.words)))
-            rom.extend(int(w) for w in words.words)
+            rom.extend(words.loaded)
             stored += words.bits
         pmove = move if p.reads == "layer" else ("none",)
         for buf, words, what in ((bufs[0], p.desc.nbin_words(cfg), "input"),

@@ -294,7 +294,7 @@ def block_ram_fit(program, weights="rom", part="LFE5U-85F"):
         ``part``, ``available`` (its DP16KD), ``brams`` (the estimate), ``fits`` (bool),
         ``memories`` (per memory: ``name``, ``depth``, ``width``, ``read_ports``, ``copies``,
         ``dp16kd``, ``kind``: ``bram`` or ``lut``), ``by_group`` (DP16KD per named memory
-        group: ``nbin``, ``nbout``, ``rom``, ``perm_sb``, ``sb``, ...) and ``summary`` (one
+        group: ``nbin``, ``nbout``, ``rom``, ``sb``, ``perm_params``, ...) and ``summary`` (one
         sentence).
 
     Raises

@@ -8,7 +8,7 @@ from amaranth.lib.wiring import In, Out
 from slimnfu.config import as_pass
 from slimnfu.contract import (COUNTER_BITS, RD_LATENCY, LoadSel, Mode, Perm, bits_for,
                               descriptor_layout, load_addr_width, load_data_width,
-                              load_sel_width, perm_param_width)
+                              load_sel_width, perm_addr_bits, perm_param_width)
 from slimnfu.rtl._params import check_config, delay
 from slimnfu.rtl.nfu1 import NFU1
 from slimnfu.rtl.nfu2 import NFU2
@@ -17,7 +17,6 @@ from slimnfu.rtl.sequencer import Sequencer
 from slimnfu.rtl.ikr_lane_unit import IkrLaneUnit
 from slimnfu.rtl.ikr_unit import IkrUnit, select_steps
 from slimnfu.rtl.perm_addr import PermAddrGen
-from slimnfu.rtl.perm_sb import PermSB
 from slimnfu.rtl.kernel_gate import KernelGate
 
 __all__ = ["LayerEngine"]
@@ -41,8 +40,8 @@ class LayerEngine(wiring.Component):
     Pipeline, for a step issued by the sequencer in cycle ``S``: the step register ``S+1``
     (``T``; :attr:`STEP_STAGES`); NBin/SB read ``R = T + perm_stages(cfg, desc)`` (0 but for
     a ``perm_affine`` pass on a config whose permutation address generator has more stages
-    than :attr:`PERM_AHEAD`; a permuted pass's registered ``s`` addresses read the ``s`` banks
-    in ``R`` too), their
+    than :attr:`PERM_AHEAD`; such a pass reads each SB bank at its lane's registered address
+    into ``s``, which every bank holds), their
     block RAM output register
     ``R+2``
     (:attr:`READ_STAGES`); the NFU-1 operands (padding, IKR taps, kernel gating,
@@ -65,14 +64,12 @@ class LayerEngine(wiring.Component):
     enter that line valid, so no other pass sees a step of the pass before it in the line;
     and passes never overlap (``done`` follows the last step's NBout write, so every step of
     a pass has left the pipeline before the next ``start``), so an affine pass never sees one
-    either. A ``perm_index`` pass (an FC pass: it reads SB word ``k`` at step ``k``) reads its
-    index-ROM words ahead of the sequencer, word ``k`` in ``S - READ_STAGES`` of step ``k``
-    (a counter that :attr:`FIRST_STEP` ``- READ_STAGES`` cycles after ``start`` begins at 0
-    and that the pass's ``end`` step stops, two words past the pass's last), so the word is
-    registered in ``S`` and the generator's registered addresses of step ``k`` are there in
-    its ``T``: an index pass reads NBin at ``T`` and takes a dense pass's cycles. The ``s``
-    banks' enable and the generator are used by permuted passes only; the kernel gate and the IKR
-    unit's operands (conv passes, never permuted) count from ``R``. An IKR pass's steps come
+    either. With ``cfg.perm`` SB is a bank per multiplier (``tn*ti`` memories of ``dw`` bits,
+    the block RAMs SB takes anyway), so that an affine pass reads each at an address of its
+    own; every other pass, a ``perm_index`` pass too (the compiler loads its gathered
+    weights, :meth:`slimnfu.formats.perm.PermIndexFormat.passes`), reads them all at the
+    sequencer's. The kernel gate and the IKR unit's operands (conv passes, never permuted)
+    count from ``R``. An IKR pass's steps come
     from the IKR unit's registers, :meth:`ikr_stages` cycles after the slot cycle its
     sequencer counts them from, so only an IKR pass pays those.
 
@@ -114,10 +111,10 @@ class LayerEngine(wiring.Component):
     READ_STAGES = 2
     #: Cycles by which a ``perm_affine`` pass's steps can enter the permutation address
     #: generator ahead of their ``T``: the engine walks them itself from the ``start`` cycle
-    #: (from ``desc``; a register, then the output tile's parameters' read register), so the
-    #: first is on the generator's inputs in cycle 2, its ``T`` being ``FIRST_STEP +
-    #: STEP_STAGES``.
-    PERM_AHEAD = FIRST_STEP + STEP_STAGES - 2
+    #: (from ``desc``; a register, then the output tile's parameters' block RAM read and its
+    #: register), so the first is on the generator's inputs in cycle 3, its ``T`` being
+    #: ``FIRST_STEP + STEP_STAGES``.
+    PERM_AHEAD = FIRST_STEP + STEP_STAGES - 3
 
     @classmethod
     def buffer_copies(cls, cfg):
@@ -241,10 +238,13 @@ class LayerEngine(wiring.Component):
 
         nbin = neuron_buffer(0, "nbin")
         # SB is banked per output lane (tn banks of ti*dw bits at the same address): one
-        # 4096-bit memory (diannao) is beyond what amaranth.sim can compile.
+        # 4096-bit memory (diannao) is beyond what amaranth.sim can compile. With cfg.perm,
+        # per multiplier (tn*ti banks of dw bits, the same block RAMs): a perm_affine pass
+        # reads each at an address of its own, every bank holding the common sequence s.
         sb_banks = []
-        for j in range(tn):
-            bank = Memory(shape=unsigned(ti * dw), depth=cfg.sb_depth, init=[])
+        bank_width = dw if cfg.perm else ti * dw
+        for j in range(tn * ti if cfg.perm else tn):
+            bank = Memory(shape=unsigned(bank_width), depth=cfg.sb_depth, init=[])
             m.submodules[f"sb{j}"] = bank
             sb_banks.append(bank)
         m.submodules.bias = bias = Memory(shape=unsigned(tn * cfg.acc), depth=cfg.bias_depth,
@@ -268,7 +268,8 @@ class LayerEngine(wiring.Component):
         # The memories' write ports: (load_sel value, port, lowest load_data bit).
         # (NBin loads share the neuron buffers' write ports with the pipeline: see below.)
         loads = [(LoadSel.BIAS, bias.write_port(), 0)]
-        loads += [(LoadSel.SB, bank.write_port(), j * ti * dw) for j, bank in enumerate(sb_banks)]
+        loads += [(LoadSel.SB, bank.write_port(), j * bank_width)
+                  for j, bank in enumerate(sb_banks)]
         loads.append((LoadSel.PWL, nfu3.pwl, 0))
         # One read port per neuron buffer, shared by the pipeline (while busy; an IKR layer's
         # window row 0) and rd_addr (while idle): each further read port would be another
@@ -308,9 +309,8 @@ class LayerEngine(wiring.Component):
         # so neither path carries another pass's steps.
         rt = st
         if cfg.perm:
-            perm_on, affine_on, index_on = Signal(), Signal(), Signal()
-            m.d.sync += [perm_on.eq(cur.perm != Perm.NONE), affine_on.eq(cur.perm == Perm.AFFINE),
-                         index_on.eq(cur.perm == Perm.INDEX)]
+            affine_on = Signal()
+            m.d.sync += affine_on.eq(cur.perm == Perm.AFFINE)
             wait = self.affine_wait(cfg)
             if wait:
                 rt = step.signature.create(path=("step_at_read",))
@@ -352,31 +352,17 @@ class LayerEngine(wiring.Component):
         synapses = []
         sb_addr, sb_en = rt.sb_addr, rt.valid & is_mac
         if cfg.perm:
-            # An index pass reads the index-ROM word of step k in S - READ_STAGES (an FC pass
-            # reads SB word k at step k), so that its registered word reaches the generator in
-            # S and the generator registers the addresses in T = R: a counter from 0,
-            # FIRST_STEP - READ_STAGES cycles after start, until the pass's end step. The end
-            # step stops it a cycle late (the enable comes from registers only: the sequencer's
-            # end is a long path to every SB bank), so it reads READ_STAGES words past the
-            # pass's last, which no step takes; within SB unless SB's depth is no power of two.
-            lead = delayed(starting, self.FIRST_STEP - self.READ_STAGES, "index_lead")
-            index_run = Signal()
-            index_next = Signal.like(st.sb_addr, name="index_next")
-            index_addr = Mux(lead, 0, index_next)
-            index_read = lead | index_run
-            m.d.sync += [index_next.eq(index_addr + 1), index_run.eq(index_read & ~step.end)]
-            if cfg.sb_depth & (cfg.sb_depth - 1):
-                index_read = index_read & (index_addr < cfg.sb_depth)
-            sb_addr = Mux(index_on, index_addr, sb_addr)
-            sb_en = Mux(index_on, index_read, sb_en)
-        for bank in sb_banks:
+            lane_addr, keep = self._perm_path(m, cur, starting, rt, loads)
+            ab = perm_addr_bits(cfg)
+            # a perm_affine pass reads each bank at its lane's address into s
+            sb_addr = [Mux(affine_on, lane_addr[l * ab:(l + 1) * ab], sb_addr)
+                       for l in range(tn * ti)]
+        for l, bank in enumerate(sb_banks):
             port = bank.read_port()
-            m.d.comb += [port.addr.eq(sb_addr), port.en.eq(sb_en)]
+            m.d.comb += [port.addr.eq(sb_addr[l] if cfg.perm else sb_addr), port.en.eq(sb_en)]
             synapses.append(port.data)
         # the block RAM output register (the read and it: READ_STAGES)
         synapse_word = delayed(Cat(*synapses), self.READ_STAGES - 1, "sb_data", reset_less=True)
-        if cfg.perm:
-            s_word, keep = self._perm_path(m, cur, starting, rt, synapse_word, perm_on, loads)
 
         # Load interface: one word per cycle into the memory load_sel names (NBin: while idle).
         idle_load = self.load_en & ~busy
@@ -393,11 +379,6 @@ class LayerEngine(wiring.Component):
         nbin_word = Mux(cur_in, nbin_words[1], nbin_words[0])
         if cfg.ikr and not lanes:
             m.d.comb += [ikr_unit.nbin_data[b][0].eq(word) for b, word in enumerate(nbin_words)]
-        if cfg.perm:
-            # the s banks' word after its own register too (the block RAMs' output registers),
-            # and the select after both, in front of NFU-1's synapse registers
-            s_word = delayed(s_word, self.READ_STAGES - 1, "s_data", reset_less=True)
-            synapse_word = Mux(perm_on, s_word, synapse_word)
         if cfg.kgate:
             synapse_word = self._kgate_path(m, cur, rt, synapse_word, starting, is_mac,
                                             operands)
@@ -551,53 +532,40 @@ class LayerEngine(wiring.Component):
             m.d.sync += self.gated.eq(self.gated + gated * cfg.ti)
         return gated_word
 
-    def _perm_path(self, m, cur, starting, read_step, sb_word, perm_on, loads):
-        """Method C: gather the step's synapses from ``s``; return the ``s`` banks' read data
-        (a permuted pass's synapse word, a cycle after ``R``; the engine registers it and
-        selects it over the SB word after the register) and the step's input lanes to keep
-        (``ti`` bits; a re-laid pass, ``desc.perm_hw > 1``, drops the lanes ``>= perm_lanes``
-        of the steps from NBin word ``perm_tail`` on: the padding channels of the conv
-        output's last tile). ``read_step`` is the step in ``R``, when the ``s`` banks are
-        addressed: an index pass's index words ``sb_word``, SB's registered read data, are
-        read ahead of its steps, and an affine pass's steps enter the generator ahead of the
-        sequencer's (:meth:`_affine_steps`). ``perm_on``: the running pass is permuted
-        (registered).
+    def _perm_path(self, m, cur, starting, read_step, loads):
+        """Method C: a ``perm_affine`` pass's SB addresses. Returns the generator's lane
+        addresses into ``s`` (``tn*ti`` of :func:`~slimnfu.contract.perm_addr_bits` bits,
+        registered, for the step at ``R``: the pass reads each SB bank at its lane's address,
+        every bank holding ``s``) and the step's input lanes to keep (``ti`` bits; a re-laid
+        pass, ``desc.perm_hw > 1``, drops the lanes ``>= perm_lanes`` of the steps from NBin
+        word ``perm_tail`` on: the padding channels of the conv output's last tile).
+        ``read_step`` is the step in ``R``; an affine pass's steps enter the generator ahead
+        of the sequencer's (:meth:`_affine_steps`).
 
-        Adds the write ports of ``s`` and of the per-row parameters to ``loads``.
+        Adds the write port of the per-row parameters to ``loads``.
         """
         cfg = self.cfg
         m.submodules.perm_gen = gen = PermAddrGen(cfg, self.PERM_AHEAD)
-        m.submodules.perm_sb = psb = PermSB(cfg)
-        # ram_style: Yosys would otherwise fold the register after the read into a synchronous
-        # read port and put the memory in block RAM again.
-        params = Memory(shape=unsigned(perm_param_width(cfg)), depth=cfg.bias_depth, init=[],
-                        attrs={"ram_style": "distributed"})
+        params = Memory(shape=unsigned(perm_param_width(cfg)), depth=cfg.bias_depth, init=[])
         m.submodules.perm_params = params
-        loads += [(LoadSel.PERM_PARAM, params.write_port(), 0), (LoadSel.PERM_S, psb.write, 0)]
-        # The output tile's parameters are read with its step and registered, so they meet
-        # the step on the generator's inputs. The read is asynchronous and the register after
-        # it, so the memory stays in LUT RAM (a synchronous read port would take block RAMs:
-        # 5 DP16KD on tiny).
+        loads.append((LoadSel.PERM_PARAM, params.write_port(), 0))
+        # The output tile's parameters are read with its step (block RAM), then registered,
+        # so they meet the step on the generator's inputs with a register in front.
         ahead_valid, ahead_first, ahead_tile = self._affine_steps(m, cur, starting)
-        params_rd = params.read_port(domain="comb")
+        params_rd = params.read_port()
         params_q = Signal.like(params_rd.data, name="perm_params_q")
-        gen_first, gen_step = Signal(name="perm_gen_first"), Signal(name="perm_gen_step")
-        m.d.sync += [params_q.eq(params_rd.data), gen_first.eq(ahead_first),
-                     gen_step.eq(ahead_valid)]
+        gen_first = delay(m, ahead_first, 2, "perm_gen_first")
+        gen_step = delay(m, ahead_valid, 2, "perm_gen_step")
+        m.d.sync += params_q.eq(params_rd.data)
         m.d.comb += [
-            params_rd.addr.eq(ahead_tile),
-            gen.mode.eq(cur.perm), gen.n.eq(cur.n_in), gen.hw.eq(cur.perm_hw),
-            gen.params.eq(params_q),
-            gen.indices.eq(sb_word), gen.first.eq(gen_first), gen.step.eq(gen_step),
-            psb.addr.eq(gen.addr),
-            # a permuted pass's steps at R (an affine pass's, where it waits, at the end of
-            # the delay line that they alone enter valid)
-            psb.en.eq(read_step.valid & perm_on),
+            params_rd.addr.eq(ahead_tile), params_rd.en.eq(ahead_valid),
+            gen.affine.eq(cur.perm == Perm.AFFINE), gen.n.eq(cur.n_in), gen.hw.eq(cur.perm_hw),
+            gen.params.eq(params_q), gen.first.eq(gen_first), gen.step.eq(gen_step),
         ]
         keep = Signal(cfg.ti)
         tail = read_step.nbin_addr >= cur.perm_tail
         m.d.comb += keep.eq(Cat(*(~tail | (i < cur.perm_lanes) for i in range(cfg.ti))))
-        return psb.data, keep
+        return gen.addr, keep
 
     def _affine_steps(self, m, cur, starting):
         """A ``perm_affine`` pass's steps, walked ahead of the sequencer for the address
@@ -611,9 +579,9 @@ class LayerEngine(wiring.Component):
         ahead."""
         cfg = self.cfg
         # step 0 is loaded in cycle ``lag`` (from ``desc`` itself in the start cycle, after
-        # that from the latched descriptor): its R (T + affine_wait, T = PERM_AHEAD + 2) less
-        # the generator's stages and the two registers in front of them (the walk's, the
-        # parameters')
+        # that from the latched descriptor): its R (T + affine_wait, T = PERM_AHEAD + 3) less
+        # the generator's stages and the three registers in front of them (the walk's, the
+        # parameters' block RAM read and its register)
         lag = self.PERM_AHEAD + self.affine_wait(cfg) - PermAddrGen.latency(cfg, self.PERM_AHEAD)
         assert lag >= 0
         go = delay(m, starting, lag, "affine_go_d")

@@ -6,7 +6,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from slimnfu.contract import PERM_FIELDS, Perm, bits_for, perm_addr_bits, perm_param_width
+from slimnfu.contract import PERM_FIELDS, bits_for, perm_addr_bits, perm_param_width
 from slimnfu.rtl._params import check_config
 
 __all__ = ["PermAddrGen"]
@@ -59,12 +59,12 @@ class _Pipe:
 class PermAddrGen(wiring.Component):
     """Produce the ``tn*ti`` addresses into ``s`` of one FC step, pipelined: the addresses of
     the step given in cycle ``T`` (``first``, ``step``, the output tile's ``params``) are in
-    the ``addr`` register in cycle ``T + latency(cfg)``.
+    ``addr`` (each lane a register of the pipeline) in cycle ``T + latency(cfg)``.
 
     Lane ``l = j*ti + i`` (output lane ``j``, input lane ``i``) of the step ``(o, t)`` needs
     the address of ``W[r, c]``, ``c = t*ti + i``, for row ``r = o*tn + j``.
 
-    * ``mode == AFFINE`` (generated permutations, :mod:`slimnfu.formats.perm`): row ``r``
+    * ``affine`` (generated permutations, :mod:`slimnfu.formats.perm`): row ``r``
       reads ``s[g_r*n + pi_r(c)]`` with ``pi_r(c) = (b_r + a_r*c + e_r*c*(c-1)/2) mod n``;
       the row's parameters (:data:`slimnfu.contract.PERM_FIELDS`) are ``a_r``, ``e_r``,
       ``start = g_r*n + b_r`` and ``last = g_r*n + n - 1`` (absolute addresses, so no adder
@@ -89,7 +89,7 @@ class PermAddrGen(wiring.Component):
 
       ``span = ti`` is one chain (``ti - 1`` stages), ``span = 1`` all heads (one stage, three
       adds and a register a lane). Every add is a pipeline register.
-    * ``mode == AFFINE`` with ``hw > 1`` (``PassDesc.flatten``: the inputs are a conv output
+    * ``affine`` with ``hw > 1`` (``PassDesc.flatten``: the inputs are a conv output
       of ``hw`` pixels a channel in the neuron buffer's order, affine rows): input lane ``i``
       of step ``u = t*hw + p`` (channel tile ``t``, pixel ``p``) is flatten index ``(t*ti +
       i)*hw + p``, so its address is ``x_u + i*(a_r*hw mod n)`` with ``x_u = pi_r(t*ti*hw +
@@ -98,11 +98,8 @@ class PermAddrGen(wiring.Component):
       ``first``) and a flag kept one step ahead of it (so no compare is in front of the
       loop's add) mark the last pixel of a channel tile, and ``x`` moves by ``a_r`` within a
       tile and by ``(ti-1)*(a_r*hw) + a_r`` at a tile's end.
-    * ``mode == INDEX``: the addresses are the low ``perm_addr_bits`` of the ``dw``-bit lanes
-      of ``indices``, the index-ROM word SB holds for the step, registered: given in cycle
-      ``U``, they are in ``addr`` in ``U + 1`` (the engine reads the words a step ahead, so
-      an index pass does not wait for the pipeline above).
-    * ``mode == NONE``: the addresses are 0 (the dense path does not use them).
+    * ``affine`` low (any other pass): the addresses are of no use (the engine reads SB at the
+      sequencer's address then).
 
     ``a_r, e_r < n`` and ``start <= last < perm_depth`` with ``last - start < n`` are required
     (the compression export guarantees it); with them every address is in
@@ -119,16 +116,14 @@ class PermAddrGen(wiring.Component):
 
     Members
     -------
-    mode : In(Perm); n : In(bits_for(perm_depth))
-        The layer's weight format and sequence length (``desc.perm``, ``desc.n_in``);
+    affine : In(1); n : In(bits_for(perm_depth))
+        The pass is ``perm_affine`` (``desc.perm``), and its sequence length (``desc.n_in``);
         constant while a layer runs.
     hw : In(bits_for(nbin_depth))
         Pixels of a channel tile (``desc.perm_hw``; 1: the inputs in flatten order); from
         the cycle before a layer's first step on (it is registered).
     params : In(perm_param_width)
         The output tile's per-lane ``(a, e, start, last)``, for the step on the inputs.
-    indices : In(tn*ti*dw)
-        The step's index-ROM word (``INDEX``), a cycle before its addresses.
     first, step : In(1)
         The step is the first of its output tile / a step is issued.
     addr : Out(tn*ti*ab)
@@ -143,11 +138,10 @@ class PermAddrGen(wiring.Component):
         self.lead = lead
         self.ab = perm_addr_bits(cfg)
         super().__init__({
-            "mode": In(Perm),
+            "affine": In(1),
             "n": In(bits_for(cfg.perm.depth)),
             "hw": In(bits_for(cfg.nbin_depth)),
             "params": In(perm_param_width(cfg)),
-            "indices": In(cfg.tn * cfg.ti * cfg.dw),
             "first": In(1),
             "step": In(1),
             "addr": Out(cfg.tn * cfg.ti * self.ab),
@@ -185,6 +179,7 @@ class PermAddrGen(wiring.Component):
         assert 1 <= span <= ti
         heads = list(range(0, ti, span))     # the lanes that start a chain
         chained = span > 1                   # the chains need d, the first difference
+        quad = cfg.perm.quadratic            # second differences: d and q move
 
         def sig(value):
             return None if dry else value
@@ -197,10 +192,7 @@ class PermAddrGen(wiring.Component):
         n = None if dry else Signal.like(ports.n, name="n_r")
         if not dry:
             hw_m2 = Signal.like(ports.hw, name="hw_m2")
-            is_affine, is_index = Signal(name="is_affine"), Signal(name="is_index")
-            m.d.sync += [flat.eq(ports.hw > 1), hw_m2.eq(ports.hw - 2), n.eq(ports.n),
-                         is_affine.eq(ports.mode == Perm.AFFINE),
-                         is_index.eq(ports.mode == Perm.INDEX)]
+            m.d.sync += [flat.eq(ports.hw > 1), hw_m2.eq(ports.hw - 2), n.eq(ports.n)]
 
         def reduce(total):
             """``total mod n`` of ``total`` in ``[0, 2n)``: one subtraction, whose sign selects
@@ -258,29 +250,39 @@ class PermAddrGen(wiring.Component):
                 if not dry:
                     m.d.comb += field[name].sig.eq(ports.params[(nf * j + k) * ab:
                                                                 (nf * j + k + 1) * ab])
-            second = _Val(sig(None if dry else Signal(ab, name=f"second{j}")), 0)
-            if not dry:
-                m.d.comb += second.sig.eq(Mux(flat, 0, field["e"].sig))
-            a_pows, e_pows = [field["a"]], [second]
-            lane = dict(field, second=second)
+            a_pows = [field["a"]]
+            lane = dict(field)
             lane["am"] = const_mul(field["a"], ti, a_pows)              # ti*a
-            if chained:
-                lane["te"] = const_mul(second, ti, e_pows)              # ti*e: the chain's d
-            lane["tte"] = const_mul(second, ti * ti, e_pows)            # ti*ti*e
-            if chained:
-                lane["te_mn"] = minus_n(lane["te"])
-            lane["tte_mn"] = minus_n(lane["tte"])
-            tri = const_mul(second, ti * (ti - 1) // 2, e_pows)         # ti*(ti-1)/2*e
-            lane["q0"] = wrap(lane["am"], tri) if tri.stage is not None else lane["am"]
+            lane["q0"] = lane["am"]
+            if quad:
+                second = _Val(sig(None if dry else Signal(ab, name=f"second{j}")), 0)
+                if not dry:
+                    m.d.comb += second.sig.eq(Mux(flat, 0, field["e"].sig))
+                e_pows = [second]
+                lane["second"] = second
+                if chained:
+                    lane["te"] = const_mul(second, ti, e_pows)          # ti*e: the chain's d
+                lane["tte"] = const_mul(second, ti * ti, e_pows)        # ti*ti*e
+                if chained:
+                    lane["te_mn"] = minus_n(lane["te"])
+                lane["tte_mn"] = minus_n(lane["tte"])
+                tri = const_mul(second, ti * (ti - 1) // 2, e_pows)     # ti*(ti-1)/2*e
+                if tri.stage is not None:
+                    lane["q0"] = wrap(lane["am"], tri)
             # a re-laid pass: a tile's end moves x by (ti-1)*a + e (e holds the pixel step)
             lane["jump"] = wrap(wrap_sub(lane["am"], field["a"]), field["e"])
             for k in heads[1:]:
                 # head lane k's offset: its start k*a + k*(k-1)/2*e and its step k*ti*e (a
-                # re-laid pass: k*a, the lane stride's multiple, and no step); its chain's
-                # first difference (when it has more than the head) is d + k*e
+                # re-laid pass, or affine rows only: k*a, the lane stride's multiple, and no
+                # step); its chain's first difference (when it has more than the head) is
+                # d + k*e
                 ka = const_mul(field["a"], k, a_pows)
+                lane[f"o{k}"] = ka
+                if not quad:
+                    continue
                 tri_k = const_mul(second, k * (k - 1) // 2, e_pows)
-                lane[f"o{k}"] = wrap(ka, tri_k) if tri_k.stage is not None else ka
+                if tri_k.stage is not None:
+                    lane[f"o{k}"] = wrap(ka, tri_k)
                 lane[f"os{k}"] = const_mul(second, k * ti, e_pows)
                 lane[f"os_mn{k}"] = minus_n(lane[f"os{k}"])
                 if k + 1 < ti and chained:
@@ -301,7 +303,7 @@ class PermAddrGen(wiring.Component):
         if not dry:
             issued_first, issued_affine = Signal(name="issued_first"), Signal(name="issued_aff")
             m.d.comb += [issued_first.eq(ports.first & ports.step),
-                         issued_affine.eq(ports.step & (ports.mode == Perm.AFFINE))]
+                         issued_affine.eq(ports.step & ports.affine)]
             load = pipe.at(_Val(issued_first, 0), loop - 1).sig
             adv = pipe.at(_Val(issued_affine, 0), loop).sig
 
@@ -326,6 +328,20 @@ class PermAddrGen(wiring.Component):
             v = {k: pipe.at(x, loop - (k in loaded)) for k, x in lane.items()}
             if dry:
                 x0, d0 = _Val(None, loop), _Val(None, loop) if chained else None
+                if not quad:
+                    d0 = v["a"]
+            elif not quad:
+                # affine rows: x's step q0 and the chains' difference a hold for the tile, so
+                # x and its increment are the loop's only registers
+                x_reg, inc = Signal(ab, name=f"x_reg{j}"), Signal(ab, name=f"inc_reg{j}")
+                with m.If(load):
+                    m.d.sync += [x_reg.eq(v["start"].sig),
+                                 inc.eq(Mux(flat, v["e"].sig, v["q0"].sig))]
+                with m.Elif(adv):
+                    m.d.sync += [x_reg.eq(reduce_abs(x_reg + inc, v["last"].sig)),
+                                 inc.eq(Mux(flat, Mux(end_next, v["jump"].sig, v["e"].sig),
+                                            v["q0"].sig))]
+                x0, d0 = _Val(x_reg, loop), v["a"]
             else:
                 names = ("x", "d", "q", "inc") if chained else ("x", "q", "inc")
                 regs = {k: Signal(ab, name=f"{k}_reg{j}") for k in names}
@@ -354,7 +370,9 @@ class PermAddrGen(wiring.Component):
                 if head == 0:
                     x, d = x0, d0
                 else:
-                    if dry:
+                    if not quad:
+                        o = v[f"o{head}"]
+                    elif dry:
                         o = _Val(None, loop)
                     else:
                         o = _Val(Signal(ab, name=f"o{head}_reg{j}"), loop)
@@ -364,21 +382,19 @@ class PermAddrGen(wiring.Component):
                             m.d.sync += o.sig.eq(add_mod(o.sig, v[f"os{head}"].sig,
                                                          v[f"os_mn{head}"].sig))
                     x = wrap_abs(x0, o, v["last"])
-                    d = wrap(d0, v[f"de{head}"]) if f"de{head}" in v else None
+                    d = wrap(d0, v[f"de{head}"]) if f"de{head}" in v else (None if quad else d0)
                 xs.append(x)
                 end = min(head + span, ti)
                 for k in range(head + 1, end):
                     xs.append(wrap_abs(xs[-1], d, v["last"]))
-                    if k < end - 1:
+                    if k < end - 1 and quad:
                         d = wrap(d, v["second"])
             addrs.extend(pipe.at(x, final) for x in xs)
-        # The address register: the affine lanes, the index-ROM lanes or 0.
+        # The lane addresses, every one a pipeline register (any value outside an affine pass:
+        # the engine then takes SB's).
         if not dry:
-            dw = cfg.dw
-            index = [ports.indices[l * dw:l * dw + ab] for l in range(tn * ti)]
-            m.d.sync += ports.addr.eq(Mux(is_affine, Cat(*(x.sig for x in addrs)),
-                                          Mux(is_index, Cat(*index), 0)))
-        return final + 1
+            m.d.comb += ports.addr.eq(Cat(*(x.sig for x in addrs)))
+        return final
 
 
 @functools.cache

@@ -308,7 +308,7 @@ def case_job(case, cfg):
                          f"pass has ikr_n={desc.ikr_n}, perm={desc.perm!r}")
     desc.check(cfg, one_pass.max_abs_bias)
     loads = [[int(LoadSel.NBIN), layout.pack_input(case.x, cfg)]]
-    loads += [[int(m.sel), m.words] for m in one_pass.memories.values()]
+    loads += [[int(m.sel), m.loaded] for m in one_pass.memories.values()]
     counters = expected_counters(case, cfg)
     n_out = desc.layer.n_out
     masks = layout.output_lane_masks(n_out, cfg)

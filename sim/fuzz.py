@@ -157,8 +157,8 @@ def configs(max_tn=16, features=None):
                        "ikr.patterns": draw(st.integers(1, 16)),
                        "ikr.index_depth": draw(st.integers(16, 512))})
         if draw(on("perm")):
-            # an index ROM entry is a DW-bit lane: perm.depth <= 2**DW
-            ch.update({"perm": 1, "perm.depth": draw(st.integers(2, 256 if dw == 8 else 1024))})
+            # s is held in SB: perm.depth <= sb_depth
+            ch.update({"perm": 1, "perm.depth": draw(st.integers(2, min(ch["sb_depth"], 1024)))})
         if draw(on("kgate")):
             ch["kgate"] = 1
         if ikr:

@@ -2,11 +2,11 @@
 
 Each case is an FC layer whose weights are permutations of common sequences: generated (the
 engine's address generators expand per-row parameters; affine or quadratic, one sequence or
-``G`` groups whose rows share an output tile) or index (SB holds the index ROM over one
-sequence). The golden output is :func:`slimnfu.fixed.run_layer` on the gathered
-``W = s[pi]``, the same integer contract as a dense FC layer. Shapes are random, with ``n_in``
-not a multiple of ``ti`` and ``n_out`` not a multiple of ``tn`` among them; the rails appear
-in ``s`` and in the inputs.
+``G`` groups whose rows share an output tile) or index (an index ROM over one sequence; SB
+holds the gathered weights). The golden output is :func:`slimnfu.fixed.run_layer` on the
+gathered ``W = s[pi]``, the same integer contract as a dense FC layer. Shapes are random, with
+``n_in`` not a multiple of ``ti`` and ``n_out`` not a multiple of ``tn`` among them; the rails
+appear in ``s`` and in the inputs.
 """
 
 import torch
@@ -118,9 +118,9 @@ def perm_cases(cfg, seed=1, images=None):
                                     seed * 1000 + 602 + 4 * k))
     # G groups filling perm.depth (at most one per row), rows of one output tile in different
     # groups; quadratic permutations on n_in = 24 or 18 (nonzero second differences) when
-    # they fit.
+    # they fit and the generators walk them (perm.quadratic).
     n = 24 if cfg.perm.depth >= 48 else 18
-    if cfg.perm.depth >= 2 * n:
+    if cfg.perm.depth >= 2 * n and cfg.perm.quadratic:
         rows = 3 * tn + 1
         cases.append(make_perm_case("perm_affine_groups_quadratic", n, rows, "affine", cfg,
                                     seed * 1000 + 612, act="relu", images=images,

@@ -5,7 +5,7 @@ import itertools
 import pytest
 
 from slimnfu.config import (CONFIGS, PASS_FIELDS, AccelConfig, IkrParams, LayerDesc, PassDesc,
-                            as_pass, get_config)
+                            PermParams, as_pass, get_config)
 
 
 def test_named_configs():
@@ -150,6 +150,22 @@ def test_features_are_a_set_with_a_parameter_record_each():
         tiny.with_(ikr={"tiles": 2.0})
     with pytest.raises(TypeError, match="perm must be a bool"):
         tiny.with_(perm="yes")
+    # the permutation path: affine rows by default, s in SB (perm.depth <= sb_depth)
+    perm = tiny.changed(perm=1)
+    assert perm.perm == PermParams(depth=1024, quadratic=False)
+    quad = tiny.changed(**{"perm.quadratic": 1})
+    assert quad.perm.quadratic is True and quad.name == "tiny+perm=1+perm.quadratic=True"
+    assert AccelConfig.from_dict(quad.to_dict()) == quad
+    with pytest.raises(ValueError, match=r"^perm\.depth=2048 exceeds sb_depth=1024: the common "
+                                         r"sequence s is held in SB"):
+        tiny.changed(**{"perm.depth": 2048})
+    # a stored config from before (no quadratic: the generator walked quadratic rows; s in a
+    # memory of its own, as deep as perm.depth) is read as the build that runs what it ran
+    old = {**tiny.to_dict(), "perm": {"depth": 4096}}
+    got_old = AccelConfig.from_dict(old)
+    assert got_old.perm == PermParams(depth=4096, quadratic=True) and got_old.sb_depth == 4096
+    with pytest.raises(TypeError, match=r"perm\.quadratic must be a bool"):
+        tiny.with_(perm={"quadratic": 2})
     # a feature parameter switches its feature on, and names the config
     got = tiny.changed(**{"ikr.kmax": 3})
     assert got.ikr == IkrParams(kmax=3) and got.name == "tiny+ikr=1+ikr.kmax=3"

@@ -81,7 +81,11 @@ def test_keep_classifier_and_bad_layer():
 
 def test_pack_perm_params_layout():
     from slimnfu.config import CONFIGS
-    cfg = CONFIGS["tiny"].with_(perm={"depth": 16})   # 4-bit fields (a, e, start, last)
+    # 4-bit fields (a, e, start, last)
+    cfg = CONFIGS["tiny"].with_(perm={"depth": 16, "quadratic": True})
+    with pytest.raises(ValueError, match=r"row 1 is quadratic \(e=2\), but config 'tiny' has "
+                                         r"perm\.quadratic=False"):
+        layout.pack_perm_params([1, 3], [2, 4], cfg.with_(perm={"depth": 16}), 8, e=[0, 2])
     words = layout.pack_perm_params([1, 3, 5, 7, 1], [2, 4, 6, 0, 1], cfg, 8,
                                     e=[0, 2, 0, 0, 4], group=[0, 1, 0, 1, 1])
     assert len(words) == 2
@@ -242,7 +246,7 @@ def test_grouped_layer_quantises_counts_and_round_trips(tmp_path, family):
     fields = 3 if family == "quadratic" else 2
     assert st["bits"] == 3 * 24 * 16 + 10 * 48 + 10 * fields * 5 + 10 * 2   # 5-bit a, b(, e)
     assert st["params"] == 3 * 24 + 10
-    cfg = CONFIGS["tiny"].with_(perm={"depth": 128})
+    cfg = CONFIGS["tiny"].with_(perm={"depth": 128, "quadratic": True})
     image.export(q, cfg, tmp_path / "img")
     q2, _, _ = image.load(tmp_path / "img")
     assert torch.equal(q2.layers[0].w, ql.w)

@@ -139,10 +139,36 @@ def test_perm_affine_after_conv_is_not_moved(mixed_qmodel):
     assert fc1.desc.flatten == (5, 4) and fc1.desc.perm_n == 20 and fc1.desc.layer.n_in == 32
     assert perm_fields(fc1.desc, cfg) == {"perm_hw": 4, "perm_tail": 4, "perm_lanes": 1}
     rec = mixed_qmodel.layers[4].compressed
-    want = layout.pack_perm_params(rec.a * 4 % 20, rec.b, cfg, 20, rec.a)
+    want = layout.pack_perm_params(rec.a, rec.b, cfg, 20, hw=4)
     (sel, base, words), = [ld for ld in fc1.loads if ld[0] == 5]
     assert program.rom[base:base + words] == want
     assert sum(l.move_cycles for l in program.layers) == 0
+
+
+def test_affine_layer_loads_s_into_every_sb_bank_before_it_starts(mixed_qmodel):
+    """A perm_affine layer's s goes into SB, each value in all tn*ti lanes of its word (the
+    image's bits count it once), and the layer waits for that whole load (it reads s anywhere
+    from its first step); a layer whose SB words it reads in order waits for all but its SB
+    load, which streams on beside it."""
+    from slimnfu.contract import LoadSel
+
+    cfg = config_for(mixed_qmodel, CONFIGS["tiny"])
+    program = compile_model(mixed_qmodel, cfg)
+    entries, need = program.load_plan()
+    done = 0
+    for i, layer in enumerate(program.layers):
+        mine = [ld for ld in layer.loads if ld[2]]
+        done += len(mine)
+        if layer.desc.perm == "affine":
+            assert need[i] == done, layer.name
+            s = mixed_qmodel.layers[4].compressed.s
+            (_, base, words), = [ld for ld in mine if ld[0] == LoadSel.SB]
+            spread = sum(1 << (k * cfg.dw) for k in range(cfg.tn * cfg.ti))
+            assert words == s.numel()
+            assert program.rom[base:base + words] == [int(v) % (1 << cfg.dw) * spread for v in s]
+        elif mine and mine[-1][0] == LoadSel.SB:
+            assert need[i] == done - 1, layer.name
+    assert any(layer.desc.perm == "affine" for layer in program.layers)
 
 
 def test_refuses_quadratic_perm_affine_after_conv(mixed_qmodel):

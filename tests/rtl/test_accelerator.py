@@ -327,8 +327,8 @@ def test_fc_weights_stream_through_a_small_sb(wide_fc_qmodels, fmt):
 
 def test_sb_ring_margin():
     """A ring slot is written again ``sb_depth`` cycles after its word: later than the
-    engine's read of it (at its step; a ``perm_index`` pass reads two cycles ahead, and no
-    pass waits for the address generator but an affine one, which does not stream)."""
+    engine's read of it (at its step; no pass waits for the address generator but an affine
+    one, which does not stream: it reads its s anywhere, so its SB load is complete first)."""
     from slimnfu.config import SB_RING_MIN_DEPTH, LayerDesc, PassDesc
 
     for name in ("tiny", "small", "diannao"):

@@ -12,12 +12,14 @@ from slimnfu.contract import descriptor_value
 from slimnfu.rtl.engine import LayerEngine
 from slimnfu.contract import LoadSel, load_addr_width
 from slimnfu.rtl.perm_addr import PermAddrGen
-from slimnfu.rtl.perm_sb import PermSB
+from slimnfu.formats.base import Words
 from slimnfu.sim.amaranth_driver import EngineDriver, simulate
 
-CFG = CONFIGS["tiny"].with_(perm={"depth": 64})
+CFG = CONFIGS["tiny"].with_(perm={"depth": 64, "quadratic": True})
+#: ``perm``'s default generator: affine rows only (x and its increment the loop's registers).
+AFFINE = CONFIGS["tiny"].with_(name="affine", perm={"depth": 64})
 #: An 8x8 build: its generator's lane addresses are two chains, of lanes 0-4 and of 5-7 from a
-#: head lane with an offset register (one chain's 15 stages would outlast the engine's 12-cycle
+#: head lane with an offset register (one chain's 14 stages would outlast the engine's 11-cycle
 #: lead); ``tiny``'s are one chain.
 TI8 = CFG.with_(name="ti8", tn=8, ti=8)
 
@@ -29,6 +31,11 @@ def _sequence(gen, length, cfg):
     return s
 
 
+def _s_words(s, cfg):
+    """``s`` as loaded: a value into every SB bank."""
+    return Words(LoadSel.SB, layout.pack_perm_s(s, cfg), cfg.dw, lanes=cfg.tn * cfg.ti).loaded
+
+
 def _layer(m, n, variant, seed, groups=1, family="affine", cfg=CFG):
     CFG = cfg
     gen = torch.Generator().manual_seed(seed)
@@ -37,11 +44,12 @@ def _layer(m, n, variant, seed, groups=1, family="affine", cfg=CFG):
         a, b, e = permfc.random_generated_params(m, n, family, seed)
         group = torch.arange(m) % groups
         idx = group.reshape(-1, 1) * n + perm.generated_perms(a, b, e, n)
-        loads = [(LoadSel.PERM_PARAM, layout.pack_perm_params(a, b, CFG, n, e, group))]
+        loads = [(LoadSel.PERM_PARAM, layout.pack_perm_params(a, b, CFG, n, e, group)),
+                 (LoadSel.SB, _s_words(s, CFG))]
     else:
+        # the engine runs an index layer as its gathered weights (PermIndexFormat.passes)
         idx = torch.stack([torch.randperm(n, generator=gen) for _ in range(m)])
-        loads = [(LoadSel.SB, layout.pack_perm_index(idx, CFG))]
-    loads.append((LoadSel.PERM_S, layout.pack_perm_s(s, CFG)))
+        loads = [(LoadSel.SB, layout.pack_weights(s[idx], CFG))]
     x = torch.randint(CFG.qmin, CFG.qmax + 1, (n,), generator=gen)
     b = torch.randint(-1 << 20, 1 << 20, (m,), generator=gen)
     desc = PassDesc(LayerDesc("fc", n, m, shift=14, act="relu"), perm=variant)
@@ -71,7 +79,7 @@ def _run(jobs, cfg=CFG):
     return results
 
 
-@pytest.mark.parametrize("cfg", [CFG, TI8], ids=["tiny", "ti8"])
+@pytest.mark.parametrize("cfg", [CFG, TI8, AFFINE], ids=["tiny", "ti8", "affine"])
 def test_perm_fc_bit_exact_and_full_rate(cfg):
     # N not a multiple of ti, M not a multiple of tn; the dense FC still runs on the same build.
     # Groups: the rows of one output tile read different sequences; quadratic permutations
@@ -80,9 +88,14 @@ def test_perm_fc_bit_exact_and_full_rate(cfg):
     assert PermAddrGen.lane_span(cfg, LayerEngine.PERM_AHEAD) == (5 if cfg is TI8 else 4)
     jobs = [_layer(7, 13, "affine", 1, cfg=cfg), _layer(9, 10, "index", 2, cfg=cfg),
             _layer(4, 4, "affine", 3, cfg=cfg), _layer(5, 1, "index", 4, cfg=cfg),
-            _layer(9, 24, "affine", 6, groups=2, family="quadratic", cfg=cfg),
-            _layer(6, 18, "affine", 7, groups=3, family="quadratic", cfg=cfg),
             _layer(5, 11, "affine", 8, groups=5, cfg=cfg)]
+    if cfg.perm.quadratic:
+        jobs += [_layer(9, 24, "affine", 6, groups=2, family="quadratic", cfg=cfg),
+                 _layer(6, 18, "affine", 7, groups=3, family="quadratic", cfg=cfg)]
+    else:
+        with pytest.raises(ValueError, match=r"row 0 is quadratic \(e=\d+\), but config "
+                                             r"'affine' has perm.quadratic=False"):
+            _layer(9, 24, "affine", 6, groups=2, family="quadratic", cfg=cfg)
     for m, n, seed in ((9, 24, 6), (6, 18, 7)):
         assert bool(permfc.random_generated_params(m, n, "quadratic", seed)[2].all())
     CFG = cfg
@@ -98,37 +111,35 @@ def test_perm_fc_bit_exact_and_full_rate(cfg):
         assert counters["cycles"] == desc.dense_cycles(CFG) + LayerEngine.latency(CFG, desc)
 
 
-#: A perm build with diannao's ti = tn = 16: its generator's 12 stages (every lane a head, with
+#: A perm build with diannao's ti = tn = 16: its generator's 11 stages (every lane a head, with
 #: an offset register) take all of the engine's lead, so the walk starts in the ``start`` cycle
 #: itself.
-WIDE = CONFIGS["tiny"].with_(name="wide", tn=16, ti=16, nbin_depth=16, sb_depth=16,
-                             nbout_depth=16, bias_depth=4, perm={"depth": 64})
-#: A 20x20 build: its generator's 13 stages outlast the lead by one, so its affine passes wait
+WIDE = CONFIGS["tiny"].with_(name="wide", tn=16, ti=16, nbin_depth=16, sb_depth=64,
+                             nbout_depth=16, bias_depth=4, perm={"depth": 64, "quadratic": True})
+#: A 20x20 build: its generator's 12 stages outlast the lead by one, so its affine passes wait
 #: a cycle in the delay line, which must hold no step of the pass before.
 W20 = WIDE.with_(name="w20", tn=20, ti=20)
 
 
-#: SB exactly as deep as the layer's 6 words, no power of two: the index read past the last
-#: word is switched off, not sent out of range.
-SB6 = CFG.with_(name="sb6", sb_depth=6)
-
-
 @pytest.mark.parametrize("cfg, dense_latency, gen_stages, wait",
-                         [(CFG, 30, 9, 0), (WIDE, 31, 12, 0), (W20, 32, 13, 1),
-                          (SB6, 30, 9, 0)],
-                         ids=["tiny", "wide", "w20", "sb6"])
+                         [(CFG, 30, 8, 0), (WIDE, 31, 11, 0), (W20, 32, 12, 1)],
+                         ids=["tiny", "wide", "w20"])
 def test_affine_passes_pay_only_what_the_generator_lead_does_not_hide(cfg, dense_latency,
                                                                      gen_stages, wait):
     """In one perm build, a dense FC, an affine FC, the dense FC and the affine FC again run
     back to back (each ``start`` the cycle after the previous ``done``; the same input, bias,
-    ``s`` and output words), then, SB holding an index ROM over the same ``s``, an index FC,
-    the affine FC and the index FC again: the dense and index passes take the non-permuted
-    latency (an index pass reads its index words ahead of its steps), the affine ones too on
+    ``s`` and output words; SB holds the dense weights at 0 and ``s`` from word 16), then, SB
+    holding an index layer's gathered weights at 0, an index FC, the affine FC and the index
+    FC again: the dense and index passes take the non-permuted latency, the affine ones too on
     ``tiny`` (the engine feeds the generator the pass's steps 12 cycles ahead of the sequencer,
     more than its 9 stages) and on the 16x16 build (12 stages), on the 20x20 build the one of
     its generator's 13 stages that the lead does not hide (pinned by number); all bit-exact.
     So no pass finds a step of the pass before it in the generator or the delay line."""
     desc, x, b, loads, want = _layer(6, 11, "affine", 5, cfg=cfg)
+    a, pb, _ = permfc.random_generated_params(6, 11, "affine", 5)
+    s = _sequence(torch.Generator().manual_seed(5), 11, cfg)
+    loads = [(LoadSel.PERM_PARAM, layout.pack_perm_params(a, pb, cfg, 11, base=16)),
+             (LoadSel.SB, [0] * 16 + _s_words(s, cfg))]
     ddesc = LayerDesc("fc", 11, 6, shift=14, act="relu")
     w = torch.randint(-3000, 3000, (6, 11), generator=torch.Generator().manual_seed(9))
     dense_want = fixed.run_layer(ddesc, x.unsqueeze(0), w, b, cfg.dw)[0]
@@ -149,22 +160,22 @@ def test_affine_passes_pay_only_what_the_generator_lead_does_not_hide(cfg, dense
     async def bench(ctx):
         await drv.load(ctx, LoadSel.NBIN, layout.pack_input(x, cfg))
         await drv.load(ctx, LoadSel.BIAS, layout.pack_bias(b, cfg))
-        await drv.load(ctx, LoadSel.SB, layout.pack_weights(w, cfg))
         for sel, words in loads:
             await drv.load(ctx, sel, words)
+        await drv.load(ctx, LoadSel.SB, layout.pack_weights(w, cfg))
         for k, run in enumerate((ddesc, desc, ddesc, desc, "index", idesc, desc, idesc)):
             if run == "index":
-                await drv.load(ctx, LoadSel.SB, layout.pack_perm_index(idx, cfg))
+                await drv.load(ctx, LoadSel.SB, layout.pack_weights(w_index, cfg))
                 continue
             counters = await drv.run(ctx, descriptor_value(run, cfg))
             words = await drv.read_nbout(ctx, words_out)
             got.append((counters["cycles"], layout.unpack_output(words, 6, 1, 1, cfg).reshape(-1)))
 
+    w_index = s[idx]
     simulate(dut, bench)
     cycles = [c for c, _ in got]
     assert cycles == [steps + dense_latency + (run is desc) * wait
                       for run in (ddesc, desc, ddesc, desc, idesc, desc, idesc)]
-    w_index = _sequence(torch.Generator().manual_seed(5), 11, cfg)[idx]
     index_want = fixed.run_layer(ddesc, x.unsqueeze(0), w_index, b, cfg.dw)[0]
     wants = (dense_want, want, dense_want, want, index_want, want, index_want)
     for k, ((_, y), expect) in enumerate(zip(got, wants)):
@@ -172,9 +183,9 @@ def test_affine_passes_pay_only_what_the_generator_lead_does_not_hide(cfg, dense
 
 
 def test_sequence_deeper_than_the_buffers_loads_whole():
-    # s (4 groups of 60 = 240 entries) reaches past every buffer's depth: the load address
-    # must span perm.depth, not only NBin/SB/NBout/bias (diannao: 2048 words, s of 3,200).
-    cfg = CONFIGS["tiny"].with_(nbin_depth=32, sb_depth=32, nbout_depth=32, bias_depth=16,
+    # s (4 groups of 60 = 240 entries) reaches past the neuron buffers' and bias depths: SB
+    # holds it (perm.depth <= sb_depth), and the load address spans it.
+    cfg = CONFIGS["tiny"].with_(nbin_depth=32, sb_depth=256, nbout_depth=32, bias_depth=16,
                                 perm={"depth": 256})
     assert load_addr_width(cfg) == 8
     job = _layer(8, 60, "affine", 11, groups=4, cfg=cfg)
@@ -188,8 +199,9 @@ def test_components_refuse_perm_off():
         PermAddrGen(CONFIGS["tiny"].with_(perm=False), LayerEngine.PERM_AHEAD)
     with pytest.raises(ValueError, match="lead must be an int >= 0, not -1"):
         PermAddrGen(CFG, -1)
-    with pytest.raises(ValueError, match="has perm=False"):
-        PermSB(CONFIGS["tiny"].with_(perm=False))
+    with pytest.raises(ValueError, match=r"perm\.depth=2048 exceeds sb_depth=1024: the common "
+                                         r"sequence s is held in SB"):
+        CONFIGS["tiny"].with_(perm={"depth": 2048})
 
 
 def test_descriptor_refuses_perm_layer_without_perm_config():
@@ -197,7 +209,9 @@ def test_descriptor_refuses_perm_layer_without_perm_config():
     with pytest.raises(ValueError, match="has perm=False"):
         descriptor_value(desc, CONFIGS["small"])
     with pytest.raises(ValueError, match=r"perm\.depth=64"):
-        PassDesc(LayerDesc("fc", 65, 4), perm="index").check(CFG)
+        PassDesc(LayerDesc("fc", 65, 4), perm="affine").check(CFG)
+    # an index layer runs as its gathered weights: s is not on chip
+    PassDesc(LayerDesc("fc", 65, 4), perm="index").check(CFG)
 
 
 def test_affine_layer_needs_no_sb_words():
@@ -232,11 +246,11 @@ def _relaid_job(c, hw, m, seed, groups=1, cfg=CFG):
     (p,) = relaid.weight_format.check(relaid, cfg)
     assert p.desc.flatten == (c, hw) and p.desc.layer.n_in == src.numel()
     xbuf = torch.where(src < 0, cfg.qmax, x[src.clamp(min=0)])     # junk in padding lanes
-    loads = [(w.sel, w.words) for k, w in p.memories.items() if k != "bias"]
+    loads = [(w.sel, w.loaded) for k, w in p.memories.items() if k != "bias"]
     return p.desc, xbuf, bias, loads, want
 
 
-@pytest.mark.parametrize("cfg", [CFG, TI8], ids=["tiny", "ti8"])
+@pytest.mark.parametrize("cfg", [CFG, TI8, AFFINE], ids=["tiny", "ti8", "affine"])
 def test_relaid_affine_fc_reads_the_buffer_order(cfg):
     """A perm_affine FC after a conv output of c % tn != 0 channels and hw > 1 pixels runs on
     the values where the conv wrote them (two-level address walk, padding lanes dropped),
@@ -244,8 +258,9 @@ def test_relaid_affine_fc_reads_the_buffer_order(cfg):
     plain affine layer and a quadratic one follow on the same build (one lane chain on tiny, a
     second from a head lane on the 8x8 build)."""
     jobs = [_relaid_job(5, 3, 7, 21, cfg=cfg), _relaid_job(6, 4, 9, 22, groups=2, cfg=cfg),
-            _relaid_job(3, 2, 4, 23, cfg=cfg), _layer(7, 13, "affine", 1, cfg=cfg),
-            _layer(9, 24, "affine", 6, groups=2, family="quadratic", cfg=cfg)]
+            _relaid_job(3, 2, 4, 23, cfg=cfg), _layer(7, 13, "affine", 1, cfg=cfg)]
+    if cfg.perm.quadratic:
+        jobs.append(_layer(9, 24, "affine", 6, groups=2, family="quadratic", cfg=cfg))
     assert jobs[0][0].flatten == (5, 3) and jobs[0][0].layer.n_in == 24
     CFG = cfg
     for (desc, *_, want), (y, counters) in zip(jobs, _run(jobs, cfg)):
