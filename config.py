@@ -930,12 +930,12 @@ class PassDesc:
                 raise ValueError(f"layer conv {d.n_in}->{d.n_out} needs {words} IKR "
                                  f"index words, but config {cfg.name!r} has ikr.index_depth="
                                  f"{cfg.ikr.index_depth}")
-        if self.perm != "none":
+        if self.perm == "affine":
             if cfg.perm is None:
                 raise ValueError(f"layer fc {d.n_in}->{d.n_out} has perm={self.perm!r}, "
                                  f"but config {cfg.name!r} has perm=False")
             n = self.perm_n
-            if self.perm == "affine" and n > cfg.perm.depth:
+            if n > cfg.perm.depth:
                 raise ValueError(f"layer fc {d.n_in}->{d.n_out}: its common sequence "
                                  f"needs n_in={n} words, but config {cfg.name!r} has "
                                  f"perm.depth={cfg.perm.depth}")

@@ -260,7 +260,7 @@ def descriptor_value(desc, cfg, check=True):
         # the generator's sequence length: an index pass runs its gathered weights
         fields["n_in"] = desc.perm_n if desc.perm == "affine" else 0
         fields.update(perm_fields(desc, cfg))
-    elif desc.perm != "none":
+    elif desc.perm == "affine":
         raise ValueError(f"layer has perm={desc.perm!r}, but config {cfg.name!r} has perm=False")
     if cfg.kgate:
         fields["lane_k"] = list(desc.lane_k) + [0] * (cfg.tn - len(desc.lane_k))

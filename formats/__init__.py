@@ -6,7 +6,7 @@ format          module                       hardware feature      stores
 ``dense``       :mod:`~.dense`               none                  every weight
 ``ikr``         :mod:`~.ikr` (method B)      ``ikr``               n taps per kernel, indices
 ``perm_affine`` :mod:`~.perm` (method C)     ``perm``              ``s`` and ``(a, b)`` a row
-``perm_index``  :mod:`~.perm` (method C)     ``perm``              ``s`` and an index ROM
+``perm_index``  :mod:`~.perm` (method C)     none (gathered)       ``s`` and an index ROM
 ``slim``        :mod:`~.slim` (method A)     ``kgate``             centred kernels, 1x1 approx
 =============== ============================ ===================== ===========================
 

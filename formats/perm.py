@@ -291,18 +291,6 @@ class _PermFormat(WeightFormat):
     def pass_desc(self, ql):
         return PassDesc(ql.desc, perm=self.variant)
 
-    def configure(self, cfg, layers):
-        # s is held in SB (a copy per multiplier lane): SB as deep as perm.depth at least;
-        # quadratic rows need the generators' second differences
-        need = max(ql.compressed.groups(ql.desc.n_in) * ql.compressed.seq_len(ql.desc.n_in)
-                   for ql in layers)
-        perm = cfg.perm or PermParams()
-        depth = max(perm.depth, 1 << max(0, need - 1).bit_length())
-        quadratic = perm.quadratic or any(ql.compressed.family() == "quadratic"
-                                          for ql in layers)
-        return cfg.with_(sb_depth=max(cfg.sb_depth, depth),
-                         perm=dataclasses.replace(perm, depth=depth, quadratic=quadratic))
-
     def _perm_memory(self, ql, cfg):
         raise NotImplementedError
 
@@ -385,6 +373,18 @@ class PermAffineFormat(_PermFormat):
     def _check_s(self, rec, desc):
         check_groups(rec.s, rec.group, rec.seq_len(desc.n_in), desc.n_out, "compressed.s")
 
+    def configure(self, cfg, layers):
+        # s is held in SB (a copy per multiplier lane): SB as deep as perm.depth at least;
+        # quadratic rows need the generators' second differences
+        need = max(ql.compressed.groups(ql.desc.n_in) * ql.compressed.seq_len(ql.desc.n_in)
+                   for ql in layers)
+        perm = cfg.perm or PermParams()
+        depth = max(perm.depth, 1 << max(0, need - 1).bit_length())
+        quadratic = perm.quadratic or any(ql.compressed.family() == "quadratic"
+                                          for ql in layers)
+        return cfg.with_(sb_depth=max(cfg.sb_depth, depth),
+                         perm=dataclasses.replace(perm, depth=depth, quadratic=quadratic))
+
     def pass_desc(self, ql):
         order = ql.compressed.order
         return PassDesc(ql.desc, perm=self.variant, flatten=order[:2] if order else ())
@@ -445,6 +445,8 @@ class PermIndexFormat(_PermFormat):
     name = "perm_index"
     variant = "index"
     record = PermIndexWeights
+    #: the engine runs the gathered weights (:meth:`passes`): no method hardware
+    feature = None
 
     def _perm_items(self, ql, dw):
         d = ql.desc
@@ -453,12 +455,6 @@ class PermIndexFormat(_PermFormat):
     def _perm_memory(self, ql, cfg):
         return {"perm_index": Words(LoadSel.SB, layout.pack_perm_index(ql.compressed.idx, cfg),
                                     cfg.tn * cfg.ti * cfg.dw)}
-
-    def configure(self, cfg, layers):
-        # the engine runs the gathered weights (passes): the descriptor's perm field only
-        if cfg.perm:
-            return cfg
-        return cfg.with_(perm=PermParams(min(PermParams().depth, cfg.sb_depth)))
 
     def passes(self, ql, cfg):
         # The engine takes an index layer as its gathered weights, W[r, c] = s[idx[r, c]], in

@@ -208,6 +208,10 @@ def test_descriptor_refuses_perm_layer_without_perm_config():
     desc = PassDesc(LayerDesc("fc", 10, 4), perm="affine")
     with pytest.raises(ValueError, match="has perm=False"):
         descriptor_value(desc, CONFIGS["small"])
+    # an index pass is a dense pass to the engine (its gathered weights in SB)
+    index = PassDesc(LayerDesc("fc", 10, 4), perm="index")
+    assert descriptor_value(index, CONFIGS["small"]) == descriptor_value(index.layer,
+                                                                         CONFIGS["small"])
     with pytest.raises(ValueError, match=r"perm\.depth=64"):
         PassDesc(LayerDesc("fc", 65, 4), perm="affine").check(CFG)
     # an index layer runs as its gathered weights: s is not on chip
