@@ -208,9 +208,10 @@ def pack_ikr_lane_table(k, w_in, cfg):
 # Permuted-feature FC (method C) memories; see slimnfu.rtl.perm_addr and the engine (s in SB).
 
 def pack_perm_s(s, cfg):
-    """Words of ``s``: ``s[k]`` at SB address ``k``, ``dw`` bits (written into every bank)."""
+    """Words of ``s``: ``s[k]`` at SB address ``k``, ``dw`` bits (written into every bank; a
+    ``perm_index`` layer's only into its image, so ``perm.depth`` is checked when built)."""
     s = torch.as_tensor(s, dtype=torch.int64).reshape(-1, 1)
-    if s.shape[0] > cfg.perm.depth:
+    if cfg.perm and s.shape[0] > cfg.perm.depth:
         raise ValueError(f"common sequence of length {s.shape[0]} exceeds config "
                          f"{cfg.name!r} perm.depth={cfg.perm.depth}")
     return pack_words(s, cfg.dw)
@@ -288,10 +289,12 @@ def unpack_perm_params(words, m, n, groups, cfg):
 
 
 def pack_perm_index(idx, cfg):
-    """SB words of the index ROM: laid out as dense FC weights, one index per ``dw`` lane."""
-    if perm_addr_bits(cfg) > cfg.dw:
-        raise ValueError(f"config {cfg.name!r}: perm.depth={cfg.perm.depth} indices do not fit "
-                         f"dw={cfg.dw} bits")
+    """SB words of the index ROM: laid out as dense FC weights, one index per ``dw`` lane (what
+    the weight image stores; the engine is loaded with the gathered weights)."""
+    idx = torch.as_tensor(idx, dtype=torch.int64)
+    top = int(idx.max()) if idx.numel() else 0
+    if top >= 1 << cfg.dw:
+        raise ValueError(f"config {cfg.name!r}: index {top} does not fit dw={cfg.dw} bits")
     return pack_weights(idx, cfg)
 
 

@@ -163,6 +163,28 @@ def test_image_round_trip(tmp_path, variant):
     assert manifest["layers"][0]["files"].keys() == {"s", "bias", item}
 
 
+def test_index_layer_image_and_program_on_a_build_without_perm(tmp_path):
+    """An index layer needs no method hardware: config_for leaves perm off, the image still
+    stores s and the index ROM and reads back, and the program loads the gathered weights."""
+    from slimnfu.config import CONFIGS
+    from slimnfu.contract import LoadSel
+    from slimnfu.gen import image
+    from slimnfu.gen.compiler import compile_model, config_for
+
+    model = permfc.compress_model(_model(), "index", seed=2)
+    q = permfc.quantize_perm_model(model, torch.rand(20, 12), dw=16)
+    cfg = config_for(q, CONFIGS["tiny"])
+    assert cfg.perm is None
+    image.export(q, cfg, tmp_path / "img")
+    q2, _, manifest = image.load(tmp_path / "img")
+    assert manifest["layers"][0]["files"].keys() == {"s", "bias", "perm_index"}
+    assert torch.equal(q2.layers[0].w, q.layers[0].w)
+    program = compile_model(q2, cfg)
+    fc = program.layers[0]
+    (_, base, words), = [ld for ld in fc.loads if ld[0] == LoadSel.SB]
+    assert program.rom[base:base + words] == layout.pack_weights(q.layers[0].w, cfg)
+
+
 def test_image_refuses_bad_affine_and_short_sequence(tmp_path):
     from slimnfu.gen import image
 
