@@ -440,8 +440,8 @@ class Program:
             ring = as_pass(layer.desc).sb_ring(self.cfg)
             entries += [(s, b, n, last.get(s, -1) + 1, i if ring and s == LoadSel.SB else 0)
                         for s, b, n in mine]
-            streams = as_pass(layer.desc).perm != "affine"
-            need.append(len(entries) - 1 if mine and mine[-1][0] == LoadSel.SB and streams
+            in_order = as_pass(layer.desc).perm != "affine"     # its SB words, from step 0
+            need.append(len(entries) - 1 if mine and mine[-1][0] == LoadSel.SB and in_order
                         else len(entries))
             last.update((s, i) for s, _, _ in mine)
         return entries, need

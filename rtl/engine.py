@@ -350,16 +350,17 @@ class LayerEngine(wiring.Component):
             bias_rd.en.eq(delayed(rt.valid & is_mac & rt.first, bias_read, "bias_en")),
         ]
         synapses = []
-        sb_addr, sb_en = rt.sb_addr, rt.valid & is_mac
+        sb_en = rt.valid & is_mac
+        sb_addrs = [rt.sb_addr] * len(sb_banks)
         if cfg.perm:
             lane_addr, keep = self._perm_path(m, cur, starting, rt, loads)
             ab = perm_addr_bits(cfg)
             # a perm_affine pass reads each bank at its lane's address into s
-            sb_addr = [Mux(affine_on, lane_addr[l * ab:(l + 1) * ab], sb_addr)
-                       for l in range(tn * ti)]
-        for l, bank in enumerate(sb_banks):
+            sb_addrs = [Mux(affine_on, lane_addr[l * ab:(l + 1) * ab], rt.sb_addr)
+                        for l in range(tn * ti)]
+        for bank, addr in zip(sb_banks, sb_addrs):
             port = bank.read_port()
-            m.d.comb += [port.addr.eq(sb_addr[l] if cfg.perm else sb_addr), port.en.eq(sb_en)]
+            m.d.comb += [port.addr.eq(addr), port.en.eq(sb_en)]
             synapses.append(port.data)
         # the block RAM output register (the read and it: READ_STAGES)
         synapse_word = delayed(Cat(*synapses), self.READ_STAGES - 1, "sb_data", reset_less=True)

@@ -327,43 +327,37 @@ class PermAddrGen(wiring.Component):
         for j, lane in enumerate(lanes):
             v = {k: pipe.at(x, loop - (k in loaded)) for k, x in lane.items()}
             if dry:
-                x0, d0 = _Val(None, loop), _Val(None, loop) if chained else None
-                if not quad:
-                    d0 = v["a"]
-            elif not quad:
-                # affine rows: x's step q0 and the chains' difference a hold for the tile, so
-                # x and its increment are the loop's only registers
-                x_reg, inc = Signal(ab, name=f"x_reg{j}"), Signal(ab, name=f"inc_reg{j}")
+                x0 = _Val(None, loop)
+                d0 = (_Val(None, loop) if chained else None) if quad else v["a"]
+            else:
+                # The loop's registers: x and its increment, registered one step ahead too
+                # (the next step's ``q``, or in a re-laid pass ``jump`` or ``e`` by the next
+                # step's tile-end flag); with quadratic rows also the chains' difference ``d``
+                # and x's step ``q``, which move. Affine rows only: ``d`` is ``a`` and ``q`` is
+                # ``q0``, constants of the tile carried with the step.
+                x = Signal(ab, name=f"x_reg{j}")
+                start, step = [], []
+                d0, q_next = v["a"], v["q0"].sig
+                if quad:
+                    d0 = None
+                    if chained:
+                        d = Signal(ab, name=f"d_reg{j}")
+                        start.append(d.eq(v["a"].sig))
+                        step.append(d.eq(add_mod(d, v["te"].sig, v["te_mn"].sig)))
+                        d0 = _Val(d, loop)
+                    q = Signal(ab, name=f"q_reg{j}")
+                    q_next = add_mod(q, v["tte"].sig, v["tte_mn"].sig)
+                    start.append(q.eq(v["q0"].sig))
+                    step.append(q.eq(q_next))
+                inc = Signal(ab, name=f"inc_reg{j}")
                 with m.If(load):
-                    m.d.sync += [x_reg.eq(v["start"].sig),
+                    m.d.sync += [x.eq(v["start"].sig), *start,
                                  inc.eq(Mux(flat, v["e"].sig, v["q0"].sig))]
                 with m.Elif(adv):
-                    m.d.sync += [x_reg.eq(reduce_abs(x_reg + inc, v["last"].sig)),
+                    m.d.sync += [x.eq(reduce_abs(x + inc, v["last"].sig)), *step,
                                  inc.eq(Mux(flat, Mux(end_next, v["jump"].sig, v["e"].sig),
-                                            v["q0"].sig))]
-                x0, d0 = _Val(x_reg, loop), v["a"]
-            else:
-                names = ("x", "d", "q", "inc") if chained else ("x", "q", "inc")
-                regs = {k: Signal(ab, name=f"{k}_reg{j}") for k in names}
-                # x's increment is registered one step ahead too: the next step's ``q`` (or,
-                # in a re-laid pass, ``jump`` or ``e`` by the next step's tile-end flag).
-                nx = regs["x"] + regs["inc"]
-                chain = [regs["d"]] if chained else []
-                d_next = [add_mod(regs["d"], v["te"].sig, v["te_mn"].sig)] if chain else []
-                q_next = add_mod(regs["q"], v["tte"].sig, v["tte_mn"].sig)
-                with m.If(load):
-                    m.d.sync += [regs["x"].eq(v["start"].sig),
-                                 *(d.eq(v["a"].sig) for d in chain),
-                                 regs["q"].eq(v["q0"].sig),
-                                 regs["inc"].eq(Mux(flat, v["e"].sig, v["q0"].sig))]
-                with m.Elif(adv):
-                    m.d.sync += [regs["x"].eq(reduce_abs(nx, v["last"].sig)),
-                                 *(d.eq(nd) for d, nd in zip(chain, d_next)),
-                                 regs["q"].eq(q_next),
-                                 regs["inc"].eq(Mux(flat, Mux(end_next, v["jump"].sig,
-                                                              v["e"].sig), q_next))]
-                x0 = _Val(regs["x"], loop)
-                d0 = _Val(regs["d"], loop) if chained else None
+                                            q_next))]
+                x0 = _Val(x, loop)
             # After the loop: a chain of lanes from lane 0 and from each head lane.
             xs = []
             for head in heads:
