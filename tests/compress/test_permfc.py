@@ -103,6 +103,11 @@ def test_pack_perm_params_layout():
         layout.pack_perm_params([1], [0], cfg, 8, group=[2])
     with pytest.raises(ValueError, match=r"perm\.depth=16"):
         layout.pack_perm_s(torch.zeros(17, dtype=torch.int64), cfg)
+    # an index ROM entry is a dw-bit lane of the image's words
+    dw8 = CONFIGS["tiny"].with_(dw=8, acc=30)
+    assert len(layout.pack_perm_index(torch.tensor([[255, 0]]), dw8)) == 1
+    with pytest.raises(ValueError, match=r"^config 'tiny': index 256 does not fit dw=8 bits$"):
+        layout.pack_perm_index(torch.tensor([[256, 0]]), dw8)
 
 
 def test_baselines_fit_their_budget():
